@@ -62,7 +62,7 @@ export const RafsFlags = {
   ENCRYPTION_AES_128_XTS: 0x0200_0000
 } as const
 /** Every bit Nydus's `RafsSuperFlags::from_bits` accepts (incl. reserved-compat 0x04000000..0x80000000). */
-export const RAFS_FLAGS_KNOWN = 0x3ff | 0x0300_0000 | 0xfc00_0000
+export const RAFS_FLAGS_KNOWN = 0x3ff + 0x0300_0000 + 0xfc00_0000 // sum, not `|`: JS bit ops would make it negative
 
 // §6 blob features
 export const BlobFeatures = {
@@ -204,6 +204,9 @@ export function encodeSuperBlock (sb: Omit<SuperBlock, 'magic' | 'checksum' | 'u
 }
 
 export function decodeSuperBlock (b: Buffer): SuperBlock {
+  // the magic first: garbage should be reported as "not EROFS", not by whichever field happens to look absurd
+  const magic = b.readUInt32LE(0x00)
+  if (magic !== EROFS_MAGIC) throw new RafsFormatError(`bad superblock magic 0x${magic.toString(16)} (expected 0x${EROFS_MAGIC.toString(16)}): not an EROFS/RAFS v6 bootstrap`)
   return {
     magic: b.readUInt32LE(0x00),
     checksum: b.readUInt32LE(0x04),
@@ -696,9 +699,11 @@ export function encodeTarHeader (name: string, size: number): Buffer {
 
 export function decodeTarHeader (b: Buffer): { name: string, size: number, checksumOk: boolean } {
   const name = fixedString(b.subarray(0, 100))
+  // strict octal: parseInt would accept trailing garbage ("12x" → 10)
+  const octal = (s: string): number => /^[0-7]+$/.test(s) ? parseInt(s, 8) : NaN
   const sizeField = fixedString(b.subarray(124, 136)).trim()
-  const size = sizeField === '' ? 0 : parseInt(sizeField, 8)
-  const stored = parseInt(fixedString(b.subarray(148, 156)).trim(), 8)
+  const size = sizeField === '' ? 0 : octal(sizeField)
+  const stored = octal(fixedString(b.subarray(148, 156)).trim())
   let sum = 0
   for (let i = 0; i < TAR_HEADER_SIZE; i++) sum += (i >= 148 && i < 156) ? 0x20 : b[i]!
   return { name, size: Number.isFinite(size) ? size : -1, checksumOk: stored === sum }
