@@ -175,9 +175,10 @@ describe('directorySource', () => {
     await writeFile(join(d, 'secret'), 'data', { mode: 0o000 })
     if (isRoot) {
       // root reads anything: walk as nobody in a child process
-      const script = `import('${join(import.meta.dirname, 'source-dir.ts')}').then(m => m.directorySource(process.argv[1])({ addFile: async () => [] }))
+      const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
+      const script = `import('${join(import.meta.dirname, 'source-dir' + ext)}').then(m => m.directorySource(process.argv[1])({ addFile: async () => [] }))
         .then(() => process.exit(0), e => { console.log(JSON.stringify({ code: e.code, message: e.message })); process.exit(0) })`
-      const res = spawnSync(process.execPath, ['--import', 'tsx', '-e', script, d], { uid: 65534, gid: 65534, encoding: 'utf8', cwd: import.meta.dirname })
+      const res = spawnSync(process.execPath, [...(ext === '.ts' ? ['--import', 'tsx'] : []), '-e', script, d], { uid: 65534, gid: 65534, encoding: 'utf8', cwd: import.meta.dirname })
       const err = JSON.parse(res.stdout.trim()) as { code: string, message: string }
       assert.equal(err.code, 'RAFSPEER_ERR_SOURCE')
       assert.match(err.message, /secret/)
