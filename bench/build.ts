@@ -81,7 +81,7 @@ export async function benchBuild (source?: string): Promise<BuildBenchResult> {
 
     settle()
     const t0 = performance.now()
-    execFileSync('mkfs.erofs', ['-q', '--chunksize=1048576', `--blobdev=${join(work, 'mkfs.blob')}`, join(work, 'mkfs.img'), src], { stdio: 'ignore' })
+    execFileSync('mkfs.erofs', ['--quiet', '--chunksize=1048576', `--blobdev=${join(work, 'mkfs.blob')}`, join(work, 'mkfs.img'), src], { stdio: 'ignore' })
     const mkfsMs = performance.now() - t0
 
     const runs: BuildBenchResult['runs'] = []

@@ -18,6 +18,35 @@ import type { ChunkSink, TreeSource } from './source.js'
 const debug = debuglog('rafspeer:source-dir')
 const NS_PER_SEC = 1_000_000_000n
 const READ_CHUNK = 1 << 20
+const STAT_CONCURRENCY = 16
+const READ_AHEAD = 8
+const SMALL_FILE = 256 << 10
+
+/** Reads a small file whole; undefined when it is not exactly `size` bytes any more (the slow path re-reads it). */
+async function readSmall (path: Buffer, size: number): Promise<Buffer | undefined> {
+  const fh = await open(path, 'r')
+  try {
+    const buf = Buffer.allocUnsafe(size + 1)
+    const { bytesRead } = await fh.read(buf, 0, size + 1, 0)
+    return bytesRead === size ? buf.subarray(0, size) : undefined
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Maps with at most `limit` calls in flight, keeping the input order in the result. */
+async function mapLimit<T, R> (items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length)
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++
+      out[i] = await fn(items[i]!)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
+  return out
+}
 
 export class SourceError extends Error {
   readonly code = 'RAFSPEER_ERR_SOURCE'
@@ -62,6 +91,7 @@ export function directorySource (dir: string, opts: DirectorySourceOptions = {})
 class Walker {
   /** (dev, ino) → inode, so every name of a hard-linked file shares one RafsInode */
   readonly #links = new Map<string, RafsInode>()
+  #readBuf?: Buffer
 
   constructor (readonly sink: ChunkSink, readonly withXattrs: boolean, readonly signal: AbortSignal | undefined) {}
 
@@ -74,27 +104,51 @@ class Walker {
       throw new SourceError(`cannot list directory ${show(path)}: ${(err as Error).message}`, { cause: err })
     }
     names.sort(Buffer.compare)
-    for (const name of names) {
+    // Metadata of a whole directory is fetched with bounded concurrency (each lstat/listxattr is a thread-pool
+    // round trip); file data is still fed to the sink one file at a time, in name order.
+    const paths = names.map((name) => Buffer.concat([path, Buffer.from('/'), name]))
+    const meta = await mapLimit(paths, STAT_CONCURRENCY, async (child) => {
       this.signal?.throwIfAborted()
-      const child = Buffer.concat([path, Buffer.from('/'), name])
       let st: BigIntStats
       try {
         st = await lstat(child, { bigint: true })
       } catch (err) {
         throw new SourceError(`cannot stat ${show(child)}: ${(err as Error).message}`, { cause: err })
       }
+      const xattrs = this.withXattrs ? await this.#xattrs(child) : undefined
+      return { st, xattrs }
+    })
+    // Small files are read a few entries ahead, so their open/read/close round trips overlap the hashing
+    // and compression of the files before them (bounded: READ_AHEAD files of at most SMALL_FILE bytes).
+    const ahead = new Map<number, Promise<Buffer | undefined>>()
+    const startReads = (from: number): void => {
+      for (let j = from; j < Math.min(names.length, from + READ_AHEAD); j++) {
+        const st = meta[j]!.st
+        if (ahead.has(j) || !st.isFile() || st.size === 0n || st.size > BigInt(SMALL_FILE)) continue
+        const p = readSmall(paths[j]!, Number(st.size))
+        p.catch(() => {}) // a failure is reported when (and if) the entry is consumed
+        ahead.set(j, p)
+      }
+    }
+    for (let i = 0; i < names.length; i++) {
+      this.signal?.throwIfAborted()
+      startReads(i)
+      const child = paths[i]!
+      const { st, xattrs } = meta[i]!
       const key = `${st.dev}:${st.ino}`
       let inode = st.isDirectory() ? undefined : this.#links.get(key)
+      const early = ahead.get(i)
+      ahead.delete(i)
       if (inode === undefined) {
-        inode = await this.inodeOf(child, st)
+        inode = await this.inodeOf(child, st, xattrs, early)
         if (inode.type !== 'dir' && st.nlink > 1n) this.#links.set(key, inode)
         if (inode.type === 'dir') await this.fillDir(child, inode)
       }
-      dir.children!.set(nameKey(name), inode)
+      dir.children!.set(nameKey(names[i]!), inode)
     }
   }
 
-  async inodeOf (path: Buffer, st: BigIntStats): Promise<RafsInode> {
+  async inodeOf (path: Buffer, st: BigIntStats, xattrs?: Map<string, Buffer>, early?: Promise<Buffer | undefined>): Promise<RafsInode> {
     const mode = Number(st.mode)
     const type = fileTypeOfMode(mode)
     if (type === undefined) throw new SourceError(`${show(path)} has an unknown file type (mode 0${mode.toString(8)})`)
@@ -119,8 +173,15 @@ class Walker {
         throw new SourceError(`cannot read symlink ${show(path)}: ${(err as Error).message}`, { cause: err })
       }
     }
-    if (this.withXattrs) inode.xattrs = await this.#xattrs(path)
-    if (type === 'file') await this.#readFile(path, inode, Number(st.size))
+    if (xattrs !== undefined) inode.xattrs = xattrs
+    else if (this.withXattrs) inode.xattrs = await this.#xattrs(path)
+    if (type === 'file') {
+      const data = await early?.catch(() => undefined)
+      if (data !== undefined) {
+        inode.chunks = await this.sink.addFile(data)
+        inode.size = data.length
+      } else await this.#readFile(path, inode, Number(st.size))
+    }
     return inode
   }
 
@@ -134,22 +195,31 @@ class Walker {
       throw new SourceError(`cannot open file ${show(path)}: ${(err as Error).message}`, { cause: err })
     }
     let size = 0
-    const stream = fh.createReadStream({ highWaterMark: READ_CHUNK, signal: this.signal })
-    // counting as we go: a file that changes under us must still get a size that matches its chunks
-    const counted = (async function * () {
-      for await (const piece of stream) {
-        size += (piece as Buffer).length
-        yield piece as Buffer
+    // One read buffer for the whole walk: a ReadStream allocates a fresh highWaterMark-sized buffer per read,
+    // which for thousands of small files is gigabytes of garbage. Reuse is safe because the sink finishes with
+    // (copies or writes) each piece before it asks for the next one.
+    const buf = (this.#readBuf ??= Buffer.allocUnsafe(READ_CHUNK))
+    const signal = this.signal
+    const pieces = (async function * () {
+      for (;;) {
+        signal?.throwIfAborted()
+        const { bytesRead } = await fh.read(buf, 0, buf.length, size)
+        if (bytesRead === 0) return
+        // counting as we go: a file that changes under us must still get a size that matches its chunks
+        size += bytesRead
+        yield buf.subarray(0, bytesRead)
+        // a short read that reaches the size lstat gave is the end: spares every small file a second read
+        if (bytesRead < buf.length && size >= expected) return
       }
     })()
     try {
-      inode.chunks = await this.sink.addFile(counted)
+      inode.chunks = await this.sink.addFile(pieces)
     } catch (err) {
       if ((err as Error).name === 'AbortError') throw err
       if ((err as { code?: unknown }).code === 'RAFSPEER_ERR_BLOB_WRITE') throw err
       throw new SourceError(`cannot read file ${show(path)}: ${(err as Error).message}`, { cause: err })
     } finally {
-      stream.destroy() // closes the handle even when a sink returned without draining
+      await fh.close()
     }
     if (size !== expected) debug('%s changed size while reading (%d → %d bytes)', show(path), expected, size)
     inode.size = size
