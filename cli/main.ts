@@ -10,6 +10,8 @@ import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
 import { registerRafsCommands } from './rafs-commands.js'
 import { registerDemoCommand } from './demo.js'
+import { registerRegistryCommand } from './registry-command.js'
+import { registerConvertCommands, registerImageCheck } from './convert-commands.js'
 import { reportError } from './util.js'
 
 /** The package version, from the package.json above this file (the same code runs from dist/ and from sources). */
@@ -30,6 +32,8 @@ export function createProgram (): Command {
     .exitOverride()
   registerRafsCommands(program)
   registerDemoCommand(program)
+  registerRegistryCommand(program)
+  registerConvertCommands(program); registerImageCheck(program)
   return program
 }
 
