@@ -11,7 +11,7 @@ import { Command, Option } from 'commander'
 import { registerRafsCommands } from './rafs-commands.js'
 import { registerDemoCommand } from './demo.js'
 import { registerRegistryCommand } from './registry-command.js'
-import { registerConvertCommands, registerImageCheck } from './convert-commands.js'
+import { registerConvertCommands } from './convert-commands.js'
 import { reportError } from './util.js'
 
 /** The package version, from the package.json above this file (the same code runs from dist/ and from sources). */
@@ -33,7 +33,7 @@ export function createProgram (): Command {
   registerRafsCommands(program)
   registerDemoCommand(program)
   registerRegistryCommand(program)
-  registerConvertCommands(program); registerImageCheck(program)
+  registerConvertCommands(program)
   return program
 }
 

@@ -11,6 +11,7 @@ import { inspectBootstrap, formatInspect } from '../rafs/inspect.js'
 import { unpackImage } from '../rafs/unpack.js'
 import { DEFAULT_CHUNK_SIZE } from '../rafs/layout.js'
 import { parseSize, parseCompressor, parseDigester, writeJson, formatBytes } from './util.js'
+import { runImageCheck } from './convert-commands.js'
 
 interface BuildFlags {
   bootstrap: string
@@ -104,13 +105,23 @@ export function registerRafsCommands (program: Command): void {
     })
 
   program.command('check')
-    .description('validate a bootstrap against every RAFS v6 rule; with blobs, decompress and verify every chunk')
-    .argument('<bootstrap>', 'bootstrap file')
+    .description('validate a bootstrap against every RAFS v6 rule (with blobs, decompress and verify every chunk), or with --image a RAFS image in a registry')
+    .argument('[bootstrap]', 'bootstrap file')
     .option('-D, --blob-dir <dir>', 'directory with the data blobs (named by id): verify every chunk')
     .option('--blob-cache-dir <dir>', 'directory with uncompressed views <blob-id>.blob.data: verify every chunk')
+    .option('--image <ref>', 'check a RAFS image in a registry: manifest, bootstrap, every blob\'s ToC, ci array and chunk digests, config')
+    .option('--source <ref>', 'with --image: the OCI image it was converted from; compare the trees file by file')
+    .option('--platform <os/arch>', 'with --image: platform to pick from an index (default: the host\'s)')
+    .option('--plain-http', 'with --image: plain HTTP for every registry (loopback registries use it anyway)')
     .option('-J, --output-json <file>', 'write the JSON report')
     .option('--json', 'print the JSON report on stdout')
-    .action(async (bootstrap: string, f: { blobDir?: string, blobCacheDir?: string, outputJson?: string, json?: boolean }) => {
+    .action(async (bootstrap: string | undefined, f: { blobDir?: string, blobCacheDir?: string, outputJson?: string, json?: boolean, image?: string, source?: string, platform?: string, plainHttp?: boolean }) => {
+      if (f.image !== undefined) {
+        if (bootstrap !== undefined) throw new Error('give either a BOOTSTRAP file or --image REF, not both')
+        await runImageCheck(f.image, f)
+        return
+      }
+      if (bootstrap === undefined) throw new Error('check needs a BOOTSTRAP file or --image REF')
       const report = await checkImage(bootstrap, { blobDir: f.blobDir, blobCacheDir: f.blobCacheDir })
       await writeJson(f.outputJson, report)
       if (f.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
