@@ -1,9 +1,10 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [--source DIR]
+ * Usage: node dist/bench/run.js [build] [convert] [--source DIR]
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
+import { benchConvert, formatConvertBench } from './convert.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
@@ -15,4 +16,10 @@ if (want('build')) {
   const r = await benchBuild(source)
   process.stdout.write(formatBuildBench(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'build', ...r }) + '\n')
+}
+
+if (want('convert')) {
+  const r = await benchConvert()
+  process.stdout.write(formatConvertBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'convert', ...r }) + '\n')
 }
