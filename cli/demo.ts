@@ -1,7 +1,7 @@
 /**
  * `rafspeer demo`: the main job on embedded defaults. Builds a RAFS v6 image of a real directory (by default the
  * npm installation that ships with Node.js), checks it chunk by chunk, unpacks it and compares the result with
- * the source file by file. Later capabilities (registry, lazy mounts, peers) extend this same walk-through.
+ * the source file by file, then mounts it with the kernel's EROFS driver and compares again. Later capabilities (registry, lazy mounts, peers) extend this same walk-through.
  */
 import { createHash } from 'node:crypto'
 import { createReadStream, existsSync } from 'node:fs'
@@ -15,6 +15,8 @@ import { directorySource } from '../rafs/source-dir.js'
 import { checkImage } from '../rafs/check.js'
 import { unpackImage } from '../rafs/unpack.js'
 import { formatBytes } from './util.js'
+import { kernelMount, kernelModeUnavailable } from '../peer/kernel-mount.js'
+import { mkdir } from 'node:fs/promises'
 
 function defaultSource (): string {
   const candidates = [
@@ -78,7 +80,23 @@ export function registerDemoCommand (program: Command): void {
         const cmp = await compareTrees(source, out)
         say(`   ${unpacked.files} files, ${unpacked.dirs} dirs, ${unpacked.symlinks} symlinks unpacked; ${cmp.entries} entries compared, ${cmp.differences.length} differences`)
         for (const d of cmp.differences) say(`   differs: ${d}`)
-        if (!report.ok || cmp.differences.length > 0) process.exitCode = 1
+        let kernelDiffs = 0
+        const why = await kernelModeUnavailable()
+        if (why === undefined) {
+          say('4. kernel mode: mount bootstrap + uncompressed views with the kernel EROFS driver, compare with the source')
+          const mnt = join(work, 'mnt')
+          await mkdir(mnt)
+          const m = await kernelMount(bootstrap, built.blobs.map((b) => b.viewPath!), mnt)
+          try {
+            const k = await compareTrees(source, mnt)
+            kernelDiffs = k.differences.length
+            say(`   ${k.entries} entries compared through the kernel mount, ${k.differences.length} differences`)
+            for (const d of k.differences) say(`   differs: ${d}`)
+          } finally {
+            await m.unmount()
+          }
+        } else say(`4. kernel mode skipped: ${why}`)
+        if (!report.ok || cmp.differences.length > 0 || kernelDiffs > 0) process.exitCode = 1
         else say('demo OK')
       } finally {
         if (f.work === undefined) await rm(work, { recursive: true, force: true })

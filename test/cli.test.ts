@@ -177,3 +177,16 @@ test('unpack of the Nydus fixture from its blob and from its view are identical'
     await rm(work, { recursive: true, force: true })
   }
 })
+
+test('demo: build, check, unpack and (as root) kernel-mount a directory, all equal to the source', async () => {
+  const work = await mkdtemp(join(tmpdir(), 'rafs-cli-'))
+  try {
+    await sourceTree(join(work, 'src'))
+    const r = await runCli(['demo', '--source', join(work, 'src')])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /0 differences/)
+    assert.match(r.stdout, /demo OK/)
+  } finally {
+    await rm(work, { recursive: true, force: true })
+  }
+})

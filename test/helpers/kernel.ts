@@ -8,11 +8,11 @@
  */
 import { execFile } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdtemp, open, rmdir } from 'node:fs/promises'
+import { mkdtemp, rmdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, decodeSuperBlock } from '../../rafs/layout.js'
+import { kernelMount, type KernelMount } from '../../peer/kernel-mount.js'
 
 const run = promisify(execFile)
 
@@ -44,23 +44,6 @@ export function kernelTestsAvailable (): boolean {
   return kernelSkipReason() === undefined
 }
 
-async function extraDevicesOf (bootstrap: string): Promise<number> {
-  const fh = await open(bootstrap, 'r')
-  try {
-    const b = Buffer.alloc(SUPERBLOCK_SIZE)
-    await fh.read(b, 0, SUPERBLOCK_SIZE, SUPERBLOCK_OFFSET)
-    return decodeSuperBlock(b).extraDevices
-  } finally {
-    await fh.close()
-  }
-}
-
-async function attachLoop (file: string): Promise<string> {
-  const r = await runAllowFail('losetup', ['-f', '--show', '-r', file])
-  if (r.code !== 0) throw new Error(`losetup ${file} failed: ${r.stderr.trim()}`)
-  return r.stdout.trim()
-}
-
 async function erofsDmesg (): Promise<string> {
   const r = await runAllowFail('dmesg', [])
   return r.stdout.split('\n').filter(l => /erofs/i.test(l)).slice(-10).join('\n')
@@ -71,52 +54,25 @@ async function erofsDmesg (): Promise<string> {
  * runs `fn` on the mount point and always unmounts and detaches every loop device afterwards.
  */
 export async function withKernelMount<T> (bootstrap: string, devices: string[], fn: (mountpoint: string) => Promise<T>): Promise<T> {
-  const expected = await extraDevicesOf(bootstrap)
-  if (expected !== devices.length) {
-    throw new Error(`${bootstrap} declares ${expected} extra devices but ${devices.length} were given`)
-  }
-  const loops: string[] = []
-  let mnt: string | undefined
-  let mounted = false
+  const mnt = await mkdtemp(join(tmpdir(), 'rafs-mnt-'))
+  let m: KernelMount
   try {
-    const primary = await attachLoop(bootstrap)
-    loops.push(primary)
-    const extra: string[] = []
-    for (const d of devices) {
-      const l = await attachLoop(d)
-      loops.push(l)
-      extra.push(l)
-    }
-    mnt = await mkdtemp(join(tmpdir(), 'rafs-mnt-'))
-    const opts = ['ro', ...extra.map(l => `device=${l}`)].join(',')
-    const r = await runAllowFail('mount', ['-t', 'erofs', '-o', opts, primary, mnt])
-    if (r.code !== 0) {
-      throw new Error(`mount -t erofs -o ${opts} ${primary} (${bootstrap}) failed: ${r.stderr.trim()}\n` +
-        `dmesg:\n${await erofsDmesg()}`)
-    }
-    mounted = true
+    m = await kernelMount(bootstrap, devices, mnt)
+  } catch (err) {
+    await rmdir(mnt).catch(() => {})
+    throw new Error(`${(err as Error).message}\ndmesg:\n${await erofsDmesg()}`, { cause: err })
+  }
+  try {
     return await fn(mnt)
   } finally {
-    const problems: string[] = []
-    if (mounted && mnt !== undefined) {
-      let r = await runAllowFail('umount', [mnt])
-      // a reader that just closed its files can leave the mount briefly busy
-      for (let i = 0; i < 20 && r.code !== 0; i++) {
-        await new Promise(resolve => setTimeout(resolve, 100))
-        r = await runAllowFail('umount', [mnt])
-      }
-      if (r.code !== 0) {
-        r = await runAllowFail('umount', ['-l', mnt])
-        if (r.code !== 0) problems.push(`umount ${mnt}: ${r.stderr.trim()}`)
-      }
+    // a reader that just closed its files can leave the mount briefly busy
+    let done = false
+    for (let i = 0; i < 20 && !done; i++) {
+      done = await m.unmount().then(() => true, async () => { await new Promise(resolve => setTimeout(resolve, 100)); return false })
     }
-    for (const l of loops.reverse()) {
-      const r = await runAllowFail('losetup', ['-d', l])
-      if (r.code !== 0) problems.push(`losetup -d ${l}: ${r.stderr.trim()}`)
-    }
+    if (!done) await m.unmount({ lazy: true }).catch((err: Error) => console.error(`withKernelMount: ${err.message}`))
     // rmdir, not rm -r: should the unmount have silently failed, this refuses instead of walking the image
-    if (mnt !== undefined && problems.length === 0) await rmdir(mnt).catch(() => {})
-    if (problems.length > 0) console.error(`withKernelMount cleanup problems:\n${problems.join('\n')}`)
+    await rmdir(mnt).catch(() => {})
   }
 }
 
