@@ -1,0 +1,103 @@
+/**
+ * What `BlobCache` keeps in memory per blob, so that the read path needs no index I/O: a presence bitmap by ci
+ * index, byte counts, per-range last access (the eviction unit), pins, and the bookkeeping that keeps eviction
+ * and writes of the same blob from interleaving badly.
+ */
+import type { FileHandle } from 'node:fs/promises'
+import type { BlobRecord } from './cache-index.js'
+
+export const BLOCK_SIZE = 4096
+export const alignedSize = (n: number): number => Math.ceil(n / BLOCK_SIZE) * BLOCK_SIZE
+
+/** One eviction range: a fixed span of the uncompressed view. */
+export interface RangeState {
+  /** 4 KiB-aligned bytes of present chunks that start in this range */
+  diskBytes: number
+  lastAccess: number
+  /** smallest and largest ci index ever marked in the range: bounds the index scan at eviction */
+  minCi: number
+  maxCi: number
+}
+
+export class BlobState {
+  readonly record: BlobRecord
+  readonly path: string
+  fh: FileHandle
+  readonly bits: Uint8Array
+  chunksPresent = 0
+  bytesPresent = 0
+  diskBytes = 0
+  pins = 0
+  /** bumped when an eviction of this blob starts: a read that overlapped one re-checks presence */
+  epoch = 0
+  /** set while an eviction of this blob runs; writes wait for it */
+  evicting: Promise<void> | undefined
+  /** ci index → in-flight write (its extent is never punched, and a second put of it waits for the first) */
+  readonly writing = new Map<number, Promise<void>>()
+  readonly ranges = new Map<number, RangeState>()
+
+  constructor (record: BlobRecord, path: string, fh: FileHandle, readonly rangeBytes: number) {
+    this.record = record
+    this.path = path
+    this.fh = fh
+    this.bits = new Uint8Array(Math.ceil(record.chunkCount / 8))
+  }
+
+  // MSB first within a byte, like nydusd's chunk_map (§14), so a dump of `bits` reads the same way
+  has (index: number): boolean {
+    return index >= 0 && index < this.record.chunkCount && (this.bits[index >> 3]! & (0x80 >> (index & 7))) !== 0
+  }
+
+  get complete (): boolean { return this.chunksPresent === this.record.chunkCount }
+
+  rangeOf (uncompressedOffset: number): number { return Math.floor(uncompressedOffset / this.rangeBytes) }
+
+  /** Marks a chunk present in memory; false when it already was. */
+  set (index: number, uncompressedOffset: number, size: number, now: number): boolean {
+    if (this.has(index)) return false
+    this.bits[index >> 3]! |= 0x80 >> (index & 7)
+    this.chunksPresent++
+    this.bytesPresent += size
+    const disk = alignedSize(size)
+    this.diskBytes += disk
+    const r = this.rangeOf(uncompressedOffset)
+    const st = this.ranges.get(r)
+    if (st === undefined) {
+      this.ranges.set(r, { diskBytes: disk, lastAccess: now, minCi: index, maxCi: index })
+    } else {
+      st.diskBytes += disk
+      st.lastAccess = Math.max(st.lastAccess, now)
+      st.minCi = Math.min(st.minCi, index)
+      st.maxCi = Math.max(st.maxCi, index)
+    }
+    return true
+  }
+
+  /** Marks a chunk absent in memory; false when it already was. */
+  clear (index: number, uncompressedOffset: number, size: number): boolean {
+    if (!this.has(index)) return false
+    this.bits[index >> 3]! &= ~(0x80 >> (index & 7))
+    this.chunksPresent--
+    this.bytesPresent -= size
+    const disk = alignedSize(size)
+    this.diskBytes -= disk
+    const r = this.rangeOf(uncompressedOffset)
+    const st = this.ranges.get(r)
+    if (st !== undefined) {
+      st.diskBytes -= disk
+      if (st.diskBytes <= 0) this.ranges.delete(r)
+    }
+    return true
+  }
+
+  touch (uncompressedOffset: number, now: number): void {
+    const st = this.ranges.get(this.rangeOf(uncompressedOffset))
+    if (st !== undefined) st.lastAccess = now
+    if (now > this.record.lastAccess) this.record.lastAccess = now
+  }
+
+  /** The record as it should be persisted now. */
+  snapshot (): BlobRecord {
+    return { ...this.record, complete: this.complete, bytesPresent: this.bytesPresent }
+  }
+}
