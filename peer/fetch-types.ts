@@ -1,0 +1,109 @@
+/**
+ * Types of the fetch pipeline: what it needs from the cache (`ChunkCache`, satisfied structurally by
+ * `cache/`'s BlobCache), what a read names, and the fetcher's options.
+ */
+import type { ChunkInfo, RafsBlobInfo, RafsReader } from '../rafs/index.js'
+import type { ChunkSource } from './chunk-source.js'
+import type { FetchPriority } from './fetch-queue.js'
+
+export type { FetchPriority } from './fetch-queue.js'
+
+/** Plaintext chunks of blobs, keyed by (blobId, ci). */
+export interface ChunkCache {
+  /** The whole plaintext chunk, or undefined when absent (or found bad when `verify` is set). */
+  readChunk: (blobId: string, chunk: ChunkInfo, opts?: { verify?: boolean }) => Promise<Buffer | undefined>
+  /**
+   * Stores a verified chunk (the result, e.g. BlobCache's "newly stored" flag, is ignored). May fail
+   * (RAFSPEER_ERR_CACHE_FULL, I/O): the fetcher then serves from memory and counts it.
+   */
+  putChunk: (blobId: string, chunk: ChunkInfo, plaintext: Buffer) => Promise<unknown>
+  /** Cheap, synchronous: does the index call this chunk present? */
+  has: (blobId: string, ci: number) => boolean
+}
+
+export interface Log {
+  (message: string, ...args: unknown[]): void
+  error?: (message: string, ...args: unknown[]) => void
+}
+
+export interface ComponentLogger {
+  forComponent: (name: string) => Log
+}
+
+/** An opened image: its bootstrap reader and blob table (ChunkInfo.blobIndex indexes `blobs`). */
+export interface FetchImage {
+  reader: RafsReader
+  blobs: RafsBlobInfo[]
+}
+
+export interface ReadOptions {
+  signal?: AbortSignal
+  priority?: FetchPriority
+  /** overrides the fetcher's `deadlineMs` for this read */
+  deadlineMs?: number
+}
+
+export interface EnsureOptions {
+  signal?: AbortSignal
+  priority?: FetchPriority
+}
+
+export interface FetcherComponents {
+  cache: ChunkCache
+  /** tried in order for each batch: neighbours first (later), the registry last */
+  sources: ChunkSource[]
+  logger?: ComponentLogger
+}
+
+export interface FetcherInit {
+  /** adjacent missing chunks of a blob are fetched together up to at least this many stored bytes (1 MiB) */
+  amplifyBytes?: number
+  /** largest batch handed to a source, in stored bytes (max(4 MiB, amplifyBytes)) */
+  maxBatchBytes?: number
+  /** batches in flight (8) */
+  concurrency?: number
+  /** slots prefetch may take (concurrency - max(1, concurrency/4)), so reads always find one */
+  prefetchConcurrency?: number
+  /** prefetch stored-byte rate; unlimited when absent */
+  prefetchBytesPerSecond?: number
+  /** one source attempt on one batch (10 s) */
+  timeoutMs?: number
+  /** extra rounds over all sources after a transient failure (2) */
+  retries?: number
+  /** first backoff (100 ms), doubled per retry up to 2 s, with jitter */
+  retryBaseMs?: number
+  /** a read not served by then rejects with RAFSPEER_ERR_READ_TIMEOUT (30 s) */
+  deadlineMs?: number
+  /** ask the cache to re-verify chunks it serves (off: the cache verified them on write) */
+  verifyCacheReads?: boolean
+}
+
+/** One finished source attempt, for a latency histogram. */
+export interface FetchSample {
+  source: string
+  ms: number
+  chunks: number
+  bytes: number
+  ok: boolean
+}
+
+export interface FetchCounters {
+  /** read bytes served from the cache; verified plaintext bytes fetched from the registry and from peers */
+  bytesBySource: { cache: number, registry: number, peer: number }
+  reads: number
+  readBytes: number
+  readTimeouts: number
+  chunksFromCache: number
+  chunksFetched: number
+  /** fetched only because they sat next to wanted chunks (amplification) */
+  chunksAmplified: number
+  /** batches handed to sources (one registry batch is one Range request unless split) */
+  batches: number
+  sourceAttempts: number
+  retries: number
+  /** a reader found its chunk already being fetched and waited for that fetch */
+  singleFlightJoins: number
+  verifyFailures: number
+  cacheReadFailures: number
+  cachePutFailures: number
+}
