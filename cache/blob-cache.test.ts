@@ -129,3 +129,39 @@ test('a chunk present in another blob is found by digest and copied locally', as
   const other = b.chunks.find(c => c !== target)!
   assert.equal(await cache.findByDigest(other.digest), undefined)
 })
+
+test("verify 'once': bytes changed on disk while closed are caught on the first read, then reads skip hashing", async t => {
+  const dir = await tempDir(t)
+  const b = await buildBlob(dir, [100_000, 50_000])
+  const cdir = join(dir, 'cache')
+  let cache = await BlobCache.open(cdir)
+  await cache.registerBlob(b.blob)
+  for (const c of b.chunks) await cache.putChunk(b.blob.blobId, c, b.plain[c.index]!)
+  const [c0, c1] = [b.chunks[0]!, b.chunks[1]!]
+  assert.equal(cache.isVerified(b.blob.blobId, c0.index), true, 'a put chunk was verified by its writer')
+  await cache.close()
+  // flip one byte of chunk 1 while no daemon runs
+  const { open } = await import('node:fs/promises')
+  const fh = await open(join(cdir, `${b.blob.blobId}.blob.data`), 'r+')
+  const one = Buffer.alloc(1)
+  await fh.read(one, 0, 1, c1.uncompressedOffset + 7)
+  one[0] = one[0]! ^ 0xff
+  await fh.write(one, 0, 1, c1.uncompressedOffset + 7)
+  await fh.close()
+  cache = await BlobCache.open(cdir)
+  t.after(async () => { await cache.close() })
+  assert.equal(cache.has(b.blob.blobId, c1.index), true)
+  assert.equal(cache.isVerified(b.blob.blobId, c1.index), false, 'nothing is verified in a new process')
+  assert.deepEqual(await cache.readChunk(b.blob.blobId, c0, { verify: 'once' }), b.plain[c0.index])
+  assert.equal(cache.isVerified(b.blob.blobId, c0.index), true)
+  assert.equal(await cache.readChunk(b.blob.blobId, c1, { verify: 'once' }), undefined, 'flipped bytes are never served')
+  assert.equal(cache.has(b.blob.blobId, c1.index), false, 'the bad chunk is unmarked')
+  assert.equal(cache.stats().verifyFailures, 1)
+  // the fast path copies verified spans straight from the file
+  const out = Buffer.alloc(1000)
+  assert.equal(await cache.readVerifiedInto(b.blob.blobId, c0.uncompressedOffset + 10, 990, out, 10), true)
+  assert.ok(out.subarray(10).equals(b.plain[c0.index]!.subarray(10, 1000)))
+  // refetched bytes are verified again by their writer
+  await cache.putChunk(b.blob.blobId, c1, b.plain[c1.index]!)
+  assert.equal(cache.isVerified(b.blob.blobId, c1.index), true)
+})

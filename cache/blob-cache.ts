@@ -152,6 +152,29 @@ export class BlobCache {
     return this.#blobs.get(blobId)?.has(ciIndex) === true
   }
 
+  /** Present and found matching its digest by this process (written or read with verification since open). */
+  isVerified (blobId: string, ciIndex: number): boolean {
+    const s = this.#blobs.get(blobId)
+    return s !== undefined && s.has(ciIndex) && s.isVerified(ciIndex)
+  }
+
+  /**
+   * The read fast path: copies `length` bytes at `viewOffset` of a blob's uncompressed view into `buf` at
+   * `bufOffset` with one pread, for spans the caller knows hold verified chunks (`isVerified`). Resolves false
+   * (nothing to trust in `buf`) when an eviction of the blob overlapped the read or the file came up short.
+   */
+  async readVerifiedInto (blobId: string, viewOffset: number, length: number, buf: Buffer, bufOffset: number): Promise<boolean> {
+    if (this.#closed) this.#checkOpen()
+    const s = this.#blobs.get(blobId)
+    if (s === undefined) return false
+    const epoch = s.epoch
+    const n = await readFull(s.fh, buf.subarray(bufOffset, bufOffset + length), viewOffset)
+    if (n !== length || s.epoch !== epoch || s.evicting !== undefined) return false
+    this.#counters.hits++
+    s.touch(viewOffset, Date.now())
+    return true
+  }
+
   isComplete (blobId: string): boolean {
     return this.#blobs.get(blobId)?.complete === true
   }
@@ -174,8 +197,9 @@ export class BlobCache {
   /**
    * The plaintext of a present chunk, or undefined when it is absent. With `verify`, bytes that do not match the
    * digest are never returned: the chunk is unmarked, counted, and undefined tells the caller to refetch.
+   * `verify: 'once'` hashes a chunk only the first time this process reads it (or until it is rewritten).
    */
-  async readChunk (blobId: string, chunk: CachedChunk, opts: { verify?: boolean } = {}): Promise<Buffer | undefined> {
+  async readChunk (blobId: string, chunk: CachedChunk, opts: { verify?: boolean | 'once' } = {}): Promise<Buffer | undefined> {
     if (this.#closed) this.#checkOpen()
     const s = this.#blobs.get(blobId)
     if (s === undefined || !s.has(chunk.index)) {
@@ -191,11 +215,15 @@ export class BlobCache {
       this.#counters.misses++
       return undefined
     }
-    if (opts.verify === true && !digestChunk(s.record.digester, buf).equals(chunk.digest)) {
-      this.#counters.verifyFailures++
-      this.#log.error('blob %s chunk %d: cached bytes fail their digest, unmarking', blobId, chunk.index)
-      await this.#unmark(s, [chunk])
-      return undefined
+    const verify = opts.verify === true || (opts.verify === 'once' && !s.isVerified(chunk.index))
+    if (verify) {
+      if (!digestChunk(s.record.digester, buf).equals(chunk.digest)) {
+        this.#counters.verifyFailures++
+        this.#log.error('blob %s chunk %d: cached bytes fail their digest, unmarking', blobId, chunk.index)
+        await this.#unmark(s, [chunk])
+        return undefined
+      }
+      s.setVerified(chunk.index)
     }
     this.#counters.hits++
     s.touch(chunk.uncompressedOffset, Date.now())
@@ -244,6 +272,7 @@ export class BlobCache {
       throw new CacheError('RAFSPEER_ERR_CACHE_IO', `writing blob ${s.record.blobId} chunk ${chunk.index}: ${(err as Error).message}`, { cause: err })
     }
     s.set(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize, Date.now())
+    s.setVerified(chunk.index)
     const rec: ChunkRecord = { index: chunk.index, digest: chunk.digest, uncompressedOffset: chunk.uncompressedOffset, uncompressedSize: chunk.uncompressedSize, generation: this.#generation }
     try {
       await this.#commits.add({ blobId: s.record.blobId, chunk: rec })

@@ -24,6 +24,8 @@ export class BlobState {
   readonly path: string
   fh: FileHandle
   readonly bits: Uint8Array
+  /** chunks whose cached bytes matched their digest since this process opened the cache (same bit order) */
+  readonly verified: Uint8Array
   chunksPresent = 0
   bytesPresent = 0
   diskBytes = 0
@@ -41,7 +43,14 @@ export class BlobState {
     this.path = path
     this.fh = fh
     this.bits = new Uint8Array(Math.ceil(record.chunkCount / 8))
+    this.verified = new Uint8Array(this.bits.length)
   }
+
+  isVerified (index: number): boolean {
+    return index >= 0 && index < this.record.chunkCount && (this.verified[index >> 3]! & (0x80 >> (index & 7))) !== 0
+  }
+
+  setVerified (index: number): void { this.verified[index >> 3]! |= 0x80 >> (index & 7) }
 
   // MSB first within a byte, like nydusd's chunk_map (§14), so a dump of `bits` reads the same way
   has (index: number): boolean {
@@ -77,6 +86,7 @@ export class BlobState {
   clear (index: number, uncompressedOffset: number, size: number): boolean {
     if (!this.has(index)) return false
     this.bits[index >> 3]! &= ~(0x80 >> (index & 7))
+    this.verified[index >> 3]! &= ~(0x80 >> (index & 7))
     this.chunksPresent--
     this.bytesPresent -= size
     const disk = alignedSize(size)

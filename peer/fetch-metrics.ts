@@ -11,6 +11,7 @@ export class FetchMetrics {
     readTimeouts: 0,
     chunksFromCache: 0,
     chunksFetched: 0,
+    chunksCopied: 0,
     chunksAmplified: 0,
     batches: 0,
     sourceAttempts: 0,

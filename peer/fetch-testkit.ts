@@ -102,7 +102,7 @@ export class TestCache implements ChunkCache {
 
   has (blobId: string, ci: number): boolean { return this.inner.has(blobId, ci) }
 
-  async readChunk (blobId: string, chunk: ChunkInfo, opts?: { verify?: boolean }): Promise<Buffer | undefined> {
+  async readChunk (blobId: string, chunk: ChunkInfo, opts?: { verify?: boolean | 'once' }): Promise<Buffer | undefined> {
     return await this.inner.readChunk(blobId, chunk, opts)
   }
 

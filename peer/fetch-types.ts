@@ -11,7 +11,7 @@ export type { FetchPriority } from './fetch-queue.js'
 /** Plaintext chunks of blobs, keyed by (blobId, ci). */
 export interface ChunkCache {
   /** The whole plaintext chunk, or undefined when absent (or found bad when `verify` is set). */
-  readChunk: (blobId: string, chunk: ChunkInfo, opts?: { verify?: boolean }) => Promise<Buffer | undefined>
+  readChunk: (blobId: string, chunk: ChunkInfo, opts?: { verify?: boolean | 'once' }) => Promise<Buffer | undefined>
   /**
    * Stores a verified chunk (the result, e.g. BlobCache's "newly stored" flag, is ignored). May fail
    * (RAFSPEER_ERR_CACHE_FULL, I/O): the fetcher then serves from memory and counts it.
@@ -19,7 +19,14 @@ export interface ChunkCache {
   putChunk: (blobId: string, chunk: ChunkInfo, plaintext: Buffer) => Promise<unknown>
   /** Cheap, synchronous: does the index call this chunk present? */
   has: (blobId: string, ci: number) => boolean
+  /** A present chunk with this digest in another blob (optional: enables local copies instead of fetches). */
+  findByDigest?: (digest: Buffer, opts: { exceptBlobId?: string }) => Promise<{ blobId: string, chunk: CopySource } | undefined>
+  /** Copies a present chunk between blobs after verifying it; false when the source turned out absent or bad. */
+  copyChunk?: (from: { blobId: string, chunk: CopySource }, to: { blobId: string, chunk: ChunkInfo }) => Promise<boolean>
 }
+
+/** The fields of a cached chunk a copy needs. */
+export type CopySource = Pick<ChunkInfo, 'index' | 'digest' | 'uncompressedOffset' | 'uncompressedSize'>
 
 export interface Log {
   (message: string, ...args: unknown[]): void
@@ -74,8 +81,11 @@ export interface FetcherInit {
   retryBaseMs?: number
   /** a read not served by then rejects with RAFSPEER_ERR_READ_TIMEOUT (30 s) */
   deadlineMs?: number
-  /** ask the cache to re-verify chunks it serves (off: the cache verified them on write) */
-  verifyCacheReads?: boolean
+  /**
+   * ask the cache to re-verify chunks it serves: `true` every time, `'once'` the first time this process serves
+   * each chunk (catches bytes changed on disk while the daemon was down), `false` never
+   */
+  verifyCacheReads?: boolean | 'once'
 }
 
 /** One finished source attempt, for a latency histogram. */
@@ -95,6 +105,8 @@ export interface FetchCounters {
   readTimeouts: number
   chunksFromCache: number
   chunksFetched: number
+  /** found under the same digest in another cached blob and copied locally instead of fetched */
+  chunksCopied: number
   /** fetched only because they sat next to wanted chunks (amplification) */
   chunksAmplified: number
   /** batches handed to sources (one registry batch is one Range request unless split) */

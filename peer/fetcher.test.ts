@@ -323,4 +323,25 @@ describe('Fetcher', () => {
     assert.deepEqual(await fetcher.read(img, img.reader.lookup('/e.bin'), 0, 3 << 20), img.files['/e.bin'])
     assert.deepEqual(served(name), before)
   })
+
+  it('a chunk held by another cached blob under the same digest is copied locally, never fetched', async () => {
+    // img (zstd) and rawImg (none) hold the same files: same chunk digests, different blobs
+    const { ref } = await freshRepo()
+    const cache = await BlobCache.open(join(cacheRoot, `c${caches.length}`))
+    caches.push(cache)
+    for (const b of [...img.blobs, ...rawImg.blobs]) await cache.registerBlob(b)
+    const warm = new Fetcher({ cache, sources: [new RegistrySource({ client }, { repository: ref })] })
+    for (const path of Object.keys(img.files)) await warm.read(img, img.reader.lookup(path), 0, 8 << 20)
+    // rawImg's blob is in no registry: every chunk must come from the local copy
+    const { ref: empty } = { ref: `${reg.host}/fetch/nothing-here` }
+    const fetcher = new Fetcher({ cache, sources: [new RegistrySource({ client }, { repository: empty })] }, { retries: 0 })
+    for (const [path, bytes] of Object.entries(rawImg.files)) {
+      assert.deepEqual(await fetcher.read(rawImg, rawImg.reader.lookup(path), 0, bytes.length), bytes, path)
+    }
+    const c = fetcher.counters
+    assert.ok(c.chunksCopied > 0)
+    assert.equal(c.chunksFetched, 0)
+    assert.equal(c.bytesBySource.registry, 0)
+    assert.equal(cache.isComplete(rawImg.blobs[0]!.blobId), true)
+  })
 })

@@ -86,7 +86,7 @@ export class Fetcher {
   private readonly retries: number
   private readonly retryBaseMs: number
   private readonly deadlineMs: number
-  private readonly verifyCacheReads: boolean
+  private readonly verifyCacheReads: boolean | 'once'
   private stopped = false
 
   constructor (components: FetcherComponents, init: FetcherInit = {}) {
@@ -146,6 +146,17 @@ export class Fetcher {
         this.metrics.counters.bytesBySource.cache += piece.length
       }))
       if (misses.length === 0) return
+      // the same bytes under another blob of the cache: a local copy instead of a fetch
+      const copied = await Promise.all(misses.map(async piece => await this.copyLocal(this.blobOf(image, piece.chunk).blobId, piece.chunk)))
+      for (let i = misses.length - 1; i >= 0; i--) {
+        const plain = copied[i]
+        if (plain === undefined) continue
+        const piece = misses[i]!
+        plain.copy(out, piece.fileOffset - start, piece.chunkOffset, piece.chunkOffset + piece.length)
+        this.metrics.counters.bytesBySource.cache += piece.length
+        misses.splice(i, 1)
+      }
+      if (misses.length === 0) return
       const byBlob = new Map<number, ChunkInfo[]>()
       for (const p of misses) {
         const list = byBlob.get(p.chunk.blobIndex) ?? []
@@ -187,8 +198,13 @@ export class Fetcher {
 
   /** Makes `chunks` of `blob` present in the cache (prefetch): fetched in contiguous batches, verified, cached. */
   async ensureChunks (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: EnsureOptions = {}): Promise<void> {
-    const missing = chunks.filter(c => !this.cache.has(blob.blobId, c.index))
+    let missing = chunks.filter(c => !this.cache.has(blob.blobId, c.index))
     if (missing.length === 0) return
+    if (this.cache.findByDigest !== undefined) {
+      const copied = await Promise.all(missing.map(async c => await this.copyLocal(blob.blobId, c)))
+      missing = missing.filter((_c, i) => copied[i] === undefined)
+      if (missing.length === 0) return
+    }
     const waiting = new Waiting(f => this.released(f))
     try {
       const flights = this.join(blob, missing, opts.priority ?? 'prefetch', waiting, undefined)
@@ -211,7 +227,7 @@ export class Fetcher {
   private async fromCache (blobId: string, chunk: ChunkInfo): Promise<Buffer | undefined> {
     if (!this.cache.has(blobId, chunk.index)) return undefined
     try {
-      const plain = await this.cache.readChunk(blobId, chunk, this.verifyCacheReads ? { verify: true } : undefined)
+      const plain = await this.cache.readChunk(blobId, chunk, this.verifyCacheReads !== false ? { verify: this.verifyCacheReads } : undefined)
       if (plain === undefined) return undefined
       if (plain.length !== chunk.uncompressedSize) throw new Error(`cache returned ${plain.length} bytes, chunk has ${chunk.uncompressedSize}`)
       this.metrics.counters.chunksFromCache++
@@ -219,6 +235,24 @@ export class Fetcher {
     } catch (err) {
       this.metrics.counters.cacheReadFailures++
       this.log('cache read of chunk %d of blob %s failed, fetching it: %s', chunk.index, blobId, (err as Error).message)
+      return undefined
+    }
+  }
+
+  /** The chunk copied from another cached blob holding the same digest (verified on the way), or undefined. */
+  private async copyLocal (blobId: string, chunk: ChunkInfo): Promise<Buffer | undefined> {
+    const { findByDigest, copyChunk } = this.cache
+    if (findByDigest === undefined || copyChunk === undefined) return undefined
+    try {
+      const from = await findByDigest.call(this.cache, chunk.digest, { exceptBlobId: blobId })
+      if (from === undefined || from.chunk.uncompressedSize !== chunk.uncompressedSize) return undefined
+      if (!(await copyChunk.call(this.cache, from, { blobId, chunk }))) return undefined
+      const plain = await this.cache.readChunk(blobId, chunk)
+      if (plain === undefined || plain.length !== chunk.uncompressedSize) return undefined
+      this.metrics.counters.chunksCopied++
+      return plain
+    } catch (err) {
+      this.log('local copy of chunk %d of blob %s failed, fetching it: %s', chunk.index, blobId, (err as Error).message)
       return undefined
     }
   }

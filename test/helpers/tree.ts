@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto'
 import { lstat, open, readdir, readlink } from 'node:fs/promises'
 import type { BigIntStats } from 'node:fs'
-import { getAttributeSync, listAttributesSync } from '@napi-rs/xattr'
+import { getAttribute, listAttributes } from '@napi-rs/xattr'
 
 export interface TreeEntry {
   path: string
@@ -62,13 +62,14 @@ async function hashFile (path: Buffer): Promise<string> {
   return h.digest('hex')
 }
 
-function readXattrs (path: Buffer): Record<string, string> {
+/** Async, so a FUSE mount served by this very process can be walked without deadlocking its event loop. */
+async function readXattrs (path: Buffer): Promise<Record<string, string>> {
   const p = path.toString('utf8')
   // the xattr binding takes a UTF-8 string; a path it cannot express is reported instead of silently skipped
   if (!Buffer.from(p, 'utf8').equals(path)) return { '?': 'path-not-utf8' }
   const out: Record<string, string> = {}
-  for (const name of listAttributesSync(p).sort()) {
-    out[name] = (getAttributeSync(p, name) ?? Buffer.alloc(0)).toString('hex')
+  for (const name of (await listAttributes(p)).sort()) {
+    out[name] = ((await getAttribute(p, name)) ?? Buffer.alloc(0)).toString('hex')
   }
   return out
 }
@@ -93,7 +94,7 @@ export async function snapshotTree (root: string, opts: { content?: boolean } = 
       mtimeNsec: Number(st.mtimeNs % 1_000_000_000n),
       nlink: Number(st.nlink),
       rdev: type === 'chr' || type === 'blk' ? Number(st.rdev) : 0,
-      xattrs: readXattrs(abs)
+      xattrs: await readXattrs(abs)
     }
     if (type === 'symlink') e.target = (await readlink(abs, { encoding: 'buffer' })).toString('hex')
     if (type === 'file' && content) e.sha256 = await hashFile(abs)

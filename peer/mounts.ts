@@ -1,0 +1,394 @@
+/**
+ * The mount manager of a node: opens an image (registry or local), picks the mode (kernel EROFS when every blob
+ * is complete in the cache, FUSE otherwise, or what was asked), wires a fetcher per mount, starts prefetch, and
+ * unmounts. Blobs under a kernel mount are pinned so eviction never punches what the kernel reads.
+ *
+ * @example
+ * ```ts
+ * const mounts = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: '/var/lib/rafspeer' })
+ * await mounts.mount({ source: '127.0.0.1:5000/app:v1-rafs', mountpoint: '/mnt/app' })
+ * await mounts.stop()
+ * ```
+ */
+import { mkdir, stat } from 'node:fs/promises'
+import { resolve } from 'node:path'
+import type { BlobCache } from '../cache/index.js'
+import type { RafsBlobInfo } from '../rafs/index.js'
+import { RegistryClient } from '../registry/index.js'
+import { Fetcher } from './fetcher.js'
+import type { ComponentLogger, FetchCounters, FetchSample, FetcherInit, Log } from './fetch-types.js'
+import { openImage, type OpenedImage } from './image-open.js'
+import { kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
+import type {
+  FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles, MountInfo, MountMode, MountRequest, MountService, MountStats,
+  PrefetchPolicy, PrefetchStatus
+} from './mount-types.js'
+import { planPrefetch, runPrefetch } from './prefetch.js'
+
+export class MountError extends Error {
+  constructor (readonly code: 'RAFSPEER_ERR_ALREADY_MOUNTED' | 'RAFSPEER_ERR_NOT_MOUNTED' | 'RAFSPEER_ERR_MOUNT' | 'RAFSPEER_ERR_KERNEL_MODE', message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'MountError'
+  }
+}
+
+export interface MountManagerComponents {
+  cache: BlobCache
+  fuse: FuseBackend
+  logger?: ComponentLogger
+  /** registry clients by plain-HTTP setting (default: one `RegistryClient` each, Docker config auth) */
+  clientFor?: (plainHttp: boolean | 'auto') => RegistryClient
+}
+
+export interface MountManagerInit {
+  /** bootstraps are kept under `<workDir>/bootstraps` */
+  workDir: string
+  fetch?: FetcherInit
+  prefetch?: { policy?: PrefetchPolicy, bandwidthBytesPerSecond?: number }
+  defaultMode?: MountMode
+  fuse?: FuseMountOptions
+  plainHttp?: boolean | 'auto'
+}
+
+interface Mounted {
+  info: MountInfo
+  image: OpenedImage
+  fetcher: Fetcher | undefined
+  fuse: FuseMountHandle | undefined
+  kernel: KernelMount | undefined
+  prefetch: PrefetchStatus
+  prefetchDone: Promise<void>
+  abort: AbortController
+  reads: number
+  readBytes: number
+  readErrors: number
+  /** reads answered by the verified-cache fast path (the fetcher never saw them) */
+  fastBytes: number
+  fastChunks: number
+}
+
+const emptyCounters = (): FetchCounters => ({
+  bytesBySource: { cache: 0, registry: 0, peer: 0 },
+  reads: 0, readBytes: 0, readTimeouts: 0, chunksFromCache: 0, chunksFetched: 0, chunksCopied: 0, chunksAmplified: 0, batches: 0,
+  sourceAttempts: 0, retries: 0, singleFlightJoins: 0, verifyFailures: 0, cacheReadFailures: 0, cachePutFailures: 0
+})
+
+export class MountManager implements MountService {
+  private readonly cache: BlobCache
+  private readonly fuse: FuseBackend
+  private readonly log: Log
+  private readonly logger: ComponentLogger | undefined
+  private readonly clientFor: (plainHttp: boolean | 'auto') => RegistryClient
+  private readonly init: MountManagerInit
+  private readonly mounts = new Map<string, Mounted>()
+  /** mountpoints being mounted or unmounted right now */
+  private readonly busy = new Set<string>()
+
+  constructor (components: MountManagerComponents, init: MountManagerInit) {
+    this.cache = components.cache
+    this.fuse = components.fuse
+    this.logger = components.logger
+    this.log = components.logger?.forComponent('rafspeer:mounts') ?? (() => {})
+    const clients = new Map<string, RegistryClient>()
+    this.clientFor = components.clientFor ?? (plainHttp => {
+      const key = String(plainHttp)
+      let c = clients.get(key)
+      if (c === undefined) clients.set(key, c = new RegistryClient({ plainHttp }))
+      return c
+    })
+    this.init = init
+  }
+
+  async mount (req: MountRequest, opts: { signal?: AbortSignal } = {}): Promise<MountInfo> {
+    const mountpoint = resolve(req.mountpoint)
+    if (this.mounts.has(mountpoint) || this.busy.has(mountpoint)) {
+      throw new MountError('RAFSPEER_ERR_ALREADY_MOUNTED', `${mountpoint} is already mounted (or being mounted) by this daemon`)
+    }
+    this.busy.add(mountpoint)
+    try {
+      return await this.doMount({ ...req, mountpoint }, opts.signal)
+    } finally {
+      this.busy.delete(mountpoint)
+    }
+  }
+
+  private async doMount (req: MountRequest, signal: AbortSignal | undefined): Promise<MountInfo> {
+    const requestedMode = req.mode ?? this.init.defaultMode ?? 'auto'
+    const st = await stat(req.mountpoint).catch(() => undefined)
+    if (st === undefined) await mkdir(req.mountpoint, { recursive: true })
+    else if (!st.isDirectory()) throw new MountError('RAFSPEER_ERR_MOUNT', `mountpoint ${req.mountpoint} is not a directory`)
+    if (requestedMode === 'kernel') {
+      const why = await kernelModeUnavailable()
+      if (why !== undefined) throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: ${why}`)
+    }
+
+    const image = await openImage({ cache: this.cache, clientFor: this.clientFor, log: this.log }, {
+      source: req.source,
+      ...(req.blobDir !== undefined ? { blobDir: req.blobDir } : {}),
+      plainHttp: req.plainHttp ?? this.init.plainHttp ?? 'auto',
+      ...(signal !== undefined ? { signal } : {})
+    }, this.init.workDir)
+
+    const m: Mounted = {
+      info: undefined as unknown as MountInfo,
+      image,
+      fetcher: undefined,
+      fuse: undefined,
+      kernel: undefined,
+      prefetch: { state: 'none', chunksTotal: 0, chunksDone: 0, bytesTotal: 0 },
+      prefetchDone: Promise.resolve(),
+      abort: new AbortController(),
+      reads: 0,
+      readBytes: 0,
+      readErrors: 0,
+      fastBytes: 0,
+      fastChunks: 0
+    }
+    try {
+      const fetcher = new Fetcher({ cache: this.cache, sources: image.chunkSources, ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
+        ...this.init.fetch,
+        verifyCacheReads: 'once',
+        ...(this.init.prefetch?.bandwidthBytesPerSecond !== undefined && this.init.prefetch.bandwidthBytesPerSecond > 0
+          ? { prefetchBytesPerSecond: this.init.prefetch.bandwidthBytesPerSecond }
+          : {})
+      })
+      m.fetcher = fetcher
+      let mode: 'fuse' | 'kernel' = 'fuse'
+      if (requestedMode === 'kernel') {
+        // kernel mode asked on an incomplete cache: pull the rest first (at read priority), then mount
+        await this.completeBlobs(fetcher, image, signal)
+        mode = 'kernel'
+      } else if (requestedMode === 'auto' && image.blobs.every(b => this.cache.isComplete(b.blobId)) &&
+          await kernelModeUnavailable() === undefined) {
+        mode = await this.verifiedComplete(fetcher, image, signal) ? 'kernel' : 'fuse'
+      }
+      if (mode === 'kernel') {
+        await this.mountKernel(m, req.mountpoint)
+      } else {
+        m.fuse = await this.fuse.mount(req.mountpoint, this.files(m), this.init.fuse)
+      }
+      m.info = {
+        mountpoint: req.mountpoint,
+        source: image.source,
+        requestedMode,
+        mode,
+        ...(image.manifestDigest !== undefined ? { manifestDigest: image.manifestDigest } : {}),
+        bootstrapDigest: image.bootstrapDigest,
+        bootstrapPath: image.bootstrapPath,
+        blobs: [],
+        prefetch: m.prefetch,
+        mountedAt: new Date().toISOString()
+      }
+      this.mounts.set(req.mountpoint, m)
+      this.log('mounted %s at %s (%s mode%s)', image.source, req.mountpoint, mode, image.offline ? ', registry offline' : '')
+      if (mode === 'fuse') this.startPrefetch(m, req.prefetch ?? this.init.prefetch?.policy ?? 'table')
+      return this.infoOf(m)
+    } catch (err) {
+      m.abort.abort()
+      m.fetcher?.stop()
+      await image.close()
+      throw err
+    }
+  }
+
+  /** Every chunk of every blob present and verified by this process (a kernel mount has no per-read check). */
+  private async verifiedComplete (fetcher: Fetcher, image: OpenedImage, signal: AbortSignal | undefined): Promise<boolean> {
+    for (const b of image.blobs) {
+      for (let ci = 0; ci < b.chunkCount; ci++) {
+        signal?.throwIfAborted()
+        if (this.cache.isVerified(b.blobId, ci)) continue
+        const chunk = image.reader.chunkInfo(image.blobs.indexOf(b), ci)
+        if (await this.cache.readChunk(b.blobId, chunk, { verify: 'once' }) === undefined) {
+          this.log('blob %s chunk %d failed verification before a kernel mount: refetching', b.blobId, ci)
+          await fetcher.ensureChunks(b, [chunk], { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
+          if (!this.cache.isComplete(b.blobId)) return false
+        }
+      }
+    }
+    return image.blobs.every(b => this.cache.isComplete(b.blobId))
+  }
+
+  private async completeBlobs (fetcher: Fetcher, image: OpenedImage, signal: AbortSignal | undefined): Promise<void> {
+    const plan = await planPrefetch(image.reader, 'all')
+    for (const [bi, chunks] of plan) {
+      await fetcher.ensureChunks(image.blobs[bi]!, chunks, { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
+    }
+    if (!(await this.verifiedComplete(fetcher, image, signal))) {
+      throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: the cache could not hold every blob of ${image.source} (cache full?)`)
+    }
+  }
+
+  private async mountKernel (m: Mounted, mountpoint: string): Promise<void> {
+    const blobs = m.image.blobs
+    for (const b of blobs) this.cache.pin(b.blobId)
+    try {
+      m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint)
+    } catch (err) {
+      for (const b of blobs) this.cache.unpin(b.blobId)
+      throw err
+    }
+  }
+
+  /** FUSE's view of the image: verified cached spans straight from the cache files, the rest through the fetcher. */
+  private files (m: Mounted): ImageFiles {
+    const { reader, blobs } = m.image
+    const image = { reader, blobs }
+    return {
+      reader,
+      read: async (nid, offset, length, buf) => {
+        m.reads++
+        try {
+          let n = await this.fastRead(m, blobs, nid, offset, length, buf)
+          if (n === undefined) {
+            const data = await m.fetcher!.read(image, nid, offset, length)
+            n = data.copy(buf, 0)
+          }
+          m.readBytes += n
+          return n
+        } catch (err) {
+          m.readErrors++
+          throw err
+        }
+      }
+    }
+  }
+
+  /** undefined when some chunk of the range is not verified in the cache (the fetcher then serves it). */
+  private async fastRead (m: Mounted, blobs: RafsBlobInfo[], nid: number, offset: number, length: number, buf: Buffer): Promise<number | undefined> {
+    const pieces = m.image.reader.mapRange(nid, offset, length)
+    if (pieces.length === 0) return 0
+    for (const p of pieces) if (!this.cache.isVerified(blobs[p.chunk.blobIndex]!.blobId, p.chunk.index)) return undefined
+    const start = pieces[0]!.fileOffset
+    let i = 0
+    while (i < pieces.length) {
+      // one pread per run of pieces contiguous in one blob's uncompressed view
+      const first = pieces[i]!
+      const blobId = blobs[first.chunk.blobIndex]!.blobId
+      const viewStart = first.chunk.uncompressedOffset + first.chunkOffset
+      let len = first.length
+      let j = i + 1
+      while (j < pieces.length) {
+        const p = pieces[j]!
+        if (p.chunk.blobIndex !== first.chunk.blobIndex || p.chunk.uncompressedOffset + p.chunkOffset !== viewStart + len) break
+        len += p.length
+        j++
+      }
+      if (!(await this.cache.readVerifiedInto(blobId, viewStart, len, buf, first.fileOffset - start))) return undefined
+      i = j
+    }
+    const last = pieces[pieces.length - 1]!
+    const n = last.fileOffset + last.length - start
+    m.fastBytes += n
+    m.fastChunks += pieces.length
+    return n
+  }
+
+  private startPrefetch (m: Mounted, policy: PrefetchPolicy): void {
+    if (policy === 'none') return
+    m.prefetchDone = (async () => {
+      try {
+        const plan = await planPrefetch(m.image.reader, policy, this.log)
+        await runPrefetch(m.fetcher!, m.image.reader, plan, m.prefetch, { signal: m.abort.signal, log: this.log })
+        if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log('prefetch of %s done: %d chunks', m.info.mountpoint, m.prefetch.chunksTotal)
+      } catch (err) {
+        m.prefetch.state = 'failed'
+        m.prefetch.error = (err as Error).message
+        this.log('prefetch of %s failed: %s', m.info.mountpoint, (err as Error).message)
+      }
+    })()
+  }
+
+  async unmount (mountpoint: string): Promise<void> {
+    const mp = resolve(mountpoint)
+    const m = this.mounts.get(mp)
+    if (m === undefined) throw new MountError('RAFSPEER_ERR_NOT_MOUNTED', `${mp} is not mounted by this daemon`)
+    if (this.busy.has(mp)) throw new MountError('RAFSPEER_ERR_MOUNT', `${mp} is being unmounted`)
+    this.busy.add(mp)
+    try {
+      m.abort.abort()
+      await m.prefetchDone
+      if (m.fuse !== undefined) await m.fuse.unmount()
+      if (m.kernel !== undefined) {
+        try {
+          // a reader that just closed its files can leave the mount busy for a moment
+          for (let i = 0; ; i++) {
+            try { await m.kernel.unmount(); break } catch (err) { if (i >= 10) throw err }
+            await new Promise(resolve => setTimeout(resolve, 100))
+          }
+        } catch {
+          // busy: detach it now; it stays pinned until this process ends, since the kernel may still read the blobs
+          await m.kernel.unmount({ lazy: true })
+          this.log('%s was busy: unmounted lazily, its blobs stay pinned', mp)
+          m.kernel = undefined
+        }
+        if (m.kernel !== undefined) for (const b of m.image.blobs) this.cache.unpin(b.blobId)
+      }
+      m.fetcher?.stop()
+      await m.image.close()
+      this.mounts.delete(mp)
+      this.log('unmounted %s', mp)
+    } finally {
+      this.busy.delete(mp)
+    }
+  }
+
+  /** Unmounts everything (SIGTERM, daemon stop). */
+  async stop (): Promise<void> {
+    const all = [...this.mounts.keys()]
+    const results = await Promise.allSettled(all.map(async mp => await this.unmount(mp)))
+    results.forEach((r, i) => { if (r.status === 'rejected') this.log.error?.('unmounting %s: %s', all[i], (r.reason as Error).message) })
+  }
+
+  private infoOf (m: Mounted): MountInfo {
+    return {
+      ...m.info,
+      blobs: m.image.blobs.map(b => {
+        let present = 0
+        for (let ci = 0; ci < b.chunkCount; ci++) if (this.cache.has(b.blobId, ci)) present++
+        return { blobId: b.blobId, chunkCount: b.chunkCount, chunksPresent: present, complete: present === b.chunkCount }
+      }),
+      prefetch: { ...m.prefetch }
+    }
+  }
+
+  get (mountpoint: string): MountInfo | undefined {
+    const m = this.mounts.get(resolve(mountpoint))
+    return m === undefined ? undefined : this.infoOf(m)
+  }
+
+  list (): MountInfo[] { return [...this.mounts.values()].map(m => this.infoOf(m)) }
+
+  stats (): MountStats[] {
+    return [...this.mounts.values()].map(m => {
+      const fetch = m.fetcher?.counters ?? emptyCounters()
+      fetch.bytesBySource.cache += m.fastBytes
+      fetch.chunksFromCache += m.fastChunks
+      return {
+        mountpoint: m.info.mountpoint,
+        source: m.info.source,
+        mode: m.info.mode,
+        reads: m.reads,
+        readBytes: m.readBytes,
+        readErrors: m.readErrors,
+        fetch,
+        prefetch: { ...m.prefetch }
+      }
+    })
+  }
+
+  drainFetchSamples (): Array<FetchSample & { mountpoint: string }> {
+    const out: Array<FetchSample & { mountpoint: string }> = []
+    for (const m of this.mounts.values()) {
+      for (const s of m.fetcher?.drainSamples() ?? []) out.push({ ...s, mountpoint: m.info.mountpoint })
+    }
+    return out
+  }
+
+  /** Resolves when the mount's prefetch has finished (done, failed or cancelled). */
+  async prefetchSettled (mountpoint: string): Promise<PrefetchStatus> {
+    const m = this.mounts.get(resolve(mountpoint))
+    if (m === undefined) throw new MountError('RAFSPEER_ERR_NOT_MOUNTED', `${mountpoint} is not mounted by this daemon`)
+    await m.prefetchDone
+    return { ...m.prefetch }
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Prefetch (design §3): which chunks a policy names — the bootstrap's prefetch table, a path list, or the
+ * whole image — and a runner that feeds them to the fetcher at prefetch priority (reads always go first, and
+ * the fetcher's prefetch bandwidth cap applies), blob by blob in stored order so Range requests stay large.
+ */
+import { readFile } from 'node:fs/promises'
+import type { ChunkInfo, RafsReader } from '../rafs/index.js'
+import type { Fetcher } from './fetcher.js'
+import type { Log } from './fetch-types.js'
+import type { PrefetchPolicy, PrefetchStatus } from './mount-types.js'
+
+/** chunks handed to the fetcher per call: small enough for progress, big enough for full batches */
+const SLICE_CHUNKS = 64
+const SLICES_IN_FLIGHT = 4
+const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
+
+/** The paths of a prefetch list file: one absolute path per line; blank lines and `#` comments skipped. */
+export async function readPrefetchList (file: string): Promise<string[]> {
+  const text = await readFile(file, 'utf8')
+  return text.split('\n').map(l => l.trim()).filter(l => l !== '' && !l.startsWith('#'))
+}
+
+/** Chunks of the files at `nids` (directories: every file below them), deduplicated, by blob. */
+function chunksOfNids (reader: RafsReader, nids: number[]): Map<number, Map<number, ChunkInfo>> {
+  const out = new Map<number, Map<number, ChunkInfo>>()
+  const seen = new Set<number>()
+  const stack = [...nids]
+  while (stack.length > 0) {
+    const nid = stack.pop()!
+    if (seen.has(nid)) continue
+    seen.add(nid)
+    const ino = reader.inode(nid)
+    const fmt = ino.mode & S_IFMT
+    if (fmt === S_IFDIR) {
+      for (const e of reader.readdir(nid)) {
+        const n = e.name.toString('latin1')
+        if (n !== '.' && n !== '..') stack.push(e.nid)
+      }
+    } else if (fmt === S_IFREG && ino.size > 0) {
+      for (const p of reader.mapRange(nid, 0, ino.size)) {
+        let m = out.get(p.chunk.blobIndex)
+        if (m === undefined) out.set(p.chunk.blobIndex, m = new Map())
+        m.set(p.chunk.index, p.chunk)
+      }
+    }
+  }
+  return out
+}
+
+/** Every chunk of every blob, in blob-table order. */
+function allChunks (reader: RafsReader): Map<number, Map<number, ChunkInfo>> {
+  const out = new Map<number, Map<number, ChunkInfo>>()
+  reader.blobs.forEach((b, bi) => {
+    const m = new Map<number, ChunkInfo>()
+    for (let ci = 0; ci < b.chunkCount; ci++) m.set(ci, reader.chunkInfo(bi, ci))
+    out.set(bi, m)
+  })
+  return out
+}
+
+/**
+ * The chunks a policy asks for, per blob index, sorted by stored offset. Paths that do not exist are reported
+ * through `log` and skipped.
+ */
+export async function planPrefetch (reader: RafsReader, policy: PrefetchPolicy, log: Log = () => {}): Promise<Map<number, ChunkInfo[]>> {
+  let byBlob: Map<number, Map<number, ChunkInfo>>
+  if (policy === 'none') return new Map()
+  if (policy === 'all') byBlob = allChunks(reader)
+  else if (policy === 'table') byBlob = chunksOfNids(reader, reader.prefetchNids)
+  else {
+    const paths = 'file' in policy ? await readPrefetchList(policy.file) : policy.paths
+    const nids: number[] = []
+    for (const p of paths) {
+      try {
+        nids.push(reader.lookup(p))
+      } catch (err) {
+        log('prefetch: skipping %s: %s', p, (err as Error).message)
+      }
+    }
+    byBlob = chunksOfNids(reader, nids)
+  }
+  const out = new Map<number, ChunkInfo[]>()
+  for (const [bi, m] of byBlob) out.set(bi, [...m.values()].sort((a, b) => a.compressedOffset - b.compressedOffset))
+  return out
+}
+
+/** Runs a plan through the fetcher; `status` is updated as slices land. Never rejects: failures end in `status`. */
+export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: Map<number, ChunkInfo[]>, status: PrefetchStatus,
+  opts: { signal: AbortSignal, log?: Log }): Promise<void> {
+  status.chunksTotal = 0
+  status.bytesTotal = 0
+  status.chunksDone = 0
+  for (const list of plan.values()) {
+    status.chunksTotal += list.length
+    for (const c of list) status.bytesTotal += c.uncompressedSize
+  }
+  if (status.chunksTotal === 0) { status.state = 'done'; return }
+  status.state = 'running'
+  const jobs: Array<{ bi: number, slice: ChunkInfo[] }> = []
+  for (const [bi, list] of plan) {
+    for (let i = 0; i < list.length; i += SLICE_CHUNKS) jobs.push({ bi, slice: list.slice(i, i + SLICE_CHUNKS) })
+  }
+  try {
+    // a few slices in flight keep the fetcher's prefetch slots busy between slices
+    const worker = async (): Promise<void> => {
+      for (let job = jobs.shift(); job !== undefined; job = jobs.shift()) {
+        opts.signal.throwIfAborted()
+        try {
+          await fetcher.ensureChunks(reader.blobs[job.bi]!, job.slice, { priority: 'prefetch', signal: opts.signal })
+        } catch (err) {
+          jobs.length = 0 // the other workers stop after their current slice
+          throw err
+        }
+        status.chunksDone += job.slice.length
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(SLICES_IN_FLIGHT, jobs.length) }, worker))
+    status.state = 'done'
+  } catch (err) {
+    if (opts.signal.aborted) {
+      status.state = 'cancelled'
+    } else {
+      status.state = 'failed'
+      status.error = (err as Error).message
+      opts.log?.('prefetch failed: %s', (err as Error).message)
+    }
+  }
+}
