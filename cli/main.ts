@@ -12,6 +12,8 @@ import { registerRafsCommands } from './rafs-commands.js'
 import { registerDemoCommand } from './demo.js'
 import { registerRegistryCommand } from './registry-command.js'
 import { registerConvertCommands } from './convert-commands.js'
+import { registerDaemonCommands } from './daemon-commands.js'
+import { createMounts } from './node-wiring.js'
 import { reportError } from './util.js'
 
 /** The package version, from the package.json above this file (the same code runs from dist/ and from sources). */
@@ -34,6 +36,7 @@ export function createProgram (): Command {
   registerDemoCommand(program)
   registerRegistryCommand(program)
   registerConvertCommands(program)
+  registerDaemonCommands(program, { createMounts })
   return program
 }
 

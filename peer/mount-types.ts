@@ -80,8 +80,13 @@ export interface PrefetchStatus {
 
 export interface MountedBlob {
   blobId: string
+  /** chunks in the blob */
   chunkCount: number
+  /** chunks the image's files use (a merged image may not use every chunk of a layer's blob) */
+  chunksReferenced: number
+  /** of the referenced chunks, how many the cache holds */
   chunksPresent: number
+  /** every referenced chunk is cached: the image can be mounted with the kernel */
   complete: boolean
 }
 

@@ -13,7 +13,7 @@
 import { mkdir, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import type { BlobCache } from '../cache/index.js'
-import type { RafsBlobInfo } from '../rafs/index.js'
+import type { ChunkInfo, RafsBlobInfo } from '../rafs/index.js'
 import { RegistryClient } from '../registry/index.js'
 import { Fetcher } from './fetcher.js'
 import type { ComponentLogger, FetchCounters, FetchSample, FetcherInit, Log } from './fetch-types.js'
@@ -23,7 +23,7 @@ import type {
   FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles, MountInfo, MountMode, MountRequest, MountService, MountStats,
   PrefetchPolicy, PrefetchStatus
 } from './mount-types.js'
-import { planPrefetch, runPrefetch } from './prefetch.js'
+import { planPrefetch, referencedChunks, runPrefetch } from './prefetch.js'
 
 export class MountError extends Error {
   constructor (readonly code: 'RAFSPEER_ERR_ALREADY_MOUNTED' | 'RAFSPEER_ERR_NOT_MOUNTED' | 'RAFSPEER_ERR_MOUNT' | 'RAFSPEER_ERR_KERNEL_MODE', message: string, options?: { cause?: unknown }) {
@@ -53,6 +53,8 @@ export interface MountManagerInit {
 interface Mounted {
   info: MountInfo
   image: OpenedImage
+  /** per blob index: the chunks the image's files reference (what a kernel mount needs present) */
+  needed: Map<number, Map<number, ChunkInfo>>
   fetcher: Fetcher | undefined
   fuse: FuseMountHandle | undefined
   kernel: KernelMount | undefined
@@ -132,6 +134,7 @@ export class MountManager implements MountService {
     const m: Mounted = {
       info: undefined as unknown as MountInfo,
       image,
+      needed: referencedChunks(image.reader),
       fetcher: undefined,
       fuse: undefined,
       kernel: undefined,
@@ -156,11 +159,10 @@ export class MountManager implements MountService {
       let mode: 'fuse' | 'kernel' = 'fuse'
       if (requestedMode === 'kernel') {
         // kernel mode asked on an incomplete cache: pull the rest first (at read priority), then mount
-        await this.completeBlobs(fetcher, image, signal)
+        await this.completeBlobs(fetcher, m, signal)
         mode = 'kernel'
-      } else if (requestedMode === 'auto' && image.blobs.every(b => this.cache.isComplete(b.blobId)) &&
-          await kernelModeUnavailable() === undefined) {
-        mode = await this.verifiedComplete(fetcher, image, signal) ? 'kernel' : 'fuse'
+      } else if (requestedMode === 'auto' && this.allPresent(m) && await kernelModeUnavailable() === undefined) {
+        mode = await this.verifiedComplete(fetcher, m, signal) ? 'kernel' : 'fuse'
       }
       if (mode === 'kernel') {
         await this.mountKernel(m, req.mountpoint)
@@ -191,30 +193,42 @@ export class MountManager implements MountService {
     }
   }
 
-  /** Every chunk of every blob present and verified by this process (a kernel mount has no per-read check). */
-  private async verifiedComplete (fetcher: Fetcher, image: OpenedImage, signal: AbortSignal | undefined): Promise<boolean> {
-    for (const b of image.blobs) {
-      for (let ci = 0; ci < b.chunkCount; ci++) {
+  /** Every chunk the image references is in the cache. */
+  private allPresent (m: Mounted): boolean {
+    for (const [bi, chunks] of m.needed) {
+      const blobId = m.image.blobs[bi]!.blobId
+      for (const ci of chunks.keys()) if (!this.cache.has(blobId, ci)) return false
+    }
+    return true
+  }
+
+  /**
+   * Every referenced chunk present and verified by this process (a kernel mount has no per-read check); bad
+   * chunks are refetched once.
+   */
+  private async verifiedComplete (fetcher: Fetcher, m: Mounted, signal: AbortSignal | undefined): Promise<boolean> {
+    for (const [bi, chunks] of m.needed) {
+      const blob = m.image.blobs[bi]!
+      for (const chunk of chunks.values()) {
         signal?.throwIfAborted()
-        if (this.cache.isVerified(b.blobId, ci)) continue
-        const chunk = image.reader.chunkInfo(image.blobs.indexOf(b), ci)
-        if (await this.cache.readChunk(b.blobId, chunk, { verify: 'once' }) === undefined) {
-          this.log('blob %s chunk %d failed verification before a kernel mount: refetching', b.blobId, ci)
-          await fetcher.ensureChunks(b, [chunk], { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
-          if (!this.cache.isComplete(b.blobId)) return false
+        if (this.cache.isVerified(blob.blobId, chunk.index)) continue
+        if (await this.cache.readChunk(blob.blobId, chunk, { verify: 'once' }) === undefined) {
+          this.log('blob %s chunk %d missing or bad before a kernel mount: fetching it', blob.blobId, chunk.index)
+          await fetcher.ensureChunks(blob, [chunk], { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
+          if (!this.cache.isVerified(blob.blobId, chunk.index)) return false
         }
       }
     }
-    return image.blobs.every(b => this.cache.isComplete(b.blobId))
+    return true
   }
 
-  private async completeBlobs (fetcher: Fetcher, image: OpenedImage, signal: AbortSignal | undefined): Promise<void> {
-    const plan = await planPrefetch(image.reader, 'all')
-    for (const [bi, chunks] of plan) {
-      await fetcher.ensureChunks(image.blobs[bi]!, chunks, { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
+  private async completeBlobs (fetcher: Fetcher, m: Mounted, signal: AbortSignal | undefined): Promise<void> {
+    for (const [bi, chunks] of m.needed) {
+      const list = [...chunks.values()].sort((a, b) => a.compressedOffset - b.compressedOffset)
+      await fetcher.ensureChunks(m.image.blobs[bi]!, list, { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
     }
-    if (!(await this.verifiedComplete(fetcher, image, signal))) {
-      throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: the cache could not hold every blob of ${image.source} (cache full?)`)
+    if (!(await this.verifiedComplete(fetcher, m, signal))) {
+      throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: the cache could not hold every chunk of ${m.image.source} (cache full?)`)
     }
   }
 
@@ -342,10 +356,11 @@ export class MountManager implements MountService {
   private infoOf (m: Mounted): MountInfo {
     return {
       ...m.info,
-      blobs: m.image.blobs.map(b => {
+      blobs: m.image.blobs.map((b, bi) => {
+        const needed = m.needed.get(bi) ?? new Map<number, ChunkInfo>()
         let present = 0
-        for (let ci = 0; ci < b.chunkCount; ci++) if (this.cache.has(b.blobId, ci)) present++
-        return { blobId: b.blobId, chunkCount: b.chunkCount, chunksPresent: present, complete: present === b.chunkCount }
+        for (const ci of needed.keys()) if (this.cache.has(b.blobId, ci)) present++
+        return { blobId: b.blobId, chunkCount: b.chunkCount, chunksReferenced: needed.size, chunksPresent: present, complete: present === needed.size }
       }),
       prefetch: { ...m.prefetch }
     }

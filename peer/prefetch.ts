@@ -49,14 +49,17 @@ function chunksOfNids (reader: RafsReader, nids: number[]): Map<number, Map<numb
   return out
 }
 
-/** Every chunk of every blob, in blob-table order. */
-function allChunks (reader: RafsReader): Map<number, Map<number, ChunkInfo>> {
+/**
+ * Every chunk the image's files reference (the bootstrap's chunk table), by blob. A blob may hold more: chunks of
+ * files a later layer deleted are in no table, and nothing ever reads them.
+ */
+export function referencedChunks (reader: RafsReader): Map<number, Map<number, ChunkInfo>> {
   const out = new Map<number, Map<number, ChunkInfo>>()
-  reader.blobs.forEach((b, bi) => {
-    const m = new Map<number, ChunkInfo>()
-    for (let ci = 0; ci < b.chunkCount; ci++) m.set(ci, reader.chunkInfo(bi, ci))
-    out.set(bi, m)
-  })
+  for (const { info } of reader.chunkTableEntries()) {
+    let m = out.get(info.blobIndex)
+    if (m === undefined) out.set(info.blobIndex, m = new Map())
+    if (!m.has(info.index)) m.set(info.index, reader.chunkInfo(info.blobIndex, info.index))
+  }
   return out
 }
 
@@ -67,7 +70,7 @@ function allChunks (reader: RafsReader): Map<number, Map<number, ChunkInfo>> {
 export async function planPrefetch (reader: RafsReader, policy: PrefetchPolicy, log: Log = () => {}): Promise<Map<number, ChunkInfo[]>> {
   let byBlob: Map<number, Map<number, ChunkInfo>>
   if (policy === 'none') return new Map()
-  if (policy === 'all') byBlob = allChunks(reader)
+  if (policy === 'all') byBlob = referencedChunks(reader)
   else if (policy === 'table') byBlob = chunksOfNids(reader, reader.prefetchNids)
   else {
     const paths = 'file' in policy ? await readPrefetchList(policy.file) : policy.paths

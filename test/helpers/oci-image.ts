@@ -152,6 +152,19 @@ export async function buildSourceImage (dir: string): Promise<OciImage> {
   return { layout, tag }
 }
 
+/** Adds a layer to the image: `fill` writes into an unpacked rootfs, which umoci repacks as a new layer. */
+export async function addLayer (img: OciImage, dir: string, fill: (rootfs: string) => Promise<void>): Promise<void> {
+  const bundle = join(dir, `bundle-extra-${Date.now()}`)
+  const image = `${img.layout}:${img.tag}`
+  await umoci('unpack', '--image', image, bundle)
+  try {
+    await fill(join(bundle, 'rootfs'))
+    await umoci('repack', '--image', image, bundle)
+  } finally {
+    await rm(bundle, { recursive: true, force: true })
+  }
+}
+
 /** `skopeo copy` of the layout to `dest` (`host:port/repo:tag`) over plain HTTP. */
 export async function pushOciImage (img: OciImage, dest: string): Promise<void> {
   await run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', `oci:${img.layout}:${img.tag}`, `docker://${dest}`],

@@ -13,6 +13,8 @@ export interface RegistryProxy {
   /** `127.0.0.1:port`: use it as the registry host of references */
   host: string
   mode: ProxyMode
+  /** pause this long after each piece of a blob body (slows transfers so a test can act mid-read) */
+  delayMs: number
   /** body bytes of /blobs/ responses sent to clients, and their count */
   blobBytes: number
   blobRequests: number
@@ -28,6 +30,7 @@ export async function startRegistryProxy (upstream: string): Promise<RegistryPro
   const state: RegistryProxy = {
     host: '',
     mode: 'pass',
+    delayMs: 0,
     blobBytes: 0,
     blobRequests: 0,
     rangeRequests: 0,
@@ -46,7 +49,10 @@ export async function startRegistryProxy (upstream: string): Promise<RegistryPro
     if (/\/manifests\//.test(req.url ?? '')) state.manifestRequests++
     const up = request({ host: uhost, port: Number(uport), method: req.method, path: req.url, headers: { ...req.headers, host: upstream } }, upRes => {
       res.writeHead(upRes.statusCode ?? 502, upRes.headers)
-      upRes.on('data', (piece: Buffer) => { if (isBlob && req.method === 'GET') state.blobBytes += piece.length })
+      upRes.on('data', (piece: Buffer) => {
+        if (isBlob && req.method === 'GET') state.blobBytes += piece.length
+        if (isBlob && state.delayMs > 0) { upRes.pause(); setTimeout(() => upRes.resume(), state.delayMs) }
+      })
       upRes.pipe(res)
     })
     up.on('error', err => { if (!res.headersSent) res.writeHead(502).end(err.message); else res.destroy(err) })

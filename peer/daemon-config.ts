@@ -1,0 +1,213 @@
+/**
+ * The daemon's configuration: one JSON file, validated once at the edge against a schema with documented
+ * defaults; command-line flags override it; every problem is reported at once; the result is frozen.
+ *
+ * Nydus users: `fetch.amplifyBytes` is `amplify_io` / `rafs.batch_size`, `prefetch.bandwidthBytesPerSecond` is
+ * `fs_prefetch.bandwidth_rate`, `prefetch.policy: 'all'` is `prefetch_all`, `cache.dir` is the blobcache `work_dir`.
+ *
+ * @example
+ * ```json
+ * { "version": 1, "socket": "/run/rafspeer/rafspeer.sock", "cache": { "capBytes": "20GiB" },
+ *   "prefetch": { "policy": "table", "bandwidthBytesPerSecond": "50MiB" }, "metrics": { "listen": "127.0.0.1:9110" } }
+ * ```
+ */
+import { readFile } from 'node:fs/promises'
+import { isAbsolute, join } from 'node:path'
+import { z } from 'zod'
+
+export const DEFAULT_SOCKET = '/run/rafspeer/rafspeer.sock'
+export const DEFAULT_WORK_DIR = '/var/lib/rafspeer'
+
+export class ConfigError extends Error {
+  readonly code = 'RAFSPEER_ERR_CONFIG'
+  /** one `path: problem` per issue */
+  readonly problems: string[]
+  constructor (message: string, problems: string[] = [], options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'ConfigError'
+    this.problems = problems
+  }
+}
+
+const UNITS: Record<string, number> = {
+  '': 1, b: 1,
+  k: 1024, ki: 1024, kib: 1024, kb: 1000,
+  m: 1024 ** 2, mi: 1024 ** 2, mib: 1024 ** 2, mb: 1000 ** 2,
+  g: 1024 ** 3, gi: 1024 ** 3, gib: 1024 ** 3, gb: 1000 ** 3,
+  t: 1024 ** 4, ti: 1024 ** 4, tib: 1024 ** 4, tb: 1000 ** 4
+}
+
+/**
+ * A byte count: a number, `0x`-hex, or a number with a unit. IEC units (`KiB`, `MiB`, `GiB`, `TiB`) and bare
+ * letters (`K`, `M`, `G`, `T`) are powers of 1024; SI units (`kB`, `MB`, `GB`, `TB`) are powers of 1000.
+ * Returns undefined when `value` is not a size.
+ */
+export function parseByteSize (value: string): number | undefined {
+  const s = value.trim()
+  if (/^0x[0-9a-f]+$/i.test(s)) return parseInt(s.slice(2), 16)
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(s)
+  if (m === null) return undefined
+  const unit = UNITS[m[2]!.toLowerCase()]
+  if (unit === undefined) return undefined
+  const n = Math.round(Number(m[1]) * unit)
+  return Number.isSafeInteger(n) ? n : undefined
+}
+
+/** Splits `host:port` (`[::1]:9110` for IPv6; a bare `:9110` means all interfaces); undefined when malformed. */
+export function parseHostPort (value: string): { host: string, port: number } | undefined {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value)
+  if (m === null) return undefined
+  const port = Number(m[3])
+  if (port > 65535) return undefined
+  return { host: m[1] ?? (m[2] === '' ? '::' : m[2]!), port }
+}
+
+const byteSize = z.union([z.number(), z.string()], { error: 'expected a byte count or a size such as "20GiB"' })
+  .transform((v, ctx) => {
+    const n = typeof v === 'number' ? v : parseByteSize(v)
+    if (n === undefined || !Number.isSafeInteger(n) || n < 0) {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a byte size (a whole number ≥ 0, or like "512KiB", "20GiB", "1GB")` })
+      return z.NEVER
+    }
+    return n
+  })
+
+const absPath = z.string().refine(p => isAbsolute(p), { error: 'must be an absolute path' })
+const int = (min: number, max: number): z.ZodInt => z.int({ error: 'expected a whole number' })
+  .min(min, { error: `must be at least ${min}` }).max(max, { error: `must be at most ${max}` })
+
+/** The schema; every key is optional in the file and gets the default documented beside it. */
+export const daemonConfigSchema = z.strictObject({
+  /** format of this file; only 1 exists */
+  version: z.literal(1, { error: 'only version 1 is known' }).default(1),
+  /** the admin API's Unix socket */
+  socket: absPath.default(DEFAULT_SOCKET),
+  /** state of the daemon: bootstraps, the cache (by default) */
+  workDir: absPath.default(DEFAULT_WORK_DIR),
+  cache: z.strictObject({
+    /** default `${workDir}/cache` */
+    dir: absPath.optional(),
+    /** total disk bytes of cached chunks; 0 = unlimited (default) */
+    capBytes: byteSize.default(0)
+  }).prefault({}),
+  fetch: z.strictObject({
+    /** adjacent missing chunks are fetched together up to this many bytes (nydus `amplify_io`, 1 MiB) */
+    amplifyBytes: byteSize.default(1 << 20),
+    /** batches in flight (8) */
+    concurrency: int(1, 1024).default(8),
+    /** one attempt of one batch at one source (10 s) */
+    timeoutMs: int(1, 3_600_000).default(10_000),
+    /** extra rounds over all sources after a transient failure (2) */
+    retries: int(0, 100).default(2),
+    /** a read not served by then fails with EIO (30 s) */
+    deadlineMs: int(1, 3_600_000).default(30_000)
+  }).prefault({}),
+  prefetch: z.strictObject({
+    /** what a mount prefetches unless the request says: the bootstrap's prefetch table, everything, or nothing */
+    policy: z.enum(['table', 'all', 'none']).default('table'),
+    /** prefetch bytes per second, whole daemon; 0 = unlimited (default) */
+    bandwidthBytesPerSecond: byteSize.default(0)
+  }).prefault({}),
+  mount: z.strictObject({
+    /** `auto`: the kernel's EROFS when every blob is complete in the cache and the kernel can, FUSE otherwise */
+    defaultMode: z.enum(['auto', 'fuse', 'kernel']).default('auto')
+  }).prefault({}),
+  fuse: z.strictObject({
+    kernelCache: z.boolean().default(true),
+    entryTimeoutS: int(0, 31_536_000).default(86_400),
+    attrTimeoutS: int(0, 31_536_000).default(86_400),
+    allowOther: z.boolean().default(true)
+  }).prefault({}),
+  registry: z.strictObject({
+    /** `auto`: loopback and localhost registries speak http, the rest https */
+    plainHttp: z.union([z.boolean(), z.literal('auto')], { error: 'expected true, false or "auto"' }).default('auto')
+  }).prefault({}),
+  metrics: z.strictObject({
+    /** `host:port` of an optional TCP endpoint serving only GET /metrics (absent: Unix socket only) */
+    listen: z.string().refine(s => parseHostPort(s) !== undefined, { error: 'expected host:port' }).optional()
+  }).prefault({}),
+  log: z.strictObject({
+    level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+    format: z.enum(['json', 'text']).default('json')
+  }).prefault({})
+}).transform(c => ({ ...c, cache: { ...c.cache, dir: c.cache.dir ?? join(c.workDir, 'cache') } }))
+
+type DeepReadonly<T> = T extends Array<infer U> ? ReadonlyArray<DeepReadonly<U>>
+  : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T
+
+/** A validated, complete, frozen configuration. */
+export type DaemonConfig = DeepReadonly<z.output<typeof daemonConfigSchema>>
+
+type DeepPartial<T> = T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T
+/** What a file or flags may give: any subset of the keys. */
+export type DaemonConfigInput = DeepPartial<z.input<typeof daemonConfigSchema>>
+
+function isPlainObject (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** `over` onto `base`, recursively through objects; undefined values in `over` leave `base` alone. */
+function merge (base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over
+  const out: Record<string, unknown> = { ...base }
+  for (const [k, v] of Object.entries(over)) {
+    if (v !== undefined) out[k] = merge(base[k], v)
+  }
+  return out
+}
+
+function deepFreeze<T> (v: T): T {
+  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
+    for (const x of Object.values(v)) deepFreeze(x)
+    Object.freeze(v)
+  }
+  return v
+}
+
+function describeIssues (issues: z.core.$ZodIssue[]): string[] {
+  const out: string[] = []
+  for (const issue of issues) {
+    const at = issue.path.map(String).join('.')
+    if (issue.code === 'unrecognized_keys') {
+      for (const k of issue.keys) out.push(`${at === '' ? k : `${at}.${k}`}: unknown key`)
+    } else {
+      out.push(`${at === '' ? '(root)' : at}: ${issue.message}`)
+    }
+  }
+  return out
+}
+
+/**
+ * Validates `raw` (a parsed file, or `{}`) with `overrides` laid over it. Throws one `ConfigError` naming every
+ * problem; `source` names the file in its message.
+ */
+export function parseDaemonConfig (raw: unknown, overrides: DaemonConfigInput = {}, source = 'config'): DaemonConfig {
+  if (!isPlainObject(raw)) throw new ConfigError(`${source}: expected a JSON object at the top`, ['(root): expected an object'])
+  const r = daemonConfigSchema.safeParse(merge(raw, overrides))
+  if (!r.success) {
+    const problems = describeIssues(r.error.issues)
+    throw new ConfigError(`${source}: ${problems.length} problem${problems.length === 1 ? '' : 's'}: ${problems.join('; ')}`, problems)
+  }
+  return deepFreeze(r.data)
+}
+
+/** Reads and validates the JSON file at `path` (none: the defaults), with `overrides` (flags) laid over it. */
+export async function loadDaemonConfig (path: string | undefined, overrides: DaemonConfigInput = {}): Promise<DaemonConfig> {
+  if (path === undefined) return parseDaemonConfig({}, overrides, 'defaults')
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`, [], { cause: err })
+  }
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not valid JSON: ${(err as Error).message}`, [], { cause: err })
+  }
+  return parseDaemonConfig(raw, overrides, `config file ${path}`)
+}
+
+/** The configuration with every default, frozen: what an empty file means. */
+export const DEFAULT_DAEMON_CONFIG: DaemonConfig = parseDaemonConfig({})
