@@ -183,7 +183,7 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
     .description('mount an image (registry reference, or a local bootstrap with --blob-dir) through the daemon, or in this process with --foreground')
     .argument('<ref>', 'image reference (host/repo:tag, host/repo@sha256:…) or a bootstrap file')
     .argument('<mountpoint>', 'directory to mount at')
-    .addOption(new Option('--mode <mode>', 'fuse, kernel (EROFS, needs every blob complete in the cache), or auto').argParser(parseMode))
+    .addOption(new Option('--mode <mode>', 'fuse; kernel (EROFS over the cache files: pulls what is missing first); auto (kernel when the cache holds the whole image, else fuse)').argParser(parseMode))
     .option('--prefetch <policy>', 'all, none, table (the image\'s prefetch table) or a file listing paths', (v: string) => parsePrefetch(v))
     .option('--blob-dir <dir>', 'with a local bootstrap: the directory holding its blobs')
     .option('--plain-http', 'talk to the registry over http')
