@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
@@ -9,13 +9,13 @@ import { join } from 'node:path'
 import type { CacheStats } from '../cache/index.js'
 import { startAdminApi, type AdminApi, type DaemonInfo } from './admin-api.js'
 import { AdminClient, AdminClientError } from './admin-client.js'
-import { Daemon, type ManagedMountService } from './daemon.js'
+import { Daemon, packageVersion, type ManagedMountService } from './daemon.js'
 import { parseDaemonConfig } from './daemon-config.js'
 import { DaemonMetrics, type MetricsJson } from './metrics.js'
 import type { FetchCounters, FetchSample } from './fetch-types.js'
 import type { MountInfo, MountRequest, MountStats } from './mount-types.js'
 
-const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+const VERSION = packageVersion()
 
 const coded = (code: string, message: string): Error => Object.assign(new Error(message), { code })
 
