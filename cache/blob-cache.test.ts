@@ -165,3 +165,18 @@ test("verify 'once': bytes changed on disk while closed are caught on the first 
   await cache.putChunk(b.blob.blobId, c1, b.plain[c1.index]!)
   assert.equal(cache.isVerified(b.blob.blobId, c1.index), true)
 })
+
+test('onChunksStored hears every durably marked digest; presentDigests lists what is held', async t => {
+  const dir = await tempDir(t)
+  const b = await buildBlob(dir, [100_000, 50_000, 7000])
+  const heard: string[] = []
+  const cache = await BlobCache.open(join(dir, 'cache'), { onChunksStored: d => { for (const x of d) heard.push(x.toString('hex')) } })
+  t.after(async () => { await cache.close() })
+  await cache.registerBlob(b.blob)
+  for (const c of b.chunks.slice(0, 2)) await cache.putChunk(b.blob.blobId, c, b.plain[c.index]!)
+  const want = b.chunks.slice(0, 2).map(c => c.digest.toString('hex')).sort()
+  assert.deepEqual([...heard].sort(), want)
+  const listed: string[] = []
+  for await (const d of cache.presentDigests()) listed.push(d.toString('hex'))
+  assert.deepEqual(listed.sort(), want)
+})

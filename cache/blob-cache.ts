@@ -40,6 +40,7 @@ export class BlobCache {
   readonly #evictor: Evictor
   readonly #imageStore: ImageStore
   readonly #rangeBytes: number
+  readonly #onStored: ((digests: Buffer[]) => void) | undefined
   #generation = 0
   #closed = false
   readonly #counters = { hits: 0, misses: 0, verifyFailures: 0, writeFailures: 0, recoveryChecked: 0, recoveryBad: 0 }
@@ -49,6 +50,7 @@ export class BlobCache {
     this.#index = index
     this.capBytes = init.capBytes
     this.#rangeBytes = init.evictionRangeBytes ?? DEFAULT_EVICTION_RANGE_BYTES
+    this.#onStored = init.onChunksStored
     this.#log = (init.logger ?? silentLogger).forComponent('rafspeer:cache')
     this.#imageStore = new ImageStore(index)
     this.#commits = new GroupCommit(async marks => await this.#commitMarks(marks))
@@ -286,6 +288,17 @@ export class BlobCache {
     const touched = new Set(marks.map(m => m.blobId))
     const blobs = [...touched].map(id => this.#blobs.get(id)?.snapshot()).filter((r): r is BlobRecord => r !== undefined)
     await this.#index.markChunks(marks, blobs)
+    if (this.#onStored !== undefined) {
+      try { this.#onStored(marks.map(m => m.chunk.digest)) } catch (err) { this.#log.error('onChunksStored: %s', (err as Error).message) }
+    }
+  }
+
+  /** Digests of every present chunk (each once per blob that holds it), for a node's first announcement. */
+  async * presentDigests (): AsyncIterable<Buffer> {
+    this.#checkOpen()
+    for (const s of [...this.#blobs.values()]) {
+      for await (const rec of this.#index.chunks(s.record.blobId)) if (s.has(rec.index)) yield rec.digest
+    }
   }
 
   async #unmark (s: BlobState, chunks: Array<Pick<CachedChunk, 'index' | 'uncompressedOffset' | 'uncompressedSize'>>): Promise<void> {

@@ -21,6 +21,8 @@ export interface BlobCacheInit {
   logger?: ComponentLogger
   /** the index to use; default: LevelDB in `<dir>/index` */
   index?: CacheIndex
+  /** told the digests of chunks once they are durably marked present (a node announces them to the swarm) */
+  onChunksStored?: (digests: Buffer[]) => void
 }
 
 export interface VerifyReport { checked: number, bad: number, bytes: number }
