@@ -22,6 +22,7 @@ import type { PushOutcome } from './push.js'
 
 export { convertImage } from './convert.js'
 export { checkRemoteImage } from './image-check.js'
+export { publishDirectory, type PublishOptions, type PublishResult } from './publish.js'
 export { ConvertError, type ConvertErrorCode } from './errors.js'
 export { writeBootstrapLayer, extractBootstrap, BOOTSTRAP_LAYER_MTIME } from './bootstrap-layer.js'
 export {
