@@ -1,21 +1,26 @@
 /**
  * FUSE mounts over fuse-native (libfuse 2.9's high-level API on a multi-threaded loop): the kernel's requests are
  * served by `rafsFuseOps` on this process's event loop, so a read waiting for the network never holds up the
- * others. The mount is read-only with long kernel caches (the image is immutable); the -o string is ours, not
- * fuse-native's, and unmounting is ours too (`fusermount -uz` without a shell, and a mount someone else already
- * removed counts as unmounted).
+ * others. The mount is read-only with long kernel caches (the image is immutable) and, by default, without OPEN
+ * requests (FUSE "no_open"), so opening a file costs no round trip. The -o string is ours, not fuse-native's, and
+ * so is unmounting: `fusermount -uz` without a shell, a mount someone else already removed counts as unmounted,
+ * and the dead mount of a killed daemon is cleared before mounting over it.
+ *
+ * Everything that touches the mount from this process must be asynchronous (fs.promises, child processes): a
+ * synchronous call, or spawning a child with its cwd inside the mount, blocks the loop that would answer it.
  *
  * @example
  * ```ts
  * const backend = new FuseNativeBackend({ logger })
- * const m = await backend.mount('/mnt/app', { reader, read: (nid, off, len, buf) => fetcher.readInto(...) })
+ * const m = await backend.mount('/mnt/app', { reader, read: async (nid, off, len, buf) => await readInto(nid, off, len, buf) })
  * await m.unmount()
  * ```
  */
 import { execFile } from 'node:child_process'
+import { Stats } from 'node:fs'
 import { readFile, realpath, stat } from 'node:fs/promises'
 import { createRequire } from 'node:module'
-import { dirname } from 'node:path'
+import { dirname, resolve as resolvePath } from 'node:path'
 import { promisify } from 'node:util'
 import Fuse from 'fuse-native'
 import { Errno, rafsFuseOps, type FuseLog, type RafsFuseOps } from './fuse-fs.js'
@@ -37,18 +42,30 @@ export const DEFAULT_OP_TIMEOUT_MS = 60_000
 const MAX_READ = 131_072
 /** the kernel sends INIT as soon as the mount exists; waiting longer means it never will */
 const MOUNT_READY_TIMEOUT_MS = 30_000
+const SUBTYPE = 'rafs'
+/** what /proc/mounts shows for our mounts */
+const FS_TYPE = `fuse.${SUBTYPE}`
 
 export interface FuseNativeBackendComponents {
   logger?: { forComponent: (name: string) => FuseLog }
 }
 
+/**
+ * Who answers the kernel's OPEN of a file (directories are always opened by libfuse):
+ * - `none` (default): the first OPEN is answered ENOSYS, and from then on the kernel opens files by itself (FUSE
+ *   "no_open": no OPEN or RELEASE requests at all, page cache kept across opens). The mount is `ro`, so the kernel
+ *   refuses write opens with EROFS before any request.
+ * - `libfuse`: libfuse answers every OPEN in C (a round trip to this process, none to JS).
+ * - `js`: `RafsFuseOps.open` answers (EROFS for write access, fd = nid + 1): a JS round trip per open.
+ */
+export type FuseOpenMode = 'none' | 'libfuse' | 'js'
+
 export interface FuseNativeBackendInit {
-  /**
-   * Register an `open` handler (default false). The mount is `ro`, so the kernel refuses write opens with EROFS
-   * by itself; without the handler libfuse answers OPEN in C and a file's open costs no trip to JS.
-   */
-  openHandler?: boolean
+  opens?: FuseOpenMode
 }
+
+/** The OPEN answer that turns OPEN off for the rest of the mount (libfuse passes it through to the kernel). */
+const ENOSYS = -38
 
 const escapeOption = (v: string): string => v.replace(/[\\,]/g, c => '\\' + c)
 
@@ -68,7 +85,7 @@ export function fuseOptionList (opts: FuseMountOptions = {}): string[] {
   list.push('use_ino')
   if (opts.kernelCache ?? true) list.push('kernel_cache')
   list.push(`entry_timeout=${entry}`, `attr_timeout=${attr}`, `negative_timeout=${entry}`, `max_read=${MAX_READ}`)
-  list.push(`fsname=${escapeOption(fsName)}`, 'subtype=rafs')
+  list.push(`fsname=${escapeOption(fsName)}`, `subtype=${SUBTYPE}`)
   if (opts.debug === true) list.push('debug')
   return list
 }
@@ -179,20 +196,20 @@ class RafsFuse extends Fuse {
 export class FuseNativeBackend implements FuseBackend {
   readonly name = 'fuse-native'
   private readonly log: FuseLog
-  private readonly openHandler: boolean
+  private readonly opens: FuseOpenMode
 
   constructor (components: FuseNativeBackendComponents = {}, init: FuseNativeBackendInit = {}) {
     this.log = components.logger?.forComponent('rafspeer:fuse') ?? (() => {})
-    this.openHandler = init.openHandler ?? false
+    this.opens = init.opens ?? 'none'
   }
 
   async mount (mountpoint: string, files: ImageFiles, opts: FuseMountOptions = {}): Promise<FuseMountHandle> {
     const optionList = fuseOptionList(opts)
     const opTimeoutMs = opts.opTimeoutMs ?? DEFAULT_OP_TIMEOUT_MS
     if (!Number.isInteger(opTimeoutMs) || opTimeoutMs < 10) throw new FuseMountError(`FUSE opTimeoutMs must be an integer >= 10, got ${opTimeoutMs}`)
-    const mnt = await checkMountpoint(mountpoint)
+    const mnt = await checkMountpoint(mountpoint, this.log)
     const ops = rafsFuseOps(files, { log: this.log, readDeadlineMs: readDeadlineOf(opTimeoutMs) })
-    const fuse = new RafsFuse(mnt, this.kernelOps(ops), optionList, opTimeoutMs)
+    const fuse = new RafsFuse(mnt, this.kernelOps(ops, opts), optionList, opTimeoutMs)
     await mountReady(fuse, mnt)
 
     let unmounting: Promise<void> | undefined
@@ -216,24 +233,36 @@ export class FuseNativeBackend implements FuseBackend {
     }
   }
 
-  private kernelOps (ops: RafsFuseOps): Fuse.Operations {
+  private kernelOps (ops: RafsFuseOps, opts: FuseMountOptions): Fuse.Operations {
     const { open, ...rest } = ops
-    return this.openHandler ? ops : rest
+    if (this.opens === 'js') return ops
+    // without OPEN the kernel always keeps the page cache: only libfuse's OPEN can honour kernelCache: false
+    if (this.opens === 'libfuse' || opts.kernelCache === false) return rest
+    return { ...rest, open: (_path, _flags, cb) => { cb(ENOSYS) } }
   }
 }
 
-async function checkMountpoint (mountpoint: string): Promise<string> {
-  const st = await stat(mountpoint).catch((err: NodeJS.ErrnoException) => {
-    const why = err.code === 'ENOENT' ? 'does not exist' : `cannot be used (${err.code ?? err.message})`
-    throw new FuseMountError(`mountpoint ${mountpoint} ${why}`, { cause: err })
-  })
+async function checkMountpoint (mountpoint: string, log: FuseLog): Promise<string> {
+  const statOrError = async (): Promise<Stats | NodeJS.ErrnoException> => await stat(mountpoint).catch((err: NodeJS.ErrnoException) => err)
+  let st = await statOrError()
+  if (!(st instanceof Stats) && st.code === 'ENOTCONN') {
+    // a rafspeer that died left its mount behind: nothing serves it, so it is cleared rather than refused
+    const abs = resolvePath(mountpoint)
+    const top = (await mountsAt(abs)).at(-1)
+    if (top?.fsType === FS_TYPE) {
+      log('clearing the dead FUSE mount at %s (%s) left by an earlier process', abs, top.source)
+      await detach(abs)
+      st = await statOrError()
+    }
+  }
+  if (!(st instanceof Stats)) {
+    const why = st.code === 'ENOENT' ? 'does not exist' : `cannot be used (${st.code ?? st.message})`
+    throw new FuseMountError(`mountpoint ${mountpoint} ${why}`, { cause: st })
+  }
   if (!st.isDirectory()) throw new FuseMountError(`mountpoint ${mountpoint} is not a directory`)
   const real = await realpath(mountpoint)
-  const mounted = await mountsAt(real)
-  if (mounted.length > 0) {
-    const top = mounted[mounted.length - 1]!
-    throw new FuseMountError(`mountpoint ${mountpoint} is already a mount point (${top.fsType} from ${top.source})`)
-  }
+  const top = (await mountsAt(real)).at(-1)
+  if (top !== undefined) throw new FuseMountError(`mountpoint ${mountpoint} is already a mount point (${top.fsType} from ${top.source})`)
   return real
 }
 

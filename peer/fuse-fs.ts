@@ -9,7 +9,8 @@
  *
  * What fuse-native can carry limits what is shown: paths and names are UTF-8 strings, so a name that is not valid
  * UTF-8 is left out of `readdir` (logged once per directory) and such a symlink target reads as EIO; times have
- * ms precision; `ino` and `rdev` are 32-bit (majors above 4095 and minors above 2^20 - 1 do not fit).
+ * ms precision; `ino` and `rdev` are 32-bit (majors above 4095 and minors above 2^20 - 1 do not fit). st_ino is
+ * the nid, as under the kernel's EROFS driver.
  *
  * @example
  * ```ts
@@ -41,13 +42,13 @@ export interface FuseLog {
 
 export interface RafsFuseOpsInit {
   log?: FuseLog
-  /** a read whose data has not come by then is answered EIO (default 55 s, under the binding's 60 s net) */
+  /** a read whose data has not come by then is answered EIO (default 59 s, under the binding's 60 s net) */
   readDeadlineMs?: number
   /** resolved paths remembered before the memo starts over (default 1 Mi) */
   maxCachedPaths?: number
 }
 
-/** The operations fuse-native calls; every one is implemented, so each is a kernel↔JS round trip. */
+/** fuse-native's operations; each one registered with the binding costs a kernel↔JS round trip per request. */
 export interface RafsFuseOps {
   getattr: (path: string, cb: Fuse.Result<Fuse.Stat>) => void
   readdir: (path: string, cb: (err: number, names?: string[], stats?: Fuse.Stat[]) => void) => void
@@ -60,7 +61,7 @@ export interface RafsFuseOps {
   statfs: (path: string, cb: Fuse.Result<Fuse.Statfs>) => void
 }
 
-export const DEFAULT_READ_DEADLINE_MS = 55_000
+export const DEFAULT_READ_DEADLINE_MS = 59_000
 const DEFAULT_MAX_CACHED_PATHS = 1 << 20
 const BLOCK = 4096
 const O_ACCMODE = 3
@@ -71,6 +72,9 @@ const U32_MAX = 0xffffffff
 export function encodeRdev (major: number, minor: number): number {
   return (minor & 0xff) + (major & 0xfff) * 0x100 + ((minor >>> 8) & 0xfff) * 0x100000
 }
+
+/** st_ino is the nid, except that readdir(3) hides a d_ino of 0, so an inode at nid 0 shows as 2^32 - 1. */
+export const inoOf = (nid: number): number => nid === 0 ? U32_MAX : nid
 
 const messageOf = (err: unknown): string => {
   if (!(err instanceof Error)) return String(err)
@@ -148,7 +152,7 @@ export function rafsFuseOps (files: ImageFiles, init: RafsFuseOpsInit = {}): Raf
       gid: ino.gid,
       size: ino.size,
       nlink: ino.nlink,
-      ino: ino.nid,
+      ino: inoOf(ino.nid),
       rdev: ino.type === 'chr' || ino.type === 'blk' ? encodeRdev(ino.rdevMajor, ino.rdevMinor) : 0,
       blksize: BLOCK,
       blocks: Math.ceil(ino.size / 512),
@@ -158,7 +162,7 @@ export function rafsFuseOps (files: ImageFiles, init: RafsFuseOpsInit = {}): Raf
     }
   }
 
-  const direntStat = (ino: ReaderInode): Fuse.Stat => ({ mode: ino.mode, ino: ino.nid, atime: 0, mtime: 0, ctime: 0 })
+  const direntStat = (ino: ReaderInode): Fuse.Stat => ({ mode: ino.mode, ino: inoOf(ino.nid), atime: 0, mtime: 0, ctime: 0 })
 
   let lastXattrNid = -1
   let lastXattrs = new Map<string, Buffer>()
@@ -170,25 +174,7 @@ export function rafsFuseOps (files: ImageFiles, init: RafsFuseOpsInit = {}): Raf
     return lastXattrs
   }
 
-  let imageTotalsMemo: { files: number, bytes: number } | undefined
-  /** Inode count and file bytes, walked once on the first statfs (hard links count once). */
-  const imageTotals = (): { files: number, bytes: number } => {
-    if (imageTotalsMemo !== undefined) return imageTotalsMemo
-    const seen = new Set<number>([rootNid])
-    const stack = [rootNid]
-    let bytes = 0
-    while (stack.length > 0) {
-      for (const child of reader.readdir(stack.pop()!)) {
-        if (seen.has(child.nid)) continue
-        seen.add(child.nid)
-        const ino = reader.inode(child.nid)
-        if (ino.type === 'dir') stack.push(child.nid)
-        else if (ino.type === 'file') bytes += ino.size
-      }
-    }
-    imageTotalsMemo = { files: seen.size, bytes }
-    return imageTotalsMemo
-  }
+  const totals = imageTotals(reader, logError)
 
   // each handler works out one answer inside try and calls back once, outside it
   return {
@@ -297,7 +283,8 @@ export function rafsFuseOps (files: ImageFiles, init: RafsFuseOpsInit = {}): Raf
       reading.then(n => {
         if (answered) return
         clearTimeout(timer)
-        if (!(Number.isInteger(n) && n >= 0 && n <= want)) return fail(`the image read answered ${String(n)} bytes for ${want}`)
+        // the range ends at EOF at the latest, so anything short is lost data, which the kernel would cache as EOF
+        if (n !== want) return fail(`the image read answered ${String(n)} bytes of ${want}`)
         answered = true
         cb(n)
       }, err => {
@@ -332,19 +319,19 @@ export function rafsFuseOps (files: ImageFiles, init: RafsFuseOpsInit = {}): Raf
     },
 
     statfs (path, cb) {
-      let totals: { files: number, bytes: number }
+      let t: { files: number, bytes: number }
       try {
-        totals = imageTotals()
+        t = totals()
       } catch (err) {
         return cb(failed('statfs', path, err))
       }
       cb(0, {
         bsize: BLOCK,
         frsize: BLOCK,
-        blocks: Math.min(U32_MAX, Math.ceil(totals.bytes / BLOCK)),
+        blocks: Math.min(U32_MAX, Math.ceil(t.bytes / BLOCK)),
         bfree: 0,
         bavail: 0,
-        files: Math.min(U32_MAX, totals.files),
+        files: Math.min(U32_MAX, t.files),
         ffree: 0,
         favail: 0,
         fsid: 0,
@@ -352,5 +339,50 @@ export function rafsFuseOps (files: ImageFiles, init: RafsFuseOpsInit = {}): Raf
         namemax: 255
       })
     }
+  }
+}
+
+/** Directories walked per slice of the statfs walk, between which other requests are served. */
+const WALK_SLICE_DIRS = 64
+
+/**
+ * The image's inode count and file bytes (hard links once) for statfs. The superblock has the count; the bytes
+ * take a walk of every directory, done once in slices on the loop from the first call, so a big image never
+ * stalls the mount. Until it ends, the bytes are the blobs' (deduplicated) data size.
+ */
+function imageTotals (reader: ImageFiles['reader'], logError: (formatter: string, ...args: unknown[]) => void): () => { files: number, bytes: number } {
+  const estimate = { files: reader.superblock.inos, bytes: reader.blobs.reduce((n, b) => n + b.uncompressedSize, 0) }
+  let exact: { files: number, bytes: number } | undefined
+  let started = false
+  const walk = (): void => {
+    const seen = new Set<number>([reader.rootNid])
+    const stack = [reader.rootNid]
+    let bytes = 0
+    const slice = (): void => {
+      try {
+        for (let n = 0; n < WALK_SLICE_DIRS && stack.length > 0; n++) {
+          for (const child of reader.readdir(stack.pop()!)) {
+            if (seen.has(child.nid)) continue
+            seen.add(child.nid)
+            const ino = reader.inode(child.nid)
+            if (ino.type === 'dir') stack.push(child.nid)
+            else if (ino.type === 'file') bytes += ino.size
+          }
+        }
+      } catch (err) {
+        logError('fuse statfs: walking the image failed, sizes stay estimates: %s', messageOf(err))
+        return
+      }
+      if (stack.length > 0) setImmediate(slice)
+      else exact = { files: seen.size, bytes }
+    }
+    slice()
+  }
+  return () => {
+    if (!started) {
+      started = true
+      walk()
+    }
+    return exact ?? estimate
   }
 }
