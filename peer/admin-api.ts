@@ -43,6 +43,8 @@ export interface DaemonInfo {
   /** the TCP address of `/metrics`, when one is served */
   metricsListen?: string
   mounts: number
+  /** the node's libp2p identity and listen addresses, when P2P is on */
+  p2p?: { peerId: string, addrs: string[] }
 }
 
 export interface ApiErrorBody { code: string, message: string }

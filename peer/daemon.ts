@@ -22,7 +22,13 @@ import { DaemonMetrics } from './metrics.js'
 import type { MountInfo, MountRequest, MountService } from './mount-types.js'
 
 /** A mount service the daemon can shut down: `stop()` unmounts everything it mounted. */
-export type ManagedMountService = MountService & { stop: () => Promise<void> }
+export type ManagedMountService = MountService & {
+  stop: () => Promise<void>
+  /** told the digests the cache durably holds from now on (a P2P node announces them) */
+  onChunksStored?: (digests: Buffer[]) => void
+  /** the node's peer identity and listen addresses, when it takes part in P2P */
+  p2pInfo?: () => { peerId: string, addrs: string[] } | undefined
+}
 
 export type CreateMounts = (cache: BlobCache, config: DaemonConfig, logger: DaemonLogger) => ManagedMountService | Promise<ManagedMountService>
 
@@ -95,7 +101,8 @@ export class Daemon {
       workDir: this.config.workDir,
       cacheDir: this.config.cache.dir,
       ...(this.api?.tcpAddress !== undefined ? { metricsListen: this.api.tcpAddress } : {}),
-      mounts: this.mounts?.list().length ?? 0
+      mounts: this.mounts?.list().length ?? 0,
+      ...(this.mounts?.p2pInfo?.() !== undefined ? { p2p: this.mounts.p2pInfo() } : {})
     }
   }
 
@@ -117,7 +124,8 @@ export class Daemon {
       const open = this.components.openCache ?? (async (dir, init) => await BlobCache.open(dir, init))
       this.cache = await open(config.cache.dir, {
         ...(config.cache.capBytes > 0 ? { capBytes: config.cache.capBytes } : {}),
-        logger: this.logger
+        logger: this.logger,
+        onChunksStored: digests => { this.mounts?.onChunksStored?.(digests) }
       })
       this.mounts = await this.components.createMounts(this.cache, config, this.logger)
       const cache = this.cache

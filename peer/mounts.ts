@@ -15,6 +15,7 @@ import { resolve } from 'node:path'
 import type { BlobCache } from '../cache/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../rafs/index.js'
 import { RegistryClient } from '../registry/index.js'
+import type { ChunkSource } from './chunk-source.js'
 import { Fetcher } from './fetcher.js'
 import type { ComponentLogger, FetchCounters, FetchSample, FetcherInit, Log } from './fetch-types.js'
 import { openImage, type OpenedImage } from './image-open.js'
@@ -36,6 +37,8 @@ export interface MountManagerComponents {
   cache: BlobCache
   fuse: FuseBackend
   logger?: ComponentLogger
+  /** sources tried before the image's own (neighbours over P2P), shared by every mount */
+  extraSources?: ChunkSource[]
   /** registry clients by plain-HTTP setting (default: one `RegistryClient` each, Docker config auth) */
   clientFor?: (plainHttp: boolean | 'auto') => RegistryClient
 }
@@ -78,6 +81,7 @@ const emptyCounters = (): FetchCounters => ({
 export class MountManager implements MountService {
   private readonly cache: BlobCache
   private readonly fuse: FuseBackend
+  private readonly extraSources: ChunkSource[]
   private readonly log: Log
   private readonly logger: ComponentLogger | undefined
   private readonly clientFor: (plainHttp: boolean | 'auto') => RegistryClient
@@ -89,6 +93,7 @@ export class MountManager implements MountService {
   constructor (components: MountManagerComponents, init: MountManagerInit) {
     this.cache = components.cache
     this.fuse = components.fuse
+    this.extraSources = components.extraSources ?? []
     this.logger = components.logger
     this.log = components.logger?.forComponent('rafspeer:mounts') ?? (() => {})
     const clients = new Map<string, RegistryClient>()
@@ -148,7 +153,7 @@ export class MountManager implements MountService {
       fastChunks: 0
     }
     try {
-      const fetcher = new Fetcher({ cache: this.cache, sources: image.chunkSources, ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
+      const fetcher = new Fetcher({ cache: this.cache, sources: [...this.extraSources, ...image.chunkSources], ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
         ...this.init.fetch,
         verifyCacheReads: 'once',
         ...(this.init.prefetch?.bandwidthBytesPerSecond !== undefined && this.init.prefetch.bandwidthBytesPerSecond > 0
