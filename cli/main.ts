@@ -14,6 +14,7 @@ import { registerRegistryCommand } from './registry-command.js'
 import { registerConvertCommands } from './convert-commands.js'
 import { registerDaemonCommands } from './daemon-commands.js'
 import { createMounts } from './node-wiring.js'
+import { registerSchedulerCommand } from './scheduler-command.js'
 import { reportError } from './util.js'
 
 /** The package version, from the package.json above this file (the same code runs from dist/ and from sources). */
@@ -37,6 +38,7 @@ export function createProgram (): Command {
   registerRegistryCommand(program)
   registerConvertCommands(program)
   registerDaemonCommands(program, { createMounts })
+  registerSchedulerCommand(program)
   return program
 }
 

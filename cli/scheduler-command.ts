@@ -1,0 +1,61 @@
+/** `rafspeer scheduler`: the standalone scheduler (who holds which chunk) as a libp2p service. */
+import type { Command } from 'commander'
+import { createLogger } from '../peer/logger.js'
+import { loadOrCreatePeerKey, startSchedulerNode } from '../scheduler/index.js'
+import { parseLogLevel } from './daemon-commands.js'
+
+const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/8002'
+
+/** Seams for tests: where lines go, and what ends the run (default: SIGINT or SIGTERM). */
+export interface SchedulerCommandDeps {
+  print?: (line: string) => void
+  untilStopped?: () => Promise<void>
+}
+
+const untilSignal = async (): Promise<void> => {
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+      resolve()
+    }
+    process.once('SIGINT', stop)
+    process.once('SIGTERM', stop)
+  })
+}
+
+/** The global `--log-level`, when given on the command line. */
+function cliLogLevel (cmd: Command): ReturnType<typeof parseLogLevel> | undefined {
+  for (let c: Command | null = cmd; c !== null; c = c.parent) {
+    const src = c.getOptionValueSource('logLevel')
+    if (src === 'cli' || src === 'env') return parseLogLevel(String(c.getOptionValue('logLevel')))
+  }
+  return undefined
+}
+
+export function registerSchedulerCommand (program: Command, deps: SchedulerCommandDeps = {}): void {
+  const print = deps.print ?? ((line: string) => { process.stdout.write(line + '\n') })
+  program.command('scheduler')
+    .description('run the scheduler (chunk digest → holders, peer load and health, ranking) on /rafspeer/scheduler/1.0.0 until SIGINT/SIGTERM')
+    .option('--listen <multiaddr>', `listen multiaddr, repeatable (default ${DEFAULT_LISTEN})`, (v: string, prev: string[] = []) => [...prev, v])
+    .option('--key-file <file>', 'peer identity: loaded, or created (mode 0600) when missing, so the peer id survives restarts')
+    .option('--json', 'print the addresses and the final stats as JSON lines; logs as JSON on stderr')
+    .action(async (f: { listen?: string[], keyFile?: string, json?: boolean }, cmd: Command) => {
+      const logger = createLogger({ level: cliLogLevel(cmd) ?? 'info', format: f.json === true ? 'json' : 'text' })
+      const privateKey = f.keyFile !== undefined ? await loadOrCreatePeerKey(f.keyFile) : undefined
+      const sched = await startSchedulerNode({ listen: f.listen ?? [DEFAULT_LISTEN], privateKey, logger })
+      try {
+        if (f.json === true) {
+          print(JSON.stringify({ scheduler: sched.multiaddrs[0], multiaddrs: sched.multiaddrs, peerId: sched.peerId }))
+        } else {
+          for (const ma of sched.multiaddrs) print(`scheduler: ${ma}`)
+        }
+        await (deps.untilStopped ?? untilSignal)()
+      } finally {
+        const stats = sched.service.index.stats()
+        await sched.stop()
+        if (f.json === true) print(JSON.stringify({ stopped: true, ...stats }))
+        else print(`scheduler stopped: ${stats.peers} peers, ${stats.digests} digests, ${stats.entries} holdings, ${stats.banned} banned`)
+      }
+    })
+}

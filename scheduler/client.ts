@@ -1,0 +1,439 @@
+/**
+ * The scheduler client, running on a peer's own libp2p node: one long-lived session stream to the scheduler,
+ * batched announces and withdraws, heartbeats, and resolves that never stall a read.
+ *
+ * The set of digests this peer holds is kept here (as 32-byte one-byte strings), because it is what the peer
+ * re-sends, whole, after every reconnect: the scheduler may have restarted empty, or may still hold entries the
+ * peer withdrew while the session was down; the first frame of a session therefore resets the peer's entries.
+ */
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Libp2p, Stream } from '@libp2p/interface'
+import { SCHEDULER_PROTOCOL, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome } from '../peer/p2p-types.js'
+import type { PeerInfo, PeerLoad, SchedulerClientInit, SchedulerLogger } from './index.js'
+import { readFrames } from './framing.js'
+import { bodies, FRAME_DIGESTS, Session } from './session.js'
+import {
+  decodeMessage, encodeMessage, packDigests, SchedulerError, DIGEST_BYTES, MAX_OUTCOMES_PER_FRAME,
+  MAX_PEER_ID_BYTES, type SchedulerMessage
+} from './protocol.js'
+
+const DEFAULT_RESOLVE_TIMEOUT_MS = 200
+const DEFAULT_HEARTBEAT_MS = 5000
+const DEFAULT_FLUSH_MS = 50
+const DEFAULT_FLUSH_DIGESTS = 4096
+const DEFAULT_DIAL_TIMEOUT_MS = 2000
+const DEFAULT_MIN_RECONNECT_MS = 100
+/** holders asked per digest */
+const HOLDERS_PER_DIGEST = 4
+/** a resolve while disconnected triggers a connection attempt at most this often */
+const KICK_SPACING_MS = 500
+/** outcomes waiting for a flush; past it new ones are dropped (reports are advisory) */
+const MAX_QUEUED_REPORTS = 16384
+/** how long `stop` waits for the LEAVE frame to go out */
+const STOP_GRACE_MS = 500
+const P2P_CODE = 421
+
+const noop = (): void => {}
+const silentLog: SchedulerLogger = Object.assign(noop, { error: noop })
+const IDLE: PeerLoad = Object.freeze({ activeUploads: 0, recentUploadBps: 0 })
+
+/** tag value that keeps the connection manager from pruning the scheduler connection */
+const SCHEDULER_TAG = 'rafspeer-scheduler'
+
+/** The parts of the peer's libp2p node the client uses (`peerStore`, when given, protects the connection). */
+export interface SchedulerClientComponents {
+  libp2p: Pick<Libp2p, 'dialProtocol' | 'peerId'> & Partial<Pick<Libp2p, 'peerStore'>>
+}
+
+interface PendingResolve {
+  session: Session
+  digests: readonly Buffer[]
+  out: Map<string, ChunkHolder[]>
+  done: () => void
+}
+
+/**
+ * `HolderResolver` and `ChunkAnnouncer` backed by a scheduler reached over the peer's own libp2p node.
+ * `start()` connects in the background and reconnects with backoff (a resolve while disconnected also tries);
+ * `stop()` sends LEAVE so the scheduler forgets this peer at once.
+ */
+export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
+  private readonly libp2p: SchedulerClientComponents['libp2p']
+  private readonly target: Multiaddr
+  private readonly selfId: string
+  private readonly zone: string
+  private readonly selfAddrs: () => string[]
+  private readonly resolveTimeoutMs: number
+  private readonly heartbeatMs: number
+  private readonly flushMs: number
+  private readonly flushDigests: number
+  private readonly uploadSlots: number
+  private readonly uploadBps: number
+  private readonly load: () => PeerLoad
+  private readonly dialTimeoutMs: number
+  private readonly minReconnectMs: number
+  private readonly maxReconnectMs: number
+  private readonly log: SchedulerLogger
+
+  /** what this peer holds, the truth re-sent after every reconnect */
+  private readonly held = new Set<string>()
+  private readonly toAnnounce = new Set<string>()
+  private readonly toWithdraw = new Set<string>()
+  private reports: PeerOutcome[] = []
+  private readonly pending = new Map<number, PendingResolve>()
+  private sessionWaiters: Array<(s: Session | undefined) => void> = []
+  private session: Session | undefined
+  private connecting: Promise<void> | undefined
+  private running = false
+  private stopping = new AbortController()
+  private flushTimer: NodeJS.Timeout | undefined
+  private heartbeatTimer: NodeJS.Timeout | undefined
+  private reconnectTimer: NodeJS.Timeout | undefined
+  private backoffMs: number
+  private lastAttempt = 0
+  private lastAddrs = ''
+  private nextId = 0
+  private sessions = 0
+
+  constructor (components: SchedulerClientComponents, init: SchedulerClientInit) {
+    this.libp2p = components.libp2p
+    try {
+      this.target = multiaddr(init.scheduler)
+    } catch (err) {
+      throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', `scheduler address ${init.scheduler}: ${(err as Error).message}`, { cause: err })
+    }
+    if (!this.target.getComponents().some((c) => c.code === P2P_CODE)) {
+      throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', `scheduler address ${init.scheduler} lacks /p2p/<peer id>`)
+    }
+    this.selfId = components.libp2p.peerId.toString()
+    this.zone = init.zone ?? ''
+    this.selfAddrs = init.selfAddrs
+    this.resolveTimeoutMs = init.resolveTimeoutMs ?? DEFAULT_RESOLVE_TIMEOUT_MS
+    this.heartbeatMs = init.heartbeatMs ?? DEFAULT_HEARTBEAT_MS
+    this.flushMs = init.flushMs ?? DEFAULT_FLUSH_MS
+    this.flushDigests = init.flushDigests ?? DEFAULT_FLUSH_DIGESTS
+    this.uploadSlots = init.uploadSlots ?? 0
+    this.uploadBps = init.uploadBps ?? 0
+    this.load = init.load ?? (() => IDLE)
+    this.dialTimeoutMs = init.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS
+    this.minReconnectMs = init.minReconnectMs ?? DEFAULT_MIN_RECONNECT_MS
+    this.maxReconnectMs = Math.max(this.minReconnectMs, init.maxReconnectMs ?? Math.min(5000, this.heartbeatMs))
+    this.backoffMs = this.minReconnectMs
+    this.log = init.logger?.forComponent('rafspeer:scheduler-client') ?? silentLog
+  }
+
+  /** Starts connecting (in the background: a peer works without a scheduler) and heartbeating. */
+  async start (): Promise<void> {
+    if (this.running) return
+    this.running = true
+    this.stopping = new AbortController()
+    this.heartbeatTimer = setInterval(() => { this.tick() }, this.heartbeatMs)
+    this.heartbeatTimer.unref()
+    const id = this.target.getComponents().findLast((c) => c.code === P2P_CODE)?.value
+    if (id !== undefined && this.libp2p.peerStore !== undefined) {
+      await this.libp2p.peerStore.merge(peerIdFromString(id), { tags: { [SCHEDULER_TAG]: { value: 100 } } })
+        .catch((err: Error) => { this.log.error('cannot tag the scheduler peer: %s', err.message) })
+    }
+    this.connect()
+  }
+
+  /** Tells the scheduler this peer leaves (its entries go at once), closes the session and stops timers. */
+  async stop (): Promise<void> {
+    if (!this.running) return
+    this.running = false
+    this.stopping.abort()
+    clearInterval(this.heartbeatTimer)
+    clearTimeout(this.flushTimer)
+    clearTimeout(this.reconnectTimer)
+    this.heartbeatTimer = this.flushTimer = this.reconnectTimer = undefined
+    this.toAnnounce.clear()
+    this.toWithdraw.clear()
+    this.reports = []
+    const s = this.session
+    if (s !== undefined) {
+      s.sendUrgent(encodeMessage({ type: 'leave' }))
+      await Promise.race([s.idle(), new Promise((resolve) => setTimeout(resolve, STOP_GRACE_MS))])
+      await s.stream.close({ signal: AbortSignal.timeout(STOP_GRACE_MS) }).catch(() => {})
+      this.endSession(s, undefined)
+    }
+    await this.connecting
+    this.wakeWaiters(undefined)
+  }
+
+  /** Whether a session to the scheduler is open. */
+  get connected (): boolean { return this.session !== undefined }
+
+  /** Resolves true once connected, false after `timeoutMs` (for tests and start-up logs). */
+  async waitConnected (timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs
+    while (this.running && this.session === undefined && Date.now() < deadline) {
+      if (this.connecting === undefined) this.connect()
+      await new Promise((resolve) => setTimeout(resolve, Math.max(1, Math.min(25, deadline - Date.now()))))
+    }
+    return this.session !== undefined
+  }
+
+  stats (): { connected: boolean, held: number, pendingResolves: number, sessions: number } {
+    return { connected: this.connected, held: this.held.size, pendingResolves: this.pending.size, sessions: this.sessions }
+  }
+
+  // ---- announcer ----
+
+  announce (digests: Buffer[]): void {
+    for (const d of digests) {
+      if (d.length !== DIGEST_BYTES) continue
+      const k = d.toString('latin1')
+      if (this.held.has(k)) continue
+      this.held.add(k)
+      this.toWithdraw.delete(k)
+      this.toAnnounce.add(k)
+    }
+    this.scheduleFlush()
+  }
+
+  withdraw (digests: Buffer[]): void {
+    for (const d of digests) {
+      if (d.length !== DIGEST_BYTES) continue
+      const k = d.toString('latin1')
+      if (!this.held.delete(k)) continue
+      this.toAnnounce.delete(k)
+      this.toWithdraw.add(k)
+    }
+    this.scheduleFlush()
+  }
+
+  report (outcomes: PeerOutcome[]): void {
+    for (const o of outcomes) {
+      if (this.reports.length >= MAX_QUEUED_REPORTS) break
+      if (o.peerId === this.selfId || Buffer.byteLength(o.peerId) > MAX_PEER_ID_BYTES) continue
+      this.reports.push(o)
+    }
+    this.scheduleFlush()
+  }
+
+  private scheduleFlush (): void {
+    if (this.toAnnounce.size + this.toWithdraw.size + this.reports.length >= this.flushDigests) {
+      this.flush()
+    } else if (this.flushTimer === undefined && (this.toAnnounce.size + this.toWithdraw.size + this.reports.length) > 0) {
+      this.flushTimer = setTimeout(() => { this.flush() }, this.flushMs)
+      this.flushTimer.unref()
+    }
+  }
+
+  /** Sends what is batched. Without a session it is dropped: `held` is re-sent whole when the session opens. */
+  private flush (): void {
+    clearTimeout(this.flushTimer)
+    this.flushTimer = undefined
+    const s = this.session
+    if (s !== undefined) {
+      if (this.toWithdraw.size > 0) s.sendBulk(bodies([...this.toWithdraw], (digests) => ({ type: 'withdraw', digests })))
+      if (this.toAnnounce.size > 0) s.sendBulk(bodies([...this.toAnnounce], (digests) => ({ type: 'announce', reset: false, digests })))
+      for (let i = 0; i < this.reports.length; i += MAX_OUTCOMES_PER_FRAME) {
+        s.sendUrgent(encodeMessage({ type: 'report', outcomes: this.reports.slice(i, i + MAX_OUTCOMES_PER_FRAME) }))
+      }
+    }
+    this.toWithdraw.clear()
+    this.toAnnounce.clear()
+    this.reports = []
+  }
+
+  // ---- resolver ----
+
+  /**
+   * Holders per hex digest, best first (never this peer). Resolves within `resolveTimeoutMs` with whatever
+   * arrived (nothing when the scheduler is unreachable) and never rejects; an abort of `opts.signal` answers at once.
+   */
+  async resolve (digests: Buffer[], opts: { signal?: AbortSignal } = {}): Promise<Map<string, ChunkHolder[]>> {
+    const out = new Map<string, ChunkHolder[]>()
+    const asked = digests.filter((d) => d.length === DIGEST_BYTES)
+    if (!this.running || asked.length === 0 || opts.signal?.aborted === true) return out
+    return await new Promise((resolve) => {
+      const ids: number[] = []
+      let left = 0
+      let finished = false
+      const finish = (): void => {
+        if (finished) return
+        finished = true
+        clearTimeout(timer)
+        opts.signal?.removeEventListener('abort', finish)
+        for (const id of ids) this.pending.delete(id)
+        resolve(out)
+      }
+      const timer = setTimeout(finish, this.resolveTimeoutMs)
+      opts.signal?.addEventListener('abort', finish, { once: true })
+      const send = (s: Session | undefined): void => {
+        if (finished) return
+        if (s === undefined || s.closed) { finish(); return }
+        for (let i = 0; i < asked.length; i += FRAME_DIGESTS) {
+          const part = asked.slice(i, i + FRAME_DIGESTS)
+          this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1
+          const id = this.nextId
+          if (!s.sendUrgent(encodeMessage({ type: 'resolve', id, max: HOLDERS_PER_DIGEST, digests: packDigests(part) }))) break
+          ids.push(id)
+          left++
+          this.pending.set(id, { session: s, digests: part, out, done: () => { if (--left === 0) finish() } })
+        }
+        if (left === 0 || s.closed) finish()
+      }
+      if (this.session !== undefined) {
+        send(this.session)
+      } else if (this.connecting !== undefined || Date.now() - this.lastAttempt >= KICK_SPACING_MS) {
+        // wait for the connection in progress (or one started now); a failed attempt answers empty at once
+        this.sessionWaiters.push(send)
+        this.connect()
+      } else {
+        finish()
+      }
+    })
+  }
+
+  private answer (m: Extract<SchedulerMessage, { type: 'resolved' }>): void {
+    const p = this.pending.get(m.id)
+    if (p === undefined) return // answered too late: the caller has moved on
+    this.pending.delete(m.id)
+    if (m.counts.length !== p.digests.length) {
+      this.log.error('scheduler answered %d digests for %d asked: ignored', m.counts.length, p.digests.length)
+      p.done()
+      return
+    }
+    const holders = m.peers.map((h) => (h.peerId === this.selfId ? undefined : h))
+    let j = 0
+    for (let i = 0; i < m.counts.length; i++) {
+      const k = m.counts[i]
+      if (k === 0) continue
+      const list: ChunkHolder[] = []
+      for (let e = 0; e < k; e++) {
+        const h = holders[m.refs[j++]]
+        if (h !== undefined) list.push(h)
+      }
+      if (list.length > 0) p.out.set(p.digests[i].toString('hex'), list)
+    }
+    p.done()
+  }
+
+  // ---- session ----
+
+  private info (): PeerInfo {
+    let addrs: string[] = []
+    try {
+      addrs = this.selfAddrs()
+    } catch (err) {
+      this.log.error('selfAddrs failed: %s', (err as Error).message)
+    }
+    return { addrs, zone: this.zone, uploadSlots: this.uploadSlots, uploadBps: this.uploadBps }
+  }
+
+  private heartbeatBody (): Uint8Array {
+    let load = IDLE
+    try {
+      load = this.load()
+    } catch (err) {
+      this.log.error('load sampler failed: %s', (err as Error).message)
+    }
+    return encodeMessage({ type: 'heartbeat', intervalMs: this.heartbeatMs, load })
+  }
+
+  private tick (): void {
+    const s = this.session
+    if (s === undefined) {
+      if (this.connecting === undefined && this.reconnectTimer === undefined) this.connect()
+      return
+    }
+    s.sendUrgent(this.heartbeatBody())
+    const info = this.info()
+    const key = JSON.stringify(info.addrs)
+    if (key !== this.lastAddrs) {
+      this.lastAddrs = key
+      s.sendBulk([encodeMessage({ type: 'announce', reset: false, info, digests: Buffer.alloc(0) })].values())
+    }
+  }
+
+  private connect (): void {
+    if (!this.running || this.session !== undefined || this.connecting !== undefined) return
+    clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = undefined
+    this.lastAttempt = Date.now()
+    this.connecting = this.openSession().finally(() => { this.connecting = undefined })
+  }
+
+  private async openSession (): Promise<void> {
+    let stream: Stream
+    try {
+      stream = await this.libp2p.dialProtocol(this.target, SCHEDULER_PROTOCOL, {
+        signal: AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.dialTimeoutMs)])
+      })
+    } catch (err) {
+      if (this.running) {
+        this.log('scheduler %s unreachable: %s', this.target.toString(), (err as Error).message)
+        this.scheduleReconnect()
+      }
+      this.wakeWaiters(undefined)
+      return
+    }
+    if (!this.running) {
+      stream.abort(new Error('scheduler client stopped'))
+      return
+    }
+    const s: Session = new Session(stream, Math.max(5000, 3 * this.heartbeatMs), (err) => { this.endSession(s, err) })
+    this.session = s
+    this.sessions++
+    // everything batched is part of `held`, which goes out whole, the first frame resetting the old entries
+    clearTimeout(this.flushTimer)
+    this.flushTimer = undefined
+    this.toAnnounce.clear()
+    this.toWithdraw.clear()
+    const info = this.info()
+    this.lastAddrs = JSON.stringify(info.addrs)
+    s.sendBulk(bodies([...this.held], (digests, first) => ({ type: 'announce', reset: first, info: first ? info : undefined, digests })))
+    s.sendUrgent(this.heartbeatBody())
+    if (this.reports.length > 0) this.scheduleFlush()
+    this.log('connected to scheduler %s (%d digests to announce)', this.target.toString(), this.held.size)
+    this.wakeWaiters(s)
+    void this.readLoop(s)
+  }
+
+  private async readLoop (s: Session): Promise<void> {
+    try {
+      for await (const body of readFrames(s.stream)) {
+        const m = decodeMessage(body)
+        if (m.type !== 'resolved') throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: unexpected ${m.type} from the scheduler`)
+        this.answer(m)
+      }
+      this.endSession(s, undefined)
+    } catch (err) {
+      this.endSession(s, err as Error)
+    }
+  }
+
+  private endSession (s: Session, err: Error | undefined): void {
+    if (s.closed) return
+    s.closed = true
+    if (this.session === s) this.session = undefined
+    // a session that lived a while earns a quick reconnect; one that dies at once keeps backing off
+    if (Date.now() - s.openedAt > 2 * this.maxReconnectMs) this.backoffMs = this.minReconnectMs
+    if (err !== undefined && this.running) this.log.error('scheduler session ended: %s', err.message)
+    s.stream.abort(err ?? new Error('scheduler session ended'))
+    for (const [id, p] of this.pending) {
+      if (p.session !== s) continue
+      this.pending.delete(id)
+      p.done()
+    }
+    if (this.running) this.scheduleReconnect()
+  }
+
+  private scheduleReconnect (): void {
+    if (!this.running || this.session !== undefined || this.reconnectTimer !== undefined) return
+    const delay = this.backoffMs * (0.5 + Math.random() * 0.5)
+    this.backoffMs = Math.min(this.maxReconnectMs, this.backoffMs * 2)
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined
+      this.connect()
+    }, delay)
+    this.reconnectTimer.unref()
+  }
+
+  private wakeWaiters (s: Session | undefined): void {
+    for (const w of this.sessionWaiters.splice(0)) w(s)
+  }
+}

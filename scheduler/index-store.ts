@@ -1,0 +1,481 @@
+/**
+ * The in-memory holder index: digest → holders, peers with their load and reputation, expiry and bans.
+ *
+ * Memory is the design constraint (millions of chunks × thousands of peers), hence:
+ * - a digest's key is its 32 raw bytes as a one-byte string (48 bytes on the V8 heap, hashed once), in one of 64
+ *   maps chosen by its first byte (a V8 Map holds at most 2^24 entries, and smaller maps rehash in shorter pauses);
+ * - a holder is a small integer `ref = gen << 16 | slot` (a V8 small integer: no allocation); a digest with one
+ *   holder stores that integer as the map value itself, more holders an exactly sized array of them;
+ * - dropping a peer (expiry, leave, reconnect reset) is O(1): its slot's generation moves on (`peer-table.ts`),
+ *   which makes all its refs stale at once; stale refs are skipped by `resolve` and removed by an incremental `sweep`.
+ */
+import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome } from '../peer/p2p-types.js'
+import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, ResolveAnswer } from './index.js'
+import { digestKey, packDigests, type PackedDigests } from './protocol.js'
+import { addPending, badPenalty, baseScore, DEFAULT_WEIGHTS, isBanned, recordOutcome, scoreFor, zoneAffinity } from './ranking.js'
+import { HARD_MAX_PEERS, PeerTable, type PeerRecord } from './peer-table.js'
+
+export { HARD_MAX_PEERS, type PeerRecord } from './peer-table.js'
+
+const SHARDS = 64
+const SHARD_MASK = SHARDS - 1
+const DEFAULTS = {
+  maxPeers: 10_000,
+  maxEntries: 10_000_000,
+  maxDigestsPerPeer: 4_000_000,
+  maxHoldersPerDigest: 32,
+  heartbeatMs: 5000,
+  missedHeartbeats: 3,
+  minHeartbeatMs: 50,
+  maxHeartbeatMs: 60_000,
+  banAfterBadReporters: 2,
+  banMs: 3_600_000
+}
+
+type Holders = number | number[]
+
+/** What `resolveRaw` returns: like {@link ResolveAnswer}, with the peer records themselves. */
+export interface RawAnswer {
+  peers: PeerRecord[]
+  counts: Uint8Array
+  refs: Uint16Array
+}
+
+export interface AnnounceResult {
+  added: number
+  refused: number
+}
+
+export class HolderIndex {
+  private readonly shards: Array<Map<string, Holders>> = Array.from({ length: SHARDS }, () => new Map())
+  private readonly peers: PeerTable
+  private liveEntries = 0
+  private staleEntries = 0
+  private refused = 0
+  private sweepIter: Iterator<[string, Holders]> | undefined
+  private sweepShard = 0
+  private staleEventsInPass = 0
+  /** per-resolve caches, indexed by slot and valid when their stamp is the current one */
+  private readonly scoreCache: Float64Array
+  private readonly scoreStamp: Uint32Array
+  private readonly tableStamp: Uint32Array
+  private readonly tableIndex: Uint32Array
+  private readonly firsts: Uint32Array
+  private stamp = 0
+
+  readonly maxPeers: number
+  private readonly maxEntries: number
+  private readonly maxDigestsPerPeer: number
+  private readonly maxHolders: number
+  private readonly heartbeatMs: number
+  private readonly missed: number
+  private readonly minHeartbeatMs: number
+  private readonly maxHeartbeatMs: number
+  private readonly policy: { banAfterBadReporters: number, banMs: number }
+  private readonly weights: RankingWeights
+  private readonly now: () => number
+  private readonly random: () => number
+
+  constructor (init: HolderIndexInit = {}) {
+    this.maxPeers = Math.max(1, Math.min(HARD_MAX_PEERS, init.maxPeers ?? DEFAULTS.maxPeers))
+    this.maxEntries = init.maxEntries ?? DEFAULTS.maxEntries
+    this.maxDigestsPerPeer = init.maxDigestsPerPeer ?? DEFAULTS.maxDigestsPerPeer
+    this.maxHolders = Math.max(1, init.maxHoldersPerDigest ?? DEFAULTS.maxHoldersPerDigest)
+    this.heartbeatMs = init.heartbeatMs ?? DEFAULTS.heartbeatMs
+    this.missed = init.missedHeartbeats ?? DEFAULTS.missedHeartbeats
+    this.minHeartbeatMs = init.minHeartbeatMs ?? DEFAULTS.minHeartbeatMs
+    this.maxHeartbeatMs = init.maxHeartbeatMs ?? DEFAULTS.maxHeartbeatMs
+    this.policy = { banAfterBadReporters: Math.max(1, init.banAfterBadReporters ?? DEFAULTS.banAfterBadReporters), banMs: init.banMs ?? DEFAULTS.banMs }
+    this.weights = { ...DEFAULT_WEIGHTS, ...init.ranking }
+    this.now = init.now ?? Date.now
+    this.random = init.random ?? Math.random
+    this.peers = new PeerTable(this.maxPeers, this.heartbeatMs)
+    this.scoreCache = new Float64Array(this.maxPeers)
+    this.scoreStamp = new Uint32Array(this.maxPeers)
+    this.tableStamp = new Uint32Array(this.maxPeers)
+    this.tableIndex = new Uint32Array(this.maxPeers)
+    this.firsts = new Uint32Array(this.maxPeers)
+  }
+
+  // ---- peers ----
+
+  /** The peer's entries are about to go stale: count them for the sweep. */
+  private staled (rec: PeerRecord): void {
+    this.staleEntries += rec.count
+    this.liveEntries -= rec.count
+    this.staleEventsInPass += rec.count
+  }
+
+  /** All the peer's entries go stale; it stays registered (a reset announce). */
+  private renew (rec: PeerRecord): void {
+    this.staled(rec)
+    this.peers.renew(rec)
+  }
+
+  private drop (rec: PeerRecord): void {
+    this.staled(rec)
+    this.peers.drop(rec)
+  }
+
+  private isLive (ref: number): boolean {
+    return this.peers.live(ref) !== undefined
+  }
+
+  private expired (rec: PeerRecord, now: number): boolean {
+    return now - rec.lastSeen > rec.intervalMs * this.missed
+  }
+
+  /** Marks a peer alive (any message counts). */
+  touch (id: string): void {
+    const rec = this.peers.get(id)
+    if (rec !== undefined) rec.lastSeen = this.now()
+  }
+
+  heartbeat (id: string, intervalMs: number, load: PeerLoad): boolean {
+    const now = this.now()
+    const rec = this.peers.register(id, now)
+    if (rec === undefined) return false
+    rec.lastSeen = now
+    rec.intervalMs = intervalMs > 0 ? Math.max(this.minHeartbeatMs, Math.min(this.maxHeartbeatMs, intervalMs)) : this.heartbeatMs
+    rec.activeUploads = load.activeUploads
+    rec.recentUploadBps = load.recentUploadBps
+    return true
+  }
+
+  /** The peer left: drop it and all its entries now. */
+  leave (id: string): void {
+    const rec = this.peers.get(id)
+    if (rec !== undefined) this.drop(rec)
+  }
+
+  /** Drops every peer silent for `missedHeartbeats` of its intervals; returns their ids. */
+  expire (): string[] {
+    const now = this.now()
+    const gone: string[] = []
+    for (const rec of this.peers.values()) {
+      if (this.expired(rec, now)) { this.drop(rec); gone.push(rec.id) }
+    }
+    return gone
+  }
+
+  /** Applies outcomes reported by `reporter` (a banned reporter is not heard); returns the peers banned by it. */
+  report (reporter: string, outcomes: readonly PeerOutcome[]): string[] {
+    const now = this.now()
+    this.touch(reporter)
+    const reporterRep = this.peers.reputation(reporter)
+    if (reporterRep !== undefined && isBanned(reporterRep, now)) return []
+    const banned: string[] = []
+    for (const o of outcomes) {
+      if (o.peerId === reporter) continue
+      const rep = this.peers.reputation(o.peerId)
+      if (rep !== undefined && recordOutcome(rep, o, reporter, now, this.policy)) banned.push(o.peerId)
+    }
+    return banned
+  }
+
+  isBanned (id: string): boolean {
+    const rep = this.peers.reputation(id)
+    return rep !== undefined && isBanned(rep, this.now())
+  }
+
+  peer (id: string): Readonly<PeerRecord> | undefined { return this.peers.get(id) }
+
+  // ---- holdings ----
+
+  /**
+   * Records that `id` holds `digests`. `reset` first drops everything it held (a client's first frame after a
+   * reconnect); `info` updates its addresses, zone and capacity. Past a bound, the rest is refused and counted.
+   */
+  announce (id: string, digests: PackedDigests, opts: { reset?: boolean, info?: PeerInfo } = {}): AnnounceResult {
+    const now = this.now()
+    const count = digests.length >>> 5
+    const rec = this.peers.register(id, now)
+    if (rec === undefined) {
+      this.refused += count
+      return { added: 0, refused: count }
+    }
+    rec.lastSeen = now
+    if (opts.reset === true && rec.count > 0) this.renew(rec)
+    if (opts.info !== undefined) this.peers.setInfo(rec, opts.info)
+    let added = 0
+    for (let i = 0; i < count; i++) {
+      if (rec.count >= this.maxDigestsPerPeer || this.liveEntries + this.staleEntries >= this.maxEntries) {
+        this.refused += count - i
+        return { added, refused: count - i }
+      }
+      if (this.addHolder(digestKey(digests, i), rec)) added++
+    }
+    return { added, refused: 0 }
+  }
+
+  withdraw (id: string, digests: PackedDigests): number {
+    const rec = this.peers.get(id)
+    if (rec === undefined) return 0
+    rec.lastSeen = this.now()
+    let removed = 0
+    const count = digests.length >>> 5
+    for (let i = 0; i < count; i++) if (this.removeHolder(digestKey(digests, i), rec)) removed++
+    return removed
+  }
+
+  /** a stale ref was overwritten */
+  private unstaled (): void {
+    if (this.staleEntries > 0) this.staleEntries--
+  }
+
+  private gained (rec: PeerRecord): void {
+    rec.count++
+    this.liveEntries++
+  }
+
+  private shard (key: string): Map<string, Holders> {
+    return this.shards[key.charCodeAt(0) & SHARD_MASK]
+  }
+
+  private addHolder (key: string, rec: PeerRecord): boolean {
+    const ref = rec.ref
+    const map = this.shard(key)
+    const v = map.get(key)
+    if (v === undefined) {
+      map.set(key, ref)
+    } else if (typeof v === 'number') {
+      if (v === ref) return false
+      if (this.isLive(v)) {
+        map.set(key, [v, ref])
+      } else {
+        map.set(key, ref)
+        this.unstaled()
+      }
+    } else {
+      let staleAt = -1
+      for (let i = 0; i < v.length; i++) {
+        const h = v[i]
+        if (h === ref) return false
+        if (staleAt < 0 && !this.isLive(h)) staleAt = i
+      }
+      if (staleAt >= 0) {
+        v[staleAt] = ref
+        this.unstaled()
+      } else if (v.length < this.maxHolders) {
+        // concat allocates exactly; push would reserve room for 16 more
+        map.set(key, v.concat(ref))
+      } else {
+        // full: replace a random holder, which keeps a fresh random sample of a popular chunk's holders
+        const j = Math.floor(this.random() * v.length)
+        const old = this.peers.inSlotOf(v[j])
+        if (old !== undefined) old.count--
+        this.liveEntries--
+        v[j] = ref
+      }
+    }
+    this.gained(rec)
+    return true
+  }
+
+  private removeHolder (key: string, rec: PeerRecord): boolean {
+    const map = this.shard(key)
+    const v = map.get(key)
+    if (v === undefined) return false
+    if (typeof v === 'number') {
+      if (v !== rec.ref) return false
+      map.delete(key)
+    } else {
+      const i = v.indexOf(rec.ref)
+      if (i < 0) return false
+      if (v.length === 2) {
+        map.set(key, v[1 - i])
+      } else {
+        v[i] = v[v.length - 1]
+        v.pop()
+      }
+    }
+    rec.count--
+    this.liveEntries--
+    return true
+  }
+
+  /**
+   * Removes up to `budget` entries' worth of stale refs, resuming where the last call stopped. Returns how many
+   * refs it removed. Cheap when there is nothing stale.
+   */
+  sweep (budget = 100_000): number {
+    if (this.staleEntries === 0 && this.sweepIter === undefined) return 0
+    if (this.sweepIter === undefined) {
+      this.sweepShard = 0
+      this.sweepIter = this.shards[0].entries()
+      this.staleEventsInPass = 0
+    }
+    let removed = 0
+    for (let n = 0; n < budget; n++) {
+      const it = this.sweepIter.next()
+      if (it.done === true) {
+        if (++this.sweepShard < SHARDS) {
+          this.sweepIter = this.shards[this.sweepShard].entries()
+          continue
+        }
+        this.sweepIter = undefined
+        this.staleEntries = Math.max(0, this.staleEntries - removed)
+        // nothing went stale during the pass, so the pass saw every stale ref: none is left
+        if (this.staleEventsInPass === 0) this.staleEntries = 0
+        return removed
+      }
+      const map = this.shards[this.sweepShard]
+      const [key, v] = it.value
+      if (typeof v === 'number') {
+        if (!this.isLive(v)) { map.delete(key); removed++ }
+        continue
+      }
+      let kept = 0
+      for (let i = 0; i < v.length; i++) if (this.isLive(v[i])) v[kept++] = v[i]
+      if (kept === v.length) continue
+      removed += v.length - kept
+      if (kept === 0) map.delete(key)
+      else if (kept === 1) map.set(key, v[0])
+      else map.set(key, v.slice(0, kept))
+    }
+    this.staleEntries = Math.max(0, this.staleEntries - removed)
+    return removed
+  }
+
+  // ---- resolve ----
+
+  private score (rec: PeerRecord, asker: PeerRecord | undefined, askerZone: readonly string[], now: number): number {
+    const slot = rec.slot
+    if (this.scoreStamp[slot] === this.stamp) return this.scoreCache[slot]
+    let s = -1
+    if (rec !== asker && rec.addrs.length > 0 && !this.expired(rec, now) && !isBanned(rec.rep, now)) {
+      const base = baseScore(rec, rec.rep, now, this.weights)
+      s = scoreFor(base, zoneAffinity(askerZone, rec.zonePath), badPenalty(rec.rep), this.weights, this.random())
+    }
+    this.scoreStamp[slot] = this.stamp
+    this.scoreCache[slot] = s
+    return s
+  }
+
+  private nextStamp (): number {
+    if (this.stamp >= 0xfffffffe) {
+      this.stamp = 0
+      this.scoreStamp.fill(0)
+      this.tableStamp.fill(0)
+    }
+    return ++this.stamp
+  }
+
+  /**
+   * Up to `max` holders per digest, best first, never `askerId` itself, nor expired, banned or address-less peers.
+   * Scores are computed once per call (with a random spread of `ranking.jitter`), so one answer orders the same
+   * holders the same way for every digest (the fetcher can batch per holder), while successive answers rotate
+   * among near-equal holders; every digest's first holder is charged as pending load, which steers the next
+   * answers elsewhere until the peer's heartbeat reports its real load.
+   */
+  resolveRaw (askerId: string | undefined, digests: PackedDigests, max = 4): RawAnswer {
+    const now = this.now()
+    const stamp = this.nextStamp()
+    const asker = askerId !== undefined ? this.peers.get(askerId) : undefined
+    if (asker !== undefined) asker.lastSeen = now
+    const askerZone = asker?.zonePath ?? []
+    const n = digests.length >>> 5
+    const counts = new Uint8Array(n)
+    const refs = new Uint16Array(n * max)
+    const peers: PeerRecord[] = []
+    const firstRecs: PeerRecord[] = []
+    const topRec: Array<PeerRecord | undefined> = new Array(max).fill(undefined)
+    const topScore = new Float64Array(max)
+    let nrefs = 0
+    for (let i = 0; i < n; i++) {
+      const key = digestKey(digests, i)
+      const v = this.shard(key).get(key)
+      if (v === undefined) continue
+      let k = 0
+      const len = typeof v === 'number' ? 1 : v.length
+      for (let j = 0; j < len; j++) {
+        const ref = typeof v === 'number' ? v : v[j]
+        const rec = this.peers.live(ref)
+        if (rec === undefined) continue
+        const s = this.score(rec, asker, askerZone, now)
+        if (s < 0) continue
+        // insertion into the small sorted top-`max` list
+        let at = k < max ? k++ : max
+        if (at === max && s <= topScore[max - 1]) continue
+        if (at === max) at = max - 1
+        while (at > 0 && topScore[at - 1] < s) {
+          topScore[at] = topScore[at - 1]
+          topRec[at] = topRec[at - 1]
+          at--
+        }
+        topScore[at] = s
+        topRec[at] = rec
+      }
+      counts[i] = k
+      for (let j = 0; j < k; j++) {
+        const rec = topRec[j] as PeerRecord
+        if (this.tableStamp[rec.slot] !== stamp) {
+          this.tableStamp[rec.slot] = stamp
+          this.tableIndex[rec.slot] = peers.length
+          this.firsts[rec.slot] = 0
+          peers.push(rec)
+        }
+        refs[nrefs++] = this.tableIndex[rec.slot]
+      }
+      if (k > 0) {
+        const first = topRec[0] as PeerRecord
+        if (this.firsts[first.slot]++ === 0) firstRecs.push(first)
+      }
+    }
+    for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
+    return { peers, counts, refs: refs.subarray(0, nrefs) }
+  }
+
+  /** {@link resolveRaw} with the holders as handed out to clients. */
+  resolve (askerId: string | undefined, digests: PackedDigests, max = 4): ResolveAnswer {
+    const raw = this.resolveRaw(askerId, digests, max)
+    return { peers: raw.peers.map((p) => p.holder), counts: raw.counts, refs: raw.refs }
+  }
+
+  /** Holders by hex digest, the shape `HolderResolver.resolve` answers with. */
+  resolveMap (askerId: string | undefined, digests: readonly Buffer[], max = 4): Map<string, ChunkHolder[]> {
+    const raw = this.resolveRaw(askerId, packDigests(digests), max)
+    const out = new Map<string, ChunkHolder[]>()
+    let j = 0
+    for (let i = 0; i < digests.length; i++) {
+      const k = raw.counts[i]
+      if (k === 0) continue
+      const hs: ChunkHolder[] = []
+      for (let e = 0; e < k; e++) hs.push(raw.peers[raw.refs[j++]].holder)
+      out.set(digests[i].toString('hex'), hs)
+    }
+    return out
+  }
+
+  /** The live holders of one digest (unranked), for tests and inspection. */
+  holdersOf (digest: Uint8Array): string[] {
+    const key = Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('latin1')
+    const v = this.shard(key).get(key)
+    if (v === undefined) return []
+    const out: string[] = []
+    for (const ref of typeof v === 'number' ? [v] : v) {
+      const rec = this.peers.live(ref)
+      if (rec !== undefined) out.push(rec.id)
+    }
+    return out
+  }
+
+  /**
+   * An in-process view for one peer, for the simulator's model mode and embedded use: the same contract as
+   * `SchedulerClient` without a network (announces apply at once).
+   */
+  asPeer (id: string, info: PeerInfo): HolderResolver & ChunkAnnouncer {
+    return {
+      announce: (digests) => { this.announce(id, packDigests(digests), { info }) },
+      withdraw: (digests) => { this.withdraw(id, packDigests(digests)) },
+      resolve: async (digests) => this.resolveMap(id, digests),
+      report: (outcomes) => { this.report(id, outcomes) }
+    }
+  }
+
+  stats (): IndexStats {
+    let digests = 0
+    for (const m of this.shards) digests += m.size
+    return { peers: this.peers.size, digests, banned: this.peers.bannedCount(this.now()), entries: this.liveEntries, staleEntries: this.staleEntries, refused: this.refused }
+  }
+}

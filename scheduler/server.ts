@@ -1,0 +1,266 @@
+/**
+ * The scheduler service: serves `/rafspeer/scheduler/1.0.0` from any libp2p node over a {@link HolderIndex}, plus a
+ * standalone node (TCP + noise + yamux) for `rafspeer scheduler` and tests, and the persistent identity it runs under.
+ */
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { createLibp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Connection, Libp2p, PrivateKey, Stream } from '@libp2p/interface'
+import { SCHEDULER_PROTOCOL } from '../peer/p2p-types.js'
+import type { PeerInfo, SchedulerLogger, SchedulerNodeInit, SchedulerServiceInit } from './index.js'
+import { HolderIndex, type RawAnswer } from './index-store.js'
+import { readFrames, sendFrame } from './framing.js'
+import {
+  decodeMessage, encodePeerEntry, encodeResolved, SchedulerError, MAX_ADDRS, MAX_FRAME_BYTES,
+  MAX_HOLDERS_PER_ANSWER
+} from './protocol.js'
+
+const DEFAULT_SWEEP_INTERVAL_MS = 250
+const DEFAULT_STREAMS_PER_CONNECTION = 4
+const DEFAULT_MAX_HOLDERS = 4
+/** stale refs removed per maintenance tick: bounded so a tick stays in the low milliseconds */
+const SWEEP_BUDGET = 200_000
+/** a client that reads no answers for this long loses its stream */
+const DRAIN_TIMEOUT_MS = 30_000
+/** a session that kept the event loop this long yields it, so one peer's burst does not starve the others */
+const YIELD_AFTER_MS = 4
+/** multicodec of `/p2p/<id>` */
+const P2P_CODE = 421
+
+const noop = (): void => {}
+export const silentLog: SchedulerLogger = Object.assign(noop, { error: noop })
+
+/** The parts of a libp2p node the service uses. */
+export interface SchedulerServiceComponents {
+  libp2p: Pick<Libp2p, 'handle' | 'unhandle'>
+}
+
+export class SchedulerService {
+  readonly index: HolderIndex
+  private readonly libp2p: SchedulerServiceComponents['libp2p']
+  private readonly log: SchedulerLogger
+  private readonly sweepIntervalMs: number
+  private readonly maxStreams: number
+  private readonly sessions = new Set<Stream>()
+  private timer: NodeJS.Timeout | undefined
+
+  constructor (components: SchedulerServiceComponents, init: SchedulerServiceInit = {}) {
+    this.libp2p = components.libp2p
+    this.index = new HolderIndex(init)
+    this.log = init.logger?.forComponent('rafspeer:scheduler') ?? silentLog
+    this.sweepIntervalMs = init.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS
+    this.maxStreams = init.maxStreamsPerConnection ?? DEFAULT_STREAMS_PER_CONNECTION
+  }
+
+  async start (): Promise<void> {
+    await this.libp2p.handle(SCHEDULER_PROTOCOL, (stream, connection) => { void this.serve(stream, connection) }, {
+      maxInboundStreams: this.maxStreams
+    })
+    this.timer = setInterval(() => { this.maintain() }, this.sweepIntervalMs)
+    this.timer.unref()
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.timer)
+    this.timer = undefined
+    await this.libp2p.unhandle(SCHEDULER_PROTOCOL).catch(noop)
+    for (const s of this.sessions) s.abort(new Error('scheduler stopping'))
+    this.sessions.clear()
+  }
+
+  /** Open client sessions. */
+  get sessionCount (): number { return this.sessions.size }
+
+  /** Drops expired peers and sweeps some stale entries; runs on a timer, callable directly. */
+  maintain (): void {
+    try {
+      const gone = this.index.expire()
+      if (gone.length > 0) this.log('expired %d peer(s): %s', gone.length, gone.slice(0, 8).join(' '))
+      this.index.sweep(SWEEP_BUDGET)
+    } catch (err) {
+      this.log.error('maintenance failed: %s', (err as Error).message)
+    }
+  }
+
+  private async serve (stream: Stream, connection: Connection): Promise<void> {
+    // the connection's authenticated peer id is the only identity we trust
+    const peerId = connection.remotePeer.toString()
+    this.sessions.add(stream)
+    let busySince = performance.now()
+    try {
+      for await (const body of readFrames(stream)) {
+        // frames already buffered arrive through microtasks only: give other sockets their turn now and then
+        if (performance.now() - busySince > YIELD_AFTER_MS) {
+          await new Promise<void>((resolve) => { setImmediate(resolve) })
+          busySince = performance.now()
+        }
+        const m = decodeMessage(body)
+        switch (m.type) {
+          case 'announce': {
+            const r = this.index.announce(peerId, m.digests, { reset: m.reset, info: m.info !== undefined ? this.cleanInfo(m.info, peerId) : undefined })
+            if (r.refused > 0) this.log.error('refused %d digest(s) from %s: a bound is reached (%j)', r.refused, peerId, this.index.stats())
+            break
+          }
+          case 'withdraw':
+            this.index.withdraw(peerId, m.digests)
+            break
+          case 'resolve': {
+            const answer = this.index.resolveRaw(peerId, m.digests, m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER))
+            await sendFrame(stream, answerBody(m.id, answer), { signal: AbortSignal.timeout(DRAIN_TIMEOUT_MS) })
+            break
+          }
+          case 'report': {
+            const banned = this.index.report(peerId, m.outcomes)
+            if (banned.length > 0) this.log('banned %s (bad bytes reported by several peers)', banned.join(' '))
+            break
+          }
+          case 'heartbeat':
+            this.index.heartbeat(peerId, m.intervalMs, m.load)
+            break
+          case 'leave':
+            this.index.leave(peerId)
+            break
+          case 'resolved':
+            throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', 'malformed scheduler frame: an answer sent to the scheduler')
+        }
+      }
+      await stream.close().catch(noop)
+    } catch (err) {
+      if (this.sessions.has(stream)) this.log.error('closing scheduler stream from %s: %s', peerId, (err as Error).message)
+      stream.abort(err as Error)
+    } finally {
+      this.sessions.delete(stream)
+    }
+  }
+
+  /** Only parseable addresses, without `/p2p/<id>`, deduplicated. */
+  private cleanInfo (info: PeerInfo, peerId: string): PeerInfo {
+    const addrs: string[] = []
+    for (const a of info.addrs) {
+      try {
+        const s = multiaddr(a).decapsulateCode(P2P_CODE).toString()
+        if (s !== '' && s !== '/' && !addrs.includes(s)) addrs.push(s)
+      } catch {
+        this.log.error('ignoring unparseable address from %s: %s', peerId, a.slice(0, 80))
+      }
+      if (addrs.length >= MAX_ADDRS) break
+    }
+    return { ...info, zone: info.zone.trim(), addrs }
+  }
+}
+
+/**
+ * The RESOLVED body for an answer. Peer table entries are encoded once per peer and cached. If the answer would
+ * outgrow a frame, the tail digests are answered with no holders (table indexes are assigned in order of first
+ * use, so the peers of a prefix of digests are a prefix of the table).
+ */
+export function answerBody (id: number, a: RawAnswer): Buffer {
+  const entries = a.peers.map((p) => (p.wire ??= encodePeerEntry(p.holder)))
+  const limit = MAX_FRAME_BYTES - 64
+  let size = a.counts.length
+  for (const e of entries) size += e.length
+  size += a.refs.length * 2
+  if (size <= limit) return encodeResolved(id, entries, a.counts, a.refs)
+  size = a.counts.length
+  let peersUsed = 0
+  let refsUsed = 0
+  const counts = new Uint8Array(a.counts.length)
+  for (let i = 0; i < a.counts.length; i++) {
+    let grow = a.counts[i] * 2
+    let peersAfter = peersUsed
+    for (let k = 0; k < a.counts[i]; k++) {
+      const ref = a.refs[refsUsed + k]
+      while (peersAfter <= ref) grow += entries[peersAfter++].length
+    }
+    if (size + grow > limit) break
+    size += grow
+    counts[i] = a.counts[i]
+    refsUsed += a.counts[i]
+    peersUsed = peersAfter
+  }
+  return encodeResolved(id, entries.slice(0, peersUsed), counts, a.refs.subarray(0, refsUsed))
+}
+
+/** A running standalone scheduler. */
+export interface SchedulerNode {
+  node: Libp2p
+  service: SchedulerService
+  peerId: string
+  /** listen multiaddrs including `/p2p/<peer id>`, ready to give to clients */
+  multiaddrs: string[]
+  stop: () => Promise<void>
+}
+
+/** Starts a libp2p node (TCP + noise + yamux + identify + ping) serving the scheduler protocol. */
+export async function startSchedulerNode (init: SchedulerNodeInit = {}): Promise<SchedulerNode> {
+  const maxPeers = init.maxPeers ?? 10_000
+  const node = await createLibp2p({
+    ...(init.privateKey !== undefined ? { privateKey: init.privateKey } : {}),
+    addresses: { listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    services: { identify: identify(), ping: ping() },
+    connectionManager: {
+      maxConnections: maxPeers + 64,
+      // after a scheduler restart every peer of a host reconnects at once (many peers share a host in tests and sims)
+      inboundConnectionThreshold: Math.max(64, maxPeers),
+      maxIncomingPendingConnections: 256
+    }
+  })
+  const service = new SchedulerService({ libp2p: node }, init)
+  try {
+    await service.start()
+  } catch (err) {
+    await node.stop()
+    throw err
+  }
+  const peerId = node.peerId.toString()
+  return {
+    node,
+    service,
+    peerId,
+    multiaddrs: node.getMultiaddrs().map((ma) => ma.toString()),
+    stop: async () => {
+      await service.stop()
+      await node.stop()
+    }
+  }
+}
+
+/**
+ * The peer identity kept in `file` (a protobuf-encoded private key, mode 0600); a new Ed25519 key is created and
+ * saved when the file does not exist, so a restarted scheduler keeps its peer id and its clients' addresses stay valid.
+ */
+export async function loadOrCreatePeerKey (file: string): Promise<PrivateKey> {
+  let bytes: Buffer | undefined
+  try {
+    bytes = await readFile(file)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  if (bytes !== undefined) {
+    try {
+      return privateKeyFromProtobuf(bytes)
+    } catch (err) {
+      throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', `${file} does not hold a libp2p private key: ${(err as Error).message}`, { cause: err })
+    }
+  }
+  const key = await generateKeyPair('Ed25519')
+  await mkdir(dirname(file), { recursive: true })
+  try {
+    await writeFile(file, privateKeyToProtobuf(key), { mode: 0o600, flag: 'wx' })
+  } catch (err) {
+    // another process created it first: use theirs
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return await loadOrCreatePeerKey(file)
+    throw err
+  }
+  return key
+}
