@@ -84,7 +84,8 @@ export async function loadOrCreateKey (keyFile: string): Promise<PrivateKey> {
     try {
       return privateKeyFromProtobuf(bytes)
     } catch (err) {
-      throw new Error(`peer key ${keyFile} is not a libp2p private key (${(err as Error).message}); move it away to create a new identity`, { cause: err })
+      throw Object.assign(new Error(`peer key ${keyFile} is not a libp2p private key (${(err as Error).message}); move it away to create a new identity`, { cause: err }),
+        { code: 'RAFSPEER_ERR_PEER_KEY' })
     }
   }
   const key = await generateKeyPair('Ed25519')

@@ -2,15 +2,13 @@
  * The scheduler service: serves `/rafspeer/scheduler/1.0.0` from any libp2p node over a {@link HolderIndex}, plus a
  * standalone node (TCP + noise + yamux) for `rafspeer scheduler` and tests, and the persistent identity it runs under.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { loadOrCreateKey } from '../peer/p2p-host.js'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
-import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Libp2p, PrivateKey, Stream } from '@libp2p/interface'
 import { SCHEDULER_PROTOCOL } from '../peer/p2p-types.js'
@@ -240,27 +238,10 @@ export async function startSchedulerNode (init: SchedulerNodeInit = {}): Promise
  * saved when the file does not exist, so a restarted scheduler keeps its peer id and its clients' addresses stay valid.
  */
 export async function loadOrCreatePeerKey (file: string): Promise<PrivateKey> {
-  let bytes: Buffer | undefined
   try {
-    bytes = await readFile(file)
+    return await loadOrCreateKey(file)
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-  }
-  if (bytes !== undefined) {
-    try {
-      return privateKeyFromProtobuf(bytes)
-    } catch (err) {
-      throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', `${file} does not hold a libp2p private key: ${(err as Error).message}`, { cause: err })
-    }
-  }
-  const key = await generateKeyPair('Ed25519')
-  await mkdir(dirname(file), { recursive: true })
-  try {
-    await writeFile(file, privateKeyToProtobuf(key), { mode: 0o600, flag: 'wx' })
-  } catch (err) {
-    // another process created it first: use theirs
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return await loadOrCreatePeerKey(file)
+    if ((err as { code?: string }).code === 'RAFSPEER_ERR_PEER_KEY') throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', (err as Error).message, { cause: err })
     throw err
   }
-  return key
 }
