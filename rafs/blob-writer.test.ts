@@ -180,8 +180,11 @@ describe('BlobWriter', () => {
     const out = await fresh('boundaries')
     const cs = 4096
     const w = new BlobWriter({ ...out, chunkSize: cs, compressor: 'none' })
-    for (const size of [cs - 1, cs, cs + 1, 2 * cs - 1, 2 * cs, 2 * cs + 1, 1]) {
+    const sizes = [cs - 1, cs, cs + 1, 2 * cs - 1, 2 * cs, 2 * cs + 1, 1]
+    for (const [n, size] of sizes.entries()) {
       const bytes = randomBytes(size)
+      // the 1-byte tails (cs + 1, 2cs + 1, 1) must differ, or dedup would rightly hand back the first one's ChunkInfo
+      bytes[size - 1] = n
       // odd piece sizes straddle chunk boundaries
       const pieces: Uint8Array[] = []
       for (let o = 0, step = 1; o < size; o += step, step = step * 3 + 1) pieces.push(bytes.subarray(o, o + step))
