@@ -237,3 +237,32 @@ test('bookkeeping stays exact under random announce / withdraw / leave / reset /
     assert.equal(idx.stats().staleEntries, 0)
   }), { numRuns: 300 })
 })
+
+test('a resolve miss makes a registered asker the holder; later askers are sent to it; withdraw undoes the claim', () => {
+  const { idx } = setup()
+  idx.announce('A', packDigests([]), { info: info(1) })
+  idx.announce('B', packDigests([]), { info: info(2) })
+  // A misses digest 9: nobody to offer, A claims it
+  assert.deepEqual(ids(idx, 'A', digest(9)), [])
+  assert.deepEqual(idx.holdersOf(digest(9)), ['A'])
+  // B asks next: sent to A, and claims nothing since a holder exists
+  assert.deepEqual(ids(idx, 'B', digest(9)), ['A'])
+  assert.deepEqual(idx.holdersOf(digest(9)), ['A'])
+  // an unregistered asker, or one without addresses, claims nothing
+  idx.announce('C', packDigests([]))
+  assert.deepEqual(ids(idx, 'C', digest(10)), [])
+  assert.deepEqual(ids(idx, 'nobody', digest(10)), [])
+  assert.deepEqual(idx.holdersOf(digest(10)), [])
+  // A did not get it: withdrawing frees the digest, and the next miss is B's
+  idx.withdraw('A', packDigests([digest(9)]))
+  assert.deepEqual(ids(idx, 'B', digest(9)), [])
+  assert.deepEqual(idx.holdersOf(digest(9)), ['B'])
+  assert.equal(idx.stats().entries, 1)
+})
+
+test('claims can be turned off', () => {
+  const { idx } = setup({ claimMisses: false })
+  idx.announce('A', packDigests([]), { info: info(1) })
+  assert.deepEqual(ids(idx, 'A', digest(9)), [])
+  assert.deepEqual(idx.holdersOf(digest(9)), [])
+})

@@ -29,7 +29,8 @@ const DEFAULTS = {
   minHeartbeatMs: 50,
   maxHeartbeatMs: 60_000,
   banAfterBadReporters: 2,
-  banMs: 3_600_000
+  banMs: 3_600_000,
+  claimMisses: true
 }
 
 type Holders = number | number[]
@@ -73,6 +74,7 @@ export class HolderIndex {
   private readonly maxHeartbeatMs: number
   private readonly policy: { banAfterBadReporters: number, banMs: number }
   private readonly weights: RankingWeights
+  private readonly claimMisses: boolean
   private readonly now: () => number
   private readonly random: () => number
 
@@ -87,6 +89,7 @@ export class HolderIndex {
     this.maxHeartbeatMs = init.maxHeartbeatMs ?? DEFAULTS.maxHeartbeatMs
     this.policy = { banAfterBadReporters: Math.max(1, init.banAfterBadReporters ?? DEFAULTS.banAfterBadReporters), banMs: init.banMs ?? DEFAULTS.banMs }
     this.weights = { ...DEFAULT_WEIGHTS, ...init.ranking }
+    this.claimMisses = init.claimMisses ?? DEFAULTS.claimMisses
     this.now = init.now ?? Date.now
     this.random = init.random ?? Math.random
     this.peers = new PeerTable(this.maxPeers, this.heartbeatMs)
@@ -374,6 +377,9 @@ export class HolderIndex {
     const asker = askerId !== undefined ? this.peers.get(askerId) : undefined
     if (asker !== undefined) asker.lastSeen = now
     const askerZone = asker?.zonePath ?? []
+    // a miss makes the asker the digest's holder at once: it is about to fetch the chunk from the source, and
+    // whoever asks next is sent to it instead of to the source too (the asker's server waits for its fetch)
+    const claimer = this.claimMisses && asker !== undefined && asker.addrs.length > 0 && !isBanned(asker.rep, now) ? asker : undefined
     const n = digests.length >>> 5
     const counts = new Uint8Array(n)
     const refs = new Uint16Array(n * max)
@@ -385,7 +391,10 @@ export class HolderIndex {
     for (let i = 0; i < n; i++) {
       const key = digestKey(digests, i)
       const v = this.shard(key).get(key)
-      if (v === undefined) continue
+      if (v === undefined) {
+        if (claimer !== undefined) this.claim(key, claimer)
+        continue
+      }
       let k = 0
       const len = typeof v === 'number' ? 1 : v.length
       for (let j = 0; j < len; j++) {
@@ -420,10 +429,16 @@ export class HolderIndex {
       if (k > 0) {
         const first = topRec[0] as PeerRecord
         if (this.firsts[first.slot]++ === 0) firstRecs.push(first)
-      }
+      } else if (claimer !== undefined) this.claim(key, claimer)
     }
     for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
     return { peers, counts, refs: refs.subarray(0, nrefs) }
+  }
+
+  /** Records a claim of `key` by `rec` within the bounds announces obey (silently skipped past them). */
+  private claim (key: string, rec: PeerRecord): void {
+    if (rec.count >= this.maxDigestsPerPeer || this.liveEntries + this.staleEntries >= this.maxEntries) return
+    this.addHolder(key, rec)
   }
 
   /** {@link resolveRaw} with the holders as handed out to clients. */

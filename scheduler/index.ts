@@ -96,6 +96,14 @@ export interface HolderIndexInit {
   /** how long a ban lasts (default 1 h) */
   banMs?: number
   ranking?: Partial<RankingWeights>
+  /**
+   * A resolve miss (no holder to offer) records the asker as the digest's holder at once, since it fetches the
+   * chunk from the source next: the peers asking after it are sent to it, not to the source, and the source serves
+   * each chunk about once however many peers start together (Dragonfly's "back-to-source" peer, per chunk). The
+   * asker's chunk server waits for its own fetch when asked; a peer that did not get the chunk withdraws it
+   * (default true).
+   */
+  claimMisses?: boolean
   /** clock, for tests (default `Date.now`) */
   now?: () => number
   /** randomness in [0, 1), for tests (default `Math.random`) */
