@@ -203,3 +203,21 @@ test('layers must agree on chunk size and codecs', () => {
   assert.throws(() => mergeLayers([a, { ...image(dir({})), digester: 'sha256' }]), { code: 'RAFSPEER_ERR_MERGE' })
   assert.throws(() => mergeLayers([]), { code: 'RAFSPEER_ERR_MERGE' })
 })
+
+test('a directory the upper layer only passes through (implicit, no tar entry) keeps the lower attributes', () => {
+  const lower = image(dir({ opt: dir({ model: dir({ a: file(1) }, { mtime: 200, mode: 0o040700 }) }, { mtime: 100, uid: 7 }) }, { mtime: 50 }))
+  const upper = image({
+    ...dir({ opt: { ...dir({ model: { ...dir({ b: file(2) }), implicit: true } }), implicit: true } }),
+    implicit: true
+  })
+  const merged = mergeLayers([lower, upper])
+  assert.deepEqual(listing(merged), { '/': 'dir:0', '/opt': 'dir:7', '/opt/model': 'dir:0', '/opt/model/a': 'file:1', '/opt/model/b': 'file:2' })
+  assert.equal(merged.root.mtime, 50)
+  assert.equal(at(merged.root, 'opt').mtime, 100)
+  assert.equal(at(merged.root, 'opt').uid, 7)
+  assert.equal(at(merged.root, 'opt/model').mtime, 200)
+  assert.equal(at(merged.root, 'opt/model').mode, 0o040700)
+  // an explicit upper directory still wins
+  const explicit = mergeLayers([lower, image(dir({ opt: dir({}, { mtime: 300 }) }))])
+  assert.equal(at(explicit.root, 'opt').mtime, 300)
+})

@@ -128,12 +128,15 @@ function copyTree (inode: RafsInode, ctx: LayerContext): RafsInode {
 /** Applies upper directory `upper` onto `lower`, a directory of the result (owned by the merge, so mutable). */
 function applyDir (lower: RafsInode, upper: RafsInode, ctx: LayerContext): void {
   ctx.copies.set(upper, lower)
-  lower.mode = upper.mode
-  lower.uid = upper.uid
-  lower.gid = upper.gid
-  lower.mtime = upper.mtime
-  lower.mtimeNsec = upper.mtimeNsec
-  lower.xattrs = new Map(upper.xattrs)
+  // a directory the upper layer only passes through keeps the attributes the lower layers gave it
+  if (upper.implicit !== true) {
+    lower.mode = upper.mode
+    lower.uid = upper.uid
+    lower.gid = upper.gid
+    lower.mtime = upper.mtime
+    lower.mtimeNsec = upper.mtimeNsec
+    lower.xattrs = new Map(upper.xattrs)
+  }
   const children = lower.children!
   const upperChildren = upper.children ?? new Map<string, RafsInode>()
   // Whiteouts act on the lower layers only, so they go first: a name whited out and re-created by the same

@@ -54,6 +54,12 @@ export interface RafsInode {
   children?: Map<string, RafsInode>
   /** the nid, once written or when read from a bootstrap */
   nid?: number
+  /**
+   * Directories of a layer read from a tar: true when the layer has no entry of its own for it (it holds entries
+   * below it, or it is a root without `./`). Its attributes are placeholders, so a merge keeps the lower layer's,
+   * as `tar -x` of the layer over the lower ones would. Never written to a bootstrap.
+   */
+  implicit?: boolean
 }
 
 /** A data blob of the image: everything the blob table needs (§6). */

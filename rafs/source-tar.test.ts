@@ -247,6 +247,10 @@ test('path spellings normalise; implicit parents are replaced in place; later en
   assert.equal(b.mode, 0o40750)
   assert.equal(b.uid, 0)
   assert.deepEqual(names(b), ['c', 'd'])
+  // a/b got its own entry; a never did, nor did the root (no './' entry): a merge keeps the lower ones' attributes
+  assert.equal(b.implicit, undefined)
+  assert.equal(at(root, 'a').implicit, true)
+  assert.equal(root.implicit, true)
   assert.equal(sink.contents(at(root, 'a/b/c')).toString(), 'second')
   assert.deepEqual(names(at(root, 'a')), ['b', 'y'])
   assert.deepEqual(names(at(root, 'e')), ['in'])

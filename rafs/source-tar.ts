@@ -355,7 +355,7 @@ function percentDecode (s: string): string {
 }
 
 class TreeBuilder {
-  readonly root = newInode('dir')
+  readonly root: RafsInode = { ...newInode('dir'), implicit: true }
 
   lookup (path: string[]): RafsInode | undefined {
     let node: RafsInode | undefined = this.root
@@ -378,7 +378,7 @@ class TreeBuilder {
       const part = path[i]!
       let next = dir.children!.get(part)
       if (next === undefined) {
-        next = newInode('dir')
+        next = { ...newInode('dir'), implicit: true }
         dir.children!.set(part, next)
       } else if (next.type !== 'dir') {
         throw new TarError(`entry ${show(path.join('/'))}: parent ${show(path.slice(0, i + 1).join('/'))} is not a directory`)
@@ -399,5 +399,6 @@ class TreeBuilder {
     dir.mtime = from.mtime
     dir.mtimeNsec = from.mtimeNsec
     dir.xattrs = from.xattrs
+    delete dir.implicit
   }
 }
