@@ -48,6 +48,9 @@ describe('daemon command arguments', () => {
     assert.deepEqual(daemonOverrides({ socket: 's.sock', workDir: '/w', cacheDir: 'c', logLevel: 'debug' }, dir),
       { socket: join(dir, 's.sock'), workDir: '/w', cache: { dir: join(dir, 'c') }, log: { level: 'debug' } })
     assert.deepEqual(daemonOverrides({}, dir), {})
+    assert.deepEqual(daemonOverrides({ scheduler: '/ip4/1.2.3.4/tcp/8002/p2p/x', zone: 'eu|fra', p2pListen: ['/ip4/0.0.0.0/tcp/8003'] }, dir),
+      { scheduler: { address: '/ip4/1.2.3.4/tcp/8002/p2p/x', zone: 'eu|fra' }, p2p: { listen: ['/ip4/0.0.0.0/tcp/8003'] } })
+    assert.deepEqual(daemonOverrides({ embeddedScheduler: true }, dir), { scheduler: { embedded: true } })
   })
 
   it('finds the socket: flag, environment, config, default', async () => {

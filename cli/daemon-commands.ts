@@ -78,6 +78,13 @@ export interface DaemonFlags {
   cacheDir?: string
   workDir?: string
   logLevel?: LogLevel
+  /** the scheduler's multiaddr (with /p2p/<id>); turns P2P on */
+  scheduler?: string
+  /** run a scheduler inside this daemon; turns P2P on */
+  embeddedScheduler?: boolean
+  /** P2P listen multiaddrs */
+  p2pListen?: string[]
+  zone?: string
 }
 
 /** Flags laid over the config file; paths made absolute against `cwd`. */
@@ -87,6 +94,14 @@ export function daemonOverrides (f: DaemonFlags, cwd = process.cwd()): DaemonCon
   if (f.workDir !== undefined) o.workDir = resolve(cwd, f.workDir)
   if (f.cacheDir !== undefined) o.cache = { dir: resolve(cwd, f.cacheDir) }
   if (f.logLevel !== undefined) o.log = { level: f.logLevel }
+  if (f.scheduler !== undefined || f.embeddedScheduler === true || f.zone !== undefined) {
+    o.scheduler = {
+      ...(f.scheduler !== undefined ? { address: f.scheduler } : {}),
+      ...(f.embeddedScheduler === true ? { embedded: true } : {}),
+      ...(f.zone !== undefined ? { zone: f.zone } : {})
+    }
+  }
+  if (f.p2pListen !== undefined) o.p2p = { listen: f.p2pListen }
   return o
 }
 
@@ -173,6 +188,10 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
     .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer)')
     .option('--cache-dir <dir>', 'blob cache directory (default <work-dir>/cache)')
     .option('--log-level <level>', 'error, warn, info or debug (overrides the config)', parseLogLevel)
+    .option('--scheduler <multiaddr>', 'the scheduler to use, with its peer id (what `rafspeer scheduler` prints); turns P2P on')
+    .option('--embedded-scheduler', 'run a scheduler in this daemon, on its P2P addresses; turns P2P on')
+    .option('--p2p-listen <multiaddr>', 'P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/0)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack (neighbours in it are preferred)')
     .action(async (f: DaemonFlags, cmd: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(cmd)
       const config = await loadDaemonConfig(configPath(f), daemonOverrides({ ...f, ...(logLevel !== undefined ? { logLevel } : {}) }))

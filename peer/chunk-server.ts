@@ -21,6 +21,7 @@ import {
 } from './chunk-protocol.js'
 import type { ComponentLogger, Log } from './fetch-types.js'
 import type { ServableCache } from './p2p-types.js'
+import { RateLimiter } from './rate-limiter.js'
 
 export const DEFAULT_MAX_CONCURRENT_UPLOADS = 16
 export const DEFAULT_READ_TIMEOUT_MS = 10_000
@@ -71,30 +72,6 @@ export interface ChunkServerCounters {
   aborted: number
 }
 
-/** Pays for bytes at `rate` per second; a taker that overdraws waits out its debt. */
-export class TokenBucket {
-  private tokens: number
-  private last = performance.now()
-  constructor (private readonly rate: number, private readonly burst: number) {
-    if (!(rate > 0)) throw new RangeError(`a rate must be positive, got ${rate}`)
-    this.tokens = burst
-  }
-
-  async take (n: number, signal?: AbortSignal): Promise<void> {
-    const now = performance.now()
-    this.tokens = Math.min(this.burst, this.tokens + (now - this.last) * this.rate / 1000)
-    this.last = now
-    this.tokens -= n
-    if (this.tokens >= 0) return
-    const ms = -this.tokens / this.rate * 1000
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
-      const onAbort = (): void => { clearTimeout(t); reject(signal!.reason) }
-      signal?.addEventListener('abort', onAbort, { once: true })
-    })
-  }
-}
-
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
     uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0
@@ -107,7 +84,7 @@ export class ChunkServer {
   private readonly readTimeoutMs: number
   private readonly maxInboundStreams: number
   private readonly readAhead: number
-  private readonly bucket: TokenBucket | undefined
+  private readonly bucket: RateLimiter | undefined
   private readonly streams = new Set<Stream>()
   private started = false
 
@@ -121,7 +98,7 @@ export class ChunkServer {
     this.readAhead = Math.max(1, init.readAhead ?? DEFAULT_READ_AHEAD)
     const rate = init.uploadBytesPerSecond
     // a quarter second of burst, and at least one slice, so pacing never stalls a slice outright
-    this.bucket = rate === undefined ? undefined : new TokenBucket(rate, Math.max(PACING_SLICE_BYTES, rate / 4))
+    this.bucket = rate === undefined ? undefined : new RateLimiter(rate, Math.max(PACING_SLICE_BYTES, rate / 4))
   }
 
   async start (): Promise<void> {

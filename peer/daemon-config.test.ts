@@ -24,7 +24,20 @@ describe('daemon config', () => {
       socket: '/run/rafspeer/rafspeer.sock',
       workDir: '/var/lib/rafspeer',
       cache: { dir: '/var/lib/rafspeer/cache', capBytes: 0 },
-      fetch: { amplifyBytes: 1 << 20, concurrency: 8, timeoutMs: 10_000, retries: 2, deadlineMs: 30_000 },
+      fetch: { amplifyBytes: 1 << 20, concurrency: 8, timeoutMs: 10_000, retries: 2, deadlineMs: 30_000, readaheadBytes: 4 << 20, downloadBytesPerSecond: 0 },
+      p2p: {
+        enabled: false,
+        listen: ['/ip4/0.0.0.0/tcp/0'],
+        keyFile: '/var/lib/rafspeer/peer.key',
+        maxConcurrentUploads: 16,
+        uploadBytesPerSecond: 0,
+        maxHolders: 3,
+        hedgeAfterMs: 300,
+        requestTimeoutMs: 3_000,
+        banThreshold: 3,
+        claimWaitMs: 5_000
+      },
+      scheduler: { embedded: false, zone: '', resolveTimeoutMs: 200, heartbeatMs: 5_000 },
       prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },
       mount: { defaultMode: 'auto' },
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
@@ -33,6 +46,22 @@ describe('daemon config', () => {
       log: { level: 'info', format: 'json' }
     })
     assert.deepEqual(DEFAULT_DAEMON_CONFIG, c)
+  })
+
+  it('turns P2P on with a scheduler; checks multiaddrs', () => {
+    const id = '12D3KooWSEXxo9PoqLdBzDU5FJ4gCRA7fvpHssWd3SLkquxbsnck'
+    const c = parseDaemonConfig({ workDir: '/srv/r', scheduler: { address: `/ip4/10.0.0.5/tcp/8002/p2p/${id}` }, p2p: { uploadBytesPerSecond: '100MiB' } })
+    assert.equal(c.p2p.enabled, true)
+    assert.equal(c.p2p.keyFile, '/srv/r/peer.key')
+    assert.equal(c.p2p.uploadBytesPerSecond, 100 << 20)
+    assert.equal(parseDaemonConfig({ scheduler: { embedded: true } }).p2p.enabled, true)
+    assert.equal(parseDaemonConfig({ scheduler: { embedded: true }, p2p: { enabled: false } }).p2p.enabled, false)
+    assert.throws(() => parseDaemonConfig({ scheduler: { address: '/ip4/10.0.0.5/tcp/8002' }, p2p: { listen: ['tcp://x'] } }), (err: ConfigError) => {
+      assert.equal(err.problems.length, 2)
+      assert.match(err.problems.join('\n'), /scheduler\.address: .*naming its peer/)
+      assert.match(err.problems.join('\n'), /p2p\.listen\.0: .*not a multiaddr/)
+      return true
+    })
   })
 
   it('puts the cache under workDir unless told otherwise', () => {

@@ -13,10 +13,12 @@
  */
 import { readFile } from 'node:fs/promises'
 import { isAbsolute, join } from 'node:path'
+import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 
 export const DEFAULT_SOCKET = '/run/rafspeer/rafspeer.sock'
 export const DEFAULT_WORK_DIR = '/var/lib/rafspeer'
+export const DEFAULT_P2P_LISTEN = '/ip4/0.0.0.0/tcp/0'
 
 export class ConfigError extends Error {
   readonly code = 'RAFSPEER_ERR_CONFIG'
@@ -72,6 +74,18 @@ const byteSize = z.union([z.number(), z.string()], { error: 'expected a byte cou
     return n
   })
 
+/** A multiaddr; with `p2p` it must name the peer (`/p2p/<id>`), which the noise handshake then checks. */
+const multiaddrString = (p2p: boolean): z.ZodType<string> => z.string().superRefine((s, ctx) => {
+  let ok: boolean
+  try {
+    const ma = multiaddr(s)
+    ok = !p2p || ma.getComponents().some(c => c.name === 'p2p')
+  } catch {
+    ok = false
+  }
+  if (!ok) ctx.addIssue({ code: 'custom', message: p2p ? `${JSON.stringify(s)} is not a multiaddr naming its peer (like /ip4/10.0.0.5/tcp/8002/p2p/12D3KooW…)` : `${JSON.stringify(s)} is not a multiaddr (like /ip4/0.0.0.0/tcp/8003)` })
+})
+
 const absPath = z.string().refine(p => isAbsolute(p), { error: 'must be an absolute path' })
 const int = (min: number, max: number): z.ZodInt => z.int({ error: 'expected a whole number' })
   .min(min, { error: `must be at least ${min}` }).max(max, { error: `must be at most ${max}` })
@@ -100,7 +114,45 @@ export const daemonConfigSchema = z.strictObject({
     /** extra rounds over all sources after a transient failure (2) */
     retries: int(0, 100).default(2),
     /** a read not served by then fails with EIO (30 s) */
-    deadlineMs: int(1, 3_600_000).default(30_000)
+    deadlineMs: int(1, 3_600_000).default(30_000),
+    /** a file read sequentially has this many bytes fetched ahead of the reader (4 MiB; 0 = off) */
+    readaheadBytes: byteSize.default(4 << 20),
+    /** chunk bytes per second this node takes in from all sources together; 0 = unlimited (default) */
+    downloadBytesPerSecond: byteSize.default(0)
+  }).prefault({}),
+  p2p: z.strictObject({
+    /** take part in the swarm: serve cached chunks, fetch from neighbours (default: on when a scheduler is set) */
+    enabled: z.boolean().optional(),
+    /** libp2p listen multiaddrs (`/ip4/0.0.0.0/tcp/0`: any port, announced to the scheduler) */
+    listen: z.array(multiaddrString(false)).min(1).default([DEFAULT_P2P_LISTEN]),
+    /** the node's persistent identity (default `${workDir}/peer.key`, created mode 0600) */
+    keyFile: absPath.optional(),
+    /** chunk requests served at once; more are answered busy (16) */
+    maxConcurrentUploads: int(0, 4096).default(16),
+    /** upload bytes per second to neighbours; 0 = unlimited (default) */
+    uploadBytesPerSecond: byteSize.default(0),
+    /** distinct neighbours one fetch spreads over (3) */
+    maxHolders: int(1, 16).default(3),
+    /** a neighbour silent this long has its chunks asked of the next one too (300 ms) */
+    hedgeAfterMs: int(1, 60_000).default(300),
+    /** deadline of a dial and of every read from a neighbour (3 s) */
+    requestTimeoutMs: int(1, 600_000).default(3_000),
+    /** bad chunks after which a neighbour is never asked again by this daemon (3) */
+    banThreshold: int(1, 1000).default(3),
+    /** how long a chunk request waits for a chunk this node is fetching itself (the scheduler sent the asker here) */
+    claimWaitMs: int(0, 600_000).default(5_000)
+  }).prefault({}),
+  scheduler: z.strictObject({
+    /** the scheduler's multiaddr with its peer id (`rafspeer scheduler` prints it); absent: no scheduler */
+    address: multiaddrString(true).optional(),
+    /** run a scheduler inside this daemon, on its P2P listen addresses (others point `address` here) */
+    embedded: z.boolean().default(false),
+    /** locality label, `|`-separated from wide to narrow (`country|region|zone|rack`); neighbours in it are preferred */
+    zone: z.string().max(256).default(''),
+    /** a resolve not answered by then goes on without the scheduler (200 ms) */
+    resolveTimeoutMs: int(1, 5_000).default(200),
+    /** heartbeat interval; the scheduler drops a peer silent for 3 of them (5 s) */
+    heartbeatMs: int(50, 60_000).default(5_000)
   }).prefault({}),
   prefetch: z.strictObject({
     /** what a mount prefetches unless the request says: the bootstrap's prefetch table, everything, or nothing */
@@ -130,7 +182,15 @@ export const daemonConfigSchema = z.strictObject({
     level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     format: z.enum(['json', 'text']).default('json')
   }).prefault({})
-}).transform(c => ({ ...c, cache: { ...c.cache, dir: c.cache.dir ?? join(c.workDir, 'cache') } }))
+}).transform(c => ({
+  ...c,
+  cache: { ...c.cache, dir: c.cache.dir ?? join(c.workDir, 'cache') },
+  p2p: {
+    ...c.p2p,
+    enabled: c.p2p.enabled ?? (c.scheduler.address !== undefined || c.scheduler.embedded),
+    keyFile: c.p2p.keyFile ?? join(c.workDir, 'peer.key')
+  }
+}))
 
 type DeepReadonly<T> = T extends Array<infer U> ? ReadonlyArray<DeepReadonly<U>>
   : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T

@@ -20,6 +20,7 @@ import type { DaemonConfig } from './daemon-config.js'
 import { createLogger, type ComponentLog, type DaemonLogger } from './logger.js'
 import { DaemonMetrics } from './metrics.js'
 import type { MountInfo, MountRequest, MountService } from './mount-types.js'
+import type { P2PStats } from './p2p-node.js'
 
 /** A mount service the daemon can shut down: `stop()` unmounts everything it mounted. */
 export type ManagedMountService = MountService & {
@@ -28,6 +29,8 @@ export type ManagedMountService = MountService & {
   onChunksStored?: (digests: Buffer[]) => void
   /** the node's peer identity and listen addresses, when it takes part in P2P */
   p2pInfo?: () => { peerId: string, addrs: string[] } | undefined
+  /** the node's swarm counters (uploads, downloads from neighbours, scheduler), when it takes part in P2P */
+  p2pStats?: () => P2PStats
 }
 
 export type CreateMounts = (cache: BlobCache, config: DaemonConfig, logger: DaemonLogger) => ManagedMountService | Promise<ManagedMountService>
@@ -129,7 +132,12 @@ export class Daemon {
       })
       this.mounts = await this.components.createMounts(this.cache, config, this.logger)
       const cache = this.cache
-      const metrics = new DaemonMetrics({ service: this.mounts, cacheStats: () => cache.stats() }, { defaultMetrics: this.defaultMetrics })
+      const mounts = this.mounts
+      const metrics = new DaemonMetrics({
+        service: mounts,
+        cacheStats: () => cache.stats(),
+        ...(mounts.p2pStats !== undefined ? { p2pStats: () => mounts.p2pStats!() } : {})
+      }, { defaultMetrics: this.defaultMetrics })
       this.api = await startAdminApi({
         service: this.mounts,
         cacheStats: () => cache.stats(),

@@ -86,6 +86,11 @@ export interface FetcherInit {
    * each chunk (catches bytes changed on disk while the daemon was down), `false` never
    */
   verifyCacheReads?: boolean | 'once'
+  /**
+   * Caps the chunk bytes this fetcher takes in from every source together (a node's downlink); share one limiter
+   * between the fetchers of a node. Unlimited when absent.
+   */
+  downloadLimiter?: { take: (bytes: number, signal?: AbortSignal) => Promise<void> }
 }
 
 /** One finished source attempt, for a latency histogram. */

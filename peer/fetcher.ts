@@ -88,6 +88,7 @@ export class Fetcher {
   private readonly deadlineMs: number
   private readonly verifyCacheReads: boolean | 'once'
   private stopped = false
+  private readonly downloadLimiter: FetcherInit['downloadLimiter']
 
   constructor (components: FetcherComponents, init: FetcherInit = {}) {
     if (components.sources.length === 0) throw new RangeError('the fetcher needs at least one chunk source')
@@ -107,6 +108,7 @@ export class Fetcher {
     this.retryBaseMs = init.retryBaseMs ?? DEFAULT_RETRY_BASE_MS
     this.deadlineMs = init.deadlineMs ?? DEFAULT_DEADLINE_MS
     this.verifyCacheReads = init.verifyCacheReads ?? false
+    this.downloadLimiter = init.downloadLimiter
   }
 
   get counters (): FetchCounters { return this.metrics.snapshot() }
@@ -421,6 +423,8 @@ export class Fetcher {
           this.metrics.counters.verifyFailures++
           throw new ChunkDigestMismatchError(source.name, blob.blobId, chunk.index, f.chunk.digest, actual)
         }
+        // the downlink is paid before the bytes count as received: a capped node takes them in at its rate
+        if (this.downloadLimiter !== undefined) await this.downloadLimiter.take(plaintext.length, signal)
         chunks++
         bytes += plaintext.length
         this.metrics.counters.chunksFetched++

@@ -16,6 +16,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { CacheStats } from '../cache/index.js'
 import { sourceKind } from './chunk-source.js'
 import type { MountService, MountStats, PrefetchStatus } from './mount-types.js'
+import type { P2PStats } from './p2p-node.js'
 
 /** seconds; a cache-adjacent peer answers in ms, a far registry in 100s of ms, a struggling one in seconds */
 export const FETCH_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
@@ -55,6 +56,8 @@ export interface MetricsJson {
   cache: CacheStats
   /** over the most recent fetch attempts (all sources) */
   fetchLatencyMs: LatencySummary
+  /** the node's part in the swarm, when P2P is on */
+  p2p?: P2PStats
 }
 
 /** The last `capacity` latencies, for percentiles. */
@@ -97,7 +100,8 @@ function imageMetrics (s: MountStats): ImageMetrics {
 }
 
 /** The JSON view of `/api/v1/metrics`; `latency` holds the recent fetch samples (see `DaemonMetrics.json`). */
-export function metricsJson (service: Pick<MountService, 'stats'>, cacheStats: () => CacheStats, latency: LatencyWindow): MetricsJson {
+export function metricsJson (service: Pick<MountService, 'stats'>, cacheStats: () => CacheStats, latency: LatencyWindow,
+  p2pStats?: () => P2PStats): MetricsJson {
   const images = service.stats().map(imageMetrics)
   const sum = (f: (i: ImageMetrics) => number): number => images.reduce((a, i) => a + f(i), 0)
   const bytesBySource = { cache: sum(i => i.bytesBySource.cache), registry: sum(i => i.bytesBySource.registry), peer: sum(i => i.bytesBySource.peer) }
@@ -113,7 +117,8 @@ export function metricsJson (service: Pick<MountService, 'stats'>, cacheStats: (
       cacheHitRatio: hitRatio(bytesBySource.cache, sum(i => i.readBytes))
     },
     cache: cacheStats(),
-    fetchLatencyMs: latency.summary()
+    fetchLatencyMs: latency.summary(),
+    ...(p2pStats !== undefined ? { p2p: p2pStats() } : {})
   }
 }
 
@@ -164,6 +169,8 @@ class MirroredCounter {
 export interface DaemonMetricsComponents {
   service: MountService
   cacheStats: () => CacheStats
+  /** the swarm's counters, on a P2P node */
+  p2pStats?: () => P2PStats
 }
 
 export interface DaemonMetricsInit {
@@ -177,6 +184,7 @@ export class DaemonMetrics {
   readonly registry = new Registry()
   private readonly service: MountService
   private readonly cacheStats: () => CacheStats
+  private readonly p2pStats: (() => P2PStats) | undefined
   private readonly window: LatencyWindow
   private readonly fetchDuration: Histogram<'source' | 'outcome'>
   private snap: Snapshot | undefined
@@ -184,6 +192,7 @@ export class DaemonMetrics {
   constructor (components: DaemonMetricsComponents, init: DaemonMetricsInit = {}) {
     this.service = components.service
     this.cacheStats = components.cacheStats
+    this.p2pStats = components.p2pStats
     this.window = new LatencyWindow(init.latencyWindow ?? DEFAULT_LATENCY_WINDOW)
     if (init.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry })
     const r = this.registry
@@ -270,6 +279,32 @@ export class DaemonMetrics {
     cacheCounter('rafspeer_cache_evicted_bytes_total', 'aligned bytes evicted to stay under the cap', c => c.evictedBytes)
     cacheCounter('rafspeer_cache_write_failures_total', 'chunk writes refused for lack of space or I/O errors', c => c.writeFailures)
 
+    // ---- swarm (one host per daemon, lives as long as it)
+    const p2pStats = components.p2pStats
+    if (p2pStats !== undefined) {
+      const p2pCounter = (name: string, help: string, value: (p: P2PStats) => number): void => {
+        new MirroredCounter(r, name, help, [], () => [{ labels: {}, value: value(p2pStats()), epoch: '' }])
+      }
+      const p2pGauge = (name: string, help: string, value: (p: P2PStats) => number): void => {
+        new Gauge({ name, help, registers: [r], collect: function () { this.set(value(p2pStats())) } })
+      }
+      p2pCounter('rafspeer_p2p_upload_bytes_total', 'chunk bytes served to neighbours', p => p.upload.bytesServed)
+      p2pCounter('rafspeer_p2p_upload_chunks_total', 'chunks served to neighbours', p => p.upload.chunksServed)
+      p2pCounter('rafspeer_p2p_upload_requests_total', 'neighbour requests answered', p => p.upload.uploads)
+      p2pCounter('rafspeer_p2p_upload_refused_total', 'neighbour requests answered busy (upload slots full)', p => p.upload.refused)
+      p2pCounter('rafspeer_p2p_upload_not_found_total', 'chunks neighbours asked for that this node does not hold', p => p.upload.notFound)
+      p2pGauge('rafspeer_p2p_uploads_active', 'neighbour requests being answered now', p => p.upload.uploadsActive)
+      p2pCounter('rafspeer_p2p_download_bytes_total', 'verified chunk bytes received from neighbours', p => p.download.bytesFromPeers)
+      p2pCounter('rafspeer_p2p_download_requests_total', 'chunk requests sent to neighbours', p => p.download.requests)
+      p2pCounter('rafspeer_p2p_download_failed_requests_total', 'chunk requests to neighbours that failed (dial, reset, timeout)', p => p.download.failedRequests)
+      p2pCounter('rafspeer_p2p_hedges_total', 'requests re-sent to another holder because the first was slow', p => p.download.hedges)
+      p2pCounter('rafspeer_p2p_bad_chunks_total', 'chunks from neighbours that failed their digest (dropped)', p => p.download.badChunks)
+      p2pGauge('rafspeer_p2p_banned_peers', 'neighbours banned for sending bad bytes', p => p.download.bannedPeers)
+      p2pCounter('rafspeer_p2p_resolve_failures_total', 'holder look-ups the scheduler did not answer in time', p => p.download.resolveFailures)
+      p2pGauge('rafspeer_p2p_claims', 'chunks this node claimed at the scheduler and is still fetching', p => p.claims)
+      p2pGauge('rafspeer_scheduler_connected', '1 while the scheduler session is up (or the scheduler is embedded)', p => p.scheduler.connected ? 1 : 0)
+    }
+
     // ---- latency
     this.fetchDuration = new Histogram({
       name: 'rafspeer_fetch_duration_seconds', help: 'one attempt of one batch at one source, by source kind and outcome',
@@ -289,7 +324,7 @@ export class DaemonMetrics {
   /** The `/api/v1/metrics` view. */
   json (): MetricsJson {
     this.pump()
-    return metricsJson(this.service, this.cacheStats, this.window)
+    return metricsJson(this.service, this.cacheStats, this.window, this.p2pStats)
   }
 
   /** Moves the fetch samples gathered since the last call into the histogram and the percentile window. */

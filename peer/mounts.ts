@@ -51,7 +51,19 @@ export interface MountManagerInit {
   defaultMode?: MountMode
   fuse?: FuseMountOptions
   plainHttp?: boolean | 'auto'
+  /**
+   * A file read sequentially has this many bytes past the read fetched ahead of it, in the background (4 MiB;
+   * 0: off). Random reads fetch only what they touch (plus `fetch.amplifyBytes`).
+   */
+  readaheadBytes?: number
 }
+
+export const DEFAULT_READAHEAD_BYTES = 4 << 20
+/** files whose read position is remembered for read-ahead, per mount */
+const READAHEAD_TRACKED_FILES = 256
+
+/** Where a file's sequential reader is, and up to where read-ahead was asked for. */
+interface ReadCursor { end: number, ahead: number }
 
 interface Mounted {
   info: MountInfo
@@ -67,6 +79,8 @@ interface Mounted {
   reads: number
   readBytes: number
   readErrors: number
+  /** nid → its sequential reader's position (insertion order = least recently read first) */
+  cursors: Map<number, ReadCursor>
   /** reads answered by the verified-cache fast path (the fetcher never saw them) */
   fastBytes: number
   fastChunks: number
@@ -149,6 +163,7 @@ export class MountManager implements MountService {
       reads: 0,
       readBytes: 0,
       readErrors: 0,
+      cursors: new Map(),
       fastBytes: 0,
       fastChunks: 0
     }
@@ -256,6 +271,7 @@ export class MountManager implements MountService {
       reader,
       read: async (nid, offset, length, buf) => {
         m.reads++
+        this.readAhead(m, nid, offset, length)
         try {
           let n = await this.fastRead(m, blobs, nid, offset, length, buf)
           if (n === undefined) {
@@ -269,6 +285,54 @@ export class MountManager implements MountService {
           throw err
         }
       }
+    }
+  }
+
+  /**
+   * Sequential read detection: a read starting where the file's last one ended moves its cursor, and once the
+   * cursor comes within half a window of what was fetched ahead, the next window of the file's missing chunks is
+   * fetched in the background (at read priority, not counted against the prefetch cap).
+   */
+  private readAhead (m: Mounted, nid: number, offset: number, length: number): void {
+    const window = this.init.readaheadBytes ?? DEFAULT_READAHEAD_BYTES
+    const fetcher = m.fetcher
+    if (window <= 0 || fetcher === undefined || m.kernel !== undefined) return
+    const end = offset + length
+    const cur = m.cursors.get(nid)
+    // re-inserted below: the map's order is least recently read first
+    if (cur !== undefined) m.cursors.delete(nid)
+    let c: ReadCursor
+    if (cur !== undefined && offset === cur.end) c = cur
+    else if (offset === 0) c = { end: 0, ahead: 0 }
+    else c = { end, ahead: Number.MAX_SAFE_INTEGER } // random until the next read continues this one
+    m.cursors.set(nid, c)
+    if (m.cursors.size > READAHEAD_TRACKED_FILES) m.cursors.delete(m.cursors.keys().next().value!)
+    if (c.ahead === Number.MAX_SAFE_INTEGER) { c.ahead = end; return }
+    c.end = end
+    c.ahead = Math.max(c.ahead, end)
+    if (c.ahead - end > window / 2) return
+    const from = c.ahead
+    let pieces
+    try {
+      pieces = m.image.reader.mapRange(nid, from, end + window - from)
+    } catch {
+      return
+    }
+    if (pieces.length === 0) return
+    const last = pieces[pieces.length - 1]!
+    c.ahead = last.fileOffset + last.length
+    const byBlob = new Map<number, ChunkInfo[]>()
+    for (const p of pieces) {
+      const blob = m.image.blobs[p.chunk.blobIndex]
+      if (blob === undefined || this.cache.has(blob.blobId, p.chunk.index)) continue
+      const list = byBlob.get(p.chunk.blobIndex) ?? []
+      list.push(p.chunk)
+      byBlob.set(p.chunk.blobIndex, list)
+    }
+    for (const [bi, chunks] of byBlob) {
+      fetcher.ensureChunks(m.image.blobs[bi]!, chunks, { priority: 'read', signal: m.abort.signal }).catch((err: unknown) => {
+        this.log('read-ahead of %d chunks of nid %d failed: %s', chunks.length, nid, (err as Error).message)
+      })
     }
   }
 

@@ -203,6 +203,21 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     this.scheduleFlush()
   }
 
+  /**
+   * Gives up claims: digests the scheduler recorded for this peer on a resolve miss (see `claimMisses`) that it
+   * did not get after all. Digests the peer announced since are left alone.
+   */
+  releaseClaims (digests: Buffer[]): void {
+    for (const d of digests) {
+      if (d.length !== DIGEST_BYTES) continue
+      const k = d.toString('latin1')
+      if (this.held.has(k)) continue
+      this.toAnnounce.delete(k)
+      this.toWithdraw.add(k)
+    }
+    this.scheduleFlush()
+  }
+
   report (outcomes: PeerOutcome[]): void {
     for (const o of outcomes) {
       if (this.reports.length >= MAX_QUEUED_REPORTS) break
