@@ -178,14 +178,33 @@ test('unpack of the Nydus fixture from its blob and from its view are identical'
   }
 })
 
-test('demo: build, check, unpack and (as root) kernel-mount a directory, all equal to the source', async () => {
+test('demo --offline: build, check, unpack and (as root) kernel-mount a directory, all equal to the source', async () => {
   const work = await mkdtemp(join(tmpdir(), 'rafs-cli-'))
   try {
     await sourceTree(join(work, 'src'))
-    const r = await runCli(['demo', '--source', join(work, 'src')])
+    const r = await runCli(['demo', '--offline', '--source', join(work, 'src')])
     assert.equal(r.code, 0, r.stdout + r.stderr)
     assert.match(r.stdout, /0 differences/)
     assert.match(r.stdout, /demo OK/)
+  } finally {
+    await rm(work, { recursive: true, force: true })
+  }
+})
+
+test('demo: registry, scheduler and 3 peers; every peer reads the image; bytes by source per peer; nothing left behind', { skip: process.getuid?.() !== 0 ? 'needs root (FUSE)' : undefined }, async () => {
+  const work = await mkdtemp(join(tmpdir(), 'rafs-cli-'))
+  try {
+    await sourceTree(join(work, 'src'))
+    const r = await runCli(['demo', '--source', join(work, 'src'), '--work', work], { timeoutMs: 300_000 })
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /every node read exactly the published tree/)
+    assert.match(r.stdout, /demo OK/)
+    // one row per peer: node, time, registry, peers, cache, uploaded
+    const rows = r.stdout.split('\n').filter(l => /^ {2}[1-3] +\d/.test(l))
+    assert.equal(rows.length, 3, r.stdout)
+    // the run directory is gone, and no mount is left under it
+    assert.deepEqual((await readdir(work)).filter(n => n.startsWith('rafspeer-swarm-')), [])
+    assert.equal((await readFile('/proc/mounts', 'utf8')).includes(work), false)
   } finally {
     await rm(work, { recursive: true, force: true })
   }

@@ -1,0 +1,278 @@
+/**
+ * A swarm on this machine: the embedded registry (with an egress cap), a scheduler, and N real `rafspeer daemon`
+ * processes with P2P on loopback (each with its own cache, identity and bandwidth caps). An image is published from
+ * a directory; every node mounts it lazily with FUSE and reads the whole tree, which is checked against the
+ * source. The report gives registry egress, bytes each node got from peers, the registry and its cache, and
+ * completion times. `rafspeer sim` and `rafspeer demo` are this, with different defaults.
+ *
+ * @example
+ * ```ts
+ * const report = await runSwarm({ nodes: 8, imageBytes: 256 << 20, bandwidth: 50 << 20 })
+ * console.log(report.registryBytes / report.blobBytes, report.maxMs)
+ * ```
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { publishDirectory } from '../convert/publish.js'
+import { AdminClient } from '../peer/admin-client.js'
+import { RegistryClient } from '../registry/client.js'
+import { startRegistryServer, type RegistryServer } from '../registry/server.js'
+import { startSchedulerNode, type SchedulerNode } from '../scheduler/index.js'
+import { contentMap, diffContent, generateTree, type ContentMap } from './source-tree.js'
+
+export interface SwarmInit {
+  nodes: number
+  /** generate an image of about this many bytes of file data (ignored with `source`) */
+  imageBytes?: number
+  /** publish this directory instead of a generated tree */
+  source?: string
+  /** bytes/s of the registry's egress and of each node's upload and download (unlimited when absent) */
+  bandwidth?: number
+  /** what each mount prefetches besides what its reader reads (default 'none': the readers pull everything) */
+  prefetch?: 'all' | 'none'
+  /** start node i's reader `staggerMs * i` after the first (default 0: all at once) */
+  staggerMs?: number
+  /** parent of the run's directory (default the OS temp dir); the run's directory is removed unless `keep` */
+  workDir?: string
+  keep?: boolean
+  chunkSize?: number
+  /** progress lines */
+  log?: (line: string) => void
+  /** aborts the run (Ctrl-C): everything started is stopped and removed */
+  signal?: AbortSignal
+}
+
+export interface NodeReport {
+  id: number
+  peerId: string
+  /** from the start of the reads to this node's last byte checked */
+  completionMs: number
+  /** plaintext chunk bytes this node fetched, by source */
+  registryBytes: number
+  peerBytes: number
+  cacheBytes: number
+  /** chunk bytes it served to neighbours */
+  uploadBytes: number
+  ok: boolean
+  differences: string[]
+  /** how its fetches went: latency of fetch attempts (all sources), and its requests to neighbours */
+  fetchMs: { p50: number, p99: number, max: number }
+  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number }
+}
+
+export interface SwarmReport {
+  nodes: NodeReport[]
+  /** file bytes of the image */
+  imageBytes: number
+  /** data blob bytes in the registry (what one full pull costs) */
+  blobBytes: number
+  /** blob bytes the registry sent (data and bootstrap layers) */
+  registryBytes: number
+  /** plaintext bytes nodes got from neighbours */
+  peerBytes: number
+  verifiedOk: boolean
+  bandwidth: number | null
+  p50Ms: number
+  p95Ms: number
+  maxMs: number
+  /** the whole run, setup included */
+  wallMs: number
+}
+
+/** The CLI entry this module runs daemons with (the same build as the caller: dist/ or sources under tsx). */
+function daemonArgv (args: string[]): string[] {
+  const fromSources = import.meta.url.endsWith('.ts')
+  const main = fileURLToPath(new URL(fromSources ? '../cli/main.ts' : '../cli/main.js', import.meta.url))
+  return fromSources ? ['--import', 'tsx', main, ...args] : [main, ...args]
+}
+
+interface RunningNode {
+  id: number
+  dir: string
+  socket: string
+  proc: ChildProcess
+  client: AdminClient
+  output: () => string
+  exited: Promise<void>
+}
+
+async function startNode (id: number, dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<RunningNode> {
+  await mkdir(dir, { recursive: true })
+  const socket = join(dir, 'admin.sock')
+  const cfg = join(dir, 'daemon.json')
+  await writeFile(cfg, JSON.stringify({ version: 1, socket, workDir: join(dir, 'work'), cache: { dir: join(dir, 'cache') }, ...config }, null, 2))
+  const proc = spawn(process.execPath, daemonArgv(['daemon', '--config', cfg]), { stdio: ['ignore', 'ignore', 'pipe'] })
+  let out = ''
+  proc.stderr?.on('data', (b: Buffer) => { out = (out + b.toString()).slice(-64_000) })
+  const exited = new Promise<void>(resolve => proc.once('exit', () => resolve()))
+  const client = new AdminClient(socket)
+  const node: RunningNode = { id, dir, socket, proc, client, output: () => out, exited }
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`node ${id}: the daemon exited with ${proc.exitCode}: ${out.trim().split('\n').slice(-5).join(' | ')}`)
+    if (signal?.aborted === true) { proc.kill('SIGKILL'); throw signal.reason }
+    try {
+      await client.daemon({ timeoutMs: 1000 })
+      return node
+    } catch {
+      if (Date.now() > deadline) { proc.kill('SIGKILL'); throw new Error(`node ${id}: the daemon did not answer within 30 s: ${out.slice(-2000)}`) }
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+  }
+}
+
+async function stopNode (n: RunningNode): Promise<void> {
+  if (n.proc.exitCode === null && n.proc.signalCode === null) n.proc.kill('SIGTERM')
+  const t = setTimeout(() => { n.proc.kill('SIGKILL') }, 15_000)
+  await n.exited
+  clearTimeout(t)
+}
+
+const percentile = (sorted: number[], p: number): number =>
+  sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!
+
+export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
+  if (!Number.isInteger(init.nodes) || init.nodes < 1 || init.nodes > 64) throw new RangeError(`--nodes must be 1..64, got ${init.nodes}`)
+  const log = init.log ?? (() => {})
+  const t0 = performance.now()
+  const run = await mkdtemp(join(init.workDir ?? tmpdir(), 'rafspeer-swarm-'))
+  let registry: RegistryServer | undefined
+  let scheduler: SchedulerNode | undefined
+  const nodes: RunningNode[] = []
+  const mounts: Array<{ node: RunningNode, mountpoint: string }> = []
+  const signal = init.signal
+  // an abort (Ctrl-C) stops the daemons, which unmounts their images: reads in progress fail and the run unwinds
+  const onAbort = (): void => { for (const n of nodes) if (n.proc.exitCode === null) n.proc.kill('SIGTERM') }
+  signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    // 1. the image
+    let source = init.source
+    let imageBytes = 0
+    if (source === undefined) {
+      source = join(run, 'source')
+      const g = await generateTree(source, init.imageBytes ?? 64 << 20)
+      imageBytes = g.bytes
+      log(`generated a ${mib(imageBytes)} tree (${g.files} files)`)
+    }
+    const expected = await contentMap(source, { onBytes: n => { if (init.source !== undefined) imageBytes += n } })
+    signal?.throwIfAborted()
+    registry = await startRegistryServer({ root: join(run, 'registry'), ...(init.bandwidth !== undefined ? { bandwidthLimit: init.bandwidth } : {}) })
+    const ref = `${registry.host}/swarm/image:latest`
+    const client = new RegistryClient({ plainHttp: true })
+    const published = await publishDirectory(source, ref, { client, workDir: run, ...(init.chunkSize !== undefined ? { chunkSize: init.chunkSize } : {}) })
+    await client.close()
+    const blobBytes = published.blobBytes
+    const pushed = registry.counters.bytesServed()
+    log(`published ${ref}: ${mib(blobBytes)} in ${published.blobs.length} blob(s), registry at ${registry.url}${init.bandwidth !== undefined ? `, egress capped at ${mib(init.bandwidth)}/s` : ''}`)
+
+    // 2. the scheduler and the nodes
+    scheduler = await startSchedulerNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    log(`scheduler ${scheduler.multiaddrs[0]}`)
+    const caps = init.bandwidth !== undefined ? { uploadBytesPerSecond: init.bandwidth } : {}
+    const started = await Promise.all(Array.from({ length: init.nodes }, async (_, i) => await startNode(i + 1, join(run, `node${i + 1}`), {
+      log: { level: 'info', format: 'text' },
+      prefetch: { policy: 'none' },
+      fetch: init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {},
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...caps },
+      scheduler: { address: scheduler!.multiaddrs[0], heartbeatMs: 1000 }
+    }, signal)))
+    nodes.push(...started)
+    const peerIds = await Promise.all(nodes.map(async n => (await n.client.daemon()).p2p?.peerId ?? '?'))
+    log(`${nodes.length} node${nodes.length === 1 ? '' : 's'} up: ${peerIds.map((p, i) => `node${i + 1}=${p.slice(-8)}`).join(' ')}`)
+
+    // 3. every node mounts and reads the whole tree
+    const startReads = performance.now()
+    const results = await Promise.all(nodes.map(async (n, i) => {
+      if (init.staggerMs !== undefined && init.staggerMs > 0) await sleep(init.staggerMs * i, signal)
+      const mountpoint = join(n.dir, 'mnt')
+      await mkdir(mountpoint, { recursive: true })
+      await n.client.mount({ source: ref, mountpoint, mode: 'fuse', prefetch: init.prefetch ?? 'none' })
+      mounts.push({ node: n, mountpoint })
+      let got: ContentMap
+      try {
+        got = await contentMap(mountpoint)
+      } catch (err) {
+        throw new Error(`node ${n.id}: reading its mount failed: ${(err as Error).message}\n${n.output().slice(-3000)}`, { cause: err })
+      }
+      const completionMs = performance.now() - startReads
+      const differences = diffContent(expected, got)
+      const m = await n.client.metricsJson()
+      const img = m.images.find(x => x.mountpoint === mountpoint)
+      const report: NodeReport = {
+        id: n.id,
+        peerId: peerIds[i]!,
+        completionMs: Math.round(completionMs),
+        registryBytes: img?.bytesBySource.registry ?? 0,
+        peerBytes: img?.bytesBySource.peer ?? 0,
+        cacheBytes: img?.bytesBySource.cache ?? 0,
+        uploadBytes: 0,
+        ok: differences.length === 0,
+        differences,
+        fetchMs: { p50: m.fetchLatencyMs.p50, p99: m.fetchLatencyMs.p99, max: m.fetchLatencyMs.max },
+        peerRequests: {
+          sent: m.p2p?.download.requests ?? 0,
+          failed: m.p2p?.download.failedRequests ?? 0,
+          timeouts: m.p2p?.download.timeouts ?? 0,
+          hedges: m.p2p?.download.hedges ?? 0,
+          busy: m.p2p?.download.busy ?? 0,
+          notFound: m.p2p?.download.notFound ?? 0,
+          badChunks: m.p2p?.download.badChunks ?? 0
+        }
+      }
+      log(`node${n.id}: read ${mib(imageBytes)} in ${(completionMs / 1000).toFixed(2)} s (registry ${mib(report.registryBytes)}, peers ${mib(report.peerBytes)}, cache ${mib(report.cacheBytes)})${report.ok ? '' : `: ${differences.length} DIFFERENCES`}`)
+      return report
+    }))
+    signal?.throwIfAborted()
+    // uploads are known once everyone is done
+    for (const r of results) r.uploadBytes = (await nodes[r.id - 1]!.client.metricsJson()).p2p?.upload.bytesServed ?? 0
+    const times = results.map(r => r.completionMs).sort((a, b) => a - b)
+    return {
+      nodes: results,
+      imageBytes,
+      blobBytes,
+      registryBytes: registry.counters.bytesServed() - pushed,
+      peerBytes: results.reduce((a, r) => a + r.peerBytes, 0),
+      verifiedOk: results.every(r => r.ok),
+      bandwidth: init.bandwidth ?? null,
+      p50Ms: percentile(times, 0.5),
+      p95Ms: percentile(times, 0.95),
+      maxMs: times[times.length - 1] ?? 0,
+      wallMs: Math.round(performance.now() - t0)
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+    for (const { node, mountpoint } of mounts) await node.client.unmount(mountpoint).catch(() => {})
+    await Promise.all(nodes.map(stopNode))
+    await scheduler?.stop().catch(() => {})
+    await registry?.stop().catch(() => {})
+    if (init.keep !== true) await rm(run, { recursive: true, force: true }).catch(() => {})
+    else log(`kept ${run}`)
+  }
+}
+
+/** The report as a few human lines. */
+export function formatSwarmReport (r: SwarmReport): string {
+  const lines = [
+    `image: ${mib(r.imageBytes)} of files, ${mib(r.blobBytes)} of blobs; ${r.nodes.length} node(s)${r.bandwidth !== null ? `, ${mib(r.bandwidth)}/s per node and registry` : ''}`,
+    `registry egress: ${mib(r.registryBytes)} = ${(r.registryBytes / r.blobBytes).toFixed(3)}x the blobs; from peers: ${mib(r.peerBytes)}`,
+    `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, max ${s(r.maxMs)} (run ${s(r.wallMs)})`,
+    `verified: ${r.verifiedOk ? 'every node read exactly the published tree' : 'DIFFERENCES (see below)'}`,
+    '  node  time      registry    peers       cache       uploaded',
+    ...r.nodes.map(n => `  ${String(n.id).padEnd(5)} ${s(n.completionMs).padEnd(9)} ${mib(n.registryBytes).padEnd(11)} ${mib(n.peerBytes).padEnd(11)} ${mib(n.cacheBytes).padEnd(11)} ${mib(n.uploadBytes)}`),
+    ...r.nodes.flatMap(n => n.differences.map(d => `  node${n.id} differs: ${d}`))
+  ]
+  return lines.join('\n')
+}
+
+const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`
+const s = (ms: number): string => `${(ms / 1000).toFixed(2)} s`
+
+async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(resolve, ms)
+    signal?.addEventListener('abort', () => { clearTimeout(t); reject(signal.reason) }, { once: true })
+  })
+}
