@@ -1,7 +1,9 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
  * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [--source DIR] [--runs N] [--bandwidth MiB/s]
- * `warm` and `cold` need root; they are left out of a bare run (no names) unless it runs as root.
+ *   [--only kernel|fuse]
+ * `warm` and `cold` need root; they are left out of a bare run (no names) unless it runs as root. `--only` limits
+ * `warm` to native plus the kernel targets or plus the FUSE ones.
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -12,7 +14,7 @@ import { benchColdStart, formatColdStart } from './cold-start.js'
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
 const source = sourceAt >= 0 ? args[sourceAt + 1] : undefined
-const valued = new Set(['--source', '--runs', '--bandwidth'])
+const valued = new Set(['--source', '--runs', '--bandwidth', '--only'])
 const flag = (name: string): number | undefined => {
   const at = args.indexOf(name)
   if (at < 0) return undefined
@@ -20,6 +22,9 @@ const flag = (name: string): number | undefined => {
   if (!(v > 0)) throw new Error(`${name} wants a positive number, got ${args[at + 1]}`)
   return v
 }
+const onlyAt = args.indexOf('--only')
+const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined
+if (only !== undefined && only !== 'kernel' && only !== 'fuse') throw new Error(`--only wants kernel or fuse, got ${only}`)
 const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
@@ -39,7 +44,7 @@ if (want('convert')) {
 }
 
 if (want('warm')) {
-  const r = await benchWarmRead({ ...(runs !== undefined ? { runs } : {}) })
+  const r = await benchWarmRead({ ...(runs !== undefined ? { runs } : {}), ...(only !== undefined ? { only } : {}) })
   process.stdout.write(formatWarmRead(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'warm', ...r }) + '\n')
 }

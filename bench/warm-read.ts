@@ -1,32 +1,38 @@
 /**
  * Read speed once the data is local: the same tree read from the native disk (baseline), through a rafspeer FUSE
- * mount whose blob cache is complete, and through a kernel EROFS mount of that cache, all in the same run.
+ * mount whose blob cache is complete, and through kernel EROFS mounts of that cache, all in the same run.
  *
  * State for every run: rafspeer's cache warm (every chunk present and verified, prefetch `all` settled), the
  * page cache cold (`sync; echo 3 > /proc/sys/vm/drop_caches` before each run), so every target reads from the
  * same disk. Workloads: fio sequential read (1 MiB, psync) of the big files, fio 4 KiB random read (psync,
  * 1 and 4 jobs), and `tar -cf - . | cat >/dev/null` of the small-file tree and of the whole tree. Each runs
  * `runs` times; the median is reported, with ratios against native next to the published anchors (nydusd FUSE
- * 0.70x sequential, 0.76x random, 0.33x tar of small files; EROFS over loop 0.90x sequential).
+ * 0.70x sequential, 0.76x random, 0.33x tar of small files; EROFS over loop 0.90x sequential). Every target is
+ * mounted at once and the samples are interleaved (run r of a workload on every target, each run starting with
+ * another target), so the drift of this shared VM's load and disk falls on all targets alike.
  *
  * The FUSE server runs on this process's event loop: every measurement is an asynchronous child process.
  * More measurements explain the figures: the kernel's FUSE tracepoints over one run of each FUSE workload
  * (requests per file or per IO, server time per request, and the JS time of `ImageFiles.read`); the tar over a
  * no-op fuse-native filesystem serving the tree's metadata from memory (`fuse-noop.ts`), the most any
- * fuse-native server on one event loop can do; and the kernel mount again with its blob loop devices switched
- * to direct I/O (`kernel-dio`), which `peer/kernel-mount.ts` does not do today.
+ * fuse-native server on one event loop can do. Kernel targets, each its own mount of the same cache files:
+ * `kernel` is `kernelMount`'s defaults, which `MountManager`'s kernel mode uses (blob loop devices with direct
+ * I/O, the bootstrap's buffered); `kernel-buffered` every loop device buffered (before direct I/O became the
+ * default); `kernel-dio-all` the bootstrap's device with direct I/O too. `only: 'kernel'` measures native and the
+ * kernel targets alone (the cache is still filled through the FUSE mount's prefetch).
  */
-import { mkdir, rm, mkdtemp, rmdir } from 'node:fs/promises'
+import { mkdir, rm, mkdtemp, readFile, rmdir } from 'node:fs/promises'
 import { loadavg } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { BlobCache } from '../cache/index.js'
 import { buildFromDirectory } from '../rafs/index.js'
 import { FuseNativeBackend } from '../peer/fuse-backend.js'
+import { kernelMount, type KernelDevice, type KernelMount, type KernelMountOptions } from '../peer/kernel-mount.js'
 import { MountManager } from '../peer/mounts.js'
 import { dropCaches, fio, forceUnmountUnder, machineNotes, median, tarSeconds } from './measure.js'
 import { traceFuse, type FuseTrace } from './fuse-trace.js'
 import { mountNoopFuse } from './fuse-noop.js'
-import { TimedBackend, loopDevicesUnder, makeWarmTree, setLoopDirectIo, type WarmTree } from './warm-setup.js'
+import { TimedBackend, makeWarmTree, type WarmTree } from './warm-setup.js'
 
 export interface WarmReadOptions {
   /** small files, 1–16 KiB each (default 20000) */
@@ -40,16 +46,26 @@ export interface WarmReadOptions {
   randBytesPerJob?: number
   /** parent of the work directory; must be on the native disk (default /var/tmp) */
   workParent?: string
+  /** native plus only the FUSE targets (FUSE, traces, no-op) or only the kernel ones (default: all) */
+  only?: 'fuse' | 'kernel'
 }
 
 export type WorkloadName = 'seq' | 'rand1' | 'rand4' | 'tarSmall' | 'tarAll'
 export const WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4', 'tarSmall', 'tarAll']
-export type TargetName = 'native' | 'fuse' | 'kernel' | 'kernel-dio' | 'fuse-noop'
+export type TargetName = 'native' | 'fuse' | 'kernel' | 'kernel-buffered' | 'kernel-dio-all' | 'fuse-noop'
+const TARGETS: TargetName[] = ['native', 'fuse', 'kernel', 'kernel-buffered', 'kernel-dio-all', 'fuse-noop']
+/** `kernel` is `kernelMount`'s defaults, which is what `MountManager`'s kernel mode calls */
+const KERNEL_VARIANTS: Array<[TargetName, KernelMountOptions]> = [['kernel', {}], ['kernel-buffered', { directIo: false }], ['kernel-dio-all', { bootstrapDirectIo: true }]]
 
 /** seq/rand: MB/s (10^6) and IOPS; tar: seconds. `load1` is the 1-minute load average before each sample. */
 export interface WorkloadResult { samples: number[], median: number, unit: 'MB/s' | 's', iops?: number, load1: number[] }
 
-export interface TargetResult { target: TargetName, workloads: Partial<Record<WorkloadName, WorkloadResult>> }
+export interface TargetResult {
+  target: TargetName
+  workloads: Partial<Record<WorkloadName, WorkloadResult>>
+  /** kernel targets: each loop device's backing file (name only) and whether the kernel ran it with direct I/O */
+  loops?: Array<{ file: string, directIo: boolean }>
+}
 
 export type TracedRun = FuseTrace & {
   workload: WorkloadName
@@ -68,8 +84,8 @@ export interface WarmReadResult {
   targets: TargetResult[]
   /** throughput ratio target/native for MB/s workloads, native/target time for tar: above 1 is faster than native */
   ratios: Partial<Record<TargetName, Partial<Record<WorkloadName, number>>>>
-  /** `ImageFiles.read` calls of every FUSE run (traced ones included), from the mount's stats */
-  fuseReads: { reads: number, readBytes: number, readErrors: number, fromCacheBytes: number }
+  /** `ImageFiles.read` calls of every FUSE run (traced ones included), from the mount's stats; absent with `only: 'kernel'` */
+  fuseReads?: { reads: number, readBytes: number, readErrors: number, fromCacheBytes: number }
   /** one traced run each (page cache cold) */
   traces: Array<TracedRun & { target: 'fuse' | 'fuse-noop' }>
 }
@@ -98,23 +114,34 @@ async function runWorkload (w: WorkloadName, root: string, bigFiles: number, ran
 
 interface Shape { bigFiles: number, randBytes: number, smallFiles: number, runs: number }
 
-async function measureTarget (target: TargetName, root: string, s: Shape, only: WorkloadName[] = WORKLOADS): Promise<TargetResult> {
-  const res: TargetResult = { target, workloads: {} }
+interface Place { target: TargetName, root: string, loops?: TargetResult['loops'] }
+
+/**
+ * Every target on the same workload before the next workload, run by run, each run starting with another target:
+ * this VM's load and disk drift over minutes, and interleaving spreads the drift over all targets alike.
+ */
+async function measureTargets (places: Place[], s: Shape, only: WorkloadName[] = WORKLOADS): Promise<TargetResult[]> {
+  const results = places.map((p): TargetResult => ({ target: p.target, workloads: {}, ...(p.loops !== undefined ? { loops: p.loops } : {}) }))
   for (const w of only) {
-    const samples: number[] = []
-    const iops: number[] = []
-    const load1: number[] = []
+    const samples = places.map(() => [] as number[])
+    const iops = places.map(() => [] as number[])
+    const load1 = places.map(() => [] as number[])
     for (let r = 0; r < s.runs; r++) {
-      await dropCaches()
-      load1.push(Number(loadavg()[0]!.toFixed(2)))
-      const x = await runWorkload(w, root, s.bigFiles, s.randBytes, s.smallFiles)
-      samples.push(x.value)
-      if (x.iops !== undefined) iops.push(x.iops)
+      for (let k = 0; k < places.length; k++) {
+        const i = (r + k) % places.length
+        await dropCaches()
+        load1[i]!.push(Number(loadavg()[0]!.toFixed(2)))
+        const x = await runWorkload(w, places[i]!.root, s.bigFiles, s.randBytes, s.smallFiles)
+        samples[i]!.push(x.value)
+        if (x.iops !== undefined) iops[i]!.push(x.iops)
+      }
     }
-    res.workloads[w] = { samples, median: median(samples), unit: w.startsWith('tar') ? 's' : 'MB/s', ...(iops.length > 0 ? { iops: median(iops) } : {}), load1 }
-    process.stderr.write(`warm: ${target} ${w}: ${samples.map(v => v.toFixed(2)).join(' ')} (load ${load1.join(' ')})\n`)
+    for (const [i, res] of results.entries()) {
+      res.workloads[w] = { samples: samples[i]!, median: median(samples[i]!), unit: w.startsWith('tar') ? 's' : 'MB/s', ...(iops[i]!.length > 0 ? { iops: median(iops[i]!) } : {}), load1: load1[i]! }
+      process.stderr.write(`warm: ${res.target} ${w}: ${samples[i]!.map(v => v.toFixed(2)).join(' ')} (load ${load1[i]!.join(' ')})\n`)
+    }
   }
-  return res
+  return results
 }
 
 /** One run of `w` under the FUSE tracepoints, page cache cold. */
@@ -133,6 +160,15 @@ async function traced (w: WorkloadName, mountpoint: string, s: Shape, timed?: Ti
     requestsPerUnit: t.requests / Math.max(1, units),
     ...(timed !== undefined ? { jsReads: { count: n, meanUs: n > 0 ? ((timed.readMs - ms0) * 1000) / n : 0 } } : {})
   }
+}
+
+/** A kernel mount's loop devices as the kernel runs them (sysfs `loop/dio`), not as asked. */
+async function loopModes (devices: KernelDevice[]): Promise<NonNullable<TargetResult['loops']>> {
+  const out: NonNullable<TargetResult['loops']> = []
+  for (const d of devices) {
+    out.push({ file: basename(d.file), directIo: (await readFile(`/sys/block/${basename(d.device)}/loop/dio`, 'utf8')).trim() === '1' })
+  }
+  return out
 }
 
 function ratiosOf (targets: TargetResult[]): WarmReadResult['ratios'] {
@@ -181,37 +217,53 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     if (pf.state !== 'done') throw new Error(`prefetch ended ${pf.state}: ${pf.error ?? ''}`)
     process.stderr.write(`warm: prefetched ${pf.chunksDone} chunks in ${prefetchMs.toFixed(0)} ms; measuring\n`)
 
-    const targets: TargetResult[] = []
-    const traces: WarmReadResult['traces'] = []
-    targets.push(await measureTarget('native', tree, shape))
-    targets.push(await measureTarget('fuse', mnt, shape))
-    for (const w of ['tarSmall', 'tarAll', 'seq', 'rand1'] as const) {
-      const tr = await traced(w, mnt, shape, timed)
-      if (tr !== undefined) traces.push({ ...tr, target: 'fuse' })
+    // native, FUSE (the mount manager's mount above) and the kernel mounts of the same cache files, all mounted
+    // at once and measured interleaved
+    const places: Place[] = [{ target: 'native', root: tree }]
+    if (opts.only !== 'kernel') places.push({ target: 'fuse', root: mnt })
+    const kernels: KernelMount[] = []
+    let targets: TargetResult[]
+    try {
+      if (opts.only !== 'fuse') {
+        const blobFiles: string[] = []
+        for (const b of built.blobs) blobFiles.push(cache.blobPath(b.blobId))
+        for (const [target, kopts] of KERNEL_VARIANTS) {
+          const dir = join(work, target)
+          await mkdir(dir)
+          const km = await kernelMount(built.bootstrap, blobFiles, dir, kopts)
+          kernels.push(km)
+          places.push({ target, root: dir, loops: await loopModes(km.devices) })
+        }
+      }
+      targets = await measureTargets(places, shape)
+    } finally {
+      for (const km of kernels) await km.unmount()
     }
-    const st = mm.stats()[0]!
-    const fuseReads = { reads: st.reads, readBytes: st.readBytes, readErrors: st.readErrors, fromCacheBytes: st.fetch.bytesBySource.cache }
-    await mm.unmount(mnt)
 
-    await mm.mount({ ...local, mode: 'kernel' })
-    targets.push(await measureTarget('kernel', mnt, shape))
-    // the same mount with the blob devices reading their cache files with O_DIRECT (no double caching, and
-    // the loop driver then issues the reads asynchronously instead of one at a time)
-    const blobLoops = (await loopDevicesUnder(cacheDir))
-    await setLoopDirectIo(blobLoops)
-    targets.push(await measureTarget('kernel-dio', mnt, shape))
+    const traces: WarmReadResult['traces'] = []
+    let fuseReads: WarmReadResult['fuseReads'] | undefined
+    if (opts.only !== 'kernel') {
+      for (const w of ['tarSmall', 'tarAll', 'seq', 'rand1'] as const) {
+        const tr = await traced(w, mnt, shape, timed)
+        if (tr !== undefined) traces.push({ ...tr, target: 'fuse' })
+      }
+      const st = mm.stats()[0]!
+      fuseReads = { reads: st.reads, readBytes: st.readBytes, readErrors: st.readErrors, fromCacheBytes: st.fetch.bytesBySource.cache }
+    }
     await mm.unmount(mnt)
 
     // the ceiling of the binding, for tar (the fio figures are bound by data, which the no-op does not move)
-    const noopMnt = join(work, 'noop')
-    await mkdir(noopMnt)
-    const noop = await mountNoopFuse(tree, noopMnt)
-    try {
-      targets.push(await measureTarget('fuse-noop', noopMnt, shape, ['tarSmall']))
-      const tr = await traced('tarSmall', noopMnt, shape)
-      if (tr !== undefined) traces.push({ ...tr, target: 'fuse-noop' })
-    } finally {
-      await noop.unmount()
+    if (opts.only !== 'kernel') {
+      const noopMnt = join(work, 'noop')
+      await mkdir(noopMnt)
+      const noop = await mountNoopFuse(tree, noopMnt)
+      try {
+        targets.push(...await measureTargets([{ target: 'fuse-noop', root: noopMnt }], shape, ['tarSmall']))
+        const tr = await traced('tarSmall', noopMnt, shape)
+        if (tr !== undefined) traces.push({ ...tr, target: 'fuse-noop' })
+      } finally {
+        await noop.unmount()
+      }
     }
 
     return {
@@ -221,7 +273,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
       setup: { buildMs, prefetchMs, prefetchChunks: pf.chunksDone },
       targets,
       ratios: ratiosOf(targets),
-      fuseReads,
+      ...(fuseReads !== undefined ? { fuseReads } : {}),
       traces
     }
   } finally {
@@ -258,8 +310,11 @@ export function formatWarmRead (r: WarmReadResult): string {
     `  setup: build ${(r.setup.buildMs / 1000).toFixed(1)} s, prefetch ${r.setup.prefetchChunks} chunks ${(r.setup.prefetchMs / 1000).toFixed(1)} s`
   ]
   for (const w of WORKLOADS) {
-    lines.push(`  ${LABEL[w]}:` + (['native', 'fuse', 'kernel', 'kernel-dio', 'fuse-noop'] as const).map(t => cell(t, w)).join('').slice(2) +
+    lines.push(`  ${LABEL[w]}:` + TARGETS.map(t => cell(t, w)).join('').slice(2) +
       (ANCHORS[w] !== undefined ? `   [anchor: ${ANCHORS[w]}]` : ''))
+  }
+  for (const t of r.targets) {
+    if (t.loops !== undefined) lines.push(`  ${t.target} loop devices: ${t.loops.map(l => `${l.file.replace(/^([0-9a-f]{12})[0-9a-f]{20,}/, '$1…')} ${l.directIo ? 'direct I/O' : 'buffered'}`).join(', ')}`)
   }
   for (const tr of r.traces) {
     const top = Object.entries(tr.ops).sort((a, b) => b[1].count - a[1].count)

@@ -256,7 +256,7 @@ export class MountManager implements MountService {
     const blobs = m.image.blobs
     for (const b of blobs) this.cache.pin(b.blobId)
     try {
-      m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint)
+      m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint, { log: this.log })
     } catch (err) {
       for (const b of blobs) this.cache.unpin(b.blobId)
       throw err
