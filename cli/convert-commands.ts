@@ -1,12 +1,13 @@
 /**
  * `convert` and `check --image`: OCI image → RAFS image in a registry, and the check of such an image in place.
  * The work lives in `convert/`; this file parses flags and renders progress (a bar per layer on a terminal, plain
- * lines otherwise, JSON with --json).
+ * lines otherwise, JSON with --json). The converter and the progress bars are imported when an action runs, so
+ * parsing and `--help` stay light.
  */
 import type { Command } from 'commander'
-import cliProgress from 'cli-progress'
-import { checkRemoteImage, convertImage, type ConvertProgress, type ConvertReport } from '../convert/index.js'
-import { DEFAULT_CHUNK_SIZE, type Compressor, type Digester } from '../rafs/index.js'
+import type { SingleBar } from 'cli-progress'
+import type { ConvertProgress, ConvertReport } from '../convert/index.js'
+import { DEFAULT_CHUNK_SIZE, type Compressor, type Digester } from '../rafs/layout.js'
 import { formatBytes, parseCompressor, parseDigester, parseSize, writeJson } from './util.js'
 
 interface ConvertFlags {
@@ -31,7 +32,7 @@ interface CheckFlags {
 const short = (digest: string): string => digest.replace(/^sha256:/, '').slice(0, 12)
 
 /** Progress as one bar per layer (TTY) or one line per step (pipes, CI logs). */
-function progressRenderer (tty: boolean): { onProgress: (ev: ConvertProgress) => void, stop: () => void } {
+async function progressRenderer (tty: boolean): Promise<{ onProgress: (ev: ConvertProgress) => void, stop: () => void }> {
   if (!tty) {
     return {
       onProgress: (ev) => {
@@ -45,13 +46,14 @@ function progressRenderer (tty: boolean): { onProgress: (ev: ConvertProgress) =>
       stop: () => {}
     }
   }
+  const { default: cliProgress } = await import('cli-progress')
   const multi = new cliProgress.MultiBar({
     format: '{name} [{bar}] {percentage}% | {value_h}/{total_h} | {chunks} chunks {status}',
     hideCursor: true,
     clearOnComplete: false,
     stream: process.stderr
   }, cliProgress.Presets.shades_classic)
-  const bars = new Map<number, cliProgress.SingleBar>()
+  const bars = new Map<number, SingleBar>()
   const payload = (ev: Extract<ConvertProgress, { type: 'layer' }>, status: string): Record<string, unknown> =>
     ({ name: `layer ${ev.index} ${short(ev.digest)}`, chunks: ev.chunks, status, value_h: formatBytes(ev.downloaded), total_h: formatBytes(ev.size) })
   return {
@@ -91,7 +93,8 @@ export function registerConvertCommands (program: Command): void {
     .option('-J, --output-json <file>', 'write the JSON report')
     .option('--json', 'print the JSON report on stdout')
     .action(async (source: string, target: string, f: ConvertFlags) => {
-      const progress = progressRenderer(process.stderr.isTTY === true && f.json !== true)
+      const { convertImage } = await import('../convert/index.js')
+      const progress = await progressRenderer(process.stderr.isTTY === true && f.json !== true)
       let report: ConvertReport
       try {
         report = await convertImage(source, target, {
@@ -114,6 +117,7 @@ export function registerConvertCommands (program: Command): void {
 
 /** The action of `check --image REF [--source REF]`. */
 export async function runImageCheck (ref: string, f: CheckFlags): Promise<void> {
+  const { checkRemoteImage } = await import('../convert/index.js')
   const report = await checkRemoteImage(ref, {
     plainHttp: f.plainHttp === true ? true : 'auto',
     ...(f.source !== undefined ? { source: f.source } : {}),

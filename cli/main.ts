@@ -13,7 +13,6 @@ import { registerDemoCommand } from './demo.js'
 import { registerRegistryCommand } from './registry-command.js'
 import { registerConvertCommands } from './convert-commands.js'
 import { registerDaemonCommands } from './daemon-commands.js'
-import { createMounts } from './node-wiring.js'
 import { registerSchedulerCommand } from './scheduler-command.js'
 import { reportError } from './util.js'
 
@@ -37,7 +36,8 @@ export function createProgram (): Command {
   registerDemoCommand(program)
   registerRegistryCommand(program)
   registerConvertCommands(program)
-  registerDaemonCommands(program, { createMounts })
+  // the mount service (FUSE binding, fetcher, cache) loads only when a daemon starts
+  registerDaemonCommands(program, { createMounts: async (cache, config, logger) => (await import('./node-wiring.js')).createMounts(cache, config, logger) })
   registerSchedulerCommand(program)
   return program
 }

@@ -1,14 +1,10 @@
-/** build / merge / check / inspect / unpack: the image-format commands, in nydus-image's vocabulary. */
+/**
+ * build / merge / check / inspect / unpack: the image-format commands, in nydus-image's vocabulary.
+ * Each action imports its implementation when it runs, so parsing and `--help` load only commander.
+ */
 import { createReadStream } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { Command, Option } from 'commander'
-import { buildImage } from '../rafs/build.js'
-import { directorySource } from '../rafs/source-dir.js'
-import { tarSource } from '../rafs/source-tar.js'
-import { mergeBootstraps } from '../rafs/merge.js'
-import { checkImage } from '../rafs/check.js'
-import { inspectBootstrap, formatInspect } from '../rafs/inspect.js'
-import { unpackImage } from '../rafs/unpack.js'
 import { DEFAULT_CHUNK_SIZE } from '../rafs/layout.js'
 import { parseSize, parseCompressor, parseDigester, writeJson, formatBytes } from './util.js'
 import { runImageCheck } from './convert-commands.js'
@@ -52,14 +48,15 @@ export function registerRafsCommands (program: Command): void {
     .option('-J, --output-json <file>', 'write a JSON report of the build')
     .option('--json', 'print the JSON report on stdout instead of text')
     .action(async (source: string, f: BuildFlags) => {
+      const { buildImage } = await import('../rafs/build.js')
       let src
       if (f.type === 'dir-rafs') {
         const st = await stat(source).catch((err: Error) => { throw new Error(`source ${source}: ${err.message}`) })
         if (!st.isDirectory()) throw new Error(`source ${source} is not a directory (use --type tar-rafs or targz-rafs for tar files)`)
-        src = directorySource(source)
+        src = (await import('../rafs/source-dir.js')).directorySource(source)
       } else {
         const input = source === '-' ? process.stdin : createReadStream(source)
-        src = tarSource(input, { gzip: f.type === 'targz-rafs' ? true : 'auto' })
+        src = (await import('../rafs/source-tar.js')).tarSource(input, { gzip: f.type === 'targz-rafs' ? true : 'auto' })
       }
       const prefetchFiles = f.prefetchFiles !== undefined ? await readPrefetchList(f.prefetchFiles) : undefined
       const res = await buildImage(src, {
@@ -99,6 +96,7 @@ export function registerRafsCommands (program: Command): void {
     .requiredOption('-B, --bootstrap <file>', 'where to write the merged bootstrap')
     .option('-J, --output-json <file>', 'write a JSON report')
     .action(async (layers: string[], f: { bootstrap: string, outputJson?: string }) => {
+      const { mergeBootstraps } = await import('../rafs/merge.js')
       const res = await mergeBootstraps(layers, f.bootstrap)
       await writeJson(f.outputJson, { bootstrap: f.bootstrap, layers, blobs: res.blobs })
       process.stdout.write(`bootstrap: ${f.bootstrap}\n${res.blobs.map((b, i) => `blob ${i}: ${b}`).join('\n')}\n`)
@@ -122,6 +120,7 @@ export function registerRafsCommands (program: Command): void {
         return
       }
       if (bootstrap === undefined) throw new Error('check needs a BOOTSTRAP file or --image REF')
+      const { checkImage } = await import('../rafs/check.js')
       const report = await checkImage(bootstrap, { blobDir: f.blobDir, blobCacheDir: f.blobCacheDir })
       await writeJson(f.outputJson, report)
       if (f.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
@@ -143,6 +142,7 @@ export function registerRafsCommands (program: Command): void {
     .option('--tree', 'list every inode with its chunks')
     .option('--json', 'JSON output')
     .action(async (bootstrap: string, f: { tree?: boolean, json?: boolean }) => {
+      const { inspectBootstrap, formatInspect } = await import('../rafs/inspect.js')
       const report = await inspectBootstrap(bootstrap, { tree: f.tree === true })
       process.stdout.write((f.json === true ? JSON.stringify(report, null, 2) : formatInspect(report)) + '\n')
     })
@@ -155,6 +155,7 @@ export function registerRafsCommands (program: Command): void {
     .requiredOption('-o, --output <path>', 'target directory, or FILE.tar')
     .option('-J, --output-json <file>', 'write a JSON report')
     .action(async (bootstrap: string, f: { blobDir?: string, blobCacheDir?: string, output: string, outputJson?: string }) => {
+      const { unpackImage } = await import('../rafs/unpack.js')
       const res = await unpackImage(bootstrap, f.output, { blobDir: f.blobDir, blobCacheDir: f.blobCacheDir })
       await writeJson(f.outputJson, res)
       for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`)

@@ -1,6 +1,5 @@
-/** `rafspeer registry`: the embedded OCI distribution server, for demos, the simulator and local work. */
+/** `rafspeer registry`: the embedded OCI distribution server, for demos, the simulator and local work (imported when it runs). */
 import type { Command } from 'commander'
-import { startRegistryServer } from '../registry/server.js'
 import { parseSize } from './util.js'
 
 export function registerRegistryCommand (program: Command): void {
@@ -23,6 +22,7 @@ export function registerRegistryCommand (program: Command): void {
         const cred = { user: f.user.slice(0, i), password: f.user.slice(i + 1) }
         auth = f.tokenAuth === true ? { bearer: cred } : { basic: cred }
       }
+      const { startRegistryServer } = await import('../registry/server.js')
       const server = await startRegistryServer({ root: f.root, host, port, auth, bandwidthLimit: f.bandwidthLimit })
       process.stdout.write(`registry listening on ${server.url} (storage ${f.root})\n`)
       await new Promise<void>((resolve) => {

@@ -1,7 +1,6 @@
-/** `rafspeer scheduler`: the standalone scheduler (who holds which chunk) as a libp2p service. */
+/** `rafspeer scheduler`: the standalone scheduler (who holds which chunk) as a libp2p service; libp2p loads only when it runs. */
 import type { Command } from 'commander'
 import { createLogger } from '../peer/logger.js'
-import { loadOrCreatePeerKey, startSchedulerNode } from '../scheduler/index.js'
 import { parseLogLevel } from './daemon-commands.js'
 
 const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/8002'
@@ -41,6 +40,7 @@ export function registerSchedulerCommand (program: Command, deps: SchedulerComma
     .option('--key-file <file>', 'peer identity: loaded, or created (mode 0600) when missing, so the peer id survives restarts')
     .option('--json', 'print the addresses and the final stats as JSON lines; logs as JSON on stderr')
     .action(async (f: { listen?: string[], keyFile?: string, json?: boolean }, cmd: Command) => {
+      const { loadOrCreatePeerKey, startSchedulerNode } = await import('../scheduler/index.js')
       const logger = createLogger({ level: cliLogLevel(cmd) ?? 'info', format: f.json === true ? 'json' : 'text' })
       const privateKey = f.keyFile !== undefined ? await loadOrCreatePeerKey(f.keyFile) : undefined
       const sched = await startSchedulerNode({ listen: f.listen ?? [DEFAULT_LISTEN], privateKey, logger })
