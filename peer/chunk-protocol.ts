@@ -39,6 +39,8 @@ export const MAX_CHUNKS_PER_REQUEST = 64
 export const MAX_CHUNK_BYTES = 16 << 20
 /** an ERROR reply's message */
 export const MAX_MESSAGE_BYTES = 1024
+/** PENDING frames one request may receive in all (a holder that keeps saying "soon" is cut off) */
+export const MAX_PENDING_FRAMES = 300
 export const DIGEST_BYTES = 32
 
 export const LENGTH_PREFIX_BYTES = 4
@@ -50,7 +52,12 @@ export const MAX_REQUEST_BODY_BYTES = RequestLayout.HEADER_BYTES + MAX_CHUNKS_PE
 /** offsets in a reply header */
 export const ReplyLayout = { STATUS: 0, ENCODING: 1, RESERVED: 2, LENGTH: 4, BYTES: 8 } as const
 
-export const ChunkStatus = { OK: 0, NOT_FOUND: 1, BUSY: 2, ERROR: 3 } as const
+/**
+ * PENDING is not an answer: the sender is still getting the chunk (it is fetching it itself, or its disk is slow);
+ * the real reply for the same chunk follows. Sent about once a second while waiting, it keeps the asker's read
+ * deadline from firing on a holder that is working for it. An asker takes at most `MAX_PENDING_FRAMES` per request.
+ */
+export const ChunkStatus = { OK: 0, NOT_FOUND: 1, BUSY: 2, ERROR: 3, PENDING: 4 } as const
 export type ChunkStatus = typeof ChunkStatus[keyof typeof ChunkStatus]
 export const ChunkEncoding = { PLAIN: 0, ZSTD: 1 } as const
 export type ChunkEncoding = typeof ChunkEncoding[keyof typeof ChunkEncoding]
@@ -250,6 +257,7 @@ export class FrameReader {
         break
       case ChunkStatus.NOT_FOUND:
       case ChunkStatus.BUSY:
+      case ChunkStatus.PENDING:
         if (length !== 0) throw new ChunkProtocolError(`${this.what}: status ${status} with a ${length}-byte payload`)
         break
       default:
@@ -302,8 +310,14 @@ export async function * exchangeChunks (stream: Stream, names: ChunkName[], opts
   try {
     stream.send(encodeRequest(names))
     await stream.close({ signal: AbortSignal.timeout(opts.timeoutMs) })
+    let pending = 0
     for (let i = 0; i < names.length; i++) {
       const reply = await reader.readReply(i, names[i]!)
+      if (reply.status === ChunkStatus.PENDING) {
+        if (++pending > MAX_PENDING_FRAMES) throw new ChunkProtocolError(`${what}: more than ${MAX_PENDING_FRAMES} pending frames`)
+        i--
+        continue
+      }
       // all asked for is here: whatever else the server sends is not ours to hold
       if (i === names.length - 1) { complete = true; reader.release() }
       yield reply

@@ -35,6 +35,8 @@ export const READ_AHEAD_BYTES = 2 << 20
 export const COALESCE_BYTES = 256 << 10
 /** with a rate cap, a chunk is paced in slices this big so the asker sees steady progress */
 export const PACING_SLICE_BYTES = 256 << 10
+/** while the next reply is not ready, a PENDING frame goes out this often */
+export const PENDING_INTERVAL_MS = 1_000
 
 export interface ChunkServerComponents {
   libp2p: Pick<Libp2p, 'handle' | 'unhandle'>
@@ -70,11 +72,13 @@ export interface ChunkServerCounters {
   malformed: number
   /** streams aborted for idling past the deadline, or reset by the asker */
   aborted: number
+  /** PENDING frames sent while a reply was not ready (a claimed chunk being fetched) */
+  pendingFrames: number
 }
 
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
-    uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0
+    uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0, pendingFrames: 0
   }
 
   private readonly libp2p: ChunkServerComponents['libp2p']
@@ -170,6 +174,8 @@ export class ChunkServer {
     }
     for (let i = 0; i < names.length;) {
       startReads(i)
+      // the next reply in order may take a while (a chunk this node is fetching itself): keep the asker waiting
+      if (ready[i] !== true) await this.keepAlive(stream, replies[i]!, what)
       if (this.bucket !== undefined) {
         await this.sendPaced(stream, await replies[i]!, what)
         delete replies[i]
@@ -188,6 +194,20 @@ export class ChunkServer {
         this.counters.bytesServed += r.payload.length
       } while (i < names.length && ready[i] === true && out.byteLength < COALESCE_BYTES)
       await sendWithBackpressure(stream, out, this.readTimeoutMs, what)
+    }
+  }
+
+  /** Sends a PENDING frame every PENDING_INTERVAL_MS until `reply` settles. */
+  private async keepAlive (stream: Stream, reply: Promise<Reply>, what: string): Promise<void> {
+    let settled = false
+    const done = reply.then(() => { settled = true }, () => { settled = true })
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([done, new Promise<void>(resolve => { timer = setTimeout(resolve, PENDING_INTERVAL_MS) })])
+      clearTimeout(timer)
+      if (settled) return
+      this.counters.pendingFrames++
+      await sendWithBackpressure(stream, encodeReplyHeader(ChunkStatus.PENDING), this.readTimeoutMs, what)
     }
   }
 

@@ -12,6 +12,12 @@ export interface FetchedChunk {
 
 export interface ChunkSourceFetchOptions {
   signal: AbortSignal
+  /**
+   * A source that learns early that it cannot deliver some chunks (no neighbour holds them) says so here, once or
+   * more: the fetcher asks the next sources for them at once, alongside the rest of this attempt. It then must
+   * not yield them.
+   */
+  decline?: (chunks: ChunkInfo[]) => void
 }
 
 export interface ChunkSource {

@@ -35,7 +35,7 @@ describe('daemon config', () => {
         hedgeAfterMs: 300,
         requestTimeoutMs: 3_000,
         banThreshold: 3,
-        claimWaitMs: 5_000
+        claimWaitMs: 20_000
       },
       scheduler: { embedded: false, zone: '', resolveTimeoutMs: 200, heartbeatMs: 5_000 },
       prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },

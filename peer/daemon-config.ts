@@ -109,7 +109,7 @@ export const daemonConfigSchema = z.strictObject({
     amplifyBytes: byteSize.default(1 << 20),
     /** batches in flight (8) */
     concurrency: int(1, 1024).default(8),
-    /** one attempt of one batch at one source (10 s) */
+    /** an attempt of a batch at a source that delivers no chunk for this long is given up (10 s) */
     timeoutMs: int(1, 3_600_000).default(10_000),
     /** extra rounds over all sources after a transient failure (2) */
     retries: int(0, 100).default(2),
@@ -140,7 +140,7 @@ export const daemonConfigSchema = z.strictObject({
     /** bad chunks after which a neighbour is never asked again by this daemon (3) */
     banThreshold: int(1, 1000).default(3),
     /** how long a chunk request waits for a chunk this node is fetching itself (the scheduler sent the asker here) */
-    claimWaitMs: int(0, 600_000).default(5_000)
+    claimWaitMs: int(0, 600_000).default(20_000)
   }).prefault({}),
   scheduler: z.strictObject({
     /** the scheduler's multiaddr with its peer id (`rafspeer scheduler` prints it); absent: no scheduler */

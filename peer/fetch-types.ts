@@ -73,7 +73,7 @@ export interface FetcherInit {
   prefetchConcurrency?: number
   /** prefetch stored-byte rate; unlimited when absent */
   prefetchBytesPerSecond?: number
-  /** one source attempt on one batch (10 s) */
+  /** a source attempt on a batch that delivers no chunk for this long is given up (10 s) */
   timeoutMs?: number
   /** extra rounds over all sources after a transient failure (2) */
   retries?: number

@@ -357,18 +357,9 @@ export class Fetcher {
     let lastErr: unknown
     try {
       for (let attempt = 0; ; attempt++) {
-        for (const source of this.sources) {
-          if (signal.aborted) throw signal.reason
-          const remaining = batch.flights.filter(f => !f.settled)
-          if (remaining.length === 0) return
-          try {
-            await this.attempt(source, batch, remaining)
-          } catch (err) {
-            if (signal.aborted) throw signal.reason
-            lastErr = err
-            this.log('%s: %d chunks of blob %s failed (attempt %d): %s', source.name, remaining.length, batch.blob.blobId, attempt + 1, (err as Error).message)
-          }
-        }
+        const errors: unknown[] = []
+        await this.runSources(batch, 0, batch.flights, attempt, errors)
+        if (errors.length > 0) lastErr = errors[errors.length - 1]
         const left = batch.flights.filter(f => !f.settled).length
         if (left === 0) return
         if (attempt >= this.retries || (lastErr !== undefined && !isTransient(lastErr))) {
@@ -385,31 +376,81 @@ export class Fetcher {
     }
   }
 
-  /** One source, one try, bounded by `timeoutMs`; every chunk verified and settled as it arrives. */
-  private async attempt (source: ChunkSource, batch: Batch, flights: Flight[]): Promise<void> {
+  /**
+   * `flights` through the sources from index `from` on, each source getting what the previous ones did not
+   * deliver. Chunks a source declines up front go on to the next sources at once, concurrently with the rest of
+   * its attempt (a neighbour source declines the chunks nobody holds: this node fetches those from the registry
+   * now, and neighbours waiting for them are not held up behind its other chunks). Failures land in `errors`.
+   */
+  private async runSources (batch: Batch, from: number, flights: Flight[], round: number, errors: unknown[]): Promise<void> {
+    const signal = batch.controller.signal
+    let pending = flights
+    for (let i = from; i < this.sources.length; i++) {
+      if (signal.aborted) throw signal.reason
+      const remaining = pending.filter(f => !f.settled)
+      if (remaining.length === 0) return
+      const source = this.sources[i]!
+      const declined = new Set<number>()
+      const side: Array<Promise<void>> = []
+      const decline = i + 1 < this.sources.length
+        ? (chunks: ChunkInfo[]): void => {
+            const fresh = chunks.filter(c => !declined.has(c.index))
+            for (const c of fresh) declined.add(c.index)
+            const set = new Set(fresh.map(c => c.index))
+            const handOff = remaining.filter(f => set.has(f.chunk.index))
+            if (handOff.length > 0) side.push(this.runSources(batch, i + 1, handOff, round, errors).catch((err: unknown) => { errors.push(err) }))
+          }
+        : undefined
+      try {
+        await this.attempt(source, batch, remaining, decline)
+      } catch (err) {
+        if (signal.aborted) { await Promise.allSettled(side); throw signal.reason }
+        errors.push(err)
+        this.log('%s: %d chunks of blob %s failed (attempt %d): %s', source.name, remaining.length, batch.blob.blobId, round + 1, (err as Error).message)
+      }
+      await Promise.all(side)
+      pending = remaining.filter(f => !declined.has(f.chunk.index))
+    }
+  }
+
+  /** One source, one try, bounded by `timeoutMs` of idleness; every chunk verified and settled as it arrives. */
+  private async attempt (source: ChunkSource, batch: Batch, flights: Flight[], decline?: (chunks: ChunkInfo[]) => void): Promise<void> {
     this.metrics.counters.sourceAttempts++
     const { blob } = batch
     const byCi = new Map(flights.map(f => [f.chunk.index, f]))
-    const timeout = AbortSignal.timeout(this.timeoutMs)
-    const signal = AbortSignal.any([batch.controller.signal, timeout])
+    // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
+    const timeout = new AbortController()
+    const onIdle = (): void => { timeout.abort(new DOMException(`no chunk within ${this.timeoutMs} ms`, 'TimeoutError')) }
+    let idleTimer = setTimeout(onIdle, this.timeoutMs)
+    const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, this.timeoutMs) }
+    const signal = AbortSignal.any([batch.controller.signal, timeout.signal])
     const started = performance.now()
     let chunks = 0
     let bytes = 0
-    const it = source.fetch(blob, flights.map(f => f.chunk), { signal })[Symbol.asyncIterator]()
+    const declined = new Set<number>()
+    const onDecline = decline === undefined
+      ? undefined
+      : (chunks: ChunkInfo[]): void => {
+          const mine = chunks.filter(c => byCi.has(c.index) && !declined.has(c.index))
+          for (const c of mine) declined.add(c.index)
+          if (mine.length > 0) decline(mine)
+        }
+    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
     try {
       for (;;) {
         let r: IteratorResult<{ chunk: ChunkInfo, plaintext: Buffer }>
         try {
           r = await raceAbort(it.next(), signal, `${source.name} fetch`)
         } catch (err) {
-          if (timeout.aborted && !batch.controller.signal.aborted) {
+          if (timeout.signal.aborted && !batch.controller.signal.aborted) {
             throw new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${this.timeoutMs} ms`, { cause: err })
           }
           throw err
         }
         if (r.done === true) break
+        progressed()
         const { chunk, plaintext } = r.value
-        const f = chunk === undefined ? undefined : byCi.get(chunk.index)
+        const f = chunk === undefined || declined.has(chunk.index) ? undefined : byCi.get(chunk.index)
         if (f === undefined || !Buffer.isBuffer(plaintext)) {
           throw new SourceProtocolError(source.name, `sent chunk ${String(chunk?.index)} of blob ${blob.blobId}, which was not asked for (or was sent twice)`)
         }
@@ -424,7 +465,12 @@ export class Fetcher {
           throw new ChunkDigestMismatchError(source.name, blob.blobId, chunk.index, f.chunk.digest, actual)
         }
         // the downlink is paid before the bytes count as received: a capped node takes them in at its rate
-        if (this.downloadLimiter !== undefined) await this.downloadLimiter.take(plaintext.length, signal)
+        // (the source is not idle meanwhile: the idle deadline restarts after the wait)
+        if (this.downloadLimiter !== undefined) {
+          clearTimeout(idleTimer)
+          await this.downloadLimiter.take(plaintext.length, batch.controller.signal)
+          progressed()
+        }
         chunks++
         bytes += plaintext.length
         this.metrics.counters.chunksFetched++
@@ -435,6 +481,7 @@ export class Fetcher {
       this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: false })
       throw err
     } finally {
+      clearTimeout(idleTimer)
       // never awaited: a source stuck in its own await must not hold us
       void Promise.resolve().then(async () => await it.return?.()).catch(() => {})
     }

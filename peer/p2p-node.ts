@@ -25,7 +25,7 @@ import { announceAddrs, createPeerHost, type PeerHost } from './p2p-host.js'
 import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome, ServableCache } from './p2p-types.js'
 import { PeerSource, type PeerSourceCounters } from './peer-source.js'
 
-export const DEFAULT_CLAIM_WAIT_MS = 5_000
+export const DEFAULT_CLAIM_WAIT_MS = 20_000
 export const DEFAULT_CLAIM_TTL_MS = 60_000
 /** digests announced per batch while the cache's holdings are announced at start */
 const STARTUP_ANNOUNCE_BATCH = 4096
@@ -41,7 +41,7 @@ export interface P2PNodeInit {
   hedgeAfterMs?: number
   requestTimeoutMs?: number
   banThreshold?: number
-  /** how long a neighbour's request waits for a chunk this node claimed (5 s) */
+  /** how long a neighbour's request waits for a chunk this node claimed (20 s) */
   claimWaitMs?: number
   /** a claim not fulfilled by then is released at the scheduler (60 s) */
   claimTtlMs?: number

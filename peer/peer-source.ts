@@ -114,10 +114,16 @@ export class PeerSource implements ChunkSource {
   /** @internal */ penalty (peerId: string): number { return this.peers.get(peerId)?.penalty ?? 0 }
 
   async * fetch (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: ChunkSourceFetchOptions): AsyncGenerator<FetchedChunk> {
-    const wanted = chunks.filter(c => c.uncompressedSize >= 1 && c.uncompressedSize <= MAX_CHUNK_BYTES)
+    const servable = chunks.filter(c => c.uncompressedSize >= 1 && c.uncompressedSize <= MAX_CHUNK_BYTES)
+    const resolved = servable.length === 0 ? new Map<string, ChunkHolder[]>() : await this.resolve(servable, opts.signal)
+    const holders = resolved instanceof Map ? resolved : new Map<string, ChunkHolder[]>()
+    const wanted = servable.filter(c => (holders.get(c.digest.toString('hex'))?.length ?? 0) > 0)
+    // nobody to ask for the rest: the fetcher takes them elsewhere now, not after this fetch
+    if (wanted.length < chunks.length) {
+      const asked = new Set(wanted)
+      opts.decline?.(chunks.filter(c => !asked.has(c)))
+    }
     if (wanted.length === 0) return
-    const holders = await this.resolve(wanted, opts.signal)
-    if (!(holders instanceof Map) || holders.size === 0) return
     yield * new SwarmFetch(this, blob, wanted, holders, opts.signal).run()
   }
 

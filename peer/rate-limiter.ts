@@ -19,7 +19,8 @@ export class RateLimiter {
     if (ms <= 0) return
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
-      const onAbort = (): void => { clearTimeout(t); reject(signal!.reason) }
+      // what was reserved is given back: an abandoned take must not slow the takers still waiting
+      const onAbort = (): void => { clearTimeout(t); this.bucket.refund(n); reject(signal!.reason) }
       signal?.addEventListener('abort', onAbort, { once: true })
     })
   }

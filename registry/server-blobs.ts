@@ -65,7 +65,11 @@ async function streamFile (ctx: ServerContext, res: ServerResponse, path: string
       for (let off = 0; off < buf.length; off += piece) {
         const part = buf.subarray(off, off + piece)
         if (limiter !== undefined) await sleep(limiter.reserve(part.length), signal)
-        if (signal.aborted || res.destroyed) return
+        if (signal.aborted || res.destroyed) {
+          // the bytes were reserved, never sent: the clients still waiting get them back
+          limiter?.refund(part.length)
+          return
+        }
         onBytes(part.length)
         if (!res.write(part)) await drained(res, signal)
       }

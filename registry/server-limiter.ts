@@ -37,6 +37,11 @@ export class TokenBucket {
     return this.tokens >= 0 ? 0 : -this.tokens * 1000 / this.rate
   }
 
+  /** Gives back `n` bytes reserved but never sent (the taker gave up waiting), up to the burst. */
+  refund (n: number): void {
+    this.tokens = Math.min(this.burst, this.tokens + n)
+  }
+
   /** Largest piece worth reserving at once; bigger reads are split so one sender cannot hog a long window. */
   get maxPiece (): number { return this.burst }
 }

@@ -12,7 +12,7 @@
  * ```
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -39,6 +39,8 @@ export interface SwarmInit {
   workDir?: string
   keep?: boolean
   chunkSize?: number
+  /** extra Node.js arguments of the daemons (e.g. `--cpu-prof`, `--cpu-prof-dir=DIR` to profile them) */
+  daemonNodeArgs?: string[]
   /** progress lines */
   log?: (line: string) => void
   /** aborts the run (Ctrl-C): everything started is stopped and removed */
@@ -82,11 +84,28 @@ export interface SwarmReport {
   wallMs: number
 }
 
-/** The CLI entry this module runs daemons with (the same build as the caller: dist/ or sources under tsx). */
-function daemonArgv (args: string[]): string[] {
+/** Node.js arguments running `module` (a sibling path without extension) from the same build as this file. */
+function moduleArgv (module: string, args: string[]): string[] {
   const fromSources = import.meta.url.endsWith('.ts')
-  const main = fileURLToPath(new URL(fromSources ? '../cli/main.ts' : '../cli/main.js', import.meta.url))
-  return fromSources ? ['--import', 'tsx', main, ...args] : [main, ...args]
+  const path = fileURLToPath(new URL(`${module}${fromSources ? '.ts' : '.js'}`, import.meta.url))
+  return fromSources ? ['--import', 'tsx', path, ...args] : [path, ...args]
+}
+
+const daemonArgv = (args: string[]): string[] => moduleArgv('../cli/main', args)
+
+/** Reads the whole tree at `root` in a reader process (see reader.ts for why not here). */
+async function readTree (root: string, signal?: AbortSignal): Promise<ContentMap> {
+  const proc = spawn(process.execPath, moduleArgv('./reader', [root]), { stdio: ['ignore', 'pipe', 'pipe'], ...(signal !== undefined ? { signal } : {}) })
+  const out: Buffer[] = []
+  let err = ''
+  proc.stdout?.on('data', (b: Buffer) => { out.push(b) })
+  proc.stderr?.on('data', (b: Buffer) => { err = (err + b.toString()).slice(-4000) })
+  const code = await new Promise<number | null>((resolve, reject) => {
+    proc.once('error', reject)
+    proc.once('close', resolve)
+  })
+  if (code !== 0) throw new Error(err.trim() !== '' ? err.trim() : `the reader exited with ${code}`)
+  return new Map(JSON.parse(Buffer.concat(out).toString('utf8')) as Array<[string, string]>)
 }
 
 interface RunningNode {
@@ -99,12 +118,16 @@ interface RunningNode {
   exited: Promise<void>
 }
 
-async function startNode (id: number, dir: string, config: Record<string, unknown>, signal?: AbortSignal): Promise<RunningNode> {
+async function startNode (id: number, dir: string, config: Record<string, unknown>, nodeArgs: string[], signal?: AbortSignal): Promise<RunningNode> {
   await mkdir(dir, { recursive: true })
   const socket = join(dir, 'admin.sock')
   const cfg = join(dir, 'daemon.json')
   await writeFile(cfg, JSON.stringify({ version: 1, socket, workDir: join(dir, 'work'), cache: { dir: join(dir, 'cache') }, ...config }, null, 2))
-  const proc = spawn(process.execPath, daemonArgv(['daemon', '--config', cfg]), { stdio: ['ignore', 'ignore', 'pipe'] })
+  // the daemon's log goes to <dir>/daemon.log (kept with --keep)
+  const logFile = await open(join(dir, 'daemon.log'), 'a')
+  const proc = spawn(process.execPath, [...nodeArgs, ...daemonArgv(['daemon', '--config', cfg])], { stdio: ['ignore', 'ignore', 'pipe'] })
+  proc.stderr?.on('data', (b: Buffer) => { logFile.write(b).catch(() => {}) })
+  proc.once('exit', () => { void logFile.close().catch(() => {}) })
   let out = ''
   proc.stderr?.on('data', (b: Buffer) => { out = (out + b.toString()).slice(-64_000) })
   const exited = new Promise<void>(resolve => proc.once('exit', () => resolve()))
@@ -173,18 +196,24 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     log(`scheduler ${scheduler.multiaddrs[0]}`)
     const caps = init.bandwidth !== undefined ? { uploadBytesPerSecond: init.bandwidth } : {}
     const started = await Promise.all(Array.from({ length: init.nodes }, async (_, i) => await startNode(i + 1, join(run, `node${i + 1}`), {
-      log: { level: 'info', format: 'text' },
+      log: { level: process.env.RAFSPEER_SIM_LOG_LEVEL === 'debug' ? 'debug' : 'info', format: 'text' },
       prefetch: { policy: 'none' },
       fetch: init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {},
       p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...caps },
       scheduler: { address: scheduler!.multiaddrs[0], heartbeatMs: 1000 }
-    }, signal)))
+    }, init.daemonNodeArgs ?? [], signal)))
     nodes.push(...started)
     const peerIds = await Promise.all(nodes.map(async n => (await n.client.daemon()).p2p?.peerId ?? '?'))
     log(`${nodes.length} node${nodes.length === 1 ? '' : 's'} up: ${peerIds.map((p, i) => `node${i + 1}=${p.slice(-8)}`).join(' ')}`)
 
     // 3. every node mounts and reads the whole tree
     const startReads = performance.now()
+    let done = 0
+    const reg = registry
+    const ticker = setInterval(() => {
+      log(`  ${((performance.now() - startReads) / 1000).toFixed(0)} s: ${done}/${nodes.length} done, registry sent ${mib(reg.counters.bytesServed() - pushed)} (${reg.counters.requests()} requests)`)
+    }, 5_000)
+    ticker.unref()
     const results = await Promise.all(nodes.map(async (n, i) => {
       if (init.staggerMs !== undefined && init.staggerMs > 0) await sleep(init.staggerMs * i, signal)
       const mountpoint = join(n.dir, 'mnt')
@@ -193,11 +222,12 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       mounts.push({ node: n, mountpoint })
       let got: ContentMap
       try {
-        got = await contentMap(mountpoint)
+        got = await readTree(mountpoint, signal)
       } catch (err) {
         throw new Error(`node ${n.id}: reading its mount failed: ${(err as Error).message}\n${n.output().slice(-3000)}`, { cause: err })
       }
       const completionMs = performance.now() - startReads
+      done++
       const differences = diffContent(expected, got)
       const m = await n.client.metricsJson()
       const img = m.images.find(x => x.mountpoint === mountpoint)
@@ -225,6 +255,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       log(`node${n.id}: read ${mib(imageBytes)} in ${(completionMs / 1000).toFixed(2)} s (registry ${mib(report.registryBytes)}, peers ${mib(report.peerBytes)}, cache ${mib(report.cacheBytes)})${report.ok ? '' : `: ${differences.length} DIFFERENCES`}`)
       return report
     }))
+    clearInterval(ticker)
     signal?.throwIfAborted()
     // uploads are known once everyone is done
     for (const r of results) r.uploadBytes = (await nodes[r.id - 1]!.client.metricsJson()).p2p?.upload.bytesServed ?? 0
