@@ -1,20 +1,24 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [--source DIR] [--runs N] [--bandwidth MiB/s]
- *   [--only kernel|fuse]
- * `warm` and `cold` need root; they are left out of a bare run (no names) unless it runs as root. `--only` limits
- * `warm` to native plus the kernel targets or plus the FUSE ones.
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [p2p] [scheduler] [swarm] [--source DIR] [--runs N]
+ *   [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB]
+ * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
+ * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
+ * and the registry and every node in `swarm` (default 16 MiB/s, 8 nodes, 128 MiB).
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
 import { benchConvert, formatConvertBench } from './convert.js'
 import { benchWarmRead, formatWarmRead } from './warm-read.js'
 import { benchColdStart, formatColdStart } from './cold-start.js'
+import { benchSwarm, formatSwarmBench } from './swarm.js'
+import { benchChunkExchange, formatChunkExchange } from '../peer/chunk-bench.js'
+import { benchScheduler, formatSchedulerBench } from '../scheduler/bench.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
 const source = sourceAt >= 0 ? args[sourceAt + 1] : undefined
-const valued = new Set(['--source', '--runs', '--bandwidth', '--only'])
+const valued = new Set(['--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size'])
 const flag = (name: string): number | undefined => {
   const at = args.indexOf(name)
   if (at < 0) return undefined
@@ -29,7 +33,7 @@ const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
 const root = process.getuid?.() === 0
-const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold'].includes(name)))
+const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'swarm'].includes(name)))
 
 if (want('build')) {
   const r = await benchBuild(source)
@@ -53,4 +57,29 @@ if (want('cold')) {
   const r = await benchColdStart({ ...(runs !== undefined ? { runs } : {}), ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}) })
   process.stdout.write(formatColdStart(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'cold', ...r }) + '\n')
+}
+
+if (want('p2p')) {
+  const r = await benchChunkExchange()
+  process.stdout.write(formatChunkExchange(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'p2p', ...r }) + '\n')
+}
+
+if (want('scheduler')) {
+  const r = await benchScheduler()
+  process.stdout.write(formatSchedulerBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'scheduler', ...r }) + '\n')
+}
+
+if (want('swarm')) {
+  const nodes = flag('--nodes')
+  const imageMiB = flag('--image-size')
+  const r = await benchSwarm({
+    ...(nodes !== undefined ? { nodes } : {}),
+    ...(imageMiB !== undefined ? { imageBytes: imageMiB * (1 << 20) } : {}),
+    ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}),
+    log: line => { process.stderr.write(line + '\n') }
+  })
+  process.stdout.write(formatSwarmBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'swarm', ...r }) + '\n')
 }

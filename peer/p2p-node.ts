@@ -3,8 +3,9 @@
  * scheduler client (or a scheduler embedded in this node) and the neighbour chunk source its fetchers try before
  * the registry.
  *
- * Claims: when this node resolves chunks nobody holds, the scheduler records it as their holder at once (it is
- * about to fetch them from the registry), so peers asking next come here instead of going to the registry too.
+ * Claims: when this node resolves chunks, the scheduler records it as their holder at once (it is about to fetch
+ * them, from the registry when nobody holds them), so peers asking next may come here instead of all going to
+ * the registry or to the same first holder.
  * The node keeps those claims: a neighbour asking for a claimed chunk waits (up to `claimWaitMs`) for this node's
  * own fetch; a claim not fulfilled within `claimTtlMs` is released at the scheduler.
  *
@@ -251,9 +252,10 @@ export class P2PNode {
         const reached = this.embedded !== undefined || this.client?.connected === true
         if (reached) {
           const until = Date.now() + this.claimTtlMs
+          // the scheduler recorded this node as a holder of everything it asked for (it fetches them next)
           for (const d of digests) {
             const key = d.toString('hex')
-            if (!answer.has(key) && !this.claims.has(key)) this.claims.set(key, { digest: d, until })
+            if (!this.claims.has(key)) this.claims.set(key, { digest: d, until })
           }
         }
         return answer

@@ -245,16 +245,18 @@ test('a resolve miss makes a registered asker the holder; later askers are sent 
   // A misses digest 9: nobody to offer, A claims it
   assert.deepEqual(ids(idx, 'A', digest(9)), [])
   assert.deepEqual(idx.holdersOf(digest(9)), ['A'])
-  // B asks next: sent to A, and claims nothing since a holder exists
+  // B asks next: sent to A, and becomes a holder too (it fetches from A), so a third asker may be sent to B
   assert.deepEqual(ids(idx, 'B', digest(9)), ['A'])
-  assert.deepEqual(idx.holdersOf(digest(9)), ['A'])
+  assert.deepEqual(idx.holdersOf(digest(9)).sort(), ['A', 'B'])
+  idx.announce('D', packDigests([]), { info: info(4) })
+  assert.deepEqual(ids(idx, 'D', digest(9)).sort(), ['A', 'B'])
   // an unregistered asker, or one without addresses, claims nothing
   idx.announce('C', packDigests([]))
   assert.deepEqual(ids(idx, 'C', digest(10)), [])
   assert.deepEqual(ids(idx, 'nobody', digest(10)), [])
   assert.deepEqual(idx.holdersOf(digest(10)), [])
-  // A did not get it: withdrawing frees the digest, and the next miss is B's
-  idx.withdraw('A', packDigests([digest(9)]))
+  // none of them got it: withdrawing frees the digest, and the next miss is B's
+  for (const p of ['A', 'B', 'D']) idx.withdraw(p, packDigests([digest(9)]))
   assert.deepEqual(ids(idx, 'B', digest(9)), [])
   assert.deepEqual(idx.holdersOf(digest(9)), ['B'])
   assert.equal(idx.stats().entries, 1)

@@ -377,8 +377,10 @@ export class HolderIndex {
     const asker = askerId !== undefined ? this.peers.get(askerId) : undefined
     if (asker !== undefined) asker.lastSeen = now
     const askerZone = asker?.zonePath ?? []
-    // a miss makes the asker the digest's holder at once: it is about to fetch the chunk from the source, and
-    // whoever asks next is sent to it instead of to the source too (the asker's server waits for its fetch)
+    // the asker becomes a holder of what it asks for at once, since it fetches those chunks next: on a miss from
+    // the source (whoever asks next is sent to it, not to the source too), else from the holders given here (the
+    // next askers spread over it and them, so a popular chunk flows down a tree of peers, not all from its first
+    // holder); the asker's server makes a neighbour wait for its own fetch
     const claimer = this.claimMisses && asker !== undefined && asker.addrs.length > 0 && !isBanned(asker.rep, now) ? asker : undefined
     const n = digests.length >>> 5
     const counts = new Uint8Array(n)
@@ -429,7 +431,8 @@ export class HolderIndex {
       if (k > 0) {
         const first = topRec[0] as PeerRecord
         if (this.firsts[first.slot]++ === 0) firstRecs.push(first)
-      } else if (claimer !== undefined) this.claim(key, claimer)
+      }
+      if (claimer !== undefined) this.claim(key, claimer)
     }
     for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
     return { peers, counts, refs: refs.subarray(0, nrefs) }

@@ -97,11 +97,12 @@ export interface HolderIndexInit {
   banMs?: number
   ranking?: Partial<RankingWeights>
   /**
-   * A resolve miss (no holder to offer) records the asker as the digest's holder at once, since it fetches the
-   * chunk from the source next: the peers asking after it are sent to it, not to the source, and the source serves
-   * each chunk about once however many peers start together (Dragonfly's "back-to-source" peer, per chunk). The
-   * asker's chunk server waits for its own fetch when asked; a peer that did not get the chunk withdraws it
-   * (default true).
+   * A resolve records the asker as a holder of every digest it asked for, at once, since it fetches those chunks
+   * next. On a miss (no holder to offer) the peers asking after it are sent to it, not to the source, so the
+   * source serves each chunk about once however many peers start together (Dragonfly's "back-to-source" peer, per
+   * chunk); otherwise later askers spread over it and the earlier holders (ranked by the load handed to each), so
+   * a chunk wanted by many flows down a tree of peers. The asker's chunk server makes a neighbour wait for its own
+   * fetch; a peer that did not get a chunk withdraws it (default true).
    */
   claimMisses?: boolean
   /** clock, for tests (default `Date.now`) */
