@@ -4,7 +4,7 @@
  *   [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
- * and the registry and every node in `swarm` (default 16 MiB/s, 8 nodes, 128 MiB).
+ * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB).
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'

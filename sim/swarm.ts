@@ -198,7 +198,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     const started = await Promise.all(Array.from({ length: init.nodes }, async (_, i) => await startNode(i + 1, join(run, `node${i + 1}`), {
       log: { level: process.env.RAFSPEER_SIM_LOG_LEVEL === 'debug' ? 'debug' : 'info', format: 'text' },
       prefetch: { policy: 'none' },
-      fetch: init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {},
+      fetch: { ...(init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {}), ...(process.env.RAFSPEER_SIM_READAHEAD !== undefined ? { readaheadBytes: process.env.RAFSPEER_SIM_READAHEAD } : {}) },
       p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...caps },
       scheduler: { address: scheduler!.multiaddrs[0], heartbeatMs: 1000 }
     }, init.daemonNodeArgs ?? [], signal)))
