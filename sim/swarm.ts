@@ -39,6 +39,8 @@ export interface SwarmInit {
   workDir?: string
   keep?: boolean
   chunkSize?: number
+  /** the daemons' log level (their logs are in `<run>/nodeN/daemon.log`; default info) */
+  logLevel?: 'error' | 'warn' | 'info' | 'debug'
   /** extra Node.js arguments of the daemons (e.g. `--cpu-prof`, `--cpu-prof-dir=DIR` to profile them) */
   daemonNodeArgs?: string[]
   /** progress lines */
@@ -196,9 +198,9 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     log(`scheduler ${scheduler.multiaddrs[0]}`)
     const caps = init.bandwidth !== undefined ? { uploadBytesPerSecond: init.bandwidth } : {}
     const started = await Promise.all(Array.from({ length: init.nodes }, async (_, i) => await startNode(i + 1, join(run, `node${i + 1}`), {
-      log: { level: process.env.RAFSPEER_SIM_LOG_LEVEL === 'debug' ? 'debug' : 'info', format: 'text' },
+      log: { level: init.logLevel ?? 'info', format: 'text' },
       prefetch: { policy: 'none' },
-      fetch: { ...(init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {}), ...(process.env.RAFSPEER_SIM_READAHEAD !== undefined ? { readaheadBytes: process.env.RAFSPEER_SIM_READAHEAD } : {}) },
+      fetch: init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {},
       p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...caps },
       scheduler: { address: scheduler!.multiaddrs[0], heartbeatMs: 1000 }
     }, init.daemonNodeArgs ?? [], signal)))
