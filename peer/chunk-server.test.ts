@@ -91,6 +91,29 @@ describe('ChunkServer', () => {
     assert.equal(server.counters.uploadsActive, 0)
   })
 
+  it('a reply that takes long (a chunk on its way) is preceded by PENDING frames: the asker keeps waiting', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 3))
+    const slow = chunks[1]!.digest
+    // the look-up of chunk 1 takes 2.6 s, longer than the asker's 1.5 s read deadline
+    const servable = {
+      has: (id: string, ci: number) => cache.has(id, ci),
+      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
+      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
+        if (d.equals(slow) && o?.exceptBlobId === undefined) await new Promise(resolve => setTimeout(resolve, 2600))
+        return await cache.findByDigest(d, o)
+      }
+    }
+    const node = await createPeerHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache: servable })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const replies = await ask(addr, chunks.slice(0, 3).map(nameOf), 1500)
+    assert.deepEqual(replies.map(r => r.status), [ChunkStatus.OK, ChunkStatus.OK, ChunkStatus.OK])
+    assert.ok(replies[1]!.payload!.equals(plain[1]!))
+    assert.ok(server.counters.pendingFrames >= 2, `${server.counters.pendingFrames} pending frames`)
+  })
+
   it('never reads where the hints point: lying hints get the right bytes and evict nothing', async () => {
     const { cache, dir } = await seededCache(chunks.slice(0, 6))
     await cache.close()

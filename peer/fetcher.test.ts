@@ -240,6 +240,47 @@ describe('Fetcher', () => {
     }
   })
 
+  it('chunks a source declines go to the next source at once, while it is still busy with the rest', async () => {
+    const { ref } = await freshRepo()
+    const b = img.files['/b.bin']!
+    const nid = img.reader.lookup('/b.bin')
+    const pieces = img.reader.mapRange(nid, 0, b.length)
+    assert.ok(pieces.length >= 2)
+    const first = pieces[0]!.chunk.index
+    let release!: () => void
+    const held = new Promise<void>(resolve => { release = resolve })
+    let declinedAt = 0
+    // holds the first chunk until the registry has delivered the ones it declined: with a sequential hand-over
+    // (the registry only after this source is done) the read could never finish
+    const neighbours: ChunkSource = {
+      name: 'peer:swarm',
+      async * fetch (_blob, chunks, opts) {
+        const rest = chunks.filter(c => c.index !== first)
+        declinedAt = performance.now()
+        opts.decline?.(rest)
+        await held
+        const c = chunks.find(x => x.index === first)
+        if (c !== undefined) yield { chunk: c, plaintext: b.subarray(0, c.uncompressedSize) }
+      }
+    }
+    const registry = new RegistrySource({ client }, { repository: ref })
+    const watched: ChunkSource = {
+      name: 'registry',
+      async * fetch (blob, chunks, opts) {
+        assert.ok(chunks.every(c => c.index !== first), 'the registry is not asked for what the neighbour kept')
+        for await (const got of registry.fetch(blob, chunks, opts)) yield got
+        release()
+      }
+    }
+    const cache = await newCache()
+    const fetcher = new Fetcher({ cache, sources: [neighbours, watched] }, { amplifyBytes: 0 })
+    assert.deepEqual(await fetcher.read(img, nid, 0, b.length), b)
+    assert.ok(declinedAt > 0)
+    const c = fetcher.counters
+    assert.equal(c.bytesBySource.peer, pieces[0]!.chunk.uncompressedSize)
+    assert.equal(c.bytesBySource.registry, b.length - pieces[0]!.chunk.uncompressedSize)
+  })
+
   it('a stalling registry: the read rejects with RAFSPEER_ERR_READ_TIMEOUT in bounded time', async () => {
     const stall = await startHostileRegistry(img.blobPath, 'stall')
     try {
