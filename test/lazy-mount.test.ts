@@ -172,6 +172,9 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
       assert.ok(i < 1000, 'no chunk was cached in 20 s')
       await new Promise(resolve => setTimeout(resolve, 20))
     }
+    // the index marks land in LevelDB in group commits just after the data: give the first ones time to land
+    // (reads go on meanwhile, so the kill still falls among writes in flight)
+    await new Promise(resolve => setTimeout(resolve, 300))
     await d.kill()
     proxy.delayMs = 0
     await run('fusermount', ['-uz', mnt]).catch(async () => await run('umount', ['-l', mnt]))
