@@ -13,12 +13,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { InvalidArgumentError, type Command } from 'commander'
-import { buildImage } from '../rafs/build.js'
-import { directorySource } from '../rafs/source-dir.js'
-import { checkImage } from '../rafs/check.js'
-import { unpackImage } from '../rafs/unpack.js'
 import { formatBytes } from './util.js'
-import { kernelMount, kernelModeUnavailable } from '../peer/kernel-mount.js'
 import { mkdir } from 'node:fs/promises'
 
 function defaultSource (): string {
@@ -93,6 +88,9 @@ export function registerDemoCommand (program: Command): void {
 async function offlineDemo (source: string, workDir: string | undefined): Promise<void> {
   const work = workDir ?? await mkdtemp(join(tmpdir(), 'rafspeer-demo-'))
   const say = (s: string): void => { process.stdout.write(s + '\n') }
+  const [{ buildImage }, { directorySource }, { checkImage }, { unpackImage }, { kernelMount, kernelModeUnavailable }] = await Promise.all([
+    import('../rafs/build.js'), import('../rafs/source-dir.js'), import('../rafs/check.js'), import('../rafs/unpack.js'), import('../peer/kernel-mount.js')
+  ])
   try {
     say(`1. build: ${source}`)
     const bootstrap = join(work, 'image.boot')

@@ -14,6 +14,7 @@ import { registerRegistryCommand } from './registry-command.js'
 import { registerConvertCommands } from './convert-commands.js'
 import { registerDaemonCommands } from './daemon-commands.js'
 import { registerSchedulerCommand } from './scheduler-command.js'
+import { registerSimCommand } from './sim-command.js'
 import { reportError } from './util.js'
 
 /** The package version, from the package.json above this file (the same code runs from dist/ and from sources). */
@@ -39,6 +40,7 @@ export function createProgram (): Command {
   // the mount service (FUSE binding, fetcher, cache) loads only when a daemon starts
   registerDaemonCommands(program, { createMounts: async (cache, config, logger) => (await import('./node-wiring.js')).createMounts(cache, config, logger) })
   registerSchedulerCommand(program)
+  registerSimCommand(program)
   return program
 }
 

@@ -209,3 +209,19 @@ test('demo: registry, scheduler and 3 peers; every peer reads the image; bytes b
     await rm(work, { recursive: true, force: true })
   }
 })
+
+test('sim: 2 real daemons, a scheduler and the embedded registry; one JSON report; bad flags are one-line errors', { skip: process.getuid?.() !== 0 ? 'needs root (FUSE)' : undefined }, async () => {
+  const bad = await runCli(['sim', '--nodes', '0'])
+  assert.equal(bad.code, 1)
+  assert.match(bad.stderr, /--nodes/)
+  const r = await runCli(['sim', '--nodes', '2', '--image-size', '8MiB', '--bandwidth', '64MiB', '--json'], { timeoutMs: 180_000 })
+  assert.equal(r.code, 0, r.stdout + r.stderr)
+  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, nodes: Array<{ id: number, completionMs: number, registryBytes: number, peerBytes: number }> }
+  assert.equal(report.verifiedOk, true)
+  assert.equal(report.nodes.length, 2)
+  assert.ok(report.imageBytes >= 8 << 20)
+  // two nodes reading the same image at once cost the registry about one copy
+  assert.ok(report.registryBytes <= 1.1 * report.blobBytes + (1 << 20), `registry sent ${report.registryBytes} for ${report.blobBytes}`)
+  assert.ok(report.peerBytes > 0)
+  for (const n of report.nodes) assert.ok(n.completionMs > 0 && n.registryBytes + n.peerBytes >= report.imageBytes)
+})
