@@ -6,15 +6,14 @@
  *
  * `--offline` runs the format walk-through instead: build, check chunk by chunk, unpack and compare, kernel mount.
  */
-import { createHash } from 'node:crypto'
-import { createReadStream, existsSync } from 'node:fs'
-import { lstat, mkdtemp, readdir, readlink, rm } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { lstat, mkdir, mkdtemp, readdir, readlink, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { InvalidArgumentError, type Command } from 'commander'
 import { formatBytes } from './util.js'
-import { mkdir } from 'node:fs/promises'
+import { sha256File } from '../sim/source-tree.js'
 
 function defaultSource (): string {
   const candidates = [
@@ -24,11 +23,6 @@ function defaultSource (): string {
   return candidates.find((c) => existsSync(c)) ?? process.cwd()
 }
 
-async function sha256File (path: string): Promise<string> {
-  const h = createHash('sha256')
-  for await (const piece of createReadStream(path)) h.update(piece as Buffer)
-  return h.digest('hex')
-}
 
 /** Compares two trees by type, permission bits, size, content hash and symlink target; returns the differences. */
 async function compareTrees (a: string, b: string, limit = 20): Promise<{ entries: number, differences: string[] }> {

@@ -46,7 +46,8 @@ export async function generateTree (dir: string, bytes: number): Promise<{ files
   return { files: files + 1, bytes: written + 15 }
 }
 
-async function sha256File (path: string): Promise<string> {
+/** Hex sha256 of a file's bytes, streamed. */
+export async function sha256File (path: string): Promise<string> {
   const h = createHash('sha256')
   for await (const piece of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(piece as Buffer)
   return h.digest('hex')
