@@ -1,10 +1,10 @@
-/** Where the shared Nydus fixtures live: `../shared/fixtures/nydus` beside the repository (as in CI). */
+/** Where the test fixtures live: `test/fixtures` of this repository (found from the sources and from dist/ alike). */
 import { existsSync } from 'node:fs'
-import { dirname, join, resolve } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 function repoRoot (): string {
-  // works from the sources (tsx) and from dist/ alike: climb to the directory holding package.json
+  // climb to the directory holding package.json, past dist/
   let dir = dirname(fileURLToPath(import.meta.url))
   while (!existsSync(join(dir, 'package.json')) || dir.endsWith('/dist')) {
     const up = dirname(dir)
@@ -15,4 +15,5 @@ function repoRoot (): string {
 }
 
 export const REPO_ROOT = repoRoot()
-export const NYDUS_FIXTURES = process.env.RAFSPEER_FIXTURES ?? resolve(REPO_ROOT, '..', 'shared', 'fixtures', 'nydus')
+/** Real Nydus-written images (see its README for which nydus-image wrote each file). */
+export const NYDUS_FIXTURES = join(REPO_ROOT, 'test', 'fixtures', 'nydus')
