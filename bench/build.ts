@@ -11,8 +11,8 @@ import { mkdtemp, mkdir, rm, writeFile, stat, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { buildFromDirectory } from '../rafs/build.js'
-import type { Compressor } from '../rafs/layout.js'
+import { buildFromDirectory } from '../rafs/index.js'
+import type { Compressor } from '../rafs/index.js'
 
 export interface BuildBenchResult {
   source: string

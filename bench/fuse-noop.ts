@@ -8,7 +8,7 @@
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import Fuse from 'fuse-native'
-import { fuseOptionList } from '../peer/fuse-backend.js'
+import { fuseOptionList } from '../peer/index.js'
 import { mountsUnder, run, waitFor } from './measure.js'
 
 interface Entry { stat: Fuse.Stat, children?: string[] }

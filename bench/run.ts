@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [p2p] [scheduler] [swarm] [--source DIR] [--runs N]
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [--source DIR] [--runs N]
  *   [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
@@ -11,9 +11,10 @@ import { benchBuild, formatBuildBench } from './build.js'
 import { benchConvert, formatConvertBench } from './convert.js'
 import { benchWarmRead, formatWarmRead } from './warm-read.js'
 import { benchColdStart, formatColdStart } from './cold-start.js'
+import { benchColdRead, formatColdRead } from './cold-read.js'
 import { benchSwarm, formatSwarmBench } from './swarm.js'
-import { benchChunkExchange, formatChunkExchange } from '../peer/chunk-bench.js'
-import { benchScheduler, formatSchedulerBench } from '../scheduler/bench.js'
+import { benchChunkExchange, formatChunkExchange } from './chunk-exchange.js'
+import { benchScheduler, formatSchedulerBench } from './scheduler.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
@@ -33,7 +34,7 @@ const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
 const root = process.getuid?.() === 0
-const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'swarm'].includes(name)))
+const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'cold-read', 'swarm'].includes(name)))
 
 if (want('build')) {
   const r = await benchBuild(source)
@@ -57,6 +58,13 @@ if (want('cold')) {
   const r = await benchColdStart({ ...(runs !== undefined ? { runs } : {}), ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}) })
   process.stdout.write(formatColdStart(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'cold', ...r }) + '\n')
+}
+
+if (want('cold-read')) {
+  const imageMiB = flag('--image-size')
+  const r = await benchColdRead({ ...(runs !== undefined ? { runs } : {}), ...(imageMiB !== undefined ? { imageBytes: imageMiB * (1 << 20) } : {}) })
+  process.stdout.write(formatColdRead(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'cold-read', ...r }) + '\n')
 }
 
 if (want('p2p')) {

@@ -5,7 +5,7 @@
  * Every node, its reader and the registry share this machine's cores, so at high caps the run measures CPU, not
  * the swarm: the defaults (8 nodes, 64 MiB, 4 MiB/s) keep 8 nodes under what two cores sustain.
  */
-import { runSwarm, type SwarmReport } from '../sim/swarm.js'
+import { runSwarm, type SwarmReport } from '../sim/index.js'
 
 export interface SwarmBenchOptions {
   nodes?: number

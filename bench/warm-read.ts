@@ -26,9 +26,9 @@ import { loadavg } from 'node:os'
 import { basename, join } from 'node:path'
 import { BlobCache } from '../cache/index.js'
 import { buildFromDirectory } from '../rafs/index.js'
-import { FuseNativeBackend } from '../peer/fuse-backend.js'
-import { kernelMount, type KernelDevice, type KernelMount, type KernelMountOptions } from '../peer/kernel-mount.js'
-import { MountManager } from '../peer/mounts.js'
+import {
+  FuseNativeBackend, MountManager, kernelMount, type KernelDevice, type KernelMount, type KernelMountOptions
+} from '../peer/index.js'
 import { dropCaches, fio, forceUnmountUnder, machineNotes, median, tarSeconds } from './measure.js'
 import { traceFuse, type FuseTrace } from './fuse-trace.js'
 import { mountNoopFuse } from './fuse-noop.js'

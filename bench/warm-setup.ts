@@ -5,7 +5,7 @@
 import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
-import type { FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles } from '../peer/mount-types.js'
+import type { FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles } from '../peer/index.js'
 import { run } from './measure.js'
 
 export interface WarmTree { smallFiles: number, smallBytes: number, dirs: number, bigFiles: number, bigBytes: number }
@@ -57,10 +57,10 @@ export class TimedBackend implements FuseBackend {
   async mount (mountpoint: string, files: ImageFiles, opts?: FuseMountOptions): Promise<FuseMountHandle> {
     return await this.inner.mount(mountpoint, {
       reader: files.reader,
-      read: async (nid, offset, length, buf) => {
+      read: async (nid, offset, length, buf, signal) => {
         const t = performance.now()
         try {
-          return await files.read(nid, offset, length, buf)
+          return await files.read(nid, offset, length, buf, signal)
         } finally {
           this.reads++
           this.readMs += performance.now() - t

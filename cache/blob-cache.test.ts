@@ -166,11 +166,12 @@ test("verify 'once': bytes changed on disk while closed are caught on the first 
   assert.equal(cache.isVerified(b.blob.blobId, c1.index), true)
 })
 
-test('onChunksStored hears every durably marked digest; presentDigests lists what is held', async t => {
+test("the 'stored' event hears every durably marked digest; presentDigests lists what is held", async t => {
   const dir = await tempDir(t)
   const b = await buildBlob(dir, [100_000, 50_000, 7000])
   const heard: string[] = []
-  const cache = await BlobCache.open(join(dir, 'cache'), { onChunksStored: d => { for (const x of d) heard.push(x.toString('hex')) } })
+  const cache = await BlobCache.open(join(dir, 'cache'))
+  cache.events.on('stored', d => { for (const x of d) heard.push(x.toString('hex')) })
   t.after(async () => { await cache.close() })
   await cache.registerBlob(b.blob)
   for (const c of b.chunks.slice(0, 2)) await cache.putChunk(b.blob.blobId, c, b.plain[c.index]!)

@@ -11,9 +11,11 @@
  *   marked since the last clean checkpoint. A clean `close()` fdatasyncs every data file, then writes the
  *   checkpoint (`meta!clean`, `meta!checkpoint`) with a synchronous index write.
  */
+import { EventEmitter } from 'node:events'
 import { constants as fsc } from 'node:fs'
 import { mkdir, open, rm } from 'node:fs/promises'
 import { join } from 'node:path'
+import { describeError, silentLogger, type Logger } from '../base/index.js'
 import { digestChunk, type RafsBlobInfo } from '../rafs/index.js'
 import { BlobState, alignedSize } from './blob-state.js'
 import type { BlobRecord, CacheIndex, ChunkMark, ChunkRecord, ImageRecord } from './cache-index.js'
@@ -23,14 +25,20 @@ import { Evictor } from './evictor.js'
 import { GroupCommit } from './group-commit.js'
 import { ImageStore } from './image-store.js'
 import { LevelCacheIndex } from './level-index.js'
-import { silentLogger, type Logger } from './logger.js'
 import { beginSession, checkVersion, endRecovery, findBadChunks, loadBlobState, markClean } from './session.js'
 import { DEFAULT_EVICTION_RANGE_BYTES, type BlobCacheInit, type CacheStats, type CachedChunk, type VerifyReport } from './types.js'
 
 const BLOB_ID = /^[0-9a-f]{64}$/
 
+/** What the cache tells its listeners. */
+export interface BlobCacheEvents {
+  /** digests of chunks now durably marked present (a node announces them to the swarm) */
+  stored: [digests: Buffer[]]
+}
+
 export class BlobCache {
   readonly dir: string
+  readonly events = new EventEmitter<BlobCacheEvents>()
   readonly capBytes: number | undefined
   readonly #index: CacheIndex
   readonly #log: Logger
@@ -40,7 +48,6 @@ export class BlobCache {
   readonly #evictor: Evictor
   readonly #imageStore: ImageStore
   readonly #rangeBytes: number
-  readonly #onStored: ((digests: Buffer[]) => void) | undefined
   #generation = 0
   #closed = false
   readonly #counters = { hits: 0, misses: 0, verifyFailures: 0, writeFailures: 0, recoveryChecked: 0, recoveryBad: 0 }
@@ -50,7 +57,6 @@ export class BlobCache {
     this.#index = index
     this.capBytes = init.capBytes
     this.#rangeBytes = init.evictionRangeBytes ?? DEFAULT_EVICTION_RANGE_BYTES
-    this.#onStored = init.onChunksStored
     this.#log = (init.logger ?? silentLogger).forComponent('rafspeer:cache')
     this.#imageStore = new ImageStore(index)
     this.#commits = new GroupCommit(async marks => await this.#commitMarks(marks))
@@ -92,13 +98,13 @@ export class BlobCache {
     const session = await beginSession(this.#index)
     this.#generation = session.generation
     if (session.recoverAfter !== undefined) {
-      this.#log('unclean shutdown of generation %d: re-verifying chunks marked after checkpoint %d', session.generation - 1, session.recoverAfter)
+      this.#log.warn('unclean shutdown of generation %d: re-verifying chunks marked after checkpoint %d', session.generation - 1, session.recoverAfter)
       for (const state of this.#blobs.values()) {
         const r = await this.#verifyBlob(state, session.recoverAfter)
         this.#counters.recoveryChecked += r.checked
         this.#counters.recoveryBad += r.bad
       }
-      this.#log('recovery: %d chunks checked, %d bad', this.#counters.recoveryChecked, this.#counters.recoveryBad)
+      this.#log.info('recovery: %d chunks checked, %d bad', this.#counters.recoveryChecked, this.#counters.recoveryBad)
     }
     await endRecovery(this.#index, session.generation)
   }
@@ -288,8 +294,8 @@ export class BlobCache {
     const touched = new Set(marks.map(m => m.blobId))
     const blobs = [...touched].map(id => this.#blobs.get(id)?.snapshot()).filter((r): r is BlobRecord => r !== undefined)
     await this.#index.markChunks(marks, blobs)
-    if (this.#onStored !== undefined) {
-      try { this.#onStored(marks.map(m => m.chunk.digest)) } catch (err) { this.#log.error('onChunksStored: %s', (err as Error).message) }
+    if (this.events.listenerCount('stored') > 0) {
+      try { this.events.emit('stored', marks.map(m => m.chunk.digest)) } catch (err) { this.#log.error('a listener of stored chunks failed: %s', describeError(err)) }
     }
   }
 
@@ -438,7 +444,7 @@ export class BlobCache {
     for (const s of this.#blobs.values()) {
       await s.fh.datasync().catch(err => {
         synced = false
-        this.#log.error('fdatasync %s: %s', s.path, (err as Error).message)
+        this.#log.error('fdatasync %s: %s', s.path, describeError(err))
       })
     }
     await this.#index.putBlobs([...this.#blobs.values()].map(s => s.snapshot()))

@@ -3,6 +3,8 @@
  * `RAFSPEER_ERR_CACHE_FULL` means "serve this read from the network, the cache could not keep it".
  */
 
+import { RafspeerError } from '../base/index.js'
+
 export type CacheErrorCode =
   /** the on-disk format version is unknown (newer rafspeer, or not our directory): refused, never misread */
   | 'RAFSPEER_ERR_CACHE_VERSION'
@@ -21,14 +23,7 @@ export type CacheErrorCode =
   /** any other I/O failure on the data files or the index */
   | 'RAFSPEER_ERR_CACHE_IO'
 
-export class CacheError extends Error {
-  readonly code: CacheErrorCode
-  constructor (code: CacheErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'CacheError'
-    this.code = code
-  }
-}
+export class CacheError extends RafspeerError<CacheErrorCode> {}
 
 /** errno codes that mean "the disk cannot take this write", as opposed to a bug or a vanished file */
 const FULL_ERRNOS = new Set(['ENOSPC', 'EDQUOT', 'EIO', 'EFBIG'])

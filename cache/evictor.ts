@@ -6,12 +6,15 @@
  *
  * Order per range: unmark in memory and in the index first, punch the hole after, the reverse of a put.
  * Writes to the blob wait while its range is evicted; chunks with a write in flight are skipped.
+ *
+ * Not lru-cache: its eviction is one synchronous dispose per entry when a `set` overflows, while this must run
+ * asynchronously (index writes, `fallocate`), skip pinned blobs and in-flight writes, and stop at a watermark.
  */
 import type { BlobState, RangeState } from './blob-state.js'
 import { alignedSize } from './blob-state.js'
 import type { CacheIndex, ChunkRecord } from './cache-index.js'
 import { punchHoles, type Extent } from './chunk-io.js'
-import type { Logger } from './logger.js'
+import { describeError, type Logger } from '../base/index.js'
 
 /** evict down to this share of the cap, so puts do not trigger a pass each */
 export const LOW_WATER = 0.9
@@ -34,7 +37,7 @@ export class Evictor {
   /** Starts a pass in the background when over the cap; errors are logged. */
   maybeRun (capBytes: number | undefined): void {
     if (capBytes === undefined || this.#running !== undefined || this.c.total() <= capBytes) return
-    this.run(capBytes).catch(err => this.c.log.error('eviction failed: %s', (err as Error).message))
+    this.run(capBytes).catch(err => { this.c.log.error('eviction failed: %s', describeError(err)) })
   }
 
   /** One pass (joins the running one); resolves with the number of chunks evicted. */
@@ -63,7 +66,7 @@ export class Evictor {
       if (s.pins > 0 || this.c.blobs.get(s.record.blobId) !== s) continue
       evicted += await this.#evictRange(s, r, st)
     }
-    this.c.log('eviction pass: %d chunks evicted, %d bytes present', evicted, this.c.total())
+    this.c.log.info('eviction pass: %d chunks evicted, %d bytes present', evicted, this.c.total())
     return evicted
   }
 
@@ -87,7 +90,7 @@ export class Evictor {
       // index first: a crash between the two leaves an unmarked chunk with data, never a marked hole
       await this.c.index.unmarkChunks(victims.map(c => ({ blobId: s.record.blobId, index: c.index })), [s.snapshot()])
       await punchHoles(s.path, extents).catch(err => {
-        this.c.log.error('blob %s: punching %d holes failed, space not freed: %s', s.record.blobId, extents.length, (err as Error).message)
+        this.c.log.error('blob %s: punching %d holes failed, space not freed: %s', s.record.blobId, extents.length, describeError(err))
       })
       this.evictedChunks += victims.length
       this.evictedBytes += bytes

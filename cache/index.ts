@@ -34,7 +34,7 @@
  * await cache.close()
  * ```
  */
-export { BlobCache } from './blob-cache.js'
+export { BlobCache, type BlobCacheEvents } from './blob-cache.js'
 export {
   CACHE_FORMAT_VERSION, DEFAULT_EVICTION_RANGE_BYTES, type BlobCacheInit, type CacheStats, type CachedChunk, type VerifyReport
 } from './types.js'
@@ -44,4 +44,3 @@ export {
 } from './cache-index.js'
 export { LevelCacheIndex } from './level-index.js'
 export { CacheError, type CacheErrorCode } from './errors.js'
-export type { ComponentLogger, Logger } from './logger.js'

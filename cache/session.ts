@@ -11,7 +11,7 @@ import { BlobState } from './blob-state.js'
 import { MetaKey, type BlobRecord, type CacheIndex, type ChunkRecord } from './cache-index.js'
 import { readFull } from './chunk-io.js'
 import { CacheError } from './errors.js'
-import type { Logger } from './logger.js'
+import type { Logger } from '../base/index.js'
 import { CACHE_FORMAT_VERSION, type VerifyReport } from './types.js'
 
 /** Stamps a fresh index with our version; refuses any other version, and records that carry none. */

@@ -3,7 +3,7 @@
  */
 import type { ChunkInfo } from '../rafs/index.js'
 import type { CacheIndex } from './cache-index.js'
-import type { ComponentLogger } from './logger.js'
+import type { ComponentLogger } from '../base/index.js'
 
 /** The on-disk format this code reads and writes (`meta!version`). */
 export const CACHE_FORMAT_VERSION = 1
@@ -21,8 +21,6 @@ export interface BlobCacheInit {
   logger?: ComponentLogger
   /** the index to use; default: LevelDB in `<dir>/index` */
   index?: CacheIndex
-  /** told the digests of chunks once they are durably marked present (a node announces them to the swarm) */
-  onChunksStored?: (digests: Buffer[]) => void
 }
 
 export interface VerifyReport { checked: number, bad: number, bytes: number }

@@ -7,13 +7,13 @@
 import type { Command } from 'commander'
 import type { SingleBar } from 'cli-progress'
 import type { ConvertProgress, ConvertReport } from '../convert/index.js'
-import { DEFAULT_CHUNK_SIZE, type Compressor, type Digester } from '../rafs/layout.js'
+import type { Compressor, Digester } from '../rafs/index.js'
 import { formatBytes, parseCompressor, parseDigester, parseSize, writeJson } from './util.js'
 
 interface ConvertFlags {
   platform?: string
   compressor: Compressor
-  chunkSize: number
+  chunkSize?: number
   digester: Digester
   plainHttp?: boolean
   workDir?: string
@@ -86,7 +86,7 @@ export function registerConvertCommands (program: Command): void {
     .argument('<target>', 'target image reference, e.g. 127.0.0.1:5000/app:1.0-rafs')
     .option('--platform <os/arch>', 'platform to pick from an index (default: the host\'s)')
     .option('--compressor <algo>', 'chunk compression: zstd, none, lz4_block', parseCompressor, 'zstd')
-    .option('--chunk-size <size>', 'chunk size, a power of two from 0x1000 to 0x1000000', parseSize, DEFAULT_CHUNK_SIZE)
+    .option('--chunk-size <size>', 'chunk size, a power of two from 0x1000 to 0x1000000 (default 0x100000)', parseSize)
     .option('--digester <algo>', 'chunk digest: blake3, sha256', parseDigester, 'blake3')
     .option('--plain-http', 'use plain HTTP for every registry (loopback registries use it anyway)')
     .option('--work-dir <dir>', 'where temporary blobs and bootstraps go (default: the OS temp dir)')
@@ -99,7 +99,7 @@ export function registerConvertCommands (program: Command): void {
       try {
         report = await convertImage(source, target, {
           compressor: f.compressor,
-          chunkSize: f.chunkSize,
+          ...(f.chunkSize !== undefined ? { chunkSize: f.chunkSize } : {}),
           digester: f.digester,
           plainHttp: f.plainHttp === true ? true : 'auto',
           onProgress: progress.onProgress,

@@ -13,7 +13,7 @@ import {
   buildMountRequest, clientSocket, daemonOverrides, formatMountInfo, formatStatus, parseLogLevel, parseMode, parsePrefetch,
   registerDaemonCommands, resolveSource
 } from './daemon-commands.js'
-import type { MountInfo } from '../peer/mount-types.js'
+import type { MountInfo } from '../peer/index.js'
 
 describe('daemon command arguments', () => {
   let dir: string
@@ -67,7 +67,7 @@ describe('daemon command arguments', () => {
     const program = (): { program: Command, err: string[] } => {
       const err: string[] = []
       const p = new Command('rafspeer').exitOverride().configureOutput({ writeErr: s => { err.push(s) }, writeOut: () => {} })
-      registerDaemonCommands(p, { createMounts: () => { throw new Error('not reached') } })
+      registerDaemonCommands(p)
       return { program: p, err }
     }
     const a = program()
@@ -81,7 +81,7 @@ describe('daemon command arguments', () => {
 
   it('a client command without a daemon fails with one clear line', async () => {
     const p = new Command('rafspeer').exitOverride()
-    registerDaemonCommands(p, { createMounts: () => { throw new Error('not reached') } })
+    registerDaemonCommands(p)
     await assert.rejects(p.parseAsync(['node', 'rafspeer', 'status', '--socket', join(dir, 'none.sock')]),
       (err: Error & { code?: string }) => err.code === 'RAFSPEER_ERR_NO_DAEMON' && /rafspeer daemon/.test(err.message) && !err.message.includes('\n'))
     await assert.rejects(p.parseAsync(['node', 'rafspeer', 'mount', 'reg/app:1', '/mnt', '--cache-dir', '/c', '--socket', join(dir, 'none.sock')]),

@@ -1,6 +1,6 @@
 /**
- * `daemon`, `mount`, `umount` and `status`: run the node daemon, and talk to it over its admin socket. The mount
- * logic lives in `peer/`; the daemon gets its mount service from `deps.createMounts`.
+ * `daemon`, `mount`, `umount` and `status`: run the node daemon, and talk to it over its admin socket. The node
+ * lives in `peer/` (loaded when a command runs, so `--help` stays quick).
  *
  * Where the admin socket is, for `mount`, `umount` and `status`: `--socket`, else `$RAFSPEER_SOCKET`, else the
  * `socket` of `--config FILE` (or `$RAFSPEER_CONFIG`), else /run/rafspeer/rafspeer.sock.
@@ -8,18 +8,10 @@
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { type Command, InvalidArgumentError, Option } from 'commander'
-import { AdminClient, AdminClientError } from '../peer/admin-client.js'
-import type { DaemonInfo } from '../peer/admin-api.js'
-import { runDaemon, type CreateMounts } from '../peer/daemon.js'
-import { DEFAULT_SOCKET, loadDaemonConfig, type DaemonConfigInput } from '../peer/daemon-config.js'
-import type { LogLevel } from '../peer/logger.js'
-import type { MetricsJson } from '../peer/metrics.js'
-import type { MountInfo, MountMode, MountRequest, PrefetchPolicy } from '../peer/mount-types.js'
-import { formatBytes } from './util.js'
+import { formatBytes, type LogLevel } from '../base/index.js'
+import type { DaemonConfigInput, DaemonInfo, MetricsJson, MountInfo, MountMode, MountRequest, PrefetchPolicy } from '../peer/index.js'
 
-export interface DaemonCommandDeps {
-  createMounts: CreateMounts
-}
+const peer = async (): Promise<typeof import('../peer/index.js')> => await import('../peer/index.js')
 
 const MODES: readonly MountMode[] = ['auto', 'fuse', 'kernel']
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
@@ -116,6 +108,7 @@ export async function clientSocket (f: { socket?: string, config?: string }, env
   if (f.socket !== undefined) return resolve(cwd, f.socket)
   if (env.RAFSPEER_SOCKET !== undefined && env.RAFSPEER_SOCKET !== '') return resolve(cwd, env.RAFSPEER_SOCKET)
   const path = configPath(f, env, cwd)
+  const { DEFAULT_SOCKET, loadDaemonConfig } = await peer()
   return path === undefined ? DEFAULT_SOCKET : (await loadDaemonConfig(path)).socket
 }
 
@@ -172,6 +165,7 @@ const print = (text: string): void => { process.stdout.write(text + '\n') }
 const printJson = (value: unknown): void => { print(JSON.stringify(value, null, 2)) }
 
 async function probeFree (socket: string): Promise<boolean> {
+  const { AdminClient, AdminClientError } = await peer()
   try {
     await new AdminClient(socket, { timeoutMs: 2000 }).daemon()
     return false
@@ -180,11 +174,14 @@ async function probeFree (socket: string): Promise<boolean> {
   }
 }
 
-export function registerDaemonCommands (program: Command, deps: DaemonCommandDeps): void {
+/** The default admin socket, as the help texts name it (the daemon's config schema holds the value). */
+const SOCKET_HELP = '/run/rafspeer/rafspeer.sock'
+
+export function registerDaemonCommands (program: Command): void {
   program.command('daemon')
     .description('run the node daemon: admin API on a Unix socket, mounts, blob cache, Prometheus metrics; until SIGTERM/SIGINT (then unmounts all and flushes)')
     .option('--config <file>', 'daemon config (JSON; default $RAFSPEER_CONFIG, else built-in defaults)')
-    .option('--socket <path>', `admin API socket (default ${DEFAULT_SOCKET})`)
+    .option('--socket <path>', `admin API socket (default ${SOCKET_HELP})`)
     .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer)')
     .option('--cache-dir <dir>', 'blob cache directory (default <work-dir>/cache)')
     .option('--log-level <level>', 'error, warn, info or debug (overrides the config)', parseLogLevel)
@@ -194,8 +191,9 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
     .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack (neighbours in it are preferred)')
     .action(async (f: DaemonFlags, cmd: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(cmd)
+      const { loadDaemonConfig, runDaemon } = await peer()
       const config = await loadDaemonConfig(configPath(f), daemonOverrides({ ...f, ...(logLevel !== undefined ? { logLevel } : {}) }))
-      await runDaemon(config, { createMounts: deps.createMounts })
+      await runDaemon(config)
     })
 
   program.command('mount')
@@ -215,6 +213,7 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
     .action(async (ref: string, mountpoint: string, f: MountFlags, cmd: Command) => {
       const req = buildMountRequest(ref, mountpoint, f)
       const show = (info: MountInfo): void => { f.json === true ? printJson(info) : print(formatMountInfo(info)) }
+      const { AdminClient, loadDaemonConfig, runDaemon } = await peer()
       if (f.foreground !== true) {
         for (const [flag, v] of [['--cache-dir', f.cacheDir], ['--work-dir', f.workDir]] as const) {
           if (v !== undefined) throw new Error(`${flag} applies with --foreground only (a running daemon has its own)`)
@@ -233,7 +232,7 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
       const socket = f.socket !== undefined ? resolve(f.socket)
         : await probeFree(config.socket) ? config.socket : join(config.workDir, `rafspeer-${process.pid}.sock`)
       config = await loadDaemonConfig(configPath(f), { ...overrides, socket })
-      await runDaemon(config, { createMounts: deps.createMounts }, {
+      await runDaemon(config, {}, {
         mounts: [req],
         onReady: (_daemon, [info]) => {
           if (info !== undefined) show(info)
@@ -250,6 +249,7 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
     .option('--config <file>', 'daemon config (finds the socket)')
     .action(async (mountpoint: string, f: { socket?: string, config?: string }) => {
       const mp = resolve(mountpoint)
+      const { AdminClient } = await peer()
       await new AdminClient(await clientSocket(f)).unmount(mp)
       print(`unmounted ${mp}`)
     })
@@ -260,6 +260,7 @@ export function registerDaemonCommands (program: Command, deps: DaemonCommandDep
     .option('--config <file>', 'daemon config (finds the socket)')
     .option('--json', 'JSON output: { daemon, mounts, metrics }')
     .action(async (f: { socket?: string, config?: string, json?: boolean }) => {
+      const { AdminClient } = await peer()
       const client = new AdminClient(await clientSocket(f))
       const [daemon, mounts, metrics] = await Promise.all([client.daemon(), client.mounts(), client.metricsJson()])
       if (f.json === true) printJson({ daemon, mounts, metrics })

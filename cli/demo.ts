@@ -12,8 +12,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { InvalidArgumentError, type Command } from 'commander'
-import { formatBytes } from './util.js'
-import { sha256File } from '../sim/source-tree.js'
+import { formatBytes, sha256File } from '../base/index.js'
 
 function defaultSource (): string {
   const candidates = [
@@ -58,7 +57,7 @@ export function registerDemoCommand (program: Command): void {
       if (f.offline === true) return await offlineDemo(source, f.work)
       const why = process.getuid?.() !== 0 ? 'FUSE mounts need root' : !existsSync('/dev/fuse') ? 'there is no /dev/fuse' : undefined
       if (why !== undefined) throw Object.assign(new Error(`the swarm demo cannot run here (${why}); try rafspeer demo --offline`), { code: 'RAFSPEER_ERR_DEMO' })
-      const { runSwarm, formatSwarmReport } = await import('../sim/swarm.js')
+      const { runSwarm, formatSwarmReport } = await import('../sim/index.js')
       const say = (line: string): void => { process.stdout.write(line + '\n') }
       const controller = new AbortController()
       const onSignal = (): void => { say('interrupted: stopping the peers and cleaning up'); controller.abort(new Error('interrupted')) }
@@ -82,8 +81,8 @@ export function registerDemoCommand (program: Command): void {
 async function offlineDemo (source: string, workDir: string | undefined): Promise<void> {
   const work = workDir ?? await mkdtemp(join(tmpdir(), 'rafspeer-demo-'))
   const say = (s: string): void => { process.stdout.write(s + '\n') }
-  const [{ buildImage }, { directorySource }, { checkImage }, { unpackImage }, { kernelMount, kernelModeUnavailable }] = await Promise.all([
-    import('../rafs/build.js'), import('../rafs/source-dir.js'), import('../rafs/check.js'), import('../rafs/unpack.js'), import('../peer/kernel-mount.js')
+  const [{ buildImage, directorySource, checkImage, unpackImage }, { kernelMount, kernelModeUnavailable }] = await Promise.all([
+    import('../rafs/index.js'), import('../peer/index.js')
   ])
   try {
     say(`1. build: ${source}`)

@@ -4,9 +4,6 @@
  * Vocabulary follows nydus-image (build/create, merge, check, inspect, unpack; -B/-D/-J) so Nydus users feel at home.
  */
 import '../polyfill.js'
-import { existsSync, readFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
 import { registerRafsCommands } from './rafs-commands.js'
 import { registerDemoCommand } from './demo.js'
@@ -16,15 +13,7 @@ import { registerDaemonCommands } from './daemon-commands.js'
 import { registerSchedulerCommand } from './scheduler-command.js'
 import { registerSimCommand } from './sim-command.js'
 import { reportError } from './util.js'
-
-/** The package version, from the package.json above this file (the same code runs from dist/ and from sources). */
-function packageVersion (): string {
-  for (let dir = dirname(fileURLToPath(import.meta.url)); dir !== dirname(dir); dir = dirname(dir)) {
-    const p = join(dir, 'package.json')
-    if (existsSync(p)) return (JSON.parse(readFileSync(p, 'utf8')) as { version: string }).version
-  }
-  return '0.0.0'
-}
+import { packageVersion } from '../base/index.js'
 
 export function createProgram (): Command {
   const program = new Command('rafspeer')
@@ -37,8 +26,7 @@ export function createProgram (): Command {
   registerDemoCommand(program)
   registerRegistryCommand(program)
   registerConvertCommands(program)
-  // the mount service (FUSE binding, fetcher, cache) loads only when a daemon starts
-  registerDaemonCommands(program, { createMounts: async (cache, config, logger) => (await import('./node-wiring.js')).createMounts(cache, config, logger) })
+  registerDaemonCommands(program)
   registerSchedulerCommand(program)
   registerSimCommand(program)
   return program

@@ -5,7 +5,6 @@
 import { createReadStream } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { Command, Option } from 'commander'
-import { DEFAULT_CHUNK_SIZE } from '../rafs/layout.js'
 import { parseSize, parseCompressor, parseDigester, writeJson, formatBytes } from './util.js'
 import { runImageCheck } from './convert-commands.js'
 
@@ -15,7 +14,7 @@ interface BuildFlags {
   type: 'dir-rafs' | 'tar-rafs' | 'targz-rafs'
   compressor: ReturnType<typeof parseCompressor>
   digester: ReturnType<typeof parseDigester>
-  chunkSize: number
+  chunkSize?: number
   blobCacheDir?: string
   outputJson?: string
   prefetchFiles?: string
@@ -42,21 +41,21 @@ export function registerRafsCommands (program: Command): void {
     .addOption(new Option('-t, --type <type>', 'source type').choices(['dir-rafs', 'tar-rafs', 'targz-rafs']).default('dir-rafs'))
     .option('--compressor <algo>', 'chunk compression: zstd, none, lz4_block', parseCompressor, 'zstd')
     .option('--digester <algo>', 'chunk digest: blake3, sha256', parseDigester, 'blake3')
-    .option('--chunk-size <size>', 'chunk size, a power of two from 0x1000 to 0x1000000', parseSize, DEFAULT_CHUNK_SIZE)
+    .option('--chunk-size <size>', 'chunk size, a power of two from 0x1000 to 0x1000000 (default 0x100000)', parseSize)
     .option('--blob-cache-dir <dir>', 'also write the uncompressed views <blob-id>.blob.data (kernel-mountable devices)')
     .option('--prefetch-files <file>', "newline-separated absolute paths to prefetch ('-' for stdin)")
     .option('-J, --output-json <file>', 'write a JSON report of the build')
     .option('--json', 'print the JSON report on stdout instead of text')
     .action(async (source: string, f: BuildFlags) => {
-      const { buildImage } = await import('../rafs/build.js')
+      const { buildImage, directorySource, tarSource } = await import('../rafs/index.js')
       let src
       if (f.type === 'dir-rafs') {
         const st = await stat(source).catch((err: Error) => { throw new Error(`source ${source}: ${err.message}`) })
         if (!st.isDirectory()) throw new Error(`source ${source} is not a directory (use --type tar-rafs or targz-rafs for tar files)`)
-        src = (await import('../rafs/source-dir.js')).directorySource(source)
+        src = directorySource(source)
       } else {
         const input = source === '-' ? process.stdin : createReadStream(source)
-        src = (await import('../rafs/source-tar.js')).tarSource(input, { gzip: f.type === 'targz-rafs' ? true : 'auto' })
+        src = tarSource(input, { gzip: f.type === 'targz-rafs' ? true : 'auto' })
       }
       const prefetchFiles = f.prefetchFiles !== undefined ? await readPrefetchList(f.prefetchFiles) : undefined
       const res = await buildImage(src, {
@@ -65,7 +64,7 @@ export function registerRafsCommands (program: Command): void {
         blobCacheDir: f.blobCacheDir,
         compressor: f.compressor,
         digester: f.digester,
-        chunkSize: f.chunkSize,
+        ...(f.chunkSize !== undefined ? { chunkSize: f.chunkSize } : {}),
         prefetchFiles
       })
       const report = {
@@ -74,7 +73,7 @@ export function registerRafsCommands (program: Command): void {
         bootstrap: res.bootstrap,
         compressor: f.compressor,
         digester: f.digester,
-        chunk_size: '0x' + f.chunkSize.toString(16),
+        chunk_size: '0x' + res.image.chunkSize.toString(16),
         blobs: res.blobs.map((b) => b.blobId),
         blob_details: res.blobs,
         stats: res.stats
@@ -96,7 +95,7 @@ export function registerRafsCommands (program: Command): void {
     .requiredOption('-B, --bootstrap <file>', 'where to write the merged bootstrap')
     .option('-J, --output-json <file>', 'write a JSON report')
     .action(async (layers: string[], f: { bootstrap: string, outputJson?: string }) => {
-      const { mergeBootstraps } = await import('../rafs/merge.js')
+      const { mergeBootstraps } = await import('../rafs/index.js')
       const res = await mergeBootstraps(layers, f.bootstrap)
       await writeJson(f.outputJson, { bootstrap: f.bootstrap, layers, blobs: res.blobs })
       process.stdout.write(`bootstrap: ${f.bootstrap}\n${res.blobs.map((b, i) => `blob ${i}: ${b}`).join('\n')}\n`)
@@ -120,7 +119,7 @@ export function registerRafsCommands (program: Command): void {
         return
       }
       if (bootstrap === undefined) throw new Error('check needs a BOOTSTRAP file or --image REF')
-      const { checkImage } = await import('../rafs/check.js')
+      const { checkImage } = await import('../rafs/index.js')
       const report = await checkImage(bootstrap, { blobDir: f.blobDir, blobCacheDir: f.blobCacheDir })
       await writeJson(f.outputJson, report)
       if (f.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
@@ -142,7 +141,7 @@ export function registerRafsCommands (program: Command): void {
     .option('--tree', 'list every inode with its chunks')
     .option('--json', 'JSON output')
     .action(async (bootstrap: string, f: { tree?: boolean, json?: boolean }) => {
-      const { inspectBootstrap, formatInspect } = await import('../rafs/inspect.js')
+      const { inspectBootstrap, formatInspect } = await import('../rafs/index.js')
       const report = await inspectBootstrap(bootstrap, { tree: f.tree === true })
       process.stdout.write((f.json === true ? JSON.stringify(report, null, 2) : formatInspect(report)) + '\n')
     })
@@ -155,7 +154,7 @@ export function registerRafsCommands (program: Command): void {
     .requiredOption('-o, --output <path>', 'target directory, or FILE.tar')
     .option('-J, --output-json <file>', 'write a JSON report')
     .action(async (bootstrap: string, f: { blobDir?: string, blobCacheDir?: string, output: string, outputJson?: string }) => {
-      const { unpackImage } = await import('../rafs/unpack.js')
+      const { unpackImage } = await import('../rafs/index.js')
       const res = await unpackImage(bootstrap, f.output, { blobDir: f.blobDir, blobCacheDir: f.blobCacheDir })
       await writeJson(f.outputJson, res)
       for (const w of res.warnings) process.stderr.write(`warning: ${w}\n`)

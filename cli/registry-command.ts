@@ -1,5 +1,6 @@
 /** `rafspeer registry`: the embedded OCI distribution server, for demos, the simulator and local work (imported when it runs). */
 import type { Command } from 'commander'
+import { parseHostPort } from '../base/index.js'
 import { parseSize } from './util.js'
 
 export function registerRegistryCommand (program: Command): void {
@@ -11,10 +12,9 @@ export function registerRegistryCommand (program: Command): void {
     .option('--user <user:password>', 'require HTTP Basic credentials')
     .option('--token-auth', 'with --user: act as a Bearer token issuer at /token instead of plain Basic')
     .action(async (f: { root: string, listen: string, bandwidthLimit?: number, user?: string, tokenAuth?: boolean }) => {
-      const at = f.listen.lastIndexOf(':')
-      const host = at > 0 ? f.listen.slice(0, at).replace(/^\[|\]$/g, '') : '127.0.0.1'
-      const port = Number(at >= 0 ? f.listen.slice(at + 1) : f.listen)
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--listen ${f.listen}: not a host:port`)
+      const hp = parseHostPort(f.listen)
+      if (hp === undefined) throw new Error(`--listen ${f.listen}: not a host:port`)
+      const { host, port } = hp
       let auth
       if (f.user !== undefined) {
         const i = f.user.indexOf(':')
@@ -22,7 +22,7 @@ export function registerRegistryCommand (program: Command): void {
         const cred = { user: f.user.slice(0, i), password: f.user.slice(i + 1) }
         auth = f.tokenAuth === true ? { bearer: cred } : { basic: cred }
       }
-      const { startRegistryServer } = await import('../registry/server.js')
+      const { startRegistryServer } = await import('../registry/index.js')
       const server = await startRegistryServer({ root: f.root, host, port, auth, bandwidthLimit: f.bandwidthLimit })
       process.stdout.write(`registry listening on ${server.url} (storage ${f.root})\n`)
       await new Promise<void>((resolve) => {

@@ -1,6 +1,6 @@
 /** `rafspeer scheduler`: the standalone scheduler (who holds which chunk) as a libp2p service; libp2p loads only when it runs. */
 import type { Command } from 'commander'
-import { createLogger } from '../peer/logger.js'
+import { createLogger } from '../base/index.js'
 import { parseLogLevel } from './daemon-commands.js'
 
 const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/8002'

@@ -4,7 +4,7 @@
  * The swarm module loads only when the command runs.
  */
 import { InvalidArgumentError, type Command } from 'commander'
-import { parseByteSize } from '../peer/daemon-config.js'
+import { parseByteSize } from '../base/index.js'
 
 interface SimFlags {
   nodes: number
@@ -52,7 +52,7 @@ export function registerSimCommand (program: Command): void {
     .option('--keep', 'keep the run directory (images, caches, logs)')
     .option('--json', 'print the report as one JSON object')
     .action(async (f: SimFlags) => {
-      const { runSwarm, formatSwarmReport } = await import('../sim/swarm.js')
+      const { runSwarm, formatSwarmReport } = await import('../sim/index.js')
       const controller = new AbortController()
       const onSignal = (): void => { controller.abort(new Error('interrupted: stopping the swarm')) }
       process.once('SIGINT', onSignal)

@@ -1,22 +1,29 @@
 /** Small CLI plumbing shared by the commands: option parsers, JSON output, error reporting. */
 import { writeFile } from 'node:fs/promises'
 import { InvalidArgumentError } from 'commander'
-import { CompressorCode, DigesterCode, type Compressor, type Digester } from '../rafs/layout.js'
+import { parseByteSize } from '../base/index.js'
+import type { Compressor, Digester } from '../rafs/index.js'
 
-/** Parses a size given in decimal or 0x-hex (nydus-image writes chunk sizes as 0x100000). */
+export { formatBytes } from '../base/index.js'
+
+// every choice the format has, checked against its types (gzip chunks are Nydus's legacy: never written)
+const COMPRESSORS: Record<Exclude<Compressor, 'gzip'>, true> = { zstd: true, none: true, lz4_block: true }
+const DIGESTERS: Record<Digester, true> = { blake3: true, sha256: true }
+
+/** Parses a size: decimal, 0x-hex (nydus-image writes chunk sizes as 0x100000) or with a unit (`1MiB`). */
 export function parseSize (value: string): number {
-  const n = /^0x[0-9a-f]+$/i.test(value) ? parseInt(value.slice(2), 16) : /^\d+$/.test(value) ? parseInt(value, 10) : NaN
-  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`'${value}' is not a number (decimal or 0x-hex)`)
+  const n = parseByteSize(value)
+  if (n === undefined) throw new InvalidArgumentError(`'${value}' is not a number (decimal or 0x-hex)`)
   return n
 }
 
 export function parseCompressor (value: string): Compressor {
-  if (value === 'gzip' || !(value in CompressorCode)) throw new InvalidArgumentError(`compressor must be one of zstd, none, lz4_block (got '${value}')`)
+  if (!Object.hasOwn(COMPRESSORS, value)) throw new InvalidArgumentError(`compressor must be one of ${Object.keys(COMPRESSORS).join(', ')} (got '${value}')`)
   return value as Compressor
 }
 
 export function parseDigester (value: string): Digester {
-  if (!(value in DigesterCode)) throw new InvalidArgumentError(`digester must be blake3 or sha256 (got '${value}')`)
+  if (!Object.hasOwn(DIGESTERS, value)) throw new InvalidArgumentError(`digester must be blake3 or sha256 (got '${value}')`)
   return value as Digester
 }
 
@@ -32,12 +39,4 @@ export function reportError (err: unknown): number {
   process.stderr.write(`rafspeer: error: ${e?.message ?? String(err)}${code}\n`)
   if (process.env.RAFSPEER_DEBUG === '1' && e?.stack !== undefined) process.stderr.write(e.stack + '\n')
   return 1
-}
-
-export function formatBytes (n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let i = 0
-  let v = n
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
 }

@@ -13,16 +13,15 @@ import { buildImage, mergeLayers, tarSource, writeBootstrap, type RafsImage, typ
 import {
   RegistryClient, isIndex, parseReference, type Descriptor, type ImageManifest, type ImageReference
 } from '../registry/index.js'
-import { readJsonBlob, defaultPlatform } from './source-image.js'
-import { writeBootstrapLayer } from './bootstrap-layer.js'
+import { readJsonBlob } from './source-image.js'
 import { ConvertError } from './errors.js'
 import { layerCompression, openLayer } from './layer-stream.js'
 import {
-  NydusMediaTypes, findBootstrapLayer, jsonBytes, nydusConfig, nydusManifest, sha256Digest,
+  NydusMediaTypes, defaultPlatform, findBootstrapLayer, jsonBytes, nydusConfig, nydusManifest, sha256Digest, writeBootstrapLayer,
   type BlobLayer, type SourceConfig
-} from './nydus-layout.js'
+} from '../image/index.js'
 import { confirmPushed, pushItem, type PushContext, type PushItem, type PushOutcome } from './push.js'
-import type { ConvertOptions, ConvertProgress, ConvertReport, LayerReport } from './index.js'
+import type { ConvertOptions, ConvertProgress, ConvertReport, LayerReport } from './types.js'
 
 interface BuiltLayer {
   image: RafsImage

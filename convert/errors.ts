@@ -1,4 +1,6 @@
 /** Convert and image-check failures: one class, a stable `code`, and the cause kept for callers that branch on it. */
+import { RafspeerError } from '../base/index.js'
+
 
 export type ConvertErrorCode =
   /** a source layer whose media type convert cannot read (names the type and the layer digest) */
@@ -12,11 +14,4 @@ export type ConvertErrorCode =
   /** the image given to check --image is not a RAFS / Nydus image */
   | 'RAFSPEER_ERR_NOT_NYDUS'
 
-export class ConvertError extends Error {
-  readonly code: ConvertErrorCode
-  constructor (code: ConvertErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'ConvertError'
-    this.code = code
-  }
-}
+export class ConvertError extends RafspeerError<ConvertErrorCode> {}

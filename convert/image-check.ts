@@ -9,13 +9,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { checkImage, RafsReader, walk, type ChunkInfo, type RafsImage } from '../rafs/index.js'
 import { MediaTypes, RegistryClient, isIndex, parseReference, type ImageManifest, type ImageReference } from '../registry/index.js'
-import { extractBootstrap } from './bootstrap-layer.js'
 import { ConvertError } from './errors.js'
-import { NydusAnnotations, NydusMediaTypes, findBootstrapLayer, type SourceConfig } from './nydus-layout.js'
+import { NydusAnnotations, NydusMediaTypes, defaultPlatform, extractBootstrap, findBootstrapLayer, type SourceConfig } from '../image/index.js'
 import { compareCi, readRemoteTail, registryByteSource, verifyChunksStreaming, type Report } from './remote-blob.js'
-import { defaultPlatform, readJsonBlob } from './source-image.js'
+import { readJsonBlob } from './source-image.js'
 import { compareTrees, expectedTree } from './tree-compare.js'
-import type { CheckImageOptions, CheckImageReport, CheckedBlob } from './index.js'
+import type { CheckImageOptions, CheckImageReport, CheckedBlob } from './types.js'
 
 const MAX_MESSAGES = 1000
 const msg = (err: unknown): string => err instanceof Error ? err.message : String(err)

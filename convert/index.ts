@@ -2,7 +2,7 @@
  * @packageDocumentation
  * OCI image ⇄ RAFS (Nydus) image in a registry. {@link convertImage} streams every layer of an OCI image from a
  * registry into RAFS data blobs (one per layer), merges the layers into one bootstrap and pushes the result in the
- * Nydus layout (`../shared/rafs-v6-format.md` §17), manifest last. {@link checkRemoteImage} verifies such an image
+ * Nydus layout (`docs/FORMAT.md` §17), manifest last. {@link checkRemoteImage} verifies such an image
  * in place (manifest → bootstrap → every blob's ToC, ci array and chunk digests → config) and, given the source
  * image, compares the two trees file by file.
  *
@@ -16,123 +16,13 @@
  * if (!check.ok) console.error(check.errors.join('\n'))
  * ```
  */
-import type { Compressor, Digester } from '../rafs/index.js'
-import type { Descriptor, RegistryClient } from '../registry/index.js'
-import type { PushOutcome } from './push.js'
-
 export { convertImage } from './convert.js'
 export { checkRemoteImage } from './image-check.js'
 export { publishDirectory, type PublishOptions, type PublishResult } from './publish.js'
 export { ConvertError, type ConvertErrorCode } from './errors.js'
-export { writeBootstrapLayer, extractBootstrap, BOOTSTRAP_LAYER_MTIME } from './bootstrap-layer.js'
-export {
-  NydusMediaTypes, NydusAnnotations, BOOTSTRAP_HISTORY, nydusConfig, nydusManifest, findBootstrapLayer,
-  type BlobLayer, type BootstrapLayer, type SourceConfig, type HistoryEntry
-} from './nydus-layout.js'
 export { layerCompression, type LayerCompression } from './layer-stream.js'
-export { defaultPlatform } from './source-image.js'
 export type { PushOutcome } from './push.js'
 
-export interface ConvertOptions {
-  /** `os/arch[/variant]` chosen from an index; default the host's (`linux/amd64` on x86-64) */
-  platform?: string
-  /** chunk compression of the data blobs (default zstd) */
-  compressor?: Compressor
-  /** default 0x100000 (1 MiB) */
-  chunkSize?: number
-  /** chunk digest (default blake3) */
-  digester?: Digester
-  /** used when no `client` is given: plain HTTP always, never, or for loopback registries (default 'auto') */
-  plainHttp?: boolean | 'auto'
-  /** parent of the temporary work directory (blobs and bootstraps while converting); default the OS temp dir */
-  workDir?: string
-  onProgress?: (ev: ConvertProgress) => void
-  /** a configured client (credentials, CA); otherwise one is made from `plainHttp` */
-  client?: RegistryClient
-  signal?: AbortSignal
-}
-
-/** What convert reports while it works, for progress bars and logs. */
-export type ConvertProgress =
-  | { type: 'manifest', digest: string, layers: Array<{ digest: string, size: number, mediaType: string }> }
-  | {
-    type: 'layer'
-    phase: 'start' | 'progress' | 'done'
-    index: number
-    /** the source layer */
-    digest: string
-    /** compressed size of the source layer */
-    size: number
-    /** compressed bytes downloaded so far */
-    downloaded: number
-    /** chunks written so far (references while running; distinct chunks of the blob when done) */
-    chunks: number
-    blobId?: string
-  }
-  | { type: 'merged', blobs: number, bootstrapSize: number }
-  | { type: 'push', phase: 'start' | 'done', label: string, digest: string, size: number, outcome?: PushOutcome }
-  | { type: 'pushed', digest: string }
-
-export interface LayerReport {
-  /** the source layer digest */
-  sourceDigest: string
-  /** the source layer size */
-  size: number
-  /** distinct chunks of the layer's data blob */
-  chunks: number
-  /** the data blob this layer became; absent for a layer without file data */
-  blobId?: string
-  blobSize?: number
-  /** true when the target already had the blob (or got it by a mount): nothing was uploaded */
-  skippedPush: boolean
-  push?: PushOutcome
-}
-
-export interface ConvertReport {
-  source: string
-  target: string
-  /** the source manifest (the platform's manifest, not the index) */
-  sourceDigest: string
-  /** the pushed manifest */
-  targetDigest: string
-  layers: LayerReport[]
-  bootstrap: { digest: string, size: number, diffId: string, push: PushOutcome }
-  config: { digest: string, size: number }
-  elapsedMs: number
-}
-
-export interface CheckImageOptions {
-  /** the OCI image it was converted from: compare the two trees file by file */
-  source?: string
-  platform?: string
-  plainHttp?: boolean | 'auto'
-  client?: RegistryClient
-  /** parent of the temporary work directory; default the OS temp dir */
-  workDir?: string
-  signal?: AbortSignal
-}
-
-export interface CheckedBlob {
-  blobId: string
-  /** position in the bootstrap's blob table */
-  index: number
-  size: number
-  chunkCount: number
-  /** listed in the manifest with the right digest, size and media type */
-  inManifest: boolean
-  /** ToC, blob.meta header and ci array read and consistent with the blob table */
-  tailOk: boolean
-  chunksVerified: number
-}
-
-export interface CheckImageReport {
-  ok: boolean
-  errors: string[]
-  warnings: string[]
-  reference: string
-  manifest: { digest: string, mediaType: string, layers: Descriptor[] }
-  bootstrap?: { digest: string, size: number, inodes: number, chunkSize: number, compressor: string, digester: string }
-  blobs: CheckedBlob[]
-  /** with `source`: entries compared and every difference found (one line each) */
-  compared?: { entries: number, differences: string[] }
-}
+export type {
+  ConvertOptions, ConvertProgress, LayerReport, ConvertReport, CheckImageOptions, CheckedBlob, CheckImageReport
+} from './types.js'

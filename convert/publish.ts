@@ -12,8 +12,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { buildFromDirectory } from '../rafs/index.js'
 import { parseReference, type RegistryClient } from '../registry/index.js'
-import { writeBootstrapLayer } from './bootstrap-layer.js'
-import { NydusMediaTypes, jsonBytes, nydusConfig, nydusManifest, sha256Digest } from './nydus-layout.js'
+import { NydusMediaTypes, jsonBytes, nydusConfig, nydusManifest, sha256Digest, writeBootstrapLayer } from '../image/index.js'
 import { confirmPushed, pushItem, type PushContext, type PushItem } from './push.js'
 
 export interface PublishOptions {

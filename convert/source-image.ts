@@ -1,16 +1,9 @@
-/** Small reads of a source or converted image: the default platform and JSON blobs (configs), size-capped and verified. */
+/** Small reads of a source or converted image: JSON blobs (configs), size-capped and verified. */
 import type { Descriptor, ImageReference, RegistryClient } from '../registry/index.js'
 import { ConvertError } from './errors.js'
 
 /** Configs are small; a larger "config" is refused rather than read into memory. */
 export const MAX_CONFIG_BYTES = 8 << 20
-
-const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' }
-
-/** The host's platform in OCI terms (`linux/amd64` on x86-64 Linux), used when no platform is asked. */
-export function defaultPlatform (): string {
-  return `linux/${ARCH[process.arch] ?? 'amd64'}`
-}
 
 /** Reads a JSON blob (digest-verified by the client) of at most MAX_CONFIG_BYTES. */
 export async function readJsonBlob (client: RegistryClient, repo: ImageReference, d: Descriptor, call: { signal?: AbortSignal }): Promise<unknown> {

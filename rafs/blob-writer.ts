@@ -21,6 +21,7 @@ import {
 } from './layout.js'
 import type { ChunkInfo, RafsBlobInfo } from './model.js'
 import type { ChunkSink } from './source.js'
+import { RafspeerError } from '../base/index.js'
 
 /** Largest compressed offset a v1 ci entry can hold (40 bits). */
 const MAX_COMPRESSED_OFFSET = 2 ** 40
@@ -28,13 +29,7 @@ const MAX_COMPRESSED_OFFSET = 2 ** 40
 const MAX_UNCOMPRESSED_OFFSET = 2 ** 44
 const WRITE_BUFFER_SIZE = 8 << 20
 
-export class BlobWriteError extends Error {
-  readonly code = 'RAFSPEER_ERR_BLOB_WRITE'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'BlobWriteError'
-  }
-}
+export class BlobWriteError extends RafspeerError.coded('RAFSPEER_ERR_BLOB_WRITE') {}
 
 export interface BlobWriterInit {
   blobDir: string

@@ -1,5 +1,5 @@
 /**
- * Writes a RafsImage as a RAFS v6 bootstrap (../shared/rafs-v6-format.md §2–§12, §18), laid out as nydus-image
+ * Writes a RafsImage as a RAFS v6 bootstrap (docs/FORMAT.md §2–§12, §18), laid out as nydus-image
  * does: SB, ext, device slots, blob table, optional prefetch table, inodes from nid 128 on (root first,
  * breadth-first), full dir/symlink data blocks, then the chunk-info table.
  *

@@ -1,6 +1,6 @@
 /**
  * Builds a single-layer RAFS v6 image: runs a tree source into one data blob, then writes the bootstrap
- * (../shared/rafs-v6-format.md §18). On failure nothing half-built stays behind under a real name.
+ * (docs/FORMAT.md §18). On failure nothing half-built stays behind under a real name.
  *
  * @example
  * ```ts
@@ -17,14 +17,9 @@ import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, type Compressor, ty
 import { nameKey, walk, type RafsImage, type RafsInode } from './model.js'
 import { directorySource } from './source-dir.js'
 import type { TreeSource } from './source.js'
+import { RafspeerError } from '../base/index.js'
 
-export class BuildError extends Error {
-  readonly code = 'RAFSPEER_ERR_BUILD'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'BuildError'
-  }
-}
+export class BuildError extends RafspeerError.coded('RAFSPEER_ERR_BUILD') {}
 
 export interface BuildOptions {
   bootstrap: string

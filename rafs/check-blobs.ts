@@ -2,8 +2,6 @@
  * The blob half of `checkImage`: each blob file's name, tail and every chunk; or each `.blob.data` view's
  * referenced chunks. Blob problems are findings, never exceptions, so one bad blob does not hide another.
  */
-import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { ChunkInfo } from './model.js'
@@ -11,17 +9,12 @@ import type { RafsReader } from './reader.js'
 import { BlobDataReader, fileByteSource, readBlobTail } from './blob-reader.js'
 import type { BlobTail } from './blob-reader.js'
 import type { CheckBlobReport, Findings } from './check.js'
+import { sha256File } from '../base/index.js'
 
 const msg = (err: unknown): string => err instanceof Error ? err.message : String(err)
 
 async function exists (path: string): Promise<boolean> {
   try { return (await stat(path)).isFile() } catch { return false }
-}
-
-async function sha256File (path: string): Promise<string> {
-  const h = createHash('sha256')
-  for await (const piece of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) h.update(piece as Buffer)
-  return h.digest('hex')
 }
 
 export async function checkBlobs (r: RafsReader, f: Findings, reports: CheckBlobReport[], referenced: Map<string, ChunkInfo>,

@@ -15,7 +15,10 @@
 export type { RafsImage, RafsInode, RafsBlobInfo, ChunkInfo, FileType } from './model.js'
 export { newInode, walk, nameKey, nameBytes, displayName } from './model.js'
 export type { ChunkSink, TreeSource } from './source.js'
-export { RafsFormatError, DEFAULT_CHUNK_SIZE, type Compressor, type Digester } from './layout.js'
+export {
+  RafsFormatError, DEFAULT_CHUNK_SIZE, CompressorCode, DigesterCode, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, decodeSuperBlock,
+  type Compressor, type Digester, type SuperBlock
+} from './layout.js'
 export { digestChunk, compressChunk, decompressChunk } from './codec.js'
 export { buildImage, buildFromDirectory, BuildError, type BuildOptions, type BuildResult } from './build.js'
 export { BlobWriter } from './blob-writer.js'
@@ -28,3 +31,4 @@ export { checkImage, type CheckReport } from './check.js'
 export { mergeLayers, mergeBootstraps, MergeError } from './merge.js'
 export { inspectBootstrap, formatInspect, type InspectReport } from './inspect.js'
 export { unpackImage, UnpackError, type UnpackResult } from './unpack.js'
+export { TarWriter, type TarEntry, type TarEntryType } from './tar-writer.js'

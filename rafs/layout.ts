@@ -2,8 +2,10 @@
  * RAFS v6 byte layouts, declared once. The bootstrap writer, the reader, the checker and the blob tools all
  * encode and decode through this file, so an offset can only be wrong in one place.
  *
- * Reference: ../shared/rafs-v6-format.md (section numbers in the comments below). All integers little-endian.
+ * Reference: docs/FORMAT.md (section numbers in the comments below). All integers little-endian.
  */
+
+import { RafspeerError } from '../base/index.js'
 
 export const BLOCK_SIZE = 4096
 export const BLOCK_BITS = 12
@@ -132,13 +134,7 @@ export function roundUp (x: number, a: number): number {
 }
 
 /** Thrown for any bootstrap or blob that breaks a layout rule. `code` is stable; `message` names the fault. */
-export class RafsFormatError extends Error {
-  readonly code = 'RAFSPEER_ERR_BAD_FORMAT'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'RafsFormatError'
-  }
-}
+export class RafsFormatError extends RafspeerError.coded('RAFSPEER_ERR_BAD_FORMAT') {}
 
 /** Read a u64 as a JS number, refusing values past 2^53 (no honest image has them). */
 export function readU64 (buf: Buffer, off: number, what: string): number {

@@ -13,14 +13,9 @@ import type { ChunkInfo, RafsBlobInfo, RafsImage, RafsInode } from './model.js'
 import { nameKey, walk } from './model.js'
 import { RafsReader } from './reader.js'
 import { writeBootstrap } from './bootstrap-writer.js'
+import { RafspeerError } from '../base/index.js'
 
-export class MergeError extends Error {
-  readonly code = 'RAFSPEER_ERR_MERGE'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'MergeError'
-  }
-}
+export class MergeError extends RafspeerError.coded('RAFSPEER_ERR_MERGE') {}
 
 const WHITEOUT_PREFIX = nameKey('.wh.')
 const OPAQUE = nameKey('.wh..wh..opq')

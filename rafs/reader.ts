@@ -22,6 +22,7 @@ import { decodeHeaderStrict } from './reader-header.js'
 import { dirBlockLength, isDot, isDotDot, parseDirBlock } from './reader-dir.js'
 import type { RawDirent } from './reader-dir.js'
 import { buildImage } from './reader-image.js'
+import { RafspeerError } from '../base/index.js'
 
 /** Bootstraps are metadata; anything bigger is not one we should hold in memory. */
 export const MAX_BOOTSTRAP_SIZE = 1024 * 1024 * 1024
@@ -54,10 +55,10 @@ export interface ChunkSlot { blobIndex: number, ciIndex: number, blkaddr: number
 export interface MappedPiece { chunk: ChunkInfo, chunkOffset: number, length: number, fileOffset: number }
 
 /** A path lookup that found nothing (ENOENT) or walked through a non-directory (ENOTDIR). */
-export class RafsLookupError extends Error {
-  constructor (readonly code: 'ENOENT' | 'ENOTDIR', path: string) {
-    super(`${code}: ${path}`)
-    this.name = 'RafsLookupError'
+/** A path that does not resolve in the image (the code is the errno a file system would answer). */
+export class RafsLookupError extends RafspeerError<'ENOENT' | 'ENOTDIR'> {
+  constructor (code: 'ENOENT' | 'ENOTDIR', path: string) {
+    super(code, `${code}: ${path}`)
   }
 }
 

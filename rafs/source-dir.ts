@@ -14,6 +14,7 @@ import { getAttribute, listAttributes } from '@napi-rs/xattr'
 import { splitXattrName } from './layout.js'
 import { fileTypeOfMode, nameKey, newInode, type RafsInode } from './model.js'
 import type { ChunkSink, TreeSource } from './source.js'
+import { RafspeerError } from '../base/index.js'
 
 const debug = debuglog('rafspeer:source-dir')
 const NS_PER_SEC = 1_000_000_000n
@@ -48,13 +49,7 @@ async function mapLimit<T, R> (items: T[], limit: number, fn: (item: T) => Promi
   return out
 }
 
-export class SourceError extends Error {
-  readonly code = 'RAFSPEER_ERR_SOURCE'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'SourceError'
-  }
-}
+export class SourceError extends RafspeerError.coded('RAFSPEER_ERR_SOURCE') {}
 
 export interface DirectorySourceOptions {
   /** read extended attributes (default true) */

@@ -17,14 +17,9 @@ import tar from 'tar-stream'
 import { splitXattrName, MAX_NAME_LEN } from './layout.js'
 import { newInode, type FileType, type RafsInode } from './model.js'
 import type { ChunkSink, TreeSource } from './source.js'
+import { RafspeerError } from '../base/index.js'
 
-export class TarError extends Error {
-  readonly code = 'RAFSPEER_ERR_BAD_TAR'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'TarError'
-  }
-}
+export class TarError extends RafspeerError.coded('RAFSPEER_ERR_BAD_TAR') {}
 
 export interface TarSourceOptions {
   /** 'auto' (default) sniffs the gzip magic 1f 8b */

@@ -14,6 +14,7 @@ import { nameBytes } from './model.js'
 import { RafsReader } from './reader.js'
 import { BlobDataReader } from './blob-reader.js'
 import { TarWriter, type TarEntryType } from './tar-writer.js'
+import { RafspeerError } from '../base/index.js'
 
 const run = promisify(execFile)
 
@@ -37,13 +38,7 @@ export interface UnpackResult {
   warnings: string[]
 }
 
-export class UnpackError extends Error {
-  readonly code = 'RAFSPEER_ERR_UNPACK'
-  constructor (message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'UnpackError'
-  }
-}
+export class UnpackError extends RafspeerError.coded('RAFSPEER_ERR_UNPACK') {}
 
 /** Reads file data of an image, chunk by chunk, from whichever blob file or view is present. */
 class ChunkStore {

@@ -8,7 +8,8 @@ import { Readable } from 'node:stream'
 import { DigestMismatchError, RegistryRangeError, RegistryTooLargeError, RegistryTruncatedError, type RegistryErrorContext } from './errors.js'
 import { repositoryScope } from './auth.js'
 import { digestAlgorithm } from './reference.js'
-import { discard, header, isRetryableNetworkError, sleep, type Response, type TrafficCounters, type Transport } from './transport.js'
+import { RafspeerError, delay } from '../base/index.js'
+import { discard, header, isRetryableNetworkError, type Response, type TrafficCounters, type Transport } from './transport.js'
 
 /** A blob being downloaded. `size` is known when the registry sent a length. */
 export type BlobStream = Readable & { readonly size: number | undefined, readonly digest: string }
@@ -26,7 +27,9 @@ export function parseContentRange (value: string | undefined): ContentRange | un
 }
 
 /** The body ended cleanly but short of its announced length: resumable like a reset. */
-class EarlyEnd extends Error {}
+class EarlyEnd extends RafspeerError<'RAFSPEER_ERR_REGISTRY_TRUNCATED'> {
+  constructor () { super('RAFSPEER_ERR_REGISTRY_TRUNCATED', 'the body ended before its announced length') }
+}
 
 interface Target { host: string, repository: string, digest: string, signal?: AbortSignal }
 
@@ -95,7 +98,7 @@ export async function openBlob (t: Transport, counters: TrafficCounters, target:
             throw new RegistryTruncatedError(`blob body cut at byte ${received} of ${total ?? 'unknown'} after ${attempt + 1} attempts`,
               ctx, { cause: err })
           }
-          await sleep(t.backoff(attempt++), target.signal)
+          await delay(t.backoff(attempt++), target.signal)
           res = await blobRequest(t, target, `bytes=${received}-`)
           if (res.status === 206) {
             const cr = parseContentRange(header(res.headers, 'content-range'))
@@ -174,7 +177,7 @@ export async function fetchRange (t: Transport, counters: TrafficCounters, targe
         throw new RegistryTruncatedError(`range ${start}-${endInclusive} cut at byte ${start + got} after ${attempt + 1} attempts`,
           ctx, { cause: err })
       }
-      await sleep(t.backoff(attempt), target.signal)
+      await delay(t.backoff(attempt), target.signal)
     } finally {
       discard(res.body)
     }

@@ -11,7 +11,8 @@ import {
   DigestMismatchError, RegistryError, RegistryUploadError, type RegistryErrorContext
 } from './errors.js'
 import { digestAlgorithm } from './reference.js'
-import { header, isRetryableNetworkError, sleep, type Response, type Transport } from './transport.js'
+import { delay } from '../base/index.js'
+import { header, isRetryableNetworkError, type Response, type Transport } from './transport.js'
 
 /** Bytes to push: a file path or a factory (called again on every retry). */
 export type BlobSource = string | (() => AsyncIterable<Uint8Array>)
@@ -110,7 +111,7 @@ export async function uploadBlob (t: Transport, target: Target, source: BlobSour
     } catch (err) {
       if (opts.signal?.aborted === true) throw opts.signal.reason
       if (!retryable(err) || attempt >= t.retries) throw err
-      await sleep(t.backoff(attempt), opts.signal)
+      await delay(t.backoff(attempt), opts.signal)
     }
   }
 }

@@ -3,6 +3,8 @@
  * registry, repository and digest or tag were involved, because a convert or a pull touches many of each.
  */
 
+import { RafspeerError } from '../base/index.js'
+
 /** Where a failure happened. `target` is the digest or tag being read or written. */
 export interface RegistryErrorContext {
   host: string
@@ -33,17 +35,14 @@ function where (ctx: RegistryErrorContext): string {
   return parts.join(', ')
 }
 
-export class RegistryError extends Error {
-  readonly code: RegistryErrorCode
+export class RegistryError extends RafspeerError<RegistryErrorCode> {
   readonly host: string
   readonly repository: string | undefined
   readonly target: string | undefined
   readonly status: number | undefined
 
   constructor (code: RegistryErrorCode, what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super(`${what} (${where(ctx)})`, options)
-    this.name = new.target.name
-    this.code = code
+    super(code, `${what} (${where(ctx)})`, options)
     this.host = ctx.host
     this.repository = ctx.repository
     this.target = ctx.target
@@ -137,12 +136,10 @@ export class RegistryUploadError extends RegistryError {
 }
 
 /** An image reference, repository name, tag, digest or platform string that does not parse. */
-export class InvalidReferenceError extends Error {
-  readonly code = 'RAFSPEER_ERR_INVALID_REFERENCE' as const
+export class InvalidReferenceError extends RafspeerError<'RAFSPEER_ERR_INVALID_REFERENCE'> {
   readonly input: string
   constructor (input: string, reason: string) {
-    super(`invalid image reference "${input}": ${reason}`)
-    this.name = 'InvalidReferenceError'
+    super('RAFSPEER_ERR_INVALID_REFERENCE', `invalid image reference "${input}": ${reason}`)
     this.input = input
   }
 }

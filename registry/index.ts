@@ -54,3 +54,7 @@ export {
   RegistryTooLargeError, UnsupportedMediaTypeError, ManifestInvalidError, RegistryHttpError, RegistryNetworkError,
   RegistryTruncatedError, RegistryUploadError, InvalidReferenceError, type RegistryErrorCode, type RegistryErrorContext
 } from './errors.js'
+export {
+  startRegistryServer, DistributionError, type DistributionErrorCode, type RegistryServer, type RegistryServerOptions,
+  type RegistryCounters, type RepoCounters, type AuthOptions
+} from './server.js'

@@ -6,8 +6,8 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { RegistryError, isName, sendJson } from './server-http.js'
-import type { Clock } from './server-limiter.js'
+import { DistributionError, isName, sendJson } from './server-http.js'
+import type { Clock } from '../base/index.js'
 
 export interface Credentials { user: string, password: string }
 
@@ -93,12 +93,12 @@ export class AuthGate {
       const problem = this.bearerProblem(req, need)
       if (problem !== undefined) {
         const header = this.bearerChallenge(req, need, problem === 'missing' ? undefined : problem)
-        throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'WWW-Authenticate': header }, detail: need.name === undefined ? null : [{ Type: 'repository', Name: need.name, Action: need.action }] })
+        throw new DistributionError('UNAUTHORIZED', 'authentication required', { headers: { 'WWW-Authenticate': header }, detail: need.name === undefined ? null : [{ Type: 'repository', Name: need.name, Action: need.action }] })
       }
     } else if (this.opts.basic !== undefined) {
       const c = basicCredentials(req)
       if (c === undefined || !checkCredentials(this.opts.basic, c.user, c.password)) {
-        throw new RegistryError('UNAUTHORIZED', 'authentication required', { headers: { 'WWW-Authenticate': BASIC_CHALLENGE } })
+        throw new DistributionError('UNAUTHORIZED', 'authentication required', { headers: { 'WWW-Authenticate': BASIC_CHALLENGE } })
       }
     }
   }
@@ -151,27 +151,27 @@ export class AuthGate {
   /** `GET /token?service=&scope=` with Basic credentials, or the OAuth2 `POST` password grant containerd tries first. */
   async handleToken (req: IncomingMessage, res: ServerResponse, query: URLSearchParams): Promise<void> {
     const bearer = this.opts.bearer
-    if (bearer === undefined) throw new RegistryError('NOT_FOUND', 'this registry issues no tokens')
+    if (bearer === undefined) throw new DistributionError('NOT_FOUND', 'this registry issues no tokens')
     let creds: Credentials | undefined
     let params = query
     if (req.method === 'POST') {
       params = new URLSearchParams(await readForm(req))
       if (params.get('grant_type') !== 'password') {
-        throw new RegistryError('UNSUPPORTED', 'only the password grant is supported', { status: 400 })
+        throw new DistributionError('UNSUPPORTED', 'only the password grant is supported', { status: 400 })
       }
       creds = { user: params.get('username') ?? '', password: params.get('password') ?? '' }
     } else if (req.method === 'GET') {
       creds = basicCredentials(req)
     } else {
-      throw new RegistryError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, POST' } })
+      throw new DistributionError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, POST' } })
     }
     // Anonymous pulls are never allowed here, so an anonymous token would grant nothing: refuse it outright.
     if (creds === undefined || !checkCredentials(bearer, creds.user, creds.password)) {
-      throw new RegistryError('UNAUTHORIZED', 'invalid credentials', { headers: { 'WWW-Authenticate': BASIC_CHALLENGE } })
+      throw new DistributionError('UNAUTHORIZED', 'invalid credentials', { headers: { 'WWW-Authenticate': BASIC_CHALLENGE } })
     }
     const service = params.get('service')
     if (service !== null && service !== TOKEN_SERVICE) {
-      throw new RegistryError('DENIED', 'unknown service', { detail: { service } })
+      throw new DistributionError('DENIED', 'unknown service', { detail: { service } })
     }
     const ttl = bearer.tokenTtl ?? DEFAULT_TOKEN_TTL
     const nowMs = this.now()
@@ -185,7 +185,7 @@ async function readForm (req: IncomingMessage): Promise<string> {
   let n = 0
   for await (const chunk of req) {
     n += (chunk as Buffer).length
-    if (n > MAX_FORM_BYTES) throw new RegistryError('SIZE_INVALID', 'token request body too large', { status: 413 })
+    if (n > MAX_FORM_BYTES) throw new DistributionError('SIZE_INVALID', 'token request body too large', { status: 413 })
     chunks.push(chunk as Buffer)
   }
   return Buffer.concat(chunks).toString('utf8')

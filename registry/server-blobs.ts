@@ -6,9 +6,10 @@ import { createReadStream } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AuthGate } from './server-auth.js'
 import {
-  API_VERSION_HEADER, RegistryError, isDigest, isName, parseContentRange, parseRange, sendEmpty, uploadRange, hasBody
+  API_VERSION_HEADER, DistributionError, isDigest, isName, parseContentRange, parseRange, sendEmpty, uploadRange, hasBody
 } from './server-http.js'
-import { sleep, type Counters, type TokenBucket } from './server-limiter.js'
+import { delay, type TokenBucket } from '../base/index.js'
+import type { Counters } from './server-counters.js'
 import type { ReceiveOptions, RegistryStorage, UploadSession } from './server-storage.js'
 
 /** Everything a handler needs; one per server. */
@@ -24,13 +25,13 @@ const READ_PIECE = 64 * 1024
 
 export async function handleBlob (ctx: ServerContext, req: IncomingMessage, res: ServerResponse, name: string, digest: string, signal: AbortSignal): Promise<void> {
   if (req.method === 'DELETE') {
-    if (!await ctx.storage.unlinkBlob(name, digest)) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { detail: { digest } })
+    if (!await ctx.storage.unlinkBlob(name, digest)) throw new DistributionError('BLOB_UNKNOWN', 'blob unknown to registry', { detail: { digest } })
     sendEmpty(res, 202)
     return
   }
   if (req.method !== 'GET' && req.method !== 'HEAD') throw notAllowed('GET, HEAD, DELETE')
   const size = await ctx.storage.blobSize(name, digest)
-  if (size === undefined) throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { detail: { digest } })
+  if (size === undefined) throw new DistributionError('BLOB_UNKNOWN', 'blob unknown to registry', { detail: { digest } })
   const headers: Record<string, string | number> = {
     ...API_VERSION_HEADER,
     'Content-Type': 'application/octet-stream',
@@ -40,7 +41,7 @@ export async function handleBlob (ctx: ServerContext, req: IncomingMessage, res:
   }
   const range = parseRange(req.headers.range, size)
   if (range === 'unsatisfiable') {
-    throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { detail: { range: req.headers.range, size }, headers: { 'Content-Range': `bytes */${size}` } })
+    throw new DistributionError('RANGE_INVALID', 'requested range not satisfiable', { detail: { range: req.headers.range, size }, headers: { 'Content-Range': `bytes */${size}` } })
   }
   const start = range?.start ?? 0
   const end = range?.end ?? size - 1
@@ -64,7 +65,8 @@ async function streamFile (ctx: ServerContext, res: ServerResponse, path: string
       const buf = chunk as Buffer
       for (let off = 0; off < buf.length; off += piece) {
         const part = buf.subarray(off, off + piece)
-        if (limiter !== undefined) await sleep(limiter.reserve(part.length), signal)
+        // an abort ends the wait early; the check below sees it
+        if (limiter !== undefined) await delay(limiter.reserve(part.length), signal).catch(() => {})
         if (signal.aborted || res.destroyed) {
           // the bytes were reserved, never sent: the clients still waiting get them back
           limiter?.refund(part.length)
@@ -91,8 +93,8 @@ async function drained (res: ServerResponse, signal: AbortSignal): Promise<void>
   })
 }
 
-function notAllowed (allow: string): RegistryError {
-  return new RegistryError('UNSUPPORTED', 'method not allowed', { headers: { Allow: allow } })
+function notAllowed (allow: string): DistributionError {
+  return new DistributionError('UNSUPPORTED', 'method not allowed', { headers: { Allow: allow } })
 }
 
 function uploadLocation (name: string, id: string): string { return `/v2/${name}/blobs/uploads/${id}` }
@@ -106,7 +108,7 @@ function announcedLength (req: IncomingMessage, rangeLength: number | undefined)
   const cl = req.headers['content-length']
   const length = cl === undefined ? undefined : Number(cl)
   if (length !== undefined && rangeLength !== undefined && length !== rangeLength) {
-    throw new RegistryError('SIZE_INVALID', 'Content-Length does not match Content-Range', { detail: { contentLength: length, range: rangeLength } })
+    throw new DistributionError('SIZE_INVALID', 'Content-Length does not match Content-Range', { detail: { contentLength: length, range: rangeLength } })
   }
   return rangeLength ?? length
 }
@@ -119,7 +121,7 @@ function receiveOptions (ctx: ServerContext, req: IncomingMessage, name: string,
 async function appendBody (ctx: ServerContext, req: IncomingMessage, s: UploadSession): Promise<void> {
   const range = parseContentRange(req.headers['content-range'] as string | undefined)
   if (range !== undefined && range.start !== s.size) {
-    throw new RegistryError('RANGE_INVALID', 'chunk does not start at the end of the upload', { detail: { offset: s.size, start: range.start }, headers: sessionHeaders(s) })
+    throw new DistributionError('RANGE_INVALID', 'chunk does not start at the end of the upload', { detail: { offset: s.size, start: range.start }, headers: sessionHeaders(s) })
   }
   const rangeLength = range === undefined ? undefined : range.end - range.start + 1
   await ctx.storage.append(s, req, receiveOptions(ctx, req, s.name, rangeLength))
@@ -143,7 +145,7 @@ export async function handleUpload (ctx: ServerContext, req: IncomingMessage, re
       return
     case 'PUT': {
       const digest = query.get('digest')
-      if (digest === null || !isDigest(digest)) throw new RegistryError('DIGEST_INVALID', 'digest parameter missing or invalid', { detail: { digest } })
+      if (digest === null || !isDigest(digest)) throw new DistributionError('DIGEST_INVALID', 'digest parameter missing or invalid', { detail: { digest } })
       if (hasBody(req)) await appendBody(ctx, req, s)
       await ctx.storage.commit(s, digest)
       sendEmpty(res, 201, { Location: `/v2/${name}/blobs/${digest}`, 'Docker-Content-Digest': digest })
@@ -170,7 +172,7 @@ async function startUpload (ctx: ServerContext, req: IncomingMessage, res: Serve
   // A mount that cannot be honoured falls back to an ordinary session, as the spec asks.
   const digest = mount === null ? query.get('digest') : null
   if (digest !== null) {
-    if (!isDigest(digest)) throw new RegistryError('DIGEST_INVALID', 'invalid digest parameter', { detail: { digest } })
+    if (!isDigest(digest)) throw new DistributionError('DIGEST_INVALID', 'invalid digest parameter', { detail: { digest } })
     await ctx.storage.putBlob(name, digest, req, receiveOptions(ctx, req, name))
     sendEmpty(res, 201, { Location: `/v2/${name}/blobs/${digest}`, 'Docker-Content-Digest': digest })
     return

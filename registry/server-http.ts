@@ -3,6 +3,7 @@
  * normalises (so `..` and `%2F` cannot sneak into a repository name), and Range / Content-Range parsing.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { RafspeerError } from '../base/index.js'
 
 /** Error codes of the OCI distribution spec, each with the status the spec pairs it with. */
 export const ERROR_STATUS = {
@@ -26,19 +27,17 @@ export const ERROR_STATUS = {
   UNKNOWN: 500
 } as const
 
-export type RegistryErrorCode = keyof typeof ERROR_STATUS
+/** The error codes of the OCI distribution spec (what a client reads in `errors[].code`). */
+export type DistributionErrorCode = keyof typeof ERROR_STATUS
 
 /** A failure that becomes one `{"errors":[…]}` response; `status` defaults to the code's spec status. */
-export class RegistryError extends Error {
-  readonly code: RegistryErrorCode
+export class DistributionError extends RafspeerError<DistributionErrorCode> {
   readonly status: number
   readonly detail: unknown
   readonly headers: Record<string, string>
 
-  constructor (code: RegistryErrorCode, message: string, init: { status?: number, detail?: unknown, headers?: Record<string, string> } = {}) {
-    super(message)
-    this.name = 'RegistryError'
-    this.code = code
+  constructor (code: DistributionErrorCode, message: string, init: { status?: number, detail?: unknown, headers?: Record<string, string> } = {}) {
+    super(code, message)
     this.status = init.status ?? ERROR_STATUS[code]
     this.detail = init.detail
     this.headers = init.headers ?? {}
@@ -47,7 +46,7 @@ export class RegistryError extends Error {
 
 export const API_VERSION_HEADER = { 'Docker-Distribution-API-Version': 'registry/2.0' }
 
-export function sendError (req: IncomingMessage, res: ServerResponse, err: RegistryError): void {
+export function sendError (req: IncomingMessage, res: ServerResponse, err: DistributionError): void {
   if (res.headersSent) { res.destroy(); return }
   const body = JSON.stringify({ errors: [{ code: err.code, message: err.message, detail: err.detail ?? null }] })
   const headers: Record<string, string | number> = {
@@ -111,9 +110,9 @@ export function parseTarget (url: string | undefined): Target {
   const path = q < 0 ? raw : raw.slice(0, q)
   let query: URLSearchParams
   try { query = new URLSearchParams(q < 0 ? '' : raw.slice(q + 1)) } catch { query = new URLSearchParams() }
-  if (!path.startsWith('/')) throw new RegistryError('NOT_FOUND', 'request target must be an absolute path', { status: 400 })
+  if (!path.startsWith('/')) throw new DistributionError('NOT_FOUND', 'request target must be an absolute path', { status: 400 })
   if (path.includes('%') || path.includes('\\') || path.includes('//')) {
-    throw new RegistryError('NAME_INVALID', 'escaped or empty path segments are not accepted', { detail: { path } })
+    throw new DistributionError('NAME_INVALID', 'escaped or empty path segments are not accepted', { detail: { path } })
   }
   if (path === '/v2' || path === '/v2/') return { route: { kind: 'base' }, query, path }
   if (path === '/token') return { route: { kind: 'token' }, query, path }
@@ -121,21 +120,21 @@ export function parseTarget (url: string | undefined): Target {
   let route: Extract<Route, { name: string }> | undefined
   if ((m = /^\/v2\/(.+)\/blobs\/uploads\/?([^/]*)$/.exec(path)) !== null) {
     const id = m[2] === '' ? undefined : m[2]
-    if (id !== undefined && !isUploadId(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', 'no such upload', { detail: { id } })
+    if (id !== undefined && !isUploadId(id)) throw new DistributionError('BLOB_UPLOAD_UNKNOWN', 'no such upload', { detail: { id } })
     route = { kind: 'upload', name: m[1], id }
   } else if ((m = /^\/v2\/(.+)\/blobs\/([^/]+)$/.exec(path)) !== null) {
-    if (!isDigest(m[2])) throw new RegistryError('DIGEST_INVALID', 'invalid digest', { detail: { digest: m[2] } })
+    if (!isDigest(m[2])) throw new DistributionError('DIGEST_INVALID', 'invalid digest', { detail: { digest: m[2] } })
     route = { kind: 'blob', name: m[1], digest: m[2] }
   } else if ((m = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(path)) !== null) {
     if (!isDigest(m[2]) && !isTag(m[2])) {
-      throw new RegistryError(m[2].includes(':') ? 'DIGEST_INVALID' : 'MANIFEST_INVALID', 'invalid reference', { detail: { reference: m[2] } })
+      throw new DistributionError(m[2].includes(':') ? 'DIGEST_INVALID' : 'MANIFEST_INVALID', 'invalid reference', { detail: { reference: m[2] } })
     }
     route = { kind: 'manifest', name: m[1], reference: m[2] }
   } else if ((m = /^\/v2\/(.+)\/tags\/list$/.exec(path)) !== null) {
     route = { kind: 'tags', name: m[1] }
   }
-  if (route === undefined) throw new RegistryError('NOT_FOUND', 'no such endpoint', { detail: { path } })
-  if (!isName(route.name)) throw new RegistryError('NAME_INVALID', 'invalid repository name', { detail: { name: route.name } })
+  if (route === undefined) throw new DistributionError('NOT_FOUND', 'no such endpoint', { detail: { path } })
+  if (!isName(route.name)) throw new DistributionError('NAME_INVALID', 'invalid repository name', { detail: { name: route.name } })
   return { route, query, path }
 }
 
@@ -176,7 +175,7 @@ export function parseContentRange (header: string | undefined): ByteRange | unde
   const start = m === null ? NaN : Number(m[1])
   const end = m === null ? NaN : Number(m[2])
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) {
-    throw new RegistryError('RANGE_INVALID', 'invalid Content-Range', { detail: { contentRange: header } })
+    throw new DistributionError('RANGE_INVALID', 'invalid Content-Range', { detail: { contentRange: header } })
   }
   return { start, end }
 }

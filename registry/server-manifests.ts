@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { ServerContext } from './server-blobs.js'
-import { API_VERSION_HEADER, RegistryError, isDigest, sendEmpty, sendJson } from './server-http.js'
+import { API_VERSION_HEADER, DistributionError, isDigest, sendEmpty, sendJson } from './server-http.js'
 
 export const DEFAULT_MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
@@ -21,8 +21,8 @@ const IMAGE_TYPES = new Set<string>([MEDIA_TYPES.ociManifest, MEDIA_TYPES.docker
 
 interface Descriptor { mediaType: string, digest: string, size: number, urls?: unknown }
 
-function invalid (message: string, detail?: unknown): RegistryError {
-  return new RegistryError('MANIFEST_INVALID', message, { detail })
+function invalid (message: string, detail?: unknown): DistributionError {
+  return new DistributionError('MANIFEST_INVALID', message, { detail })
 }
 
 function descriptor (value: unknown, where: string): Descriptor {
@@ -46,7 +46,7 @@ function contentType (req: IncomingMessage): string | undefined {
 }
 
 async function readLimited (req: IncomingMessage, max: number): Promise<Buffer> {
-  const tooLarge = (): RegistryError => new RegistryError('MANIFEST_INVALID', `manifest larger than ${max} bytes`, { status: 413, detail: { limit: max } })
+  const tooLarge = (): DistributionError => new DistributionError('MANIFEST_INVALID', `manifest larger than ${max} bytes`, { status: 413, detail: { limit: max } })
   const declared = Number(req.headers['content-length'] ?? 0)
   if (declared > max) throw tooLarge()
   const chunks: Buffer[] = []
@@ -92,12 +92,12 @@ export async function handleManifest (ctx: ServerContext, req: IncomingMessage, 
     case 'HEAD': await getManifest(ctx, req, res, name, reference); return
     case 'DELETE':
       if (!await ctx.storage.deleteManifest(name, reference)) {
-        throw new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { name, reference } })
+        throw new DistributionError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { name, reference } })
       }
       sendEmpty(res, 202)
       return
     default:
-      throw new RegistryError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, HEAD, PUT, DELETE' } })
+      throw new DistributionError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, HEAD, PUT, DELETE' } })
   }
 }
 
@@ -108,12 +108,12 @@ async function putManifest (ctx: ServerContext, req: IncomingMessage, res: Serve
   for (const d of m.blobs) {
     if (isForeign(d)) continue
     const size = await ctx.storage.blobSize(name, d.digest)
-    if (size === undefined) throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'manifest references a blob unknown to this repository', { detail: { digest: d.digest } })
+    if (size === undefined) throw new DistributionError('MANIFEST_BLOB_UNKNOWN', 'manifest references a blob unknown to this repository', { detail: { digest: d.digest } })
     if (size !== d.size) throw invalid('descriptor size does not match the stored blob', { digest: d.digest, size: d.size, stored: size })
   }
   for (const d of m.manifests) {
     if (!await ctx.storage.hasManifest(name, d.digest)) {
-      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', 'index references a manifest unknown to this repository', { detail: { digest: d.digest } })
+      throw new DistributionError('MANIFEST_BLOB_UNKNOWN', 'index references a manifest unknown to this repository', { detail: { digest: d.digest } })
     }
   }
   const digest = await ctx.storage.putManifest(name, reference, body, m.mediaType)
@@ -125,8 +125,8 @@ async function putManifest (ctx: ServerContext, req: IncomingMessage, res: Serve
 async function getManifest (ctx: ServerContext, req: IncomingMessage, res: ServerResponse, name: string, reference: string): Promise<void> {
   const m = await ctx.storage.getManifest(name, reference)
   if (m === undefined) {
-    if (!await ctx.storage.repoExists(name)) throw new RegistryError('NAME_UNKNOWN', 'repository name not known to registry', { detail: { name } })
-    throw new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { name, reference } })
+    if (!await ctx.storage.repoExists(name)) throw new DistributionError('NAME_UNKNOWN', 'repository name not known to registry', { detail: { name } })
+    throw new DistributionError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { name, reference } })
   }
   // Manifests are capped in size when pushed, so reading one whole is bounded.
   const body = req.method === 'HEAD' ? undefined : await readFile(m.path)
@@ -143,12 +143,12 @@ async function getManifest (ctx: ServerContext, req: IncomingMessage, res: Serve
 
 export async function handleTags (ctx: ServerContext, req: IncomingMessage, res: ServerResponse, name: string, query: URLSearchParams): Promise<void> {
   if (req.method !== 'GET' && req.method !== 'HEAD') {
-    throw new RegistryError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, HEAD' } })
+    throw new DistributionError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, HEAD' } })
   }
-  if (!await ctx.storage.repoExists(name)) throw new RegistryError('NAME_UNKNOWN', 'repository name not known to registry', { detail: { name } })
+  if (!await ctx.storage.repoExists(name)) throw new DistributionError('NAME_UNKNOWN', 'repository name not known to registry', { detail: { name } })
   const nParam = query.get('n')
   const n = nParam === null ? undefined : Number(nParam)
-  if (n !== undefined && (!Number.isSafeInteger(n) || n < 0)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'invalid number of results requested', { detail: { n: nParam } })
+  if (n !== undefined && (!Number.isSafeInteger(n) || n < 0)) throw new DistributionError('PAGINATION_NUMBER_INVALID', 'invalid number of results requested', { detail: { n: nParam } })
   const last = query.get('last')
   let tags = await ctx.storage.tags(name)
   if (last !== null) tags = tags.filter(t => t > last)

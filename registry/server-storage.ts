@@ -17,7 +17,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, truncate, writeFile } from 
 import { dirname, join } from 'node:path'
 import { Transform, type Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { RegistryError, isDigest, isTag } from './server-http.js'
+import { DistributionError, isDigest, isTag } from './server-http.js'
 
 /** Upload sessions idle longer than this are dropped (with their file) when the next one is created. */
 const UPLOAD_IDLE_MS = 60 * 60 * 1000
@@ -124,7 +124,7 @@ export class RegistryStorage {
 
   getUpload (name: string, id: string): UploadSession {
     const s = this.uploads.get(id)
-    if (s === undefined || s.name !== name) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', 'no such upload', { detail: { id } })
+    if (s === undefined || s.name !== name) throw new DistributionError('BLOB_UPLOAD_UNKNOWN', 'no such upload', { detail: { id } })
     return s
   }
 
@@ -138,7 +138,7 @@ export class RegistryStorage {
    * back and the hash restored, so the session stays usable at its previous offset.
    */
   async append (session: UploadSession, body: Readable, opts: ReceiveOptions = {}): Promise<void> {
-    if (session.busy) throw new RegistryError('RANGE_INVALID', 'another request is writing this upload')
+    if (session.busy) throw new DistributionError('RANGE_INVALID', 'another request is writing this upload')
     session.busy = true
     const saved = session.hash.copy()
     try {
@@ -156,13 +156,13 @@ export class RegistryStorage {
 
   /** Verifies the session against `digest` and moves it into the blob store, linked to its repository. */
   async commit (session: UploadSession, digest: string): Promise<void> {
-    if (session.busy) throw new RegistryError('RANGE_INVALID', 'another request is writing this upload')
+    if (session.busy) throw new DistributionError('RANGE_INVALID', 'another request is writing this upload')
     session.busy = true
     try {
       const [alg] = split(digest)
       const actual = alg === 'sha256' ? `sha256:${session.hash.copy().digest('hex')}` : await hashFile(session.path, alg)
       if (actual !== digest) {
-        throw new RegistryError('DIGEST_INVALID', 'uploaded content does not match digest', { detail: { expected: digest, actual } })
+        throw new DistributionError('DIGEST_INVALID', 'uploaded content does not match digest', { detail: { expected: digest, actual } })
       }
       await this.store(session.path, digest)
       await this.linkBlob(session.name, digest)
@@ -183,7 +183,7 @@ export class RegistryStorage {
       await receive(body, tmp, 'w', [hash], opts)
       const actual = `${split(digest)[0]}:${hash.digest('hex')}`
       if (actual !== digest) {
-        throw new RegistryError('DIGEST_INVALID', 'uploaded content does not match digest', { detail: { expected: digest, actual } })
+        throw new DistributionError('DIGEST_INVALID', 'uploaded content does not match digest', { detail: { expected: digest, actual } })
       }
       await this.store(tmp, digest)
       await this.linkBlob(name, digest)
@@ -205,7 +205,7 @@ export class RegistryStorage {
     const alg = isDigest(reference) ? split(reference)[0] : 'sha256'
     const digest = `${alg}:${createHash(alg).update(body).digest('hex')}`
     if (isDigest(reference) && reference !== digest) {
-      throw new RegistryError('DIGEST_INVALID', 'manifest content does not match the digest it was pushed under', { detail: { expected: reference, actual: digest } })
+      throw new DistributionError('DIGEST_INVALID', 'manifest content does not match the digest it was pushed under', { detail: { expected: reference, actual: digest } })
     }
     if (!await exists(this.blobPath(digest))) await this.writeAtomic(this.blobPath(digest), body)
     await this.writeAtomic(this.revisionLink(name, digest), JSON.stringify({ mediaType }))
@@ -266,7 +266,7 @@ async function receive (body: Readable, file: string, flags: 'a' | 'w', hashes: 
     transform (chunk: Buffer, _enc, cb) {
       n += chunk.length
       if (opts.expected !== undefined && n > opts.expected) {
-        cb(new RegistryError('SIZE_INVALID', 'body longer than announced', { detail: { expected: opts.expected } }))
+        cb(new DistributionError('SIZE_INVALID', 'body longer than announced', { detail: { expected: opts.expected } }))
         return
       }
       for (const h of hashes) h.update(chunk)
@@ -282,7 +282,7 @@ async function receive (body: Readable, file: string, flags: 'a' | 'w', hashes: 
     if (!out.closed) await new Promise<void>(resolve => out.once('close', () => resolve()))
   }
   if (opts.expected !== undefined && n !== opts.expected) {
-    throw new RegistryError('SIZE_INVALID', 'body shorter than announced', { detail: { expected: opts.expected, received: n } })
+    throw new DistributionError('SIZE_INVALID', 'body shorter than announced', { detail: { expected: opts.expected, received: n } })
   }
   return n
 }

@@ -19,13 +19,14 @@ import type { Socket } from 'node:net'
 import { resolve } from 'node:path'
 import { AuthGate, type AuthOptions } from './server-auth.js'
 import { handleBlob, handleUpload, type ServerContext } from './server-blobs.js'
-import { RegistryError, parseTarget, sendError, sendJson, type Route } from './server-http.js'
-import { Counters, TokenBucket, type Clock, type RepoCounters } from './server-limiter.js'
+import { DistributionError, parseTarget, sendError, sendJson, type Route } from './server-http.js'
+import { TokenBucket, type Clock } from '../base/index.js'
+import { Counters, type RepoCounters } from './server-counters.js'
 import { DEFAULT_MAX_MANIFEST_SIZE, handleManifest, handleTags } from './server-manifests.js'
 import { RegistryStorage } from './server-storage.js'
 
-export { RegistryError, type RegistryErrorCode } from './server-http.js'
-export { TokenBucket, type RepoCounters } from './server-limiter.js'
+export { DistributionError, type DistributionErrorCode } from './server-http.js'
+export type { RepoCounters } from './server-counters.js'
 export type { AuthOptions, Credentials } from './server-auth.js'
 
 export interface RegistryServerOptions {
@@ -179,7 +180,7 @@ async function handle (ctx: ServerContext, req: IncomingMessage, res: ServerResp
     await dispatch(ctx, req, res, route, query, ac.signal)
   } catch (err) {
     if (!counted) ctx.counters.request('')
-    if (err instanceof RegistryError) {
+    if (err instanceof DistributionError) {
       sendError(req, res, err)
     } else if (ac.signal.aborted || req.destroyed || res.destroyed || req.socket.destroyed) {
       // The peer left mid-body (its stream error can arrive before the response's close event) or the server is
@@ -187,7 +188,7 @@ async function handle (ctx: ServerContext, req: IncomingMessage, res: ServerResp
       res.destroy()
     } else {
       onError?.(err)
-      sendError(req, res, new RegistryError('UNKNOWN', 'internal error'))
+      sendError(req, res, new DistributionError('UNKNOWN', 'internal error'))
     }
   } finally {
     stopping.removeEventListener('abort', abort)
@@ -199,7 +200,7 @@ async function dispatch (ctx: ServerContext, req: IncomingMessage, res: ServerRe
   const method = req.method ?? 'GET'
   switch (route.kind) {
     case 'base':
-      if (method !== 'GET' && method !== 'HEAD') throw new RegistryError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, HEAD' } })
+      if (method !== 'GET' && method !== 'HEAD') throw new DistributionError('UNSUPPORTED', 'method not allowed', { headers: { Allow: 'GET, HEAD' } })
       ctx.auth.check(req, { action: 'pull' })
       sendJson(req, res, 200, {})
       return

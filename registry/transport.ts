@@ -7,6 +7,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
 import { request, type Dispatcher } from 'undici'
+import { backoffDelay, delay } from '../base/index.js'
 import type { Authenticator } from './auth.js'
 import {
   RegistryAuthError, RegistryError, RegistryHttpError, RegistryNetworkError, RegistryNotFoundError, RegistryRangeError,
@@ -119,16 +120,6 @@ export function parseRetryAfter (value: string | string[] | undefined, now = Dat
   return Number.isNaN(t) ? undefined : Math.max(0, t - now)
 }
 
-export async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
-  if (ms <= 0) return
-  await new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => { clearTimeout(timer); reject(signal!.reason) }
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
-    if (signal?.aborted === true) onAbort()
-    else signal?.addEventListener('abort', onAbort, { once: true })
-  })
-}
-
 /**
  * Drops a response body we will not read. undici reports a destroy as an AbortError on the stream, which nobody
  * listens to once we have moved on, so it is swallowed here.
@@ -191,8 +182,7 @@ export class Transport {
   }
 
   backoff (attempt: number): number {
-    const base = Math.min(this.init.retryMaxMs, this.init.retryBaseMs * 2 ** attempt)
-    return base / 2 + Math.random() * base / 2
+    return backoffDelay(attempt, { baseMs: this.init.retryBaseMs, maxMs: this.init.retryMaxMs })
   }
 
   get retries (): number { return this.init.retries }
@@ -208,7 +198,7 @@ export class Transport {
           const after = parseRetryAfter(res.headers['retry-after'])
           if (after === undefined || after <= this.init.maxRetryAfterMs) {
             await res.body.dump().catch(() => {})
-            await sleep(after ?? this.backoff(attempt), o.signal)
+            await delay(after ?? this.backoff(attempt), o.signal)
             continue
           }
         }
@@ -218,7 +208,7 @@ export class Transport {
         if (o.signal?.aborted === true) throw o.signal.reason
         if (err instanceof RegistryError) throw err
         if (isRetryableNetworkError(err) && attempt < retries) {
-          await sleep(this.backoff(attempt), o.signal)
+          await delay(this.backoff(attempt), o.signal)
           continue
         }
         const what = (err as Error).name === 'TimeoutError' ? `timed out after ${this.init.timeoutMs} ms` : (err as Error).message

@@ -9,12 +9,14 @@
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Libp2p, Stream } from '@libp2p/interface'
-import { SCHEDULER_PROTOCOL, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome } from '../peer/p2p-types.js'
-import type { PeerInfo, PeerLoad, SchedulerClientInit, SchedulerLogger } from './index.js'
-import { readFrames } from './framing.js'
+import { Backoff, delay, describeError, silentLogger, type Logger } from '../base/index.js'
+import {
+  FrameReader, P2P_CODE, SCHEDULER_PROTOCOL, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome
+} from '../p2p/index.js'
+import type { PeerInfo, PeerLoad, SchedulerClientInit } from './types.js'
 import { bodies, FRAME_DIGESTS, Session } from './session.js'
 import {
-  decodeMessage, encodeMessage, packDigests, SchedulerError, DIGEST_BYTES, MAX_OUTCOMES_PER_FRAME,
+  decodeMessage, encodeMessage, packDigests, SchedulerError, DIGEST_BYTES, MAX_FRAME_BYTES, MAX_OUTCOMES_PER_FRAME,
   MAX_PEER_ID_BYTES, type SchedulerMessage
 } from './protocol.js'
 
@@ -32,10 +34,7 @@ const KICK_SPACING_MS = 500
 const MAX_QUEUED_REPORTS = 16384
 /** how long `stop` waits for the LEAVE frame to go out */
 const STOP_GRACE_MS = 500
-const P2P_CODE = 421
 
-const noop = (): void => {}
-const silentLog: SchedulerLogger = Object.assign(noop, { error: noop })
 const IDLE: PeerLoad = Object.freeze({ activeUploads: 0, recentUploadBps: 0 })
 
 /** tag value that keeps the connection manager from pruning the scheduler connection */
@@ -74,7 +73,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   private readonly dialTimeoutMs: number
   private readonly minReconnectMs: number
   private readonly maxReconnectMs: number
-  private readonly log: SchedulerLogger
+  private readonly log: Logger
 
   /** what this peer holds, the truth re-sent after every reconnect */
   private readonly held = new Set<string>()
@@ -90,7 +89,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   private flushTimer: NodeJS.Timeout | undefined
   private heartbeatTimer: NodeJS.Timeout | undefined
   private reconnectTimer: NodeJS.Timeout | undefined
-  private backoffMs: number
+  private readonly backoff: Backoff
   private lastAttempt = 0
   private lastAddrs = ''
   private nextId = 0
@@ -119,8 +118,8 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     this.dialTimeoutMs = init.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS
     this.minReconnectMs = init.minReconnectMs ?? DEFAULT_MIN_RECONNECT_MS
     this.maxReconnectMs = Math.max(this.minReconnectMs, init.maxReconnectMs ?? Math.min(5000, this.heartbeatMs))
-    this.backoffMs = this.minReconnectMs
-    this.log = init.logger?.forComponent('rafspeer:scheduler-client') ?? silentLog
+    this.backoff = new Backoff({ baseMs: this.minReconnectMs, maxMs: this.maxReconnectMs })
+    this.log = (init.logger ?? silentLogger).forComponent('rafspeer:scheduler-client')
   }
 
   /** Starts connecting (in the background: a peer works without a scheduler) and heartbeating. */
@@ -153,7 +152,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     const s = this.session
     if (s !== undefined) {
       s.sendUrgent(encodeMessage({ type: 'leave' }))
-      await Promise.race([s.idle(), new Promise((resolve) => setTimeout(resolve, STOP_GRACE_MS))])
+      await Promise.race([s.idle(), delay(STOP_GRACE_MS)])
       await s.stream.close({ signal: AbortSignal.timeout(STOP_GRACE_MS) }).catch(() => {})
       this.endSession(s, undefined)
     }
@@ -169,7 +168,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     const deadline = Date.now() + timeoutMs
     while (this.running && this.session === undefined && Date.now() < deadline) {
       if (this.connecting === undefined) this.connect()
-      await new Promise((resolve) => setTimeout(resolve, Math.max(1, Math.min(25, deadline - Date.now()))))
+      await delay(Math.max(1, Math.min(25, deadline - Date.now())))
     }
     return this.session !== undefined
   }
@@ -380,7 +379,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
       })
     } catch (err) {
       if (this.running) {
-        this.log('scheduler %s unreachable: %s', this.target.toString(), (err as Error).message)
+        this.log.warn('scheduler %s unreachable: %s', this.target.toString(), describeError(err))
         this.scheduleReconnect()
       }
       this.wakeWaiters(undefined)
@@ -403,14 +402,14 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     s.sendBulk(bodies([...this.held], (digests, first) => ({ type: 'announce', reset: first, info: first ? info : undefined, digests })))
     s.sendUrgent(this.heartbeatBody())
     if (this.reports.length > 0) this.scheduleFlush()
-    this.log('connected to scheduler %s (%d digests to announce)', this.target.toString(), this.held.size)
+    this.log.info('connected to scheduler %s (%d digests to announce)', this.target.toString(), this.held.size)
     this.wakeWaiters(s)
     void this.readLoop(s)
   }
 
   private async readLoop (s: Session): Promise<void> {
     try {
-      for await (const body of readFrames(s.stream)) {
+      for await (const body of new FrameReader(s.stream, { what: 'scheduler session', malformed: m => new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: ${m}`) }).frames(MAX_FRAME_BYTES)) {
         const m = decodeMessage(body)
         if (m.type !== 'resolved') throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: unexpected ${m.type} from the scheduler`)
         this.answer(m)
@@ -426,7 +425,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     s.closed = true
     if (this.session === s) this.session = undefined
     // a session that lived a while earns a quick reconnect; one that dies at once keeps backing off
-    if (Date.now() - s.openedAt > 2 * this.maxReconnectMs) this.backoffMs = this.minReconnectMs
+    if (Date.now() - s.openedAt > 2 * this.maxReconnectMs) this.backoff.reset()
     if (err !== undefined && this.running) this.log.error('scheduler session ended: %s', err.message)
     s.stream.abort(err ?? new Error('scheduler session ended'))
     for (const [id, p] of this.pending) {
@@ -439,8 +438,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
 
   private scheduleReconnect (): void {
     if (!this.running || this.session !== undefined || this.reconnectTimer !== undefined) return
-    const delay = this.backoffMs * (0.5 + Math.random() * 0.5)
-    this.backoffMs = Math.min(this.maxReconnectMs, this.backoffMs * 2)
+    const delay = this.backoff.next()
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined
       this.connect()

@@ -9,8 +9,8 @@
  * - dropping a peer (expiry, leave, reconnect reset) is O(1): its slot's generation moves on (`peer-table.ts`),
  *   which makes all its refs stale at once; stale refs are skipped by `resolve` and removed by an incremental `sweep`.
  */
-import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome } from '../peer/p2p-types.js'
-import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, ResolveAnswer } from './index.js'
+import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome } from '../p2p/index.js'
+import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, ResolveAnswer } from './types.js'
 import { digestKey, packDigests, type PackedDigests } from './protocol.js'
 import { addPending, badPenalty, baseScore, DEFAULT_WEIGHTS, isBanned, recordOutcome, scoreFor, zoneAffinity } from './ranking.js'
 import { HARD_MAX_PEERS, PeerTable, type PeerRecord } from './peer-table.js'

@@ -4,8 +4,8 @@
  * makes every ref of the old generation stale at once. Free slots are reused first-in first-out, so one slot's
  * 14-bit generation comes round only after the slot was freed 16 384 times.
  */
-import type { ChunkHolder } from '../peer/p2p-types.js'
-import type { PeerInfo } from './index.js'
+import type { ChunkHolder } from '../p2p/index.js'
+import type { PeerInfo } from './types.js'
 import { MAX_ADDRS } from './protocol.js'
 import { isBanned, newReputation, zonePath, type LoadView, type Reputation } from './ranking.js'
 

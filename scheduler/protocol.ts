@@ -18,8 +18,9 @@
  * Every bound below is checked on decode; a frame that breaks one is malformed and closes its stream.
  */
 import type { Uint8ArrayList } from 'uint8arraylist'
-import type { ChunkHolder, PeerOutcome } from '../peer/p2p-types.js'
-import type { PeerInfo, PeerLoad } from './index.js'
+import { RafspeerError } from '../base/index.js'
+import type { ChunkHolder, PeerOutcome } from '../p2p/index.js'
+import type { PeerInfo, PeerLoad } from './types.js'
 
 export const DIGEST_BYTES = 32
 /** largest frame body either side accepts: a full announce (2 MiB of digests) with room for its header */
@@ -63,14 +64,7 @@ export type SchedulerErrorCode =
   /** a bad configuration value (scheduler address, key file) */
   | 'RAFSPEER_ERR_SCHED_CONFIG'
 
-export class SchedulerError extends Error {
-  readonly code: SchedulerErrorCode
-  constructor (code: SchedulerErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.name = 'SchedulerError'
-    this.code = code
-  }
-}
+export class SchedulerError extends RafspeerError<SchedulerErrorCode> {}
 
 const malformed = (why: string): SchedulerError => new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: ${why}`)
 

@@ -1,12 +1,12 @@
 /**
- * How good a parent a holder is for a given asker, in the spirit of Dragonfly's evaluator (see
- * `../shared/research/p2p-anchors.md` §1.3): mostly load (free upload slots, free bandwidth, chunks this scheduler
+ * How good a parent a holder is for a given asker, in the spirit of Dragonfly's evaluator (the scheduler's
+ * `evaluator` package, which scores candidate parents by load, success and locality): mostly load (free upload slots, free bandwidth, chunks this scheduler
  * handed out lately), then the success rate other peers report, per-chunk latency, and zone affinity with the
  * asker. A holder reported as sending bad bytes drops sharply (×0.2 per recent report) and is banned once enough
  * distinct peers reported it. Pure functions over plain records, so the simulator's model mode runs the same code.
  */
-import type { PeerOutcome } from '../peer/p2p-types.js'
-import type { RankingWeights } from './index.js'
+import type { PeerOutcome } from '../p2p/index.js'
+import type { RankingWeights } from './types.js'
 
 export const DEFAULT_WEIGHTS: Readonly<RankingWeights> = Object.freeze({ load: 0.4, success: 0.25, latency: 0.15, zone: 0.2, jitter: 0.05 })
 

@@ -2,19 +2,15 @@
  * The scheduler service: serves `/rafspeer/scheduler/1.0.0` from any libp2p node over a {@link HolderIndex}, plus a
  * standalone node (TCP + noise + yamux) for `rafspeer scheduler` and tests, and the persistent identity it runs under.
  */
-import { loadOrCreateKey } from '../peer/p2p-host.js'
-import { createLibp2p } from 'libp2p'
-import { tcp } from '@libp2p/tcp'
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
-import { identify } from '@libp2p/identify'
-import { ping } from '@libp2p/ping'
+import { setImmediate as yieldLoop } from 'node:timers/promises'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Libp2p, PrivateKey, Stream } from '@libp2p/interface'
-import { SCHEDULER_PROTOCOL } from '../peer/p2p-types.js'
-import type { PeerInfo, SchedulerLogger, SchedulerNodeInit, SchedulerServiceInit } from './index.js'
+import { describeError, errorCode, silentLogger, type Logger } from '../base/index.js'
+import {
+  FrameReader, P2P_CODE, SCHEDULER_PROTOCOL, createHost, encodeFrame, loadOrCreateKey, sendWithBackpressure, type Host
+} from '../p2p/index.js'
+import type { PeerInfo, SchedulerNodeInit, SchedulerServiceInit } from './types.js'
 import { HolderIndex, type RawAnswer } from './index-store.js'
-import { readFrames, sendFrame } from './framing.js'
 import {
   decodeMessage, encodePeerEntry, encodeResolved, SchedulerError, MAX_ADDRS, MAX_FRAME_BYTES,
   MAX_HOLDERS_PER_ANSWER
@@ -29,11 +25,8 @@ const SWEEP_BUDGET = 200_000
 const DRAIN_TIMEOUT_MS = 30_000
 /** a session that kept the event loop this long yields it, so one peer's burst does not starve the others */
 const YIELD_AFTER_MS = 4
-/** multicodec of `/p2p/<id>` */
-const P2P_CODE = 421
 
 const noop = (): void => {}
-export const silentLog: SchedulerLogger = Object.assign(noop, { error: noop })
 
 /** The parts of a libp2p node the service uses. */
 export interface SchedulerServiceComponents {
@@ -43,7 +36,7 @@ export interface SchedulerServiceComponents {
 export class SchedulerService {
   readonly index: HolderIndex
   private readonly libp2p: SchedulerServiceComponents['libp2p']
-  private readonly log: SchedulerLogger
+  private readonly log: Logger
   private readonly sweepIntervalMs: number
   private readonly maxStreams: number
   private readonly sessions = new Set<Stream>()
@@ -52,7 +45,7 @@ export class SchedulerService {
   constructor (components: SchedulerServiceComponents, init: SchedulerServiceInit = {}) {
     this.libp2p = components.libp2p
     this.index = new HolderIndex(init)
-    this.log = init.logger?.forComponent('rafspeer:scheduler') ?? silentLog
+    this.log = (init.logger ?? silentLogger).forComponent('rafspeer:scheduler')
     this.sweepIntervalMs = init.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS
     this.maxStreams = init.maxStreamsPerConnection ?? DEFAULT_STREAMS_PER_CONNECTION
   }
@@ -80,10 +73,10 @@ export class SchedulerService {
   maintain (): void {
     try {
       const gone = this.index.expire()
-      if (gone.length > 0) this.log('expired %d peer(s): %s', gone.length, gone.slice(0, 8).join(' '))
+      if (gone.length > 0) this.log.info('expired %d peer(s): %s', gone.length, gone.slice(0, 8).join(' '))
       this.index.sweep(SWEEP_BUDGET)
     } catch (err) {
-      this.log.error('maintenance failed: %s', (err as Error).message)
+      this.log.error('maintenance failed: %s', describeError(err))
     }
   }
 
@@ -93,10 +86,14 @@ export class SchedulerService {
     this.sessions.add(stream)
     let busySince = performance.now()
     try {
-      for await (const body of readFrames(stream)) {
+      const frames = new FrameReader(stream, {
+        what: `scheduler session of ${peerId}`,
+        malformed: m => new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: ${m}`)
+      })
+      for await (const body of frames.frames(MAX_FRAME_BYTES)) {
         // frames already buffered arrive through microtasks only: give other sockets their turn now and then
         if (performance.now() - busySince > YIELD_AFTER_MS) {
-          await new Promise<void>((resolve) => { setImmediate(resolve) })
+          await yieldLoop()
           busySince = performance.now()
         }
         const m = decodeMessage(body)
@@ -111,12 +108,12 @@ export class SchedulerService {
             break
           case 'resolve': {
             const answer = this.index.resolveRaw(peerId, m.digests, m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER))
-            await sendFrame(stream, answerBody(m.id, answer), { signal: AbortSignal.timeout(DRAIN_TIMEOUT_MS) })
+            await sendWithBackpressure(stream, encodeFrame(answerBody(m.id, answer)), { timeoutMs: DRAIN_TIMEOUT_MS, what: `answer to ${peerId}` })
             break
           }
           case 'report': {
             const banned = this.index.report(peerId, m.outcomes)
-            if (banned.length > 0) this.log('banned %s (bad bytes reported by several peers)', banned.join(' '))
+            if (banned.length > 0) this.log.warn('banned %s (bad bytes reported by several peers)', banned.join(' '))
             break
           }
           case 'heartbeat':
@@ -131,7 +128,7 @@ export class SchedulerService {
       }
       await stream.close().catch(noop)
     } catch (err) {
-      if (this.sessions.has(stream)) this.log.error('closing scheduler stream from %s: %s', peerId, (err as Error).message)
+      if (this.sessions.has(stream)) this.log.error('closing scheduler stream from %s: %s', peerId, describeError(err))
       stream.abort(err as Error)
     } finally {
       this.sessions.delete(stream)
@@ -188,7 +185,7 @@ export function answerBody (id: number, a: RawAnswer): Buffer {
 
 /** A running standalone scheduler. */
 export interface SchedulerNode {
-  node: Libp2p
+  node: Host
   service: SchedulerService
   peerId: string
   /** listen multiaddrs including `/p2p/<peer id>`, ready to give to clients */
@@ -196,22 +193,16 @@ export interface SchedulerNode {
   stop: () => Promise<void>
 }
 
-/** Starts a libp2p node (TCP + noise + yamux + identify + ping) serving the scheduler protocol. */
+/** Starts a libp2p host serving the scheduler protocol, sized for every peer of the swarm. */
 export async function startSchedulerNode (init: SchedulerNodeInit = {}): Promise<SchedulerNode> {
   const maxPeers = init.maxPeers ?? 10_000
-  const node = await createLibp2p({
+  const node = await createHost({
     ...(init.privateKey !== undefined ? { privateKey: init.privateKey } : {}),
-    addresses: { listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
-    transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    services: { identify: identify(), ping: ping() },
-    connectionManager: {
-      maxConnections: maxPeers + 64,
-      // after a scheduler restart every peer of a host reconnects at once (many peers share a host in tests and sims)
-      inboundConnectionThreshold: Math.max(64, maxPeers),
-      maxIncomingPendingConnections: 256
-    }
+    listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+    maxConnections: maxPeers + 64,
+    // after a scheduler restart every peer of a host reconnects at once (many peers share a host in tests and sims)
+    inboundConnectionThreshold: Math.max(64, maxPeers),
+    maxIncomingPendingConnections: 256
   })
   const service = new SchedulerService({ libp2p: node }, init)
   try {
@@ -241,7 +232,7 @@ export async function loadOrCreatePeerKey (file: string): Promise<PrivateKey> {
   try {
     return await loadOrCreateKey(file)
   } catch (err) {
-    if ((err as { code?: string }).code === 'RAFSPEER_ERR_PEER_KEY') throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', (err as Error).message, { cause: err })
+    if (errorCode(err) === 'RAFSPEER_ERR_PEER_KEY') throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', (err as Error).message, { cause: err })
     throw err
   }
 }

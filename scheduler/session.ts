@@ -1,6 +1,6 @@
 /** The client's session stream: two write lanes over one libp2p stream to the scheduler. */
 import type { Stream } from '@libp2p/interface'
-import { frame } from './framing.js'
+import { encodeFrame } from '../p2p/index.js'
 import { encodeMessage, DIGEST_BYTES, type SchedulerMessage } from './protocol.js'
 
 /** digests per ANNOUNCE/WITHDRAW/RESOLVE frame the client sends (256 KiB): small enough to interleave resolves */
@@ -59,7 +59,7 @@ export class Session {
     this.writing = true
     try {
       for (let body = this.next(); body !== undefined && !this.closed; body = this.next()) {
-        if (!this.stream.send(frame(body))) await this.stream.onDrain({ signal: AbortSignal.timeout(this.drainTimeoutMs) })
+        if (!this.stream.send(encodeFrame(body))) await this.stream.onDrain({ signal: AbortSignal.timeout(this.drainTimeoutMs) })
       }
     } catch (err) {
       this.onError(err as Error)

@@ -10,27 +10,18 @@ import { createHash } from 'node:crypto'
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createLibp2p, type Libp2p } from 'libp2p'
-import { tcp } from '@libp2p/tcp'
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
+import { createHost, encodeFrame, type Host } from '../p2p/index.js'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { PrivateKey } from '@libp2p/interface'
 import { SCHEDULER_PROTOCOL, SchedulerClient, loadOrCreatePeerKey, startSchedulerNode, type SchedulerNode, type SchedulerError } from './index.js'
-import { frame } from './framing.js'
 
 const digest = (n: string): Buffer => createHash('sha256').update(n).digest()
 const hex = (d: Buffer): string => d.toString('hex')
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
-async function peerNode (): Promise<Libp2p> {
-  return await createLibp2p({
-    addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-    transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()]
-  })
+async function peerNode (): Promise<Host> {
+  return await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
 }
 
 /** polls until `check` passes or `ms` elapse (then the last failure is thrown) */
@@ -52,10 +43,10 @@ const holderIds = async (c: SchedulerClient, d: Buffer): Promise<string[]> =>
 
 let key: PrivateKey
 let sched: SchedulerNode | undefined
-const nodes: Libp2p[] = []
+const nodes: Host[] = []
 const clients: SchedulerClient[] = []
 let a: SchedulerClient, b: SchedulerClient, c: SchedulerClient
-let nodeA: Libp2p, nodeB: Libp2p, nodeC: Libp2p
+let nodeA: Host, nodeB: Host, nodeC: Host
 
 before(async () => {
   key = await generateKeyPair('Ed25519')
@@ -107,7 +98,7 @@ test('withdraw removes the holder', async () => {
 test('a hostile stream is closed and the scheduler keeps serving', async () => {
   const target = multiaddr(sched?.multiaddrs[0] as string)
   const s1 = await nodeC.dialProtocol(target, SCHEDULER_PROTOCOL)
-  s1.send(frame(Uint8Array.from([0x7f, 1, 2, 3])))
+  s1.send(encodeFrame(Uint8Array.from([0x7f, 1, 2, 3])))
   const s2 = await nodeC.dialProtocol(target, SCHEDULER_PROTOCOL)
   // a length prefix claiming 100 MiB
   s2.send(Uint8Array.from([0x80, 0x80, 0x80, 0x32]))

@@ -3,10 +3,10 @@
  * (a few large incompressible files, many small compressible ones), and a content map (path → sha256) of any tree,
  * to check what a node read against what was published.
  */
-import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import { lstat, mkdir, readdir, readlink, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { sha256File } from '../base/index.js'
 
 /** path (relative, `/`-separated) → `file:<sha256>`, `link:<target>` or `dir` */
 export type ContentMap = Map<string, string>
@@ -44,13 +44,6 @@ export async function generateTree (dir: string, bytes: number): Promise<{ files
   await writeFile(join(dir, 'etc/app/version'), 'rafspeer-sim 1\n')
   await symlink('../opt/model', join(dir, 'usr/lib/model'))
   return { files: files + 1, bytes: written + 15 }
-}
-
-/** Hex sha256 of a file's bytes, streamed. */
-export async function sha256File (path: string): Promise<string> {
-  const h = createHash('sha256')
-  for await (const piece of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(piece as Buffer)
-  return h.digest('hex')
 }
 
 /**

@@ -16,10 +16,10 @@ import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { publishDirectory } from '../convert/publish.js'
-import { AdminClient } from '../peer/admin-client.js'
-import { RegistryClient } from '../registry/client.js'
-import { startRegistryServer, type RegistryServer } from '../registry/server.js'
+import { delay } from '../base/index.js'
+import { publishDirectory } from '../convert/index.js'
+import { AdminClient } from '../peer/index.js'
+import { RegistryClient, startRegistryServer, type RegistryServer } from '../registry/index.js'
 import { startSchedulerNode, type SchedulerNode } from '../scheduler/index.js'
 import { contentMap, diffContent, generateTree, type ContentMap } from './source-tree.js'
 
@@ -144,7 +144,7 @@ async function startNode (id: number, dir: string, config: Record<string, unknow
       return node
     } catch {
       if (Date.now() > deadline) { proc.kill('SIGKILL'); throw new Error(`node ${id}: the daemon did not answer within 30 s: ${out.slice(-2000)}`) }
-      await new Promise(resolve => setTimeout(resolve, 100))
+      await delay(100)
     }
   }
 }
@@ -217,7 +217,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     }, 5_000)
     ticker.unref()
     const results = await Promise.all(nodes.map(async (n, i) => {
-      if (init.staggerMs !== undefined && init.staggerMs > 0) await sleep(init.staggerMs * i, signal)
+      if (init.staggerMs !== undefined && init.staggerMs > 0) await delay(init.staggerMs * i, signal)
       const mountpoint = join(n.dir, 'mnt')
       await mkdir(mountpoint, { recursive: true })
       await n.client.mount({ source: ref, mountpoint, mode: 'fuse', prefetch: init.prefetch ?? 'none' })
@@ -303,9 +303,3 @@ export function formatSwarmReport (r: SwarmReport): string {
 const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`
 const s = (ms: number): string => `${(ms / 1000).toFixed(2)} s`
 
-async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(resolve, ms)
-    signal?.addEventListener('abort', () => { clearTimeout(t); reject(signal.reason) }, { once: true })
-  })
-}

@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { setAttributeSync } from '@napi-rs/xattr'
 import { buildFromDirectory } from '../rafs/build.js'
-import type { Compressor, Digester } from '../rafs/layout.js'
+import type { Compressor, Digester } from '../rafs/index.js'
 import { fsckErofs, kernelSkipReason, withKernelMount } from './helpers/kernel.js'
 import { diffTrees, snapshotTree } from './helpers/tree.js'
 

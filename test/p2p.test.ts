@@ -18,8 +18,8 @@ import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
 import { BlobCache } from '../cache/index.js'
 import { convertImage } from '../convert/index.js'
-import { CHUNK_PROTOCOL, ChunkStatus, FrameReader, encodeReplyHeader } from '../peer/chunk-protocol.js'
-import { announceAddrs, createPeerHost } from '../peer/p2p-host.js'
+import { CHUNK_PROTOCOL, ChunkStatus, chunkFrameReader, readRequest, replyHeader } from '../peer/index.js'
+import { announceAddrs, createHost } from '../p2p/index.js'
 import { RegistryClient, isIndex } from '../registry/index.js'
 import { SchedulerClient } from '../scheduler/index.js'
 import { RafsReader } from '../rafs/index.js'
@@ -190,15 +190,15 @@ describe('P2P: a scheduler and several daemons on loopback, the real distributio
   })
 
   it('a hostile peer serving wrong bytes is banned; nothing wrong is returned or cached; the reads complete', async () => {
-    const liar = await createPeerHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const liar = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     let asked = 0
     await liar.handle(CHUNK_PROTOCOL, async (stream) => {
       try {
-        const names = await new FrameReader(stream, 10_000, 'liar').readRequest()
+        const names = await readRequest(chunkFrameReader(stream, 'liar', 10_000))
         if (names === undefined) return
         asked += names.length
         for (const n of names) {
-          if (!stream.send(Buffer.concat([encodeReplyHeader(ChunkStatus.OK, n.size), Buffer.alloc(n.size, 0x5a)]))) await stream.onDrain()
+          if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, n.size), Buffer.alloc(n.size, 0x5a)]))) await stream.onDrain()
         }
         await stream.close()
       } catch { stream.abort(new Error('liar done')) }

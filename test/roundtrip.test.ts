@@ -13,7 +13,7 @@ import { setAttributeSync } from '@napi-rs/xattr'
 import { buildFromDirectory } from '../rafs/build.js'
 import { unpackImage } from '../rafs/unpack.js'
 import { snapshotTree, diffTrees } from './helpers/tree.js'
-import type { Compressor, Digester } from '../rafs/layout.js'
+import type { Compressor, Digester } from '../rafs/index.js'
 
 const CHUNK = 0x1000
 const isRoot = process.getuid?.() === 0

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { AdminClient } from '../../peer/admin-client.js'
+import { AdminClient } from '../../peer/index.js'
 
 const fromSources = import.meta.url.endsWith('.ts')
 export const CLI_MAIN = fileURLToPath(new URL(fromSources ? '../../cli/main.ts' : '../../cli/main.js', import.meta.url))

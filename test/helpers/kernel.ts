@@ -12,7 +12,7 @@ import { mkdtemp, rmdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { kernelMount, type KernelMount } from '../../peer/kernel-mount.js'
+import { kernelMount, type KernelMount } from '../../peer/index.js'
 
 const run = promisify(execFile)
 

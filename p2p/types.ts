@@ -1,0 +1,49 @@
+/**
+ * The swarm's shared vocabulary, used by both the scheduler and the node: who holds a chunk, how asking a holder
+ * went, who resolves holders and who announces holdings, and the protocol ids. Chunks are named by digest; a blob
+ * id and ci index only help a holder find them fast. Nothing a peer sends is trusted.
+ */
+
+/** Asking a neighbour for chunks. */
+export const CHUNK_PROTOCOL = '/rafspeer/chunk/1.0.0'
+/** Talking to the scheduler. */
+export const SCHEDULER_PROTOCOL = '/rafspeer/scheduler/1.0.0'
+
+/** A peer that (the scheduler believes) holds a chunk, and how to reach it. */
+export interface ChunkHolder {
+  /** libp2p peer id (base58btc string) */
+  peerId: string
+  /** its listen multiaddrs, e.g. `/ip4/127.0.0.1/tcp/4001` (without `/p2p/...`) */
+  addrs: string[]
+}
+
+/** The outcome of asking one holder for some chunks, for ranking. */
+export interface PeerOutcome {
+  peerId: string
+  /** chunks delivered and verified */
+  chunks: number
+  bytes: number
+  ms: number
+  /** the peer failed (refused, timed out, reset) */
+  failed: boolean
+  /** the peer sent bytes that failed their digest */
+  bad: boolean
+}
+
+/** Who holds which chunks: the scheduler client, or any stand-in (a static list of neighbours). */
+export interface HolderResolver {
+  /**
+   * Holders per chunk digest (hex key), best first, at most a few each; digests nobody holds are absent. Must answer
+   * within its own short timeout (≤ 200 ms): on failure it resolves with what it knows (possibly nothing), never
+   * rejects and never stalls a read.
+   */
+  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal }) => Promise<Map<string, ChunkHolder[]>>
+  /** fire and forget */
+  report: (outcomes: PeerOutcome[]) => void
+}
+
+/** Tells the swarm which chunks this node now holds (or no longer holds). Fire and forget; batched inside. */
+export interface ChunkAnnouncer {
+  announce: (digests: Buffer[]) => void
+  withdraw: (digests: Buffer[]) => void
+}

@@ -1,0 +1,133 @@
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ConfigError, DEFAULT_DAEMON_CONFIG, loadDaemonConfig, parseDaemonConfig } from './config.js'
+
+async function withFile (content: string, f: (path: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'rafspeer-config-'))
+  try {
+    const path = join(dir, 'config.json')
+    await writeFile(path, content)
+    await f(path)
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+describe('daemon config', () => {
+  it('gives every default for an absent file', async () => {
+    const c = await loadDaemonConfig(undefined)
+    assert.deepEqual(c, {
+      version: 1,
+      socket: '/run/rafspeer/rafspeer.sock',
+      workDir: '/var/lib/rafspeer',
+      cache: { dir: '/var/lib/rafspeer/cache', capBytes: 0 },
+      fetch: { amplifyBytes: 1 << 20, concurrency: 8, timeoutMs: 10_000, retries: 2, deadlineMs: 30_000, readaheadBytes: 4 << 20, downloadBytesPerSecond: 0 },
+      p2p: {
+        enabled: false,
+        listen: ['/ip4/0.0.0.0/tcp/0'],
+        keyFile: '/var/lib/rafspeer/peer.key',
+        maxConcurrentUploads: 16,
+        uploadBytesPerSecond: 0,
+        maxHolders: 3,
+        hedgeAfterMs: 300,
+        requestTimeoutMs: 3_000,
+        banThreshold: 3,
+        claimWaitMs: 20_000
+      },
+      scheduler: { embedded: false, zone: '', resolveTimeoutMs: 200, heartbeatMs: 5_000 },
+      prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },
+      mount: { defaultMode: 'auto' },
+      fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
+      registry: { plainHttp: 'auto' },
+      metrics: {},
+      log: { level: 'info', format: 'json' }
+    })
+    assert.deepEqual(DEFAULT_DAEMON_CONFIG, c)
+  })
+
+  it('turns P2P on with a scheduler; checks multiaddrs', () => {
+    const id = '12D3KooWSEXxo9PoqLdBzDU5FJ4gCRA7fvpHssWd3SLkquxbsnck'
+    const c = parseDaemonConfig({ workDir: '/srv/r', scheduler: { address: `/ip4/10.0.0.5/tcp/8002/p2p/${id}` }, p2p: { uploadBytesPerSecond: '100MiB' } })
+    assert.equal(c.p2p.enabled, true)
+    assert.equal(c.p2p.keyFile, '/srv/r/peer.key')
+    assert.equal(c.p2p.uploadBytesPerSecond, 100 << 20)
+    assert.equal(parseDaemonConfig({ scheduler: { embedded: true } }).p2p.enabled, true)
+    assert.equal(parseDaemonConfig({ scheduler: { embedded: true }, p2p: { enabled: false } }).p2p.enabled, false)
+    assert.throws(() => parseDaemonConfig({ scheduler: { address: '/ip4/10.0.0.5/tcp/8002' }, p2p: { listen: ['tcp://x'] } }), (err: ConfigError) => {
+      assert.equal(err.problems.length, 2)
+      assert.match(err.problems.join('\n'), /scheduler\.address: .*naming its peer/)
+      assert.match(err.problems.join('\n'), /p2p\.listen\.0: .*not a multiaddr/)
+      return true
+    })
+  })
+
+  it('puts the cache under workDir unless told otherwise', () => {
+    assert.equal(parseDaemonConfig({ workDir: '/srv/r' }).cache.dir, '/srv/r/cache')
+    assert.equal(parseDaemonConfig({ workDir: '/srv/r', cache: { dir: '/fast/c' } }).cache.dir, '/fast/c')
+  })
+
+  it('parses sizes with units', async () => {
+    await withFile(JSON.stringify({ cache: { capBytes: '20GiB' }, fetch: { amplifyBytes: '0x100000' }, prefetch: { bandwidthBytesPerSecond: '50MiB' } }), async (path) => {
+      const c = await loadDaemonConfig(path)
+      assert.equal(c.cache.capBytes, 20 * 2 ** 30)
+      assert.equal(c.fetch.amplifyBytes, 1 << 20)
+      assert.equal(c.prefetch.bandwidthBytesPerSecond, 50 * 2 ** 20)
+    })
+  })
+
+  it('lays overrides over the file', async () => {
+    await withFile(JSON.stringify({ socket: '/tmp/a.sock', log: { level: 'warn', format: 'text' } }), async (path) => {
+      const c = await loadDaemonConfig(path, { socket: '/tmp/b.sock', log: { level: 'debug' }, cache: { dir: undefined } })
+      assert.equal(c.socket, '/tmp/b.sock')
+      assert.deepEqual(c.log, { level: 'debug', format: 'text' })
+    })
+  })
+
+  it('reports every problem at once in one error', async () => {
+    const raw = {
+      socket: 'relative.sock',
+      cache: { capBytes: '20 parsecs' },
+      fetch: { concurrency: 0, retries: 1.5 },
+      prefetch: { policy: 'some' },
+      registry: { plainHttp: 'yes' },
+      metrics: { listen: 'nowhere' }
+    }
+    await withFile(JSON.stringify(raw), async (path) => {
+      const err = await loadDaemonConfig(path).then(() => undefined, (e: unknown) => e)
+      assert.ok(err instanceof ConfigError)
+      assert.equal(err.code, 'RAFSPEER_ERR_CONFIG')
+      for (const at of ['socket:', 'cache.capBytes:', 'fetch.concurrency:', 'fetch.retries:', 'prefetch.policy:', 'registry.plainHttp:', 'metrics.listen:']) {
+        assert.ok(err.message.includes(at), `${at} in ${err.message}`)
+      }
+      assert.equal(err.problems.length, 7)
+      assert.ok(err.message.includes(path))
+      assert.ok(!err.message.includes('\n'))
+    })
+  })
+
+  it('rejects unknown keys, nested too', () => {
+    assert.throws(() => parseDaemonConfig({ sockt: '/x', fetch: { concurency: 4 } }), (err: ConfigError) => {
+      assert.deepEqual([...err.problems].sort(), ['fetch.concurency: unknown key', 'sockt: unknown key'])
+      return true
+    })
+  })
+
+  it('refuses a bad version, a non-object and bad JSON', async () => {
+    assert.throws(() => parseDaemonConfig({ version: 2 }), /version: only version 1/)
+    assert.throws(() => parseDaemonConfig([]), { code: 'RAFSPEER_ERR_CONFIG' })
+    await withFile('{ "socket": ', async (path) => {
+      await assert.rejects(loadDaemonConfig(path), { code: 'RAFSPEER_ERR_CONFIG', message: /not valid JSON/ })
+    })
+    await assert.rejects(loadDaemonConfig('/nonexistent/rafspeer.json'), { code: 'RAFSPEER_ERR_CONFIG', message: /cannot read/ })
+  })
+
+  it('is deeply frozen', () => {
+    const c = parseDaemonConfig({})
+    assert.ok(Object.isFrozen(c))
+    assert.ok(Object.isFrozen(c.fetch))
+    assert.throws(() => { (c.fetch as { concurrency: number }).concurrency = 1 }, TypeError)
+  })
+})

@@ -1,0 +1,59 @@
+/**
+ * The composition root: a node assembled from a config with P2P on (embedded scheduler, loopback) announces what
+ * its cache stores without anyone in between, stops in order, and a node that cannot start leaves its cache
+ * closed (the directory opens again at once).
+ */
+import '../../polyfill.js'
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { silentLogger } from '../../base/index.js'
+import { BlobCache } from '../../cache/index.js'
+import { buildBlob, tempDir } from '../../cache/test-support.js'
+import { parseDaemonConfig } from './config.js'
+import { startNode } from './node.js'
+
+describe('startNode', () => {
+  it('wires the cache to the swarm: a stored chunk is announced; stop() closes everything', async (t) => {
+    const dir = await tempDir(t, 'rafspeer-node-')
+    const config = parseDaemonConfig({
+      workDir: join(dir, 'work'),
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+      scheduler: { embedded: true }
+    })
+    const built = await buildBlob(join(dir, 'blob'), [200_000])
+    const node = await startNode(config, silentLogger)
+    let stopped = false
+    t.after(async () => { if (!stopped) await node.stop() })
+    assert.ok(node.swarm !== undefined && node.p2p !== undefined, 'P2P is on')
+    const index = node.swarm.embedded!.index
+    const chunk = built.chunks[1]!
+    assert.deepEqual(index.holdersOf(chunk.digest), [])
+    await node.cache.registerBlob(built.blob)
+    await node.cache.putChunk(built.blob.blobId, chunk, built.plain[chunk.index]!)
+    const deadline = Date.now() + 5000
+    while (index.holdersOf(chunk.digest).length === 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+    assert.deepEqual(index.holdersOf(chunk.digest), [node.swarm.peerId], 'the stored chunk reached the swarm')
+    assert.equal(node.p2p.info().peerId, node.swarm.peerId)
+    assert.equal(node.cacheStats().chunksPresent, 1)
+    await node.stop()
+    stopped = true
+    // the cache was flushed and closed: another process (here: this one) may open it
+    const again = await BlobCache.open(config.cache.dir)
+    assert.ok(again.has(built.blob.blobId, chunk.index))
+    await again.close()
+  })
+
+  it('a node that cannot start (its P2P port is taken) leaves nothing open', async (t) => {
+    const dir = await tempDir(t, 'rafspeer-node-')
+    const taken = createServer()
+    await new Promise<void>(resolve => taken.listen(0, '127.0.0.1', resolve))
+    t.after(() => { taken.close() })
+    const port = (taken.address() as { port: number }).port
+    const config = parseDaemonConfig({ workDir: join(dir, 'work'), p2p: { enabled: true, listen: [`/ip4/127.0.0.1/tcp/${port}`] } })
+    await assert.rejects(startNode(config, silentLogger))
+    const cache = await BlobCache.open(config.cache.dir)
+    await cache.close()
+  })
+})

@@ -1,0 +1,133 @@
+/**
+ * The composition root of a node: from a validated config, the blob cache, the swarm side (libp2p host, chunk
+ * server, scheduler client or embedded scheduler, neighbour source) when P2P is on, and the mount manager over
+ * both. The one place that knows the config's shape and every component, and the one place they are wired
+ * together: chunks the cache stores are announced to the swarm here, and neighbours are put before the registry
+ * here. Stopping goes the other way: mounts, then the swarm, then the cache.
+ *
+ * @example
+ * ```ts
+ * const node = await startNode(await loadDaemonConfig('/etc/rafspeer/config.json'), createLogger())
+ * await node.mounts.mount({ source: 'registry.local/app:v1-rafs', mountpoint: '/mnt/app' })
+ * await node.stop()
+ * ```
+ */
+import { RateLimiter, type ComponentLogger } from '../../base/index.js'
+import { BlobCache, type CacheStats } from '../../cache/index.js'
+import { P2PNode, type P2PStats } from '../exchange/index.js'
+import { FuseNativeBackend, MountManager, type MountService } from '../mount/index.js'
+import type { DaemonConfig } from './config.js'
+
+/** What a daemon serves: a node's mounts, its cache's numbers, its place in the swarm. */
+export interface DaemonNode {
+  readonly mounts: MountService
+  cacheStats: () => CacheStats
+  /** the node's peer identity, listen addresses and swarm counters, when it takes part in P2P */
+  p2p?: { info: () => { peerId: string, addrs: string[] }, stats: () => P2PStats }
+  /** unmounts everything, leaves the swarm, flushes and closes the cache */
+  stop: () => Promise<void>
+}
+
+/** A running node: the components themselves, for those who need more than the daemon's view. */
+export interface Node extends DaemonNode {
+  readonly cache: BlobCache
+  readonly mounts: MountManager
+  readonly swarm: P2PNode | undefined
+}
+
+/** Opens the cache and starts the node's components; leaves nothing open when it rejects. */
+export async function startNode (config: DaemonConfig, logger: ComponentLogger): Promise<Node> {
+  const cache = await BlobCache.open(config.cache.dir, { ...(config.cache.capBytes > 0 ? { capBytes: config.cache.capBytes } : {}), logger })
+  let swarm: P2PNode | undefined
+  try {
+    if (config.p2p.enabled) {
+      swarm = await startSwarm(cache, config, logger)
+      const node = swarm
+      // what the cache holds from now on, the swarm hears of (and neighbours waiting for it wake up)
+      cache.events.on('stored', digests => { node.onChunksStored(digests) })
+    }
+    const mounts = mountManager(cache, config, logger, swarm)
+    const node: Node = {
+      cache,
+      mounts,
+      swarm,
+      cacheStats: () => cache.stats(),
+      ...(swarm !== undefined
+        ? { p2p: { info: () => ({ peerId: swarm!.peerId, addrs: swarm!.multiaddrs }), stats: () => swarm!.stats() } }
+        : {}),
+      stop: async () => {
+        const errors: unknown[] = []
+        for (const step of [async () => { await mounts.stop() }, async () => { await swarm?.stop() }, async () => { await cache.close() }]) {
+          try { await step() } catch (err) { errors.push(err) }
+        }
+        if (errors.length > 0) throw errors[0]
+      }
+    }
+    return node
+  } catch (err) {
+    await swarm?.stop().catch(() => {})
+    await cache.close().catch(() => {})
+    throw err
+  }
+}
+
+async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: ComponentLogger): Promise<P2PNode> {
+  const { p2p, scheduler } = config
+  const node = await P2PNode.start({ cache, logger }, {
+    listen: [...p2p.listen],
+    keyFile: p2p.keyFile,
+    maxConcurrentUploads: p2p.maxConcurrentUploads,
+    uploadBytesPerSecond: p2p.uploadBytesPerSecond,
+    maxHolders: p2p.maxHolders,
+    hedgeAfterMs: p2p.hedgeAfterMs,
+    requestTimeoutMs: p2p.requestTimeoutMs,
+    banThreshold: p2p.banThreshold,
+    claimWaitMs: p2p.claimWaitMs,
+    scheduler: {
+      ...(scheduler.address !== undefined ? { address: scheduler.address } : {}),
+      embedded: scheduler.embedded,
+      zone: scheduler.zone,
+      resolveTimeoutMs: scheduler.resolveTimeoutMs,
+      heartbeatMs: scheduler.heartbeatMs
+    }
+  })
+  logger.forComponent('rafspeer:p2p').info('peer %s listening on %s%s', node.peerId, node.multiaddrs.join(' '),
+    scheduler.embedded ? ' (embedded scheduler)' : scheduler.address !== undefined ? `, scheduler ${scheduler.address}` : ', no scheduler: serving only')
+  return node
+}
+
+function mountManager (cache: BlobCache, config: DaemonConfig, logger: ComponentLogger, swarm: P2PNode | undefined): MountManager {
+  const download = config.fetch.downloadBytesPerSecond > 0 ? new RateLimiter(config.fetch.downloadBytesPerSecond) : undefined
+  return new MountManager({
+    cache,
+    fuse: new FuseNativeBackend({ logger }),
+    logger,
+    // neighbours before the image's own source (the registry)
+    ...(swarm !== undefined ? { extraSources: [swarm.source] } : {})
+  }, {
+    workDir: config.workDir,
+    fetch: {
+      amplifyBytes: config.fetch.amplifyBytes,
+      concurrency: config.fetch.concurrency,
+      timeoutMs: config.fetch.timeoutMs,
+      retries: config.fetch.retries,
+      deadlineMs: config.fetch.deadlineMs,
+      ...(download !== undefined ? { downloadLimiter: download } : {})
+    },
+    prefetch: {
+      policy: config.prefetch.policy,
+      ...(config.prefetch.bandwidthBytesPerSecond > 0 ? { bandwidthBytesPerSecond: config.prefetch.bandwidthBytesPerSecond } : {})
+    },
+    readaheadBytes: config.fetch.readaheadBytes,
+    defaultMode: config.mount.defaultMode,
+    fuse: {
+      kernelCache: config.fuse.kernelCache,
+      entryTimeoutS: config.fuse.entryTimeoutS,
+      attrTimeoutS: config.fuse.attrTimeoutS,
+      allowOther: config.fuse.allowOther,
+      // fuse-native's guard sits past the read deadline: a stalled read ends as the fetcher's EIO first
+      opTimeoutMs: config.fetch.deadlineMs + 5_000
+    },
+    plainHttp: config.registry.plainHttp
+  })
+}

@@ -1,0 +1,205 @@
+/**
+ * The chunk server on real libp2p nodes over a real BlobCache: serves by digest only (lying hints change
+ * nothing and evict nothing), never serves a corrupted cached chunk, survives malformed and idle streams, answers
+ * BUSY over its upload cap, paces uploads under a rate cap, and aborts uploads on stop.
+ */
+import '../../polyfill.js'
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, open, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { BlobCache } from '../../cache/index.js'
+import { BlobDataReader, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
+import {
+  CHUNK_PROTOCOL, ChunkStatus, exchangeChunks, type ChunkName, type ChunkReply
+} from './chunk-protocol.js'
+import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
+import { buildTestImage, type TestImage } from '../../test/helpers/fetch-kit.js'
+import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
+
+describe('ChunkServer', () => {
+  let img: TestImage
+  let blob: RafsBlobInfo
+  let chunks: ChunkInfo[]
+  const plain: Buffer[] = []
+  let root: string
+  let client: Host
+  const closers: Array<() => Promise<void>> = []
+
+  before(async () => {
+    img = await buildTestImage()
+    blob = img.blobs[0]!
+    chunks = Array.from({ length: blob.chunkCount }, (_, ci) => img.reader.chunkInfo(0, ci))
+    const r = await BlobDataReader.open({ blobPath: img.blobPath, blob })
+    for (const c of chunks) plain[c.index] = await r.readChunk(c)
+    await r.close()
+    root = await mkdtemp(join(tmpdir(), 'rafspeer-chunk-server-'))
+    client = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  })
+
+  after(async () => {
+    for (const c of closers.reverse()) await c().catch(() => {})
+    await client?.stop()
+    await rm(root, { recursive: true, force: true })
+    await img?.cleanup()
+  })
+
+  let seq = 0
+  /** a cache holding the given chunks of the test blob */
+  async function seededCache (which: ChunkInfo[] = chunks): Promise<{ cache: BlobCache, dir: string }> {
+    const dir = join(root, `cache${seq++}`)
+    const cache = await BlobCache.open(dir)
+    await cache.registerBlob(blob)
+    for (const c of which) await cache.putChunk(blob.blobId, c, plain[c.index]!)
+    closers.push(async () => { await cache.close() })
+    return { cache, dir }
+  }
+
+  async function startServer (cache: BlobCache, init: ChunkServerInit = {}): Promise<{ server: ChunkServer, node: Host, addr: Multiaddr }> {
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache }, init)
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop() })
+    return { server, node, addr: multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`) }
+  }
+
+  const nameOf = (c: ChunkInfo): ChunkName => ({ digest: c.digest, blobId: blob.blobId, ci: c.index, size: c.uncompressedSize })
+
+  async function ask (addr: Multiaddr, names: ChunkName[], timeoutMs = 3000): Promise<ChunkReply[]> {
+    const stream = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+    const out: ChunkReply[] = []
+    for await (const r of exchangeChunks(stream, names, { timeoutMs })) out.push(r)
+    return out
+  }
+
+  it('serves chunks by digest; absent ones are NOT_FOUND', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 10))
+    const { server, addr } = await startServer(cache)
+    const names = chunks.slice(0, 12).map(nameOf)
+    const replies = await ask(addr, names)
+    assert.equal(replies.length, 12)
+    for (let i = 0; i < 10; i++) {
+      assert.equal(replies[i]!.status, ChunkStatus.OK)
+      assert.ok(replies[i]!.payload!.equals(plain[i]!), `chunk ${i}`)
+    }
+    assert.deepEqual(replies.slice(10).map(r => r.status), [ChunkStatus.NOT_FOUND, ChunkStatus.NOT_FOUND])
+    assert.equal(server.counters.chunksServed, 10)
+    assert.equal(server.counters.bytesServed, chunks.slice(0, 10).reduce((n, c) => n + c.uncompressedSize, 0))
+    assert.equal(server.counters.notFound, 2)
+    assert.equal(server.counters.uploadsActive, 0)
+  })
+
+  it('a reply that takes long (a chunk on its way) is preceded by PENDING frames: the asker keeps waiting', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 3))
+    const slow = chunks[1]!.digest
+    // the look-up of chunk 1 takes 2.6 s, longer than the asker's 1.5 s read deadline
+    const servable = {
+      has: (id: string, ci: number) => cache.has(id, ci),
+      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
+      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
+        if (d.equals(slow) && o?.exceptBlobId === undefined) await new Promise(resolve => setTimeout(resolve, 2600))
+        return await cache.findByDigest(d, o)
+      }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache: servable })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const replies = await ask(addr, chunks.slice(0, 3).map(nameOf), 1500)
+    assert.deepEqual(replies.map(r => r.status), [ChunkStatus.OK, ChunkStatus.OK, ChunkStatus.OK])
+    assert.ok(replies[1]!.payload!.equals(plain[1]!))
+    assert.ok(server.counters.pendingFrames >= 2, `${server.counters.pendingFrames} pending frames`)
+  })
+
+  it('never reads where the hints point: lying hints get the right bytes and evict nothing', async () => {
+    const { cache, dir } = await seededCache(chunks.slice(0, 6))
+    await cache.close()
+    // corrupt chunk 1 on disk; a fresh process has verified nothing yet
+    const fh = await open(join(dir, `${blob.blobId}.blob.data`), 'r+')
+    await fh.write(Buffer.alloc(512, 0xee), 0, 512, chunks[1]!.uncompressedOffset)
+    await fh.close()
+    const reopened = await BlobCache.open(dir)
+    closers.push(async () => { await reopened.close() })
+    const { server, addr } = await startServer(reopened)
+
+    // chunk 2 asked for with hints naming corrupted chunk 1 (and a made-up size in another entry)
+    const liar = { ...nameOf(chunks[2]!), ci: 1 }
+    const wrongSize = { ...nameOf(chunks[3]!), size: chunks[3]!.uncompressedSize - 1 }
+    const replies = await ask(addr, [liar, wrongSize])
+    assert.equal(replies[0]!.status, ChunkStatus.OK)
+    assert.ok(replies[0]!.payload!.equals(plain[2]!))
+    assert.equal(replies[1]!.status, ChunkStatus.NOT_FOUND)
+    assert.ok(reopened.has(blob.blobId, 1), 'the corrupted chunk was never read, so never unmarked by a liar')
+    assert.ok(reopened.has(blob.blobId, 3))
+
+    // asked for by its own digest, the corrupted chunk is found bad, unmarked, and not served
+    const [bad] = await ask(addr, [nameOf(chunks[1]!)])
+    assert.equal(bad!.status, ChunkStatus.NOT_FOUND)
+    assert.equal(reopened.has(blob.blobId, 1), false)
+    assert.equal(server.counters.chunksServed, 1)
+  })
+
+  it('aborts malformed and idle streams and keeps serving', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 3))
+    const { server, addr } = await startServer(cache, { readTimeoutMs: 300 })
+    const garbage = [
+      Buffer.from([0xff, 0xff, 0xff, 0xff, 1, 2, 3]), // length far past the bound
+      Buffer.from([0, 0, 0, 5, 9, 0, 0, 1, 0]), // version 9
+      Buffer.from([0, 0, 0, 76, 1, 0, 0, 1, 1, 2, 3]) // cut short, then closed
+    ]
+    for (const g of garbage) {
+      const s = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+      s.send(g)
+      await s.close().catch(() => {})
+      // the server resets the stream: reading ends (with or without an error), it never hangs
+      await (async () => { for await (const _ of s) { /* nothing expected */ } })().catch(() => {})
+    }
+    const idle = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+    const idleEnded = (async () => { for await (const _ of idle) { /* nothing */ } })().then(() => 'ended', () => 'reset')
+    assert.ok(['ended', 'reset'].includes(await idleEnded))
+    assert.equal(server.counters.malformed, 3)
+    assert.equal(server.counters.aborted, 1, 'the idle stream hit the read deadline')
+
+    const replies = await ask(addr, chunks.slice(0, 3).map(nameOf))
+    assert.deepEqual(replies.map(r => r.status), [ChunkStatus.OK, ChunkStatus.OK, ChunkStatus.OK])
+  })
+
+  it('answers BUSY over the upload cap and paces uploads under a rate cap', async () => {
+    const { cache } = await seededCache()
+    const rate = 1 << 20
+    const { server, addr } = await startServer(cache, { maxConcurrentUploads: 1, uploadBytesPerSecond: rate })
+    const first = chunks.slice(0, 24) // 1.5 MiB: ~1.25 s at 1 MiB/s after the 256 KiB burst
+    const bytes = first.reduce((n, c) => n + c.uncompressedSize, 0)
+    const started = performance.now()
+    const slow = ask(addr, first.map(nameOf))
+    await new Promise(resolve => setTimeout(resolve, 200))
+    assert.equal(server.counters.uploadsActive, 1)
+    const refused = await ask(addr, chunks.slice(30, 33).map(nameOf))
+    assert.deepEqual(refused.map(r => r.status), [ChunkStatus.BUSY, ChunkStatus.BUSY, ChunkStatus.BUSY])
+    assert.equal(server.counters.refused, 1)
+    const replies = await slow
+    const ms = performance.now() - started
+    assert.ok(replies.every((r, i) => r.status === ChunkStatus.OK && r.payload!.equals(plain[first[i]!.index]!)))
+    const floor = (bytes - Math.max(256 << 10, rate / 4)) / rate * 1000
+    assert.ok(ms >= floor * 0.9, `${bytes} bytes at ${rate} B/s took ${ms.toFixed(0)} ms, expected ≥ ${floor.toFixed(0)}`)
+    assert.ok(ms < floor * 3 + 1000, `pacing too slow: ${ms.toFixed(0)} ms`)
+    const after = await ask(addr, chunks.slice(30, 31).map(nameOf))
+    assert.equal(after[0]!.status, ChunkStatus.OK, 'once the upload is done, the next is served')
+  })
+
+  it('stop() aborts uploads in progress and stops answering', async () => {
+    const { cache } = await seededCache()
+    const { server, addr } = await startServer(cache, { uploadBytesPerSecond: 256 << 10 })
+    const stream = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+    const got: ChunkReply[] = []
+    const reading = (async () => { for await (const r of exchangeChunks(stream, chunks.slice(0, 20).map(nameOf), { timeoutMs: 5000 })) got.push(r) })()
+    await new Promise(resolve => setTimeout(resolve, 300))
+    await server.stop()
+    await assert.rejects(reading)
+    assert.ok(got.length < 20)
+    await assert.rejects(client.dialProtocol(addr, CHUNK_PROTOCOL), /protocol/i)
+  })
+})

@@ -1,0 +1,275 @@
+/**
+ * The serving side of `/rafspeer/chunk/1.0.0`: answers neighbours' requests from the blob cache.
+ *
+ * Chunks are found by digest only. The blob id and ci index an asker sends are hints we never read by: with
+ * `readChunk({ verify: 'once' })` a chunk whose bytes fail is unmarked, so reading where a liar points could evict
+ * good chunks. A chunk that fails its digest here is answered NOT_FOUND and never served onwards.
+ *
+ * @example
+ * ```ts
+ * const server = new ChunkServer({ libp2p: node, cache }, { maxConcurrentUploads: 16, uploadBytesPerSecond: 50e6 })
+ * await server.start()
+ * // ... server.counters.bytesServed
+ * await server.stop()
+ * ```
+ */
+import type { Connection, Libp2p, Stream } from '@libp2p/interface'
+import { Uint8ArrayList } from 'uint8arraylist'
+import { RateLimiter, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import { sendWithBackpressure } from '../../p2p/index.js'
+import {
+  CHUNK_PROTOCOL, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, chunkFrameReader, errorReply, readRequest, replyHeader,
+  type ChunkName
+} from './chunk-protocol.js'
+
+/** A chunk as the cache knows it: where it sits in its blob's uncompressed view, and its digest. */
+export interface ServableChunk { index: number, digest: Buffer, uncompressedOffset: number, uncompressedSize: number }
+
+/** The chunk store a node serves from: its blob cache (`BlobCache` satisfies it). */
+export interface ServableCache {
+  has: (blobId: string, ciIndex: number) => boolean
+  findByDigest: (digest: Buffer, opts?: { exceptBlobId?: string }) => Promise<{ blobId: string, chunk: ServableChunk } | undefined>
+  readChunk: (blobId: string, chunk: ServableChunk, opts?: { verify?: boolean | 'once' }) => Promise<Buffer | undefined>
+}
+
+export const DEFAULT_MAX_CONCURRENT_UPLOADS = 16
+export const DEFAULT_READ_TIMEOUT_MS = 10_000
+/** streams of this protocol one connection may hold open at once */
+export const DEFAULT_MAX_INBOUND_STREAMS = 32
+/** cache reads of one request in flight ahead of the one being sent */
+export const DEFAULT_READ_AHEAD = 8
+/** chunk bytes one request may hold in memory ahead of the reply being sent */
+export const READ_AHEAD_BYTES = 2 << 20
+/** replies already read are sent together up to about this many bytes */
+export const COALESCE_BYTES = 256 << 10
+/** with a rate cap, a chunk is paced in slices this big so the asker sees steady progress */
+export const PACING_SLICE_BYTES = 256 << 10
+/** while the next reply is not ready, a PENDING frame goes out this often */
+export const PENDING_INTERVAL_MS = 1_000
+
+export interface ChunkServerComponents {
+  libp2p: Pick<Libp2p, 'handle' | 'unhandle'>
+  cache: ServableCache
+  logger?: ComponentLogger
+}
+
+export interface ChunkServerInit {
+  /** requests answered at once, across all askers; more are answered BUSY (16) */
+  maxConcurrentUploads?: number
+  /** total upload rate; unlimited when absent */
+  uploadBytesPerSecond?: number
+  /** deadline of every read from an asker and of every wait for it to take our bytes (10 s) */
+  readTimeoutMs?: number
+  maxInboundStreams?: number
+  readAhead?: number
+}
+
+export interface ChunkServerCounters {
+  /** requests being answered now */
+  uploadsActive: number
+  /** requests answered (not refused) */
+  uploads: number
+  chunksServed: number
+  bytesServed: number
+  /** chunks answered NOT_FOUND (absent, or failing their digest in our cache) */
+  notFound: number
+  /** requests answered BUSY */
+  refused: number
+  /** chunks answered ERROR (cache I/O) */
+  errors: number
+  /** streams aborted for breaking the format */
+  malformed: number
+  /** streams aborted for idling past the deadline, or reset by the asker */
+  aborted: number
+  /** PENDING frames sent while a reply was not ready (a claimed chunk being fetched) */
+  pendingFrames: number
+}
+
+export class ChunkServer {
+  readonly counters: ChunkServerCounters = {
+    uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0, pendingFrames: 0
+  }
+
+  private readonly libp2p: ChunkServerComponents['libp2p']
+  private readonly cache: ServableCache
+  private readonly log: Logger | undefined
+  private readonly maxUploads: number
+  private readonly readTimeoutMs: number
+  private readonly maxInboundStreams: number
+  private readonly readAhead: number
+  private readonly bucket: RateLimiter | undefined
+  private readonly streams = new Set<Stream>()
+  private started = false
+
+  constructor (components: ChunkServerComponents, init: ChunkServerInit = {}) {
+    this.libp2p = components.libp2p
+    this.cache = components.cache
+    this.log = components.logger?.forComponent('rafspeer:chunk-server')
+    this.maxUploads = Math.max(0, init.maxConcurrentUploads ?? DEFAULT_MAX_CONCURRENT_UPLOADS)
+    this.readTimeoutMs = init.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS
+    this.maxInboundStreams = init.maxInboundStreams ?? DEFAULT_MAX_INBOUND_STREAMS
+    this.readAhead = Math.max(1, init.readAhead ?? DEFAULT_READ_AHEAD)
+    const rate = init.uploadBytesPerSecond
+    // a quarter second of burst, and at least one slice, so pacing never stalls a slice outright
+    this.bucket = rate === undefined ? undefined : new RateLimiter(rate, Math.max(PACING_SLICE_BYTES, rate / 4))
+  }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    await this.libp2p.handle(CHUNK_PROTOCOL, async (stream, connection) => { await this.serve(stream, connection) }, {
+      maxInboundStreams: this.maxInboundStreams
+    })
+    this.started = true
+  }
+
+  /** Stops taking requests and aborts the uploads in progress. */
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    await this.libp2p.unhandle(CHUNK_PROTOCOL)
+    for (const s of this.streams) s.abort(new Error('chunk server stopped'))
+    this.streams.clear()
+  }
+
+  private async serve (stream: Stream, connection: Connection): Promise<void> {
+    const peer = connection.remotePeer.toString()
+    const what = `chunk upload to ${peer}`
+    this.streams.add(stream)
+    try {
+      const reader = chunkFrameReader(stream, what, this.readTimeoutMs)
+      for (;;) {
+        const names = await readRequest(reader)
+        if (names === undefined) break
+        if (this.counters.uploadsActive >= this.maxUploads) {
+          this.counters.refused++
+          await this.send(stream, busyReplies(names.length), what)
+          continue
+        }
+        this.counters.uploadsActive++
+        this.counters.uploads++
+        try {
+          await this.answer(stream, names, what)
+        } finally {
+          this.counters.uploadsActive--
+        }
+      }
+      await stream.close({ signal: AbortSignal.timeout(this.readTimeoutMs) })
+    } catch (err) {
+      if (err instanceof ChunkProtocolError) this.counters.malformed++
+      else this.counters.aborted++
+      this.log?.debug('%s: stream aborted: %s', what, describeError(err))
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      this.streams.delete(stream)
+    }
+  }
+
+  /**
+   * One reply per name, in order; cache reads run a few ahead of the sends, and replies already read go out
+   * together (one send, so yamux and noise frame them in large pieces rather than one small frame per chunk).
+   */
+  private async answer (stream: Stream, names: ChunkName[], what: string): Promise<void> {
+    const replies: Array<Promise<Reply>> = []
+    const ready: boolean[] = []
+    // reads ahead of reply `from`: at most readAhead of them and READ_AHEAD_BYTES of chunks (but always the next)
+    const startReads = (from: number): void => {
+      let bytes = 0
+      for (let i = from; i < names.length && i < from + this.readAhead; i++) {
+        bytes += names[i]!.size
+        if (i > from && bytes > READ_AHEAD_BYTES) break
+        if (i < replies.length) continue
+        replies.push(this.reply(names[i]!).then(r => { ready[i] = true; return r }))
+      }
+    }
+    for (let i = 0; i < names.length;) {
+      startReads(i)
+      // the next reply in order may take a while (a chunk this node is fetching itself): keep the asker waiting
+      if (ready[i] !== true) await this.keepAlive(stream, replies[i]!, what)
+      if (this.bucket !== undefined) {
+        await this.sendPaced(stream, await replies[i]!, what)
+        delete replies[i]
+        i++
+        continue
+      }
+      const out = new Uint8ArrayList()
+      do {
+        const r = await replies[i]!
+        delete replies[i]
+        i++
+        startReads(i)
+        if (r.payload === undefined) { out.append(r.frame); continue }
+        out.append(replyHeader(ChunkStatus.OK, r.payload.length), r.payload)
+        this.counters.chunksServed++
+        this.counters.bytesServed += r.payload.length
+      } while (i < names.length && ready[i] === true && out.byteLength < COALESCE_BYTES)
+      await this.send(stream, out, what)
+    }
+  }
+
+  private async send (stream: Stream, data: Uint8Array | Uint8ArrayList, what: string): Promise<void> {
+    await sendWithBackpressure(stream, data, { timeoutMs: this.readTimeoutMs, what, timeout: m => new ChunkTimeoutError(m) })
+  }
+
+  /** Sends a PENDING frame every PENDING_INTERVAL_MS until `reply` settles. */
+  private async keepAlive (stream: Stream, reply: Promise<Reply>, what: string): Promise<void> {
+    let settled = false
+    const done = reply.then(() => { settled = true }, () => { settled = true })
+    for (;;) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([done, new Promise<void>(resolve => { timer = setTimeout(resolve, PENDING_INTERVAL_MS) })])
+      clearTimeout(timer)
+      if (settled) return
+      this.counters.pendingFrames++
+      await this.send(stream, replyHeader(ChunkStatus.PENDING), what)
+    }
+  }
+
+  /** One reply under the rate cap: a chunk goes in slices paid for one by one, so the asker sees steady progress. */
+  private async sendPaced (stream: Stream, r: Reply, what: string): Promise<void> {
+    const bucket = this.bucket!
+    if (r.payload === undefined) {
+      await bucket.take(r.frame.byteLength)
+      await this.send(stream, r.frame, what)
+      return
+    }
+    const payload = r.payload
+    const header = replyHeader(ChunkStatus.OK, payload.length)
+    await bucket.take(header.length)
+    await this.send(stream, header, what)
+    for (let off = 0; off < payload.length; off += PACING_SLICE_BYTES) {
+      const slice = payload.subarray(off, off + PACING_SLICE_BYTES)
+      await bucket.take(slice.length)
+      await this.send(stream, slice, what)
+    }
+    this.counters.chunksServed++
+    this.counters.bytesServed += payload.length
+  }
+
+  /** The reply to one name; never rejects. */
+  private async reply (name: ChunkName): Promise<Reply> {
+    try {
+      let found = await this.cache.findByDigest(name.digest)
+      for (let tries = 0; found !== undefined && tries < 2; tries++) {
+        const c = found.chunk
+        if (c.uncompressedSize !== name.size || !c.digest.equals(name.digest)) break
+        const bytes = await this.cache.readChunk(found.blobId, c, { verify: 'once' })
+        if (bytes !== undefined && bytes.length === name.size) return { payload: bytes }
+        // failed its digest (now unmarked) or was evicted: another blob may hold the same chunk
+        found = await this.cache.findByDigest(name.digest, { exceptBlobId: found.blobId })
+      }
+      this.counters.notFound++
+      return { frame: replyHeader(ChunkStatus.NOT_FOUND) }
+    } catch (err) {
+      this.counters.errors++
+      this.log?.warn('reading chunk %s for a neighbour failed: %s', name.digest.toString('hex'), describeError(err))
+      return { frame: errorReply('cache read failed') }
+    }
+  }
+}
+
+type Reply = { payload: Buffer, frame?: undefined } | { payload?: undefined, frame: Uint8Array | Uint8ArrayList }
+
+function busyReplies (count: number): Buffer {
+  const one = replyHeader(ChunkStatus.BUSY)
+  return Buffer.concat(Array.from({ length: count }, () => one))
+}

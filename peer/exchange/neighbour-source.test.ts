@@ -1,0 +1,301 @@
+/**
+ * The peer source against real libp2p nodes serving real BlobCaches, and hostile ones: one holder, several
+ * (spread), a dead and a silent holder (failover, hedging), a holder sending wrong bytes (nothing bad yielded,
+ * banned past the threshold, never asked again), a holder killed or stalling mid-transfer (what arrived is
+ * yielded, no hang), a hung resolver, the caller's abort, and the fetcher topping up from the next source.
+ */
+import '../../polyfill.js'
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { BlobCache } from '../../cache/index.js'
+import { BlobDataReader, digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
+import type { ChunkSource, FetchedChunk } from '../fetch/index.js'
+import { CHUNK_PROTOCOL, ChunkStatus, chunkFrameReader, readRequest, replyHeader } from './chunk-protocol.js'
+import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
+import { buildTestImage, chunksOf, MemoryChunkCache, type TestImage } from '../../test/helpers/fetch-kit.js'
+import { Fetcher } from '../fetch/index.js'
+import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
+import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
+import { NeighbourSource, type NeighbourSourceInit } from './neighbour-source.js'
+
+/** A stand-in for the scheduler: the same holders for every digest (or per digest), outcomes recorded. */
+class StaticResolver implements HolderResolver {
+  readonly outcomes: PeerOutcome[] = []
+  calls = 0
+  constructor (private readonly holders: ChunkHolder[] | ((hex: string) => ChunkHolder[]), private readonly delayMs = 0) {}
+  async resolve (digests: Buffer[]): Promise<Map<string, ChunkHolder[]>> {
+    this.calls++
+    // ignores the signal on purpose (a hung resolver); unref'd so it cannot hold the test process
+    if (this.delayMs > 0) await new Promise(resolve => setTimeout(resolve, this.delayMs).unref())
+    const out = new Map<string, ChunkHolder[]>()
+    for (const d of digests) {
+      const hex = d.toString('hex')
+      const list = typeof this.holders === 'function' ? this.holders(hex) : this.holders
+      if (list.length > 0) out.set(hex, list)
+    }
+    return out
+  }
+
+  report (outcomes: PeerOutcome[]): void { this.outcomes.push(...outcomes) }
+  of (peerId: string): PeerOutcome[] { return this.outcomes.filter(o => o.peerId === peerId) }
+}
+
+/** Resolves when the asker gives up on the stream (or after a long while): a server that never answers. */
+async function heldOpen (stream: { addEventListener: (e: 'close', f: () => void, o: { once: true }) => void }): Promise<void> {
+  await new Promise<void>(resolve => {
+    const t = setTimeout(resolve, 30_000)
+    stream.addEventListener('close', () => { clearTimeout(t); resolve() }, { once: true })
+  })
+}
+
+/** Serves the chunk protocol its own way: `reply` gets each request and the stream. */
+type Behaviour = (names: Array<{ size: number }>, stream: Parameters<Parameters<Host['handle']>[1]>[0]) => Promise<void>
+
+describe('NeighbourSource', () => {
+  let img: TestImage
+  let blob: RafsBlobInfo
+  let chunks: ChunkInfo[]
+  const plain: Buffer[] = []
+  let root: string
+  let client: Host
+  const closers: Array<() => Promise<void>> = []
+  let seq = 0
+
+  before(async () => {
+    img = await buildTestImage()
+    blob = img.blobs[0]!
+    chunks = Array.from({ length: blob.chunkCount }, (_, ci) => img.reader.chunkInfo(0, ci))
+    const r = await BlobDataReader.open({ blobPath: img.blobPath, blob })
+    for (const c of chunks) plain[c.index] = await r.readChunk(c)
+    await r.close()
+    root = await mkdtemp(join(tmpdir(), 'rafspeer-peer-source-'))
+    client = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  })
+
+  after(async () => {
+    for (const c of closers.reverse()) await c().catch(() => {})
+    await client?.stop()
+    await rm(root, { recursive: true, force: true })
+    await img?.cleanup()
+  })
+
+  const holderOf = (node: Host): ChunkHolder => ({ peerId: node.peerId.toString(), addrs: announceAddrs(node) })
+
+  /** a node serving a real BlobCache that holds `which` */
+  async function seed (which: ChunkInfo[] = chunks, init: ChunkServerInit = {}): Promise<{ node: Host, server: ChunkServer, holder: ChunkHolder }> {
+    const cache = await BlobCache.open(join(root, `seed${seq++}`))
+    await cache.registerBlob(blob)
+    for (const c of which) await cache.putChunk(blob.blobId, c, plain[c.index]!)
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache }, init)
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop(); await cache.close() })
+    return { node, server, holder: holderOf(node) }
+  }
+
+  /** a node answering the chunk protocol with `behaviour`; `requests` counts what reached it */
+  async function rogue (behaviour: Behaviour): Promise<{ node: Host, holder: ChunkHolder, requests: () => number }> {
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    let requests = 0
+    await node.handle(CHUNK_PROTOCOL, async (stream) => {
+      try {
+        const names = await readRequest(chunkFrameReader(stream, 'rogue', 10_000))
+        if (names === undefined) return
+        requests++
+        await behaviour(names, stream)
+      } catch { stream.abort(new Error('rogue done')) }
+    })
+    closers.push(async () => { await node.stop() })
+    return { node, holder: holderOf(node), requests: () => requests }
+  }
+
+  function source (resolver: HolderResolver, init: NeighbourSourceInit = {}): NeighbourSource {
+    return new NeighbourSource({ libp2p: client, resolver }, init)
+  }
+
+  /** the fetcher's check, which the source calls on every chunk it receives */
+  const verify = (c: ChunkInfo, plaintext: Buffer): boolean => digestChunk(blob.digester, plaintext).equals(c.digest)
+
+  /** everything the source yields, each checked against the true plaintext */
+  async function collect (src: ChunkSource, which: ChunkInfo[] = chunks, signal = AbortSignal.timeout(20_000)): Promise<Map<number, Buffer>> {
+    const got = new Map<number, Buffer>()
+    for await (const { chunk, plaintext } of src.fetch(blob, which, { signal, verify })) {
+      assert.ok(!got.has(chunk.index), `chunk ${chunk.index} yielded twice`)
+      assert.ok(plaintext.equals(plain[chunk.index]!), `chunk ${chunk.index}: wrong bytes yielded`)
+      got.set(chunk.index, plaintext)
+    }
+    return got
+  }
+
+  const totalBytes = (list: ChunkInfo[]): number => list.reduce((n, c) => n + c.uncompressedSize, 0)
+
+  it('fetches every chunk of a blob from one holder and reports it', async () => {
+    const { holder, server } = await seed()
+    const resolver = new StaticResolver([holder])
+    const src = source(resolver)
+    assert.equal(src.name.startsWith('peer:'), true)
+    const got = await collect(src)
+    assert.equal(got.size, chunks.length)
+    assert.equal(src.counters.chunksFromPeers, chunks.length)
+    assert.equal(src.counters.bytesFromPeers, totalBytes(chunks))
+    assert.equal(server.counters.chunksServed, chunks.length)
+    assert.ok(chunks.length > 64, 'the blob needs more than one request')
+    assert.equal(src.counters.requests, 2)
+    await collect(src, chunks.slice(0, 3))
+    assert.equal(client.getConnections(peerIdFromString(holder.peerId)).length, 1, 'requests share one connection')
+    const reported = resolver.of(holder.peerId)
+    assert.equal(reported.reduce((n, o) => n + o.chunks, 0), chunks.length + 3)
+    assert.ok(reported.every(o => !o.failed && !o.bad))
+  })
+
+  it('spreads chunks over several holders and yields only what they hold', async () => {
+    const a = await seed()
+    const b = await seed()
+    const c = await seed()
+    const partial = await seed(chunks.slice(0, 5))
+    const src = source(new StaticResolver([a.holder, b.holder, c.holder]), { maxHolders: 3 })
+    const got = await collect(src)
+    assert.equal(got.size, chunks.length)
+    for (const s of [a, b, c]) assert.ok(s.server.counters.chunksServed > chunks.length / 6, `holder served ${s.server.counters.chunksServed}`)
+
+    // a holder with 5 chunks, listed for all: the other chunks come back NOT_FOUND and are left to the next source
+    const few = await collect(source(new StaticResolver([partial.holder])))
+    assert.deepEqual([...few.keys()].sort((x, y) => x - y), [0, 1, 2, 3, 4])
+  })
+
+  it('fails over from a dead holder at once and hedges a silent one', async () => {
+    const good = await seed()
+    const dead = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const deadHolder = holderOf(dead)
+    await dead.stop()
+    const silent = await rogue(async (_names, stream) => { await heldOpen(stream) })
+
+    let started = performance.now()
+    const viaDead = source(new StaticResolver([deadHolder, good.holder]), { maxHolders: 1 })
+    assert.equal((await collect(viaDead)).size, chunks.length)
+    assert.ok(viaDead.counters.failedRequests >= 1)
+    assert.ok(performance.now() - started < 2500)
+
+    started = performance.now()
+    const resolver = new StaticResolver([silent.holder, good.holder])
+    const viaSilent = source(resolver, { maxHolders: 1, hedgeAfterMs: 100, requestTimeoutMs: 5000 })
+    assert.equal((await collect(viaSilent)).size, chunks.length)
+    const ms = performance.now() - started
+    assert.ok(ms < 2500, `hedging should beat the 5 s request timeout, took ${ms.toFixed(0)} ms`)
+    assert.ok(viaSilent.counters.hedges >= 1)
+    assert.equal(viaSilent.counters.timeouts, 0, 'the silent request was cancelled, not timed out')
+    assert.ok(silent.requests() >= 1)
+  })
+
+  it('never yields bad bytes: a lying holder is dropped, banned past the threshold, never asked again', async () => {
+    const good = await seed()
+    const liar = await rogue(async (names, stream) => {
+      for (const n of names) {
+        const junk = Buffer.alloc(n.size, 0x5a)
+        if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, n.size), junk]))) await stream.onDrain()
+      }
+      await stream.close()
+    })
+
+    // the liar alone: nothing is yielded, it is banned after 3 bad chunks
+    const resolver = new StaticResolver([liar.holder])
+    const src = source(resolver, { banThreshold: 3 })
+    const none = await collect(src)
+    assert.equal(none.size, 0)
+    assert.equal(src.counters.badChunks, 3, 'the request stops at the ban')
+    assert.equal(src.counters.bannedPeers, 1)
+    assert.deepEqual(src.bannedPeers(), [liar.holder.peerId])
+    assert.ok(resolver.of(liar.holder.peerId).some(o => o.bad))
+
+    // the liar first, then an honest holder: every chunk arrives right, the liar is not asked again
+    const asked = liar.requests()
+    const resolver2 = new StaticResolver([liar.holder, good.holder])
+    const got = await collect(source(resolver2, { banThreshold: 2 }))
+    assert.equal(got.size, chunks.length)
+    const again = await collect(src, chunks, AbortSignal.timeout(5000))
+    assert.equal(again.size, 0)
+    assert.equal(src.counters.badChunks, 3, 'a banned peer is never asked again')
+
+    // a fresh source with a high threshold: bad chunks are refetched from the honest holder
+    const tolerant = source(new StaticResolver([liar.holder, good.holder]), { banThreshold: 1000, maxHolders: 1 })
+    const all = await collect(tolerant, chunks.slice(0, 20))
+    assert.equal(all.size, 20)
+    assert.equal(tolerant.counters.badChunks, 20)
+    assert.ok(liar.requests() > asked)
+  })
+
+  it('returns what arrived when a holder is killed mid-transfer, without hanging', async () => {
+    const victim = await seed(chunks, { uploadBytesPerSecond: 512 << 10 })
+    const src = source(new StaticResolver([victim.holder]), { requestTimeoutMs: 2000 })
+    const started = performance.now()
+    setTimeout(() => { void victim.node.stop() }, 400)
+    const got = await collect(src)
+    const ms = performance.now() - started
+    assert.ok(got.size > 0 && got.size < chunks.length, `got ${got.size} chunks`)
+    assert.ok(ms < 2000 + 1500, `took ${ms.toFixed(0)} ms`)
+    assert.ok(src.counters.failedRequests >= 1)
+  })
+
+  it('gives up on a holder that stalls mid-transfer after requestTimeoutMs', async () => {
+    const staller = await rogue(async (names, stream) => {
+      const first = plain[chunks.find(c => c.uncompressedSize === names[0]!.size)!.index]!
+      stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, first.length), first]))
+      await heldOpen(stream)
+    })
+    const src = source(new StaticResolver([staller.holder]), { requestTimeoutMs: 500, hedgeAfterMs: 100 })
+    const started = performance.now()
+    const got = await collect(src, chunks.slice(0, 8))
+    const ms = performance.now() - started
+    assert.equal(got.size, 1)
+    assert.ok(ms >= 450 && ms < 2500, `took ${ms.toFixed(0)} ms`)
+    assert.equal(src.counters.timeouts, 1)
+  })
+
+  it('answers nothing (at once) when the resolver hangs, and stops when the caller aborts', async () => {
+    const hung = source(new StaticResolver([], 10_000), { resolveTimeoutMs: 100 })
+    let started = performance.now()
+    assert.equal((await collect(hung)).size, 0)
+    assert.ok(performance.now() - started < 1000)
+    assert.equal(hung.counters.resolveFailures, 1)
+
+    const slow = await seed(chunks, { uploadBytesPerSecond: 256 << 10 })
+    const src = source(new StaticResolver([slow.holder]))
+    const ac = new AbortController()
+    started = performance.now()
+    setTimeout(() => ac.abort(new Error('reader gone')), 300)
+    await assert.rejects(collect(src, chunks, ac.signal), /reader gone/)
+    assert.ok(performance.now() - started < 1500)
+  })
+
+  it('feeds the fetcher: peers first, the next source tops up what they lack', async () => {
+    const half = chunks.filter(c => c.index % 2 === 0)
+    const { holder } = await seed(half)
+    const peers = source(new StaticResolver([holder]))
+    let registryChunks = 0
+    const registry: ChunkSource = {
+      name: 'registry',
+      async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
+        for (const chunk of asked) { registryChunks++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
+      }
+    }
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [peers, registry] }, { retries: 0 })
+    try {
+      for (const path of ['/a.bin', '/e.bin', '/dir/c.bin']) {
+        const nid = img.reader.lookup(path)
+        const bytes = await fetcher.read(img, nid, 0, img.files[path]!.length)
+        assert.ok(bytes.equals(img.files[path]!), path)
+      }
+      const c = fetcher.counters
+      assert.ok(c.bytesBySource.peer > 0 && c.bytesBySource.registry > 0)
+      assert.equal(c.verifyFailures, 0)
+      const wanted = new Set(['/a.bin', '/e.bin', '/dir/c.bin'].flatMap(p => chunksOf(img, p).map(x => x.index)))
+      assert.equal(peers.counters.chunksFromPeers + registryChunks, wanted.size)
+    } finally {
+      fetcher.stop()
+    }
+  })
+})

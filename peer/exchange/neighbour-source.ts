@@ -1,0 +1,443 @@
+/**
+ * Neighbours as a chunk source: asks the resolver (the scheduler) who holds the chunks, spreads them over up to
+ * `maxHolders` holders over `/rafspeer/chunk/1.0.0`, hedges a request that makes no progress for `hedgeAfterMs`
+ * to the next holder, and yields each chunk as it arrives. Chunks no neighbour delivered are simply not yielded:
+ * the fetcher asks the next source (the registry) for them.
+ *
+ * Every chunk is checked with the fetcher's `verify` as it arrives (the one digest check it gets): a neighbour
+ * that sends bad bytes is scored down, reported, past `banThreshold` bad chunks never asked again by this process,
+ * and the chunk is asked of another holder.
+ *
+ * @example
+ * ```ts
+ * const peers = new NeighbourSource({ libp2p: node, resolver: scheduler }, { maxHolders: 3 })
+ * const fetcher = new Fetcher({ cache, sources: [peers, registry] })
+ * ```
+ */
+import type { Libp2p, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import { raceSignal } from 'race-signal'
+import { describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
+import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
+import type { ChunkSource, ChunkSourceFetchOptions, FetchedChunk } from '../fetch/index.js'
+import {
+  CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, exchangeChunks, type ChunkName
+} from './chunk-protocol.js'
+
+export const DEFAULT_MAX_HOLDERS = 3
+export const DEFAULT_HEDGE_AFTER_MS = 300
+export const DEFAULT_REQUEST_TIMEOUT_MS = 3_000
+export const DEFAULT_BAN_THRESHOLD = 3
+/** a safety net over the resolver's own ≤ 200 ms promise */
+export const DEFAULT_RESOLVE_TIMEOUT_MS = 500
+/** plaintext bytes one request asks for, so one request stays within a few seconds on a slow link */
+export const DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+/** requests in flight to one holder within one fetch */
+export const DEFAULT_STREAMS_PER_HOLDER = 2
+
+/** local penalties: a failed request, a bad chunk; a delivered request pays back */
+const FAIL_PENALTY = 1
+const BAD_PENALTY = 4
+const SUCCESS_CREDIT = 0.5
+
+export interface NeighbourSourceComponents {
+  libp2p: Pick<Libp2p, 'dialProtocol' | 'peerId'>
+  resolver: HolderResolver
+  logger?: ComponentLogger
+}
+
+export interface NeighbourSourceInit {
+  /** distinct holders one fetch spreads its chunks over (3) */
+  maxHolders?: number
+  /** a request with no reply for this long is hedged to the next holder (300 ms) */
+  hedgeAfterMs?: number
+  /** deadline of the dial and of every read of a request (3 s) */
+  requestTimeoutMs?: number
+  /** bad chunks after which a peer is never asked again by this process (3) */
+  banThreshold?: number
+  resolveTimeoutMs?: number
+  maxRequestBytes?: number
+  streamsPerHolder?: number
+}
+
+export interface NeighbourSourceCounters {
+  chunksFromPeers: number
+  bytesFromPeers: number
+  /** chunks whose bytes failed their digest (dropped) */
+  badChunks: number
+  bannedPeers: number
+  /** requests sent to another holder because the first made no progress */
+  hedges: number
+  /** requests that hit their deadline */
+  timeouts: number
+  requests: number
+  /** requests that failed (dial, reset, protocol, timeout) */
+  failedRequests: number
+  notFound: number
+  busy: number
+  /** resolver calls that failed or ran past their deadline */
+  resolveFailures: number
+}
+
+interface PeerRecord { penalty: number, bad: number, banned: boolean }
+
+export class NeighbourSource implements ChunkSource {
+  readonly name = 'peer:swarm'
+  readonly counters: NeighbourSourceCounters = {
+    chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, timeouts: 0, requests: 0,
+    failedRequests: 0, notFound: 0, busy: 0, resolveFailures: 0
+  }
+
+  /** @internal */ readonly libp2p: NeighbourSourceComponents['libp2p']
+  /** @internal */ readonly resolver: HolderResolver
+  /** @internal */ readonly log: Logger | undefined
+  /** @internal */ readonly opts: Required<NeighbourSourceInit>
+  private readonly peers = new Map<string, PeerRecord>()
+
+  constructor (components: NeighbourSourceComponents, init: NeighbourSourceInit = {}) {
+    this.libp2p = components.libp2p
+    this.resolver = components.resolver
+    this.log = components.logger?.forComponent('rafspeer:neighbour-source')
+    this.opts = {
+      maxHolders: Math.max(1, init.maxHolders ?? DEFAULT_MAX_HOLDERS),
+      hedgeAfterMs: init.hedgeAfterMs ?? DEFAULT_HEDGE_AFTER_MS,
+      requestTimeoutMs: init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+      banThreshold: Math.max(1, init.banThreshold ?? DEFAULT_BAN_THRESHOLD),
+      resolveTimeoutMs: init.resolveTimeoutMs ?? DEFAULT_RESOLVE_TIMEOUT_MS,
+      maxRequestBytes: Math.max(1, init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES),
+      streamsPerHolder: Math.max(1, init.streamsPerHolder ?? DEFAULT_STREAMS_PER_HOLDER)
+    }
+  }
+
+  isBanned (peerId: string): boolean { return this.peers.get(peerId)?.banned === true }
+  bannedPeers (): string[] { return [...this.peers].filter(([, r]) => r.banned).map(([id]) => id) }
+  /** @internal */ penalty (peerId: string): number { return this.peers.get(peerId)?.penalty ?? 0 }
+
+  async * fetch (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: ChunkSourceFetchOptions): AsyncGenerator<FetchedChunk> {
+    const servable = chunks.filter(c => c.uncompressedSize >= 1 && c.uncompressedSize <= MAX_CHUNK_BYTES)
+    const resolved = servable.length === 0 ? new Map<string, ChunkHolder[]>() : await this.resolve(servable, opts.signal)
+    const holders = resolved instanceof Map ? resolved : new Map<string, ChunkHolder[]>()
+    const wanted = servable.filter(c => (holders.get(c.digest.toString('hex'))?.length ?? 0) > 0)
+    // nobody to ask for the rest: the fetcher takes them elsewhere now, not after this fetch
+    if (wanted.length < chunks.length) {
+      const asked = new Set(wanted)
+      opts.decline?.(chunks.filter(c => !asked.has(c)))
+    }
+    if (wanted.length === 0) return
+    yield * new SwarmFetch(this, blob, wanted, holders, opts).run()
+  }
+
+  private async resolve (chunks: ChunkInfo[], signal: AbortSignal): Promise<Map<string, ChunkHolder[]>> {
+    const digests = [...new Map(chunks.map(c => [c.digest.toString('hex'), c.digest])).values()]
+    const both = AbortSignal.any([signal, AbortSignal.timeout(this.opts.resolveTimeoutMs)])
+    try {
+      return await raceSignal(this.resolver.resolve(digests, { signal: both }), both)
+    } catch (err) {
+      signal.throwIfAborted()
+      this.counters.resolveFailures++
+      this.log?.warn('resolving %d chunk holders failed: %s', digests.length, describeError(err))
+      return new Map()
+    }
+  }
+
+  /** @internal */
+  recordOutcome (o: PeerOutcome, badChunks: number): void {
+    const rec = this.peers.get(o.peerId) ?? { penalty: 0, bad: 0, banned: false }
+    this.peers.set(o.peerId, rec)
+    if (o.failed) rec.penalty += FAIL_PENALTY
+    else if (o.chunks > 0 && badChunks === 0) rec.penalty = Math.max(0, rec.penalty - SUCCESS_CREDIT)
+    try {
+      this.resolver.report([o])
+    } catch (err) {
+      this.log?.warn('reporting to the resolver failed: %s', describeError(err))
+    }
+  }
+
+  /** @internal a chunk from `peerId` failed its digest; true when that got the peer banned */
+  recordBad (peerId: string): boolean {
+    const rec = this.peers.get(peerId) ?? { penalty: 0, bad: 0, banned: false }
+    this.peers.set(peerId, rec)
+    this.counters.badChunks++
+    rec.bad++
+    rec.penalty += BAD_PENALTY
+    if (rec.banned || rec.bad < this.opts.banThreshold) return false
+    rec.banned = true
+    this.counters.bannedPeers++
+    this.log?.error('peer:%s sent %d chunks that fail their digest: banned', peerId, rec.bad)
+    return true
+  }
+}
+
+/** One chunk of one fetch. */
+interface Want {
+  chunk: ChunkInfo
+  candidates: ChunkHolder[]
+  /** holders asked already (or being asked) */
+  tried: Set<string>
+  /** requests asking for it now */
+  attempts: Set<Request>
+  done: boolean
+}
+
+interface Lane { holder: ChunkHolder, queued: Request[], running: number, assigned: number }
+
+interface Request {
+  lane: Lane
+  wants: Want[]
+  replied: boolean[]
+  controller: AbortController
+  /** aborted by us because its chunks came from elsewhere: not the peer's failure */
+  cancelled: boolean
+  /** its chunks went to other holders once already (a request hedges once) */
+  hedged: boolean
+}
+
+/** The state of one `fetch` call. */
+class SwarmFetch {
+  private readonly wants: Want[] = []
+  private readonly lanes = new Map<string, Lane>()
+  private readonly ready: FetchedChunk[] = []
+  private readonly controller = new AbortController()
+  private readonly signal: AbortSignal
+  private readonly verify: ChunkSourceFetchOptions['verify']
+  private readonly self: string
+  private pendingAssign: Want[] = []
+  private flushScheduled = false
+  /** requests queued or running */
+  private outstanding = 0
+  private wake: (() => void) | undefined
+
+  constructor (private readonly src: NeighbourSource, private readonly blob: RafsBlobInfo, chunks: ChunkInfo[],
+    holders: Map<string, ChunkHolder[]>, opts: ChunkSourceFetchOptions) {
+    this.signal = AbortSignal.any([opts.signal, this.controller.signal])
+    this.verify = opts.verify
+    this.self = src.libp2p.peerId.toString()
+    const seen = new Set<number>()
+    for (const chunk of chunks) {
+      if (seen.has(chunk.index)) continue
+      seen.add(chunk.index)
+      const candidates = (holders.get(chunk.digest.toString('hex')) ?? [])
+        .filter(h => typeof h?.peerId === 'string' && h.peerId !== this.self && Array.isArray(h.addrs))
+      if (candidates.length > 0) this.wants.push({ chunk, candidates, tried: new Set(), attempts: new Set(), done: false })
+    }
+  }
+
+  async * run (): AsyncGenerator<FetchedChunk> {
+    const onAbort = (): void => { this.wake?.() }
+    this.signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      this.pendingAssign = [...this.wants]
+      this.flush()
+      for (;;) {
+        const next = this.ready.shift()
+        if (next !== undefined) { yield next; continue }
+        this.signal.throwIfAborted()
+        if (this.outstanding === 0 && !this.flushScheduled) return
+        await new Promise<void>(resolve => { this.wake = resolve })
+        this.wake = undefined
+      }
+    } finally {
+      this.signal.removeEventListener('abort', onAbort)
+      this.controller.abort(new Error('fetch finished'))
+    }
+  }
+
+  private notify (): void { this.wake?.() }
+
+  /** Wants that need a holder are assigned in one go, so their requests batch. */
+  private requeue (w: Want): void {
+    if (w.done || w.attempts.size > 0 || this.signal.aborted) return
+    this.pendingAssign.push(w)
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    queueMicrotask(() => { this.flushScheduled = false; this.flush(); this.notify() })
+  }
+
+  private flush (): void {
+    const byLane = new Map<Lane, Want[]>()
+    for (const w of this.pendingAssign) {
+      if (w.done || w.attempts.size > 0) continue
+      const lane = this.choose(w)
+      if (lane === undefined) continue // nobody left to ask: the next source will
+      const list = byLane.get(lane) ?? []
+      list.push(w)
+      byLane.set(lane, list)
+    }
+    this.pendingAssign = []
+    for (const [lane, wants] of byLane) this.enqueue(lane, wants)
+  }
+
+  /**
+   * The lane of the holder to ask for `w`: among its untried, unbanned holders, the least loaded (weighted by
+   * local penalty) of those already in use or, while fewer than maxHolders are, of any; else its best one.
+   */
+  private choose (w: Want): Lane | undefined {
+    const open = w.candidates.filter(h => !w.tried.has(h.peerId) && !this.src.isBanned(h.peerId))
+    if (open.length === 0) return undefined
+    const room = this.lanes.size < this.src.opts.maxHolders
+    let best: ChunkHolder | undefined
+    let bestCost = Infinity
+    for (const h of open) {
+      const lane = this.lanes.get(h.peerId)
+      if (lane === undefined && !room) continue
+      const cost = ((lane?.assigned ?? 0) + w.chunk.uncompressedSize) * (1 + this.src.penalty(h.peerId))
+      if (cost < bestCost) { best = h; bestCost = cost }
+    }
+    const h = best ?? open[0]!
+    let lane = this.lanes.get(h.peerId)
+    if (lane === undefined) {
+      lane = { holder: h, queued: [], running: 0, assigned: 0 }
+      this.lanes.set(h.peerId, lane)
+    }
+    lane.assigned += w.chunk.uncompressedSize
+    return lane
+  }
+
+  private enqueue (lane: Lane, wants: Want[]): void {
+    let cur: Want[] = []
+    let bytes = 0
+    const push = (): void => {
+      if (cur.length === 0) return
+      const req: Request = { lane, wants: cur, replied: cur.map(() => false), controller: new AbortController(), cancelled: false, hedged: false }
+      for (const w of cur) { w.attempts.add(req); w.tried.add(lane.holder.peerId) }
+      lane.queued.push(req)
+      this.outstanding++
+      cur = []
+      bytes = 0
+    }
+    for (const w of wants) {
+      if (cur.length === MAX_CHUNKS_PER_REQUEST || (cur.length > 0 && bytes + w.chunk.uncompressedSize > this.src.opts.maxRequestBytes)) push()
+      cur.push(w)
+      bytes += w.chunk.uncompressedSize
+    }
+    push()
+    this.pump(lane)
+  }
+
+  private pump (lane: Lane): void {
+    while (lane.running < this.src.opts.streamsPerHolder && lane.queued.length > 0) {
+      const req = lane.queued.shift()!
+      lane.running++
+      void this.runRequest(req).finally(() => {
+        lane.running--
+        this.outstanding--
+        this.pump(lane)
+        this.notify()
+      })
+    }
+  }
+
+  private async runRequest (req: Request): Promise<void> {
+    const { holder } = req.lane
+    const peerId = holder.peerId
+    const started = performance.now()
+    const { requestTimeoutMs, hedgeAfterMs } = this.src.opts
+    const counters = this.src.counters
+    let chunks = 0
+    let bytes = 0
+    let bad = 0
+    let failed = false
+    let hedgeTimer: NodeJS.Timeout | undefined
+    const armHedge = (): void => {
+      clearTimeout(hedgeTimer)
+      if (!req.hedged) hedgeTimer = setTimeout(() => { this.hedge(req) }, hedgeAfterMs)
+    }
+    const signal = AbortSignal.any([this.signal, req.controller.signal])
+    try {
+      if (this.src.isBanned(peerId) || req.wants.every(w => w.done)) { req.cancelled = true; return }
+      counters.requests++
+      armHedge()
+      const names: ChunkName[] = req.wants.map(w => ({ digest: w.chunk.digest, blobId: this.blob.blobId, ci: w.chunk.index, size: w.chunk.uncompressedSize }))
+      const stream = await this.dial(holder, AbortSignal.any([signal, AbortSignal.timeout(requestTimeoutMs)]))
+      for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}` })) {
+        // banned meanwhile (by another request): its bytes are not even looked at
+        if (this.src.isBanned(peerId)) break
+        armHedge()
+        const w = req.wants[r.i]!
+        req.replied[r.i] = true
+        w.attempts.delete(req)
+        if (r.status === ChunkStatus.OK) {
+          const plaintext = r.payload!
+          if (this.verify(w.chunk, plaintext)) {
+            chunks++
+            bytes += plaintext.length
+            this.deliver(w, plaintext)
+          } else {
+            bad++
+            this.src.log?.warn('peer:%s sent chunk %d of blob %s with the wrong digest: dropped', peerId, w.chunk.index, this.blob.blobId)
+            this.src.recordBad(peerId)
+            this.requeue(w)
+          }
+        } else {
+          if (r.status === ChunkStatus.BUSY) counters.busy++
+          else if (r.status === ChunkStatus.NOT_FOUND) counters.notFound++
+          else this.src.log?.debug('peer:%s could not read chunk %d of blob %s: %s', peerId, w.chunk.index, this.blob.blobId, r.message)
+          this.requeue(w)
+        }
+        // banned, or everything asked arrived from elsewhere: stop reading (aborts the stream)
+        if (this.src.isBanned(peerId)) break
+        if (req.wants.every((x, i) => req.replied[i] === true || x.done)) { req.cancelled = !req.replied.every(Boolean); break }
+      }
+    } catch (err) {
+      if (!req.cancelled && !this.signal.aborted) {
+        failed = true
+        counters.failedRequests++
+        if (err instanceof ChunkTimeoutError || (err as Error).name === 'TimeoutError') counters.timeouts++
+        this.src.log?.debug('peer:%s: request for %d chunks of blob %s failed: %s', peerId, req.wants.length, this.blob.blobId, describeError(err))
+      }
+    } finally {
+      clearTimeout(hedgeTimer)
+      req.wants.forEach((w, i) => {
+        if (req.replied[i] === true) return
+        w.attempts.delete(req)
+        this.requeue(w)
+      })
+      // a request we stopped ourselves says nothing about the peer
+      if (chunks > 0 || bad > 0 || failed || !(req.cancelled || this.signal.aborted)) {
+        this.src.recordOutcome({ peerId, chunks, bytes, ms: performance.now() - started, failed, bad: bad > 0 }, bad)
+      }
+    }
+  }
+
+  private async dial (holder: ChunkHolder, signal: AbortSignal): Promise<Stream> {
+    const id = peerIdFromString(holder.peerId)
+    const addrs = holder.addrs.map(a => multiaddr(`${a.replace(/\/p2p\/[^/]+$/, '')}/p2p/${holder.peerId}`))
+    return await this.src.libp2p.dialProtocol(addrs.length > 0 ? addrs : id, CHUNK_PROTOCOL, { signal })
+  }
+
+  /** A verified chunk, first of its name: out it goes; requests that now have nothing left to give are stopped. */
+  private deliver (w: Want, plaintext: Buffer): void {
+    if (w.done) return
+    w.done = true
+    this.src.counters.chunksFromPeers++
+    this.src.counters.bytesFromPeers += plaintext.length
+    this.ready.push({ chunk: w.chunk, plaintext })
+    for (const other of w.attempts) {
+      if (other.wants.every(x => x.done)) { other.cancelled = true; other.controller.abort(new Error('chunks delivered by another holder')) }
+    }
+    w.attempts.clear()
+    this.notify()
+  }
+
+  /** No reply for hedgeAfterMs: the chunks of `req` nobody else is asked for go to their next holders too. */
+  private hedge (req: Request): void {
+    if (req.hedged || this.signal.aborted) return
+    req.hedged = true
+    const byLane = new Map<Lane, Want[]>()
+    req.wants.forEach((w, i) => {
+      if (req.replied[i] === true || w.done || w.attempts.size > 1) return
+      const lane = this.choose(w)
+      if (lane === undefined) return
+      const list = byLane.get(lane) ?? []
+      list.push(w)
+      byLane.set(lane, list)
+    })
+    if (byLane.size === 0) return
+    this.src.counters.hedges++
+    this.src.log?.debug('peer:%s: no reply for %d ms, hedging %d chunks', req.lane.holder.peerId, this.src.opts.hedgeAfterMs,
+      [...byLane.values()].reduce((n, l) => n + l.length, 0))
+    for (const [lane, wants] of byLane) this.enqueue(lane, wants)
+  }
+}

@@ -1,0 +1,360 @@
+/**
+ * A daemon's place in the swarm: its libp2p host, the chunk server answering neighbours from the cache, the
+ * scheduler client (or a scheduler embedded in this node) and the neighbour chunk source its fetchers try before
+ * the registry.
+ *
+ * Claims: when this node resolves chunks, the scheduler records it as their holder at once (it is about to fetch
+ * them, from the registry when nobody holds them), so peers asking next may come here instead of all going to
+ * the registry or to the same first holder.
+ * The node keeps those claims: a neighbour asking for a claimed chunk waits (up to `claimWaitMs`) for this node's
+ * own fetch; a claim not fulfilled within `claimTtlMs` is released at the scheduler.
+ *
+ * @example
+ * ```ts
+ * const node = await P2PNode.start({ cache }, { listen: ['/ip4/0.0.0.0/tcp/0'], keyFile: '/var/lib/rafspeer/peer.key',
+ *   scheduler: { address: '/ip4/10.0.0.5/tcp/8002/p2p/12D3KooW…' } })
+ * const mounts = new MountManager({ cache, fuse, extraSources: [node.source] }, init)
+ * cache.events.on('stored', digests => { node.onChunksStored(digests) })
+ * await node.stop()
+ * ```
+ */
+import { describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import type { BlobCache } from '../../cache/index.js'
+import {
+  announceAddrs, createHost, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type Host, type PeerOutcome
+} from '../../p2p/index.js'
+import { DIGEST_BYTES, SchedulerClient, SchedulerService, packDigests } from '../../scheduler/index.js'
+import { ChunkServer, type ChunkServerCounters, type ServableCache } from './chunk-server.js'
+import { NeighbourSource, type NeighbourSourceCounters } from './neighbour-source.js'
+
+export const DEFAULT_CLAIM_WAIT_MS = 20_000
+export const DEFAULT_CLAIM_TTL_MS = 60_000
+/** digests announced per batch while the cache's holdings are announced at start */
+const STARTUP_ANNOUNCE_BATCH = 4096
+
+export interface P2PNodeInit {
+  listen?: string[]
+  /** the persistent identity; a fresh one per start without it */
+  keyFile?: string
+  maxConcurrentUploads?: number
+  /** upload bytes per second to neighbours (unlimited when absent or 0) */
+  uploadBytesPerSecond?: number
+  maxHolders?: number
+  hedgeAfterMs?: number
+  requestTimeoutMs?: number
+  banThreshold?: number
+  /** how long a neighbour's request waits for a chunk this node claimed (20 s) */
+  claimWaitMs?: number
+  /** a claim not fulfilled by then is released at the scheduler (60 s) */
+  claimTtlMs?: number
+  scheduler?: {
+    /** multiaddr with `/p2p/<id>` of a scheduler to use */
+    address?: string
+    /** serve the scheduler protocol from this node (and use it in process) */
+    embedded?: boolean
+    zone?: string
+    resolveTimeoutMs?: number
+    heartbeatMs?: number
+  }
+}
+
+export interface P2PNodeComponents {
+  cache: BlobCache
+  logger?: ComponentLogger
+}
+
+/** What `/api/v1/daemon` and the metrics say about the node's part in the swarm. */
+export interface P2PStats {
+  peerId: string
+  addrs: string[]
+  scheduler: { address?: string, embedded: boolean, connected: boolean }
+  upload: ChunkServerCounters
+  download: NeighbourSourceCounters
+  /** chunks this node claimed at the scheduler and is still fetching */
+  claims: number
+}
+
+/** Nobody to ask: a node that only serves (no scheduler configured). */
+const NO_HOLDERS: HolderResolver & ChunkAnnouncer & { releaseClaims?: undefined } = {
+  resolve: async () => new Map(),
+  report: () => {},
+  announce: () => {},
+  withdraw: () => {}
+}
+
+type Swarm = HolderResolver & ChunkAnnouncer & { releaseClaims?: (digests: Buffer[]) => void }
+
+export class P2PNode {
+  readonly host: Host
+  readonly server: ChunkServer
+  readonly source: NeighbourSource
+  readonly client: SchedulerClient | undefined
+  readonly embedded: SchedulerService | undefined
+  private readonly swarm: Swarm
+  private readonly cache: BlobCache
+  private readonly log: Logger | undefined
+  private readonly schedulerAddress: string | undefined
+  private readonly claimWaitMs: number
+  private readonly claimTtlMs: number
+  /** hex digest → the claimed digest and when the claim lapses */
+  private readonly claims = new Map<string, { digest: Buffer, until: number }>()
+  /** hex digest → wake-ups of neighbour requests waiting for it */
+  private readonly waiters = new Map<string, Set<() => void>>()
+  private claimTimer: NodeJS.Timeout | undefined
+  private uploadRate = { at: performance.now(), bytes: 0, bps: 0 }
+  private stopped = false
+
+  private constructor (host: Host, components: P2PNodeComponents, init: P2PNodeInit) {
+    this.host = host
+    this.cache = components.cache
+    const logger = components.logger
+    this.log = logger?.forComponent('rafspeer:p2p')
+    this.claimWaitMs = init.claimWaitMs ?? DEFAULT_CLAIM_WAIT_MS
+    this.claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
+    this.schedulerAddress = init.scheduler?.address
+    const upload = init.uploadBytesPerSecond !== undefined && init.uploadBytesPerSecond > 0 ? init.uploadBytesPerSecond : undefined
+    this.server = new ChunkServer({ libp2p: host, cache: this.servable(), ...(logger !== undefined ? { logger } : {}) }, {
+      ...(init.maxConcurrentUploads !== undefined ? { maxConcurrentUploads: init.maxConcurrentUploads } : {}),
+      ...(upload !== undefined ? { uploadBytesPerSecond: upload } : {})
+    })
+    const zone = init.scheduler?.zone ?? ''
+    const uploadSlots = init.maxConcurrentUploads ?? 0
+    if (init.scheduler?.embedded === true) {
+      this.embedded = new SchedulerService({ libp2p: host }, { ...(logger !== undefined ? { logger } : {}) })
+      const index = this.embedded.index
+      const self = host.peerId.toString()
+      const info = (): { addrs: string[], zone: string, uploadSlots: number, uploadBps: number } =>
+        ({ addrs: announceAddrs(host), zone, uploadSlots, uploadBps: upload ?? 0 })
+      this.swarm = {
+        // the info rides on every announce, so the in-process view of this node stays registered and current
+        announce: digests => { index.announce(self, packed(digests), { info: info() }) },
+        withdraw: digests => { index.withdraw(self, packed(digests)) },
+        releaseClaims: digests => { index.withdraw(self, packed(digests)) },
+        resolve: async digests => index.resolveMap(self, digests),
+        report: outcomes => { index.report(self, outcomes) }
+      }
+      this.client = undefined
+    } else if (init.scheduler?.address !== undefined) {
+      this.client = new SchedulerClient({ libp2p: host }, {
+        scheduler: init.scheduler.address,
+        zone,
+        selfAddrs: () => announceAddrs(host),
+        ...(init.scheduler.resolveTimeoutMs !== undefined ? { resolveTimeoutMs: init.scheduler.resolveTimeoutMs } : {}),
+        ...(init.scheduler.heartbeatMs !== undefined ? { heartbeatMs: init.scheduler.heartbeatMs } : {}),
+        uploadSlots,
+        uploadBps: upload ?? 0,
+        load: () => ({ activeUploads: this.server.counters.uploadsActive, recentUploadBps: this.recentUploadBps() }),
+        ...(logger !== undefined ? { logger } : {})
+      })
+      this.swarm = this.client
+      this.embedded = undefined
+    } else {
+      this.swarm = NO_HOLDERS
+      this.client = undefined
+      this.embedded = undefined
+    }
+    this.source = new NeighbourSource({ libp2p: host, resolver: this.claiming(), ...(logger !== undefined ? { logger } : {}) }, {
+      ...(init.maxHolders !== undefined ? { maxHolders: init.maxHolders } : {}),
+      ...(init.hedgeAfterMs !== undefined ? { hedgeAfterMs: init.hedgeAfterMs } : {}),
+      ...(init.requestTimeoutMs !== undefined ? { requestTimeoutMs: init.requestTimeoutMs } : {}),
+      ...(init.banThreshold !== undefined ? { banThreshold: init.banThreshold } : {}),
+      // the scheduler client answers within its own timeout; this is only the safety net above it
+      ...(init.scheduler?.resolveTimeoutMs !== undefined ? { resolveTimeoutMs: init.scheduler.resolveTimeoutMs + 300 } : {})
+    })
+  }
+
+  /**
+   * Starts the host, the chunk server and the scheduler side, then announces what the cache already holds (in the
+   * background). Leaves nothing running when it rejects.
+   */
+  static async start (components: P2PNodeComponents, init: P2PNodeInit = {}): Promise<P2PNode> {
+    const host = await createHost({
+      ...(init.listen !== undefined ? { listen: init.listen } : {}),
+      ...(init.keyFile !== undefined ? { keyFile: init.keyFile } : {})
+    })
+    const node = new P2PNode(host, components, init)
+    try {
+      await node.server.start()
+      await node.embedded?.start()
+      await node.client?.start()
+    } catch (err) {
+      await node.stop().catch(() => {})
+      throw err
+    }
+    node.claimTimer = setInterval(() => { void node.releaseLapsedClaims() }, Math.max(250, Math.min(5_000, node.claimTtlMs / 4)))
+    node.claimTimer.unref()
+    void node.announceHoldings()
+    return node
+  }
+
+  get peerId (): string { return this.host.peerId.toString() }
+
+  /** Listen addresses as given to others (without `/p2p/`). */
+  get addrs (): string[] { return announceAddrs(this.host) }
+
+  /** Full dialable multiaddrs (with `/p2p/<id>`): what other daemons put in `scheduler.address` for an embedded one. */
+  get multiaddrs (): string[] { return this.host.getMultiaddrs().map(String) }
+
+  /** The cache durably holds these digests now: tell the swarm, and wake neighbours waiting for them. */
+  onChunksStored (digests: Buffer[]): void {
+    if (this.stopped) return
+    this.swarm.announce(digests)
+    for (const d of digests) {
+      const key = d.toString('hex')
+      this.claims.delete(key)
+      const ws = this.waiters.get(key)
+      if (ws !== undefined) {
+        this.waiters.delete(key)
+        for (const wake of ws) wake()
+      }
+    }
+  }
+
+  stats (): P2PStats {
+    return {
+      peerId: this.peerId,
+      addrs: this.addrs,
+      scheduler: {
+        ...(this.schedulerAddress !== undefined && this.embedded === undefined ? { address: this.schedulerAddress } : {}),
+        embedded: this.embedded !== undefined,
+        connected: this.embedded !== undefined || this.client?.connected === true
+      },
+      upload: { ...this.server.counters },
+      download: { ...this.source.counters },
+      claims: this.claims.size
+    }
+  }
+
+  async stop (): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    clearInterval(this.claimTimer)
+    for (const ws of this.waiters.values()) for (const wake of ws) wake()
+    this.waiters.clear()
+    const steps: Array<() => Promise<void>> = [
+      async () => { await this.client?.stop() },
+      async () => { await this.embedded?.stop() },
+      async () => { await this.server.stop() },
+      async () => { await this.host.stop() }
+    ]
+    let first: unknown
+    for (const step of steps) {
+      try { await step() } catch (err) { first ??= err; this.log?.error('stopping: %s', describeError(err)) }
+    }
+    if (first !== undefined) throw first
+  }
+
+  /** The resolver the neighbour source uses: the swarm's, recording what this node claims on a miss. */
+  private claiming (): HolderResolver {
+    return {
+      resolve: async (digests: Buffer[], opts?: { signal?: AbortSignal }): Promise<Map<string, ChunkHolder[]>> => {
+        const answer = await this.swarm.resolve(digests, opts)
+        // an answer from a scheduler we could not reach claims nothing there
+        const reached = this.embedded !== undefined || this.client?.connected === true
+        if (reached) {
+          const until = Date.now() + this.claimTtlMs
+          // the scheduler recorded this node as a holder of everything it asked for (it fetches them next)
+          for (const d of digests) {
+            const key = d.toString('hex')
+            if (!this.claims.has(key)) this.claims.set(key, { digest: d, until })
+          }
+        }
+        return answer
+      },
+      report: (outcomes: PeerOutcome[]) => { this.swarm.report(outcomes) }
+    }
+  }
+
+  /** The cache as the chunk server sees it: a claimed chunk not here yet is waited for, once, for a while. */
+  private servable (): ServableCache {
+    const cache = this.cache
+    return {
+      has: (blobId, ci) => cache.has(blobId, ci),
+      readChunk: async (blobId, chunk, opts) => await cache.readChunk(blobId, chunk, opts),
+      findByDigest: async (digest, opts) => {
+        const key = digest.toString('hex')
+        if (opts?.exceptBlobId !== undefined || this.claimWaitMs === 0 || !this.claims.has(key)) return await cache.findByDigest(digest, opts)
+        // the waiter is in place before the look-up, so a store between the two still wakes it
+        const stored = this.waitStored(key, this.claimWaitMs)
+        const found = await cache.findByDigest(digest)
+        if (found !== undefined) { stored.cancel(); return found }
+        await stored.promise
+        return await cache.findByDigest(digest)
+      }
+    }
+  }
+
+  private waitStored (key: string, ms: number): { promise: Promise<void>, cancel: () => void } {
+    let set = this.waiters.get(key)
+    if (set === undefined) this.waiters.set(key, set = new Set())
+    const waiters = set
+    let wake!: () => void
+    const promise = new Promise<void>(resolve => {
+      const timer = setTimeout(() => { wake() }, ms)
+      wake = () => {
+        clearTimeout(timer)
+        waiters.delete(wake)
+        if (waiters.size === 0 && this.waiters.get(key) === waiters) this.waiters.delete(key)
+        resolve()
+      }
+    })
+    waiters.add(wake)
+    return { promise, cancel: wake }
+  }
+
+  /** Claims whose time ran out without the chunk arriving are given back to the scheduler. */
+  private async releaseLapsedClaims (): Promise<void> {
+    const now = Date.now()
+    const lapsed: Buffer[] = []
+    for (const [key, c] of this.claims) {
+      if (c.until > now) continue
+      this.claims.delete(key)
+      try {
+        if (await this.cache.findByDigest(c.digest) !== undefined) continue
+      } catch { /* a cache that cannot answer holds nothing we can serve */ }
+      lapsed.push(c.digest)
+    }
+    if (lapsed.length > 0 && !this.stopped) {
+      this.log?.info('releasing %d claims not fulfilled within %d ms', lapsed.length, this.claimTtlMs)
+      this.swarm.releaseClaims?.(lapsed)
+    }
+  }
+
+  /** Announces every chunk the cache holds (a restarted node serves what it kept). */
+  private async announceHoldings (): Promise<void> {
+    let batch: Buffer[] = []
+    let total = 0
+    try {
+      for await (const d of this.cache.presentDigests()) {
+        if (this.stopped) return
+        batch.push(d)
+        if (batch.length >= STARTUP_ANNOUNCE_BATCH) {
+          this.swarm.announce(batch)
+          total += batch.length
+          batch = []
+          await new Promise<void>(resolve => { setImmediate(resolve) })
+        }
+      }
+      if (batch.length > 0 && !this.stopped) this.swarm.announce(batch)
+      total += batch.length
+      if (total > 0) this.log?.info('announced %d cached chunks', total)
+    } catch (err) {
+      if (!this.stopped) this.log?.error('announcing the cached chunks failed: %s', describeError(err))
+    }
+  }
+
+  private recentUploadBps (): number {
+    const now = performance.now()
+    const bytes = this.server.counters.bytesServed
+    const dt = (now - this.uploadRate.at) / 1000
+    if (dt >= 1) {
+      const inst = (bytes - this.uploadRate.bytes) / dt
+      this.uploadRate = { at: now, bytes, bps: this.uploadRate.bps * 0.5 + inst * 0.5 }
+    }
+    return Math.round(this.uploadRate.bps)
+  }
+}
+
+function packed (digests: Buffer[]): Buffer {
+  return packDigests(digests.filter(d => d.length === DIGEST_BYTES))
+}

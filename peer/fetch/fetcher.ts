@@ -1,0 +1,247 @@
+/**
+ * The fetch pipeline of one node (docs/ARCHITECTURE.md, "one cold read"): the pieces of a read → spans the cache
+ * holds verified are read straight into the caller's buffer, other cached chunks are read whole and checked, the
+ * rest come from the chunks in flight (`flights.ts`: single-flight batches through the sources in order,
+ * neighbours then the registry, each chunk checked against its digest exactly once). Each piece is copied once,
+ * into the caller's buffer. The fetcher owns a read's one deadline, and the caller's signal reaches every fetch
+ * and source the read waits on.
+ *
+ * @example
+ * ```ts
+ * const fetcher = new Fetcher({ cache, sources: [new RegistrySource({ client }, { repository })] }, { deadlineMs: 5000 })
+ * const nid = reader.lookup('/etc/os-release')
+ * const n = await fetcher.readPieces({ reader, blobs: reader.blobs }, reader.mapRange(nid, 0, 4096), buf, { signal })
+ * ```
+ */
+import { raceSignal } from 'race-signal'
+import { describeError, errorCode, type Logger } from '../../base/index.js'
+import type { ChunkInfo, MappedPiece, RafsBlobInfo } from '../../rafs/index.js'
+import { FetchAbortedError, ReadTimeoutError } from './errors.js'
+import { Flights, flightKey, type Flight } from './flights.js'
+import { FetchMetrics } from './metrics.js'
+import type {
+  ChunkCache, EnsureOptions, FetchCounters, FetchImage, FetchSample, FetcherComponents, FetcherInit, ReadOptions
+} from './types.js'
+
+export {
+  DEFAULT_AMPLIFY_BYTES, DEFAULT_CONCURRENCY, DEFAULT_MAX_BATCH_BYTES, DEFAULT_RETRIES, DEFAULT_RETRY_BASE_MS, DEFAULT_TIMEOUT_MS,
+  MAX_RETRY_DELAY_MS
+} from './flights.js'
+export const DEFAULT_DEADLINE_MS = 30_000
+
+export class Fetcher {
+  readonly metrics = new FetchMetrics()
+  private readonly cache: ChunkCache
+  private readonly flights: Flights
+  private readonly log: Logger | undefined
+  private readonly deadlineMs: number
+  private readonly verifyCacheReads: boolean | 'once'
+
+  constructor (components: FetcherComponents, init: FetcherInit = {}) {
+    this.cache = components.cache
+    this.log = components.logger?.forComponent('rafspeer:fetcher')
+    this.flights = new Flights({ cache: components.cache, sources: components.sources, metrics: this.metrics, log: this.log }, init)
+    this.deadlineMs = init.deadlineMs ?? DEFAULT_DEADLINE_MS
+    this.verifyCacheReads = init.verifyCacheReads ?? false
+  }
+
+  get counters (): FetchCounters { return this.metrics.snapshot() }
+  drainSamples (): FetchSample[] { return this.metrics.drainSamples() }
+
+  start (): void { this.flights.start() }
+
+  /** Aborts every fetch; waiting readers reject. */
+  stop (): void { this.flights.stop() }
+
+  /** Bytes [offset, offset+length) of file `nid` (clamped at EOF) in a new buffer; see `readPieces`. */
+  async read (image: FetchImage, nid: number, offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
+    const pieces = image.reader.mapRange(nid, offset, length)
+    const last = pieces.at(-1)
+    const buf = Buffer.allocUnsafe(last === undefined ? 0 : last.fileOffset + last.length - pieces[0]!.fileOffset)
+    await this.readPieces(image, pieces, buf, opts)
+    return buf
+  }
+
+  /**
+   * Fills `buf` from 0 with the bytes of `pieces` (one file's range, in file order, as `RafsReader.mapRange`
+   * gives them) and resolves how many it wrote. Verified cached spans are read straight into `buf`; the rest are
+   * fetched. Rejects with RAFSPEER_ERR_READ_TIMEOUT past the deadline, RAFSPEER_ERR_ABORTED when `opts.signal`
+   * fires, RAFSPEER_ERR_DIGEST_MISMATCH when the sources only gave bad bytes, or the sources' last error; once it
+   * settles, nothing writes into `buf` any more.
+   */
+  async readPieces (image: FetchImage, pieces: MappedPiece[], buf: Buffer, opts: ReadOptions = {}): Promise<number> {
+    const counters = this.metrics.counters
+    counters.reads++
+    if (pieces.length === 0) return 0
+    const start = pieces[0]!.fileOffset
+    const last = pieces[pieces.length - 1]!
+    const total = last.fileOffset + last.length - start
+    if (buf.length < total) throw new RangeError(`a read of ${total} bytes into a buffer of ${buf.length}`)
+
+    // the hot path: every piece verified in the cache, one pread per run of pieces contiguous in a blob's view
+    const rest = await this.readVerified(image, pieces, buf, start)
+    if (rest.length > 0) await this.readSlow(image, rest, buf, start, opts)
+    counters.readBytes += total
+    return total
+  }
+
+  /** Reads the pieces whose chunks are verified in the cache into `buf`; returns the pieces it did not read. */
+  private async readVerified (image: FetchImage, pieces: MappedPiece[], buf: Buffer, start: number): Promise<MappedPiece[]> {
+    const rest: MappedPiece[] = []
+    let i = 0
+    while (i < pieces.length) {
+      const first = pieces[i]!
+      const blobId = this.blobOf(image, first.chunk).blobId
+      if (!this.cache.isVerified(blobId, first.chunk.index)) { rest.push(first); i++; continue }
+      const viewStart = first.chunk.uncompressedOffset + first.chunkOffset
+      let len = first.length
+      let j = i + 1
+      while (j < pieces.length) {
+        const p = pieces[j]!
+        if (p.chunk.blobIndex !== first.chunk.blobIndex || p.chunk.uncompressedOffset + p.chunkOffset !== viewStart + len ||
+          !this.cache.isVerified(blobId, p.chunk.index)) break
+        len += p.length
+        j++
+      }
+      if (await this.cache.readVerifiedInto(blobId, viewStart, len, buf, first.fileOffset - start)) {
+        this.metrics.counters.bytesBySource.cache += len
+        this.metrics.counters.chunksFromCache += j - i
+      } else {
+        // evicted meanwhile: these go the slow way
+        for (let k = i; k < j; k++) rest.push(pieces[k]!)
+      }
+      i = j
+    }
+    return rest
+  }
+
+  /** The pieces not verified in the cache: read and checked from the cache, copied locally, or fetched. */
+  private async readSlow (image: FetchImage, pieces: MappedPiece[], buf: Buffer, start: number, opts: ReadOptions): Promise<void> {
+    const deadlineMs = opts.deadlineMs ?? this.deadlineMs
+    const deadline = AbortSignal.timeout(deadlineMs)
+    const signal = opts.signal === undefined ? deadline : AbortSignal.any([deadline, opts.signal])
+    const what = `read of ${pieces.length} piece(s) at file offset ${pieces[0]!.fileOffset}`
+    const waiting = this.flights.waiting()
+    const place = (piece: MappedPiece, plain: Buffer): void => {
+      // a read that gave up has answered its caller, who may reuse `buf`: nothing is copied after that
+      if (signal.aborted) return
+      plain.copy(buf, piece.fileOffset - start, piece.chunkOffset, piece.chunkOffset + piece.length)
+    }
+    const work = async (): Promise<void> => {
+      const misses: MappedPiece[] = []
+      await Promise.all(pieces.map(async piece => {
+        const blob = this.blobOf(image, piece.chunk)
+        const plain = this.cache.has(blob.blobId, piece.chunk.index)
+          ? await this.fromCache(blob.blobId, piece.chunk)
+          : undefined
+        if (plain === undefined) { misses.push(piece); return }
+        place(piece, plain)
+        this.metrics.counters.bytesBySource.cache += piece.length
+      }))
+      if (misses.length === 0) return
+      const copied = await Promise.all(misses.map(async piece => await this.copyLocal(this.blobOf(image, piece.chunk).blobId, piece.chunk)))
+      const fetches: MappedPiece[] = []
+      misses.forEach((piece, i) => {
+        const plain = copied[i]
+        if (plain === undefined) { fetches.push(piece); return }
+        place(piece, plain)
+        this.metrics.counters.bytesBySource.cache += piece.length
+      })
+      if (fetches.length === 0) return
+      const byBlob = new Map<number, ChunkInfo[]>()
+      for (const p of fetches) {
+        const list = byBlob.get(p.chunk.blobIndex)
+        if (list === undefined) byBlob.set(p.chunk.blobIndex, [p.chunk])
+        else list.push(p.chunk)
+      }
+      const flights = new Map<string, Flight>()
+      for (const [blobIndex, chunks] of byBlob) {
+        const blob = this.blobOf(image, chunks[0]!)
+        const neighbour = (ci: number): ChunkInfo | undefined => {
+          try { return image.reader.chunkInfo(blobIndex, ci) } catch { return undefined }
+        }
+        for (const f of this.flights.join(blob, chunks, opts.priority ?? 'read', waiting, neighbour)) flights.set(f.key, f)
+      }
+      await Promise.all(fetches.map(async piece => {
+        place(piece, await flights.get(flightKey(this.blobOf(image, piece.chunk).blobId, piece.chunk.index))!.promise)
+      }))
+    }
+    try {
+      await raceSignal(work(), signal, {
+        translateError: () => deadline.aborted
+          ? new ReadTimeoutError(what, deadlineMs)
+          : errorCode(opts.signal?.reason) !== undefined ? opts.signal!.reason : new FetchAbortedError(what, { cause: opts.signal?.reason })
+      })
+    } catch (err) {
+      waiting.release(true)
+      if (errorCode(err) === 'RAFSPEER_ERR_READ_TIMEOUT') {
+        this.metrics.counters.readTimeouts++
+        this.log?.warn('%s', (err as Error).message)
+      }
+      throw err
+    }
+    // amplified chunks of our batches keep coming, for the cache
+    waiting.release(false)
+  }
+
+  /** Makes `chunks` of `blob` present in the cache (prefetch, read-ahead): fetched in contiguous batches, verified, cached. */
+  async ensureChunks (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: EnsureOptions = {}): Promise<void> {
+    let missing = chunks.filter(c => !this.cache.has(blob.blobId, c.index))
+    if (missing.length === 0) return
+    if (this.cache.findByDigest !== undefined) {
+      const copied = await Promise.all(missing.map(async c => await this.copyLocal(blob.blobId, c)))
+      missing = missing.filter((_c, i) => copied[i] === undefined)
+      if (missing.length === 0) return
+    }
+    const waiting = this.flights.waiting()
+    try {
+      const flights = this.flights.join(blob, missing, opts.priority ?? 'prefetch', waiting, undefined)
+      // prefetch is done when the cache has the chunks (or refused them), not merely when they arrived
+      const all = Promise.all(flights.map(async f => { await f.promise; await f.stored }))
+      await (opts.signal === undefined ? all : raceSignal(all, opts.signal, { translateError: () => new FetchAbortedError('prefetch', { cause: opts.signal?.reason }) }))
+    } catch (err) {
+      waiting.release(true)
+      throw err
+    }
+    waiting.release(false)
+  }
+
+  private blobOf (image: FetchImage, chunk: ChunkInfo): RafsBlobInfo {
+    const blob = image.blobs[chunk.blobIndex]
+    if (blob === undefined) throw new RangeError(`chunk ${chunk.index} names blob ${chunk.blobIndex}, the image has ${image.blobs.length}`)
+    return blob
+  }
+
+  /** A present chunk read whole from the cache (checked against its digest per `verifyCacheReads`), or undefined. */
+  private async fromCache (blobId: string, chunk: ChunkInfo): Promise<Buffer | undefined> {
+    try {
+      const plain = await this.cache.readChunk(blobId, chunk, this.verifyCacheReads !== false ? { verify: this.verifyCacheReads } : undefined)
+      if (plain === undefined) return undefined
+      if (plain.length !== chunk.uncompressedSize) throw new Error(`cache returned ${plain.length} bytes, chunk has ${chunk.uncompressedSize}`)
+      this.metrics.counters.chunksFromCache++
+      return plain
+    } catch (err) {
+      this.metrics.counters.cacheReadFailures++
+      this.log?.warn('cache read of chunk %d of blob %s failed, fetching it: %s', chunk.index, blobId, describeError(err))
+      return undefined
+    }
+  }
+
+  /** The chunk copied from another cached blob holding the same digest (verified on the way), or undefined. */
+  private async copyLocal (blobId: string, chunk: ChunkInfo): Promise<Buffer | undefined> {
+    const { findByDigest, copyChunk } = this.cache
+    if (findByDigest === undefined || copyChunk === undefined) return undefined
+    try {
+      const from = await findByDigest.call(this.cache, chunk.digest, { exceptBlobId: blobId })
+      if (from === undefined || from.chunk.uncompressedSize !== chunk.uncompressedSize) return undefined
+      if (!(await copyChunk.call(this.cache, from, { blobId, chunk }))) return undefined
+      const plain = await this.cache.readChunk(blobId, chunk)
+      if (plain === undefined || plain.length !== chunk.uncompressedSize) return undefined
+      this.metrics.counters.chunksCopied++
+      return plain
+    } catch (err) {
+      this.log?.warn('local copy of chunk %d of blob %s failed, fetching it: %s', chunk.index, blobId, describeError(err))
+      return undefined
+    }
+  }
+}

@@ -1,0 +1,371 @@
+/**
+ * Chunks in flight: the single-flight, batched fetch of missing chunks through the sources in order. A chunk asked
+ * for while it is being fetched joins that fetch; adjacent missing chunks of a blob go to a source as one batch
+ * (amplified up to `amplifyBytes`); batches are admitted by the {@link FetchQueue} (reads before prefetch); each
+ * source attempt is bounded by an idle deadline, and rounds over the sources retry with backoff. Every chunk is
+ * checked against its digest exactly once (by the source through `verify`, or here when it did not), handed to
+ * the readers waiting on it, then to the cache. A batch nobody waits for any more is abandoned.
+ *
+ * The {@link Fetcher} is its only user: it answers what the cache has and brings the rest here.
+ */
+import { raceSignal } from 'race-signal'
+import { backoffDelay, delay, describeError, errorCode, type Logger } from '../../base/index.js'
+import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
+import { ChunkDigestMismatchError, FetchAbortedError, FetchFailedError, SourceProtocolError, isTransient } from './errors.js'
+import type { FetchMetrics } from './metrics.js'
+import { planBatches } from './plan.js'
+import { FetchQueue, type FetchPriority, type QueueJob } from './queue.js'
+import { sourceKind, type ChunkSource, type FetchedChunk } from './source.js'
+import type { ChunkCache, FetcherInit } from './types.js'
+
+export const DEFAULT_AMPLIFY_BYTES = 1 << 20
+export const DEFAULT_MAX_BATCH_BYTES = 4 << 20
+export const DEFAULT_CONCURRENCY = 8
+export const DEFAULT_TIMEOUT_MS = 10_000
+export const DEFAULT_RETRIES = 2
+export const DEFAULT_RETRY_BASE_MS = 100
+export const MAX_RETRY_DELAY_MS = 2_000
+
+/** One chunk being fetched; readers wait on `promise`. */
+export interface Flight {
+  key: string
+  chunk: ChunkInfo
+  promise: Promise<Buffer>
+  resolve: (b: Buffer) => void
+  reject: (e: unknown) => void
+  settled: boolean
+  /** settles once the cache took the chunk or refused it (never rejects) */
+  stored: Promise<void>
+  markStored: () => void
+  /** readers (and prefetch calls) still waiting; 0 for amplified chunks nobody asked for */
+  waiters: number
+  batch: Batch
+}
+
+interface Batch {
+  blob: RafsBlobInfo
+  flights: Flight[]
+  controller: AbortController
+  job: QueueJob
+}
+
+/** The flights one read or ensure call waits on, released once when it finishes or gives up. */
+export class Waiting {
+  private readonly flights = new Set<Flight>()
+  private released = false
+  constructor (private readonly onAbandon: (f: Flight) => void) {}
+  add (f: Flight): void { f.waiters++; this.flights.add(f) }
+  /** `abandoned`: the caller gave up (deadline, abort, error), so fetches nobody else waits for may stop. */
+  release (abandoned: boolean): void {
+    if (this.released) return
+    this.released = true
+    for (const f of this.flights) f.waiters--
+    if (abandoned) for (const f of this.flights) this.onAbandon(f)
+  }
+}
+
+/** How a chunk in flight is known: its blob and its ci index. */
+export const flightKey = (blobId: string, ci: number): string => `${blobId}/${ci}`
+const noop = (): void => {}
+
+export interface FlightsComponents {
+  cache: ChunkCache
+  sources: ChunkSource[]
+  metrics: FetchMetrics
+  log?: Logger | undefined
+}
+
+export class Flights {
+  private readonly cache: ChunkCache
+  private readonly sources: ChunkSource[]
+  private readonly metrics: FetchMetrics
+  private readonly log: Logger | undefined
+  private readonly inflight = new Map<string, Flight>()
+  private readonly batches = new Set<Batch>()
+  private readonly queue: FetchQueue
+  private readonly amplifyBytes: number
+  private readonly maxBatchBytes: number
+  private readonly timeoutMs: number
+  private readonly retries: number
+  private readonly retryBaseMs: number
+  private readonly downloadLimiter: FetcherInit['downloadLimiter']
+  private stopped = false
+
+  constructor (components: FlightsComponents, init: FetcherInit = {}) {
+    if (components.sources.length === 0) throw new RangeError('the fetcher needs at least one chunk source')
+    this.cache = components.cache
+    this.sources = [...components.sources]
+    this.metrics = components.metrics
+    this.log = components.log
+    this.amplifyBytes = Math.max(0, init.amplifyBytes ?? DEFAULT_AMPLIFY_BYTES)
+    this.maxBatchBytes = Math.max(1, init.maxBatchBytes ?? Math.max(DEFAULT_MAX_BATCH_BYTES, this.amplifyBytes))
+    const concurrency = Math.max(1, init.concurrency ?? DEFAULT_CONCURRENCY)
+    this.queue = new FetchQueue({
+      concurrency,
+      prefetchConcurrency: init.prefetchConcurrency ?? Math.max(1, concurrency - Math.max(1, Math.floor(concurrency / 4))),
+      ...(init.prefetchBytesPerSecond !== undefined ? { prefetchBytesPerSecond: init.prefetchBytesPerSecond } : {})
+    })
+    this.timeoutMs = init.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    this.retries = Math.max(0, init.retries ?? DEFAULT_RETRIES)
+    this.retryBaseMs = init.retryBaseMs ?? DEFAULT_RETRY_BASE_MS
+    this.downloadLimiter = init.downloadLimiter
+  }
+
+  start (): void { this.stopped = false }
+
+  /** Aborts every fetch; waiting readers reject. */
+  stop (): void {
+    this.stopped = true
+    // aborting first lets each queued batch cancel itself and reject its flights
+    for (const b of [...this.batches]) b.controller.abort(new FetchAbortedError('fetcher stopped'))
+    this.queue.clear()
+  }
+
+  /** What one read or ensure call waits on, released once when it is done or gives up. */
+  waiting (): Waiting { return new Waiting(f => { this.released(f) }) }
+
+  /** Flights for `chunks`: joined when in flight, else planned into new batches and queued. */
+  join (blob: RafsBlobInfo, chunks: ChunkInfo[], priority: FetchPriority, waiting: Waiting,
+    neighbour: ((ci: number) => ChunkInfo | undefined) | undefined): Flight[] {
+    if (this.stopped) throw new FetchAbortedError('fetcher stopped')
+    const out: Flight[] = []
+    const fresh: ChunkInfo[] = []
+    const seen = new Set<number>()
+    for (const c of chunks) {
+      if (seen.has(c.index)) continue
+      seen.add(c.index)
+      const f = this.inflight.get(flightKey(blob.blobId, c.index))
+      // an abandoned batch may not have noticed its abort yet: its flights are not joinable
+      if (f !== undefined && !f.batch.controller.signal.aborted) {
+        this.metrics.counters.singleFlightJoins++
+        if (priority === 'read') this.queue.promote(f.batch.job)
+        waiting.add(f)
+        out.push(f)
+      } else fresh.push(c)
+    }
+    if (fresh.length === 0) return out
+    const plan = planBatches({
+      wanted: fresh,
+      chunkCount: blob.chunkCount,
+      ...(neighbour !== undefined ? { neighbour } : {}),
+      fetchable: ci => !this.inflight.has(flightKey(blob.blobId, ci)) && !this.cache.has(blob.blobId, ci),
+      amplifyBytes: this.amplifyBytes,
+      maxBatchBytes: this.maxBatchBytes
+    })
+    for (const p of plan) {
+      const batch = this.newBatch(blob, p.chunks, p.bytes, priority)
+      for (const f of batch.flights) {
+        if (p.extra.has(f.chunk)) this.metrics.counters.chunksAmplified++
+        else { waiting.add(f); out.push(f) }
+      }
+      this.queue.add(batch.job)
+    }
+    return out
+  }
+
+  private newBatch (blob: RafsBlobInfo, chunks: ChunkInfo[], bytes: number, priority: FetchPriority): Batch {
+    const batch: Batch = {
+      blob,
+      flights: [],
+      controller: new AbortController(),
+      job: { priority, cost: bytes, run: async () => { await this.runBatch(batch) } }
+    }
+    for (const chunk of chunks) {
+      let resolve!: (b: Buffer) => void
+      let reject!: (e: unknown) => void
+      const promise = new Promise<Buffer>((res, rej) => { resolve = res; reject = rej })
+      promise.catch(noop) // amplified chunks may fail with nobody waiting
+      let markStored!: () => void
+      const stored = new Promise<void>(res => { markStored = res })
+      const f: Flight = {
+        key: flightKey(blob.blobId, chunk.index), chunk, promise, resolve, reject, settled: false, stored, markStored, waiters: 0, batch
+      }
+      batch.flights.push(f)
+      this.inflight.set(f.key, f)
+    }
+    this.batches.add(batch)
+    batch.controller.signal.addEventListener('abort', () => {
+      // a queued batch nobody waits for any more never starts; a running one stops at its next await
+      if (this.queue.cancel(batch.job)) this.finishBatch(batch, batch.controller.signal.reason)
+    }, { once: true })
+    this.metrics.counters.batches++
+    return batch
+  }
+
+  /** A waiter gave up: when nobody waits on any unsettled chunk of the batch, its fetch is abandoned. */
+  private released (f: Flight): void {
+    const b = f.batch
+    if (b.controller.signal.aborted || f.settled) return
+    if (b.flights.every(x => x.settled || x.waiters === 0)) {
+      b.controller.abort(new FetchAbortedError(`fetch of ${b.flights.length} chunks of blob ${b.blob.blobId}: no reader left`))
+    }
+  }
+
+  private settle (f: Flight, result: { plain: Buffer } | { err: unknown }): void {
+    if (f.settled) return
+    f.settled = true
+    if ('plain' in result) f.resolve(result.plain)
+    else {
+      f.reject(result.err)
+      f.markStored()
+      if (this.inflight.get(f.key) === f) this.inflight.delete(f.key)
+    }
+  }
+
+  private finishBatch (batch: Batch, err: unknown): void {
+    for (const f of batch.flights) this.settle(f, { err })
+    this.batches.delete(batch)
+  }
+
+  private async runBatch (batch: Batch): Promise<void> {
+    const signal = batch.controller.signal
+    let lastErr: unknown
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const errors: unknown[] = []
+        await this.runSources(batch, 0, batch.flights, attempt, errors)
+        if (errors.length > 0) lastErr = errors[errors.length - 1]
+        const left = batch.flights.filter(f => !f.settled).length
+        if (left === 0) return
+        if (attempt >= this.retries || (lastErr !== undefined && !isTransient(lastErr))) {
+          throw lastErr ?? new FetchFailedError(`no source delivered ${left} chunks of blob ${batch.blob.blobId} (sources: ${this.sources.map(s => s.name).join(', ')})`)
+        }
+        this.metrics.counters.retries++
+        await delay(backoffDelay(attempt, { baseMs: this.retryBaseMs, maxMs: MAX_RETRY_DELAY_MS }), signal)
+      }
+    } catch (err) {
+      this.finishBatch(batch, signal.aborted ? signal.reason : err)
+    } finally {
+      this.batches.delete(batch)
+    }
+  }
+
+  /**
+   * `flights` through the sources from index `from` on, each source getting what the previous ones did not
+   * deliver. Chunks a source declines up front go on to the next sources at once, concurrently with the rest of
+   * its attempt (a neighbour source declines the chunks nobody holds: this node fetches those from the registry
+   * now, and neighbours waiting for them are not held up behind its other chunks). Failures land in `errors`.
+   */
+  private async runSources (batch: Batch, from: number, flights: Flight[], round: number, errors: unknown[]): Promise<void> {
+    const signal = batch.controller.signal
+    let pending = flights
+    for (let i = from; i < this.sources.length; i++) {
+      if (signal.aborted) throw signal.reason
+      const remaining = pending.filter(f => !f.settled)
+      if (remaining.length === 0) return
+      const source = this.sources[i]!
+      const declined = new Set<number>()
+      const side: Array<Promise<void>> = []
+      const decline = i + 1 < this.sources.length
+        ? (chunks: ChunkInfo[]): void => {
+            const fresh = chunks.filter(c => !declined.has(c.index))
+            for (const c of fresh) declined.add(c.index)
+            const set = new Set(fresh.map(c => c.index))
+            const handOff = remaining.filter(f => set.has(f.chunk.index))
+            if (handOff.length > 0) side.push(this.runSources(batch, i + 1, handOff, round, errors).catch((err: unknown) => { errors.push(err) }))
+          }
+        : undefined
+      try {
+        await this.attempt(source, batch, remaining, decline)
+      } catch (err) {
+        if (signal.aborted) { await Promise.allSettled(side); throw signal.reason }
+        errors.push(err)
+        this.log?.warn('%s: %d chunks of blob %s failed (attempt %d): %s', source.name, remaining.length, batch.blob.blobId, round + 1, describeError(err))
+      }
+      await Promise.all(side)
+      pending = remaining.filter(f => !declined.has(f.chunk.index))
+    }
+  }
+
+  /** One source, one try, bounded by `timeoutMs` of idleness; every chunk checked once and settled as it arrives. */
+  private async attempt (source: ChunkSource, batch: Batch, flights: Flight[], decline?: (chunks: ChunkInfo[]) => void): Promise<void> {
+    const counters = this.metrics.counters
+    counters.sourceAttempts++
+    const { blob } = batch
+    const byCi = new Map(flights.map(f => [f.chunk.index, f]))
+    // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
+    const idle = new AbortController()
+    const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${this.timeoutMs} ms`)) }
+    let idleTimer = setTimeout(onIdle, this.timeoutMs)
+    const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, this.timeoutMs) }
+    const signal = AbortSignal.any([batch.controller.signal, idle.signal])
+    const started = performance.now()
+    let chunks = 0
+    let bytes = 0
+    const declined = new Set<number>()
+    const onDecline = decline === undefined
+      ? undefined
+      : (list: ChunkInfo[]): void => {
+          const mine = list.filter(c => byCi.has(c.index) && !declined.has(c.index))
+          for (const c of mine) declined.add(c.index)
+          if (mine.length > 0) decline(mine)
+        }
+    // plaintexts found good, and for which chunk: what a source checked is not hashed again when it is yielded
+    const checked = new WeakMap<Buffer, number>()
+    const verify = (chunk: ChunkInfo, plaintext: Buffer): boolean => {
+      // checked against our own record of the chunk, never against what the source hands in
+      const want = byCi.get(chunk?.index)?.chunk
+      const ok = want !== undefined && Buffer.isBuffer(plaintext) && plaintext.length === want.uncompressedSize &&
+        digestChunk(blob.digester, plaintext).equals(want.digest)
+      if (ok) checked.set(plaintext, want.index)
+      else counters.verifyFailures++
+      return ok
+    }
+    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, verify, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
+    try {
+      for (;;) {
+        const r: IteratorResult<FetchedChunk> = await raceSignal(it.next(), signal)
+        if (r.done === true) break
+        progressed()
+        const { chunk, plaintext } = r.value
+        const f = chunk === undefined || declined.has(chunk.index) ? undefined : byCi.get(chunk.index)
+        if (f === undefined || !Buffer.isBuffer(plaintext)) {
+          throw new SourceProtocolError(source.name, `sent chunk ${String(chunk?.index)} of blob ${blob.blobId}, which was not asked for (or was sent twice)`)
+        }
+        byCi.delete(chunk.index)
+        if (checked.get(plaintext) !== f.chunk.index) {
+          if (plaintext.length !== f.chunk.uncompressedSize) {
+            counters.verifyFailures++
+            throw new SourceProtocolError(source.name, `sent ${plaintext.length} bytes for chunk ${chunk.index} of blob ${blob.blobId}, it has ${f.chunk.uncompressedSize}`)
+          }
+          if (!digestChunk(blob.digester, plaintext).equals(f.chunk.digest)) {
+            counters.verifyFailures++
+            throw new ChunkDigestMismatchError(source.name, blob.blobId, chunk.index, f.chunk.digest)
+          }
+        }
+        // the downlink is paid before the bytes count as received: a capped node takes them in at its rate
+        // (the source is not idle meanwhile: the idle deadline restarts after the wait)
+        if (this.downloadLimiter !== undefined) {
+          clearTimeout(idleTimer)
+          await this.downloadLimiter.take(plaintext.length, batch.controller.signal)
+          progressed()
+        }
+        chunks++
+        bytes += plaintext.length
+        counters.chunksFetched++
+        counters.bytesBySource[sourceKind(source.name)] += plaintext.length
+        this.deliver(blob, f, plaintext)
+      }
+    } catch (err) {
+      this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: false })
+      throw idle.signal.aborted && !batch.controller.signal.aborted ? idle.signal.reason : err
+    } finally {
+      clearTimeout(idleTimer)
+      // never awaited: a source stuck in its own await must not hold us
+      void Promise.resolve().then(async () => await it.return?.()).catch(noop)
+    }
+    this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: true })
+  }
+
+  /** Hands a verified chunk to its readers, then to the cache; the flight stays joinable until the cache has it. */
+  private deliver (blob: RafsBlobInfo, f: Flight, plaintext: Buffer): void {
+    this.settle(f, { plain: plaintext })
+    this.cache.putChunk(blob.blobId, f.chunk, plaintext).catch((err: unknown) => {
+      this.metrics.counters.cachePutFailures++
+      this.log?.warn('caching chunk %d of blob %s failed (%s), served from memory', f.chunk.index, blob.blobId, errorCode(err) ?? describeError(err))
+    }).finally(() => {
+      if (this.inflight.get(f.key) === f) this.inflight.delete(f.key)
+      f.markStored()
+    })
+  }
+}

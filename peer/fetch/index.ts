@@ -1,0 +1,21 @@
+/**
+ * The fetch room: where chunk bytes come from and how a read gets them. {@link Fetcher} (single-flight, batching,
+ * priorities, the read deadline, one digest check per chunk) over {@link ChunkSource}s: the registry
+ * ({@link RegistrySource}), a local blob directory ({@link LocalBlobSource}) and, from `exchange/`, neighbours.
+ */
+export {
+  Fetcher, DEFAULT_AMPLIFY_BYTES, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS
+} from './fetcher.js'
+export { RegistrySource, DEFAULT_MAX_REQUEST_BYTES, type RegistrySourceComponents, type RegistrySourceInit } from './registry-source.js'
+export { LocalBlobSource } from './local-source.js'
+export { contiguousRuns, sourceKind, type ByteRun, type ChunkSource, type ChunkSourceFetchOptions, type FetchedChunk } from './source.js'
+export {
+  FetchError, ChunkDigestMismatchError, ReadTimeoutError, FetchFailedError, SourceProtocolError, FetchAbortedError,
+  isTransient, type FetchErrorCode
+} from './errors.js'
+export { planBatches, type PlanInput, type PlannedBatch } from './plan.js'
+export { FetchQueue, type FetchPriority, type QueueJob } from './queue.js'
+export type {
+  ChunkCache, CopySource, FetchImage, ReadOptions, EnsureOptions, FetcherComponents, FetcherInit, FetchSample, FetchCounters,
+  MappedPiece
+} from './types.js'

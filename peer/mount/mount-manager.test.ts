@@ -1,0 +1,129 @@
+/**
+ * The mount manager over a local image (bootstrap + blob dir): kernel mode pulls every chunk through the fetcher,
+ * pins the blobs and serves the identical tree; auto picks kernel once the cache is complete and FUSE before;
+ * prefetch policies name the right chunks; bad requests are refused with codes.
+ */
+import assert from 'node:assert/strict'
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { BlobCache } from '../../cache/index.js'
+import { buildFromDirectory, RafsReader } from '../../rafs/index.js'
+import { kernelSkipReason } from '../../test/helpers/kernel.js'
+import { diffTrees, snapshotTree } from '../../test/helpers/tree.js'
+import { FuseNativeBackend } from './fuse-backend.js'
+import { MountManager } from './mount-manager.js'
+import { planPrefetch } from './prefetch.js'
+import { captureLogs } from '../../test/helpers/logs.js'
+
+const fuseSkip = (): string | undefined => process.getuid?.() !== 0 ? 'needs root' : undefined
+
+let work: string
+let src: string
+let bootstrap: string
+let blobDir: string
+
+function bytes (n: number, seed: number): Buffer {
+  const b = Buffer.allocUnsafe(n)
+  let x = seed >>> 0 || 1
+  for (let i = 0; i < n; i++) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; b[i] = x & 0xff }
+  return b
+}
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'rafspeer-mounts-'))
+  src = join(work, 'src')
+  await mkdir(join(src, 'bin'), { recursive: true })
+  await mkdir(join(src, 'data/deep'), { recursive: true })
+  await writeFile(join(src, 'bin/tool'), bytes(3 << 20, 1), { mode: 0o755 })
+  await writeFile(join(src, 'data/small.txt'), 'hello from a lazily mounted image\n')
+  await writeFile(join(src, 'data/deep/big.bin'), bytes(5 << 20, 2))
+  await writeFile(join(src, 'empty'), '')
+  await symlink('bin/tool', join(src, 'link'))
+  for (let i = 0; i < 50; i++) await writeFile(join(src, 'data', `f${i}`), bytes(1000 + i * 300, 10 + i))
+  bootstrap = join(work, 'image.boot')
+  blobDir = join(work, 'blobs')
+  await mkdir(blobDir)
+  await buildFromDirectory(src, { bootstrap, blobDir, chunkSize: 1 << 20, prefetchFiles: ['/data/small.txt', '/bin'] })
+})
+after(async () => { if (work !== undefined) await rm(work, { recursive: true, force: true }) })
+
+async function manager (t: { after: (fn: () => Promise<void>) => void }, name: string): Promise<{ mm: MountManager, cache: BlobCache, mnt: string }> {
+  const cache = await BlobCache.open(join(work, `cache-${name}`))
+  const mm = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: join(work, `wd-${name}`) })
+  const mnt = join(work, `mnt-${name}`)
+  t.after(async () => {
+    await mm.stop()
+    await cache.close()
+    await rm(mnt, { recursive: true, force: true }).catch(() => {})
+  })
+  return { mm, cache, mnt }
+}
+
+describe('prefetch plans', () => {
+  it('table, paths, all and none name the right chunks', async () => {
+    const reader = await RafsReader.open(bootstrap)
+    const count = (m: Map<number, unknown[]>): number => [...m.values()].reduce((n, l) => n + l.length, 0)
+    const total = reader.blobs.reduce((n, b) => n + b.chunkCount, 0)
+    assert.equal(count(await planPrefetch(reader, 'all')), total)
+    assert.equal(count(await planPrefetch(reader, 'none')), 0)
+    // the table holds /data/small.txt (1 chunk) and /bin (tool: 3 chunks)
+    assert.equal(count(await planPrefetch(reader, 'table')), 4)
+    const logs = captureLogs()
+    const plan = await planPrefetch(reader, { paths: ['/data/deep', '/missing'] }, logs.logger.forComponent('test'))
+    assert.equal(count(plan), 5)
+    const skipped = logs.lines.filter(l => l.includes('prefetch: skipping'))
+    assert.equal(skipped.length, 1, logs.lines.join('\n'))
+    assert.match(skipped[0]!, /skipping \/missing:/)
+    const list = join(work, 'list.txt')
+    await writeFile(list, '# hot files\n/data/small.txt\n\n/link\n')
+    assert.equal(count(await planPrefetch(reader, { file: list })), 1, 'a symlink has no data')
+  })
+})
+
+describe('kernel mode from a local image', { skip: kernelSkipReason() }, () => {
+  it('pulls every chunk, pins the blobs, serves the identical tree; auto then picks kernel again', async t => {
+    const { mm, cache, mnt } = await manager(t, 'kernel')
+    const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'kernel' })
+    assert.equal(info.mode, 'kernel')
+    assert.ok(info.blobs.every(b => b.complete))
+    assert.equal(cache.stats().pinnedBlobs, info.blobs.length)
+    assert.deepEqual(diffTrees(await snapshotTree(src, { content: true }), await snapshotTree(mnt, { content: true })), [])
+    await mm.unmount(mnt)
+    assert.equal(cache.stats().pinnedBlobs, 0)
+    assert.ok(!(await readFile('/proc/mounts', 'utf8')).includes(mnt))
+    const again = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt })
+    assert.equal(again.requestedMode, 'auto')
+    assert.equal(again.mode, 'kernel')
+    await assert.rejects(mm.mount({ source: bootstrap, blobDir, mountpoint: mnt }), { code: 'RAFSPEER_ERR_ALREADY_MOUNTED' })
+    await mm.unmount(mnt)
+    await assert.rejects(mm.unmount(mnt), { code: 'RAFSPEER_ERR_NOT_MOUNTED' })
+  })
+})
+
+describe('FUSE mode from a local image', { skip: fuseSkip() }, () => {
+  it('auto mounts FUSE on a cold cache, reads lazily, prefetches the table, equals the source', async t => {
+    const { mm, cache, mnt } = await manager(t, 'fuse')
+    const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt })
+    assert.equal(info.mode, 'fuse')
+    const pre = await mm.prefetchSettled(mnt)
+    assert.equal(pre.state, 'done')
+    assert.equal(pre.chunksTotal, 4)
+    // in-process FUSE: only async fs calls on the mount
+    assert.equal(await readFile(join(mnt, 'data/small.txt'), 'utf8'), 'hello from a lazily mounted image\n')
+    const before = cache.stats().chunksPresent
+    assert.ok(before < info.blobs.reduce((n, b) => n + b.chunkCount, 0), 'nothing beyond the prefetch table and the reads was fetched')
+    assert.deepEqual(diffTrees(await snapshotTree(src, { content: true }), await snapshotTree(mnt, { content: true }), { ignore: ['mtimeNsec'] }), [])
+    const st = mm.stats()[0]!
+    assert.ok(st.reads > 0)
+    assert.ok(st.fetch.bytesBySource.registry > 0, 'the local blob source counts as the origin')
+    await mm.unmount(mnt)
+    // everything was read once: the cache is complete, and auto now mounts with the kernel
+    if (kernelSkipReason() === undefined) {
+      const again = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt })
+      assert.equal(again.mode, 'kernel')
+      await mm.unmount(mnt)
+    }
+  })
+})

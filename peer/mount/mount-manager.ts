@@ -1,0 +1,377 @@
+/**
+ * The mount manager of a node: opens an image (registry or local), picks the mode (kernel EROFS when every blob
+ * is complete in the cache, FUSE otherwise, or what was asked), wires a fetcher per mount, starts prefetch, and
+ * unmounts. Blobs under a kernel mount are pinned so eviction never punches what the kernel reads.
+ *
+ * @example
+ * ```ts
+ * const mounts = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: '/var/lib/rafspeer' })
+ * await mounts.mount({ source: '127.0.0.1:5000/app:v1-rafs', mountpoint: '/mnt/app' })
+ * await mounts.stop()
+ * ```
+ */
+import { mkdir, stat } from 'node:fs/promises'
+import { resolve } from 'node:path'
+import { RafspeerError, delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import type { BlobCache } from '../../cache/index.js'
+import type { ChunkInfo } from '../../rafs/index.js'
+import { RegistryClient } from '../../registry/index.js'
+import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit } from '../fetch/index.js'
+import { openImage, type OpenedImage } from './image-open.js'
+import { kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
+import { planPrefetch, referencedChunks, runPrefetch } from './prefetch.js'
+import { DEFAULT_READAHEAD_BYTES, ReadAhead } from './read-ahead.js'
+import type {
+  FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles, MountInfo, MountMode, MountRequest, MountService, MountStats,
+  PrefetchPolicy, PrefetchStatus
+} from './types.js'
+
+export type MountErrorCode = 'RAFSPEER_ERR_ALREADY_MOUNTED' | 'RAFSPEER_ERR_NOT_MOUNTED' | 'RAFSPEER_ERR_MOUNT' | 'RAFSPEER_ERR_KERNEL_MODE'
+
+export class MountError extends RafspeerError<MountErrorCode> {}
+
+export interface MountManagerComponents {
+  cache: BlobCache
+  fuse: FuseBackend
+  logger?: ComponentLogger
+  /** sources tried before the image's own (neighbours over P2P), shared by every mount */
+  extraSources?: ChunkSource[]
+  /** registry clients by plain-HTTP setting (default: one `RegistryClient` each, Docker config auth) */
+  clientFor?: (plainHttp: boolean | 'auto') => RegistryClient
+}
+
+export interface MountManagerInit {
+  /** bootstraps are kept under `<workDir>/bootstraps` */
+  workDir: string
+  fetch?: FetcherInit
+  prefetch?: { policy?: PrefetchPolicy, bandwidthBytesPerSecond?: number }
+  defaultMode?: MountMode
+  fuse?: FuseMountOptions
+  plainHttp?: boolean | 'auto'
+  /**
+   * A file read sequentially has this many bytes past the read fetched ahead of it, in the background (4 MiB;
+   * 0: off). Random reads fetch only what they touch (plus `fetch.amplifyBytes`).
+   */
+  readaheadBytes?: number
+}
+
+interface Mounted {
+  info: MountInfo
+  image: OpenedImage
+  /** per blob index: the chunks the image's files reference (what a kernel mount needs present) */
+  needed: Map<number, Map<number, ChunkInfo>>
+  fetcher: Fetcher
+  fuse: FuseMountHandle | undefined
+  kernel: KernelMount | undefined
+  prefetch: PrefetchStatus
+  prefetchDone: Promise<void>
+  abort: AbortController
+  readAhead: ReadAhead
+  reads: number
+  readBytes: number
+  readErrors: number
+}
+
+export class MountManager implements MountService {
+  private readonly cache: BlobCache
+  private readonly fuse: FuseBackend
+  private readonly extraSources: ChunkSource[]
+  private readonly log: Logger | undefined
+  private readonly logger: ComponentLogger | undefined
+  private readonly clientFor: (plainHttp: boolean | 'auto') => RegistryClient
+  private readonly init: MountManagerInit
+  private readonly mounts = new Map<string, Mounted>()
+  /** mountpoints being mounted or unmounted right now */
+  private readonly busy = new Set<string>()
+
+  constructor (components: MountManagerComponents, init: MountManagerInit) {
+    this.cache = components.cache
+    this.fuse = components.fuse
+    this.extraSources = components.extraSources ?? []
+    this.logger = components.logger
+    this.log = components.logger?.forComponent('rafspeer:mounts')
+    const clients = new Map<string, RegistryClient>()
+    this.clientFor = components.clientFor ?? (plainHttp => {
+      const key = String(plainHttp)
+      let c = clients.get(key)
+      if (c === undefined) clients.set(key, c = new RegistryClient({ plainHttp }))
+      return c
+    })
+    this.init = init
+  }
+
+  async mount (req: MountRequest, opts: { signal?: AbortSignal } = {}): Promise<MountInfo> {
+    const mountpoint = resolve(req.mountpoint)
+    if (this.mounts.has(mountpoint) || this.busy.has(mountpoint)) {
+      throw new MountError('RAFSPEER_ERR_ALREADY_MOUNTED', `${mountpoint} is already mounted (or being mounted) by this daemon`)
+    }
+    this.busy.add(mountpoint)
+    try {
+      return await this.doMount({ ...req, mountpoint }, opts.signal)
+    } finally {
+      this.busy.delete(mountpoint)
+    }
+  }
+
+  private async doMount (req: MountRequest, signal: AbortSignal | undefined): Promise<MountInfo> {
+    const requestedMode = req.mode ?? this.init.defaultMode ?? 'auto'
+    const st = await stat(req.mountpoint).catch(() => undefined)
+    if (st === undefined) await mkdir(req.mountpoint, { recursive: true })
+    else if (!st.isDirectory()) throw new MountError('RAFSPEER_ERR_MOUNT', `mountpoint ${req.mountpoint} is not a directory`)
+    if (requestedMode === 'kernel') {
+      const why = await kernelModeUnavailable()
+      if (why !== undefined) throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: ${why}`)
+    }
+
+    const image = await openImage({ cache: this.cache, clientFor: this.clientFor, ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
+      source: req.source,
+      ...(req.blobDir !== undefined ? { blobDir: req.blobDir } : {}),
+      plainHttp: req.plainHttp ?? this.init.plainHttp ?? 'auto',
+      ...(signal !== undefined ? { signal } : {})
+    }, this.init.workDir)
+
+    const fetcher = new Fetcher({ cache: this.cache, sources: [...this.extraSources, ...image.chunkSources], ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
+      ...this.init.fetch,
+      verifyCacheReads: 'once',
+      ...(this.init.prefetch?.bandwidthBytesPerSecond !== undefined && this.init.prefetch.bandwidthBytesPerSecond > 0
+        ? { prefetchBytesPerSecond: this.init.prefetch.bandwidthBytesPerSecond }
+        : {})
+    })
+    const abort = new AbortController()
+    const m: Mounted = {
+      info: undefined as unknown as MountInfo,
+      image,
+      needed: referencedChunks(image.reader),
+      fetcher,
+      fuse: undefined,
+      kernel: undefined,
+      prefetch: { state: 'none', chunksTotal: 0, chunksDone: 0, bytesTotal: 0 },
+      prefetchDone: Promise.resolve(),
+      abort,
+      readAhead: new ReadAhead({ fetcher, image, ...(this.logger !== undefined ? { logger: this.logger } : {}) },
+        { windowBytes: this.init.readaheadBytes ?? DEFAULT_READAHEAD_BYTES, signal: abort.signal }),
+      reads: 0,
+      readBytes: 0,
+      readErrors: 0
+    }
+    try {
+      let mode: 'fuse' | 'kernel' = 'fuse'
+      if (requestedMode === 'kernel') {
+        // kernel mode asked on an incomplete cache: pull the rest first (at read priority), then mount
+        await this.completeBlobs(fetcher, m, signal)
+        mode = 'kernel'
+      } else if (requestedMode === 'auto' && this.allPresent(m) && await kernelModeUnavailable() === undefined) {
+        mode = await this.verifiedComplete(fetcher, m, signal) ? 'kernel' : 'fuse'
+      }
+      if (mode === 'kernel') {
+        await this.mountKernel(m, req.mountpoint)
+      } else {
+        m.fuse = await this.fuse.mount(req.mountpoint, this.files(m), this.init.fuse)
+      }
+      m.info = {
+        mountpoint: req.mountpoint,
+        source: image.source,
+        requestedMode,
+        mode,
+        ...(image.manifestDigest !== undefined ? { manifestDigest: image.manifestDigest } : {}),
+        bootstrapDigest: image.bootstrapDigest,
+        bootstrapPath: image.bootstrapPath,
+        blobs: [],
+        prefetch: m.prefetch,
+        mountedAt: new Date().toISOString()
+      }
+      this.mounts.set(req.mountpoint, m)
+      this.log?.info('mounted %s at %s (%s mode%s)', image.source, req.mountpoint, mode, image.offline ? ', registry offline' : '')
+      if (mode === 'fuse') this.startPrefetch(m, req.prefetch ?? this.init.prefetch?.policy ?? 'table')
+      return this.infoOf(m)
+    } catch (err) {
+      m.abort.abort()
+      m.fetcher.stop()
+      await image.close()
+      throw err
+    }
+  }
+
+  /** Every chunk the image references is in the cache. */
+  private allPresent (m: Mounted): boolean {
+    for (const [bi, chunks] of m.needed) {
+      const blobId = m.image.blobs[bi]!.blobId
+      for (const ci of chunks.keys()) if (!this.cache.has(blobId, ci)) return false
+    }
+    return true
+  }
+
+  /**
+   * Every referenced chunk present and verified by this process (a kernel mount has no per-read check); bad
+   * chunks are refetched once.
+   */
+  private async verifiedComplete (fetcher: Fetcher, m: Mounted, signal: AbortSignal | undefined): Promise<boolean> {
+    for (const [bi, chunks] of m.needed) {
+      const blob = m.image.blobs[bi]!
+      for (const chunk of chunks.values()) {
+        signal?.throwIfAborted()
+        if (this.cache.isVerified(blob.blobId, chunk.index)) continue
+        if (await this.cache.readChunk(blob.blobId, chunk, { verify: 'once' }) === undefined) {
+          this.log?.info('blob %s chunk %d missing or bad before a kernel mount: fetching it', blob.blobId, chunk.index)
+          await fetcher.ensureChunks(blob, [chunk], { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
+          if (!this.cache.isVerified(blob.blobId, chunk.index)) return false
+        }
+      }
+    }
+    return true
+  }
+
+  private async completeBlobs (fetcher: Fetcher, m: Mounted, signal: AbortSignal | undefined): Promise<void> {
+    for (const [bi, chunks] of m.needed) {
+      const list = [...chunks.values()].sort((a, b) => a.compressedOffset - b.compressedOffset)
+      await fetcher.ensureChunks(m.image.blobs[bi]!, list, { priority: 'read', ...(signal !== undefined ? { signal } : {}) })
+    }
+    if (!(await this.verifiedComplete(fetcher, m, signal))) {
+      throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: the cache could not hold every chunk of ${m.image.source} (cache full?)`)
+    }
+  }
+
+  private async mountKernel (m: Mounted, mountpoint: string): Promise<void> {
+    const blobs = m.image.blobs
+    for (const b of blobs) this.cache.pin(b.blobId)
+    try {
+      m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint, { ...(this.logger !== undefined ? { logger: this.logger } : {}) })
+    } catch (err) {
+      for (const b of blobs) this.cache.unpin(b.blobId)
+      throw err
+    }
+  }
+
+  /**
+   * FUSE's view of the image. A read's range is mapped to chunk pieces here, once; the fetcher copies verified
+   * cached spans straight into FUSE's buffer and fetches the rest, under the read's one deadline, and the FUSE
+   * session's signal (aborted at unmount) reaches every fetch the read waits on.
+   */
+  private files (m: Mounted): ImageFiles {
+    const image = { reader: m.image.reader, blobs: m.image.blobs }
+    return {
+      reader: image.reader,
+      read: async (nid, offset, length, buf, signal) => {
+        m.reads++
+        try {
+          const pieces = image.reader.mapRange(nid, offset, length)
+          m.readAhead.observe(nid, offset, length)
+          const n = await m.fetcher.readPieces(image, pieces, buf, signal !== undefined ? { signal } : {})
+          m.readBytes += n
+          return n
+        } catch (err) {
+          m.readErrors++
+          throw err
+        }
+      }
+    }
+  }
+
+  private startPrefetch (m: Mounted, policy: PrefetchPolicy): void {
+    if (policy === 'none') return
+    m.prefetchDone = (async () => {
+      try {
+        const plan = await planPrefetch(m.image.reader, policy, this.log)
+        await runPrefetch(m.fetcher, m.image.reader, plan, m.prefetch, { signal: m.abort.signal, log: this.log })
+        if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log?.info('prefetch of %s done: %d chunks', m.info.mountpoint, m.prefetch.chunksTotal)
+      } catch (err) {
+        m.prefetch.state = 'failed'
+        m.prefetch.error = (err as Error).message
+        this.log?.warn('prefetch of %s failed: %s', m.info.mountpoint, describeError(err))
+      }
+    })()
+  }
+
+  async unmount (mountpoint: string): Promise<void> {
+    const mp = resolve(mountpoint)
+    const m = this.mounts.get(mp)
+    if (m === undefined) throw new MountError('RAFSPEER_ERR_NOT_MOUNTED', `${mp} is not mounted by this daemon`)
+    if (this.busy.has(mp)) throw new MountError('RAFSPEER_ERR_MOUNT', `${mp} is being unmounted`)
+    this.busy.add(mp)
+    try {
+      m.abort.abort()
+      await m.prefetchDone
+      if (m.fuse !== undefined) await m.fuse.unmount()
+      if (m.kernel !== undefined) {
+        try {
+          // a reader that just closed its files can leave the mount busy for a moment
+          for (let i = 0; ; i++) {
+            try { await m.kernel.unmount(); break } catch (err) { if (i >= 10) throw err }
+            await delay(100)
+          }
+        } catch {
+          // busy: detach it now; it stays pinned until this process ends, since the kernel may still read the blobs
+          await m.kernel.unmount({ lazy: true })
+          this.log?.warn('%s was busy: unmounted lazily, its blobs stay pinned', mp)
+          m.kernel = undefined
+        }
+        if (m.kernel !== undefined) for (const b of m.image.blobs) this.cache.unpin(b.blobId)
+      }
+      m.fetcher.stop()
+      await m.image.close()
+      this.mounts.delete(mp)
+      this.log?.info('unmounted %s', mp)
+    } finally {
+      this.busy.delete(mp)
+    }
+  }
+
+  /** Unmounts everything (SIGTERM, daemon stop). */
+  async stop (): Promise<void> {
+    const all = [...this.mounts.keys()]
+    const results = await Promise.allSettled(all.map(async mp => await this.unmount(mp)))
+    results.forEach((r, i) => { if (r.status === 'rejected') this.log?.error('unmounting %s: %s', all[i], describeError(r.reason)) })
+  }
+
+  private infoOf (m: Mounted): MountInfo {
+    return {
+      ...m.info,
+      blobs: m.image.blobs.map((b, bi) => {
+        const needed = m.needed.get(bi) ?? new Map<number, ChunkInfo>()
+        let present = 0
+        for (const ci of needed.keys()) if (this.cache.has(b.blobId, ci)) present++
+        return { blobId: b.blobId, chunkCount: b.chunkCount, chunksReferenced: needed.size, chunksPresent: present, complete: present === needed.size }
+      }),
+      prefetch: { ...m.prefetch }
+    }
+  }
+
+  get (mountpoint: string): MountInfo | undefined {
+    const m = this.mounts.get(resolve(mountpoint))
+    return m === undefined ? undefined : this.infoOf(m)
+  }
+
+  list (): MountInfo[] { return [...this.mounts.values()].map(m => this.infoOf(m)) }
+
+  stats (): MountStats[] {
+    return [...this.mounts.values()].map(m => {
+      const fetch: FetchCounters = m.fetcher.counters
+      return {
+        mountpoint: m.info.mountpoint,
+        source: m.info.source,
+        mode: m.info.mode,
+        reads: m.reads,
+        readBytes: m.readBytes,
+        readErrors: m.readErrors,
+        fetch,
+        prefetch: { ...m.prefetch }
+      }
+    })
+  }
+
+  drainFetchSamples (): Array<FetchSample & { mountpoint: string }> {
+    const out: Array<FetchSample & { mountpoint: string }> = []
+    for (const m of this.mounts.values()) {
+      for (const s of m.fetcher.drainSamples()) out.push({ ...s, mountpoint: m.info.mountpoint })
+    }
+    return out
+  }
+
+  /** Resolves when the mount's prefetch has finished (done, failed or cancelled). */
+  async prefetchSettled (mountpoint: string): Promise<PrefetchStatus> {
+    const m = this.mounts.get(resolve(mountpoint))
+    if (m === undefined) throw new MountError('RAFSPEER_ERR_NOT_MOUNTED', `${mountpoint} is not mounted by this daemon`)
+    await m.prefetchDone
+    return { ...m.prefetch }
+  }
+}
