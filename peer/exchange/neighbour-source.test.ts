@@ -271,6 +271,34 @@ describe('NeighbourSource', () => {
     assert.ok(performance.now() - started < 1500)
   })
 
+  it('through the fetcher, a slow honest holder is never taken for a liar: late copies of hedged chunks check out', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    // an honest holder that answers late: by then its chunks were hedged to the other holder, some delivered already
+    const slow = await rogue(async (names, stream) => {
+      await new Promise(resolve => setTimeout(resolve, 250))
+      for (const n of names as Array<{ size: number, digest: Buffer }>) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes]))) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const fast = await seed(chunks, { uploadBytesPerSecond: 1 << 20 })
+    const src = source(new StaticResolver([slow.holder, fast.holder]), { maxHolders: 2, hedgeAfterMs: 100, banThreshold: 1 })
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [src] }, { retries: 0 })
+    try {
+      const path = '/e.bin'
+      const bytes = await fetcher.read(img, img.reader.lookup(path), 0, img.files[path]!.length)
+      assert.ok(bytes.equals(img.files[path]!))
+      assert.ok(src.counters.hedges >= 1, 'the slow holder was hedged')
+      assert.ok(slow.requests() >= 1)
+      assert.equal(src.counters.badChunks, 0, 'no honest copy counted as bad')
+      assert.deepEqual(src.bannedPeers(), [])
+      assert.equal(fetcher.counters.verifyFailures, 0)
+    } finally {
+      fetcher.stop()
+    }
+  })
+
   it('feeds the fetcher: peers first, the next source tops up what they lack', async () => {
     const half = chunks.filter(c => c.index % 2 === 0)
     const { holder } = await seed(half)

@@ -359,6 +359,7 @@ class SwarmFetch {
         req.replied[r.i] = true
         w.attempts.delete(req)
         if (r.status === ChunkStatus.OK) {
+          // a hedged request's late copy is checked too: it scores its sender, even when the chunk came already
           const plaintext = r.payload!
           if (this.verify(w.chunk, plaintext)) {
             chunks++

@@ -283,6 +283,8 @@ export class Flights {
     counters.sourceAttempts++
     const { blob } = batch
     const byCi = new Map(flights.map(f => [f.chunk.index, f]))
+    // what this attempt asked for, for checking bytes: `byCi` loses each chunk once it arrives, this does not
+    const asked = new Map(flights.map(f => [f.chunk.index, f.chunk]))
     // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
     const idle = new AbortController()
     const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${this.timeoutMs} ms`)) }
@@ -304,7 +306,7 @@ export class Flights {
     const checked = new WeakMap<Buffer, number>()
     const verify = (chunk: ChunkInfo, plaintext: Buffer): boolean => {
       // checked against our own record of the chunk, never against what the source hands in
-      const want = byCi.get(chunk?.index)?.chunk
+      const want = asked.get(chunk?.index)
       const ok = want !== undefined && Buffer.isBuffer(plaintext) && plaintext.length === want.uncompressedSize &&
         digestChunk(blob.digester, plaintext).equals(want.digest)
       if (ok) checked.set(plaintext, want.index)
