@@ -5,7 +5,9 @@
  *    requests of ≤ 64 chunks / 4 MiB one after another on one stream at a time (like for like with raw), and on
  *    `streams` concurrent streams, as the neighbour source does with one holder;
  *  - `peer-source`: the whole NeighbourSource (resolve, spread, every chunk's digest checked through the fetcher's
- *    `verify`) on top of that, driven like the fetcher drives it (4 MiB batches, `batchesInFlight` at once).
+ *    `verify`) on top of that, driven like the fetcher drives it (4 MiB batches, `batchesInFlight` at once);
+ *  - `fetcher`: a Fetcher over that source, as a node fetches from neighbours (batch planning, admission, single
+ *    flight, the one digest check per chunk, delivery), into a cache that keeps nothing.
  * All three share one connection. Each runs `runs` times, interleaved; medians are reported with ratios to raw.
  * Runs in-process: both hosts share one event loop, as the raw baseline does.
  *
@@ -22,8 +24,8 @@ import type { Stream } from '@libp2p/interface'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { announceAddrs, createHost, type ChunkHolder, type HolderResolver, type Host } from '../p2p/index.js'
 import {
-  CHUNK_PROTOCOL, ChunkServer, ChunkStatus, DEFAULT_NEIGHBOUR_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST,
-  NeighbourSource, exchangeChunks, type ChunkName, type ServableCache
+  CHUNK_PROTOCOL, ChunkServer, ChunkStatus, DEFAULT_NEIGHBOUR_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER, Fetcher,
+  MAX_CHUNKS_PER_REQUEST, NeighbourSource, exchangeChunks, type ChunkCache, type ChunkName, type ServableCache
 } from '../peer/index.js'
 import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../rafs/index.js'
 
@@ -62,10 +64,12 @@ export interface ChunkBenchResult {
   /** the protocol on `streams` concurrent streams */
   protocolMBps: number
   peerSourceMBps: number
+  fetcherMBps: number
   /** protocol / raw: the goal is ≥ 0.7 */
   protocolOneStreamRatio: number
   protocolRatio: number
   peerSourceRatio: number
+  fetcherRatio: number
 }
 
 /** Every name resolves to the one server. */
@@ -136,13 +140,14 @@ export async function benchChunkExchange (opts: ChunkBenchOptions = {}): Promise
     const addr = multiaddr(`${holder.addrs[0]!}/p2p/${holder.peerId}`)
     await client.dial(addr)
 
-    const modes: Record<'raw' | 'protocolOneStream' | 'protocol' | 'peerSource', () => Promise<number>> = {
+    const modes: Record<'raw' | 'protocolOneStream' | 'protocol' | 'peerSource' | 'fetcher', () => Promise<number>> = {
       raw: async () => await rawRun(client, addr),
       protocolOneStream: async () => await protocolRun(client, addr, chunks, 1),
       protocol: async () => await protocolRun(client, addr, chunks, streams),
-      peerSource: async () => await peerSourceRun(client, holder, blob, chunks, batches)
+      peerSource: async () => await peerSourceRun(client, holder, blob, chunks, batches),
+      fetcher: async () => await fetcherRun(client, holder, blob, chunks)
     }
-    const samples: Record<keyof typeof modes, number[]> = { raw: [], protocolOneStream: [], protocol: [], peerSource: [] }
+    const samples: Record<keyof typeof modes, number[]> = { raw: [], protocolOneStream: [], protocol: [], peerSource: [], fetcher: [] }
     // one warm-up of each (JIT, yamux windows), then interleaved runs against drift on a shared machine
     for (const run of Object.values(modes)) await run()
     for (let r = 0; r < runs; r++) {
@@ -159,9 +164,11 @@ export async function benchChunkExchange (opts: ChunkBenchOptions = {}): Promise
     const protocolOneStreamMBps = median(samples.protocolOneStream)
     const protocolMBps = median(samples.protocol)
     const peerSourceMBps = median(samples.peerSource)
+    const fetcherMBps = median(samples.fetcher)
     return {
-      totalBytes: moved, chunkSize, runs, streams, rawMBps, protocolOneStreamMBps, protocolMBps, peerSourceMBps,
-      protocolOneStreamRatio: protocolOneStreamMBps / rawMBps, protocolRatio: protocolMBps / rawMBps, peerSourceRatio: peerSourceMBps / rawMBps
+      totalBytes: moved, chunkSize, runs, streams, rawMBps, protocolOneStreamMBps, protocolMBps, peerSourceMBps, fetcherMBps,
+      protocolOneStreamRatio: protocolOneStreamMBps / rawMBps, protocolRatio: protocolMBps / rawMBps, peerSourceRatio: peerSourceMBps / rawMBps,
+      fetcherRatio: fetcherMBps / rawMBps
     }
   } finally {
     await chunkServer.stop()
@@ -217,6 +224,31 @@ async function peerSourceRun (client: Host, holder: ChunkHolder, blob: RafsBlobI
   return bytes
 }
 
+/** A cache that holds nothing and keeps nothing: every chunk is fetched, none is written. */
+const NO_CACHE: ChunkCache = {
+  has: () => false,
+  isVerified: () => false,
+  readVerifiedInto: async () => false,
+  readChunk: async () => undefined,
+  putChunk: async () => false
+}
+
+async function fetcherRun (client: Host, holder: ChunkHolder, blob: RafsBlobInfo, chunks: ChunkInfo[]): Promise<number> {
+  const src = new NeighbourSource({ libp2p: client, resolver: new OneHolder(holder) }, { maxHolders: 1, requestTimeoutMs: 10_000 })
+  const fetcher = new Fetcher({ cache: NO_CACHE, sources: [src] }, { retries: 0 })
+  // as prefetch feeds it: slices of 64 chunks, 4 slices in flight
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < chunks.length) {
+      const slice = chunks.slice(next, next + 64)
+      next += slice.length
+      await fetcher.ensureChunks(blob, slice, { priority: 'read' })
+    }
+  }
+  await Promise.all(Array.from({ length: 4 }, worker))
+  return fetcher.counters.bytesBySource.peer
+}
+
 export function formatChunkExchange (r: ChunkBenchResult): string {
   const mib = (n: number): string => n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(0)} MiB` : `${(n / 1024).toFixed(0)} KiB`
   return [
@@ -224,7 +256,8 @@ export function formatChunkExchange (r: ChunkBenchResult): string {
     `  raw libp2p stream   ${r.rawMBps.toFixed(1).padStart(8)} MB/s   1.00x`,
     `  chunk/1, 1 stream   ${r.protocolOneStreamMBps.toFixed(1).padStart(8)} MB/s   ${r.protocolOneStreamRatio.toFixed(2)}x   (goal ≥ 0.70x)`,
     `  chunk/1, ${r.streams} streams  ${r.protocolMBps.toFixed(1).padStart(8)} MB/s   ${r.protocolRatio.toFixed(2)}x`,
-    `  neighbour source    ${r.peerSourceMBps.toFixed(1).padStart(8)} MB/s   ${r.peerSourceRatio.toFixed(2)}x`
+    `  neighbour source    ${r.peerSourceMBps.toFixed(1).padStart(8)} MB/s   ${r.peerSourceRatio.toFixed(2)}x`,
+    `  fetcher over it     ${r.fetcherMBps.toFixed(1).padStart(8)} MB/s   ${r.fetcherRatio.toFixed(2)}x`
   ].join('\n')
 }
 

@@ -1,7 +1,7 @@
 /** `rafspeer registry`: the embedded OCI distribution server, for demos, the simulator and local work (imported when it runs). */
 import type { Command } from 'commander'
 import { parseHostPort } from '../base/index.js'
-import { parseSize } from './util.js'
+import { parseSize, untilSignal } from './util.js'
 
 export function registerRegistryCommand (program: Command): void {
   program.command('registry')
@@ -25,11 +25,7 @@ export function registerRegistryCommand (program: Command): void {
       const { startRegistryServer } = await import('../registry/index.js')
       const server = await startRegistryServer({ root: f.root, host, port, auth, bandwidthLimit: f.bandwidthLimit })
       process.stdout.write(`registry listening on ${server.url} (storage ${f.root})\n`)
-      await new Promise<void>((resolve) => {
-        const stop = (): void => { resolve() }
-        process.once('SIGINT', stop)
-        process.once('SIGTERM', stop)
-      })
+      await untilSignal()
       await server.stop()
       const snap = server.counters.snapshot()
       for (const [repo, c] of Object.entries(snap)) {

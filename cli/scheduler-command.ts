@@ -2,6 +2,7 @@
 import type { Command } from 'commander'
 import { createLogger } from '../base/index.js'
 import { parseLogLevel } from './daemon-commands.js'
+import { untilSignal } from './util.js'
 
 const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/8002'
 
@@ -9,18 +10,6 @@ const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/8002'
 export interface SchedulerCommandDeps {
   print?: (line: string) => void
   untilStopped?: () => Promise<void>
-}
-
-const untilSignal = async (): Promise<void> => {
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop)
-      process.off('SIGTERM', stop)
-      resolve()
-    }
-    process.once('SIGINT', stop)
-    process.once('SIGTERM', stop)
-  })
 }
 
 /** The global `--log-level`, when given on the command line. */

@@ -32,6 +32,19 @@ export async function writeJson (path: string | undefined, value: unknown): Prom
   await writeFile(path, JSON.stringify(value, null, 2) + '\n')
 }
 
+/** Resolves at the first SIGINT or SIGTERM (a foreground server's run ends there). */
+export async function untilSignal (): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+      resolve()
+    }
+    process.once('SIGINT', stop)
+    process.once('SIGTERM', stop)
+  })
+}
+
 /** Errors reach the user as one line naming the cause; a stack trace only with RAFSPEER_DEBUG=1. */
 export function reportError (err: unknown): number {
   const e = err as Error & { code?: string }

@@ -48,21 +48,20 @@ export class RegistryError extends RafspeerError<RegistryErrorCode> {
     this.target = ctx.target
     this.status = ctx.status
   }
+
+  /** A base for a registry error class with one code: its constructor takes what failed and where. */
+  static withCode (code: RegistryErrorCode): new (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) => RegistryError {
+    return class extends RegistryError {
+      constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) { super(code, what, ctx, options) }
+    }
+  }
 }
 
 /** 401/403: no credentials, rejected credentials, a token that could not be obtained, or access denied. */
-export class RegistryAuthError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_AUTH', what, ctx, options)
-  }
-}
+export class RegistryAuthError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_AUTH') {}
 
 /** 404 on a manifest or blob (or no index entry for the asked platform). */
-export class RegistryNotFoundError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_NOT_FOUND', what, ctx, options)
-  }
-}
+export class RegistryNotFoundError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_NOT_FOUND') {}
 
 /** Bytes fetched (or about to be pushed) by digest do not hash to that digest. */
 export class DigestMismatchError extends RegistryError {
@@ -77,11 +76,7 @@ export class DigestMismatchError extends RegistryError {
 }
 
 /** A Range request answered with the wrong status, `Content-Range` or length. */
-export class RegistryRangeError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_RANGE', what, ctx, options)
-  }
-}
+export class RegistryRangeError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_RANGE') {}
 
 /** A manifest (or a ranged read) above the size the client accepts. */
 export class RegistryTooLargeError extends RegistryError {
@@ -101,39 +96,19 @@ export class UnsupportedMediaTypeError extends RegistryError {
 }
 
 /** A manifest or index that is not valid JSON or lacks required fields. */
-export class ManifestInvalidError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_MANIFEST_INVALID', what, ctx, options)
-  }
-}
+export class ManifestInvalidError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_MANIFEST_INVALID') {}
 
 /** An unexpected HTTP status (5xx and 429 once retries are spent, 400, 405, …). */
-export class RegistryHttpError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_HTTP', what, ctx, options)
-  }
-}
+export class RegistryHttpError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_HTTP') {}
 
 /** Connection refused, reset or timed out, once retries are spent. */
-export class RegistryNetworkError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_NETWORK', what, ctx, options)
-  }
-}
+export class RegistryNetworkError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_NETWORK') {}
 
 /** A body that ended before its announced length and could not be resumed. */
-export class RegistryTruncatedError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_TRUNCATED', what, ctx, options)
-  }
-}
+export class RegistryTruncatedError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_TRUNCATED') {}
 
 /** The registry refused or lost an upload session (bad Location, wrong Range echo, final PUT rejected). */
-export class RegistryUploadError extends RegistryError {
-  constructor (what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
-    super('RAFSPEER_ERR_REGISTRY_UPLOAD', what, ctx, options)
-  }
-}
+export class RegistryUploadError extends RegistryError.withCode('RAFSPEER_ERR_REGISTRY_UPLOAD') {}
 
 /** An image reference, repository name, tag, digest or platform string that does not parse. */
 export class InvalidReferenceError extends RafspeerError<'RAFSPEER_ERR_INVALID_REFERENCE'> {

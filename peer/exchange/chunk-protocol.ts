@@ -72,13 +72,17 @@ export class ChunkTimeoutError extends RafspeerError<'RAFSPEER_ERR_CHUNK_TIMEOUT
   constructor (message: string) { super('RAFSPEER_ERR_CHUNK_TIMEOUT', message) }
 }
 
+/** Unread requests a server holds before it pauses the asker's stream: a few, never a flood. */
+export const SERVER_HIGH_WATER_BYTES = 64 << 10
+/** Unread replies an asker holds: the largest chunk twice over, so the next reply streams while one is taken. */
+export const CLIENT_HIGH_WATER_BYTES = 2 * (MAX_CHUNK_BYTES + 8)
+
 /** A reader of chunk-protocol frames: framing faults and deadlines raise this protocol's errors. */
-export function chunkFrameReader (stream: Stream, what: string, timeoutMs: number): FrameReader {
+export function chunkFrameReader (stream: Stream, what: string, timeoutMs: number, highWaterBytes = CLIENT_HIGH_WATER_BYTES): FrameReader {
   return new FrameReader(stream, {
     what,
     timeoutMs,
-    // a request or a reply in flight is bounded; twice the largest leaves room for what follows it
-    highWaterBytes: 2 * (MAX_CHUNK_BYTES + 8),
+    highWaterBytes,
     malformed: m => new ChunkProtocolError(m),
     timeout: m => new ChunkTimeoutError(m)
   })

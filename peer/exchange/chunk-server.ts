@@ -18,7 +18,7 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { RateLimiter, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import { sendWithBackpressure } from '../../p2p/index.js'
 import {
-  CHUNK_PROTOCOL, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, chunkFrameReader, errorReply, readRequest, replyHeader,
+  CHUNK_PROTOCOL, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, SERVER_HIGH_WATER_BYTES, chunkFrameReader, errorReply, readRequest, replyHeader,
   type ChunkName
 } from './chunk-protocol.js'
 
@@ -136,7 +136,7 @@ export class ChunkServer {
     const what = `chunk upload to ${peer}`
     this.streams.add(stream)
     try {
-      const reader = chunkFrameReader(stream, what, this.readTimeoutMs)
+      const reader = chunkFrameReader(stream, what, this.readTimeoutMs, SERVER_HIGH_WATER_BYTES)
       for (;;) {
         const names = await readRequest(reader)
         if (names === undefined) break
