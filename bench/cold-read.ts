@@ -4,10 +4,10 @@
  * same run. The registry is the embedded one on loopback without a bandwidth cap, so what is measured is the read
  * path's own cost (CPU on two cores), not a network.
  *
- * Per run: page cache dropped, empty cache and work directories, `rafspeer mount REF MNT --foreground --mode fuse
- * --prefetch none` as a child process, then `tar -cf - . | cat` through the mount (cold: nothing cached), then the
- * same tar again (warm: every chunk cached, page cache dropped), then the native tar of the source tree (page cache
- * dropped). Ratio = native time / mount time (above 1: faster than the disk).
+ * Per run: the native tar of the source tree (page cache dropped), then with empty cache and work directories,
+ * `rafspeer mount REF MNT --foreground --mode fuse --prefetch none` as a child process, `tar -cf - . | cat` through
+ * the mount (cold: nothing cached, page cache dropped), then the same tar again (warm: every chunk cached, page
+ * cache dropped). Ratio = native time / mount time (above 1: faster than the disk).
  *
  * The registry runs on this process's event loop; everything that touches the mount runs as a child process.
  */
@@ -78,6 +78,9 @@ export async function benchColdRead (opts: ColdReadOptions = {}): Promise<ColdRe
     const published = await publishDirectory(src, ref, { client: new RegistryClient({ plainHttp: 'auto' }), workDir: join(work, 'publish') })
     const runs: ColdReadRun[] = []
     for (let i = 0; i < (opts.runs ?? 3); i++) {
+      // the baseline first, before this run's daemon writes anything to the disk
+      await dropCaches()
+      const nativeS = await tarSeconds(src)
       const dir = join(work, `run${i}`)
       const r = await withMount(ref, dir, async (mnt) => {
         await dropCaches()
@@ -87,8 +90,7 @@ export async function benchColdRead (opts: ColdReadOptions = {}): Promise<ColdRe
         return { coldS, warmS }
       })
       await rm(dir, { recursive: true, force: true })
-      await dropCaches()
-      runs.push({ nativeS: await tarSeconds(src), ...r })
+      runs.push({ nativeS, ...r })
     }
     const med = { nativeS: median(runs.map(r => r.nativeS)), coldS: median(runs.map(r => r.coldS)), warmS: median(runs.map(r => r.warmS)) }
     return {

@@ -88,7 +88,8 @@ export class Daemon {
 
   /**
    * Assembles the node and serves the admin API. Rejects (leaving nothing open) when the node cannot start (the
-   * cache cannot be opened, ...) or another daemon answers on the socket. */
+   * cache cannot be opened, ...) or another daemon answers on the socket.
+   */
   async start (): Promise<void> {
     if (this.lifecycle !== 'INIT') throw new Error(`cannot start a daemon that is ${this.lifecycle}`)
     this.lifecycle = 'STARTING'
