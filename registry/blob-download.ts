@@ -31,10 +31,10 @@ class EarlyEnd extends RafspeerError<'RAFSPEER_ERR_REGISTRY_TRUNCATED'> {
   constructor () { super('RAFSPEER_ERR_REGISTRY_TRUNCATED', 'the body ended before its announced length') }
 }
 
-interface Target { host: string, repository: string, digest: string, signal?: AbortSignal }
+interface Target { host: string, repository: string, digest: string, signal?: AbortSignal, authorization?: string | null }
 
 function blobRequest (t: Transport, target: Target, range: string | undefined): Promise<Response> {
-  const { host, repository, digest, signal } = target
+  const { host, repository, digest, signal, authorization } = target
   return t.send({
     method: 'GET',
     host,
@@ -45,7 +45,8 @@ function blobRequest (t: Transport, target: Target, range: string | undefined): 
     expect: range !== undefined ? [200, 206] : [200],
     stream: true,
     notFound: 'blob',
-    ...(signal !== undefined ? { signal } : {})
+    ...(signal !== undefined ? { signal } : {}),
+    ...(authorization !== undefined ? { authorization } : {})
   })
 }
 
@@ -182,4 +183,44 @@ export async function fetchRange (t: Transport, counters: TrafficCounters, targe
       discard(res.body)
     }
   }
+}
+
+/** A byte range of a blob being downloaded: where it starts and ends in the blob, and the blob's total size. */
+export type RangeStream = Readable & { readonly start: number, readonly end: number, readonly total: number | undefined }
+
+/**
+ * Opens bytes `[start, endInclusive]` (or to the end) of a blob as a stream, for a caller that relays them (a
+ * registry mirror answering a `Range` request it cannot serve itself). The registry must answer 206 with a
+ * `Content-Range` starting at `start`; a range has no digest of its own, so the bytes are not checked here, and a
+ * body cut short errors the stream.
+ */
+export async function openRange (t: Transport, counters: TrafficCounters, target: Target, start: number,
+  endInclusive?: number): Promise<RangeStream> {
+  const ctx: RegistryErrorContext = { host: target.host, repository: target.repository, target: target.digest }
+  if (!Number.isSafeInteger(start) || start < 0 || (endInclusive !== undefined && (!Number.isSafeInteger(endInclusive) || endInclusive < start))) {
+    throw new RegistryRangeError(`invalid range ${start}-${endInclusive ?? ''}`, ctx)
+  }
+  const res = await blobRequest(t, target, `bytes=${start}-${endInclusive ?? ''}`)
+  const cr = parseContentRange(header(res.headers, 'content-range'))
+  if (res.status !== 206 || cr === undefined || cr.start !== start || (endInclusive !== undefined && cr.end > endInclusive)) {
+    discard(res.body)
+    throw new RegistryRangeError(`range ${start}-${endInclusive ?? ''} answered HTTP ${res.status} with Content-Range ` +
+      `"${header(res.headers, 'content-range') ?? 'none'}"`, ctx)
+  }
+  const want = cr.end - cr.start + 1
+  async function * flow (): AsyncGenerator<Buffer> {
+    let got = 0
+    try {
+      for await (const raw of res.body as AsyncIterable<Buffer>) {
+        counters.addDownloaded(target.host, raw.length)
+        got += raw.length
+        if (got > want) throw new RegistryTruncatedError(`range body longer than its ${want} bytes`, ctx)
+        yield raw
+      }
+      if (got < want) throw new RegistryTruncatedError(`range body cut at ${got} of ${want} bytes`, ctx)
+    } finally {
+      discard(res.body)
+    }
+  }
+  return Object.assign(Readable.from(flow(), { objectMode: false }), { start: cr.start, end: cr.end, total: cr.total })
 }

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import { Agent, getGlobalDispatcher, type Dispatcher } from 'undici'
 import { Authenticator, parseWwwAuthenticate, repositoryScope, type Credentials } from './auth.js'
-import { fetchRange, openBlob, type BlobStream } from './blob-download.js'
+import { fetchRange, openBlob, openRange, type BlobStream, type RangeStream } from './blob-download.js'
 import { mount, uploadBlob, type BlobSource, type UploadOptions } from './blob-upload.js'
 import {
   DigestMismatchError, ManifestInvalidError, RegistryHttpError, RegistryTooLargeError, RegistryUploadError,
@@ -27,8 +27,11 @@ export const DEFAULT_MAX_RETRY_AFTER_MS = 60_000
 export const DEFAULT_USER_AGENT = 'rafspeer/0.1'
 
 export interface RegistryClientInit {
-  /** `'auto'` (default): plain HTTP for loopback hosts (127.x, localhost, ::1), TLS for the rest */
-  plainHttp?: boolean | 'auto'
+  /**
+   * `'auto'` (default): plain HTTP for loopback hosts (127.x, localhost, ::1), TLS for the rest; a function decides
+   * per `host[:port]` (a mirror with per-upstream settings)
+   */
+  plainHttp?: boolean | 'auto' | ((host: string) => boolean)
   /** extra CA certificate(s), PEM, for registries with a private CA */
   ca?: string | Buffer
   /** per registry host (`host[:port]`, or `docker.io`); win over the Docker config */
@@ -49,11 +52,29 @@ export interface RegistryClientInit {
   dispatcher?: Dispatcher
 }
 
-export interface CallOptions { signal?: AbortSignal }
+export interface CallOptions {
+  signal?: AbortSignal
+  /**
+   * Pass another client's credentials through (a registry mirror): this `Authorization` is sent as is (null:
+   * anonymous), no credentials or tokens of this client are used, and a 401 fails with its challenge attached.
+   */
+  authorization?: string | null
+}
 
 export interface GetManifestOptions extends CallOptions {
   /** `linux/amd64`, `linux/arm64/v8`: when the reference names an index, return that platform's manifest */
   platform?: string | Platform
+  /** the `Accept` header (default: every manifest and index type this client reads) */
+  accept?: string
+}
+
+/** A manifest as the registry sent it, unparsed: what a mirror relays. */
+export interface RawManifest {
+  bytes: Buffer
+  /** the registry's `Content-Type`, without parameters */
+  mediaType: string | undefined
+  /** `sha256:…` of `bytes`: checked against the reference's digest and against `Docker-Content-Digest` */
+  digest: string
 }
 
 export interface ManifestResult {
@@ -175,11 +196,23 @@ export class RegistryClient {
     }
   }
 
-  private async fetchManifest (host: string, repository: string, target: string, opts: CallOptions): Promise<ManifestResult> {
+  /**
+   * A manifest's bytes, media type and digest, not parsed (any media type the `Accept` allows: a mirror relays what
+   * its client asked for). The bytes are size-capped and checked like `getManifest`'s.
+   */
+  async getManifestBytes (ref: Ref, opts: GetManifestOptions = {}): Promise<RawManifest> {
+    const r = toReference(ref)
+    const host = registryEndpoint(r.registry)
+    const target = r.digest ?? r.tag ?? 'latest'
+    const { bytes, digest, res } = await this.manifestBytes(host, r.repository, target, opts)
+    return { bytes, digest, mediaType: header(res.headers, 'content-type')?.split(';')[0]?.trim() }
+  }
+
+  private async manifestBytes (host: string, repository: string, target: string, opts: GetManifestOptions): Promise<{ bytes: Buffer, digest: string, res: Awaited<ReturnType<Transport['send']>> }> {
     const ctx: RegistryErrorContext = { host, repository, target }
     const res = await this.transport.send({
       method: 'GET', host, url: `/v2/${repository}/manifests/${target}`, ctx, scopes: [repositoryScope(repository, 'pull')],
-      headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') }, expect: [200], notFound: 'manifest', ...sig(opts)
+      headers: { accept: opts.accept ?? MANIFEST_MEDIA_TYPES.join(', ') }, expect: [200], notFound: 'manifest', ...sig(opts)
     })
     const bytes = await readCapped(res, MAX_MANIFEST_BYTES, ctx, 'manifest', this.counters)
     const byDigest = target.includes(':')
@@ -192,8 +225,14 @@ export class RegistryClient {
       }
       checkDigest(bytes, echoed, ctx)
     }
+    return { bytes, digest: byDigest ? target : digest, res }
+  }
+
+  private async fetchManifest (host: string, repository: string, target: string, opts: GetManifestOptions): Promise<ManifestResult> {
+    const ctx: RegistryErrorContext = { host, repository, target }
+    const { bytes, digest, res } = await this.manifestBytes(host, repository, target, opts)
     const { mediaType, json } = parseManifest(bytes, header(res.headers, 'content-type'), ctx)
-    return { mediaType, digest: byDigest ? target : digest, bytes, json }
+    return { mediaType, digest, bytes, json }
   }
 
   /**
@@ -253,6 +292,12 @@ export class RegistryClient {
     return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive)
   }
 
+  /** Bytes `[start, endInclusive]` (or to the end) of a blob as a stream, unchecked (see `openRange`). */
+  async getBlobRange (repo: Ref, digest: string, start: number, endInclusive?: number, opts: CallOptions = {}): Promise<RangeStream> {
+    const { host, repository } = this.repo(repo, digest)
+    return await openRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive)
+  }
+
   /**
    * Uploads a blob unless the repository already has it. `source` is a file path or a factory of byte streams
    * (called again on retry); its bytes must hash to `digest` or the upload fails with DigestMismatchError.
@@ -280,8 +325,11 @@ export class RegistryClient {
   }
 }
 
-function sig (opts: CallOptions): { signal?: AbortSignal } {
-  return opts.signal !== undefined ? { signal: opts.signal } : {}
+function sig (opts: CallOptions): { signal?: AbortSignal, authorization?: string | null } {
+  return {
+    ...(opts.signal !== undefined ? { signal: opts.signal } : {}),
+    ...(opts.authorization !== undefined ? { authorization: opts.authorization } : {})
+  }
 }
 
 /** Returns the digest when `bytes` hash to it; throws DigestMismatchError otherwise. */

@@ -12,6 +12,8 @@ export interface RegistryErrorContext {
   target?: string
   /** the HTTP status that caused the error, when there was one */
   status?: number
+  /** a 401's `WWW-Authenticate`, as the registry sent it */
+  challenge?: string
 }
 
 export type RegistryErrorCode =
@@ -40,6 +42,8 @@ export class RegistryError extends RafspeerError<RegistryErrorCode> {
   readonly repository: string | undefined
   readonly target: string | undefined
   readonly status: number | undefined
+  /** a 401's `WWW-Authenticate`, as the registry sent it (a mirror relays it to its client) */
+  readonly challenge: string | undefined
 
   constructor (code: RegistryErrorCode, what: string, ctx: RegistryErrorContext, options?: { cause?: unknown }) {
     super(code, `${what} (${where(ctx)})`, options)
@@ -47,6 +51,7 @@ export class RegistryError extends RafspeerError<RegistryErrorCode> {
     this.repository = ctx.repository
     this.target = ctx.target
     this.status = ctx.status
+    this.challenge = ctx.challenge
   }
 
   /** A base for a registry error class with one code: its constructor takes what failed and where. */

@@ -30,10 +30,10 @@
  */
 export {
   RegistryClient, DEFAULT_TIMEOUT_MS, DEFAULT_RETRIES, DEFAULT_USER_AGENT,
-  type RegistryClientInit, type CallOptions, type GetManifestOptions, type ManifestResult, type PingResult,
+  type RegistryClientInit, type CallOptions, type GetManifestOptions, type ManifestResult, type RawManifest, type PingResult,
   type PushBlobResult
 } from './client.js'
-export type { BlobStream } from './blob-download.js'
+export type { BlobStream, RangeStream } from './blob-download.js'
 export { parseContentRange, MAX_RANGE_BYTES, type ContentRange } from './blob-download.js'
 export { DEFAULT_CHUNK_SIZE, type BlobSource, type UploadOptions } from './blob-upload.js'
 export { TrafficCounters } from './transport.js'

@@ -47,6 +47,12 @@ export interface SendOptions {
   stream?: boolean
   /** what a 404 means, for the message: `blob`, `manifest` */
   notFound?: string
+  /**
+   * Another client's credentials, passed through as they came (a registry mirror relays its client's
+   * `Authorization`): sent as is to the registry's host (null: nothing), with no token negotiation of ours; a 401
+   * is then the answer, with its challenge, for that client to handle.
+   */
+  authorization?: string | null
   signal?: AbortSignal
 }
 
@@ -77,7 +83,7 @@ export class TrafficCounters {
 }
 
 export interface TransportInit {
-  plainHttp: boolean | 'auto'
+  plainHttp: boolean | 'auto' | ((host: string) => boolean)
   dispatcher: Dispatcher
   auth: Authenticator
   counters: TrafficCounters
@@ -177,7 +183,8 @@ export class Transport {
   constructor (private readonly init: TransportInit) {}
 
   baseUrl (host: string): string {
-    const plain = this.init.plainHttp === 'auto' ? isLoopbackHost(host) : this.init.plainHttp
+    const p = this.init.plainHttp
+    const plain = p === 'auto' ? isLoopbackHost(host) : typeof p === 'function' ? p(host) : p
     return `${plain ? 'http' : 'https'}://${host}`
   }
 
@@ -231,7 +238,9 @@ export class Transport {
     for (let hops = 0; ; hops++) {
       const headers: Record<string, string> = { 'user-agent': this.init.userAgent, ...o.headers }
       const onRegistry = url.host === o.host
-      if (onRegistry) {
+      if (onRegistry && o.authorization !== undefined) {
+        if (o.authorization !== null) headers.authorization = o.authorization
+      } else if (onRegistry) {
         const authorization = await this.init.auth.authorization(o.host, o.scopes, o.ctx, deadline ?? o.signal)
         if (authorization !== undefined) headers.authorization = authorization
       }
@@ -246,7 +255,7 @@ export class Transport {
       })
       if (Buffer.isBuffer(body)) this.init.counters.addUploaded(o.host, body.length)
       const status = res.statusCode
-      if (status === 401 && onRegistry && !challenged && !o.expect.includes(401)) {
+      if (status === 401 && onRegistry && !challenged && !o.expect.includes(401) && o.authorization === undefined) {
         challenged = true
         const wwwAuth = res.headers['www-authenticate']
         await res.body.dump().catch(() => {})
@@ -287,7 +296,8 @@ export class Transport {
     const detail = o.method === 'HEAD' ? '' : await errorDetail(res.body)
     if (o.method === 'HEAD') discard(res.body)
     const why = detail !== '' ? `: ${detail}` : ''
-    const ctx = { ...o.ctx, status }
+    const challenge = status === 401 ? header(res.headers, 'www-authenticate') : undefined
+    const ctx = { ...o.ctx, status, ...(challenge !== undefined ? { challenge } : {}) }
     const what = `${o.method} ${pathOf(res.url)}`
     switch (status) {
       case 401: return new RegistryAuthError(`authentication failed for ${what}${why}`, ctx)
