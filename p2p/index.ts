@@ -18,7 +18,7 @@ export {
 } from './host.js'
 export { loadOrCreateKey, PeerKeyError } from './key.js'
 export {
-  CHUNK_PROTOCOL, SCHEDULER_PROTOCOL, type ChunkHolder, type PeerOutcome, type HolderResolver, type ChunkAnnouncer
+  CHUNK_PROTOCOL, PIECEMAP_PROTOCOL, SCHEDULER_PROTOCOL, type ChunkHolder, type PeerOutcome, type HolderResolver, type ChunkAnnouncer
 } from './types.js'
 export {
   FrameReader, encodeFrame, frameHeader, sendWithBackpressure, FramingError, StreamTimeoutError, DEFAULT_HIGH_WATER_BYTES,

@@ -6,6 +6,8 @@
 
 /** Asking a neighbour for chunks. */
 export const CHUNK_PROTOCOL = '/rafspeer/chunk/1.0.0'
+/** Asking a neighbour for the piece map of an opaque blob (a registry mirror's layer). */
+export const PIECEMAP_PROTOCOL = '/rafspeer/piecemap/1.0.0'
 /** Talking to the scheduler. */
 export const SCHEDULER_PROTOCOL = '/rafspeer/scheduler/1.0.0'
 
@@ -34,10 +36,10 @@ export interface PeerOutcome {
 export interface HolderResolver {
   /**
    * Holders per chunk digest (hex key), best first, at most a few each; digests nobody holds are absent. Must answer
-   * within its own short timeout (≤ 200 ms): on failure it resolves with what it knows (possibly nothing), never
-   * rejects and never stalls a read.
+   * within its own short timeout (≤ 200 ms, or `timeoutMs` for a caller that would rather wait than go to the
+   * registry): on failure it resolves with what it knows (possibly nothing), never rejects and never stalls a read.
    */
-  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal }) => Promise<Map<string, ChunkHolder[]>>
+  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number }) => Promise<Map<string, ChunkHolder[]>>
   /** fire and forget */
   report: (outcomes: PeerOutcome[]) => void
 }

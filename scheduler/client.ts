@@ -258,7 +258,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
    * Holders per hex digest, best first (never this peer). Resolves within `resolveTimeoutMs` with whatever
    * arrived (nothing when the scheduler is unreachable) and never rejects; an abort of `opts.signal` answers at once.
    */
-  async resolve (digests: Buffer[], opts: { signal?: AbortSignal } = {}): Promise<Map<string, ChunkHolder[]>> {
+  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
     const out = new Map<string, ChunkHolder[]>()
     const asked = digests.filter((d) => d.length === DIGEST_BYTES)
     if (!this.running || asked.length === 0 || opts.signal?.aborted === true) return out
@@ -274,7 +274,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
         for (const id of ids) this.pending.delete(id)
         resolve(out)
       }
-      const timer = setTimeout(finish, this.resolveTimeoutMs)
+      const timer = setTimeout(finish, opts.timeoutMs ?? this.resolveTimeoutMs)
       opts.signal?.addEventListener('abort', finish, { once: true })
       const send = (s: Session | undefined): void => {
         if (finished) return

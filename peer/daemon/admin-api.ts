@@ -45,6 +45,8 @@ export interface DaemonInfo {
   mounts: number
   /** the node's libp2p identity and listen addresses, when P2P is on */
   p2p?: { peerId: string, addrs: string[] }
+  /** what uses of the node add (`proxy`: the registry mirror's address) */
+  [extension: string]: unknown
 }
 
 export interface ApiErrorBody { code: string, message: string }

@@ -42,10 +42,23 @@ describe('daemon config', () => {
       mount: { defaultMode: 'auto' },
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
       registry: { plainHttp: 'auto' },
+      proxy: { upstreams: {}, restrictUpstreams: false, authTtlMs: 60_000, pieceBytes: 4 << 20, upstreamTimeoutMs: 10_000, stallMs: 30_000 },
       metrics: {},
       log: { level: 'info', format: 'json' }
     })
     assert.deepEqual(DEFAULT_DAEMON_CONFIG, c)
+  })
+
+  it('takes the registry mirror: listen address, upstreams, piece size; refuses bad ones all at once', () => {
+    const c = parseDaemonConfig({ proxy: { listen: '127.0.0.1:5002', defaultUpstream: 'docker.io', upstreams: { 'reg.lan:5000': { plainHttp: true } }, pieceBytes: '1MiB' } })
+    assert.equal(c.proxy.listen, '127.0.0.1:5002')
+    assert.equal(c.proxy.defaultUpstream, 'docker.io')
+    assert.equal(c.proxy.upstreams['reg.lan:5000']?.plainHttp, true)
+    assert.equal(c.proxy.pieceBytes, 1 << 20)
+    assert.throws(() => parseDaemonConfig({ proxy: { listen: 'nope', defaultUpstream: 'http://docker.io', pieceBytes: 100_000, extra: 1 } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['proxy.defaultUpstream', 'proxy.extra', 'proxy.listen', 'proxy.pieceBytes'])
+      return true
+    })
   })
 
   it('turns P2P on with a scheduler; checks multiaddrs', () => {

@@ -140,6 +140,24 @@ export const daemonConfigSchema = z.strictObject({
     /** `auto`: loopback and localhost registries speak http, the rest https */
     plainHttp: z.union([z.boolean(), z.literal('auto')], { error: 'expected true, false or "auto"' }).default('auto')
   }).prefault({}),
+  proxy: z.strictObject({
+    /** `host:port` of the registry mirror containerd, docker and skopeo pull through (absent: no mirror) */
+    listen: z.string().refine(s => parseHostPort(s) !== undefined, { error: 'expected host:port' }).optional(),
+    /** the registry of requests without containerd's `?ns=` (docker, skopeo): `docker.io`, `ghcr.io`, `10.0.0.5:5000` */
+    defaultUpstream: z.string().regex(/^[a-zA-Z0-9.-]+(?::\d{1,5})?$|^\[[0-9a-fA-F:]+\](?::\d{1,5})?$/, { error: 'expected host[:port]' }).optional(),
+    /** per upstream `host[:port]`: `plainHttp` overrides `registry.plainHttp` for it */
+    upstreams: z.record(z.string(), z.strictObject({ plainHttp: z.boolean().optional() })).default({}),
+    /** refuse `?ns=` upstreams that are neither `defaultUpstream` nor listed in `upstreams` (default false) */
+    restrictUpstreams: z.boolean().default(false),
+    /** how long the upstream's yes to a client's credentials for a repository or blob is trusted (60 s) */
+    authTtlMs: int(0, 3_600_000).default(60_000),
+    /** opaque layers move between nodes in pieces of this size (4 MiB; 64 KiB to 16 MiB, a multiple of 4 KiB) */
+    pieceBytes: byteSize.default(4 << 20).refine(n => n >= 65536 && n <= 16 << 20 && n % 4096 === 0, { error: 'must be a multiple of 4KiB between 64KiB and 16MiB' }),
+    /** deadline of upstream calls, and how long an upstream body may be silent (10 s) */
+    upstreamTimeoutMs: int(100, 600_000).default(10_000),
+    /** a client that received no new byte for this long is cut off, so it resumes elsewhere (30 s) */
+    stallMs: int(100, 600_000).default(30_000)
+  }).prefault({}),
   metrics: z.strictObject({
     /** `host:port` of an optional TCP endpoint serving only GET /metrics (absent: Unix socket only) */
     listen: z.string().refine(s => parseHostPort(s) !== undefined, { error: 'expected host:port' }).optional()

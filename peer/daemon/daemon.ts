@@ -82,7 +82,8 @@ export class Daemon {
       cacheDir: this.config.cache.dir,
       ...(this.api?.tcpAddress !== undefined ? { metricsListen: this.api.tcpAddress } : {}),
       mounts: this.node?.mounts.list().length ?? 0,
-      ...(this.node?.p2p !== undefined ? { p2p: this.node.p2p.info() } : {})
+      ...(this.node?.p2p !== undefined ? { p2p: this.node.p2p.info() } : {}),
+      ...Object.fromEntries((this.node?.extensions ?? []).flatMap(e => e.info !== undefined ? [[e.name, e.info()]] : []))
     }
   }
 
@@ -105,7 +106,8 @@ export class Daemon {
       const metrics = new DaemonMetrics({
         service: node.mounts,
         cacheStats: node.cacheStats,
-        ...(node.p2p !== undefined ? { p2pStats: node.p2p.stats } : {})
+        ...(node.p2p !== undefined ? { p2pStats: node.p2p.stats } : {}),
+        ...(node.extensions !== undefined ? { extensions: node.extensions } : {})
       }, { defaultMetrics: this.defaultMetrics })
       this.api = await startAdminApi({
         service: node.mounts,

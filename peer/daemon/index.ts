@@ -4,7 +4,7 @@
  * client, and the JSON and Prometheus metrics.
  */
 export { Daemon, runDaemon, DaemonStartError, type AssembleNode, type DaemonComponents, type DaemonInit, type DaemonLifecycle, type RunDaemonOptions } from './daemon.js'
-export { startNode, type Node, type DaemonNode } from './node.js'
+export { startNode, type Node, type DaemonNode, type DaemonExtension } from './node.js'
 export {
   loadDaemonConfig, parseDaemonConfig, daemonConfigSchema, ConfigError, DEFAULT_DAEMON_CONFIG, DEFAULT_SOCKET, DEFAULT_WORK_DIR,
   DEFAULT_P2P_LISTEN, type DaemonConfig, type DaemonConfigInput

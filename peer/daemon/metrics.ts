@@ -17,6 +17,7 @@ import type { CacheStats } from '../../cache/index.js'
 import type { P2PStats } from '../exchange/index.js'
 import { sourceKind } from '../fetch/index.js'
 import type { MountService, MountStats, PrefetchStatus } from '../mount/index.js'
+import type { DaemonExtension } from './node.js'
 
 /** seconds; a cache-adjacent peer answers in ms, a far registry in 100s of ms, a struggling one in seconds */
 export const FETCH_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
@@ -58,6 +59,8 @@ export interface MetricsJson {
   fetchLatencyMs: LatencySummary
   /** the node's part in the swarm, when P2P is on */
   p2p?: P2PStats
+  /** what uses of the node add (`proxy`: the registry mirror's numbers) */
+  [extension: string]: unknown
 }
 
 /** The last `capacity` latencies, for percentiles. */
@@ -171,6 +174,8 @@ export interface DaemonMetricsComponents {
   cacheStats: () => CacheStats
   /** the swarm's counters, on a P2P node */
   p2pStats?: () => P2PStats
+  /** uses of the node with numbers of their own (the registry mirror) */
+  extensions?: DaemonExtension[]
 }
 
 export interface DaemonMetricsInit {
@@ -185,6 +190,7 @@ export class DaemonMetrics {
   private readonly service: MountService
   private readonly cacheStats: () => CacheStats
   private readonly p2pStats: (() => P2PStats) | undefined
+  private readonly extensions: DaemonExtension[]
   private readonly window: LatencyWindow
   private readonly fetchDuration: Histogram<'source' | 'outcome'>
   private snap: Snapshot | undefined
@@ -193,6 +199,7 @@ export class DaemonMetrics {
     this.service = components.service
     this.cacheStats = components.cacheStats
     this.p2pStats = components.p2pStats
+    this.extensions = components.extensions ?? []
     this.window = new LatencyWindow(init.latencyWindow ?? DEFAULT_LATENCY_WINDOW)
     if (init.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry })
     const r = this.registry
@@ -305,6 +312,8 @@ export class DaemonMetrics {
       p2pGauge('rafspeer_scheduler_connected', '1 while the scheduler session is up (or the scheduler is embedded)', p => p.scheduler.connected ? 1 : 0)
     }
 
+    for (const e of this.extensions) e.registerMetrics?.(r)
+
     // ---- latency
     this.fetchDuration = new Histogram({
       name: 'rafspeer_fetch_duration_seconds', help: 'one attempt of one batch at one source, by source kind and outcome',
@@ -324,7 +333,9 @@ export class DaemonMetrics {
   /** The `/api/v1/metrics` view. */
   json (): MetricsJson {
     this.pump()
-    return metricsJson(this.service, this.cacheStats, this.window, this.p2pStats)
+    const json = metricsJson(this.service, this.cacheStats, this.window, this.p2pStats)
+    for (const e of this.extensions) if (e.metricsJson !== undefined) json[e.name] = e.metricsJson()
+    return json
   }
 
   /** Moves the fetch samples gathered since the last call into the histogram and the percentile window. */

@@ -12,14 +12,29 @@
  * await node.stop()
  * ```
  */
+import type { Registry } from 'prom-client'
 import { RateLimiter, type ComponentLogger } from '../../base/index.js'
 import { BlobCache, type CacheStats } from '../../cache/index.js'
 import { P2PNode, type P2PStats } from '../exchange/index.js'
 import { FuseNativeBackend, MountManager, type MountService } from '../mount/index.js'
 import type { DaemonConfig } from './config.js'
 
+/**
+ * What a use of the node built on top of it (the registry mirror) adds to the daemon: its series in `/metrics`,
+ * its part of `/api/v1/metrics` and of `/api/v1/daemon`, under `name`.
+ */
+export interface DaemonExtension {
+  readonly name: string
+  /** registers prom-client collectors on the daemon's registry */
+  registerMetrics?: (registry: Registry) => void
+  metricsJson?: () => unknown
+  info?: () => unknown
+}
+
 /** What a daemon serves: a node's mounts, its cache's numbers, its place in the swarm. */
 export interface DaemonNode {
+  /** what uses of the node on top of it add to the daemon's API and metrics */
+  extensions?: DaemonExtension[]
   readonly mounts: MountService
   cacheStats: () => CacheStats
   /** the node's peer identity, listen addresses and swarm counters, when it takes part in P2P */

@@ -58,6 +58,11 @@ export interface NeighbourSourceInit {
   /** bad chunks after which a peer is never asked again by this process (3) */
   banThreshold?: number
   resolveTimeoutMs?: number
+  /**
+   * how long the scheduler may take to answer (default: its own short timeout): a source whose alternative is the
+   * registry (a mirror's pieces) waits longer rather than adding registry egress
+   */
+  schedulerWaitMs?: number
   maxRequestBytes?: number
   streamsPerHolder?: number
 }
@@ -93,7 +98,7 @@ export class NeighbourSource implements ChunkSource {
   /** @internal */ readonly libp2p: NeighbourSourceComponents['libp2p']
   /** @internal */ readonly resolver: HolderResolver
   /** @internal */ readonly log: Logger | undefined
-  /** @internal */ readonly opts: Required<NeighbourSourceInit>
+  /** @internal */ readonly opts: Required<Omit<NeighbourSourceInit, 'schedulerWaitMs'>> & { schedulerWaitMs?: number }
   private readonly peers = new Map<string, PeerRecord>()
 
   constructor (components: NeighbourSourceComponents, init: NeighbourSourceInit = {}) {
@@ -107,7 +112,8 @@ export class NeighbourSource implements ChunkSource {
       banThreshold: Math.max(1, init.banThreshold ?? DEFAULT_BAN_THRESHOLD),
       resolveTimeoutMs: init.resolveTimeoutMs ?? DEFAULT_RESOLVE_TIMEOUT_MS,
       maxRequestBytes: Math.max(1, init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES),
-      streamsPerHolder: Math.max(1, init.streamsPerHolder ?? DEFAULT_STREAMS_PER_HOLDER)
+      streamsPerHolder: Math.max(1, init.streamsPerHolder ?? DEFAULT_STREAMS_PER_HOLDER),
+      ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
   }
 
@@ -133,7 +139,8 @@ export class NeighbourSource implements ChunkSource {
     const digests = [...new Map(chunks.map(c => [c.digest.toString('hex'), c.digest])).values()]
     const both = AbortSignal.any([signal, AbortSignal.timeout(this.opts.resolveTimeoutMs)])
     try {
-      return await raceSignal(this.resolver.resolve(digests, { signal: both }), both)
+      const wait = this.opts.schedulerWaitMs !== undefined ? { timeoutMs: this.opts.schedulerWaitMs } : {}
+      return await raceSignal(this.resolver.resolve(digests, { signal: both, ...wait }), both)
     } catch (err) {
       signal.throwIfAborted()
       this.counters.resolveFailures++
@@ -153,6 +160,20 @@ export class NeighbourSource implements ChunkSource {
     } catch (err) {
       this.log?.warn('reporting to the resolver failed: %s', describeError(err))
     }
+  }
+
+  /**
+   * Bans a peer at once: it sent something provably false that is not a chunk (a registry mirror's piece map that
+   * failed the blob's digest). It is never asked again by this process.
+   */
+  ban (peerId: string, why: string): void {
+    const rec = this.peers.get(peerId) ?? { penalty: 0, bad: 0, banned: false }
+    this.peers.set(peerId, rec)
+    if (rec.banned) return
+    rec.banned = true
+    rec.penalty += BAD_PENALTY
+    this.counters.bannedPeers++
+    this.log?.error('peer:%s %s: banned', peerId, why)
   }
 
   /** @internal a chunk from `peerId` failed its digest; true when that got the peer banned */

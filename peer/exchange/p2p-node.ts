@@ -25,7 +25,7 @@ import {
 } from '../../p2p/index.js'
 import { DIGEST_BYTES, SchedulerClient, SchedulerService, packDigests } from '../../scheduler/index.js'
 import { ChunkServer, type ChunkServerCounters, type ServableCache } from './chunk-server.js'
-import { NeighbourSource, type NeighbourSourceCounters } from './neighbour-source.js'
+import { NeighbourSource, type NeighbourSourceCounters, type NeighbourSourceInit } from './neighbour-source.js'
 
 export const DEFAULT_CLAIM_WAIT_MS = 20_000
 export const DEFAULT_CLAIM_TTL_MS = 60_000
@@ -91,6 +91,7 @@ export class P2PNode {
   readonly client: SchedulerClient | undefined
   readonly embedded: SchedulerService | undefined
   private readonly swarm: Swarm
+  private readonly resolver: HolderResolver
   private readonly cache: BlobCache
   private readonly log: Logger | undefined
   private readonly schedulerAddress: string | undefined
@@ -153,7 +154,8 @@ export class P2PNode {
       this.client = undefined
       this.embedded = undefined
     }
-    this.source = new NeighbourSource({ libp2p: host, resolver: this.claiming(), ...(logger !== undefined ? { logger } : {}) }, {
+    this.resolver = this.claiming()
+    this.source = new NeighbourSource({ libp2p: host, resolver: this.resolver, ...(logger !== undefined ? { logger } : {}) }, {
       ...(init.maxHolders !== undefined ? { maxHolders: init.maxHolders } : {}),
       ...(init.hedgeAfterMs !== undefined ? { hedgeAfterMs: init.hedgeAfterMs } : {}),
       ...(init.requestTimeoutMs !== undefined ? { requestTimeoutMs: init.requestTimeoutMs } : {}),
@@ -210,6 +212,31 @@ export class P2PNode {
     }
   }
 
+  /**
+   * Tells the swarm this node holds these digests without their being cache chunks (a registry mirror's piece maps):
+   * neighbours resolving them are sent here.
+   */
+  announce (digests: Buffer[]): void {
+    if (this.stopped || digests.length === 0) return
+    this.onChunksStored(digests)
+  }
+
+  /**
+   * Another neighbour source over this node's host and scheduler, tuned for other payloads (a registry mirror's
+   * pieces are megabytes where chunks are kilobytes: it hedges later). It keeps its own scores and bans.
+   */
+  neighbourSource (init: NeighbourSourceInit, logger?: ComponentLogger): NeighbourSource {
+    return new NeighbourSource({ libp2p: this.host, resolver: this.resolver, ...(logger !== undefined ? { logger } : {}) }, init)
+  }
+
+  /**
+   * Who holds these digests, best first, as the scheduler ranks them. Like a chunk fetch, asking claims them: this
+   * node is recorded as their next holder, so a neighbour asking next is sent here while this node gets them.
+   */
+  async holders (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
+    return await this.resolver.resolve(digests, opts)
+  }
+
   stats (): P2PStats {
     return {
       peerId: this.peerId,
@@ -247,7 +274,7 @@ export class P2PNode {
   /** The resolver the neighbour source uses: the swarm's, recording what this node claims on a miss. */
   private claiming (): HolderResolver {
     return {
-      resolve: async (digests: Buffer[], opts?: { signal?: AbortSignal }): Promise<Map<string, ChunkHolder[]>> => {
+      resolve: async (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number }): Promise<Map<string, ChunkHolder[]>> => {
         const answer = await this.swarm.resolve(digests, opts)
         // an answer from a scheduler we could not reach claims nothing there
         const reached = this.embedded !== undefined || this.client?.connected === true

@@ -80,9 +80,41 @@ export class Fetcher {
 
     // the hot path: every piece verified in the cache, one pread per run of pieces contiguous in a blob's view
     const rest = await this.readVerified(image, pieces, buf, start)
-    if (rest.length > 0) await this.readSlow(image, rest, buf, start, opts)
+    if (rest.length > 0) {
+      await this.readSlow(image, rest, opts, (piece, plain, signal) => {
+        // a read that gave up has answered its caller, who may reuse `buf`: nothing is copied after that
+        if (signal.aborted) return
+        plain.copy(buf, piece.fileOffset - start, piece.chunkOffset, piece.chunkOffset + piece.length)
+      })
+    }
     counters.readBytes += total
     return total
+  }
+
+  /**
+   * One whole chunk of `image`, verified, in a buffer of its own: a verified cached chunk is one read of the cache,
+   * a fetched one is the fetch's own plaintext (not copied; shared with other readers of it: do not write to it).
+   * For callers that consume whole chunks (a registry mirror's pieces). Rejects like `readPieces`.
+   */
+  async readChunk (image: FetchImage, chunk: ChunkInfo, opts: ReadOptions = {}): Promise<Buffer> {
+    const counters = this.metrics.counters
+    counters.reads++
+    const blobId = this.blobOf(image, chunk).blobId
+    let out: Buffer | undefined
+    if (this.cache.isVerified(blobId, chunk.index)) {
+      const buf = Buffer.allocUnsafe(chunk.uncompressedSize)
+      if (await this.cache.readVerifiedInto(blobId, chunk.uncompressedOffset, chunk.uncompressedSize, buf, 0)) {
+        counters.bytesBySource.cache += buf.length
+        counters.chunksFromCache++
+        out = buf
+      }
+    }
+    if (out === undefined) {
+      const whole: MappedPiece = { chunk, chunkOffset: 0, length: chunk.uncompressedSize, fileOffset: chunk.uncompressedOffset }
+      await this.readSlow(image, [whole], opts, (_piece, plain) => { out = plain })
+    }
+    counters.readBytes += out!.length
+    return out!
   }
 
   /** Reads the pieces whose chunks are verified in the cache into `buf`; returns the pieces it did not read. */
@@ -115,18 +147,18 @@ export class Fetcher {
     return rest
   }
 
-  /** The pieces not verified in the cache: read and checked from the cache, copied locally, or fetched. */
-  private async readSlow (image: FetchImage, pieces: MappedPiece[], buf: Buffer, start: number, opts: ReadOptions): Promise<void> {
+  /**
+   * The pieces not verified in the cache: read and checked from the cache, copied locally, or fetched; each
+   * chunk's plaintext goes to `sink` (with the read's signal: aborted once the read gave up).
+   */
+  private async readSlow (image: FetchImage, pieces: MappedPiece[], opts: ReadOptions,
+    sink: (piece: MappedPiece, plain: Buffer, signal: AbortSignal) => void): Promise<void> {
     const deadlineMs = opts.deadlineMs ?? this.deadlineMs
     const deadline = AbortSignal.timeout(deadlineMs)
     const signal = opts.signal === undefined ? deadline : AbortSignal.any([deadline, opts.signal])
     const what = `read of ${pieces.length} piece(s) at file offset ${pieces[0]!.fileOffset}`
     const waiting = this.flights.waiting()
-    const place = (piece: MappedPiece, plain: Buffer): void => {
-      // a read that gave up has answered its caller, who may reuse `buf`: nothing is copied after that
-      if (signal.aborted) return
-      plain.copy(buf, piece.fileOffset - start, piece.chunkOffset, piece.chunkOffset + piece.length)
-    }
+    const place = (piece: MappedPiece, plain: Buffer): void => { sink(piece, plain, signal) }
     const work = async (): Promise<void> => {
       const misses: MappedPiece[] = []
       await Promise.all(pieces.map(async piece => {

@@ -37,9 +37,12 @@ export interface ChunkCache {
 /** The fields of a cached chunk a copy needs. */
 export type CopySource = Pick<ChunkInfo, 'index' | 'digest' | 'uncompressedOffset' | 'uncompressedSize'>
 
-/** An opened image: its bootstrap reader and blob table (ChunkInfo.blobIndex indexes `blobs`). */
+/**
+ * What a read needs of an image: its files' chunk maps and chunk table (a bootstrap's `RafsReader`, or the piece
+ * table of an opaque blob a registry mirror serves) and its blob table (ChunkInfo.blobIndex indexes `blobs`).
+ */
 export interface FetchImage {
-  reader: RafsReader
+  reader: Pick<RafsReader, 'mapRange' | 'chunkInfo'>
   blobs: RafsBlobInfo[]
 }
 

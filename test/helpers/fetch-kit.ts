@@ -38,6 +38,7 @@ export const TEST_FILES: Record<string, Buffer> = {
 }
 
 export interface TestImage extends FetchImage {
+  reader: RafsReader
   dir: string
   blobPath: string
   blobId: string
@@ -70,7 +71,7 @@ export async function buildTestImage (opts: { compressor?: Compressor } = {}): P
 }
 
 /** The chunks of one file of the image, in file order. */
-export function chunksOf (img: FetchImage, path: string): ChunkInfo[] {
+export function chunksOf (img: TestImage, path: string): ChunkInfo[] {
   const nid = img.reader.lookup(path)
   return img.reader.mapRange(nid, 0, Number.MAX_SAFE_INTEGER).map(p => p.chunk)
 }
