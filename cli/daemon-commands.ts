@@ -12,6 +12,7 @@ import { formatBytes, type LogLevel } from '../base/index.js'
 import type { DaemonConfigInput, DaemonInfo, MetricsJson, MountInfo, MountMode, MountRequest, PrefetchPolicy } from '../peer/index.js'
 
 const peer = async (): Promise<typeof import('../peer/index.js')> => await import('../peer/index.js')
+const proxy = async (): Promise<typeof import('../proxy/index.js')> => await import('../proxy/index.js')
 
 const MODES: readonly MountMode[] = ['auto', 'fuse', 'kernel']
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
@@ -77,6 +78,12 @@ export interface DaemonFlags {
   /** P2P listen multiaddrs */
   p2pListen?: string[]
   zone?: string
+  /** serve the registry mirror on this host:port */
+  proxyListen?: string
+  /** the mirror's upstream for requests without ?ns= */
+  upstream?: string
+  /** plain HTTP to every registry */
+  plainHttp?: boolean
 }
 
 /** Flags laid over the config file; paths made absolute against `cwd`. */
@@ -94,7 +101,27 @@ export function daemonOverrides (f: DaemonFlags, cwd = process.cwd()): DaemonCon
     }
   }
   if (f.p2pListen !== undefined) o.p2p = { listen: f.p2pListen }
+  if (f.proxyListen !== undefined || f.upstream !== undefined) {
+    o.proxy = { ...(f.proxyListen !== undefined ? { listen: f.proxyListen } : {}), ...(f.upstream !== undefined ? { defaultUpstream: f.upstream } : {}) }
+  }
+  if (f.plainHttp === true) o.registry = { plainHttp: true }
   return o
+}
+
+/** The daemon flags the registry mirror adds (`rafspeer daemon --proxy-listen`, `rafspeer proxy --listen`). */
+export function addMirrorOptions (cmd: Command, listenFlag: string): Command {
+  return cmd
+    .option(`${listenFlag} <host:port>`, 'serve the registry mirror here (containerd hosts.toml, docker registry-mirrors, skopeo registries.conf)')
+    .option('--upstream <host[:port]>', 'the registry of mirror requests without ?ns= (docker, skopeo), e.g. docker.io')
+    .option('--plain-http', 'talk to registries over http (default: only loopback ones)')
+}
+
+/** Runs a daemon (with the registry mirror when the config or the flags give it an address) until a signal. */
+export async function runMirrorDaemon (f: DaemonFlags): Promise<void> {
+  const { loadDaemonConfig, runDaemon } = await peer()
+  const { withMirror } = await proxy()
+  const config = await loadDaemonConfig(configPath(f), daemonOverrides(f))
+  await runDaemon(config, { assemble: withMirror() })
 }
 
 /** The config file to read: `--config`, else `$RAFSPEER_CONFIG`, else none (defaults). */
@@ -113,7 +140,7 @@ export async function clientSocket (f: { socket?: string, config?: string }, env
 }
 
 /** The `--log-level` given on the command line (here or on a parent command: the global flag takes it first). */
-function cliLogLevel (cmd: Command): LogLevel | undefined {
+export function cliLogLevel (cmd: Command): LogLevel | undefined {
   for (let c: Command | null = cmd; c !== null; c = c.parent) {
     const src = c.getOptionValueSource('logLevel')
     if (src === 'cli' || src === 'env') return parseLogLevel(String(c.getOptionValue('logLevel')))
@@ -178,8 +205,8 @@ async function probeFree (socket: string): Promise<boolean> {
 const SOCKET_HELP = '/run/rafspeer/rafspeer.sock'
 
 export function registerDaemonCommands (program: Command): void {
-  program.command('daemon')
-    .description('run the node daemon: admin API on a Unix socket, mounts, blob cache, Prometheus metrics; until SIGTERM/SIGINT (then unmounts all and flushes)')
+  addMirrorOptions(program.command('daemon'), '--proxy-listen')
+    .description('run the node daemon: admin API on a Unix socket, mounts, blob cache, Prometheus metrics, the registry mirror with --proxy-listen; until SIGTERM/SIGINT (then unmounts all and flushes)')
     .option('--config <file>', 'daemon config (JSON; default $RAFSPEER_CONFIG, else built-in defaults)')
     .option('--socket <path>', `admin API socket (default ${SOCKET_HELP})`)
     .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer)')
@@ -191,9 +218,7 @@ export function registerDaemonCommands (program: Command): void {
     .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack (neighbours in it are preferred)')
     .action(async (f: DaemonFlags, cmd: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(cmd)
-      const { loadDaemonConfig, runDaemon } = await peer()
-      const config = await loadDaemonConfig(configPath(f), daemonOverrides({ ...f, ...(logLevel !== undefined ? { logLevel } : {}) }))
-      await runDaemon(config)
+      await runMirrorDaemon({ ...f, ...(logLevel !== undefined ? { logLevel } : {}) })
     })
 
   program.command('mount')

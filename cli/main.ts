@@ -10,6 +10,7 @@ import { registerDemoCommand } from './demo.js'
 import { registerRegistryCommand } from './registry-command.js'
 import { registerConvertCommands } from './convert-commands.js'
 import { registerDaemonCommands } from './daemon-commands.js'
+import { registerProxyCommands } from './proxy-commands.js'
 import { registerSchedulerCommand } from './scheduler-command.js'
 import { registerSimCommand } from './sim-command.js'
 import { reportError } from './util.js'
@@ -27,6 +28,7 @@ export function createProgram (): Command {
   registerRegistryCommand(program)
   registerConvertCommands(program)
   registerDaemonCommands(program)
+  registerProxyCommands(program)
   registerSchedulerCommand(program)
   registerSimCommand(program)
   return program

@@ -20,10 +20,11 @@ const MAY_IMPORT: Record<string, string[]> = {
   scheduler: ['base', 'p2p'],
   convert: ['base', 'rafs', 'registry', 'image'],
   peer: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler'],
+  proxy: ['base', 'rafs', 'registry', 'p2p', 'cache', 'peer'],
   sim: ['base', 'peer', 'scheduler', 'registry', 'convert'],
-  cli: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'sim'],
+  cli: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'sim'],
   // benchmarks build their source images with the tests' OCI helper
-  bench: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'sim', 'test']
+  bench: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'sim', 'test']
 }
 
 /** the rooms of the node daemon, each above the ones it may import */
