@@ -1,10 +1,11 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [--source DIR] [--runs N]
- *   [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB]
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [--source DIR]
+ *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB] [--fetch-only]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
- * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB).
+ * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
+ * 4 nodes with containerd each, 256 MiB).
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -15,6 +16,7 @@ import { benchColdRead, formatColdRead } from './cold-read.js'
 import { benchSwarm, formatSwarmBench } from './swarm.js'
 import { benchChunkExchange, formatChunkExchange } from './chunk-exchange.js'
 import { benchScheduler, formatSchedulerBench } from './scheduler.js'
+import { benchMirror, formatMirrorBench } from './mirror.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
@@ -34,7 +36,7 @@ const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
 const root = process.getuid?.() === 0
-const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'cold-read', 'swarm'].includes(name)))
+const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror'].includes(name)))
 
 if (want('build')) {
   const r = await benchBuild(source)
@@ -90,4 +92,18 @@ if (want('swarm')) {
   })
   process.stdout.write(formatSwarmBench(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'swarm', ...r }) + '\n')
+}
+
+if (want('mirror')) {
+  const nodes = flag('--nodes')
+  const imageMiB = flag('--image-size')
+  const r = await benchMirror({
+    ...(nodes !== undefined ? { nodes } : {}),
+    ...(imageMiB !== undefined ? { imageBytes: imageMiB * (1 << 20) } : {}),
+    ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}),
+    fetchOnly: args.includes('--fetch-only'),
+    log: line => { process.stderr.write(line + '\n') }
+  })
+  process.stdout.write(formatMirrorBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'mirror', ...r }) + '\n')
 }

@@ -20,7 +20,7 @@
  * if (!v.ok) answer(v.answer)
  * ```
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import { describeError, errorCode, type ComponentLogger, type Logger } from '../base/index.js'
@@ -145,9 +145,11 @@ export class AuthGate {
       if (t.authorization === null) this.markPublic(t.host, t.repository)
       return { ok: true, how: 'checked' }
     } catch (err) {
-      const status = (err as { status?: number }).status
+      const status = (err as { status?: number } | null | undefined)?.status
+      // a repository that refuses anonymous clients now is not public any more (offline serving stops too)
+      if (t.authorization === null && errorCode(err) === 'RAFSPEER_ERR_REGISTRY_AUTH') this.unmarkPublic(t.host, t.repository)
       if (errorCode(err) === 'RAFSPEER_ERR_REGISTRY_AUTH' && status === 401) {
-        const challenge = (err as { challenge?: string }).challenge
+        const challenge = (err as { challenge?: string } | null | undefined)?.challenge
         return { ok: false, answer: ociAnswer(401, 'UNAUTHORIZED', `${t.host} asks for credentials for ${t.repository}`, challenge !== undefined ? { 'www-authenticate': challenge } : undefined) }
       }
       if (errorCode(err) === 'RAFSPEER_ERR_REGISTRY_AUTH') {
@@ -167,15 +169,23 @@ export class AuthGate {
     }
   }
 
+  private unmarkPublic (host: string, repository: string): void {
+    if (this.publicRepos.delete(`${host}/${repository}`)) this.save()
+  }
+
   private markPublic (host: string, repository: string): void {
     const k = `${host}/${repository}`
     if (this.publicRepos.has(k)) return
     this.publicRepos.add(k)
+    this.save()
+  }
+
+  private save (): void {
     if (this.stateFile === undefined) return
     const file = this.stateFile
     const repos = [...this.publicRepos].sort()
     this.saving = this.saving.then(async () => {
-      const tmp = `${file}.${process.pid}.tmp`
+      const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
       await writeFile(tmp, JSON.stringify({ version: 1, public: repos }) + '\n')
       await rename(tmp, file)
     }).catch(err => { this.log?.warn('cannot save %s: %s', file, describeError(err)) })

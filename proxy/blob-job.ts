@@ -123,9 +123,8 @@ export class BlobJob implements BlobBytes {
   progress = 0
   private readonly ring = new Map<number, Buffer>()
   private partial: { index: number, buf: Buffer, filled: number } | undefined
-  /** digests [0, lentTo) came from neighbours, by whom */
+  /** who lent which digests */
   private readonly lenders: Array<{ peerId: string, from: number, to: number }> = []
-  private lentTo = 0
   private mapOpen = false
   private waiters = new Set<() => void>()
   private readonly abort = new AbortController()
@@ -210,11 +209,16 @@ export class BlobJob implements BlobBytes {
     throw new RangeError(`byte ${offset} of ${this.digest} is not available yet`)
   }
 
-  /** The map this node vouches for: only one it computed from upstream bytes, or one the whole blob confirmed. */
-  servable (): { layout: PieceLayout, digests: Buffer[], final: boolean } | undefined {
-    if (this.layout === undefined || this.error !== undefined) return undefined
+  /**
+   * The map this node vouches for: only one it computed from upstream bytes, or one the whole blob confirmed;
+   * 'pending' while it has no layout yet (it may be about to get the blob from the upstream: an asker waits);
+   * nothing while it follows another node's map (an asker does better asking that node).
+   */
+  servable (): { layout: PieceLayout, digests: Buffer[], final: boolean } | 'pending' | undefined {
+    if (this.error !== undefined) return undefined
+    if (this.layout === undefined) return 'pending'
     if (this.confirmed) return { layout: this.layout, digests: this.digests, final: true }
-    if (this.lentTo > 0) return undefined
+    if (this.tainted || this.mapOpen) return undefined
     return { layout: this.layout, digests: this.digests.slice(0, this.hashedPieces), final: false }
   }
 
@@ -285,7 +289,6 @@ export class BlobJob implements BlobBytes {
     this.sha = createHash('sha256')
     this.digests.length = 0
     this.lenders.length = 0
-    this.lentTo = 0
     this.hashedPieces = 0
     this.available = 0
     this.ring.clear()
@@ -358,7 +361,6 @@ export class BlobJob implements BlobBytes {
           const from = this.digests.length
           this.digests.push(...got.part.digests)
           this.lenders.push({ peerId: holder.peerId, from, to: this.digests.length })
-          this.lentTo = this.digests.length
           this.tainted = true
           this.sources.add('neighbours')
           idle = 0

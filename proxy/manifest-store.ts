@@ -11,8 +11,8 @@
  * const m = await store.get(digest)   // { mediaType, bytes } or undefined
  * ```
  */
-import { createHash } from 'node:crypto'
-import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
 export const DEFAULT_MAX_MANIFESTS = 10_000
@@ -62,6 +62,9 @@ export class ManifestStore {
     }
     this.uses.delete(digest)
     this.uses.set(digest, Date.now())
+    // the file's time is its last use, so a restarted store evicts the least recently used too
+    const now = new Date()
+    await utimes(this.path(digest), now, now).catch(() => {})
     return { mediaType: buf.subarray(0, nl).toString('utf8'), bytes }
   }
 
@@ -69,7 +72,7 @@ export class ManifestStore {
   async put (digest: string, mediaType: string, bytes: Buffer): Promise<void> {
     await this.load()
     const path = this.path(digest)
-    const tmp = `${path}.${process.pid}.tmp`
+    const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
     await writeFile(tmp, Buffer.concat([Buffer.from(`${mediaType.replace(/[\r\n]/g, '')}\n`), bytes]))
     await rename(tmp, path)
     this.uses.delete(digest)

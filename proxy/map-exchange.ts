@@ -45,13 +45,16 @@ const DEFAULT_MAX_INBOUND_STREAMS = 256
 
 const malformed = (m: string): ProxyError => new ProxyError('RAFSPEER_ERR_PROXY_MAP_PROTOCOL', m)
 
+export interface ServableMap { layout: PieceLayout, digests: Buffer[], final: boolean }
+
 /** What this node can tell neighbours about its maps. */
 export interface MapProvider {
   /**
-   * The digests this node vouches for from piece `first` on (a confirmed map, or one it is computing from the
-   * upstream's own bytes), with the blob's layout; undefined when it has none for this blob.
+   * The digests this node vouches for (a confirmed map, or one it is computing from the upstream's own bytes), with
+   * the blob's layout; 'pending' while it is getting the blob but has no layout yet (the asker is told to wait);
+   * undefined when it has none for this blob.
    */
-  servable: (digest: string) => Promise<{ layout: PieceLayout, digests: Buffer[], final: boolean } | undefined>
+  servable: (digest: string) => Promise<ServableMap | 'pending' | undefined>
   /** resolves when the blob's servable map may have grown (or after `ms`) */
   changed: (digest: string, ms: number, signal: AbortSignal) => Promise<void>
 }
@@ -125,24 +128,26 @@ export class MapServer {
       const until = Date.now() + this.holdMs
       for (;;) {
         const s = await this.maps.servable(digest)
-        if (s === undefined) {
+        if (s === undefined || (s === 'pending' && Date.now() >= until)) {
           this.counters.notFound++
           await send(Uint8Array.of(MapStatus.NOT_FOUND))
           break
         }
-        if (first > s.layout.count) {
+        if (s !== 'pending' && first > s.layout.count) {
           await send(errorReply(`first piece ${first} past the blob's ${s.layout.count}`))
           break
         }
-        if (s.digests.length > first || s.final || Date.now() >= until) {
+        if (s !== 'pending' && (s.digests.length > first || s.final || Date.now() >= until)) {
           const part: MapPart = { size: s.layout.size, pieceBytes: s.layout.pieceBytes, first, digests: s.digests.slice(first) }
           this.counters.served++
           await send(Buffer.concat([Uint8Array.of(MapStatus.OK), encodeMap(part)]))
           break
         }
-        await this.maps.changed(digest, Math.min(PENDING_EVERY_MS, until - Date.now()), this.stopping.signal)
+        const known = s === 'pending' ? -1 : s.digests.length
+        await this.maps.changed(digest, Math.max(1, Math.min(PENDING_EVERY_MS, until - Date.now())), this.stopping.signal)
         if (this.stopping.signal.aborted) throw new Error('map server stopped')
-        if ((await this.maps.servable(digest))?.digests.length === s.digests.length) await send(Uint8Array.of(MapStatus.PENDING))
+        const now = await this.maps.servable(digest)
+        if ((now === 'pending' ? -1 : now?.digests.length) === known) await send(Uint8Array.of(MapStatus.PENDING))
       }
       await stream.close({ signal: AbortSignal.timeout(this.timeoutMs) })
     } catch (err) {

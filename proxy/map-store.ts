@@ -11,6 +11,7 @@
  * const m = await maps.get('sha256:…')   // { layout, digests } or undefined
  * ```
  */
+import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LRUCache } from 'lru-cache'
@@ -27,12 +28,14 @@ export class MapStore {
   constructor (readonly dir: string) {}
 
   private path (digest: string): string {
-    return join(this.dir, `${digest.slice('sha256:'.length)}.map`)
+    const hex = digest.slice('sha256:'.length)
+    if (!digest.startsWith('sha256:') || !/^[0-9a-f]{64}$/.test(hex)) throw new RangeError(`not a sha256 digest: ${digest.slice(0, 80)}`)
+    return join(this.dir, `${hex}.map`)
   }
 
   /** The confirmed map of `digest`, or undefined (none, or a file that does not decode: it is removed). */
   async get (digest: string): Promise<ConfirmedMap | undefined> {
-    if (!digest.startsWith('sha256:')) return undefined
+    if (!/^sha256:[0-9a-f]{64}$/.test(digest)) return undefined
     const hit = this.memo.get(digest)
     if (hit !== undefined) return hit
     let buf: Buffer
@@ -57,7 +60,7 @@ export class MapStore {
   async save (layout: PieceLayout, digests: Buffer[]): Promise<void> {
     if (!this.made) { await mkdir(this.dir, { recursive: true }); this.made = true }
     const path = this.path(layout.digest)
-    const tmp = `${path}.${process.pid}.tmp`
+    const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
     await writeFile(tmp, encodeMap({ size: layout.size, pieceBytes: layout.pieceBytes, first: 0, digests }))
     await rename(tmp, path)
     this.memo.set(layout.digest, { layout, digests })
