@@ -10,7 +10,7 @@
  * `ctr images pull` unpacks as it pulls; `--fetch-only` times `ctr content fetch` (the download alone) instead.
  */
 import { createReadStream } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -27,6 +27,8 @@ export interface MirrorBenchOptions {
   /** registry egress, bytes per second */
   bandwidth?: number
   fetchOnly?: boolean
+  /** write each daemon's debug log here (`node<i>.log`) */
+  logsDir?: string
   log?: (line: string) => void
 }
 
@@ -141,9 +143,12 @@ export async function benchMirror (opts: MirrorBenchOptions = {}): Promise<Mirro
         p2p: { listen: ['/ip4/127.0.0.1/tcp/0'] },
         scheduler: i === 0 ? { embedded: true } : { address: scheduler },
         proxy: { listen: '127.0.0.1:0' },
-        log: { level: 'warn', format: 'text' }
+        log: { level: opts.logsDir !== undefined ? 'debug' : 'warn', format: 'text' }
       })
-      cleanups.push(async () => { await d.stop() })
+      cleanups.push(async () => {
+        await d.stop()
+        if (opts.logsDir !== undefined) await writeFile(join(opts.logsDir, `node${i}.log`), d.log())
+      })
       daemons.push(d)
       const info = await d.client.daemon()
       if (i === 0) scheduler = info.p2p!.addrs.find(a => a.includes('/ip4/127.0.0.1/'))!

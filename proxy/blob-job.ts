@@ -216,9 +216,9 @@ export class BlobJob implements BlobBytes {
    */
   servable (): { layout: PieceLayout, digests: Buffer[], final: boolean } | 'pending' | undefined {
     if (this.error !== undefined) return undefined
-    if (this.layout === undefined) return 'pending'
-    if (this.confirmed) return { layout: this.layout, digests: this.digests, final: true }
+    if (this.confirmed && this.layout !== undefined) return { layout: this.layout, digests: this.digests, final: true }
     if (this.tainted || this.mapOpen) return undefined
+    if (this.layout === undefined) return 'pending'
     return { layout: this.layout, digests: this.digests.slice(0, this.hashedPieces), final: false }
   }
 

@@ -208,7 +208,8 @@ export async function askMap (libp2p: Pick<Libp2p, 'dialProtocol'>, holder: Chun
         case MapStatus.ERROR:
           throw malformed(`${what}: holder says ${payload.subarray(0, MAX_MESSAGE_BYTES).toString('utf8')}`)
         case MapStatus.OK: {
-          const decoded = decodeMap(payload, digest)
+          let decoded
+          try { decoded = decodeMap(payload, digest) } catch (err) { throw malformed(`${what}: ${(err as Error).message}`) }
           if (decoded.part.first !== first) throw malformed(`${what}: asked from piece ${first}, got from ${decoded.part.first}`)
           return decoded
         }

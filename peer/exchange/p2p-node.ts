@@ -102,6 +102,8 @@ export class P2PNode {
   /** hex digest → wake-ups of neighbour requests waiting for it */
   private readonly waiters = new Map<string, Set<() => void>>()
   private claimTimer: NodeJS.Timeout | undefined
+  /** an embedded scheduler's own node has no session: it tells its index it is alive itself */
+  private selfBeat: NodeJS.Timeout | undefined
   private uploadRate = { at: performance.now(), bytes: 0, bps: 0 }
   private stopped = false
 
@@ -185,6 +187,13 @@ export class P2PNode {
     }
     node.claimTimer = setInterval(() => { void node.releaseLapsedClaims() }, Math.max(250, Math.min(5_000, node.claimTtlMs / 4)))
     node.claimTimer.unref()
+    if (node.embedded !== undefined) {
+      // registered from the start (so its first look-ups already claim what it will fetch) and kept alive: a node
+      // idle past a few heartbeats would otherwise expire in its own index and never be offered as a holder
+      node.swarm.announce([])
+      node.selfBeat = setInterval(() => { node.swarm.announce([]) }, init.scheduler?.heartbeatMs ?? 5_000)
+      node.selfBeat.unref()
+    }
     void node.announceHoldings()
     return node
   }
@@ -256,6 +265,7 @@ export class P2PNode {
     if (this.stopped) return
     this.stopped = true
     clearInterval(this.claimTimer)
+    clearInterval(this.selfBeat)
     for (const ws of this.waiters.values()) for (const wake of ws) wake()
     this.waiters.clear()
     const steps: Array<() => Promise<void>> = [
