@@ -45,6 +45,28 @@ describe('startNode', () => {
     await again.close()
   })
 
+  it('an embedded scheduler keeps its own node alive: idle for many heartbeats, it is still offered as a holder', async (t) => {
+    const dir = await tempDir(t, 'rafspeer-node-')
+    const config = parseDaemonConfig({
+      workDir: join(dir, 'work'),
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+      scheduler: { embedded: true, heartbeatMs: 60 }
+    })
+    const built = await buildBlob(join(dir, 'blob'), [100_000])
+    const node = await startNode(config, silentLogger)
+    t.after(async () => { await node.stop() })
+    const chunk = built.chunks[0]!
+    await node.cache.registerBlob(built.blob)
+    await node.cache.putChunk(built.blob.blobId, chunk, built.plain[chunk.index]!)
+    const index = node.swarm!.embedded!.index
+    const deadline = Date.now() + 5000
+    while (index.holdersOf(chunk.digest).length === 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+    // ten heartbeats without a word from the node itself
+    await new Promise(resolve => setTimeout(resolve, 600))
+    const holders = index.resolveMap(undefined, [chunk.digest]).get(chunk.digest.toString('hex')) ?? []
+    assert.deepEqual(holders.map(h => h.peerId), [node.swarm!.peerId])
+  })
+
   it('a node that cannot start (its P2P port is taken) leaves nothing open', async (t) => {
     const dir = await tempDir(t, 'rafspeer-node-')
     const taken = createServer()

@@ -123,7 +123,10 @@ export class P2PNode {
     const zone = init.scheduler?.zone ?? ''
     const uploadSlots = init.maxConcurrentUploads ?? 0
     if (init.scheduler?.embedded === true) {
-      this.embedded = new SchedulerService({ libp2p: host }, { ...(logger !== undefined ? { logger } : {}) })
+      this.embedded = new SchedulerService({ libp2p: host }, {
+        ...(logger !== undefined ? { logger } : {}),
+        ...(init.scheduler.heartbeatMs !== undefined ? { heartbeatMs: init.scheduler.heartbeatMs } : {})
+      })
       const index = this.embedded.index
       const self = host.peerId.toString()
       const info = (): { addrs: string[], zone: string, uploadSlots: number, uploadBps: number } =>
