@@ -50,12 +50,30 @@ export interface MirrorBenchResult {
   slowdown: number
   directSlowdown: number
   peerBytes: number[]
+  /** share of the machine's CPU time busy during the straight and the mirrored phase */
+  directBusy: number
+  mirrorBusy: number
+  /** CPU time of each daemon and of the registry during the mirrored phase */
+  daemonCpuMs: number[]
+  registryCpuMs: number
   /** MB/s of a cached blob through the mirror, and of the same file read from disk */
   cachedMBps: number
   diskMBps: number
 }
 
 const MiB = 1 << 20
+
+/** The machine's busy share (0..1) over `f`, from /proc/stat: where the time went when a phase is slow. */
+async function busy<T> (f: () => Promise<T>): Promise<{ value: T, busy: number }> {
+  const read = async (): Promise<{ idle: number, total: number }> => {
+    const cpu = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
+    return { idle: cpu[3]! + cpu[4]!, total: cpu.reduce((a, b) => a + b, 0) }
+  }
+  const a = await read()
+  const value = await f()
+  const b = await read()
+  return { value, busy: 1 - (b.idle - a.idle) / Math.max(1, b.total - a.total) }
+}
 
 async function timed (f: () => Promise<void>): Promise<number> {
   const t0 = performance.now()
@@ -128,7 +146,7 @@ export async function benchMirror (opts: MirrorBenchOptions = {}): Promise<Mirro
     // baseline 2: N at once, straight
     const direct = await containerds('direct')
     e0 = egress()
-    const directMs = await Promise.all(direct.map(async c => await pull(c)))
+    const { value: directMs, busy: directBusy } = await busy(async () => await Promise.all(direct.map(async c => await pull(c))))
     const directEgress = egress() - e0
     log(`${nodes} at once, straight: ${directMs.join(', ')} ms, ${(directEgress / MiB).toFixed(1)} MiB of egress`)
 
@@ -160,9 +178,19 @@ export async function benchMirror (opts: MirrorBenchOptions = {}): Promise<Mirro
       await writeHostsToml({ hostsDir, mirror: `http://${m}`, registries: [reg.host] })
       return hostsDir
     }))
+    const procCpu = async (pid: number): Promise<number> => {
+      const f = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')
+      return (Number(f[11]) + Number(f[12])) * 10
+    }
+    const cpu0 = await Promise.all(daemons.map(async d => await procCpu(d.proc.pid!)))
+    const self0 = process.cpuUsage()
     e0 = egress()
-    const mirrorMs = await Promise.all(through.map(async (c, i) => await pull(c, hostsDirs[i])))
+    const { value: mirrorMs, busy: mirrorBusy } = await busy(async () => await Promise.all(through.map(async (c, i) => await pull(c, hostsDirs[i]))))
     const mirrorEgress = egress() - e0
+    const daemonCpuMs = await Promise.all(daemons.map(async (d, i) => await procCpu(d.proc.pid!) - cpu0[i]!))
+    const selfCpu = process.cpuUsage(self0)
+    const registryCpuMs = Math.round((selfCpu.user + selfCpu.system) / 1000)
+    log(`CPU ms in the mirrored phase: daemons ${daemonCpuMs.join(', ')}; this process (the registry) ${registryCpuMs}`)
     const metrics = await Promise.all(daemons.map(async d => (await d.client.metricsJson()).proxy as ProxyMetricsJson))
     log(`${nodes} at once through their mirrors: ${mirrorMs.join(', ')} ms, ${(mirrorEgress / MiB).toFixed(1)} MiB of egress`)
 
@@ -197,6 +225,10 @@ export async function benchMirror (opts: MirrorBenchOptions = {}): Promise<Mirro
       slowdown: Math.max(...mirrorMs) / aloneMs,
       directSlowdown: Math.max(...directMs) / aloneMs,
       peerBytes: metrics.map(m => m.bytesBySource.peer),
+      directBusy,
+      mirrorBusy,
+      daemonCpuMs,
+      registryCpuMs,
       cachedMBps: mbps(cachedMs),
       diskMBps: mbps(diskMs)
     }
@@ -214,7 +246,7 @@ export function formatMirrorBench (r: MirrorBenchResult): string {
     `  one pull alone, straight from the registry: ${s(r.aloneMs)} (baseline)`,
     `  ${r.nodes} at once, straight: slowest ${s(Math.max(...r.directMs))} = ${r.directSlowdown.toFixed(2)}x; registry egress / image ${r.directEgressRatio.toFixed(2)}`,
     `  ${r.nodes} at once, through their mirrors: slowest ${s(Math.max(...r.mirrorMs))} = ${r.slowdown.toFixed(2)}x (goal ≤ 1.5); registry egress / image ${r.egressRatio.toFixed(3)} (goal ≤ 1.1)`,
-    `  bytes from peers per node: ${r.peerBytes.map(b => `${(b / MiB).toFixed(0)} MiB`).join(', ')}`,
+    `  bytes from peers per node: ${r.peerBytes.map(b => `${(b / MiB).toFixed(0)} MiB`).join(', ')}; CPU busy ${Math.round(r.directBusy * 100)}% straight, ${Math.round(r.mirrorBusy * 100)}% through the mirrors`,
     `  a cached blob through the mirror: ${r.cachedMBps} MB/s vs the same file from disk ${r.diskMBps} MB/s = ${(r.cachedMBps / r.diskMBps).toFixed(2)}x`
   ].join('\n')
 }

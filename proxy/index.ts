@@ -53,7 +53,7 @@ export function mirrorInit (config: DaemonConfig): MirrorInit {
     upstreamTimeoutMs: p.upstreamTimeoutMs,
     stallMs: p.stallMs,
     mapTimeoutMs: config.p2p.requestTimeoutMs,
-    fetch: { concurrency: config.fetch.concurrency, timeoutMs: config.fetch.timeoutMs, retries: config.fetch.retries }
+    fetch: { concurrency: config.fetch.concurrency, retries: config.fetch.retries }
   }
 }
 

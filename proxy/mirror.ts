@@ -39,7 +39,15 @@ export const DEFAULT_PROXY_LISTEN = '127.0.0.1:5002'
 export const DEFAULT_UPSTREAM_TIMEOUT_MS = 10_000
 /** the largest request head (a Bearer token is a few KiB) */
 export const MAX_HEADER_BYTES = 16 << 10
-export const DEFAULT_PIECE_HEDGE_MS = 1_500
+/**
+ * A neighbour's piece is hedged to another holder after this long without the whole piece, and given up after
+ * DEFAULT_PIECE_REQUEST_MS: a busy machine takes a second or more to move 4 MiB through an encrypted stream, and a
+ * hedge doubles that work (at 1.5 s, a 4-node pull on two cores hedged a third of its pieces)
+ */
+export const DEFAULT_PIECE_HEDGE_MS = 4_000
+export const DEFAULT_PIECE_REQUEST_MS = 10_000
+/** a source attempt on a piece that delivers nothing for this long goes to the next source (the upstream) */
+export const DEFAULT_PIECE_ATTEMPT_MS = 30_000
 
 export interface MirrorComponents {
   cache: BlobCache
@@ -66,7 +74,7 @@ export interface MirrorInit {
   stallMs?: number
   /** deadline of one piece-map request to a neighbour */
   mapTimeoutMs?: number
-  /** a neighbour sending a piece makes no progress this long: the piece is asked of another too (1.5 s) */
+  /** a neighbour has not sent a whole piece after this long: the piece is asked of another too (4 s) */
   pieceHedgeMs?: number
 }
 
@@ -104,7 +112,7 @@ export class Mirror {
     // pieces are megabytes: a holder is hedged only when it is really slow, not while it sends one
     const neighbours = swarm?.neighbourSource({
       hedgeAfterMs: init.pieceHedgeMs ?? DEFAULT_PIECE_HEDGE_MS,
-      requestTimeoutMs: Math.max(init.mapTimeoutMs ?? 3_000, 5_000),
+      requestTimeoutMs: DEFAULT_PIECE_REQUEST_MS,
       // the alternative to a neighbour is the registry: wait for the scheduler's answer
       schedulerWaitMs: 2_000,
       resolveTimeoutMs: 2_500,
@@ -113,7 +121,7 @@ export class Mirror {
     this.neighbours = neighbours
     this.fetcher = new Fetcher({ cache, sources: [...(neighbours !== undefined ? [neighbours] : []), upstreamPieces], logger }, {
       ...(init.fetch?.concurrency !== undefined ? { concurrency: init.fetch.concurrency } : {}),
-      ...(init.fetch?.timeoutMs !== undefined ? { timeoutMs: init.fetch.timeoutMs } : {}),
+      timeoutMs: init.fetch?.timeoutMs ?? DEFAULT_PIECE_ATTEMPT_MS,
       ...(init.fetch?.retries !== undefined ? { retries: init.fetch.retries } : {}),
       deadlineMs: init.fetch?.deadlineMs ?? 60_000
     })
