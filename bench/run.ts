@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
  * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [--source DIR]
- *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB] [--fetch-only] [--logs DIR]
+ *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
  * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
@@ -102,6 +102,7 @@ if (want('mirror')) {
     ...(imageMiB !== undefined ? { imageBytes: imageMiB * (1 << 20) } : {}),
     ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}),
     fetchOnly: args.includes('--fetch-only'),
+    mirroredOnly: args.includes('--mirrored-only'),
     ...(args.includes('--logs') ? { logsDir: args[args.indexOf('--logs') + 1]! } : {}),
     log: line => { process.stderr.write(line + '\n') }
   })

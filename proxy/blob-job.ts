@@ -65,6 +65,8 @@ export interface MapLenders {
   holders: (signal: AbortSignal) => Promise<ChunkHolder[]>
   ask: (holder: ChunkHolder, first: number, signal: AbortSignal) => Promise<{ layout: PieceLayout, part: MapPart } | undefined>
   ban: (peerId: string, why: string) => void
+  /** `holder` lent these piece digests (it holds the pieces) */
+  lent?: (holder: ChunkHolder, digests: Buffer[]) => void
 }
 
 export interface BlobJobComponents {
@@ -74,6 +76,10 @@ export interface BlobJobComponents {
   lenders?: MapLenders
   /** saves and announces a map the whole blob confirmed */
   confirm: (layout: PieceLayout, digests: Buffer[]) => Promise<void>
+  /** the job computes the map itself from the upstream's bytes (neighbours may ask it from now on) */
+  sourcing?: () => void
+  /** the job failed (what was announced for it is withdrawn) */
+  failed?: () => void
   log?: Logger
 }
 
@@ -275,6 +281,7 @@ export class BlobJob implements BlobBytes {
       this.error = err instanceof Error ? err : new Error(String(err))
       this.readyReject(this.error)
       if (this.layout !== undefined && errorCode(err) === 'RAFSPEER_ERR_PROXY_DIGEST') await this.purge()
+      this.c.failed?.()
       this.log?.warn('blob %s: %s', this.digest, describeError(err))
     } finally {
       this.ring.clear()
@@ -361,6 +368,7 @@ export class BlobJob implements BlobBytes {
           const from = this.digests.length
           this.digests.push(...got.part.digests)
           this.lenders.push({ peerId: holder.peerId, from, to: this.digests.length })
+          lenders.lent?.(holder, got.part.digests)
           this.tainted = true
           this.sources.add('neighbours')
           idle = 0
@@ -429,6 +437,7 @@ export class BlobJob implements BlobBytes {
           this.sizeTrusted = true
         }
         const total = this.layout!.size
+        if (!this.tainted && attempt === 0) this.c.sourcing?.()
         this.sources.add('upstream')
         for await (const raw of body) {
           await this.consume(raw)

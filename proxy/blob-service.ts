@@ -39,8 +39,11 @@ export interface MirrorSwarm {
   holders: (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number }) => Promise<Map<string, ChunkHolder[]>>
   announce: (digests: Buffer[]) => void
   dial: Parameters<typeof askMap>[0]
+  withdraw: (digests: Buffer[]) => void
   isBanned: (peerId: string) => boolean
   ban: (peerId: string, why: string) => void
+  /** `holder` lent a map listing these pieces: ask it for them first */
+  lent: (holder: ChunkHolder, digests: Buffer[]) => void
 }
 
 export interface BlobRequest {
@@ -164,6 +167,9 @@ export class BlobService {
         await this.c.maps.save(layout, digests)
         swarm?.announce([mapKey(digest)])
       },
+      // from its first upstream byte this node is the blob's source: announced, not only claimed (a claim lapses)
+      sourcing: () => { swarm?.announce([mapKey(digest)]) },
+      failed: () => { swarm?.withdraw([mapKey(digest)]) },
       ...(this.c.log !== undefined ? { log: this.c.log } : {})
     }, {
       digest,
@@ -194,7 +200,8 @@ export class BlobService {
         if (swarm.isBanned(holder.peerId)) return undefined
         return await askMap(swarm.dial, holder, digest, first, { timeoutMs, signal })
       },
-      ban: (peerId, why) => { swarm.ban(peerId, why) }
+      ban: (peerId, why) => { swarm.ban(peerId, why) },
+      lent: (holder, digests) => { swarm.lent(holder, digests) }
     }
   }
 

@@ -31,6 +31,7 @@ import { MapStore } from './map-store.js'
 import { ProxyMetrics } from './metrics.js'
 import { DEFAULT_PIECE_BYTES, mapKey } from './piece-map.js'
 import { PieceFetch } from './pieces.js'
+import { PieceHints } from './piece-hints.js'
 import { parseRoute } from './routes.js'
 import { UpstreamPieces, Upstreams } from './upstream.js'
 
@@ -110,6 +111,7 @@ export class Mirror {
     })
     const upstreamPieces = new UpstreamPieces({ client: this.client })
     // pieces are megabytes: a holder is hedged only when it is really slow, not while it sends one
+    const hints = new PieceHints()
     const neighbours = swarm?.neighbourSource({
       hedgeAfterMs: init.pieceHedgeMs ?? DEFAULT_PIECE_HEDGE_MS,
       requestTimeoutMs: DEFAULT_PIECE_REQUEST_MS,
@@ -117,7 +119,7 @@ export class Mirror {
       schedulerWaitMs: 2_000,
       resolveTimeoutMs: 2_500,
       maxRequestBytes: init.pieceBytes ?? DEFAULT_PIECE_BYTES
-    }, logger)
+    }, logger, resolver => hints.wrap(resolver))
     this.neighbours = neighbours
     this.fetcher = new Fetcher({ cache, sources: [...(neighbours !== undefined ? [neighbours] : []), upstreamPieces], logger }, {
       ...(init.fetch?.concurrency !== undefined ? { concurrency: init.fetch.concurrency } : {}),
@@ -160,6 +162,8 @@ export class Mirror {
           peerId: swarm.peerId,
           holders: async (digests, opts) => await swarm.holders(digests, opts),
           announce: digests => { swarm.announce(digests) },
+          withdraw: digests => { swarm.withdraw(digests) },
+          lent: (holder, digests) => { hints.add(holder, digests) },
           dial: swarm.host,
           isBanned: peerId => neighbours!.isBanned(peerId),
           ban: (peerId, why) => { neighbours!.ban(peerId, why) }

@@ -233,12 +233,21 @@ export class P2PNode {
     this.onChunksStored(digests)
   }
 
+  /** The opposite of `announce`: this node no longer holds these (a mirror's fetch that failed). */
+  withdraw (digests: Buffer[]): void {
+    if (this.stopped || digests.length === 0) return
+    for (const d of digests) this.claims.delete(d.toString('hex'))
+    this.swarm.withdraw(digests)
+  }
+
   /**
    * Another neighbour source over this node's host and scheduler, tuned for other payloads (a registry mirror's
-   * pieces are megabytes where chunks are kilobytes: it hedges later). It keeps its own scores and bans.
+   * pieces are megabytes where chunks are kilobytes: it hedges later). It keeps its own scores and bans; `wrap`
+   * may add holders the scheduler does not know yet (a mirror knows who lent it a piece map).
    */
-  neighbourSource (init: NeighbourSourceInit, logger?: ComponentLogger): NeighbourSource {
-    return new NeighbourSource({ libp2p: this.host, resolver: this.resolver, ...(logger !== undefined ? { logger } : {}) }, init)
+  neighbourSource (init: NeighbourSourceInit, logger?: ComponentLogger, wrap?: (swarm: HolderResolver) => HolderResolver): NeighbourSource {
+    const resolver = wrap !== undefined ? wrap(this.resolver) : this.resolver
+    return new NeighbourSource({ libp2p: this.host, resolver, ...(logger !== undefined ? { logger } : {}) }, init)
   }
 
   /**
