@@ -118,6 +118,8 @@ export class Mirror {
       // the alternative to a neighbour is the registry: wait for the scheduler's answer
       schedulerWaitMs: 2_000,
       resolveTimeoutMs: 2_500,
+      // a holder whose upload slots are full is asked again shortly rather than the registry
+      busyRetries: 20,
       maxRequestBytes: init.pieceBytes ?? DEFAULT_PIECE_BYTES
     }, logger, resolver => hints.wrap(resolver))
     this.neighbours = neighbours

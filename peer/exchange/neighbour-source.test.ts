@@ -191,6 +191,27 @@ describe('NeighbourSource', () => {
     assert.ok(silent.requests() >= 1)
   })
 
+  it('a busy holder nobody else can stand in for is asked again after a pause, when the source may wait', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    let busyLeft = 2
+    const busy = await rogue(async (names, stream) => {
+      const refuse = busyLeft-- > 0
+      for (const n of names as Array<{ size: number, digest: Buffer }>) {
+        const bytes = refuse ? Buffer.alloc(0) : byDigest.get(n.digest.toString('hex'))!
+        const frame = Buffer.concat([replyHeader(refuse ? ChunkStatus.BUSY : ChunkStatus.OK, bytes.length), bytes])
+        if (!stream.send(frame)) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const few = chunks.slice(0, 4)
+    // the default: BUSY sends the chunks on to the next source at once
+    assert.equal((await collect(source(new StaticResolver([busy.holder])), few)).size, 0)
+    busyLeft = 2
+    const patient = source(new StaticResolver([busy.holder]), { busyRetries: 5, busyBackoffMs: 20 })
+    assert.equal((await collect(patient, few)).size, few.length)
+    assert.ok(patient.counters.busy > few.length, `busy answers: ${patient.counters.busy}`)
+  })
+
   it('never yields bad bytes: a lying holder is dropped, banned past the threshold, never asked again', async () => {
     const good = await seed()
     const liar = await rogue(async (names, stream) => {

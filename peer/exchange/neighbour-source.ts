@@ -65,6 +65,13 @@ export interface NeighbourSourceInit {
   schedulerWaitMs?: number
   maxRequestBytes?: number
   streamsPerHolder?: number
+  /**
+   * a chunk a holder answered BUSY is asked of it again this many times, after a growing pause, when no other
+   * holder has it (0: at once to the next source; a mirror, whose next source is the registry, waits instead)
+   */
+  busyRetries?: number
+  /** the first pause after a BUSY (250 ms), growing to 4× */
+  busyBackoffMs?: number
 }
 
 export interface NeighbourSourceCounters {
@@ -113,6 +120,8 @@ export class NeighbourSource implements ChunkSource {
       resolveTimeoutMs: init.resolveTimeoutMs ?? DEFAULT_RESOLVE_TIMEOUT_MS,
       maxRequestBytes: Math.max(1, init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES),
       streamsPerHolder: Math.max(1, init.streamsPerHolder ?? DEFAULT_STREAMS_PER_HOLDER),
+      busyRetries: Math.max(0, init.busyRetries ?? 0),
+      busyBackoffMs: Math.max(1, init.busyBackoffMs ?? 250),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
   }
@@ -200,6 +209,8 @@ interface Want {
   /** requests asking for it now */
   attempts: Set<Request>
   done: boolean
+  /** BUSY answers so far */
+  busy: number
 }
 
 interface Lane { holder: ChunkHolder, queued: Request[], running: number, assigned: number }
@@ -241,7 +252,7 @@ class SwarmFetch {
       seen.add(chunk.index)
       const candidates = (holders.get(chunk.digest.toString('hex')) ?? [])
         .filter(h => typeof h?.peerId === 'string' && h.peerId !== this.self && Array.isArray(h.addrs))
-      if (candidates.length > 0) this.wants.push({ chunk, candidates, tried: new Set(), attempts: new Set(), done: false })
+      if (candidates.length > 0) this.wants.push({ chunk, candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0 })
     }
   }
 
@@ -268,6 +279,19 @@ class SwarmFetch {
   private notify (): void { this.wake?.() }
 
   /** Wants that need a holder are assigned in one go, so their requests batch. */
+  /** `requeue` after `ms` (the fetch stays open meanwhile) */
+  private requeueLater (w: Want, ms: number): void {
+    this.outstanding++
+    const timer = setTimeout(() => {
+      this.signal.removeEventListener('abort', stop)
+      this.outstanding--
+      this.requeue(w)
+      this.notify()
+    }, ms)
+    const stop = (): void => { clearTimeout(timer); this.outstanding--; this.notify() }
+    this.signal.addEventListener('abort', stop, { once: true })
+  }
+
   private requeue (w: Want): void {
     if (w.done || w.attempts.size > 0 || this.signal.aborted) return
     this.pendingAssign.push(w)
@@ -392,6 +416,12 @@ class SwarmFetch {
             this.src.recordBad(peerId)
             this.requeue(w)
           }
+        } else if (r.status === ChunkStatus.BUSY && ++w.busy <= this.src.opts.busyRetries &&
+          !w.candidates.some(h => !w.tried.has(h.peerId) && !this.src.isBanned(h.peerId))) {
+          counters.busy++
+          // nobody else has it: this holder again, a little later
+          w.tried.delete(peerId)
+          this.requeueLater(w, this.src.opts.busyBackoffMs * Math.min(4, w.busy))
         } else {
           if (r.status === ChunkStatus.BUSY) counters.busy++
           else if (r.status === ChunkStatus.NOT_FOUND) counters.notFound++
