@@ -30,6 +30,7 @@ import { resolveRange } from './routes.js'
 import { ConfirmedBytes, sendBytes } from './send.js'
 import type { UpstreamBlob, UpstreamPieces } from './upstream.js'
 import type { ProxyMetrics } from './metrics.js'
+import type { RafsRanges } from './rafs-ranges.js'
 
 const EMPTY_SHA256 = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 
@@ -63,6 +64,8 @@ export interface BlobServiceComponents {
   maps: MapStore
   gate: AuthGate
   swarm?: MirrorSwarm
+  /** Nydus data blobs: ranges checked chunk by chunk */
+  rafs?: RafsRanges
   metrics: ProxyMetrics
   log?: Logger
 }
@@ -260,6 +263,16 @@ export class BlobService {
     const { start, end } = range === 'none' ? { start: 0, end: size } : range
     this.c.metrics.blobsFrom('relayed')
     if (req.method === 'HEAD' || start === end) { this.head(res, req, size, range); res.end(); return }
+    if (this.c.rafs?.knows(req.digest) === true) {
+      this.head(res, req, size, range)
+      res.flushHeaders()
+      await this.c.rafs.send(req, res, { start, end }, signal, n => {
+        this.c.metrics.relayedBytes += n
+        this.c.metrics.servedBytes += n
+      })
+      res.end()
+      return
+    }
     const s = await this.c.client.getBlobRange({ registry: req.host, repository: req.repository }, req.digest, start, end - 1, { signal, authorization: req.authorization })
     this.head(res, req, size, range)
     res.flushHeaders()

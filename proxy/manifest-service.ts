@@ -36,6 +36,8 @@ export interface ManifestServiceComponents {
   metrics: ProxyMetrics
   /** a manifest named this blob with this size */
   noteSize: (digest: string, size: number) => void
+  /** a manifest passed through (a Nydus image's tells which blobs are RAFS data blobs) */
+  noteManifest?: (host: string, repository: string, bytes: Buffer) => void
   log?: Logger
 }
 
@@ -47,7 +49,11 @@ export class ManifestService {
       const verdict = await this.c.gate.check({ host: req.host, repository: req.repository, kind: 'manifest', target: req.reference, authorization: req.authorization })
       if (!verdict.ok) { answer(res, verdict.answer); return }
       const stored = await this.c.store.get(req.reference)
-      if (stored !== undefined) { send(res, req, req.reference, stored.mediaType, stored.bytes); return }
+      if (stored !== undefined) {
+        this.c.noteManifest?.(req.host, req.repository, stored.bytes)
+        send(res, req, req.reference, stored.mediaType, stored.bytes)
+        return
+      }
     }
     const t0 = performance.now()
     let raw
@@ -69,6 +75,7 @@ export class ManifestService {
     } catch (err) {
       this.c.log?.warn('manifest %s not kept: %s', raw.digest, describeError(err))
     }
+    this.c.noteManifest?.(req.host, req.repository, raw.bytes)
     const named = describedBlobs(raw.bytes)
     for (const d of named) this.c.noteSize(d.digest, d.size)
     this.c.gate.vouch(req.host, req.repository, req.authorization, [raw.digest, ...named.map(d => d.digest)])

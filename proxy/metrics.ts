@@ -8,6 +8,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import type { FetchCounters, NeighbourSourceCounters } from '../peer/index.js'
 import type { AuthGateCounters } from './auth-gate.js'
 import type { BlobJob } from './blob-job.js'
+import type { RafsRangeCounters } from './rafs-ranges.js'
 
 export const UPSTREAM_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
@@ -23,6 +24,8 @@ export interface ProxyMetricsJson {
   upstreamLatencyMs: Record<string, { count: number, meanMs: number }>
   /** the mirror's own neighbour source (pieces from peers) */
   neighbours?: NeighbourSourceCounters
+  /** Range reads of Nydus data blobs checked chunk by chunk */
+  rafsRanges: RafsRangeCounters
   fetch: FetchCounters
 }
 
@@ -40,7 +43,7 @@ export class ProxyMetrics {
   private readonly latency = new Map<string, { count: number, totalMs: number }>()
   private readonly pending: Array<{ upstream: string, op: string, s: number }> = []
 
-  constructor (private readonly sources: { fetch: () => FetchCounters, auth: () => AuthGateCounters, activeJobs: () => number, listen: () => string, neighbours?: () => NeighbourSourceCounters }) {}
+  constructor (private readonly sources: { fetch: () => FetchCounters, auth: () => AuthGateCounters, activeJobs: () => number, listen: () => string, rafs: () => RafsRangeCounters, neighbours?: () => NeighbourSourceCounters }) {}
 
   request (kind: string, status: number): void {
     const k = `${kind} ${status}`
@@ -89,6 +92,7 @@ export class ProxyMetrics {
       cutOff: this.cutOff,
       upstreamLatencyMs,
       ...(this.sources.neighbours !== undefined ? { neighbours: this.sources.neighbours() } : {}),
+      rafsRanges: { ...this.sources.rafs() },
       fetch: this.sources.fetch()
     }
   }
@@ -122,6 +126,8 @@ export class ProxyMetrics {
     mirrored('rafspeer_proxy_forged_maps_total', 'piece maps from neighbours proven false (their senders banned)', [], () => [{ labels: {}, value: this.blobs.forgedMaps }])
     mirrored('rafspeer_proxy_auth_checks_total', 'access checks by result: allowed, denied; probes sent upstream; allowed offline', ['result'],
       () => { const a = this.sources.auth(); return [['allowed', a.allowed], ['denied', a.denied], ['probe', a.probes], ['offline', a.offline], ['probe_failed', a.probeFailures]].map(([result, value]) => ({ labels: { result: result as string }, value: value as number })) })
+    mirrored('rafspeer_proxy_rafs_chunks_total', 'chunks of Nydus data blob ranges checked against their bootstrap digests: verified, bad (the response cut before it)', ['result'],
+      () => { const c = this.sources.rafs(); return [{ labels: { result: 'verified' }, value: c.chunksVerified }, { labels: { result: 'bad' }, value: c.badChunks }] })
     mirrored('rafspeer_proxy_fallbacks_total', 'answers that sent the client back to the registry (nothing could serve)', [], () => [{ labels: {}, value: this.fallbacks }])
     mirrored('rafspeer_proxy_cut_off_total', 'blob responses cut off after their first byte (a failed source, a failed digest)', [], () => [{ labels: {}, value: this.cutOff }])
     new Gauge({ name: 'rafspeer_proxy_active_fetches', help: 'blobs the mirror is getting now', registers: [r], collect: function () { this.set(self.sources.activeJobs()) } })

@@ -32,6 +32,7 @@ import { ProxyMetrics } from './metrics.js'
 import { DEFAULT_PIECE_BYTES, mapKey } from './piece-map.js'
 import { PieceFetch } from './pieces.js'
 import { PieceHints } from './piece-hints.js'
+import { RafsRanges } from './rafs-ranges.js'
 import { parseRoute } from './routes.js'
 import { UpstreamPieces, Upstreams } from './upstream.js'
 
@@ -83,6 +84,8 @@ export class Mirror {
   readonly metrics: ProxyMetrics
   readonly gate: AuthGate
   readonly blobs: BlobService
+  /** Range reads of Nydus data blobs, checked chunk by chunk */
+  readonly rafs: RafsRanges
   readonly fetcher: Fetcher
   /** the swarm as a source of pieces (its own scores and bans) */
   readonly neighbours: NeighbourSource | undefined
@@ -156,6 +159,7 @@ export class Mirror {
       auth: () => this.gate.counters,
       activeJobs: () => this.blobs.activeJobs,
       listen: () => this.addr,
+      rafs: () => this.rafs.counters,
       ...(neighbours !== undefined ? { neighbours: () => ({ ...neighbours.counters }) } : {})
     })
     const mirrorSwarm: MirrorSwarm | undefined = swarm === undefined
@@ -170,8 +174,9 @@ export class Mirror {
           isBanned: peerId => neighbours!.isBanned(peerId),
           ban: (peerId, why) => { neighbours!.ban(peerId, why) }
         }
+    const rafs = this.rafs = new RafsRanges({ client: this.client, dir: join(init.dir, 'bootstraps'), log: this.log })
     this.blobs = new BlobService({
-      client: this.client, cache, pieces, upstreamPieces, maps, gate: this.gate, metrics: this.metrics, log: this.log,
+      client: this.client, cache, pieces, upstreamPieces, maps, gate: this.gate, metrics: this.metrics, log: this.log, rafs,
       ...(mirrorSwarm !== undefined ? { swarm: mirrorSwarm } : {})
     }, {
       pieceBytes: init.pieceBytes ?? DEFAULT_PIECE_BYTES,
@@ -181,7 +186,8 @@ export class Mirror {
     })
     this.manifests = new ManifestService({
       client: this.client, store: new ManifestStore(join(init.dir, 'manifests')), gate: this.gate, metrics: this.metrics, log: this.log,
-      noteSize: (d, n) => { this.blobs.noteSize(d, n) }
+      noteSize: (d, n) => { this.blobs.noteSize(d, n) },
+      noteManifest: (host, repository, bytes) => { rafs.noteManifest(host, repository, bytes) }
     }, init.upstreamTimeoutMs !== undefined ? init.upstreamTimeoutMs + 5_000 : undefined)
     this.mapServer = swarm === undefined
       ? undefined

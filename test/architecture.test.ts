@@ -20,7 +20,7 @@ const MAY_IMPORT: Record<string, string[]> = {
   scheduler: ['base', 'p2p'],
   convert: ['base', 'rafs', 'registry', 'image'],
   peer: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler'],
-  proxy: ['base', 'rafs', 'registry', 'p2p', 'cache', 'peer'],
+  proxy: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'peer'],
   sim: ['base', 'peer', 'scheduler', 'registry', 'convert'],
   cli: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'sim'],
   // benchmarks build their source images with the tests' OCI helper
