@@ -1,8 +1,16 @@
 /**
  * A real containerd (Debian's 1.6) for end-to-end pull tests: one throwaway daemon with its own root, state, temp
  * and grpc socket under a temporary directory, the CRI plugin and the snapshotters this machine cannot use turned
- * off (startup takes ~30 ms and logs only warnings), driven with `ctr`. `stop()` kills it, unmounts whatever it
- * left mounted under its directory and removes the directory.
+ * off (startup takes ~30 ms and logs only warnings), driven with `ctr`. `stop()` kills every container left
+ * running, then containerd, unmounts whatever it left mounted under its directory and removes the directory.
+ * Containers `run` starts keep their FIFOs and runc state under that directory and their cgroups under a parent
+ * named after it, which `stop()` removes; only shim sockets go to containerd's fixed `/run/containerd/s`.
+ *
+ * With `cri`, the CRI plugin stays on, the way a remote snapshotter needs it: `disable_snapshot_annotations = false`,
+ * the chosen CRI snapshotter, `registry.config_path` when given, its CNI directories empty ones of its own (it logs
+ * that it found no network config and serves images all the same; pods are not for these tests) and its streaming
+ * server on a free loopback port. Startup then waits until the CRI image service answers. `proxyPlugins` declares
+ * remote snapshotters (`[proxy_plugins.NAME] type = "snapshot"`).
  *
  * @example
  * const skip = containerdSkipReason()
@@ -12,28 +20,38 @@
  *   assert.equal(r.code, 0, r.stderr)
  *   console.log(await contentDigests(c, `${reg.host}/kit/layered:1`))
  * } finally { await c.stop() }
+ *
+ * const cri = await startContainerd({ cri: { snapshotter: 'rafspeer', configPath: hostsDir }, proxyPlugins: { rafspeer: sock } })
+ * // pull with `new CriImageClient({ address: cri.address })`, then:
+ * const r = await cri.run(ref, 'c1', ['/bin/busybox', 'echo', 'hi'], { snapshotter: 'rafspeer', namespace: 'k8s.io' })
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, rm, rmdir, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { promisify } from 'node:util'
+import { CriImageClient } from '../../snapshotter/cri-client.js'
 
-const run = promisify(execFile)
+const exec = promisify(execFile)
 
 export const CONTAINERD_BIN = process.env.RAFSPEER_CONTAINERD_BIN ?? '/usr/bin/containerd'
 export const CTR_BIN = process.env.RAFSPEER_CTR_BIN ?? '/usr/bin/ctr'
 const START_TIMEOUT_MS = 20_000
 const STOP_GRACE_MS = 5_000
 const PULL_TIMEOUT_MS = 120_000
+const RUN_TIMEOUT_MS = 60_000
+const CLEANUP_TIMEOUT_MS = 10_000
+/** CRI's namespace: containerd puts every CRI image and container there */
+export const CRI_NAMESPACE = 'k8s.io'
+const CRI_PLUGIN = 'io.containerd.grpc.v1.cri'
 const OUTPUT_TAIL = 64 * 1024
 // sun_path is 108 bytes including the NUL; containerd adds `.ttrpc` for its second socket
 const MAX_SOCKET_PATH = 100
 
 /** plugins a pull test does not need: CRI (slow, noisy, wants CNI) and snapshotters that only log why they skip */
 const DISABLED_PLUGINS = [
-  'io.containerd.grpc.v1.cri',
+  CRI_PLUGIN,
   'io.containerd.snapshotter.v1.aufs',
   'io.containerd.snapshotter.v1.btrfs',
   'io.containerd.snapshotter.v1.devmapper',
@@ -49,6 +67,26 @@ export interface ContainerdOptions {
   namespace?: string
   /** containerd's log level, default `warn` */
   logLevel?: 'debug' | 'info' | 'warn' | 'error'
+  /** keep the CRI plugin on (see the module's comment) */
+  cri?: CriOptions
+  /** remote snapshotters: name → the socket they serve `containerd.services.snapshots.v1.Snapshots` on */
+  proxyPlugins?: Record<string, string>
+}
+
+export interface CriOptions {
+  /** the snapshotter CRI pulls into and runs on; default `overlayfs` */
+  snapshotter?: string
+  /** `registry.config_path`: a directory of `<registry>/hosts.toml` */
+  configPath?: string
+}
+
+export interface RunOptions {
+  /** default the snapshotter containerd's `ctr run` defaults to (overlayfs) */
+  snapshotter?: string
+  /** default this daemon's namespace */
+  namespace?: string
+  /** default 60 s; then the container is killed and `code` is null */
+  timeoutMs?: number
 }
 
 export interface PullOptions {
@@ -86,8 +124,15 @@ export interface Containerd {
   namespace: string
   /** `ctr images pull …`; never throws on a failed pull */
   pull: (ref: string, opts?: PullOptions) => Promise<CtrResult>
-  /** any `ctr` command against this daemon (global flags are added) */
-  ctr: (args: string[], opts?: { timeoutMs?: number }) => Promise<CtrResult>
+  /** any `ctr` command against this daemon (global flags are added; `namespace` overrides the daemon's) */
+  ctr: (args: string[], opts?: { timeoutMs?: number, namespace?: string }) => Promise<CtrResult>
+  /**
+   * `ctr run --rm` of `image` as container `id` running `cmd`; never throws on a failed run. A run past its timeout
+   * has its container killed and removed.
+   */
+  run: (image: string, id: string, cmd: string[], opts?: RunOptions) => Promise<CtrResult>
+  /** whether the CRI plugin is on (then its image service answers on `address`) */
+  cri: boolean
   /** containerd's stderr so far (tail) */
   logs: () => string
   stop: () => Promise<void>
@@ -124,14 +169,17 @@ export function mountsUnder (dir: string): string[] {
     .sort((a, b) => b.length - a.length)
 }
 
-function configToml (dir: string, address: string, logLevel: string): string {
+function configToml (dir: string, address: string, logLevel: string, opts: ContainerdOptions): string {
+  // JSON strings are TOML basic strings for every path and name used here
   const q = JSON.stringify
-  return [
+  const cri = opts.cri
+  const disabled = cri === undefined ? DISABLED_PLUGINS : DISABLED_PLUGINS.filter(p => p !== CRI_PLUGIN)
+  const lines = [
     'version = 2',
     `root = ${q(join(dir, 'root'))}`,
     `state = ${q(join(dir, 'state'))}`,
     `temp = ${q(join(dir, 'tmp'))}`,
-    `disabled_plugins = [${DISABLED_PLUGINS.map(p => q(p)).join(', ')}]`,
+    `disabled_plugins = [${disabled.map(p => q(p)).join(', ')}]`,
     '',
     '[grpc]',
     `  address = ${q(address)}`,
@@ -142,7 +190,28 @@ function configToml (dir: string, address: string, logLevel: string): string {
     '[plugins."io.containerd.internal.v1.opt"]',
     `  path = ${q(join(dir, 'opt'))}`,
     ''
-  ].join('\n')
+  ]
+  if (cri !== undefined) {
+    lines.push(
+      `[plugins.${q(CRI_PLUGIN)}]`,
+      // port 0: a free port, so two daemons (or a host containerd) never clash on 10010
+      '  stream_server_address = "127.0.0.1"',
+      '  stream_server_port = "0"',
+      // its own empty CNI dirs: CRI creates conf_dir when missing, and /etc/cni/net.d is not the tests' to make
+      `  [plugins.${q(CRI_PLUGIN)}.cni]`,
+      `    bin_dir = ${q(join(dir, 'cni', 'bin'))}`,
+      `    conf_dir = ${q(join(dir, 'cni', 'net.d'))}`,
+      `  [plugins.${q(CRI_PLUGIN)}.containerd]`,
+      `    snapshotter = ${q(cri.snapshotter ?? 'overlayfs')}`,
+      '    disable_snapshot_annotations = false',
+      ...(cri.configPath !== undefined ? [`  [plugins.${q(CRI_PLUGIN)}.registry]`, `    config_path = ${q(cri.configPath)}`] : []),
+      ''
+    )
+  }
+  for (const [name, socket] of Object.entries(opts.proxyPlugins ?? {})) {
+    lines.push(`[proxy_plugins.${q(name)}]`, '  type = "snapshot"', `  address = ${q(socket)}`, '')
+  }
+  return lines.join('\n')
 }
 
 /** Runs ctr; the result carries the exit code instead of throwing. */
@@ -175,9 +244,9 @@ async function kill (child: ChildProcess): Promise<void> {
 async function unmountAll (dir: string): Promise<void> {
   for (const m of mountsUnder(dir)) {
     try {
-      await run('umount', [m])
+      await exec('umount', [m])
     } catch {
-      await run('umount', ['-l', m]).catch(() => {})
+      await exec('umount', ['-l', m]).catch(() => {})
     }
   }
 }
@@ -194,9 +263,10 @@ export async function startContainerd (opts: ContainerdOptions = {}): Promise<Co
     await rm(dir, { recursive: true, force: true })
     throw new Error(`socket path ${address} is too long for a unix socket; pass a shorter dir`)
   }
-  await Promise.all(['root', 'state', 'tmp', 'opt'].map(async d => await mkdir(join(dir, d))))
+  const dirs = ['root', 'state', 'tmp', 'opt', ...(opts.cri !== undefined ? ['cni', 'cni/bin', 'cni/net.d'] : [])]
+  for (const d of dirs) await mkdir(join(dir, d))
   const config = join(dir, 'config.toml')
-  await writeFile(config, configToml(dir, address, opts.logLevel ?? 'warn'))
+  await writeFile(config, configToml(dir, address, opts.logLevel ?? 'warn', opts))
   // TMPDIR too: containerd's own temp files (mount helpers, downloads) stay under dir
   const child = spawn(CONTAINERD_BIN, ['--config', config], {
     stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TMPDIR: join(dir, 'tmp') }
@@ -204,12 +274,31 @@ export async function startContainerd (opts: ContainerdOptions = {}): Promise<Co
   live.set(child, dir)
   let err = ''
   child.stderr?.setEncoding('utf8').on('data', (s: string) => { err = (err + s).slice(-OUTPUT_TAIL) })
+  const ctr = async (args: string[], o: { timeoutMs?: number, namespace?: string } = {}): Promise<CtrResult> =>
+    await ctrRun(['--address', address, '--namespace', o.namespace ?? namespace], args, o.timeoutMs ?? PULL_TIMEOUT_MS)
+  const removeContainer = async (ns: string, id: string): Promise<void> => {
+    const o = { namespace: ns, timeoutMs: CLEANUP_TIMEOUT_MS }
+    await ctr(['tasks', 'kill', '--signal', 'SIGKILL', id], o)
+    await ctr(['tasks', 'delete', '--force', id], o)
+    await ctr(['containers', 'delete', id], o)
+  }
+  // a container's shim outlives containerd (and keeps the container running): end every task first
+  const removeAllTasks = async (): Promise<void> => {
+    const o = { timeoutMs: CLEANUP_TIMEOUT_MS }
+    const nss = await ctr(['namespaces', 'ls', '-q'], o)
+    for (const ns of lines(nss.stdout)) {
+      const tasks = await ctr(['tasks', 'ls', '-q'], { ...o, namespace: ns })
+      for (const id of lines(tasks.stdout)) await removeContainer(ns, id)
+    }
+  }
   let stopped: Promise<void> | undefined
   const stop = async (): Promise<void> => {
     stopped ??= (async () => {
+      if (child.exitCode === null && child.signalCode === null) await removeAllTasks()
       await kill(child)
       live.delete(child)
       await unmountAll(dir)
+      await removeCgroups(basename(dir))
       await rm(dir, { recursive: true, force: true })
     })()
     await stopped
@@ -227,12 +316,22 @@ export async function startContainerd (opts: ContainerdOptions = {}): Promise<Co
       }
       await new Promise(resolve => setTimeout(resolve, 50))
     }
+    if (opts.cri !== undefined) await waitForCri(address, deadline, () => child.exitCode !== null || child.signalCode !== null, () => err)
   } catch (e) {
     await stop()
     throw e
   }
-  const ctr = async (args: string[], o: { timeoutMs?: number } = {}): Promise<CtrResult> =>
-    await ctrRun(globals, args, o.timeoutMs ?? PULL_TIMEOUT_MS)
+  const run = async (image: string, id: string, cmd: string[], o: RunOptions = {}): Promise<CtrResult> => {
+    const ns = o.namespace ?? namespace
+    const r = await ctr(['run', '--rm',
+      // FIFOs, runc state and the cgroup where stop() finds them, instead of /run/containerd and /<namespace>/<id>
+      '--fifo-dir', join(dir, 'fifo'), '--runc-root', join(dir, 'runc'), '--cgroup', `/${basename(dir)}/${id}`,
+      ...(o.snapshotter !== undefined ? ['--snapshotter', o.snapshotter] : []), image, id, ...cmd
+    ], { namespace: ns, timeoutMs: o.timeoutMs ?? RUN_TIMEOUT_MS })
+    // a killed ctr leaves its container running; a finished `--rm` run removed it
+    if (r.timedOut || r.code === null) await removeContainer(ns, id)
+    return r
+  }
   const pull = async (ref: string, o: PullOptions = {}): Promise<CtrResult> => await ctr(['images', 'pull',
     ...(o.hostsDir !== undefined ? ['--hosts-dir', o.hostsDir] : []),
     ...(o.plainHttp === true ? ['--plain-http'] : []),
@@ -242,7 +341,39 @@ export async function startContainerd (opts: ContainerdOptions = {}): Promise<Co
     ...(o.httpDump === true ? ['--http-dump'] : []),
     ref
   ], { timeoutMs: o.timeoutMs })
-  return { address, root: join(dir, 'root'), dir, namespace, pull, ctr, logs: () => err, stop }
+  return { address, root: join(dir, 'root'), dir, namespace, pull, ctr, run, cri: opts.cri !== undefined, logs: () => err, stop }
+}
+
+const lines = (text: string): string[] => text.split('\n').map(l => l.trim()).filter(l => l !== '')
+
+/** Removes the (empty, once its containers are gone) cgroup `name` and its children from every hierarchy. */
+async function removeCgroups (name: string): Promise<void> {
+  const roots = ['/sys/fs/cgroup', ...(await readdir('/sys/fs/cgroup').catch(() => [])).map(h => join('/sys/fs/cgroup', h))]
+  for (const root of roots) {
+    const parent = join(root, name)
+    const children = await readdir(parent, { withFileTypes: true }).catch(() => [])
+    for (const c of children) if (c.isDirectory()) await rmdir(join(parent, c.name)).catch(() => {})
+    await rmdir(parent).catch(() => {})
+  }
+}
+
+/** Polls CRI's image service until it answers: the CRI plugin starts serving a moment after containerd's own API. */
+async function waitForCri (address: string, deadline: number, exited: () => boolean, logs: () => string): Promise<void> {
+  const cri = new CriImageClient({ address, timeoutMs: 2000 })
+  try {
+    for (;;) {
+      if (exited()) throw new Error(`containerd exited while its CRI plugin started: ${logs().trim()}`)
+      try {
+        await cri.list()
+        return
+      } catch (e) {
+        if (Date.now() > deadline) throw new Error(`containerd's CRI image service did not answer on ${address}: ${(e as Error).message}\n${logs().trim()}`)
+      }
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+  } finally {
+    cri.close()
+  }
 }
 
 /** The image names containerd knows (`ctr images ls -q`). */
