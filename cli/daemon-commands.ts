@@ -13,6 +13,7 @@ import type { DaemonConfigInput, DaemonInfo, MetricsJson, MountInfo, MountMode, 
 
 const peer = async (): Promise<typeof import('../peer/index.js')> => await import('../peer/index.js')
 const proxy = async (): Promise<typeof import('../proxy/index.js')> => await import('../proxy/index.js')
+const snapshotter = async (): Promise<typeof import('../snapshotter/index.js')> => await import('../snapshotter/index.js')
 
 const MODES: readonly MountMode[] = ['auto', 'fuse', 'kernel']
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
@@ -84,6 +85,8 @@ export interface DaemonFlags {
   upstream?: string
   /** plain HTTP to every registry */
   plainHttp?: boolean
+  /** serve containerd's snapshotter API on this Unix socket */
+  snapshotterAddress?: string
 }
 
 /** Flags laid over the config file; paths made absolute against `cwd`. */
@@ -105,6 +108,7 @@ export function daemonOverrides (f: DaemonFlags, cwd = process.cwd()): DaemonCon
     o.proxy = { ...(f.proxyListen !== undefined ? { listen: f.proxyListen } : {}), ...(f.upstream !== undefined ? { defaultUpstream: f.upstream } : {}) }
   }
   if (f.plainHttp === true) o.registry = { plainHttp: true }
+  if (f.snapshotterAddress !== undefined) o.snapshotter = { address: resolve(cwd, f.snapshotterAddress) }
   return o
 }
 
@@ -116,12 +120,16 @@ export function addMirrorOptions (cmd: Command, listenFlag: string): Command {
     .option('--plain-http', 'talk to registries over http (default: only loopback ones)')
 }
 
-/** Runs a daemon (with the registry mirror when the config or the flags give it an address) until a signal. */
+/**
+ * Runs a daemon until a signal: the node, with the registry mirror and the containerd snapshotter when the config
+ * or the flags give them an address.
+ */
 export async function runMirrorDaemon (f: DaemonFlags): Promise<void> {
   const { loadDaemonConfig, runDaemon } = await peer()
-  const { withMirror } = await proxy()
   const config = await loadDaemonConfig(configPath(f), daemonOverrides(f))
-  await runDaemon(config, { assemble: withMirror() })
+  const { withMirror } = await proxy()
+  const assemble = config.snapshotter.address !== undefined ? (await snapshotter()).withSnapshotter(withMirror()) : withMirror()
+  await runDaemon(config, { assemble })
 }
 
 /** The config file to read: `--config`, else `$RAFSPEER_CONFIG`, else none (defaults). */
@@ -216,6 +224,7 @@ export function registerDaemonCommands (program: Command): void {
     .option('--embedded-scheduler', 'run a scheduler in this daemon, on its P2P addresses; turns P2P on')
     .option('--p2p-listen <multiaddr>', 'P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/0)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack (neighbours in it are preferred)')
+    .option('--snapshotter-address <socket>', 'serve the containerd remote snapshotter on this Unix socket (see `rafspeer snapshotter`)')
     .action(async (f: DaemonFlags, cmd: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(cmd)
       await runMirrorDaemon({ ...f, ...(logLevel !== undefined ? { logLevel } : {}) })

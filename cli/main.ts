@@ -11,6 +11,7 @@ import { registerRegistryCommand } from './registry-command.js'
 import { registerConvertCommands } from './convert-commands.js'
 import { registerDaemonCommands } from './daemon-commands.js'
 import { registerProxyCommands } from './proxy-commands.js'
+import { registerSnapshotterCommands } from './snapshotter-commands.js'
 import { registerSchedulerCommand } from './scheduler-command.js'
 import { registerSimCommand } from './sim-command.js'
 import { reportError } from './util.js'
@@ -29,6 +30,7 @@ export function createProgram (): Command {
   registerConvertCommands(program)
   registerDaemonCommands(program)
   registerProxyCommands(program)
+  registerSnapshotterCommands(program)
   registerSchedulerCommand(program)
   registerSimCommand(program)
   return program

@@ -158,6 +158,14 @@ export const daemonConfigSchema = z.strictObject({
     /** a client that received no new byte for this long is cut off, so it resumes elsewhere (30 s) */
     stallMs: int(100, 600_000).default(30_000)
   }).prefault({}),
+  snapshotter: z.strictObject({
+    /** Unix socket of the containerd remote snapshotter (`[proxy_plugins.rafspeer] address`; absent: none) */
+    address: z.string().min(1).max(100, { error: 'a Unix socket path is at most 100 bytes' }).optional(),
+    /** snapshots, their metadata and the image mounts (default `<workDir>/snapshotter`) */
+    root: z.string().min(1).optional(),
+    /** how a container's image is mounted: `auto` (kernel EROFS once the cache holds it all, FUSE before), `fuse`, `kernel` */
+    mode: z.enum(['auto', 'fuse', 'kernel']).default('auto')
+  }).prefault({}),
   metrics: z.strictObject({
     /** `host:port` of an optional TCP endpoint serving only GET /metrics (absent: Unix socket only) */
     listen: z.string().refine(s => parseHostPort(s) !== undefined, { error: 'expected host:port' }).optional()
@@ -169,6 +177,7 @@ export const daemonConfigSchema = z.strictObject({
 }).transform(c => ({
   ...c,
   cache: { ...c.cache, dir: c.cache.dir ?? join(c.workDir, 'cache') },
+  snapshotter: { ...c.snapshotter, root: c.snapshotter.root ?? join(c.workDir, 'snapshotter') },
   p2p: {
     ...c.p2p,
     enabled: c.p2p.enabled ?? (c.scheduler.address !== undefined || c.scheduler.embedded),

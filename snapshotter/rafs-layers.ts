@@ -1,0 +1,213 @@
+/**
+ * The layers of RAFS (Nydus-layout) images, served by the node instead of unpacked by containerd. A CRI pull with
+ * this snapshotter announces each layer's Prepare with the image's reference, its manifest digest and, from the
+ * layer's annotations, `nydus-blob` / `nydus-bootstrap`: such a layer is claimed (committed without content, so
+ * containerd downloads nothing but the manifest and config). A container's snapshot on top of the image then gets,
+ * as its lowest lowerdir, one lazy mount of the whole image (its bootstrap merges every layer) through the node's
+ * mount manager: the node's cache, neighbours and the registry, in the best mode the kernel allows. One mount per
+ * image (by manifest digest), shared by every container on it, unmounted when the last one is removed.
+ *
+ * @example
+ * ```ts
+ * const layers = new RafsLayers({ mounts: node.mounts, logger }, { dir: '/var/lib/rafspeer/snapshotter/images' })
+ * const snapshots = await Snapshots.open({ remote: layers, logger }, { root: '/var/lib/rafspeer/snapshotter' })
+ * ```
+ */
+import { lstat, mkdir, readFile, rmdir } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { describeError, type ComponentLogger, type Logger } from '../base/index.js'
+import { parseReference } from '../registry/index.js'
+import type { MountMode, MountService, PrefetchPolicy } from '../peer/index.js'
+import { SnapshotterError } from './errors.js'
+import {
+  CRI_IMAGE_REF_LABEL, CRI_MANIFEST_DIGEST_LABEL, NYDUS_BLOB_LABEL, NYDUS_BOOTSTRAP_LABEL,
+  type RemoteLayers, type SnapshotInfo
+} from './types.js'
+
+const run = promisify(execFile)
+const DIGEST = /^sha256:[0-9a-f]{64}$/
+
+/** What of the node's mount service the layers use. */
+export type ImageMounter = Pick<MountService, 'mount' | 'unmount' | 'list'>
+
+export interface RafsLayersComponents {
+  mounts: ImageMounter
+  logger?: ComponentLogger
+}
+
+export interface RafsLayersInit {
+  /** where images are mounted, one directory per manifest digest */
+  dir: string
+  /** default `auto`: kernel EROFS when the cache holds the image, FUSE otherwise */
+  mode?: MountMode
+  /** default the bootstrap's prefetch table */
+  prefetch?: PrefetchPolicy
+  plainHttp?: boolean | 'auto'
+}
+
+/** The image a claimed layer belongs to: enough to mount it again after a restart. */
+export interface LayerImage {
+  /** `registry/repository@sha256:…` */
+  source: string
+  manifestDigest: string
+}
+
+interface Held {
+  mountpoint: string
+  source: string
+  holders: Set<string>
+  /** settles when the mount is up (rejects when it failed) */
+  ready: Promise<void>
+}
+
+export class RafsLayers implements RemoteLayers {
+  private readonly mounts: ImageMounter
+  private readonly log: Logger | undefined
+  private readonly init: RafsLayersInit
+  /** manifest digest → its mount */
+  private readonly images = new Map<string, Held>()
+  /** holder (snapshot key) → manifest digest */
+  private readonly holders = new Map<string, string>()
+  /** unmounts in progress, by manifest digest (a new hold waits for them) */
+  private readonly leaving = new Map<string, Promise<void>>()
+
+  constructor (components: RafsLayersComponents, init: RafsLayersInit) {
+    this.mounts = components.mounts
+    this.log = components.logger?.forComponent('rafspeer:snapshotter')
+    this.init = init
+  }
+
+  claims (labels: Readonly<Record<string, string>>): boolean {
+    return this.isRemote(labels)
+  }
+
+  isRemote (labels: Readonly<Record<string, string>>): boolean {
+    const nydus = labels[NYDUS_BLOB_LABEL] === 'true' || labels[NYDUS_BOOTSTRAP_LABEL] === 'true'
+    return nydus && imageOf(labels) !== undefined
+  }
+
+  /** Images mounted now and who holds them (for the daemon's info). */
+  list (): Array<{ manifestDigest: string, mountpoint: string, source: string, holders: string[] }> {
+    return [...this.images].map(([manifestDigest, h]) => ({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [...h.holders] }))
+  }
+
+  async attach (holder: string, layer: SnapshotInfo, opts: { signal?: AbortSignal } = {}): Promise<string> {
+    const image = imageOf(layer.labels)
+    if (image === undefined) {
+      throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_MOUNT', `snapshot ${layer.name} has no image reference and manifest digest labels (pulled without CRI snapshot annotations?)`)
+    }
+    const already = this.holders.get(holder)
+    if (already !== undefined && already !== image.manifestDigest) await this.release(holder)
+    await this.leaving.get(image.manifestDigest)
+    let held = this.images.get(image.manifestDigest)
+    if (held === undefined) {
+      const mountpoint = join(resolve(this.init.dir), image.manifestDigest.slice('sha256:'.length))
+      const ready = this.mountImage(image, mountpoint, opts.signal)
+      held = { mountpoint, source: image.source, holders: new Set(), ready }
+      this.images.set(image.manifestDigest, held)
+      const h = held
+      ready.catch(() => { if (this.images.get(image.manifestDigest) === h) this.images.delete(image.manifestDigest) })
+    }
+    held.holders.add(holder)
+    this.holders.set(holder, image.manifestDigest)
+    try {
+      await held.ready
+    } catch (err) {
+      held.holders.delete(holder)
+      if (this.holders.get(holder) === image.manifestDigest) this.holders.delete(holder)
+      throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_MOUNT', `mounting ${image.source} for ${holder}: ${describeError(err)}`, { cause: err })
+    }
+    return held.mountpoint
+  }
+
+  async release (holder: string): Promise<void> {
+    const digest = this.holders.get(holder)
+    if (digest === undefined) return
+    this.holders.delete(holder)
+    const held = this.images.get(digest)
+    if (held === undefined) return
+    held.holders.delete(holder)
+    if (held.holders.size > 0) return
+    this.images.delete(digest)
+    const leaving = (async () => {
+      try {
+        await held.ready
+      } catch {
+        return
+      }
+      try {
+        await this.mounts.unmount(held.mountpoint)
+        await rmdir(held.mountpoint).catch(() => {})
+        this.log?.info('unmounted %s from %s: no container uses it', held.source, held.mountpoint)
+      } catch (err) {
+        this.log?.warn('unmounting %s: %s', held.mountpoint, describeError(err))
+      }
+    })()
+    this.leaving.set(digest, leaving)
+    try { await leaving } finally { if (this.leaving.get(digest) === leaving) this.leaving.delete(digest) }
+  }
+
+  /** Unmounts every image (the daemon stops). */
+  async stop (): Promise<void> {
+    await Promise.allSettled([...this.holders.keys()].map(async h => { await this.release(h) }))
+  }
+
+  private async mountImage (image: LayerImage, mountpoint: string, signal: AbortSignal | undefined): Promise<void> {
+    await mkdir(this.init.dir, { recursive: true })
+    // still mounted from a hold whose unmount failed: use it
+    if (this.mounts.list().some(m => m.mountpoint === mountpoint)) return
+    await clearStaleMount(mountpoint, this.log)
+    const t0 = performance.now()
+    const info = await this.mounts.mount({
+      source: image.source,
+      mountpoint,
+      mode: this.init.mode ?? 'auto',
+      ...(this.init.prefetch !== undefined ? { prefetch: this.init.prefetch } : {}),
+      ...(this.init.plainHttp !== undefined ? { plainHttp: this.init.plainHttp } : {})
+    }, signal !== undefined ? { signal } : {})
+    this.log?.info('mounted %s at %s (%s) in %d ms', image.source, mountpoint, info.mode, Math.round(performance.now() - t0))
+  }
+}
+
+/** The image a layer's labels name, or undefined when they do not name one fully. */
+export function imageOf (labels: Readonly<Record<string, string>>): LayerImage | undefined {
+  const ref = labels[CRI_IMAGE_REF_LABEL]
+  const manifestDigest = labels[CRI_MANIFEST_DIGEST_LABEL]
+  if (ref === undefined || manifestDigest === undefined || !DIGEST.test(manifestDigest)) return undefined
+  try {
+    const r = parseReference(ref)
+    return { source: `${r.registry}/${r.repository}@${manifestDigest}`, manifestDigest }
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A mountpoint left by a daemon that died (its FUSE mount answers ENOTCONN) or a mount this process does not know:
+ * detached, so the image can be mounted there again. Containers still running on the old mount lost their lower
+ * layer with the process that served it.
+ */
+async function clearStaleMount (mountpoint: string, log: Logger | undefined): Promise<void> {
+  let stale = false
+  try {
+    await lstat(mountpoint)
+    stale = await isMountpoint(mountpoint)
+  } catch (err) {
+    stale = (err as NodeJS.ErrnoException).code === 'ENOTCONN'
+  }
+  if (!stale) return
+  log?.warn('%s is still mounted from before (a daemon that stopped?): detaching it', mountpoint)
+  await run('umount', ['-l', mountpoint]).catch(() => {})
+}
+
+async function isMountpoint (path: string): Promise<boolean> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
+  const target = resolve(path)
+  return text.split('\n').some(line => unescapeMount(line.split(' ')[4] ?? '') === target)
+}
+
+function unescapeMount (s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+}
