@@ -212,9 +212,9 @@ async function probeFree (socket: string): Promise<boolean> {
 /** The default admin socket, as the help texts name it (the daemon's config schema holds the value). */
 const SOCKET_HELP = '/run/rafspeer/rafspeer.sock'
 
-export function registerDaemonCommands (program: Command): void {
-  addMirrorOptions(program.command('daemon'), '--proxy-listen')
-    .description('run the node daemon: admin API on a Unix socket, mounts, blob cache, Prometheus metrics, the registry mirror with --proxy-listen; until SIGTERM/SIGINT (then unmounts all and flushes)')
+/** The flags every command that runs a daemon takes (`daemon`, `proxy`, `snapshotter`). */
+export function addDaemonOptions (cmd: Command): Command {
+  return cmd
     .option('--config <file>', 'daemon config (JSON; default $RAFSPEER_CONFIG, else built-in defaults)')
     .option('--socket <path>', `admin API socket (default ${SOCKET_HELP})`)
     .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer)')
@@ -224,6 +224,11 @@ export function registerDaemonCommands (program: Command): void {
     .option('--embedded-scheduler', 'run a scheduler in this daemon, on its P2P addresses; turns P2P on')
     .option('--p2p-listen <multiaddr>', 'P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/0)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack (neighbours in it are preferred)')
+}
+
+export function registerDaemonCommands (program: Command): void {
+  addDaemonOptions(addMirrorOptions(program.command('daemon'), '--proxy-listen')
+    .description('run the node daemon: admin API on a Unix socket, mounts, blob cache, Prometheus metrics, the registry mirror with --proxy-listen; until SIGTERM/SIGINT (then unmounts all and flushes)'))
     .option('--snapshotter-address <socket>', 'serve the containerd remote snapshotter on this Unix socket (see `rafspeer snapshotter`)')
     .action(async (f: DaemonFlags, cmd: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(cmd)

@@ -5,24 +5,15 @@
  */
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
-import { addMirrorOptions, cliLogLevel, parseLogLevel, runMirrorDaemon, type DaemonFlags } from './daemon-commands.js'
+import { addDaemonOptions, addMirrorOptions, cliLogLevel, runMirrorDaemon, type DaemonFlags } from './daemon-commands.js'
 
 const proxy = async (): Promise<typeof import('../proxy/index.js')> => await import('../proxy/index.js')
 
 interface HostsFlags { hostsDir: string, mirror?: string, all?: boolean, dryRun?: boolean, json?: boolean }
 
 export function registerProxyCommands (program: Command): void {
-  const cmd = addMirrorOptions(program.command('proxy'), '--listen')
-    .description('run a daemon serving the registry mirror (until SIGTERM/SIGINT); `proxy configure-containerd` points containerd at it')
-    .option('--config <file>', 'daemon config (JSON; default $RAFSPEER_CONFIG, else built-in defaults)')
-    .option('--socket <path>', 'admin API socket (default /run/rafspeer/rafspeer.sock)')
-    .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer)')
-    .option('--cache-dir <dir>', 'blob cache directory (default <work-dir>/cache)')
-    .option('--log-level <level>', 'error, warn, info or debug (overrides the config)', parseLogLevel)
-    .option('--scheduler <multiaddr>', 'the scheduler to use, with its peer id; turns P2P on')
-    .option('--embedded-scheduler', 'run a scheduler in this daemon; turns P2P on')
-    .option('--p2p-listen <multiaddr>', 'P2P listen multiaddr, repeatable', (v: string, prev: string[] = []) => [...prev, v])
-    .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack')
+  const cmd = addDaemonOptions(addMirrorOptions(program.command('proxy'), '--listen')
+    .description('run a daemon serving the registry mirror (until SIGTERM/SIGINT); `proxy configure-containerd` points containerd at it'))
     .action(async (f: DaemonFlags & { listen?: string }, c: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(c)
       await runMirrorDaemon({ ...f, proxyListen: f.listen ?? (await proxy()).DEFAULT_PROXY_LISTEN, ...(logLevel !== undefined ? { logLevel } : {}) })

@@ -7,7 +7,7 @@
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import { formatBytes } from '../base/index.js'
-import { addMirrorOptions, cliLogLevel, parseLogLevel, runMirrorDaemon, type DaemonFlags } from './daemon-commands.js'
+import { addDaemonOptions, addMirrorOptions, cliLogLevel, runMirrorDaemon, type DaemonFlags } from './daemon-commands.js'
 
 const snapshotter = async (): Promise<typeof import('../snapshotter/index.js')> => await import('../snapshotter/index.js')
 
@@ -22,18 +22,9 @@ interface RpullFlags { address?: string, user?: string, timeout?: string, json?:
 const print = (text: string): void => { process.stdout.write(text + '\n') }
 
 export function registerSnapshotterCommands (program: Command): void {
-  const cmd = addMirrorOptions(program.command('snapshotter'), '--proxy-listen')
+  const cmd = addDaemonOptions(addMirrorOptions(program.command('snapshotter'), '--proxy-listen')
     .description('run a daemon serving the containerd remote snapshotter (until SIGTERM/SIGINT): RAFS images start as containers before they are downloaded; `snapshotter configure-containerd` declares it to containerd')
-    .option('--address <socket>', `the snapshotter's Unix socket (default ${DEFAULT_ADDRESS})`)
-    .option('--config <file>', 'daemon config (JSON; default $RAFSPEER_CONFIG, else built-in defaults)')
-    .option('--socket <path>', 'admin API socket (default /run/rafspeer/rafspeer.sock)')
-    .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer; snapshots under <work-dir>/snapshotter)')
-    .option('--cache-dir <dir>', 'blob cache directory (default <work-dir>/cache)')
-    .option('--log-level <level>', 'error, warn, info or debug (overrides the config)', parseLogLevel)
-    .option('--scheduler <multiaddr>', 'the scheduler to use, with its peer id; turns P2P on')
-    .option('--embedded-scheduler', 'run a scheduler in this daemon; turns P2P on')
-    .option('--p2p-listen <multiaddr>', 'P2P listen multiaddr, repeatable', (v: string, prev: string[] = []) => [...prev, v])
-    .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack')
+    .option('--address <socket>', `the snapshotter's Unix socket (default ${DEFAULT_ADDRESS}; snapshots under <work-dir>/snapshotter)`))
     .action(async (f: DaemonFlags & { address?: string }, c: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(c)
       await runMirrorDaemon({ ...f, snapshotterAddress: resolve(f.address ?? DEFAULT_ADDRESS), ...(logLevel !== undefined ? { logLevel } : {}) })
