@@ -43,6 +43,7 @@ describe('daemon config', () => {
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
       registry: { plainHttp: 'auto' },
       proxy: { upstreams: {}, restrictUpstreams: false, authTtlMs: 60_000, pieceBytes: 4 << 20, upstreamTimeoutMs: 10_000, stallMs: 30_000 },
+      snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter' },
       metrics: {},
       log: { level: 'info', format: 'json' }
     })
@@ -57,6 +58,17 @@ describe('daemon config', () => {
     assert.equal(c.proxy.pieceBytes, 1 << 20)
     assert.throws(() => parseDaemonConfig({ proxy: { listen: 'nope', defaultUpstream: 'http://docker.io', pieceBytes: 100_000, extra: 1 } }), (err: ConfigError) => {
       assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['proxy.defaultUpstream', 'proxy.extra', 'proxy.listen', 'proxy.pieceBytes'])
+      return true
+    })
+  })
+
+  it('takes the snapshotter: socket, root under workDir unless told, mode; refuses a socket path too long for sun_path', () => {
+    const c = parseDaemonConfig({ workDir: '/srv/rs', snapshotter: { address: '/run/rafspeer/snapshotter.sock', mode: 'fuse' } })
+    assert.equal(c.snapshotter.address, '/run/rafspeer/snapshotter.sock')
+    assert.equal(c.snapshotter.root, '/srv/rs/snapshotter')
+    assert.equal(c.snapshotter.mode, 'fuse')
+    assert.throws(() => parseDaemonConfig({ snapshotter: { address: '/' + 'x'.repeat(120), mode: 'lazy' } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['snapshotter.address', 'snapshotter.mode'])
       return true
     })
   })
