@@ -29,6 +29,19 @@ import { buildLayeredImage, pushLayeredImage, type LayeredImage } from './helper
 import { startRegistryProxy, type RegistryProxy } from './helpers/registry-proxy.js'
 
 const MiB = 1 << 20
+
+/** A one-file ustar archive. */
+function tarOf (name: string, body: Buffer): Buffer {
+  const h = Buffer.alloc(512)
+  h.write(name, 0); h.write('0000644\0', 100); h.write('0000000\0', 108); h.write('0000000\0', 116)
+  h.write(body.length.toString(8).padStart(11, '0') + '\0', 124); h.write('00000000000\0', 136)
+  h.write('        ', 148); h.write('0', 156); h.write('ustar\0', 257); h.write('00', 263)
+  let sum = 0
+  for (const b of h) sum += b
+  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148)
+  const pad = Buffer.alloc((512 - body.length % 512) % 512)
+  return Buffer.concat([h, body, pad, Buffer.alloc(1024)])
+}
 const NS = 'k8s.io'
 const skip = containerdSkipReason() ?? distributionSkipReason() ??
   (existsSync('/usr/sbin/runc') || existsSync('/usr/bin/runc') ? undefined : 'runc missing (apt-get install runc)') ??
@@ -155,7 +168,8 @@ test('a corrupt bootstrap layer and a registry gone at start: clear errors, cont
   const { json: manifest } = await client.getManifest(`${reg.host}/kit/app:nydus`)
   const m = structuredClone(manifest) as { config: { digest: string, size: number }, layers: Array<{ digest: string, size: number, annotations?: Record<string, string> }> }
   const config = JSON.parse((await client.fetchBlobRange({ registry: reg.host, repository: 'kit/app' }, m.config.digest, 0, m.config.size - 1)).toString()) as { rootfs: { diff_ids: string[] } }
-  const garbage = randomBytes(4096)
+  // a well-formed layer whose bootstrap is garbage (a layer that is not a tar at all can hang the start: see the notes)
+  const garbage = tarOf('image/image.boot', randomBytes(8192))
   const layer = gzipSync(garbage)
   const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
   const boot = m.layers.findIndex(l => l.annotations?.['containerd.io/snapshot/nydus-bootstrap'] === 'true')
