@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
-import { gunzipSync } from 'node:zlib'
+import { Readable } from 'node:stream'
+import { gunzipSync, gzipSync } from 'node:zlib'
 import { extractBootstrap, writeBootstrapLayer } from './bootstrap-layer.js'
 
 const run = promisify(execFile)
@@ -60,5 +61,17 @@ describe('bootstrap layer', () => {
     await run('tar', ['-czf', join(dir, 'empty.tar.gz'), '-C', dir, 'image.boot', '--transform', 's/image.boot/other/'])
     await assert.rejects(extractBootstrap(createReadStream(join(dir, 'empty.tar.gz')), join(dir, 'none.boot'), { gzip: true }),
       { code: 'RAFSPEER_ERR_NOT_NYDUS' })
+  })
+
+  it('extractBootstrap rejects a layer that is not a tar, whatever its size, and stops reading it', { timeout: 60_000 }, async () => {
+    // gzip of random bytes: the tar reader gives up on the first header while the layer still streams (it used to
+    // wait forever for the destroyed reader to drain)
+    for (const size of [4096, 20_000, 200_000, 2_000_000]) {
+      const bytes = gzipSync(randomBytes(size))
+      let sent = 0
+      const layer = Readable.from((function * () { for (let o = 0; o < bytes.length; o += 16384) { sent += 16384; yield bytes.subarray(o, o + 16384) } })())
+      await assert.rejects(extractBootstrap(layer, join(dir, 'garbage.boot'), { gzip: true }), `${size} bytes of garbage`)
+      if (size >= 2_000_000) assert.ok(sent < bytes.length, `read all ${bytes.length} bytes of a layer already known to be bad`)
+    }
   })
 })

@@ -80,10 +80,13 @@ export async function extractBootstrap (layer: NodeJS.ReadableStream, out: strin
   const pump = (async () => {
     try {
       for await (const piece of body) {
+        // the reader gave up (a layer that is not a tar): stop reading; it reports why
+        if (ex.destroyed) break
         plain.update(piece)
-        if (!ex.write(piece)) await new Promise<void>(resolve => { ex.once('drain', resolve); ex.once('close', resolve) })
+        // a destroyed extractor never drains and has already closed: waiting for either would hang
+        if (!ex.write(piece) && !ex.destroyed) await new Promise<void>(resolve => { ex.once('drain', resolve); ex.once('close', resolve) })
       }
-      ex.end(undefined)
+      if (ex.destroyed) { if (opts.gzip) (layer as unknown as { destroy?: () => void }).destroy?.() } else ex.end(undefined)
     } catch (err) {
       ex.destroy(err as Error)
       throw err

@@ -163,30 +163,36 @@ test('two containers of one image share one mount; the last one removed unmounts
 })
 
 test('a corrupt bootstrap layer and a registry gone at start: clear errors, containerd and the snapshotter keep serving', { skip, timeout: 300_000 }, async () => {
-  // the converted image with its bootstrap layer replaced by garbage (and the config naming that layer)
+  // the converted image with its bootstrap layer replaced (and the config naming that layer): a well-formed layer
+  // whose bootstrap is garbage, and a layer that is not a tar at all (its start once hung)
   const client = new RegistryClient({ plainHttp: true })
   const { json: manifest } = await client.getManifest(`${reg.host}/kit/app:nydus`)
-  const m = structuredClone(manifest) as { config: { digest: string, size: number }, layers: Array<{ digest: string, size: number, annotations?: Record<string, string> }> }
-  const config = JSON.parse((await client.fetchBlobRange({ registry: reg.host, repository: 'kit/app' }, m.config.digest, 0, m.config.size - 1)).toString()) as { rootfs: { diff_ids: string[] } }
-  // a well-formed layer whose bootstrap is garbage (a layer that is not a tar at all can hang the start: see the notes)
-  const garbage = tarOf('image/image.boot', randomBytes(8192))
-  const layer = gzipSync(garbage)
+  const base = manifest as { config: { digest: string, size: number }, layers: Array<{ digest: string, size: number, annotations?: Record<string, string> }> }
+  const baseConfig = (await client.fetchBlobRange({ registry: reg.host, repository: 'kit/app' }, base.config.digest, 0, base.config.size - 1)).toString()
   const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
-  const boot = m.layers.findIndex(l => l.annotations?.['containerd.io/snapshot/nydus-bootstrap'] === 'true')
+  const boot = base.layers.findIndex(l => l.annotations?.['containerd.io/snapshot/nydus-bootstrap'] === 'true')
   assert.ok(boot >= 0)
-  m.layers[boot] = { ...m.layers[boot]!, digest: sha(layer), size: layer.length }
-  config.rootfs.diff_ids[boot] = sha(garbage)
-  const configBytes = Buffer.from(JSON.stringify(config))
-  m.config = { ...m.config, digest: sha(configBytes), size: configBytes.length }
-  for (const b of [layer, configBytes]) await client.pushBlob(`${reg.host}/kit/app`, sha(b), b.length, () => (async function * () { yield b })())
-  await client.putManifest(`${reg.host}/kit/app:corrupt`, 'application/vnd.oci.image.manifest.v1+json', Buffer.from(JSON.stringify(m)))
+  const variants: Array<[string, Buffer]> = [['corrupt', tarOf('image/image.boot', randomBytes(8192))], ['nottar', randomBytes(2 << 20)]]
+  for (const [tag, garbage] of variants) {
+    const m = structuredClone(base)
+    const config = JSON.parse(baseConfig) as { rootfs: { diff_ids: string[] } }
+    const layer = gzipSync(garbage)
+    m.layers[boot] = { ...m.layers[boot]!, digest: sha(layer), size: layer.length }
+    config.rootfs.diff_ids[boot] = sha(garbage)
+    const configBytes = Buffer.from(JSON.stringify(config))
+    m.config = { ...m.config, digest: sha(configBytes), size: configBytes.length }
+    for (const b of [layer, configBytes]) await client.pushBlob(`${reg.host}/kit/app`, sha(b), b.length, () => (async function * () { yield b })())
+    await client.putManifest(`${reg.host}/kit/app:${tag}`, 'application/vnd.oci.image.manifest.v1+json', Buffer.from(JSON.stringify(m)))
+  }
   await client.close()
 
-  const corrupt = `${upstream.host}/kit/app:corrupt`
-  await rpull(corrupt)
-  const bad = await containerd.run(corrupt, 'corrupt-1', READ, { snapshotter: 'rafspeer', namespace: NS, timeoutMs: 120_000 })
-  assert.notEqual(bad.code, 0)
-  assert.match(bad.stderr, /RAFSPEER_ERR|bootstrap|mount/i, bad.stderr)
+  for (const [tag] of variants) {
+    const ref = `${upstream.host}/kit/app:${tag}`
+    await rpull(ref)
+    const bad = await containerd.run(ref, `${tag}-1`, READ, { snapshotter: 'rafspeer', namespace: NS, timeoutMs: 120_000 })
+    assert.notEqual(bad.code, 0, tag)
+    assert.match(bad.stderr, /RAFSPEER_ERR|bootstrap|mount/i, `${tag}: ${bad.stderr}`)
+  }
 
   // a registry gone between the pull and the start
   const other = await buildLayeredImage(join(dir, 'img2'), { layers: [1 * MiB, 2 * MiB], seed: 'snapshotter-2', gzipLevel: 0 })
