@@ -24,6 +24,7 @@ import { extractBootstrap, findBootstrapLayer } from '../image/index.js'
 import { RafsReader, decompressChunk, digestChunk, type Compressor, type Digester } from '../rafs/index.js'
 import { MediaTypes, type Descriptor, type ImageManifest, type RegistryClient } from '../registry/index.js'
 import { ProxyError } from './errors.js'
+import { writeBytes } from './send.js'
 
 /** stored bytes asked of the upstream in one Range request, at most (whole chunks, so one chunk may exceed it) */
 const WINDOW_BYTES = 8 << 20
@@ -96,7 +97,7 @@ export class RafsRanges {
         const to = Math.min(range.end, c?.offset ?? range.end)
         const bytes = await this.c.client.fetchBlobRange(ref, req.digest, pos, to - 1, call)
         this.counters.relayedGapBytes += bytes.length
-        await write(res, bytes, signal)
+        await writeBytes(res, bytes, signal)
         onBytes(bytes.length)
         pos = to
         continue
@@ -116,7 +117,7 @@ export class RafsRanges {
       }
       const from = Math.max(pos, runStart) - runStart
       const to = Math.min(range.end, runEnd) - runStart
-      await write(res, stored.subarray(from, to), signal)
+      await writeBytes(res, stored.subarray(from, to), signal)
       onBytes(to - from)
       pos = runStart + to
     }
@@ -194,16 +195,4 @@ function firstEndingAfter (chunks: StoredChunk[], pos: number): number {
     else hi = mid
   }
   return lo
-}
-
-async function write (res: ServerResponse, bytes: Buffer, signal: AbortSignal): Promise<void> {
-  if (bytes.length === 0) return
-  if (res.write(bytes)) return
-  await new Promise<void>((resolve, reject) => {
-    const done = (): void => { res.off('drain', done); res.off('close', closed); signal.removeEventListener('abort', closed); resolve() }
-    const closed = (): void => { res.off('drain', done); res.off('close', closed); signal.removeEventListener('abort', closed); reject(new ProxyError('RAFSPEER_ERR_PROXY_UNAVAILABLE', 'the client went away')) }
-    res.once('drain', done)
-    res.once('close', closed)
-    signal.addEventListener('abort', closed, { once: true })
-  })
 }

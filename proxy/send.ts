@@ -38,14 +38,19 @@ export async function sendBytes (res: ServerResponse, bytes: BlobBytes, start: n
     }
     let buf = await bytes.read(pos, opts.signal)
     if (buf.length > limit - pos) buf = buf.subarray(0, limit - pos)
-    if (!res.write(buf)) await drained(res, opts.signal, stallMs)
+    await writeBytes(res, buf, opts.signal, stallMs)
     pos += buf.length
     opts.onBytes?.(buf.length)
   }
   return pos - start
 }
 
-async function drained (res: ServerResponse, signal: AbortSignal, ms: number): Promise<void> {
+/**
+ * Writes `buf` to `res`; when the socket is full, waits for it to drain, rejecting if the client goes away, `signal`
+ * fires, or the client takes nothing for `ms`.
+ */
+export async function writeBytes (res: ServerResponse, buf: Buffer, signal: AbortSignal, ms = DEFAULT_STALL_MS): Promise<void> {
+  if (buf.length === 0 || res.write(buf)) return
   await new Promise<void>((resolve, reject) => {
     const done = (err?: Error): void => {
       clearTimeout(timer)

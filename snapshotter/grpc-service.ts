@@ -19,14 +19,13 @@
  * await svc.stop()
  * ```
  */
-import { connect } from 'node:net'
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
+import { chmod, unlink } from 'node:fs/promises'
+import { resolve } from 'node:path'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
-import { describeError, silentLogger, type ComponentLogger } from '../base/index.js'
+import { claimUnixSocket, describeError, silentLogger, type ComponentLogger } from '../base/index.js'
 import { GrpcCode, SnapshotterError, grpcStatusOf } from './errors.js'
 import type { SnapshotStore } from './snapshots.js'
 import type { SnapshotInfo, SnapshotKind, SnapshotMount } from './types.js'
@@ -38,7 +37,6 @@ export const SNAPSHOTS_PROTO = 'containerd/services/snapshots/v1/snapshots.proto
 /** infos per List message: containerd reads them as they come, a node may hold thousands */
 const LIST_BATCH = 100
 const STOP_GRACE_MS = 2_000
-const PROBE_TIMEOUT_MS = 1_000
 
 export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR]
@@ -111,31 +109,18 @@ export interface SnapshotService {
   stop: () => Promise<void>
 }
 
-/** 'live' when something accepts connections on `path`, 'stale' when nothing does */
-async function probe (path: string): Promise<'live' | 'stale' | string> {
-  return await new Promise(resolve => {
-    const s = connect(path)
-    s.setTimeout(PROBE_TIMEOUT_MS, () => { s.destroy(); resolve('live') })
-    s.once('connect', () => { s.destroy(); resolve('live') })
-    s.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? 'stale' : err.code ?? err.message) })
-  })
-}
-
 async function prepareSocket (path: string): Promise<void> {
-  const listenError = (msg: string, cause?: unknown): SnapshotterError => new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_LISTEN', msg, { cause })
-  await mkdir(dirname(path), { recursive: true }).catch((err: Error) => {
-    throw listenError(`cannot create the directory of the snapshotter socket ${path}: ${err.message}`, err)
+  await claimUnixSocket(path, p => {
+    const message = {
+      mkdir: `cannot create the directory of the snapshotter socket ${path}: ${p.detail}`,
+      inspect: `cannot inspect ${path}: ${p.detail}`,
+      'not-socket': p.detail,
+      live: `another server is listening on ${path}: stop it (another rafspeer snapshotter?) or choose another socket`,
+      unknown: `cannot tell whether a server listens on ${path} (${p.detail})`,
+      unlink: `cannot remove the stale socket ${path}: ${p.detail}`
+    }[p.kind]
+    return new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_LISTEN', message, { cause: p.cause })
   })
-  let st
-  try { st = await lstat(path) } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
-    throw listenError(`cannot inspect ${path}: ${describeError(err)}`, err)
-  }
-  if (!st.isSocket()) throw listenError(`${path} exists and is not a socket: refusing to replace it`)
-  const p = await probe(path)
-  if (p === 'live') throw listenError(`another server is listening on ${path}: stop it (another rafspeer snapshotter?) or choose another socket`)
-  if (p !== 'stale') throw listenError(`cannot tell whether a server listens on ${path} (${p})`)
-  await unlink(path).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw listenError(`cannot remove the stale socket ${path}: ${err.message}`, err) })
 }
 
 type Handler = (req: Record<string, unknown>, signal: AbortSignal) => Promise<unknown>

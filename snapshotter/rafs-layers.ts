@@ -13,13 +13,13 @@
  * const snapshots = await Snapshots.open({ remote: layers, logger }, { root: '/var/lib/rafspeer/snapshotter' })
  * ```
  */
-import { lstat, mkdir, readFile, rmdir } from 'node:fs/promises'
+import { lstat, mkdir, rmdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { describeError, type ComponentLogger, type Logger } from '../base/index.js'
 import { parseReference } from '../registry/index.js'
-import type { MountMode, MountService, PrefetchPolicy } from '../peer/index.js'
+import { mountsAt, type MountMode, type MountService, type PrefetchPolicy } from '../peer/index.js'
 import { SnapshotterError } from './errors.js'
 import {
   CRI_IMAGE_REF_LABEL, CRI_MANIFEST_DIGEST_LABEL, NYDUS_BLOB_LABEL, NYDUS_BOOTSTRAP_LABEL,
@@ -193,21 +193,11 @@ async function clearStaleMount (mountpoint: string, log: Logger | undefined): Pr
   let stale = false
   try {
     await lstat(mountpoint)
-    stale = await isMountpoint(mountpoint)
+    stale = (await mountsAt(resolve(mountpoint))).length > 0
   } catch (err) {
     stale = (err as NodeJS.ErrnoException).code === 'ENOTCONN'
   }
   if (!stale) return
   log?.warn('%s is still mounted from before (a daemon that stopped?): detaching it', mountpoint)
   await run('umount', ['-l', mountpoint]).catch(() => {})
-}
-
-async function isMountpoint (path: string): Promise<boolean> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
-  const target = resolve(path)
-  return text.split('\n').some(line => unescapeMount(line.split(' ')[4] ?? '') === target)
-}
-
-function unescapeMount (s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
 }

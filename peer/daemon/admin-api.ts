@@ -13,11 +13,10 @@
  * | `GET /metrics` | Prometheus text |
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { connect } from 'node:net'
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises'
-import { dirname, isAbsolute, normalize } from 'node:path'
+import { chmod, unlink } from 'node:fs/promises'
+import { isAbsolute, normalize } from 'node:path'
 import { z } from 'zod'
-import { RafspeerError, parseHostPort, silentLogger, type ComponentLogger } from '../../base/index.js'
+import { RafspeerError, claimUnixSocket, parseHostPort, silentLogger, type ComponentLogger } from '../../base/index.js'
 import type { CacheStats } from '../../cache/index.js'
 import type { MountRequest, MountService } from '../mount/index.js'
 import type { DaemonMetrics } from './metrics.js'
@@ -171,37 +170,22 @@ function send (res: ServerResponse, status: number, payload: { body?: unknown, t
   res.writeHead(status, headers).end(data)
 }
 
-async function probeSocket (path: string): Promise<'live' | 'stale' | string> {
-  return await new Promise(resolve => {
-    const s = connect(path)
-    s.setTimeout(1000, () => { s.destroy(); resolve('live') })
-    s.once('connect', () => { s.destroy(); resolve('live') })
-    s.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? 'stale' : err.code ?? err.message) })
-  })
-}
-
 /**
  * mkdir -p the socket's directory; remove a socket file nobody answers on; refuse a live one (code
  * RAFSPEER_ERR_DAEMON_RUNNING) or a file that is not a socket. `startAdminApi` does this itself; a daemon calls it
  * early too, to refuse before it opens anything.
  */
 export async function prepareSocket (path: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true }).catch((err: Error) => {
-    throw new AdminApiError('RAFSPEER_ERR_SOCKET', `cannot create the directory of the admin socket ${path}: ${err.message} (choose another with --socket)`, 500, { cause: err })
+  await claimUnixSocket(path, p => {
+    switch (p.kind) {
+      case 'mkdir': return new AdminApiError('RAFSPEER_ERR_SOCKET', `cannot create the directory of the admin socket ${path}: ${p.detail} (choose another with --socket)`, 500, { cause: p.cause })
+      case 'live': return new AdminApiError('RAFSPEER_ERR_DAEMON_RUNNING',
+        `another rafspeer daemon is listening on ${path}: stop it (or see 'rafspeer status --socket ${path}') or choose another --socket`)
+      case 'unknown': return new AdminApiError('RAFSPEER_ERR_SOCKET_IN_USE', `cannot tell whether a daemon listens on ${path} (${p.detail})`)
+      case 'not-socket': return new AdminApiError('RAFSPEER_ERR_SOCKET_IN_USE', p.detail)
+      default: return (p.cause as Error | undefined) ?? new AdminApiError('RAFSPEER_ERR_SOCKET', p.detail)
+    }
   })
-  let st
-  try { st = await lstat(path) } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
-    throw err
-  }
-  if (!st.isSocket()) throw new AdminApiError('RAFSPEER_ERR_SOCKET_IN_USE', `${path} exists and is not a socket: refusing to replace it`)
-  const probe = await probeSocket(path)
-  if (probe === 'live') {
-    throw new AdminApiError('RAFSPEER_ERR_DAEMON_RUNNING',
-      `another rafspeer daemon is listening on ${path}: stop it (or see 'rafspeer status --socket ${path}') or choose another --socket`)
-  }
-  if (probe !== 'stale') throw new AdminApiError('RAFSPEER_ERR_SOCKET_IN_USE', `cannot tell whether a daemon listens on ${path} (${probe})`)
-  await unlink(path).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err })
 }
 
 async function listen (server: Server, ...args: [string] | [number, string]): Promise<void> {
