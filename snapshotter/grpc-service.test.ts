@@ -12,27 +12,10 @@ import { SnapshotterError } from './errors.js'
 import { loadSnapshotsService, startSnapshotService, type SnapshotService } from './grpc-service.js'
 import { Snapshots, type SnapshotStore } from './snapshots.js'
 import { TARGET_REF_LABEL, type RemoteLayers } from './types.js'
+import { deferOf, type TestCtx as Ctx } from '../test/helpers/defer.js'
 
 const exec = promisify(execFile)
 
-interface Ctx { after: (fn: () => Promise<void>) => void }
-type Defer = (fn: () => Promise<unknown>) => void
-const cleanups = new WeakMap<Ctx, Defer>()
-/** undo steps, last-in first-out */
-function deferOf (t: Ctx): Defer {
-  let d = cleanups.get(t)
-  if (d === undefined) {
-    const stack: Array<() => Promise<unknown>> = []
-    t.after(async () => {
-      const errors: unknown[] = []
-      for (const fn of stack.reverse()) await fn().catch((err: unknown) => errors.push(err))
-      if (errors.length > 0) throw errors[0]
-    })
-    d = (fn) => { stack.push(fn) }
-    cleanups.set(t, d)
-  }
-  return d
-}
 
 async function tempDir (t: Ctx): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'rafspeer-sngrpc-'))

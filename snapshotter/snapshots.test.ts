@@ -8,6 +8,7 @@ import { basename, dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import { Snapshots } from './snapshots.js'
 import { TARGET_REF_LABEL, type RemoteLayers, type SnapshotInfo, type SnapshotMount } from './types.js'
+import { deferOf, type TestCtx as Ctx } from '../test/helpers/defer.js'
 
 const run = promisify(execFile)
 const code = (c: string) => ({ code: `RAFSPEER_ERR_SNAPSHOT_${c}` })
@@ -55,25 +56,6 @@ class FakeRemote implements RemoteLayers {
   }
 }
 
-interface Ctx { after: (fn: () => Promise<void>) => void }
-/** undo steps, run last-in first-out after the test (a mount comes off before its directory goes) */
-type Defer = (fn: () => Promise<unknown>) => void
-
-const cleanups = new WeakMap<Ctx, Defer>()
-function deferOf (t: Ctx): Defer {
-  let d = cleanups.get(t)
-  if (d === undefined) {
-    const stack: Array<() => Promise<unknown>> = []
-    t.after(async () => {
-      const errors: unknown[] = []
-      for (const fn of stack.reverse()) await fn().catch((err: unknown) => errors.push(err))
-      if (errors.length > 0) throw errors[0]
-    })
-    d = (fn) => { stack.push(fn) }
-    cleanups.set(t, d)
-  }
-  return d
-}
 
 async function tempDir (t: Ctx, prefix = 'rafspeer-snap-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
