@@ -11,12 +11,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { BlobCache } from '../../cache/index.js'
-import { BlobDataReader, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
+import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import {
   CHUNK_PROTOCOL, ChunkStatus, exchangeChunks, type ChunkName, type ChunkReply
 } from './chunk-protocol.js'
 import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
-import { buildTestImage, type TestImage } from '../../test/helpers/fetch-kit.js'
+import { blobChunks, buildTestImage, type TestImage } from '../../test/helpers/fetch-kit.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 
 describe('ChunkServer', () => {
@@ -31,10 +31,9 @@ describe('ChunkServer', () => {
   before(async () => {
     img = await buildTestImage()
     blob = img.blobs[0]!
-    chunks = Array.from({ length: blob.chunkCount }, (_, ci) => img.reader.chunkInfo(0, ci))
-    const r = await BlobDataReader.open({ blobPath: img.blobPath, blob })
-    for (const c of chunks) plain[c.index] = await r.readChunk(c)
-    await r.close()
+    const all = await blobChunks(img)
+    chunks = all.chunks
+    all.plain.forEach((b, i) => { plain[i] = b })
     root = await mkdtemp(join(tmpdir(), 'rafspeer-chunk-server-'))
     client = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
   })

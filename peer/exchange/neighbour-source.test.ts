@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { BlobCache } from '../../cache/index.js'
-import { BlobDataReader, digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
+import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
 import type { ChunkSource, FetchedChunk } from '../fetch/index.js'
 import { CHUNK_PROTOCOL, ChunkStatus, chunkFrameReader, readRequest, replyHeader } from './chunk-protocol.js'
 import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
-import { buildTestImage, chunksOf, MemoryChunkCache, type TestImage } from '../../test/helpers/fetch-kit.js'
+import { blobChunks, buildTestImage, chunksOf, MemoryChunkCache, type TestImage } from '../../test/helpers/fetch-kit.js'
 import { Fetcher } from '../fetch/index.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
@@ -68,10 +68,9 @@ describe('NeighbourSource', () => {
   before(async () => {
     img = await buildTestImage()
     blob = img.blobs[0]!
-    chunks = Array.from({ length: blob.chunkCount }, (_, ci) => img.reader.chunkInfo(0, ci))
-    const r = await BlobDataReader.open({ blobPath: img.blobPath, blob })
-    for (const c of chunks) plain[c.index] = await r.readChunk(c)
-    await r.close()
+    const all = await blobChunks(img)
+    chunks = all.chunks
+    all.plain.forEach((b, i) => { plain[i] = b })
     root = await mkdtemp(join(tmpdir(), 'rafspeer-peer-source-'))
     client = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
   })

@@ -32,6 +32,7 @@ import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { promisify } from 'node:util'
 import { CriImageClient } from '../../snapshotter/cri-client.js'
+import { stopChild } from './process.js'
 
 const exec = promisify(execFile)
 
@@ -232,14 +233,7 @@ async function ctrRun (globals: string[], args: string[], timeoutMs: number): Pr
   return { code, stdout, stderr, ms: Date.now() - started, timedOut }
 }
 
-async function kill (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
-  child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS)
-  await exited
-  clearTimeout(timer)
-}
+const kill = async (child: ChildProcess): Promise<void> => { await stopChild(child, STOP_GRACE_MS) }
 
 async function unmountAll (dir: string): Promise<void> {
   for (const m of mountsUnder(dir)) {

@@ -14,6 +14,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { stopChild } from './process.js'
 
 const run = promisify(execFile)
 
@@ -127,14 +128,7 @@ async function waitReady (url: string, child: ChildProcess, stderr: () => string
   throw new Error(`docker-registry did not answer ${url}/v2/ within ${START_TIMEOUT_MS} ms: ${stderr().trim()}`)
 }
 
-async function kill (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
-  child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS)
-  await exited
-  clearTimeout(timer)
-}
+const kill = async (child: ChildProcess): Promise<void> => { await stopChild(child, STOP_GRACE_MS) }
 
 async function startOnce (root: string, opts: DistributionOptions): Promise<Distribution> {
   const port = await freePort()

@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
-import { buildImage, directorySource, RafsReader, type ChunkInfo, type Compressor } from '../../rafs/index.js'
+import { BlobDataReader, buildImage, directorySource, RafsReader, type ChunkInfo, type Compressor } from '../../rafs/index.js'
 import type { ChunkCache, FetchImage } from '../../peer/index.js'
 
 export const CHUNK_SIZE = 64 << 10
@@ -68,6 +68,20 @@ export async function buildTestImage (opts: { compressor?: Compressor } = {}): P
     await rm(dir, { recursive: true, force: true })
     throw err
   }
+}
+
+/** Every chunk of the image's (first) blob in index order, with its plaintext (`plain[chunk.index]`). */
+export async function blobChunks (img: TestImage): Promise<{ chunks: ChunkInfo[], plain: Buffer[] }> {
+  const blob = img.blobs[0]!
+  const chunks = Array.from({ length: blob.chunkCount }, (_, ci) => img.reader.chunkInfo(0, ci))
+  const plain: Buffer[] = []
+  const r = await BlobDataReader.open({ blobPath: img.blobPath, blob })
+  try {
+    for (const c of chunks) plain[c.index] = await r.readChunk(c)
+  } finally {
+    await r.close()
+  }
+  return { chunks, plain }
 }
 
 /** The chunks of one file of the image, in file order. */
