@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { silentLogger } from '../base/index.js'
 import { BlobCache } from '../cache/index.js'
 import { publishDirectory } from '../convert/index.js'
+import { extractBootstrap } from '../image/index.js'
 import { RafsReader } from '../rafs/index.js'
 import { RegistryClient, startRegistryServer } from '../registry/index.js'
 import { Mirror } from './mirror.js'
@@ -81,7 +82,9 @@ test('ranges of a Nydus data blob are answered chunk by chunk, each checked; a c
   assert.equal(counters.badChunks, 0)
 
   // the upstream now holds a blob with one byte of a chunk in the middle flipped
-  const reader = await RafsReader.open(join(work, 'm1', 'proxy', 'bootstraps', `${(await bootstrapDigest(client, ref)).slice(7)}.boot`))
+  const bootPath = join(work, 'image.boot')
+  await extractBootstrap(await client.getBlob(ref, await bootstrapDigest(client, ref)), bootPath, { gzip: true })
+  const reader = await RafsReader.open(bootPath)
   const chunks = [...reader.chunkTableEntries()].map(e => e.info).filter(c => c.compressedSize > 0).sort((a, b) => a.compressedOffset - b.compressedOffset)
   const victim = chunks[Math.floor(chunks.length / 2)]!
   const hex = blobDigest.slice(7)

@@ -16,7 +16,7 @@
  * ```
  */
 import type { ServerResponse } from 'node:http'
-import { mkdir, rename, rm } from 'node:fs/promises'
+import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from '../base/index.js'
@@ -156,17 +156,17 @@ export class RafsRanges {
 
   private async load (where: Where, authorization: string | null, signal: AbortSignal): Promise<Map<string, BlobChunks>> {
     await mkdir(this.c.dir, { recursive: true })
-    const path = join(this.c.dir, `${where.bootstrap.digest.replace(/^sha256:/, '')}.boot`)
-    const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`
+    // the reader holds the bootstrap in memory and only the chunk lists are kept: the file is scratch
+    const tmp = join(this.c.dir, `${where.bootstrap.digest.replace(/^sha256:/, '')}.${process.pid}.${Math.random().toString(36).slice(2)}.boot`)
+    let reader: RafsReader
     try {
       const gzip = where.bootstrap.mediaType === MediaTypes.OciLayerGzip || where.bootstrap.mediaType === MediaTypes.DockerLayerGzip
       const layer = await this.c.client.getBlob({ registry: where.host, repository: where.repository }, where.bootstrap.digest, { signal, authorization })
       await extractBootstrap(layer, tmp, { gzip })
-      await rename(tmp, path)
+      reader = await RafsReader.open(tmp)
     } finally {
       await rm(tmp, { force: true })
     }
-    const reader = await RafsReader.open(path)
     const out = new Map<string, BlobChunks>()
     reader.blobs.forEach((b, blobIndex) => {
       const chunks: StoredChunk[] = []
