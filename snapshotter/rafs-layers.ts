@@ -60,6 +60,8 @@ interface Held {
   holders: Set<string>
   /** settles when the mount is up (rejects when it failed) */
   ready: Promise<void>
+  /** the mount is up */
+  mounted: boolean
 }
 
 export class RafsLayers implements RemoteLayers {
@@ -88,9 +90,9 @@ export class RafsLayers implements RemoteLayers {
     return nydus && imageOf(labels) !== undefined
   }
 
-  /** Images mounted now and who holds them (for the daemon's info). */
-  list (): Array<{ manifestDigest: string, mountpoint: string, source: string, holders: string[] }> {
-    return [...this.images].map(([manifestDigest, h]) => ({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [...h.holders] }))
+  /** Images mounted or being mounted now and who holds them (for the daemon's info). */
+  list (): Array<{ manifestDigest: string, mountpoint: string, source: string, holders: string[], mounted: boolean }> {
+    return [...this.images].map(([manifestDigest, h]) => ({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [...h.holders], mounted: h.mounted }))
   }
 
   async attach (holder: string, layer: SnapshotInfo, opts: { signal?: AbortSignal } = {}): Promise<string> {
@@ -105,10 +107,10 @@ export class RafsLayers implements RemoteLayers {
     if (held === undefined) {
       const mountpoint = join(resolve(this.init.dir), image.manifestDigest.slice('sha256:'.length))
       const ready = this.mountImage(image, mountpoint, opts.signal)
-      held = { mountpoint, source: image.source, holders: new Set(), ready }
+      held = { mountpoint, source: image.source, holders: new Set(), ready, mounted: false }
       this.images.set(image.manifestDigest, held)
       const h = held
-      ready.catch(() => { if (this.images.get(image.manifestDigest) === h) this.images.delete(image.manifestDigest) })
+      ready.then(() => { h.mounted = true }, () => { if (this.images.get(image.manifestDigest) === h) this.images.delete(image.manifestDigest) })
     }
     held.holders.add(holder)
     this.holders.set(holder, image.manifestDigest)
