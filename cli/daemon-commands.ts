@@ -87,6 +87,8 @@ export interface DaemonFlags {
   plainHttp?: boolean
   /** serve containerd's snapshotter API on this Unix socket */
   snapshotterAddress?: string
+  /** the snapshotter's images are mounted by the daemon on this admin socket */
+  daemonSocket?: string
 }
 
 /** Flags laid over the config file; paths made absolute against `cwd`. */
@@ -108,7 +110,12 @@ export function daemonOverrides (f: DaemonFlags, cwd = process.cwd()): DaemonCon
     o.proxy = { ...(f.proxyListen !== undefined ? { listen: f.proxyListen } : {}), ...(f.upstream !== undefined ? { defaultUpstream: f.upstream } : {}) }
   }
   if (f.plainHttp === true) o.registry = { plainHttp: true }
-  if (f.snapshotterAddress !== undefined) o.snapshotter = { address: resolve(cwd, f.snapshotterAddress) }
+  if (f.snapshotterAddress !== undefined || f.daemonSocket !== undefined) {
+    o.snapshotter = {
+      ...(f.snapshotterAddress !== undefined ? { address: resolve(cwd, f.snapshotterAddress) } : {}),
+      ...(f.daemonSocket !== undefined ? { daemonSocket: resolve(cwd, f.daemonSocket) } : {})
+    }
+  }
   return o
 }
 

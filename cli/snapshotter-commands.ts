@@ -7,7 +7,7 @@
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import { formatBytes } from '../base/index.js'
-import { addDaemonOptions, addMirrorOptions, cliLogLevel, runMirrorDaemon, type DaemonFlags } from './daemon-commands.js'
+import { addDaemonOptions, addMirrorOptions, cliLogLevel, configPath, daemonOverrides, runMirrorDaemon, type DaemonFlags } from './daemon-commands.js'
 
 const snapshotter = async (): Promise<typeof import('../snapshotter/index.js')> => await import('../snapshotter/index.js')
 
@@ -24,10 +24,18 @@ const print = (text: string): void => { process.stdout.write(text + '\n') }
 export function registerSnapshotterCommands (program: Command): void {
   const cmd = addDaemonOptions(addMirrorOptions(program.command('snapshotter'), '--proxy-listen')
     .description('run a daemon serving the containerd remote snapshotter (until SIGTERM/SIGINT): RAFS images start as containers before they are downloaded; `snapshotter configure-containerd` declares it to containerd')
-    .option('--address <socket>', `the snapshotter's Unix socket (default ${DEFAULT_ADDRESS}; snapshots under <work-dir>/snapshotter)`))
+    .option('--address <socket>', `the snapshotter's Unix socket (default ${DEFAULT_ADDRESS}; snapshots under <work-dir>/snapshotter)`)
+    .option('--daemon-socket <socket>', 'let the rafspeer daemon on this admin socket mount the images, and run no node here: this process can then restart while containers keep reading their files (the daemon flags other than --work-dir, --config and --log-level do not apply)'))
     .action(async (f: DaemonFlags & { address?: string }, c: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(c)
-      await runMirrorDaemon({ ...f, snapshotterAddress: resolve(f.address ?? DEFAULT_ADDRESS), ...(logLevel !== undefined ? { logLevel } : {}) })
+      const flags = { ...f, snapshotterAddress: resolve(f.address ?? DEFAULT_ADDRESS), ...(logLevel !== undefined ? { logLevel } : {}) }
+      if (f.daemonSocket === undefined) {
+        await runMirrorDaemon(flags)
+        return
+      }
+      const { loadDaemonConfig } = await import('../peer/index.js')
+      const config = await loadDaemonConfig(configPath(f), daemonOverrides(flags))
+      await (await snapshotter()).runSnapshotter(config)
     })
 
   cmd.command('configure-containerd')

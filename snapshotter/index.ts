@@ -17,17 +17,18 @@
  * ```
  */
 import { join } from 'node:path'
-import type { ComponentLogger } from '../base/index.js'
-import { startNode, type AssembleNode, type DaemonConfig, type DaemonNode } from '../peer/index.js'
-import { RafsLayers } from './rafs-layers.js'
+import { createLogger, describeError, type ComponentLogger } from '../base/index.js'
+import { AdminClient, startNode, type AssembleNode, type DaemonConfig, type DaemonNode } from '../peer/index.js'
+import { RafsLayers, daemonMounter } from './rafs-layers.js'
 import { Snapshots } from './snapshots.js'
 import { startSnapshotService } from './grpc-service.js'
+import { SnapshotterError } from './errors.js'
 
 export * from './types.js'
 export { SnapshotterError, type SnapshotterErrorCode } from './errors.js'
 export { Snapshots, type SnapshotStore, type SnapshotsComponents, type SnapshotsInit } from './snapshots.js'
 export { startSnapshotService, DEFAULT_SNAPSHOTTER_SOCKET, type SnapshotService, type SnapshotServiceInit } from './grpc-service.js'
-export { RafsLayers, imageOf, type ImageMounter, type LayerImage, type RafsLayersInit } from './rafs-layers.js'
+export { RafsLayers, daemonMounter, imageOf, type ImageMounter, type LayerImage, type RafsLayersInit } from './rafs-layers.js'
 export {
   CriImageClient, CriError, DEFAULT_CONTAINERD_ADDRESS, type CriAuth, type CriImage
 } from './cri-client.js'
@@ -45,39 +46,106 @@ export function withSnapshotter (base: (config: DaemonConfig, logger: ComponentL
     const node = await base(config, logger)
     const address = config.snapshotter.address
     if (address === undefined) return node
-    const layers = new RafsLayers({ mounts: node.mounts, logger }, {
-      dir: join(config.snapshotter.root, 'images'),
-      mode: config.snapshotter.mode,
-      plainHttp: config.registry.plainHttp
-    })
-    let snapshots: Snapshots | undefined
-    let service: Awaited<ReturnType<typeof startSnapshotService>> | undefined
+    let s: RunningSnapshotter
     try {
-      snapshots = new Snapshots({ logger, remote: layers }, { root: config.snapshotter.root })
-      await snapshots.start()
-      service = await startSnapshotService({ snapshots, logger }, { address })
+      s = await startSnapshotter(config, new RafsLayers({ mounts: node.mounts, logger }, layersInit(config)), logger)
     } catch (err) {
-      await snapshots?.stop().catch(() => {})
-      await layers.stop().catch(() => {})
       await node.stop().catch(() => {})
       throw err
     }
-    logger.forComponent('rafspeer:snapshotter').info('containerd snapshotter on %s (root %s)', service.address, config.snapshotter.root)
-    const svc = service
-    const store = snapshots
     return {
       ...node,
-      extensions: [...(node.extensions ?? []), {
-        name: 'snapshotter',
-        info: () => ({ address: svc.address, root: config.snapshotter.root, images: layers.list() })
-      }],
+      extensions: [...(node.extensions ?? []), { name: 'snapshotter', info: s.info }],
       stop: async () => {
         let first: unknown
-        for (const step of [async () => { await svc.stop() }, async () => { await store.stop() }, async () => { await layers.stop() }, async () => { await node.stop() }]) {
+        for (const step of [async () => { await s.stop() }, async () => { await node.stop() }]) {
           try { await step() } catch (err) { first ??= err }
         }
         if (first !== undefined) throw first
       }
     }
   }
+}
+
+export interface RunningSnapshotter {
+  address: string
+  info: () => { address: string, root: string, images: ReturnType<RafsLayers['list']>, daemonSocket?: string }
+  /** stops serving; the image mounts end too unless a separate daemon serves them (`snapshotter.daemonSocket`) */
+  stop: () => Promise<void>
+}
+
+const layersInit = (config: DaemonConfig): ConstructorParameters<typeof RafsLayers>[1] => ({
+  dir: join(config.snapshotter.root, 'images'),
+  mode: config.snapshotter.mode,
+  plainHttp: config.registry.plainHttp
+})
+
+/** The store over `layers`, its held mounts taken up again, and the gRPC service on `snapshotter.address`. */
+async function startSnapshotter (config: DaemonConfig, layers: RafsLayers, logger: ComponentLogger, daemonSocket?: string): Promise<RunningSnapshotter> {
+  const address = config.snapshotter.address
+  if (address === undefined) throw new Error('snapshotter.address is not set')
+  const log = logger.forComponent('rafspeer:snapshotter')
+  const keepMounts = daemonSocket !== undefined
+  let snapshots: Snapshots | undefined
+  let service: Awaited<ReturnType<typeof startSnapshotService>> | undefined
+  try {
+    snapshots = new Snapshots({ logger, remote: layers }, { root: config.snapshotter.root })
+    await snapshots.start()
+    await layers.sweep().catch((err: unknown) => { log.warn('looking for unheld image mounts: %s', describeError(err)) })
+    service = await startSnapshotService({ snapshots, logger }, { address })
+  } catch (err) {
+    await snapshots?.stop().catch(() => {})
+    await layers.stop({ keepMounts }).catch(() => {})
+    throw err
+  }
+  log.info('containerd snapshotter on %s (root %s%s)', service.address, config.snapshotter.root,
+    keepMounts ? `, images mounted by the daemon on ${daemonSocket}` : '')
+  const svc = service
+  const store = snapshots
+  return {
+    address: svc.address,
+    info: () => ({
+      address: svc.address,
+      root: config.snapshotter.root,
+      images: layers.list(),
+      ...(daemonSocket !== undefined ? { daemonSocket } : {})
+    }),
+    stop: async () => {
+      let first: unknown
+      for (const step of [async () => { await svc.stop() }, async () => { await store.stop() }, async () => { await layers.stop({ keepMounts }) }]) {
+        try { await step() } catch (err) { first ??= err }
+      }
+      if (first !== undefined) throw first
+    }
+  }
+}
+
+/**
+ * The snapshotter in its own process, without a node: images are mounted by the daemon on
+ * `snapshotter.daemonSocket` (its admin API), which serves them from its cache, neighbours and registry. Like
+ * nydus-snapshotter beside nydusd, this process can stop, crash or be upgraded while containers keep reading
+ * their files; at start it takes up the holds its metadata records. Runs until SIGTERM/SIGINT.
+ */
+export async function runSnapshotter (config: DaemonConfig, opts: { exit?: (code: number) => void } = {}): Promise<RunningSnapshotter> {
+  const daemonSocket = config.snapshotter.daemonSocket
+  if (daemonSocket === undefined) throw new Error('snapshotter.daemonSocket is not set')
+  const logger = createLogger({ level: config.log.level, format: config.log.format })
+  const log = logger.forComponent('rafspeer:snapshotter')
+  const client = new AdminClient(daemonSocket)
+  const daemon = await client.daemon().catch((err: unknown) => {
+    throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE', `no rafspeer daemon answers on ${daemonSocket} to mount images: ${describeError(err)}`, { cause: err })
+  })
+  log.info('images are mounted by the rafspeer daemon on %s (pid %d)', daemonSocket, daemon.pid)
+  const s = await startSnapshotter(config, new RafsLayers({ mounts: daemonMounter(client), logger }, layersInit(config)), logger, daemonSocket)
+  const exit = opts.exit ?? ((code: number) => process.exit(code))
+  let signalled = false
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (signalled) { exit(1); return }
+    signalled = true
+    log.info('%s: stopping (the daemon keeps the image mounts)', signal)
+    s.stop().then(() => { exit(0) }, (err: unknown) => { log.error('stop failed: %s', describeError(err)); exit(1) })
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+  return s
 }

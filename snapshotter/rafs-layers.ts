@@ -14,12 +14,12 @@
  * ```
  */
 import { lstat, mkdir, rmdir } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { describeError, type ComponentLogger, type Logger } from '../base/index.js'
 import { parseReference } from '../registry/index.js'
-import { mountsAt, type MountMode, type MountService, type PrefetchPolicy } from '../peer/index.js'
+import { mountsAt, type AdminClient, type MountInfo, type MountMode, type MountService, type PrefetchPolicy } from '../peer/index.js'
 import { SnapshotterError } from './errors.js'
 import {
   CRI_IMAGE_REF_LABEL, CRI_MANIFEST_DIGEST_LABEL, NYDUS_BLOB_LABEL, NYDUS_BOOTSTRAP_LABEL,
@@ -29,8 +29,24 @@ import {
 const run = promisify(execFile)
 const DIGEST = /^sha256:[0-9a-f]{64}$/
 
-/** What of the node's mount service the layers use. */
-export type ImageMounter = Pick<MountService, 'mount' | 'unmount' | 'list'>
+/**
+ * What of a mount service the layers use: the node's own (`MountService`, in the daemon) or a running daemon's
+ * through its admin API (`daemonMounter`, a snapshotter in its own process).
+ */
+export interface ImageMounter {
+  mount: MountService['mount']
+  unmount: MountService['unmount']
+  list: () => MountInfo[] | Promise<MountInfo[]>
+}
+
+/** A running daemon's mounts, through its admin API: the daemon keeps serving them when the snapshotter stops. */
+export function daemonMounter (client: AdminClient): ImageMounter {
+  return {
+    mount: async (req, opts = {}) => await client.mount(req, opts.signal !== undefined ? { signal: opts.signal } : {}),
+    unmount: async (mountpoint) => { await client.unmount(mountpoint) },
+    list: async () => await client.mounts()
+  }
+}
 
 export interface RafsLayersComponents {
   mounts: ImageMounter
@@ -104,13 +120,20 @@ export class RafsLayers implements RemoteLayers {
     if (already !== undefined && already !== image.manifestDigest) await this.release(holder)
     await this.leaving.get(image.manifestDigest)
     let held = this.images.get(image.manifestDigest)
+    if (held?.mounted === true && !(await this.present(held.mountpoint))) {
+      // the daemon serving the mount restarted (and lost it): new containers get it mounted again
+      const h = this.images.get(image.manifestDigest)
+      if (h?.mounted === true) {
+        this.log?.warn('%s is no longer mounted at %s (its daemon restarted?): mounting it again', h.source, h.mountpoint)
+        this.track(image.manifestDigest, h, this.mountImage(image, h.mountpoint, opts.signal))
+      }
+      held = this.images.get(image.manifestDigest)
+    }
     if (held === undefined) {
       const mountpoint = join(resolve(this.init.dir), image.manifestDigest.slice('sha256:'.length))
-      const ready = this.mountImage(image, mountpoint, opts.signal)
-      held = { mountpoint, source: image.source, holders: new Set(), ready, mounted: false }
+      held = { mountpoint, source: image.source, holders: new Set(), ready: Promise.resolve(), mounted: false }
       this.images.set(image.manifestDigest, held)
-      const h = held
-      ready.then(() => { h.mounted = true }, () => { if (this.images.get(image.manifestDigest) === h) this.images.delete(image.manifestDigest) })
+      this.track(image.manifestDigest, held, this.mountImage(image, mountpoint, opts.signal))
     }
     held.holders.add(holder)
     this.holders.set(holder, image.manifestDigest)
@@ -122,6 +145,21 @@ export class RafsLayers implements RemoteLayers {
       throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_MOUNT', `mounting ${image.source} for ${holder}: ${describeError(err)}`, { cause: err })
     }
     return held.mountpoint
+  }
+
+  /** `ready` becomes `mounting`; a failed mount forgets the image (its holders get the error) */
+  private track (digest: string, h: Held, mounting: Promise<void>): void {
+    h.mounted = false
+    h.ready = mounting
+    mounting.then(() => { if (h.ready === mounting) h.mounted = true }, () => { if (this.images.get(digest) === h && h.ready === mounting) this.images.delete(digest) })
+  }
+
+  private async present (mountpoint: string): Promise<boolean> {
+    try {
+      return (await this.mounts.list()).some(m => m.mountpoint === mountpoint)
+    } catch {
+      return true // the daemon does not answer now: the mount itself will tell
+    }
   }
 
   async release (holder: string): Promise<void> {
@@ -151,15 +189,47 @@ export class RafsLayers implements RemoteLayers {
     try { await leaving } finally { if (this.leaving.get(digest) === leaving) this.leaving.delete(digest) }
   }
 
-  /** Unmounts every image (the daemon stops). */
-  async stop (): Promise<void> {
+  /**
+   * Unmounts every image (the daemon stops: its FUSE mounts end with it anyway). With `keepMounts` (a snapshotter
+   * in its own process, the mounts served by a daemon that goes on) only forgets them: running containers keep
+   * their files, and the next start takes the holds up again from the snapshots' metadata.
+   */
+  async stop (opts: { keepMounts?: boolean } = {}): Promise<void> {
+    if (opts.keepMounts === true) {
+      await Promise.allSettled([...this.images.values()].map(async h => await h.ready))
+      this.images.clear()
+      this.holders.clear()
+      return
+    }
     await Promise.allSettled([...this.holders.keys()].map(async h => { await this.release(h) }))
+  }
+
+  /**
+   * Unmounts the images under this directory that nobody holds: left by a snapshotter that stopped while
+   * containerd removed their last snapshots. Run after the snapshots re-attached what they hold.
+   */
+  async sweep (): Promise<string[]> {
+    const dir = resolve(this.init.dir)
+    const held = new Set([...this.images.values()].map(h => h.mountpoint))
+    const swept: string[] = []
+    for (const m of await this.mounts.list()) {
+      if (dirname(m.mountpoint) !== dir || held.has(m.mountpoint) || this.images.has(`sha256:${basename(m.mountpoint)}`)) continue
+      try {
+        await this.mounts.unmount(m.mountpoint)
+        await rmdir(m.mountpoint).catch(() => {})
+        swept.push(m.mountpoint)
+        this.log?.info('unmounted %s from %s: no snapshot holds it any more', m.source, m.mountpoint)
+      } catch (err) {
+        this.log?.warn('unmounting the unheld %s: %s', m.mountpoint, describeError(err))
+      }
+    }
+    return swept
   }
 
   private async mountImage (image: LayerImage, mountpoint: string, signal: AbortSignal | undefined): Promise<void> {
     await mkdir(this.init.dir, { recursive: true })
-    // still mounted from a hold whose unmount failed: use it
-    if (this.mounts.list().some(m => m.mountpoint === mountpoint)) return
+    // still mounted from a hold whose unmount failed, or by the daemon serving a snapshotter that restarted: use it
+    if ((await this.mounts.list()).some(m => m.mountpoint === mountpoint)) return
     await clearStaleMount(mountpoint, this.log)
     const t0 = performance.now()
     const info = await this.mounts.mount({

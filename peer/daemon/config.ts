@@ -164,7 +164,13 @@ export const daemonConfigSchema = z.strictObject({
     /** snapshots, their metadata and the image mounts (default `<workDir>/snapshotter`) */
     root: z.string().min(1).optional(),
     /** how a container's image is mounted: `auto` (kernel EROFS once the cache holds it all, FUSE before), `fuse`, `kernel` */
-    mode: z.enum(['auto', 'fuse', 'kernel']).default('auto')
+    mode: z.enum(['auto', 'fuse', 'kernel']).default('auto'),
+    /**
+     * the admin socket of a running rafspeer daemon that mounts the images (`rafspeer snapshotter --daemon-socket`):
+     * the snapshotter then runs without a node of its own and can restart while containers keep their files
+     * (absent: the snapshotter's own node mounts them)
+     */
+    daemonSocket: z.string().min(1).optional()
   }).prefault({}),
   metrics: z.strictObject({
     /** `host:port` of an optional TCP endpoint serving only GET /metrics (absent: Unix socket only) */

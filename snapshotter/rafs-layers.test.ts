@@ -1,0 +1,116 @@
+/**
+ * RafsLayers' bookkeeping over a mount service that records calls (the real mounts run in
+ * test/snapshotter*.test.ts): one mount per image shared by its holders, the last release unmounts, a mount the
+ * service already has is taken up (a snapshotter restarted beside its daemon), a lost one is mounted again, unheld
+ * mounts are swept, and `stop({ keepMounts })` leaves the daemon's mounts alone.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { MountInfo, MountRequest } from '../peer/index.js'
+import { RafsLayers, type ImageMounter } from './rafs-layers.js'
+import { CRI_IMAGE_REF_LABEL, CRI_MANIFEST_DIGEST_LABEL, NYDUS_BLOB_LABEL, type SnapshotInfo } from './types.js'
+
+const digest = (c: string): string => `sha256:${c.repeat(64)}`
+
+function layerOf (manifest: string): SnapshotInfo {
+  const now = new Date()
+  return {
+    name: `chain-${manifest.slice(7, 12)}`,
+    parent: '',
+    kind: 'committed',
+    createdAt: now,
+    updatedAt: now,
+    labels: { [NYDUS_BLOB_LABEL]: 'true', [CRI_IMAGE_REF_LABEL]: 'reg.example:5000/app:v1', [CRI_MANIFEST_DIGEST_LABEL]: manifest }
+  }
+}
+
+/** a daemon's mount table, kept in memory; every call recorded */
+function recordingMounter (): ImageMounter & { calls: string[], table: Map<string, string> } {
+  const table = new Map<string, string>()
+  const calls: string[] = []
+  return {
+    calls,
+    table,
+    mount: async (req: MountRequest) => {
+      calls.push(`mount ${req.mountpoint}`)
+      table.set(req.mountpoint, req.source)
+      return { source: req.source, mountpoint: req.mountpoint, mode: 'fuse' } as unknown as MountInfo
+    },
+    unmount: async (mountpoint: string) => {
+      calls.push(`unmount ${mountpoint}`)
+      table.delete(mountpoint)
+    },
+    list: async () => [...table].map(([mountpoint, source]) => ({ mountpoint, source }) as unknown as MountInfo)
+  }
+}
+
+async function withDir (fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'rafspeer-layers-'))
+  try { await fn(dir) } finally { await rm(dir, { recursive: true, force: true }) }
+}
+
+test('holders of one image share one mount; the last release unmounts it', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    const layers = new RafsLayers({ mounts: m }, { dir })
+    const a = await layers.attach('c1', layerOf(digest('a')))
+    assert.equal(await layers.attach('c2', layerOf(digest('a'))), a)
+    assert.equal(a, join(dir, 'a'.repeat(64)))
+    assert.deepEqual(layers.list().map(i => [i.holders, i.mounted]), [[['c1', 'c2'], true]])
+    await layers.release('c1')
+    assert.deepEqual(m.calls, [`mount ${a}`])
+    await layers.release('c2')
+    assert.deepEqual(m.calls, [`mount ${a}`, `unmount ${a}`])
+    assert.deepEqual(layers.list(), [])
+  })
+})
+
+test('a restarted snapshotter takes up the mount its daemon kept, and sweeps mounts nobody holds', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    const first = new RafsLayers({ mounts: m }, { dir })
+    const a = await first.attach('c1', layerOf(digest('a')))
+    const b = await first.attach('c2', layerOf(digest('b')))
+    await first.stop({ keepMounts: true })
+    assert.deepEqual([...m.table.keys()], [a, b], 'stop({ keepMounts }) leaves them to the daemon')
+
+    // c2's snapshot was removed while the snapshotter was down: only c1 is re-attached
+    const second = new RafsLayers({ mounts: m }, { dir })
+    assert.equal(await second.attach('c1', layerOf(digest('a'))), a)
+    assert.deepEqual(m.calls, [`mount ${a}`, `mount ${b}`], 'taken up, not mounted again')
+    m.table.set('/elsewhere/' + 'c'.repeat(64), 'not ours')
+    assert.deepEqual(await second.sweep(), [b])
+    assert.deepEqual([...m.table.keys()].sort(), [a, '/elsewhere/' + 'c'.repeat(64)].sort())
+    await second.stop()
+    assert.equal(m.table.has(a), false, 'a plain stop unmounts')
+  })
+})
+
+test('an image its daemon lost (the daemon restarted) is mounted again for the next holder', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    const layers = new RafsLayers({ mounts: m }, { dir })
+    const a = await layers.attach('c1', layerOf(digest('a')))
+    m.table.clear()
+    assert.equal(await layers.attach('c2', layerOf(digest('a'))), a)
+    assert.deepEqual(m.calls, [`mount ${a}`, `mount ${a}`])
+    assert.deepEqual(layers.list().map(i => [i.holders, i.mounted]), [[['c1', 'c2'], true]])
+  })
+})
+
+test('a failed mount reaches every holder waiting on it and is forgotten', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    m.mount = async () => { throw new Error('registry gone') }
+    const layers = new RafsLayers({ mounts: m }, { dir })
+    const both = await Promise.allSettled([layers.attach('c1', layerOf(digest('a'))), layers.attach('c2', layerOf(digest('a')))])
+    for (const r of both) {
+      assert.equal(r.status, 'rejected')
+      assert.match(String((r as PromiseRejectedResult).reason), /RAFSPEER_ERR_SNAPSHOT_MOUNT|registry gone/)
+    }
+    assert.deepEqual(layers.list(), [])
+  })
+})
