@@ -51,6 +51,9 @@ describe('daemon command arguments', () => {
     assert.deepEqual(daemonOverrides({ scheduler: '/ip4/1.2.3.4/tcp/8002/p2p/x', zone: 'eu|fra', p2pListen: ['/ip4/0.0.0.0/tcp/8003'] }, dir),
       { scheduler: { address: '/ip4/1.2.3.4/tcp/8002/p2p/x', zone: 'eu|fra' }, p2p: { listen: ['/ip4/0.0.0.0/tcp/8003'] } })
     assert.deepEqual(daemonOverrides({ embeddedScheduler: true }, dir), { scheduler: { embedded: true } })
+    assert.deepEqual(daemonOverrides({ snapshotterAddress: 'snap.sock', daemonSocket: 'r.sock' }, dir),
+      { snapshotter: { address: join(dir, 'snap.sock'), daemonSocket: join(dir, 'r.sock') } })
+    assert.deepEqual(daemonOverrides({ snapshotterAddress: '/s.sock' }, dir), { snapshotter: { address: '/s.sock' } })
   })
 
   it('finds the socket: flag, environment, config, default', async () => {

@@ -133,7 +133,7 @@ export async function runSnapshotter (config: DaemonConfig, opts: { exit?: (code
   const log = logger.forComponent('rafspeer:snapshotter')
   const client = new AdminClient(daemonSocket)
   const daemon = await client.daemon().catch((err: unknown) => {
-    throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE', `no rafspeer daemon answers on ${daemonSocket} to mount images: ${describeError(err)}`, { cause: err })
+    throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE', `the daemon that is to mount the images (--daemon-socket ${daemonSocket}) does not answer: ${describeError(err)}`, { cause: err })
   })
   log.info('images are mounted by the rafspeer daemon on %s (pid %d)', daemonSocket, daemon.pid)
   const s = await startSnapshotter(config, new RafsLayers({ mounts: daemonMounter(client), logger }, layersInit(config)), logger, daemonSocket)

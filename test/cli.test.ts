@@ -145,6 +145,9 @@ test('bad input ends in exit 1 with a clear one-line error', async () => {
     assert.match(bad.stdout, /sha256|digest|decompress/i)
     assertCleanFailure(await runCli(['unpack', boot, '-D', blobs, '-o', join(work, 'o2')]), /digest|decompress/i)
     assertCleanFailure(await runCli(['nonsense-command']), /unknown command/i)
+    // a snapshotter told to mount through a daemon that is not there stops at once, naming it
+    assertCleanFailure(await runCli(['snapshotter', '--address', join(work, 'snap.sock'), '--daemon-socket', join(work, 'none.sock'), '--work-dir', join(work, 'w')]),
+      /daemon-socket .*none\.sock\) does not answer.*RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE/)
   } finally {
     await rm(work, { recursive: true, force: true })
   }
