@@ -54,6 +54,8 @@ describe('daemon command arguments', () => {
     assert.deepEqual(daemonOverrides({ snapshotterAddress: 'snap.sock', daemonSocket: 'r.sock' }, dir),
       { snapshotter: { address: join(dir, 'snap.sock'), daemonSocket: join(dir, 'r.sock') } })
     assert.deepEqual(daemonOverrides({ snapshotterAddress: '/s.sock' }, dir), { snapshotter: { address: '/s.sock' } })
+    assert.deepEqual(daemonOverrides({ imageServiceAddress: 'i.sock', containerdAddress: '/c.sock' }, dir),
+      { snapshotter: { imageServiceAddress: join(dir, 'i.sock'), containerdAddress: '/c.sock' } })
   })
 
   it('finds the socket: flag, environment, config, default', async () => {

@@ -89,6 +89,10 @@ export interface DaemonFlags {
   snapshotterAddress?: string
   /** the snapshotter's images are mounted by the daemon on this admin socket */
   daemonSocket?: string
+  /** the snapshotter serves CRI's image service here, forwarding to containerd */
+  imageServiceAddress?: string
+  /** containerd's grpc socket (where the image service forwards) */
+  containerdAddress?: string
 }
 
 /** Flags laid over the config file; paths made absolute against `cwd`. */
@@ -110,12 +114,13 @@ export function daemonOverrides (f: DaemonFlags, cwd = process.cwd()): DaemonCon
     o.proxy = { ...(f.proxyListen !== undefined ? { listen: f.proxyListen } : {}), ...(f.upstream !== undefined ? { defaultUpstream: f.upstream } : {}) }
   }
   if (f.plainHttp === true) o.registry = { plainHttp: true }
-  if (f.snapshotterAddress !== undefined || f.daemonSocket !== undefined) {
-    o.snapshotter = {
-      ...(f.snapshotterAddress !== undefined ? { address: resolve(cwd, f.snapshotterAddress) } : {}),
-      ...(f.daemonSocket !== undefined ? { daemonSocket: resolve(cwd, f.daemonSocket) } : {})
-    }
+  const snap = {
+    ...(f.snapshotterAddress !== undefined ? { address: resolve(cwd, f.snapshotterAddress) } : {}),
+    ...(f.daemonSocket !== undefined ? { daemonSocket: resolve(cwd, f.daemonSocket) } : {}),
+    ...(f.imageServiceAddress !== undefined ? { imageServiceAddress: resolve(cwd, f.imageServiceAddress) } : {}),
+    ...(f.containerdAddress !== undefined ? { containerdAddress: resolve(cwd, f.containerdAddress) } : {})
   }
+  if (Object.keys(snap).length > 0) o.snapshotter = snap
   return o
 }
 

@@ -25,6 +25,8 @@ export function registerSnapshotterCommands (program: Command): void {
   const cmd = addDaemonOptions(addMirrorOptions(program.command('snapshotter'), '--proxy-listen')
     .description('run a daemon serving the containerd remote snapshotter (until SIGTERM/SIGINT): RAFS images start as containers before they are downloaded; `snapshotter configure-containerd` declares it to containerd')
     .option('--address <socket>', `the snapshotter's Unix socket (default ${DEFAULT_ADDRESS}; snapshots under <work-dir>/snapshotter)`)
+    .option('--image-service-address <socket>', "also serve CRI's image service here (point the kubelet's --image-service-endpoint or `rafspeer rpull --address` at it): pulls pass to containerd, and their registry credentials serve the lazy reads of their images")
+    .option('--containerd-address <socket>', `containerd's socket, where the image service forwards (default ${DEFAULT_CONTAINERD})`)
     .option('--daemon-socket <socket>', 'let the rafspeer daemon on this admin socket mount the images, and run no node here: this process can then restart while containers keep reading their files (the daemon flags other than --work-dir, --config and --log-level do not apply)'))
     .action(async (f: DaemonFlags & { address?: string }, c: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(c)

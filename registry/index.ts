@@ -38,7 +38,7 @@ export { parseContentRange, MAX_RANGE_BYTES, type ContentRange } from './blob-do
 export { DEFAULT_CHUNK_SIZE, type BlobSource, type UploadOptions } from './blob-upload.js'
 export { TrafficCounters } from './transport.js'
 export {
-  parseWwwAuthenticate, loadDockerConfigCredentials, defaultDockerConfigPath, repositoryScope,
+  parseWwwAuthenticate, loadDockerConfigCredentials, defaultDockerConfigPath, repositoryScope, normalizeConfigKey,
   type Challenge, type Credentials
 } from './auth.js'
 export {

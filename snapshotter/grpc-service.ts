@@ -109,13 +109,14 @@ export interface SnapshotService {
   stop: () => Promise<void>
 }
 
-async function prepareSocket (path: string): Promise<void> {
+/** Claims `path` for a server of the snapshotter (`what` names it in errors): a stale socket is replaced, a live one refused. */
+export async function prepareSocket (path: string, what = 'the snapshotter socket'): Promise<void> {
   await claimUnixSocket(path, p => {
     const message = {
-      mkdir: `cannot create the directory of the snapshotter socket ${path}: ${p.detail}`,
+      mkdir: `cannot create the directory of ${what} ${path}: ${p.detail}`,
       inspect: `cannot inspect ${path}: ${p.detail}`,
       'not-socket': p.detail,
-      live: `another server is listening on ${path}: stop it (another rafspeer snapshotter?) or choose another socket`,
+      live: `another server is listening on ${path} (${what}): stop it (another rafspeer snapshotter?) or choose another socket`,
       unknown: `cannot tell whether a server listens on ${path} (${p.detail})`,
       unlink: `cannot remove the stale socket ${path}: ${p.detail}`
     }[p.kind]

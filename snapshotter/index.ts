@@ -19,7 +19,8 @@
 import { join } from 'node:path'
 import { createLogger, describeError, type ComponentLogger } from '../base/index.js'
 import { AdminClient, startNode, type AssembleNode, type DaemonConfig, type DaemonNode } from '../peer/index.js'
-import { RafsLayers, daemonMounter } from './rafs-layers.js'
+import { RafsLayers, daemonMounter, type ImageMounter } from './rafs-layers.js'
+import { CriCredentials, startCriProxy, type CriProxy } from './cri-proxy.js'
 import { Snapshots } from './snapshots.js'
 import { startSnapshotService } from './grpc-service.js'
 import { SnapshotterError } from './errors.js'
@@ -29,6 +30,7 @@ export { SnapshotterError, type SnapshotterErrorCode } from './errors.js'
 export { Snapshots, type SnapshotStore, type SnapshotsComponents, type SnapshotsInit } from './snapshots.js'
 export { startSnapshotService, DEFAULT_SNAPSHOTTER_SOCKET, type SnapshotService, type SnapshotServiceInit } from './grpc-service.js'
 export { RafsLayers, daemonMounter, imageOf, type ImageMounter, type LayerImage, type RafsLayersInit } from './rafs-layers.js'
+export { CriCredentials, startCriProxy, type CriProxy, type CriProxyInit } from './cri-proxy.js'
 export {
   CriImageClient, CriError, DEFAULT_CONTAINERD_ADDRESS, type CriAuth, type CriImage
 } from './cri-client.js'
@@ -48,7 +50,7 @@ export function withSnapshotter (base: (config: DaemonConfig, logger: ComponentL
     if (address === undefined) return node
     let s: RunningSnapshotter
     try {
-      s = await startSnapshotter(config, new RafsLayers({ mounts: node.mounts, logger }, layersInit(config)), logger)
+      s = await startSnapshotter(config, node.mounts, logger)
     } catch (err) {
       await node.stop().catch(() => {})
       throw err
@@ -69,7 +71,7 @@ export function withSnapshotter (base: (config: DaemonConfig, logger: ComponentL
 
 export interface RunningSnapshotter {
   address: string
-  info: () => { address: string, root: string, images: ReturnType<RafsLayers['list']>, daemonSocket?: string }
+  info: () => { address: string, root: string, images: ReturnType<RafsLayers['list']>, daemonSocket?: string, imageService?: string, pullCredentials?: number }
   /** stops serving; the image mounts end too unless a separate daemon serves them (`snapshotter.daemonSocket`) */
   stop: () => Promise<void>
 }
@@ -80,20 +82,30 @@ const layersInit = (config: DaemonConfig): ConstructorParameters<typeof RafsLaye
   plainHttp: config.registry.plainHttp
 })
 
-/** The store over `layers`, its held mounts taken up again, and the gRPC service on `snapshotter.address`. */
-async function startSnapshotter (config: DaemonConfig, layers: RafsLayers, logger: ComponentLogger, daemonSocket?: string): Promise<RunningSnapshotter> {
+/**
+ * The store over image mounts from `mounts`, its held mounts taken up again, the gRPC service on
+ * `snapshotter.address` and, with `snapshotter.imageServiceAddress`, the CRI image service whose pulls' credentials
+ * the mounts use.
+ */
+async function startSnapshotter (config: DaemonConfig, mounts: ImageMounter, logger: ComponentLogger, daemonSocket?: string): Promise<RunningSnapshotter> {
   const address = config.snapshotter.address
   if (address === undefined) throw new Error('snapshotter.address is not set')
   const log = logger.forComponent('rafspeer:snapshotter')
   const keepMounts = daemonSocket !== undefined
+  const credentials = new CriCredentials()
+  const layers = new RafsLayers({ mounts, logger, credentials: source => credentials.lookup(source) }, layersInit(config))
   let snapshots: Snapshots | undefined
   let service: Awaited<ReturnType<typeof startSnapshotService>> | undefined
+  let images: CriProxy | undefined
   try {
     snapshots = new Snapshots({ logger, remote: layers }, { root: config.snapshotter.root })
     await snapshots.start()
     await layers.sweep().catch((err: unknown) => { log.warn('looking for unheld image mounts: %s', describeError(err)) })
     service = await startSnapshotService({ snapshots, logger }, { address })
+    const imageAddress = config.snapshotter.imageServiceAddress
+    if (imageAddress !== undefined) images = await startCriProxy({ credentials, logger }, { address: imageAddress, containerd: config.snapshotter.containerdAddress })
   } catch (err) {
+    await service?.stop().catch(() => {})
     await snapshots?.stop().catch(() => {})
     await layers.stop({ keepMounts }).catch(() => {})
     throw err
@@ -108,11 +120,13 @@ async function startSnapshotter (config: DaemonConfig, layers: RafsLayers, logge
       address: svc.address,
       root: config.snapshotter.root,
       images: layers.list(),
-      ...(daemonSocket !== undefined ? { daemonSocket } : {})
+      ...(daemonSocket !== undefined ? { daemonSocket } : {}),
+      ...(images !== undefined ? { imageService: images.address, pullCredentials: credentials.size } : {})
     }),
     stop: async () => {
       let first: unknown
-      for (const step of [async () => { await svc.stop() }, async () => { await store.stop() }, async () => { await layers.stop({ keepMounts }) }]) {
+      const imageService = images
+      for (const step of [async () => { await imageService?.stop() }, async () => { await svc.stop() }, async () => { await store.stop() }, async () => { await layers.stop({ keepMounts }) }]) {
         try { await step() } catch (err) { first ??= err }
       }
       if (first !== undefined) throw first
@@ -136,7 +150,7 @@ export async function runSnapshotter (config: DaemonConfig, opts: { exit?: (code
     throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE', `the daemon that is to mount the images (--daemon-socket ${daemonSocket}) does not answer: ${describeError(err)}`, { cause: err })
   })
   log.info('images are mounted by the rafspeer daemon on %s (pid %d)', daemonSocket, daemon.pid)
-  const s = await startSnapshotter(config, new RafsLayers({ mounts: daemonMounter(client), logger }, layersInit(config)), logger, daemonSocket)
+  const s = await startSnapshotter(config, daemonMounter(client), logger, daemonSocket)
   const exit = opts.exit ?? ((code: number) => process.exit(code))
   let signalled = false
   const onSignal = (signal: NodeJS.Signals): void => {

@@ -51,6 +51,8 @@ export function daemonMounter (client: AdminClient): ImageMounter {
 export interface RafsLayersComponents {
   mounts: ImageMounter
   logger?: ComponentLogger
+  /** registry credentials for an image (`host/repo@digest`), e.g. those its CRI pull carried; else the daemon's */
+  credentials?: (source: string) => { username: string, password: string } | undefined
 }
 
 export interface RafsLayersInit {
@@ -82,6 +84,7 @@ interface Held {
 
 export class RafsLayers implements RemoteLayers {
   private readonly mounts: ImageMounter
+  private readonly credentials: RafsLayersComponents['credentials']
   private readonly log: Logger | undefined
   private readonly init: RafsLayersInit
   /** manifest digest → its mount */
@@ -93,6 +96,7 @@ export class RafsLayers implements RemoteLayers {
 
   constructor (components: RafsLayersComponents, init: RafsLayersInit) {
     this.mounts = components.mounts
+    this.credentials = components.credentials
     this.log = components.logger?.forComponent('rafspeer:snapshotter')
     this.init = init
   }
@@ -231,13 +235,15 @@ export class RafsLayers implements RemoteLayers {
     // still mounted from a hold whose unmount failed, or by the daemon serving a snapshotter that restarted: use it
     if ((await this.mounts.list()).some(m => m.mountpoint === mountpoint)) return
     await clearStaleMount(mountpoint, this.log)
+    const credentials = this.credentials?.(image.source)
     const t0 = performance.now()
     const info = await this.mounts.mount({
       source: image.source,
       mountpoint,
       mode: this.init.mode ?? 'auto',
       ...(this.init.prefetch !== undefined ? { prefetch: this.init.prefetch } : {}),
-      ...(this.init.plainHttp !== undefined ? { plainHttp: this.init.plainHttp } : {})
+      ...(this.init.plainHttp !== undefined ? { plainHttp: this.init.plainHttp } : {}),
+      ...(credentials !== undefined ? { credentials } : {})
     }, signal !== undefined ? { signal } : {})
     this.log?.info('mounted %s at %s (%s) in %d ms', image.source, mountpoint, info.mode, Math.round(performance.now() - t0))
   }

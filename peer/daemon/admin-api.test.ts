@@ -162,8 +162,9 @@ describe('admin API', () => {
     const info = await client.mount({ source: 'localhost:5000/app:v1', mountpoint: '/mnt/app', mode: 'fuse', prefetch: { paths: ['/etc'] } })
     assert.equal(info.mountpoint, '/mnt/app')
     assert.equal(info.mode, 'fuse')
-    const r = await raw(socket, 'POST', '/api/v1/mounts', JSON.stringify({ source: 'x', mountpoint: '/mnt/b//c/', plainHttp: 'auto' }))
+    const r = await raw(socket, 'POST', '/api/v1/mounts', JSON.stringify({ source: 'x', mountpoint: '/mnt/b//c/', plainHttp: 'auto', credentials: { username: 'u', password: 'pw-not-echoed' } }))
     assert.equal(r.status, 201)
+    assert.doesNotMatch(r.body, /pw-not-echoed/)
     assert.equal(JSON.parse(r.body).mountpoint, '/mnt/b/c/')
     assert.deepEqual((await client.mounts()).map(m => m.mountpoint), ['/mnt/app', '/mnt/b/c/'])
     assert.equal((await client.daemon()).mounts, 2)
@@ -190,7 +191,9 @@ describe('admin API', () => {
     const e = JSON.parse(r.body) as { code: string, message: string }
     assert.equal(e.code, 'RAFSPEER_ERR_BAD_REQUEST')
     for (const k of ['source', 'mountpoint', 'mode', 'prefetch', 'extra']) assert.ok(e.message.includes(k), `${k} in ${e.message}`)
-    for (const body of ['[]', '"x"', '{"mountpoint":"/m"}', '{"source":1,"mountpoint":"/m"}', '{"source":"s","mountpoint":"/m","plainHttp":"yes"}']) {
+    for (const body of ['[]', '"x"', '{"mountpoint":"/m"}', '{"source":1,"mountpoint":"/m"}', '{"source":"s","mountpoint":"/m","plainHttp":"yes"}',
+      '{"source":"s","mountpoint":"/m","credentials":{"username":"u"}}', '{"source":"s","mountpoint":"/m","credentials":{"username":"","password":"p"}}',
+      '{"source":"s","mountpoint":"/m","credentials":{"username":"u","password":"p","token":"t"}}']) {
       assert.equal((await raw(socket, 'POST', '/api/v1/mounts', body)).status, 400, body)
     }
     assert.equal((await raw(socket, 'DELETE', '/api/v1/mounts')).status, 400)

@@ -88,7 +88,8 @@ export const mountRequestSchema = z.strictObject({
     z.strictObject({ paths: z.array(z.string()) })
   ], { error: 'expected "all", "none", "table", { "file": "/abs/path" } or { "paths": [...] }' }).optional(),
   blobDir: absPath.optional(),
-  plainHttp: z.union([z.boolean(), z.literal('auto')], { error: 'expected true, false or "auto"' }).optional()
+  plainHttp: z.union([z.boolean(), z.literal('auto')], { error: 'expected true, false or "auto"' }).optional(),
+  credentials: z.strictObject({ username: z.string().min(1).max(4096), password: z.string().max(65536) }).optional()
 })
 
 /** Validates a mount request; throws RAFSPEER_ERR_BAD_REQUEST naming every problem. */

@@ -43,7 +43,7 @@ describe('daemon config', () => {
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
       registry: { plainHttp: 'auto' },
       proxy: { upstreams: {}, restrictUpstreams: false, authTtlMs: 60_000, pieceBytes: 4 << 20, upstreamTimeoutMs: 10_000, stallMs: 30_000 },
-      snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter' },
+      snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter', containerdAddress: '/run/containerd/containerd.sock' },
       metrics: {},
       log: { level: 'info', format: 'json' }
     })
@@ -67,8 +67,10 @@ describe('daemon config', () => {
     assert.equal(c.snapshotter.address, '/run/rafspeer/snapshotter.sock')
     assert.equal(c.snapshotter.root, '/srv/rs/snapshotter')
     assert.equal(c.snapshotter.mode, 'fuse')
-    assert.throws(() => parseDaemonConfig({ snapshotter: { address: '/' + 'x'.repeat(120), mode: 'lazy' } }), (err: ConfigError) => {
-      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['snapshotter.address', 'snapshotter.mode'])
+    const d = parseDaemonConfig({ snapshotter: { address: '/s.sock', daemonSocket: '/r.sock', imageServiceAddress: '/i.sock', containerdAddress: '/c.sock' } })
+    assert.deepEqual([d.snapshotter.daemonSocket, d.snapshotter.imageServiceAddress, d.snapshotter.containerdAddress], ['/r.sock', '/i.sock', '/c.sock'])
+    assert.throws(() => parseDaemonConfig({ snapshotter: { address: '/' + 'x'.repeat(120), mode: 'lazy', imageServiceAddress: '/' + 'y'.repeat(120) } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['snapshotter.address', 'snapshotter.imageServiceAddress', 'snapshotter.mode'])
       return true
     })
   })

@@ -170,7 +170,15 @@ export const daemonConfigSchema = z.strictObject({
      * the snapshotter then runs without a node of its own and can restart while containers keep their files
      * (absent: the snapshotter's own node mounts them)
      */
-    daemonSocket: z.string().min(1).optional()
+    daemonSocket: z.string().min(1).optional(),
+    /**
+     * serve CRI's image service on this Unix socket, forwarding to containerd (`containerdAddress`) and keeping each
+     * pull's registry credentials for the lazy reads of its image: point the kubelet's `--image-service-endpoint`
+     * (or `rafspeer rpull --address`) here (absent: not served; lazy reads use the daemon's credentials)
+     */
+    imageServiceAddress: z.string().min(1).max(100, { error: 'a Unix socket path is at most 100 bytes' }).optional(),
+    /** containerd's grpc socket, where the image service forwards */
+    containerdAddress: z.string().min(1).default('/run/containerd/containerd.sock')
   }).prefault({}),
   metrics: z.strictObject({
     /** `host:port` of an optional TCP endpoint serving only GET /metrics (absent: Unix socket only) */

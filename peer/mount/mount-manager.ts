@@ -15,7 +15,7 @@ import { resolve } from 'node:path'
 import { RafspeerError, delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { BlobCache } from '../../cache/index.js'
 import type { ChunkInfo } from '../../rafs/index.js'
-import { RegistryClient } from '../../registry/index.js'
+import { RegistryClient, parseReference } from '../../registry/index.js'
 import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit } from '../fetch/index.js'
 import { openImage, type OpenedImage } from './image-open.js'
 import { kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
@@ -123,12 +123,22 @@ export class MountManager implements MountService {
       if (why !== undefined) throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: ${why}`)
     }
 
-    const image = await openImage({ cache: this.cache, clientFor: this.clientFor, ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
-      source: req.source,
-      ...(req.blobDir !== undefined ? { blobDir: req.blobDir } : {}),
-      plainHttp: req.plainHttp ?? this.init.plainHttp ?? 'auto',
-      ...(signal !== undefined ? { signal } : {})
-    }, this.init.workDir)
+    // credentials of this mount: a registry client of its own, so neither they nor their tokens serve other mounts
+    const own = req.credentials === undefined || req.blobDir !== undefined ? undefined : ownClient(req.source, req.credentials)
+    const clientFor = own === undefined ? this.clientFor : (plainHttp: boolean | 'auto') => own(plainHttp)
+    let image: OpenedImage
+    try {
+      image = await openImage({ cache: this.cache, clientFor, ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
+        source: req.source,
+        ...(req.blobDir !== undefined ? { blobDir: req.blobDir } : {}),
+        plainHttp: req.plainHttp ?? this.init.plainHttp ?? 'auto',
+        ...(signal !== undefined ? { signal } : {})
+      }, this.init.workDir)
+    } catch (err) {
+      await own?.close()
+      throw err
+    }
+    if (own !== undefined) image = closingAlso(image, own.close)
 
     const fetcher = new Fetcher({ cache: this.cache, sources: [...this.extraSources, ...image.chunkSources], ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
       ...this.init.fetch,
@@ -374,4 +384,23 @@ export class MountManager implements MountService {
     await m.prefetchDone
     return { ...m.prefetch }
   }
+}
+
+/** One registry client for one mount's credentials (made on first use, with the mount's plain-HTTP setting). */
+function ownClient (source: string, credentials: { username: string, password: string }): ((plainHttp: boolean | 'auto') => RegistryClient) & { close: () => Promise<void> } {
+  let host: string
+  try {
+    host = parseReference(source).registry
+  } catch (err) {
+    throw new MountError('RAFSPEER_ERR_MOUNT', `credentials given for ${source}, which is not a registry reference: ${describeError(err)}`, { cause: err })
+  }
+  let client: RegistryClient | undefined
+  const get = (plainHttp: boolean | 'auto'): RegistryClient => (client ??= new RegistryClient({ plainHttp, credentials: { [host]: credentials } }))
+  return Object.assign(get, { close: async () => { await client?.close() } })
+}
+
+/** `image` whose close also runs `also` (after it) */
+function closingAlso (image: OpenedImage, also: () => Promise<void>): OpenedImage {
+  const close = image.close.bind(image)
+  return Object.assign(image, { close: async () => { try { await close() } finally { await also() } } })
 }

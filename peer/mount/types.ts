@@ -71,6 +71,11 @@ export interface MountRequest {
   blobDir?: string
   /** registry over http: `true`, `false`, or `'auto'` (loopback and localhost speak http) */
   plainHttp?: boolean | 'auto'
+  /**
+   * credentials for the image's registry, used by this mount only (its own registry client and tokens), e.g. those
+   * a CRI pull carried; absent: the daemon's (Docker config.json)
+   */
+  credentials?: { username: string, password: string }
 }
 
 export interface PrefetchStatus {
