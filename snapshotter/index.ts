@@ -79,7 +79,8 @@ export interface RunningSnapshotter {
 const layersInit = (config: DaemonConfig): ConstructorParameters<typeof RafsLayers>[1] => ({
   dir: join(config.snapshotter.root, 'images'),
   mode: config.snapshotter.mode,
-  plainHttp: config.registry.plainHttp
+  plainHttp: config.registry.plainHttp,
+  idleUnmountMs: config.snapshotter.idleUnmountMs
 })
 
 /**

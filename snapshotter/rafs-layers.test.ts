@@ -2,7 +2,8 @@
  * RafsLayers' bookkeeping over a mount service that records calls (the real mounts run in
  * test/snapshotter*.test.ts): one mount per image shared by its holders, the last release unmounts, a mount the
  * service already has is taken up (a snapshotter restarted beside its daemon), a lost one is mounted again, unheld
- * mounts are swept, and `stop({ keepMounts })` leaves the daemon's mounts alone.
+ * mounts are swept, `stop({ keepMounts })` leaves the daemon's mounts alone, and an image nobody holds stays
+ * mounted for its idle time.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -55,7 +56,7 @@ async function withDir (fn: (dir: string) => Promise<void>): Promise<void> {
 test('holders of one image share one mount; the last release unmounts it', async () => {
   await withDir(async (dir) => {
     const m = recordingMounter()
-    const layers = new RafsLayers({ mounts: m }, { dir })
+    const layers = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 0 })
     const a = await layers.attach('c1', layerOf(digest('a')))
     assert.equal(await layers.attach('c2', layerOf(digest('a'))), a)
     assert.equal(a, join(dir, 'a'.repeat(64)))
@@ -71,14 +72,14 @@ test('holders of one image share one mount; the last release unmounts it', async
 test('a restarted snapshotter takes up the mount its daemon kept, and sweeps mounts nobody holds', async () => {
   await withDir(async (dir) => {
     const m = recordingMounter()
-    const first = new RafsLayers({ mounts: m }, { dir })
+    const first = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 0 })
     const a = await first.attach('c1', layerOf(digest('a')))
     const b = await first.attach('c2', layerOf(digest('b')))
     await first.stop({ keepMounts: true })
     assert.deepEqual([...m.table.keys()], [a, b], 'stop({ keepMounts }) leaves them to the daemon')
 
     // c2's snapshot was removed while the snapshotter was down: only c1 is re-attached
-    const second = new RafsLayers({ mounts: m }, { dir })
+    const second = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 0 })
     assert.equal(await second.attach('c1', layerOf(digest('a'))), a)
     assert.deepEqual(m.calls, [`mount ${a}`, `mount ${b}`], 'taken up, not mounted again')
     m.table.set('/elsewhere/' + 'c'.repeat(64), 'not ours')
@@ -92,7 +93,7 @@ test('a restarted snapshotter takes up the mount its daemon kept, and sweeps mou
 test('an image its daemon lost (the daemon restarted) is mounted again for the next holder', async () => {
   await withDir(async (dir) => {
     const m = recordingMounter()
-    const layers = new RafsLayers({ mounts: m }, { dir })
+    const layers = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 0 })
     const a = await layers.attach('c1', layerOf(digest('a')))
     m.table.clear()
     assert.equal(await layers.attach('c2', layerOf(digest('a'))), a)
@@ -105,12 +106,35 @@ test('a failed mount reaches every holder waiting on it and is forgotten', async
   await withDir(async (dir) => {
     const m = recordingMounter()
     m.mount = async () => { throw new Error('registry gone') }
-    const layers = new RafsLayers({ mounts: m }, { dir })
+    const layers = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 0 })
     const both = await Promise.allSettled([layers.attach('c1', layerOf(digest('a'))), layers.attach('c2', layerOf(digest('a')))])
     for (const r of both) {
       assert.equal(r.status, 'rejected')
       assert.match(String((r as PromiseRejectedResult).reason), /RAFSPEER_ERR_SNAPSHOT_MOUNT|registry gone/)
     }
     assert.deepEqual(layers.list(), [])
+  })
+})
+
+test('an image nobody holds stays mounted for its idle time: the next container takes it again, else it goes', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    const layers = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 150 })
+    const a = await layers.attach('c1', layerOf(digest('a')))
+    await layers.release('c1')
+    assert.deepEqual(layers.list().map(i => [i.holders, i.mounted]), [[[], true]], 'idle, still mounted')
+    assert.equal(await layers.attach('c2', layerOf(digest('a'))), a)
+    await new Promise(resolve => setTimeout(resolve, 300))
+    assert.deepEqual(m.calls, [`mount ${a}`], 'taken again: no unmount, no second mount')
+    await layers.release('c2')
+    await new Promise(resolve => setTimeout(resolve, 300))
+    assert.deepEqual(m.calls, [`mount ${a}`, `unmount ${a}`])
+    assert.deepEqual(layers.list(), [])
+
+    // stop() unmounts idle images at once
+    const b = await layers.attach('c3', layerOf(digest('b')))
+    await layers.release('c3')
+    await layers.stop()
+    assert.deepEqual(m.calls.slice(2), [`mount ${b}`, `unmount ${b}`])
   })
 })

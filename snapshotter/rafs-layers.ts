@@ -63,7 +63,11 @@ export interface RafsLayersInit {
   /** default the bootstrap's prefetch table */
   prefetch?: PrefetchPolicy
   plainHttp?: boolean | 'auto'
+  /** how long an image nobody holds stays mounted for its next container (default 30 s; 0: unmount at once) */
+  idleUnmountMs?: number
 }
+
+export const DEFAULT_IDLE_UNMOUNT_MS = 30_000
 
 /** The image a claimed layer belongs to: enough to mount it again after a restart. */
 export interface LayerImage {
@@ -80,6 +84,8 @@ interface Held {
   ready: Promise<void>
   /** the mount is up */
   mounted: boolean
+  /** nobody holds it: unmounted when this fires */
+  idle?: NodeJS.Timeout
 }
 
 export class RafsLayers implements RemoteLayers {
@@ -93,6 +99,7 @@ export class RafsLayers implements RemoteLayers {
   private readonly holders = new Map<string, string>()
   /** unmounts in progress, by manifest digest (a new hold waits for them) */
   private readonly leaving = new Map<string, Promise<void>>()
+  private stopping = false
 
   constructor (components: RafsLayersComponents, init: RafsLayersInit) {
     this.mounts = components.mounts
@@ -122,22 +129,26 @@ export class RafsLayers implements RemoteLayers {
     }
     const already = this.holders.get(holder)
     if (already !== undefined && already !== image.manifestDigest) await this.release(holder)
-    await this.leaving.get(image.manifestDigest)
-    let held = this.images.get(image.manifestDigest)
-    if (held?.mounted === true && !(await this.present(held.mountpoint))) {
-      // the daemon serving the mount restarted (and lost it): new containers get it mounted again
-      const h = this.images.get(image.manifestDigest)
-      if (h?.mounted === true) {
-        this.log?.warn('%s is no longer mounted at %s (its daemon restarted?): mounting it again', h.source, h.mountpoint)
-        this.track(image.manifestDigest, h, this.mountImage(image, h.mountpoint, opts.signal))
+    const d = image.manifestDigest
+    let held: Held | undefined
+    for (;;) {
+      await this.leaving.get(d)
+      held = this.images.get(d)
+      // an idle image is taken again: before any wait, so that its unmount cannot start under this hold
+      if (held?.idle !== undefined) { clearTimeout(held.idle); held.idle = undefined }
+      if (held?.mounted === true && !(await this.present(held.mountpoint)) && this.images.get(d) === held && held.mounted) {
+        // the daemon serving the mount restarted (and lost it): new containers get it mounted again
+        this.log?.warn('%s is no longer mounted at %s (its daemon restarted?): mounting it again', held.source, held.mountpoint)
+        this.track(d, held, this.mountImage(image, held.mountpoint, opts.signal))
       }
-      held = this.images.get(image.manifestDigest)
+      // dropped or replaced while we looked: look again
+      if (this.images.get(d) === held && !this.leaving.has(d)) break
     }
     if (held === undefined) {
       const mountpoint = join(resolve(this.init.dir), image.manifestDigest.slice('sha256:'.length))
       held = { mountpoint, source: image.source, holders: new Set(), ready: Promise.resolve(), mounted: false }
-      this.images.set(image.manifestDigest, held)
-      this.track(image.manifestDigest, held, this.mountImage(image, mountpoint, opts.signal))
+      this.images.set(d, held)
+      this.track(d, held, this.mountImage(image, mountpoint, opts.signal))
     }
     held.holders.add(holder)
     this.holders.set(holder, image.manifestDigest)
@@ -174,6 +185,20 @@ export class RafsLayers implements RemoteLayers {
     if (held === undefined) return
     held.holders.delete(holder)
     if (held.holders.size > 0) return
+    const idleMs = this.init.idleUnmountMs ?? DEFAULT_IDLE_UNMOUNT_MS
+    if (idleMs > 0 && !this.stopping) {
+      // kept a while for the next container of the image (a restart, the next pod): no remount, warm page cache
+      held.idle = setTimeout(() => { void this.drop(digest, held, 'idle') }, idleMs)
+      held.idle.unref()
+      return
+    }
+    await this.drop(digest, held, 'released')
+  }
+
+  /** Unmounts `held` unless a holder came back meanwhile; a new hold of the image waits for it. */
+  private async drop (digest: string, held: Held, why: 'idle' | 'released' | 'stop'): Promise<void> {
+    if (held.idle !== undefined) { clearTimeout(held.idle); held.idle = undefined }
+    if (held.holders.size > 0 || this.images.get(digest) !== held) return
     this.images.delete(digest)
     const leaving = (async () => {
       try {
@@ -184,7 +209,8 @@ export class RafsLayers implements RemoteLayers {
       try {
         await this.mounts.unmount(held.mountpoint)
         await rmdir(held.mountpoint).catch(() => {})
-        this.log?.info('unmounted %s from %s: no container uses it', held.source, held.mountpoint)
+        this.log?.info('unmounted %s from %s: %s', held.source, held.mountpoint,
+          why === 'idle' ? 'no container used it for a while' : why === 'stop' ? 'the snapshotter stops' : 'no container uses it')
       } catch (err) {
         this.log?.warn('unmounting %s: %s', held.mountpoint, describeError(err))
       }
@@ -196,9 +222,12 @@ export class RafsLayers implements RemoteLayers {
   /**
    * Unmounts every image (the daemon stops: its FUSE mounts end with it anyway). With `keepMounts` (a snapshotter
    * in its own process, the mounts served by a daemon that goes on) only forgets them: running containers keep
-   * their files, and the next start takes the holds up again from the snapshots' metadata.
+   * their files, and the next start takes the holds up again from the snapshots' metadata (an idle image, held
+   * by nobody, is swept then).
    */
   async stop (opts: { keepMounts?: boolean } = {}): Promise<void> {
+    this.stopping = true
+    for (const h of this.images.values()) if (h.idle !== undefined) { clearTimeout(h.idle); h.idle = undefined }
     if (opts.keepMounts === true) {
       await Promise.allSettled([...this.images.values()].map(async h => await h.ready))
       this.images.clear()
@@ -206,6 +235,7 @@ export class RafsLayers implements RemoteLayers {
       return
     }
     await Promise.allSettled([...this.holders.keys()].map(async h => { await this.release(h) }))
+    await Promise.allSettled([...this.images].map(async ([digest, h]) => { await this.drop(digest, h, 'stop') }))
   }
 
   /**

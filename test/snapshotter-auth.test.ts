@@ -70,7 +70,7 @@ before(async () => {
   imageService = join(dir, 'image.sock')
   containerd = await startContainerd({ dir, namespace: NS, cri: { snapshotter: 'rafspeer', configPath: await hosts() }, proxyPlugins: { rafspeer: join(dir, 'snap.sock') } })
   daemon = await startDaemon(home, {
-    snapshotter: { address: join(dir, 'snap.sock'), imageServiceAddress: imageService, containerdAddress: containerd.address },
+    snapshotter: { address: join(dir, 'snap.sock'), idleUnmountMs: 0, imageServiceAddress: imageService, containerdAddress: containerd.address },
     fetch: { retries: 1 },
     log: { level: 'debug', format: 'text' }
   })

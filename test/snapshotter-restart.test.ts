@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { writeHostsToml } from '../proxy/index.js'
@@ -43,8 +43,11 @@ let snapLogs = ''
 
 /** `rafspeer snapshotter --daemon-socket`, up once its socket answers containerd's List (a Unix socket file) */
 async function startSnapshotter (): Promise<void> {
+  // an image nobody holds is unmounted at once (not after the default idle time), so the test can see it go
+  const config = join(dir, 'snapshotter.json')
+  await writeFile(config, JSON.stringify({ snapshotter: { idleUnmountMs: 0 } }))
   const proc = spawn(process.execPath, cliArgv(['snapshotter', '--address', address, '--daemon-socket', daemon.socket,
-    '--work-dir', snapWork, '--log-level', 'debug']), { stdio: ['ignore', 'pipe', 'pipe'] })
+    '--work-dir', snapWork, '--config', config, '--log-level', 'debug']), { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   const take = (b: Buffer): void => { out += b.toString(); snapLogs += b.toString() }
   proc.stdout?.on('data', take)

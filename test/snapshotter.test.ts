@@ -102,7 +102,7 @@ before(async () => {
   await mkdir(home, { recursive: true })
   const address = join(dir, 'snap.sock')
   snapRoot = join(home, 'work', 'snapshotter')
-  daemon = await startDaemon(home, { snapshotter: { address }, fetch: { retries: 1 }, log: { level: 'debug', format: 'text' } })
+  daemon = await startDaemon(home, { snapshotter: { address, idleUnmountMs: 0 }, fetch: { retries: 1 }, log: { level: 'debug', format: 'text' } })
   const hostsDir = join(dir, 'certs.d')
   await writeHostsToml({ hostsDir, mirror: `http://${upstream.host}`, registries: [upstream.host, reg.host] })
   containerd = await startContainerd({ dir, namespace: NS, cri: { snapshotter: 'rafspeer', configPath: hostsDir }, proxyPlugins: { rafspeer: address } })

@@ -43,7 +43,7 @@ describe('daemon config', () => {
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
       registry: { plainHttp: 'auto' },
       proxy: { upstreams: {}, restrictUpstreams: false, authTtlMs: 60_000, pieceBytes: 4 << 20, upstreamTimeoutMs: 10_000, stallMs: 30_000 },
-      snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter', containerdAddress: '/run/containerd/containerd.sock' },
+      snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter', containerdAddress: '/run/containerd/containerd.sock', idleUnmountMs: 30_000 },
       metrics: {},
       log: { level: 'info', format: 'json' }
     })

@@ -165,6 +165,8 @@ export const daemonConfigSchema = z.strictObject({
     root: z.string().min(1).optional(),
     /** how a container's image is mounted: `auto` (kernel EROFS once the cache holds it all, FUSE before), `fuse`, `kernel` */
     mode: z.enum(['auto', 'fuse', 'kernel']).default('auto'),
+    /** how long an image no container uses stays mounted for the next one (30 s; 0: unmounted with its last container) */
+    idleUnmountMs: int(0, 86_400_000).default(30_000),
     /**
      * the admin socket of a running rafspeer daemon that mounts the images (`rafspeer snapshotter --daemon-socket`):
      * the snapshotter then runs without a node of its own and can restart while containers keep their files
