@@ -57,6 +57,23 @@ describe('bootstrap layer', () => {
     assert.ok((await readFile(join(dir, 'out.boot'))).equals(boot))
   })
 
+  it('extractBootstrap of a large bootstrap waits on backpressure without piling up listeners', async () => {
+    const big = randomBytes(6 << 20)
+    await writeFile(join(dir, 'big.boot'), big)
+    await writeBootstrapLayer(join(dir, 'big.boot'), join(dir, 'big.tar.gz'))
+    const warnings: Error[] = []
+    const onWarning = (w: Error): void => { warnings.push(w) }
+    process.on('warning', onWarning)
+    try {
+      const got = await extractBootstrap(createReadStream(join(dir, 'big.tar.gz')), join(dir, 'big-out.boot'), { gzip: true })
+      assert.equal(got.size, big.length)
+      await new Promise(resolve => setImmediate(resolve))
+    } finally {
+      process.off('warning', onWarning)
+    }
+    assert.deepEqual(warnings.filter(w => w.name === 'MaxListenersExceededWarning').map(w => w.message), [])
+  })
+
   it('extractBootstrap refuses a layer without a bootstrap', async () => {
     await run('tar', ['-czf', join(dir, 'empty.tar.gz'), '-C', dir, 'image.boot', '--transform', 's/image.boot/other/'])
     await assert.rejects(extractBootstrap(createReadStream(join(dir, 'empty.tar.gz')), join(dir, 'none.boot'), { gzip: true }),

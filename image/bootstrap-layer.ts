@@ -84,7 +84,14 @@ export async function extractBootstrap (layer: NodeJS.ReadableStream, out: strin
         if (ex.destroyed) break
         plain.update(piece)
         // a destroyed extractor never drains and has already closed: waiting for either would hang
-        if (!ex.write(piece) && !ex.destroyed) await new Promise<void>(resolve => { ex.once('drain', resolve); ex.once('close', resolve) })
+        if (!ex.write(piece) && !ex.destroyed) {
+          await new Promise<void>(resolve => {
+            // whichever comes first removes the other (a leftover 'close' listener per wait would pile up)
+            const done = (): void => { ex.off('drain', done); ex.off('close', done); resolve() }
+            ex.once('drain', done)
+            ex.once('close', done)
+          })
+        }
       }
       if (ex.destroyed) { if (opts.gzip) (layer as unknown as { destroy?: () => void }).destroy?.() } else ex.end(undefined)
     } catch (err) {

@@ -18,7 +18,8 @@
  */
 import { join } from 'node:path'
 import { createLogger, describeError, type ComponentLogger } from '../base/index.js'
-import { AdminClient, startNode, type AssembleNode, type DaemonConfig, type DaemonNode } from '../peer/index.js'
+// the node is loaded when a snapshotter starts, not with this face: `rafspeer rpull` (a CRI client) stays quick
+import type { AssembleNode, DaemonConfig, DaemonNode } from '../peer/index.js'
 import { RafsLayers, daemonMounter, type ImageMounter } from './rafs-layers.js'
 import { CriCredentials, startCriProxy, type CriProxy } from './cri-proxy.js'
 import { Snapshots } from './snapshots.js'
@@ -43,9 +44,9 @@ export {
  * assembly such as the mirror's), then, when `snapshotter.address` is set, the snapshot store over the node's
  * mount manager and its gRPC service. Stopping stops the service, then the image mounts, then the node.
  */
-export function withSnapshotter (base: (config: DaemonConfig, logger: ComponentLogger) => Promise<DaemonNode> = startNode): AssembleNode {
+export function withSnapshotter (base?: (config: DaemonConfig, logger: ComponentLogger) => Promise<DaemonNode>): AssembleNode {
   return async (config: DaemonConfig, logger: ComponentLogger): Promise<DaemonNode> => {
-    const node = await base(config, logger)
+    const node = await (base ?? (await import('../peer/index.js')).startNode)(config, logger)
     const address = config.snapshotter.address
     if (address === undefined) return node
     let s: RunningSnapshotter
@@ -146,6 +147,7 @@ export async function runSnapshotter (config: DaemonConfig, opts: { exit?: (code
   if (daemonSocket === undefined) throw new Error('snapshotter.daemonSocket is not set')
   const logger = createLogger({ level: config.log.level, format: config.log.format })
   const log = logger.forComponent('rafspeer:snapshotter')
+  const { AdminClient } = await import('../peer/index.js')
   const client = new AdminClient(daemonSocket)
   const daemon = await client.daemon().catch((err: unknown) => {
     throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE', `the daemon that is to mount the images (--daemon-socket ${daemonSocket}) does not answer: ${describeError(err)}`, { cause: err })

@@ -19,7 +19,7 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { describeError, type ComponentLogger, type Logger } from '../base/index.js'
 import { parseReference } from '../registry/index.js'
-import { mountsAt, type AdminClient, type MountInfo, type MountMode, type MountService, type PrefetchPolicy } from '../peer/index.js'
+import type { AdminClient, MountInfo, MountMode, MountService, PrefetchPolicy } from '../peer/index.js'
 import { SnapshotterError } from './errors.js'
 import {
   CRI_IMAGE_REF_LABEL, CRI_MANIFEST_DIGEST_LABEL, NYDUS_BLOB_LABEL, NYDUS_BOOTSTRAP_LABEL,
@@ -301,6 +301,7 @@ async function clearStaleMount (mountpoint: string, log: Logger | undefined): Pr
   let stale = false
   try {
     await lstat(mountpoint)
+    const { mountsAt } = await import('../peer/index.js')
     stale = (await mountsAt(resolve(mountpoint))).length > 0
   } catch (err) {
     stale = (err as NodeJS.ErrnoException).code === 'ENOTCONN'
