@@ -1,11 +1,13 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [--source DIR]
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [start] [--source DIR]
  *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
  * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
- * 4 nodes with containerd each, 256 MiB).
+ * 4 nodes with containerd each, 256 MiB). `start` (root) times an end-to-end container start, pull to first output line,
+ * of a python3 image through overlayfs vs the rafspeer snapshotter (FUSE and auto); `--bandwidth` caps its registry
+ * (default 50 MiB/s), `--runs` repeats its cold starts (default 1).
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -17,6 +19,7 @@ import { benchSwarm, formatSwarmBench } from './swarm.js'
 import { benchChunkExchange, formatChunkExchange } from './chunk-exchange.js'
 import { benchScheduler, formatSchedulerBench } from './scheduler.js'
 import { benchMirror, formatMirrorBench } from './mirror.js'
+import { benchContainerStart, formatContainerStart } from './container-start.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
@@ -36,7 +39,7 @@ const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
 const root = process.getuid?.() === 0
-const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror'].includes(name)))
+const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror', 'start'].includes(name)))
 
 if (want('build')) {
   const r = await benchBuild(source)
@@ -108,4 +111,15 @@ if (want('mirror')) {
   })
   process.stdout.write(formatMirrorBench(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'mirror', ...r }) + '\n')
+}
+
+if (want('start')) {
+  const r = await benchContainerStart({
+    ...(runs !== undefined ? { runs } : {}),
+    ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}),
+    ...(args.includes('--logs') ? { logsDir: args[args.indexOf('--logs') + 1]! } : {}),
+    log: line => { process.stderr.write(line + '\n') }
+  })
+  process.stdout.write(formatContainerStart(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'start', ...r }) + '\n')
 }
