@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { writeHostsToml } from '../proxy/index.js'
 import { CriImageClient } from '../snapshotter/index.js'
-import { containerdSkipReason, startContainerd, type Containerd } from './helpers/containerd.js'
+import { containerRunSkipReason, startContainerd, type Containerd } from './helpers/containerd.js'
 import { runCli } from './helpers/cli.js'
 import { startDaemon, type TestDaemon } from './helpers/daemon.js'
 import { distributionSkipReason, startDistribution, type Distribution } from './helpers/distribution.js'
@@ -26,9 +26,7 @@ const MiB = 1 << 20
 const NS = 'k8s.io'
 const USER = 'puller'
 const PASSWORD = 's3cret-pull'
-const skip = containerdSkipReason() ?? distributionSkipReason() ??
-  (existsSync('/usr/sbin/runc') || existsSync('/usr/bin/runc') ? undefined : 'runc missing (apt-get install runc)') ??
-  (existsSync('/usr/bin/busybox') ? undefined : 'busybox-static missing (apt-get install busybox-static)') ??
+const skip = containerRunSkipReason() ?? distributionSkipReason() ??
   (existsSync('/usr/bin/skopeo') ? undefined : '/usr/bin/skopeo missing (apt-get install skopeo)') ??
   (existsSync('/usr/bin/htpasswd') ? undefined : 'htpasswd missing (apt-get install apache2-utils)')
 

@@ -17,7 +17,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { writeHostsToml } from '../proxy/index.js'
-import { containerdSkipReason, startContainerd, type Containerd } from './helpers/containerd.js'
+import { containerRunSkipReason, startContainerd, type Containerd } from './helpers/containerd.js'
 import { cliArgv, startDaemon, type TestDaemon } from './helpers/daemon.js'
 import { runCli } from './helpers/cli.js'
 import { distributionSkipReason, startDistribution, type Distribution } from './helpers/distribution.js'
@@ -27,9 +27,8 @@ import { stopChild } from './helpers/process.js'
 
 const MiB = 1 << 20
 const NS = 'k8s.io'
-const skip = containerdSkipReason() ?? distributionSkipReason() ??
-  (existsSync('/usr/sbin/runc') || existsSync('/usr/bin/runc') ? undefined : 'runc missing (apt-get install runc)') ??
-  (existsSync('/usr/bin/busybox') ? undefined : 'busybox-static missing (apt-get install busybox-static)')
+const skip = containerRunSkipReason() ?? distributionSkipReason() ??
+  (existsSync('/usr/bin/skopeo') ? undefined : '/usr/bin/skopeo missing (apt-get install skopeo)')
 
 let dir: string
 let reg: Distribution

@@ -21,7 +21,7 @@ import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { RegistryClient } from '../registry/index.js'
 import { writeHostsToml } from '../proxy/index.js'
-import { containerdSkipReason, startContainerd, type Containerd } from './helpers/containerd.js'
+import { containerRunSkipReason, startContainerd, type Containerd } from './helpers/containerd.js'
 import { runCli } from './helpers/cli.js'
 import { startDaemon, type TestDaemon } from './helpers/daemon.js'
 import { distributionSkipReason, startDistribution, type Distribution } from './helpers/distribution.js'
@@ -43,9 +43,7 @@ function tarOf (name: string, body: Buffer): Buffer {
   return Buffer.concat([h, body, pad, Buffer.alloc(1024)])
 }
 const NS = 'k8s.io'
-const skip = containerdSkipReason() ?? distributionSkipReason() ??
-  (existsSync('/usr/sbin/runc') || existsSync('/usr/bin/runc') ? undefined : 'runc missing (apt-get install runc)') ??
-  (existsSync('/usr/bin/busybox') ? undefined : 'busybox-static missing (apt-get install busybox-static)') ??
+const skip = containerRunSkipReason() ?? distributionSkipReason() ??
   (existsSync('/usr/bin/skopeo') ? undefined : '/usr/bin/skopeo missing (apt-get install skopeo)')
 
 let dir: string

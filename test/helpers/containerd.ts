@@ -158,6 +158,13 @@ export function containerdSkipReason (): string | undefined {
   return undefined
 }
 
+/** Why containers cannot be run here (containerd, runc, and busybox-static for the test images), or undefined. */
+export function containerRunSkipReason (): string | undefined {
+  return containerdSkipReason() ??
+    (existsSync('/usr/sbin/runc') || existsSync('/usr/bin/runc') ? undefined : 'runc missing (apt-get install runc)') ??
+    (existsSync('/usr/bin/busybox') ? undefined : 'busybox-static missing (apt-get install busybox-static)')
+}
+
 // Every containerd this process starts, so a test that crashes before its finally still leaves no daemon or mount.
 const live = new Map<ChildProcess, string>()
 process.once('exit', () => {
