@@ -11,14 +11,11 @@
  * await host.stop()
  * ```
  */
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
-import { generateKeyPair } from '@libp2p/crypto/keys'
-import { identify, type Identify } from '@libp2p/identify'
+// the libp2p stack is loaded by the first createHost, not with this module: a daemon without P2P and every CLI
+// command that only talks to a daemon start without it (about half a second of imports)
+import type { Identify } from '@libp2p/identify'
 import type { Libp2p, PrivateKey } from '@libp2p/interface'
-import { ping, type Ping } from '@libp2p/ping'
-import { tcp } from '@libp2p/tcp'
-import { createLibp2p } from 'libp2p'
+import type { Ping } from '@libp2p/ping'
 import { loadOrCreateKey } from './key.js'
 
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
@@ -55,6 +52,10 @@ export interface HostInit {
 
 /** Starts a libp2p host; stop it with `host.stop()`. */
 export async function createHost (init: HostInit = {}): Promise<Host> {
+  const [{ noise }, { yamux }, { generateKeyPair }, { identify }, { ping }, { tcp }, { createLibp2p }] = await Promise.all([
+    import('@chainsafe/libp2p-noise'), import('@chainsafe/libp2p-yamux'), import('@libp2p/crypto/keys'),
+    import('@libp2p/identify'), import('@libp2p/ping'), import('@libp2p/tcp'), import('libp2p')
+  ])
   const privateKey = init.privateKey ??
     (init.keyFile !== undefined ? await loadOrCreateKey(init.keyFile) : await generateKeyPair('Ed25519'))
   const dialTimeout = init.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS

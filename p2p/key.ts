@@ -5,7 +5,6 @@
  */
 import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { RafspeerError } from '../base/index.js'
 
@@ -17,6 +16,8 @@ export class PeerKeyError extends RafspeerError<'RAFSPEER_ERR_PEER_KEY'> {}
  * crash never leaves a truncated key behind.
  */
 export async function loadOrCreateKey (keyFile: string): Promise<PrivateKey> {
+  // loaded on first use (as the host is): commands that never start P2P do not pay for the crypto
+  const { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } = await import('@libp2p/crypto/keys')
   let bytes: Buffer | undefined
   try {
     bytes = await readFile(keyFile)
