@@ -72,6 +72,8 @@ before(async () => {
     fetch: { retries: 1 },
     log: { level: 'debug', format: 'text' }
   })
+  // containerd came first (the daemon needs its socket): it dials the snapshotter again after its backoff
+  await containerd.waitForSnapshotter('rafspeer', { namespace: NS })
 })
 
 /** hosts.toml: the registry over plain HTTP */

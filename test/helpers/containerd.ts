@@ -139,6 +139,12 @@ export interface Containerd {
    * starts a collection. Users see that as a mount that outlives its container for a while; tests must not wait.
    */
   nudgeGc: (namespace?: string) => Promise<void>
+  /**
+   * Waits until containerd reaches the proxy snapshotter `name`: a probe snapshot is prepared through it (and
+   * removed). A plugin whose socket appeared after containerd started is dialled again only when its connection's
+   * backoff allows; `ctr snapshots ls` would not tell (an empty list never reaches the plugin).
+   */
+  waitForSnapshotter: (name: string, opts?: { namespace?: string, timeoutMs?: number }) => Promise<void>
   /** whether the CRI plugin is on (then its image service answers on `address`) */
   cri: boolean
   /** containerd's stderr so far (tail) */
@@ -357,7 +363,21 @@ export async function startContainerd (opts: ContainerdOptions = {}): Promise<Co
       if (r.code !== 0) throw new Error(`ctr ${args.join(' ')}: ${r.stderr.trim()}`)
     }
   }
-  return { address, root: join(dir, 'root'), dir, namespace, pull, ctr, run, nudgeGc, cri: opts.cri !== undefined, logs: () => err, stop }
+  const waitForSnapshotter = async (name: string, o: { namespace?: string, timeoutMs?: number } = {}): Promise<void> => {
+    const deadline = Date.now() + (o.timeoutMs ?? 60_000)
+    const ns = { namespace: o.namespace ?? namespace, timeoutMs: 10_000 }
+    for (let i = 0; ; i++) {
+      const key = `snapshotter-probe-${process.pid}-${i}`
+      const r = await ctr(['snapshots', '--snapshotter', name, 'prepare', key], ns)
+      if (r.code === 0) {
+        await ctr(['snapshots', '--snapshotter', name, 'rm', key], ns)
+        return
+      }
+      if (Date.now() > deadline) throw new Error(`containerd does not reach the snapshotter ${name}: ${r.stderr.trim()}`)
+      await new Promise(resolve => setTimeout(resolve, 250))
+    }
+  }
+  return { address, root: join(dir, 'root'), dir, namespace, pull, ctr, run, nudgeGc, waitForSnapshotter, cri: opts.cri !== undefined, logs: () => err, stop }
 }
 
 const lines = (text: string): string[] => text.split('\n').map(l => l.trim()).filter(l => l !== '')
