@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url'
 import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
 import { describeError, type ComponentLogger, type Logger } from '../base/index.js'
-import { normalizeConfigKey, parseReference } from '../registry/index.js'
+import { normalizeConfigKey, parseReference, type Credentials } from '../registry/index.js'
 import { SnapshotterError } from './errors.js'
 import { prepareSocket } from './grpc-service.js'
 
@@ -30,7 +30,6 @@ const MAX_MESSAGE_BYTES = 16 << 20
 const METHODS = ['ListImages', 'ImageStatus', 'PullImage', 'RemoveImage', 'ImageFsInfo'] as const
 const PACKAGES = ['runtime.v1', 'runtime.v1alpha2'] as const
 
-export interface Credentials { username: string, password: string }
 
 /**
  * Credentials from CRI pulls, by repository (`host/repository`) and, for a pull that named its server, by host.

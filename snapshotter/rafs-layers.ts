@@ -18,7 +18,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { describeError, type ComponentLogger, type Logger } from '../base/index.js'
-import { parseReference } from '../registry/index.js'
+import { parseReference, type Credentials } from '../registry/index.js'
 import type { AdminClient, MountInfo, MountMode, MountService, PrefetchPolicy } from '../peer/index.js'
 import { SnapshotterError } from './errors.js'
 import {
@@ -52,7 +52,7 @@ export interface RafsLayersComponents {
   mounts: ImageMounter
   logger?: ComponentLogger
   /** registry credentials for an image (`host/repo@digest`), e.g. those its CRI pull carried; else the daemon's */
-  credentials?: (source: string) => { username: string, password: string } | undefined
+  credentials?: (source: string) => Credentials | undefined
 }
 
 export interface RafsLayersInit {

@@ -15,7 +15,7 @@ import { resolve } from 'node:path'
 import { RafspeerError, delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { BlobCache } from '../../cache/index.js'
 import type { ChunkInfo } from '../../rafs/index.js'
-import { RegistryClient, parseReference } from '../../registry/index.js'
+import { RegistryClient, parseReference, type Credentials } from '../../registry/index.js'
 import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit } from '../fetch/index.js'
 import { openImage, type OpenedImage } from './image-open.js'
 import { kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
@@ -387,7 +387,7 @@ export class MountManager implements MountService {
 }
 
 /** One registry client for one mount's credentials (made on first use, with the mount's plain-HTTP setting). */
-function ownClient (source: string, credentials: { username: string, password: string }): ((plainHttp: boolean | 'auto') => RegistryClient) & { close: () => Promise<void> } {
+function ownClient (source: string, credentials: Credentials): ((plainHttp: boolean | 'auto') => RegistryClient) & { close: () => Promise<void> } {
   let host: string
   try {
     host = parseReference(source).registry

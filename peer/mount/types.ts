@@ -3,6 +3,7 @@
  * manager (`mount-manager.ts`), the daemon shell (`daemon/`) and the CLI.
  */
 import type { RafsReader } from '../../rafs/index.js'
+import type { Credentials } from '../../registry/index.js'
 import type { FetchCounters, FetchSample } from '../fetch/index.js'
 
 // ---------------------------------------------------------------- FUSE
@@ -75,7 +76,7 @@ export interface MountRequest {
    * credentials for the image's registry, used by this mount only (its own registry client and tokens), e.g. those
    * a CRI pull carried; absent: the daemon's (Docker config.json)
    */
-  credentials?: { username: string, password: string }
+  credentials?: Credentials
 }
 
 export interface PrefetchStatus {
