@@ -17,7 +17,7 @@ import { mkdir, open, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describeError, silentLogger, type Logger } from '../base/index.js'
 import { digestChunk, type RafsBlobInfo } from '../rafs/index.js'
-import { BlobState, alignedSize } from './blob-state.js'
+import { BlobState, alignedSize, type ChunkWatcher } from './blob-state.js'
 import type { BlobRecord, CacheIndex, ChunkMark, ChunkRecord, ImageRecord } from './cache-index.js'
 import { hasFallocate, punchHoles, readFull, writeChunkData } from './chunk-io.js'
 import { CacheError, isFullErrno } from './errors.js'
@@ -231,7 +231,7 @@ export class BlobCache {
         await this.#unmark(s, [chunk])
         return undefined
       }
-      s.setVerified(chunk.index)
+      s.setVerified(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize)
     }
     this.#counters.hits++
     s.touch(chunk.uncompressedOffset, Date.now())
@@ -280,7 +280,7 @@ export class BlobCache {
       throw new CacheError('RAFSPEER_ERR_CACHE_IO', `writing blob ${s.record.blobId} chunk ${chunk.index}: ${(err as Error).message}`, { cause: err })
     }
     s.set(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize, Date.now())
-    s.setVerified(chunk.index)
+    s.setVerified(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize)
     const rec: ChunkRecord = { index: chunk.index, digest: chunk.digest, uncompressedOffset: chunk.uncompressedOffset, uncompressedSize: chunk.uncompressedSize, generation: this.#generation }
     try {
       await this.#commits.add({ blobId: s.record.blobId, chunk: rec })
@@ -396,10 +396,21 @@ export class BlobCache {
     return await this.#imageStore.remove(ref)
   }
 
-  /** Forgets a blob entirely and deletes its data file (refused while pinned). */
+  /**
+   * Tells `watcher` about the blob's extents as they become verified or lose their bytes, until the returned
+   * function is called. It hears only what happens from now on: extents already verified are `isVerified`.
+   * Calls are synchronous, inside the cache's own bookkeeping; a `cleared` returns before the bytes go.
+   */
+  watch (blobId: string, watcher: ChunkWatcher): () => void {
+    const s = this.#state(blobId)
+    s.watchers.add(watcher)
+    return () => { s.watchers.delete(watcher) }
+  }
+
+  /** Forgets a blob entirely and deletes its data file (refused while pinned or watched). */
   async removeBlob (blobId: string): Promise<void> {
     const s = this.#state(blobId)
-    if (s.pins > 0) throw new CacheError('RAFSPEER_ERR_CACHE_BAD_CHUNK', `blob ${blobId} is pinned`)
+    if (s.pins > 0 || s.watchers.size > 0) throw new CacheError('RAFSPEER_ERR_CACHE_BAD_CHUNK', `blob ${blobId} is ${s.pins > 0 ? 'pinned' : 'in use by a mount'}`)
     await this.#commits.drain()
     this.#blobs.delete(blobId)
     await this.#index.removeBlob(blobId)

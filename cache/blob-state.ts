@@ -19,6 +19,17 @@ export interface RangeState {
   maxCi: number
 }
 
+/**
+ * Hears, synchronously, about one blob's uncompressed view: an extent (4 KiB-aligned offset and length) whose
+ * chunk was written or read back matching its digest by this process, or one that is about to lose its bytes
+ * (eviction, a failed check, a failed index write). A reader that serves the cache file without the cache (the
+ * lazy-kernel mode's blob files) trusts exactly the extents it heard `verified` and not `cleared` since.
+ */
+export interface ChunkWatcher {
+  verified: (offset: number, length: number) => void
+  cleared: (offset: number, length: number) => void
+}
+
 export class BlobState {
   readonly record: BlobRecord
   readonly path: string
@@ -37,6 +48,8 @@ export class BlobState {
   /** ci index → in-flight write (its extent is never punched, and a second put of it waits for the first) */
   readonly writing = new Map<number, Promise<void>>()
   readonly ranges = new Map<number, RangeState>()
+  /** told synchronously when a chunk's bytes become trustworthy or stop being present (`BlobCache.watch`) */
+  readonly watchers = new Set<ChunkWatcher>()
 
   constructor (record: BlobRecord, path: string, fh: FileHandle, readonly rangeBytes: number) {
     this.record = record
@@ -50,7 +63,11 @@ export class BlobState {
     return index >= 0 && index < this.record.chunkCount && (this.verified[index >> 3]! & (0x80 >> (index & 7))) !== 0
   }
 
-  setVerified (index: number): void { this.verified[index >> 3]! |= 0x80 >> (index & 7) }
+  setVerified (index: number, uncompressedOffset: number, size: number): void {
+    if (this.isVerified(index)) return
+    this.verified[index >> 3]! |= 0x80 >> (index & 7)
+    for (const w of this.watchers) w.verified(uncompressedOffset, alignedSize(size))
+  }
 
   // MSB first within a byte, like nydusd's chunk_map (§14), so a dump of `bits` reads the same way
   has (index: number): boolean {
@@ -85,6 +102,8 @@ export class BlobState {
   /** Marks a chunk absent in memory; false when it already was. */
   clear (index: number, uncompressedOffset: number, size: number): boolean {
     if (!this.has(index)) return false
+    // watchers first: once they return, nobody reads these bytes on the strength of an earlier check
+    for (const w of this.watchers) w.cleared(uncompressedOffset, alignedSize(size))
     this.bits[index >> 3]! &= ~(0x80 >> (index & 7))
     this.verified[index >> 3]! &= ~(0x80 >> (index & 7))
     this.chunksPresent--

@@ -35,6 +35,7 @@
  * ```
  */
 export { BlobCache, type BlobCacheEvents } from './blob-cache.js'
+export type { ChunkWatcher } from './blob-state.js'
 export {
   CACHE_FORMAT_VERSION, DEFAULT_EVICTION_RANGE_BYTES, type BlobCacheInit, type CacheStats, type CachedChunk, type VerifyReport
 } from './types.js'
