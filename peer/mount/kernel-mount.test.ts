@@ -5,7 +5,8 @@ import { execFileSync } from 'node:child_process'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { buildFromDirectory } from '../../rafs/index.js'
-import { kernelMount, kernelModeUnavailable, KernelMountError } from './kernel-mount.js'
+import { clearStaleMount, fileBackedUnavailable, kernelMount, kernelModeUnavailable, KernelMountError } from './kernel-mount.js'
+import { mountsAt } from './fuse-backend.js'
 import { snapshotTree, diffTrees } from '../../test/helpers/tree.js'
 import { captureLogs } from '../../test/helpers/logs.js'
 
@@ -46,8 +47,9 @@ test('kernel mode mounts a built image, equals its source, and leaves no loop de
     const res = await buildFromDirectory(src, { bootstrap: join(work, 'image.boot'), blobDir: join(work, 'blobs'), blobCacheDir: join(work, 'cache') })
     const mnt = join(work, 'mnt')
     await mkdir(mnt)
-    const m = await kernelMount(res.bootstrap, res.blobs.map((b) => b.viewPath!), mnt)
+    const m = await kernelMount(res.bootstrap, res.blobs.map((b) => b.viewPath!), mnt, { backing: 'loop' })
     try {
+      assert.equal(m.backing, 'loop')
       assert.deepEqual(await readFile(join(mnt, 'd', 'f')), Buffer.alloc(200_000, 'rafs'))
       assert.deepEqual(diffTrees(await snapshotTree(src), await snapshotTree(mnt), { ignore: ['mtimeSec', 'mtimeNsec'] }).filter((d) => !d.startsWith('"/":')), [])
     } finally {
@@ -72,7 +74,7 @@ test('blob devices read their files with direct I/O by default, the bootstrap de
     const mnt = join(work, 'mnt')
     await mkdir(mnt)
     for (const [opts, blobDio] of [[{}, true], [{ directIo: false }, false]] as const) {
-      const m = await kernelMount(bootstrap, views, mnt, opts)
+      const m = await kernelMount(bootstrap, views, mnt, { ...opts, backing: 'loop' })
       try {
         const seen = await loopsUnder(work)
         assert.equal(seen.size, 1 + views.length, 'the detached devices stay visible while mounted')
@@ -85,7 +87,7 @@ test('blob devices read their files with direct I/O by default, the bootstrap de
       }
       assert.equal((await loopsUnder(work)).size, 0)
     }
-    const m = await kernelMount(bootstrap, views, mnt, { bootstrapDirectIo: true })
+    const m = await kernelMount(bootstrap, views, mnt, { bootstrapDirectIo: true, backing: 'loop' })
     try {
       assert.equal((await loopsUnder(work)).get(bootstrap)?.dio, true)
       assert.deepEqual(await readFile(join(mnt, 'f')), data)
@@ -110,7 +112,7 @@ test('an image on tmpfs or ramfs still mounts; where O_DIRECT is refused the dev
         const mnt = join(dir, 'mnt')
         await mkdir(mnt)
         const { logger, lines: logged } = captureLogs()
-        const m = await kernelMount(bootstrap, views, mnt, { bootstrapDirectIo: true, logger })
+        const m = await kernelMount(bootstrap, views, mnt, { bootstrapDirectIo: true, logger, backing: 'loop' })
         try {
           assert.deepEqual(await readFile(join(mnt, 'f')), data, fs)
           const seen = await loopsUnder(dir)
@@ -132,6 +134,54 @@ test('an image on tmpfs or ramfs still mounts; where O_DIRECT is refused the dev
       }
     }
   } finally {
+    await rm(work, { recursive: true, force: true })
+  }
+})
+
+const fileSkip = skip === false ? (await fileBackedUnavailable() ?? false) : skip
+
+test('file-backed: mount(2) of the bootstrap file itself with the views as devices, no loop device at all', { skip: fileSkip }, async () => {
+  const work = await mkdtemp(join(tmpdir(), 'rafs-kmount-file-'))
+  try {
+    const { bootstrap, views, data } = await buildSmall(work)
+    const mnt = join(work, 'mnt')
+    await mkdir(mnt)
+    const m = await kernelMount(bootstrap, views, mnt)
+    try {
+      assert.equal(m.backing, 'file', 'auto picks file-backed where the kernel can')
+      assert.deepEqual(m.devices, [])
+      assert.equal((await loopsUnder(work)).size, 0)
+      const line = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').find(l => l.split(' ')[4] === mnt)
+      assert.match(line ?? '', / - erofs /)
+      assert.ok(line!.includes(bootstrap), 'the bootstrap file is the source')
+      assert.deepEqual(await readFile(join(mnt, 'f')), data)
+    } finally {
+      await m.unmount()
+    }
+    // a device that is not absolute, or a wrong device count: clear errors, nothing mounted
+    await assert.rejects(kernelMount(bootstrap, ['rel/view'], mnt, { backing: 'file' }), /must be absolute/)
+    await assert.rejects(kernelMount(bootstrap, [], mnt, { backing: 'file' }), /declares 1 blob device/)
+    await writeFile(join(work, 'garbage.boot'), Buffer.alloc(8192))
+    await assert.rejects(kernelMount(join(work, 'garbage.boot'), [], mnt, { backing: 'file' }), /not an EROFS\/RAFS v6 bootstrap/)
+    assert.equal((await readFile('/proc/self/mountinfo', 'utf8')).includes(mnt), false)
+  } finally {
+    await rm(work, { recursive: true, force: true })
+  }
+})
+
+test('clearStaleMount: an EROFS mount of one of our bootstraps goes, anything else mounted there is refused', { skip: fileSkip }, async () => {
+  const work = await mkdtemp(join(tmpdir(), 'rafs-kmount-stale-'))
+  try {
+    const { bootstrap, views } = await buildSmall(work)
+    const mnt = join(work, 'mnt')
+    await mkdir(mnt)
+    await kernelMount(bootstrap, views, mnt)
+    await assert.rejects(clearStaleMount(mnt, join(work, 'elsewhere')), /already a mount point \(erofs from /)
+    await clearStaleMount(mnt, work)
+    assert.deepEqual(await mountsAt(mnt), [])
+    await clearStaleMount(mnt, work) // nothing there: nothing to do
+  } finally {
+    for (const _ of await mountsAt(join(work, 'mnt'))) execFileSync('umount', ['-l', join(work, 'mnt')])
     await rm(work, { recursive: true, force: true })
   }
 })
