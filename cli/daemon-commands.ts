@@ -15,7 +15,7 @@ const peer = async (): Promise<typeof import('../peer/index.js')> => await impor
 const proxy = async (): Promise<typeof import('../proxy/index.js')> => await import('../proxy/index.js')
 const snapshotter = async (): Promise<typeof import('../snapshotter/index.js')> => await import('../snapshotter/index.js')
 
-const MODES: readonly MountMode[] = ['auto', 'fuse', 'kernel']
+const MODES: readonly MountMode[] = ['auto', 'erofs-lazy', 'fuse', 'kernel']
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
 
 export function parseMode (value: string): MountMode {

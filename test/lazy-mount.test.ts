@@ -3,7 +3,9 @@
  * distribution registry, converted to RAFS; the real `rafspeer daemon` (child process) mounts it with FUSE through
  * `rafspeer mount`, with a counting proxy in front of the registry as an independent witness of what was fetched.
  * Covers: laziness, full-tree equality with `umoci unpack`, restart without refetch, flipped cache bytes,
- * SIGKILL mid-read, offline reads after a full prefetch, kernel mode, and a stalling registry.
+ * SIGKILL mid-read, offline reads after a full prefetch, kernel mode, and a stalling registry; each in both lazy
+ * modes: per-file FUSE and erofs-lazy (the kernel's EROFS over the daemon's lazily filled blob files), plus, for
+ * erofs-lazy, a daemon killed under a reader (an error within the deadline, never a hang; a restart recovers).
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
@@ -13,6 +15,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
 import { BlobCache } from '../cache/index.js'
+import { erofsLazyUnavailable } from '../peer/index.js'
 import { convertImage } from '../convert/index.js'
 import { RegistryClient, isIndex } from '../registry/index.js'
 import { runCli } from './helpers/cli.js'
@@ -41,6 +44,8 @@ const daemons: TestDaemon[] = []
 
 /** FUSE carries mtimes in milliseconds only */
 const FUSE_IGNORE: Array<keyof TreeEntry> = ['mtimeNsec']
+const LAZY_MODES = ['fuse', 'erofs-lazy'] as const
+type LazyMode = typeof LAZY_MODES[number]
 
 before(async () => {
   if (skip !== undefined) return
@@ -76,10 +81,10 @@ after(async () => {
   if (work !== undefined) await rm(work, { recursive: true, force: true })
 })
 
-async function daemon (name: string, config: Record<string, unknown> = {}): Promise<TestDaemon> {
+async function daemonOf (name: string, config: Record<string, unknown> = {}, mode?: LazyMode): Promise<TestDaemon> {
   const dir = join(work, name)
   await mkdir(dir, { recursive: true })
-  const d = await startDaemon(dir, { log: { level: 'debug', format: 'text' }, prefetch: { policy: 'none' }, ...config })
+  const d = await startDaemon(dir, { log: { level: 'debug', format: 'text' }, prefetch: { policy: 'none' }, ...(mode !== undefined ? { mount: { defaultMode: mode } } : {}), ...config })
   daemons.push(d)
   return d
 }
@@ -101,19 +106,25 @@ async function assertTreeEqual (mnt: string, ignore: Array<keyof TreeEntry>): Pr
   assert.deepEqual(diffs.slice(0, 20), [], `${diffs.length} differences`)
 }
 
-describe('rafspeer daemon + mount, lazily, against the real distribution registry', { skip }, () => {
+for (const mode of LAZY_MODES) {
+// one tree per mode: what a mode reads equals the source exactly (erofs-lazy is the kernel's: nanosecond mtimes)
+const IGNORE: Array<keyof TreeEntry> = mode === 'fuse' ? FUSE_IGNORE : []
+const lazySkip = skip ?? (mode === 'erofs-lazy' ? await erofsLazyUnavailable() : undefined)
+describe(`rafspeer daemon + mount, lazily (${mode}), against the real distribution registry`, { skip: lazySkip }, () => {
+  const daemon = async (name: string, config: Record<string, unknown> = {}): Promise<TestDaemon> => await daemonOf(`${mode}-${name}`, config, mode)
+  const work_ = (name: string): string => join(work, `${mode}-${name}`)
   it('a small read fetches a small fraction; the whole tree equals umoci unpack; metrics account for it', async () => {
     const d = await daemon('lazy')
-    const mnt = join(work, 'mnt-lazy')
+    const mnt = work_('mnt-lazy')
     proxy.reset()
     const info = await mountCli(d, mnt)
-    assert.equal(info.mode, 'fuse')
+    assert.equal(info.mode, mode)
     const afterMount = proxy.blobBytes // the bootstrap layer
     assert.equal(await readFile(join(mnt, 'etc/hostname'), 'utf8'), 'changed\n')
     const small = proxy.blobBytes - afterMount
     assert.ok(small > 0, 'the read went to the registry')
     assert.ok(small < blobTotal * 0.15, `one small file cost ${small} of ${blobTotal} blob bytes`)
-    await assertTreeEqual(mnt, FUSE_IGNORE)
+    await assertTreeEqual(mnt, IGNORE)
     const metrics = await d.client.metricsJson()
     const img = metrics.images.find(i => i.mountpoint === mnt)!
     assert.ok(img.readBytes > 0 && img.readCount > 0)
@@ -126,16 +137,16 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
 
   it('after a restart nothing is fetched again', async () => {
     const d = await daemon('lazy')
-    const mnt = join(work, 'mnt-lazy')
+    const mnt = work_('mnt-lazy')
     proxy.reset()
     await mountCli(d, mnt)
-    await assertTreeEqual(mnt, FUSE_IGNORE)
+    await assertTreeEqual(mnt, IGNORE)
     assert.equal(proxy.blobBytes, 0, `refetched ${proxy.blobBytes} bytes (${proxy.blobRequests} blob requests)`)
     assert.equal(await d.stop(), 0)
   })
 
   it('bytes flipped in a cache file are detected and refetched, never served', async () => {
-    const cacheDir = join(work, 'lazy', 'cache')
+    const cacheDir = join(work_('lazy'), 'cache')
     const files = (await readdir(cacheDir)).filter(f => f.endsWith('.blob.data'))
     assert.ok(files.length > 0)
     for (const f of files) {
@@ -148,10 +159,10 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
       await fh.close()
     }
     const d = await daemon('lazy')
-    const mnt = join(work, 'mnt-lazy')
+    const mnt = work_('mnt-lazy')
     proxy.reset()
     await mountCli(d, mnt)
-    await assertTreeEqual(mnt, FUSE_IGNORE)
+    await assertTreeEqual(mnt, IGNORE)
     assert.ok(proxy.blobBytes > 0, 'the bad chunks were refetched')
     const m = await d.client.metricsJson()
     assert.ok(m.cache.verifyFailures >= files.length, `verify failures ${m.cache.verifyFailures}`)
@@ -160,7 +171,7 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
 
   it('SIGKILL in the middle of reads: after a restart every chunk the index calls present verifies', async () => {
     const d = await daemon('killed')
-    const mnt = join(work, 'mnt-killed')
+    const mnt = work_('mnt-killed')
     await mountCli(d, mnt)
     proxy.reset()
     proxy.delayMs = 20
@@ -178,10 +189,11 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
     await d.kill()
     proxy.delayMs = 0
     await run('fusermount', ['-uz', mnt]).catch(async () => await run('umount', ['-l', mnt]))
+    for (const mp of await mountsUnder(work_('killed'))) await run('umount', ['-l', mp]).catch(() => {})
     await reader
     const again = await daemon('killed')
     assert.equal(await again.stop(), 0, again.log())
-    const cache = await BlobCache.open(join(work, 'killed', 'cache'))
+    const cache = await BlobCache.open(join(work_('killed'), 'cache'))
     try {
       const st = cache.stats()
       assert.ok(st.chunksPresent > 0, 'some chunks made it before the kill')
@@ -194,7 +206,7 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
 
   it('after a full prefetch the registry can go away: every file reads; kernel mode gives the identical tree', async () => {
     const d = await daemon('offline')
-    const mnt = join(work, 'mnt-offline')
+    const mnt = work_('mnt-offline')
     await mountCli(d, mnt, '--prefetch', 'all')
     for (let i = 0; ; i++) {
       const [m] = await d.client.mounts()
@@ -205,7 +217,7 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
     }
     proxy.mode = 'down'
     try {
-      await assertTreeEqual(mnt, FUSE_IGNORE)
+      await assertTreeEqual(mnt, IGNORE)
       await umountCli(d, mnt)
       // the registry is still down: the daemon mounts from the cache's record of the image
       const info = await mountCli(d, mnt, '--mode', 'kernel')
@@ -218,9 +230,38 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
     assert.equal(await d.stop(), 0)
   })
 
+  it('the daemon killed under a reader: the read fails within the deadline, nothing hangs; a restart mounts there again', { skip: mode !== 'erofs-lazy' && 'the per-file FUSE mount ends with its daemon (see the SIGKILL test)' }, async () => {
+    const d = await daemon('sigkill', { fetch: { deadlineMs: 3000 } })
+    const mnt = work_('mnt-sigkill')
+    await mountCli(d, mnt)
+    assert.equal(await readFile(join(mnt, 'etc/hostname'), 'utf8'), 'changed\n')
+    proxy.delayMs = 500
+    const t0 = Date.now()
+    const outcome = readFile(join(mnt, 'opt/model/part4.bin')).then(() => 'read', (err: NodeJS.ErrnoException) => err.code)
+    try {
+      await new Promise(resolve => setTimeout(resolve, 300))
+      await d.kill()
+      const code = await outcome
+      const took = Date.now() - t0
+      assert.ok(code === 'EIO' || code === 'ENOTCONN' || code === 'ECONNABORTED', `the reader got ${code}`)
+      assert.ok(took < 3000 + 2000, `the reader waited ${took} ms`)
+      // the kernel still answers metadata from the bootstrap; data it does not hold fails at once
+      assert.ok((await readdir(join(mnt, 'opt/model'))).length === 6)
+      await assert.rejects(readFile(join(mnt, 'opt/model/part5.bin')))
+    } finally {
+      proxy.delayMs = 0
+    }
+    const again = await daemon('sigkill')
+    assert.equal((await mountCli(again, mnt)).mode, 'erofs-lazy')
+    assert.equal((await readFile(join(mnt, 'opt/model/part4.bin'))).length, (4 << 20) + 4000)
+    await umountCli(again, mnt)
+    assert.equal(await again.stop(), 0, again.log())
+    assert.deepEqual(await mountsUnder(work_('sigkill')), [], 'the daemon took its blob files with it')
+  })
+
   it('a stalling registry: the read fails with EIO in bounded time and the daemon stays healthy', async () => {
     const d = await daemon('stall', { fetch: { deadlineMs: 2000, timeoutMs: 1000, retries: 0 } })
-    const mnt = join(work, 'mnt-stall')
+    const mnt = work_('mnt-stall')
     await mountCli(d, mnt)
     assert.equal(await readFile(join(mnt, 'etc/hostname'), 'utf8'), 'changed\n')
     proxy.mode = 'stall'
@@ -241,3 +282,4 @@ describe('rafspeer daemon + mount, lazily, against the real distribution registr
     assert.equal(await d.stop(), 0)
   })
 })
+}

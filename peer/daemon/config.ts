@@ -127,8 +127,19 @@ export const daemonConfigSchema = z.strictObject({
     bandwidthBytesPerSecond: byteSize.default(0)
   }).prefault({}),
   mount: z.strictObject({
-    /** `auto`: the kernel's EROFS when every blob is complete in the cache and the kernel can, FUSE otherwise */
-    defaultMode: z.enum(['auto', 'fuse', 'kernel']).default('auto')
+    /**
+     * `auto`: the kernel's EROFS over the cache files when every blob is complete; else the kernel's EROFS over
+     * lazily filled blob files (`erofs-lazy`) where the host can (native addon, /dev/fuse); per-file FUSE otherwise
+     */
+    defaultMode: z.enum(['auto', 'erofs-lazy', 'fuse', 'kernel']).default('auto')
+  }).prefault({}),
+  lazyKernel: z.strictObject({
+    /** threads answering the blob files' FUSE requests from the cache (4) */
+    threads: int(1, 64).default(4),
+    /** the largest READ asked of the blob files (1 MiB; 4 KiB to 1 MiB) */
+    maxReadBytes: byteSize.default(1 << 20).refine(n => n >= 4096 && n <= 1 << 20 && n % 4096 === 0, { error: 'must be a multiple of 4KiB between 4KiB and 1MiB' }),
+    /** open the blob files with direct I/O: no second page cache under EROFS's (default false) */
+    directIo: z.boolean().default(false)
   }).prefault({}),
   fuse: z.strictObject({
     kernelCache: z.boolean().default(true),
@@ -163,8 +174,8 @@ export const daemonConfigSchema = z.strictObject({
     address: z.string().min(1).max(100, { error: 'a Unix socket path is at most 100 bytes' }).optional(),
     /** snapshots, their metadata and the image mounts (default `<workDir>/snapshotter`) */
     root: z.string().min(1).optional(),
-    /** how a container's image is mounted: `auto` (kernel EROFS once the cache holds it all, FUSE before), `fuse`, `kernel` */
-    mode: z.enum(['auto', 'fuse', 'kernel']).default('auto'),
+    /** how a container's image is mounted: `auto` (kernel EROFS once the cache holds it all, erofs-lazy or FUSE before), `erofs-lazy`, `fuse`, `kernel` */
+    mode: z.enum(['auto', 'erofs-lazy', 'fuse', 'kernel']).default('auto'),
     /** how long an image no container uses stays mounted for the next one (30 s; 0: unmounted with its last container) */
     idleUnmountMs: int(0, 86_400_000).default(30_000),
     /**

@@ -16,7 +16,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { CacheStats } from '../../cache/index.js'
 import type { P2PStats } from '../exchange/index.js'
 import { sourceKind } from '../fetch/index.js'
-import type { MountService, MountStats, PrefetchStatus } from '../mount/index.js'
+import type { BlobFsStats, MountService, MountStats, PrefetchStatus } from '../mount/index.js'
 import type { DaemonExtension } from './node.js'
 
 /** seconds; a cache-adjacent peer answers in ms, a far registry in 100s of ms, a struggling one in seconds */
@@ -29,8 +29,8 @@ export interface BytesBySource { cache: number, registry: number, peer: number }
 export interface ImageMetrics {
   mountpoint: string
   source: string
-  mode: 'fuse' | 'kernel'
-  /** FUSE reads served (kernel mode: 0, the kernel serves reads) */
+  mode: MountStats['mode']
+  /** reads that reached userspace: FUSE reads (fuse), blob-file misses (erofs-lazy), 0 (kernel) */
   readCount: number
   readBytes: number
   readErrors: number
@@ -59,6 +59,8 @@ export interface MetricsJson {
   fetchLatencyMs: LatencySummary
   /** the node's part in the swarm, when P2P is on */
   p2p?: P2PStats
+  /** the erofs-lazy mode's blob file system, once it has served a mount: READs answered in C vs misses */
+  lazyKernel?: BlobFsStats
   /** what uses of the node add (`proxy`: the registry mirror's numbers) */
   [extension: string]: unknown
 }
@@ -103,7 +105,7 @@ function imageMetrics (s: MountStats): ImageMetrics {
 }
 
 /** The JSON view of `/api/v1/metrics`; `latency` holds the recent fetch samples (see `DaemonMetrics.json`). */
-export function metricsJson (service: Pick<MountService, 'stats'>, cacheStats: () => CacheStats, latency: LatencyWindow,
+export function metricsJson (service: Pick<MountService, 'stats' | 'lazyKernelStats'>, cacheStats: () => CacheStats, latency: LatencyWindow,
   p2pStats?: () => P2PStats): MetricsJson {
   const images = service.stats().map(imageMetrics)
   const sum = (f: (i: ImageMetrics) => number): number => images.reduce((a, i) => a + f(i), 0)
@@ -121,8 +123,14 @@ export function metricsJson (service: Pick<MountService, 'stats'>, cacheStats: (
     },
     cache: cacheStats(),
     fetchLatencyMs: latency.summary(),
-    ...(p2pStats !== undefined ? { p2p: p2pStats() } : {})
+    ...(p2pStats !== undefined ? { p2p: p2pStats() } : {}),
+    ...lazyKernel(service)
   }
+}
+
+function lazyKernel (service: Pick<MountService, 'lazyKernelStats'>): { lazyKernel?: BlobFsStats } {
+  const st = service.lazyKernelStats?.()
+  return st === undefined ? {} : { lazyKernel: st }
 }
 
 interface Snapshot {

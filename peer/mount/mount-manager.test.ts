@@ -1,6 +1,8 @@
 /**
  * The mount manager over a local image (bootstrap + blob dir): kernel mode pulls every chunk through the fetcher,
- * pins the blobs and serves the identical tree; auto picks kernel once the cache is complete and FUSE before;
+ * pins the blobs and serves the identical tree; auto picks kernel once the cache is complete and erofs-lazy (or
+ * FUSE) before; erofs-lazy reads lazily through its blob files, serves what is cached without a miss, survives
+ * eviction under it and never serves bytes it did not verify;
  * prefetch policies name the right chunks; bad requests are refused with codes.
  */
 import assert from 'node:assert/strict'
@@ -9,11 +11,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { BlobCache } from '../../cache/index.js'
+import { open } from 'node:fs/promises'
 import { buildFromDirectory, RafsReader } from '../../rafs/index.js'
 import { kernelSkipReason } from '../../test/helpers/kernel.js'
 import { diffTrees, snapshotTree } from '../../test/helpers/tree.js'
-import { FuseNativeBackend } from './fuse-backend.js'
-import { MountManager } from './mount-manager.js'
+import { FuseNativeBackend, mountsAt } from './fuse-backend.js'
+import { MountManager, erofsLazyUnavailable } from './mount-manager.js'
 import { planPrefetch } from './prefetch.js'
 import { captureLogs } from '../../test/helpers/logs.js'
 
@@ -103,9 +106,9 @@ describe('kernel mode from a local image', { skip: kernelSkipReason() }, () => {
 })
 
 describe('FUSE mode from a local image', { skip: fuseSkip() }, () => {
-  it('auto mounts FUSE on a cold cache, reads lazily, prefetches the table, equals the source', async t => {
+  it('fuse mode on a cold cache reads lazily, prefetches the table, equals the source; auto picks kernel once complete', async t => {
     const { mm, cache, mnt } = await manager(t, 'fuse')
-    const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt })
+    const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'fuse' })
     assert.equal(info.mode, 'fuse')
     const pre = await mm.prefetchSettled(mnt)
     assert.equal(pre.state, 'done')
@@ -125,5 +128,94 @@ describe('FUSE mode from a local image', { skip: fuseSkip() }, () => {
       assert.equal(again.mode, 'kernel')
       await mm.unmount(mnt)
     }
+  })
+})
+
+describe('erofs-lazy mode from a local image', { skip: await erofsLazyUnavailable() }, () => {
+  it('auto picks it on a cold cache: the kernel answers metadata, misses fetch lazily, the tree equals the source', async t => {
+    const { mm, cache, mnt } = await manager(t, 'lazy')
+    const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, prefetch: 'none' })
+    assert.equal(info.mode, 'erofs-lazy')
+    // metadata costs nothing: the kernel reads it from the local bootstrap
+    const tree = await snapshotTree(mnt, { content: false })
+    assert.equal(tree.size, (await snapshotTree(src, { content: false })).size)
+    assert.equal(cache.stats().chunksPresent, 0)
+    assert.equal(mm.lazyKernelStats()!.misses, 0)
+    // one small file: its chunk only
+    assert.equal(await readFile(join(mnt, 'data/small.txt'), 'utf8'), 'hello from a lazily mounted image\n')
+    const afterSmall = cache.stats().chunksPresent
+    assert.ok(afterSmall >= 1 && afterSmall < info.blobs[0]!.chunkCount, `${afterSmall} chunks after one small file`)
+    assert.deepEqual(diffTrees(await snapshotTree(src, { content: true }), await snapshotTree(mnt, { content: true })), [])
+    const st = mm.lazyKernelStats()!
+    assert.ok(st.misses > 0 && st.missErrors === 0, JSON.stringify(st))
+    assert.ok(mm.stats()[0]!.fetch.bytesBySource.registry > 0)
+    await mm.unmount(mnt)
+    assert.deepEqual(await mountsAt(mnt), [])
+    // complete now: auto mounts with the kernel straight over the cache files
+    if (kernelSkipReason() === undefined) {
+      const again = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt })
+      assert.equal(again.mode, 'kernel')
+      await mm.unmount(mnt)
+    }
+  })
+
+  it('bytes flipped on disk are never served; verified blocks are answered without a miss', async t => {
+    const cacheDir = join(work, 'cache-lazy-warm')
+    const workDir = join(work, 'wd-lazy-warm')
+    const mnt = join(work, 'mnt-lazy-warm')
+    {
+      const cache = await BlobCache.open(cacheDir)
+      const mm = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir })
+      await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'fuse', prefetch: 'all' })
+      assert.equal((await mm.prefetchSettled(mnt)).state, 'done')
+      await mm.stop()
+      await cache.close()
+    }
+    // a byte of tool's first chunk flipped while no daemon ran
+    const reader = await RafsReader.open(bootstrap)
+    const first = reader.mapRange(reader.lookup('/bin/tool'), 0, 1)[0]!.chunk
+    const fh = await open(join(cacheDir, `${reader.blobs[0]!.blobId}.blob.data`), 'r+')
+    const b = Buffer.alloc(1)
+    await fh.read(b, 0, 1, first.uncompressedOffset)
+    b[0] = b[0]! ^ 0xff
+    await fh.write(b, 0, 1, first.uncompressedOffset)
+    await fh.close()
+
+    const cache = await BlobCache.open(cacheDir)
+    const mm = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir })
+    t.after(async () => { await mm.stop(); await cache.close() })
+    const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'erofs-lazy', prefetch: 'none' })
+    assert.equal(info.mode, 'erofs-lazy')
+    assert.deepEqual(await readFile(join(mnt, 'bin/tool')), await readFile(join(src, 'bin/tool')), 'the flipped byte was refetched, not served')
+    assert.ok(cache.stats().verifyFailures >= 1)
+    // first read of big.bin in this process: misses (each chunk hashed once); after that, the fast path alone
+    const want = await readFile(join(src, 'data/deep/big.bin'))
+    assert.deepEqual(await readFile(join(mnt, 'data/deep/big.bin')), want)
+    await writeFile('/proc/sys/vm/drop_caches', '3')
+    const before = mm.lazyKernelStats()!
+    assert.deepEqual(await readFile(join(mnt, 'data/deep/big.bin')), want)
+    const after = mm.lazyKernelStats()!
+    assert.equal(after.misses, before.misses, 'no miss for verified blocks')
+    assert.ok(after.fastReads > before.fastReads, 'answered by the native fast path')
+    await mm.unmount(mnt)
+  })
+
+  it('eviction under a mount: evicted blocks become misses again and read back right', async t => {
+    const cache = await BlobCache.open(join(work, 'cache-evict'), { capBytes: 3 << 20, evictionRangeBytes: 1 << 20 })
+    const mm = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: join(work, 'wd-evict'), readaheadBytes: 0 })
+    const mnt = join(work, 'mnt-evict')
+    t.after(async () => { await mm.stop(); await cache.close() })
+    await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'erofs-lazy', prefetch: 'none' })
+    const want = await readFile(join(src, 'data/deep/big.bin'))
+    assert.deepEqual(await readFile(join(mnt, 'data/deep/big.bin')), want)
+    assert.deepEqual(await readFile(join(mnt, 'bin/tool')), await readFile(join(src, 'bin/tool')))
+    await cache.evict()
+    assert.ok(cache.stats().evictions > 0, 'the cap evicted something')
+    // drop the kernel's copies, so the reads reach the blob files again
+    await writeFile('/proc/sys/vm/drop_caches', '3')
+    const missesBefore = mm.lazyKernelStats()!.misses
+    assert.deepEqual(await readFile(join(mnt, 'data/deep/big.bin')), want)
+    assert.ok(mm.lazyKernelStats()!.misses > missesBefore, 'evicted blocks were asked for again')
+    await mm.unmount(mnt)
   })
 })

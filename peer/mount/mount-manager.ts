@@ -10,15 +10,17 @@
  * await mounts.stop()
  * ```
  */
-import { mkdir, stat } from 'node:fs/promises'
-import { resolve } from 'node:path'
+import { access, mkdir, stat } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
 import { RafspeerError, delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { BlobCache } from '../../cache/index.js'
 import type { ChunkInfo } from '../../rafs/index.js'
 import { RegistryClient, parseReference, type Credentials } from '../../registry/index.js'
 import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit } from '../fetch/index.js'
+import { BlobFs, type BlobFile, type BlobFsInit, type BlobFsStats } from './blob-fs.js'
+import { BlobViews } from './blob-view.js'
 import { openImage, type OpenedImage } from './image-open.js'
-import { kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
+import { clearStaleMount, kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
 import { planPrefetch, referencedChunks, runPrefetch } from './prefetch.js'
 import { DEFAULT_READAHEAD_BYTES, ReadAhead } from './read-ahead.js'
 import type {
@@ -53,7 +55,12 @@ export interface MountManagerInit {
    * 0: off). Random reads fetch only what they touch (plus `fetch.amplifyBytes`).
    */
   readaheadBytes?: number
+  /** the lazy-kernel mode's blob file system (`<workDir>/blobfs`): worker threads, READ size, direct I/O */
+  lazyKernel?: Omit<BlobFsInit, 'mountpoint'>
 }
+
+/** bytes past a blob file's last miss that still count as its sequential reader's next read */
+const BLOB_READAHEAD_SLACK = 1 << 20
 
 interface Mounted {
   info: MountInfo
@@ -62,7 +69,10 @@ interface Mounted {
   needed: Map<number, Map<number, ChunkInfo>>
   fetcher: Fetcher
   fuse: FuseMountHandle | undefined
+  /** the EROFS mount: of the cache files (kernel mode) or of the blob file system's files (erofs-lazy) */
   kernel: KernelMount | undefined
+  /** erofs-lazy: the blob files the EROFS mount reads */
+  blobFiles: BlobFile[]
   prefetch: PrefetchStatus
   prefetchDone: Promise<void>
   abort: AbortController
@@ -83,6 +93,8 @@ export class MountManager implements MountService {
   private readonly mounts = new Map<string, Mounted>()
   /** mountpoints being mounted or unmounted right now */
   private readonly busy = new Set<string>()
+  /** the lazy-kernel mode's blob files, started with its first mount */
+  private blobFs: BlobFs | undefined
 
   constructor (components: MountManagerComponents, init: MountManagerInit) {
     this.cache = components.cache
@@ -118,9 +130,9 @@ export class MountManager implements MountService {
     const st = await stat(req.mountpoint).catch(() => undefined)
     if (st === undefined) await mkdir(req.mountpoint, { recursive: true })
     else if (!st.isDirectory()) throw new MountError('RAFSPEER_ERR_MOUNT', `mountpoint ${req.mountpoint} is not a directory`)
-    if (requestedMode === 'kernel') {
-      const why = await kernelModeUnavailable()
-      if (why !== undefined) throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode kernel: ${why}`)
+    if (requestedMode === 'kernel' || requestedMode === 'erofs-lazy') {
+      const why = requestedMode === 'kernel' ? await kernelModeUnavailable() : await erofsLazyUnavailable()
+      if (why !== undefined) throw new MountError('RAFSPEER_ERR_KERNEL_MODE', `--mode ${requestedMode}: ${why}`)
     }
 
     // credentials of this mount: a registry client of its own, so neither they nor their tokens serve other mounts
@@ -155,6 +167,7 @@ export class MountManager implements MountService {
       fetcher,
       fuse: undefined,
       kernel: undefined,
+      blobFiles: [],
       prefetch: { state: 'none', chunksTotal: 0, chunksDone: 0, bytesTotal: 0 },
       prefetchDone: Promise.resolve(),
       abort,
@@ -165,16 +178,20 @@ export class MountManager implements MountService {
       readErrors: 0
     }
     try {
-      let mode: 'fuse' | 'kernel' = 'fuse'
+      let mode: MountInfo['mode'] = requestedMode === 'auto' ? 'fuse' : requestedMode
       if (requestedMode === 'kernel') {
         // kernel mode asked on an incomplete cache: pull the rest first (at read priority), then mount
         await this.completeBlobs(fetcher, m, signal)
-        mode = 'kernel'
-      } else if (requestedMode === 'auto' && this.allPresent(m) && await kernelModeUnavailable() === undefined) {
-        mode = await this.verifiedComplete(fetcher, m, signal) ? 'kernel' : 'fuse'
+      } else if (requestedMode === 'auto') {
+        // kernel when complete; else the kernel from the first read where it can (erofs-lazy); else per-file FUSE
+        if (this.allPresent(m) && await kernelModeUnavailable() === undefined && await this.verifiedComplete(fetcher, m, signal)) mode = 'kernel'
+        else if (await erofsLazyUnavailable() === undefined) mode = 'erofs-lazy'
       }
+      if (mode !== 'fuse') await clearStaleMount(req.mountpoint, join(this.init.workDir, 'bootstraps'), this.log)
       if (mode === 'kernel') {
         await this.mountKernel(m, req.mountpoint)
+      } else if (mode === 'erofs-lazy') {
+        await this.mountLazy(m, req.mountpoint)
       } else {
         m.fuse = await this.fuse.mount(req.mountpoint, this.files(m), this.init.fuse)
       }
@@ -192,7 +209,7 @@ export class MountManager implements MountService {
       }
       this.mounts.set(req.mountpoint, m)
       this.log?.info('mounted %s at %s (%s mode%s)', image.source, req.mountpoint, mode, image.offline ? ', registry offline' : '')
-      if (mode === 'fuse') this.startPrefetch(m, req.prefetch ?? this.init.prefetch?.policy ?? 'table')
+      if (mode !== 'kernel') this.startPrefetch(m, req.prefetch ?? this.init.prefetch?.policy ?? 'table')
       return this.infoOf(m)
     } catch (err) {
       m.abort.abort()
@@ -248,6 +265,43 @@ export class MountManager implements MountService {
       m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint, { ...(this.logger !== undefined ? { logger: this.logger } : {}) })
     } catch (err) {
       for (const b of blobs) this.cache.unpin(b.blobId)
+      throw err
+    }
+  }
+
+  /**
+   * erofs-lazy: the kernel's EROFS over the blob file system's files. A miss of a blob file is a view range, mapped
+   * to chunk pieces (`BlobViews`) and read through this mount's fetcher under the read's one deadline; misses that
+   * follow each other in a blob read ahead in blob order, which is the order the image's files were built in.
+   */
+  private async mountLazy (m: Mounted, mountpoint: string): Promise<void> {
+    this.blobFs ??= new BlobFs({ cache: this.cache, ...(this.logger !== undefined ? { logger: this.logger } : {}) },
+      { ...this.init.lazyKernel, mountpoint: join(this.init.workDir, 'blobfs') })
+    const views = new BlobViews(m.image.reader)
+    const image = { reader: views, blobs: m.image.blobs }
+    const ahead = new ReadAhead({ fetcher: m.fetcher, image, ...(this.logger !== undefined ? { logger: this.logger } : {}) },
+      { windowBytes: this.init.readaheadBytes ?? DEFAULT_READAHEAD_BYTES, signal: m.abort.signal, slackBytes: BLOB_READAHEAD_SLACK })
+    try {
+      for (const [bi, blob] of m.image.blobs.entries()) {
+        m.blobFiles.push(await this.blobFs.attach(blob, views.chunks(bi), {
+          read: async (offset, length, buf) => {
+            m.reads++
+            try {
+              const pieces = views.mapRange(bi, offset, length)
+              ahead.observe(bi, offset, length)
+              if (pieces.length > 0) await m.fetcher.readPieces(image, pieces, buf.subarray(pieces[0]!.fileOffset - offset), { signal: m.abort.signal })
+              m.readBytes += length
+            } catch (err) {
+              m.readErrors++
+              throw err
+            }
+          }
+        }))
+      }
+      m.kernel = await kernelMount(m.image.bootstrapPath, m.blobFiles.map(f => f.path), mountpoint, { ...(this.logger !== undefined ? { logger: this.logger } : {}) })
+    } catch (err) {
+      for (const f of m.blobFiles) f.detach()
+      m.blobFiles = []
       throw err
     }
   }
@@ -312,11 +366,12 @@ export class MountManager implements MountService {
         } catch {
           // busy: detach it now; it stays pinned until this process ends, since the kernel may still read the blobs
           await m.kernel.unmount({ lazy: true })
-          this.log?.warn('%s was busy: unmounted lazily, its blobs stay pinned', mp)
+          this.log?.warn(m.info.mode === 'kernel' ? '%s was busy: unmounted lazily, its blobs stay pinned' : '%s was busy: unmounted lazily; its open files read what the page cache holds, EIO beyond', mp)
           m.kernel = undefined
         }
-        if (m.kernel !== undefined) for (const b of m.image.blobs) this.cache.unpin(b.blobId)
+        if (m.kernel !== undefined && m.info.mode === 'kernel') for (const b of m.image.blobs) this.cache.unpin(b.blobId)
       }
+      for (const f of m.blobFiles) f.detach()
       m.fetcher.stop()
       await m.image.close()
       this.mounts.delete(mp)
@@ -331,6 +386,13 @@ export class MountManager implements MountService {
     const all = [...this.mounts.keys()]
     const results = await Promise.allSettled(all.map(async mp => await this.unmount(mp)))
     results.forEach((r, i) => { if (r.status === 'rejected') this.log?.error('unmounting %s: %s', all[i], describeError(r.reason)) })
+    await this.blobFs?.stop()
+    this.blobFs = undefined
+  }
+
+  /** The lazy-kernel mode's blob file system: what the kernel asked of it (undefined before its first mount). */
+  lazyKernelStats (): BlobFsStats | undefined {
+    return this.blobFs?.stats()
   }
 
   private infoOf (m: Mounted): MountInfo {
@@ -384,6 +446,16 @@ export class MountManager implements MountService {
     await m.prefetchDone
     return { ...m.prefetch }
   }
+}
+
+/** Why the erofs-lazy mode cannot run here (no native addon, no FUSE, no kernel EROFS, not root), or undefined. */
+export async function erofsLazyUnavailable (): Promise<string | undefined> {
+  const kernel = await kernelModeUnavailable()
+  if (kernel !== undefined) return kernel
+  const native = BlobFs.unavailable()
+  if (native !== undefined) return native
+  if (await access('/dev/fuse').then(() => false, () => true)) return 'no /dev/fuse (modprobe fuse)'
+  return undefined
 }
 
 /** One registry client for one mount's credentials (made on first use, with the mount's plain-HTTP setting). */

@@ -36,6 +36,12 @@ export interface ReadAheadInit {
   windowBytes?: number
   /** stops the background fetches (the mount goes away) */
   signal?: AbortSignal
+  /**
+   * A read starting anywhere from the cursor up to this many bytes past what was fetched ahead still counts as
+   * sequential (default 0: only a read starting exactly at the cursor). For readers that are told only about
+   * some reads: a blob file's misses, while the kernel answers the rest from what read-ahead brought.
+   */
+  slackBytes?: number
 }
 
 export class ReadAhead {
@@ -53,7 +59,9 @@ export class ReadAhead {
     if (this.window <= 0) return
     const end = offset + length
     let c = this.cursors.get(nid)
-    if (c === undefined || offset !== c.end) {
+    const slack = this.init.slackBytes ?? 0
+    const sequential = c !== undefined && (slack > 0 ? offset >= c.end && offset <= c.ahead + slack : offset === c.end)
+    if (c === undefined || !sequential) {
       c = { end, ahead: end }
       this.cursors.set(nid, c)
       // a random read fetches only what it touches; read-ahead starts with a file's first byte or a read continuing this one

@@ -5,6 +5,7 @@
 import type { RafsReader } from '../../rafs/index.js'
 import type { Credentials } from '../../registry/index.js'
 import type { FetchCounters, FetchSample } from '../fetch/index.js'
+import type { BlobFsStats } from './blob-fs.js'
 
 // ---------------------------------------------------------------- FUSE
 
@@ -57,7 +58,12 @@ export interface FuseBackend {
 
 // ---------------------------------------------------------------- mounts
 
-export type MountMode = 'fuse' | 'kernel' | 'auto'
+/**
+ * `kernel`: the kernel's EROFS over the cache files (every chunk fetched first); `erofs-lazy`: the kernel's EROFS
+ * from the first read, over blob files a small FUSE server fills lazily; `fuse`: a per-file FUSE tree; `auto`:
+ * kernel when the cache is complete, else erofs-lazy where the host can, else fuse.
+ */
+export type MountMode = 'fuse' | 'kernel' | 'erofs-lazy' | 'auto'
 
 /** `all`, `none`, a path list file (one path per line), or the bootstrap's prefetch table (`table`, default). */
 export type PrefetchPolicy = 'all' | 'none' | 'table' | { file: string } | { paths: string[] }
@@ -105,7 +111,7 @@ export interface MountInfo {
   source: string
   /** what was asked and what was used */
   requestedMode: MountMode
-  mode: 'fuse' | 'kernel'
+  mode: Exclude<MountMode, 'auto'>
   /** manifest digest for a registry image */
   manifestDigest?: string
   /** sha256 of the bootstrap file */
@@ -120,7 +126,7 @@ export interface MountInfo {
 export interface MountStats {
   mountpoint: string
   source: string
-  mode: 'fuse' | 'kernel'
+  mode: Exclude<MountMode, 'auto'>
   /** FUSE reads served and their bytes (kernel mode: 0, the kernel serves them) */
   reads: number
   readBytes: number
@@ -138,4 +144,6 @@ export interface MountService {
   stats: () => MountStats[]
   /** fetch-latency samples since the last call, for a histogram */
   drainFetchSamples: () => Array<FetchSample & { mountpoint: string }>
+  /** the erofs-lazy mode's blob file system, once started */
+  lazyKernelStats?: () => BlobFsStats | undefined
 }
