@@ -2,7 +2,8 @@
  * Cold start: time until an application can read its first file, on a node that has nothing, behind a registry
  * with a bandwidth cap. Baseline, measured in the same run: a full pull (`skopeo copy` to an OCI layout, then
  * `umoci unpack`, then read the file). Ours: `rafspeer mount REF MNT --foreground` from an empty cache and work
- * directory, `--prefetch none`, FUSE, until the file's bytes come back through the mount.
+ * directory, `--prefetch none`, `--mode auto` (erofs-lazy where the host can; `mountMode` asks another), until the
+ * file's bytes come back through the mount.
  *
  * Image: an OCI image built with umoci (as `test/helpers/oci-image.ts` does) of a few hundred small files,
  * among them `/app/config.json`, the file we read, and a few big incompressible files (model weights, say);
@@ -33,6 +34,8 @@ export interface ColdStartOptions {
   smallFiles?: number
   /** repetitions of each path; the median is reported (default 3) */
   runs?: number
+  /** the mount mode asked (default `auto`: erofs-lazy where the host can, else FUSE, since the cache starts empty) */
+  mountMode?: 'auto' | 'fuse' | 'erofs-lazy'
   /** `cli` spawns `node dist/cli/main.js mount ... --foreground`; `auto` (default) uses it when it exists, else in-process */
   rafspeer?: 'auto' | 'cli' | 'in-process'
   workParent?: string
@@ -45,8 +48,9 @@ export interface ColdStartResult {
   bandwidth: number
   image: { ociBytes: number, rafsBytes: number, files: number, bigBytes: number }
   runs: number
-  /** which rafspeer path was timed */
+  /** which rafspeer path was timed, in which mount mode */
   rafspeerPath: 'cli' | 'in-process'
+  mountMode: string
   fullPull: { runs: ColdRun[], medianMs: number, medianBytes: number }
   rafspeer: { runs: ColdRun[], medianMs: number, medianBytes: number }
   /** with the CLI: the same mount by a MountManager in this process, to split process start from the mount path */
@@ -138,7 +142,7 @@ async function cliMountAvailable (): Promise<boolean> {
   return ['--foreground', '--cache-dir', '--work-dir', '--prefetch', '--mode'].every(f => help.includes(f))
 }
 
-async function rafspeerCli (reg: RegistryServer, ref: string, dir: string): Promise<ColdRun> {
+async function rafspeerCli (reg: RegistryServer, ref: string, dir: string, mountMode: string): Promise<ColdRun> {
   const mnt = join(dir, 'mnt')
   for (const d of ['mnt', 'cache', 'work']) await mkdir(join(dir, d))
   await dropCaches()
@@ -149,7 +153,7 @@ async function rafspeerCli (reg: RegistryServer, ref: string, dir: string): Prom
     return await counted(reg, async () => {
       const t = performance.now()
       child = spawn(process.execPath, [CLI, 'mount', ref, mnt, '--foreground', '--cache-dir', join(dir, 'cache'), '--work-dir', join(dir, 'work'),
-        '--socket', join(dir, 'admin.sock'), '--prefetch', 'none', '--mode', 'fuse'], { stdio: ['ignore', 'ignore', 'pipe'] })
+        '--socket', join(dir, 'admin.sock'), '--prefetch', 'none', '--mode', mountMode], { stdio: ['ignore', 'ignore', 'pipe'] })
       child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
       child.on('exit', (code, signal) => { exited = `rafspeer mount exited early (${code ?? signal}): ${stderr.trim()}` })
       const mountedMs = await firstRead(mnt, t, 120_000, () => exited)
@@ -166,7 +170,7 @@ async function rafspeerCli (reg: RegistryServer, ref: string, dir: string): Prom
   }
 }
 
-async function rafspeerInProcess (reg: RegistryServer, ref: string, dir: string): Promise<ColdRun> {
+async function rafspeerInProcess (reg: RegistryServer, ref: string, dir: string, mountMode: 'auto' | 'fuse' | 'erofs-lazy'): Promise<ColdRun> {
   const mnt = join(dir, 'mnt')
   await mkdir(mnt)
   await dropCaches()
@@ -177,7 +181,7 @@ async function rafspeerInProcess (reg: RegistryServer, ref: string, dir: string)
       const t = performance.now()
       cache = await BlobCache.open(join(dir, 'cache'))
       mm = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: join(dir, 'work') })
-      await mm.mount({ source: ref, mountpoint: mnt, mode: 'fuse', prefetch: 'none' })
+      await mm.mount({ source: ref, mountpoint: mnt, mode: mountMode, prefetch: 'none' })
       const mountedMs = performance.now() - t
       await firstRead(mnt, t, 120_000, () => undefined)
       return { mountedMs, firstByteMs: performance.now() - t }
@@ -216,6 +220,7 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
     reg = await startRegistryServer({ root, bandwidthLimit: bandwidth })
     const host = reg.host
 
+    const mountMode = opts.mountMode ?? 'auto'
     const mode = opts.rafspeer ?? 'auto'
     const useCli = mode === 'cli' || (mode === 'auto' && await cliMountAvailable())
     if (mode === 'cli' && !useCli) throw new Error(`${CLI} has no usable mount --foreground`)
@@ -231,12 +236,12 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
       process.stderr.write(`cold: full pull ${(pulls[i]!.ms / 1000).toFixed(2)} s, ${pulls[i]!.bytes} bytes\n`)
       const md = join(work, `mount${i}`)
       await mkdir(md)
-      mounts.push(useCli ? await rafspeerCli(reg, `${host}/bench/app:rafs`, md) : await rafspeerInProcess(reg, `${host}/bench/app:rafs`, md))
+      mounts.push(useCli ? await rafspeerCli(reg, `${host}/bench/app:rafs`, md, mountMode) : await rafspeerInProcess(reg, `${host}/bench/app:rafs`, md, mountMode))
       await rm(md, { recursive: true, force: true })
       process.stderr.write(`cold: rafspeer ${(mounts[i]!.ms / 1000).toFixed(2)} s, ${mounts[i]!.bytes} bytes\n`)
       if (useCli) {
         await mkdir(md)
-        inProc.push(await rafspeerInProcess(reg, `${host}/bench/app:rafs`, md))
+        inProc.push(await rafspeerInProcess(reg, `${host}/bench/app:rafs`, md, mountMode))
         await rm(md, { recursive: true, force: true })
         process.stderr.write(`cold: rafspeer in-process ${(inProc[i]!.ms / 1000).toFixed(2)} s, ${inProc[i]!.bytes} bytes\n`)
       }
@@ -256,6 +261,7 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
       image,
       runs,
       rafspeerPath: useCli ? 'cli' : 'in-process',
+      mountMode,
       fullPull: { runs: pulls, medianMs: fullMs, medianBytes: median(pulls.map(r => r.bytes)) },
       rafspeer: { runs: mounts, medianMs: ourMs, medianBytes: median(mounts.map(r => r.bytes)) },
       ...(inProc.length > 0 ? { inProcess: { runs: inProc, medianMs: median(inProc.map(r => r.ms)), medianBytes: median(inProc.map(r => r.bytes)) } } : {}),
@@ -281,7 +287,7 @@ export function formatColdStart (r: ColdStartResult): string {
       `registry capped at ${mb(r.bandwidth)} MiB/s; page cache dropped before each run; median of ${r.runs}; ${r.machine}`,
     `  full pull (baseline): skopeo copy ${part(r.fullPull.runs, 'skopeoCopyMs')} s + umoci unpack ${part(r.fullPull.runs, 'umociUnpackMs')} s → ` +
       `/${CONFIG_PATH} readable after ${s(r.fullPull.medianMs)} s; registry served ${size(r.fullPull.medianBytes)}`,
-    `  rafspeer mount --prefetch none --mode fuse (${r.rafspeerPath === 'cli' ? 'node dist/cli/main.js mount --foreground, a new process' : 'in-process MountManager'}): ` +
+    `  rafspeer mount --prefetch none --mode ${r.mountMode} (${r.rafspeerPath === 'cli' ? 'node dist/cli/main.js mount --foreground, a new process' : 'in-process MountManager'}): ` +
       `mounted after ${part(r.rafspeer.runs, 'mountedMs')} s, first byte of /${CONFIG_PATH} after ${s(r.rafspeer.medianMs)} s; ` +
       `registry served ${size(r.rafspeer.medianBytes)} in ${median(r.rafspeer.runs.map(x => x.requests))} requests` +
       (r.cliVersionColdMs !== undefined ? ` (a cold \`rafspeer --version\` alone: ${s(r.cliVersionColdMs)} s)` : ''),

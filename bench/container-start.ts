@@ -348,7 +348,7 @@ async function startContainer (c: Containerd, ref: string, id: string, snapshott
   return first
 }
 
-const modesIn = (log: string): string[] => [...log.matchAll(/\((fuse|kernel) mode/g)].map(m => m[1]!)
+const modesIn = (log: string): string[] => [...log.matchAll(/\((fuse|kernel|erofs-lazy) mode/g)].map(m => m[1]!)
 
 interface RowSpec { key: StartRow['key'], label: string, ref: string, snapshotter: StartRow['snapshotter'], mode?: 'fuse' | 'auto' }
 

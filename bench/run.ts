@@ -1,9 +1,10 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
  * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [start] [--source DIR]
- *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
+ *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
- * limits `warm` to native plus the kernel targets or plus the FUSE ones. `--bandwidth` caps the registry in `cold`,
+ * limits `warm` to native plus the kernel targets, the FUSE ones or erofs-lazy; `--tree DIR` makes a copy of DIR
+ * (e.g. the Linux source from Debian's linux-source-6.1) its small-file tree. `--bandwidth` caps the registry in `cold`,
  * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
  * 4 nodes with containerd each, 256 MiB). `start` (root) times an end-to-end container start, pull to first output line,
  * of a python3 image through overlayfs vs the rafspeer snapshotter (FUSE and auto); `--bandwidth` caps its registry
@@ -24,7 +25,7 @@ import { benchContainerStart, formatContainerStart } from './container-start.js'
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
 const source = sourceAt >= 0 ? args[sourceAt + 1] : undefined
-const valued = new Set(['--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs'])
+const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs'])
 const flag = (name: string): number | undefined => {
   const at = args.indexOf(name)
   if (at < 0) return undefined
@@ -34,7 +35,7 @@ const flag = (name: string): number | undefined => {
 }
 const onlyAt = args.indexOf('--only')
 const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined
-if (only !== undefined && only !== 'kernel' && only !== 'fuse') throw new Error(`--only wants kernel or fuse, got ${only}`)
+if (only !== undefined && only !== 'kernel' && only !== 'fuse' && only !== 'lazy') throw new Error(`--only wants kernel, fuse or lazy, got ${only}`)
 const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
@@ -54,20 +55,25 @@ if (want('convert')) {
 }
 
 if (want('warm')) {
-  const r = await benchWarmRead({ ...(runs !== undefined ? { runs } : {}), ...(only !== undefined ? { only } : {}) })
+  const treeAt = args.indexOf('--tree')
+  const r = await benchWarmRead({ ...(runs !== undefined ? { runs } : {}), ...(only !== undefined ? { only } : {}), ...(treeAt >= 0 ? { smallTree: args[treeAt + 1]! } : {}) })
   process.stdout.write(formatWarmRead(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'warm', ...r }) + '\n')
 }
 
 if (want('cold')) {
-  const r = await benchColdStart({ ...(runs !== undefined ? { runs } : {}), ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}) })
+  const modeAt = args.indexOf('--mode')
+  const mountMode = modeAt >= 0 ? args[modeAt + 1] as 'auto' | 'fuse' | 'erofs-lazy' : undefined
+  const r = await benchColdStart({ ...(runs !== undefined ? { runs } : {}), ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}), ...(mountMode !== undefined ? { mountMode } : {}) })
   process.stdout.write(formatColdStart(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'cold', ...r }) + '\n')
 }
 
 if (want('cold-read')) {
   const imageMiB = flag('--image-size')
-  const r = await benchColdRead({ ...(runs !== undefined ? { runs } : {}), ...(imageMiB !== undefined ? { imageBytes: imageMiB * (1 << 20) } : {}) })
+  const modeAt = args.indexOf('--mode')
+  const mountMode = modeAt >= 0 ? args[modeAt + 1] as 'auto' | 'fuse' | 'erofs-lazy' : undefined
+  const r = await benchColdRead({ ...(runs !== undefined ? { runs } : {}), ...(imageMiB !== undefined ? { imageBytes: imageMiB * (1 << 20) } : {}), ...(mountMode !== undefined ? { mountMode } : {}) })
   process.stdout.write(formatColdRead(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'cold-read', ...r }) + '\n')
 }

@@ -26,13 +26,17 @@ import { loadavg } from 'node:os'
 import { basename, join } from 'node:path'
 import { BlobCache } from '../cache/index.js'
 import { buildFromDirectory } from '../rafs/index.js'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import {
-  FuseNativeBackend, MountManager, kernelMount, type KernelDevice, type KernelMount, type KernelMountOptions
+  FuseNativeBackend, MountManager, kernelMount, type BlobFsStats, type KernelDevice, type KernelMount, type KernelMountOptions
 } from '../peer/index.js'
 import { dropCaches, fio, forceUnmountUnder, machineNotes, median, tarSeconds } from './measure.js'
 import { traceFuse, type FuseTrace } from './fuse-trace.js'
 import { mountNoopFuse } from './fuse-noop.js'
 import { TimedBackend, makeWarmTree, type WarmTree } from './warm-setup.js'
+
+const execFileP = promisify(execFile)
 
 export interface WarmReadOptions {
   /** small files, 1–16 KiB each (default 20000) */
@@ -46,16 +50,21 @@ export interface WarmReadOptions {
   randBytesPerJob?: number
   /** parent of the work directory; must be on the native disk (default /var/tmp) */
   workParent?: string
-  /** native plus only the FUSE targets (FUSE, traces, no-op) or only the kernel ones (default: all) */
-  only?: 'fuse' | 'kernel'
+  /** native plus only the FUSE targets (FUSE, traces, no-op), the kernel ones, or erofs-lazy (default: all) */
+  only?: 'fuse' | 'kernel' | 'lazy'
+  /** a directory copied in as the small-file tree (`share/`) instead of generated files, e.g. a Linux source tree */
+  smallTree?: string
 }
 
 export type WorkloadName = 'seq' | 'rand1' | 'rand4' | 'tarSmall' | 'tarAll'
 export const WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4', 'tarSmall', 'tarAll']
-export type TargetName = 'native' | 'fuse' | 'kernel' | 'kernel-buffered' | 'kernel-dio-all' | 'fuse-noop'
-const TARGETS: TargetName[] = ['native', 'fuse', 'kernel', 'kernel-buffered', 'kernel-dio-all', 'fuse-noop']
-/** `kernel` is `kernelMount`'s defaults, which is what `MountManager`'s kernel mode calls */
-const KERNEL_VARIANTS: Array<[TargetName, KernelMountOptions]> = [['kernel', {}], ['kernel-buffered', { directIo: false }], ['kernel-dio-all', { bootstrapDirectIo: true }]]
+export type TargetName = 'native' | 'fuse' | 'erofs-lazy' | 'kernel' | 'kernel-loop' | 'kernel-buffered' | 'fuse-noop'
+const TARGETS: TargetName[] = ['native', 'fuse', 'erofs-lazy', 'kernel', 'kernel-loop', 'kernel-buffered', 'fuse-noop']
+/**
+ * `kernel` is `kernelMount`'s defaults, which is what `MountManager`'s kernel mode calls (file-backed where the
+ * kernel can); `kernel-loop` the loop devices with direct I/O it used before, `kernel-buffered` buffered loops
+ */
+const KERNEL_VARIANTS: Array<[TargetName, KernelMountOptions]> = [['kernel', {}], ['kernel-loop', { backing: 'loop' }], ['kernel-buffered', { backing: 'loop', directIo: false }]]
 
 /** seq/rand: MB/s (10^6) and IOPS; tar: seconds. `load1` is the 1-minute load average before each sample. */
 export interface WorkloadResult { samples: number[], median: number, unit: 'MB/s' | 's', iops?: number, load1: number[] }
@@ -88,6 +97,8 @@ export interface WarmReadResult {
   fuseReads?: { reads: number, readBytes: number, readErrors: number, fromCacheBytes: number }
   /** one traced run each (page cache cold) */
   traces: Array<TracedRun & { target: 'fuse' | 'fuse-noop' }>
+  /** the erofs-lazy target's blob files over all its runs: READs answered natively vs misses, READ sizes */
+  lazyKernel?: BlobFsStats
 }
 
 export const ANCHORS: Partial<Record<WorkloadName, string>> = {
@@ -198,7 +209,15 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
   try {
     const tree = join(work, 'tree')
     process.stderr.write(`warm: writing the tree under ${tree}\n`)
-    const treeInfo = await makeWarmTree(tree, smallFiles, bigFiles, bigFileBytes)
+    const treeInfo = await makeWarmTree(tree, opts.smallTree !== undefined ? 0 : smallFiles, bigFiles, bigFileBytes)
+    if (opts.smallTree !== undefined) {
+      await execFileP('cp', ['-a', opts.smallTree, join(tree, 'share')])
+      const counted = await execFileP('bash', ['-c', `find ${join(tree, 'share')} -type f | wc -l; du -sb ${join(tree, 'share')} | cut -f1`])
+      const [files = '0', bytes = '0'] = counted.stdout.trim().split('\n')
+      treeInfo.smallFiles = Number(files)
+      treeInfo.smallBytes = Number(bytes)
+      shape.smallFiles = treeInfo.smallFiles
+    }
     let t = performance.now()
     const built = await buildFromDirectory(tree, { bootstrap: join(work, 'image', 'image.boot'), blobDir: join(work, 'image', 'blobs') })
     const buildMs = performance.now() - t
@@ -220,11 +239,19 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     // native, FUSE (the mount manager's mount above) and the kernel mounts of the same cache files, all mounted
     // at once and measured interleaved
     const places: Place[] = [{ target: 'native', root: tree }]
-    if (opts.only !== 'kernel') places.push({ target: 'fuse', root: mnt })
+    if (opts.only === undefined || opts.only === 'fuse') places.push({ target: 'fuse', root: mnt })
     const kernels: KernelMount[] = []
     let targets: TargetResult[]
+    let lazyKernel: WarmReadResult['lazyKernel']
+    const lazyMnt = join(work, 'erofs-lazy')
     try {
-      if (opts.only !== 'fuse') {
+      if (opts.only === undefined || opts.only === 'lazy') {
+        // the same cache, every chunk verified by this process: the blob files' READs are all the native fast path
+        await mkdir(lazyMnt)
+        await mm.mount({ ...local, mountpoint: lazyMnt, mode: 'erofs-lazy', prefetch: 'none' })
+        places.push({ target: 'erofs-lazy', root: lazyMnt })
+      }
+      if (opts.only === undefined || opts.only === 'kernel') {
         const blobFiles: string[] = []
         for (const b of built.blobs) blobFiles.push(cache.blobPath(b.blobId))
         for (const [target, kopts] of KERNEL_VARIANTS) {
@@ -232,17 +259,19 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
           await mkdir(dir)
           const km = await kernelMount(built.bootstrap, blobFiles, dir, kopts)
           kernels.push(km)
-          places.push({ target, root: dir, loops: await loopModes(km.devices) })
+          places.push({ target, root: dir, ...(km.backing === 'loop' ? { loops: await loopModes(km.devices) } : {}) })
         }
       }
       targets = await measureTargets(places, shape)
+      lazyKernel = mm.lazyKernelStats()
     } finally {
       for (const km of kernels) await km.unmount()
+      if (mm.get(lazyMnt) !== undefined) await mm.unmount(lazyMnt)
     }
 
     const traces: WarmReadResult['traces'] = []
     let fuseReads: WarmReadResult['fuseReads'] | undefined
-    if (opts.only !== 'kernel') {
+    if (opts.only === undefined || opts.only === 'fuse') {
       for (const w of ['tarSmall', 'tarAll', 'seq', 'rand1'] as const) {
         const tr = await traced(w, mnt, shape, timed)
         if (tr !== undefined) traces.push({ ...tr, target: 'fuse' })
@@ -253,7 +282,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     await mm.unmount(mnt)
 
     // the ceiling of the binding, for tar (the fio figures are bound by data, which the no-op does not move)
-    if (opts.only !== 'kernel') {
+    if (opts.only === undefined || opts.only === 'fuse') {
       const noopMnt = join(work, 'noop')
       await mkdir(noopMnt)
       const noop = await mountNoopFuse(tree, noopMnt)
@@ -274,6 +303,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
       targets,
       ratios: ratiosOf(targets),
       ...(fuseReads !== undefined ? { fuseReads } : {}),
+      ...(lazyKernel !== undefined ? { lazyKernel } : {}),
       traces
     }
   } finally {
@@ -315,6 +345,11 @@ export function formatWarmRead (r: WarmReadResult): string {
   }
   for (const t of r.targets) {
     if (t.loops !== undefined) lines.push(`  ${t.target} loop devices: ${t.loops.map(l => `${l.file.replace(/^([0-9a-f]{12})[0-9a-f]{20,}/, '$1…')} ${l.directIo ? 'direct I/O' : 'buffered'}`).join(', ')}`)
+  }
+  if (r.lazyKernel !== undefined) {
+    const k = r.lazyKernel
+    const sizes = k.readSizes.map((n, i) => n > 0 ? `${4 << i} KiB × ${n}` : '').filter(x => x !== '').join(', ')
+    lines.push(`  erofs-lazy blob files: ${k.requests} FUSE requests, ${k.fastReads} READs answered natively (${mib(k.fastBytes)} MiB), ${k.misses} misses; READ sizes ${sizes}`)
   }
   for (const tr of r.traces) {
     const top = Object.entries(tr.ops).sort((a, b) => b[1].count - a[1].count)
