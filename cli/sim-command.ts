@@ -3,7 +3,7 @@
  * generated image; prints registry egress, bytes from peers and completion times (or one JSON object).
  * The swarm module loads only when the command runs.
  */
-import { InvalidArgumentError, type Command } from 'commander'
+import { InvalidArgumentError, Option, type Command } from 'commander'
 import { parseByteSize } from '../base/index.js'
 
 interface SimFlags {
@@ -12,6 +12,7 @@ interface SimFlags {
   bandwidth?: number
   prefetch?: 'all' | 'none'
   staggerMs?: number
+  mode?: 'auto' | 'fuse' | 'erofs-lazy'
   chunkSize?: number
   workDir?: string
   keep?: boolean
@@ -47,6 +48,7 @@ export function registerSimCommand (program: Command): void {
       return v
     })
     .option('--stagger-ms <ms>', 'start node i\'s reader i × this after the first', millis)
+    .addOption(new Option('--mode <mode>', 'how nodes mount the image (auto: erofs-lazy where the host can, else fuse)').choices(['auto', 'fuse', 'erofs-lazy']))
     .option('--chunk-size <size>', 'chunk size of the image (power of two, 4KiB–16MiB; default 1MiB)', size('--chunk-size'))
     .option('--work-dir <dir>', 'parent of the run directory (default the temp dir)')
     .option('--keep', 'keep the run directory (images, caches, logs)')
@@ -64,6 +66,7 @@ export function registerSimCommand (program: Command): void {
           ...(f.bandwidth !== undefined ? { bandwidth: f.bandwidth } : {}),
           ...(f.prefetch !== undefined ? { prefetch: f.prefetch } : {}),
           ...(f.staggerMs !== undefined ? { staggerMs: f.staggerMs } : {}),
+          ...(f.mode !== undefined ? { mode: f.mode } : {}),
           ...(f.chunkSize !== undefined ? { chunkSize: f.chunkSize } : {}),
           ...(f.workDir !== undefined ? { workDir: f.workDir } : {}),
           ...(f.keep === true ? { keep: true } : {}),

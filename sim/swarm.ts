@@ -35,6 +35,8 @@ export interface SwarmInit {
   prefetch?: 'all' | 'none'
   /** start node i's reader `staggerMs * i` after the first (default 0: all at once) */
   staggerMs?: number
+  /** how every node mounts the image (default `auto`: erofs-lazy where the host can, else per-file FUSE) */
+  mode?: 'auto' | 'fuse' | 'erofs-lazy'
   /** parent of the run's directory (default the OS temp dir); the run's directory is removed unless `keep` */
   workDir?: string
   keep?: boolean
@@ -54,6 +56,8 @@ export interface NodeReport {
   peerId: string
   /** from the start of the reads to this node's last byte checked */
   completionMs: number
+  /** the mount mode the node's daemon chose */
+  mode: string
   /** plaintext chunk bytes this node fetched, by source */
   registryBytes: number
   peerBytes: number
@@ -84,6 +88,8 @@ export interface SwarmReport {
   maxMs: number
   /** the whole run, setup included */
   wallMs: number
+  /** the same reader over the published source tree on this disk, page cache dropped: what a node's read costs at best */
+  nativeReadMs: number
 }
 
 /** Node.js arguments running `module` (a sibling path without extension) from the same build as this file. */
@@ -94,6 +100,12 @@ function moduleArgv (module: string, args: string[]): string[] {
 }
 
 const daemonArgv = (args: string[]): string[] => moduleArgv('../cli/main', args)
+
+/** Dirty pages written, clean ones dropped (root only; elsewhere the baseline reads a warm page cache). */
+async function dropCaches (): Promise<void> {
+  await new Promise<void>(resolve => { spawn('sync').once('close', () => { resolve() }).once('error', () => { resolve() }) })
+  await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {})
+}
 
 /** Reads the whole tree at `root` in a reader process (see reader.ts for why not here). */
 async function readTree (root: string, signal?: AbortSignal): Promise<ContentMap> {
@@ -208,6 +220,13 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     const peerIds = await Promise.all(nodes.map(async n => (await n.client.daemon()).p2p?.peerId ?? '?'))
     log(`${nodes.length} node${nodes.length === 1 ? '' : 's'} up: ${peerIds.map((p, i) => `node${i + 1}=${p.slice(-8)}`).join(' ')}`)
 
+    // the baseline: the reader over the source tree itself, nothing cached
+    await dropCaches()
+    const nativeStart = performance.now()
+    await readTree(source, signal)
+    const nativeReadMs = Math.round(performance.now() - nativeStart)
+    log(`the reader over the source tree on this disk: ${(nativeReadMs / 1000).toFixed(2)} s`)
+
     // 3. every node mounts and reads the whole tree
     const startReads = performance.now()
     let done = 0
@@ -220,7 +239,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       if (init.staggerMs !== undefined && init.staggerMs > 0) await delay(init.staggerMs * i, signal)
       const mountpoint = join(n.dir, 'mnt')
       await mkdir(mountpoint, { recursive: true })
-      await n.client.mount({ source: ref, mountpoint, mode: 'fuse', prefetch: init.prefetch ?? 'none' })
+      const mounted = await n.client.mount({ source: ref, mountpoint, mode: init.mode ?? 'auto', prefetch: init.prefetch ?? 'none' })
       mounts.push({ node: n, mountpoint })
       let got: ContentMap
       try {
@@ -237,6 +256,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
         id: n.id,
         peerId: peerIds[i]!,
         completionMs: Math.round(completionMs),
+        mode: mounted.mode,
         registryBytes: img?.bytesBySource.registry ?? 0,
         peerBytes: img?.bytesBySource.peer ?? 0,
         cacheBytes: img?.bytesBySource.cache ?? 0,
@@ -273,7 +293,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       p50Ms: percentile(times, 0.5),
       p95Ms: percentile(times, 0.95),
       maxMs: times[times.length - 1] ?? 0,
-      wallMs: Math.round(performance.now() - t0)
+      wallMs: Math.round(performance.now() - t0),
+      nativeReadMs
     }
   } finally {
     signal?.removeEventListener('abort', onAbort)
@@ -291,10 +312,10 @@ export function formatSwarmReport (r: SwarmReport): string {
   const lines = [
     `image: ${mib(r.imageBytes)} of files, ${mib(r.blobBytes)} of blobs; ${r.nodes.length} node(s)${r.bandwidth !== null ? `, ${mib(r.bandwidth)}/s per node and registry` : ''}`,
     `registry egress: ${mib(r.registryBytes)} = ${(r.registryBytes / r.blobBytes).toFixed(3)}x the blobs; from peers: ${mib(r.peerBytes)}`,
-    `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, max ${s(r.maxMs)} (run ${s(r.wallMs)})`,
+    `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, max ${s(r.maxMs)} (run ${s(r.wallMs)}); the same reader over the source tree: ${s(r.nativeReadMs)}`,
     `verified: ${r.verifiedOk ? 'every node read exactly the published tree' : 'DIFFERENCES (see below)'}`,
-    '  node  time      registry    peers       cache       uploaded',
-    ...r.nodes.map(n => `  ${String(n.id).padEnd(5)} ${s(n.completionMs).padEnd(9)} ${mib(n.registryBytes).padEnd(11)} ${mib(n.peerBytes).padEnd(11)} ${mib(n.cacheBytes).padEnd(11)} ${mib(n.uploadBytes)}`),
+    '  node  mode        time      registry    peers       cache       uploaded',
+    ...r.nodes.map(n => `  ${String(n.id).padEnd(5)} ${n.mode.padEnd(11)} ${s(n.completionMs).padEnd(9)} ${mib(n.registryBytes).padEnd(11)} ${mib(n.peerBytes).padEnd(11)} ${mib(n.cacheBytes).padEnd(11)} ${mib(n.uploadBytes)}`),
     ...r.nodes.flatMap(n => n.differences.map(d => `  node${n.id} differs: ${d}`))
   ]
   return lines.join('\n')
