@@ -131,6 +131,12 @@ describe(`rafspeer daemon + mount, lazily (${mode}), against the real distributi
     assert.ok(img.bytesBySource.registry > 0)
     const prom = await d.client.prometheus()
     assert.match(prom, /rafspeer_read_bytes_total\{[^}]*\} [1-9]/)
+    if (mode === 'erofs-lazy') {
+      // the kernel asked the blob files: misses went through the fetch pipeline, the rest natively
+      assert.ok(metrics.lazyKernel !== undefined && metrics.lazyKernel.misses > 0 && metrics.lazyKernel.missErrors === 0, JSON.stringify(metrics.lazyKernel))
+      assert.match(prom, /rafspeer_blobfs_misses_total [1-9]/)
+      assert.match(prom, /rafspeer_mounts\{mode="erofs-lazy"\} 1/)
+    }
     assert.equal(await d.stop(), 0, d.log())
     assert.deepEqual(await mountsUnder(mnt), [], 'SIGTERM unmounts')
   })

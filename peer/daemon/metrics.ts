@@ -218,7 +218,7 @@ export class DaemonMetrics {
       name: 'rafspeer_mounts', help: 'images mounted, by mode', labelNames: ['mode'], registers: [r],
       collect: function () {
         const stats = self.snapshot().stats
-        for (const mode of ['fuse', 'kernel'] as const) this.set({ mode }, stats.filter(s => s.mode === mode).length)
+        for (const mode of ['fuse', 'erofs-lazy', 'kernel'] as const) this.set({ mode }, stats.filter(s => s.mode === mode).length)
       }
     })
     new Gauge({
@@ -234,7 +234,7 @@ export class DaemonMetrics {
         return snap.stats.map(s => ({ labels: { mountpoint: s.mountpoint }, value: value(s), epoch: snap.epochs.get(s.mountpoint) ?? '' }))
       })
     }
-    perMount('rafspeer_reads_total', 'FUSE reads served', s => s.reads)
+    perMount('rafspeer_reads_total', 'reads that reached the daemon (FUSE reads; blob-file misses in erofs-lazy mode)', s => s.reads)
     perMount('rafspeer_read_bytes_total', 'bytes returned to FUSE reads', s => s.readBytes)
     perMount('rafspeer_read_errors_total', 'FUSE reads answered with an error', s => s.readErrors)
     perMount('rafspeer_read_timeouts_total', 'reads not served within the read deadline', s => s.fetch.readTimeouts)
@@ -293,6 +293,19 @@ export class DaemonMetrics {
     cacheCounter('rafspeer_cache_evictions_total', 'chunks evicted to stay under the cap', c => c.evictions)
     cacheCounter('rafspeer_cache_evicted_bytes_total', 'aligned bytes evicted to stay under the cap', c => c.evictedBytes)
     cacheCounter('rafspeer_cache_write_failures_total', 'chunk writes refused for lack of space or I/O errors', c => c.writeFailures)
+
+    // ---- the erofs-lazy blob files (one file system per daemon, from its first erofs-lazy mount)
+    const lazyCounter = (name: string, help: string, value: (k: BlobFsStats) => number): void => {
+      new MirroredCounter(r, name, help, [], () => {
+        const k = this.service.lazyKernelStats?.()
+        return k === undefined ? [] : [{ labels: {}, value: value(k), epoch: '' }]
+      })
+    }
+    lazyCounter('rafspeer_blobfs_requests_total', 'FUSE requests the erofs-lazy blob files received', k => k.requests)
+    lazyCounter('rafspeer_blobfs_fast_reads_total', 'blob-file READs answered from verified cache blocks by the native threads', k => k.fastReads)
+    lazyCounter('rafspeer_blobfs_fast_bytes_total', 'bytes of those READs', k => k.fastBytes)
+    lazyCounter('rafspeer_blobfs_misses_total', 'blob-file READs handed to the fetch pipeline', k => k.misses)
+    lazyCounter('rafspeer_blobfs_miss_errors_total', 'blob-file misses answered with an error', k => k.missErrors)
 
     // ---- swarm (one host per daemon, lives as long as it)
     const p2pStats = components.p2pStats
