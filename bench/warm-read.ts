@@ -58,8 +58,8 @@ export interface WarmReadOptions {
 
 export type WorkloadName = 'seq' | 'rand1' | 'rand4' | 'tarSmall' | 'tarAll'
 export const WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4', 'tarSmall', 'tarAll']
-export type TargetName = 'native' | 'fuse' | 'erofs-lazy' | 'kernel' | 'kernel-loop' | 'kernel-buffered' | 'fuse-noop'
-const TARGETS: TargetName[] = ['native', 'fuse', 'erofs-lazy', 'kernel', 'kernel-loop', 'kernel-buffered', 'fuse-noop']
+export type TargetName = 'native' | 'fuse' | 'erofs-lazy' | 'erofs-lazy-dio' | 'kernel' | 'kernel-loop' | 'kernel-buffered' | 'fuse-noop'
+const TARGETS: TargetName[] = ['native', 'fuse', 'erofs-lazy', 'erofs-lazy-dio', 'kernel', 'kernel-loop', 'kernel-buffered', 'fuse-noop']
 /**
  * `kernel` is `kernelMount`'s defaults, which is what `MountManager`'s kernel mode calls (file-backed where the
  * kernel can); `kernel-loop` the loop devices with direct I/O it used before, `kernel-buffered` buffered loops
@@ -244,12 +244,19 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     let targets: TargetResult[]
     let lazyKernel: WarmReadResult['lazyKernel']
     const lazyMnt = join(work, 'erofs-lazy')
+    const lazyDioMnt = join(work, 'erofs-lazy-dio')
+    let mmDio: MountManager | undefined
     try {
       if (opts.only === undefined || opts.only === 'lazy') {
         // the same cache, every chunk verified by this process: the blob files' READs are all the native fast path
         await mkdir(lazyMnt)
         await mm.mount({ ...local, mountpoint: lazyMnt, mode: 'erofs-lazy', prefetch: 'none' })
         places.push({ target: 'erofs-lazy', root: lazyMnt })
+        // the same with the blob files opened with direct I/O (`lazyKernel.directIo`): one page cache, EROFS's
+        mmDio = new MountManager({ cache, fuse: timed }, { workDir: join(work, 'daemon-dio'), lazyKernel: { directIo: true } })
+        await mkdir(lazyDioMnt)
+        await mmDio.mount({ ...local, mountpoint: lazyDioMnt, mode: 'erofs-lazy', prefetch: 'none' })
+        places.push({ target: 'erofs-lazy-dio', root: lazyDioMnt })
       }
       if (opts.only === undefined || opts.only === 'kernel') {
         const blobFiles: string[] = []
@@ -267,6 +274,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     } finally {
       for (const km of kernels) await km.unmount()
       if (mm.get(lazyMnt) !== undefined) await mm.unmount(lazyMnt)
+      await mmDio?.stop()
     }
 
     const traces: WarmReadResult['traces'] = []
