@@ -7,7 +7,6 @@
  * peer withdrew while the session was down; the first frame of a session therefore resets the peer's entries.
  */
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromString } from '@libp2p/peer-id'
 import type { Libp2p, Stream } from '@libp2p/interface'
 import { Backoff, delay, describeError, silentLogger, type Logger } from '../base/index.js'
 import {
@@ -131,6 +130,8 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     this.heartbeatTimer.unref()
     const id = this.target.getComponents().findLast((c) => c.code === P2P_CODE)?.value
     if (id !== undefined && this.libp2p.peerStore !== undefined) {
+      // loaded here, not with the module: a node imports this room whether or not it joins a swarm (~0.17 s)
+      const { peerIdFromString } = await import('@libp2p/peer-id')
       await this.libp2p.peerStore.merge(peerIdFromString(id), { tags: { [SCHEDULER_TAG]: { value: 100 } } })
         .catch((err: Error) => { this.log.error('cannot tag the scheduler peer: %s', err.message) })
     }

@@ -15,7 +15,6 @@
  * ```
  */
 import type { Libp2p, Stream } from '@libp2p/interface'
-import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { raceSignal } from 'race-signal'
 import { describeError, type ComponentLogger, type Logger } from '../../base/index.js'
@@ -454,6 +453,8 @@ class SwarmFetch {
   }
 
   private async dial (holder: ChunkHolder, signal: AbortSignal): Promise<Stream> {
+    // loaded with the first dial, not with the node: a daemon without neighbours never pays for it (~0.17 s)
+    const { peerIdFromString } = await import('@libp2p/peer-id')
     const id = peerIdFromString(holder.peerId)
     const addrs = holder.addrs.map(a => multiaddr(`${a.replace(/\/p2p\/[^/]+$/, '')}/p2p/${holder.peerId}`))
     return await this.src.libp2p.dialProtocol(addrs.length > 0 ? addrs : id, CHUNK_PROTOCOL, { signal })

@@ -22,7 +22,7 @@ import { readFile, realpath, stat } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { dirname, resolve as resolvePath } from 'node:path'
 import { promisify } from 'node:util'
-import Fuse from 'fuse-native'
+import type Fuse from 'fuse-native'
 import { RafspeerError, type ComponentLogger, type Logger } from '../../base/index.js'
 import { Errno, rafsFuseOps, type RafsFuseOps } from './fuse-fs.js'
 import type { FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles } from './types.js'
@@ -131,8 +131,12 @@ function fuseBinding (): FuseBinding {
   return createRequire(entry)('node-gyp-build')(dirname(entry)) as FuseBinding
 }
 
-/** fuse-native with our -o string, exact xattr sizes (ERANGE, size queries) and our unmount. */
-class RafsFuse extends Fuse {
+/**
+ * fuse-native with our -o string, exact xattr sizes (ERANGE, size queries) and our unmount. Defined over the
+ * binding once it is loaded, with the first FUSE mount: a daemon whose mounts are all kernel or erofs-lazy never
+ * loads libfuse.
+ */
+const rafsFuseClass = (Base: typeof Fuse) => class RafsFuse extends Base {
   private readonly options: string
 
   constructor (mnt: string, ops: Fuse.Operations, optionList: string[], opTimeoutMs: number) {
@@ -184,6 +188,9 @@ class RafsFuse extends Fuse {
     } catch {}
   }
 }
+type RafsFuse = InstanceType<ReturnType<typeof rafsFuseClass>>
+let rafsFuse: Promise<ReturnType<typeof rafsFuseClass>> | undefined
+const loadRafsFuse = async (): Promise<ReturnType<typeof rafsFuseClass>> => await (rafsFuse ??= import('fuse-native').then(m => rafsFuseClass(m.default)))
 
 export class FuseNativeBackend implements FuseBackend {
   readonly name = 'fuse-native'
@@ -205,6 +212,7 @@ export class FuseNativeBackend implements FuseBackend {
     // the session's signal: reads still waiting when the mount goes away stop at once
     const session = new AbortController()
     const ops = rafsFuseOps(files, { ...(this.logger !== undefined ? { logger: this.logger } : {}), signal: session.signal })
+    const RafsFuse = await loadRafsFuse()
     const fuse = new RafsFuse(mnt, this.kernelOps(ops, opts), optionList, opTimeoutMs)
     await mountReady(fuse, mnt)
 
