@@ -4,7 +4,13 @@
  * Baseline: mkfs.erofs 1.5 with 1 MiB chunks and a separate blob device (`--chunksize=1048576 --blobdev=`), the
  * closest thing erofs-utils has to a RAFS build (uncompressed, no digests). We report ratios of wall time
  * (baseline / ours: above 1 means faster than mkfs.erofs) for: rafspeer with compression none and zstd, and the
- * stored size against the source bytes.
+ * stored size against the source bytes. The tree is the synthetic one below, or any directory (`--source DIR`,
+ * e.g. the Linux source tree).
+ *
+ * Each round times mkfs.erofs, then none, then zstd, and the figures are the medians over the rounds (the
+ * ratios are per round, so a neighbour's load that comes and goes hits both sides of the ratio it spoils).
+ * The page cache is warmed before every timed build, not once: this machine's memory reclaim pages out file
+ * data idle for a minute, which would hand whoever runs last a colder cache.
  */
 import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdtemp, mkdir, rm, writeFile, stat, readdir } from 'node:fs/promises'
@@ -18,8 +24,14 @@ export interface BuildBenchResult {
   source: string
   sourceBytes: number
   entries: number
+  rounds: number
   mkfsErofsMs: number
   runs: Array<{ compressor: Compressor, ms: number, ratioVsMkfs: number, storedBytes: number, storedRatio: number }>
+}
+
+export interface BuildBenchOptions {
+  /** rounds of (mkfs.erofs, none, zstd); default 3 */
+  rounds?: number
 }
 
 /** A synthetic tree shaped like a container image: many small text-like files plus some large binaries. */
@@ -60,12 +72,20 @@ async function treeStats (dir: string): Promise<{ bytes: number, entries: number
   return { bytes, entries }
 }
 
-function settle (): void {
-  // a fair comparison needs both tools to read from the same cache state: warm it for both
+function settle (src: string): void {
+  // dirty pages of the previous build are written back first, so the next one does not pay for them
   spawnSync('sh', ['-c', 'sync'])
+  execFileSync('tar', ['-cf', '/dev/null', '-C', src, '.'])
+  execFileSync('sh', ['-c', `find "${src}" -type f -exec cat {} + > /dev/null`])
 }
 
-export async function benchBuild (source?: string): Promise<BuildBenchResult> {
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+
+export async function benchBuild (source?: string, opts: BuildBenchOptions = {}): Promise<BuildBenchResult> {
+  const rounds = opts.rounds ?? 3
   const work = await mkdtemp(join(tmpdir(), 'rafs-bench-build-'))
   try {
     let src = source
@@ -75,27 +95,45 @@ export async function benchBuild (source?: string): Promise<BuildBenchResult> {
       await makeTree(src)
     }
     const { bytes, entries } = await treeStats(src)
-    // warm the page cache once so neither side pays for the first read
-    execFileSync('tar', ['-cf', '/dev/null', '-C', src, '.'])
-    execFileSync('sh', ['-c', `find "${src}" -type f -exec cat {} + > /dev/null`])
-
-    settle()
-    const t0 = performance.now()
-    execFileSync('mkfs.erofs', ['--quiet', '--chunksize=1048576', `--blobdev=${join(work, 'mkfs.blob')}`, join(work, 'mkfs.img'), src], { stdio: 'ignore' })
-    const mkfsMs = performance.now() - t0
-
-    const runs: BuildBenchResult['runs'] = []
-    for (const compressor of ['none', 'zstd'] as Compressor[]) {
-      settle()
-      const out = join(work, compressor)
-      const t = performance.now()
-      const res = await buildFromDirectory(src, { bootstrap: join(out, 'image.boot'), blobDir: join(out, 'blobs'), compressor })
-      const ms = performance.now() - t
-      const stored = res.blobs.reduce((n, b) => n + b.size, 0) + (await stat(res.bootstrap)).size
-      runs.push({ compressor, ms, ratioVsMkfs: mkfsMs / ms, storedBytes: stored, storedRatio: stored / bytes })
-      await rm(out, { recursive: true, force: true })
+    const compressors: Compressor[] = ['none', 'zstd']
+    const mkfsMs: number[] = []
+    const ms = new Map<Compressor, number[]>(compressors.map(c => [c, []]))
+    const ratios = new Map<Compressor, number[]>(compressors.map(c => [c, []]))
+    const stored = new Map<Compressor, number>()
+    for (let round = 0; round < rounds; round++) {
+      settle(src)
+      const t0 = performance.now()
+      execFileSync('mkfs.erofs', ['--quiet', '--chunksize=1048576', `--blobdev=${join(work, 'mkfs.blob')}`, join(work, 'mkfs.img'), src], { stdio: 'ignore' })
+      const base = performance.now() - t0
+      mkfsMs.push(base)
+      await rm(join(work, 'mkfs.blob'), { force: true })
+      await rm(join(work, 'mkfs.img'), { force: true })
+      for (const compressor of compressors) {
+        settle(src)
+        const out = join(work, compressor)
+        const t = performance.now()
+        const res = await buildFromDirectory(src, { bootstrap: join(out, 'image.boot'), blobDir: join(out, 'blobs'), compressor })
+        const took = performance.now() - t
+        ms.get(compressor)!.push(took)
+        ratios.get(compressor)!.push(base / took)
+        stored.set(compressor, res.blobs.reduce((n, b) => n + b.size, 0) + (await stat(res.bootstrap)).size)
+        await rm(out, { recursive: true, force: true })
+      }
     }
-    return { source: source ?? 'synthetic tree (4000 small text files, 6 × 48 MiB binaries)', sourceBytes: bytes, entries, mkfsErofsMs: mkfsMs, runs }
+    return {
+      source: source ?? 'synthetic tree (4000 small text files, 6 × 48 MiB binaries)',
+      sourceBytes: bytes,
+      entries,
+      rounds,
+      mkfsErofsMs: median(mkfsMs),
+      runs: compressors.map(compressor => ({
+        compressor,
+        ms: median(ms.get(compressor)!),
+        ratioVsMkfs: median(ratios.get(compressor)!),
+        storedBytes: stored.get(compressor)!,
+        storedRatio: stored.get(compressor)! / bytes
+      }))
+    }
   } finally {
     await rm(work, { recursive: true, force: true })
   }
@@ -104,7 +142,7 @@ export async function benchBuild (source?: string): Promise<BuildBenchResult> {
 export function formatBuildBench (r: BuildBenchResult): string {
   const mb = (n: number): string => (n / (1 << 20)).toFixed(1)
   const lines = [
-    `build: ${r.source}: ${r.entries} entries, ${mb(r.sourceBytes)} MiB`,
+    `build: ${r.source}: ${r.entries} entries, ${mb(r.sourceBytes)} MiB (medians of ${r.rounds} rounds)`,
     `  mkfs.erofs --chunksize=1048576 --blobdev (baseline): ${r.mkfsErofsMs.toFixed(0)} ms (${(r.sourceBytes / (1 << 20) / (r.mkfsErofsMs / 1000)).toFixed(0)} MiB/s)`
   ]
   for (const run of r.runs) {

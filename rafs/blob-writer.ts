@@ -10,10 +10,12 @@
  * const blob = await writer.finish() // undefined when no file had any bytes
  * ```
  */
-import { createHash, randomBytes, type Hash } from 'node:crypto'
-import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, open, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { compressChunk, digestChunk } from './codec.js'
+import { BufferedFile } from './buffered-file.js'
+import { ChunkFeed, type ProcessedChunk } from './chunk-feed.js'
+import { compressChunk } from './codec.js'
 import {
   BLOCK_SIZE, BLOB_META_HEADER_SIZE, CI_V1_SIZE, CompressorCode, DEFAULT_BLOB_FEATURES, DEFAULT_CHUNK_SIZE,
   MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, MIN_CHUNK_SIZE, TAR_HEADER_SIZE, TarName, TocFlags, encodeBlobMetaHeader, encodeCiV1,
@@ -27,7 +29,6 @@ import { RafspeerError } from '../base/index.js'
 const MAX_COMPRESSED_OFFSET = 2 ** 40
 /** Largest uncompressed offset a v1 ci entry can hold (44 bits). */
 const MAX_UNCOMPRESSED_OFFSET = 2 ** 44
-const WRITE_BUFFER_SIZE = 8 << 20
 
 export class BlobWriteError extends RafspeerError.coded('RAFSPEER_ERR_BLOB_WRITE') {}
 
@@ -46,80 +47,6 @@ export interface BlobOutputs {
   blobPath: string
   viewPath?: string
   created: string[]
-}
-
-/**
- * Sequential writer with two large buffers: one fills while the other is being written, so disk time
- * overlaps hashing and compression, and small chunks don't cost a syscall each. Optionally feeds every byte
- * to a running hash so the blob is never re-read.
- */
-class BufferedFile {
-  #buf = Buffer.allocUnsafe(WRITE_BUFFER_SIZE)
-  #spare = Buffer.allocUnsafe(WRITE_BUFFER_SIZE)
-  #fill = 0
-  /** bytes already handed to the kernel (or in flight) */
-  #queued = 0
-  #inflight: Promise<void> = Promise.resolve()
-
-  constructor (readonly fh: FileHandle, readonly hash?: Hash) {}
-
-  /** bytes written so far, buffered or not */
-  get position (): number { return this.#queued + this.#fill }
-
-  async write (data: Uint8Array): Promise<void> {
-    this.hash?.update(data)
-    if (this.#fill + data.length > this.#buf.length) await this.#handOff()
-    if (data.length >= this.#buf.length) {
-      // the caller reuses `data` once we return, so this one cannot stay in flight
-      await this.#inflight
-      await this.#writeAll(data, this.#queued)
-      this.#queued += data.length
-    } else {
-      this.#buf.set(data, this.#fill)
-      this.#fill += data.length
-    }
-  }
-
-  async zeros (n: number): Promise<void> {
-    if (n === 0) return
-    if (this.#fill + n > this.#buf.length) await this.#handOff()
-    this.#buf.fill(0, this.#fill, this.#fill + n)
-    this.hash?.update(this.#buf.subarray(this.#fill, this.#fill + n))
-    this.#fill += n
-  }
-
-  async flush (): Promise<void> {
-    await this.#handOff()
-    await this.#inflight
-  }
-
-  async #handOff (): Promise<void> {
-    await this.#inflight // the spare buffer is free again, or the previous write's error surfaces here
-    if (this.#fill === 0) return
-    const full = this.#buf
-    const n = this.#fill
-    const pos = this.#queued
-    this.#buf = this.#spare
-    this.#spare = full
-    this.#fill = 0
-    this.#queued += n
-    this.#inflight = this.#writeAll(full.subarray(0, n), pos)
-    this.#inflight.catch(() => {}) // observed by the next handOff/flush; avoids an unhandled rejection meanwhile
-  }
-
-  async #writeAll (data: Uint8Array, position: number): Promise<void> {
-    let done = 0
-    while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done)
-      done += bytesWritten
-    }
-  }
-
-  /** Waits for any write in flight, then closes; errors of an abandoned file are not interesting. */
-  async close (): Promise<void> {
-    await this.#inflight.catch(() => {})
-    await this.fh.close()
-  }
 }
 
 const tocFlags = (c: Compressor): number =>
@@ -141,9 +68,10 @@ export class BlobWriter implements ChunkSink {
   /** set once `finish()` has put the blob (and view) in place */
   outputs: BlobOutputs | undefined
 
-  #queue: Promise<unknown> = Promise.resolve()
-  #state: 'open' | 'finished' | 'aborted' = 'open'
+  #state: 'open' | 'finishing' | 'finished' | 'aborted' = 'open'
   #failure: unknown
+  #finishing: Promise<unknown> | undefined
+  readonly #feed: ChunkFeed
   #blob: BufferedFile | undefined
   #view: BufferedFile | undefined
   #blobTmp: string | undefined
@@ -152,10 +80,6 @@ export class BlobWriter implements ChunkSink {
   readonly #byDigest = new Map<string, ChunkInfo>()
   #compressedOffset = 0
   #uncompressedOffset = 0
-  /** reused between files: work is serialized, so one accumulator suffices */
-  #acc: Buffer | undefined
-  #zeros: Buffer | undefined
-  readonly #zeroDigests = new Map<number, Buffer>()
 
   constructor (init: BlobWriterInit) {
     this.blobDir = init.blobDir
@@ -171,117 +95,75 @@ export class BlobWriter implements ChunkSink {
         (this.chunkSize & (this.chunkSize - 1)) !== 0) {
       throw new BlobWriteError(`chunk size ${this.chunkSize} must be a power of two in [4096, 16 MiB]`)
     }
+    this.#feed = new ChunkFeed(this.compressor, this.digester, this.chunkSize, async (c) => await this.#storeChunk(c),
+      (cause) => new BlobWriteError('blob writer failed earlier; the blob is unusable', { cause }))
   }
 
   /** Number of distinct chunks stored so far. */
   get chunkCount (): number { return this.#chunks.length }
 
+  /**
+   * Chunks are stored in call order (so the blob's bytes depend on the order of calls only). A Uint8Array is the
+   * caller's again once this returns: the writer has copied it.
+   */
   addFile (data: AsyncIterable<Uint8Array> | Uint8Array): Promise<ChunkInfo[]> {
-    return this.#enqueue(async () => await this.#addFileNow(data))
+    try {
+      this.#checkUsable()
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return this.#feed.add(data)
   }
 
   finish (): Promise<RafsBlobInfo | undefined> {
-    return this.#enqueue(async () => {
+    try {
+      this.#checkUsable()
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    this.#state = 'finishing'
+    const run = (async () => {
       try {
+        await this.#feed.drain()
         return await this.#finishNow()
       } catch (err) {
         this.#failure ??= err
         await this.#cleanup()
         throw err
       }
-    })
+    })()
+    this.#finishing = run.catch(() => {})
+    return run
   }
 
   /** Drops everything written so far. Safe to call at any time, also after a failure. */
   async abort (): Promise<void> {
     if (this.#state === 'finished') return
     this.#state = 'aborted'
-    await this.#queue.catch(() => {})
+    this.#feed.stop(new BlobWriteError('blob writer was aborted'))
+    await this.#feed.quiet()
+    await this.#finishing
     await this.#cleanup()
-  }
-
-  // Work runs strictly one call after another so ci order (and thus the blob bytes) is deterministic.
-  #enqueue<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(() => {
-      this.#checkUsable()
-      return fn()
-    })
-    this.#queue = run.catch(() => {})
-    return run
   }
 
   #checkUsable (): void {
     if (this.#state === 'aborted') throw new BlobWriteError('blob writer was aborted')
-    if (this.#state === 'finished') throw new BlobWriteError('blob writer is already finished')
-    if (this.#failure !== undefined) {
-      throw new BlobWriteError('blob writer failed earlier; the blob is unusable', { cause: this.#failure })
+    if (this.#state !== 'open') throw new BlobWriteError('blob writer is already finished')
+    const failure = this.#failure ?? this.#feed.failure
+    if (failure !== undefined) {
+      throw new BlobWriteError('blob writer failed earlier; the blob is unusable', { cause: failure })
     }
   }
 
-  async #addFileNow (data: AsyncIterable<Uint8Array> | Uint8Array): Promise<ChunkInfo[]> {
-    const cs = this.chunkSize
-    const out: ChunkInfo[] = []
-    let fileOffset = 0
-    const emit = async (chunk: Uint8Array): Promise<void> => {
-      out.push(await this.#storeChunk(chunk, fileOffset))
-      fileOffset += chunk.length
-    }
-    if (data instanceof Uint8Array) {
-      for (let o = 0; o < data.length; o += cs) await emit(data.subarray(o, o + cs))
-      return out
-    }
-    const acc = (this.#acc ??= Buffer.allocUnsafe(cs))
-    let fill = 0
-    for await (const piece of data) {
-      if (!(piece instanceof Uint8Array)) throw new TypeError('file data must be Uint8Array pieces (no encoding)')
-      if (this.#state === 'aborted') throw new BlobWriteError('blob writer was aborted')
-      let p = 0
-      while (p < piece.length) {
-        // whole chunks straight from the piece: no copy for large reads
-        if (fill === 0 && piece.length - p >= cs) {
-          await emit(piece.subarray(p, p + cs))
-          p += cs
-          continue
-        }
-        const n = Math.min(cs - fill, piece.length - p)
-        acc.set(piece.subarray(p, p + n), fill)
-        fill += n
-        p += n
-        if (fill === cs) {
-          await emit(acc)
-          fill = 0
-        }
-      }
-    }
-    if (fill > 0) await emit(acc.subarray(0, fill))
-    return out
-  }
-
-  #digest (chunk: Uint8Array): Buffer {
-    // sparse files are mostly zeros: memcmp is several times faster than hashing them
-    const zeros = (this.#zeros ??= Buffer.alloc(this.chunkSize))
-    if (Buffer.compare(chunk, zeros.subarray(0, chunk.length)) === 0) {
-      let d = this.#zeroDigests.get(chunk.length)
-      if (d === undefined) {
-        d = digestChunk(this.digester, chunk)
-        this.#zeroDigests.set(chunk.length, d)
-      }
-      return d
-    }
-    return digestChunk(this.digester, chunk)
-  }
-
-  async #storeChunk (chunk: Uint8Array, fileOffset: number): Promise<ChunkInfo> {
-    const digest = this.#digest(chunk)
-    const key = digest.toString('latin1')
+  async #storeChunk (c: ProcessedChunk): Promise<ChunkInfo> {
+    const key = Buffer.from(c.digest.buffer, c.digest.byteOffset, c.digest.byteLength).toString('latin1')
     const seen = this.#byDigest.get(key)
     if (seen !== undefined) return seen
     if (this.#chunks.length >= MAX_CHUNKS_PER_BLOB) {
       throw new BlobWriteError(`blob would exceed ${MAX_CHUNKS_PER_BLOB} chunks, the RAFS limit per blob; use a larger chunk size`)
     }
-    const packed = compressChunk(this.compressor, chunk)
-    const stored = packed ?? chunk
-    const alignedSize = roundUp(chunk.length, BLOCK_SIZE)
+    const stored = c.packed ?? c.raw
+    const alignedSize = roundUp(c.raw.length, BLOCK_SIZE)
     if (this.#compressedOffset + stored.length > MAX_COMPRESSED_OFFSET ||
         this.#uncompressedOffset + alignedSize > MAX_UNCOMPRESSED_OFFSET) {
       throw new BlobWriteError('blob would exceed the RAFS v1 ci offset limits (1 TiB stored, 16 TiB uncompressed)')
@@ -290,24 +172,22 @@ export class BlobWriter implements ChunkSink {
       await this.#open()
       await this.#blob!.write(stored)
       if (this.#view !== undefined) {
-        await this.#view.write(chunk)
-        await this.#view.zeros(alignedSize - chunk.length)
+        await this.#view.write(c.raw)
+        await this.#view.zeros(alignedSize - c.raw.length)
       }
     } catch (err) {
-      // a failed source only loses whole chunks, but a failed write leaves the files inconsistent
-      this.#failure ??= err
       throw new BlobWriteError(`writing blob chunk ${this.#chunks.length} failed: ${(err as Error).message}`, { cause: err })
     }
     const info: ChunkInfo = {
-      digest,
+      digest: Buffer.from(c.digest),
       blobIndex: this.blobIndex,
       index: this.#chunks.length,
       compressedOffset: this.#compressedOffset,
       compressedSize: stored.length,
       uncompressedOffset: this.#uncompressedOffset,
-      uncompressedSize: chunk.length,
-      compressed: packed !== undefined,
-      fileOffset
+      uncompressedSize: c.raw.length,
+      compressed: c.packed !== undefined,
+      fileOffset: c.fileOffset
     }
     this.#compressedOffset += stored.length
     this.#uncompressedOffset += alignedSize

@@ -11,9 +11,9 @@ import { RafsFormatError } from './layout.js'
 
 const require = createRequire(import.meta.url)
 interface ZstdBinding {
-  compress: (dst: Uint8Array, src: Uint8Array, level: number) => number
   decompress: (dst: Uint8Array, src: Uint8Array) => number
   compressBound: (n: number) => number
+  CCtx: new () => { compress: (dst: Uint8Array, src: Uint8Array, level: number) => number }
 }
 const zstd = require('zstd-napi/binding.js') as ZstdBinding
 interface Lz4 {
@@ -25,31 +25,43 @@ const lz4 = require('lz4js') as Lz4
 
 export const ZSTD_LEVEL = 3
 
+// One context per thread, reused: ZSTD_compress sets up and tears down a fresh one per call, which for small
+// chunks costs as much as the compression (the frames are the same: it is ZSTD_compressCCtx on a scratch context).
+let cctx: InstanceType<ZstdBinding['CCtx']> | undefined
+
 export function digestChunk (digester: Digester, data: Uint8Array): Buffer {
   if (digester === 'sha256') return createHash('sha256').update(data).digest()
   return Buffer.from(blake3Hash(data) as Uint8Array)
 }
 
+/** Room `compressChunkInto` needs for a chunk of `n` bytes. */
+export function compressBound (compressor: Compressor, n: number): number {
+  return compressor === 'lz4_block' ? lz4.compressBound(n) : compressor === 'zstd' ? zstd.compressBound(n) : 0
+}
+
 /**
- * Compresses `data`; returns undefined when the result would not be smaller, in which case the raw bytes are
- * stored and the chunk counts as uncompressed (§13.1).
+ * Compresses `data` into `dst` (at least `compressBound` bytes); returns the compressed length, or 0 when the
+ * result would not be smaller, in which case the raw bytes are stored and the chunk counts as uncompressed (§13.1).
  */
-export function compressChunk (compressor: Compressor, data: Uint8Array): Buffer | undefined {
-  if (compressor === 'none' || data.length === 0) return undefined
-  let out: Buffer
+export function compressChunkInto (compressor: Compressor, data: Uint8Array, dst: Uint8Array): number {
+  if (compressor === 'none' || data.length === 0) return 0
+  let n: number
   if (compressor === 'zstd') {
-    const dst = Buffer.allocUnsafe(zstd.compressBound(data.length))
-    const n = zstd.compress(dst, data, ZSTD_LEVEL)
-    out = dst.subarray(0, n)
+    n = (cctx ??= new zstd.CCtx()).compress(dst, data, ZSTD_LEVEL)
   } else if (compressor === 'lz4_block') {
-    const dst = Buffer.allocUnsafe(lz4.compressBound(data.length))
-    const n = lz4.compressBlock(data, dst, 0, data.length, new Uint32Array(1 << 16))
-    if (n === 0) return undefined // lz4js returns 0 for incompressible input
-    out = dst.subarray(0, n)
+    n = lz4.compressBlock(data, dst, 0, data.length, new Uint32Array(1 << 16)) // lz4js returns 0 for incompressible input
   } else {
     throw new RafsFormatError(`compressor ${compressor} is not supported for writing`)
   }
-  return out.length < data.length ? out : undefined
+  return n < data.length ? n : 0
+}
+
+/** Like `compressChunkInto`, into a buffer of its own; undefined when compression does not pay. */
+export function compressChunk (compressor: Compressor, data: Uint8Array): Buffer | undefined {
+  if (compressor === 'none' || data.length === 0) return undefined
+  const dst = Buffer.allocUnsafe(compressBound(compressor, data.length))
+  const n = compressChunkInto(compressor, data, dst)
+  return n > 0 ? dst.subarray(0, n) : undefined
 }
 
 /** Decompresses one stored chunk to exactly `size` bytes, or throws a RafsFormatError. */

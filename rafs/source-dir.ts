@@ -7,10 +7,10 @@
  * const root = await directorySource('/srv/rootfs')(new BlobWriter({ blobDir }))
  * ```
  */
-import { lstat, open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises'
-import type { BigIntStats } from 'node:fs'
+import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, statSync, type BigIntStats } from 'node:fs'
+import { performance } from 'node:perf_hooks'
 import { debuglog } from 'node:util'
-import { getAttribute, listAttributes } from '@napi-rs/xattr'
+import { getAttributeSync, listAttributesSync } from '@napi-rs/xattr'
 import { splitXattrName } from './layout.js'
 import { fileTypeOfMode, nameKey, newInode, type RafsInode } from './model.js'
 import type { ChunkSink, TreeSource } from './source.js'
@@ -19,35 +19,11 @@ import { RafspeerError } from '../base/index.js'
 const debug = debuglog('rafspeer:source-dir')
 const NS_PER_SEC = 1_000_000_000n
 const READ_CHUNK = 1 << 20
-const STAT_CONCURRENCY = 16
-const READ_AHEAD = 8
-const SMALL_FILE = 256 << 10
-
-/** Reads a small file whole; undefined when it is not exactly `size` bytes any more (the slow path re-reads it). */
-async function readSmall (path: Buffer, size: number): Promise<Buffer | undefined> {
-  const fh = await open(path, 'r')
-  try {
-    const buf = Buffer.allocUnsafe(size + 1)
-    const { bytesRead } = await fh.read(buf, 0, size + 1, 0)
-    return bytesRead === size ? buf.subarray(0, size) : undefined
-  } finally {
-    await fh.close()
-  }
-}
-
-/** Maps with at most `limit` calls in flight, keeping the input order in the result. */
-async function mapLimit<T, R> (items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length)
-  let next = 0
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i]!)
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
-  return out
-}
+// Files handed to the sink and not stored yet: enough to keep its workers busy, bounded so memory stays flat.
+const WINDOW_BYTES = 32 << 20
+const WINDOW_FILES = 4096
+// The walk runs synchronous syscalls; it lets the event loop run at least this often.
+const SLICE_MS = 10
 
 export class SourceError extends RafspeerError.coded('RAFSPEER_ERR_SOURCE') {}
 
@@ -71,22 +47,41 @@ export function directorySource (dir: string, opts: DirectorySourceOptions = {})
   return async (sink: ChunkSink, options: { signal?: AbortSignal } = {}): Promise<RafsInode> => {
     const { signal } = options
     const rootPath = Buffer.from(dir)
-    // the root itself may be reached through a symlink; everything below it is taken as it is
-    const st = await stat(rootPath, { bigint: true }).catch((err: unknown) => {
+    let st: BigIntStats
+    try {
+      // the root itself may be reached through a symlink; everything below it is taken as it is
+      st = statSync(rootPath, { bigint: true })
+    } catch (err) {
       throw new SourceError(`cannot read source directory ${dir}: ${(err as Error).message}`, { cause: err })
-    })
+    }
     if (!st.isDirectory()) throw new SourceError(`source ${dir} is not a directory`)
     const walker = new Walker(sink, withXattrs, signal)
     const root = await walker.inodeOf(rootPath, st)
     await walker.fillDir(rootPath, root)
+    await walker.settle()
     return root
   }
 }
 
+interface InFlight {
+  done: Promise<void>
+  bytes: number
+}
+
+/**
+ * Walks with synchronous syscalls: for a tree of many small files, a thread-pool round trip and a promise per
+ * lstat, open, read and close cost the main thread several times what the syscalls do (the page cache answers
+ * most of them in microseconds). The CPU-heavy part, digesting and compressing, is the sink's (worker threads
+ * in BlobWriter), so the walk does not wait for one file's chunks before it reads the next.
+ */
 class Walker {
   /** (dev, ino) → inode, so every name of a hard-linked file shares one RafsInode */
   readonly #links = new Map<string, RafsInode>()
-  #readBuf?: Buffer
+  /** one read buffer for the whole walk: the sink copies what it keeps before addFile returns */
+  readonly #readBuf = Buffer.allocUnsafe(READ_CHUNK)
+  readonly #inFlight: InFlight[] = []
+  #inFlightBytes = 0
+  #sliceStart = performance.now()
 
   constructor (readonly sink: ChunkSink, readonly withXattrs: boolean, readonly signal: AbortSignal | undefined) {}
 
@@ -94,56 +89,44 @@ class Walker {
   async fillDir (path: Buffer, dir: RafsInode): Promise<void> {
     let names: Buffer[]
     try {
-      names = await readdir(path, { encoding: 'buffer' })
+      names = readdirSync(path, { encoding: 'buffer' })
     } catch (err) {
       throw new SourceError(`cannot list directory ${show(path)}: ${(err as Error).message}`, { cause: err })
     }
     names.sort(Buffer.compare)
-    // Metadata of a whole directory is fetched with bounded concurrency (each lstat/listxattr is a thread-pool
-    // round trip); file data is still fed to the sink one file at a time, in name order.
-    const paths = names.map((name) => Buffer.concat([path, Buffer.from('/'), name]))
-    const meta = await mapLimit(paths, STAT_CONCURRENCY, async (child) => {
+    const slash = Buffer.from('/')
+    for (const name of names) {
       this.signal?.throwIfAborted()
+      if (performance.now() - this.#sliceStart > SLICE_MS) {
+        await new Promise(resolve => setImmediate(resolve))
+        this.#sliceStart = performance.now()
+      }
+      const child = Buffer.concat([path, slash, name])
       let st: BigIntStats
       try {
-        st = await lstat(child, { bigint: true })
+        st = lstatSync(child, { bigint: true })
       } catch (err) {
         throw new SourceError(`cannot stat ${show(child)}: ${(err as Error).message}`, { cause: err })
       }
-      const xattrs = this.withXattrs ? await this.#xattrs(child) : undefined
-      return { st, xattrs }
-    })
-    // Small files are read a few entries ahead, so their open/read/close round trips overlap the hashing
-    // and compression of the files before them (bounded: READ_AHEAD files of at most SMALL_FILE bytes).
-    const ahead = new Map<number, Promise<Buffer | undefined>>()
-    const startReads = (from: number): void => {
-      for (let j = from; j < Math.min(names.length, from + READ_AHEAD); j++) {
-        const st = meta[j]!.st
-        if (ahead.has(j) || !st.isFile() || st.size === 0n || st.size > BigInt(SMALL_FILE)) continue
-        const p = readSmall(paths[j]!, Number(st.size))
-        p.catch(() => {}) // a failure is reported when (and if) the entry is consumed
-        ahead.set(j, p)
-      }
-    }
-    for (let i = 0; i < names.length; i++) {
-      this.signal?.throwIfAborted()
-      startReads(i)
-      const child = paths[i]!
-      const { st, xattrs } = meta[i]!
-      const key = `${st.dev}:${st.ino}`
-      let inode = st.isDirectory() ? undefined : this.#links.get(key)
-      const early = ahead.get(i)
-      ahead.delete(i)
+      // only a name whose inode has other names can be a hard link (and the key costs two BigInt conversions)
+      const key = st.nlink > 1n && !st.isDirectory() ? `${st.dev}:${st.ino}` : undefined
+      let inode = key !== undefined ? this.#links.get(key) : undefined
       if (inode === undefined) {
-        inode = await this.inodeOf(child, st, xattrs, early)
-        if (inode.type !== 'dir' && st.nlink > 1n) this.#links.set(key, inode)
+        inode = await this.inodeOf(child, st)
+        if (key !== undefined) this.#links.set(key, inode)
         if (inode.type === 'dir') await this.fillDir(child, inode)
       }
-      dir.children!.set(nameKey(names[i]!), inode)
+      dir.children!.set(nameKey(name), inode)
     }
   }
 
-  async inodeOf (path: Buffer, st: BigIntStats, xattrs?: Map<string, Buffer>, early?: Promise<Buffer | undefined>): Promise<RafsInode> {
+  /** Waits for the chunks of every file handed to the sink; the first failure is thrown. */
+  async settle (): Promise<void> {
+    while (this.#inFlight.length > 0) await this.#inFlight.shift()!.done
+    this.#inFlightBytes = 0
+  }
+
+  async inodeOf (path: Buffer, st: BigIntStats): Promise<RafsInode> {
     const mode = Number(st.mode)
     const type = fileTypeOfMode(mode)
     if (type === undefined) throw new SourceError(`${show(path)} has an unknown file type (mode 0${mode.toString(8)})`)
@@ -163,64 +146,104 @@ class Walker {
       inode.rdevMinor = minor
     } else if (type === 'symlink') {
       try {
-        inode.target = await readlink(path, { encoding: 'buffer' })
+        inode.target = readlinkSync(path, { encoding: 'buffer' })
       } catch (err) {
         throw new SourceError(`cannot read symlink ${show(path)}: ${(err as Error).message}`, { cause: err })
       }
     }
-    if (xattrs !== undefined) inode.xattrs = xattrs
-    else if (this.withXattrs) inode.xattrs = await this.#xattrs(path)
-    if (type === 'file') {
-      const data = await early?.catch(() => undefined)
-      if (data !== undefined) {
-        inode.chunks = await this.sink.addFile(data)
-        inode.size = data.length
-      } else await this.#readFile(path, inode, Number(st.size))
-    }
+    if (this.withXattrs) inode.xattrs = this.#xattrs(path)
+    if (type === 'file') await this.#readFile(path, inode, Number(st.size))
     return inode
   }
 
   async #readFile (path: Buffer, inode: RafsInode, expected: number): Promise<void> {
     if (expected === 0) return
-    let fh: FileHandle
+    let fd: number
     try {
-      // opened here rather than by the stream, whose open error would surface as an unhandled 'error' event
-      fh = await open(path, 'r')
+      fd = openSync(path, 'r')
     } catch (err) {
       throw new SourceError(`cannot open file ${show(path)}: ${(err as Error).message}`, { cause: err })
     }
-    let size = 0
-    // One read buffer for the whole walk: a ReadStream allocates a fresh highWaterMark-sized buffer per read,
-    // which for thousands of small files is gigabytes of garbage. Reuse is safe because the sink finishes with
-    // (copies or writes) each piece before it asks for the next one.
-    const buf = (this.#readBuf ??= Buffer.allocUnsafe(READ_CHUNK))
-    const signal = this.signal
-    const pieces = (async function * () {
-      for (;;) {
-        signal?.throwIfAborted()
-        const { bytesRead } = await fh.read(buf, 0, buf.length, size)
-        if (bytesRead === 0) return
-        // counting as we go: a file that changes under us must still get a size that matches its chunks
-        size += bytesRead
-        yield buf.subarray(0, bytesRead)
-        // a short read that reaches the size lstat gave is the end: spares every small file a second read
-        if (bytesRead < buf.length && size >= expected) return
-      }
-    })()
+    const buf = this.#readBuf
+    let size: number
     try {
-      inode.chunks = await this.sink.addFile(pieces)
+      size = readSync(fd, buf, 0, buf.length, 0)
     } catch (err) {
-      if ((err as Error).name === 'AbortError') throw err
-      if ((err as { code?: unknown }).code === 'RAFSPEER_ERR_BLOB_WRITE') throw err
+      closeSync(fd)
       throw new SourceError(`cannot read file ${show(path)}: ${(err as Error).message}`, { cause: err })
-    } finally {
-      await fh.close()
     }
-    if (size !== expected) debug('%s changed size while reading (%d → %d bytes)', show(path), expected, size)
+    // a short read that reaches the size lstat gave is the end: most files take one read and no await
+    if (size < buf.length && size >= expected) {
+      closeSync(fd)
+      this.#track(inode, this.sink.addFile(buf.subarray(0, size)), size)
+      inode.size = size
+      if (this.#inFlightBytes > WINDOW_BYTES || this.#inFlight.length > WINDOW_FILES) await this.#drainHalf()
+      return
+    }
+    try {
+      await this.#readLarge(path, fd, inode, size)
+    } finally {
+      closeSync(fd)
+    }
+    if (inode.size !== expected) debug('%s changed size while reading (%d → %d bytes)', show(path), expected, inode.size)
+  }
+
+  /**
+   * Streams a file whose first `first` bytes are in the read buffer. Waits until the sink has read it all (the
+   * buffer and the descriptor are free again then), not until it has stored it: that can overlap the next files.
+   */
+  async #readLarge (path: Buffer, fd: number, inode: RafsInode, first: number): Promise<void> {
+    let size = first
+    let readError: unknown
+    let taken!: () => void
+    const consumed = new Promise<void>(resolve => { taken = resolve })
+    const buf = this.#readBuf
+    const signal = this.signal
+    const pieces = async function * (): AsyncGenerator<Buffer> {
+      try {
+        let n = first
+        while (n > 0) {
+          yield buf.subarray(0, n)
+          signal?.throwIfAborted()
+          try {
+            n = readSync(fd, buf, 0, buf.length, size)
+          } catch (err) {
+            readError = err
+            throw err
+          }
+          // counting as we go: a file that changes under us must still get a size that matches its chunks
+          size += n
+        }
+      } finally {
+        taken()
+      }
+    }
+    const chunks = this.sink.addFile(pieces())
+    // the sink holds a stream back itself, so it does not count against the window
+    this.#track(inode, chunks, 0)
+    await Promise.race([consumed, chunks.then(() => {}, () => {})])
+    if (readError !== undefined) throw new SourceError(`cannot read file ${show(path)}: ${(readError as Error).message}`, { cause: readError })
+    signal?.throwIfAborted()
     inode.size = size
   }
 
-  async #xattrs (path: Buffer): Promise<Map<string, Buffer>> {
+  // Down to half, not just below the limit: waiting for one file at a time would hand the sink one file per
+  // batch, since every wait lets it flush the batch it is filling.
+  async #drainHalf (): Promise<void> {
+    while (this.#inFlightBytes > WINDOW_BYTES / 2 || this.#inFlight.length > WINDOW_FILES / 2) await this.#inFlight.shift()!.done
+  }
+
+  #track (inode: RafsInode, chunks: Promise<RafsInode['chunks'] & {}>, bytes: number): void {
+    const done = chunks.then((c) => {
+      inode.chunks = c
+      this.#inFlightBytes -= bytes
+    })
+    done.catch(() => {}) // thrown when the walk gets to it; a walk that fails earlier leaves it unobserved
+    this.#inFlight.push({ done, bytes })
+    this.#inFlightBytes += bytes
+  }
+
+  #xattrs (path: Buffer): Map<string, Buffer> {
     const out = new Map<string, Buffer>()
     const p = path.toString('utf8')
     // the xattr binding takes UTF-8 strings only; a path that does not survive the round trip cannot be named
@@ -230,7 +253,7 @@ class Walker {
     }
     let names: string[]
     try {
-      names = await listAttributes(p)
+      names = listAttributesSync(p)
     } catch (err) {
       if (/os error (95|61)\b/.test((err as Error).message)) return out // filesystem without xattr support
       throw new SourceError(`cannot list extended attributes of ${p}: ${(err as Error).message}`, { cause: err })
@@ -242,7 +265,7 @@ class Walker {
       }
       let value: Buffer | null
       try {
-        value = await getAttribute(p, name)
+        value = getAttributeSync(p, name)
       } catch (err) {
         throw new SourceError(`cannot read extended attribute ${name} of ${p}: ${(err as Error).message}`, { cause: err })
       }

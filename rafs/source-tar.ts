@@ -14,9 +14,10 @@
 import { Readable, pipeline } from 'node:stream'
 import { createGunzip } from 'node:zlib'
 import tar from 'tar-stream'
-import { splitXattrName, MAX_NAME_LEN } from './layout.js'
-import { newInode, type FileType, type RafsInode } from './model.js'
+import { MAX_NAME_LEN } from './layout.js'
+import { newInode, type ChunkInfo, type FileType, type RafsInode } from './model.js'
 import type { ChunkSink, TreeSource } from './source.js'
+import { paxInt, paxXattrs, parseMtime, patchPaxDecoding } from './tar-pax.js'
 import { RafspeerError } from '../base/index.js'
 
 export class TarError extends RafspeerError.coded('RAFSPEER_ERR_BAD_TAR') {}
@@ -101,54 +102,6 @@ function toBuffer (b: Uint8Array | string): Buffer {
   return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
 }
 
-/**
- * tar-stream decodes pax records as UTF-8, which mangles non-UTF-8 paths and binary xattr values
- * (`SCHILY.xattr.security.capability`). Decoding them as latin1 keeps every byte, and latin1 is also how the
- * model keys names, so a pax path is then a ready-made key.
- */
-function decodePaxLatin1 (buf: Buffer): Record<string, string> {
-  const out: Record<string, string> = {}
-  let off = 0
-  while (off < buf.length) {
-    if (buf[off] === 0) break // NUL padding after the last record
-    const sp = buf.indexOf(0x20, off)
-    const len = sp < 0 ? NaN : Number(buf.toString('latin1', off, sp))
-    if (!Number.isInteger(len) || len <= sp - off || off + len > buf.length || buf[off + len - 1] !== 0x0a) {
-      throw new Error('malformed pax header record')
-    }
-    const rec = buf.toString('latin1', sp + 1, off + len - 1)
-    const eq = rec.indexOf('=')
-    if (eq < 0) throw new Error('malformed pax header record')
-    out[rec.slice(0, eq)] = rec.slice(eq + 1)
-    off += len
-  }
-  return out
-}
-
-interface ExtractInternals {
-  _header: { type: string } | null
-  _pax: Record<string, string> | null
-  _paxGlobal: Record<string, string> | null
-  _decodeLongHeader: (buf: Buffer) => void
-}
-
-function patchPaxDecoding (ex: tar.Extract): void {
-  const inner = ex as unknown as ExtractInternals
-  const original = inner._decodeLongHeader
-  // If tar-stream's internals change, fall back to its own (lossy) decoding rather than break.
-  if (typeof original !== 'function' || !('_paxGlobal' in inner)) return
-  inner._decodeLongHeader = function (this: ExtractInternals, buf: Buffer) {
-    const type = this._header?.type
-    if (type === 'pax-global-header') {
-      this._paxGlobal = decodePaxLatin1(buf)
-    } else if (type === 'pax-header') {
-      this._pax = { ...this._paxGlobal, ...decodePaxLatin1(buf) }
-    } else {
-      original.call(this, buf)
-    }
-  }
-}
-
 async function readTar (bytes: AsyncIterable<Uint8Array>, sink: ChunkSink, stats: TarStats, signal?: AbortSignal): Promise<RafsInode> {
   // v7 headers (no ustar magic) are still checksummed, so allowing them lets no garbage through.
   const ex = tar.extract({ filenameEncoding: 'latin1', allowUnknownFormat: true } as Parameters<typeof tar.extract>[0])
@@ -166,16 +119,19 @@ async function readTar (bytes: AsyncIterable<Uint8Array>, sink: ChunkSink, stats
   })()
 
   const tree = new TreeBuilder()
+  const stored = new StoredChunks()
   let current = '(start of archive)'
   try {
     for await (const entry of ex) {
       signal?.throwIfAborted()
+      stored.throwIfFailed()
       const header = entry.header as unknown as Header
       current = JSON.stringify(Buffer.from(header.name, 'latin1').toString('utf8'))
       stats.entries++
-      await addEntry(tree, header, entry as unknown as Entry, sink, stats)
+      await addEntry(tree, header, entry as unknown as Entry, sink, stats, stored)
     }
     signal?.throwIfAborted()
+    await stored.all()
   } catch (err) {
     // The pump sees the destroyed extract and stops at its next piece; it never rejects, so it is not awaited.
     ex.destroy(null)
@@ -200,11 +156,39 @@ function drained (ex: tar.Extract): Promise<void> {
 
 const sinkErrors = new WeakSet<object>()
 
+/**
+ * The chunk lists the sink still owes. A file's entry is done once the sink has taken its bytes; its chunks come
+ * later, so the sink can digest and compress several files at once instead of one round trip per file.
+ */
+class StoredChunks {
+  readonly #pending: Array<Promise<void>> = []
+  #failure: { err: unknown } | undefined
+
+  add (inode: RafsInode, chunks: Promise<ChunkInfo[]>): void {
+    const done = chunks.then((c) => { inode.chunks = c }, (err: unknown) => {
+      // The sink's own failure (disk full, ...) is not the archive's fault: let it through unchanged.
+      if (typeof err === 'object' && err !== null) sinkErrors.add(err)
+      this.#failure ??= { err }
+      throw err
+    })
+    done.catch(() => {}) // thrown by all() or throwIfFailed(); a bad archive may leave it unobserved
+    this.#pending.push(done)
+  }
+
+  throwIfFailed (): void {
+    if (this.#failure !== undefined) throw this.#failure.err
+  }
+
+  async all (): Promise<void> {
+    for (const p of this.#pending) await p
+  }
+}
+
 async function drain (entry: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of entry) { /* skip data this entry type does not use */ }
 }
 
-async function addEntry (tree: TreeBuilder, h: Header, entry: Entry, sink: ChunkSink, stats: TarStats): Promise<void> {
+async function addEntry (tree: TreeBuilder, h: Header, entry: Entry, sink: ChunkSink, stats: TarStats, stored: StoredChunks): Promise<void> {
   const path = splitPath(h.name)
   const pax = h.pax ?? {}
   const base = path[path.length - 1]
@@ -240,6 +224,8 @@ async function addEntry (tree: TreeBuilder, h: Header, entry: Entry, sink: Chunk
     const size = h.size ?? 0
     let seen = 0
     let dataError: unknown
+    let taken!: () => void
+    const consumed = new Promise<void>(resolve => { taken = resolve })
     const counted = async function * (): AsyncGenerator<Buffer> {
       try {
         for await (const piece of entry) {
@@ -249,17 +235,21 @@ async function addEntry (tree: TreeBuilder, h: Header, entry: Entry, sink: Chunk
       } catch (err) {
         dataError = err
         throw err
+      } finally {
+        taken()
       }
     }
-    try {
-      inode.chunks = await sink.addFile(counted())
-    } catch (err) {
-      if (dataError !== undefined) throw new TarError(`entry ${show(h.name)}: ${(dataError as Error).message}`, { cause: dataError })
-      // The sink's own failure (disk full, ...) is not the archive's fault: let it through unchanged.
-      if (typeof err === 'object' && err !== null) sinkErrors.add(err)
-      throw err
+    const chunks = sink.addFile(counted())
+    stored.add(inode, chunks)
+    // the next entry's bytes follow this one's in the stream: wait until the sink has read them, not stored them
+    await Promise.race([consumed, chunks.then(() => {}, () => {})])
+    if (dataError !== undefined) throw new TarError(`entry ${show(h.name)}: ${(dataError as Error).message}`, { cause: dataError })
+    if (seen !== size) {
+      // a sink that stopped reading has a failure of its own, which is the one to report
+      await chunks.then(() => {}, () => {})
+      stored.throwIfFailed()
+      throw new TarError(`entry ${show(h.name)}: expected ${size} bytes, read ${seen}`)
     }
-    if (seen !== size) throw new TarError(`entry ${show(h.name)}: expected ${size} bytes, read ${seen}`)
     inode.size = size
     stats.files++
     stats.fileBytes += size
@@ -300,53 +290,6 @@ export function splitPath (name: string): string[] {
     out.push(part)
   }
   return out
-}
-
-function paxInt (v: string | undefined): number | undefined {
-  if (v === undefined || !/^\d+$/.test(v)) return undefined
-  return Number(v)
-}
-
-/** pax mtime carries fractional seconds ("1700000000.5"); the ustar field has whole seconds only. */
-function parseMtime (h: Header, pax: Record<string, string>): { mtime: number, mtimeNsec: number } {
-  const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(pax.mtime ?? '')
-  if (m !== null) {
-    let sec = Number(m[2])
-    let nsec = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'))
-    if (m[1] === '-') {
-      sec = -sec
-      if (nsec > 0) { sec -= 1; nsec = 1e9 - nsec }
-    }
-    // The inode stores an unsigned time: pre-1970 clamps to the epoch.
-    return sec < 0 ? { mtime: 0, mtimeNsec: 0 } : { mtime: sec, mtimeNsec: nsec }
-  }
-  const ms = h.mtime?.getTime() ?? 0
-  return { mtime: Math.max(0, Math.floor(ms / 1000)), mtimeNsec: 0 }
-}
-
-/** SCHILY.xattr values are raw bytes; LIBARCHIVE.xattr names are %-encoded and values base64. */
-function paxXattrs (pax: Record<string, string>): Map<string, Buffer> {
-  const out = new Map<string, Buffer>()
-  for (const [key, value] of Object.entries(pax)) {
-    let name: string
-    let data: Buffer
-    if (key.startsWith('SCHILY.xattr.')) {
-      name = Buffer.from(key.slice(13), 'latin1').toString('utf8')
-      data = Buffer.from(value, 'latin1')
-    } else if (key.startsWith('LIBARCHIVE.xattr.')) {
-      name = Buffer.from(percentDecode(key.slice(17)), 'latin1').toString('utf8')
-      data = Buffer.from(value, 'base64')
-    } else {
-      continue
-    }
-    // Only the five EROFS prefixes can be stored; anything else would make the writer fail.
-    if (splitXattrName(name) !== undefined) out.set(name, data)
-  }
-  return out
-}
-
-function percentDecode (s: string): string {
-  return s.replace(/%([0-9a-fA-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)))
 }
 
 class TreeBuilder {
