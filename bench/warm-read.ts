@@ -212,10 +212,11 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     const treeInfo = await makeWarmTree(tree, opts.smallTree !== undefined ? 0 : smallFiles, bigFiles, bigFileBytes)
     if (opts.smallTree !== undefined) {
       await execFileP('cp', ['-a', opts.smallTree, join(tree, 'share')])
-      const counted = await execFileP('bash', ['-c', `find ${join(tree, 'share')} -type f | wc -l; du -sb ${join(tree, 'share')} | cut -f1`])
-      const [files = '0', bytes = '0'] = counted.stdout.trim().split('\n')
+      const counted = await execFileP('bash', ['-c', `find ${join(tree, 'share')} -type f | wc -l; du -sb ${join(tree, 'share')} | cut -f1; find ${join(tree, 'share')} -type d | wc -l`])
+      const [files = '0', bytes = '0', dirs = '0'] = counted.stdout.trim().split('\n')
       treeInfo.smallFiles = Number(files)
       treeInfo.smallBytes = Number(bytes)
+      treeInfo.dirs = Number(dirs)
       shape.smallFiles = treeInfo.smallFiles
     }
     let t = performance.now()
@@ -342,7 +343,7 @@ export function formatWarmRead (r: WarmReadResult): string {
     return ` | ${t} ${value}${ratio}`
   }
   const lines = [
-    `warm read: ${r.tree.smallFiles} small files (1-16 KiB, ${mib(r.tree.smallBytes)} MiB in ${r.tree.dirs} dirs) + ` +
+    `warm read: ${r.tree.smallFiles} small files (${mib(r.tree.smallBytes)} MiB in ${r.tree.dirs} dirs) + ` +
       `${r.tree.bigFiles} × ${mib(r.tree.bigBytes / r.tree.bigFiles)} MiB; ${r.machine}`,
     `  state: rafspeer cache warm (prefetch all settled), page cache cold (sync; drop_caches 3 before every run); median of ${r.runs}`,
     `  setup: build ${(r.setup.buildMs / 1000).toFixed(1)} s, prefetch ${r.setup.prefetchChunks} chunks ${(r.setup.prefetchMs / 1000).toFixed(1)} s`
