@@ -19,7 +19,7 @@ import type { ServerResponse } from 'node:http'
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LRUCache } from 'lru-cache'
-import type { Logger } from '../base/index.js'
+import { partitionPoint, type Logger } from '../base/index.js'
 import { extractBootstrap, findBootstrapLayer } from '../image/index.js'
 import { RafsReader, decompressChunk, digestChunk, type Compressor, type Digester } from '../rafs/index.js'
 import { MediaTypes, type Descriptor, type ImageManifest, type RegistryClient } from '../registry/index.js'
@@ -186,13 +186,5 @@ export class RafsRanges {
 
 /** Index of the first chunk ending after `pos` (chunks sorted by offset). */
 function firstEndingAfter (chunks: StoredChunk[], pos: number): number {
-  let lo = 0
-  let hi = chunks.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    const c = chunks[mid]!
-    if (c.offset + c.size <= pos) lo = mid + 1
-    else hi = mid
-  }
-  return lo
+  return partitionPoint(chunks.length, i => chunks[i]!.offset + chunks[i]!.size <= pos)
 }

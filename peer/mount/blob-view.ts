@@ -12,6 +12,7 @@
  * await fetcher.readPieces({ reader: view, blobs: reader.blobs }, pieces, buf.subarray(pieces[0].fileOffset - (1 << 20)))
  * ```
  */
+import { partitionPoint } from '../../base/index.js'
 import type { ChunkInfo, MappedPiece, RafsReader } from '../../rafs/index.js'
 
 export class BlobViews {
@@ -43,17 +44,9 @@ export class BlobViews {
   mapRange (blobIndex: number, offset: number, length: number): MappedPiece[] {
     const list = this.chunks(blobIndex)
     const end = offset + length
-    // first chunk ending after `offset`
-    let lo = 0
-    let hi = list.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      const c = list[mid]!
-      if (c.uncompressedOffset + c.uncompressedSize <= offset) lo = mid + 1
-      else hi = mid
-    }
+    const first = partitionPoint(list.length, i => list[i]!.uncompressedOffset + list[i]!.uncompressedSize <= offset)
     const out: MappedPiece[] = []
-    for (let i = lo; i < list.length; i++) {
+    for (let i = first; i < list.length; i++) {
       const c = list[i]!
       if (c.uncompressedOffset >= end) break
       const from = Math.max(offset, c.uncompressedOffset)
