@@ -203,7 +203,7 @@ test('demo: registry, scheduler and 3 peers; every peer reads the image; bytes b
     assert.match(r.stdout, /every node read exactly the published tree/)
     assert.match(r.stdout, /demo OK/)
     // one row per peer: node, time, registry, peers, cache, uploaded
-    const rows = r.stdout.split('\n').filter(l => /^ {2}[1-3] +\d/.test(l))
+    const rows = r.stdout.split('\n').filter(l => /^ {2}[1-3] +(erofs-lazy|fuse|kernel) +\d/.test(l))
     assert.equal(rows.length, 3, r.stdout)
     // the run directory is gone, and no mount is left under it
     assert.deepEqual((await readdir(work)).filter(n => n.startsWith('rafspeer-swarm-')), [])
