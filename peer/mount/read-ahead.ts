@@ -64,8 +64,9 @@ export class ReadAhead {
     if (c === undefined || !sequential) {
       c = { end, ahead: end }
       this.cursors.set(nid, c)
-      // a random read fetches only what it touches; read-ahead starts with a file's first byte or a read continuing this one
-      if (offset !== 0) return
+      // a random read fetches only what it touches; read-ahead starts with a file's first byte or a read continuing
+      // this one (with slack, where reads are a blob's and its first byte is just its first file's: the second)
+      if (offset !== 0 || slack > 0) return
     }
     c.end = end
     c.ahead = Math.max(c.ahead, end)
