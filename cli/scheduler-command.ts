@@ -1,5 +1,5 @@
 /** `rafspeer scheduler`: the standalone scheduler (who holds which chunk) as a libp2p service; libp2p loads only when it runs. */
-import type { Command } from 'commander'
+import { InvalidArgumentError, type Command } from 'commander'
 import { createLogger } from '../base/index.js'
 import { parseLogLevel } from './daemon-commands.js'
 import { untilSignal } from './util.js'
@@ -10,6 +10,12 @@ const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/8002'
 export interface SchedulerCommandDeps {
   print?: (line: string) => void
   untilStopped?: () => Promise<void>
+}
+
+function positiveInt (v: string): number {
+  const n = Number(v)
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`expected a positive integer, got ${JSON.stringify(v)}`)
+  return n
 }
 
 /** The global `--log-level`, when given on the command line. */
@@ -27,12 +33,22 @@ export function registerSchedulerCommand (program: Command, deps: SchedulerComma
     .description('run the scheduler (chunk digest → holders, peer load and health, ranking) on /rafspeer/scheduler/1.0.0 until SIGINT/SIGTERM')
     .option('--listen <multiaddr>', `listen multiaddr, repeatable (default ${DEFAULT_LISTEN})`, (v: string, prev: string[] = []) => [...prev, v])
     .option('--key-file <file>', 'peer identity: loaded, or created (mode 0600) when missing, so the peer id survives restarts')
+    .option('--max-peers <n>', 'peers registered at once (default 10000); a full table lets a newcomer displace an unproven peer', positiveInt)
+    .option('--max-entries <n>', '(digest, holder) entries kept, the memory bound: about 100 bytes each (default 10000000)', positiveInt)
+    .option('--max-digests-per-peer <n>', 'digests one peer may hold while the index is less than half full (default 4000000)', positiveInt)
     .option('--json', 'print the addresses and the final stats as JSON lines; logs as JSON on stderr')
-    .action(async (f: { listen?: string[], keyFile?: string, json?: boolean }, cmd: Command) => {
+    .action(async (f: { listen?: string[], keyFile?: string, json?: boolean, maxPeers?: number, maxEntries?: number, maxDigestsPerPeer?: number }, cmd: Command) => {
       const { loadOrCreatePeerKey, startSchedulerNode } = await import('../scheduler/index.js')
       const logger = createLogger({ level: cliLogLevel(cmd) ?? 'info', format: f.json === true ? 'json' : 'text' })
       const privateKey = f.keyFile !== undefined ? await loadOrCreatePeerKey(f.keyFile) : undefined
-      const sched = await startSchedulerNode({ listen: f.listen ?? [DEFAULT_LISTEN], privateKey, logger })
+      const sched = await startSchedulerNode({
+        listen: f.listen ?? [DEFAULT_LISTEN],
+        privateKey,
+        logger,
+        ...(f.maxPeers !== undefined ? { maxPeers: f.maxPeers } : {}),
+        ...(f.maxEntries !== undefined ? { maxEntries: f.maxEntries } : {}),
+        ...(f.maxDigestsPerPeer !== undefined ? { maxDigestsPerPeer: f.maxDigestsPerPeer } : {})
+      })
       try {
         if (f.json === true) {
           print(JSON.stringify({ scheduler: sched.multiaddrs[0], multiaddrs: sched.multiaddrs, peerId: sched.peerId }))

@@ -14,9 +14,16 @@ import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, R
 import { digestKey, packDigests, type PackedDigests } from './protocol.js'
 import { addPending, badPenalty, baseScore, DEFAULT_WEIGHTS, isBanned, recordOutcome, scoreFor, zoneAffinity } from './ranking.js'
 import { HARD_MAX_PEERS, PeerTable, type PeerRecord } from './peer-table.js'
+import {
+  capAfterEviction, DEFAULT_ADMISSION, displaceable, EVICTION_SAMPLE, quotaOf, victimFor, weightOf, type AdmissionPolicy
+} from './admission.js'
 
 export { HARD_MAX_PEERS, type PeerRecord } from './peer-table.js'
 
+/** stale entries allowed beyond `maxEntries` (as a share of it) before announces wait for the sweep */
+const STALE_SLACK = 0.5
+/** refs a full index sweeps at once before it refuses (a few milliseconds) */
+const SYNC_SWEEP_BUDGET = 100_000
 const SHARDS = 64
 const SHARD_MASK = SHARDS - 1
 const DEFAULTS = {
@@ -27,7 +34,7 @@ const DEFAULTS = {
   heartbeatMs: 5000,
   missedHeartbeats: 3,
   minHeartbeatMs: 50,
-  maxHeartbeatMs: 60_000,
+  maxHeartbeatMs: 30_000,
   banAfterBadReporters: 2,
   banMs: 3_600_000,
   claimMisses: true
@@ -53,6 +60,9 @@ export class HolderIndex {
   private liveEntries = 0
   private staleEntries = 0
   private refused = 0
+  private evictions = 0
+  private evictedEntries = 0
+  private displaced = 0
   private sweepIter: Iterator<[string, Holders]> | undefined
   private sweepShard = 0
   private staleEventsInPass = 0
@@ -66,6 +76,9 @@ export class HolderIndex {
 
   readonly maxPeers: number
   private readonly maxEntries: number
+  /** live + stale entries: the memory bound */
+  private readonly hardEntries: number
+  private readonly admission: AdmissionPolicy
   private readonly maxDigestsPerPeer: number
   private readonly maxHolders: number
   private readonly heartbeatMs: number
@@ -82,6 +95,14 @@ export class HolderIndex {
     this.maxPeers = Math.max(1, Math.min(HARD_MAX_PEERS, init.maxPeers ?? DEFAULTS.maxPeers))
     this.maxEntries = init.maxEntries ?? DEFAULTS.maxEntries
     this.maxDigestsPerPeer = init.maxDigestsPerPeer ?? DEFAULTS.maxDigestsPerPeer
+    this.hardEntries = this.maxEntries + Math.floor(this.maxEntries * STALE_SLACK)
+    this.admission = {
+      maxEntries: this.maxEntries,
+      maxDigestsPerPeer: this.maxDigestsPerPeer,
+      openFill: init.admission?.openFill ?? DEFAULT_ADMISSION.openFill,
+      provenWeight: init.admission?.provenWeight ?? DEFAULT_ADMISSION.provenWeight,
+      minQuota: init.admission?.minQuota ?? DEFAULT_ADMISSION.minQuota
+    }
     this.maxHolders = Math.max(1, init.maxHoldersPerDigest ?? DEFAULTS.maxHoldersPerDigest)
     this.heartbeatMs = init.heartbeatMs ?? DEFAULTS.heartbeatMs
     this.missed = init.missedHeartbeats ?? DEFAULTS.missedHeartbeats
@@ -128,6 +149,22 @@ export class HolderIndex {
     return now - rec.lastSeen > rec.intervalMs * this.missed
   }
 
+  /**
+   * The peer's record, registering it if new. A full table makes way for a newcomer by dropping a sampled peer of
+   * no greater weight (see `admission.ts`); undefined when none may be dropped, or the newcomer is banned.
+   */
+  private admit (id: string, now: number): PeerRecord | undefined {
+    const rec = this.peers.register(id, now)
+    if (rec !== undefined) return rec
+    const rep = this.peers.reputation(id)
+    if (rep !== undefined && isBanned(rep, now)) return undefined
+    const victim = displaceable(this.peers.sample(EVICTION_SAMPLE, this.random), rep !== undefined ? weightOf(rep, this.admission) : 1, this.admission)
+    if (victim === undefined) return undefined
+    this.drop(victim)
+    this.displaced++
+    return this.peers.register(id, now)
+  }
+
   /** Marks a peer alive (any message counts). */
   touch (id: string): void {
     const rec = this.peers.get(id)
@@ -136,7 +173,7 @@ export class HolderIndex {
 
   heartbeat (id: string, intervalMs: number, load: PeerLoad): boolean {
     const now = this.now()
-    const rec = this.peers.register(id, now)
+    const rec = this.admit(id, now)
     if (rec === undefined) return false
     rec.lastSeen = now
     rec.intervalMs = intervalMs > 0 ? Math.max(this.minHeartbeatMs, Math.min(this.maxHeartbeatMs, intervalMs)) : this.heartbeatMs
@@ -164,9 +201,11 @@ export class HolderIndex {
   /** Applies outcomes reported by `reporter` (a banned reporter is not heard); returns the peers banned by it. */
   report (reporter: string, outcomes: readonly PeerOutcome[]): string[] {
     const now = this.now()
-    this.touch(reporter)
-    const reporterRep = this.peers.reputation(reporter)
-    if (reporterRep !== undefined && isBanned(reporterRep, now)) return []
+    // only registered peers are heard: a success report is a voucher (admission.ts), so it must come from a peer
+    // that announced or heartbeated under its own key, not from any connection
+    const reporterRec = this.peers.get(reporter)
+    if (reporterRec === undefined || isBanned(reporterRec.rep, now)) return []
+    reporterRec.lastSeen = now
     const banned: string[] = []
     for (const o of outcomes) {
       if (o.peerId === reporter) continue
@@ -192,7 +231,7 @@ export class HolderIndex {
   announce (id: string, digests: PackedDigests, opts: { reset?: boolean, info?: PeerInfo } = {}): AnnounceResult {
     const now = this.now()
     const count = digests.length >>> 5
-    const rec = this.peers.register(id, now)
+    const rec = this.admit(id, now)
     if (rec === undefined) {
       this.refused += count
       return { added: 0, refused: count }
@@ -201,14 +240,49 @@ export class HolderIndex {
     if (opts.reset === true && rec.count > 0) this.renew(rec)
     if (opts.info !== undefined) this.peers.setInfo(rec, opts.info)
     let added = 0
+    const quota = this.quotaOf(rec)
     for (let i = 0; i < count; i++) {
-      if (rec.count >= this.maxDigestsPerPeer || this.liveEntries + this.staleEntries >= this.maxEntries) {
+      if (rec.count >= quota || !this.roomFor(rec, count - i)) {
         this.refused += count - i
         return { added, refused: count - i }
       }
       if (this.addHolder(digestKey(digests, i), rec)) added++
     }
     return { added, refused: 0 }
+  }
+
+  /** Digests `rec` may hold now: its weighted share once the index fills (see `admission.ts`). */
+  private quotaOf (rec: PeerRecord): number {
+    if (this.liveEntries < this.maxEntries * this.admission.openFill) return this.maxDigestsPerPeer
+    let total = 0
+    for (const p of this.peers.values()) total += weightOf(p.rep, this.admission)
+    return quotaOf(rec, this.liveEntries, total, this.admission)
+  }
+
+  /**
+   * Whether `rec` may add an entry (it wants `want` more): stale entries beyond the slack are swept first, and a
+   * full index evicts the peer holding the most per weight, if it holds more than `rec` would.
+   */
+  private roomFor (rec: PeerRecord, want: number): boolean {
+    if (this.liveEntries < this.maxEntries && this.liveEntries + this.staleEntries < this.hardEntries) return true
+    if (this.liveEntries + this.staleEntries >= this.hardEntries) {
+      this.sweep(SYNC_SWEEP_BUDGET)
+      if (this.liveEntries + this.staleEntries >= this.hardEntries) return false
+    }
+    if (this.liveEntries >= this.maxEntries) {
+      const victim = victimFor(this.peers.values(), rec, want, this.admission)
+      if (victim === undefined) return false
+      this.evict(victim)
+    }
+    return this.liveEntries < this.maxEntries && this.liveEntries + this.staleEntries < this.hardEntries
+  }
+
+  /** Drops all of a peer's holdings (it stays registered) and caps what it may hold while the index is full. */
+  private evict (rec: PeerRecord): void {
+    this.evictions++
+    this.evictedEntries += rec.count
+    rec.rep.cap = capAfterEviction(rec.count, this.admission)
+    this.renew(rec)
   }
 
   withdraw (id: string, digests: PackedDigests): number {
@@ -381,8 +455,9 @@ export class HolderIndex {
     // the source (whoever asks next is sent to it, not to the source too), else from the holders given here (the
     // next askers spread over it and them, so a popular chunk flows down a tree of peers, not all from its first
     // holder); the asker's server makes a neighbour wait for its own fetch
-    const claimer = this.claimMisses && asker !== undefined && asker.addrs.length > 0 && !isBanned(asker.rep, now) ? asker : undefined
+    let claimer = this.claimMisses && asker !== undefined && asker.addrs.length > 0 && !isBanned(asker.rep, now) ? asker : undefined
     const n = digests.length >>> 5
+    const claimQuota = claimer !== undefined ? this.quotaOf(claimer) : 0
     const counts = new Uint8Array(n)
     const refs = new Uint16Array(n * max)
     const peers: PeerRecord[] = []
@@ -394,7 +469,7 @@ export class HolderIndex {
       const key = digestKey(digests, i)
       const v = this.shard(key).get(key)
       if (v === undefined) {
-        if (claimer !== undefined) this.claim(key, claimer)
+        if (claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
         continue
       }
       let k = 0
@@ -424,6 +499,7 @@ export class HolderIndex {
           this.tableStamp[rec.slot] = stamp
           this.tableIndex[rec.slot] = peers.length
           this.firsts[rec.slot] = 0
+          rec.hits++
           peers.push(rec)
         }
         refs[nrefs++] = this.tableIndex[rec.slot]
@@ -432,16 +508,20 @@ export class HolderIndex {
         const first = topRec[0] as PeerRecord
         if (this.firsts[first.slot]++ === 0) firstRecs.push(first)
       }
-      if (claimer !== undefined) this.claim(key, claimer)
+      if (claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
     }
     for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
     return { peers, counts, refs: refs.subarray(0, nrefs) }
   }
 
-  /** Records a claim of `key` by `rec` within the bounds announces obey (silently skipped past them). */
-  private claim (key: string, rec: PeerRecord): void {
-    if (rec.count >= this.maxDigestsPerPeer || this.liveEntries + this.staleEntries >= this.maxEntries) return
+  /**
+   * Records a claim of `key` by `rec` within the bounds announces obey; false past them (the caller stops claiming
+   * for the rest of its call, so a full index is not searched for room digest after digest).
+   */
+  private claim (key: string, rec: PeerRecord, quota: number, want: number): boolean {
+    if (rec.count >= quota || !this.roomFor(rec, want)) return false
     this.addHolder(key, rec)
+    return true
   }
 
   /** {@link resolveRaw} with the holders as handed out to clients. */
@@ -494,6 +574,16 @@ export class HolderIndex {
   stats (): IndexStats {
     let digests = 0
     for (const m of this.shards) digests += m.size
-    return { peers: this.peers.size, digests, banned: this.peers.bannedCount(this.now()), entries: this.liveEntries, staleEntries: this.staleEntries, refused: this.refused }
+    return {
+      peers: this.peers.size,
+      digests,
+      banned: this.peers.bannedCount(this.now()),
+      entries: this.liveEntries,
+      staleEntries: this.staleEntries,
+      refused: this.refused,
+      evictions: this.evictions,
+      evictedEntries: this.evictedEntries,
+      displacedPeers: this.displaced
+    }
   }
 }

@@ -27,6 +27,10 @@ export interface PeerRecord extends LoadView {
   lastSeen: number
   /** live entries (digests this peer holds in the index) */
   count: number
+  /** when this registration began */
+  readonly since: number
+  /** resolve answers that named this peer as a holder (what others asked of it, its usefulness) */
+  hits: number
   rep: Reputation
   /** what resolvers hand out for this peer (shared, never mutated once built) */
   holder: ChunkHolder
@@ -93,6 +97,8 @@ export class PeerTable {
       intervalMs: this.defaultIntervalMs,
       lastSeen: now,
       count: 0,
+      since: now,
+      hits: 0,
       rep,
       holder: { peerId: id, addrs: [] },
       wire: undefined,
@@ -132,6 +138,17 @@ export class PeerTable {
     this.byId.delete(rec.id)
     this.free[(this.freeHead + this.freeCount) % this.maxPeers] = rec.slot
     this.freeCount++
+  }
+
+  /** Up to `k` registered peers from random slots (repeats possible), for choosing whom to evict cheaply. */
+  sample (k: number, random: () => number): PeerRecord[] {
+    const out: PeerRecord[] = []
+    if (this.byId.size === 0) return out
+    for (let i = 0; i < k * 2 && out.length < k; i++) {
+      const rec = this.slots[Math.floor(random() * this.maxPeers)]
+      if (rec !== undefined) out.push(rec)
+    }
+    return out
   }
 
   setInfo (rec: PeerRecord, info: PeerInfo): void {

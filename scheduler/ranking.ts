@@ -36,10 +36,20 @@ export interface Reputation {
   /** distinct peers that reported bad bytes since the last ban */
   badReporters: Set<string> | undefined
   bannedUntil: number
+  /**
+   * Distinct other peers that reported a verified delivery from this peer (at most {@link MAX_VOUCHERS}): what
+   * admits an identity to a larger share of a full index (`admission.ts`). Cleared by a ban.
+   */
+  vouchers: Set<string> | undefined
+  /** digests this peer may hold while the index is under pressure, set when its holdings were evicted */
+  cap: number
 }
 
+/** vouchers remembered per peer: enough to tell "served someone" from "served nobody" */
+export const MAX_VOUCHERS = 4
+
 export const newReputation = (now: number): Reputation =>
-  ({ ok: 0, failed: 0, bad: 0, at: now, latencyMs: NaN, badReporters: undefined, bannedUntil: 0 })
+  ({ ok: 0, failed: 0, bad: 0, at: now, latencyMs: NaN, badReporters: undefined, bannedUntil: 0, vouchers: undefined, cap: Infinity })
 
 const fade = (ageMs: number, halfLifeMs: number): number => ageMs <= 0 ? 1 : Math.pow(2, -ageMs / halfLifeMs)
 
@@ -72,6 +82,7 @@ export function recordOutcome (rep: Reputation, o: PeerOutcome, reporter: string
     if (rep.badReporters.size >= policy.banAfterBadReporters && rep.bannedUntil <= now) {
       rep.bannedUntil = now + policy.banMs
       rep.badReporters = undefined
+      rep.vouchers = undefined
       return true
     }
     return false
@@ -80,6 +91,8 @@ export function recordOutcome (rep: Reputation, o: PeerOutcome, reporter: string
     rep.failed += 1
   } else if (o.chunks > 0) {
     rep.ok += 1
+    rep.vouchers ??= new Set()
+    if (rep.vouchers.size < MAX_VOUCHERS) rep.vouchers.add(reporter)
     const perChunk = o.ms / o.chunks
     rep.latencyMs = Number.isNaN(rep.latencyMs) ? perChunk : rep.latencyMs + LATENCY_EWMA_ALPHA * (perChunk - rep.latencyMs)
   }

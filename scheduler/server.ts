@@ -25,6 +25,8 @@ const SWEEP_BUDGET = 200_000
 const DRAIN_TIMEOUT_MS = 30_000
 /** a session that kept the event loop this long yields it, so one peer's burst does not starve the others */
 const YIELD_AFTER_MS = 4
+/** refused announces are logged at most this often */
+const REFUSAL_LOG_MS = 10_000
 
 const noop = (): void => {}
 
@@ -41,6 +43,8 @@ export class SchedulerService {
   private readonly maxStreams: number
   private readonly sessions = new Set<Stream>()
   private timer: NodeJS.Timeout | undefined
+  private refusalLoggedAt = 0
+  private refusalsUnlogged = 0
 
   constructor (components: SchedulerServiceComponents, init: SchedulerServiceInit = {}) {
     this.libp2p = components.libp2p
@@ -100,7 +104,7 @@ export class SchedulerService {
         switch (m.type) {
           case 'announce': {
             const r = this.index.announce(peerId, m.digests, { reset: m.reset, info: m.info !== undefined ? this.cleanInfo(m.info, peerId) : undefined })
-            if (r.refused > 0) this.log.error('refused %d digest(s) from %s: a bound is reached (%j)', r.refused, peerId, this.index.stats())
+            if (r.refused > 0) this.refusedFrom(peerId, r.refused)
             break
           }
           case 'withdraw':
@@ -133,6 +137,17 @@ export class SchedulerService {
     } finally {
       this.sessions.delete(stream)
     }
+  }
+
+  /** Logs refusals at most every {@link REFUSAL_LOG_MS}: a flood of announces must not become a flood of logs. */
+  private refusedFrom (peerId: string, n: number): void {
+    this.refusalsUnlogged += n
+    const now = Date.now()
+    if (now - this.refusalLoggedAt < REFUSAL_LOG_MS) return
+    this.log.warn('refused %d digest(s) (latest from %s): its quota, or a full index where nobody holds more per weight (%j)',
+      this.refusalsUnlogged, peerId, this.index.stats())
+    this.refusalsUnlogged = 0
+    this.refusalLoggedAt = now
   }
 
   /** Only parseable addresses, without `/p2p/<id>`, deduplicated. */

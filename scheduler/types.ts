@@ -50,7 +50,10 @@ export interface HolderIndexInit {
   heartbeatMs?: number
   /** a peer silent for this many of its heartbeat intervals is dropped (default 3) */
   missedHeartbeats?: number
-  /** declared heartbeat intervals are clamped to [min, max] (defaults 50 ms, 60 000 ms) */
+  /**
+   * declared heartbeat intervals are clamped to [min, max] (defaults 50 ms, 30 000 ms); the max bounds how long a
+   * silent peer stays resolvable (`missedHeartbeats` × max)
+   */
   minHeartbeatMs?: number
   maxHeartbeatMs?: number
   /** distinct peers reporting `bad` bytes from one holder before it is banned (default 2) */
@@ -58,6 +61,8 @@ export interface HolderIndexInit {
   /** how long a ban lasts (default 1 h) */
   banMs?: number
   ranking?: Partial<RankingWeights>
+  /** how a full index shares its room (see `admission.ts`) */
+  admission?: { openFill?: number, provenWeight?: number, minQuota?: number }
   /**
    * A resolve records the asker as a holder of every digest it asked for, at once, since it fetches those chunks
    * next. On a miss (no holder to offer) the peers asking after it are sent to it, not to the source, so the
@@ -81,8 +86,14 @@ export interface IndexStats {
   /** entries of dropped peers not yet swept */
   staleEntries: number
   banned: number
-  /** digests refused because a bound was reached */
+  /** digests refused because a bound was reached (the peer's quota, or a full index nobody holds more of) */
   refused: number
+  /** peers whose holdings were evicted to make room for a peer holding less per weight */
+  evictions: number
+  /** entries those evictions dropped */
+  evictedEntries: number
+  /** peers dropped from a full peer table to let a newcomer in */
+  displacedPeers: number
 }
 
 /** Options of the scheduler service (the protocol handler) on top of the index's. */
