@@ -269,8 +269,10 @@ describe(`rafspeer daemon + mount, lazily (${mode}), against the real distributi
     assert.deepEqual(await mountsUnder(work_('sigkill')), [], 'the daemon took its blob files with it')
   })
 
-  it('a stalling registry: the read fails with EIO in bounded time and the daemon stays healthy', async () => {
-    const d = await daemon('stall', { fetch: { deadlineMs: 2000, timeoutMs: 1000, retries: 0 } })
+  it('a stalling registry: the read fails with EIO within its deadline (+20%), not once per kernel retry; the daemon stays healthy', async () => {
+    // a second attempt runs past the deadline: only the read's one deadline can end the read in time
+    const deadlineMs = 2000
+    const d = await daemon('stall', { fetch: { deadlineMs, timeoutMs: 1500, retries: 1 } })
     const mnt = work_('mnt-stall')
     await mountCli(d, mnt)
     assert.equal(await readFile(join(mnt, 'etc/hostname'), 'utf8'), 'changed\n')
@@ -279,7 +281,8 @@ describe(`rafspeer daemon + mount, lazily (${mode}), against the real distributi
       const t0 = Date.now()
       await assert.rejects(readFile(join(mnt, 'opt/model/part3.bin')), { code: 'EIO' })
       const took = Date.now() - t0
-      assert.ok(took < 20_000, `EIO after ${took} ms`)
+      console.log(`# stalled registry: EIO after ${took} ms (deadline ${deadlineMs} ms)`)
+      assert.ok(took < deadlineMs * 1.2, `EIO after ${took} ms (deadline ${deadlineMs} ms)`)
       assert.equal((await d.client.daemon()).state, 'RUNNING')
       assert.equal(await readFile(join(mnt, 'etc/hostname'), 'utf8'), 'changed\n', 'cached files still read')
       const m = await d.client.metricsJson()
@@ -287,7 +290,10 @@ describe(`rafspeer daemon + mount, lazily (${mode}), against the real distributi
     } finally {
       proxy.mode = 'pass'
     }
-    // once the registry answers again, so does the file
+    // once the registry answers again, so does the file (a second after the stalled chunk's deadline: the
+    // kernel's immediate retries failed at once, a later read tries afresh)
+    // kernel's immediate retries failed at once, a later read tries afresh once the stalled attempts ended)
+    await new Promise(resolve => setTimeout(resolve, 1500))
     assert.equal((await readFile(join(mnt, 'opt/model/part3.bin'))).length, (4 << 20) + 3000)
     assert.equal(await d.stop(), 0)
   })

@@ -287,17 +287,32 @@ describe('Fetcher', () => {
       const cache = await newCache()
       const source = new RegistrySource({ client }, { repository: `${stall.host}/slow` })
       const deadlineMs = 300
-      const fetcher = new Fetcher({ cache, sources: [source] }, { deadlineMs, timeoutMs: 60_000, retries: 3 })
+      const retryStalledAfterMs = 400
+      const fetcher = new Fetcher({ cache, sources: [source] }, { deadlineMs, timeoutMs: 60_000, retries: 3, retryStalledAfterMs })
       const t0 = performance.now()
+      // a second read of the same chunk starting half-way waits for what is left of the chunk's deadline only
+      const late = (async () => {
+        await new Promise(resolve => setTimeout(resolve, deadlineMs / 2))
+        const t = performance.now()
+        await assert.rejects(fetcher.read(img, img.reader.lookup('/e.bin'), 0, 100), { code: 'RAFSPEER_ERR_READ_TIMEOUT' })
+        return performance.now() - t
+      })()
       await assert.rejects(fetcher.read(img, img.reader.lookup('/e.bin'), 0, 4096), { code: 'RAFSPEER_ERR_READ_TIMEOUT' })
       const elapsed = performance.now() - t0
       assert.ok(elapsed >= deadlineMs - 20 && elapsed < 10 * deadlineMs, `rejected after ${elapsed} ms`)
-      assert.equal(fetcher.counters.readTimeouts, 1)
+      const lateMs = await late
+      assert.ok(lateMs < deadlineMs * 0.5 + 100, `the later read waited ${lateMs} ms, not the chunk's remaining ${deadlineMs / 2} ms`)
       assert.equal(cache.present(img.blobs[0]!), 0)
-      // the abandoned fetch was aborted: a new read starts a new request rather than joining a dead one
+      // the kernel retries the page at once: the chunk just missed its deadline, so the retry fails at once
+      const tRetry = performance.now()
+      await assert.rejects(fetcher.read(img, img.reader.lookup('/e.bin'), 0, 4096), { code: 'RAFSPEER_ERR_READ_TIMEOUT' })
+      assert.ok(performance.now() - tRetry < 100, `the retry took ${performance.now() - tRetry} ms`)
+      assert.equal(fetcher.counters.readTimeouts, 3)
+      assert.equal(stall.requests, 1)
+      // later, a read tries again: the abandoned fetch was aborted, so a new request, not joining a dead one
+      await new Promise(resolve => setTimeout(resolve, retryStalledAfterMs + 50))
       await assert.rejects(fetcher.read(img, img.reader.lookup('/e.bin'), 0, 4096, { deadlineMs: 200 }), { code: 'RAFSPEER_ERR_READ_TIMEOUT' })
       assert.equal(stall.requests, 2)
-      assert.equal(fetcher.counters.singleFlightJoins, 0)
 
       // per-attempt timeouts shorter than the deadline: retries run out first, with a fetch error
       const quick = new Fetcher({ cache, sources: [source] }, { deadlineMs: 5000, timeoutMs: 100, retries: 1, retryBaseMs: 10 })
@@ -306,7 +321,8 @@ describe('Fetcher', () => {
       assert.ok(performance.now() - t1 < 5000)
       assert.equal(quick.counters.sourceAttempts, 2)
 
-      // the caller's own signal
+      // the caller's own signal (once the chunk may be tried again)
+      await new Promise(resolve => setTimeout(resolve, retryStalledAfterMs + deadlineMs))
       const ac = new AbortController()
       setTimeout(() => ac.abort(), 50)
       await assert.rejects(fetcher.read(img, img.reader.lookup('/e.bin'), 0, 4096, { signal: ac.signal }), { code: 'RAFSPEER_ERR_ABORTED' })

@@ -28,6 +28,36 @@ export {
   MAX_RETRY_DELAY_MS
 } from './flights.js'
 export const DEFAULT_DEADLINE_MS = 30_000
+/** a chunk that missed its deadline fails further reads at once for this long (a later read tries it again) */
+export const DEFAULT_RETRY_STALLED_AFTER_MS = 1_000
+/** chunks whose first wait is remembered (the oldest are forgotten first) */
+const MAX_REMEMBERED_WAITS = 16_384
+
+/**
+ * When each missing chunk was first waited for, so that a read's deadline is the chunk's, not the read's: the
+ * kernel retries a page whose readahead failed (and FUSE and EROFS split one application read into several), and
+ * each retry used to start the same stalled chunk's deadline over. A chunk waited for longer than the deadline
+ * fails at once until `retryAfterMs` have passed since its deadline; then a new read tries it afresh.
+ */
+class ChunkDeadlines {
+  private readonly since = new Map<string, number>()
+  constructor (private readonly deadlineMs: number, private readonly retryAfterMs: number) {}
+
+  /** ms left for a read wanting `key` that may wait `readMs` from `now` (≤ 0: fail now) */
+  left (key: string, now: number, readMs: number): number {
+    let t = this.since.get(key)
+    if (t === undefined || now - t > this.deadlineMs + this.retryAfterMs) {
+      if (t !== undefined) this.since.delete(key)
+      t = now
+      this.since.set(key, t)
+      if (this.since.size > MAX_REMEMBERED_WAITS) this.since.delete(this.since.keys().next().value as string)
+    }
+    return Math.min(readMs, t + this.deadlineMs - now)
+  }
+
+  /** the chunk arrived: the next wait for it (after an eviction) starts afresh */
+  done (key: string): void { this.since.delete(key) }
+}
 
 export class Fetcher {
   readonly metrics = new FetchMetrics()
@@ -36,6 +66,7 @@ export class Fetcher {
   private readonly log: Logger | undefined
   private readonly deadlineMs: number
   private readonly verifyCacheReads: boolean | 'once'
+  private readonly chunkDeadlines: ChunkDeadlines
 
   constructor (components: FetcherComponents, init: FetcherInit = {}) {
     this.cache = components.cache
@@ -43,6 +74,7 @@ export class Fetcher {
     this.flights = new Flights({ cache: components.cache, sources: components.sources, metrics: this.metrics, log: this.log }, init)
     this.deadlineMs = init.deadlineMs ?? DEFAULT_DEADLINE_MS
     this.verifyCacheReads = init.verifyCacheReads ?? false
+    this.chunkDeadlines = new ChunkDeadlines(this.deadlineMs, init.retryStalledAfterMs ?? Math.min(this.deadlineMs, DEFAULT_RETRY_STALLED_AFTER_MS))
   }
 
   get counters (): FetchCounters { return this.metrics.snapshot() }
@@ -154,8 +186,12 @@ export class Fetcher {
   private async readSlow (image: FetchImage, pieces: MappedPiece[], opts: ReadOptions,
     sink: (piece: MappedPiece, plain: Buffer, signal: AbortSignal) => void): Promise<void> {
     const deadlineMs = opts.deadlineMs ?? this.deadlineMs
+    const startedAt = Date.now()
     const deadline = AbortSignal.timeout(deadlineMs)
-    const signal = opts.signal === undefined ? deadline : AbortSignal.any([deadline, opts.signal])
+    // aborted when a chunk the read waits for reaches its own deadline first (see ChunkDeadlines)
+    const chunkDeadline = new AbortController()
+    let chunkTimer: NodeJS.Timeout | undefined
+    const signal = AbortSignal.any(opts.signal === undefined ? [deadline, chunkDeadline.signal] : [deadline, chunkDeadline.signal, opts.signal])
     const what = `read of ${pieces.length} piece(s) at file offset ${pieces[0]!.fileOffset}`
     const waiting = this.flights.waiting()
     const place = (piece: MappedPiece, plain: Buffer): void => { sink(piece, plain, signal) }
@@ -180,6 +216,14 @@ export class Fetcher {
         this.metrics.counters.bytesBySource.cache += piece.length
       })
       if (fetches.length === 0) return
+      const now = Date.now()
+      let left = startedAt + deadlineMs - now
+      for (const p of fetches) left = Math.min(left, this.chunkDeadlines.left(flightKey(this.blobOf(image, p.chunk).blobId, p.chunk.index), now, left))
+      if (left <= 0) throw new ReadTimeoutError(`${what} (a chunk it needs missed its deadline just before)`, deadlineMs)
+      if (left < startedAt + deadlineMs - now) {
+        chunkTimer = setTimeout(() => { chunkDeadline.abort(new ReadTimeoutError(what, deadlineMs)) }, left)
+        chunkTimer.unref()
+      }
       const byBlob = new Map<number, ChunkInfo[]>()
       for (const p of fetches) {
         const list = byBlob.get(p.chunk.blobIndex)
@@ -195,16 +239,19 @@ export class Fetcher {
         for (const f of this.flights.join(blob, chunks, opts.priority ?? 'read', waiting, neighbour)) flights.set(f.key, f)
       }
       await Promise.all(fetches.map(async piece => {
-        place(piece, await flights.get(flightKey(this.blobOf(image, piece.chunk).blobId, piece.chunk.index))!.promise)
+        const key = flightKey(this.blobOf(image, piece.chunk).blobId, piece.chunk.index)
+        place(piece, await flights.get(key)!.promise)
+        this.chunkDeadlines.done(key)
       }))
     }
     try {
       await raceSignal(work(), signal, {
-        translateError: () => deadline.aborted
+        translateError: () => deadline.aborted || chunkDeadline.signal.aborted
           ? new ReadTimeoutError(what, deadlineMs)
           : errorCode(opts.signal?.reason) !== undefined ? opts.signal!.reason : new FetchAbortedError(what, { cause: opts.signal?.reason })
       })
     } catch (err) {
+      clearTimeout(chunkTimer)
       waiting.release(true)
       if (errorCode(err) === 'RAFSPEER_ERR_READ_TIMEOUT') {
         this.metrics.counters.readTimeouts++
@@ -212,6 +259,7 @@ export class Fetcher {
       }
       throw err
     }
+    clearTimeout(chunkTimer)
     // amplified chunks of our batches keep coming, for the cache
     waiting.release(false)
   }

@@ -83,8 +83,13 @@ export interface FetcherInit {
   retries?: number
   /** first backoff (100 ms), doubled per retry up to 2 s, with jitter */
   retryBaseMs?: number
-  /** a read not served by then rejects with RAFSPEER_ERR_READ_TIMEOUT (30 s): the one deadline of a read */
+  /**
+   * a read not served by then rejects with RAFSPEER_ERR_READ_TIMEOUT (30 s): the one deadline of a read, counted
+   * per chunk from the first read that waited for it, so retries of a stalled chunk do not start it over
+   */
   deadlineMs?: number
+  /** a chunk that missed its deadline fails reads at once for this long, then is tried afresh (min(deadlineMs, 1 s)) */
+  retryStalledAfterMs?: number
   /**
    * ask the cache to re-verify chunks it serves: `true` every time, `'once'` the first time this process serves
    * each chunk (catches bytes changed on disk while the daemon was down), `false` never
