@@ -54,8 +54,10 @@ export interface SwarmInit {
 export interface NodeReport {
   id: number
   peerId: string
-  /** from the start of the reads to this node's last byte checked */
+  /** from this node's start (after its stagger) to its last byte checked: its own mount and read time */
   completionMs: number
+  /** when this node started, from the start of the reads (its stagger) */
+  startMs: number
   /** the mount mode the node's daemon chose */
   mode: string
   /** plaintext chunk bytes this node fetched, by source */
@@ -237,6 +239,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     ticker.unref()
     const results = await Promise.all(nodes.map(async (n, i) => {
       if (init.staggerMs !== undefined && init.staggerMs > 0) await delay(init.staggerMs * i, signal)
+      // a node's clock starts when it starts, after its stagger: completion is its own mount + read time
+      const nodeStart = performance.now()
       const mountpoint = join(n.dir, 'mnt')
       await mkdir(mountpoint, { recursive: true })
       const mounted = await n.client.mount({ source: ref, mountpoint, mode: init.mode ?? 'auto', prefetch: init.prefetch ?? 'none' })
@@ -247,7 +251,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       } catch (err) {
         throw new Error(`node ${n.id}: reading its mount failed: ${(err as Error).message}\n${n.output().slice(-3000)}`, { cause: err })
       }
-      const completionMs = performance.now() - startReads
+      const completionMs = performance.now() - nodeStart
       done++
       const differences = diffContent(expected, got)
       const m = await n.client.metricsJson()
@@ -256,6 +260,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
         id: n.id,
         peerId: peerIds[i]!,
         completionMs: Math.round(completionMs),
+        startMs: Math.round(nodeStart - startReads),
         mode: mounted.mode,
         registryBytes: img?.bytesBySource.registry ?? 0,
         peerBytes: img?.bytesBySource.peer ?? 0,

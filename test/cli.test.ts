@@ -217,9 +217,14 @@ test('sim: 2 real daemons, a scheduler and the embedded registry; one JSON repor
   const bad = await runCli(['sim', '--nodes', '0'])
   assert.equal(bad.code, 1)
   assert.match(bad.stderr, /--nodes/)
-  const r = await runCli(['sim', '--nodes', '2', '--image-size', '8MiB', '--bandwidth', '64MiB', '--json'], { timeoutMs: 180_000 })
+  const staggerMs = 4000
+  const r = await runCli(['sim', '--nodes', '2', '--image-size', '8MiB', '--bandwidth', '64MiB', '--stagger-ms', String(staggerMs), '--json'], { timeoutMs: 180_000 })
   assert.equal(r.code, 0, r.stdout + r.stderr)
-  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, nodes: Array<{ id: number, completionMs: number, registryBytes: number, peerBytes: number }> }
+  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, wallMs: number, nodes: Array<{ id: number, completionMs: number, startMs: number, registryBytes: number, peerBytes: number }> }
+  // a staggered node's completion is its own time, from its own start (8 MiB from a neighbour: well under the stagger)
+  const second = report.nodes.find(n => n.id === 2)!
+  assert.ok(Math.abs(second.startMs - staggerMs) < 1000, `node 2 started at ${second.startMs} ms`)
+  assert.ok(second.completionMs < staggerMs, `node 2 reported ${second.completionMs} ms, its stagger included`)
   assert.equal(report.verifiedOk, true)
   assert.equal(report.nodes.length, 2)
   assert.ok(report.imageBytes >= 8 << 20)
