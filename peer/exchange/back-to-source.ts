@@ -1,0 +1,76 @@
+/**
+ * Who fetches a chunk from the registry when no neighbour has it or is fetching it: of the blob's first peers (the
+ * scheduler hands every asker of a blob the same first few), the one whose hash with the chunk is highest
+ * (rendezvous hashing). Every peer computes the same answer without talking, so a chunk wanted by many at once is
+ * fetched from the source about once: the assignee fetches (and announces PENDING), the others wait for it a
+ * little, then fetch themselves if it never said anything (it may not want that chunk at all). Pure functions, so
+ * the simulator's model mode runs the same code.
+ */
+
+/** a 32-bit hash of (peer, blob, chunk) with good avalanche (FNV-1a, then murmur3's finaliser) */
+export function rendezvousScore (peerId: string, blobHex: string, ci: number): number {
+  let h = 0x811c9dc5
+  const mix = (s: string): void => {
+    for (let i = 0; i < s.length; i++) {
+      h ^= s.charCodeAt(i)
+      h = Math.imul(h, 0x01000193)
+    }
+  }
+  mix(peerId)
+  h ^= 0xff
+  mix(blobHex)
+  h ^= ci
+  h = Math.imul(h, 0x01000193)
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  h ^= h >>> 16
+  return h >>> 0
+}
+
+/** The peer of `peers` that fetches chunk `ci` of the blob from the source; undefined when `peers` is empty. */
+export function backToSourceAssignee (peers: readonly string[], blobHex: string, ci: number): string | undefined {
+  let best: string | undefined
+  let bestScore = -1
+  for (const p of peers) {
+    const s = rendezvousScore(p, blobHex, ci)
+    if (s > bestScore || (s === bestScore && best !== undefined && p < best)) { best = p; bestScore = s }
+  }
+  return best
+}
+
+/**
+ * What a peer does about a chunk it wants: `peer` — ask a neighbour that has it or is fetching it; `source` — fetch
+ * it from the registry now (it is the assignee, or nobody assigned took it up within `graceMs`); `wait` — the
+ * assignee is another peer that may be about to say PENDING: look again after `retryInMs`.
+ */
+export type ChunkPlan =
+  | { action: 'peer', peers: string[] }
+  | { action: 'source' }
+  | { action: 'wait', retryInMs: number }
+
+export interface PlanInput {
+  self: string
+  /** the blob's first peers as the scheduler gave them (self included or not) */
+  group: readonly string[]
+  blobHex: string
+  ci: number
+  /** neighbours that have the chunk */
+  have: readonly string[]
+  /** neighbours fetching it now */
+  pending: readonly string[]
+  /** how long this peer has wanted the chunk */
+  wantedForMs: number
+  /** how long to wait for another assignee's PENDING before fetching from the source */
+  graceMs: number
+}
+
+export function planChunk (p: PlanInput): ChunkPlan {
+  if (p.have.length > 0) return { action: 'peer', peers: [...p.have] }
+  if (p.pending.length > 0) return { action: 'peer', peers: [...p.pending] }
+  const group = p.group.includes(p.self) ? p.group : [...p.group, p.self]
+  const assignee = backToSourceAssignee(group, p.blobHex, p.ci)
+  if (assignee === p.self || p.wantedForMs >= p.graceMs) return { action: 'source' }
+  return { action: 'wait', retryInMs: p.graceMs - p.wantedForMs }
+}

@@ -1,0 +1,113 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import fc from 'fast-check'
+import { decodeHave, encodeHave, getBit, HaveProtocolError, MAX_INDEXES_PER_MESSAGE, newBits, setBit, type HaveMessage } from './have-protocol.js'
+import { HaveTable } from './have-table.js'
+import { backToSourceAssignee, planChunk, rendezvousScore } from './back-to-source.js'
+
+const blob = randomBytes(32)
+const hex = blob.toString('hex')
+
+test('have messages survive encode → decode', () => {
+  const bits = newBits(13)
+  for (const i of [0, 3, 12]) setBit(bits, i)
+  const msgs: HaveMessage[] = [
+    { type: 'interest', blobs: [blob, randomBytes(32)] },
+    { type: 'uninterest', blobs: [] },
+    { type: 'bitfield', blob, chunks: 13, bits, pending: [1, 5] },
+    { type: 'bitfield', blob, chunks: 0, bits: new Uint8Array(0), pending: [] },
+    { type: 'have', blob, indexes: [0, 7, 1 << 20] },
+    { type: 'pending', blob, indexes: [2] },
+    { type: 'dropped', blob, indexes: [] },
+    { type: 'want-have', id: 7, digests: [randomBytes(32)] },
+    { type: 'have-digests', id: 7, count: 9, bits: Uint8Array.of(0b101, 1) }
+  ]
+  for (const m of msgs) assert.deepEqual(decodeHave(encodeHave(m)), m)
+  // bits past the last chunk are cleared on the way out
+  const dirty = Uint8Array.of(0xff, 0xff)
+  const back = decodeHave(encodeHave({ type: 'bitfield', blob, chunks: 10, bits: dirty, pending: [] }))
+  assert.equal(back.type === 'bitfield' && back.bits[1], 0b11)
+})
+
+test('malformed have frames are refused with RAFSPEER_ERR_HAVE_PROTOCOL, never a crash', () => {
+  const bad = [
+    Buffer.alloc(0),
+    Buffer.of(99),
+    Buffer.of(1, 0, 2, ...randomBytes(32)), // two blobs announced, one sent
+    Buffer.concat([Buffer.of(3), blob, Buffer.from([0xff, 0xff, 0xff, 0xff])]), // 4G chunks
+    Buffer.concat([Buffer.of(3), blob, Buffer.from([0, 0, 0, 4]), Buffer.of(0xf0), Buffer.from([0, 0])]), // bits past the end
+    Buffer.concat([Buffer.of(3), blob, Buffer.from([0, 0, 0, 4]), Buffer.of(1), Buffer.from([0, 1, 0, 0, 0, 9])]), // pending ci 9 of 4
+    Buffer.concat([Buffer.of(4), blob, Buffer.from([0xff, 0xff])]), // 65535 indexes announced, none sent
+    Buffer.concat([Buffer.of(4), blob, Buffer.from([0, 1, 0xff, 0xff, 0xff, 0xff])]) // ci past any blob
+  ]
+  for (const b of bad) assert.throws(() => decodeHave(b), HaveProtocolError, b.toString('hex').slice(0, 40))
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (b) => {
+    try { decodeHave(b) } catch (err) { assert.ok(err instanceof HaveProtocolError, String(err)) }
+  }), { numRuns: 2000 })
+  assert.throws(() => encodeHave({ type: 'have', blob, indexes: new Array(MAX_INDEXES_PER_MESSAGE + 1).fill(0) }), RangeError)
+})
+
+test('the have table: bitfield, updates, pending promises that expire, rarest first, forgetting', () => {
+  let t = 0
+  const table = new HaveTable({ now: () => t, pendingTtlMs: 1000 })
+  const bits = newBits(8)
+  setBit(bits, 0)
+  table.apply('A', { type: 'bitfield', blob, chunks: 8, bits, pending: [1] })
+  table.apply('B', { type: 'bitfield', blob, chunks: 8, bits: newBits(8), pending: [] })
+  // an update before a bitfield is dropped
+  table.apply('C', { type: 'have', blob, indexes: [5] })
+  assert.deepEqual(table.sources(hex, 0), { have: ['A'], pending: [] })
+  assert.deepEqual(table.sources(hex, 1), { have: [], pending: [{ peerId: 'A', since: 0 }] })
+  assert.deepEqual(table.sources(hex, 5), { have: [], pending: [] })
+  table.apply('B', { type: 'pending', blob, indexes: [2] })
+  table.apply('B', { type: 'have', blob, indexes: [0, 3] })
+  assert.deepEqual(table.sources(hex, 0).have.sort(), ['A', 'B'])
+  assert.deepEqual(table.rarestFirst(hex, [0, 1, 2, 3]), [1, 2, 3, 0])
+  // A's promise for chunk 1 is too old: not trusted any more
+  t = 1500
+  assert.deepEqual(table.sources(hex, 1), { have: [], pending: [] })
+  table.apply('B', { type: 'dropped', blob, indexes: [0, 2] })
+  assert.deepEqual(table.sources(hex, 0).have, ['A'])
+  assert.deepEqual(table.neighbours(hex).find(n => n.peerId === 'B'), { peerId: 'B', have: 1, chunks: 8 })
+  table.forgetPeer('A')
+  assert.deepEqual(table.sources(hex, 0).have, [])
+  table.forgetBlob('B', hex)
+  assert.deepEqual(table.neighbours(hex), [])
+})
+
+test('back to source: every peer computes the same assignee; chunks spread evenly over the group', () => {
+  const group = ['p1', 'p2', 'p3', 'p4']
+  const counts = new Map<string, number>()
+  for (let ci = 0; ci < 4000; ci++) {
+    const a = backToSourceAssignee(group, hex, ci)!
+    assert.equal(backToSourceAssignee([...group].reverse(), hex, ci), a)
+    counts.set(a, (counts.get(a) ?? 0) + 1)
+  }
+  for (const p of group) assert.ok(Math.abs(counts.get(p)! - 1000) < 150, `${p}: ${counts.get(p)}`)
+  // a peer leaving the group moves only its own chunks
+  let moved = 0
+  for (let ci = 0; ci < 4000; ci++) {
+    const before = backToSourceAssignee(group, hex, ci)
+    const after = backToSourceAssignee(group.slice(0, 3), hex, ci)
+    if (before !== after) { moved++; assert.equal(before, 'p4') }
+  }
+  assert.equal(moved, counts.get('p4'))
+  assert.notEqual(rendezvousScore('p1', hex, 1), rendezvousScore('p1', hex, 2))
+  assert.equal(backToSourceAssignee([], hex, 0), undefined)
+})
+
+test('plan: holders, then peers fetching it, then the assignee fetches and the others wait a grace period', () => {
+  const base = { group: ['a', 'b', 'c'], blobHex: hex, have: [], pending: [], wantedForMs: 0, graceMs: 200 }
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci: 1, have: ['x'] }), { action: 'peer', peers: ['x'] })
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci: 1, pending: ['y'] }), { action: 'peer', peers: ['y'] })
+  let ci = 0
+  while (backToSourceAssignee(base.group, hex, ci) !== 'b') ci++
+  assert.deepEqual(planChunk({ ...base, self: 'b', ci }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 50 }), { action: 'wait', retryInMs: 150 })
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200 }), { action: 'source' })
+  // a peer outside the group computes over the group plus itself
+  const outsider = planChunk({ ...base, self: 'z', ci })
+  assert.ok(outsider.action === 'wait' || outsider.action === 'source')
+  assert.equal(getBit(Uint8Array.of(2), 1), true)
+})
