@@ -11,7 +11,7 @@
  * INTEREST      = 1 | count u16 | count × blob [32]        I work on these blobs: send your bitfields and updates
  * UNINTEREST    = 2 | count u16 | count × blob [32]        no more updates for these
  * BITFIELD      = 3 | blob [32] | chunks u32 | have bits [⌈chunks/8⌉] | pending count u16 | pending × ci u32
- *                                                           (bit i of byte i>>3, least significant first)
+ *                                                           (bit i is 0x80 >> (i & 7) of byte i >> 3, as the cache keeps it)
  * HAVE          = 4 | blob [32] | count u16 | count × ci u32   these are now verified in my cache
  * PENDING       = 5 | blob [32] | count u16 | count × ci u32   I am fetching these now (wait for me)
  * DROPPED       = 6 | blob [32] | count u16 | count × ci u32   no longer have / no longer fetching these
@@ -76,7 +76,7 @@ export function encodeHave (m: HaveMessage): Buffer {
       out.writeUInt32BE(m.chunks, 33)
       out.set(m.bits.subarray(0, nb), 37)
       // bits past the last chunk are sent as zero, so both sides agree on counts
-      if ((m.chunks & 7) !== 0) out[37 + nb - 1] &= (1 << (m.chunks & 7)) - 1
+      if ((m.chunks & 7) !== 0) out[37 + nb - 1] &= tailMask(m.chunks)
       let p = 37 + nb
       out.writeUInt16BE(m.pending.length, p)
       p += 2
@@ -111,7 +111,7 @@ export function encodeHave (m: HaveMessage): Buffer {
       out.writeUInt32BE(m.id >>> 0, 1)
       out.writeUInt16BE(m.count, 5)
       out.set(m.bits.subarray(0, nb), 7)
-      if ((m.count & 7) !== 0) out[7 + nb - 1] &= (1 << (m.count & 7)) - 1
+      if ((m.count & 7) !== 0) out[7 + nb - 1] &= tailMask(m.count)
       return out
     }
   }
@@ -145,7 +145,7 @@ export function decodeHave (body: Uint8Array): HaveMessage {
       const nb = bitBytes(chunks)
       need(37 + nb + 2, `a bitfield of ${chunks} chunks`)
       const bits = new Uint8Array(b.subarray(37, 37 + nb))
-      if ((chunks & 7) !== 0 && (bits[nb - 1]! >> (chunks & 7)) !== 0) throw new HaveProtocolError('have message: bits set past the last chunk')
+      if ((chunks & 7) !== 0 && (bits[nb - 1]! & ~tailMask(chunks) & 0xff) !== 0) throw new HaveProtocolError('have message: bits set past the last chunk')
       const np = b.readUInt16BE(37 + nb)
       if (np > MAX_INDEXES_PER_MESSAGE) throw new HaveProtocolError(`have message: ${np} pending chunks (at most ${MAX_INDEXES_PER_MESSAGE})`)
       exact(37 + nb + 2 + np * 4, `a bitfield with ${np} pending chunks`)
@@ -180,7 +180,7 @@ export function decodeHave (body: Uint8Array): HaveMessage {
       if (n > MAX_DIGESTS_PER_WANT) throw new HaveProtocolError(`have message: ${n} digests (at most ${MAX_DIGESTS_PER_WANT})`)
       exact(7 + bitBytes(n), `a have-digests of ${n} digests`)
       const bits = new Uint8Array(b.subarray(7))
-      if ((n & 7) !== 0 && (bits[bits.length - 1]! >> (n & 7)) !== 0) throw new HaveProtocolError('have message: bits set past the last digest')
+      if ((n & 7) !== 0 && (bits[bits.length - 1]! & ~tailMask(n) & 0xff) !== 0) throw new HaveProtocolError('have message: bits set past the last digest')
       return { type: 'have-digests', id: b.readUInt32BE(1), count: n, bits }
     }
     default:
@@ -188,9 +188,11 @@ export function decodeHave (body: Uint8Array): HaveMessage {
   }
 }
 
-export const getBit = (bits: Uint8Array, i: number): boolean => ((bits[i >>> 3] ?? 0) & (1 << (i & 7))) !== 0
-export const setBit = (bits: Uint8Array, i: number): void => { bits[i >>> 3]! |= 1 << (i & 7) }
-export const clearBit = (bits: Uint8Array, i: number): void => { bits[i >>> 3]! &= ~(1 << (i & 7)) }
+export const getBit = (bits: Uint8Array, i: number): boolean => ((bits[i >>> 3] ?? 0) & (0x80 >>> (i & 7))) !== 0
+export const setBit = (bits: Uint8Array, i: number): void => { bits[i >>> 3]! |= 0x80 >>> (i & 7) }
+export const clearBit = (bits: Uint8Array, i: number): void => { bits[i >>> 3]! &= ~(0x80 >>> (i & 7)) }
+/** the bits of the last byte that name real entries when there are `n` (n % 8 ≠ 0) */
+const tailMask = (n: number): number => (0xff00 >>> (n & 7)) & 0xff
 export const newBits = (n: number): Uint8Array => new Uint8Array(bitBytes(n))
 
 function bound (n: number, max: number, what: string): void {
