@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { silentLogger } from '../base/index.js'
 import { BlobCache } from '../cache/index.js'
 import { RegistryClient, startRegistryServer, type RegistryServer } from '../registry/index.js'
+import { slowloris, timed } from '../test/helpers/slowloris.js'
 import { Mirror, type MirrorInit } from './mirror.js'
 
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
@@ -231,13 +232,16 @@ test('an unreachable upstream: digests of repositories seen public are served fr
   }
 })
 
-/** A registry that answers HEADs truthfully and sends `body` for the blob, or never answers (stall). */
-async function fakeUpstream (blob: Buffer, body: Buffer | 'stall'): Promise<{ host: string, close: () => Promise<void> }> {
+/**
+ * A registry that answers HEADs truthfully and sends `body` for the blob, or never answers (stall); with
+ * `ignoreRange`, every GET is answered 200 with the whole body, as HTTP allows.
+ */
+async function fakeUpstream (blob: Buffer, body: Buffer | 'stall', opts: { ignoreRange?: boolean } = {}): Promise<{ host: string, close: () => Promise<void> }> {
   const server: Server = createServer((req, res) => {
     if (req.url === '/v2/' || req.url === '/v2') { res.setHeader('docker-distribution-api-version', 'registry/2.0'); res.end('{}'); return }
     if (req.method === 'HEAD') { res.writeHead(200, { 'content-length': String(blob.length), 'docker-content-digest': sha(blob) }).end(); return }
     if (body === 'stall') return
-    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
+    const m = opts.ignoreRange === true ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
     const start = m !== null ? Number(m[1]) : 0
     const end = m !== null && m[2] !== '' ? Number(m[2]) + 1 : body.length
     res.writeHead(m !== null ? 206 : 200, { 'content-length': String(end - start), ...(m !== null ? { 'content-range': `bytes ${start}-${end - 1}/${body.length}` } : {}) })
@@ -299,5 +303,45 @@ test('a stalled upstream is answered with BLOB_UNKNOWN within its deadline, neve
   } finally {
     await k.stop()
     await up.close()
+  }
+})
+
+test('an upstream that ignores Range: blobs and ranges of them are still served whole and exact', async () => {
+  const blob = randomBytes(300_000)
+  const up = await fakeUpstream(blob, blob, { ignoreRange: true })
+  const k = await startMirror(up.host)
+  try {
+    const ranged = await fetch(`${k.base}/v2/app/blobs/${sha(blob)}`, { headers: { range: 'bytes=200000-200099' } })
+    assert.equal(ranged.status, 206)
+    assert.deepEqual(Buffer.from(await ranged.arrayBuffer()), blob.subarray(200_000, 200_100))
+    const whole = await receive(k.base, `/v2/app/blobs/${sha(blob)}`)
+    assert.equal(whole.status, 200)
+    assert.ok(whole.complete)
+    assert.ok(whole.bytes.equals(blob))
+  } finally {
+    await k.stop()
+    await up.close()
+  }
+})
+
+test('slowloris sockets are answered 408 and closed within the headers timeout; honest pulls are served meanwhile', async t => {
+  const headersTimeoutMs = 1_000
+  const k = await startMirror('127.0.0.1:1', { headersTimeoutMs, requestTimeoutMs: headersTimeoutMs })
+  try {
+    const { port } = new URL(k.base)
+    const attack = slowloris({ port: Number(port) }, { sockets: 50, dripMs: 200, giveUpMs: headersTimeoutMs + 10_000, head: 'GET /v2/ HTTP/1.1\r\nHost: x\r\n' })
+    await attack.connected
+    const honest = await timed(async () => await fetch(`${k.base}/v2/`))
+    assert.equal(honest.value.status, 200)
+    const r = await attack.done
+    t.diagnostic(`mirror: 50 slowloris sockets closed after ${Math.round(r.closedAfterMs[0]!)}..${Math.round(r.closedAfterMs.at(-1)!)} ms ` +
+      `(headers timeout ${headersTimeoutMs} ms); honest GET /v2/ during the attack: ${honest.ms.toFixed(1)} ms`)
+    assert.equal(r.stillOpen, 0)
+    assert.equal(r.closedAfterMs.length, 50)
+    assert.ok(r.closedAfterMs[0]! >= headersTimeoutMs * 0.9, `closed before the deadline: ${r.closedAfterMs[0]} ms`)
+    assert.ok(r.closedAfterMs.at(-1)! <= headersTimeoutMs + 2_000, `closed late: ${r.closedAfterMs.at(-1)} ms`)
+    assert.deepEqual(Object.keys(r.answers), ['HTTP/1.1 408 Request Timeout'])
+  } finally {
+    await k.stop()
   }
 })

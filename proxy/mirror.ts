@@ -17,7 +17,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { delay, describeError, parseHostPort, type ComponentLogger, type Logger } from '../base/index.js'
+import { answerClientError, delay, describeError, headDeadlines, parseHostPort, type ComponentLogger, type Logger } from '../base/index.js'
 import type { BlobCache } from '../cache/index.js'
 import { Fetcher, type NeighbourSource, type P2PNode } from '../peer/index.js'
 import { RegistryClient } from '../registry/index.js'
@@ -41,6 +41,15 @@ export const DEFAULT_PROXY_LISTEN = '127.0.0.1:5002'
 export const DEFAULT_UPSTREAM_TIMEOUT_MS = 10_000
 /** the largest request head (a Bearer token is a few KiB) */
 export const MAX_HEADER_BYTES = 16 << 10
+/** a client must send its request line and headers within this; a slowloris socket is answered 408 and closed */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000
+/**
+ * a client must send its whole request within this: the mirror takes GET and HEAD only, so it is the head again,
+ * with room for a slow link. The answer (a blob of gigabytes) is not bound by it; `stallMs` guards that side.
+ */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000
+/** an idle keep-alive connection between two requests is closed after this */
+export const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 5_000
 /**
  * A neighbour's piece is hedged to another holder after this long without the whole piece, and given up after
  * DEFAULT_PIECE_REQUEST_MS: a busy machine takes a second or more to move 4 MiB through an encrypted stream, and a
@@ -78,6 +87,10 @@ export interface MirrorInit {
   mapTimeoutMs?: number
   /** a neighbour has not sent a whole piece after this long: the piece is asked of another too (4 s) */
   pieceHedgeMs?: number
+  /** request line and headers must arrive within this (10 s) */
+  headersTimeoutMs?: number
+  /** the whole request must arrive within this (30 s, at least `headersTimeoutMs`) */
+  requestTimeoutMs?: number
 }
 
 export class Mirror {
@@ -110,7 +123,8 @@ export class Mirror {
       plainHttp: host => upstreams.plainHttp(host),
       timeoutMs: init.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
       retries: 1,
-      userAgent: 'rafspeer-mirror/0.1'
+      userAgent: 'rafspeer-mirror/0.1',
+      logger
     })
     const upstreamPieces = new UpstreamPieces({ client: this.client })
     // pieces are megabytes: a holder is hedged only when it is really slow, not while it sends one
@@ -208,15 +222,16 @@ export class Mirror {
         },
         logger
       })
-    this.server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 },
-      (req, res) => { void this.handle(req, res, upstreams) })
+    const headersTimeout = init.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS
+    this.server = createServer({
+      maxHeaderSize: MAX_HEADER_BYTES,
+      ...headDeadlines(headersTimeout, init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS),
+      keepAliveTimeout: DEFAULT_KEEP_ALIVE_TIMEOUT_MS
+    }, (req, res) => { void this.handle(req, res, upstreams) })
     this.server.on('connection', s => { this.sockets.add(s); s.once('close', () => this.sockets.delete(s)) })
     this.server.on('clientError', (err, socket) => {
-      // malformed HTTP, headers over the limit: a 4xx when the socket still takes one, never a crash
-      const status = (err as { code?: string }).code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
-      if (socket.writable) socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
-      else socket.destroy()
-      this.metrics.request('malformed', status)
+      // malformed HTTP, headers over the limit or too slow: a 4xx when the socket still takes one, never a crash
+      this.metrics.request('malformed', answerClientError(err, socket))
     })
     this.maps = maps
     this.swarm = swarm

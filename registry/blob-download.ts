@@ -2,13 +2,18 @@
  * Reading blobs: a whole blob as a stream that is hashed as it flows and resumed with `Range` when the connection
  * drops, and a byte range read into one buffer with its `206`/`Content-Range` checked. A whole blob with the wrong
  * digest ends in an error and its last chunk is withheld, so a consumer never holds a complete wrong blob.
+ *
+ * A registry may ignore `Range` and answer 200 with the whole blob (HTTP allows it). A range is then read from that
+ * body by skipping to its start, never buffering what is skipped: slower (the bytes before the range cross the
+ * network), but lazy reads keep working, and the callers verify chunk digests as always. `RangeSupport` remembers
+ * such registries, logs each once, and lets a caller read several ranges of a blob in one pass.
  */
 import { createHash } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { DigestMismatchError, RegistryRangeError, RegistryTooLargeError, RegistryTruncatedError, type RegistryErrorContext } from './errors.js'
 import { repositoryScope } from './auth.js'
 import { digestAlgorithm } from './reference.js'
-import { RafspeerError, delay } from '../base/index.js'
+import { RafspeerError, delay, type Logger } from '../base/index.js'
 import { discard, header, isRetryableNetworkError, type Response, type TrafficCounters, type Transport } from './transport.js'
 
 /** A blob being downloaded. `size` is known when the registry sent a length. */
@@ -33,6 +38,36 @@ class EarlyEnd extends RafspeerError<'RAFSPEER_ERR_REGISTRY_TRUNCATED'> {
 
 interface Target { host: string, repository: string, digest: string, signal?: AbortSignal, authorization?: string | null }
 
+/**
+ * Which registries (`host[:port]`) answered a `Range` request with the whole blob. A registry that later answers 206
+ * is taken off the list (a fleet behind a load balancer may mix both); the warning is logged once per registry.
+ */
+export class RangeSupport {
+  private readonly ignoring = new Set<string>()
+  private readonly warned = new Set<string>()
+
+  constructor (private readonly log?: Logger) {}
+
+  /** The registry's last answer to a Range request was the whole blob. */
+  ignores (host: string): boolean { return this.ignoring.has(host) }
+
+  noteIgnored (target: Target, asked: string): void {
+    this.ignoring.add(target.host)
+    if (this.warned.has(target.host)) return
+    this.warned.add(target.host)
+    this.log?.warn('registry %s ignores Range (answered 200 to "%s" for %s@%s): ranges of its blobs are read from the ' +
+      'blob\'s start, skipping to the wanted bytes; slower, still verified', target.host, asked, target.repository, target.digest)
+  }
+
+  noteHonoured (host: string): void { this.ignoring.delete(host) }
+}
+
+/** `Content-Length` as a number, when it is one. */
+function contentLength (res: Response): number | undefined {
+  const v = header(res.headers, 'content-length')
+  return v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined
+}
+
 function blobRequest (t: Transport, target: Target, range: string | undefined): Promise<Response> {
   const { host, repository, digest, signal, authorization } = target
   return t.send({
@@ -54,11 +89,10 @@ function blobRequest (t: Transport, target: Target, range: string | undefined): 
  * Opens a whole blob. Resolves once the registry has answered 200 (so a 404 or an auth failure rejects here), and
  * the stream then errors with DigestMismatchError or RegistryTruncatedError instead of ending, when it must.
  */
-export async function openBlob (t: Transport, counters: TrafficCounters, target: Target): Promise<BlobStream> {
+export async function openBlob (t: Transport, counters: TrafficCounters, target: Target, ranges?: RangeSupport): Promise<BlobStream> {
   const ctx: RegistryErrorContext = { host: target.host, repository: target.repository, target: target.digest }
   let res = await blobRequest(t, target, undefined)
-  const length = header(res.headers, 'content-length')
-  const size = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined
+  const size = contentLength(res)
   const algorithm = digestAlgorithm(target.digest)
 
   async function * flow (): AsyncGenerator<Buffer> {
@@ -100,8 +134,10 @@ export async function openBlob (t: Transport, counters: TrafficCounters, target:
               ctx, { cause: err })
           }
           await delay(t.backoff(attempt++), target.signal)
-          res = await blobRequest(t, target, `bytes=${received}-`)
+          const asked = `bytes=${received}-`
+          res = await blobRequest(t, target, asked)
           if (res.status === 206) {
+            ranges?.noteHonoured(target.host)
             const cr = parseContentRange(header(res.headers, 'content-range'))
             if (cr === undefined || cr.start !== received || (total !== undefined && cr.total !== undefined && cr.total !== total)) {
               discard(res.body)
@@ -110,6 +146,7 @@ export async function openBlob (t: Transport, counters: TrafficCounters, target:
             }
             total ??= cr.total
           } else {
+            ranges?.noteIgnored(target, asked)
             skip = received
           }
         }
@@ -126,14 +163,13 @@ export async function openBlob (t: Transport, counters: TrafficCounters, target:
 }
 
 /**
- * Reads bytes `[start, endInclusive]` of a blob. The registry must answer 206 with exactly that Content-Range. A 200
- * (Range ignored) is accepted only when the range starts at 0: the prefix is read and the connection dropped. For a
- * later start a 200 would mean downloading the whole blob to keep a slice of it, which is exactly what lazy loading
- * exists to avoid, so it is a RegistryRangeError. The bytes are not digest-checked here (a range has no digest of its
+ * Reads bytes `[start, endInclusive]` of a blob. A 206 must carry exactly that Content-Range. A 200 (Range ignored)
+ * is the whole blob: the bytes before the range are skipped as they arrive (counted, never buffered), the range is
+ * kept, and the connection is dropped after it. The bytes are not digest-checked here (a range has no digest of its
  * own); callers verify the chunk digests inside.
  */
 export async function fetchRange (t: Transport, counters: TrafficCounters, target: Target, start: number,
-  endInclusive: number): Promise<Buffer> {
+  endInclusive: number, ranges?: RangeSupport): Promise<Buffer> {
   const ctx: RegistryErrorContext = { host: target.host, repository: target.repository, target: target.digest }
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endInclusive) || start < 0 || endInclusive < start) {
     throw new RegistryRangeError(`invalid range ${start}-${endInclusive}`, ctx)
@@ -144,29 +180,45 @@ export async function fetchRange (t: Transport, counters: TrafficCounters, targe
   let got = 0
   for (let attempt = 0; ; attempt++) {
     const from = start + got
-    const res = await blobRequest(t, target, `bytes=${from}-${endInclusive}`)
+    const asked = `bytes=${from}-${endInclusive}`
+    const res = await blobRequest(t, target, asked)
     const contentRange = header(res.headers, 'content-range')
     try {
+      // bytes of a whole-blob answer still to drop before `from`
+      let skip = 0
       if (res.status === 206) {
         const cr = parseContentRange(contentRange)
         if (cr === undefined || cr.start !== from || cr.end !== endInclusive) {
           throw new RegistryRangeError(`asked bytes ${from}-${endInclusive}, got 206 with Content-Range "${contentRange ?? 'none'}"`, ctx)
         }
-      } else if (from !== 0) {
-        throw new RegistryRangeError(`asked bytes ${from}-${endInclusive}, got ${res.status} without a range (server ignores Range)`, ctx)
+        ranges?.noteHonoured(target.host)
+      } else {
+        const total = contentLength(res)
+        if (total !== undefined && total <= endInclusive) {
+          throw new RegistryRangeError(`blob has only ${total} bytes, asked up to byte ${endInclusive}`, ctx)
+        }
+        ranges?.noteIgnored(target, asked)
+        skip = from
       }
-      for await (const chunk of res.body as AsyncIterable<Buffer>) {
-        counters.addDownloaded(target.host, chunk.length)
+      for await (const raw of res.body as AsyncIterable<Buffer>) {
+        counters.addDownloaded(target.host, raw.length)
+        let chunk = raw
+        if (skip > 0) {
+          const drop = Math.min(skip, chunk.length)
+          skip -= drop
+          chunk = chunk.subarray(drop)
+          if (chunk.length === 0) continue
+        }
         const take = Math.min(chunk.length, length - got)
         if (take < chunk.length && res.status === 206) {
           throw new RegistryRangeError(`206 body longer than the ${length} bytes of Content-Range "${contentRange ?? ''}"`, ctx)
         }
         chunk.copy(buf, got, 0, take)
         got += take
-        if (got === length) break // a 200 for a 0-based range: the rest of the blob is not wanted
+        if (got === length) break // a whole-blob answer: the rest of the blob is not wanted
       }
       if (got < length) {
-        if (res.status === 200) throw new RegistryRangeError(`blob has only ${got} bytes, asked up to byte ${endInclusive}`, ctx)
+        if (res.status === 200) throw new RegistryRangeError(`blob has only ${start + got - skip} bytes, asked up to byte ${endInclusive}`, ctx)
         throw new EarlyEnd()
       }
       return buf
@@ -190,32 +242,65 @@ export type RangeStream = Readable & { readonly start: number, readonly end: num
 
 /**
  * Opens bytes `[start, endInclusive]` (or to the end) of a blob as a stream, for a caller that relays them (a
- * registry mirror answering a `Range` request it cannot serve itself). The registry must answer 206 with a
- * `Content-Range` starting at `start`; a range has no digest of its own, so the bytes are not checked here, and a
- * body cut short errors the stream.
+ * registry mirror answering a `Range` request it cannot serve itself). A 206 must carry a `Content-Range` starting at
+ * `start`; a 200 (Range ignored) is the whole blob, read from `start` by skipping (its length must be known, to say
+ * where the range ends). A range has no digest of its own, so the bytes are not checked here, and a body cut short
+ * errors the stream.
  */
 export async function openRange (t: Transport, counters: TrafficCounters, target: Target, start: number,
-  endInclusive?: number): Promise<RangeStream> {
+  endInclusive?: number, ranges?: RangeSupport): Promise<RangeStream> {
   const ctx: RegistryErrorContext = { host: target.host, repository: target.repository, target: target.digest }
   if (!Number.isSafeInteger(start) || start < 0 || (endInclusive !== undefined && (!Number.isSafeInteger(endInclusive) || endInclusive < start))) {
     throw new RegistryRangeError(`invalid range ${start}-${endInclusive ?? ''}`, ctx)
   }
-  const res = await blobRequest(t, target, `bytes=${start}-${endInclusive ?? ''}`)
-  const cr = parseContentRange(header(res.headers, 'content-range'))
-  if (res.status !== 206 || cr === undefined || cr.start !== start || (endInclusive !== undefined && cr.end > endInclusive)) {
+  const asked = `bytes=${start}-${endInclusive ?? ''}`
+  const res = await blobRequest(t, target, asked)
+  const fail = (why: string): RegistryRangeError => {
     discard(res.body)
-    throw new RegistryRangeError(`range ${start}-${endInclusive ?? ''} answered HTTP ${res.status} with Content-Range ` +
-      `"${header(res.headers, 'content-range') ?? 'none'}"`, ctx)
+    return new RegistryRangeError(`range ${start}-${endInclusive ?? ''} answered HTTP ${res.status} ${why}`, ctx)
+  }
+  let cr: ContentRange | undefined
+  let skip = 0
+  if (res.status === 206) {
+    cr = parseContentRange(header(res.headers, 'content-range'))
+    if (cr === undefined || cr.start !== start || (endInclusive !== undefined && cr.end > endInclusive)) {
+      throw fail(`with Content-Range "${header(res.headers, 'content-range') ?? 'none'}"`)
+    }
+    ranges?.noteHonoured(target.host)
+  } else {
+    const total = contentLength(res)
+    if (total === undefined) throw fail('without a Content-Length (Range ignored, and the end of the blob unknown)')
+    if (start >= total) throw fail(`for a blob of ${total} bytes`)
+    ranges?.noteIgnored(target, asked)
+    cr = { start, end: Math.min(endInclusive ?? total - 1, total - 1), total }
+    skip = start
   }
   const want = cr.end - cr.start + 1
+  const whole = res.status !== 206
   async function * flow (): AsyncGenerator<Buffer> {
     let got = 0
+    let drop = skip
     try {
       for await (const raw of res.body as AsyncIterable<Buffer>) {
         counters.addDownloaded(target.host, raw.length)
-        got += raw.length
+        let chunk = raw
+        if (drop > 0) {
+          const n = Math.min(drop, chunk.length)
+          drop -= n
+          chunk = chunk.subarray(n)
+          if (chunk.length === 0) continue
+        }
+        if (whole) {
+          // keep the range, drop the rest of the blob
+          chunk = chunk.subarray(0, want - got)
+          got += chunk.length
+          yield chunk
+          if (got === want) return
+          continue
+        }
+        got += chunk.length
         if (got > want) throw new RegistryTruncatedError(`range body longer than its ${want} bytes`, ctx)
-        yield raw
+        yield chunk
       }
       if (got < want) throw new RegistryTruncatedError(`range body cut at ${got} of ${want} bytes`, ctx)
     } finally {

@@ -16,6 +16,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { RegistryClient } from './client.js'
 import { MediaTypes } from './manifest.js'
+import { captureLogs } from '../test/helpers/logs.js'
 
 interface Seen { method: string, url: string, headers: IncomingHttpHeaders, body: Buffer }
 interface Hostile { host: string, seen: Seen[], close: () => Promise<void> }
@@ -150,12 +151,51 @@ test('wrong bytes end in _DIGEST_MISMATCH, and the consumer never holds the whol
   })
 })
 
-test('Range answered 200: a 0-based range is sliced; a later start is _RANGE (never a whole-blob download)', async () => {
+test('Range answered 200 (ignored): any range is read by skipping to it, the registry is logged once; past the end is _RANGE', async () => {
+  const logs = captureLogs()
   await withHostile((_req, res) => sendBlob(res), async (h, c) => {
-    assert.ok((await c.fetchBlobRange(`${h.host}/hostile/app`, DIGEST, 0, 999)).equals(BLOB.subarray(0, 1000)))
-    await assert.rejects(c.fetchBlobRange(`${h.host}/hostile/app`, DIGEST, 1000, 1999),
-      code('RAFSPEER_ERR_REGISTRY_RANGE', h.host, 'hostile/app', DIGEST, 'ignores Range'))
-    await assert.rejects(c.fetchBlobRange(`${h.host}/hostile/app`, DIGEST, 0, BLOB.length + 10), code('RAFSPEER_ERR_REGISTRY_RANGE', 'only'))
+    const repo = `${h.host}/hostile/app`
+    assert.equal(c.ignoresRange(repo), false)
+    assert.ok((await c.fetchBlobRange(repo, DIGEST, 0, 999)).equals(BLOB.subarray(0, 1000)))
+    assert.equal(c.ignoresRange(repo), true)
+    assert.ok((await c.fetchBlobRange(repo, DIGEST, 1000, 1999)).equals(BLOB.subarray(1000, 2000)))
+    const before = c.counters.downloaded(h.host)
+    assert.ok((await c.fetchBlobRange(repo, DIGEST, BLOB.length - 10, BLOB.length - 1)).equals(BLOB.subarray(-10)))
+    assert.ok(c.counters.downloaded(h.host) - before >= BLOB.length - 10, 'the skipped bytes crossed the network and are counted')
+    await assert.rejects(c.fetchBlobRange(repo, DIGEST, 0, BLOB.length + 10), code('RAFSPEER_ERR_REGISTRY_RANGE', 'only'))
+    const warned = logs.lines.filter(l => l.includes('ignores Range'))
+    assert.equal(warned.length, 1, logs.lines.join('\n'))
+    assert.ok(warned[0]!.includes(h.host) && warned[0]!.includes('WARN'), warned[0])
+  }, { logger: logs.logger })
+})
+
+test('a whole-blob answer cut while skipping is asked again and skipped again: the range is still exact', async () => {
+  const want = [200_000, 200_999] as const
+  await withHostile((req, res, seen) => {
+    res.writeHead(200, { 'content-length': BLOB.length })
+    // the first answer dies before the range, the second inside it, the third is whole
+    const cut = seen.length === 1 ? 100_000 : seen.length === 2 ? 200_500 : BLOB.length
+    res.write(BLOB.subarray(0, cut), () => { if (cut < BLOB.length) setTimeout(() => req.socket.destroy(), 20); else res.end() })
+  }, async (h, c) => {
+    assert.ok((await c.fetchBlobRange(`${h.host}/hostile/app`, DIGEST, ...want)).equals(BLOB.subarray(want[0], want[1] + 1)))
+    assert.deepEqual(h.seen.map(s => s.headers.range), ['bytes=200000-200999', 'bytes=200000-200999', 'bytes=200500-200999'])
+  })
+})
+
+test('a ranged stream answered 200 starts at the asked byte and ends at the asked one (a mirror relays it)', async () => {
+  await withHostile((_req, res) => sendBlob(res), async (h, c) => {
+    const repo = `${h.host}/hostile/app`
+    const mid = await c.getBlobRange(repo, DIGEST, 5000, 5999)
+    assert.deepEqual([mid.start, mid.end, mid.total], [5000, 5999, BLOB.length])
+    assert.ok((await collect(mid)).equals(BLOB.subarray(5000, 6000)))
+    const tail = await c.getBlobRange(repo, DIGEST, 123_456)
+    assert.deepEqual([tail.start, tail.end, tail.total], [123_456, BLOB.length - 1, BLOB.length])
+    assert.ok((await collect(tail)).equals(BLOB.subarray(123_456)))
+    await assert.rejects(c.getBlobRange(repo, DIGEST, BLOB.length), code('RAFSPEER_ERR_REGISTRY_RANGE', `${BLOB.length} bytes`))
+  })
+  // without a length, a whole-blob answer cannot say where an open range ends
+  await withHostile((_req, res) => { res.writeHead(200); res.end(BLOB) }, async (h, c) => {
+    await assert.rejects(c.getBlobRange(`${h.host}/hostile/app`, DIGEST, 10), code('RAFSPEER_ERR_REGISTRY_RANGE', 'Content-Length'))
   })
 })
 

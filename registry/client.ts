@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import { Agent, getGlobalDispatcher, type Dispatcher } from 'undici'
 import { Authenticator, parseWwwAuthenticate, repositoryScope, type Credentials } from './auth.js'
-import { fetchRange, openBlob, openRange, type BlobStream, type RangeStream } from './blob-download.js'
+import { RangeSupport, fetchRange, openBlob, openRange, type BlobStream, type RangeStream } from './blob-download.js'
 import { mount, uploadBlob, type BlobSource, type UploadOptions } from './blob-upload.js'
 import {
   DigestMismatchError, ManifestInvalidError, RegistryHttpError, RegistryTooLargeError, RegistryUploadError,
@@ -18,6 +18,7 @@ import {
 } from './manifest.js'
 import { digestAlgorithm, registryEndpoint, toReference, validateDigest, type ImageReference } from './reference.js'
 import { TrafficCounters, Transport, header, readCapped } from './transport.js'
+import type { ComponentLogger } from '../base/index.js'
 
 export const DEFAULT_TIMEOUT_MS = 30_000
 export const DEFAULT_RETRIES = 3
@@ -50,6 +51,8 @@ export interface RegistryClientInit {
   userAgent?: string
   /** an undici dispatcher to send through (a proxy agent, a mock); `ca` is ignored when given */
   dispatcher?: Dispatcher
+  /** where the client says what the caller should know (a registry that ignores `Range`); default: nowhere */
+  logger?: ComponentLogger
 }
 
 export interface CallOptions {
@@ -112,9 +115,11 @@ export class RegistryClient {
   private readonly transport: Transport
   private readonly auth: Authenticator
   private readonly owned: Agent | undefined
+  private readonly ranges: RangeSupport
 
   constructor (init: RegistryClientInit = {}) {
     this.owned = init.dispatcher === undefined && init.ca !== undefined ? new Agent({ connect: { ca: init.ca } }) : undefined
+    this.ranges = new RangeSupport(init.logger?.forComponent('rafspeer:registry'))
     const dispatcher = init.dispatcher ?? this.owned ?? getGlobalDispatcher()
     let transport: Transport | undefined
     this.auth = new Authenticator({
@@ -283,19 +288,31 @@ export class RegistryClient {
    */
   async getBlob (repo: Ref, digest: string, opts: CallOptions = {}): Promise<BlobStream> {
     const { host, repository } = this.repo(repo, digest)
-    return await openBlob(this.transport, this.counters, { host, repository, digest, ...sig(opts) })
+    return await openBlob(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, this.ranges)
   }
 
-  /** Bytes `[start, endInclusive]` of a blob, via `Range` (see `fetchRange` for what is accepted). */
+  /**
+   * Bytes `[start, endInclusive]` of a blob, via `Range` (see `fetchRange` for what is accepted). Against a registry
+   * that ignores Range, the bytes before `start` are downloaded and skipped.
+   */
   async fetchBlobRange (repo: Ref, digest: string, start: number, endInclusive: number, opts: CallOptions = {}): Promise<Buffer> {
     const { host, repository } = this.repo(repo, digest)
-    return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive)
+    return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive, this.ranges)
+  }
+
+  /**
+   * Whether the registry of `repo` answered this client's last Range request with the whole blob: every range read
+   * from it then costs the bytes before the range, so a caller reads what it needs of a blob in as few requests as
+   * it can.
+   */
+  ignoresRange (repo: Ref): boolean {
+    return this.ranges.ignores(registryEndpoint(toReference(repo).registry))
   }
 
   /** Bytes `[start, endInclusive]` (or to the end) of a blob as a stream, unchecked (see `openRange`). */
   async getBlobRange (repo: Ref, digest: string, start: number, endInclusive?: number, opts: CallOptions = {}): Promise<RangeStream> {
     const { host, repository } = this.repo(repo, digest)
-    return await openRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive)
+    return await openRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive, this.ranges)
   }
 
   /**

@@ -19,8 +19,28 @@ import { Transform, type Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { DistributionError, isDigest, isTag } from './server-http.js'
 
-/** Upload sessions idle longer than this are dropped (with their file) when the next one is created. */
-const UPLOAD_IDLE_MS = 60 * 60 * 1000
+/**
+ * Upload sessions idle longer than this are dropped with their file. A client pushing a layer sends its next chunk
+ * within seconds; ten minutes leaves room for a slow client between chunks without letting abandoned sessions pile
+ * up on disk for an hour.
+ */
+export const DEFAULT_UPLOAD_IDLE_MS = 10 * 60 * 1000
+/**
+ * Upload sessions open at once. Pushers open a handful each (skopeo and containerd push 3 to 6 layers in parallel);
+ * the bound keeps a client that opens sessions and never finishes them from growing memory and disk without end.
+ */
+export const DEFAULT_MAX_UPLOADS = 256
+/** how often idle sessions are looked for, at most (a short idle time is looked for more often) */
+const MAX_REAP_INTERVAL_MS = 60_000
+
+export interface RegistryStorageInit {
+  /** upload sessions open at once; `newUpload` past it fails with 429 TOOMANYREQUESTS (default 256) */
+  maxUploads?: number
+  /** a session without a request for this long is dropped with its data (default 10 min) */
+  uploadIdleMs?: number
+  /** milliseconds clock of the idle times */
+  now?: () => number
+}
 
 export interface UploadSession {
   readonly id: string
@@ -53,8 +73,19 @@ async function exists (path: string): Promise<boolean> {
 export class RegistryStorage {
   readonly root: string
   private readonly uploads = new Map<string, UploadSession>()
+  private readonly maxUploads: number
+  private readonly uploadIdleMs: number
+  private readonly now: () => number
 
-  constructor (root: string) { this.root = root }
+  constructor (root: string, init: RegistryStorageInit = {}) {
+    this.root = root
+    this.maxUploads = init.maxUploads ?? DEFAULT_MAX_UPLOADS
+    this.uploadIdleMs = init.uploadIdleMs ?? DEFAULT_UPLOAD_IDLE_MS
+    this.now = init.now ?? Date.now
+  }
+
+  /** How often the server should call `reapIdleUploads`: a session is then dropped at most 1.5 idle times late. */
+  get reapIntervalMs (): number { return Math.max(10, Math.min(MAX_REAP_INTERVAL_MS, Math.floor(this.uploadIdleMs / 2))) }
 
   async init (): Promise<void> {
     // Sessions live in memory; files left by an earlier process can never be resumed.
@@ -110,11 +141,24 @@ export class RegistryStorage {
 
   // ---- uploads
 
+  /** Drops every session that is not being written and saw no request for the idle time, with its file. */
+  async reapIdleUploads (): Promise<number> {
+    const now = this.now()
+    const idle = [...this.uploads.values()].filter(s => !s.busy && now - s.touched > this.uploadIdleMs)
+    await Promise.all(idle.map(async s => await this.deleteUpload(s)))
+    return idle.length
+  }
+
   async newUpload (name: string): Promise<UploadSession> {
-    const now = Date.now()
-    for (const s of this.uploads.values()) {
-      if (!s.busy && now - s.touched > UPLOAD_IDLE_MS) await this.deleteUpload(s)
+    if (this.uploads.size >= this.maxUploads) await this.reapIdleUploads()
+    if (this.uploads.size >= this.maxUploads) {
+      throw new DistributionError('TOOMANYREQUESTS', `too many upload sessions open (${this.maxUploads}): finish or cancel one, or retry later`, {
+        detail: { open: this.uploads.size, max: this.maxUploads },
+        // a session frees up when a push finishes; the client's retry should come after that, not at once
+        headers: { 'Retry-After': '1' }
+      })
     }
+    const now = this.now()
     const id = randomUUID()
     const session: UploadSession = { id, name, path: join(this.root, 'uploads', id), size: 0, hash: createHash('sha256'), busy: false, touched: now }
     await writeFile(session.path, '')
@@ -122,9 +166,11 @@ export class RegistryStorage {
     return session
   }
 
+  /** The session, marked used now (a client asking about its session is not idle). */
   getUpload (name: string, id: string): UploadSession {
     const s = this.uploads.get(id)
     if (s === undefined || s.name !== name) throw new DistributionError('BLOB_UPLOAD_UNKNOWN', 'no such upload', { detail: { id } })
+    s.touched = this.now()
     return s
   }
 
@@ -150,7 +196,7 @@ export class RegistryStorage {
       throw err
     } finally {
       session.busy = false
-      session.touched = Date.now()
+      session.touched = this.now()
     }
   }
 

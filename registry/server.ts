@@ -4,7 +4,9 @@
  * stores blobs content-addressed on disk, shared by repositories, accepts monolithic, chunked and mounted
  * uploads, validates manifests against what the repository holds, serves blobs with Range, can shape its egress
  * with one shared token bucket, counts bytes per repository, and can demand Basic credentials or act as its own
- * bearer-token issuer. It is not a stand-in for a real registry in client tests.
+ * bearer-token issuer. It holds against slow and greedy clients: request heads have a deadline, idle sockets are
+ * closed, and upload sessions are bounded in number and dropped when abandoned. It is not a stand-in for a real
+ * registry in client tests.
  *
  * @example
  * ```ts
@@ -20,7 +22,7 @@ import { resolve } from 'node:path'
 import { AuthGate, type AuthOptions } from './server-auth.js'
 import { handleBlob, handleUpload, type ServerContext } from './server-blobs.js'
 import { DistributionError, parseTarget, sendError, sendJson, type Route } from './server-http.js'
-import { TokenBucket, type Clock } from '../base/index.js'
+import { TokenBucket, answerClientError, headDeadlines, type Clock } from '../base/index.js'
 import { Counters, type RepoCounters } from './server-counters.js'
 import { DEFAULT_MAX_MANIFEST_SIZE, handleManifest, handleTags } from './server-manifests.js'
 import { RegistryStorage } from './server-storage.js'
@@ -45,8 +47,22 @@ export interface RegistryServerOptions {
   bandwidthLimit?: number
   /** Largest manifest accepted, in bytes (default 4 MiB). */
   maxManifestSize?: number
-  /** Milliseconds clock for token expiry and the bandwidth bucket; tests inject a fake one. */
+  /** Milliseconds clock for token expiry, the bandwidth bucket and upload idle times; tests inject a fake one. */
   now?: Clock
+  /**
+   * A client must have sent its whole request line and headers within this many milliseconds of starting them
+   * (default 10 s); a socket that trickles them (slowloris) is answered 408 and closed.
+   */
+  headersTimeoutMs?: number
+  /**
+   * A socket with no byte moving either way for this long is closed (default 60 s). Request bodies have no overall
+   * deadline (a multi-GB blob PUT may take long): this idle timeout is what ends a stalled body.
+   */
+  idleTimeoutMs?: number
+  /** Upload sessions open at once; a POST past it is answered 429 TOOMANYREQUESTS (default 256). */
+  maxUploadSessions?: number
+  /** An upload session without a request for this long is dropped with its data (default 10 min). */
+  uploadIdleMs?: number
   /** Called with unexpected failures (those answered with 500 UNKNOWN). */
   onError?: (err: unknown) => void
 }
@@ -71,8 +87,10 @@ export interface RegistryServer {
   stop: () => Promise<void>
 }
 
+/** A request line and headers take well under a second to send; ten seconds leaves room for a slow link. */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000
 /** Idle sockets (no bytes either way) are dropped after this, so a stalled client cannot pin a stream forever. */
-const IDLE_TIMEOUT_MS = 120_000
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
 const HOST_HEADER_RE = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/
 
@@ -88,6 +106,10 @@ function checkOptions (opts: RegistryServerOptions): string[] {
       problems.push(`auth.${kind} needs a user (without ':') and a password`)
     }
   }
+  for (const k of ['headersTimeoutMs', 'idleTimeoutMs', 'maxUploadSessions', 'uploadIdleMs'] as const) {
+    const v = opts[k]
+    if (v !== undefined && !(Number.isSafeInteger(v) && v > 0)) problems.push(`${k} must be a positive integer, got ${v}`)
+  }
   const ttl = opts.auth?.bearer?.tokenTtl
   if (ttl !== undefined && !(Number.isFinite(ttl) && ttl > 0)) problems.push(`auth.bearer.tokenTtl must be positive seconds, got ${ttl}`)
   return problems
@@ -97,7 +119,11 @@ export async function startRegistryServer (opts: RegistryServerOptions): Promise
   const problems = checkOptions(opts)
   if (problems.length > 0) throw new TypeError(`invalid registry server options: ${problems.join('; ')}`)
   const now = opts.now ?? Date.now
-  const storage = new RegistryStorage(resolve(opts.root))
+  const storage = new RegistryStorage(resolve(opts.root), {
+    ...(opts.maxUploadSessions !== undefined ? { maxUploads: opts.maxUploadSessions } : {}),
+    ...(opts.uploadIdleMs !== undefined ? { uploadIdleMs: opts.uploadIdleMs } : {}),
+    now
+  })
   await storage.init()
   let hostPort = ''
   const ctx: ServerContext = {
@@ -112,21 +138,25 @@ export async function startRegistryServer (opts: RegistryServerOptions): Promise
   const sockets = new Set<Socket>()
   const inflight = new Set<Promise<void>>()
 
-  const server = createServer({ requestTimeout: 0 }, (req, res) => {
+  const headersTimeout = opts.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS
+  const server = createServer({
+    // No whole-request deadline: it would cut a legitimately slow multi-GB blob PUT. The headers deadline ends
+    // slowloris sockets, the idle timeout below ends stalled bodies.
+    ...headDeadlines(headersTimeout, 0)
+  }, (req, res) => {
     const p = handle(ctx, req, res, stopping.signal, opts.onError)
     inflight.add(p)
     void p.finally(() => inflight.delete(p))
   })
-  server.timeout = IDLE_TIMEOUT_MS
+  server.timeout = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS
   server.on('connection', socket => {
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
   })
-  // A malformed request line or header never reaches the handler; answer it instead of leaving it hanging.
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
-    else socket.destroy()
-  })
+  // A malformed or too slow request head never reaches the handler; answer it instead of leaving it hanging. The
+  // socket is destroyed once the answer is out: only ending it would leave it half-open for a client that keeps
+  // trickling bytes.
+  server.on('clientError', (err, socket) => { answerClientError(err, socket) })
 
   const host = opts.host ?? '127.0.0.1'
   await new Promise<void>((resolveListen, reject) => {
@@ -136,10 +166,14 @@ export async function startRegistryServer (opts: RegistryServerOptions): Promise
   const address = server.address()
   const port = typeof address === 'object' && address !== null ? address.port : (opts.port ?? 0)
   hostPort = `${host.includes(':') ? `[${host}]` : host}:${port}`
+  // Idle upload sessions are dropped (with their data) on a timer too, not only when the next one is opened.
+  const reaper = setInterval(() => { void storage.reapIdleUploads().catch(err => opts.onError?.(err)) }, storage.reapIntervalMs)
+  reaper.unref()
 
   let stopped: Promise<void> | undefined
   const stop = async (): Promise<void> => {
     stopped ??= (async () => {
+      clearInterval(reaper)
       stopping.abort()
       const closed = new Promise<void>(resolveClose => server.close(() => resolveClose()))
       server.closeAllConnections()

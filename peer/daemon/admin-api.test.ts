@@ -15,6 +15,7 @@ import { AdminClient, AdminClientError } from './admin-client.js'
 import { parseDaemonConfig } from './config.js'
 import { Daemon } from './daemon.js'
 import { DaemonMetrics, type MetricsJson } from './metrics.js'
+import { slowloris, timed } from '../../test/helpers/slowloris.js'
 
 const VERSION = packageVersion()
 
@@ -38,6 +39,8 @@ class FakeMounts implements MountService {
       await new Promise((_resolve, reject) => opts.signal?.addEventListener('abort', () => reject(coded('RAFSPEER_ERR_ABORTED', 'mount aborted'))))
     }
     if (req.source === 'crash') throw new Error('unexpected failure')
+    if (req.source === 'busy') throw coded('RAFSPEER_ERR_MOUNT_BUSY', `${req.mountpoint} is being mounted or unmounted right now`)
+    if (req.source.startsWith('delayed:')) await new Promise(resolve => setTimeout(resolve, Number(req.source.slice(8))))
     if (req.source === 'missing') throw coded('RAFSPEER_ERR_REGISTRY_NOT_FOUND', 'manifest not found')
     if (this.mounted.has(req.mountpoint)) throw coded('RAFSPEER_ERR_ALREADY_MOUNTED', `${req.mountpoint} is already mounted`)
     const mode = req.mode === 'kernel' ? 'kernel' : 'fuse'
@@ -182,6 +185,7 @@ describe('admin API', () => {
     await assert.rejects(client.unmount('/mnt/nothing'), { code: 'RAFSPEER_ERR_NOT_MOUNTED', status: 404 })
     await assert.rejects(client.mount({ source: 'missing', mountpoint: '/mnt/m' }), { code: 'RAFSPEER_ERR_REGISTRY_NOT_FOUND', status: 500, message: 'manifest not found' })
     await assert.rejects(client.mount({ source: 'crash', mountpoint: '/mnt/m' }), { code: 'RAFSPEER_ERR_INTERNAL', status: 500, message: 'unexpected failure' })
+    await assert.rejects(client.mount({ source: 'busy', mountpoint: '/mnt/m' }), { code: 'RAFSPEER_ERR_MOUNT_BUSY', status: 409 })
     await client.unmount('/mnt/dup')
   })
 
@@ -356,6 +360,65 @@ describe('admin API socket handling', () => {
     await api.close()
     const err = await pending
     assert.ok(err instanceof AdminClientError, String(err))
+  })
+})
+
+describe('admin API under slow clients', () => {
+  const HEADERS_TIMEOUT_MS = 1_000
+  /** what the server's deadline check may add (a quarter of the deadline), plus a loaded machine's scheduling */
+  const MARGIN_MS = 2_000
+  let dir: string
+  let socket: string
+  let api: AdminApi
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'rafspeer-api-slow-'))
+    socket = join(dir, 'slow.sock')
+    const service = new FakeMounts()
+    const metrics = new DaemonMetrics({ service, cacheStats }, { defaultMetrics: false })
+    const daemonInfo = (): DaemonInfo => ({ state: 'RUNNING', version: VERSION, pid: process.pid, startedAt: '', socket, workDir: dir, cacheDir: dir, mounts: 0 })
+    api = await startAdminApi({ service, cacheStats, daemonInfo, metrics },
+      { socket, tcp: '127.0.0.1:0', headersTimeoutMs: HEADERS_TIMEOUT_MS, requestTimeoutMs: HEADERS_TIMEOUT_MS })
+  })
+  after(async () => {
+    await api.close()
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  const closedInTime = (r: Awaited<ReturnType<typeof slowloris>['done']>): void => {
+    assert.equal(r.stillOpen, 0)
+    assert.equal(r.closedAfterMs.length, r.sockets)
+    assert.ok(r.closedAfterMs[0]! >= HEADERS_TIMEOUT_MS * 0.9, `closed before the deadline: ${r.closedAfterMs[0]} ms`)
+    assert.ok(r.closedAfterMs.at(-1)! <= HEADERS_TIMEOUT_MS + MARGIN_MS, `closed late: ${r.closedAfterMs.at(-1)} ms`)
+    assert.deepEqual(Object.keys(r.answers), ['HTTP/1.1 408 Request Timeout'])
+  }
+
+  it('slowloris on the Unix socket: every socket closed within the headers timeout, the API answers meanwhile', async t => {
+    const attack = slowloris({ path: socket }, { sockets: 50, dripMs: 200, giveUpMs: HEADERS_TIMEOUT_MS + 10_000, head: 'GET /api/v1/daemon HTTP/1.1\r\nHost: x\r\n' })
+    await attack.connected
+    const honest = await timed(async () => await new AdminClient(socket).daemon())
+    assert.equal(honest.value.state, 'RUNNING')
+    const r = await attack.done
+    t.diagnostic(`unix socket: 50 slowloris sockets closed after ${Math.round(r.closedAfterMs[0]!)}..${Math.round(r.closedAfterMs.at(-1)!)} ms ` +
+      `(headers timeout ${HEADERS_TIMEOUT_MS} ms); honest GET /api/v1/daemon during the attack: ${honest.ms.toFixed(1)} ms`)
+    closedInTime(r)
+  })
+
+  it('slowloris on the TCP /metrics listener: every socket closed within the headers timeout, /metrics answers meanwhile', async t => {
+    const [host, port] = [api.tcpAddress!.slice(0, api.tcpAddress!.lastIndexOf(':')), Number(api.tcpAddress!.split(':').pop())]
+    const attack = slowloris({ port, host }, { sockets: 50, dripMs: 200, giveUpMs: HEADERS_TIMEOUT_MS + 10_000, head: 'GET /metrics HTTP/1.1\r\nHost: x\r\n' })
+    await attack.connected
+    const honest = await timed(async () => await tcpGet(api.tcpAddress!, '/metrics'))
+    assert.equal(honest.value.status, 200)
+    const r = await attack.done
+    t.diagnostic(`tcp /metrics: 50 slowloris sockets closed after ${Math.round(r.closedAfterMs[0]!)}..${Math.round(r.closedAfterMs.at(-1)!)} ms ` +
+      `(headers timeout ${HEADERS_TIMEOUT_MS} ms); honest GET /metrics during the attack: ${honest.ms.toFixed(1)} ms`)
+    closedInTime(r)
+  })
+
+  it('a mount that takes longer than the request timeout is still answered (the deadline covers receiving the request only)', async () => {
+    const info = await new AdminClient(socket).mount({ source: `delayed:${HEADERS_TIMEOUT_MS * 2}`, mountpoint: '/mnt/slow-answer' })
+    assert.equal(info.mountpoint, '/mnt/slow-answer')
   })
 })
 

@@ -16,7 +16,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { chmod, unlink } from 'node:fs/promises'
 import { isAbsolute, normalize } from 'node:path'
 import { z } from 'zod'
-import { RafspeerError, claimUnixSocket, parseHostPort, silentLogger, type ComponentLogger } from '../../base/index.js'
+import { RafspeerError, claimUnixSocket, headDeadlines, parseHostPort, silentLogger, type ComponentLogger } from '../../base/index.js'
 import type { CacheStats } from '../../cache/index.js'
 import type { MountRequest, MountService } from '../mount/index.js'
 import type { DaemonMetrics } from './metrics.js'
@@ -27,6 +27,13 @@ export const MAX_BODY_BYTES = 1 << 20
 const MAX_DRAIN_BYTES = 16 << 20
 /** in-flight requests get this long to finish when the API closes */
 const CLOSE_GRACE_MS = 2000
+/** a client must send its request line and headers within this (a slowloris socket is answered 408 and closed) */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000
+/**
+ * a client must send its whole request, body included, within this; a mount request is a few hundred bytes. It
+ * ends once the request is in: a mount that takes minutes to answer is not cut.
+ */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 
 export type DaemonState = 'RUNNING' | 'STOPPING'
 
@@ -66,6 +73,7 @@ const STATUS: Record<string, number> = {
   RAFSPEER_ERR_NOT_MOUNTED: 404,
   RAFSPEER_ERR_METHOD_NOT_ALLOWED: 405,
   RAFSPEER_ERR_ALREADY_MOUNTED: 409,
+  RAFSPEER_ERR_MOUNT_BUSY: 409,
   RAFSPEER_ERR_BODY_TOO_LARGE: 413,
   RAFSPEER_ERR_DAEMON_STOPPING: 503
 }
@@ -118,6 +126,10 @@ export interface AdminApiInit {
   socket: string
   /** `host:port` of a TCP listener serving only `GET /metrics` */
   tcp?: string
+  /** request line and headers must arrive within this (default 10 s); both listeners */
+  headersTimeoutMs?: number
+  /** the whole request must arrive within this (default 30 s); the answer may take longer */
+  requestTimeoutMs?: number
 }
 
 export interface AdminApi {
@@ -261,7 +273,10 @@ export async function startAdminApi (components: AdminApiComponents, init: Admin
     })
   }
 
-  const server = createServer(handle(routes))
+  const headersTimeout = init.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS
+  const serverOptions = headDeadlines(headersTimeout, init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS)
+  // No idle timeout (`server.timeout`): a mount's answer can take minutes, and closing its socket would abort it.
+  const server = createServer(serverOptions, handle(routes))
   try {
     await prepareSocket(init.socket)
     await listen(server, init.socket)
@@ -277,7 +292,7 @@ export async function startAdminApi (components: AdminApiComponents, init: Admin
   if (init.tcp !== undefined) {
     const hp = parseHostPort(init.tcp)
     if (hp === undefined) throw new AdminApiError('RAFSPEER_ERR_BAD_REQUEST', `metrics listen address ${init.tcp}: expected host:port`)
-    tcpServer = createServer(handle({ '/metrics': { GET: prometheus } }))
+    tcpServer = createServer(serverOptions, handle({ '/metrics': { GET: prometheus } }))
     try {
       await listen(tcpServer, hp.port, hp.host)
     } catch (err) {

@@ -1,14 +1,20 @@
-/** RegistrySource against the embedded registry and the CNCF distribution registry: runs, ranges, decompression. */
+/**
+ * RegistrySource against the embedded registry and the CNCF distribution registry: runs, ranges, decompression; and
+ * against a registry that ignores Range (answers 200 with the whole blob): lazy reads stay correct and verified.
+ */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { digestChunk, type ChunkInfo } from '../../rafs/index.js'
 import { RegistryClient, startRegistryServer, type RegistryServer } from '../../registry/index.js'
 import { distributionSkipReason, startDistribution, type Distribution } from '../../test/helpers/distribution.js'
-import { buildTestImage, chunksOf, type TestImage } from '../../test/helpers/fetch-kit.js'
-import { RegistrySource } from './registry-source.js'
+import { buildTestImage, chunksOf, MemoryChunkCache, CHUNK_SIZE, type TestImage } from '../../test/helpers/fetch-kit.js'
+import { Fetcher } from './fetcher.js'
+import { RegistrySource, spans } from './registry-source.js'
 import { contiguousRuns } from './source.js'
 
 const distributionSkip = distributionSkipReason()
@@ -35,6 +41,16 @@ describe('contiguousRuns', () => {
   it('merges contiguous chunks, splits at gaps and at the size cap, drops duplicates', () => {
     const runs = contiguousRuns([c(2, 200, 100), c(0, 0, 100), c(1, 100, 100), c(1, 100, 100), c(4, 500, 50), c(5, 550, 500)], 500)
     assert.deepEqual(runs.map(r => [r.start, r.end, r.chunks.map(x => x.index)]), [[0, 300, [0, 1, 2]], [500, 550, [4]], [550, 1050, [5]]])
+  })
+})
+
+describe('spans', () => {
+  const run = (start: number, end: number): { start: number, end: number, chunks: ChunkInfo[] } =>
+    ({ start, end, chunks: [{ index: start, compressedOffset: start, compressedSize: end - start } as unknown as ChunkInfo] })
+
+  it('merges runs, gaps included, up to the cap', () => {
+    const merged = spans([run(0, 100), run(200, 300), run(350, 600), run(900, 1000)], 600)
+    assert.deepEqual(merged.map(r => [r.start, r.end, r.chunks.map(c => c.index)]), [[0, 600, [0, 200, 350]], [900, 1000, [900]]])
   })
 })
 
@@ -109,5 +125,98 @@ describe('RegistrySource', () => {
     const ac = new AbortController()
     ac.abort()
     await assert.rejects(collect(src, img, allChunks(img), ac.signal))
+  })
+})
+
+/**
+ * A registry that ignores Range: every blob GET is answered 200 with the whole blob (HTTP allows it). `flip`
+ * changes one byte of the body, to show that skipping never lets a wrong byte through.
+ */
+async function rangeIgnoringRegistry (blobPath: string): Promise<{ host: string, ranged: number, flip: boolean, stop: () => Promise<void> }> {
+  const blob = await readFile(blobPath)
+  const state = { ranged: 0, flip: false }
+  const server: Server = createServer((req, res) => {
+    if (req.method !== 'GET' || !/\/blobs\/sha256:/.test(req.url ?? '')) { res.writeHead(404).end(); return }
+    if (req.headers.range !== undefined) state.ranged++
+    const body = state.flip ? Buffer.from(blob) : blob
+    if (state.flip) body[body.length >> 1]! ^= 0xff
+    res.writeHead(200, { 'content-length': body.length, 'content-type': 'application/octet-stream' }).end(body)
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  return Object.assign(state, {
+    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    stop: async () => { server.closeAllConnections(); await new Promise<void>(resolve => server.close(() => resolve())) }
+  })
+}
+
+describe('RegistrySource against a registry that ignores Range', () => {
+  let img: TestImage
+  let reg: Awaited<ReturnType<typeof rangeIgnoringRegistry>>
+  const client = new RegistryClient({ retries: 0 })
+
+  before(async () => {
+    img = await buildTestImage()
+    reg = await rangeIgnoringRegistry(img.blobPath)
+  })
+  after(async () => {
+    await reg?.stop()
+    await img?.cleanup()
+    await client.close()
+  })
+
+  it('lazy reads anywhere in the blob return the source bytes, verified', async () => {
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [new RegistrySource({ client }, { repository: `${reg.host}/plain/app` })] },
+      { amplifyBytes: 0, retries: 0 })
+    for (const [path, bytes] of Object.entries(img.files)) {
+      const nid = img.reader.lookup(path)
+      for (const [off, len] of [[bytes.length - 5, 100], [1, 100], [CHUNK_SIZE - 7, 20]] as const) {
+        if (off < 0 || off >= bytes.length) continue
+        assert.deepEqual(await fetcher.read(img, nid, off, len), bytes.subarray(off, off + len), `${path} @${off}+${len}`)
+      }
+      assert.deepEqual(await fetcher.read(img, nid, 0, bytes.length), bytes, path)
+    }
+    assert.ok(reg.ranged > 0)
+    assert.equal(fetcher.counters.verifyFailures, 0)
+  })
+
+  it('once known, the runs of a batch are read in one request', async () => {
+    // a fresh client has not met this registry yet: its first request tells it
+    const fresh = new RegistryClient({ retries: 0 })
+    try {
+      const src = new RegistrySource({ client: fresh }, { repository: `${reg.host}/plain/app` })
+      const a = chunksOf(img, '/a.bin')
+      const gappy = [a[0]!, a[2]!, a[5]!, a[9]!]
+      const collectAll = async (): Promise<number> => {
+        let n = 0
+        for await (const _ of src.fetch(img.blobs[0]!, gappy, { signal: new AbortController().signal, verify: () => true })) n++
+        return n
+      }
+      const before = reg.ranged
+      assert.equal(await collectAll(), 4)
+      assert.equal(reg.ranged - before, 4, 'learning: one request per run')
+      assert.ok(fresh.ignoresRange(`${reg.host}/plain/app`))
+      assert.equal(await collectAll(), 4)
+      assert.equal(reg.ranged - before, 4 + 1, 'known: one request for the batch')
+    } finally { await fresh.close() }
+  })
+
+  it('a wrong byte in the whole-blob answer fails the read; no wrong byte is returned', async () => {
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [new RegistrySource({ client }, { repository: `${reg.host}/plain/flip` })] },
+      { amplifyBytes: 0, retries: 0 })
+    reg.flip = true
+    try {
+      // every chunk crosses the flipped byte's position or not: read them all, none may differ from the source
+      let failed = 0
+      for (const [path, bytes] of Object.entries(img.files)) {
+        try {
+          assert.deepEqual(await fetcher.read(img, img.reader.lookup(path), 0, bytes.length), bytes, path)
+        } catch (err) {
+          if (err instanceof assert.AssertionError) throw err
+          failed++
+        }
+      }
+      assert.ok(failed >= 1, 'the file holding the flipped byte failed')
+      assert.ok(fetcher.counters.verifyFailures >= 1)
+    } finally { reg.flip = false }
   })
 })

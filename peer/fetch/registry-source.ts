@@ -1,6 +1,9 @@
 /**
  * The source of last resort: the image's repository in an OCI registry. Adjacent asked chunks (contiguous stored
  * bytes) become one `Range` request; each stored chunk is decompressed to exactly the size the metadata promises.
+ * A registry that ignores `Range` answers each request with the whole blob, which the client skips through to the
+ * asked bytes; against it, the runs of a batch are read in one request (gaps included, up to `maxRequestBytes`),
+ * since every request costs the blob up to its end whatever its start.
  *
  * @example
  * ```ts
@@ -10,7 +13,7 @@
  */
 import { decompressChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
 import type { RegistryClient } from '../../registry/index.js'
-import { contiguousRuns, type ChunkSource, type ChunkSourceFetchOptions, type FetchedChunk } from './source.js'
+import { contiguousRuns, type ByteRun, type ChunkSource, type ChunkSourceFetchOptions, type FetchedChunk } from './source.js'
 import { SourceProtocolError } from './errors.js'
 
 /** One Range request never asks more than this, so a huge batch cannot pin a huge buffer. */
@@ -40,7 +43,9 @@ export class RegistrySource implements ChunkSource {
 
   async * fetch (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: ChunkSourceFetchOptions): AsyncGenerator<FetchedChunk> {
     const digest = `sha256:${blob.blobId}`
-    for (const run of contiguousRuns(chunks, this.maxRequestBytes)) {
+    const runs = contiguousRuns(chunks, this.maxRequestBytes)
+    const reads = this.client.ignoresRange(this.repository) ? spans(runs, this.maxRequestBytes) : runs
+    for (const run of reads) {
       opts.signal.throwIfAborted()
       if (run.end === run.start) throw new SourceProtocolError(this.name, `chunk ${run.chunks[0]!.index} of blob ${blob.blobId} has no stored bytes`)
       const bytes = await this.client.fetchBlobRange(this.repository, digest, run.start, run.end - 1, { signal: opts.signal })
@@ -61,4 +66,18 @@ export class RegistrySource implements ChunkSource {
       }
     }
   }
+}
+
+/** Consecutive runs merged into reads of at most `maxBytes` each, the gaps between them included. */
+export function spans (runs: ByteRun[], maxBytes: number): ByteRun[] {
+  const out: ByteRun[] = []
+  for (const run of runs) {
+    const last = out[out.length - 1]
+    if (last !== undefined && run.end - last.start <= maxBytes) {
+      out[out.length - 1] = { start: last.start, end: run.end, chunks: [...last.chunks, ...run.chunks] }
+    } else {
+      out.push(run)
+    }
+  }
+  return out
 }

@@ -3,7 +3,8 @@
  * pins the blobs and serves the identical tree; auto picks kernel once the cache is complete and erofs-lazy (or
  * FUSE) before; erofs-lazy reads lazily through its blob files, serves what is cached without a miss, survives
  * eviction under it and never serves bytes it did not verify;
- * prefetch policies name the right chunks; bad requests are refused with codes.
+ * prefetch policies name the right chunks; bad requests are refused with codes; mounts and unmounts racing on one
+ * mountpoint are refused as busy, never failed.
  */
 import assert from 'node:assert/strict'
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
@@ -128,6 +129,28 @@ describe('FUSE mode from a local image', { skip: fuseSkip() }, () => {
       assert.equal(again.mode, 'kernel')
       await mm.unmount(mnt)
     }
+  })
+})
+
+describe('mounts and unmounts racing on one mountpoint', { skip: fuseSkip() }, () => {
+  const busy = (r: PromiseSettledResult<unknown>): boolean => r.status === 'rejected' && (r.reason as { code?: string }).code === 'RAFSPEER_ERR_MOUNT_BUSY'
+
+  it('one unmount wins, the others and a racing mount are MOUNT_BUSY; an unmount racing a mount too', async t => {
+    const { mm, mnt } = await manager(t, 'race')
+    const req = { source: bootstrap, blobDir, mountpoint: mnt, mode: 'fuse' as const, prefetch: 'none' as const }
+    await mm.mount(req)
+    const [first, ...rest] = await Promise.allSettled([mm.unmount(mnt), mm.unmount(mnt), mm.unmount(`${mnt}/`), mm.mount(req)])
+    assert.equal(first!.status, 'fulfilled')
+    assert.ok(rest.every(busy), JSON.stringify(rest.map(r => r.status === 'rejected' ? (r.reason as Error).message : r.status)))
+    assert.deepEqual(mm.list(), [])
+    assert.deepEqual(await mountsAt(mnt), [])
+
+    const [mounted, ...others] = await Promise.allSettled([mm.mount(req), mm.mount(req), mm.unmount(mnt)])
+    assert.equal(mounted!.status, 'fulfilled')
+    assert.ok(others.every(busy), JSON.stringify(others.map(r => r.status === 'rejected' ? (r.reason as Error).message : r.status)))
+    await assert.rejects(mm.mount(req), { code: 'RAFSPEER_ERR_ALREADY_MOUNTED' })
+    await mm.unmount(mnt)
+    await assert.rejects(mm.unmount(mnt), { code: 'RAFSPEER_ERR_NOT_MOUNTED' })
   })
 })
 

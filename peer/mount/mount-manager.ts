@@ -28,7 +28,8 @@ import type {
   PrefetchPolicy, PrefetchStatus
 } from './types.js'
 
-export type MountErrorCode = 'RAFSPEER_ERR_ALREADY_MOUNTED' | 'RAFSPEER_ERR_NOT_MOUNTED' | 'RAFSPEER_ERR_MOUNT' | 'RAFSPEER_ERR_KERNEL_MODE'
+export type MountErrorCode = 'RAFSPEER_ERR_ALREADY_MOUNTED' | 'RAFSPEER_ERR_NOT_MOUNTED' | 'RAFSPEER_ERR_MOUNT_BUSY' | 'RAFSPEER_ERR_MOUNT' |
+  'RAFSPEER_ERR_KERNEL_MODE'
 
 export class MountError extends RafspeerError<MountErrorCode> {}
 
@@ -106,7 +107,7 @@ export class MountManager implements MountService {
     this.clientFor = components.clientFor ?? (plainHttp => {
       const key = String(plainHttp)
       let c = clients.get(key)
-      if (c === undefined) clients.set(key, c = new RegistryClient({ plainHttp }))
+      if (c === undefined) clients.set(key, c = new RegistryClient({ plainHttp, ...(this.logger !== undefined ? { logger: this.logger } : {}) }))
       return c
     })
     this.init = init
@@ -114,9 +115,8 @@ export class MountManager implements MountService {
 
   async mount (req: MountRequest, opts: { signal?: AbortSignal } = {}): Promise<MountInfo> {
     const mountpoint = resolve(req.mountpoint)
-    if (this.mounts.has(mountpoint) || this.busy.has(mountpoint)) {
-      throw new MountError('RAFSPEER_ERR_ALREADY_MOUNTED', `${mountpoint} is already mounted (or being mounted) by this daemon`)
-    }
+    if (this.busy.has(mountpoint)) throw busy(mountpoint)
+    if (this.mounts.has(mountpoint)) throw new MountError('RAFSPEER_ERR_ALREADY_MOUNTED', `${mountpoint} is already mounted by this daemon`)
     this.busy.add(mountpoint)
     try {
       return await this.doMount({ ...req, mountpoint }, opts.signal)
@@ -348,9 +348,10 @@ export class MountManager implements MountService {
 
   async unmount (mountpoint: string): Promise<void> {
     const mp = resolve(mountpoint)
+    // before the lookup: a mount still in progress is not in `mounts` yet, and "not mounted" would be wrong
+    if (this.busy.has(mp)) throw busy(mp)
     const m = this.mounts.get(mp)
     if (m === undefined) throw new MountError('RAFSPEER_ERR_NOT_MOUNTED', `${mp} is not mounted by this daemon`)
-    if (this.busy.has(mp)) throw new MountError('RAFSPEER_ERR_MOUNT', `${mp} is being unmounted`)
     this.busy.add(mp)
     try {
       m.abort.abort()
@@ -446,6 +447,11 @@ export class MountManager implements MountService {
     await m.prefetchDone
     return { ...m.prefetch }
   }
+}
+
+/** A mount or unmount of `mountpoint` is running: a conflict the caller may retry after it, not a failure. */
+function busy (mountpoint: string): MountError {
+  return new MountError('RAFSPEER_ERR_MOUNT_BUSY', `${mountpoint} is being mounted or unmounted right now: retry when that is done`)
 }
 
 /** Why the erofs-lazy mode cannot run here (no native addon, no FUSE, no kernel EROFS, not root), or undefined. */
