@@ -125,3 +125,11 @@ test('a banned identity does not get back in by displacing others', () => {
   idx.heartbeat('D', 30_000, { activeUploads: 0, recentUploadBps: 0 })
   assert.equal(idx.heartbeat('C', 30_000, { activeUploads: 0, recentUploadBps: 0 }), false)
 })
+
+test('an unproven identity holds at most unprovenMaxDigests; once another peer vouches for it, up to maxDigestsPerPeer', () => {
+  const idx = setup({ maxEntries: 1_000_000, maxDigestsPerPeer: 50_000, admission: { unprovenMaxDigests: 10_000 } })
+  assert.deepEqual(idx.announce('new', junk(20_000), { info: info(1) }), { added: 10_000, refused: 10_000 })
+  idx.announce('user', packDigests([]), { info: info(2) })
+  idx.report('user', [ok('new')])
+  assert.deepEqual(idx.announce('new', junk(20_000), { info: info(1) }), { added: 20_000, refused: 0 })
+})

@@ -6,7 +6,8 @@
  *
  * - A peer's weight is 1 until another registered peer reports a verified delivery from it (a "voucher"), then
  *   `provenWeight`: serving others is what admits an identity to a larger share.
- * - While the index is less than `openFill` full, a peer may announce up to `maxDigestsPerPeer`. Past it, its
+ * - While the index is less than `openFill` full, a peer may announce up to `maxDigestsPerPeer` (an unproven one
+ *   up to `unprovenMaxDigests`, so a few fresh keys cost the index little). Past it, its
  *   quota shrinks to its weighted fair share of the index (never below `minQuota`, so a newcomer can always
  *   announce a working set), and to its own cap if it was evicted before.
  * - When the index is full, a peer that asks for room takes it from the peer with the most entries per weight, and
@@ -32,9 +33,11 @@ export interface AdmissionPolicy {
   provenWeight: number
   /** the smallest quota under pressure (default 4096 digests: a few GiB of chunks) */
   minQuota: number
+  /** digests an unproven peer may hold at all (default 262 144: 256 GiB of 1 MiB chunks) */
+  unprovenMaxDigests: number
 }
 
-export const DEFAULT_ADMISSION = { openFill: 0.5, provenWeight: 16, minQuota: 4096 }
+export const DEFAULT_ADMISSION = { openFill: 0.5, provenWeight: 16, minQuota: 4096, unprovenMaxDigests: 262_144 }
 /** peers sampled when the table is full and one must make way */
 export const EVICTION_SAMPLE = 32
 
@@ -47,9 +50,10 @@ export const weightOf = (rep: Reputation, policy: Pick<AdmissionPolicy, 'provenW
  * Digests `rec` may hold now, given the live entries and the sum of all registered peers' weights.
  */
 export function quotaOf (rec: PeerRecord, live: number, totalWeight: number, policy: AdmissionPolicy): number {
-  if (live < policy.maxEntries * policy.openFill) return policy.maxDigestsPerPeer
+  const most = isProven(rec.rep) ? policy.maxDigestsPerPeer : Math.min(policy.maxDigestsPerPeer, policy.unprovenMaxDigests)
+  if (live < policy.maxEntries * policy.openFill) return most
   const share = Math.floor(policy.maxEntries * weightOf(rec.rep, policy) / Math.max(1, totalWeight))
-  return Math.min(policy.maxDigestsPerPeer, rec.rep.cap, Math.max(policy.minQuota, share))
+  return Math.min(most, rec.rep.cap, Math.max(policy.minQuota, share))
 }
 
 /**

@@ -101,7 +101,8 @@ export class HolderIndex {
       maxDigestsPerPeer: this.maxDigestsPerPeer,
       openFill: init.admission?.openFill ?? DEFAULT_ADMISSION.openFill,
       provenWeight: init.admission?.provenWeight ?? DEFAULT_ADMISSION.provenWeight,
-      minQuota: init.admission?.minQuota ?? DEFAULT_ADMISSION.minQuota
+      minQuota: init.admission?.minQuota ?? DEFAULT_ADMISSION.minQuota,
+      unprovenMaxDigests: init.admission?.unprovenMaxDigests ?? DEFAULT_ADMISSION.unprovenMaxDigests
     }
     this.maxHolders = Math.max(1, init.maxHoldersPerDigest ?? DEFAULTS.maxHoldersPerDigest)
     this.heartbeatMs = init.heartbeatMs ?? DEFAULTS.heartbeatMs
@@ -253,7 +254,7 @@ export class HolderIndex {
 
   /** Digests `rec` may hold now: its weighted share once the index fills (see `admission.ts`). */
   private quotaOf (rec: PeerRecord): number {
-    if (this.liveEntries < this.maxEntries * this.admission.openFill) return this.maxDigestsPerPeer
+    if (this.liveEntries < this.maxEntries * this.admission.openFill) return quotaOf(rec, this.liveEntries, 1, this.admission)
     let total = 0
     for (const p of this.peers.values()) total += weightOf(p.rep, this.admission)
     return quotaOf(rec, this.liveEntries, total, this.admission)

@@ -62,7 +62,7 @@ export interface HolderIndexInit {
   banMs?: number
   ranking?: Partial<RankingWeights>
   /** how a full index shares its room (see `admission.ts`) */
-  admission?: { openFill?: number, provenWeight?: number, minQuota?: number }
+  admission?: { openFill?: number, provenWeight?: number, minQuota?: number, unprovenMaxDigests?: number }
   /**
    * A resolve records the asker as a holder of every digest it asked for, at once, since it fetches those chunks
    * next. On a miss (no holder to offer) the peers asking after it are sent to it, not to the source, so the
