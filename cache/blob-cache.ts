@@ -34,6 +34,10 @@ const BLOB_ID = /^[0-9a-f]{64}$/
 export interface BlobCacheEvents {
   /** digests of chunks now durably marked present (a node announces them to the swarm) */
   stored: [digests: Buffer[]]
+  /** a chunk was marked present (written, or found at start) or absent (evicted, failed a check), synchronously */
+  chunk: [blobId: string, index: number, present: boolean]
+  /** a blob became known to the cache (its chunk count: `presence` answers for it from now on) */
+  registered: [blobId: string]
 }
 
 export class BlobCache {
@@ -111,7 +115,7 @@ export class BlobCache {
 
   async #loadBlob (rec: BlobRecord): Promise<void> {
     const state = await loadBlobState(this.#index, rec, this.blobPath(rec.blobId), this.#rangeBytes, this.#log)
-    if (state !== undefined) this.#blobs.set(rec.blobId, state)
+    if (state !== undefined) this.#adopt(state)
   }
 
   blobPath (blobId: string): string {
@@ -153,7 +157,23 @@ export class BlobCache {
       await fh.close()
       throw new CacheError(isFullErrno(err) ? 'RAFSPEER_ERR_CACHE_FULL' : 'RAFSPEER_ERR_CACHE_IO', `registering blob ${blob.blobId}: ${(err as Error).message}`, { cause: err })
     }
-    this.#blobs.set(blob.blobId, new BlobState(rec, path, fh, this.#rangeBytes))
+    this.#adopt(new BlobState(rec, path, fh, this.#rangeBytes))
+  }
+
+  #adopt (s: BlobState): void {
+    const blobId = s.record.blobId
+    s.onChange = (index, present) => {
+      if (this.events.listenerCount('chunk') === 0) return
+      try { this.events.emit('chunk', blobId, index, present) } catch (err) { this.#log.error('a listener of chunk changes failed: %s', describeError(err)) }
+    }
+    this.#blobs.set(blobId, s)
+    try { this.events.emit('registered', blobId) } catch (err) { this.#log.error('a listener of registered blobs failed: %s', describeError(err)) }
+  }
+
+  /** The blob's chunk count and a copy of its presence bits (bit i = 0x80 >> (i & 7) of byte i >> 3), if known. */
+  presence (blobId: string): { chunks: number, bits: Uint8Array } | undefined {
+    const s = this.#blobs.get(blobId)
+    return s === undefined ? undefined : { chunks: s.record.chunkCount, bits: s.bits.slice() }
   }
 
   has (blobId: string, ciIndex: number): boolean {

@@ -48,6 +48,8 @@ export class BlobState {
   /** ci index → in-flight write (its extent is never punched, and a second put of it waits for the first) */
   readonly writing = new Map<number, Promise<void>>()
   readonly ranges = new Map<number, RangeState>()
+  /** told synchronously when a chunk is marked present or absent (the cache's `chunk` event) */
+  onChange: ((index: number, present: boolean) => void) | undefined
   /** told synchronously when a chunk's bytes become trustworthy or stop being present (`BlobCache.watch`) */
   readonly watchers = new Set<ChunkWatcher>()
 
@@ -82,6 +84,7 @@ export class BlobState {
   set (index: number, uncompressedOffset: number, size: number, now: number): boolean {
     if (this.has(index)) return false
     this.bits[index >> 3]! |= 0x80 >> (index & 7)
+    this.onChange?.(index, true)
     this.chunksPresent++
     this.bytesPresent += size
     const disk = alignedSize(size)
@@ -106,6 +109,7 @@ export class BlobState {
     for (const w of this.watchers) w.cleared(uncompressedOffset, alignedSize(size))
     this.bits[index >> 3]! &= ~(0x80 >> (index & 7))
     this.verified[index >> 3]! &= ~(0x80 >> (index & 7))
+    this.onChange?.(index, false)
     this.chunksPresent--
     this.bytesPresent -= size
     const disk = alignedSize(size)

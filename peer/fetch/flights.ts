@@ -89,6 +89,7 @@ export class Flights {
   private readonly retries: number
   private readonly retryBaseMs: number
   private readonly downloadLimiter: FetcherInit['downloadLimiter']
+  private readonly activity: FetcherInit['activity']
   private stopped = false
 
   constructor (components: FlightsComponents, init: FetcherInit = {}) {
@@ -109,6 +110,14 @@ export class Flights {
     this.retries = Math.max(0, init.retries ?? DEFAULT_RETRIES)
     this.retryBaseMs = init.retryBaseMs ?? DEFAULT_RETRY_BASE_MS
     this.downloadLimiter = init.downloadLimiter
+    this.activity = init.activity
+  }
+
+  /** a flight left the in-flight map: the node's neighbours hear that it no longer fetches it */
+  private landed (f: Flight): void {
+    if (this.inflight.get(f.key) !== f) return
+    this.inflight.delete(f.key)
+    this.activity?.ended(f.batch.blob.blobId, f.chunk.index)
   }
 
   start (): void { this.stopped = false }
@@ -183,6 +192,7 @@ export class Flights {
       batch.flights.push(f)
       this.inflight.set(f.key, f)
     }
+    this.activity?.started(blob.blobId, chunks.map(c => c.index))
     this.batches.add(batch)
     batch.controller.signal.addEventListener('abort', () => {
       // a queued batch nobody waits for any more never starts; a running one stops at its next await
@@ -208,7 +218,7 @@ export class Flights {
     else {
       f.reject(result.err)
       f.markStored()
-      if (this.inflight.get(f.key) === f) this.inflight.delete(f.key)
+      this.landed(f)
     }
   }
 
@@ -366,7 +376,7 @@ export class Flights {
       this.metrics.counters.cachePutFailures++
       this.log?.warn('caching chunk %d of blob %s failed (%s), served from memory', f.chunk.index, blob.blobId, errorCode(err) ?? describeError(err))
     }).finally(() => {
-      if (this.inflight.get(f.key) === f) this.inflight.delete(f.key)
+      this.landed(f)
       f.markStored()
     })
   }

@@ -100,6 +100,11 @@ export interface FetcherInit {
    * between the fetchers of a node. Unlimited when absent.
    */
   downloadLimiter?: { take: (bytes: number, signal?: AbortSignal) => Promise<void> }
+  /**
+   * told when chunks start being fetched and when each is done (cached, or given up): the node's neighbours hear
+   * which chunks it is fetching (PENDING on `/rafspeer/have/1.0.0`), so they wait for it rather than fetch them again
+   */
+  activity?: FlightActivity
 }
 
 /** One finished source attempt, for a latency histogram. */
@@ -133,4 +138,10 @@ export interface FetchCounters {
   verifyFailures: number
   cacheReadFailures: number
   cachePutFailures: number
+}
+
+/** Chunks in flight, as one fetcher reports them (see `FetcherInit.activity`). */
+export interface FlightActivity {
+  started: (blobId: string, indexes: number[]) => void
+  ended: (blobId: string, index: number) => void
 }

@@ -1,0 +1,54 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { BlobCache } from '../../cache/index.js'
+import { buildBlob, tempDir } from '../../cache/test-support.js'
+import { getBit } from './have-protocol.js'
+import { CacheChunks } from './local-chunks.js'
+
+test('a node\'s own chunks for its neighbours: registration, presence, in-flight, given up, evicted, digests', async t => {
+  const dir = await tempDir(t)
+  const b = await buildBlob(dir, [200_000, 5000, 70_000, 9000])
+  const cache = await BlobCache.open(join(dir, 'cache'))
+  const local = new CacheChunks(cache)
+  t.after(async () => { local.close(); await cache.close() })
+  const id = b.blob.blobId
+  const heard: string[] = []
+  const off = local.subscribe(id, {
+    have: xs => heard.push(`have ${xs.join()}`),
+    pending: xs => heard.push(`pending ${xs.join()}`),
+    dropped: xs => heard.push(`dropped ${xs.join()}`),
+    known: () => heard.push('known')
+  })
+  assert.equal(local.snapshot(id), undefined)
+  await cache.registerBlob(b.blob)
+  assert.deepEqual(heard, ['known'])
+  // a fetch starts, the chunk lands in the cache, the fetch ends: PENDING then HAVE, no DROPPED
+  local.started(id, [0, 1])
+  assert.deepEqual(local.snapshot(id)!.pending.sort(), [0, 1])
+  await cache.putChunk(id, b.chunks[0]!, b.plain[0]!)
+  local.ended(id, 0)
+  // the other fetch is given up
+  local.ended(id, 1)
+  assert.deepEqual(heard.slice(1), ['pending 0,1', 'have 0', 'dropped 1'])
+  const snap = local.snapshot(id)!
+  assert.equal(snap.chunks, b.chunks.length)
+  assert.equal(getBit(snap.bits, 0), true)
+  assert.equal(getBit(snap.bits, 1), false)
+  assert.deepEqual(snap.pending, [])
+  // two fetches of one chunk (two mounts): pending once, ended twice
+  local.started(id, [2])
+  local.started(id, [2])
+  local.ended(id, 2)
+  assert.deepEqual(local.snapshot(id)!.pending, [2])
+  local.ended(id, 2)
+  assert.equal(heard.at(-1), 'dropped 2')
+  // a chunk that fails its check is dropped from presence: neighbours hear DROPPED
+  heard.length = 0
+  await cache.verifyAll(id)
+  assert.deepEqual(heard, [])
+  assert.deepEqual(await local.hasDigests([b.chunks[0]!.digest, b.chunks[3]!.digest]), [true, false])
+  off()
+  await cache.putChunk(id, b.chunks[3]!, b.plain[3]!)
+  assert.deepEqual(heard, [], 'no listener after unsubscribing')
+})
