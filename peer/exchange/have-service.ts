@@ -219,6 +219,13 @@ export class HaveService {
   /** Neighbours with an open session. */
   get peers (): string[] { return [...this.sessions.keys()] }
 
+  /** Neighbours that told us they work on `blobHex` (they follow our state of it). */
+  followers (blobHex: string): string[] {
+    const out: string[] = []
+    for (const s of this.sessions.values()) if (s.following.has(blobHex)) out.push(s.peerId)
+    return out
+  }
+
   // ---- sessions ----
 
   private async session (peer: ChunkHolder, signal: AbortSignal | undefined): Promise<Session | undefined> {

@@ -24,7 +24,7 @@ test('a node\'s own chunks for its neighbours: registration, presence, in-flight
   await cache.registerBlob(b.blob)
   assert.deepEqual(heard, ['known'])
   // a fetch starts, the chunk lands in the cache, the fetch ends: PENDING then HAVE, no DROPPED
-  local.started(id, [0, 1])
+  local.started(id, [b.chunks[0]!, b.chunks[1]!])
   assert.deepEqual(local.snapshot(id)!.pending.sort(), [0, 1])
   await cache.putChunk(id, b.chunks[0]!, b.plain[0]!)
   local.ended(id, 0)
@@ -37,11 +37,18 @@ test('a node\'s own chunks for its neighbours: registration, presence, in-flight
   assert.equal(getBit(snap.bits, 1), false)
   assert.deepEqual(snap.pending, [])
   // two fetches of one chunk (two mounts): pending once, ended twice
-  local.started(id, [2])
-  local.started(id, [2])
+  local.started(id, [b.chunks[2]!])
+  local.started(id, [b.chunks[2]!])
+  assert.equal(local.fetching(b.chunks[2]!.digest), true)
+  let landed = false
+  const waiting = local.landed(b.chunks[2]!.digest, 5000).then(() => { landed = true })
   local.ended(id, 2)
   assert.deepEqual(local.snapshot(id)!.pending, [2])
+  await new Promise(resolve => setImmediate(resolve))
+  assert.equal(landed, false, 'one fetch of it still runs')
   local.ended(id, 2)
+  await waiting
+  assert.equal(local.fetching(b.chunks[2]!.digest), false)
   assert.equal(heard.at(-1), 'dropped 2')
   // a chunk that fails its check is dropped from presence: neighbours hear DROPPED
   heard.length = 0

@@ -7,6 +7,7 @@
 import type { EventEmitter } from 'node:events'
 import type { BlobCacheEvents } from '../../cache/index.js'
 import type { FlightActivity } from '../fetch/index.js'
+import type { ServableCache } from './chunk-server.js'
 import type { LocalChunks, LocalListener } from './have-service.js'
 
 /** The parts of the blob cache read here (`BlobCache` satisfies it). */
@@ -18,8 +19,12 @@ export interface PresenceSource {
 }
 
 export class CacheChunks implements LocalChunks, FlightActivity {
-  /** blob → ci → fetches of it running (two mounts of one blob may each fetch it) */
-  private readonly inFlight = new Map<string, Map<number, number>>()
+  /** blob → ci → fetches of it running (two mounts of one blob may each fetch it) and its digest */
+  private readonly inFlight = new Map<string, Map<number, { n: number, digest: string }>>()
+  /** hex digest → (blob, ci) fetches of it running */
+  private readonly digests = new Map<string, number>()
+  /** hex digest → callbacks of neighbours' requests waiting for our fetch of it */
+  private readonly landing = new Map<string, Set<() => void>>()
   private readonly listeners = new Map<string, Set<LocalListener>>()
   private readonly onChunk = (blobId: string, index: number, present: boolean): void => {
     const ls = this.listeners.get(blobId)
@@ -65,33 +70,82 @@ export class CacheChunks implements LocalChunks, FlightActivity {
     }
   }
 
+  /** Whether some fetch of this node is getting the chunk with this digest now. */
+  fetching (digest: Buffer): boolean {
+    return this.digests.has(digest.toString('hex'))
+  }
+
+  /**
+   * Resolves once this node's fetch of the digest ended (or at once when none runs), at most after `ms`: a
+   * neighbour that asked for a chunk we said PENDING waits for it here rather than being told NOT_FOUND.
+   */
+  async landed (digest: Buffer, ms: number, signal?: AbortSignal): Promise<void> {
+    if (!this.fetching(digest)) return
+    const hex = digest.toString('hex')
+    await new Promise<void>(resolve => {
+      let set = this.landing.get(hex)
+      if (set === undefined) { set = new Set(); this.landing.set(hex, set) }
+      const done = (): void => { clearTimeout(timer); signal?.removeEventListener('abort', done); set.delete(done); resolve() }
+      const timer = setTimeout(done, ms)
+      signal?.addEventListener('abort', done, { once: true })
+      set.add(done)
+    })
+  }
+
   async hasDigests (digests: Buffer[]): Promise<boolean[]> {
     return await Promise.all(digests.map(async d => (await this.cache.findByDigest(d).catch(() => undefined)) !== undefined))
   }
 
-  started (blobId: string, indexes: number[]): void {
+  started (blobId: string, chunks: ReadonlyArray<{ index: number, digest: Buffer }>): void {
     let m = this.inFlight.get(blobId)
     if (m === undefined) {
       m = new Map()
       this.inFlight.set(blobId, m)
     }
     const fresh: number[] = []
-    for (const ci of indexes) {
-      const n = m.get(ci) ?? 0
-      m.set(ci, n + 1)
-      if (n === 0) fresh.push(ci)
+    for (const c of chunks) {
+      const f = m.get(c.index)
+      if (f !== undefined) { f.n++; continue }
+      const hex = c.digest.toString('hex')
+      m.set(c.index, { n: 1, digest: hex })
+      this.digests.set(hex, (this.digests.get(hex) ?? 0) + 1)
+      fresh.push(c.index)
     }
     if (fresh.length > 0) for (const l of this.listeners.get(blobId) ?? []) l.pending(fresh)
   }
 
   ended (blobId: string, index: number): void {
     const m = this.inFlight.get(blobId)
-    const n = m?.get(index)
-    if (m === undefined || n === undefined) return
-    if (n > 1) { m.set(index, n - 1); return }
+    const f = m?.get(index)
+    if (m === undefined || f === undefined) return
+    if (f.n > 1) { f.n--; return }
     m.delete(index)
     if (m.size === 0) this.inFlight.delete(blobId)
+    const left = (this.digests.get(f.digest) ?? 1) - 1
+    if (left > 0) this.digests.set(f.digest, left)
+    else this.digests.delete(f.digest)
+    const waiters = this.landing.get(f.digest)
+    this.landing.delete(f.digest)
+    for (const w of waiters ?? []) w()
     // present: its HAVE went out with the cache's event; absent: the fetch was given up
     if (!this.cache.has(blobId, index)) for (const l of this.listeners.get(blobId) ?? []) l.dropped([index])
+  }
+}
+
+/**
+ * The cache as the chunk server sees it when neighbours follow our PENDING: a chunk this node is fetching now is
+ * waited for (up to `waitMs`) instead of being answered NOT_FOUND; the server keeps the asker alive with PENDING
+ * frames meanwhile.
+ */
+export function waitingForFlights<C extends ServableCache> (cache: C, local: Pick<CacheChunks, 'fetching' | 'landed'>, waitMs: number): ServableCache {
+  return {
+    has: (blobId, ci) => cache.has(blobId, ci),
+    readChunk: async (blobId, chunk, opts) => await cache.readChunk(blobId, chunk, opts),
+    findByDigest: async (digest, opts) => {
+      const found = await cache.findByDigest(digest, opts)
+      if (found !== undefined || opts?.exceptBlobId !== undefined || waitMs <= 0 || !local.fetching(digest)) return found
+      await local.landed(digest, waitMs)
+      return await cache.findByDigest(digest, opts)
+    }
   }
 }

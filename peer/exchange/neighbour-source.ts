@@ -24,6 +24,7 @@ import type { ChunkSource, ChunkSourceFetchOptions, FetchedChunk } from '../fetc
 import {
   CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, exchangeChunks, type ChunkName
 } from './chunk-protocol.js'
+import type { ChunkLocator } from './blob-locator.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
 export const DEFAULT_HEDGE_AFTER_MS = 300
@@ -43,7 +44,13 @@ const SUCCESS_CREDIT = 0.5
 
 export interface NeighbourSourceComponents {
   libp2p: Pick<Libp2p, 'dialProtocol' | 'peerId'>
+  /** who holds each chunk (the scheduler at chunk level) */
   resolver: HolderResolver
+  /**
+   * who holds each chunk when the swarm directory works at blob level (`blob-locator.ts`): replaces `resolver`'s
+   * look-ups; outcomes are reported through it
+   */
+  locator?: ChunkLocator
   logger?: ComponentLogger
 }
 
@@ -103,6 +110,7 @@ export class NeighbourSource implements ChunkSource {
 
   /** @internal */ readonly libp2p: NeighbourSourceComponents['libp2p']
   /** @internal */ readonly resolver: HolderResolver
+  /** @internal */ readonly locator: ChunkLocator | undefined
   /** @internal */ readonly log: Logger | undefined
   /** @internal */ readonly opts: Required<Omit<NeighbourSourceInit, 'schedulerWaitMs'>> & { schedulerWaitMs?: number }
   private readonly peers = new Map<string, PeerRecord>()
@@ -110,6 +118,7 @@ export class NeighbourSource implements ChunkSource {
   constructor (components: NeighbourSourceComponents, init: NeighbourSourceInit = {}) {
     this.libp2p = components.libp2p
     this.resolver = components.resolver
+    this.locator = components.locator
     this.log = components.logger?.forComponent('rafspeer:neighbour-source')
     this.opts = {
       maxHolders: Math.max(1, init.maxHolders ?? DEFAULT_MAX_HOLDERS),
@@ -131,7 +140,9 @@ export class NeighbourSource implements ChunkSource {
 
   async * fetch (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: ChunkSourceFetchOptions): AsyncGenerator<FetchedChunk> {
     const servable = chunks.filter(c => c.uncompressedSize >= 1 && c.uncompressedSize <= MAX_CHUNK_BYTES)
-    const resolved = servable.length === 0 ? new Map<string, ChunkHolder[]>() : await this.resolve(servable, opts.signal)
+    const resolved = servable.length === 0
+      ? new Map<string, ChunkHolder[]>()
+      : this.locator !== undefined ? await this.locate(blob, servable, opts.signal) : await this.resolve(servable, opts.signal)
     const holders = resolved instanceof Map ? resolved : new Map<string, ChunkHolder[]>()
     const wanted = servable.filter(c => (holders.get(c.digest.toString('hex'))?.length ?? 0) > 0)
     // nobody to ask for the rest: the fetcher takes them elsewhere now, not after this fetch
@@ -141,6 +152,17 @@ export class NeighbourSource implements ChunkSource {
     }
     if (wanted.length === 0) return
     yield * new SwarmFetch(this, blob, wanted, holders, opts).run()
+  }
+
+  private async locate (blob: RafsBlobInfo, chunks: ChunkInfo[], signal: AbortSignal): Promise<Map<string, ChunkHolder[]>> {
+    try {
+      return await this.locator!.locate(blob, chunks, { signal })
+    } catch (err) {
+      signal.throwIfAborted()
+      this.counters.resolveFailures++
+      this.log?.warn('locating holders of %d chunks of blob %s failed: %s', chunks.length, blob.blobId, describeError(err))
+      return new Map()
+    }
   }
 
   private async resolve (chunks: ChunkInfo[], signal: AbortSignal): Promise<Map<string, ChunkHolder[]>> {
@@ -164,7 +186,7 @@ export class NeighbourSource implements ChunkSource {
     if (o.failed) rec.penalty += FAIL_PENALTY
     else if (o.chunks > 0 && badChunks === 0) rec.penalty = Math.max(0, rec.penalty - SUCCESS_CREDIT)
     try {
-      this.resolver.report([o])
+      ;(this.locator ?? this.resolver).report([o])
     } catch (err) {
       this.log?.warn('reporting to the resolver failed: %s', describeError(err))
     }

@@ -192,7 +192,7 @@ export class Flights {
       batch.flights.push(f)
       this.inflight.set(f.key, f)
     }
-    this.activity?.started(blob.blobId, chunks.map(c => c.index))
+    this.activity?.started(blob.blobId, chunks)
     this.batches.add(batch)
     batch.controller.signal.addEventListener('abort', () => {
       // a queued batch nobody waits for any more never starts; a running one stops at its next await

@@ -142,6 +142,6 @@ export interface FetchCounters {
 
 /** Chunks in flight, as one fetcher reports them (see `FetcherInit.activity`). */
 export interface FlightActivity {
-  started: (blobId: string, indexes: number[]) => void
+  started: (blobId: string, chunks: ReadonlyArray<{ index: number, digest: Buffer }>) => void
   ended: (blobId: string, index: number) => void
 }

@@ -1,0 +1,196 @@
+/**
+ * Who to ask for chunks when the swarm directory works at blob level (issue 13): the scheduler answers who works
+ * on a blob (and records the asker as one of them), the `/rafspeer/have/1.0.0` sessions with those peers say which
+ * chunks each has or is fetching, and back-to-source by rendezvous hash decides, for a chunk nobody has or fetches,
+ * whether this node fetches it from the registry now or waits a grace period for the peer assigned to it.
+ *
+ * `locate` answers holders per chunk digest (hex), the shape {@link NeighbourSource} takes; a chunk left out goes
+ * to the next source (the registry) at once. It waits at most `graceMs` (for an assignee's PENDING) beyond the
+ * first `bitfieldWaitMs` of a blob.
+ */
+import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
+import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
+import { planChunk, rendezvousScore } from './back-to-source.js'
+import type { HaveService } from './have-service.js'
+
+export const DEFAULT_GROUP_SIZE = 4
+export const DEFAULT_GRACE_MS = 150
+export const DEFAULT_BITFIELD_WAIT_MS = 200
+export const DEFAULT_REFRESH_MS = 5_000
+/** holders of a blob asked of the scheduler (its answer's bound) */
+export const DEFAULT_MAX_HOLDERS = 16
+const MAX_REMEMBERED_WANTS = 65_536
+
+/** Finds holders for chunks of a blob; see {@link BlobLocator}. */
+export interface ChunkLocator {
+  locate: (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: { signal: AbortSignal }) => Promise<Map<string, ChunkHolder[]>>
+  report: (outcomes: PeerOutcome[]) => void
+}
+
+export interface BlobLocatorComponents {
+  /** the scheduler, keyed by blob (the blob id's 32 bytes) */
+  directory: HolderResolver
+  have: Pick<HaveService, 'interest' | 'onUpdate' | 'table' | 'followers'>
+  /** this node's peer id */
+  self: string
+  logger?: ComponentLogger
+}
+
+export interface BlobLocatorInit {
+  /** peers of a blob among which back-to-source chunks are shared (4) */
+  groupSize?: number
+  /** how long a non-assignee waits for the assignee's PENDING before fetching from the source itself (150 ms) */
+  graceMs?: number
+  /** how long the first look-up of a blob waits for its neighbours' bitfields (200 ms) */
+  bitfieldWaitMs?: number
+  /** a blob's holders are asked of the scheduler again after this (5 s) */
+  refreshMs?: number
+  maxHolders?: number
+  now?: () => number
+}
+
+interface BlobGroup {
+  holders: Map<string, ChunkHolder>
+  at: number
+}
+
+export class BlobLocator implements ChunkLocator {
+  private readonly directory: HolderResolver
+  private readonly have: BlobLocatorComponents['have']
+  private readonly self: string
+  private readonly log: Logger | undefined
+  private readonly groupSize: number
+  private readonly graceMs: number
+  private readonly bitfieldWaitMs: number
+  private readonly refreshMs: number
+  private readonly maxHolders: number
+  private readonly now: () => number
+  private readonly groups = new Map<string, Promise<BlobGroup>>()
+  /** `${blob}/${ci}` → when this node first wanted it */
+  private readonly wanted = new Map<string, number>()
+
+  constructor (components: BlobLocatorComponents, init: BlobLocatorInit = {}) {
+    this.directory = components.directory
+    this.have = components.have
+    this.self = components.self
+    this.log = components.logger?.forComponent('rafspeer:blob-locator')
+    this.groupSize = Math.max(1, init.groupSize ?? DEFAULT_GROUP_SIZE)
+    this.graceMs = init.graceMs ?? DEFAULT_GRACE_MS
+    this.bitfieldWaitMs = init.bitfieldWaitMs ?? DEFAULT_BITFIELD_WAIT_MS
+    this.refreshMs = init.refreshMs ?? DEFAULT_REFRESH_MS
+    this.maxHolders = init.maxHolders ?? DEFAULT_MAX_HOLDERS
+    this.now = init.now ?? Date.now
+  }
+
+  report (outcomes: PeerOutcome[]): void { this.directory.report(outcomes) }
+
+  async locate (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: { signal: AbortSignal }): Promise<Map<string, ChunkHolder[]>> {
+    const blobHex = blob.blobId
+    const g = await this.group(blobHex, opts.signal)
+    const group = this.groupOf(blobHex, g)
+    const out = new Map<string, ChunkHolder[]>()
+    const now = this.now()
+    let open = chunks.map(c => ({ chunk: c, since: this.wantedSince(blobHex, c.index, now) }))
+    while (open.length > 0) {
+      const waiting: typeof open = []
+      let soonest = Infinity
+      for (const w of open) {
+        const { have, pending } = this.have.table.sources(blobHex, w.chunk.index)
+        const plan = planChunk({
+          self: this.self,
+          group,
+          blobHex,
+          ci: w.chunk.index,
+          have: have.filter(p => p !== this.self),
+          pending: pending.map(p => p.peerId).filter(p => p !== this.self),
+          wantedForMs: this.now() - w.since,
+          graceMs: this.graceMs
+        })
+        if (plan.action === 'peer') {
+          out.set(w.chunk.digest.toString('hex'), plan.peers.map(id => g.holders.get(id) ?? { peerId: id, addrs: [] }))
+        } else if (plan.action === 'wait') {
+          waiting.push(w)
+          soonest = Math.min(soonest, plan.retryInMs)
+        } else {
+          this.wanted.delete(`${blobHex}/${w.chunk.index}`)
+        }
+      }
+      if (waiting.length === 0) break
+      await this.changeOf(blobHex, soonest, opts.signal)
+      open = waiting
+    }
+    return out
+  }
+
+  /** resolves after `ms`, or earlier when a neighbour's state of the blob changes */
+  private async changeOf (blobHex: string, ms: number, signal: AbortSignal): Promise<void> {
+    let off: (() => void) | undefined
+    const changed = new Promise<void>(resolve => { off = this.have.onUpdate(hex => { if (hex === blobHex) resolve() }) })
+    try {
+      await Promise.race([changed, delay(Math.max(1, ms), signal)])
+    } finally {
+      off?.()
+    }
+  }
+
+  private wantedSince (blobHex: string, ci: number, now: number): number {
+    const key = `${blobHex}/${ci}`
+    const t = this.wanted.get(key)
+    // a want older than the grace period plus a while is from an earlier read that ended: start over
+    if (t !== undefined && now - t < this.graceMs + this.refreshMs) return t
+    this.wanted.set(key, now)
+    if (this.wanted.size > MAX_REMEMBERED_WANTS) this.wanted.delete(this.wanted.keys().next().value as string)
+    return now
+  }
+
+  /** The blob's holders (asked of the scheduler at most every `refreshMs`), told of our interest. */
+  private async group (blobHex: string, signal: AbortSignal): Promise<BlobGroup> {
+    const known = this.groups.get(blobHex)
+    if (known !== undefined) {
+      const g = await known
+      if (this.now() - g.at < this.refreshMs) return g
+    }
+    const fresh = this.lookUp(blobHex, signal)
+    this.groups.set(blobHex, fresh)
+    try {
+      return await fresh
+    } catch (err) {
+      this.groups.delete(blobHex)
+      throw err
+    }
+  }
+
+  private async lookUp (blobHex: string, signal: AbortSignal): Promise<BlobGroup> {
+    const first = !this.groups.has(blobHex)
+    const holders = new Map<string, ChunkHolder>()
+    try {
+      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal })
+      for (const h of answer.get(blobHex) ?? []) if (h.peerId !== this.self && holders.size < this.maxHolders) holders.set(h.peerId, h)
+    } catch (err) {
+      signal.throwIfAborted()
+      this.log?.warn('looking up the holders of blob %s failed: %s', blobHex, describeError(err))
+    }
+    await this.have.interest(blobHex, [...holders.values()], { signal })
+    // the first time: give their bitfields a moment, so the first reads see who has what
+    if (first && holders.size > 0) {
+      const deadline = this.now() + this.bitfieldWaitMs
+      while (this.have.table.neighbours(blobHex).length < holders.size && this.now() < deadline) {
+        await this.changeOf(blobHex, deadline - this.now(), signal)
+      }
+    }
+    return { holders, at: this.now() }
+  }
+
+  /**
+   * The blob's first `groupSize` peers by rendezvous hash, out of everyone this node knows works on it: the
+   * scheduler's holders, the neighbours that told us their interest, and itself. Peers that started together see
+   * each other's interest within a round trip, so they agree on the group before their first chunks.
+   */
+  private groupOf (blobHex: string, g: BlobGroup): string[] {
+    const ids = new Set([...g.holders.keys(), ...this.have.followers(blobHex), this.self])
+    return [...ids]
+      .sort((a, b) => rendezvousScore(b, blobHex, -1) - rendezvousScore(a, blobHex, -1) || (a < b ? -1 : 1))
+      .slice(0, this.groupSize)
+  }
+}
