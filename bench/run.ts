@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [start] [--source DIR]
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [start] [attack] [--source DIR]
  *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets, the FUSE ones or erofs-lazy; `--tree DIR` makes a copy of DIR
@@ -21,6 +21,7 @@ import { benchChunkExchange, formatChunkExchange } from './chunk-exchange.js'
 import { benchScheduler, formatSchedulerBench } from './scheduler.js'
 import { benchMirror, formatMirrorBench } from './mirror.js'
 import { benchContainerStart, formatContainerStart } from './container-start.js'
+import { benchAttack, formatAttackBench } from './attack.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
@@ -40,7 +41,7 @@ const runs = flag('--runs')
 const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
 const root = process.getuid?.() === 0
-const want = (name: string): boolean => which.includes(name) || (which.length === 0 && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror', 'start'].includes(name)))
+const want = (name: string): boolean => which.includes(name) || (which.length === 0 && name !== 'attack' && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror', 'start'].includes(name)))
 
 if (want('build')) {
   const r = await benchBuild(source)
@@ -128,4 +129,10 @@ if (want('start')) {
   })
   process.stdout.write(formatContainerStart(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'start', ...r }) + '\n')
+}
+
+if (want('attack')) {
+  const r = await benchAttack()
+  process.stdout.write(formatAttackBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'attack', ...r }) + '\n')
 }
