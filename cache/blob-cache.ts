@@ -170,6 +170,9 @@ export class BlobCache {
     try { this.events.emit('registered', blobId) } catch (err) { this.#log.error('a listener of registered blobs failed: %s', describeError(err)) }
   }
 
+  /** Ids of the blobs the cache knows (registered, with or without chunks present). */
+  blobIds (): string[] { return [...this.#blobs.keys()] }
+
   /** The blob's chunk count and a copy of its presence bits (bit i = 0x80 >> (i & 7) of byte i >> 3), if known. */
   presence (blobId: string): { chunks: number, bits: Uint8Array } | undefined {
     const s = this.#blobs.get(blobId)

@@ -16,7 +16,7 @@ import { RafspeerError, delay, describeError, type ComponentLogger, type Logger 
 import type { BlobCache } from '../../cache/index.js'
 import type { ChunkInfo } from '../../rafs/index.js'
 import { RegistryClient, parseReference, type Credentials } from '../../registry/index.js'
-import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit } from '../fetch/index.js'
+import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit, type FlightActivity } from '../fetch/index.js'
 import { BlobFs, type BlobFile, type BlobFsInit, type BlobFsStats } from './blob-fs.js'
 import { BlobViews } from './blob-view.js'
 import { openImage, type OpenedImage } from './image-open.js'
@@ -39,6 +39,8 @@ export interface MountManagerComponents {
   logger?: ComponentLogger
   /** sources tried before the image's own (neighbours over P2P), shared by every mount */
   extraSources?: ChunkSource[]
+  /** told which chunks every mount's fetcher is getting (the node's PENDING for its neighbours) */
+  fetchActivity?: FlightActivity
   /** registry clients by plain-HTTP setting (default: one `RegistryClient` each, Docker config auth) */
   clientFor?: (plainHttp: boolean | 'auto') => RegistryClient
 }
@@ -87,6 +89,7 @@ export class MountManager implements MountService {
   private readonly cache: BlobCache
   private readonly fuse: FuseBackend
   private readonly extraSources: ChunkSource[]
+  private readonly fetchActivity: FlightActivity | undefined
   private readonly log: Logger | undefined
   private readonly logger: ComponentLogger | undefined
   private readonly clientFor: (plainHttp: boolean | 'auto') => RegistryClient
@@ -101,6 +104,7 @@ export class MountManager implements MountService {
     this.cache = components.cache
     this.fuse = components.fuse
     this.extraSources = components.extraSources ?? []
+    this.fetchActivity = components.fetchActivity
     this.logger = components.logger
     this.log = components.logger?.forComponent('rafspeer:mounts')
     const clients = new Map<string, RegistryClient>()
@@ -154,6 +158,7 @@ export class MountManager implements MountService {
 
     const fetcher = new Fetcher({ cache: this.cache, sources: [...this.extraSources, ...image.chunkSources], ...(this.logger !== undefined ? { logger: this.logger } : {}) }, {
       ...this.init.fetch,
+      ...(this.fetchActivity !== undefined ? { activity: this.fetchActivity } : {}),
       verifyCacheReads: 'once',
       ...(this.init.prefetch?.bandwidthBytesPerSecond !== undefined && this.init.prefetch.bandwidthBytesPerSecond > 0
         ? { prefetchBytesPerSecond: this.init.prefetch.bandwidthBytesPerSecond }
