@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [swarm] [mirror] [start] [attack] [--source DIR]
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [directory] [swarm] [mirror] [start] [attack] [--source DIR]
  *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets, the FUSE ones or erofs-lazy; `--tree DIR` makes a copy of DIR
@@ -8,7 +8,9 @@
  * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
  * 4 nodes with containerd each, 256 MiB). `start` (root) times an end-to-end container start, pull to first output line,
  * of a python3 image through overlayfs vs the rafspeer snapshotter (FUSE and auto); `--bandwidth` caps its registry
- * (default 50 MiB/s), `--runs` repeats its cold starts (default 1).
+ * (default 50 MiB/s), `--runs` repeats its cold starts (default 1). `directory` compares the in-memory swarm directory
+ * with the Redis Cluster one on a 3-master cluster it starts here (its Redis half is skipped without redis-server).
+ * `attack` (named only) floods a default scheduler with fake identities and reports its memory and honest look-ups.
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -19,6 +21,7 @@ import { benchColdRead, formatColdRead } from './cold-read.js'
 import { benchSwarm, formatSwarmBench } from './swarm.js'
 import { benchChunkExchange, formatChunkExchange } from './chunk-exchange.js'
 import { benchScheduler, formatSchedulerBench } from './scheduler.js'
+import { benchDirectory, formatDirectoryBench } from './directory.js'
 import { benchMirror, formatMirrorBench } from './mirror.js'
 import { benchContainerStart, formatContainerStart } from './container-start.js'
 import { benchAttack, formatAttackBench } from './attack.js'
@@ -89,6 +92,12 @@ if (want('scheduler')) {
   const r = await benchScheduler()
   process.stdout.write(formatSchedulerBench(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'scheduler', ...r }) + '\n')
+}
+
+if (want('directory')) {
+  const r = await benchDirectory()
+  process.stdout.write(formatDirectoryBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'directory', ...r }) + '\n')
 }
 
 if (want('swarm')) {

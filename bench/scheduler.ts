@@ -56,7 +56,7 @@ export interface SchedulerBenchResult {
   }
 }
 
-function findGc (): { gc: () => void, how: SchedulerBenchResult['gc'] } {
+export function findGc (): { gc: () => void, how: SchedulerBenchResult['gc'] } {
   const g = (globalThis as { gc?: () => void }).gc
   if (typeof g === 'function') return { gc: g, how: 'expose-gc' }
   try {
@@ -69,7 +69,7 @@ function findGc (): { gc: () => void, how: SchedulerBenchResult['gc'] } {
 
 const info = (i: number): PeerInfo => ({ addrs: [`/ip4/10.0.${i >> 8}.${i & 255}/tcp/4001`], zone: 'bench|z', uploadSlots: 8, uploadBps: 0 })
 
-function heapAfterGc (gc: () => void): number {
+export function heapAfterGc (gc: () => void): number {
   for (let i = 0; i < 3; i++) gc()
   return process.memoryUsage().heapUsed
 }
@@ -120,7 +120,7 @@ function randomBatches (digests: Buffer, batch: number, n: number): Buffer[] {
   })
 }
 
-const percentile = (xs: number[], p: number): number => {
+export const percentile = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.floor(p * s.length))]
 }

@@ -50,3 +50,10 @@ export { SchedulerClient, type SchedulerClientComponents } from './client.js'
 export {
   SchedulerError, type SchedulerErrorCode, MAX_FRAME_BYTES, MAX_DIGESTS_PER_FRAME, DIGEST_BYTES, packDigests
 } from './protocol.js'
+// the blob-level swarm directory (issue 13): in memory or on Redis Cluster, see ./directory/index.ts
+export {
+  createDirectory, MemoryDirectory, DirectoryError, DIRECTORY_DEFAULTS, MAX_BLOB_ID_BYTES, type DirectoryErrorCode,
+  type SwarmDirectory, type RedisDirectory, type PeerEntry, type BlobHolder, type PeerView, type AnnounceResult as DirectoryAnnounceResult,
+  type AnnounceOptions, type LookupOptions, type CallOptions, type DirectoryStats, type DirectoryInit,
+  type DirectoryPolicyInit, type MemoryDirectoryInit, type RedisDirectoryInit, type DirectoryComponents
+} from './directory/index.js'

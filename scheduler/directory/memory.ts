@@ -1,0 +1,299 @@
+/**
+ * The swarm directory in memory: `Map<blob id, holder ids>` and `Map<peer id, record>`, for one scheduler.
+ *
+ * At blob level the numbers are small (10k peers × 50 blobs = 500k records), so this is plain maps, not the chunk
+ * index's packed refs. A blob's holders are an array (random replacement needs an index); a peer's record keeps
+ * the set of blobs it holds, so `leave`, `expire` and a reset announce drop its records at once. Blob ids are
+ * stored once: a peer's set holds the string the blob's record holds.
+ */
+import type { Logger } from '../../base/index.js'
+import { silentLogger } from '../../base/index.js'
+import type { PeerOutcome } from '../../p2p/index.js'
+import type { PeerLoad } from '../types.js'
+import { addPending, isBanned, newReputation, recordOutcome, type LoadView, type Reputation } from '../ranking.js'
+import {
+  answerSize, checkBlobId, checkBlobIds, checkEntry, checkLoad, checkOutcomes, checkPeerId, clampTtl, DIRECTORY_DEFAULTS,
+  resolvePolicy, type Policy
+} from './bounds.js'
+import { DirectoryError } from './errors.js'
+import { rankHolders, type Candidate } from './rank.js'
+import type {
+  AnnounceOptions, AnnounceResult, BlobHolder, CallOptions, DirectoryComponents, DirectoryStats, LookupOptions,
+  MemoryDirectoryInit, PeerEntry, PeerView, SwarmDirectory
+} from './index.js'
+
+interface MemPeer extends LoadView {
+  readonly id: string
+  addrs: string[]
+  zone: string
+  ttlMs: number
+  expiresAt: number
+  /** blob ids as the blob records hold them */
+  readonly blobs: Set<string>
+}
+
+interface MemBlob {
+  readonly id: string
+  /** peer ids, unordered, at most `maxHoldersPerBlob` */
+  readonly holders: string[]
+}
+
+/** reputations looked at per newcomer when the table of reputations is over its bound */
+const REPUTATION_EVICTION_SCAN = 64
+
+export class MemoryDirectory implements SwarmDirectory {
+  readonly kind = 'memory'
+  private readonly peers = new Map<string, MemPeer>()
+  private readonly blobs = new Map<string, MemBlob>()
+  /** outlive registrations (a ban survives a re-join), bounded by {@link keepReputation} */
+  private readonly reps = new Map<string, Reputation>()
+  private entries = 0
+  private closed = false
+  private readonly policy: Policy
+  private readonly maxPeers: number
+  private readonly maxEntries: number
+  private readonly log: Logger
+
+  constructor (components: DirectoryComponents = {}, init: MemoryDirectoryInit = {}) {
+    this.policy = resolvePolicy(init)
+    this.maxPeers = Math.max(1, init.maxPeers ?? DIRECTORY_DEFAULTS.maxPeers)
+    this.maxEntries = Math.max(1, init.maxEntries ?? DIRECTORY_DEFAULTS.maxEntries)
+    this.log = (components.logger ?? silentLogger).forComponent('rafspeer:directory')
+  }
+
+  private begin (opts: CallOptions | undefined): void {
+    if (this.closed) throw new DirectoryError('RAFSPEER_ERR_DIRECTORY_CLOSED', 'the swarm directory is closed')
+    opts?.signal?.throwIfAborted()
+  }
+
+  /** The peer's record if it is live; a dead one met here is dropped. */
+  private live (id: string, now: number): MemPeer | undefined {
+    const p = this.peers.get(id)
+    if (p === undefined) return undefined
+    if (p.expiresAt > now) return p
+    this.drop(p)
+    return undefined
+  }
+
+  private drop (p: MemPeer): void {
+    for (const blobId of p.blobs) this.unlink(blobId, p.id)
+    p.blobs.clear()
+    this.peers.delete(p.id)
+  }
+
+  private unlink (blobId: string, peerId: string): void {
+    const b = this.blobs.get(blobId)
+    if (b === undefined) return
+    const i = b.holders.indexOf(peerId)
+    if (i < 0) return
+    b.holders[i] = b.holders[b.holders.length - 1]
+    b.holders.pop()
+    this.entries--
+    if (b.holders.length === 0) this.blobs.delete(blobId)
+  }
+
+  /** Records `p` as a holder of `blobId`; a full blob makes room by dropping a random holder of it. */
+  private link (blobId: string, p: MemPeer): void {
+    let b = this.blobs.get(blobId)
+    if (b === undefined) {
+      b = { id: blobId, holders: [] }
+      this.blobs.set(blobId, b)
+    }
+    if (b.holders.length >= this.policy.maxHoldersPerBlob) {
+      const j = Math.floor(this.policy.random() * b.holders.length)
+      this.peers.get(b.holders[j])?.blobs.delete(b.id)
+      b.holders[j] = p.id
+    } else {
+      b.holders.push(p.id)
+      this.entries++
+    }
+    p.blobs.add(b.id)
+  }
+
+  private banned (id: string, now: number): boolean {
+    const rep = this.reps.get(id)
+    return rep !== undefined && isBanned(rep, now)
+  }
+
+  /** Keeps a new reputation; past twice `maxPeers` one of a peer that is neither live nor banned makes way. */
+  private keepReputation (id: string, rep: Reputation, now: number): void {
+    this.reps.set(id, rep)
+    if (this.reps.size <= this.maxPeers * 2) return
+    let looked = 0
+    for (const [other, r] of this.reps) {
+      if (++looked > REPUTATION_EVICTION_SCAN) return
+      if (!this.peers.has(other) && !isBanned(r, now)) { this.reps.delete(other); return }
+    }
+  }
+
+  async announce (peer: PeerEntry, blobIds: readonly string[], opts: AnnounceOptions = {}): Promise<AnnounceResult> {
+    this.begin(opts)
+    const entry = checkEntry(peer)
+    const ids = checkBlobIds(blobIds)
+    const now = this.policy.now()
+    if (this.banned(entry.id, now)) return { accepted: 0, refused: ids.length, banned: true }
+    let p = this.live(entry.id, now)
+    if (p === undefined) {
+      if (this.peers.size >= this.maxPeers) this.expireAt(now)
+      if (this.peers.size >= this.maxPeers) {
+        this.log.debug('peer table full (%d): refused %s', this.maxPeers, entry.id)
+        return { accepted: 0, refused: ids.length, banned: false }
+      }
+      p = {
+        id: entry.id, addrs: [], zone: '', ttlMs: this.policy.peerTtlMs, expiresAt: 0, blobs: new Set(),
+        uploadSlots: 0, uploadBps: 0, activeUploads: 0, recentUploadBps: 0, pending: 0, pendingAt: now
+      }
+      this.peers.set(p.id, p)
+    }
+    if (opts.reset === true) {
+      for (const blobId of p.blobs) this.unlink(blobId, p.id)
+      p.blobs.clear()
+    }
+    p.addrs = entry.addrs
+    p.zone = entry.zone
+    p.uploadSlots = entry.uploadSlots
+    p.uploadBps = entry.uploadBps
+    p.ttlMs = clampTtl(opts.ttlMs, this.policy) ?? p.ttlMs
+    p.expiresAt = now + p.ttlMs
+    let accepted = 0
+    let refused = 0
+    for (const id of ids) {
+      if (p.blobs.has(id)) {
+        accepted++
+      } else if (p.blobs.size >= this.policy.maxBlobsPerPeer || this.entries >= this.maxEntries) {
+        refused++
+      } else {
+        this.link(id, p)
+        accepted++
+      }
+    }
+    return { accepted, refused, banned: false }
+  }
+
+  async withdraw (peerId: string, blobIds: readonly string[], opts: CallOptions = {}): Promise<void> {
+    this.begin(opts)
+    const id = checkPeerId(peerId)
+    const ids = checkBlobIds(blobIds)
+    const p = this.live(id, this.policy.now())
+    if (p === undefined) return
+    for (const blobId of ids) if (p.blobs.delete(blobId)) this.unlink(blobId, id)
+  }
+
+  async leave (peerId: string, opts: CallOptions = {}): Promise<void> {
+    this.begin(opts)
+    const p = this.peers.get(checkPeerId(peerId))
+    if (p !== undefined) this.drop(p)
+  }
+
+  async heartbeat (peerId: string, load: PeerLoad, ttlMs: number, opts: CallOptions = {}): Promise<boolean> {
+    this.begin(opts)
+    const id = checkPeerId(peerId)
+    const l = checkLoad(load)
+    const now = this.policy.now()
+    const p = this.live(id, now)
+    if (p === undefined) return false
+    p.ttlMs = clampTtl(ttlMs, this.policy) ?? p.ttlMs
+    p.expiresAt = now + p.ttlMs
+    p.activeUploads = l.activeUploads
+    p.recentUploadBps = l.recentUploadBps
+    return true
+  }
+
+  async lookup (blobId: string, opts: LookupOptions = {}): Promise<BlobHolder[]> {
+    this.begin(opts)
+    const id = checkBlobId(blobId)
+    const asker = opts.asker !== undefined ? checkPeerId(opts.asker, 'asker') : undefined
+    const max = answerSize(opts.max)
+    const b = this.blobs.get(id)
+    if (b === undefined || max === 0) return []
+    const now = this.policy.now()
+    const askerZone = opts.askerZone ?? (asker !== undefined ? this.peers.get(asker)?.zone : undefined) ?? ''
+    const candidates: Candidate[] = []
+    // backwards: dropping a dead holder moves the last one (already seen) into its place
+    for (let i = b.holders.length - 1; i >= 0; i--) {
+      const peerId = b.holders[i]
+      const p = this.live(peerId, now)
+      if (p === undefined) {
+        this.unlink(id, peerId)
+        continue
+      }
+      if (peerId === asker || p.addrs.length === 0) continue
+      const rep = this.reps.get(peerId)
+      if (rep !== undefined && isBanned(rep, now)) continue
+      candidates.push({ peerId, addrs: p.addrs, zone: p.zone, load: p, rep: rep ?? newReputation(now) })
+    }
+    const ranked = rankHolders(candidates, askerZone, max, now, this.policy.weights, this.policy.random)
+    if (ranked.length > 0) addPending(ranked[0].candidate.load, 1, now)
+    return ranked.map(({ holder }) => ({ ...holder, addrs: holder.addrs.slice() }))
+  }
+
+  async report (reporter: string, outcomes: readonly PeerOutcome[], opts: CallOptions = {}): Promise<string[]> {
+    this.begin(opts)
+    const from = checkPeerId(reporter, 'reporter')
+    const outs = checkOutcomes(from, outcomes)
+    const now = this.policy.now()
+    if (this.live(from, now) === undefined || this.banned(from, now)) return []
+    const banned: string[] = []
+    for (const o of outs) {
+      let rep = this.reps.get(o.peerId)
+      if (rep === undefined) {
+        if (this.live(o.peerId, now) === undefined) continue
+        rep = newReputation(now)
+        this.keepReputation(o.peerId, rep, now)
+      }
+      if (recordOutcome(rep, o, from, now, this.policy)) banned.push(o.peerId)
+    }
+    return banned
+  }
+
+  async peer (peerId: string, opts: CallOptions = {}): Promise<PeerView | undefined> {
+    this.begin(opts)
+    const now = this.policy.now()
+    const p = this.live(checkPeerId(peerId), now)
+    if (p === undefined) return undefined
+    return {
+      id: p.id,
+      addrs: p.addrs.slice(),
+      zone: p.zone,
+      uploadSlots: p.uploadSlots,
+      uploadBps: p.uploadBps,
+      activeUploads: p.activeUploads,
+      recentUploadBps: p.recentUploadBps,
+      ttlMs: p.ttlMs,
+      blobs: p.blobs.size,
+      banned: this.banned(p.id, now)
+    }
+  }
+
+  private expireAt (now: number): number {
+    let n = 0
+    for (const p of this.peers.values()) {
+      if (p.expiresAt <= now) { this.drop(p); n++ }
+    }
+    if (n > 0) this.log.debug('expired %d peers', n)
+    return n
+  }
+
+  async expire (opts: CallOptions = {}): Promise<number> {
+    this.begin(opts)
+    return this.expireAt(this.policy.now())
+  }
+
+  async stats (opts: CallOptions = {}): Promise<DirectoryStats> {
+    this.begin(opts)
+    const now = this.policy.now()
+    let peers = 0
+    for (const p of this.peers.values()) if (p.expiresAt > now) peers++
+    let banned = 0
+    for (const rep of this.reps.values()) if (isBanned(rep, now)) banned++
+    return { peers, blobs: this.blobs.size, entries: this.entries, banned }
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    this.peers.clear()
+    this.blobs.clear()
+    this.reps.clear()
+    this.entries = 0
+  }
+}
