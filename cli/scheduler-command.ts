@@ -36,11 +36,27 @@ export function registerSchedulerCommand (program: Command, deps: SchedulerComma
     .option('--max-peers <n>', 'peers registered at once (default 10000); a full table lets a newcomer displace an unproven peer', positiveInt)
     .option('--max-entries <n>', '(digest, holder) entries kept, the memory bound: about 100 bytes each (default 10000000)', positiveInt)
     .option('--max-digests-per-peer <n>', 'digests one peer may hold while the index is less than half full (default 4000000)', positiveInt)
+    .option('--redis <address>', 'keep the swarm directory (blob level) on Redis: cluster seeds host:port or a redis:// URL, repeatable; several schedulers may share it', (v: string, prev: string[] = []) => [...prev, v])
     .option('--json', 'print the addresses and the final stats as JSON lines; logs as JSON on stderr')
-    .action(async (f: { listen?: string[], keyFile?: string, json?: boolean, maxPeers?: number, maxEntries?: number, maxDigestsPerPeer?: number }, cmd: Command) => {
-      const { loadOrCreatePeerKey, startSchedulerNode } = await import('../scheduler/index.js')
+    .action(async (f: { listen?: string[], keyFile?: string, json?: boolean, maxPeers?: number, maxEntries?: number, maxDigestsPerPeer?: number, redis?: string[] }, cmd: Command) => {
+      const { loadOrCreatePeerKey, startSchedulerNode, startDirectorySchedulerNode, createDirectory } = await import('../scheduler/index.js')
       const logger = createLogger({ level: cliLogLevel(cmd) ?? 'info', format: f.json === true ? 'json' : 'text' })
       const privateKey = f.keyFile !== undefined ? await loadOrCreatePeerKey(f.keyFile) : undefined
+      if (f.redis !== undefined) {
+        const directory = await createDirectory({ redis: f.redis }, { logger })
+        const sched = await startDirectorySchedulerNode(directory, { listen: f.listen ?? [DEFAULT_LISTEN], ...(privateKey !== undefined ? { privateKey } : {}), logger })
+        try {
+          if (f.json === true) print(JSON.stringify({ scheduler: sched.multiaddrs[0], multiaddrs: sched.multiaddrs, peerId: sched.peerId, directory: directory.kind }))
+          else for (const ma of sched.multiaddrs) print(`scheduler: ${ma}`)
+          await (deps.untilStopped ?? untilSignal)()
+        } finally {
+          const stats = await directory.stats().catch(() => undefined)
+          await sched.stop()
+          if (f.json === true) print(JSON.stringify({ stopped: true, ...stats }))
+          else print(`scheduler stopped (directory on ${directory.kind})${stats !== undefined ? `: ${stats.peers} peers, ${stats.blobs} blobs, ${stats.entries} holdings` : ''}`)
+        }
+        return
+      }
       const sched = await startSchedulerNode({
         listen: f.listen ?? [DEFAULT_LISTEN],
         privateKey,

@@ -57,3 +57,7 @@ export {
   type AnnounceOptions, type LookupOptions, type CallOptions, type DirectoryStats, type DirectoryInit,
   type DirectoryPolicyInit, type MemoryDirectoryInit, type RedisDirectoryInit, type DirectoryComponents
 } from './directory/index.js'
+export {
+  DirectorySchedulerService, startDirectorySchedulerNode, DEFAULT_MAX_KEYS_PER_RESOLVE, type DirectorySchedulerNode,
+  type DirectoryServiceComponents, type DirectoryServiceInit
+} from './directory-service.js'

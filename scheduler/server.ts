@@ -210,15 +210,7 @@ export interface SchedulerNode {
 
 /** Starts a libp2p host serving the scheduler protocol, sized for every peer of the swarm. */
 export async function startSchedulerNode (init: SchedulerNodeInit = {}): Promise<SchedulerNode> {
-  const maxPeers = init.maxPeers ?? 10_000
-  const node = await createHost({
-    ...(init.privateKey !== undefined ? { privateKey: init.privateKey } : {}),
-    listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
-    maxConnections: maxPeers + 64,
-    // after a scheduler restart every peer of a host reconnects at once (many peers share a host in tests and sims)
-    inboundConnectionThreshold: Math.max(64, maxPeers),
-    maxIncomingPendingConnections: 256
-  })
+  const node = await schedulerHost(init)
   const service = new SchedulerService({ libp2p: node }, init)
   try {
     await service.start()
@@ -237,6 +229,19 @@ export async function startSchedulerNode (init: SchedulerNodeInit = {}): Promise
       await node.stop()
     }
   }
+}
+
+/** The libp2p host of a scheduler: sized for every peer of the swarm. */
+export async function schedulerHost (init: Pick<SchedulerNodeInit, 'privateKey' | 'listen' | 'maxPeers'>): Promise<Host> {
+  const maxPeers = init.maxPeers ?? 10_000
+  return await createHost({
+    ...(init.privateKey !== undefined ? { privateKey: init.privateKey } : {}),
+    listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+    maxConnections: maxPeers + 64,
+    // after a scheduler restart every peer of a host reconnects at once (many peers share a host in tests and sims)
+    inboundConnectionThreshold: Math.max(64, maxPeers),
+    maxIncomingPendingConnections: 256
+  })
 }
 
 /**
