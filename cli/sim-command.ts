@@ -13,6 +13,7 @@ interface SimFlags {
   prefetch?: 'all' | 'none'
   staggerMs?: number
   mode?: 'auto' | 'fuse' | 'erofs-lazy'
+  directory?: 'chunks' | 'blobs'
   chunkSize?: number
   workDir?: string
   keep?: boolean
@@ -49,6 +50,7 @@ export function registerSimCommand (program: Command): void {
     })
     .option('--stagger-ms <ms>', 'start node i\'s reader i × this after the first', millis)
     .addOption(new Option('--mode <mode>', 'how nodes mount the image (auto: erofs-lazy where the host can, else fuse)').choices(['auto', 'fuse', 'erofs-lazy']))
+    .addOption(new Option('--directory <level>', 'what the scheduler indexes: each chunk (chunks) or who works on which blob, with have-bitfields between neighbours (blobs)').choices(['chunks', 'blobs']))
     .option('--chunk-size <size>', 'chunk size of the image (power of two, 4KiB–16MiB; default 1MiB)', size('--chunk-size'))
     .option('--work-dir <dir>', 'parent of the run directory (default the temp dir)')
     .option('--keep', 'keep the run directory (images, caches, logs)')
@@ -67,6 +69,7 @@ export function registerSimCommand (program: Command): void {
           ...(f.prefetch !== undefined ? { prefetch: f.prefetch } : {}),
           ...(f.staggerMs !== undefined ? { staggerMs: f.staggerMs } : {}),
           ...(f.mode !== undefined ? { mode: f.mode } : {}),
+          ...(f.directory !== undefined ? { directory: f.directory } : {}),
           ...(f.chunkSize !== undefined ? { chunkSize: f.chunkSize } : {}),
           ...(f.workDir !== undefined ? { workDir: f.workDir } : {}),
           ...(f.keep === true ? { keep: true } : {}),

@@ -35,6 +35,8 @@ export interface SwarmInit {
   prefetch?: 'all' | 'none'
   /** start node i's reader `staggerMs * i` after the first (default 0: all at once) */
   staggerMs?: number
+  /** what the scheduler indexes (the daemons' `p2p.directory`): each chunk's holders, or who works on which blob */
+  directory?: 'chunks' | 'blobs'
   /** how every node mounts the image (default `auto`: erofs-lazy where the host can, else per-file FUSE) */
   mode?: 'auto' | 'fuse' | 'erofs-lazy'
   /** parent of the run's directory (default the OS temp dir); the run's directory is removed unless `keep` */
@@ -215,7 +217,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       log: { level: init.logLevel ?? 'info', format: 'text' },
       prefetch: { policy: 'none' },
       fetch: init.bandwidth !== undefined ? { downloadBytesPerSecond: init.bandwidth } : {},
-      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...caps },
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], ...caps, ...(init.directory !== undefined ? { directory: init.directory } : {}) },
       scheduler: { address: scheduler!.multiaddrs[0], heartbeatMs: 1000 }
     }, init.daemonNodeArgs ?? [], signal)))
     nodes.push(...started)

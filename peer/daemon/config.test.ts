@@ -35,7 +35,8 @@ describe('daemon config', () => {
         hedgeAfterMs: 300,
         requestTimeoutMs: 3_000,
         banThreshold: 3,
-        claimWaitMs: 20_000
+        claimWaitMs: 20_000,
+        directory: 'chunks'
       },
       scheduler: { embedded: false, zone: '', resolveTimeoutMs: 200, heartbeatMs: 5_000 },
       prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },

@@ -106,7 +106,12 @@ export const daemonConfigSchema = z.strictObject({
     /** bad chunks after which a neighbour is never asked again by this daemon (3) */
     banThreshold: int(1, 1000).default(3),
     /** how long a chunk request waits for a chunk this node is fetching itself (the scheduler sent the asker here) */
-    claimWaitMs: int(0, 600_000).default(20_000)
+    claimWaitMs: int(0, 600_000).default(20_000),
+    /**
+     * what the scheduler indexes: `chunks` (each chunk's holders) or `blobs` (who works on which blob; neighbours
+     * tell each other their chunks over /rafspeer/have/1.0.0 — the design that scales to thousands of nodes)
+     */
+    directory: z.enum(['chunks', 'blobs']).default('chunks')
   }).prefault({}),
   scheduler: z.strictObject({
     /** the scheduler's multiaddr with its peer id (`rafspeer scheduler` prints it); absent: no scheduler */

@@ -98,6 +98,7 @@ async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: Compo
     requestTimeoutMs: p2p.requestTimeoutMs,
     banThreshold: p2p.banThreshold,
     claimWaitMs: p2p.claimWaitMs,
+    directory: p2p.directory,
     scheduler: {
       ...(scheduler.address !== undefined ? { address: scheduler.address } : {}),
       embedded: scheduler.embedded,
@@ -118,7 +119,8 @@ function mountManager (cache: BlobCache, config: DaemonConfig, logger: Component
     fuse: new FuseNativeBackend({ logger }),
     logger,
     // neighbours before the image's own source (the registry)
-    ...(swarm !== undefined ? { extraSources: [swarm.source] } : {})
+    ...(swarm !== undefined ? { extraSources: [swarm.source] } : {}),
+    ...(swarm?.fetchActivity !== undefined ? { fetchActivity: swarm.fetchActivity } : {})
   }, {
     workDir: config.workDir,
     fetch: {

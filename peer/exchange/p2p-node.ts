@@ -24,7 +24,11 @@ import {
   announceAddrs, createHost, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type Host, type PeerOutcome
 } from '../../p2p/index.js'
 import { DIGEST_BYTES, SchedulerClient, SchedulerService, packDigests } from '../../scheduler/index.js'
+import type { FlightActivity } from '../fetch/index.js'
+import { BlobLocator } from './blob-locator.js'
 import { ChunkServer, type ChunkServerCounters, type ServableCache } from './chunk-server.js'
+import { HaveService, type HaveCounters } from './have-service.js'
+import { CacheChunks, waitingForFlights } from './local-chunks.js'
 import { NeighbourSource, type NeighbourSourceCounters, type NeighbourSourceInit } from './neighbour-source.js'
 
 export const DEFAULT_CLAIM_WAIT_MS = 20_000
@@ -47,6 +51,11 @@ export interface P2PNodeInit {
   claimWaitMs?: number
   /** a claim not fulfilled by then is released at the scheduler (60 s) */
   claimTtlMs?: number
+  /**
+   * what the scheduler indexes: `chunks` (every chunk digest and its holders) or `blobs` (who works on which blob;
+   * which chunks each has travels between neighbours over `/rafspeer/have/1.0.0`, see `blob-locator.ts`)
+   */
+  directory?: 'chunks' | 'blobs'
   scheduler?: {
     /** multiaddr with `/p2p/<id>` of a scheduler to use */
     address?: string
@@ -70,6 +79,8 @@ export interface P2PStats {
   scheduler: { address?: string, embedded: boolean, connected: boolean }
   upload: ChunkServerCounters
   download: NeighbourSourceCounters
+  /** the have protocol's sessions and messages (blob-level directory only) */
+  have?: HaveCounters
   /** chunks this node claimed at the scheduler and is still fetching */
   claims: number
 }
@@ -90,6 +101,9 @@ export class P2PNode {
   readonly source: NeighbourSource
   readonly client: SchedulerClient | undefined
   readonly embedded: SchedulerService | undefined
+  /** blob-level directory: neighbours' bitfields and ours */
+  readonly have: HaveService | undefined
+  private readonly local: CacheChunks | undefined
   private readonly swarm: Swarm
   private readonly resolver: HolderResolver
   private readonly cache: BlobCache
@@ -116,7 +130,12 @@ export class P2PNode {
     this.claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
     this.schedulerAddress = init.scheduler?.address
     const upload = init.uploadBytesPerSecond !== undefined && init.uploadBytesPerSecond > 0 ? init.uploadBytesPerSecond : undefined
-    this.server = new ChunkServer({ libp2p: host, cache: this.servable(), ...(logger !== undefined ? { logger } : {}) }, {
+    if (init.directory === 'blobs') {
+      this.local = new CacheChunks(this.cache)
+      this.have = new HaveService({ libp2p: host, local: this.local, ...(logger !== undefined ? { logger } : {}) })
+    }
+    const servable = this.local !== undefined ? waitingForFlights(this.cache, this.local, this.claimWaitMs) : this.servable()
+    this.server = new ChunkServer({ libp2p: host, cache: servable, ...(logger !== undefined ? { logger } : {}) }, {
       ...(init.maxConcurrentUploads !== undefined ? { maxConcurrentUploads: init.maxConcurrentUploads } : {}),
       ...(upload !== undefined ? { uploadBytesPerSecond: upload } : {})
     })
@@ -160,7 +179,10 @@ export class P2PNode {
       this.embedded = undefined
     }
     this.resolver = this.claiming()
-    this.source = new NeighbourSource({ libp2p: host, resolver: this.resolver, ...(logger !== undefined ? { logger } : {}) }, {
+    const locator = this.have !== undefined
+      ? new BlobLocator({ directory: this.swarm, have: this.have, self: host.peerId.toString(), ...(logger !== undefined ? { logger } : {}) })
+      : undefined
+    this.source = new NeighbourSource({ libp2p: host, resolver: this.resolver, ...(locator !== undefined ? { locator } : {}), ...(logger !== undefined ? { logger } : {}) }, {
       ...(init.maxHolders !== undefined ? { maxHolders: init.maxHolders } : {}),
       ...(init.hedgeAfterMs !== undefined ? { hedgeAfterMs: init.hedgeAfterMs } : {}),
       ...(init.requestTimeoutMs !== undefined ? { requestTimeoutMs: init.requestTimeoutMs } : {}),
@@ -182,6 +204,7 @@ export class P2PNode {
     const node = new P2PNode(host, components, init)
     try {
       await node.server.start()
+      await node.have?.start()
       await node.embedded?.start()
       await node.client?.start()
     } catch (err) {
@@ -209,10 +232,19 @@ export class P2PNode {
   /** Full dialable multiaddrs (with `/p2p/<id>`): what other daemons put in `scheduler.address` for an embedded one. */
   get multiaddrs (): string[] { return this.host.getMultiaddrs().map(String) }
 
+  /** What every mount's fetcher reports its chunks in flight to (blob-level directory: our PENDING to neighbours). */
+  get fetchActivity (): FlightActivity | undefined { return this.local }
+
   /** The cache durably holds these digests now: tell the swarm, and wake neighbours waiting for them. */
   onChunksStored (digests: Buffer[]): void {
     if (this.stopped) return
-    this.swarm.announce(digests)
+    // at blob level the neighbours hear of chunks over the have protocol; the scheduler knows blobs only
+    if (this.have === undefined) this.swarm.announce(digests)
+    this.wake(digests)
+  }
+
+  /** Wakes neighbour requests waiting for these digests (claims of the chunk-level directory). */
+  private wake (digests: Buffer[]): void {
     for (const d of digests) {
       const key = d.toString('hex')
       this.claims.delete(key)
@@ -230,7 +262,8 @@ export class P2PNode {
    */
   announce (digests: Buffer[]): void {
     if (this.stopped || digests.length === 0) return
-    this.onChunksStored(digests)
+    this.swarm.announce(digests)
+    this.wake(digests)
   }
 
   /** The opposite of `announce`: this node no longer holds these (a mirror's fetch that failed). */
@@ -269,6 +302,7 @@ export class P2PNode {
       },
       upload: { ...this.server.counters },
       download: { ...this.source.counters },
+      ...(this.have !== undefined ? { have: { ...this.have.counters } } : {}),
       claims: this.claims.size
     }
   }
@@ -280,7 +314,9 @@ export class P2PNode {
     clearInterval(this.selfBeat)
     for (const ws of this.waiters.values()) for (const wake of ws) wake()
     this.waiters.clear()
+    this.local?.close()
     const steps: Array<() => Promise<void>> = [
+      async () => { await this.have?.stop() },
       async () => { await this.client?.stop() },
       async () => { await this.embedded?.stop() },
       async () => { await this.server.stop() },
@@ -369,8 +405,16 @@ export class P2PNode {
     }
   }
 
-  /** Announces every chunk the cache holds (a restarted node serves what it kept). */
+  /** Announces every chunk the cache holds, or at blob level every blob (a restarted node serves what it kept). */
   private async announceHoldings (): Promise<void> {
+    if (this.have !== undefined) {
+      const keys = this.cache.blobIds().filter(id => /^[0-9a-f]{64}$/.test(id)).map(id => Buffer.from(id, 'hex'))
+      if (keys.length > 0) {
+        this.swarm.announce(keys)
+        this.log?.info('announced %d cached blobs', keys.length)
+      }
+      return
+    }
     let batch: Buffer[] = []
     let total = 0
     try {
