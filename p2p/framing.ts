@@ -4,14 +4,20 @@
  * protocol and the chunk protocol speak it; this file is the only place that reads or writes frames.
  *
  * Reading ({@link FrameReader}) is bounded and deadline-checked: a frame longer than the caller's bound is refused
- * before any of it is buffered, a wait for bytes longer than `timeoutMs` aborts the stream, and input the caller
- * has not consumed past `highWaterBytes` pauses the stream (yamux then stops granting the sender window), so a
- * peer that sends faster than we read cannot grow our memory. Writing ({@link sendWithBackpressure}) waits for
- * the stream to drain when its buffer is full, with a deadline too.
+ * before any of it is buffered, a wait for bytes longer than `timeoutMs` aborts the stream (and, with
+ * `frameTimeoutMs`, so does a frame not complete that long after its first byte: a peer trickling a byte per wait
+ * cannot hold a stream open), and input the caller has not consumed past `highWaterBytes` pauses the stream (yamux
+ * then stops granting the sender window), so a peer that sends faster than we read cannot grow our memory.
+ *
+ * Writing ({@link sendWithBackpressure}) returns only once the stream has handed everything to the muxer. Waiting
+ * for a 'drain' event is not enough: the muxer wakes every stream of a connection on each drain of the socket and
+ * on each window update, and a writer that sent again on every wake-up would queue far more than the reader takes
+ * (a neighbour reading slowly drove a daemon past 1 GiB that way). A reader that takes none of our bytes for
+ * `timeoutMs` has its stream aborted.
  *
  * @example
  * ```ts
- * const reader = new FrameReader(stream, { what: 'chunk request from ' + peer, timeoutMs: 10_000 })
+ * const reader = new FrameReader(stream, { what: 'chunk request from ' + peer, timeoutMs: 10_000, frameTimeoutMs: 10_000 })
  * const body = await reader.readFrame(MAX_REQUEST_BYTES) // Uint8ArrayList, or undefined at a clean end
  * await sendWithBackpressure(stream, encodeFrame(reply), { timeoutMs: 10_000, what })
  * ```
@@ -35,6 +41,11 @@ export class StreamTimeoutError extends RafspeerError<'RAFSPEER_ERR_P2P_TIMEOUT'
   constructor (message: string) { super('RAFSPEER_ERR_P2P_TIMEOUT', message) }
 }
 
+/** The stream was closed or reset before all we sent left it. */
+export class StreamClosedError extends RafspeerError<'RAFSPEER_ERR_P2P_CLOSED'> {
+  constructor (message: string) { super('RAFSPEER_ERR_P2P_CLOSED', message) }
+}
+
 /** The length prefix of a frame whose body is `bodyLength` bytes. */
 export function frameHeader (bodyLength: number): Uint8Array {
   return encodeVarint(bodyLength)
@@ -52,6 +63,8 @@ export interface FrameReaderInit {
   what: string
   /** deadline of every wait for bytes; none when absent (a long-lived session) */
   timeoutMs?: number
+  /** deadline of a whole frame, from the start of its read (none when absent) */
+  frameTimeoutMs?: number
   /** unconsumed input above which the stream is paused (8 MiB) */
   highWaterBytes?: number
   /** the errors to raise, so that each protocol reports its own codes */
@@ -65,6 +78,7 @@ export class FrameReader {
   private readonly highWater: number
   private readonly what: string
   private readonly timeoutMs: number | undefined
+  private readonly frameTimeoutMs: number | undefined
   private readonly malformed: (message: string) => Error
   private readonly timeout: (message: string) => Error
   private ended = false
@@ -75,6 +89,7 @@ export class FrameReader {
   constructor (private readonly stream: Stream, init: FrameReaderInit) {
     this.what = init.what
     this.timeoutMs = init.timeoutMs
+    this.frameTimeoutMs = init.frameTimeoutMs
     this.highWater = init.highWaterBytes ?? DEFAULT_HIGH_WATER_BYTES
     this.malformed = init.malformed ?? (m => new FramingError(m))
     this.timeout = init.timeout ?? (m => new StreamTimeoutError(m))
@@ -106,18 +121,23 @@ export class FrameReader {
   /** Bytes received and not yet taken. */
   get buffered (): number { return this.buf.byteLength }
 
-  /** At least `n` bytes buffered; false when the stream ended with fewer. */
-  private async fill (n: number): Promise<boolean> {
+  /** At least `n` bytes buffered; false when the stream ended with fewer. `deadline`: the frame's, if any. */
+  private async fill (n: number, deadline: number | undefined): Promise<boolean> {
     while (this.buf.byteLength < n) {
       if (this.ended) {
         if (this.error !== undefined) throw this.error
         return false
       }
+      let ms = this.timeoutMs
+      let message = `${this.what}: nothing received for ${ms} ms`
+      if (deadline !== undefined && (ms === undefined || deadline - performance.now() < ms)) {
+        ms = Math.max(0, deadline - performance.now())
+        message = `${this.what}: frame not received in full within ${this.frameTimeoutMs} ms`
+      }
       let timer: NodeJS.Timeout | undefined
-      if (this.timeoutMs !== undefined) {
-        const ms = this.timeoutMs
+      if (ms !== undefined) {
         timer = setTimeout(() => {
-          const err = this.timeout(`${this.what}: nothing received for ${ms} ms`)
+          const err = this.timeout(message)
           this.error ??= err
           this.ended = true
           this.stream.abort(err)
@@ -143,19 +163,22 @@ export class FrameReader {
   /**
    * The next frame's body (a view of the received bytes: no copy), or undefined when the stream ended cleanly
    * between frames. Throws the `malformed` error on a body longer than `maxBytes` or a stream that ends inside a
-   * frame, the `timeout` error past the deadline, and the stream's own error when it was reset.
+   * frame, the `timeout` error past either deadline, and the stream's own error when it was reset.
    */
   async readFrame (maxBytes: number): Promise<Uint8ArrayList | undefined> {
-    if (!(await this.fill(1))) return undefined
+    // the frame's deadline runs from its first byte: a long-lived session may idle between frames (each wait for
+    // that byte is bounded by `timeoutMs` alone)
+    if (!(await this.fill(1, undefined))) return undefined
+    const deadline = this.frameTimeoutMs === undefined ? undefined : performance.now() + this.frameTimeoutMs
     let prefix = 0
     for (;;) {
       if (prefix === MAX_VARINT_BYTES) throw this.malformed(`${this.what}: frame length prefix longer than ${MAX_VARINT_BYTES} bytes`)
-      if (!(await this.fill(prefix + 1))) throw this.malformed(`${this.what}: stream ended inside a frame length`)
+      if (!(await this.fill(prefix + 1, deadline))) throw this.malformed(`${this.what}: stream ended inside a frame length`)
       if ((this.buf.get(prefix++) & 0x80) === 0) break
     }
     const length = decodeVarint(this.buf)
     if (length > maxBytes) throw this.malformed(`${this.what}: frame of ${length} bytes (at most ${maxBytes})`)
-    if (!(await this.fill(prefix + length))) {
+    if (!(await this.fill(prefix + length, deadline))) {
       throw this.malformed(`${this.what}: stream ended inside a frame (${this.buf.byteLength - prefix} of ${length} bytes)`)
     }
     const body = this.buf.sublist(prefix, prefix + length)
@@ -182,7 +205,7 @@ export class FrameReader {
 }
 
 export interface SendOptions {
-  /** deadline of the wait for the stream to drain (a reader that stopped reading) */
+  /** how long the reader may take none of our bytes before the stream is aborted */
   timeoutMs: number
   what: string
   signal?: AbortSignal
@@ -191,19 +214,64 @@ export interface SendOptions {
 }
 
 /**
- * Sends `data`, waiting for the stream to drain when its buffer is full; past `timeoutMs` of waiting the stream is
- * aborted with the timeout error, which is thrown.
+ * Sends `data` and returns once the stream has handed all of it to the muxer (at once, when the reader keeps up),
+ * so a writer that awaits each send holds at most one send's bytes in the stream. When the reader takes none of
+ * the stream's bytes for `timeoutMs` the stream is aborted with the timeout error, which is thrown; when the
+ * stream is closed or reset meanwhile, its error is thrown.
  */
 export async function sendWithBackpressure (stream: Stream, data: Uint8Array | Uint8ArrayList, opts: SendOptions): Promise<void> {
-  if (stream.send(data)) return
-  const deadline = AbortSignal.timeout(opts.timeoutMs)
+  stream.send(data)
+  if (stream.writeBufferLength === 0) return
   try {
-    await stream.onDrain({ signal: opts.signal === undefined ? deadline : AbortSignal.any([deadline, opts.signal]) })
+    await written(stream, opts)
   } catch (err) {
-    const e = deadline.aborted
-      ? (opts.timeout ?? (m => new StreamTimeoutError(m)))(`${opts.what}: the reader took nothing for ${opts.timeoutMs} ms`)
-      : err as Error
+    const e = err instanceof Error ? err : new Error(String(err))
     stream.abort(e)
     throw e
   }
+}
+
+/** Resolves when the stream's write buffer is empty; see sendWithBackpressure. */
+async function written (stream: Stream, opts: SendOptions): Promise<void> {
+  opts.signal?.throwIfAborted()
+  await new Promise<void>((resolve, reject) => {
+    let least = stream.writeBufferLength
+    let timer: NodeJS.Timeout | undefined
+    const finish = (err?: Error): void => {
+      clearTimeout(timer)
+      stream.removeEventListener('drain', onDrain)
+      stream.removeEventListener('idle', check)
+      stream.removeEventListener('close', onClose)
+      opts.signal?.removeEventListener('abort', onAbort)
+      if (err === undefined) resolve()
+      else reject(err)
+    }
+    const arm = (): void => {
+      clearTimeout(timer)
+      timer = setTimeout(() => {
+        finish((opts.timeout ?? (m => new StreamTimeoutError(m)))(`${opts.what}: the reader took none of our bytes for ${opts.timeoutMs} ms`))
+      }, opts.timeoutMs)
+    }
+    function check (): void {
+      // an abort empties the buffer too (and dispatches 'idle'): its 'close' follows with the reason
+      if (stream.status === 'aborted' || stream.status === 'reset') return
+      const n = stream.writeBufferLength
+      if (n === 0) { finish(); return }
+      // progress restarts the stall deadline
+      if (n < least) { least = n; arm() }
+    }
+    // the stream sends its buffer in a microtask it queues on 'drain', before ours
+    function onDrain (): void { queueMicrotask(check) }
+    function onClose (evt: Event): void {
+      finish((evt as Event & { error?: Error }).error ?? new StreamClosedError(`${opts.what}: stream closed with bytes unsent`))
+    }
+    function onAbort (): void {
+      finish(opts.signal?.reason instanceof Error ? opts.signal.reason : new Error(`${opts.what}: aborted`))
+    }
+    stream.addEventListener('drain', onDrain)
+    stream.addEventListener('idle', check)
+    stream.addEventListener('close', onClose)
+    opts.signal?.addEventListener('abort', onAbort, { once: true })
+    arm()
+  })
 }

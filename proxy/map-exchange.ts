@@ -115,7 +115,7 @@ export class MapServer {
     const what = `piece map for ${connection.remotePeer.toString()}`
     this.streams.add(stream)
     this.counters.requests++
-    const reader = new FrameReader(stream, { what, timeoutMs: this.timeoutMs, highWaterBytes: 4096, malformed, timeout: malformed })
+    const reader = new FrameReader(stream, { what, timeoutMs: this.timeoutMs, frameTimeoutMs: this.timeoutMs, highWaterBytes: 4096, malformed, timeout: malformed })
     try {
       const body = await reader.readFrame(MapRequestLayout.BYTES)
       if (body === undefined || body.byteLength !== MapRequestLayout.BYTES) throw malformed(`${what}: request of ${body?.byteLength ?? 0} bytes`)

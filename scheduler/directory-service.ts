@@ -27,6 +27,8 @@ export const DEFAULT_MAX_KEYS_PER_RESOLVE = 256
 /** look-ups in flight for one RESOLVE */
 const LOOKUP_CONCURRENCY = 32
 const DRAIN_TIMEOUT_MS = 30_000
+/** a frame begun must be complete within this (a peer trickling bytes loses its session) */
+const FRAME_TIMEOUT_MS = 30_000
 const DEFAULT_MISSED_HEARTBEATS = 3
 const DEFAULT_HEARTBEAT_MS = 5_000
 const DEFAULT_EXPIRE_INTERVAL_MS = 1_000
@@ -99,6 +101,8 @@ export class DirectorySchedulerService {
     this.sessions.add(stream)
     try {
       const frames = new FrameReader(stream, {
+        // a session idles between frames as long as it likes, but a frame once begun must arrive whole
+        frameTimeoutMs: FRAME_TIMEOUT_MS,
         what: `scheduler session of ${st.peerId}`,
         malformed: m => new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: ${m}`)
       })

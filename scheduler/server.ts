@@ -23,6 +23,8 @@ const DEFAULT_MAX_HOLDERS = 4
 const SWEEP_BUDGET = 200_000
 /** a client that reads no answers for this long loses its stream */
 const DRAIN_TIMEOUT_MS = 30_000
+/** a frame begun must be complete within this (a peer trickling bytes loses its session) */
+const FRAME_TIMEOUT_MS = 30_000
 /** a session that kept the event loop this long yields it, so one peer's burst does not starve the others */
 const YIELD_AFTER_MS = 4
 /** refused announces are logged at most this often */
@@ -91,6 +93,8 @@ export class SchedulerService {
     let busySince = performance.now()
     try {
       const frames = new FrameReader(stream, {
+        // a session idles between frames as long as it likes, but a frame once begun must arrive whole
+        frameTimeoutMs: FRAME_TIMEOUT_MS,
         what: `scheduler session of ${peerId}`,
         malformed: m => new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: ${m}`)
       })

@@ -36,7 +36,9 @@ describe('daemon config', () => {
         requestTimeoutMs: 3_000,
         banThreshold: 3,
         claimWaitMs: 20_000,
-        directory: 'chunks'
+        directory: 'chunks',
+        maxConnections: 256,
+        idleConnectionMs: 30_000
       },
       scheduler: { embedded: false, zone: '', resolveTimeoutMs: 200, heartbeatMs: 5_000 },
       prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },
@@ -89,6 +91,18 @@ describe('daemon config', () => {
       assert.equal(err.problems.length, 2)
       assert.match(err.problems.join('\n'), /scheduler\.address: .*naming its peer/)
       assert.match(err.problems.join('\n'), /p2p\.listen\.0: .*not a multiaddr/)
+      return true
+    })
+  })
+
+  it('takes the connection limits and the per-neighbour upload share; refuses out-of-range ones at once', () => {
+    const c = parseDaemonConfig({ p2p: { maxConnections: 64, maxConnectionsPerIp: 4, idleConnectionMs: 0, maxUploadsPerPeer: 2 } })
+    assert.equal(c.p2p.maxConnections, 64)
+    assert.equal(c.p2p.maxConnectionsPerIp, 4)
+    assert.equal(c.p2p.idleConnectionMs, 0)
+    assert.equal(c.p2p.maxUploadsPerPeer, 2)
+    assert.throws(() => parseDaemonConfig({ p2p: { maxConnections: 2, maxConnectionsPerIp: 0, idleConnectionMs: -1, maxUploadsPerPeer: 1.5 } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['p2p.idleConnectionMs', 'p2p.maxConnections', 'p2p.maxConnectionsPerIp', 'p2p.maxUploadsPerPeer'])
       return true
     })
   })

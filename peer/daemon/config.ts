@@ -111,7 +111,15 @@ export const daemonConfigSchema = z.strictObject({
      * what the scheduler indexes: `chunks` (each chunk's holders) or `blobs` (who works on which blob; neighbours
      * tell each other their chunks over /rafspeer/have/1.0.0 — the design that scales to thousands of nodes)
      */
-    directory: z.enum(['chunks', 'blobs']).default('chunks')
+    directory: z.enum(['chunks', 'blobs']).default('chunks'),
+    /** upload slots one neighbour is sure of; it borrows more only while as many stay free (a quarter of maxConcurrentUploads) */
+    maxUploadsPerPeer: int(1, 4096).optional(),
+    /** libp2p connections kept; each new one past it closes an idle one (256) */
+    maxConnections: int(8, 100_000).default(256),
+    /** inbound connections from one IP address, loopback excepted (an eighth of maxConnections, at least 32) */
+    maxConnectionsPerIp: int(1, 100_000).optional(),
+    /** a connection with no stream for this long is closed, unless it is the scheduler's or a recent exchange's; 0 = never (30 s) */
+    idleConnectionMs: int(0, 3_600_000).default(30_000)
   }).prefault({}),
   scheduler: z.strictObject({
     /** the scheduler's multiaddr with its peer id (`rafspeer scheduler` prints it); absent: no scheduler */

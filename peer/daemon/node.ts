@@ -99,6 +99,10 @@ async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: Compo
     banThreshold: p2p.banThreshold,
     claimWaitMs: p2p.claimWaitMs,
     directory: p2p.directory,
+    ...(p2p.maxUploadsPerPeer !== undefined ? { maxUploadsPerPeer: p2p.maxUploadsPerPeer } : {}),
+    maxConnections: p2p.maxConnections,
+    ...(p2p.maxConnectionsPerIp !== undefined ? { maxConnectionsPerIp: p2p.maxConnectionsPerIp } : {}),
+    idleConnectionMs: p2p.idleConnectionMs,
     scheduler: {
       ...(scheduler.address !== undefined ? { address: scheduler.address } : {}),
       embedded: scheduler.embedded,

@@ -18,6 +18,7 @@
  *
  * Every length is bounded before anything is buffered: a request body by its entry count, a reply by the size the
  * asker named (or `MAX_MESSAGE_BYTES` for a message). Every read has a deadline; a stream idle past it is aborted.
+ * A server also gives each request as a whole a deadline, however slowly its bytes trickle in.
  *
  * @example
  * ```ts
@@ -77,11 +78,15 @@ export const SERVER_HIGH_WATER_BYTES = 64 << 10
 /** Unread replies an asker holds: the largest chunk twice over, so the next reply streams while one is taken. */
 export const CLIENT_HIGH_WATER_BYTES = 2 * (MAX_CHUNK_BYTES + 8)
 
-/** A reader of chunk-protocol frames: framing faults and deadlines raise this protocol's errors. */
-export function chunkFrameReader (stream: Stream, what: string, timeoutMs: number, highWaterBytes = CLIENT_HIGH_WATER_BYTES): FrameReader {
+/**
+ * A reader of chunk-protocol frames: framing faults and deadlines raise this protocol's errors. `frameTimeoutMs`
+ * bounds each whole frame (a server's requests); `timeoutMs` each wait for bytes.
+ */
+export function chunkFrameReader (stream: Stream, what: string, timeoutMs: number, highWaterBytes = CLIENT_HIGH_WATER_BYTES, frameTimeoutMs?: number): FrameReader {
   return new FrameReader(stream, {
     what,
     timeoutMs,
+    ...(frameTimeoutMs !== undefined ? { frameTimeoutMs } : {}),
     highWaterBytes,
     malformed: m => new ChunkProtocolError(m),
     timeout: m => new ChunkTimeoutError(m)

@@ -1,7 +1,9 @@
 /**
  * The chunk server on real libp2p nodes over a real BlobCache: serves by digest only (lying hints change
  * nothing and evict nothing), never serves a corrupted cached chunk, survives malformed and idle streams, answers
- * BUSY over its upload cap, paces uploads under a rate cap, and aborts uploads on stop.
+ * BUSY over its upload cap, paces uploads under a rate cap, and aborts uploads on stop. Per asker: a share of the
+ * upload slots it is sure of (and borrows past only while a share stays free for others), a cap on its streams,
+ * and a byte budget for what is read ahead of its replies.
  */
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -18,6 +20,16 @@ import {
 import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
 import { blobChunks, buildTestImage, type TestImage } from '../../test/helpers/fetch-kit.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
+import { encodeRequest } from './chunk-protocol.js'
+
+const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+async function until (what: string, cond: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(20)
+  }
+}
 
 describe('ChunkServer', () => {
   let img: TestImage
@@ -200,5 +212,75 @@ describe('ChunkServer', () => {
     await assert.rejects(reading)
     assert.ok(got.length < 20)
     await assert.rejects(client.dialProtocol(addr, CHUNK_PROTOCOL), /protocol/i)
+  })
+
+  it('gives each asker a quarter of the slots for sure: one greedy asker borrows the rest only while a quarter stays free', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 12))
+    // every look-up waits for the gate, so the uploads stay active while the test looks
+    let open!: () => void
+    const gate = new Promise<void>(resolve => { open = resolve })
+    const servable = {
+      has: (id: string, ci: number) => cache.has(id, ci),
+      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
+      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => { await gate; return await cache.findByDigest(d, o) }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache: servable }, { maxConcurrentUploads: 8 })
+    await server.start()
+    const other = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    closers.push(async () => { await server.stop(); await node.stop(); await other.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const askFrom = async (host: Host, c: ChunkInfo): Promise<ChunkStatus> => {
+      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
+      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000 })) return r.status
+      throw new Error('no reply')
+    }
+    const greedy = chunks.slice(0, 8).map(async c => await askFrom(client, c))
+    await until('the greedy asker to fill its slots', () => server.counters.uploadsActive + server.counters.refused === 8)
+    assert.equal(server.counters.uploadsActive, 6, 'the greedy asker borrowed all but a quarter of the slots')
+    assert.equal(server.counters.refused, 2)
+    const newcomer = chunks.slice(8, 10).map(async c => await askFrom(other, c))
+    await until('the newcomer to be admitted', () => server.counters.uploadsActive === 8)
+    assert.equal(await askFrom(other, chunks[10]!), ChunkStatus.BUSY, 'no slot left at all')
+    open()
+    assert.deepEqual(await Promise.all(newcomer), [ChunkStatus.OK, ChunkStatus.OK], 'the newcomer was served during the greedy one')
+    assert.deepEqual((await Promise.all(greedy)).sort(), [...Array<ChunkStatus>(6).fill(ChunkStatus.OK), ChunkStatus.BUSY, ChunkStatus.BUSY])
+  })
+
+  it('resets the streams of an asker past maxStreamsPerPeer at once', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 2))
+    const { server, addr } = await startServer(cache, { maxStreamsPerPeer: 2, readTimeoutMs: 5000 })
+    const held = [await client.dialProtocol(addr, CHUNK_PROTOCOL), await client.dialProtocol(addr, CHUNK_PROTOCOL)]
+    const third = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+    const started = performance.now()
+    await (async () => { for await (const _ of third) { /* nothing */ } })().catch(() => {})
+    assert.ok(performance.now() - started < 3000, 'the third stream ended long before the read deadline')
+    await until('the refusal to be counted', () => server.counters.streamsRefused === 1)
+    for (const s of held) s.abort(new Error('done'))
+    await until('the held streams to end', () => server.counters.aborted === 2)
+    const replies = await ask(addr, chunks.slice(0, 2).map(nameOf))
+    assert.deepEqual(replies.map(r => r.status), [ChunkStatus.OK, ChunkStatus.OK], 'its streams ended, the asker is served again')
+  })
+
+  it('reads no further ahead for an asker than its byte budget while it does not read', async () => {
+    const { cache } = await seededCache()
+    const budget = 256 << 10
+    const { server, addr } = await startServer(cache, { maxBytesPerPeer: budget, readTimeoutMs: 1500 })
+    // 40 chunks of 64 KiB asked for, then nothing read: yamux grants the server a 256 KiB window and no more
+    const stream = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+    stream.pause()
+    stream.send(encodeRequest(chunks.slice(0, 40).map(nameOf)))
+    await stream.close().catch(() => {})
+    let most = 0
+    const probe = setInterval(() => { most = Math.max(most, server.counters.bytesHeld) }, 2)
+    try {
+      await until('the stalled upload to be aborted', () => server.counters.aborted === 1)
+    } finally {
+      clearInterval(probe)
+    }
+    const chunk = Math.max(...chunks.map(c => c.uncompressedSize))
+    assert.ok(most > 0 && most <= budget + chunk, `${most} bytes held for one asker (budget ${budget})`)
+    assert.equal(server.counters.bytesHeld, 0, 'all returned once the upload ended')
+    assert.equal(server.counters.uploadsActive, 0)
   })
 })

@@ -5,6 +5,13 @@
  * `readChunk({ verify: 'once' })` a chunk whose bytes fail is unmarked, so reading where a liar points could evict
  * good chunks. A chunk that fails its digest here is answered NOT_FOUND and never served onwards.
  *
+ * One asker cannot take the server from the others: it is sure of `maxUploadsPerPeer` upload slots and may borrow
+ * more only while as many stay free for others; it may hold `maxStreamsPerPeer` streams; and the chunk bytes held
+ * for it (read ahead of its replies, or sent and not yet taken by its stream) stay within `maxBytesPerPeer` plus
+ * the reply each of its requests sends next. A request must arrive whole within `readTimeoutMs`, and an asker that
+ * takes none of our bytes for `readTimeoutMs` has its stream aborted, which frees its slots. What a non-reading
+ * asker's connection queues below its streams is capped by the host (see `p2p/connection-guard.ts`).
+ *
  * @example
  * ```ts
  * const server = new ChunkServer({ libp2p: node, cache }, { maxConcurrentUploads: 16, uploadBytesPerSecond: 50e6 })
@@ -13,7 +20,7 @@
  * await server.stop()
  * ```
  */
-import type { Connection, Libp2p, Stream } from '@libp2p/interface'
+import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { RateLimiter, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import { sendWithBackpressure } from '../../p2p/index.js'
@@ -33,9 +40,15 @@ export interface ServableCache {
 }
 
 export const DEFAULT_MAX_CONCURRENT_UPLOADS = 16
+/** the share of the upload slots one asker is sure of: a quarter */
+export const UPLOAD_SHARE_DIVISOR = 4
 export const DEFAULT_READ_TIMEOUT_MS = 10_000
 /** streams of this protocol one connection may hold open at once */
 export const DEFAULT_MAX_INBOUND_STREAMS = 32
+/** streams of this protocol one asker may hold open at once, over all its connections */
+export const DEFAULT_MAX_STREAMS_PER_PEER = 32
+/** chunk bytes held for one asker (read ahead, or not yet taken by its streams) past which its reads wait */
+export const DEFAULT_MAX_BYTES_PER_PEER = 8 << 20
 /** cache reads of one request in flight ahead of the one being sent */
 export const DEFAULT_READ_AHEAD = 8
 /** chunk bytes one request may hold in memory ahead of the reply being sent */
@@ -51,14 +64,28 @@ export interface ChunkServerComponents {
   libp2p: Pick<Libp2p, 'handle' | 'unhandle'>
   cache: ServableCache
   logger?: ComponentLogger
+  /** told of each request answered with chunks (the node values the asker's connection for it) */
+  onUpload?: (peer: PeerId, bytes: number) => void
 }
 
 export interface ChunkServerInit {
   /** requests answered at once, across all askers; more are answered BUSY (16) */
   maxConcurrentUploads?: number
+  /**
+   * upload slots one asker is sure of (a quarter of them); it may take more only while this many stay free for
+   * other askers, so a lone asker gets all but a quarter and never makes a newcomer BUSY
+   */
+  maxUploadsPerPeer?: number
+  /** streams one asker may hold open, over all its connections; more are reset at once (32) */
+  maxStreamsPerPeer?: number
+  /** chunk bytes held for one asker past which its requests read no further ahead than their next reply (8 MiB) */
+  maxBytesPerPeer?: number
   /** total upload rate; unlimited when absent */
   uploadBytesPerSecond?: number
-  /** deadline of every read from an asker and of every wait for it to take our bytes (10 s) */
+  /**
+   * deadline of a whole request (from the start of its read, however slowly it trickles in) and of every wait
+   * for the asker to take our bytes (10 s)
+   */
   readTimeoutMs?: number
   maxInboundStreams?: number
   readAhead?: number
@@ -81,31 +108,49 @@ export interface ChunkServerCounters {
   malformed: number
   /** streams aborted for idling past the deadline, or reset by the asker */
   aborted: number
+  /** streams reset at once because their asker held `maxStreamsPerPeer` already */
+  streamsRefused: number
   /** PENDING frames sent while a reply was not ready (a claimed chunk being fetched) */
   pendingFrames: number
+  /** chunk bytes held for askers now: read ahead of their replies, or sent and not yet taken by their streams */
+  bytesHeld: number
 }
+
+/** What one asker holds of the server now. */
+interface PeerLoad { streams: number, uploads: number, bytes: number }
 
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
-    uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0, pendingFrames: 0
+    uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0,
+    streamsRefused: 0, pendingFrames: 0, bytesHeld: 0
   }
 
   private readonly libp2p: ChunkServerComponents['libp2p']
   private readonly cache: ServableCache
   private readonly log: Logger | undefined
+  private readonly onUpload: ChunkServerComponents['onUpload']
   private readonly maxUploads: number
+  private readonly uploadsPerPeer: number
+  private readonly streamsPerPeer: number
+  private readonly bytesPerPeer: number
   private readonly readTimeoutMs: number
   private readonly maxInboundStreams: number
   private readonly readAhead: number
   private readonly bucket: RateLimiter | undefined
   private readonly streams = new Set<Stream>()
+  /** peer id → what it holds; absent when nothing */
+  private readonly peers = new Map<string, PeerLoad>()
   private started = false
 
   constructor (components: ChunkServerComponents, init: ChunkServerInit = {}) {
     this.libp2p = components.libp2p
     this.cache = components.cache
     this.log = components.logger?.forComponent('rafspeer:chunk-server')
+    this.onUpload = components.onUpload
     this.maxUploads = Math.max(0, init.maxConcurrentUploads ?? DEFAULT_MAX_CONCURRENT_UPLOADS)
+    this.uploadsPerPeer = Math.max(1, init.maxUploadsPerPeer ?? Math.ceil(this.maxUploads / UPLOAD_SHARE_DIVISOR))
+    this.streamsPerPeer = Math.max(1, init.maxStreamsPerPeer ?? DEFAULT_MAX_STREAMS_PER_PEER)
+    this.bytesPerPeer = Math.max(0, init.maxBytesPerPeer ?? DEFAULT_MAX_BYTES_PER_PEER)
     this.readTimeoutMs = init.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS
     this.maxInboundStreams = init.maxInboundStreams ?? DEFAULT_MAX_INBOUND_STREAMS
     this.readAhead = Math.max(1, init.readAhead ?? DEFAULT_READ_AHEAD)
@@ -134,23 +179,33 @@ export class ChunkServer {
   private async serve (stream: Stream, connection: Connection): Promise<void> {
     const peer = connection.remotePeer.toString()
     const what = `chunk upload to ${peer}`
+    const load = this.load(peer)
+    load.streams++
     this.streams.add(stream)
     try {
-      const reader = chunkFrameReader(stream, what, this.readTimeoutMs, SERVER_HIGH_WATER_BYTES)
+      if (load.streams > this.streamsPerPeer) {
+        this.counters.streamsRefused++
+        stream.abort(new ChunkProtocolError(`${what}: more than ${this.streamsPerPeer} streams from one peer`))
+        return
+      }
+      const reader = chunkFrameReader(stream, what, this.readTimeoutMs, SERVER_HIGH_WATER_BYTES, this.readTimeoutMs)
       for (;;) {
         const names = await readRequest(reader)
         if (names === undefined) break
-        if (this.counters.uploadsActive >= this.maxUploads) {
+        if (!this.admit(load)) {
           this.counters.refused++
           await this.send(stream, busyReplies(names.length), what)
           continue
         }
         this.counters.uploadsActive++
         this.counters.uploads++
+        load.uploads++
         try {
-          await this.answer(stream, names, what)
+          const bytes = await this.answer(stream, names, what, load)
+          if (bytes > 0) this.onUpload?.(connection.remotePeer, bytes)
         } finally {
           this.counters.uploadsActive--
+          load.uploads--
         }
       }
       await stream.close({ signal: AbortSignal.timeout(this.readTimeoutMs) })
@@ -161,49 +216,92 @@ export class ChunkServer {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
     } finally {
       this.streams.delete(stream)
+      load.streams--
+      this.release(peer, load)
     }
   }
 
+  private load (peer: string): PeerLoad {
+    let load = this.peers.get(peer)
+    if (load === undefined) {
+      load = { streams: 0, uploads: 0, bytes: 0 }
+      this.peers.set(peer, load)
+    }
+    return load
+  }
+
+  private release (peer: string, load: PeerLoad): void {
+    if (load.streams === 0 && load.uploads === 0 && load.bytes === 0 && this.peers.get(peer) === load) this.peers.delete(peer)
+  }
+
+  /** A slot for one more request of this asker: within its share, or borrowed while its share stays free for others. */
+  private admit (load: PeerLoad): boolean {
+    const free = this.maxUploads - this.counters.uploadsActive
+    if (free <= 0) return false
+    return load.uploads < this.uploadsPerPeer || free - 1 >= this.uploadsPerPeer
+  }
+
   /**
-   * One reply per name, in order; cache reads run a few ahead of the sends, and replies already read go out
-   * together (one send, so yamux and noise frame them in large pieces rather than one small frame per chunk).
+   * One reply per name, in order; cache reads run a few ahead of the sends (within the asker's byte budget), and
+   * replies already read go out together (one send, so yamux and noise frame them in large pieces rather than one
+   * small frame per chunk). Resolves with the chunk bytes sent.
    */
-  private async answer (stream: Stream, names: ChunkName[], what: string): Promise<void> {
+  private async answer (stream: Stream, names: ChunkName[], what: string, load: PeerLoad): Promise<number> {
     const replies: Array<Promise<Reply>> = []
     const ready: boolean[] = []
-    // reads ahead of reply `from`: at most readAhead of them and READ_AHEAD_BYTES of chunks (but always the next)
+    // bytes this request holds in the asker's budget: counted when a read starts, returned once its stream took them
+    let held = 0
+    const hold = (n: number): void => { held += n; load.bytes += n; this.counters.bytesHeld += n }
+    const unhold = (n: number): void => { held -= n; load.bytes -= n; this.counters.bytesHeld -= n }
+    // reads ahead of reply `from`: at most readAhead of them, READ_AHEAD_BYTES of chunks and the asker's budget,
+    // except that a request holding nothing may always read its next reply, so every request moves
     const startReads = (from: number): void => {
       let bytes = 0
       for (let i = from; i < names.length && i < from + this.readAhead; i++) {
-        bytes += names[i]!.size
+        const size = names[i]!.size
+        bytes += size
         if (i > from && bytes > READ_AHEAD_BYTES) break
         if (i < replies.length) continue
+        if (held > 0 && load.bytes + size > this.bytesPerPeer) break
+        hold(size)
         replies.push(this.reply(names[i]!).then(r => { ready[i] = true; return r }))
       }
     }
-    for (let i = 0; i < names.length;) {
-      startReads(i)
-      // the next reply in order may take a while (a chunk this node is fetching itself): keep the asker waiting
-      if (ready[i] !== true) await this.keepAlive(stream, replies[i]!, what)
-      if (this.bucket !== undefined) {
-        await this.sendPaced(stream, await replies[i]!, what)
-        delete replies[i]
-        i++
-        continue
-      }
-      const out = new Uint8ArrayList()
-      do {
-        const r = await replies[i]!
-        delete replies[i]
-        i++
+    let sent = 0
+    try {
+      for (let i = 0; i < names.length;) {
         startReads(i)
-        if (r.payload === undefined) { out.append(r.frame); continue }
-        out.append(replyHeader(ChunkStatus.OK, r.payload.length), r.payload)
-        this.counters.chunksServed++
-        this.counters.bytesServed += r.payload.length
-      } while (i < names.length && ready[i] === true && out.byteLength < COALESCE_BYTES)
-      await this.send(stream, out, what)
+        // the next reply in order may take a while (a chunk this node is fetching itself): keep the asker waiting
+        if (ready[i] !== true) await this.keepAlive(stream, replies[i]!, what)
+        if (this.bucket !== undefined) {
+          sent += await this.sendPaced(stream, await replies[i]!, what)
+          delete replies[i]
+          unhold(names[i]!.size)
+          i++
+          continue
+        }
+        const out = new Uint8ArrayList()
+        let outHeld = 0
+        do {
+          const r = await replies[i]!
+          delete replies[i]
+          outHeld += names[i]!.size
+          i++
+          startReads(i)
+          if (r.payload === undefined) { out.append(r.frame); continue }
+          out.append(replyHeader(ChunkStatus.OK, r.payload.length), r.payload)
+          this.counters.chunksServed++
+          this.counters.bytesServed += r.payload.length
+          sent += r.payload.length
+        } while (i < names.length && ready[i] === true && out.byteLength < COALESCE_BYTES)
+        await this.send(stream, out, what)
+        unhold(outHeld)
+      }
+    } finally {
+      // reads still running or replies never sent (the stream failed): their bytes leave the budget with the request
+      unhold(held)
     }
+    return sent
   }
 
   private async send (stream: Stream, data: Uint8Array | Uint8ArrayList, what: string): Promise<void> {
@@ -224,13 +322,16 @@ export class ChunkServer {
     }
   }
 
-  /** One reply under the rate cap: a chunk goes in slices paid for one by one, so the asker sees steady progress. */
-  private async sendPaced (stream: Stream, r: Reply, what: string): Promise<void> {
+  /**
+   * One reply under the rate cap: a chunk goes in slices paid for one by one, so the asker sees steady progress.
+   * Resolves with the chunk bytes sent.
+   */
+  private async sendPaced (stream: Stream, r: Reply, what: string): Promise<number> {
     const bucket = this.bucket!
     if (r.payload === undefined) {
       await bucket.take(r.frame.byteLength)
       await this.send(stream, r.frame, what)
-      return
+      return 0
     }
     const payload = r.payload
     const header = replyHeader(ChunkStatus.OK, payload.length)
@@ -243,6 +344,7 @@ export class ChunkServer {
     }
     this.counters.chunksServed++
     this.counters.bytesServed += payload.length
+    return payload.length
   }
 
   /** The reply to one name; never rejects. */

@@ -276,6 +276,8 @@ export class HaveService {
   private async read (s: Session): Promise<void> {
     const frames = new FrameReader(s.stream, {
       what: `have session with ${s.peerId}`,
+      // idle between frames as long as the session lasts, but a frame once begun must arrive whole
+      frameTimeoutMs: this.drainTimeoutMs,
       highWaterBytes: MAX_HAVE_FRAME_BYTES,
       malformed: m => new HaveProtocolError(m)
     })

@@ -9,6 +9,11 @@
  * The node keeps those claims: a neighbour asking for a claimed chunk waits (up to `claimWaitMs`) for this node's
  * own fetch; a claim not fulfilled within `claimTtlMs` is released at the scheduler.
  *
+ * Connections: the host keeps at most `maxConnections`, closing idle ones for newcomers and after
+ * `idleConnectionMs` (see `p2p/connection-guard.ts`). The node tags the peers whose connections are worth keeping,
+ * so those are closed last or never: the scheduler always, and for a few minutes after each exchange, the
+ * neighbours it served or fetched chunks from.
+ *
  * @example
  * ```ts
  * const node = await P2PNode.start({ cache }, { listen: ['/ip4/0.0.0.0/tcp/0'], keyFile: '/var/lib/rafspeer/peer.key',
@@ -18,10 +23,14 @@
  * await node.stop()
  * ```
  */
+import type { PeerId } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { BlobCache } from '../../cache/index.js'
 import {
-  announceAddrs, createHost, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type Host, type PeerOutcome
+  KEEP_TAG_VALUE, announceAddrs, createHost, tagPeer, type ChunkAnnouncer, type ChunkHolder, type ConnectionGuardCounters,
+  type HolderResolver, type Host, type PeerOutcome
 } from '../../p2p/index.js'
 import { DIGEST_BYTES, SchedulerClient, SchedulerService, packDigests } from '../../scheduler/index.js'
 import type { FlightActivity } from '../fetch/index.js'
@@ -35,12 +44,26 @@ export const DEFAULT_CLAIM_WAIT_MS = 20_000
 export const DEFAULT_CLAIM_TTL_MS = 60_000
 /** digests announced per batch while the cache's holdings are announced at start */
 const STARTUP_ANNOUNCE_BATCH = 4096
+/** the scheduler's connection is never closed for room or idleness */
+export const SCHEDULER_TAG = 'rafspeer-scheduler'
+/** a neighbour this node served or fetched chunks from: its connection is kept a while, and closed after strangers' */
+export const EXCHANGE_TAG = 'rafspeer-exchange'
+export const EXCHANGE_TAG_VALUE = 50
+export const EXCHANGE_TAG_TTL_MS = 5 * 60_000
 
 export interface P2PNodeInit {
   listen?: string[]
   /** the persistent identity; a fresh one per start without it */
   keyFile?: string
+  /** connections kept open; a new one past it closes an idle one (256) */
+  maxConnections?: number
+  /** inbound connections from one IP address, loopback excepted (an eighth of maxConnections, at least 32) */
+  maxConnectionsPerIp?: number
+  /** a connection to an untagged peer with no stream for this long is closed; 0: never (30 s) */
+  idleConnectionMs?: number
   maxConcurrentUploads?: number
+  /** upload slots one neighbour is sure of (a quarter of maxConcurrentUploads) */
+  maxUploadsPerPeer?: number
   /** upload bytes per second to neighbours (unlimited when absent or 0) */
   uploadBytesPerSecond?: number
   maxHolders?: number
@@ -81,6 +104,8 @@ export interface P2PStats {
   download: NeighbourSourceCounters
   /** the have protocol's sessions and messages (blob-level directory only) */
   have?: HaveCounters
+  /** libp2p connections open now, and what the host's guard closed or refused to keep room */
+  connections: { open: number } & ConnectionGuardCounters
   /** chunks this node claimed at the scheduler and is still fetching */
   claims: number
 }
@@ -119,6 +144,8 @@ export class P2PNode {
   /** an embedded scheduler's own node has no session: it tells its index it is alive itself */
   private selfBeat: NodeJS.Timeout | undefined
   private uploadRate = { at: performance.now(), bytes: 0, bps: 0 }
+  /** peer id → when it was last tagged for an exchange (a peer store write per request would be too many) */
+  private readonly tagged = new Map<string, number>()
   private stopped = false
 
   private constructor (host: Host, components: P2PNodeComponents, init: P2PNodeInit) {
@@ -135,8 +162,14 @@ export class P2PNode {
       this.have = new HaveService({ libp2p: host, local: this.local, ...(logger !== undefined ? { logger } : {}) })
     }
     const servable = this.local !== undefined ? waitingForFlights(this.cache, this.local, this.claimWaitMs) : this.servable()
-    this.server = new ChunkServer({ libp2p: host, cache: servable, ...(logger !== undefined ? { logger } : {}) }, {
+    this.server = new ChunkServer({
+      libp2p: host,
+      cache: servable,
+      onUpload: peer => { this.valueExchange(peer) },
+      ...(logger !== undefined ? { logger } : {})
+    }, {
       ...(init.maxConcurrentUploads !== undefined ? { maxConcurrentUploads: init.maxConcurrentUploads } : {}),
+      ...(init.maxUploadsPerPeer !== undefined ? { maxUploadsPerPeer: init.maxUploadsPerPeer } : {}),
       ...(upload !== undefined ? { uploadBytesPerSecond: upload } : {})
     })
     const zone = init.scheduler?.zone ?? ''
@@ -199,10 +232,15 @@ export class P2PNode {
   static async start (components: P2PNodeComponents, init: P2PNodeInit = {}): Promise<P2PNode> {
     const host = await createHost({
       ...(init.listen !== undefined ? { listen: init.listen } : {}),
-      ...(init.keyFile !== undefined ? { keyFile: init.keyFile } : {})
+      ...(init.keyFile !== undefined ? { keyFile: init.keyFile } : {}),
+      ...(init.maxConnections !== undefined ? { maxConnections: init.maxConnections } : {}),
+      ...(init.maxConnectionsPerIp !== undefined ? { maxConnectionsPerIp: init.maxConnectionsPerIp } : {}),
+      ...(init.idleConnectionMs !== undefined ? { idleConnectionMs: init.idleConnectionMs } : {})
     })
     const node = new P2PNode(host, components, init)
     try {
+      const scheduler = schedulerPeer(init.scheduler?.address)
+      if (scheduler !== undefined) await tagPeer(host, scheduler, SCHEDULER_TAG, KEEP_TAG_VALUE)
       await node.server.start()
       await node.have?.start()
       await node.embedded?.start()
@@ -303,6 +341,7 @@ export class P2PNode {
       upload: { ...this.server.counters },
       download: { ...this.source.counters },
       ...(this.have !== undefined ? { have: { ...this.have.counters } } : {}),
+      connections: { open: this.host.getConnections().length, ...this.host.services.guard.counters },
       claims: this.claims.size
     }
   }
@@ -346,8 +385,33 @@ export class P2PNode {
         }
         return answer
       },
-      report: (outcomes: PeerOutcome[]) => { this.swarm.report(outcomes) }
+      report: (outcomes: PeerOutcome[]) => {
+        for (const o of outcomes) if (o.chunks > 0 && !o.bad) this.valueExchange(o.peerId)
+        this.swarm.report(outcomes)
+      }
     }
+  }
+
+  /** Tags a neighbour we just exchanged chunks with (at most once per tenth of the tag's life). */
+  private valueExchange (peer: PeerId | string): void {
+    if (this.stopped) return
+    const key = peer.toString()
+    const now = Date.now()
+    const last = this.tagged.get(key)
+    if (last !== undefined && now - last < EXCHANGE_TAG_TTL_MS / 10) return
+    this.tagged.set(key, now)
+    if (this.tagged.size > 4096) {
+      for (const [k, at] of this.tagged) if (now - at >= EXCHANGE_TAG_TTL_MS / 10) this.tagged.delete(k)
+    }
+    let id: PeerId
+    try {
+      id = typeof peer === 'string' ? peerIdFromString(peer) : peer
+    } catch {
+      return // not a peer id: nothing to tag
+    }
+    tagPeer(this.host, id, EXCHANGE_TAG, EXCHANGE_TAG_VALUE, EXCHANGE_TAG_TTL_MS).catch(err => {
+      this.log?.debug('tagging %s failed: %s', key, describeError(err))
+    })
   }
 
   /** The cache as the chunk server sees it: a claimed chunk not here yet is waited for, once, for a while. */
@@ -445,6 +509,17 @@ export class P2PNode {
       this.uploadRate = { at: now, bytes, bps: this.uploadRate.bps * 0.5 + inst * 0.5 }
     }
     return Math.round(this.uploadRate.bps)
+  }
+}
+
+/** The peer id named by a scheduler multiaddr (`…/p2p/<id>`), if any. */
+function schedulerPeer (address: string | undefined): PeerId | undefined {
+  if (address === undefined) return undefined
+  try {
+    const id = multiaddr(address).getComponents().findLast(c => c.name === 'p2p')?.value
+    return id === undefined ? undefined : peerIdFromString(id)
+  } catch {
+    return undefined
   }
 }
 
