@@ -34,6 +34,12 @@ export const DEFAULT_BAN_THRESHOLD = 3
 export const DEFAULT_RESOLVE_TIMEOUT_MS = 500
 /** plaintext bytes one request asks for, so one request stays within a few seconds on a slow link */
 export const DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+/**
+ * A chunk whose only holder answered BUSY is asked of it again this many times (after 250 ms, 500 ms, 750 ms) before
+ * it goes to the registry: a holder serving many neighbours (its per-peer upload share, `chunk-server.ts`) is busy for
+ * moments, and the registry copy it would cost is what the swarm exists to save.
+ */
+export const DEFAULT_BUSY_RETRIES = 3
 /** requests in flight to one holder within one fetch */
 export const DEFAULT_STREAMS_PER_HOLDER = 2
 
@@ -73,7 +79,7 @@ export interface NeighbourSourceInit {
   streamsPerHolder?: number
   /**
    * a chunk a holder answered BUSY is asked of it again this many times, after a growing pause, when no other
-   * holder has it (0: at once to the next source; a mirror, whose next source is the registry, waits instead)
+   * holder has it (3; 0: at once to the next source; a mirror, whose next source is the registry, waits longer)
    */
   busyRetries?: number
   /** the first pause after a BUSY (250 ms), growing to 4× */
@@ -128,7 +134,7 @@ export class NeighbourSource implements ChunkSource {
       resolveTimeoutMs: init.resolveTimeoutMs ?? DEFAULT_RESOLVE_TIMEOUT_MS,
       maxRequestBytes: Math.max(1, init.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES),
       streamsPerHolder: Math.max(1, init.streamsPerHolder ?? DEFAULT_STREAMS_PER_HOLDER),
-      busyRetries: Math.max(0, init.busyRetries ?? 0),
+      busyRetries: Math.max(0, init.busyRetries ?? DEFAULT_BUSY_RETRIES),
       busyBackoffMs: Math.max(1, init.busyBackoffMs ?? 250),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
