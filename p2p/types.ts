@@ -39,7 +39,7 @@ export interface HolderResolver {
    * within its own short timeout (≤ 200 ms, or `timeoutMs` for a caller that would rather wait than go to the
    * registry): on failure it resolves with what it knows (possibly nothing), never rejects and never stalls a read.
    */
-  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number }) => Promise<Map<string, ChunkHolder[]>>
+  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number, max?: number }) => Promise<Map<string, ChunkHolder[]>>
   /** fire and forget */
   report: (outcomes: PeerOutcome[]) => void
 }

@@ -16,7 +16,7 @@ import type { PeerInfo, PeerLoad, SchedulerClientInit } from './types.js'
 import { bodies, FRAME_DIGESTS, Session } from './session.js'
 import {
   decodeMessage, encodeMessage, packDigests, SchedulerError, DIGEST_BYTES, MAX_FRAME_BYTES, MAX_OUTCOMES_PER_FRAME,
-  MAX_PEER_ID_BYTES, type SchedulerMessage
+  MAX_HOLDERS_PER_ANSWER, MAX_PEER_ID_BYTES, type SchedulerMessage
 } from './protocol.js'
 
 const DEFAULT_RESOLVE_TIMEOUT_MS = 200
@@ -259,7 +259,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
    * Holders per hex digest, best first (never this peer). Resolves within `resolveTimeoutMs` with whatever
    * arrived (nothing when the scheduler is unreachable) and never rejects; an abort of `opts.signal` answers at once.
    */
-  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
+  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number, max?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
     const out = new Map<string, ChunkHolder[]>()
     const asked = digests.filter((d) => d.length === DIGEST_BYTES)
     if (!this.running || asked.length === 0 || opts.signal?.aborted === true) return out
@@ -284,7 +284,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
           const part = asked.slice(i, i + FRAME_DIGESTS)
           this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1
           const id = this.nextId
-          if (!s.sendUrgent(encodeMessage({ type: 'resolve', id, max: HOLDERS_PER_DIGEST, digests: packDigests(part) }))) break
+          if (!s.sendUrgent(encodeMessage({ type: 'resolve', id, max: Math.max(1, Math.min(MAX_HOLDERS_PER_ANSWER, opts.max ?? HOLDERS_PER_DIGEST)), digests: packDigests(part) }))) break
           ids.push(id)
           left++
           this.pending.set(id, { session: s, digests: part, out, done: () => { if (--left === 0) finish() } })

@@ -67,8 +67,9 @@ export interface PlanInput {
 }
 
 export function planChunk (p: PlanInput): ChunkPlan {
-  if (p.have.length > 0) return { action: 'peer', peers: [...p.have] }
-  if (p.pending.length > 0) return { action: 'peer', peers: [...p.pending] }
+  // holders and peers fetching it alike: the neighbour source spreads its asks over them, so a chunk wanted by many
+  // flows down a tree instead of all from the uplink of the first to have it
+  if (p.have.length > 0 || p.pending.length > 0) return { action: 'peer', peers: [...p.have, ...p.pending] }
   const group = p.group.includes(p.self) ? p.group : [...p.group, p.self]
   const assignee = backToSourceAssignee(group, p.blobHex, p.ci)
   if (assignee === p.self || p.wantedForMs >= p.graceMs) return { action: 'source' }

@@ -108,7 +108,11 @@ export class BlobLocator implements ChunkLocator {
           graceMs: this.graceMs
         })
         if (plan.action === 'peer') {
-          out.set(w.chunk.digest.toString('hex'), plan.peers.map(id => g.holders.get(id) ?? { peerId: id, addrs: [] }))
+          // holders in an order of their hash with the chunk: askers spread over every holder of a chunk instead of
+          // all starting with the first one to have it (whose uplink would carry the whole swarm)
+          const ci = w.chunk.index
+          const peers = [...plan.peers].sort((a, b) => rendezvousScore(b, blobHex, ci) - rendezvousScore(a, blobHex, ci))
+          out.set(w.chunk.digest.toString('hex'), peers.map(id => g.holders.get(id) ?? { peerId: id, addrs: [] }))
         } else if (plan.action === 'wait') {
           waiting.push(w)
           soonest = Math.min(soonest, plan.retryInMs)
@@ -165,7 +169,8 @@ export class BlobLocator implements ChunkLocator {
     const first = !this.groups.has(blobHex)
     const holders = new Map<string, ChunkHolder>()
     try {
-      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal })
+      // as many as the scheduler gives: peers that know the same holders agree on the blob's group
+      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.maxHolders })
       for (const h of answer.get(blobHex) ?? []) if (h.peerId !== this.self && holders.size < this.maxHolders) holders.set(h.peerId, h)
     } catch (err) {
       signal.throwIfAborted()

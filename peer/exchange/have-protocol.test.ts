@@ -100,6 +100,7 @@ test('back to source: every peer computes the same assignee; chunks spread evenl
 test('plan: holders, then peers fetching it, then the assignee fetches and the others wait a grace period', () => {
   const base = { group: ['a', 'b', 'c'], blobHex: hex, have: [], pending: [], wantedForMs: 0, graceMs: 200 }
   assert.deepEqual(planChunk({ ...base, self: 'a', ci: 1, have: ['x'] }), { action: 'peer', peers: ['x'] })
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci: 1, have: ['x'], pending: ['y'] }), { action: 'peer', peers: ['x', 'y'] })
   assert.deepEqual(planChunk({ ...base, self: 'a', ci: 1, pending: ['y'] }), { action: 'peer', peers: ['y'] })
   let ci = 0
   while (backToSourceAssignee(base.group, hex, ci) !== 'b') ci++

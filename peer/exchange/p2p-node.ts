@@ -188,7 +188,7 @@ export class P2PNode {
         announce: digests => { index.announce(self, packed(digests), { info: info() }) },
         withdraw: digests => { index.withdraw(self, packed(digests)) },
         releaseClaims: digests => { index.withdraw(self, packed(digests)) },
-        resolve: async digests => index.resolveMap(self, digests),
+        resolve: async (digests, opts) => index.resolveMap(self, digests, opts?.max),
         report: outcomes => { index.report(self, outcomes) }
       }
       this.client = undefined
