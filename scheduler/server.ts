@@ -91,6 +91,8 @@ export class SchedulerService {
     const peerId = connection.remotePeer.toString()
     this.sessions.add(stream)
     let busySince = performance.now()
+    /** the session announced (with its addresses): from then on the index must know the peer */
+    let sessionAnnounced = false
     try {
       const frames = new FrameReader(stream, {
         // a session idles between frames as long as it likes, but a frame once begun must arrive whole
@@ -107,6 +109,7 @@ export class SchedulerService {
         const m = decodeMessage(body)
         switch (m.type) {
           case 'announce': {
+            sessionAnnounced = true
             const r = this.index.announce(peerId, m.digests, { reset: m.reset, info: m.info !== undefined ? this.cleanInfo(m.info, peerId) : undefined })
             if (r.refused > 0) this.refusedFrom(peerId, r.refused)
             break
@@ -125,6 +128,12 @@ export class SchedulerService {
             break
           }
           case 'heartbeat':
+            // a peer this index dropped (it expired while this process was too busy to hear it, or the table
+            // displaced it) would come back without its addresses and holdings: a new session makes the client
+            // announce everything again, addresses first
+            if (this.index.peer(peerId) === undefined && sessionAnnounced) {
+              throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', 'heartbeat of a peer the index no longer knows: reconnect and announce again')
+            }
             this.index.heartbeat(peerId, m.intervalMs, m.load)
             break
           case 'leave':

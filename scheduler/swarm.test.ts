@@ -95,6 +95,15 @@ test('withdraw removes the holder', async () => {
   assert.deepEqual(await holderIds(c, digest('d2')), [nodeA.peerId.toString(), nodeB.peerId.toString()].sort())
 })
 
+test('a peer the index dropped while its session lived (a busy scheduler missed its heartbeats) announces itself again', async () => {
+  const aId = nodeA.peerId.toString()
+  sched?.service.index.leave(aId)
+  assert.equal(sched?.service.index.peer(aId), undefined)
+  // its next heartbeat ends the session; the client reconnects and announces everything, addresses first
+  await eventually(async () => { assert.deepEqual(await holderIds(c, digest('d1')), [aId]) })
+  assert.ok((sched?.service.index.peer(aId)?.addrs.length ?? 0) > 0)
+})
+
 test('a hostile stream is closed and the scheduler keeps serving', async () => {
   const target = multiaddr(sched?.multiaddrs[0] as string)
   const s1 = await nodeC.dialProtocol(target, SCHEDULER_PROTOCOL)
