@@ -48,7 +48,7 @@ export {
 } from './server.js'
 export { SchedulerClient, type SchedulerClientComponents } from './client.js'
 export {
-  SchedulerError, type SchedulerErrorCode, MAX_FRAME_BYTES, MAX_DIGESTS_PER_FRAME, DIGEST_BYTES, packDigests
+  SchedulerError, type SchedulerErrorCode, MAX_FRAME_BYTES, MAX_DIGESTS_PER_FRAME, DIGEST_BYTES, packDigests, encodeMessage
 } from './protocol.js'
 // the blob-level swarm directory (issue 13): in memory or on Redis Cluster, see ./directory/index.ts
 export {

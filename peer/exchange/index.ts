@@ -6,11 +6,29 @@
 export {
   CHUNK_PROTOCOL, ChunkStatus, ChunkEncoding, ChunkProtocolError, ChunkTimeoutError, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_REQUEST,
   MAX_MESSAGE_BYTES, chunkFrameReader, encodeRequest, decodeRequestBody, readRequest, readReply, replyHeader, errorReply,
-  exchangeChunks, type ChunkName, type ChunkReply
+  exchangeChunks, RequestLayout, EntryLayout, ReplyLayout, type ChunkName, type ChunkReply
 } from './chunk-protocol.js'
-export { ChunkServer, type ChunkServerCounters, type ChunkServerInit, type ServableCache, type ServableChunk } from './chunk-server.js'
+export { ChunkServer, DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, type ChunkServerCounters, type ChunkServerInit, type ServableCache, type ServableChunk } from './chunk-server.js'
 export {
   NeighbourSource, DEFAULT_MAX_REQUEST_BYTES as DEFAULT_NEIGHBOUR_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,
+  DEFAULT_MAX_HOLDERS as DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_BUSY_RETRIES,
   type NeighbourSourceCounters, type NeighbourSourceInit, type NeighbourSourceComponents
 } from './neighbour-source.js'
 export { P2PNode, type P2PNodeInit, type P2PNodeComponents, type P2PStats } from './p2p-node.js'
+// the blob-level swarm: the have protocol, what neighbours have, back to source, the locator (pure parts take an
+// injected clock: `sim/model/` runs them too)
+export {
+  HAVE_PROTOCOL, HaveProtocolError, encodeHave, decodeHave, newBits, setBit, getBit, clearBit, MAX_INDEXES_PER_MESSAGE,
+  type HaveMessage
+} from './have-protocol.js'
+export { HaveTable, DEFAULT_PENDING_TTL_MS, type ChunkSources } from './have-table.js'
+export { planChunk, rendezvousScore, backToSourceAssignee, type ChunkPlan, type PlanInput as ChunkPlanInput } from './back-to-source.js'
+export {
+  BlobLocator, DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS,
+  DEFAULT_MAX_HOLDERS as DEFAULT_LOCATOR_MAX_HOLDERS, type ChunkLocator, type BlobLocatorInit
+} from './blob-locator.js'
+export {
+  HaveService, DEFAULT_FLUSH_MS as DEFAULT_HAVE_FLUSH_MS, DEFAULT_MAX_SESSIONS as DEFAULT_HAVE_MAX_SESSIONS,
+  type LocalChunks, type LocalListener, type HaveCounters
+} from './have-service.js'
+export { CacheChunks, waitingForFlights } from './local-chunks.js'

@@ -1,0 +1,142 @@
+/**
+ * A run's settings: the caller's options checked once, with the daemon's own defaults for everything a daemon
+ * decides (taken from the daemon's modules, so a changed default changes the model too).
+ */
+import type { ModelInit } from './types.js'
+import {
+  DEFAULT_BITFIELD_WAIT_MS, DEFAULT_CONCURRENCY, DEFAULT_FETCH_IDLE_MS, DEFAULT_FLUSH_MS, DEFAULT_GRACE_MS, DEFAULT_GROUP_SIZE, DEFAULT_HEDGE_AFTER_MS,
+  DEFAULT_HOLDERS_PER_FETCH, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST
+} from './policy.js'
+
+export const MAX_MODEL_NODES = 100_000
+export const DEFAULT_IMAGE_BYTES = 1 << 30
+export const DEFAULT_CHUNK_BYTES = 1 << 20
+/** 10 Gbit/s */
+export const DEFAULT_BANDWIDTH = 1.25e9
+export const DEFAULT_RTT_MS = 1
+export const DEFAULT_HEARTBEAT_MS = 1000
+/** what `SchedulerClient` asks a resolve for (its HOLDERS_PER_DIGEST) */
+export const DEFAULT_HOLDERS_PER_LOOKUP = 4
+/** `SchedulerClient`'s default flushMs: reports are batched this long */
+export const REPORT_FLUSH_MS = 50
+export const DEFAULT_MAX_SIMULATED_MS = 3_600_000
+/** `NeighbourSource`'s default busyBackoffMs */
+export const DEFAULT_BUSY_BACKOFF_MS = 250
+const DETAIL_LIMIT = 1000
+
+export interface Config {
+  nodes: number
+  imageBytes: number
+  chunkSize: number
+  blobs: number
+  bandwidth: number
+  registryBandwidth: number
+  rttMs: number
+  halfRttMs: number
+  staggerMs: number
+  failRate: number
+  failWithinMs: number
+  rejoinAfterMs: number | undefined
+  seed: number
+  heartbeatMs: number
+  windowBatches: number
+  batchBytes: number
+  holdersPerLookup: number
+  busyRetries: number
+  busyBackoffMs: number
+  followBack: boolean
+  pendingWhenPlanned: boolean
+  stableGroup: boolean
+  nodesDetail: 'all' | 'none'
+  runtime: boolean
+  maxSimulatedMs: number
+  log: (line: string) => void
+  // the daemon's
+  groupSize: number
+  graceMs: number
+  bitfieldWaitMs: number
+  refreshMs: number
+  locatorMaxHolders: number
+  haveFlushMs: number
+  maxSessions: number
+  holdersPerFetch: number
+  hedgeAfterMs: number
+  maxRequestBytes: number
+  maxChunksPerRequest: number
+  streamsPerHolder: number
+  maxUploads: number
+  reportFlushMs: number
+  fetchIdleMs: number
+}
+
+/** Checks `init` (every problem at once) and fills in the defaults. */
+export function resolveConfig (init: ModelInit): Readonly<Config> {
+  const problems: string[] = []
+  const int = (name: string, v: number | undefined, min: number, max: number, dflt: number): number => {
+    if (v === undefined) return dflt
+    if (!Number.isInteger(v) || v < min || v > max) problems.push(`${name} must be a whole number from ${min} to ${max}, got ${v}`)
+    return v
+  }
+  const num = (name: string, v: number | undefined, min: number, dflt: number, open = false): number => {
+    if (v === undefined) return dflt
+    if (!Number.isFinite(v) || v < min || (open && v === min)) problems.push(`${name} must be a number ${open ? '>' : '≥'} ${min}, got ${v}`)
+    return v
+  }
+  const nodes = int('nodes', init.nodes, 1, MAX_MODEL_NODES, 1)
+  const imageBytes = int('imageBytes', init.imageBytes, 1, Number.MAX_SAFE_INTEGER, DEFAULT_IMAGE_BYTES)
+  const chunkSize = int('chunkSize', init.chunkSize, 4096, 16 << 20, DEFAULT_CHUNK_BYTES)
+  const blobs = int('blobs', init.blobs, 1, 1024, 1)
+  const bandwidth = num('bandwidth', init.bandwidth, 0, DEFAULT_BANDWIDTH, true)
+  const registryBandwidth = num('registryBandwidth', init.registryBandwidth, 0, 2 * bandwidth, true)
+  const rttMs = num('rttMs', init.rttMs, 0, DEFAULT_RTT_MS)
+  const failRate = num('failRate', init.failRate, 0, 0)
+  if (failRate > 1) problems.push(`failRate must be at most 1, got ${failRate}`)
+  const perNodeMs = imageBytes / bandwidth * 1000
+  const cfg: Config = {
+    nodes,
+    imageBytes,
+    chunkSize,
+    blobs,
+    bandwidth,
+    registryBandwidth,
+    rttMs,
+    halfRttMs: rttMs / 2,
+    staggerMs: num('staggerMs', init.staggerMs, 0, 0),
+    failRate,
+    failWithinMs: num('failWithinMs', init.failWithinMs, 0, Math.max(1000, 2 * perNodeMs), true),
+    rejoinAfterMs: init.rejoinAfterMs === undefined ? undefined : num('rejoinAfterMs', init.rejoinAfterMs, 0, 0),
+    seed: int('seed', init.seed, 0, 0xffffffff, 1),
+    heartbeatMs: num('heartbeatMs', init.heartbeatMs, 50, DEFAULT_HEARTBEAT_MS),
+    windowBatches: int('windowBatches', init.windowBatches, 1, 1024, DEFAULT_CONCURRENCY),
+    batchBytes: int('batchBytes', init.batchBytes, 1, 1 << 30, DEFAULT_MAX_BATCH_BYTES),
+    holdersPerLookup: int('holdersPerLookup', init.holdersPerLookup, 1, 16, DEFAULT_HOLDERS_PER_LOOKUP),
+    busyRetries: int('busyRetries', init.busyRetries, 0, 100, 0),
+    busyBackoffMs: num('busyBackoffMs', init.busyBackoffMs, 1, DEFAULT_BUSY_BACKOFF_MS),
+    followBack: init.proposals?.followBack === true,
+    pendingWhenPlanned: init.proposals?.pendingWhenPlanned === true,
+    stableGroup: init.proposals?.stableGroup === true,
+    nodesDetail: init.nodesDetail ?? (nodes <= DETAIL_LIMIT ? 'all' : 'none'),
+    runtime: init.runtime ?? true,
+    maxSimulatedMs: num('maxSimulatedMs', init.maxSimulatedMs, 0, DEFAULT_MAX_SIMULATED_MS, true),
+    log: init.log ?? (() => {}),
+    groupSize: DEFAULT_GROUP_SIZE,
+    graceMs: DEFAULT_GRACE_MS,
+    bitfieldWaitMs: DEFAULT_BITFIELD_WAIT_MS,
+    refreshMs: DEFAULT_REFRESH_MS,
+    locatorMaxHolders: DEFAULT_MAX_HOLDERS,
+    haveFlushMs: DEFAULT_FLUSH_MS,
+    maxSessions: DEFAULT_MAX_SESSIONS,
+    holdersPerFetch: DEFAULT_HOLDERS_PER_FETCH,
+    hedgeAfterMs: DEFAULT_HEDGE_AFTER_MS,
+    maxRequestBytes: DEFAULT_MAX_REQUEST_BYTES,
+    maxChunksPerRequest: MAX_CHUNKS_PER_REQUEST,
+    streamsPerHolder: DEFAULT_STREAMS_PER_HOLDER,
+    maxUploads: int('maxUploads', init.maxUploads, 1, 65535, DEFAULT_MAX_CONCURRENT_UPLOADS),
+    reportFlushMs: REPORT_FLUSH_MS,
+    fetchIdleMs: DEFAULT_FETCH_IDLE_MS
+  }
+  if (init.nodesDetail !== undefined && init.nodesDetail !== 'all' && init.nodesDetail !== 'none') problems.push(`nodesDetail must be all or none, got ${String(init.nodesDetail)}`)
+  if (problems.length > 0) throw new RangeError(`model options: ${problems.join('; ')}`)
+  return Object.freeze(cfg)
+}

@@ -1,0 +1,251 @@
+/**
+ * A node's fetch of one batch, as the daemon's fetcher runs it with the blob-level neighbour source first and the
+ * registry second: the locator plans every chunk; chunks planned for the source go to the registry at once (the
+ * neighbour source declines them); the others are spread over up to `holdersPerFetch` holders (`SwarmFetch`:
+ * least assigned bytes, at most `streamsPerHolder` requests each, a request with no reply for `hedgeAfterMs` hedged
+ * to the next holder, a BUSY or NOT_FOUND chunk asked of the next holder); what no neighbour delivered goes to the
+ * registry when the neighbour source is done.
+ */
+import type { Timed } from './events.js'
+import { chooseHolder, splitRequests } from './daemon-policy.js'
+import { Locate } from './locate.js'
+import type { NodeBlob, SimNode } from './node.js'
+import { PeerReq, RegistryReq } from './request.js'
+import { chunkBytes } from './world.js'
+
+export class Batch {
+  readonly startedAt: number
+  private readonly inc: number
+  private left: number
+
+  constructor (readonly node: SimNode, readonly nb: NodeBlob, readonly cis: number[]) {
+    this.startedAt = node.world.queue.now
+    this.inc = node.incarnation
+    this.left = cis.length
+  }
+
+  /** whether the node that started it is still the one running */
+  current (): boolean { return this.node.alive && this.node.incarnation === this.inc }
+
+  start (): void {
+    if (!this.node.world.cfg.pendingWhenPlanned) this.node.pending(this.nb, this.cis)
+    this.nb.group.need(new Locate(this))
+  }
+
+  /** The locator's answer: holders per chunk, and the chunks for the registry now. */
+  located (peers: Map<number, SimNode[]>, source: number[]): void {
+    if (this.node.world.cfg.pendingWhenPlanned) this.node.pending(this.nb, this.cis)
+    if (source.length > 0) this.toRegistry(source)
+    if (peers.size > 0) new SwarmFetch(this, peers).start()
+  }
+
+  toRegistry (cis: number[]): void { new RegistryReq(this, cis).send() }
+
+  /** A chunk arrived (from the registry, or a neighbour's first copy). */
+  deliver (ci: number, fromRegistry: boolean): void {
+    if (!this.current()) return
+    if (!this.node.accept(this.nb, ci, fromRegistry, chunkBytes(this.nb.spec, ci))) return
+    if (--this.left === 0) this.node.batchDone(this)
+  }
+}
+
+/** One chunk of one neighbour fetch. */
+export interface Want {
+  /** its place in the fetch's wants */
+  i: number
+  ci: number
+  size: number
+  candidates: SimNode[]
+  tried: Set<SimNode>
+  attempts: Set<PeerReq>
+  done: boolean
+  /** BUSY answers so far */
+  busy: number
+}
+
+/** The requests of one fetch to one holder. */
+export interface Lane { holder: SimNode, queued: PeerReq[], running: Set<PeerReq>, assigned: number }
+
+const FLUSH = 0
+const RETRY = 2
+const CODE_BITS = 2
+
+export class SwarmFetch implements Timed {
+  readonly wants: Want[] = []
+  private readonly lanes = new Map<SimNode, Lane>()
+  private pendingAssign: Want[] = []
+  private flushScheduled = false
+  private outstanding = 0
+  private ended = false
+  /** given up for idleness: its requests stopped, the rest handed to the registry */
+  private aborted = false
+  /** the fetcher's idle deadline counts from the last chunk this source delivered */
+  private lastProgress: number
+
+  constructor (readonly batch: Batch, holders: Map<number, SimNode[]>) {
+    this.lastProgress = batch.startedAt
+    const spec = batch.nb.spec
+    for (const ci of batch.cis) {
+      const candidates = holders.get(ci)
+      if (candidates !== undefined && candidates.length > 0) {
+        this.wants.push({ i: this.wants.length, ci, size: chunkBytes(spec, ci), candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0 })
+      }
+    }
+  }
+
+  get node (): SimNode { return this.batch.node }
+
+  start (): void {
+    this.node.watch(this)
+    this.pendingAssign = [...this.wants]
+    this.flush()
+    this.checkEnd()
+  }
+
+  /** the deferred flush of requeued wants, or the idle deadline */
+  fire (arg: number): void {
+    const code = arg & ((1 << CODE_BITS) - 1)
+    if (code === RETRY) {
+      if (!this.batch.current() || this.aborted) return
+      this.outstanding--
+      this.requeue(this.wants[arg >>> CODE_BITS]!)
+      this.checkEnd()
+      return
+    }
+    this.flushScheduled = false
+    if (!this.batch.current() || this.aborted) return
+    this.flush()
+    this.checkEnd()
+  }
+
+  /** when the fetcher's idle deadline falls, as things stand */
+  get idleDue (): number { return this.lastProgress + this.node.world.cfg.fetchIdleMs }
+
+  get over (): boolean { return this.ended }
+
+  /**
+   * The fetcher's idle deadline (the node's watchdog calls this once it passed): no chunk from this source for
+   * `fetchIdleMs` (neighbours waiting on each other's PENDING, say) and the attempt is given up; its chunks go to
+   * the registry.
+   */
+  idle (): void {
+    if (this.ended || !this.batch.current()) return
+    this.aborted = true
+    this.node.idleTimeouts++
+    for (const lane of this.lanes.values()) {
+      lane.queued = []
+      for (const req of [...lane.running]) req.abort()
+    }
+    this.outstanding = 0
+    this.flushScheduled = false
+    this.checkEnd()
+  }
+
+  requeue (w: Want): void {
+    if (w.done || w.attempts.size > 0 || !this.batch.current() || this.aborted) return
+    this.pendingAssign.push(w)
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    this.node.world.queue.after(0, this, FLUSH)
+  }
+
+  /** A BUSY holder that nobody else can stand in for: asked again after `ms` (the fetch stays open meanwhile). */
+  requeueLater (w: Want, ms: number): void {
+    this.outstanding++
+    this.node.world.queue.after(ms, this, RETRY | (w.i << CODE_BITS))
+  }
+
+  private flush (): void {
+    const byLane = new Map<Lane, Want[]>()
+    for (const w of this.pendingAssign) {
+      if (w.done || w.attempts.size > 0) continue
+      const lane = this.choose(w)
+      if (lane === undefined) continue
+      const list = byLane.get(lane) ?? []
+      list.push(w)
+      byLane.set(lane, list)
+    }
+    this.pendingAssign = []
+    for (const [lane, wants] of byLane) this.enqueue(lane, wants)
+  }
+
+  private choose (w: Want): Lane | undefined {
+    const open = w.candidates.filter(h => !w.tried.has(h))
+    const cfg = this.node.world.cfg
+    const penalties = this.node.penalties
+    const h = chooseHolder(open, w.size, this.lanes, cfg.holdersPerFetch, k => penalties.get(k) ?? 0)
+    if (h === undefined) return undefined
+    let lane = this.lanes.get(h)
+    if (lane === undefined) {
+      lane = { holder: h, queued: [], running: new Set(), assigned: 0 }
+      this.lanes.set(h, lane)
+    }
+    lane.assigned += w.size
+    return lane
+  }
+
+  private enqueue (lane: Lane, wants: Want[]): void {
+    const cfg = this.node.world.cfg
+    for (const part of splitRequests(wants, w => w.size, cfg.maxRequestBytes, cfg.maxChunksPerRequest)) {
+      const req = new PeerReq(this, lane, part)
+      for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder) }
+      lane.queued.push(req)
+      this.outstanding++
+    }
+    this.pump(lane)
+  }
+
+  private pump (lane: Lane): void {
+    while (lane.running.size < this.node.world.cfg.streamsPerHolder && lane.queued.length > 0) {
+      const req = lane.queued.shift()!
+      lane.running.add(req)
+      req.run()
+    }
+  }
+
+  /** A request ended (delivered, failed, cancelled): its lane takes the next. */
+  requestEnded (req: PeerReq): void {
+    req.lane.running.delete(req)
+    this.outstanding--
+    if (!this.batch.current() || this.aborted) return
+    this.pump(req.lane)
+    this.checkEnd()
+  }
+
+  /** A verified chunk from a neighbour: the first copy counts; requests with nothing left to give are stopped. */
+  deliver (w: Want): void {
+    if (w.done) { this.node.duplicateBytes += w.size; return }
+    w.done = true
+    this.lastProgress = this.node.world.queue.now
+    this.batch.deliver(w.ci, false)
+    for (const other of w.attempts) if (other.wants.every(x => x.done)) other.cancel()
+    w.attempts.clear()
+  }
+
+  /** No reply for `hedgeAfterMs`: the request's chunks nobody else is asked for go to their next holders too. */
+  hedge (req: PeerReq): void {
+    req.hedged = true
+    const byLane = new Map<Lane, Want[]>()
+    req.wants.forEach((w, i) => {
+      if (req.replied[i] === 1 || w.done || w.attempts.size > 1) return
+      const lane = this.choose(w)
+      if (lane === undefined) return
+      const list = byLane.get(lane) ?? []
+      list.push(w)
+      byLane.set(lane, list)
+    })
+    if (byLane.size === 0) return
+    this.node.requests.hedges++
+    for (const [lane, wants] of byLane) this.enqueue(lane, wants)
+  }
+
+  /** The neighbour source is done once nothing is queued, running or about to be: the rest goes to the registry. */
+  private checkEnd (): void {
+    if (this.ended || this.outstanding > 0 || this.flushScheduled) return
+    this.ended = true
+    this.node.unwatch(this)
+    const left = this.wants.filter(w => !w.done).map(w => w.ci)
+    this.node.sourced.leftover += left.length
+    if (left.length > 0) this.batch.toRegistry(left)
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * `BlobLocator` in the model: a blob's group (asked of the scheduler at most every `refreshMs`, its holders told
+ * of our interest, the first time a wait of up to `bitfieldWaitMs` for their bitfields) and, per fetch batch, the
+ * daemon's own `planChunk` for every chunk — a neighbour that has it, one fetching it, the registry now, or a wait
+ * for the assignee's PENDING — looked at again whenever a neighbour's state of the blob changes.
+ */
+import type { Timed } from './events.js'
+import { blobGroup, planChunkInStableGroup } from './daemon-policy.js'
+import type { Batch } from './fetch.js'
+import type { NodeBlob, SimNode } from './node.js'
+import { backToSourceAssignee, planChunk } from './policy.js'
+
+const NONE = 0
+const LOOKING = 1
+const BITFIELDS = 2
+const READY = 3
+
+/** The blob's holders as one node knows them, and look-ups waiting for them. */
+export class GroupState implements Timed {
+  private phase = NONE
+  holders: SimNode[] = []
+  /** proposal `stableGroup`: the blob's first claimers, as the scheduler named them */
+  first: string[] = []
+  private at = 0
+  private waiters: Locate[] = []
+  private firstLookUp = true
+  private deadline = 0
+  private version = 0
+  private inc = 0
+
+  constructor (private readonly node: SimNode, private readonly nb: NodeBlob) {}
+
+  /** this node works on the blob (it looked it up) */
+  get working (): boolean { return this.phase !== NONE }
+
+  /** `loc` runs once the group is known and fresh. */
+  need (loc: Locate): void {
+    const q = this.node.world.queue
+    if (this.phase === READY && q.now - this.at < this.node.world.cfg.refreshMs) { loc.plan(); return }
+    this.waiters.push(loc)
+    if (this.phase === LOOKING || this.phase === BITFIELDS) return
+    this.firstLookUp = this.phase === NONE
+    this.phase = LOOKING
+    this.inc = this.node.incarnation
+    const w = this.node.world
+    w.directory.resolve(this.node.dir, this.nb.spec.key, w.cfg.holdersPerLookup, (ids, first) => { this.resolved(ids, first) },
+      w.cfg.stableGroup ? w.cfg.groupSize : 0)
+  }
+
+  private resolved (ids: string[], first: string[]): void {
+    const node = this.node
+    if (node.incarnation !== this.inc || !node.alive) return
+    const w = node.world
+    this.first = first
+    this.holders = []
+    for (const id of ids) {
+      const h = w.byPeerId.get(id)
+      if (h !== undefined && h !== node && this.holders.length < w.cfg.locatorMaxHolders) this.holders.push(h)
+    }
+    const fresh = this.holders.filter(h => !this.nb.told.has(h))
+    // a new connection costs a round trip (connection refused from a dead peer, too); a stream on an open one nothing
+    const dial = fresh.some(h => !node.conns.has(h)) ? w.cfg.rttMs : 0
+    w.queue.after(dial, {
+      fire: () => {
+        if (node.incarnation !== this.inc || !node.alive) return
+        for (const h of fresh) node.interest(this.nb, h)
+        if (this.firstLookUp && this.holders.length > 0) {
+          this.phase = BITFIELDS
+          this.deadline = w.queue.now + w.cfg.bitfieldWaitMs
+          w.queue.at(this.deadline, this, ++this.version)
+          this.check()
+        } else {
+          this.ready()
+        }
+      }
+    })
+  }
+
+  /** the bitfield wait's deadline */
+  fire (version: number): void {
+    if (version === this.version && this.node.incarnation === this.inc) this.check()
+  }
+
+  /** During the first look-up: ready once every holder's bitfield came, or at the deadline. */
+  check (): void {
+    if (this.phase !== BITFIELDS) return
+    const now = this.node.world.queue.now
+    if (this.node.table.neighbours(this.nb.spec.hex).length >= this.holders.length || now >= this.deadline) this.ready()
+  }
+
+  private ready (): void {
+    this.phase = READY
+    this.at = this.node.world.queue.now
+    const ws = this.waiters
+    this.waiters = []
+    for (const loc of ws) loc.plan()
+  }
+}
+
+/** One fetch batch's `locate`: a plan for each of its chunks. */
+export class Locate implements Timed {
+  private open: number[]
+  private readonly since: number
+  private group: string[] | undefined
+  private readonly peers = new Map<number, SimNode[]>()
+  private readonly source: number[] = []
+  private timerAt = Infinity
+  private version = 0
+  private done = false
+
+  constructor (private readonly batch: Batch) {
+    this.open = batch.cis
+    this.since = batch.node.world.queue.now
+  }
+
+  fire (version: number): void {
+    if (this.done || version !== this.version) return
+    this.timerAt = Infinity
+    this.plan()
+  }
+
+  plan (): void {
+    const { node, nb } = this.batch
+    if (this.done || !this.batch.current()) return
+    const w = node.world
+    const hex = nb.spec.hex
+    const self = node.peerId
+    const now = w.queue.now
+    if (this.group === undefined && w.cfg.stableGroup) this.group = nb.group.first
+    if (this.group === undefined) {
+      const ids: string[] = [self]
+      for (const h of nb.group.holders) ids.push(h.peerId)
+      for (const f of nb.followers) ids.push(f.peerId)
+      this.group = blobGroup(ids, hex, w.cfg.groupSize)
+    }
+    const waiting: number[] = []
+    let soonest = Infinity
+    for (const ci of this.open) {
+      const { have, pending } = node.table.sources(hex, ci)
+      const plan = (w.cfg.stableGroup ? planChunkInStableGroup : planChunk)({
+        self,
+        group: this.group,
+        blobHex: hex,
+        ci,
+        have: have.filter(p => p !== self),
+        pending: pending.map(p => p.peerId).filter(p => p !== self),
+        wantedForMs: now - this.since,
+        graceMs: w.cfg.graceMs
+      })
+      if (plan.action === 'peer') {
+        this.peers.set(ci, plan.peers.map(id => w.byPeerId.get(id)!))
+      } else if (plan.action === 'wait') {
+        waiting.push(ci)
+        soonest = Math.min(soonest, plan.retryInMs)
+      } else {
+        this.source.push(ci)
+        const group = w.cfg.stableGroup || this.group.includes(self) ? this.group : [...this.group, self]
+        if (backToSourceAssignee(group.length > 0 ? group : [self], hex, ci) === self) node.sourced.assignee++
+        else node.sourced.afterGrace++
+      }
+    }
+    this.open = waiting
+    if (waiting.length === 0) {
+      this.done = true
+      nb.waiting.delete(this)
+      this.batch.located(this.peers, this.source)
+      return
+    }
+    nb.waiting.add(this)
+    const t = now + Math.max(1, soonest)
+    if (t < this.timerAt) {
+      this.timerAt = t
+      w.queue.at(t, this, ++this.version)
+    }
+  }
+}
+

@@ -1,0 +1,109 @@
+/**
+ * The model, run for real at small sizes: a seed replays a run byte for byte; every node gets every chunk exactly
+ * once and the bytes add up; one node alone takes what its links allow; nodes starting together cost the
+ * registry about one copy (the daemon's 3-node case, and many nodes with the proposals that make it hold); a swarm
+ * with failing and restarting nodes still finishes.
+ */
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { runModel, type ModelInit, type ModelReport } from './index.js'
+
+const MiB = 1 << 20
+const small: ModelInit = { nodes: 20, imageBytes: 32 * MiB, chunkSize: MiB, runtime: false }
+const PROPOSED: Partial<ModelInit> = { proposals: { followBack: true, pendingWhenPlanned: true, stableGroup: true }, busyRetries: 10, maxUploads: 64 }
+
+function assertComplete (r: ModelReport): void {
+  assert.equal(r.verifiedOk, true, r.nodes.filter(n => !n.ok).map(n => `${n.id}: ${n.differences.join('; ')}`).join('\n'))
+  for (const n of r.nodes) {
+    if (n.diedAtMs !== null && n.restarts === 0) continue
+    assert.notEqual(n.completionMs, null, `node ${n.id} did not finish`)
+  }
+}
+
+describe('the swarm model', () => {
+  it('replays a run byte for byte from its seed; another seed is another run', () => {
+    const init: ModelInit = { ...small, failRate: 0.1, seed: 7 }
+    const a = JSON.stringify(runModel(init))
+    const b = JSON.stringify(runModel(init))
+    assert.equal(a, b)
+    assert.notEqual(JSON.stringify(runModel({ ...init, seed: 8 })), a)
+  })
+
+  it('gives every node every chunk exactly once, and the bytes add up', () => {
+    const r = runModel({ ...small, blobs: 2, chunkSize: 512 << 10 })
+    assertComplete(r)
+    assert.equal(r.nodes.length, 20)
+    assert.equal(r.blobBytes, 32 * MiB)
+    for (const n of r.nodes) assert.equal(n.registryBytes + n.peerBytes, r.blobBytes, `node ${n.id}`)
+    const fromRegistry = r.nodes.reduce((a, n) => a + n.registryBytes, 0)
+    // nothing was cut off (nobody failed), so the registry sent exactly what nodes took from it
+    assert.equal(r.registryBytes, fromRegistry)
+    assert.equal(r.peerBytes + r.model.duplicateBytes, r.nodes.reduce((a, n) => a + n.uploadBytes, 0))
+    assert.equal(r.model.completed, 20)
+    assert.ok(r.p50Ms <= r.p95Ms && r.p95Ms <= r.p99Ms && r.p99Ms <= r.maxMs)
+  })
+
+  it('one node alone takes the blob at the slower of its download and the registry, plus round trips', () => {
+    for (const [bandwidth, registryBandwidth] of [[1.25e9, 2.5e9], [1.25e9, 0.5e9]] as const) {
+      const r = runModel({ nodes: 1, imageBytes: 256 * MiB, chunkSize: MiB, bandwidth, registryBandwidth, rttMs: 1, runtime: false })
+      assertComplete(r)
+      const ideal = r.blobBytes / Math.min(bandwidth, registryBandwidth) * 1000 + 2 * 1
+      const ms = r.nodes[0]!.completionMs!
+      assert.ok(ms >= ideal - 1e-6, `${ms} ms, faster than the links allow (${ideal} ms)`)
+      assert.ok(ms / ideal < 1.05, `${ms} ms against ${ideal.toFixed(1)} ms at ${bandwidth}/${registryBandwidth} B/s`)
+      assert.equal(r.registryBytes, r.blobBytes)
+      assert.equal(r.nativeReadMs, ms)
+    }
+  })
+
+  it('three nodes starting together cost the registry one copy, as the daemon does', () => {
+    const r = runModel({ ...small, nodes: 3 })
+    assertComplete(r)
+    assert.ok(r.model.registryRatio <= 1.1, `registry sent ${r.model.registryRatio}x`)
+    assert.ok(r.peerBytes >= 2 * r.blobBytes * 0.9)
+  })
+
+  it('many nodes starting together with ample upload cost the registry one copy, with the proposals', () => {
+    const r = runModel({ ...small, nodes: 150, imageBytes: 16 * MiB, ...PROPOSED })
+    assertComplete(r)
+    assert.ok(r.model.registryRatio <= 1.1, `registry sent ${r.model.registryRatio}x`)
+    assert.equal(r.model.registryChunks.afterGrace + r.model.registryChunks.leftover, 0)
+  })
+
+  it('a swarm whose nodes die finishes: the others fall back; restarted nodes read again from scratch', () => {
+    const dying = runModel({ ...small, nodes: 40, failRate: 0.3, seed: 3 })
+    assertComplete(dying)
+    assert.ok(dying.model.died > 0)
+    const survivors = dying.nodes.filter(n => n.diedAtMs === null)
+    assert.equal(survivors.filter(n => n.completionMs !== null).length, survivors.length)
+    // the dead were dropped by the scheduler after missing their heartbeats, or the run ended first
+    assert.ok(dying.model.directory.expired <= dying.model.died)
+
+    const restarting = runModel({ ...small, nodes: 40, failRate: 0.3, seed: 3, rejoinAfterMs: 20 })
+    assertComplete(restarting)
+    assert.equal(restarting.model.restarts, restarting.model.died)
+    assert.equal(restarting.model.completed, 40)
+  })
+
+  it('counts messages, control bytes and directory operations', () => {
+    const r = runModel(small)
+    const m = r.model
+    assert.equal(m.directory.announces, 20)
+    assert.ok(m.directory.resolves >= 20)
+    assert.ok(m.directory.opsPerSecond > 0)
+    assert.equal(m.directory.stats.digests, 1, 'the index is keyed by blob')
+    assert.ok(m.messages.byKind.have > 0 && m.messages.byKind.chunk > 0 && m.messages.byKind.scheduler > 0)
+    assert.ok(m.controlBytes.perNode.mean > 0 && m.controlBytes.perNode.max >= m.controlBytes.perNode.mean)
+    for (const n of r.nodes) {
+      assert.ok(n.messages.scheduler.sent >= 3, `node ${n.id}: hello (2 frames) and a look-up`)
+      assert.ok(n.controlBytes.sent > 0)
+    }
+    assert.ok(m.completionCdf.length > 0 && m.completionCdf[m.completionCdf.length - 1]![1] === 20)
+    assert.equal(m.registryTimeline.bytes.reduce((a, b) => a + b, 0), r.registryBytes)
+  })
+
+  it('rejects bad options, every problem at once', () => {
+    assert.throws(() => runModel({ nodes: 0, failRate: 2, chunkSize: 3 }), (err: Error) =>
+      err instanceof RangeError && /nodes/.test(err.message) && /failRate/.test(err.message) && /chunkSize/.test(err.message))
+  })
+})

@@ -1,0 +1,384 @@
+/**
+ * One modelled node: its cache (presence bits per blob), its fetch window, its have sessions (it tells the
+ * neighbours that follow a blob what it has and is fetching, batched every `haveFlushMs`; it keeps what its
+ * neighbours told it in the daemon's own {@link HaveTable}), its chunk server's slots, and its scheduler client
+ * (hello, heartbeats, batched reports). Death drops all of that at once; a restart begins with an empty cache.
+ */
+import { Batch, type SwarmFetch } from './fetch.js'
+import type { Timed } from './events.js'
+import type { DirectoryPeer } from './directory.js'
+import { HaveDelivery, NodeBlob } from './node-blob.js'
+import { HaveTable, MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage } from './policy.js'
+import type { PeerReq, RegistryReq } from './request.js'
+import { haveFrameBytes } from './wire.js'
+import type { World } from './world.js'
+
+export { NodeBlob } from './node-blob.js'
+
+const FLUSH = 1
+const HEARTBEAT = 2
+const REPORT = 3
+const DIE = 4
+const WATCHDOG = 5
+const CODES = 8
+
+export class SimNode implements Timed {
+  static readonly START = 0
+  readonly info: DirectoryPeer['info']
+  readonly dir: DirectoryPeer
+  alive = false
+  incarnation = 0
+  startedAt = 0
+  doneAt: number | null = null
+  completionMs: number | null = null
+  diedAt: number | null = null
+  blobs: NodeBlob[] = []
+  table: HaveTable
+  /** neighbours with an open have session, and with a connection (symmetric) */
+  sessions = new Set<SimNode>()
+  conns = new Set<SimNode>()
+  /** the neighbour source's local penalties (failed requests) */
+  penalties = new Map<SimNode, number>()
+  // fetch
+  private cursorBlob = 0
+  private cursorCi = 0
+  private running = 0
+  private chunksLeft = 0
+  // chunk server
+  uploadsActive = 0
+  serving = new Set<PeerReq>()
+  asking = new Set<PeerReq>()
+  registryReqs = new Set<RegistryReq>()
+  /**
+   * neighbour fetches under the fetcher's idle deadline, watched by one timer per node (a timer per fetch would
+   * hold every finished fetch in the event queue for the whole deadline)
+   */
+  private fetches = new Set<SwarmFetch>()
+  private watchdogAt = Infinity
+  // have service and scheduler client
+  private dirty = new Set<NodeBlob>()
+  private flushArmed = false
+  private reports: Parameters<World['directory']['report']>[1] = []
+  private reportArmed = false
+  uploadedSinceBeat = 0
+  // counters (over all incarnations)
+  registryBytes = 0
+  peerBytes = 0
+  uploadBytes = 0
+  duplicateBytes = 0
+  readonly requests = { sent: 0, failed: 0, hedges: 0, busy: 0, notFound: 0 }
+  pendingFrames = 0
+  /** chunks fetched from the registry, by why: the rendezvous assignee, nobody took it up in the grace, a neighbour fetch left it */
+  readonly sourced = { assignee: 0, afterGrace: 0, leftover: 0 }
+  /** neighbour fetches given up for idleness */
+  idleTimeouts = 0
+  readonly msgs = { scheduler: { sent: 0, received: 0 }, have: { sent: 0, received: 0 }, chunk: { sent: 0, received: 0 } }
+  readonly ctrl = { sent: 0, received: 0 }
+  readonly batchMs: number[] = []
+  restarts = 0
+
+  constructor (readonly world: World, readonly idx: number, readonly peerId: string, private readonly flushPhase: number) {
+    this.info = { addrs: [`/ip4/10.${(idx >> 16) & 255}.${(idx >> 8) & 255}.${idx & 255}/tcp/4001`], zone: '', uploadSlots: 0, uploadBps: world.cfg.bandwidth }
+    this.dir = {
+      peerId,
+      info: this.info,
+      alive: () => this.alive,
+      counted: (sent, received, bytesSent, bytesReceived) => {
+        this.msgs.scheduler.sent += sent
+        this.msgs.scheduler.received += received
+        this.ctrl.sent += bytesSent
+        this.ctrl.received += bytesReceived
+      }
+    }
+    this.table = new HaveTable({ now: () => world.queue.now })
+  }
+
+  private get cfg (): World['cfg'] { return this.world.cfg }
+
+  /** This incarnation's timer arg for `code`. */
+  private arg (code: number): number { return code + CODES * this.incarnation }
+
+  fire (arg: number): void {
+    const code = arg % CODES
+    if (code === SimNode.START) { this.start(); return }
+    if (Math.floor(arg / CODES) !== this.incarnation || !this.alive) return
+    switch (code) {
+      case FLUSH: this.flush(); return
+      case HEARTBEAT: this.heartbeat(); return
+      case REPORT: this.flushReports(); return
+      case WATCHDOG: this.watchdog(); return
+      case DIE: this.die()
+    }
+  }
+
+  /** Dies at `t` (in its first life). */
+  dieAt (t: number): void { this.world.queue.at(t, this, DIE + CODES) }
+
+  private start (): void {
+    const w = this.world
+    const q = w.queue
+    if (this.incarnation > 0) { this.restarts++; w.nodeRestarted() }
+    this.incarnation++
+    this.alive = true
+    this.startedAt = q.now
+    this.doneAt = null
+    this.completionMs = null
+    this.blobs = w.blobs.map(s => new NodeBlob(this, s))
+    this.table = new HaveTable({ now: () => q.now })
+    this.sessions = new Set()
+    this.conns = new Set()
+    this.penalties = new Map()
+    this.serving = new Set()
+    this.asking = new Set()
+    this.registryReqs = new Set()
+    this.fetches = new Set()
+    this.watchdogAt = Infinity
+    this.dirty = new Set()
+    this.flushArmed = false
+    this.reports = []
+    this.reportArmed = false
+    this.uploadsActive = 0
+    this.uploadedSinceBeat = 0
+    this.cursorBlob = 0
+    this.cursorCi = 0
+    this.running = 0
+    this.chunksLeft = w.chunks
+    w.directory.hello(this.dir, this.cfg.heartbeatMs)
+    q.after(this.cfg.heartbeatMs, this, this.arg(HEARTBEAT))
+    this.startBatches()
+  }
+
+  private die (): void {
+    const w = this.world
+    const q = w.queue
+    this.alive = false
+    this.diedAt = q.now
+    for (const r of this.serving) r.serverDied()
+    for (const r of this.asking) r.askerDied()
+    for (const r of this.registryReqs) r.abort()
+    const inc = this.incarnation
+    for (const peer of new Set([...this.sessions, ...this.conns])) {
+      // the peers see the connection reset half a round trip later
+      q.after(this.cfg.halfRttMs, { fire: () => { peer.lost(this, inc) } })
+    }
+    this.sessions = new Set()
+    this.conns = new Set()
+    w.nodeDied(this, this.doneAt !== null)
+  }
+
+  /** The connection to `peer` (in its life `inc`) is gone: its state is forgotten, waiting look-ups look again. */
+  lost (peer: SimNode, inc: number): void {
+    if (!this.alive || (peer.alive && peer.incarnation !== inc)) return
+    this.conns.delete(peer)
+    if (!this.sessions.delete(peer)) return
+    this.table.forgetPeer(peer.peerId)
+    for (const nb of this.blobs) {
+      nb.followers.delete(peer)
+      nb.told.delete(peer)
+      this.updated(nb)
+    }
+  }
+
+  // ---- fetching ----
+
+  private startBatches (): void {
+    const { windowBatches, batchBytes } = this.cfg
+    while (this.running < windowBatches && this.cursorBlob < this.blobs.length) {
+      const nb = this.blobs[this.cursorBlob]!
+      const cis: number[] = []
+      let bytes = 0
+      while (this.cursorCi < nb.spec.chunks) {
+        const size = this.cursorCi === nb.spec.chunks - 1 ? nb.spec.lastSize : nb.spec.chunkSize
+        if (cis.length > 0 && bytes + size > batchBytes) break
+        cis.push(this.cursorCi++)
+        bytes += size
+      }
+      if (this.cursorCi >= nb.spec.chunks) { this.cursorBlob++; this.cursorCi = 0 }
+      if (cis.length === 0) continue
+      this.running++
+      new Batch(this, nb, cis).start()
+    }
+  }
+
+  batchDone (b: Batch): void {
+    this.running--
+    if (this.cfg.nodesDetail === 'all') this.batchMs.push(this.world.queue.now - b.startedAt)
+    this.startBatches()
+  }
+
+  /** The fetcher started chunks: PENDING to the followers. */
+  pending (nb: NodeBlob, cis: readonly number[]): void {
+    for (const ci of cis) {
+      nb.inFlight.add(ci)
+      nb.out.onPending(ci)
+    }
+    this.touched(nb)
+  }
+
+  /**
+   * A verified chunk for the cache, first of its name: present, HAVE to the followers, neighbours' requests waiting
+   * for it go on. False (and counted as duplicate bytes) when it was there already.
+   */
+  accept (nb: NodeBlob, ci: number, fromRegistry: boolean, bytes: number): boolean {
+    if (nb.received[ci]!++ > 0) { this.duplicateBytes += bytes; return false }
+    setBit(nb.present, ci)
+    nb.inFlight.delete(ci)
+    nb.out.onHave(ci)
+    this.touched(nb)
+    if (fromRegistry) this.registryBytes += bytes
+    else this.peerBytes += bytes
+    const waiting = nb.waiters.get(ci)
+    if (waiting !== undefined) {
+      nb.waiters.delete(ci)
+      for (const r of waiting) r.landed()
+    }
+    if (--this.chunksLeft === 0) {
+      const q = this.world.queue
+      this.doneAt = q.now
+      this.completionMs = q.now - this.startedAt
+      this.world.nodeDone(this, this.completionMs)
+    }
+    return true
+  }
+
+  /** Watches a neighbour fetch's idle deadline. */
+  watch (f: SwarmFetch): void {
+    this.fetches.add(f)
+    this.armWatchdog(f.idleDue)
+  }
+
+  unwatch (f: SwarmFetch): void { this.fetches.delete(f) }
+
+  private armWatchdog (t: number): void {
+    if (t >= this.watchdogAt) return
+    this.watchdogAt = t
+    this.world.queue.at(t, this, this.arg(WATCHDOG))
+  }
+
+  private watchdog (): void {
+    const now = this.world.queue.now
+    if (now < this.watchdogAt) return
+    this.watchdogAt = Infinity
+    let next = Infinity
+    for (const f of [...this.fetches]) {
+      if (f.over) { this.fetches.delete(f); continue }
+      if (f.idleDue <= now) { this.fetches.delete(f); f.idle(); continue }
+      next = Math.min(next, f.idleDue)
+    }
+    if (next < Infinity) this.armWatchdog(next)
+  }
+
+  // ---- have sessions ----
+
+  /** Opens a have session with `peer` (after the dial) and tells it our interest in the blob; false when it failed. */
+  interest (nb: NodeBlob, peer: SimNode): boolean {
+    const max = this.cfg.maxSessions
+    if (!peer.alive || (!this.sessions.has(peer) && (this.sessions.size >= max || peer.sessions.size >= max))) return false
+    this.conns.add(peer)
+    peer.conns.add(this)
+    this.sessions.add(peer)
+    peer.sessions.add(this)
+    nb.told.add(peer)
+    const m: HaveMessage = { type: 'interest', blobs: [nb.spec.key] }
+    const bytes = haveFrameBytes(m)
+    this.msgs.have.sent++
+    this.ctrl.sent += bytes
+    const b = nb.spec.index
+    this.world.queue.after(this.cfg.halfRttMs, { fire: () => { peer.interested(this, b, bytes) } })
+    return true
+  }
+
+  /** `from` follows blob `b` here: its bitfield (with what is being fetched) now, updates at each flush. */
+  private interested (from: SimNode, b: number, bytes: number): void {
+    if (!this.alive || !this.sessions.has(from)) return
+    this.msgs.have.received++
+    this.ctrl.received += bytes
+    const nb = this.blobs[b]!
+    nb.followers.add(from)
+    const m: HaveMessage = { type: 'bitfield', blob: nb.spec.key, chunks: nb.spec.chunks, bits: nb.present.slice(), pending: [...nb.inFlight].slice(0, MAX_INDEXES_PER_MESSAGE) }
+    this.send([from], nb, [m])
+    // proposal: follow those who follow us, so a group's peers see each other's PENDING
+    if (this.cfg.followBack && nb.group.working && !nb.told.has(from)) this.interest(nb, from)
+  }
+
+  private send (to: SimNode[], nb: NodeBlob, msgs: HaveMessage[]): void {
+    let bytes = 0
+    for (const m of msgs) bytes += haveFrameBytes(m)
+    this.msgs.have.sent += msgs.length * to.length
+    this.ctrl.sent += bytes * to.length
+    this.world.queue.after(this.cfg.halfRttMs, new HaveDelivery(this, nb.spec.index, msgs, bytes, to))
+  }
+
+  /** Messages about blob `b` from `from`, into the table; look-ups waiting on the blob look again. */
+  receiveHave (from: SimNode, b: number, msgs: HaveMessage[], bytes: number): void {
+    if (!this.alive || !this.sessions.has(from)) return
+    this.msgs.have.received += msgs.length
+    this.ctrl.received += bytes
+    const nb = this.blobs[b]!
+    if (!nb.told.has(from)) return
+    for (const m of msgs) this.table.apply(from.peerId, m)
+    this.updated(nb)
+  }
+
+  /** A neighbour's state of the blob changed. */
+  updated (nb: NodeBlob): void {
+    nb.group.check()
+    if (nb.waiting.size === 0) return
+    for (const loc of [...nb.waiting]) loc.plan()
+  }
+
+  private touched (nb: NodeBlob): void {
+    this.dirty.add(nb)
+    if (this.flushArmed) return
+    this.flushArmed = true
+    // the have service's interval timer, at this node's phase
+    const { haveFlushMs } = this.cfg
+    const now = this.world.queue.now
+    const next = this.flushPhase + (Math.floor((now - this.flushPhase) / haveFlushMs) + 1) * haveFlushMs
+    this.world.queue.at(next, this, this.arg(FLUSH))
+  }
+
+  private flush (): void {
+    this.flushArmed = false
+    for (const nb of this.dirty) {
+      if (nb.followers.size > 0 && !nb.out.empty) {
+        const msgs: HaveMessage[] = []
+        for (const [type, set] of [['dropped', nb.out.dropped], ['pending', nb.out.pending], ['have', nb.out.have]] as const) {
+          if (set.size === 0) continue
+          const all = [...set]
+          for (let i = 0; i < all.length; i += MAX_INDEXES_PER_MESSAGE) msgs.push({ type, blob: nb.spec.key, indexes: all.slice(i, i + MAX_INDEXES_PER_MESSAGE) })
+        }
+        this.send([...nb.followers], nb, msgs)
+      }
+      nb.out.clear()
+    }
+    this.dirty.clear()
+  }
+
+  // ---- scheduler client ----
+
+  private heartbeat (): void {
+    const hb = this.cfg.heartbeatMs
+    this.world.directory.heartbeat(this.dir, hb, { activeUploads: this.uploadsActive, recentUploadBps: this.uploadedSinceBeat * 1000 / hb })
+    this.uploadedSinceBeat = 0
+    this.world.queue.after(hb, this, this.arg(HEARTBEAT))
+  }
+
+  /** An outcome of a request to a neighbour, for the scheduler (batched) and the local penalty. */
+  outcome (peer: SimNode, o: { chunks: number, bytes: number, ms: number, failed: boolean }): void {
+    const p = this.penalties.get(peer) ?? 0
+    if (o.failed) this.penalties.set(peer, p + 1)
+    else if (o.chunks > 0 && p > 0) this.penalties.set(peer, Math.max(0, p - 0.5))
+    this.reports.push({ peerId: peer.peerId, ...o, bad: false })
+    if (this.reportArmed) return
+    this.reportArmed = true
+    this.world.queue.after(this.cfg.reportFlushMs, this, this.arg(REPORT))
+  }
+
+  private flushReports (): void {
+    this.reportArmed = false
+    if (this.reports.length === 0) return
+    this.world.directory.report(this.dir, this.reports)
+    this.reports = []
+  }
+}

@@ -1,0 +1,22 @@
+/**
+ * The daemon's own policy code the model runs, imported from one place. These modules are pure (no sockets, no
+ * timers of their own; clocks and randomness injected), so the model runs exactly what a daemon runs:
+ * - the scheduler's holder index (blob-level keys, claims, ranking, expiry), through the scheduler's face;
+ * - a node's view of its neighbours' bitfields and PENDING promises ({@link HaveTable}) and the have protocol's
+ *   messages, whose real encoder also measures the control bytes;
+ * - back-to-source by rendezvous hash ({@link planChunk}) and the blob locator's defaults;
+ * - the chunk protocol's declared layouts, for the bytes of requests and reply headers.
+ *
+ * Everything comes through the faces of `scheduler/` and `peer/` (the daemon's heavy parts load lazily, so the
+ * face costs the model little); this file is the one place that names them.
+ */
+export { HolderIndex, HARD_MAX_PEERS, packDigests, encodeMessage, type PeerInfo, type IndexStats } from '../../scheduler/index.js'
+export {
+  HaveTable, DEFAULT_PENDING_TTL_MS, encodeHave, newBits, setBit, getBit, MAX_INDEXES_PER_MESSAGE, type HaveMessage,
+  planChunk, rendezvousScore, backToSourceAssignee,
+  DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS, DEFAULT_LOCATOR_MAX_HOLDERS as DEFAULT_MAX_HOLDERS,
+  DEFAULT_HAVE_FLUSH_MS as DEFAULT_FLUSH_MS, DEFAULT_HAVE_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
+  DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_NEIGHBOUR_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,
+  DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, MAX_CHUNKS_PER_REQUEST, RequestLayout, EntryLayout, ReplyLayout,
+  DEFAULT_CONCURRENCY, DEFAULT_MAX_BATCH_BYTES, DEFAULT_TIMEOUT_MS as DEFAULT_FETCH_IDLE_MS
+} from '../../peer/index.js'

@@ -1,0 +1,330 @@
+/**
+ * Chunk requests on modelled links. A neighbour request (`/rafspeer/chunk/1.0.0`) reaches its holder half a round
+ * trip after it is sent (a round trip more for a new connection); the holder answers BUSY past its upload slots,
+ * else streams the chunks in order on one flow, waiting (with PENDING keep-alives) for a chunk it is fetching
+ * itself and answering NOT_FOUND for one it neither has nor fetches. A registry request is one ranged GET: its
+ * chunks stream in order at the registry's shared egress. Every reply arrives half a round trip after it is sent.
+ */
+import type { Timed } from './events.js'
+import type { Batch, Lane, SwarmFetch, Want } from './fetch.js'
+import type { Flow, FlowOwner } from './links.js'
+import type { SimNode } from './node.js'
+import { PENDING_INTERVAL_MS } from './policy.js'
+import { chunkBytes } from './world.js'
+import { chunkRequestBytes, replyHeaderBytes } from './wire.js'
+
+const ARRIVE = 0
+const OK = 1
+const NOT_FOUND = 2
+const BUSY = 3
+const FAIL = 4
+const HEDGE = 5
+const CODE_BITS = 3
+
+const QUEUED = 0
+const RUNNING = 1
+const ENDED = 2
+
+export class PeerReq implements Timed, FlowOwner {
+  readonly replied: Uint8Array
+  private nReplied = 0
+  hedged = false
+  private cancelled = false
+  private state = QUEUED
+  private lastProgress = 0
+  private startedAt = 0
+  private chunks = 0
+  private bytes = 0
+  private failed = false
+  // the holder's side
+  private serving = false
+  private si = 0
+  private flow: Flow | undefined
+  private parkedAt = -1
+  private waitSince = 0
+
+  constructor (readonly fetch: SwarmFetch, readonly lane: Lane, readonly wants: Want[]) {
+    this.replied = new Uint8Array(wants.length)
+  }
+
+  private get asker (): SimNode { return this.fetch.batch.node }
+  private get server (): SimNode { return this.lane.holder }
+
+  /** Sends the request (its lane has a free stream). */
+  run (): void {
+    const asker = this.asker
+    const q = asker.world.queue
+    const cfg = asker.world.cfg
+    this.state = RUNNING
+    this.startedAt = q.now
+    if (this.wants.every(w => w.done)) { this.cancelled = true; this.end(); return }
+    asker.requests.sent++
+    asker.msgs.chunk.sent++
+    asker.ctrl.sent += chunkRequestBytes(this.wants.length)
+    asker.asking.add(this)
+    this.lastProgress = q.now
+    q.after(cfg.hedgeAfterMs, this, HEDGE)
+    const dial = asker.conns.has(this.server) ? 0 : cfg.rttMs
+    q.after(dial + cfg.halfRttMs, this, ARRIVE)
+  }
+
+  fire (arg: number): void {
+    const code = arg & ((1 << CODE_BITS) - 1)
+    const i = arg >>> CODE_BITS
+    if (this.state !== RUNNING) return
+    if (code === ARRIVE) { this.arrive(); return }
+    if (!this.fetch.batch.current()) return
+    if (code === HEDGE) {
+      if (this.hedged) return
+      const due = this.lastProgress + this.asker.world.cfg.hedgeAfterMs
+      const q = this.asker.world.queue
+      if (q.now < due) q.at(due, this, HEDGE)
+      else this.fetch.hedge(this)
+      return
+    }
+    this.reply(code, i)
+  }
+
+  // ---- the holder's side ----
+
+  private arrive (): void {
+    const s = this.server
+    const asker = this.asker
+    const w = asker.world
+    if (!s.alive) { w.queue.after(w.cfg.halfRttMs, this, FAIL); return }
+    asker.conns.add(s)
+    s.conns.add(asker)
+    s.msgs.chunk.received++
+    s.ctrl.received += chunkRequestBytes(this.wants.length)
+    if (s.uploadsActive >= w.cfg.maxUploads) {
+      s.msgs.chunk.sent++
+      s.ctrl.sent += replyHeaderBytes(0) * this.wants.length
+      w.queue.after(w.cfg.halfRttMs, this, BUSY)
+      return
+    }
+    this.serving = true
+    s.uploadsActive++
+    s.serving.add(this)
+    this.serveNext()
+  }
+
+  /** The next chunk in order: sent if present, waited for if the holder is fetching it, else NOT_FOUND. */
+  private serveNext (): void {
+    const s = this.server
+    const w = s.world
+    const nb = s.blobs[this.fetch.batch.nb.spec.index]!
+    while (this.si < this.wants.length) {
+      const ci = this.wants[this.si]!.ci
+      if (nb.has(ci)) {
+        const size = chunkBytes(nb.spec, ci)
+        if (this.flow === undefined) this.flow = w.links.open(s.idx, this.asker.idx, size, this)
+        else w.links.resume(this.flow, size)
+        return
+      }
+      if (nb.inFlight.has(ci)) {
+        const list = nb.waiters.get(ci)
+        if (list === undefined) nb.waiters.set(ci, [this])
+        else list.push(this)
+        this.parkedAt = ci
+        this.waitSince = w.queue.now
+        if (this.flow !== undefined) w.links.pause(this.flow)
+        return
+      }
+      s.msgs.chunk.sent++
+      s.ctrl.sent += replyHeaderBytes(0)
+      w.queue.after(w.cfg.halfRttMs, this, NOT_FOUND | (this.si << CODE_BITS))
+      this.si++
+    }
+    this.endServe()
+  }
+
+  /** The chunk this request waited for is now in the holder's cache. */
+  landed (): void {
+    if (!this.serving) return
+    const s = this.server
+    const frames = Math.floor((s.world.queue.now - this.waitSince) / PENDING_INTERVAL_MS)
+    s.pendingFrames += frames
+    s.msgs.chunk.sent += frames
+    s.ctrl.sent += frames * replyHeaderBytes(0)
+    this.parkedAt = -1
+    this.serveNext()
+  }
+
+  pieceDone (): void {
+    const s = this.server
+    const w = s.world
+    const size = this.wants[this.si]!.size
+    s.uploadBytes += size
+    s.uploadedSinceBeat += size
+    s.ctrl.sent += replyHeaderBytes(size)
+    w.queue.after(w.cfg.halfRttMs, this, OK | (this.si << CODE_BITS))
+    this.si++
+    this.serveNext()
+  }
+
+  private endServe (): void {
+    if (!this.serving) return
+    this.serving = false
+    const s = this.server
+    s.uploadsActive--
+    s.serving.delete(this)
+    if (this.flow !== undefined) s.world.links.pause(this.flow)
+    if (this.parkedAt >= 0) {
+      const list = s.blobs[this.fetch.batch.nb.spec.index]?.waiters.get(this.parkedAt)
+      const at = list?.indexOf(this) ?? -1
+      if (at >= 0) list!.splice(at, 1)
+      this.parkedAt = -1
+    }
+  }
+
+  /** The holder died: its connection resets under the asker. */
+  serverDied (): void {
+    if (!this.serving) return
+    this.serving = false
+    if (this.flow !== undefined) this.server.world.links.pause(this.flow)
+    this.server.world.queue.after(this.server.world.cfg.halfRttMs, this, FAIL)
+  }
+
+  /** The asker died: the holder stops. */
+  askerDied (): void {
+    this.state = ENDED
+    this.endServe()
+  }
+
+  /** The asker's fetch gave up (idle): stopped, nothing said about the holder. */
+  abort (): void {
+    if (this.state !== RUNNING) return
+    this.state = ENDED
+    this.asker.asking.delete(this)
+    this.endServe()
+  }
+
+  // ---- the asker's side ----
+
+  private reply (code: number, i: number): void {
+    const asker = this.asker
+    if (code === FAIL) {
+      this.failed = true
+      asker.requests.failed++
+      this.end()
+      return
+    }
+    if (code === BUSY) {
+      asker.msgs.chunk.received++
+      asker.ctrl.received += replyHeaderBytes(0) * this.wants.length
+      for (let j = 0; j < this.wants.length; j++) {
+        if (this.replied[j] === 1) continue
+        this.markReplied(j)
+        asker.requests.busy++
+        const w = this.wants[j]!
+        const cfg = asker.world.cfg
+        if (++w.busy <= cfg.busyRetries && !w.candidates.some(h => !w.tried.has(h))) {
+          // nobody else has it: this holder again, a little later
+          w.tried.delete(this.server)
+          this.fetch.requeueLater(w, cfg.busyBackoffMs * Math.min(4, w.busy))
+        } else {
+          this.fetch.requeue(w)
+        }
+      }
+    } else {
+      const w = this.wants[i]!
+      this.markReplied(i)
+      this.lastProgress = asker.world.queue.now
+      if (code === OK) {
+        asker.ctrl.received += replyHeaderBytes(w.size)
+        this.chunks++
+        this.bytes += w.size
+        this.fetch.deliver(w)
+      } else {
+        asker.msgs.chunk.received++
+        asker.ctrl.received += replyHeaderBytes(0)
+        asker.requests.notFound++
+        this.fetch.requeue(w)
+      }
+    }
+    if (this.state !== RUNNING) return
+    let open = false
+    for (let j = 0; j < this.wants.length; j++) if (this.replied[j] === 0 && !this.wants[j]!.done) { open = true; break }
+    if (!open) {
+      this.cancelled = this.nReplied < this.wants.length
+      this.end()
+    }
+  }
+
+  private markReplied (j: number): void {
+    this.replied[j] = 1
+    this.nReplied++
+    this.wants[j]!.attempts.delete(this)
+  }
+
+  /** Everything it asked for came from elsewhere: stopped. */
+  cancel (): void {
+    if (this.state !== RUNNING) return
+    this.cancelled = true
+    this.end()
+  }
+
+  private end (): void {
+    if (this.state === ENDED) return
+    this.state = ENDED
+    const asker = this.asker
+    asker.asking.delete(this)
+    this.endServe()
+    for (let j = 0; j < this.wants.length; j++) {
+      if (this.replied[j] === 1) continue
+      const w = this.wants[j]!
+      w.attempts.delete(this)
+      this.fetch.requeue(w)
+    }
+    // a request we stopped ourselves says nothing about the holder
+    if (this.chunks > 0 || this.failed || !this.cancelled) {
+      asker.outcome(this.server, { chunks: this.chunks, bytes: this.bytes, ms: asker.world.queue.now - this.startedAt, failed: this.failed })
+    }
+    this.fetch.requestEnded(this)
+  }
+}
+
+/** One ranged GET of a batch's chunks from the registry. */
+export class RegistryReq implements Timed, FlowOwner {
+  private i = 0
+  private flow: Flow | undefined
+  private aborted = false
+
+  constructor (private readonly batch: Batch, private readonly cis: number[]) {}
+
+  send (): void {
+    const node = this.batch.node
+    node.registryReqs.add(this)
+    node.world.queue.after(node.world.cfg.halfRttMs, this, -1)
+  }
+
+  fire (arg: number): void {
+    if (this.aborted) return
+    if (arg >= 0) { this.batch.deliver(this.cis[arg]!, true); return }
+    const node = this.batch.node
+    const w = node.world
+    this.flow = w.links.open(w.registry, node.idx, chunkBytes(this.batch.nb.spec, this.cis[0]!), this)
+  }
+
+  pieceDone (f: Flow): void {
+    const w = this.batch.node.world
+    w.registrySent(f.piece)
+    w.queue.after(w.cfg.halfRttMs, this, this.i)
+    if (++this.i < this.cis.length) {
+      w.links.next(f, chunkBytes(this.batch.nb.spec, this.cis[this.i]!))
+    } else {
+      w.links.pause(f)
+      this.batch.node.registryReqs.delete(this)
+    }
+  }
+
+  /** The node died: the transfer is cut off (what was sent of the current chunk still cost the registry). */
+  abort (): void {
+    this.aborted = true
+    const w = this.batch.node.world
+    if (this.flow?.active === true) {
+      w.links.pause(this.flow)
+      w.registrySent(w.links.sentOf(this.flow))
+    }
+  }
+}

@@ -1,0 +1,189 @@
+/** The model's options and its report (the real mode's report shape, plus what only a model can count). */
+import type { IndexStats } from './policy.js'
+
+/** Options of {@link runModel}; every field but `nodes` has a default. */
+export interface ModelInit {
+  /** modelled nodes (1–100 000); the scheduler's index holds at most 65 536 peers, past that it displaces some */
+  nodes: number
+  /** bytes of the image, all of it read by every node (default 1 GiB) */
+  imageBytes?: number
+  /** chunk size (default 1 MiB); every chunk is this size but the last of each blob */
+  chunkSize?: number
+  /** data blobs the image is cut into, each its own swarm at the scheduler (default 1) */
+  blobs?: number
+  /** bytes/s of each node's upload and of its download (default 1.25 GB/s: 10 Gbit/s) */
+  bandwidth?: number
+  /** bytes/s of the registry's egress, shared by all its transfers (default twice `bandwidth`) */
+  registryBandwidth?: number
+  /** round-trip time between any two parties, the scheduler and the registry included (default 1 ms) */
+  rttMs?: number
+  /** node i starts i × this after the first (default 0: all at once) */
+  staggerMs?: number
+  /** share of nodes that die once, at a uniform random time within `failWithinMs` of their start (default 0) */
+  failRate?: number
+  /** window of the failures (default twice one node's transfer time at `bandwidth`, at least 1 s) */
+  failWithinMs?: number
+  /** a dead node restarts this long after it died, with an empty cache and the same identity (default: never) */
+  rejoinAfterMs?: number
+  /** the run's seed: the same seed and options give a byte-identical report (default 1) */
+  seed?: number
+  /** each node's heartbeat to the scheduler (default 1000 ms, as `rafspeer sim` configures its daemons) */
+  heartbeatMs?: number
+  /** fetch batches a node keeps in flight (default: the fetcher's concurrency, 8) */
+  windowBatches?: number
+  /** bytes of one fetch batch (default: the fetcher's largest batch, 4 MiB) */
+  batchBytes?: number
+  /** holders one scheduler look-up of a blob returns (default 4: what `SchedulerClient` asks for) */
+  holdersPerLookup?: number
+  /** a chunk a holder answered BUSY is asked of it again this often when no other holder has it (default 0: the registry at once, the daemon's default) */
+  busyRetries?: number
+  /** the first pause before asking a BUSY holder again, growing to 4× (default 250 ms) */
+  busyBackoffMs?: number
+  /** requests each node's chunk server answers at once, waiting ones included; more are answered BUSY (default 16) */
+  maxUploads?: number
+  /**
+   * Changes to the daemon's behaviour the model can try before they are written; all off (the default) is the
+   * daemon as it is.
+   */
+  proposals?: {
+    /** a node that receives INTEREST in a blob it works on sends INTEREST back, so peers of a group see each other's PENDING */
+    followBack?: boolean
+    /**
+     * a node says PENDING for a chunk once its locator has chosen where to fetch it from, not when the fetch batch
+     * starts: a PENDING then always leads to a source, and two nodes can no longer wait on each other's
+     */
+    pendingWhenPlanned?: boolean
+    /**
+     * the scheduler's answer also names the blob's first `groupSize` claimers it still knows, and that is the group
+     * every node uses for back-to-source: all nodes agree on each chunk's assignee, and a node outside the group is
+     * never one (it waits the grace for a PENDING, then fetches itself)
+     */
+    stableGroup?: boolean
+  }
+  /** per-node entries in the report: 'all', or 'none' for summaries only (default: all up to 1000 nodes) */
+  nodesDetail?: 'all' | 'none'
+  /** include the real run time and memory (the only parts of a report that differ between runs of one seed; default true) */
+  runtime?: boolean
+  /** stop the run at this simulated time even if nodes are not done (default 1 h) */
+  maxSimulatedMs?: number
+  /** progress lines while the model runs */
+  log?: (line: string) => void
+}
+
+/** One node, in the real mode's NodeReport shape (`completionMs` null for a node that never finished). */
+export interface ModelNodeReport {
+  id: number
+  peerId: string
+  /** from the node's (last) start to its last chunk; null when it died and did not finish */
+  completionMs: number | null
+  /** when it (last) started, from the start of the run */
+  startMs: number
+  mode: 'model'
+  /** chunk bytes it accepted, by source */
+  registryBytes: number
+  peerBytes: number
+  cacheBytes: number
+  /** chunk bytes it served to neighbours */
+  uploadBytes: number
+  /** it finished with every chunk of the image exactly once (a node that died without finishing: true when it got nothing wrong) */
+  ok: boolean
+  differences: string[]
+  /** per fetch batch, from its start to its last chunk */
+  fetchMs: { p50: number, p99: number, max: number }
+  /** `timeouts`: neighbour fetches given up after the fetcher's idle deadline */
+  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number }
+  /** when it died (ms from the start of the run), or null */
+  diedAtMs: number | null
+  restarts: number
+  /** bytes it received twice (a hedged request's late copy) */
+  duplicateBytes: number
+  /** messages and control bytes, sent and received (chunk: requests and non-data reply frames) */
+  messages: { scheduler: Count, have: Count, chunk: Count }
+  controlBytes: Count
+}
+
+export interface Count { sent: number, received: number }
+
+/** min / mean / max over nodes */
+export interface Spread { mean: number, max: number, min: number }
+
+export interface ModelReport {
+  mode: 'model'
+  /** per-node entries (empty with `nodesDetail: 'none'`) */
+  nodes: ModelNodeReport[]
+  imageBytes: number
+  blobBytes: number
+  /** chunk bytes the registry sent */
+  registryBytes: number
+  /** chunk bytes nodes accepted from neighbours */
+  peerBytes: number
+  /** every node that did not die finished with every chunk exactly once */
+  verifiedOk: boolean
+  /** bytes/s of each node's links */
+  bandwidth: number
+  p50Ms: number
+  p95Ms: number
+  p99Ms: number
+  maxMs: number
+  /** the simulated run, from the first start to the last completion */
+  wallMs: number
+  /** the model's answer to "what a node's read costs at best": one node alone over the same links */
+  nativeReadMs: number
+  model: {
+    seed: number
+    nodes: number
+    completed: number
+    died: number
+    restarts: number
+    blobs: number
+    chunkSize: number
+    chunks: number
+    registryBandwidth: number
+    rttMs: number
+    staggerMs: number
+    failRate: number
+    holdersPerLookup: number
+    busyRetries: number
+    maxUploads: number
+    proposals: { followBack: boolean, pendingWhenPlanned: boolean, stableGroup: boolean }
+    /** registryBytes / blobBytes (goal ≤ 1.1) */
+    registryRatio: number
+    /** one node alone over the same links (= nativeReadMs) */
+    aloneMs: number
+    /** p50, p99 over one node alone, and p99 over p50 (goal ≤ 2) */
+    p50OverAlone: number
+    p99OverAlone: number
+    p99OverP50: number
+    duplicateBytes: number
+    /** chunks the registry sent, by why: the node was the chunk's rendezvous assignee; nobody said PENDING within the grace; a neighbour fetch left it (BUSY, NOT_FOUND, failed, idle) */
+    registryChunks: { assignee: number, afterGrace: number, leftover: number }
+    peerRequests: { sent: number, failed: number, hedges: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number }
+    /** per node, all kinds */
+    messages: { total: number, perNode: Spread, byKind: { scheduler: number, have: number, chunk: number } }
+    controlBytes: { total: number, perNode: Spread }
+    directory: {
+      announces: number
+      resolves: number
+      heartbeats: number
+      reports: number
+      /** all of the above */
+      ops: number
+      /** ops per simulated second over the run */
+      opsPerSecond: number
+      /** peers dropped for missing heartbeats */
+      expired: number
+      bytesIn: number
+      bytesOut: number
+      stats: IndexStats
+    }
+    /** nodes done by time: [ms from own start, nodes done], at most ~200 points */
+    completionCdf: Array<[number, number]>
+    /** registry egress over simulated time: bytes sent per bucket */
+    registryTimeline: { bucketMs: number, bytes: number[] }
+    /** events the engine ran */
+    events: number
+    simulatedMs: number
+  }
+  /** how long the model took to run, and its memory (absent with `runtime: false`) */
+  runtime?: { realMs: number, eventsPerSecond: number, heapUsedBytes: number, rssBytes: number, simulatedOverReal: number }
+}
