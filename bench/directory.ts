@@ -11,6 +11,7 @@
  */
 import '../polyfill.js'
 import { pathToFileURL } from 'node:url'
+import { mulberry32 } from '../base/index.js'
 import { createDirectory, MemoryDirectory, type RedisDirectory, type SwarmDirectory } from '../scheduler/index.js'
 import { redisClusterSkipReason, startRedisCluster, type RedisCluster } from '../test/helpers/redis-cluster.js'
 import { findGc, heapAfterGc, percentile } from './scheduler.js'
@@ -56,17 +57,7 @@ export interface DirectoryBenchResult {
   redisSkipped?: string
 }
 
-/** A small deterministic generator, so both directories get the very same swarm. */
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+// mulberry32 (base/): a deterministic generator, so both directories get the very same swarm
 
 const B58 = '123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz'
 /** Strings are made at each call, as a decoded message would hand them over: the directory is their only keeper. */
