@@ -1,4 +1,5 @@
 /** The model's options and its report (the real mode's report shape, plus what only a model can count). */
+import type { NodeReport } from '../swarm.js'
 import type { IndexStats } from './policy.js'
 
 /** Options of {@link runModel}; every field but `nodes` has a default. */
@@ -70,28 +71,15 @@ export interface ModelInit {
   log?: (line: string) => void
 }
 
-/** One node, in the real mode's NodeReport shape (`completionMs` null for a node that never finished). */
-export interface ModelNodeReport {
-  id: number
-  peerId: string
+/**
+ * One node, in the real mode's NodeReport shape: `completionMs` null for a node that never finished; `ok` true for a
+ * node that died without finishing but got nothing wrong; `fetchMs` per fetch batch, start to last chunk;
+ * `peerRequests.timeouts` the neighbour fetches given up after the fetcher's idle deadline.
+ */
+export interface ModelNodeReport extends Omit<NodeReport, 'completionMs' | 'mode'> {
   /** from the node's (last) start to its last chunk; null when it died and did not finish */
   completionMs: number | null
-  /** when it (last) started, from the start of the run */
-  startMs: number
   mode: 'model'
-  /** chunk bytes it accepted, by source */
-  registryBytes: number
-  peerBytes: number
-  cacheBytes: number
-  /** chunk bytes it served to neighbours */
-  uploadBytes: number
-  /** it finished with every chunk of the image exactly once (a node that died without finishing: true when it got nothing wrong) */
-  ok: boolean
-  differences: string[]
-  /** per fetch batch, from its start to its last chunk */
-  fetchMs: { p50: number, p99: number, max: number }
-  /** `timeouts`: neighbour fetches given up after the fetcher's idle deadline */
-  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number }
   /** when it died (ms from the start of the run), or null */
   diedAtMs: number | null
   restarts: number
