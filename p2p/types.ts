@@ -17,6 +17,11 @@ export interface ChunkHolder {
   peerId: string
   /** its listen multiaddrs, e.g. `/ip4/127.0.0.1/tcp/4001` (without `/p2p/...`) */
   addrs: string[]
+  /**
+   * one of the key's group (a resolve that asked for `group`): the blob's first holders, named alike to every asker,
+   * among whom chunks nobody has yet are shared out for the source (this peer itself may be one)
+   */
+  group?: boolean
 }
 
 /** The outcome of asking one holder for some chunks, for ranking. */
@@ -39,7 +44,7 @@ export interface HolderResolver {
    * within its own short timeout (≤ 200 ms, or `timeoutMs` for a caller that would rather wait than go to the
    * registry): on failure it resolves with what it knows (possibly nothing), never rejects and never stalls a read.
    */
-  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number, max?: number }) => Promise<Map<string, ChunkHolder[]>>
+  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number, max?: number, group?: number }) => Promise<Map<string, ChunkHolder[]>>
   /** fire and forget */
   report: (outcomes: PeerOutcome[]) => void
 }

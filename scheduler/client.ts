@@ -259,7 +259,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
    * Holders per hex digest, best first (never this peer). Resolves within `resolveTimeoutMs` with whatever
    * arrived (nothing when the scheduler is unreachable) and never rejects; an abort of `opts.signal` answers at once.
    */
-  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number, max?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
+  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number, max?: number, group?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
     const out = new Map<string, ChunkHolder[]>()
     const asked = digests.filter((d) => d.length === DIGEST_BYTES)
     if (!this.running || asked.length === 0 || opts.signal?.aborted === true) return out
@@ -284,7 +284,9 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
           const part = asked.slice(i, i + FRAME_DIGESTS)
           this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1
           const id = this.nextId
-          if (!s.sendUrgent(encodeMessage({ type: 'resolve', id, max: Math.max(1, Math.min(MAX_HOLDERS_PER_ANSWER, opts.max ?? HOLDERS_PER_DIGEST)), digests: packDigests(part) }))) break
+          const max = Math.max(1, Math.min(MAX_HOLDERS_PER_ANSWER, opts.max ?? HOLDERS_PER_DIGEST))
+          const group = Math.min(max, Math.max(0, opts.group ?? 0))
+          if (!s.sendUrgent(encodeMessage({ type: 'resolve', id, max, digests: packDigests(part), ...(group > 0 ? { group } : {}) }))) break
           ids.push(id)
           left++
           this.pending.set(id, { session: s, digests: part, out, done: () => { if (--left === 0) finish() } })
@@ -318,9 +320,12 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
       const k = m.counts[i]
       if (k === 0) continue
       const list: ChunkHolder[] = []
+      // the key's group (asked for with `group`) comes first, this peer included when it is one of them
+      const g = m.groups?.[i] ?? 0
       for (let e = 0; e < k; e++) {
-        const h = holders[m.refs[j++]]
-        if (h !== undefined) list.push(h)
+        const ref = m.refs[j++]
+        if (e < g) list.push({ ...m.peers[ref], group: true })
+        else if (holders[ref] !== undefined) list.push(holders[ref])
       }
       if (list.length > 0) p.out.set(p.digests[i].toString('hex'), list)
     }

@@ -276,3 +276,38 @@ test('claims can be turned off', () => {
   assert.deepEqual(ids(idx, 'A', digest(9)), [])
   assert.deepEqual(idx.holdersOf(digest(9)), [])
 })
+
+test('a grouped resolve names every asker the same group: the key\'s first holders in join order, askers included', () => {
+  const { idx } = setup({ random: Math.random })
+  const blob = digest('blob')
+  const answer = (asker: string): { group: string[], ranked: string[] } => {
+    const raw = idx.resolveRaw(asker, packDigests([blob]), 4, 3)
+    const all = Array.from(raw.refs.subarray(0, raw.counts[0]), (r) => raw.peers[r].id)
+    const g = raw.groups?.[0] ?? 0
+    return { group: all.slice(0, g), ranked: all.slice(g) }
+  }
+  for (let i = 0; i < 10; i++) idx.announce(`P${i}`, packDigests([]), { info: info(i + 1) })
+  // each look-up claims the blob for the asker before the answer: the first asker is its own group
+  assert.deepEqual(answer('P0').group, ['P0'])
+  assert.deepEqual(answer('P1').group, ['P0', 'P1'])
+  assert.deepEqual(answer('P2').group, ['P0', 'P1', 'P2'])
+  for (let i = 3; i < 10; i++) {
+    const a = answer(`P${i}`)
+    assert.deepEqual(a.group, ['P0', 'P1', 'P2'], `asker P${i}`)
+    assert.ok(a.ranked.length > 0 && a.ranked.length <= 4 && !a.ranked.includes(`P${i}`))
+  }
+  // without a group, answers are as before: ranked only, never the asker
+  assert.equal(idx.resolveRaw('P9', packDigests([blob]), 4).groups, undefined)
+  assert.ok(!ids(idx, 'P9', blob).includes('P9'))
+})
+
+test('a full key keeps its group: new holders replace others at random, never the first ones', () => {
+  const { idx } = setup({ random: Math.random, maxHoldersPerDigest: 10 })
+  const blob = digest('full')
+  for (let i = 0; i < 200; i++) {
+    idx.announce(`P${i}`, packDigests([]), { info: info(i + 1) })
+    idx.resolveRaw(`P${i}`, packDigests([blob]), 4, 4)
+  }
+  const raw = idx.resolveRaw('P0', packDigests([blob]), 4, 4)
+  assert.deepEqual(Array.from(raw.refs.subarray(0, 4), (r) => raw.peers[r].id), ['P0', 'P1', 'P2', 'P3'])
+})

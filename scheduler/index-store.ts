@@ -11,7 +11,7 @@
  */
 import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome } from '../p2p/index.js'
 import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, ResolveAnswer } from './types.js'
-import { digestKey, packDigests, type PackedDigests } from './protocol.js'
+import { digestKey, MAX_HOLDERS_PER_ANSWER, packDigests, type PackedDigests } from './protocol.js'
 import { addPending, badPenalty, baseScore, DEFAULT_WEIGHTS, isBanned, recordOutcome, scoreFor, zoneAffinity } from './ranking.js'
 import { HARD_MAX_PEERS, PeerTable, type PeerRecord } from './peer-table.js'
 import {
@@ -43,10 +43,15 @@ const DEFAULTS = {
 type Holders = number | number[]
 
 /** What `resolveRaw` returns: like {@link ResolveAnswer}, with the peer records themselves. */
+/** the largest group a resolve gets: a full key's list never replaces its first this many holders */
+export const MAX_GROUP = 8
+
 export interface RawAnswer {
   peers: PeerRecord[]
   counts: Uint8Array
   refs: Uint16Array
+  /** with a `group` asked for: per digest, how many of its holders (listed first) are the key's group */
+  groups?: Uint8Array
 }
 
 export interface AnnounceResult {
@@ -338,8 +343,10 @@ export class HolderIndex {
         // concat allocates exactly; push would reserve room for 16 more
         map.set(key, v.concat(ref))
       } else {
-        // full: replace a random holder, which keeps a fresh random sample of a popular chunk's holders
-        const j = Math.floor(this.random() * v.length)
+        // full: replace a random holder, which keeps a fresh random sample of a popular chunk's holders; never one
+        // of the first few, who are the key's group for as long as they live (`resolveRaw`'s `group`)
+        const kept = Math.min(MAX_GROUP, v.length - 1)
+        const j = kept + Math.floor(this.random() * (v.length - kept))
         const old = this.peers.inSlotOf(v[j])
         if (old !== undefined) old.count--
         this.liveEntries--
@@ -445,8 +452,14 @@ export class HolderIndex {
    * holders the same way for every digest (the fetcher can batch per holder), while successive answers rotate
    * among near-equal holders; every digest's first holder is charged as pending load, which steers the next
    * answers elsewhere until the peer's heartbeat reports its real load.
+   *
+   * With `group` > 0 (blob-level keys), each key's answer starts with its group: the first `group` usable holders in
+   * the key's list (join order, the asker included when it is one; the asker claims the key before), which every
+   * asker of that moment is told alike, so that all of them agree on who fetches which chunk from the source
+   * (`back-to-source.ts`); up to `max` ranked holders follow (never the asker; a group member may be among them
+   * again, as one of the best holders to fetch from).
    */
-  resolveRaw (askerId: string | undefined, digests: PackedDigests, max = 4): RawAnswer {
+  resolveRaw (askerId: string | undefined, digests: PackedDigests, max = 4, group = 0): RawAnswer {
     const now = this.now()
     const stamp = this.nextStamp()
     const asker = askerId !== undefined ? this.peers.get(askerId) : undefined
@@ -459,8 +472,10 @@ export class HolderIndex {
     let claimer = this.claimMisses && asker !== undefined && asker.addrs.length > 0 && !isBanned(asker.rep, now) ? asker : undefined
     const n = digests.length >>> 5
     const claimQuota = claimer !== undefined ? this.quotaOf(claimer) : 0
+    group = Math.min(group, MAX_GROUP)
     const counts = new Uint8Array(n)
-    const refs = new Uint16Array(n * max)
+    const groups = group > 0 ? new Uint8Array(n) : undefined
+    const refs = new Uint16Array(n * Math.min(MAX_HOLDERS_PER_ANSWER, max + group))
     const peers: PeerRecord[] = []
     const firstRecs: PeerRecord[] = []
     const topRec: Array<PeerRecord | undefined> = new Array(max).fill(undefined)
@@ -468,6 +483,7 @@ export class HolderIndex {
     let nrefs = 0
     for (let i = 0; i < n; i++) {
       const key = digestKey(digests, i)
+      if (group > 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
       const v = this.shard(key).get(key)
       if (v === undefined) {
         if (claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
@@ -475,6 +491,17 @@ export class HolderIndex {
       }
       let k = 0
       const len = typeof v === 'number' ? 1 : v.length
+      let g = 0
+      if (groups !== undefined) {
+        for (let j = 0; j < len && g < group; j++) {
+          const rec = this.peers.live(typeof v === 'number' ? v : v[j])
+          if (rec === undefined || (rec !== asker && this.score(rec, asker, askerZone, now) < 0)) continue
+          this.pushRef(rec, peers, stamp)
+          refs[nrefs++] = this.tableIndex[rec.slot]
+          g++
+        }
+        groups[i] = g
+      }
       for (let j = 0; j < len; j++) {
         const ref = typeof v === 'number' ? v : v[j]
         const rec = this.peers.live(ref)
@@ -482,9 +509,11 @@ export class HolderIndex {
         const s = this.score(rec, asker, askerZone, now)
         if (s < 0) continue
         // insertion into the small sorted top-`max` list
-        let at = k < max ? k++ : max
-        if (at === max && s <= topScore[max - 1]) continue
-        if (at === max) at = max - 1
+        const room = Math.min(max, MAX_HOLDERS_PER_ANSWER - g)
+        if (room <= 0) break
+        let at = k < room ? k++ : room
+        if (at === room && s <= topScore[room - 1]) continue
+        if (at === room) at = room - 1
         while (at > 0 && topScore[at - 1] < s) {
           topScore[at] = topScore[at - 1]
           topRec[at] = topRec[at - 1]
@@ -493,26 +522,30 @@ export class HolderIndex {
         topScore[at] = s
         topRec[at] = rec
       }
-      counts[i] = k
+      counts[i] = g + k
       for (let j = 0; j < k; j++) {
         const rec = topRec[j] as PeerRecord
-        if (this.tableStamp[rec.slot] !== stamp) {
-          this.tableStamp[rec.slot] = stamp
-          this.tableIndex[rec.slot] = peers.length
-          this.firsts[rec.slot] = 0
-          rec.hits++
-          peers.push(rec)
-        }
+        this.pushRef(rec, peers, stamp)
         refs[nrefs++] = this.tableIndex[rec.slot]
       }
       if (k > 0) {
         const first = topRec[0] as PeerRecord
         if (this.firsts[first.slot]++ === 0) firstRecs.push(first)
       }
-      if (claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
+      if (group === 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
     }
     for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
-    return { peers, counts, refs: refs.subarray(0, nrefs) }
+    return { peers, counts, refs: refs.subarray(0, nrefs), ...(groups !== undefined ? { groups } : {}) }
+  }
+
+  /** `rec` into this answer's table of distinct holders (once per answer, stamped) */
+  private pushRef (rec: PeerRecord, peers: PeerRecord[], stamp: number): void {
+    if (this.tableStamp[rec.slot] === stamp) return
+    this.tableStamp[rec.slot] = stamp
+    this.tableIndex[rec.slot] = peers.length
+    this.firsts[rec.slot] = 0
+    rec.hits++
+    peers.push(rec)
   }
 
   /**

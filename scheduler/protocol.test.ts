@@ -23,10 +23,12 @@ test('every message survives encode → decode', () => {
     { type: 'announce', reset: false, info: undefined, digests: ds(0) },
     { type: 'withdraw', digests: ds(2) },
     { type: 'resolve', id: 0xfffffffe, max: 4, digests: ds(1000) },
+    { type: 'resolve', id: 9, max: 4, digests: ds(1), group: 4 },
     { type: 'report', outcomes: [{ peerId: '12D3KooWabc', chunks: 3, bytes: 3 * 2 ** 20, ms: 17, failed: false, bad: true }, { peerId: 'x', chunks: 0, bytes: 0, ms: 0, failed: true, bad: false }] },
     { type: 'heartbeat', intervalMs: 5000, load: { activeUploads: 3, recentUploadBps: 12.5e6 } },
     { type: 'leave' },
-    { type: 'resolved', id: 7, peers: [{ peerId: 'A', addrs: ['/ip4/1.2.3.4/tcp/1'] }, { peerId: 'B', addrs: [] }], counts: Uint8Array.from([2, 0, 1]), refs: Uint16Array.from([1, 0, 0]) }
+    { type: 'resolved', id: 7, peers: [{ peerId: 'A', addrs: ['/ip4/1.2.3.4/tcp/1'] }, { peerId: 'B', addrs: [] }], counts: Uint8Array.from([2, 0, 1]), refs: Uint16Array.from([1, 0, 0]) },
+    { type: 'resolved', id: 8, peers: [{ peerId: 'A', addrs: [] }, { peerId: 'B', addrs: [] }], counts: Uint8Array.from([3, 1]), refs: Uint16Array.from([0, 1, 0, 1]), groups: Uint8Array.from([2, 0]) }
   ]
   for (const m of msgs) {
     const back = roundTrip(m)
@@ -104,4 +106,14 @@ test('an answer that would outgrow a frame drops its tail digests, never its con
   assert.deepEqual([...m.counts.subarray(0, answered)], new Array(answered).fill(1))
   assert.equal(m.peers.length, answered)
   assert.equal(m.peers[0].addrs.length, 16)
+})
+
+test('a group larger than the holders it names is malformed', () => {
+  const body = Buffer.from(encodeMessage({ type: 'resolved', id: 1, peers: [{ peerId: 'A', addrs: [] }], counts: Uint8Array.from([1]), refs: Uint16Array.from([0]), groups: Uint8Array.from([1]) }))
+  assert.equal(decodeMessage(body).type, 'resolved')
+  body[body.length - 1] = 2
+  assert.throws(() => decodeMessage(body), /group of 2 among 1/)
+  const ask = Buffer.from(encodeMessage({ type: 'resolve', id: 1, max: 2, digests: ds(1), group: 2 }))
+  ask[ask.length - 1] = 3
+  assert.throws(() => decodeMessage(ask), /group of 3/)
 })

@@ -90,11 +90,13 @@ export const digestKey = (p: PackedDigests, i: number): string => p.toString('la
 export type SchedulerMessage =
   | { type: 'announce', reset: boolean, info?: PeerInfo, digests: PackedDigests }
   | { type: 'withdraw', digests: PackedDigests }
-  | { type: 'resolve', id: number, max: number, digests: PackedDigests }
+  /** `group` (blob level): each key's answer starts with its first `group` holders, the same for every asker */
+  | { type: 'resolve', id: number, max: number, digests: PackedDigests, group?: number }
   | { type: 'report', outcomes: PeerOutcome[] }
   | { type: 'heartbeat', intervalMs: number, load: PeerLoad }
   | { type: 'leave' }
-  | { type: 'resolved', id: number, peers: ChunkHolder[], counts: Uint8Array, refs: Uint16Array }
+  /** `groups`: per digest, how many of its first holders are its group (present when the resolve asked for one) */
+  | { type: 'resolved', id: number, peers: ChunkHolder[], counts: Uint8Array, refs: Uint16Array, groups?: Uint8Array }
 
 class Writer {
   private buf: Buffer
@@ -167,6 +169,8 @@ class Reader {
     return out
   }
 
+  get left (): number { return this.buf.length - this.pos }
+
   end (): void {
     if (this.pos !== this.buf.length) throw malformed(`${this.buf.length - this.pos} trailing bytes`)
   }
@@ -219,6 +223,8 @@ export function encodeMessage (m: SchedulerMessage): Buffer {
       const w = new Writer(16 + m.digests.length)
       w.u8(MsgType.Resolve).u32(m.id >>> 0).u8(clampInt(m.max, MAX_HOLDERS_PER_ANSWER))
       writeDigests(w, m.digests)
+      // optional trailer: older schedulers never see it unless asked for a group
+      if (m.group !== undefined && m.group > 0) w.u8(clampInt(Math.min(m.group, m.max), MAX_HOLDERS_PER_ANSWER))
       return w.finish()
     }
     case 'report': {
@@ -237,7 +243,7 @@ export function encodeMessage (m: SchedulerMessage): Buffer {
     case 'leave':
       return new Writer(U8).u8(MsgType.Leave).finish()
     case 'resolved':
-      return encodeResolved(m.id, m.peers.map(encodePeerEntry), m.counts, m.refs)
+      return encodeResolved(m.id, m.peers.map(encodePeerEntry), m.counts, m.refs, m.groups)
   }
 }
 
@@ -250,9 +256,9 @@ export function encodePeerEntry (h: ChunkHolder): Buffer {
 }
 
 /** A RESOLVED body from pre-encoded peer entries (see {@link encodePeerEntry}). */
-export function encodeResolved (id: number, peerEntries: readonly Uint8Array[], counts: Uint8Array, refs: Uint16Array): Buffer {
+export function encodeResolved (id: number, peerEntries: readonly Uint8Array[], counts: Uint8Array, refs: Uint16Array, groups?: Uint8Array): Buffer {
   if (peerEntries.length > MAX_PEERS_PER_ANSWER) throw new SchedulerError('RAFSPEER_ERR_SCHED_BOUNDS', `${peerEntries.length} peers in one answer, at most ${MAX_PEERS_PER_ANSWER}`)
-  let size = U8 + U32 + U16 + U32 + counts.length * U8 + refs.length * U16
+  let size = U8 + U32 + U16 + U32 + counts.length * U8 + refs.length * U16 + (groups !== undefined ? counts.length : 0)
   for (const e of peerEntries) size += e.length
   const w = new Writer(size)
   w.u8(MsgType.Resolved).u32(id >>> 0).u16(peerEntries.length)
@@ -263,6 +269,7 @@ export function encodeResolved (id: number, peerEntries: readonly Uint8Array[], 
     w.u8(counts[i])
     for (let k = 0; k < counts[i]; k++) w.u16(refs[j++])
   }
+  if (groups !== undefined) for (let i = 0; i < counts.length; i++) w.u8(Math.min(groups[i], counts[i]))
   return w.finish()
 }
 
@@ -294,7 +301,14 @@ export function decodeMessage (frame: Uint8Array | Uint8ArrayList): SchedulerMes
       const id = r.u32('request id')
       const max = r.u8('max holders')
       if (max > MAX_HOLDERS_PER_ANSWER) throw malformed(`max holders ${max}, at most ${MAX_HOLDERS_PER_ANSWER}`)
-      m = { type: 'resolve', id, max, digests: r.digests(MAX_DIGESTS_PER_FRAME) }
+      const digests = r.digests(MAX_DIGESTS_PER_FRAME)
+      if (r.left > 0) {
+        const group = r.u8('group size')
+        if (group > max) throw malformed(`group of ${group}, more than the ${max} holders asked for`)
+        m = { type: 'resolve', id, max, digests, group }
+      } else {
+        m = { type: 'resolve', id, max, digests }
+      }
       break
     }
     case MsgType.Report: {
@@ -339,6 +353,14 @@ export function decodeMessage (frame: Uint8Array | Uint8ArrayList): SchedulerMes
         }
       }
       m = { type: 'resolved', id, peers, counts, refs: Uint16Array.from(refs) }
+      if (r.left > 0) {
+        const groups = new Uint8Array(count)
+        for (let i = 0; i < count; i++) {
+          groups[i] = r.u8('group size')
+          if (groups[i] > counts[i]) throw malformed(`a group of ${groups[i]} among ${counts[i]} holders`)
+        }
+        m.groups = groups
+      }
       break
     }
     default:

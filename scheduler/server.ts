@@ -118,7 +118,7 @@ export class SchedulerService {
             this.index.withdraw(peerId, m.digests)
             break
           case 'resolve': {
-            const answer = this.index.resolveRaw(peerId, m.digests, m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER))
+            const answer = this.index.resolveRaw(peerId, m.digests, m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER), m.group ?? 0)
             await sendWithBackpressure(stream, encodeFrame(answerBody(m.id, answer)), { timeoutMs: DRAIN_TIMEOUT_MS, what: `answer to ${peerId}` })
             break
           }
@@ -189,14 +189,14 @@ export function answerBody (id: number, a: RawAnswer): Buffer {
   const limit = MAX_FRAME_BYTES - 64
   let size = a.counts.length
   for (const e of entries) size += e.length
-  size += a.refs.length * 2
-  if (size <= limit) return encodeResolved(id, entries, a.counts, a.refs)
+  size += a.refs.length * 2 + (a.groups !== undefined ? a.counts.length : 0)
+  if (size <= limit) return encodeResolved(id, entries, a.counts, a.refs, a.groups)
   size = a.counts.length
   let peersUsed = 0
   let refsUsed = 0
   const counts = new Uint8Array(a.counts.length)
   for (let i = 0; i < a.counts.length; i++) {
-    let grow = a.counts[i] * 2
+    let grow = a.counts[i] * 2 + (a.groups !== undefined ? 1 : 0)
     let peersAfter = peersUsed
     for (let k = 0; k < a.counts[i]; k++) {
       const ref = a.refs[refsUsed + k]
@@ -208,7 +208,7 @@ export function answerBody (id: number, a: RawAnswer): Buffer {
     refsUsed += a.counts[i]
     peersUsed = peersAfter
   }
-  return encodeResolved(id, entries.slice(0, peersUsed), counts, a.refs.subarray(0, refsUsed))
+  return encodeResolved(id, entries.slice(0, peersUsed), counts, a.refs.subarray(0, refsUsed), a.groups)
 }
 
 /** A running standalone scheduler. */

@@ -54,6 +54,11 @@ export interface PlanInput {
   self: string
   /** the blob's first peers as the scheduler gave them (self included or not) */
   group: readonly string[]
+  /**
+   * `group` is the scheduler's (every asker was named the same peers, this one among them only if it is one): a
+   * peer outside it is never an assignee; otherwise this peer counts itself in
+   */
+  stable?: boolean
   blobHex: string
   ci: number
   /** neighbours that have the chunk */
@@ -70,7 +75,7 @@ export function planChunk (p: PlanInput): ChunkPlan {
   // holders and peers fetching it alike: the neighbour source spreads its asks over them, so a chunk wanted by many
   // flows down a tree instead of all from the uplink of the first to have it
   if (p.have.length > 0 || p.pending.length > 0) return { action: 'peer', peers: [...p.have, ...p.pending] }
-  const group = p.group.includes(p.self) ? p.group : [...p.group, p.self]
+  const group = p.group.length === 0 ? [p.self] : p.stable === true || p.group.includes(p.self) ? p.group : [...p.group, p.self]
   const assignee = backToSourceAssignee(group, p.blobHex, p.ci)
   if (assignee === p.self || p.wantedForMs >= p.graceMs) return { action: 'source' }
   return { action: 'wait', retryInMs: p.graceMs - p.wantedForMs }

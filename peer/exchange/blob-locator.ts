@@ -18,8 +18,13 @@ export const DEFAULT_GROUP_SIZE = 4
 export const DEFAULT_GRACE_MS = 150
 export const DEFAULT_BITFIELD_WAIT_MS = 200
 export const DEFAULT_REFRESH_MS = 5_000
-/** holders of a blob asked of the scheduler (its answer's bound) */
+/** holders of a blob remembered from the scheduler's answers */
 export const DEFAULT_MAX_HOLDERS = 16
+/**
+ * ranked holders asked of the scheduler per look-up (besides the blob's group): few, so that followers spread over
+ * the swarm instead of all following the same best peers (the model, `sim/model/`, shows 16 slower and costlier)
+ */
+export const DEFAULT_LOOKUP_HOLDERS = 4
 const MAX_REMEMBERED_WANTS = 65_536
 
 /** Finds holders for chunks of a blob; see {@link BlobLocator}. */
@@ -47,11 +52,15 @@ export interface BlobLocatorInit {
   /** a blob's holders are asked of the scheduler again after this (5 s) */
   refreshMs?: number
   maxHolders?: number
+  /** ranked holders asked for per look-up (4) */
+  lookupHolders?: number
   now?: () => number
 }
 
 interface BlobGroup {
   holders: Map<string, ChunkHolder>
+  /** the blob's group as the scheduler named it (this node included if it is one); undefined: it named none */
+  group: string[] | undefined
   at: number
 }
 
@@ -65,6 +74,7 @@ export class BlobLocator implements ChunkLocator {
   private readonly bitfieldWaitMs: number
   private readonly refreshMs: number
   private readonly maxHolders: number
+  private readonly lookupHolders: number
   private readonly now: () => number
   private readonly groups = new Map<string, Promise<BlobGroup>>()
   /** `${blob}/${ci}` → when this node first wanted it */
@@ -80,6 +90,7 @@ export class BlobLocator implements ChunkLocator {
     this.bitfieldWaitMs = init.bitfieldWaitMs ?? DEFAULT_BITFIELD_WAIT_MS
     this.refreshMs = init.refreshMs ?? DEFAULT_REFRESH_MS
     this.maxHolders = init.maxHolders ?? DEFAULT_MAX_HOLDERS
+    this.lookupHolders = init.lookupHolders ?? DEFAULT_LOOKUP_HOLDERS
     this.now = init.now ?? Date.now
   }
 
@@ -88,7 +99,7 @@ export class BlobLocator implements ChunkLocator {
   async locate (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: { signal: AbortSignal }): Promise<Map<string, ChunkHolder[]>> {
     const blobHex = blob.blobId
     const g = await this.group(blobHex, opts.signal)
-    const group = this.groupOf(blobHex, g)
+    const group = g.group ?? this.groupOf(blobHex, g)
     const out = new Map<string, ChunkHolder[]>()
     const now = this.now()
     let open = chunks.map(c => ({ chunk: c, since: this.wantedSince(blobHex, c.index, now) }))
@@ -105,7 +116,8 @@ export class BlobLocator implements ChunkLocator {
           have: have.filter(p => p !== this.self),
           pending: pending.map(p => p.peerId).filter(p => p !== this.self),
           wantedForMs: this.now() - w.since,
-          graceMs: this.graceMs
+          graceMs: this.graceMs,
+          stable: g.group !== undefined
         })
         if (plan.action === 'peer') {
           // holders in an order of their hash with the chunk: askers spread over every holder of a chunk instead of
@@ -168,10 +180,19 @@ export class BlobLocator implements ChunkLocator {
   private async lookUp (blobHex: string, signal: AbortSignal): Promise<BlobGroup> {
     const first = !this.groups.has(blobHex)
     const holders = new Map<string, ChunkHolder>()
+    let group: string[] | undefined
     try {
-      // as many as the scheduler gives: peers that know the same holders agree on the blob's group
-      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.maxHolders })
-      for (const h of answer.get(blobHex) ?? []) if (h.peerId !== this.self && holders.size < this.maxHolders) holders.set(h.peerId, h)
+      // the blob's group first (the same for every asker), then the best other holders
+      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize })
+      const all = answer.get(blobHex) ?? []
+      for (const h of all) if (h.group === true) (group ??= []).push(h.peerId)
+      // the ranked holders are whom to follow; the group is who fetches from the source (not whom everyone piles
+      // onto), and its members follow each other
+      const inGroup = group?.includes(this.self) === true
+      for (const h of all) {
+        if (h.peerId === this.self || holders.size >= this.maxHolders) continue
+        if (h.group !== true || inGroup) holders.set(h.peerId, h)
+      }
     } catch (err) {
       signal.throwIfAborted()
       this.log?.warn('looking up the holders of blob %s failed: %s', blobHex, describeError(err))
@@ -184,11 +205,12 @@ export class BlobLocator implements ChunkLocator {
         await this.changeOf(blobHex, deadline - this.now(), signal)
       }
     }
-    return { holders, at: this.now() }
+    return { holders, group, at: this.now() }
   }
 
   /**
-   * The blob's first `groupSize` peers by rendezvous hash, out of everyone this node knows works on it: the
+   * Without the scheduler's group (one that names none, or no answer): the blob's first `groupSize` peers by
+   * rendezvous hash, out of everyone this node knows works on it: the
    * scheduler's holders, the neighbours that told us their interest, and itself. Peers that started together see
    * each other's interest within a round trip, so they agree on the group before their first chunks.
    */

@@ -25,7 +25,7 @@ export { HaveTable, DEFAULT_PENDING_TTL_MS, type ChunkSources } from './have-tab
 export { planChunk, rendezvousScore, backToSourceAssignee, type ChunkPlan, type PlanInput as ChunkPlanInput } from './back-to-source.js'
 export {
   BlobLocator, DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS,
-  DEFAULT_MAX_HOLDERS as DEFAULT_LOCATOR_MAX_HOLDERS, type ChunkLocator, type BlobLocatorInit
+  DEFAULT_MAX_HOLDERS as DEFAULT_LOCATOR_MAX_HOLDERS, DEFAULT_LOOKUP_HOLDERS, type ChunkLocator, type BlobLocatorInit
 } from './blob-locator.js'
 export {
   HaveService, DEFAULT_FLUSH_MS as DEFAULT_HAVE_FLUSH_MS, DEFAULT_MAX_SESSIONS as DEFAULT_HAVE_MAX_SESSIONS,

@@ -4,7 +4,7 @@
  * belong in `peer/exchange/` as shared pure modules (the daemon classes calling them), so that the model and the
  * daemon cannot drift apart. Until then a change to those classes must be made here too.
  */
-import { backToSourceAssignee, rendezvousScore, type planChunk } from './policy.js'
+import { rendezvousScore } from './policy.js'
 
 /**
  * `BlobLocator.groupOf`: the blob's first `groupSize` peers by rendezvous hash (chunk -1) out of everyone the node
@@ -67,14 +67,3 @@ export class Outbox {
   clear (): void { this.have.clear(); this.pending.clear(); this.dropped.clear() }
 }
 
-/**
- * Proposal `stableGroup`: `planChunk` over a group every node agrees on (the blob's first claimers, from the
- * scheduler), which a node outside it does not join: it is never the assignee, only a late taker after the grace.
- */
-export function planChunkInStableGroup (p: Parameters<typeof planChunk>[0]): ReturnType<typeof planChunk> {
-  if (p.have.length > 0) return { action: 'peer', peers: [...p.have] }
-  if (p.pending.length > 0) return { action: 'peer', peers: [...p.pending] }
-  const assignee = backToSourceAssignee(p.group.length > 0 ? p.group : [p.self], p.blobHex, p.ci)
-  if (assignee === p.self || p.wantedForMs >= p.graceMs) return { action: 'source' }
-  return { action: 'wait', retryInMs: p.graceMs - p.wantedForMs }
-}

@@ -29,8 +29,6 @@ export class Directory implements Timed {
   bytesIn = 0
   bytesOut = 0
   private running = true
-  /** proposal `stableGroup`: per blob, the peers that looked it up, first come first */
-  private readonly claimers = new Map<string, { order: string[], seen: Set<string> }>()
 
   constructor (private readonly queue: EventQueue, private readonly halfRttMs: number, init: { peers: number, heartbeatMs: number, random: () => number }) {
     this.index = new HolderIndex({
@@ -51,21 +49,6 @@ export class Directory implements Timed {
   }
 
   stop (): void { this.running = false }
-
-  /** Proposal `stableGroup`: the first `n` peers to look the blob up that the index still knows, `asker` recorded. */
-  private firstClaimers (key: Buffer, asker: string, n: number): string[] {
-    const k = key.toString('latin1')
-    let c = this.claimers.get(k)
-    if (c === undefined) { c = { order: [], seen: new Set() }; this.claimers.set(k, c) }
-    if (!c.seen.has(asker)) { c.seen.add(asker); c.order.push(asker) }
-    const out: string[] = []
-    for (const id of c.order) {
-      if (this.index.peer(id) === undefined) continue
-      out.push(id)
-      if (out.length === n) break
-    }
-    return out
-  }
 
   private send (p: DirectoryPeer, bytes: number, handle: () => void, frames = 1): void {
     p.counted(frames, 0, bytes, 0)
@@ -105,24 +88,29 @@ export class Directory implements Timed {
 
   /**
    * Who works on the blob (`packedKey`: the blob id's 32 bytes), at most `max`; the look-up records the asker as
-   * one of them (a claim). `answer` gets the holders' peer ids, best first, a round trip later.
+   * one of them (a claim). With `group`, the answer starts with the blob's group (the asker included if it is one),
+   * as the daemon's locator asks. `answer` gets the ranked holders' peer ids (best first, never the asker) and the group,
+   * a round trip later.
    */
-  resolve (p: DirectoryPeer, packedKey: Buffer, max: number, answer: (holders: string[], first: string[]) => void, firstCount = 0): void {
-    this.send(p, schedulerFrameBytes({ type: 'resolve', id: 0, max, digests: packedKey }), () => {
+  resolve (p: DirectoryPeer, packedKey: Buffer, max: number, answer: (holders: string[], group: string[] | undefined) => void, group = 0): void {
+    this.send(p, schedulerFrameBytes({ type: 'resolve', id: 0, max, digests: packedKey, group }), () => {
       this.resolves++
-      const raw = this.index.resolveRaw(p.peerId, packedKey, max)
+      const raw = this.index.resolveRaw(p.peerId, packedKey, max, group)
       const holders: string[] = []
-      for (let j = 0; j < raw.counts[0]!; j++) holders.push(raw.peers[raw.refs[j]!]!.id)
-      const first = firstCount > 0 ? this.firstClaimers(packedKey, p.peerId, firstCount) : []
-      // the first claimers would ride as peer ids in the answer
-      const bytes = schedulerFrameBytes({ type: 'resolved', id: 0, peers: raw.peers.map(r => r.holder), counts: raw.counts, refs: raw.refs }) +
-        first.reduce((a, id) => a + 1 + Buffer.byteLength(id), 0)
+      const g = raw.groups?.[0] ?? 0
+      const named: string[] | undefined = raw.groups !== undefined ? [] : undefined
+      for (let j = 0; j < raw.counts[0]!; j++) {
+        const id = raw.peers[raw.refs[j]!]!.id
+        if (j < g) named!.push(id)
+        else holders.push(id)
+      }
+      const bytes = schedulerFrameBytes({ type: 'resolved', id: 0, peers: raw.peers.map(r => r.holder), counts: raw.counts, refs: raw.refs, ...(raw.groups !== undefined ? { groups: raw.groups } : {}) })
       this.bytesOut += bytes
       this.queue.after(this.halfRttMs, {
         fire: () => {
           if (!p.alive()) return
           p.counted(0, 1, 0, bytes)
-          answer(holders, first)
+          answer(holders, named)
         }
       })
     })

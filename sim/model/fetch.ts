@@ -41,6 +41,31 @@ export class Batch {
 
   toRegistry (cis: number[]): void { new RegistryReq(this, cis).send() }
 
+  /** rounds of re-location per chunk (proposal `replanBusy`) */
+  private readonly rounds = new Map<number, number>()
+
+  /**
+   * Proposal `replanBusy`: chunks whose every holder answered BUSY are located again after a back-off (new holders
+   * appear as the swarm fills), up to `MAX_REPLANS` rounds; then the registry.
+   */
+  replan (cis: number[]): void {
+    const now: number[] = []
+    let round = 0
+    for (const ci of cis) {
+      const r = (this.rounds.get(ci) ?? 0) + 1
+      if (r > MAX_REPLANS) { now.push(ci); continue }
+      this.rounds.set(ci, r)
+      round = Math.max(round, r)
+    }
+    if (now.length > 0) { this.node.sourced.leftover += now.length; this.toRegistry(now) }
+    const again = cis.filter(ci => !now.includes(ci))
+    if (again.length === 0) return
+    this.node.replans += again.length
+    this.node.world.queue.after(Math.min(REPLAN_MAX_MS, REPLAN_BASE_MS << (round - 1)), {
+      fire: () => { if (this.current()) this.nb.group.need(new Locate(this, again, this.startedAt)) }
+    })
+  }
+
   /** A chunk arrived (from the registry, or a neighbour's first copy). */
   deliver (ci: number, fromRegistry: boolean): void {
     if (!this.current()) return
@@ -65,6 +90,10 @@ export interface Want {
 
 /** The requests of one fetch to one holder. */
 export interface Lane { holder: SimNode, queued: PeerReq[], running: Set<PeerReq>, assigned: number }
+
+const MAX_REPLANS = 40
+const REPLAN_BASE_MS = 20
+const REPLAN_MAX_MS = 250
 
 const FLUSH = 0
 const RETRY = 2
@@ -244,8 +273,13 @@ export class SwarmFetch implements Timed {
     if (this.ended || this.outstanding > 0 || this.flushScheduled) return
     this.ended = true
     this.node.unwatch(this)
-    const left = this.wants.filter(w => !w.done).map(w => w.ci)
+    let left = this.wants.filter(w => !w.done)
+    if (this.node.world.cfg.replanBusy && !this.aborted) {
+      const busy = left.filter(w => w.busy > 0)
+      if (busy.length > 0) this.batch.replan(busy.map(w => w.ci))
+      left = left.filter(w => w.busy === 0)
+    }
     this.node.sourced.leftover += left.length
-    if (left.length > 0) this.batch.toRegistry(left)
+    if (left.length > 0) this.batch.toRegistry(left.map(w => w.ci))
   }
 }

@@ -5,7 +5,7 @@
  * for the assignee's PENDING — looked at again whenever a neighbour's state of the blob changes.
  */
 import type { Timed } from './events.js'
-import { blobGroup, planChunkInStableGroup } from './daemon-policy.js'
+import { blobGroup } from './daemon-policy.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { backToSourceAssignee, planChunk } from './policy.js'
@@ -19,8 +19,8 @@ const READY = 3
 export class GroupState implements Timed {
   private phase = NONE
   holders: SimNode[] = []
-  /** proposal `stableGroup`: the blob's first claimers, as the scheduler named them */
-  first: string[] = []
+  /** the blob's group as the scheduler named it (undefined: it named none) */
+  named: string[] | undefined
   private at = 0
   private waiters: Locate[] = []
   private firstLookUp = true
@@ -43,17 +43,18 @@ export class GroupState implements Timed {
     this.phase = LOOKING
     this.inc = this.node.incarnation
     const w = this.node.world
-    w.directory.resolve(this.node.dir, this.nb.spec.key, w.cfg.holdersPerLookup, (ids, first) => { this.resolved(ids, first) },
-      w.cfg.stableGroup ? w.cfg.groupSize : 0)
+    w.directory.resolve(this.node.dir, this.nb.spec.key, w.cfg.holdersPerLookup, (ids, named) => { this.resolved(ids, named) }, w.cfg.groupSize)
   }
 
-  private resolved (ids: string[], first: string[]): void {
+  private resolved (ids: string[], named: string[] | undefined): void {
     const node = this.node
     if (node.incarnation !== this.inc || !node.alive) return
     const w = node.world
-    this.first = first
+    this.named = named
     this.holders = []
-    for (const id of ids) {
+    // the ranked holders are whom to follow; the group is who fetches from the source, and its members follow each other
+    const follow = named !== undefined && named.includes(node.peerId) ? [...new Set([...named, ...ids])] : ids
+    for (const id of follow) {
       const h = w.byPeerId.get(id)
       if (h !== undefined && h !== node && this.holders.length < w.cfg.locatorMaxHolders) this.holders.push(h)
     }
@@ -108,9 +109,9 @@ export class Locate implements Timed {
   private version = 0
   private done = false
 
-  constructor (private readonly batch: Batch) {
-    this.open = batch.cis
-    this.since = batch.node.world.queue.now
+  constructor (private readonly batch: Batch, cis?: number[], since?: number) {
+    this.open = cis ?? batch.cis
+    this.since = since ?? batch.node.world.queue.now
   }
 
   fire (version: number): void {
@@ -126,7 +127,8 @@ export class Locate implements Timed {
     const hex = nb.spec.hex
     const self = node.peerId
     const now = w.queue.now
-    if (this.group === undefined && w.cfg.stableGroup) this.group = nb.group.first
+    const stable = nb.group.named !== undefined
+    if (this.group === undefined && stable) this.group = nb.group.named
     if (this.group === undefined) {
       const ids: string[] = [self]
       for (const h of nb.group.holders) ids.push(h.peerId)
@@ -137,7 +139,7 @@ export class Locate implements Timed {
     let soonest = Infinity
     for (const ci of this.open) {
       const { have, pending } = node.table.sources(hex, ci)
-      const plan = (w.cfg.stableGroup ? planChunkInStableGroup : planChunk)({
+      const plan = planChunk({
         self,
         group: this.group,
         blobHex: hex,
@@ -145,7 +147,8 @@ export class Locate implements Timed {
         have: have.filter(p => p !== self),
         pending: pending.map(p => p.peerId).filter(p => p !== self),
         wantedForMs: now - this.since,
-        graceMs: w.cfg.graceMs
+        graceMs: w.cfg.graceMs,
+        stable
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, plan.peers.map(id => w.byPeerId.get(id)!))
@@ -154,8 +157,8 @@ export class Locate implements Timed {
         soonest = Math.min(soonest, plan.retryInMs)
       } else {
         this.source.push(ci)
-        const group = w.cfg.stableGroup || this.group.includes(self) ? this.group : [...this.group, self]
-        if (backToSourceAssignee(group.length > 0 ? group : [self], hex, ci) === self) node.sourced.assignee++
+        const group = this.group.length === 0 ? [self] : stable || this.group.includes(self) ? this.group : [...this.group, self]
+        if (backToSourceAssignee(group, hex, ci) === self) node.sourced.assignee++
         else node.sourced.afterGrace++
       }
     }

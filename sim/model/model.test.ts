@@ -10,7 +10,7 @@ import { runModel, type ModelInit, type ModelReport } from './index.js'
 
 const MiB = 1 << 20
 const small: ModelInit = { nodes: 20, imageBytes: 32 * MiB, chunkSize: MiB, runtime: false }
-const PROPOSED: Partial<ModelInit> = { proposals: { followBack: true, pendingWhenPlanned: true, stableGroup: true }, busyRetries: 10, maxUploads: 64 }
+const PROPOSED: Partial<ModelInit> = { proposals: { followBack: true, pendingWhenPlanned: true }, busyRetries: 10, maxUploads: 64 }
 
 function assertComplete (r: ModelReport): void {
   assert.equal(r.verifiedOk, true, r.nodes.filter(n => !n.ok).map(n => `${n.id}: ${n.differences.join('; ')}`).join('\n'))

@@ -46,6 +46,8 @@ export class SimNode implements Timed {
   private chunksLeft = 0
   // chunk server
   uploadsActive = 0
+  /** chunks located again after their holders were all BUSY */
+  replans = 0
   serving = new Set<PeerReq>()
   asking = new Set<PeerReq>()
   registryReqs = new Set<RegistryReq>()

@@ -111,7 +111,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
       holdersPerLookup: cfg.holdersPerLookup,
       busyRetries: cfg.busyRetries,
       maxUploads: cfg.maxUploads,
-      proposals: { followBack: cfg.followBack, pendingWhenPlanned: cfg.pendingWhenPlanned, stableGroup: cfg.stableGroup },
+      proposals: { followBack: cfg.followBack, pendingWhenPlanned: cfg.pendingWhenPlanned, replanBusy: cfg.replanBusy, busyAfterPark: cfg.busyAfterPark },
       registryRatio: round(world.registryBytes / world.blobBytes, 4),
       aloneMs: round(aloneMs),
       p50OverAlone: round(p50 / aloneMs),
@@ -126,7 +126,8 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
         busy: sum(n => n.requests.busy),
         notFound: sum(n => n.requests.notFound),
         pendingFrames: sum(n => n.pendingFrames),
-        idleTimeouts: sum(n => n.idleTimeouts)
+        idleTimeouts: sum(n => n.idleTimeouts),
+        replans: sum(n => n.replans)
       },
       messages: {
         total: sum(n => n.msgs.scheduler.sent + n.msgs.have.sent + n.msgs.chunk.sent),

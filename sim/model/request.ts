@@ -19,6 +19,8 @@ const NOT_FOUND = 2
 const BUSY = 3
 const FAIL = 4
 const HEDGE = 5
+/** proposal `busyAfterPark`: a parked request's wait ran out */
+const PARK_TIMEOUT = 6
 const CODE_BITS = 3
 
 const QUEUED = 0
@@ -42,6 +44,7 @@ export class PeerReq implements Timed, FlowOwner {
   private flow: Flow | undefined
   private parkedAt = -1
   private waitSince = 0
+  private parkToken = 0
 
   constructor (readonly fetch: SwarmFetch, readonly lane: Lane, readonly wants: Want[]) {
     this.replied = new Uint8Array(wants.length)
@@ -71,8 +74,22 @@ export class PeerReq implements Timed, FlowOwner {
   fire (arg: number): void {
     const code = arg & ((1 << CODE_BITS) - 1)
     const i = arg >>> CODE_BITS
-    if (this.state !== RUNNING) return
+    if (this.state !== RUNNING) {
+      // a chunk sent before the asker stopped the request (another copy came first): uploaded for nothing
+      if (code === OK && this.state === ENDED) this.asker.duplicateBytes += this.wants[i]!.size
+      return
+    }
     if (code === ARRIVE) { this.arrive(); return }
+    if (code === PARK_TIMEOUT) {
+      if (this.serving && this.parkedAt >= 0 && i === this.parkToken) {
+        const s = this.server
+        s.msgs.chunk.sent++
+        s.ctrl.sent += replyHeaderBytes(0)
+        this.endServe()
+        s.world.queue.after(s.world.cfg.halfRttMs, this, BUSY)
+      }
+      return
+    }
     if (!this.fetch.batch.current()) return
     if (code === HEDGE) {
       if (this.hedged) return
@@ -127,6 +144,7 @@ export class PeerReq implements Timed, FlowOwner {
         else list.push(this)
         this.parkedAt = ci
         this.waitSince = w.queue.now
+        if (w.cfg.parkTimeoutMs > 0) w.queue.after(w.cfg.parkTimeoutMs, this, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
         if (this.flow !== undefined) w.links.pause(this.flow)
         return
       }
@@ -174,7 +192,7 @@ export class PeerReq implements Timed, FlowOwner {
       const at = list?.indexOf(this) ?? -1
       if (at >= 0) list!.splice(at, 1)
       this.parkedAt = -1
-    }
+      }
   }
 
   /** The holder died: its connection resets under the asker. */

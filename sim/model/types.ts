@@ -54,12 +54,13 @@ export interface ModelInit {
      * starts: a PENDING then always leads to a source, and two nodes can no longer wait on each other's
      */
     pendingWhenPlanned?: boolean
+    /** chunks whose holders were all BUSY are located again (after a back-off or a neighbour's news), not sent to the registry */
+    replanBusy?: boolean
     /**
-     * the scheduler's answer also names the blob's first `groupSize` claimers it still knows, and that is the group
-     * every node uses for back-to-source: all nodes agree on each chunk's assignee, and a node outside the group is
-     * never one (it waits the grace for a PENDING, then fetches itself)
+     * a request waiting for a chunk its holder is fetching itself is answered BUSY after a second (the asker looks
+     * again), so two nodes whose fetches wait on each other's PENDING are not stuck until the fetcher's idle deadline
      */
-    stableGroup?: boolean
+    busyAfterPark?: boolean
   }
   /** per-node entries in the report: 'all', or 'none' for summaries only (default: all up to 1000 nodes) */
   nodesDetail?: 'all' | 'none'
@@ -133,7 +134,7 @@ export interface ModelReport {
     holdersPerLookup: number
     busyRetries: number
     maxUploads: number
-    proposals: { followBack: boolean, pendingWhenPlanned: boolean, stableGroup: boolean }
+    proposals: { followBack: boolean, pendingWhenPlanned: boolean, replanBusy: boolean, busyAfterPark: boolean }
     /** registryBytes / blobBytes (goal ≤ 1.1) */
     registryRatio: number
     /** one node alone over the same links (= nativeReadMs) */
@@ -145,7 +146,7 @@ export interface ModelReport {
     duplicateBytes: number
     /** chunks the registry sent, by why: the node was the chunk's rendezvous assignee; nobody said PENDING within the grace; a neighbour fetch left it (BUSY, NOT_FOUND, failed, idle) */
     registryChunks: { assignee: number, afterGrace: number, leftover: number }
-    peerRequests: { sent: number, failed: number, hedges: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number }
+    peerRequests: { sent: number, failed: number, hedges: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
     messages: { total: number, perNode: Spread, byKind: { scheduler: number, have: number, chunk: number } }
     controlBytes: { total: number, perNode: Spread }
