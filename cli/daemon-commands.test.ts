@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Command } from 'commander'
 import {
-  buildMountRequest, clientSocket, daemonOverrides, formatMountInfo, formatStatus, parseLogLevel, parseMode, parsePrefetch,
-  registerDaemonCommands, resolveSource
+  addDaemonOptions, buildMountRequest, clientSocket, daemonOverrides, formatMountInfo, formatStatus, parseLogLevel, parseMode, parsePrefetch,
+  registerDaemonCommands, resolveSource, type DaemonFlags
 } from './daemon-commands.js'
 import type { MountInfo } from '../peer/index.js'
 
@@ -48,9 +48,12 @@ describe('daemon command arguments', () => {
     assert.deepEqual(daemonOverrides({ socket: 's.sock', workDir: '/w', cacheDir: 'c', logLevel: 'debug' }, dir),
       { socket: join(dir, 's.sock'), workDir: '/w', cache: { dir: join(dir, 'c') }, log: { level: 'debug' } })
     assert.deepEqual(daemonOverrides({}, dir), {})
-    assert.deepEqual(daemonOverrides({ scheduler: '/ip4/1.2.3.4/tcp/8002/p2p/x', zone: 'eu|fra', p2pListen: ['/ip4/0.0.0.0/tcp/8003'] }, dir),
-      { scheduler: { address: '/ip4/1.2.3.4/tcp/8002/p2p/x', zone: 'eu|fra' }, p2p: { listen: ['/ip4/0.0.0.0/tcp/8003'] } })
+    assert.deepEqual(daemonOverrides({ scheduler: ['/ip4/1.2.3.4/tcp/8002/p2p/x'], zone: 'eu|fra', p2pListen: ['/ip4/0.0.0.0/tcp/8003'] }, dir),
+      { scheduler: { address: ['/ip4/1.2.3.4/tcp/8002/p2p/x'], zone: 'eu|fra' }, p2p: { listen: ['/ip4/0.0.0.0/tcp/8003'] } })
     assert.deepEqual(daemonOverrides({ embeddedScheduler: true }, dir), { scheduler: { embedded: true } })
+    const parsed = addDaemonOptions(new Command('daemon')).exitOverride()
+      .parse(['--scheduler', '/ip4/1.2.3.4/tcp/8002/p2p/x', '--scheduler', '/ip4/1.2.3.5/tcp/8002/p2p/y'], { from: 'user' }).opts<DaemonFlags>()
+    assert.deepEqual(daemonOverrides(parsed, dir), { scheduler: { address: ['/ip4/1.2.3.4/tcp/8002/p2p/x', '/ip4/1.2.3.5/tcp/8002/p2p/y'] } }, '--scheduler is repeatable')
     assert.deepEqual(daemonOverrides({ snapshotterAddress: 'snap.sock', daemonSocket: 'r.sock' }, dir),
       { snapshotter: { address: join(dir, 'snap.sock'), daemonSocket: join(dir, 'r.sock') } })
     assert.deepEqual(daemonOverrides({ snapshotterAddress: '/s.sock' }, dir), { snapshotter: { address: '/s.sock' } })

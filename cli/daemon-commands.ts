@@ -72,8 +72,8 @@ export interface DaemonFlags {
   cacheDir?: string
   workDir?: string
   logLevel?: LogLevel
-  /** the scheduler's multiaddr (with /p2p/<id>); turns P2P on */
-  scheduler?: string
+  /** the schedulers' multiaddrs (with /p2p/<id>), one used at a time; turns P2P on */
+  scheduler?: string[]
   /** run a scheduler inside this daemon; turns P2P on */
   embeddedScheduler?: boolean
   /** P2P listen multiaddrs */
@@ -232,7 +232,7 @@ export function addDaemonOptions (cmd: Command): Command {
     .option('--work-dir <dir>', 'daemon state directory (default /var/lib/rafspeer)')
     .option('--cache-dir <dir>', 'blob cache directory (default <work-dir>/cache)')
     .option('--log-level <level>', 'error, warn, info or debug (overrides the config)', parseLogLevel)
-    .option('--scheduler <multiaddr>', 'the scheduler to use, with its peer id (what `rafspeer scheduler` prints); turns P2P on')
+    .option('--scheduler <multiaddr>', 'the scheduler to use, with its peer id (what `rafspeer scheduler` prints); repeatable: schedulers sharing one swarm (over one Redis), one used at a time, the next when it fails; turns P2P on', (v: string, prev: string[] = []) => [...prev, v])
     .option('--embedded-scheduler', 'run a scheduler in this daemon, on its P2P addresses; turns P2P on')
     .option('--p2p-listen <multiaddr>', 'P2P listen multiaddr, repeatable (default /ip4/0.0.0.0/tcp/0)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--zone <label>', 'locality label, wide to narrow: country|region|zone|rack (neighbours in it are preferred)')

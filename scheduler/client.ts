@@ -1,19 +1,23 @@
 /**
  * The scheduler client, running on a peer's own libp2p node: one long-lived session stream to the scheduler,
- * batched announces and withdraws, heartbeats, and resolves that never stall a read.
+ * batched announces and withdraws, heartbeats, and resolves that never stall a read. Given several schedulers, it
+ * uses one at a time and moves to the next (round robin, with backoff) when a session breaks, a dial fails or the
+ * scheduler stops answering resolves.
  *
- * The set of digests this peer holds is kept here (as 32-byte one-byte strings), because it is what the peer
- * re-sends, whole, after every reconnect: the scheduler may have restarted empty, or may still hold entries the
- * peer withdrew while the session was down; the first frame of a session therefore resets the peer's entries.
+ * The set of digests this peer holds is kept here (as 32-byte one-byte strings), with those the scheduler recorded
+ * for it on its resolves (claims), because they are what the peer re-sends, whole, after every reconnect: the
+ * scheduler may have restarted empty, may be another one, or may still hold entries the peer withdrew while the
+ * session was down; the first frame of a session therefore resets the peer's entries.
  */
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import type { Libp2p, Stream } from '@libp2p/interface'
 import { Backoff, delay, describeError, silentLogger, type Logger } from '../base/index.js'
 import {
-  FrameReader, P2P_CODE, SCHEDULER_PROTOCOL, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome
+  FrameReader, SCHEDULER_PROTOCOL, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome
 } from '../p2p/index.js'
 import type { PeerInfo, PeerLoad, SchedulerClientInit } from './types.js'
 import { bodies, FRAME_DIGESTS, Session } from './session.js'
+import { Holdings } from './holdings.js'
+import { SchedulerTargets } from './targets.js'
 import {
   decodeMessage, encodeMessage, packDigests, SchedulerError, DIGEST_BYTES, MAX_FRAME_BYTES, MAX_OUTCOMES_PER_FRAME,
   MAX_HOLDERS_PER_ANSWER, MAX_PEER_ID_BYTES, type SchedulerMessage
@@ -25,6 +29,11 @@ const DEFAULT_FLUSH_MS = 50
 const DEFAULT_FLUSH_DIGESTS = 4096
 const DEFAULT_DIAL_TIMEOUT_MS = 2000
 const DEFAULT_MIN_RECONNECT_MS = 100
+/**
+ * a scheduler that answered nothing this long after a resolve was sent is given up for the next one: long enough
+ * for a directory scheduler waiting on Redis through a failover (its calls settle within about a second each)
+ */
+const DEFAULT_UNANSWERED_MS = 10_000
 /** holders asked per digest */
 const HOLDERS_PER_DIGEST = 4
 /** a resolve while disconnected triggers a connection attempt at most this often */
@@ -58,7 +67,7 @@ interface PendingResolve {
  */
 export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   private readonly libp2p: SchedulerClientComponents['libp2p']
-  private readonly target: Multiaddr
+  private readonly targets: SchedulerTargets
   private readonly selfId: string
   private readonly zone: string
   private readonly selfAddrs: () => string[]
@@ -72,12 +81,11 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   private readonly dialTimeoutMs: number
   private readonly minReconnectMs: number
   private readonly maxReconnectMs: number
+  private readonly unansweredMs: number
   private readonly log: Logger
 
-  /** what this peer holds, the truth re-sent after every reconnect */
-  private readonly held = new Set<string>()
-  private readonly toAnnounce = new Set<string>()
-  private readonly toWithdraw = new Set<string>()
+  /** what this peer holds and claimed, the truth re-sent after every reconnect */
+  private readonly holdings = new Holdings()
   private reports: PeerOutcome[] = []
   private readonly pending = new Map<number, PendingResolve>()
   private sessionWaiters: Array<(s: Session | undefined) => void> = []
@@ -93,17 +101,12 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   private lastAddrs = ''
   private nextId = 0
   private sessions = 0
+  /** sessions given up because the scheduler stopped answering */
+  private unanswered = 0
 
   constructor (components: SchedulerClientComponents, init: SchedulerClientInit) {
     this.libp2p = components.libp2p
-    try {
-      this.target = multiaddr(init.scheduler)
-    } catch (err) {
-      throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', `scheduler address ${init.scheduler}: ${(err as Error).message}`, { cause: err })
-    }
-    if (!this.target.getComponents().some((c) => c.code === P2P_CODE)) {
-      throw new SchedulerError('RAFSPEER_ERR_SCHED_CONFIG', `scheduler address ${init.scheduler} lacks /p2p/<peer id>`)
-    }
+    this.targets = new SchedulerTargets(init.scheduler)
     this.selfId = components.libp2p.peerId.toString()
     this.zone = init.zone ?? ''
     this.selfAddrs = init.selfAddrs
@@ -117,6 +120,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     this.dialTimeoutMs = init.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS
     this.minReconnectMs = init.minReconnectMs ?? DEFAULT_MIN_RECONNECT_MS
     this.maxReconnectMs = Math.max(this.minReconnectMs, init.maxReconnectMs ?? Math.min(5000, this.heartbeatMs))
+    this.unansweredMs = init.unansweredMs ?? DEFAULT_UNANSWERED_MS
     this.backoff = new Backoff({ baseMs: this.minReconnectMs, maxMs: this.maxReconnectMs })
     this.log = (init.logger ?? silentLogger).forComponent('rafspeer:scheduler-client')
   }
@@ -128,12 +132,15 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     this.stopping = new AbortController()
     this.heartbeatTimer = setInterval(() => { this.tick() }, this.heartbeatMs)
     this.heartbeatTimer.unref()
-    const id = this.target.getComponents().findLast((c) => c.code === P2P_CODE)?.value
-    if (id !== undefined && this.libp2p.peerStore !== undefined) {
+    const peerStore = this.libp2p.peerStore
+    if (peerStore !== undefined) {
       // loaded here, not with the module: a node imports this room whether or not it joins a swarm (~0.17 s)
       const { peerIdFromString } = await import('@libp2p/peer-id')
-      await this.libp2p.peerStore.merge(peerIdFromString(id), { tags: { [SCHEDULER_TAG]: { value: 100 } } })
-        .catch((err: Error) => { this.log.error('cannot tag the scheduler peer: %s', err.message) })
+      // every scheduler it may move to, so none of their connections is pruned while another is in use
+      for (const id of this.targets.peerIds()) {
+        await peerStore.merge(peerIdFromString(id), { tags: { [SCHEDULER_TAG]: { value: 100 } } })
+          .catch((err: Error) => { this.log.error('cannot tag the scheduler peer %s: %s', id, err.message) })
+      }
     }
     this.connect()
   }
@@ -147,8 +154,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     clearTimeout(this.flushTimer)
     clearTimeout(this.reconnectTimer)
     this.heartbeatTimer = this.flushTimer = this.reconnectTimer = undefined
-    this.toAnnounce.clear()
-    this.toWithdraw.clear()
+    this.holdings.dropChanges()
     this.reports = []
     const s = this.session
     if (s !== undefined) {
@@ -164,6 +170,9 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   /** Whether a session to the scheduler is open. */
   get connected (): boolean { return this.session !== undefined }
 
+  /** The scheduler in use (or, disconnected, the one dialled next). */
+  get address (): string { return this.targets.current.toString() }
+
   /** Resolves true once connected, false after `timeoutMs` (for tests and start-up logs). */
   async waitConnected (timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs
@@ -174,32 +183,27 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     return this.session !== undefined
   }
 
-  stats (): { connected: boolean, held: number, pendingResolves: number, sessions: number } {
-    return { connected: this.connected, held: this.held.size, pendingResolves: this.pending.size, sessions: this.sessions }
+  stats (): { connected: boolean, scheduler: string, held: number, claimed: number, pendingResolves: number, sessions: number, unanswered: number } {
+    return {
+      connected: this.connected,
+      scheduler: this.address,
+      held: this.holdings.heldCount,
+      claimed: this.holdings.claimedCount,
+      pendingResolves: this.pending.size,
+      sessions: this.sessions,
+      unanswered: this.unanswered
+    }
   }
 
   // ---- announcer ----
 
   announce (digests: Buffer[]): void {
-    for (const d of digests) {
-      if (d.length !== DIGEST_BYTES) continue
-      const k = d.toString('latin1')
-      if (this.held.has(k)) continue
-      this.held.add(k)
-      this.toWithdraw.delete(k)
-      this.toAnnounce.add(k)
-    }
+    this.holdings.announce(digests)
     this.scheduleFlush()
   }
 
   withdraw (digests: Buffer[]): void {
-    for (const d of digests) {
-      if (d.length !== DIGEST_BYTES) continue
-      const k = d.toString('latin1')
-      if (!this.held.delete(k)) continue
-      this.toAnnounce.delete(k)
-      this.toWithdraw.add(k)
-    }
+    this.holdings.withdraw(digests)
     this.scheduleFlush()
   }
 
@@ -208,13 +212,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
    * did not get after all. Digests the peer announced since are left alone.
    */
   releaseClaims (digests: Buffer[]): void {
-    for (const d of digests) {
-      if (d.length !== DIGEST_BYTES) continue
-      const k = d.toString('latin1')
-      if (this.held.has(k)) continue
-      this.toAnnounce.delete(k)
-      this.toWithdraw.add(k)
-    }
+    this.holdings.release(digests)
     this.scheduleFlush()
   }
 
@@ -228,28 +226,29 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   }
 
   private scheduleFlush (): void {
-    if (this.toAnnounce.size + this.toWithdraw.size + this.reports.length >= this.flushDigests) {
+    const waiting = this.holdings.changes + this.reports.length
+    if (waiting >= this.flushDigests) {
       this.flush()
-    } else if (this.flushTimer === undefined && (this.toAnnounce.size + this.toWithdraw.size + this.reports.length) > 0) {
+    } else if (this.flushTimer === undefined && waiting > 0) {
       this.flushTimer = setTimeout(() => { this.flush() }, this.flushMs)
       this.flushTimer.unref()
     }
   }
 
-  /** Sends what is batched. Without a session it is dropped: `held` is re-sent whole when the session opens. */
+  /** Sends what is batched. Without a session it is dropped: the holdings are re-sent whole when the session opens. */
   private flush (): void {
     clearTimeout(this.flushTimer)
     this.flushTimer = undefined
     const s = this.session
     if (s !== undefined) {
-      if (this.toWithdraw.size > 0) s.sendBulk(bodies([...this.toWithdraw], (digests) => ({ type: 'withdraw', digests })))
-      if (this.toAnnounce.size > 0) s.sendBulk(bodies([...this.toAnnounce], (digests) => ({ type: 'announce', reset: false, digests })))
+      const { withdraw, announce } = this.holdings.takeChanges()
+      if (withdraw.length > 0) s.sendBulk(bodies(withdraw, (digests) => ({ type: 'withdraw', digests })))
+      if (announce.length > 0) s.sendBulk(bodies(announce, (digests) => ({ type: 'announce', reset: false, digests })))
       for (let i = 0; i < this.reports.length; i += MAX_OUTCOMES_PER_FRAME) {
         s.sendUrgent(encodeMessage({ type: 'report', outcomes: this.reports.slice(i, i + MAX_OUTCOMES_PER_FRAME) }))
       }
     }
-    this.toWithdraw.clear()
-    this.toAnnounce.clear()
+    this.holdings.dropChanges()
     this.reports = []
   }
 
@@ -288,12 +287,14 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
           const group = Math.min(max, Math.max(0, opts.group ?? 0))
           if (!s.sendUrgent(encodeMessage({ type: 'resolve', id, max, digests: packDigests(part), ...(group > 0 ? { group } : {}) }))) break
           ids.push(id)
+          s.awaitingSince ??= Date.now()
+          this.holdings.claim(part)
           left++
           this.pending.set(id, { session: s, digests: part, out, done: () => { if (--left === 0) finish() } })
         }
         if (left === 0 || s.closed) finish()
       }
-      if (this.session !== undefined) {
+      if (this.session !== undefined && !this.giveUpIfUnanswering(this.session)) {
         send(this.session)
       } else if (this.connecting !== undefined || Date.now() - this.lastAttempt >= KICK_SPACING_MS) {
         // wait for the connection in progress (or one started now); a failed attempt answers empty at once
@@ -356,7 +357,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
 
   private tick (): void {
     const s = this.session
-    if (s === undefined) {
+    if (s === undefined || this.giveUpIfUnanswering(s)) {
       if (this.connecting === undefined && this.reconnectTimer === undefined) this.connect()
       return
     }
@@ -369,6 +370,17 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     }
   }
 
+  /**
+   * Ends a session whose scheduler left a resolve unanswered for `unansweredMs` and answered nothing since (it is
+   * stopped, or wedged: the stream alone may stay open for minutes), so the next scheduler is tried.
+   */
+  private giveUpIfUnanswering (s: Session): boolean {
+    if (s.awaitingSince === undefined || Date.now() - s.awaitingSince < this.unansweredMs) return false
+    this.unanswered++
+    this.endSession(s, new SchedulerError('RAFSPEER_ERR_SCHED_UNANSWERED', `scheduler ${this.address} answered nothing for ${Date.now() - s.awaitingSince} ms after a resolve`))
+    return true
+  }
+
   private connect (): void {
     if (!this.running || this.session !== undefined || this.connecting !== undefined) return
     clearTimeout(this.reconnectTimer)
@@ -378,14 +390,16 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   }
 
   private async openSession (): Promise<void> {
+    const target = this.targets.current
     let stream: Stream
     try {
-      stream = await this.libp2p.dialProtocol(this.target, SCHEDULER_PROTOCOL, {
+      stream = await this.libp2p.dialProtocol(target, SCHEDULER_PROTOCOL, {
         signal: AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.dialTimeoutMs)])
       })
     } catch (err) {
       if (this.running) {
-        this.log.warn('scheduler %s unreachable: %s', this.target.toString(), describeError(err))
+        this.log.warn('scheduler %s unreachable: %s', target.toString(), describeError(err))
+        this.moveOn()
         this.scheduleReconnect()
       }
       this.wakeWaiters(undefined)
@@ -398,17 +412,16 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     const s: Session = new Session(stream, Math.max(5000, 3 * this.heartbeatMs), (err) => { this.endSession(s, err) })
     this.session = s
     this.sessions++
-    // everything batched is part of `held`, which goes out whole, the first frame resetting the old entries
+    // everything batched is part of the holdings, which go out whole, the first frame resetting the old entries
     clearTimeout(this.flushTimer)
     this.flushTimer = undefined
-    this.toAnnounce.clear()
-    this.toWithdraw.clear()
+    const all = this.holdings.takeAll()
     const info = this.info()
     this.lastAddrs = JSON.stringify(info.addrs)
-    s.sendBulk(bodies([...this.held], (digests, first) => ({ type: 'announce', reset: first, info: first ? info : undefined, digests })))
+    s.sendBulk(bodies(all, (digests, first) => ({ type: 'announce', reset: first, info: first ? info : undefined, digests })))
     s.sendUrgent(this.heartbeatBody())
     if (this.reports.length > 0) this.scheduleFlush()
-    this.log.info('connected to scheduler %s (%d digests to announce)', this.target.toString(), this.held.size)
+    this.log.info('connected to scheduler %s (%d digests held, %d claimed)', target.toString(), this.holdings.heldCount, this.holdings.claimedCount)
     this.wakeWaiters(s)
     void this.readLoop(s)
   }
@@ -416,6 +429,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
   private async readLoop (s: Session): Promise<void> {
     try {
       for await (const body of new FrameReader(s.stream, { what: 'scheduler session', malformed: m => new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: ${m}`) }).frames(MAX_FRAME_BYTES)) {
+        s.awaitingSince = undefined
         const m = decodeMessage(body)
         if (m.type !== 'resolved') throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', `malformed scheduler frame: unexpected ${m.type} from the scheduler`)
         this.answer(m)
@@ -439,7 +453,17 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
       this.pending.delete(id)
       p.done()
     }
-    if (this.running) this.scheduleReconnect()
+    if (this.running) {
+      this.moveOn()
+      this.scheduleReconnect()
+    }
+  }
+
+  /** The next scheduler gets the next attempt (with one scheduler: the same one again). */
+  private moveOn (): void {
+    if (this.targets.all.length < 2) return
+    const from = this.targets.current.toString()
+    this.log.info('scheduler %s failed: trying %s next', from, this.targets.advance().toString())
   }
 
   private scheduleReconnect (): void {

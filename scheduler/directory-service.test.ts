@@ -1,18 +1,24 @@
 /**
  * The scheduler protocol over the swarm directory: real SchedulerClients over libp2p, the in-memory directory and
  * a real 3-master Redis Cluster with two schedulers in front of it (state shared: what one peer announces through
- * one scheduler, another resolves through the other; a scheduler that dies loses nothing).
+ * one scheduler, another resolves through the other; a scheduler that dies loses nothing, and a client that moves
+ * to the other keeps what it holds and what it claimed), and a real Redis that stops taking writes for a while
+ * (updates it missed are sent again once it is back).
  */
 import '../polyfill.js'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { promisify } from 'node:util'
 import { announceAddrs, createHost, type Host } from '../p2p/index.js'
-import { redisClusterSkipReason, startRedisCluster, type RedisCluster } from '../test/helpers/redis-cluster.js'
+import { REDIS_CLI_BIN, redisClusterSkipReason, startRedisCluster, startRedisServer, type RedisCluster } from '../test/helpers/redis-cluster.js'
 import { SchedulerClient } from './client.js'
+import type { SchedulerClientInit } from './types.js'
 import { createDirectory } from './directory/index.js'
 import { startDirectorySchedulerNode, type DirectorySchedulerNode } from './directory-service.js'
 
+const run = promisify(execFile)
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 async function eventually (check: () => Promise<void>, ms = 8000): Promise<void> {
   const deadline = Date.now() + ms
@@ -22,13 +28,14 @@ async function eventually (check: () => Promise<void>, ms = 8000): Promise<void>
   }
 }
 
-function harness (): { client: (sched: DirectorySchedulerNode) => Promise<{ host: Host, client: SchedulerClient, id: string }>, close: () => Promise<void> } {
+function harness (): { client: (sched: DirectorySchedulerNode | string[], init?: Partial<SchedulerClientInit>) => Promise<{ host: Host, client: SchedulerClient, id: string }>, close: () => Promise<void> } {
   const hosts: Host[] = []
   const clients: SchedulerClient[] = []
   return {
-    client: async (sched) => {
+    client: async (sched, init = {}) => {
       const host = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-      const client = new SchedulerClient({ libp2p: host }, { scheduler: sched.multiaddrs[0]!, selfAddrs: () => announceAddrs(host), heartbeatMs: 300, resolveTimeoutMs: 2000 })
+      const scheduler = Array.isArray(sched) ? sched : sched.multiaddrs[0]!
+      const client = new SchedulerClient({ libp2p: host }, { scheduler, selfAddrs: () => announceAddrs(host), heartbeatMs: 300, resolveTimeoutMs: 2000, ...init })
       hosts.push(host)
       clients.push(client)
       await client.start()
@@ -96,5 +103,72 @@ describe('two schedulers in front of one Redis Cluster', { skip: redisClusterSki
     // a third peer through the surviving scheduler joins the swarm of those blobs
     const c = await h.client(s2)
     await eventually(async () => { assert.ok((await holdersOf(c.client, blobs[1]!)).includes(a.id)) })
+  })
+})
+
+describe('a client moving between two schedulers over one Redis Cluster', { skip: redisClusterSkipReason() ?? false }, () => {
+  let cluster: RedisCluster | undefined
+  let s1: DirectorySchedulerNode
+  let s2: DirectorySchedulerNode
+  const h = harness()
+  before(async () => {
+    cluster = await startRedisCluster({ masters: 3 })
+    s1 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix: 'move:' }))
+    s2 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix: 'move:' }))
+  })
+  after(async () => {
+    await h.close()
+    await s2?.stop().catch(() => {})
+    await s1?.stop().catch(() => {})
+    await cluster?.stop()
+  })
+
+  it('keeps what it announced and what it claimed by asking: the new session\'s reset does not drop them', async () => {
+    const a = await h.client([s1.multiaddrs[0]!, s2.multiaddrs[0]!], { minReconnectMs: 20, maxReconnectMs: 200 })
+    const observer = await h.client(s2)
+    const announced = randomBytes(32)
+    const asked = randomBytes(32)
+    a.client.announce([announced])
+    // at blob level a node never announces the blob it reads: the scheduler records it as a holder when it asks
+    assert.deepEqual(await holdersOf(a.client, asked), [])
+    await eventually(async () => { assert.deepEqual(await holdersOf(observer.client, asked), [a.id]) })
+    await eventually(async () => { assert.deepEqual(await holdersOf(observer.client, announced), [a.id]) })
+    const before = a.client.stats().sessions
+    await s1.stop()
+    await eventually(async () => { assert.ok(a.client.connected && a.client.stats().sessions > before, 'a moved to the second scheduler') })
+    assert.equal(a.client.address, s2.multiaddrs[0])
+    // its first frame there reset its entries, and re-sent both
+    await sleep(500)
+    assert.deepEqual(await holdersOf(observer.client, announced), [a.id])
+    assert.deepEqual(await holdersOf(observer.client, asked), [a.id])
+  })
+})
+
+describe('a Redis that stops taking writes for a while', { skip: redisClusterSkipReason() ?? false }, () => {
+  it('updates it missed reach it once it is back: the session is renewed and everything announced again', async () => {
+    const redis = await startRedisServer()
+    const h = harness()
+    let sched: DirectorySchedulerNode | undefined
+    try {
+      sched = await startDirectorySchedulerNode(await createDirectory({ redis: redis.url, timeoutMs: 500 }))
+      const a = await h.client(sched)
+      const b = await h.client(sched)
+      const early = randomBytes(32)
+      a.client.announce([early])
+      await eventually(async () => { assert.deepEqual(await holdersOf(b.client, early), [a.id]) })
+      const sessions = a.client.stats().sessions
+      await run(REDIS_CLI_BIN, ['-p', String(redis.port), 'client', 'pause', '2000', 'write'])
+      const late = randomBytes(32)
+      a.client.announce([late])
+      // the announce is lost (the directory's call timed out); once writes are taken again, a's next heartbeat
+      // finds the directory answering and its session is renewed, with everything announced again
+      await eventually(async () => { assert.ok(a.client.stats().sessions > sessions, 'a reconnected') }, 15_000)
+      await eventually(async () => { assert.deepEqual(await holdersOf(b.client, late), [a.id]) })
+      assert.deepEqual(await holdersOf(b.client, early), [a.id])
+    } finally {
+      await h.close()
+      await sched?.stop().catch(() => {})
+      await redis.stop()
+    }
   })
 })

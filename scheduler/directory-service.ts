@@ -9,8 +9,9 @@
  * asker as a holder of what it asked for (it fetches them next: later askers are sent to it); REPORT feeds the
  * reputations; HEARTBEAT refreshes the peer's TTL, and when the directory no longer knows the peer (its record
  * expired, Redis lost it in a failover) the session is closed, so the client reconnects and announces everything
- * again. A directory that cannot answer (RAFSPEER_ERR_DIRECTORY_UNAVAILABLE) gets empty answers: peers then fetch
- * from the registry, never wait.
+ * again. So is a session some of whose updates the directory failed to record (Redis failing over), at its first
+ * heartbeat the directory answers again. A directory that cannot answer (RAFSPEER_ERR_DIRECTORY_UNAVAILABLE) gets
+ * empty answers: peers then fetch from the registry, never wait.
  */
 import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -52,7 +53,13 @@ export interface DirectoryServiceInit {
   claimMisses?: boolean
 }
 
-interface SessionState { peerId: string, info: PeerInfo | undefined, intervalMs: number }
+interface SessionState {
+  peerId: string
+  info: PeerInfo | undefined
+  intervalMs: number
+  /** an announce, claim or withdraw of this session did not reach the directory: the peer's entries are wrong */
+  lost: boolean
+}
 
 export class DirectorySchedulerService {
   readonly directory: SwarmDirectory
@@ -97,7 +104,7 @@ export class DirectorySchedulerService {
   get sessionCount (): number { return this.sessions.size }
 
   private async serve (stream: Stream, connection: Connection): Promise<void> {
-    const st: SessionState = { peerId: connection.remotePeer.toString(), info: undefined, intervalMs: DEFAULT_HEARTBEAT_MS }
+    const st: SessionState = { peerId: connection.remotePeer.toString(), info: undefined, intervalMs: DEFAULT_HEARTBEAT_MS, lost: false }
     this.sessions.add(stream)
     try {
       const frames = new FrameReader(stream, {
@@ -115,13 +122,15 @@ export class DirectorySchedulerService {
             if (entry === undefined) break
             const keys = hexKeys(m.digests)
             if (keys.length === 0 && !m.reset && m.info === undefined) break
-            await this.guard('announce', async () => {
+            const done = await this.guard('announce', async () => {
               await this.directory.announce(entry, keys, { reset: m.reset, ttlMs: st.intervalMs * this.missed })
+              return true
             })
+            if (done === undefined) st.lost = true
             break
           }
           case 'withdraw':
-            await this.guard('withdraw', async () => { await this.directory.withdraw(st.peerId, hexKeys(m.digests)) })
+            if (await this.guard('withdraw', async () => { await this.directory.withdraw(st.peerId, hexKeys(m.digests)); return true }) === undefined) st.lost = true
             break
           case 'resolve': {
             const max = m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER)
@@ -141,6 +150,11 @@ export class DirectorySchedulerService {
             // announce everything again
             if (known === false && st.info !== undefined) {
               throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', 'the directory no longer knows this peer: reconnect and announce again')
+            }
+            // the directory answers again, but missed some of this peer's updates (it failed over meanwhile): the
+            // client's next session sends everything, resetting what the directory has
+            if (known === true && st.lost) {
+              throw new SchedulerError('RAFSPEER_ERR_SCHED_MALFORMED', 'the directory missed updates of this peer: reconnect and announce again')
             }
             break
           }
@@ -177,7 +191,8 @@ export class DirectorySchedulerService {
     await Promise.all(Array.from({ length: Math.min(LOOKUP_CONCURRENCY, looked) }, worker))
     const entry = this.entry(st)
     if (this.claimMisses && entry !== undefined && entry.addrs.length > 0 && looked > 0) {
-      await this.guard('claim', async () => { await this.directory.announce(entry, keys.slice(0, looked), { ttlMs: st.intervalMs * this.missed }) })
+      const done = await this.guard('claim', async () => { await this.directory.announce(entry, keys.slice(0, looked), { ttlMs: st.intervalMs * this.missed }); return true })
+      if (done === undefined) st.lost = true
     }
     return out
   }

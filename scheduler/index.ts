@@ -11,7 +11,10 @@
  * - `resolve` on the client never rejects and never stalls a read: it answers what it has within
  *   `resolveTimeoutMs` (empty when the scheduler is down) and keeps working once the scheduler is back.
  * - A peer silent for `missedHeartbeats` of its heartbeat intervals is dropped with all its entries; a client
- *   re-announces its full holdings after every reconnect (the first frame resets what the scheduler had).
+ *   re-announces its full holdings, and what it claimed by asking, after every reconnect (the first frame resets
+ *   what the scheduler had).
+ * - A client given several schedulers uses one at a time and moves to the next, round robin with backoff, when
+ *   its session breaks, a dial fails or the scheduler leaves a resolve unanswered for `unansweredMs`.
  * - Every frame is length-checked and bounded (`MAX_FRAME_BYTES`, `MAX_DIGESTS_PER_FRAME`); a malformed frame
  *   closes that stream only.
  * - `ChunkHolder` objects in answers are shared between digests and answers: read them, do not mutate them.
@@ -24,7 +27,7 @@
  * import { startSchedulerNode, SchedulerClient } from './scheduler/index.js'
  * const sched = await startSchedulerNode({ listen: ['/ip4/127.0.0.1/tcp/0'] })
  * const client = new SchedulerClient({ libp2p: peerNode }, {
- *   scheduler: sched.multiaddrs[0],                 // includes /p2p/<scheduler peer id>
+ *   scheduler: sched.multiaddrs[0],                 // includes /p2p/<scheduler peer id>; or a list of several
  *   zone: 'eu|fra|rack-3',
  *   selfAddrs: () => peerNode.getMultiaddrs().map(String)
  * })
@@ -52,7 +55,7 @@ export {
 } from './protocol.js'
 // the blob-level swarm directory (issue 13): in memory or on Redis Cluster, see ./directory/index.ts
 export {
-  createDirectory, MemoryDirectory, DirectoryError, DIRECTORY_DEFAULTS, MAX_BLOB_ID_BYTES, type DirectoryErrorCode,
+  createDirectory, MemoryDirectory, DirectoryError, DIRECTORY_DEFAULTS, MAX_BLOB_ID_BYTES, parseRedisSeed, type RedisSeed, type DirectoryErrorCode,
   type SwarmDirectory, type RedisDirectory, type PeerEntry, type BlobHolder, type PeerView, type AnnounceResult as DirectoryAnnounceResult,
   type AnnounceOptions, type LookupOptions, type CallOptions, type DirectoryStats, type DirectoryInit,
   type DirectoryPolicyInit, type MemoryDirectoryInit, type RedisDirectoryInit, type DirectoryComponents

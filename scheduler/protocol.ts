@@ -63,6 +63,8 @@ export type SchedulerErrorCode =
   | 'RAFSPEER_ERR_SCHED_BOUNDS'
   /** a bad configuration value (scheduler address, key file) */
   | 'RAFSPEER_ERR_SCHED_CONFIG'
+  /** the scheduler left a resolve unanswered too long: the client gives its session up and tries the next */
+  | 'RAFSPEER_ERR_SCHED_UNANSWERED'
 
 export class SchedulerError extends RafspeerError<SchedulerErrorCode> {}
 

@@ -17,6 +17,8 @@ const MAX_QUEUED_BYTES = 8 * 1024 * 1024
 export class Session {
   closed = false
   readonly openedAt = Date.now()
+  /** when the oldest resolve the scheduler has not answered since its last frame was sent (undefined: none) */
+  awaitingSince: number | undefined
   private readonly urgent: Uint8Array[] = []
   private urgentBytes = 0
   private readonly bulk: Array<Iterator<Uint8Array>> = []

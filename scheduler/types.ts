@@ -115,8 +115,11 @@ export interface SchedulerNodeInit extends SchedulerServiceInit {
 
 /** Options of {@link SchedulerClient}. */
 export interface SchedulerClientInit {
-  /** the scheduler's multiaddr including `/p2p/<peer id>` */
-  scheduler: string
+  /**
+   * the scheduler's multiaddr including `/p2p/<peer id>`, or several: one is used at a time, the next (round robin)
+   * after a failure; all of them should share one swarm (schedulers over one Redis Cluster)
+   */
+  scheduler: string | readonly string[]
   /** this peer's locality label (see {@link PeerInfo.zone}) */
   zone?: string
   /** this peer's listen multiaddrs, asked at every (re)connect and heartbeat */
@@ -139,6 +142,8 @@ export interface SchedulerClientInit {
   /** reconnect backoff bounds (defaults 100 ms, min(5000, heartbeatMs) ms) */
   minReconnectMs?: number
   maxReconnectMs?: number
+  /** a scheduler that answers nothing this long after a resolve loses the session to the next one (default 10 000 ms) */
+  unansweredMs?: number
   logger?: ComponentLogger
 }
 

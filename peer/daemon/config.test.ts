@@ -95,6 +95,40 @@ describe('daemon config', () => {
     })
   })
 
+  it('takes one scheduler address or a list; refuses a bad one by its index, and an empty list', () => {
+    const id = '12D3KooWSEXxo9PoqLdBzDU5FJ4gCRA7fvpHssWd3SLkquxbsnck'
+    const a = `/ip4/10.0.0.5/tcp/8002/p2p/${id}`
+    const b = `/ip4/10.0.0.6/tcp/8002/p2p/${id}`
+    assert.deepEqual(parseDaemonConfig({ scheduler: { address: a } }).scheduler.address, [a])
+    assert.deepEqual(parseDaemonConfig({ scheduler: { address: [a, b] } }).scheduler.address, [a, b])
+    assert.equal(parseDaemonConfig({ scheduler: { address: [a, b] } }).p2p.enabled, true)
+    assert.throws(() => parseDaemonConfig({ scheduler: { address: [a, '/ip4/10.0.0.6/tcp/8002'] } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.length, 1)
+      assert.match(err.problems[0]!, /^scheduler\.address\.1: .*naming its peer/)
+      return true
+    })
+    assert.throws(() => parseDaemonConfig({ scheduler: { address: [] } }), /scheduler\.address: an empty list/)
+    assert.throws(() => parseDaemonConfig({ scheduler: { address: 7 } }), /scheduler\.address: expected a scheduler multiaddr or a list/)
+  })
+
+  it('keeps an embedded scheduler\'s directory on Redis: seeds checked; only embedded, only at blob level', () => {
+    const c = parseDaemonConfig({ scheduler: { embedded: true, redis: ['10.0.0.1:7000', 'redis://u:p@10.0.0.2:7001'] }, p2p: { directory: 'blobs' } })
+    assert.deepEqual(c.scheduler.redis, ['10.0.0.1:7000', 'redis://u:p@10.0.0.2:7001'])
+    assert.equal(DEFAULT_DAEMON_CONFIG.scheduler.redis, undefined)
+    assert.throws(() => parseDaemonConfig({ scheduler: { embedded: true, redis: ['http://10.0.0.1', '10.0.0.2:7000/3'] }, p2p: { directory: 'blobs' } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.map(p => p.split(':')[0]), ['scheduler.redis.0', 'scheduler.redis.1'])
+      assert.match(err.problems[0]!, /not redis:\/\//)
+      return true
+    })
+    assert.throws(() => parseDaemonConfig({ scheduler: { redis: [] } }), /scheduler\.redis: an empty list/)
+    assert.throws(() => parseDaemonConfig({ scheduler: { redis: ['10.0.0.1:7000'] } }), (err: ConfigError) => {
+      assert.equal(err.problems.length, 2)
+      assert.match(err.problems[0]!, /^scheduler\.redis: only an embedded scheduler/)
+      assert.match(err.problems[1]!, /^scheduler\.redis: .*p2p\.directory "blobs"/)
+      return true
+    })
+  })
+
   it('takes the connection limits and the per-neighbour upload share; refuses out-of-range ones at once', () => {
     const c = parseDaemonConfig({ p2p: { maxConnections: 64, maxConnectionsPerIp: 4, idleConnectionMs: 0, maxUploadsPerPeer: 2 } })
     assert.equal(c.p2p.maxConnections, 64)

@@ -15,7 +15,8 @@ import { readFile } from 'node:fs/promises'
 import { isAbsolute, join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
-import { RafspeerError, parseByteSize, parseHostPort } from '../../base/index.js'
+import { RafspeerError, describeError, parseByteSize, parseHostPort } from '../../base/index.js'
+import { parseRedisSeed } from '../../scheduler/index.js'
 
 export const DEFAULT_SOCKET = '/run/rafspeer/rafspeer.sock'
 export const DEFAULT_WORK_DIR = '/var/lib/rafspeer'
@@ -40,8 +41,8 @@ const byteSize = z.union([z.number(), z.string()], { error: 'expected a byte cou
     return n
   })
 
-/** A multiaddr; with `p2p` it must name the peer (`/p2p/<id>`), which the noise handshake then checks. */
-const multiaddrString = (p2p: boolean): z.ZodType<string> => z.string().superRefine((s, ctx) => {
+/** What is wrong with `s` as a multiaddr (with `p2p`: one naming its peer), or undefined. */
+function multiaddrProblem (s: string, p2p: boolean): string | undefined {
   let ok: boolean
   try {
     const ma = multiaddr(s)
@@ -49,7 +50,34 @@ const multiaddrString = (p2p: boolean): z.ZodType<string> => z.string().superRef
   } catch {
     ok = false
   }
-  if (!ok) ctx.addIssue({ code: 'custom', message: p2p ? `${JSON.stringify(s)} is not a multiaddr naming its peer (like /ip4/10.0.0.5/tcp/8002/p2p/12D3KooW…)` : `${JSON.stringify(s)} is not a multiaddr (like /ip4/0.0.0.0/tcp/8003)` })
+  if (ok) return undefined
+  return p2p ? `${JSON.stringify(s)} is not a multiaddr naming its peer (like /ip4/10.0.0.5/tcp/8002/p2p/12D3KooW…)` : `${JSON.stringify(s)} is not a multiaddr (like /ip4/0.0.0.0/tcp/8003)`
+}
+
+/** A multiaddr; with `p2p` it must name the peer (`/p2p/<id>`), which the noise handshake then checks. */
+const multiaddrString = (p2p: boolean): z.ZodType<string> => z.string().superRefine((s, ctx) => {
+  const problem = multiaddrProblem(s, p2p)
+  if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem })
+})
+
+/** One scheduler multiaddr or a list of them, as a list (a problem with one of a list names its index). */
+const schedulerAddresses = z.union([z.string(), z.array(z.string()).min(1, { error: 'an empty list names no scheduler' })],
+  { error: 'expected a scheduler multiaddr or a list of them' })
+  .superRefine((v, ctx) => {
+    for (const [i, s] of (typeof v === 'string' ? [v] : v).entries()) {
+      const problem = multiaddrProblem(s, true)
+      if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem, path: typeof v === 'string' ? [] : [i] })
+    }
+  })
+  .transform(v => typeof v === 'string' ? [v] : v)
+
+/** A Redis Cluster seed (`host:port`, `[v6]:port`) or a `redis[s]://` URL, as the directory parses it. */
+const redisSeed = z.string().superRefine((s, ctx) => {
+  try {
+    parseRedisSeed(s)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: describeError(err) })
+  }
 })
 
 const absPath = z.string().refine(p => isAbsolute(p), { error: 'must be an absolute path' })
@@ -122,10 +150,18 @@ export const daemonConfigSchema = z.strictObject({
     idleConnectionMs: int(0, 3_600_000).default(30_000)
   }).prefault({}),
   scheduler: z.strictObject({
-    /** the scheduler's multiaddr with its peer id (`rafspeer scheduler` prints it); absent: no scheduler */
-    address: multiaddrString(true).optional(),
+    /**
+     * the scheduler's multiaddr with its peer id (`rafspeer scheduler` prints it), or a list of schedulers sharing one
+     * swarm (in front of one Redis Cluster): one is used at a time, the next when it fails; absent: no scheduler
+     */
+    address: schedulerAddresses.optional(),
     /** run a scheduler inside this daemon, on its P2P listen addresses (others point `address` here) */
     embedded: z.boolean().default(false),
+    /**
+     * the embedded scheduler keeps its directory on this Redis Cluster (seeds `host:port` or a `redis://` URL), shared
+     * with every scheduler using it; needs `embedded` and `p2p.directory: "blobs"` (absent: in this process's memory)
+     */
+    redis: z.array(redisSeed).min(1, { error: 'an empty list names no Redis' }).optional(),
     /** locality label, `|`-separated from wide to narrow (`country|region|zone|rack`); neighbours in it are preferred */
     zone: z.string().max(256).default(''),
     /** a resolve not answered by then goes on without the scheduler (200 ms) */
@@ -214,6 +250,11 @@ export const daemonConfigSchema = z.strictObject({
     level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     format: z.enum(['json', 'text']).default('json')
   }).prefault({})
+}).superRefine((c, ctx) => {
+  if (c.scheduler.redis === undefined) return
+  if (!c.scheduler.embedded) ctx.addIssue({ code: 'custom', path: ['scheduler', 'redis'], message: 'only an embedded scheduler keeps its directory on Redis: set scheduler.embedded (or run `rafspeer scheduler --redis`)' })
+  // the directory on Redis is blob-level: a chunk-level node would announce every chunk as a blob
+  if (c.p2p.directory !== 'blobs') ctx.addIssue({ code: 'custom', path: ['scheduler', 'redis'], message: 'the directory on Redis is blob-level: needs p2p.directory "blobs"' })
 }).transform(c => ({
   ...c,
   cache: { ...c.cache, dir: c.cache.dir ?? join(c.workDir, 'cache') },

@@ -11,6 +11,8 @@ import { join } from 'node:path'
 import { silentLogger } from '../../base/index.js'
 import { BlobCache } from '../../cache/index.js'
 import { buildBlob, tempDir } from '../../cache/test-support.js'
+import { createDirectory } from '../../scheduler/index.js'
+import { redisClusterSkipReason, startRedisServer } from '../../test/helpers/redis-cluster.js'
 import { parseDaemonConfig } from './config.js'
 import { startNode } from './node.js'
 
@@ -65,6 +67,36 @@ describe('startNode', () => {
     await new Promise(resolve => setTimeout(resolve, 600))
     const holders = index.resolveMap(undefined, [chunk.digest]).get(chunk.digest.toString('hex')) ?? []
     assert.deepEqual(holders.map(h => h.peerId), [node.swarm!.peerId])
+  })
+
+  it('an embedded scheduler on Redis: the node registers in the directory through it, and serves it to others', { skip: redisClusterSkipReason() ?? false }, async (t) => {
+    const dir = await tempDir(t, 'rafspeer-node-')
+    const redis = await startRedisServer()
+    t.after(async () => { await redis.stop() })
+    const config = parseDaemonConfig({
+      workDir: join(dir, 'work'),
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], directory: 'blobs' },
+      scheduler: { embedded: true, redis: [redis.url], heartbeatMs: 200 }
+    })
+    const node = await startNode(config, silentLogger)
+    let stopped = false
+    t.after(async () => { if (!stopped) await node.stop() })
+    const observer = await createDirectory({ redis: redis.url })
+    t.after(async () => { await observer.close() })
+    const peerId = node.swarm!.peerId
+    const deadline = Date.now() + 10_000
+    while (await observer.peer(peerId) === undefined && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+    const seen = await observer.peer(peerId)
+    assert.ok(seen !== undefined, 'the node is live in the directory on Redis')
+    assert.deepEqual(seen.addrs, node.swarm!.addrs)
+    assert.deepEqual({ embedded: node.p2p!.stats().scheduler.embedded, connected: node.p2p!.stats().scheduler.connected }, { embedded: true, connected: true })
+    assert.equal(node.swarm!.embedded, undefined, 'not the in-memory index')
+    // the node's own host answers the scheduler protocol from the same directory
+    assert.ok(node.swarm!.host.getProtocols().includes('/rafspeer/scheduler/1.0.0'))
+    await node.stop()
+    stopped = true
+    // the node said LEAVE on its way out, and the Redis connection is released
+    assert.equal(await observer.peer(peerId), undefined)
   })
 
   it('a node that cannot start (its P2P port is taken) leaves nothing open', async (t) => {

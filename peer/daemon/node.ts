@@ -18,6 +18,7 @@ import { BlobCache, type CacheStats } from '../../cache/index.js'
 import { P2PNode, type P2PStats } from '../exchange/index.js'
 import { FuseNativeBackend, MountManager, type MountService } from '../mount/index.js'
 import type { DaemonConfig } from './config.js'
+import { startRedisScheduler, type RedisScheduler } from './redis-scheduler.js'
 
 /**
  * What a use of the node built on top of it (the registry mirror) adds to the daemon: its series in `/metrics`,
@@ -54,9 +55,13 @@ export interface Node extends DaemonNode {
 export async function startNode (config: DaemonConfig, logger: ComponentLogger): Promise<Node> {
   const cache = await BlobCache.open(config.cache.dir, { ...(config.cache.capBytes > 0 ? { capBytes: config.cache.capBytes } : {}), logger })
   let swarm: P2PNode | undefined
+  let onRedis: RedisScheduler | undefined
   try {
     if (config.p2p.enabled) {
-      swarm = await startSwarm(cache, config, logger)
+      const { redis, embedded } = config.scheduler
+      if (embedded && redis !== undefined) onRedis = await startRedisScheduler(redis, logger)
+      swarm = await startSwarm(cache, config, logger, onRedis)
+      await onRedis?.serveOn(swarm.host)
       const node = swarm
       // what the cache holds from now on, the swarm hears of (and neighbours waiting for it wake up)
       cache.events.on('stored', digests => { node.onChunksStored(digests) })
@@ -68,11 +73,12 @@ export async function startNode (config: DaemonConfig, logger: ComponentLogger):
       swarm,
       cacheStats: () => cache.stats(),
       ...(swarm !== undefined
-        ? { p2p: { info: () => ({ peerId: swarm!.peerId, addrs: swarm!.multiaddrs }), stats: () => swarm!.stats() } }
+        ? { p2p: { info: () => ({ peerId: swarm!.peerId, addrs: swarm!.multiaddrs }), stats: () => swarmStats(swarm!, onRedis) } }
         : {}),
       stop: async () => {
         const errors: unknown[] = []
-        for (const step of [async () => { await mounts.stop() }, async () => { await swarm?.stop() }, async () => { await cache.close() }]) {
+        // the swarm's client says LEAVE to the loopback scheduler on Redis, so that one stops after it
+        for (const step of [async () => { await mounts.stop() }, async () => { await swarm?.stop() }, async () => { await onRedis?.stop() }, async () => { await cache.close() }]) {
           try { await step() } catch (err) { errors.push(err) }
         }
         if (errors.length > 0) throw errors[0]
@@ -81,13 +87,22 @@ export async function startNode (config: DaemonConfig, logger: ComponentLogger):
     return node
   } catch (err) {
     await swarm?.stop().catch(() => {})
+    await onRedis?.stop().catch(() => {})
     await cache.close().catch(() => {})
     throw err
   }
 }
 
-async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: ComponentLogger): Promise<P2PNode> {
+/** The swarm's numbers; a node whose embedded scheduler is on Redis reaches it over loopback but says embedded. */
+function swarmStats (swarm: P2PNode, onRedis: RedisScheduler | undefined): P2PStats {
+  const stats = swarm.stats()
+  return onRedis === undefined ? stats : { ...stats, scheduler: { embedded: true, connected: stats.scheduler.connected } }
+}
+
+async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: ComponentLogger, onRedis: RedisScheduler | undefined): Promise<P2PNode> {
   const { p2p, scheduler } = config
+  // an embedded scheduler on Redis is used like any other, through the protocol (see redis-scheduler.ts)
+  const address = onRedis !== undefined ? [onRedis.address] : scheduler.address
   const node = await P2PNode.start({ cache, logger }, {
     listen: [...p2p.listen],
     keyFile: p2p.keyFile,
@@ -104,15 +119,17 @@ async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: Compo
     ...(p2p.maxConnectionsPerIp !== undefined ? { maxConnectionsPerIp: p2p.maxConnectionsPerIp } : {}),
     idleConnectionMs: p2p.idleConnectionMs,
     scheduler: {
-      ...(scheduler.address !== undefined ? { address: scheduler.address } : {}),
-      embedded: scheduler.embedded,
+      ...(address !== undefined ? { address } : {}),
+      embedded: scheduler.embedded && onRedis === undefined,
       zone: scheduler.zone,
       resolveTimeoutMs: scheduler.resolveTimeoutMs,
       heartbeatMs: scheduler.heartbeatMs
     }
   })
   logger.forComponent('rafspeer:p2p').info('peer %s listening on %s%s', node.peerId, node.multiaddrs.join(' '),
-    scheduler.embedded ? ' (embedded scheduler)' : scheduler.address !== undefined ? `, scheduler ${scheduler.address}` : ', no scheduler: serving only')
+    onRedis !== undefined
+      ? ` (embedded scheduler, directory on Redis ${scheduler.redis?.join(' ')})`
+      : scheduler.embedded ? ' (embedded scheduler)' : address !== undefined ? `, scheduler ${address.join(' or ')}` : ', no scheduler: serving only')
   return node
 }
 

@@ -80,8 +80,8 @@ export interface P2PNodeInit {
    */
   directory?: 'chunks' | 'blobs'
   scheduler?: {
-    /** multiaddr with `/p2p/<id>` of a scheduler to use */
-    address?: string
+    /** multiaddr with `/p2p/<id>` of a scheduler to use, or several (one at a time, the next when it fails) */
+    address?: string | readonly string[]
     /** serve the scheduler protocol from this node (and use it in process) */
     embedded?: boolean
     zone?: string
@@ -133,7 +133,6 @@ export class P2PNode {
   private readonly resolver: HolderResolver
   private readonly cache: BlobCache
   private readonly log: Logger | undefined
-  private readonly schedulerAddress: string | undefined
   private readonly claimWaitMs: number
   private readonly claimTtlMs: number
   /** hex digest → the claimed digest and when the claim lapses */
@@ -155,7 +154,6 @@ export class P2PNode {
     this.log = logger?.forComponent('rafspeer:p2p')
     this.claimWaitMs = init.claimWaitMs ?? DEFAULT_CLAIM_WAIT_MS
     this.claimTtlMs = init.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS
-    this.schedulerAddress = init.scheduler?.address
     const upload = init.uploadBytesPerSecond !== undefined && init.uploadBytesPerSecond > 0 ? init.uploadBytesPerSecond : undefined
     if (init.directory === 'blobs') {
       this.local = new CacheChunks(this.cache)
@@ -239,8 +237,7 @@ export class P2PNode {
     })
     const node = new P2PNode(host, components, init)
     try {
-      const scheduler = schedulerPeer(init.scheduler?.address)
-      if (scheduler !== undefined) await tagPeer(host, scheduler, SCHEDULER_TAG, KEEP_TAG_VALUE)
+      for (const scheduler of schedulerPeers(init.scheduler?.address)) await tagPeer(host, scheduler, SCHEDULER_TAG, KEEP_TAG_VALUE)
       await node.server.start()
       await node.have?.start()
       await node.embedded?.start()
@@ -334,7 +331,7 @@ export class P2PNode {
       peerId: this.peerId,
       addrs: this.addrs,
       scheduler: {
-        ...(this.schedulerAddress !== undefined && this.embedded === undefined ? { address: this.schedulerAddress } : {}),
+        ...(this.client !== undefined ? { address: this.client.address } : {}),
         embedded: this.embedded !== undefined,
         connected: this.embedded !== undefined || this.client?.connected === true
       },
@@ -512,15 +509,16 @@ export class P2PNode {
   }
 }
 
-/** The peer id named by a scheduler multiaddr (`…/p2p/<id>`), if any. */
-function schedulerPeer (address: string | undefined): PeerId | undefined {
-  if (address === undefined) return undefined
-  try {
-    const id = multiaddr(address).getComponents().findLast(c => c.name === 'p2p')?.value
-    return id === undefined ? undefined : peerIdFromString(id)
-  } catch {
-    return undefined
+/** The peer ids named by scheduler multiaddrs (`…/p2p/<id>`). */
+function schedulerPeers (address: string | readonly string[] | undefined): PeerId[] {
+  const out: PeerId[] = []
+  for (const a of typeof address === 'string' ? [address] : address ?? []) {
+    try {
+      const id = multiaddr(a).getComponents().findLast(c => c.name === 'p2p')?.value
+      if (id !== undefined) out.push(peerIdFromString(id))
+    } catch { /* the scheduler client reports a bad address */ }
   }
+  return out
 }
 
 function packed (digests: Buffer[]): Buffer {

@@ -45,6 +45,7 @@ export { DirectoryError, type DirectoryErrorCode } from './errors.js'
 export { MemoryDirectory }
 export type { RedisDirectory } from './redis.js'
 export { DIRECTORY_DEFAULTS, MAX_BLOB_ID_BYTES } from './bounds.js'
+export { parseSeed as parseRedisSeed, type Seed as RedisSeed } from './seeds.js'
 
 /** What a peer tells the directory about itself: its id and {@link PeerInfo} (addresses, zone, capacity). */
 export interface PeerEntry extends PeerInfo {

@@ -6,6 +6,9 @@
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { describeError, type Logger } from '../../base/index.js'
 import { DirectoryError } from './errors.js'
+import type { Seed } from './seeds.js'
+
+export { parseSeed, parseSeeds, type Seed } from './seeds.js'
 
 /** longest pause between two reconnect attempts */
 const RECONNECT_MAX_MS = 2000
@@ -13,41 +16,6 @@ const RECONNECT_MAX_MS = 2000
 export const config = (why: string): DirectoryError => new DirectoryError('RAFSPEER_ERR_DIRECTORY_CONFIG', why)
 export const unavailable = (why: string, cause?: unknown): DirectoryError =>
   new DirectoryError('RAFSPEER_ERR_DIRECTORY_UNAVAILABLE', why, cause !== undefined ? { cause } : undefined)
-
-export interface Seed {
-  host: string
-  port: number
-  username?: string
-  password?: string
-  tls: boolean
-}
-
-/** `host:port`, `[v6]:port`, `host` or `redis[s]://[user:pass@]host[:port]`. */
-export function parseSeed (s: string): Seed {
-  const text = s.trim()
-  let url: URL
-  try {
-    url = new URL(text.includes('://') ? text : `redis://${text}`)
-  } catch (err) {
-    throw config(`Redis address ${JSON.stringify(s)} does not parse: ${describeError(err)}`)
-  }
-  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw config(`Redis address ${JSON.stringify(s)}: not redis:// or rediss://`)
-  if (url.hostname === '') throw config(`Redis address ${JSON.stringify(s)} names no host`)
-  if (url.pathname !== '' && url.pathname !== '/' && url.pathname !== '/0') throw config(`Redis address ${JSON.stringify(s)}: a directory uses database 0 only`)
-  return {
-    host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
-    port: url.port === '' ? 6379 : Number(url.port),
-    ...(url.username !== '' ? { username: decodeURIComponent(url.username) } : {}),
-    ...(url.password !== '' ? { password: decodeURIComponent(url.password) } : {}),
-    tls: url.protocol === 'rediss:'
-  }
-}
-
-export function parseSeeds (redis: string | string[]): Seed[] {
-  const list = (Array.isArray(redis) ? redis : redis.split(',')).map((s) => s.trim()).filter((s) => s !== '')
-  if (list.length === 0) throw config('no Redis address given')
-  return list.map(parseSeed)
-}
 
 const auth = (s: Seed): RedisOptions => ({
   ...(s.username !== undefined ? { username: s.username } : {}),
