@@ -18,7 +18,10 @@
  *    layer), then `ctr run --snapshotter overlayfs`;
  * 2. the Nydus image through the rafspeer snapshotter with `snapshotter.mode: 'fuse'`: `rafspeer rpull`, then
  *    `ctr run --snapshotter rafspeer`;
- * 3. the same with `mode: 'auto'` (the best mode this kernel allows); the mode the daemon logged is reported.
+ * 3. the same with `mode: 'auto'` (the best mode this kernel allows); the mode the daemon logged is reported;
+ * 4. the same, of `bench/py:nydus-hot`: the image converted again with `--prefetch-files`, the list recorded by
+ *    `rafspeer access-list` from one FUSE-mode start of `bench/py:nydus` on a node of its own (before the cap), as Nydus users
+ *    record and replay start-up access lists; the mount prefetches the table by default.
  * For each: the cold start, OCI cold / this cold (the speed-up, goal ≥ 10x), the registry's body bytes sent between
  * the start of the pull and the first output line, and a warm second start on the same node (a new container of the
  * same image, no new pull, page cache kept) against the OCI warm start (goal ≤ 1.2x). `runs` repeats the cold starts
@@ -27,19 +30,16 @@
  * The registry is on this process's event loop: everything that talks to it runs as an asynchronous child.
  */
 import { spawn } from 'node:child_process'
-import { createCipheriv, createHash } from 'node:crypto'
-import { once } from 'node:events'
-import { createWriteStream, existsSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { basename, dirname, join } from 'node:path'
-import { pipeline } from 'node:stream/promises'
-import { createGzip } from 'node:zlib'
+import { basename, join } from 'node:path'
 import { RegistryClient, startRegistryServer, type RegistryServer } from '../registry/index.js'
 import { writeHostsToml } from '../proxy/index.js'
 import { CTR_BIN, startContainerd, type Containerd } from '../test/helpers/containerd.js'
 import { cliArgv, startDaemon, type TestDaemon } from '../test/helpers/daemon.js'
-import { dropCaches, forceUnmountUnder, machineNotes, median, run } from './measure.js'
+import { BUSYBOX, PYLIB, PYTHON, buildAndPush, type BenchImageShape } from './container-image.js'
+import { dropCaches, forceUnmountUnder, machineNotes, median } from './measure.js'
 
 export interface ContainerStartOptions {
   /** registry egress cap, bytes per second (default 50 MiB/s) */
@@ -70,7 +70,7 @@ export interface StartRun {
 }
 
 export interface StartRow {
-  key: 'oci' | 'fuse' | 'auto'
+  key: 'oci' | 'fuse' | 'auto' | 'table'
   label: string
   ref: string
   snapshotter: 'overlayfs' | 'rafspeer'
@@ -94,188 +94,23 @@ export interface ContainerStartResult {
   bandwidth: number
   runs: number
   command: string[]
-  image: {
-    /** layer and config blobs of the OCI image, and of the Nydus one */
-    ociBytes: number
-    nydusBytes: number
-    layers: number
-    /** the runtime layer's blob, and the uncompressed data (incompressible) */
-    runtimeLayerBytes: number
-    runtimeFiles: number
-    dataBytes: number
-  }
+  image: BenchImageShape
   setupMs: number
   convertMs: number
+  /**
+   * the "prefetch table" row's list: recorded by `rafspeer access-list` on a first start (FUSE mode, another node),
+   * then `rafspeer convert --prefetch-files` of the OCI image again
+   */
+  prefetchList: { files: number, bytes: number, recordMs: number, convertMs: number }
   rows: StartRow[]
 }
 
 const MiB = 1 << 20
 const NS = 'k8s.io'
-const PYTHON = '/usr/bin/python3.11'
-const PYLIB = '/usr/lib/python3.11'
-const BUSYBOX = process.env.RAFSPEER_BUSYBOX_BIN ?? '/usr/bin/busybox'
 const SCRIPT = "import json, email, http.client; print('ready', flush=True)"
 const COMMAND = ['python3', '-c', SCRIPT]
-const FILE_BYTES = 32 * MiB
-const MEDIA_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
-const MEDIA_CONFIG = 'application/vnd.oci.image.config.v1+json'
-const MEDIA_LAYER = 'application/vnd.oci.image.layer.v1.tar+gzip'
-const CREATED = new Date(1_700_000_000_000).toISOString()
 const PULL_TIMEOUT_S = 600
 const RUN_TIMEOUT_MS = 300_000
-
-interface Blob { digest: string, size: number, path: string }
-interface Layer extends Blob { diffId: string }
-
-/** Shared libraries `ldd` names for `files` (the dynamic loader included), as ldd prints their paths. */
-async function sharedLibraries (files: string[]): Promise<string[]> {
-  const libs = new Set<string>()
-  for (const f of files) {
-    const text = await run('ldd', [f]).catch(() => '')
-    for (const line of text.split('\n')) {
-      const m = /=>\s+(\/\S+)\s+\(/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line)
-      if (m !== null) libs.add(m[1]!)
-    }
-  }
-  return [...libs].sort()
-}
-
-/** Copies `path` (dereferenced, mode and times kept) to the same path under `rootfs`. */
-async function copyAt (rootfs: string, path: string): Promise<void> {
-  const dest = join(rootfs, path)
-  await mkdir(dirname(dest), { recursive: true })
-  await run('cp', ['-L', '--preserve=mode,timestamps', path, dest])
-}
-
-async function countFiles (dir: string): Promise<number> {
-  let n = 0
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (!e.isDirectory()) n++
-  return n
-}
-
-/** The runtime layer's tree: python3.11 and its libraries, its stdlib, busybox, a minimal /etc. */
-async function buildRuntimeTree (rootfs: string): Promise<number> {
-  for (const d of ['bin', 'etc', 'tmp', 'root', 'proc', 'sys', 'dev', 'usr/bin', 'usr/lib']) await mkdir(join(rootfs, d), { recursive: true })
-  await chmod(join(rootfs, 'tmp'), 0o1777)
-  const dynload = join(PYLIB, 'lib-dynload')
-  const modules = (await readdir(dynload)).filter(f => f.endsWith('.so')).map(f => join(dynload, f))
-  for (const lib of await sharedLibraries([PYTHON, ...modules])) await copyAt(rootfs, lib)
-  await copyAt(rootfs, PYTHON)
-  await symlink('python3.11', join(rootfs, 'usr/bin/python3'))
-  await run('cp', ['-a', PYLIB, join(rootfs, 'usr/lib/')])
-  if (existsSync('/etc/python3.11')) await run('cp', ['-a', '/etc/python3.11', join(rootfs, 'etc/')])
-  await run('cp', ['-L', '--preserve=mode,timestamps', BUSYBOX, join(rootfs, 'bin/busybox')])
-  await symlink('busybox', join(rootfs, 'bin/sh'))
-  await writeFile(join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n')
-  await writeFile(join(rootfs, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n')
-  await writeFile(join(rootfs, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n')
-  await writeFile(join(rootfs, 'etc/hostname'), 'bench\n')
-  await writeFile(join(rootfs, 'etc/resolv.conf'), '')
-  await writeFile(join(rootfs, 'etc/nsswitch.conf'), 'passwd: files\ngroup: files\nhosts: files dns\n')
-  return await countFiles(rootfs)
-}
-
-/** Incompressible files /data/model-N.bin (AES-256-CTR keystream, fast and seed-determined). */
-async function buildDataTree (rootfs: string, layer: number, bytes: number): Promise<void> {
-  await mkdir(join(rootfs, 'data'), { recursive: true })
-  const perLayer = Math.ceil(bytes / FILE_BYTES)
-  const zeros = Buffer.alloc(MiB)
-  for (let i = 0, left = bytes; left > 0; i++) {
-    const size = Math.min(FILE_BYTES, left)
-    const key = createHash('sha256').update(`rafspeer-bench-start:${layer}:${i}`).digest()
-    const cipher = createCipheriv('aes-256-ctr', key, Buffer.alloc(16))
-    const out = createWriteStream(join(rootfs, 'data', `model-${layer * perLayer + i}.bin`))
-    for (let done = 0; done < size; done += MiB) {
-      if (!out.write(cipher.update(zeros.subarray(0, Math.min(MiB, size - done))))) await once(out, 'drain')
-    }
-    out.end()
-    await once(out, 'finish')
-    left -= size
-  }
-}
-
-/** `tar -C tree -cf - <its entries>` → gzip → `blobs/<hex>`; hashes both sides as they stream. */
-async function writeLayer (tree: string, blobs: string, gzipLevel: number): Promise<Layer> {
-  const entries = (await readdir(tree)).sort()
-  const tmp = join(blobs, `.tmp-${basename(tree)}`)
-  const tar = spawn('tar', ['-C', tree, '--numeric-owner', '--owner=0', '--group=0', '--sort=name', '-cf', '-', ...entries], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let stderr = ''
-  tar.stderr.on('data', (b: Buffer) => { stderr += b.toString() })
-  const exited = new Promise<number | null>(resolve => tar.once('close', code => resolve(code)))
-  const tarHash = createHash('sha256')
-  const gzHash = createHash('sha256')
-  let size = 0
-  await pipeline(
-    tar.stdout,
-    async function * (src: AsyncIterable<Buffer>) { for await (const c of src) { tarHash.update(c); yield c } },
-    createGzip({ level: gzipLevel }),
-    async function * (src: AsyncIterable<Buffer>) { for await (const c of src) { gzHash.update(c); size += c.length; yield c } },
-    createWriteStream(tmp)
-  )
-  const code = await exited
-  if (code !== 0) throw new Error(`tar of ${tree} exited ${code}: ${stderr.trim()}`)
-  const hex = gzHash.digest('hex')
-  const path = join(blobs, hex)
-  await rename(tmp, path)
-  return { digest: `sha256:${hex}`, size, path, diffId: `sha256:${tarHash.digest('hex')}` }
-}
-
-async function jsonBlob (blobs: string, value: unknown): Promise<Blob & { bytes: Buffer }> {
-  const bytes = Buffer.from(JSON.stringify(value))
-  const hex = createHash('sha256').update(bytes).digest('hex')
-  const path = join(blobs, hex)
-  await writeFile(path, bytes)
-  return { digest: `sha256:${hex}`, size: bytes.length, path, bytes }
-}
-
-/** Builds the image's blobs under `work` and pushes them as `ref`; returns its shape. */
-async function buildAndPush (work: string, ref: string, o: { dataLayers: number, dataLayerBytes: number }, log: (l: string) => void): Promise<ContainerStartResult['image']> {
-  const blobs = join(work, 'blobs')
-  await mkdir(blobs, { recursive: true })
-  const runtimeTree = join(work, 'tree-runtime')
-  const runtimeFiles = await buildRuntimeTree(runtimeTree)
-  const layers: Layer[] = [await writeLayer(runtimeTree, blobs, 1)]
-  await rm(runtimeTree, { recursive: true, force: true })
-  log(`start: runtime layer ${(layers[0]!.size / MiB).toFixed(1)} MiB (${runtimeFiles} files)`)
-  for (let i = 0; i < o.dataLayers; i++) {
-    const tree = join(work, `tree-data${i}`)
-    await buildDataTree(tree, i, o.dataLayerBytes)
-    // random bytes do not shrink: stored blocks (still gzip) build several times faster
-    layers.push(await writeLayer(tree, blobs, 0))
-    await rm(tree, { recursive: true, force: true })
-  }
-  const config = await jsonBlob(blobs, {
-    created: CREATED,
-    architecture: 'amd64',
-    os: 'linux',
-    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['python3'], WorkingDir: '/' },
-    rootfs: { type: 'layers', diff_ids: layers.map(l => l.diffId) },
-    history: layers.map((_, i) => ({ created: CREATED, created_by: i === 0 ? 'rafspeer bench: python3.11 runtime' : `rafspeer bench: data layer ${i}` }))
-  })
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: MEDIA_MANIFEST,
-    config: { mediaType: MEDIA_CONFIG, digest: config.digest, size: config.size },
-    layers: layers.map(l => ({ mediaType: MEDIA_LAYER, digest: l.digest, size: l.size }))
-  }))
-  const client = new RegistryClient({ plainHttp: 'auto' })
-  try {
-    const repo = ref.slice(0, ref.lastIndexOf(':'))
-    for (const b of [...layers, config]) await client.pushBlob(repo, b.digest, b.size, b.path)
-    await client.putManifest(ref, MEDIA_MANIFEST, manifest)
-  } finally {
-    await client.close()
-  }
-  await rm(blobs, { recursive: true, force: true })
-  return {
-    ociBytes: layers.reduce((n, l) => n + l.size, config.size),
-    nydusBytes: 0,
-    layers: layers.length,
-    runtimeLayerBytes: layers[0]!.size,
-    runtimeFiles,
-    dataBytes: o.dataLayers * o.dataLayerBytes
-  }
-}
 
 async function manifestBytes (ref: string): Promise<number> {
   const client = new RegistryClient({ plainHttp: 'auto' })
@@ -352,8 +187,12 @@ const modesIn = (log: string): string[] => [...log.matchAll(/\((fuse|kernel|erof
 
 interface RowSpec { key: StartRow['key'], label: string, ref: string, snapshotter: StartRow['snapshotter'], mode?: 'fuse' | 'auto' }
 
-/** One cold start and one warm second start of `row` on a fresh node under `parent`. */
-async function coldStart (row: RowSpec, parent: string, reg: RegistryServer, hostsDir: string, i: number, log: (l: string) => void, logsDir?: string): Promise<StartRun> {
+/**
+ * One cold start and one warm second start of `row` on a fresh node under `parent`; `afterCold` runs between the two
+ * (the node's daemon still up), to look at what the cold start did.
+ */
+async function coldStart (row: RowSpec, parent: string, reg: RegistryServer, hostsDir: string, i: number, log: (l: string) => void, logsDir?: string,
+  afterCold?: (daemon: TestDaemon | undefined) => Promise<void>): Promise<StartRun> {
   const dir = await mkdtemp(join(parent, `${row.key}${i}-`))
   let daemon: TestDaemon | undefined
   let c: Containerd | undefined
@@ -380,6 +219,7 @@ async function coldStart (row: RowSpec, parent: string, reg: RegistryServer, hos
     const pullMs = performance.now() - t0
     const cold = await startContainer(c, row.ref, `cold-${row.key}-${i}`, row.snapshotter, t0, () => reg.counters.bytesServed() - b0)
       .catch((err: Error) => { throw new Error(`${err.message}${context()}`) })
+    await afterCold?.(daemon)
     const warmMark = daemon?.log().length ?? 0
     // the same image again on the same node: no pull, page cache kept
     const t1 = performance.now()
@@ -414,6 +254,44 @@ async function coldStart (row: RowSpec, parent: string, reg: RegistryServer, hos
   }
 }
 
+/**
+ * What a Nydus user does to get a prefetch table: one start of the plain image on a node of its own (FUSE mode, the
+ * registry not yet capped), `rafspeer access-list` of its mount, and `rafspeer convert --prefetch-files` of the OCI
+ * image with that list, pushed as `bench/py:nydus-hot`.
+ */
+async function recordAndReconvert (work: string, reg: RegistryServer, convWork: string, log: (l: string) => void, logsDir?: string): Promise<ContainerStartResult['prefetchList']> {
+  const t0 = performance.now()
+  const hostsDir = join(work, 'certs.d-record')
+  await writeHostsToml({ hostsDir, mirror: `http://${reg.host}`, registries: [reg.host] })
+  // per-file FUSE sees exactly the files read; erofs-lazy sees blob ranges, which the kernel's readahead of a blob
+  // file stretches over the next files in the blob (an erofs-lazy recording of this start lists 130 files, 19.8 MiB)
+  const spec: RowSpec = { key: 'fuse', label: 'recording start', ref: `${reg.host}/bench/py:nydus`, snapshotter: 'rafspeer', mode: 'fuse' }
+  const files: string[] = []
+  let bytes = 0
+  await coldStart(spec, work, reg, hostsDir, 0, log, undefined, async (daemon) => {
+    if (daemon === undefined) throw new Error('the recording start has no daemon')
+    for (const m of await daemon.client.mounts()) {
+      const list = await daemon.client.accessList(m.mountpoint)
+      for (const f of list.files) {
+        files.push(f)
+        bytes += (await stat(join(m.mountpoint, f))).size
+      }
+    }
+    if (files.length === 0) throw new Error('the recording start read no file through a mount of the daemon')
+  })
+  const recordMs = performance.now() - t0
+  const listFile = join(work, 'prefetch-files.txt')
+  await writeFile(listFile, files.map(f => f + '\n').join(''))
+  if (logsDir !== undefined) {
+    await mkdir(logsDir, { recursive: true })
+    await writeFile(join(logsDir, 'prefetch-files.txt'), files.map(f => f + '\n').join(''))
+  }
+  log(`start: recorded ${files.length} files (${(bytes / MiB).toFixed(1)} MiB) read by the first start; converting with --prefetch-files`)
+  const t1 = performance.now()
+  await rafspeer(['convert', `${reg.host}/bench/py:oci`, `${reg.host}/bench/py:nydus-hot`, '--work-dir', convWork, '--prefetch-files', listFile], 1_800_000)
+  return { files: files.length, bytes, recordMs, convertMs: performance.now() - t1 }
+}
+
 export async function benchContainerStart (opts: ContainerStartOptions = {}): Promise<ContainerStartResult> {
   if (process.getuid?.() !== 0) throw new Error('the container-start bench needs root (containerd, runc, drop_caches, FUSE)')
   for (const f of [PYTHON, join(PYLIB, 'os.py'), BUSYBOX, CTR_BIN]) if (!existsSync(f)) throw new Error(`${f} missing (the start bench needs python3.11, busybox-static and containerd)`)
@@ -436,9 +314,10 @@ export async function benchContainerStart (opts: ContainerStartOptions = {}): Pr
     await mkdir(convWork)
     await rafspeer(['convert', `${reg.host}/bench/py:oci`, `${reg.host}/bench/py:nydus`, '--work-dir', convWork], 1_800_000)
     const convertMs = performance.now() - t1
-    await rm(convWork, { recursive: true, force: true })
     image.nydusBytes = await manifestBytes(`${reg.host}/bench/py:nydus`)
     log(`start: OCI ${(image.ociBytes / MiB).toFixed(1)} MiB, Nydus ${(image.nydusBytes / MiB).toFixed(1)} MiB (convert ${(convertMs / 1000).toFixed(1)} s)`)
+    const prefetchList = await recordAndReconvert(work, reg, convWork, log, opts.logsDir)
+    await rm(convWork, { recursive: true, force: true })
     // the same storage behind the cap for every measured pull
     await reg.stop()
     reg = await startRegistryServer({ root, bandwidthLimit: bandwidth })
@@ -448,7 +327,8 @@ export async function benchContainerStart (opts: ContainerStartOptions = {}): Pr
     const specs: RowSpec[] = [
       { key: 'oci', label: 'OCI image, overlayfs snapshotter', ref: `${reg.host}/bench/py:oci`, snapshotter: 'overlayfs' },
       { key: 'fuse', label: 'rafspeer snapshotter, FUSE mode', ref: `${reg.host}/bench/py:nydus`, snapshotter: 'rafspeer', mode: 'fuse' },
-      { key: 'auto', label: 'rafspeer snapshotter, auto mode', ref: `${reg.host}/bench/py:nydus`, snapshotter: 'rafspeer', mode: 'auto' }
+      { key: 'auto', label: 'rafspeer snapshotter, auto mode', ref: `${reg.host}/bench/py:nydus`, snapshotter: 'rafspeer', mode: 'auto' },
+      { key: 'table', label: 'rafspeer snapshotter, auto mode, prefetch table', ref: `${reg.host}/bench/py:nydus-hot`, snapshotter: 'rafspeer', mode: 'auto' }
     ]
     const results = new Map<RowSpec['key'], StartRun[]>(specs.map(s => [s.key, []]))
     for (let i = 0; i < runs; i++) {
@@ -474,7 +354,7 @@ export async function benchContainerStart (opts: ContainerStartOptions = {}): Pr
         modesUsed: [...new Set(rs.flatMap(r => r.coldModes))]
       }
     })
-    return { machine: await machineNotes(), bandwidth, runs, command: COMMAND, image, setupMs, convertMs, rows }
+    return { machine: await machineNotes(), bandwidth, runs, command: COMMAND, image, setupMs, convertMs, prefetchList, rows }
   } finally {
     await reg?.stop().catch(() => {})
     const left = await forceUnmountUnder(work)
@@ -488,7 +368,7 @@ export function formatContainerStart (r: ContainerStartResult): string {
   const s = (ms: number): string => `${(ms / 1000).toFixed(2)} s`
   const pad = (v: string, n: number): string => v.padStart(n)
   const name = (row: StartRow): string =>
-    row.key === 'auto' ? `${row.label} (${row.modesUsed.length > 0 ? row.modesUsed.join('+') : '?'} mode used)` : row.label
+    row.key === 'auto' || row.key === 'table' ? `${row.label} (${row.modesUsed.length > 0 ? row.modesUsed.join('+') : '?'} mode used)` : row.label
   const width = Math.max(...r.rows.map(row => name(row).length))
   const header = `  ${'row'.padEnd(width)}  ${pad('cold start', 10)}  ${pad('speed-up', 8)}  ${pad('registry sent', 13)}  ${pad('rpull', 7)}  ${pad('warm 2nd', 8)}  ${pad('warm/OCI', 8)}`
   return [
@@ -500,6 +380,8 @@ export function formatContainerStart (r: ContainerStartResult): string {
     header,
     ...r.rows.map(row => `  ${name(row).padEnd(width)}  ${pad(s(row.coldMs), 10)}  ${pad(`${row.speedup.toFixed(1)}x`, 8)}  ` +
       `${pad(`${mb(row.registryBytes)} MiB`, 13)}  ${pad(s(row.pullMs), 7)}  ${pad(s(row.warmMs), 8)}  ${pad(`${row.warmRatio.toFixed(2)}x`, 8)}`),
+    `  prefetch table: ${r.prefetchList.files} files (${mb(r.prefetchList.bytes)} MiB) recorded with \`rafspeer access-list\` from a first start ` +
+      `(FUSE mode, another node), then \`rafspeer convert --prefetch-files\` (${(r.prefetchList.convertMs / 1000).toFixed(1)} s)`,
     '  goals: speed-up (OCI cold / this cold) ≥ 10x; warm second start ≤ 1.2x the OCI warm second start. ' +
       '"registry sent": blob and manifest bytes from the start of the pull to the first output line'
   ].join('\n')

@@ -8,7 +8,7 @@ import type { Command } from 'commander'
 import type { SingleBar } from 'cli-progress'
 import type { ConvertProgress, ConvertReport } from '../convert/index.js'
 import type { Compressor, Digester } from '../rafs/index.js'
-import { formatBytes, parseCompressor, parseDigester, parseSize, writeJson } from './util.js'
+import { formatBytes, parseCompressor, parseDigester, parseSize, readPrefetchList, writeJson } from './util.js'
 
 interface ConvertFlags {
   platform?: string
@@ -17,6 +17,7 @@ interface ConvertFlags {
   digester: Digester
   plainHttp?: boolean
   workDir?: string
+  prefetchFiles?: string
   outputJson?: string
   json?: boolean
 }
@@ -39,6 +40,7 @@ async function progressRenderer (tty: boolean): Promise<{ onProgress: (ev: Conve
         const line = ev.type === 'manifest' ? `source ${ev.digest}: ${ev.layers.length} layers`
           : ev.type === 'layer' && ev.phase === 'done' ? `layer ${ev.index} ${short(ev.digest)}: ${formatBytes(ev.downloaded)} read, ${ev.chunks} chunks${ev.blobId !== undefined ? `, blob ${short(ev.blobId)}` : ', no file data'}`
             : ev.type === 'merged' ? `merged: ${ev.blobs} blobs, bootstrap layer ${formatBytes(ev.bootstrapSize)}`
+              : ev.type === 'prefetch' ? `prefetch table: ${ev.entries} entries`
               : ev.type === 'push' && ev.phase === 'done' ? `push ${ev.label} ${short(ev.digest)}: ${ev.outcome === 'uploaded' ? `uploaded ${formatBytes(ev.size)}` : ev.outcome}`
                 : ev.type === 'pushed' ? `manifest pushed: ${ev.digest}` : undefined
         if (line !== undefined) process.stderr.write(line + '\n')
@@ -76,6 +78,7 @@ function printConvert (r: ConvertReport): void {
     process.stdout.write(`layer ${i} ${l.sourceDigest}: ${l.blobId !== undefined ? `blob ${l.blobId} (${formatBytes(l.blobSize ?? 0)}, ${l.chunks} chunks, ${l.push ?? ''})` : 'no file data, no blob'}\n`)
   }
   process.stdout.write(`bootstrap layer ${r.bootstrap.digest} (${formatBytes(r.bootstrap.size)}, ${r.bootstrap.push})\n`)
+  if (r.prefetch !== undefined) process.stdout.write(`prefetch table ${r.prefetch.entries} entries (${r.prefetch.listed} paths listed, ${r.prefetch.missing.length} not in the image)\n`)
   process.stdout.write(`done in ${(r.elapsedMs / 1000).toFixed(2)} s\n`)
 }
 
@@ -90,9 +93,11 @@ export function registerConvertCommands (program: Command): void {
     .option('--digester <algo>', 'chunk digest: blake3, sha256', parseDigester, 'blake3')
     .option('--plain-http', 'use plain HTTP for every registry (loopback registries use it anyway)')
     .option('--work-dir <dir>', 'where temporary blobs and bootstraps go (default: the OS temp dir)')
+    .option('--prefetch-files <file>', "absolute image paths, one a line, hottest first ('-' for stdin; `rafspeer access-list` writes them): the merged bootstrap's prefetch table")
     .option('-J, --output-json <file>', 'write the JSON report')
     .option('--json', 'print the JSON report on stdout')
     .action(async (source: string, target: string, f: ConvertFlags) => {
+      const prefetchFiles = f.prefetchFiles !== undefined ? await readPrefetchList(f.prefetchFiles) : undefined
       const { convertImage } = await import('../convert/index.js')
       const progress = await progressRenderer(process.stderr.isTTY === true && f.json !== true)
       let report: ConvertReport
@@ -104,11 +109,13 @@ export function registerConvertCommands (program: Command): void {
           plainHttp: f.plainHttp === true ? true : 'auto',
           onProgress: progress.onProgress,
           ...(f.platform !== undefined ? { platform: f.platform } : {}),
-          ...(f.workDir !== undefined ? { workDir: f.workDir } : {})
+          ...(f.workDir !== undefined ? { workDir: f.workDir } : {}),
+          ...(prefetchFiles !== undefined ? { prefetchFiles } : {})
         })
       } finally {
         progress.stop()
       }
+      for (const p of report.prefetch?.missing ?? []) process.stderr.write(`warning: prefetch path ${p} is not in the image: skipped\n`)
       await writeJson(f.outputJson, report)
       if (f.json === true) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
       else printConvert(report)

@@ -100,7 +100,7 @@ describe('daemon command arguments', () => {
     const info: MountInfo = {
       mountpoint: '/mnt/app', source: 'reg/app:1', requestedMode: 'auto', mode: 'fuse', manifestDigest: 'sha256:' + 'c'.repeat(64),
       bootstrapDigest: 'sha256:' + 'b'.repeat(64), bootstrapPath: '/w/b', blobs: [{ blobId: 'a', chunkCount: 10, chunksReferenced: 10, chunksPresent: 3, complete: false }],
-      prefetch: { state: 'running', chunksTotal: 10, chunksDone: 3, bytesTotal: 40960 }, mountedAt: '2025-01-01T00:00:00.000Z'
+      prefetch: { state: 'running', chunksTotal: 10, chunksDone: 3, bytesTotal: 40960, bytesDone: 0 }, mountedAt: '2025-01-01T00:00:00.000Z'
     }
     const text = formatMountInfo(info)
     assert.match(text, /^mounted reg\/app:1 at \/mnt\/app \(fuse, asked auto\)/)
@@ -109,7 +109,7 @@ describe('daemon command arguments', () => {
       { state: 'RUNNING', version: '0.1.0', pid: 1, startedAt: 'then', socket: '/s', workDir: '/w', cacheDir: '/c', mounts: 1 },
       [info],
       {
-        images: [{ mountpoint: '/mnt/app', source: 'reg/app:1', mode: 'fuse', readCount: 2, readBytes: 2048, readErrors: 0, readTimeouts: 0, bytesBySource: { cache: 1024, registry: 1024, peer: 0 }, cacheHitRatio: 0.5, prefetch: info.prefetch }],
+        images: [{ mountpoint: '/mnt/app', source: 'reg/app:1', mode: 'fuse', readCount: 2, readBytes: 2048, readErrors: 0, readTimeouts: 0, bytesBySource: { cache: 1024, registry: 1024, peer: 0 }, cacheHitRatio: 0.5, prefetch: info.prefetch, prefetchFetchedBytes: 0 }],
         totals: { mounts: 1, readCount: 2, readBytes: 2048, readErrors: 0, readTimeouts: 0, bytesBySource: { cache: 1024, registry: 1024, peer: 0 }, cacheHitRatio: 0.5 },
         cache: { blobs: 1, completeBlobs: 0, pinnedBlobs: 0, images: 1, chunksPresent: 3, bytesPresent: 3, diskBytes: 12288, capBytes: undefined, hits: 0, misses: 0, verifyFailures: 0, evictions: 0, evictedBytes: 0, writeFailures: 0, recoveryChecked: 0, recoveryBad: 0, generation: 0 },
         fetchLatencyMs: { count: 3, p50: 5, p90: 9, p99: 9, max: 9 }

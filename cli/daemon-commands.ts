@@ -6,6 +6,7 @@
  * `socket` of `--config FILE` (or `$RAFSPEER_CONFIG`), else /run/rafspeer/rafspeer.sock.
  */
 import { existsSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { type Command, InvalidArgumentError, Option } from 'commander'
 import { formatBytes, type LogLevel } from '../base/index.js'
@@ -303,6 +304,26 @@ export function registerDaemonCommands (program: Command): void {
       const { AdminClient } = await peer()
       await new AdminClient(await clientSocket(f)).unmount(mp)
       print(`unmounted ${mp}`)
+    })
+
+  program.command('access-list')
+    .description('the files of a mounted image whose data was read, in first-read order (the input of `convert --prefetch-files`)')
+    .argument('<mountpoint>', 'a mount of the daemon (`rafspeer status` lists them)')
+    .option('-o, --output <file>', 'write the list to this file instead of stdout')
+    .option('--socket <path>', 'admin socket of the daemon')
+    .option('--config <file>', 'daemon config (finds the socket)')
+    .option('--json', 'JSON output: { mountpoint, source, mode, tracked, files }')
+    .action(async (mountpoint: string, f: { output?: string, socket?: string, config?: string, json?: boolean }) => {
+      const { AdminClient } = await peer()
+      const list = await new AdminClient(await clientSocket(f)).accessList(resolve(mountpoint))
+      if (!list.tracked) {
+        process.stderr.write(`rafspeer: ${list.mountpoint} is a ${list.mode} mount: the kernel serves its reads and the daemon sees none (mount it with --mode erofs-lazy or fuse to record)\n`)
+        process.exitCode = 1
+      }
+      const text = f.json === true ? JSON.stringify(list, null, 2) + '\n' : list.files.map(p => p + '\n').join('')
+      if (f.output !== undefined) {
+        await writeFile(f.output, text)
+      } else process.stdout.write(text)
     })
 
   program.command('status')

@@ -3,9 +3,9 @@
  * Each action imports its implementation when it runs, so parsing and `--help` load only commander.
  */
 import { createReadStream } from 'node:fs'
-import { readFile, stat } from 'node:fs/promises'
+import { stat } from 'node:fs/promises'
 import { Command, Option } from 'commander'
-import { parseSize, parseCompressor, parseDigester, writeJson, formatBytes } from './util.js'
+import { parseSize, parseCompressor, parseDigester, readPrefetchList, writeJson, formatBytes } from './util.js'
 import { runImageCheck } from './convert-commands.js'
 
 interface BuildFlags {
@@ -19,16 +19,6 @@ interface BuildFlags {
   outputJson?: string
   prefetchFiles?: string
   json?: boolean
-}
-
-async function readPrefetchList (file: string): Promise<string[]> {
-  const text = file === '-'
-    ? await new Promise<string>((resolve, reject) => {
-      let s = ''
-      process.stdin.setEncoding('utf8').on('data', (d: string) => { s += d }).on('end', () => resolve(s)).on('error', reject)
-    })
-    : await readFile(file, 'utf8')
-  return text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'))
 }
 
 export function registerRafsCommands (program: Command): void {

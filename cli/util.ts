@@ -1,5 +1,5 @@
 /** Small CLI plumbing shared by the commands: option parsers, JSON output, error reporting. */
-import { writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { InvalidArgumentError } from 'commander'
 import { parseByteSize } from '../base/index.js'
 import type { Compressor, Digester } from '../rafs/index.js'
@@ -52,4 +52,18 @@ export function reportError (err: unknown): number {
   process.stderr.write(`rafspeer: error: ${e?.message ?? String(err)}${code}\n`)
   if (process.env.RAFSPEER_DEBUG === '1' && e?.stack !== undefined) process.stderr.write(e.stack + '\n')
   return 1
+}
+
+/**
+ * A prefetch list: one absolute image path per line (`rafspeer access-list` writes them), blank lines and `#`
+ * comments skipped; `-` reads stdin.
+ */
+export async function readPrefetchList (file: string): Promise<string[]> {
+  const text = file === '-'
+    ? await new Promise<string>((resolve, reject) => {
+      let s = ''
+      process.stdin.setEncoding('utf8').on('data', (d: string) => { s += d }).on('end', () => resolve(s)).on('error', reject)
+    })
+    : await readFile(file, 'utf8').catch((err: Error) => { throw new Error(`prefetch list ${file}: ${err.message}`) })
+  return text.split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'))
 }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { buildImage, mergeLayers, tarSource, writeBootstrap, type RafsImage, type TreeSource } from '../rafs/index.js'
+import { buildImage, mergeLayers, resolvePrefetchPaths, tarSource, writeBootstrap, type RafsImage, type TreeSource } from '../rafs/index.js'
 import {
   RegistryClient, isIndex, parseReference, type Descriptor, type ImageManifest, type ImageReference
 } from '../registry/index.js'
@@ -88,6 +88,10 @@ export async function convertImage (source: string, target: string, opts: Conver
   const client = opts.client ?? new RegistryClient({ plainHttp: opts.plainHttp ?? 'auto' })
   const emit = (ev: ConvertProgress): void => { opts.onProgress?.(ev) }
   const signal = opts.signal
+  const badPath = opts.prefetchFiles?.find(p => !p.startsWith('/'))
+  if (badPath !== undefined) {
+    throw new ConvertError('RAFSPEER_ERR_PREFETCH_LIST', `prefetch path ${JSON.stringify(badPath)} is not absolute (one absolute path in the image per line)`)
+  }
   const call = signal !== undefined ? { signal } : {}
   const parent = opts.workDir ?? tmpdir()
   await mkdir(parent, { recursive: true })
@@ -110,6 +114,16 @@ export async function convertImage (source: string, target: string, opts: Conver
     }
 
     const merged = mergeLayers(built.map(b => b.image))
+    // one bootstrap is pushed, the merged one: its table is the one a mount reads, resolved against the tree the
+    // container sees (a file a later layer replaced or deleted is the later layer's, or missing)
+    let prefetch: ConvertReport['prefetch']
+    if (opts.prefetchFiles !== undefined) {
+      const { inodes, missing } = resolvePrefetchPaths(merged.root, opts.prefetchFiles)
+      if (inodes.length > 0) merged.prefetch = inodes
+      else delete merged.prefetch
+      prefetch = { listed: opts.prefetchFiles.length, entries: inodes.length, missing }
+      emit({ type: 'prefetch', entries: inodes.length, missing })
+    }
     const bootstrapPath = join(workDir, 'image.boot')
     await writeBootstrap(merged, bootstrapPath)
     const paths = new Map(built.flatMap(b => b.blob !== undefined ? [[b.blob.blobId, b.blob.path] as const] : []))
@@ -163,6 +177,7 @@ export async function convertImage (source: string, target: string, opts: Conver
       layers,
       bootstrap: { digest: bootLayer.digest, size: bootLayer.size, diffId: bootLayer.diffId, push: outcomes.get(bootLayer.digest)! },
       config: { digest: configDigest, size: configBytes.length },
+      ...(prefetch !== undefined ? { prefetch } : {}),
       elapsedMs: performance.now() - started
     }
   } finally {

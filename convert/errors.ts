@@ -11,6 +11,8 @@ export type ConvertErrorCode =
   | 'RAFSPEER_ERR_CONVERT_LAYER'
   /** a pushed blob is not in the target after the push: the manifest is not pushed */
   | 'RAFSPEER_ERR_CONVERT_PUSH'
+  /** a `prefetchFiles` entry is not an absolute path (checked before anything is downloaded) */
+  | 'RAFSPEER_ERR_PREFETCH_LIST'
   /** the image given to check --image is not a RAFS / Nydus image */
   | 'RAFSPEER_ERR_NOT_NYDUS'
 

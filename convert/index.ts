@@ -10,6 +10,7 @@
  * ```ts
  * import { convertImage, checkRemoteImage } from './convert/index.js'
  * const report = await convertImage('127.0.0.1:5000/app:1.0', '127.0.0.1:5000/app:1.0-rafs', {
+ *   prefetchFiles: ['/usr/bin/app', '/usr/lib/libapp.so'], // hottest first: the merged bootstrap's prefetch table
  *   onProgress: (ev) => { if (ev.type === 'layer') console.log(ev.index, ev.downloaded, ev.chunks) }
  * })
  * const check = await checkRemoteImage('127.0.0.1:5000/app:1.0-rafs', { source: '127.0.0.1:5000/app:1.0' })

@@ -16,6 +16,12 @@ export interface ConvertOptions {
   plainHttp?: boolean | 'auto'
   /** parent of the temporary work directory (blobs and bootstraps while converting); default the OS temp dir */
   workDir?: string
+  /**
+   * absolute paths in the image, hottest first (e.g. `rafspeer access-list` of a recorded run): written as the
+   * merged bootstrap's prefetch table, resolved against the merged tree (the files a container sees, whichever
+   * layer they come from). Paths not in the image are skipped and reported (`ConvertReport.prefetch.missing`).
+   */
+  prefetchFiles?: string[]
   onProgress?: (ev: ConvertProgress) => void
   /** a configured client (credentials, CA); otherwise one is made from `plainHttp` */
   client?: RegistryClient
@@ -40,6 +46,8 @@ export type ConvertProgress =
     blobId?: string
   }
   | { type: 'merged', blobs: number, bootstrapSize: number }
+  /** the prefetch table written: entries, and the listed paths the image does not have (skipped) */
+  | { type: 'prefetch', entries: number, missing: string[] }
   | { type: 'push', phase: 'start' | 'done', label: string, digest: string, size: number, outcome?: PushOutcome }
   | { type: 'pushed', digest: string }
 
@@ -68,6 +76,8 @@ export interface ConvertReport {
   layers: LayerReport[]
   bootstrap: { digest: string, size: number, diffId: string, push: PushOutcome }
   config: { digest: string, size: number }
+  /** with `prefetchFiles`: paths listed, table entries written (files and directories, each once), paths skipped */
+  prefetch?: { listed: number, entries: number, missing: string[] }
   elapsedMs: number
 }
 

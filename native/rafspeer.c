@@ -189,6 +189,8 @@ typedef struct bfile {
   uint64_t size;
   uint64_t nblocks;
   _Atomic uint64_t *bits;
+  /* blocks some READ has asked for since the last forgetAccess(): a READ touching a block not in it is an access */
+  _Atomic uint64_t *seen;
   /* fast-path readers hold it for read across check + pread; clearReady takes it for write */
   pthread_rwlock_t lock;
 } bfile;
@@ -201,8 +203,9 @@ typedef struct miss {
   uint32_t length;
 } miss;
 
-/* what the threadsafe function carries to the JS thread */
+/* what the threadsafe function carries to the JS thread: a miss, or (access) the first READ of some blocks */
 typedef struct miss_event {
+  bool access;
   uint64_t unique;
   uint32_t file;
   uint64_t offset;
@@ -220,6 +223,7 @@ typedef struct server {
   uint32_t max_read;
   bool direct_io;
   napi_ref on_miss;
+  napi_ref on_access; /* NULL: accesses are not reported */
   napi_threadsafe_function tsfn;
   bool hook;
   time_t born;
@@ -303,30 +307,33 @@ static bool name_insert (server *s, uint32_t idx) {
   return true;
 }
 
-/* bits [b0, b1): set, clear, or test that all are set */
-static void bits_update (bfile *f, uint64_t b0, uint64_t b1, bool on) {
+/* bits [b0, b1) of a bitmap: set, clear, or test that all are set */
+static void map_update (_Atomic uint64_t *bits, uint64_t b0, uint64_t b1, bool on) {
   while (b0 < b1) {
     uint64_t w = b0 >> 6, end = (w + 1) << 6;
     if (end > b1) end = b1;
     unsigned lo = (unsigned)(b0 & 63), hi = (unsigned)(end - (w << 6));
     uint64_t mask = (hi == 64 ? ~0ULL : ((1ULL << hi) - 1)) & ~((1ULL << lo) - 1);
-    if (on) atomic_fetch_or_explicit(&f->bits[w], mask, memory_order_release);
-    else atomic_fetch_and_explicit(&f->bits[w], ~mask, memory_order_release);
+    if (on) atomic_fetch_or_explicit(&bits[w], mask, memory_order_release);
+    else atomic_fetch_and_explicit(&bits[w], ~mask, memory_order_release);
     b0 = end;
   }
 }
 
-static bool bits_all (bfile *f, uint64_t b0, uint64_t b1) {
+static bool map_all (_Atomic uint64_t *bits, uint64_t b0, uint64_t b1) {
   while (b0 < b1) {
     uint64_t w = b0 >> 6, end = (w + 1) << 6;
     if (end > b1) end = b1;
     unsigned lo = (unsigned)(b0 & 63), hi = (unsigned)(end - (w << 6));
     uint64_t mask = (hi == 64 ? ~0ULL : ((1ULL << hi) - 1)) & ~((1ULL << lo) - 1);
-    if ((atomic_load_explicit(&f->bits[w], memory_order_acquire) & mask) != mask) return false;
+    if ((atomic_load_explicit(&bits[w], memory_order_acquire) & mask) != mask) return false;
     b0 = end;
   }
   return true;
 }
+
+static void bits_update (bfile *f, uint64_t b0, uint64_t b1, bool on) { map_update(f->bits, b0, b1, on); }
+static bool bits_all (bfile *f, uint64_t b0, uint64_t b1) { return map_all(f->bits, b0, b1); }
 
 static void server_unref (server *s) {
   if (atomic_fetch_sub(&s->refs, 1) != 1) return;
@@ -337,6 +344,7 @@ static void server_unref (server *s) {
     pthread_rwlock_destroy(&f->lock);
     free(f->name);
     free((void *)f->bits);
+    free((void *)f->seen);
     free(f);
   }
   for (unsigned c = 0; c < MAX_CHUNKS && s->chunks[c] != NULL; c++) free(s->chunks[c]);
@@ -517,6 +525,16 @@ static void do_read (server *s, struct fuse_in_header *in, const void *arg, size
   uint64_t len = f->size - ri.offset;
   if (len > ri.size) len = ri.size;
   uint64_t b0 = ri.offset >> BLOCK_SHIFT, b1 = (ri.offset + len + BLOCK - 1) >> BLOCK_SHIFT;
+  /* the first READ of these blocks, whether ready or not: what an access log needs, since a ready block's READ
+   * never reaches JS otherwise. Two threads may both report the same blocks; the listener keeps the first. */
+  if (s->on_access != NULL && !map_all(f->seen, b0, b1)) {
+    map_update(f->seen, b0, b1, true);
+    miss_event *ae = malloc(sizeof *ae);
+    if (ae != NULL) {
+      *ae = (miss_event){ .access = true, .file = (uint32_t)(in->nodeid - 2), .offset = ri.offset, .length = (uint32_t)len };
+      if (napi_call_threadsafe_function(s->tsfn, ae, napi_tsfn_nonblocking) != napi_ok) free(ae);
+    }
+  }
   if (len <= dcap) {
     pthread_rwlock_rdlock(&f->lock);
     if (bits_all(f, b0, b1) && pread_full(f->fd, dbuf, len, ri.offset) == (ssize_t)len) {
@@ -535,7 +553,7 @@ static void do_read (server *s, struct fuse_in_header *in, const void *arg, size
   miss_event *ev = malloc(sizeof *ev);
   if (m == NULL || ev == NULL) { free(m); free(ev); send_error(s, in->unique, ENOMEM); return; }
   *m = (miss){ .unique = in->unique, .file = (uint32_t)(in->nodeid - 2), .offset = ri.offset, .length = (uint32_t)len };
-  *ev = (miss_event){ .unique = m->unique, .file = m->file, .offset = m->offset, .length = m->length };
+  *ev = (miss_event){ .access = false, .unique = m->unique, .file = m->file, .offset = m->offset, .length = m->length };
   unsigned slot = miss_slot(m->unique);
   pthread_mutex_lock(&s->miss_mu);
   m->next = s->mtab[slot];
@@ -783,6 +801,22 @@ static void call_js (napi_env env, napi_value js_cb, void *context, void *data) 
   server *s = context;
   if (env == NULL || js_cb == NULL) { free(ev); return; }
   napi_value argv[4], undef, result;
+  if (ev->access) {
+    napi_value fn;
+    if (s->on_access == NULL || napi_get_reference_value(env, s->on_access, &fn) != napi_ok) { free(ev); return; }
+    napi_create_uint32(env, ev->file, &argv[0]);
+    napi_create_double(env, (double)ev->offset, &argv[1]);
+    napi_create_uint32(env, ev->length, &argv[2]);
+    free(ev);
+    napi_get_undefined(env, &undef);
+    /* an access report has no reader waiting on it: an exception only goes to uncaughtException */
+    if (napi_call_function(env, undef, fn, 3, argv, &result) == napi_pending_exception) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err);
+    }
+    return;
+  }
   napi_create_double(env, (double)ev->unique, &argv[0]);
   napi_create_uint32(env, ev->file, &argv[1]);
   napi_create_double(env, (double)ev->offset, &argv[2]);
@@ -825,6 +859,7 @@ static void finalize_server (napi_env env, void *data, void *hint) {
   server *s = data;
   server_stop_js(s);
   if (s->on_miss != NULL) { napi_delete_reference(env, s->on_miss); s->on_miss = NULL; }
+  if (s->on_access != NULL) { napi_delete_reference(env, s->on_access); s->on_access = NULL; }
   server_unref(s);
 }
 
@@ -893,10 +928,15 @@ static napi_value js_server_new (napi_env env, napi_callback_info info) {
     goto fail;
   }
   napi_create_reference(env, v, 1, &s->on_miss);
+  if (opt_prop(env, argv[0], "onAccess", &v)) {
+    if (napi_typeof(env, v, &t), t != napi_function) { napi_throw_type_error(env, NULL, "options.onAccess must be a function"); goto fail; }
+    napi_create_reference(env, v, 1, &s->on_access);
+  }
   if (napi_wrap(env, self, s, finalize_server, NULL, NULL) != napi_ok) goto fail;
   return self;
 fail:
   if (s->on_miss != NULL) napi_delete_reference(env, s->on_miss);
+  if (s->on_access != NULL) napi_delete_reference(env, s->on_access);
   server_unref(s);
   return NULL;
 }
@@ -1028,7 +1068,13 @@ static napi_value js_add_file (napi_env env, napi_callback_info info) {
   f = calloc(1, sizeof *f);
   uint64_t nblocks = (size + BLOCK - 1) / BLOCK;
   if (f != NULL) f->bits = calloc((size_t)((nblocks + 63) / 64) + 1, sizeof(uint64_t));
-  if (f == NULL || f->bits == NULL) { close(fd); napi_throw_error(env, NULL, "out of memory"); goto out; }
+  if (f != NULL) f->seen = calloc((size_t)((nblocks + 63) / 64) + 1, sizeof(uint64_t));
+  if (f == NULL || f->bits == NULL || f->seen == NULL) {
+    close(fd);
+    if (f != NULL) { free((void *)f->bits); free((void *)f->seen); free(f); f = NULL; }
+    napi_throw_error(env, NULL, "out of memory");
+    goto out;
+  }
   f->name = name; name = NULL;
   f->namelen = nl;
   f->fd = fd;
@@ -1054,7 +1100,7 @@ static napi_value js_add_file (napi_env env, napi_callback_info info) {
   if (!ok) {
     close(fd);
     pthread_rwlock_destroy(&f->lock);
-    free(f->name); free((void *)f->bits); free(f);
+    free(f->name); free((void *)f->bits); free((void *)f->seen); free(f);
     napi_throw_error(env, NULL, "out of memory");
     goto out;
   }
@@ -1100,6 +1146,21 @@ static napi_value js_clear_ready (napi_env env, napi_callback_info info) {
   pthread_rwlock_wrlock(&f->lock);
   bits_update(f, off / BLOCK, (off + len) / BLOCK, false);
   pthread_rwlock_unlock(&f->lock);
+  return NULL;
+}
+
+/* forgetAccess(file): every block of the file counts as never read again, so the next READ of it is reported */
+static napi_value js_forget_access (napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  server *s = unwrap(env, info, &argc, argv);
+  if (s == NULL) return NULL;
+  uint64_t idx;
+  if (argc < 1) { napi_throw_type_error(env, NULL, "forgetAccess(file)"); return NULL; }
+  if (!get_u64(env, argv[0], "file", &idx)) return NULL;
+  bfile *f = file_get(s, idx);
+  if (f == NULL) { napi_throw_range_error(env, NULL, "no such file index"); return NULL; }
+  map_update(f->seen, 0, f->nblocks, false);
   return NULL;
 }
 
@@ -1238,6 +1299,7 @@ NAPI_MODULE_INIT () {
     { "setReady", NULL, js_set_ready, NULL, NULL, NULL, napi_default_method, NULL },
     { "clearReady", NULL, js_clear_ready, NULL, NULL, NULL, napi_default_method, NULL },
     { "isReady", NULL, js_is_ready, NULL, NULL, NULL, napi_default_method, NULL },
+    { "forgetAccess", NULL, js_forget_access, NULL, NULL, NULL, napi_default_method, NULL },
     { "reply", NULL, js_reply, NULL, NULL, NULL, napi_default_method, NULL },
     { "stats", NULL, js_stats, NULL, NULL, NULL, napi_default_method, NULL },
     { "stop", NULL, js_stop, NULL, NULL, NULL, napi_default_method, NULL },

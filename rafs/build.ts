@@ -58,20 +58,32 @@ function checkChunkSize (chunkSize: number): void {
   }
 }
 
-/** Resolves image paths ("/usr/bin/sh") to inodes without following symlinks; "/" is the whole image. */
-function resolvePrefetch (root: RafsInode, paths: string[]): RafsInode[] {
-  const out: RafsInode[] = []
+/**
+ * Resolves image paths ("/usr/bin/sh") to inodes for a prefetch table, in list order, each once, without following
+ * symlinks; "/" is the whole image. A path that is not absolute throws; paths not in the image come back in
+ * `missing` (a list recorded on one image version may name files another lacks).
+ */
+export function resolvePrefetchPaths (root: RafsInode, paths: string[]): { inodes: RafsInode[], missing: string[] } {
+  const inodes: RafsInode[] = []
+  const missing: string[] = []
+  const seen = new Set<RafsInode>()
   for (const p of paths) {
     if (!p.startsWith('/')) throw new BuildError(`prefetch path ${JSON.stringify(p)} is not absolute`)
-    let node = root
+    let node: RafsInode | undefined = root
     for (const part of posix.normalize(p).split('/').filter(s => s !== '')) {
-      const next = node.children?.get(nameKey(part))
-      if (next === undefined) throw new BuildError(`prefetch path ${p} does not exist in the image`)
-      node = next
+      node = node.children?.get(nameKey(part))
+      if (node === undefined) break
     }
-    if (!out.includes(node)) out.push(node)
+    if (node === undefined) missing.push(p)
+    else if (!seen.has(node)) { seen.add(node); inodes.push(node) }
   }
-  return out
+  return { inodes, missing }
+}
+
+function resolvePrefetch (root: RafsInode, paths: string[]): RafsInode[] {
+  const { inodes, missing } = resolvePrefetchPaths(root, paths)
+  if (missing.length > 0) throw new BuildError(`prefetch path ${missing[0]!} does not exist in the image`)
+  return inodes
 }
 
 function treeStats (root: RafsInode): Omit<BuildResult['stats'], 'chunks' | 'dedupedChunks' | 'elapsedMs'> & { chunkRefs: number } {

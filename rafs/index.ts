@@ -20,7 +20,7 @@ export {
   type Compressor, type Digester, type SuperBlock
 } from './layout.js'
 export { digestChunk, compressChunk, decompressChunk } from './codec.js'
-export { buildImage, buildFromDirectory, BuildError, type BuildOptions, type BuildResult } from './build.js'
+export { buildImage, buildFromDirectory, resolvePrefetchPaths, BuildError, type BuildOptions, type BuildResult } from './build.js'
 export { BlobWriter } from './blob-writer.js'
 export { directorySource } from './source-dir.js'
 export { tarSource, TarError } from './source-tar.js'

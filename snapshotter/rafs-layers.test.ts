@@ -138,3 +138,29 @@ test('an image nobody holds stays mounted for its idle time: the next container 
     assert.deepEqual(m.calls.slice(2), [`mount ${b}`, `unmount ${b}`])
   })
 })
+
+test('a pulled layer mounts its image ahead of the first container, once, held by nobody; not with idleUnmountMs 0', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    const layers = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 60_000 })
+    const labels = layerOf(digest('a')).labels
+    layers.pulled(labels)
+    layers.pulled(labels) // every layer of the pull says so
+    layers.pulled({ [NYDUS_BLOB_LABEL]: 'true' }) // no image named: nothing to do
+    for (let i = 0; i < 100 && layers.list()[0]?.holders.length !== 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    const mp = join(dir, 'a'.repeat(64))
+    assert.deepEqual(layers.list().map(i => [i.mountpoint, i.holders, i.mounted]), [[mp, [], true]])
+    assert.deepEqual(m.calls, [`mount ${mp}`])
+    // the container's hold takes the mount up: no second mount
+    assert.equal(await layers.attach('c1', layerOf(digest('a'))), mp)
+    assert.deepEqual(m.calls, [`mount ${mp}`])
+    await layers.stop()
+    assert.deepEqual(m.calls, [`mount ${mp}`, `unmount ${mp}`])
+
+    const eager = recordingMounter()
+    const off = new RafsLayers({ mounts: eager }, { dir, idleUnmountMs: 0 })
+    off.pulled(labels)
+    await new Promise(resolve => setTimeout(resolve, 50))
+    assert.deepEqual(eager.calls, [], 'nothing would keep it mounted')
+  })
+})

@@ -239,6 +239,7 @@ export class Snapshots implements SnapshotStore {
       await this.#md.insert(target, { ...plan.record, usage: { size: 0, inodes: 0 }, remote: true })
     })
     this.#log.info('layer %s (parent %s) is served by rafspeer: committed without content', target, parent === '' ? '-' : parent)
+    this.#remote?.pulled?.(labels)
     throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_ALREADY_EXISTS', `target snapshot ${JSON.stringify(target)} already exists (served lazily by rafspeer)`)
   }
 

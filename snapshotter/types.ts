@@ -63,4 +63,10 @@ export interface RemoteLayers {
   attach: (holder: string, layer: SnapshotInfo, opts?: { signal?: AbortSignal }) => Promise<string>
   /** `holder` was removed or committed: its hold ends; the last hold's end unmounts (awaited, so EBUSY cannot follow) */
   release: (holder: string) => Promise<void>
+  /**
+   * A pull just claimed a layer of this image (its Prepare's labels): the image may be mounted now, ahead of its
+   * first container, so its bootstrap and prefetch table are on their way while containerd finishes the pull.
+   * Never throws and never waits.
+   */
+  pulled?: (labels: Readonly<Record<string, string>>) => void
 }

@@ -23,7 +23,7 @@ const coded = (code: string, message: string): Error => Object.assign(new Error(
 
 const counters = (): FetchCounters => ({
   bytesBySource: { cache: 0, registry: 0, peer: 0 },
-  reads: 0, readBytes: 0, readTimeouts: 0, chunksFromCache: 0, chunksFetched: 0, chunksCopied: 0, chunksAmplified: 0, batches: 0,
+  reads: 0, readBytes: 0, readTimeouts: 0, chunksFromCache: 0, chunksFetched: 0, chunksCopied: 0, chunksAmplified: 0, prefetchChunks: 0, prefetchBytes: 0, batches: 0,
   sourceAttempts: 0, retries: 0, singleFlightJoins: 0, verifyFailures: 0, cacheReadFailures: 0, cachePutFailures: 0
 })
 
@@ -44,7 +44,7 @@ class FakeMounts implements MountService {
     if (req.source === 'missing') throw coded('RAFSPEER_ERR_REGISTRY_NOT_FOUND', 'manifest not found')
     if (this.mounted.has(req.mountpoint)) throw coded('RAFSPEER_ERR_ALREADY_MOUNTED', `${req.mountpoint} is already mounted`)
     const mode = req.mode === 'kernel' ? 'kernel' : 'fuse'
-    const prefetch = { state: 'done' as const, chunksTotal: 4, chunksDone: 4, bytesTotal: 4096 }
+    const prefetch = { state: 'done' as const, chunksTotal: 4, chunksDone: 4, bytesTotal: 4096, bytesDone: 0 }
     const info: MountInfo = {
       mountpoint: req.mountpoint, source: req.source, requestedMode: req.mode ?? 'auto', mode,
       bootstrapDigest: 'sha256:' + 'b'.repeat(64), bootstrapPath: '/work/bootstrap', blobs: [{ blobId: 'a'.repeat(64), chunkCount: 8, chunksReferenced: 8, chunksPresent: 4, complete: false }],
@@ -281,7 +281,7 @@ describe('admin API', () => {
     assert.deepEqual(m.images, [{
       mountpoint: '/mnt/j', source: 'reg/j:1', mode: 'kernel', readCount: 1, readBytes: 4000, readErrors: 0, readTimeouts: 0,
       bytesBySource: { cache: 1000, registry: 3000, peer: 0 }, cacheHitRatio: 0.25,
-      prefetch: { state: 'done', chunksTotal: 4, chunksDone: 4, bytesTotal: 4096 }
+      prefetch: { state: 'done', chunksTotal: 4, chunksDone: 4, bytesTotal: 4096, bytesDone: 0 }, prefetchFetchedBytes: 0
     }])
     assert.deepEqual(m.totals, { mounts: 1, readCount: 1, readBytes: 4000, readErrors: 0, readTimeouts: 0, bytesBySource: { cache: 1000, registry: 3000, peer: 0 }, cacheHitRatio: 0.25 })
     assert.deepEqual(m.cache, cacheStats())

@@ -9,6 +9,7 @@
  * | `GET /api/v1/mounts` | `MountInfo[]` |
  * | `POST /api/v1/mounts` | body `MountRequest` → 201 `MountInfo` |
  * | `DELETE /api/v1/mounts?mountpoint=/abs/path` | 204 |
+ * | `GET /api/v1/mounts/access?mountpoint=/abs/path` | `AccessList`: the files read, in first-read order |
  * | `GET /api/v1/metrics` | `MetricsJson` |
  * | `GET /metrics` | Prometheus text |
  */
@@ -89,7 +90,7 @@ const absPath = z.string().min(1).refine(isAbsolute, { error: 'must be an absolu
 export const mountRequestSchema = z.strictObject({
   source: z.string().min(1, { error: 'must not be empty' }),
   mountpoint: absPath.transform(p => normalize(p)),
-  mode: z.enum(['auto', 'fuse', 'kernel']).optional(),
+  mode: z.enum(['auto', 'erofs-lazy', 'fuse', 'kernel']).optional(),
   prefetch: z.union([
     z.enum(['all', 'none', 'table']),
     z.strictObject({ file: absPath }),
@@ -236,6 +237,16 @@ export async function startAdminApi (components: AdminApiComponents, init: Admin
         await service.unmount(normalize(mp))
         log.info('unmounted %s', mp)
         return { status: 204 }
+      }
+    },
+    '/api/v1/mounts/access': {
+      // nydusd's /api/v1/metrics/pattern, as paths: what `convert --prefetch-files` takes back
+      GET: async (_req, url) => {
+        const mp = url.searchParams.get('mountpoint')
+        if (mp === null || mp === '') throw new AdminApiError('RAFSPEER_ERR_BAD_REQUEST', 'missing ?mountpoint=/abs/path')
+        if (!isAbsolute(mp)) throw new AdminApiError('RAFSPEER_ERR_BAD_REQUEST', `mountpoint ${mp}: must be an absolute path`)
+        if (service.accessList === undefined) throw new AdminApiError('RAFSPEER_ERR_NOT_FOUND', 'this daemon records no access lists')
+        return { status: 200, body: service.accessList(normalize(mp)) }
       }
     },
     '/api/v1/metrics': { GET: async () => ({ status: 200, body: metrics.json() }) },

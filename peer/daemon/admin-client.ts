@@ -12,7 +12,7 @@
  */
 import { request } from 'node:http'
 import { RafspeerError } from '../../base/index.js'
-import type { MountInfo, MountRequest } from '../mount/index.js'
+import type { AccessList, MountInfo, MountRequest } from '../mount/index.js'
 import type { DaemonInfo } from './admin-api.js'
 import type { MetricsJson } from './metrics.js'
 
@@ -55,6 +55,11 @@ export class AdminClient {
 
   async unmount (mountpoint: string, opts: CallOptions = {}): Promise<void> {
     await this.call('DELETE', `/api/v1/mounts?mountpoint=${encodeURIComponent(mountpoint)}`, undefined, { timeoutMs: 2 * 60_000, ...opts })
+  }
+
+  /** The files read through the mount at `mountpoint`, in first-read order. */
+  async accessList (mountpoint: string, opts?: CallOptions): Promise<AccessList> {
+    return await this.json('GET', `/api/v1/mounts/access?mountpoint=${encodeURIComponent(mountpoint)}`, undefined, opts) as AccessList
   }
 
   async metricsJson (opts?: CallOptions): Promise<MetricsJson> {

@@ -39,6 +39,8 @@ export interface ImageMetrics {
   /** share of read bytes served straight from the cache (0..1); null before any read */
   cacheHitRatio: number | null
   prefetch: PrefetchStatus
+  /** plaintext bytes fetched by prefetch batches no read waited for (a read that joined one makes its bytes the read's) */
+  prefetchFetchedBytes: number
 }
 
 export interface LatencySummary { count: number, p50: number, p90: number, p99: number, max: number }
@@ -100,7 +102,8 @@ function imageMetrics (s: MountStats): ImageMetrics {
     readTimeouts: s.fetch.readTimeouts,
     bytesBySource: { ...s.fetch.bytesBySource },
     cacheHitRatio: hitRatio(s.fetch.bytesBySource.cache, s.readBytes),
-    prefetch: s.prefetch
+    prefetch: s.prefetch,
+    prefetchFetchedBytes: s.fetch.prefetchBytes
   }
 }
 
@@ -241,6 +244,8 @@ export class DaemonMetrics {
     perMount('rafspeer_chunks_fetched_total', 'verified chunks fetched from the registry or peers', s => s.fetch.chunksFetched)
     perMount('rafspeer_chunks_copied_total', 'chunks found under the same digest in another cached blob and copied locally', s => s.fetch.chunksCopied)
     perMount('rafspeer_chunks_amplified_total', 'chunks fetched only because they sat next to wanted ones', s => s.fetch.chunksAmplified)
+    perMount('rafspeer_prefetch_fetched_chunks_total', 'chunks fetched by prefetch batches no read waited for', s => s.fetch.prefetchChunks)
+    perMount('rafspeer_prefetch_fetched_bytes_total', 'plaintext bytes fetched by prefetch batches no read waited for', s => s.fetch.prefetchBytes)
     perMount('rafspeer_fetch_batches_total', 'batches handed to sources (a registry batch is one Range request)', s => s.fetch.batches)
     perMount('rafspeer_fetch_retries_total', 'extra rounds over the sources after a transient failure', s => s.fetch.retries)
     perMount('rafspeer_fetch_verify_failures_total', 'chunks from a source that failed their digest (dropped)', s => s.fetch.verifyFailures)
@@ -273,6 +278,7 @@ export class DaemonMetrics {
     prefetchGauge('rafspeer_prefetch_chunks_done', 'chunks prefetch has made present', p => p.chunksDone)
     prefetchGauge('rafspeer_prefetch_chunks', 'chunks prefetch was asked for', p => p.chunksTotal)
     prefetchGauge('rafspeer_prefetch_bytes', 'plaintext bytes of the chunks prefetch was asked for', p => p.bytesTotal)
+    prefetchGauge('rafspeer_prefetch_bytes_done', 'plaintext bytes of the chunks prefetch has made present', p => p.bytesDone)
 
     // ---- cache (one per daemon, lives as long as it)
     const cacheGauge = (name: string, help: string, value: (c: CacheStats) => number): void => {

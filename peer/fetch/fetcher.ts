@@ -275,7 +275,9 @@ export class Fetcher {
     }
     const waiting = this.flights.waiting()
     try {
-      const flights = this.flights.join(blob, missing, opts.priority ?? 'prefetch', waiting, undefined)
+      const gaps = opts.fillGaps
+      const flights = this.flights.join(blob, missing, opts.priority ?? 'prefetch', waiting, gaps?.neighbour,
+        gaps !== undefined ? { amplifyBytes: 0, gapBytes: gaps.maxGapBytes } : undefined)
       // prefetch is done when the cache has the chunks (or refused them), not merely when they arrived
       const all = Promise.all(flights.map(async f => { await f.promise; await f.stored }))
       await (opts.signal === undefined ? all : raceSignal(all, opts.signal, { translateError: () => new FetchAbortedError('prefetch', { cause: opts.signal?.reason }) }))

@@ -133,9 +133,12 @@ export class Flights {
   /** What one read or ensure call waits on, released once when it is done or gives up. */
   waiting (): Waiting { return new Waiting(f => { this.released(f) }) }
 
-  /** Flights for `chunks`: joined when in flight, else planned into new batches and queued. */
+  /**
+   * Flights for `chunks`: joined when in flight, else planned into new batches and queued. `shape` overrides the
+   * fetcher's amplification and the largest gap filled between wanted chunks (both need `neighbour`).
+   */
   join (blob: RafsBlobInfo, chunks: ChunkInfo[], priority: FetchPriority, waiting: Waiting,
-    neighbour: ((ci: number) => ChunkInfo | undefined) | undefined): Flight[] {
+    neighbour: ((ci: number) => ChunkInfo | undefined) | undefined, shape?: { amplifyBytes: number, gapBytes: number }): Flight[] {
     if (this.stopped) throw new FetchAbortedError('fetcher stopped')
     const out: Flight[] = []
     const fresh: ChunkInfo[] = []
@@ -158,7 +161,8 @@ export class Flights {
       chunkCount: blob.chunkCount,
       ...(neighbour !== undefined ? { neighbour } : {}),
       fetchable: ci => !this.inflight.has(flightKey(blob.blobId, ci)) && !this.cache.has(blob.blobId, ci),
-      amplifyBytes: this.amplifyBytes,
+      amplifyBytes: shape?.amplifyBytes ?? this.amplifyBytes,
+      ...(shape !== undefined ? { gapBytes: shape.gapBytes } : {}),
       maxBatchBytes: this.maxBatchBytes
     })
     for (const p of plan) {
@@ -356,6 +360,8 @@ export class Flights {
         bytes += plaintext.length
         counters.chunksFetched++
         counters.bytesBySource[sourceKind(source.name)] += plaintext.length
+        // a batch a read started waiting on was promoted: its bytes are the read's
+        if (batch.job.priority === 'prefetch') { counters.prefetchChunks++; counters.prefetchBytes += plaintext.length }
         this.deliver(blob, f, plaintext)
       }
     } catch (err) {

@@ -13,6 +13,8 @@ export class FetchMetrics {
     chunksFetched: 0,
     chunksCopied: 0,
     chunksAmplified: 0,
+    prefetchChunks: 0,
+    prefetchBytes: 0,
     batches: 0,
     sourceAttempts: 0,
     retries: 0,

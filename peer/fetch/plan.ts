@@ -15,6 +15,8 @@ export interface PlanInput {
   /** true when ci is neither cached nor being fetched, so it may join a batch */
   fetchable: (ci: number) => boolean
   amplifyBytes: number
+  /** largest gap between wanted chunks filled with the chunks in it (default `amplifyBytes`) */
+  gapBytes?: number
   maxBatchBytes: number
 }
 
@@ -52,7 +54,7 @@ export function planBatches (input: PlanInput): PlannedBatch[] {
       cur.chunks.push(c); cur.end = endOf(c); continue
     }
     if (cur !== undefined && neighbour !== undefined) {
-      const gap = fillGap(cur, c, amplifyBytes, usable)
+      const gap = fillGap(cur, c, input.gapBytes ?? amplifyBytes, usable)
       if (gap !== undefined) {
         for (const g of gap) { cur.chunks.push(g); cur.extra.add(g); claimed.add(g.index) }
         cur.chunks.push(c); cur.end = endOf(c); continue

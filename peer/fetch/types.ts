@@ -57,6 +57,12 @@ export interface ReadOptions {
 export interface EnsureOptions {
   signal?: AbortSignal
   priority?: FetchPriority
+  /**
+   * Chunks lying between the asked ones join a batch when the gap is at most `maxGapBytes` stored bytes, so scattered
+   * small files go out as fewer, larger requests (no amplification past the last asked chunk). `neighbour` looks
+   * chunks of the blob up by ci. Absent: each contiguous run of asked chunks is its own batch.
+   */
+  fillGaps?: { neighbour: (ci: number) => ChunkInfo | undefined, maxGapBytes: number }
 }
 
 export interface FetcherComponents {
@@ -128,6 +134,9 @@ export interface FetchCounters {
   chunksCopied: number
   /** fetched only because they sat next to wanted chunks (amplification) */
   chunksAmplified: number
+  /** of `chunksFetched`, those fetched by batches that ran at prefetch priority (no read waited for them), and their plaintext bytes */
+  prefetchChunks: number
+  prefetchBytes: number
   /** batches handed to sources (one registry batch is one Range request unless split) */
   batches: number
   sourceAttempts: number

@@ -37,6 +37,11 @@ const aligned = (n: number): number => Math.ceil(n / BLOCK) * BLOCK
 /** Reads view bytes of one blob for a miss: fills `buf` (zeroed, exactly `length` bytes) or rejects. */
 export interface BlobFileReader {
   read: (offset: number, length: number, buf: Buffer) => Promise<void>
+  /**
+   * The kernel asked for view bytes of the blob no READ had asked for since it was attached, served from the cache
+   * or not (an access log's source: hits of ready blocks never reach `read`). Told to every reader of the blob.
+   */
+  accessed?: (offset: number, length: number) => void
 }
 
 export interface BlobFsInit {
@@ -124,7 +129,8 @@ export class BlobFs {
       threads: this.init.threads ?? 4,
       maxReadBytes: this.init.maxReadBytes ?? 1 << 20,
       directIo: this.init.directIo ?? false,
-      onMiss: (id, file, offset, length) => { this.miss(id, file, offset, length) }
+      onMiss: (id, file, offset, length) => { this.miss(id, file, offset, length) },
+      onAccess: (file, offset, length) => { this.accessed(file, offset, length) }
     })
     try {
       server.start()
@@ -182,10 +188,18 @@ export class BlobFs {
           // nobody keeps this file's readiness true any more: forget it (a miss with no reader answers EIO)
           served.unwatch()
           served.unwatch = undefined
-          if (this.server !== undefined) server.clearReady(served.index, 0, aligned(blob.uncompressedSize))
+          if (this.server !== undefined) {
+            server.clearReady(served.index, 0, aligned(blob.uncompressedSize))
+            // the next mount of the blob records its own accesses from the first READ on
+            server.forgetAccess(served.index)
+          }
         }
       }
     }
+  }
+
+  private accessed (file: number, offset: number, length: number): void {
+    for (const r of this.byIndex[file]?.readers ?? []) r.accessed?.(offset, length)
   }
 
   private miss (id: number, file: number, offset: number, length: number): void {

@@ -18,7 +18,8 @@ import { kernelSkipReason } from '../../test/helpers/kernel.js'
 import { diffTrees, snapshotTree } from '../../test/helpers/tree.js'
 import { FuseNativeBackend, mountsAt } from './fuse-backend.js'
 import { MountManager, erofsLazyUnavailable } from './mount-manager.js'
-import { planPrefetch } from './prefetch.js'
+import { orderedSlices, planPrefetch, type PrefetchPlan } from './prefetch.js'
+import type { ChunkInfo } from '../../rafs/index.js'
 import { captureLogs } from '../../test/helpers/logs.js'
 
 const fuseSkip = (): string | undefined => process.getuid?.() !== 0 ? 'needs root' : undefined
@@ -68,7 +69,7 @@ async function manager (t: { after: (fn: () => Promise<void>) => void }, name: s
 describe('prefetch plans', () => {
   it('table, paths, all and none name the right chunks', async () => {
     const reader = await RafsReader.open(bootstrap)
-    const count = (m: Map<number, unknown[]>): number => [...m.values()].reduce((n, l) => n + l.length, 0)
+    const count = (p: PrefetchPlan): number => p.reduce((n, s) => n + s.chunks.length, 0)
     const total = reader.blobs.reduce((n, b) => n + b.chunkCount, 0)
     assert.equal(count(await planPrefetch(reader, 'all')), total)
     assert.equal(count(await planPrefetch(reader, 'none')), 0)
@@ -83,6 +84,25 @@ describe('prefetch plans', () => {
     const list = join(work, 'list.txt')
     await writeFile(list, '# hot files\n/data/small.txt\n\n/link\n')
     assert.equal(count(await planPrefetch(reader, { file: list })), 1, 'a symlink has no data')
+  })
+
+  it('a list keeps its order from group to group, and the blob order inside a group', async () => {
+    const reader = await RafsReader.open(bootstrap)
+    const names = Array.from({ length: 50 }, (_v, i) => `/data/f${49 - i}`)
+    const plan = await planPrefetch(reader, { paths: names })
+    const firstOf = (p: string): number => reader.mapRange(reader.lookup(p), 0, 1)[0]!.chunk.index
+    // 50 one-chunk files fit one group: one slice, by stored offset
+    assert.equal(plan.length, 1)
+    assert.deepEqual(plan[0]!.chunks.map(c => c.index), names.map(firstOf).sort((a, b) => a - b))
+    // past a group, the list's order wins: the hottest group goes first even when it lies last in the blob
+    const chunk = (i: number): ChunkInfo => ({ blobIndex: i % 2, index: i, compressedOffset: i * 4096, compressedSize: 4096 }) as unknown as ChunkInfo
+    const listed = Array.from({ length: 130 }, (_v, i) => chunk(129 - i))
+    const slices = orderedSlices(listed)
+    assert.deepEqual(slices.map(s => s.chunks.length), [32, 32, 32, 32, 1, 1])
+    assert.deepEqual(slices[0]!.chunks.map(c => c.index), Array.from({ length: 32 }, (_v, i) => 67 + 2 * i), 'the first 64 listed, blob 1 sorted')
+    assert.equal(slices[0]!.blobIndex, 1)
+    assert.equal(slices[4]!.chunks[0]!.index, 1)
+    assert.equal(slices[5]!.chunks[0]!.index, 0)
   })
 })
 
@@ -241,4 +261,38 @@ describe('erofs-lazy mode from a local image', { skip: await erofsLazyUnavailabl
     assert.ok(mm.lazyKernelStats()!.misses > missesBefore, 'evicted blocks were asked for again')
     await mm.unmount(mnt)
   })
+})
+
+const accessModes = [
+  { mode: 'fuse' as const, skip: fuseSkip() },
+  { mode: 'erofs-lazy' as const, skip: await erofsLazyUnavailable() }
+]
+describe('access lists', () => {
+  for (const { mode, skip } of accessModes) {
+    it(`${mode}: the files read, in first-read order, each once`, { skip }, async t => {
+      const { mm, mnt } = await manager(t, `access-${mode}`)
+      const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode, prefetch: 'none' })
+      assert.equal(info.mode, mode)
+      assert.deepEqual(mm.accessList(mnt).files, [])
+      const order = ['/data/f40', '/bin/tool', '/data/small.txt', '/data/f7']
+      for (const p of [...order, '/data/f40']) await readFile(join(mnt, p))
+      await readFile(join(mnt, 'link')) // a symlink to a file read already
+      const list = mm.accessList(`${mnt}/`)
+      assert.equal(list.tracked, true)
+      assert.equal(list.mode, mode)
+      if (mode === 'fuse') assert.deepEqual(list.files, order)
+      else {
+        // blob ranges: the kernel's readahead may name neighbours of a read file, after it
+        assert.equal(list.files[0], order[0])
+        const positions = order.map(p => list.files.indexOf(p))
+        assert.ok(positions.every((p, i) => p >= 0 && (i === 0 || p > positions[i - 1]!)), JSON.stringify(list.files))
+        assert.equal(new Set(list.files).size, list.files.length)
+      }
+      // a file far from every read one in the blob is never named (readahead reaches the next files only)
+      assert.ok(!list.files.includes('/data/f20'), JSON.stringify(list.files))
+      if (mode === 'fuse') assert.ok(!list.files.includes('/data/deep/big.bin'))
+      await mm.unmount(mnt)
+      assert.throws(() => mm.accessList(mnt), { code: 'RAFSPEER_ERR_NOT_MOUNTED' })
+    })
+  }
 })

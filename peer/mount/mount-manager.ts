@@ -12,26 +12,26 @@
  */
 import { access, mkdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { RafspeerError, delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { BlobCache } from '../../cache/index.js'
 import type { ChunkInfo } from '../../rafs/index.js'
-import { RegistryClient, parseReference, type Credentials } from '../../registry/index.js'
+import { RegistryClient } from '../../registry/index.js'
 import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit, type FlightActivity } from '../fetch/index.js'
+import { AccessLog } from './access-log.js'
 import { BlobFs, type BlobFile, type BlobFsInit, type BlobFsStats } from './blob-fs.js'
 import { BlobViews } from './blob-view.js'
 import { openImage, type OpenedImage } from './image-open.js'
+import { closingAlso, ownClient } from './mount-credentials.js'
+import { MountError } from './mount-error.js'
 import { clearStaleMount, kernelModeUnavailable, kernelMount, type KernelMount } from './kernel-mount.js'
 import { planPrefetch, referencedChunks, runPrefetch } from './prefetch.js'
 import { DEFAULT_READAHEAD_BYTES, ReadAhead } from './read-ahead.js'
 import type {
-  FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles, MountInfo, MountMode, MountRequest, MountService, MountStats,
+  AccessList, FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles, MountInfo, MountMode, MountRequest, MountService, MountStats,
   PrefetchPolicy, PrefetchStatus
 } from './types.js'
 
-export type MountErrorCode = 'RAFSPEER_ERR_ALREADY_MOUNTED' | 'RAFSPEER_ERR_NOT_MOUNTED' | 'RAFSPEER_ERR_MOUNT_BUSY' | 'RAFSPEER_ERR_MOUNT' |
-  'RAFSPEER_ERR_KERNEL_MODE'
-
-export class MountError extends RafspeerError<MountErrorCode> {}
+export { MountError, type MountErrorCode } from './mount-error.js'
 
 export interface MountManagerComponents {
   cache: BlobCache
@@ -80,6 +80,8 @@ interface Mounted {
   prefetchDone: Promise<void>
   abort: AbortController
   readAhead: ReadAhead
+  /** the files read so far, in first-read order (`rafspeer access-list`) */
+  access: AccessLog
   reads: number
   readBytes: number
   readErrors: number
@@ -173,11 +175,12 @@ export class MountManager implements MountService {
       fuse: undefined,
       kernel: undefined,
       blobFiles: [],
-      prefetch: { state: 'none', chunksTotal: 0, chunksDone: 0, bytesTotal: 0 },
+      prefetch: { state: 'none', chunksTotal: 0, chunksDone: 0, bytesTotal: 0, bytesDone: 0 },
       prefetchDone: Promise.resolve(),
       abort,
       readAhead: new ReadAhead({ fetcher, image, ...(this.logger !== undefined ? { logger: this.logger } : {}) },
         { windowBytes: this.init.readaheadBytes ?? DEFAULT_READAHEAD_BYTES, signal: abort.signal }),
+      access: new AccessLog(image.reader),
       reads: 0,
       readBytes: 0,
       readErrors: 0
@@ -300,6 +303,9 @@ export class MountManager implements MountService {
               m.readErrors++
               throw err
             }
+          },
+          accessed: (offset, length) => {
+            for (const p of views.mapRange(bi, offset, length)) m.access.chunkRead(bi, p.chunk.index)
           }
         }))
       }
@@ -322,6 +328,7 @@ export class MountManager implements MountService {
       reader: image.reader,
       read: async (nid, offset, length, buf, signal) => {
         m.reads++
+        m.access.fileRead(nid)
         try {
           const pieces = image.reader.mapRange(nid, offset, length)
           m.readAhead.observe(nid, offset, length)
@@ -414,6 +421,13 @@ export class MountManager implements MountService {
     }
   }
 
+  accessList (mountpoint: string): AccessList {
+    const m = this.mounts.get(resolve(mountpoint))
+    if (m === undefined) throw new MountError('RAFSPEER_ERR_NOT_MOUNTED', `${mountpoint} is not mounted by this daemon`)
+    const tracked = m.info.mode !== 'kernel'
+    return { mountpoint: m.info.mountpoint, source: m.info.source, mode: m.info.mode, tracked, files: tracked ? m.access.paths() : [] }
+  }
+
   get (mountpoint: string): MountInfo | undefined {
     const m = this.mounts.get(resolve(mountpoint))
     return m === undefined ? undefined : this.infoOf(m)
@@ -467,23 +481,4 @@ export async function erofsLazyUnavailable (): Promise<string | undefined> {
   if (native !== undefined) return native
   if (await access('/dev/fuse').then(() => false, () => true)) return 'no /dev/fuse (modprobe fuse)'
   return undefined
-}
-
-/** One registry client for one mount's credentials (made on first use, with the mount's plain-HTTP setting). */
-function ownClient (source: string, credentials: Credentials): ((plainHttp: boolean | 'auto') => RegistryClient) & { close: () => Promise<void> } {
-  let host: string
-  try {
-    host = parseReference(source).registry
-  } catch (err) {
-    throw new MountError('RAFSPEER_ERR_MOUNT', `credentials given for ${source}, which is not a registry reference: ${describeError(err)}`, { cause: err })
-  }
-  let client: RegistryClient | undefined
-  const get = (plainHttp: boolean | 'auto'): RegistryClient => (client ??= new RegistryClient({ plainHttp, credentials: { [host]: credentials } }))
-  return Object.assign(get, { close: async () => { await client?.close() } })
-}
-
-/** `image` whose close also runs `also` (after it) */
-function closingAlso (image: OpenedImage, also: () => Promise<void>): OpenedImage {
-  const close = image.close.bind(image)
-  return Object.assign(image, { close: async () => { try { await close() } finally { await also() } } })
 }

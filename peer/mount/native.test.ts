@@ -184,6 +184,7 @@ describe('native addon', { skip }, () => {
     assert.throws(() => new addon.BlobServer({ mountpoint: work } as unknown as BlobServerOptions), TypeError)
     assert.throws(() => new addon.BlobServer({ mountpoint: work, onMiss, maxReadBytes: 5000 }), RangeError)
     assert.throws(() => new addon.BlobServer({ mountpoint: work, onMiss, threads: 0 }), RangeError)
+    assert.throws(() => new addon.BlobServer({ mountpoint: work, onMiss, onAccess: 3 } as unknown as BlobServerOptions), TypeError)
     const server = new addon.BlobServer({ mountpoint: join(work, 'never-made'), onMiss })
     assert.throws(() => server.start(), { code: 'ENOENT' })
     assert.deepEqual(mountedUnder(work), [])
@@ -266,6 +267,45 @@ describe('native addon', { skip }, () => {
     // and again: direct I/O keeps nothing cached
     await readSequential(join(mp, 'f'), MiB)
     assert.equal(server.stats().fastBytes, 2 * size)
+  })
+
+  it('onAccess tells the first READ of blocks, ready or not, before its miss; forgetAccess starts over', async () => {
+    const size = 64 * KiB + 100
+    const data = randomBytes(size)
+    const cache = join(work, 'access.cache')
+    await writeFile(cache, data)
+    const events: string[] = []
+    const { server, mp } = await newServer('access', {
+      directIo: true,
+      onMiss: (id, _file, offset, length) => { events.push(`miss ${offset}+${length}`); server.reply(id, data.subarray(offset, offset + length), 0) },
+      onAccess: (file, offset, length) => { events.push(`access ${file} ${offset}+${length}`) }
+    })
+    server.addFile('f', cache, size)
+    const path = join(mp, 'f')
+    const settle = async (n: number): Promise<void> => {
+      for (let i = 0; i < 200 && events.length < n; i++) await sleep(10)
+      await sleep(50) // nothing more should come
+    }
+    server.setReady(0, 0, 32 * KiB)
+    assert.ok((await readAt(path, 0, 8 * KiB)).equals(data.subarray(0, 8 * KiB)))
+    await settle(1)
+    assert.deepEqual(events, ['access 0 0+8192'], 'a ready block is told too (its READ never reaches onMiss)')
+    await readAt(path, 0, 8 * KiB)
+    await settle(1)
+    assert.equal(events.length, 1, 'a block is told once')
+    // past the ready part: the access comes before the miss
+    assert.ok((await readAt(path, 40 * KiB, 8 * KiB)).equals(data.subarray(40 * KiB, 48 * KiB)))
+    await settle(3)
+    assert.deepEqual(events.slice(1), ['access 0 40960+8192', 'miss 40960+8192'])
+    // a READ partly seen is told whole
+    await readAt(path, 4 * KiB, 8 * KiB)
+    await settle(4)
+    assert.deepEqual(events.slice(3), ['access 0 4096+8192'])
+    server.forgetAccess(0)
+    await readAt(path, 0, 4 * KiB)
+    await settle(5)
+    assert.deepEqual(events.slice(4), ['access 0 0+4096'])
+    assert.throws(() => server.forgetAccess(7), RangeError)
   })
 
   it('hands reads of blocks not ready to onMiss, without holding a worker thread', async () => {

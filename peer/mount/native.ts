@@ -78,6 +78,12 @@ export interface BlobServerOptions {
    * the read with EIO and the exception goes to `uncaughtException`.
    */
   onMiss: (id: number, file: number, offset: number, length: number) => void
+  /**
+   * Called on the JS thread, before its miss if it is one, for a READ that asks for a block no READ asked for
+   * since the file's last `forgetAccess` (ready or not: a ready block's READ never reaches JS otherwise). What an
+   * access log records; absent, nothing is tracked. A range may rarely be told twice (two threads at once).
+   */
+  onAccess?: (file: number, offset: number, length: number) => void
 }
 
 /** Counters since start; `errors` counts error replies from `reply` and failed writes to /dev/fuse. */
@@ -122,6 +128,8 @@ export interface BlobServer {
    * caller may punch holes in it right after.
    */
   clearReady: (file: number, offset: number, length: number) => void
+  /** Every block of the file counts as never read again: its next READs are told to `onAccess` anew. */
+  forgetAccess: (file: number) => void
   /** Whether every block of [offset, offset + length) is ready (the range stops at the file's size). */
   isReady: (file: number, offset: number, length: number) => boolean
   /**

@@ -1,7 +1,9 @@
 /**
- * Prefetch (docs/ARCHITECTURE.md, "one cold read"): which chunks a policy names — the bootstrap's prefetch table, a path list, or the
- * whole image — and a runner that feeds them to the fetcher at prefetch priority (reads always go first, and
- * the fetcher's prefetch bandwidth cap applies), blob by blob in stored order so Range requests stay large.
+ * Prefetch (docs/ARCHITECTURE.md, "one cold read"): which chunks a policy names — the bootstrap's prefetch table, a
+ * path list, or the whole image — and a runner that feeds them to the fetcher at prefetch priority (reads always
+ * go first, and the fetcher's prefetch bandwidth cap applies), a few slices in parallel. `all` goes blob by blob in
+ * stored order so Range requests stay large; a table or list goes in its own order (the first-read order of a
+ * recorded run), each group of it sorted by stored offset.
  */
 import { readFile } from 'node:fs/promises'
 import { describeError, type Logger } from '../../base/index.js'
@@ -11,6 +13,14 @@ import type { PrefetchPolicy, PrefetchStatus } from './types.js'
 
 /** chunks handed to the fetcher per call: small enough for progress, big enough for full batches */
 const SLICE_CHUNKS = 64
+/** stored bytes of an ordered list kept in order as one group (sorted by offset inside it) */
+const GROUP_BYTES = 4 << 20
+/**
+ * A slice's chunks separated by at most this many stored bytes go out as one request with what lies between: a
+ * recorded table names many small files near each other (a package's modules and their caches), and one request
+ * for a few of them costs less than one round trip each.
+ */
+export const PREFETCH_GAP_BYTES = 128 << 10
 const SLICES_IN_FLIGHT = 4
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
@@ -22,30 +32,40 @@ export async function readPrefetchList (file: string): Promise<string[]> {
   return text.split('\n').map(l => l.trim()).filter(l => l !== '' && !l.startsWith('#'))
 }
 
-/** Chunks of the files at `nids` (directories: every file below them), deduplicated, by blob. */
-function chunksOfNids (reader: RafsReader, nids: number[]): Map<number, Map<number, ChunkInfo>> {
-  const out = new Map<number, Map<number, ChunkInfo>>()
+/**
+ * Chunks of the files at `nids` (a directory: every file below it, in directory order), in that order, each once:
+ * a table recorded from a run (`rafspeer access-list`) lists files in first-read order, and prefetch keeps it.
+ */
+function chunksOfNids (reader: RafsReader, nids: number[]): ChunkInfo[] {
+  const out: ChunkInfo[] = []
+  const seenChunks = new Set<number>()
   const seen = new Set<number>()
-  const stack = [...nids]
-  while (stack.length > 0) {
-    const nid = stack.pop()!
-    if (seen.has(nid)) continue
-    seen.add(nid)
-    const ino = reader.inode(nid)
-    const fmt = ino.mode & S_IFMT
-    if (fmt === S_IFDIR) {
-      for (const e of reader.readdir(nid)) {
-        const n = e.name.toString('latin1')
-        if (n !== '.' && n !== '..') stack.push(e.nid)
-      }
-    } else if (fmt === S_IFREG && ino.size > 0) {
-      for (const p of reader.mapRange(nid, 0, ino.size)) {
-        let m = out.get(p.chunk.blobIndex)
-        if (m === undefined) out.set(p.chunk.blobIndex, m = new Map())
-        m.set(p.chunk.index, p.chunk)
+  const visit = (start: number): void => {
+    const stack = [start]
+    while (stack.length > 0) {
+      const nid = stack.pop()!
+      if (seen.has(nid)) continue
+      seen.add(nid)
+      const ino = reader.inode(nid)
+      const fmt = ino.mode & S_IFMT
+      if (fmt === S_IFDIR) {
+        const entries = reader.readdir(nid)
+        for (let i = entries.length - 1; i >= 0; i--) {
+          const n = entries[i]!.name.toString('latin1')
+          if (n !== '.' && n !== '..') stack.push(entries[i]!.nid)
+        }
+      } else if (fmt === S_IFREG && ino.size > 0) {
+        for (const p of reader.mapRange(nid, 0, ino.size)) {
+          // blob indexes are small and ci < 2^32: one number per chunk
+          const key = p.chunk.blobIndex * 0x1_0000_0000 + p.chunk.index
+          if (seenChunks.has(key)) continue
+          seenChunks.add(key)
+          out.push(p.chunk)
+        }
       }
     }
   }
+  for (const nid of nids) visit(nid)
   return out
 }
 
@@ -63,60 +83,104 @@ export function referencedChunks (reader: RafsReader): Map<number, Map<number, C
   return out
 }
 
+/** One call to the fetcher: chunks of one blob, sorted by stored offset so adjacent ones share a request. */
+export interface PrefetchSlice {
+  blobIndex: number
+  chunks: ChunkInfo[]
+}
+
+/** What a policy asks for, as slices in the order they should be fetched. */
+export type PrefetchPlan = PrefetchSlice[]
+
 /**
- * The chunks a policy asks for, per blob index, sorted by stored offset. Paths that do not exist are reported
- * through `log` and skipped.
+ * Cuts an ordered chunk list into slices that keep its order at the scale of a group (`SLICE_CHUNKS` chunks or
+ * `GROUP_BYTES`, whichever comes first) and the blob's order inside one, so the first-read files come first and
+ * their neighbours in the blob still go out as one Range request.
  */
-export async function planPrefetch (reader: RafsReader, policy: PrefetchPolicy, log?: Logger): Promise<Map<number, ChunkInfo[]>> {
-  let byBlob: Map<number, Map<number, ChunkInfo>>
-  if (policy === 'none') return new Map()
-  if (policy === 'all') byBlob = referencedChunks(reader)
-  else if (policy === 'table') byBlob = chunksOfNids(reader, reader.prefetchNids)
-  else {
-    const paths = 'file' in policy ? await readPrefetchList(policy.file) : policy.paths
-    const nids: number[] = []
-    for (const p of paths) {
-      try {
-        nids.push(reader.lookup(p))
-      } catch (err) {
-        log?.warn('prefetch: skipping %s: %s', p, describeError(err))
-      }
+export function orderedSlices (ordered: ChunkInfo[]): PrefetchPlan {
+  const out: PrefetchPlan = []
+  const flush = (group: ChunkInfo[]): void => {
+    const byBlob = new Map<number, ChunkInfo[]>()
+    for (const c of group) {
+      let l = byBlob.get(c.blobIndex)
+      if (l === undefined) byBlob.set(c.blobIndex, l = [])
+      l.push(c)
     }
-    byBlob = chunksOfNids(reader, nids)
+    for (const [blobIndex, chunks] of byBlob) out.push({ blobIndex, chunks: chunks.sort((a, b) => a.compressedOffset - b.compressedOffset) })
   }
-  const out = new Map<number, ChunkInfo[]>()
-  for (const [bi, m] of byBlob) out.set(bi, [...m.values()].sort((a, b) => a.compressedOffset - b.compressedOffset))
+  let group: ChunkInfo[] = []
+  let bytes = 0
+  for (const c of ordered) {
+    group.push(c)
+    bytes += c.compressedSize
+    if (group.length >= SLICE_CHUNKS || bytes >= GROUP_BYTES) { flush(group); group = []; bytes = 0 }
+  }
+  if (group.length > 0) flush(group)
   return out
 }
 
+/**
+ * The slices a policy asks for, in fetch order: `all` blob by blob in stored order; the prefetch table and path
+ * lists in their order (first-read order, for a table recorded from a run). Paths that do not exist are reported
+ * through `log` and skipped.
+ */
+export async function planPrefetch (reader: RafsReader, policy: PrefetchPolicy, log?: Logger): Promise<PrefetchPlan> {
+  if (policy === 'none') return []
+  if (policy === 'all') {
+    const out: PrefetchPlan = []
+    for (const [blobIndex, m] of referencedChunks(reader)) {
+      const list = [...m.values()].sort((a, b) => a.compressedOffset - b.compressedOffset)
+      for (let i = 0; i < list.length; i += SLICE_CHUNKS) out.push({ blobIndex, chunks: list.slice(i, i + SLICE_CHUNKS) })
+    }
+    return out
+  }
+  if (policy === 'table') return orderedSlices(chunksOfNids(reader, reader.prefetchNids))
+  const paths = 'file' in policy ? await readPrefetchList(policy.file) : policy.paths
+  const nids: number[] = []
+  for (const p of paths) {
+    try {
+      nids.push(reader.lookup(p))
+    } catch (err) {
+      log?.warn('prefetch: skipping %s: %s', p, describeError(err))
+    }
+  }
+  return orderedSlices(chunksOfNids(reader, nids))
+}
+
 /** Runs a plan through the fetcher; `status` is updated as slices land. Never rejects: failures end in `status`. */
-export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: Map<number, ChunkInfo[]>, status: PrefetchStatus,
-  opts: { signal: AbortSignal, log?: Logger | undefined }): Promise<void> {
+export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, status: PrefetchStatus,
+  opts: { signal: AbortSignal, log?: Logger | undefined, gapBytes?: number }): Promise<void> {
   status.chunksTotal = 0
   status.bytesTotal = 0
   status.chunksDone = 0
-  for (const list of plan.values()) {
-    status.chunksTotal += list.length
-    for (const c of list) status.bytesTotal += c.uncompressedSize
+  status.bytesDone = 0
+  for (const s of plan) {
+    status.chunksTotal += s.chunks.length
+    for (const c of s.chunks) status.bytesTotal += c.uncompressedSize
   }
   if (status.chunksTotal === 0) { status.state = 'done'; return }
   status.state = 'running'
-  const jobs: Array<{ bi: number, slice: ChunkInfo[] }> = []
-  for (const [bi, list] of plan) {
-    for (let i = 0; i < list.length; i += SLICE_CHUNKS) jobs.push({ bi, slice: list.slice(i, i + SLICE_CHUNKS) })
-  }
+  // the slices are taken in plan order; the fetch queue puts every read before them
+  const jobs = plan.map(s => ({ bi: s.blobIndex, slice: s.chunks }))
   try {
     // a few slices in flight keep the fetcher's prefetch slots busy between slices
     const worker = async (): Promise<void> => {
       for (let job = jobs.shift(); job !== undefined; job = jobs.shift()) {
         opts.signal.throwIfAborted()
         try {
-          await fetcher.ensureChunks(reader.blobs[job.bi]!, job.slice, { priority: 'prefetch', signal: opts.signal })
+          const bi = job.bi
+          const neighbour = (ci: number): ChunkInfo | undefined => { try { return reader.chunkInfo(bi, ci) } catch { return undefined } }
+          await fetcher.ensureChunks(reader.blobs[bi]!, job.slice, {
+            priority: 'prefetch',
+            signal: opts.signal,
+            fillGaps: { neighbour, maxGapBytes: opts.gapBytes ?? PREFETCH_GAP_BYTES }
+          })
         } catch (err) {
           jobs.length = 0 // the other workers stop after their current slice
           throw err
         }
         status.chunksDone += job.slice.length
+        for (const c of job.slice) status.bytesDone += c.uncompressedSize
       }
     }
     await Promise.all(Array.from({ length: Math.min(SLICES_IN_FLIGHT, jobs.length) }, worker))

@@ -91,6 +91,8 @@ export interface PrefetchStatus {
   chunksDone: number
   /** plaintext bytes of the chunks prefetch asked for */
   bytesTotal: number
+  /** of those, the bytes of the chunks now present (fetched by prefetch, or already there) */
+  bytesDone: number
   error?: string
 }
 
@@ -135,6 +137,24 @@ export interface MountStats {
   prefetch: PrefetchStatus
 }
 
+/**
+ * The files of a mount whose data was read, in first-read order (`GET /api/v1/mounts/access`, `rafspeer
+ * access-list`): the input of `rafspeer convert --prefetch-files`.
+ */
+export interface AccessList {
+  mountpoint: string
+  source: string
+  mode: Exclude<MountMode, 'auto'>
+  /**
+   * false in kernel mode (the kernel serves every read, none reaches the daemon): `files` is then empty. In erofs-lazy
+   * mode reads are seen as blob ranges: files sharing a chunk with a read file, and blob readahead's neighbours,
+   * may appear too.
+   */
+  tracked: boolean
+  /** absolute paths in the image, in the order their data was first read */
+  files: string[]
+}
+
 /** What the daemon shell needs from the mount manager. */
 export interface MountService {
   mount: (req: MountRequest, opts?: { signal?: AbortSignal }) => Promise<MountInfo>
@@ -144,6 +164,8 @@ export interface MountService {
   stats: () => MountStats[]
   /** fetch-latency samples since the last call, for a histogram */
   drainFetchSamples: () => Array<FetchSample & { mountpoint: string }>
+  /** the files read through a mount so far; rejects with `RAFSPEER_ERR_NOT_MOUNTED` */
+  accessList?: (mountpoint: string) => AccessList
   /** the erofs-lazy mode's blob file system, once started */
   lazyKernelStats?: () => BlobFsStats | undefined
 }
