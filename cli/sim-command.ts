@@ -43,7 +43,7 @@ const MODEL_MAX_NODES = 100_000
 const REAL_DEFAULT_NODES = 4
 const MODEL_DEFAULT_NODES = 1000
 const REAL_DEFAULT_IMAGE = 64 << 20
-const PROPOSALS = { 'follow-back': 'followBack', 'pending-when-planned': 'pendingWhenPlanned', 'replan-busy': 'replanBusy', 'busy-after-park': 'busyAfterPark' } as const
+const PROPOSALS = { 'follow-back': 'followBack', 'pending-when-planned': 'pendingWhenPlanned' } as const
 type Proposal = keyof typeof PROPOSALS
 
 const size = (what: string) => (v: string): number => {

@@ -37,6 +37,11 @@ export interface ServableCache {
   has: (blobId: string, ciIndex: number) => boolean
   findByDigest: (digest: Buffer, opts?: { exceptBlobId?: string }) => Promise<{ blobId: string, chunk: ServableChunk } | undefined>
   readChunk: (blobId: string, chunk: ServableChunk, opts?: { verify?: boolean | 'once' }) => Promise<Buffer | undefined>
+  /**
+   * whether this node is fetching the chunk now (it said PENDING): a chunk not found but still on its way is
+   * answered BUSY, so the asker looks again rather than giving up on the swarm
+   */
+  fetching?: (digest: Buffer) => boolean
 }
 
 export const DEFAULT_MAX_CONCURRENT_UPLOADS = 16
@@ -112,6 +117,8 @@ export interface ChunkServerCounters {
   streamsRefused: number
   /** PENDING frames sent while a reply was not ready (a claimed chunk being fetched) */
   pendingFrames: number
+  /** chunks answered BUSY because this node's own fetch of them outlasted the wait */
+  busyWhileFetching: number
   /** chunk bytes held for askers now: read ahead of their replies, or sent and not yet taken by their streams */
   bytesHeld: number
 }
@@ -122,7 +129,7 @@ interface PeerLoad { streams: number, uploads: number, bytes: number }
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
     uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0,
-    streamsRefused: 0, pendingFrames: 0, bytesHeld: 0
+    streamsRefused: 0, pendingFrames: 0, busyWhileFetching: 0, bytesHeld: 0
   }
 
   private readonly libp2p: ChunkServerComponents['libp2p']
@@ -358,6 +365,10 @@ export class ChunkServer {
         if (bytes !== undefined && bytes.length === name.size) return { payload: bytes }
         // failed its digest (now unmarked) or was evicted: another blob may hold the same chunk
         found = await this.cache.findByDigest(name.digest, { exceptBlobId: found.blobId })
+      }
+      if (this.cache.fetching?.(name.digest) === true) {
+        this.counters.busyWhileFetching++
+        return { frame: replyHeader(ChunkStatus.BUSY) }
       }
       this.counters.notFound++
       return { frame: replyHeader(ChunkStatus.NOT_FOUND) }

@@ -14,6 +14,7 @@ export {
   DEFAULT_MAX_HOLDERS as DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_BUSY_RETRIES,
   type NeighbourSourceCounters, type NeighbourSourceInit, type NeighbourSourceComponents
 } from './neighbour-source.js'
+export { DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs } from './busy-replan.js'
 export { P2PNode, type P2PNodeInit, type P2PNodeComponents, type P2PStats } from './p2p-node.js'
 // the blob-level swarm: the have protocol, what neighbours have, back to source, the locator (pure parts take an
 // injected clock: `sim/model/` runs them too)

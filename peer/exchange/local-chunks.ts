@@ -135,11 +135,14 @@ export class CacheChunks implements LocalChunks, FlightActivity {
 /**
  * The cache as the chunk server sees it when neighbours follow our PENDING: a chunk this node is fetching now is
  * waited for (up to `waitMs`) instead of being answered NOT_FOUND; the server keeps the asker alive with PENDING
- * frames meanwhile.
+ * frames meanwhile, and answers BUSY if the fetch is still running after the wait.
  */
 export function waitingForFlights<C extends ServableCache> (cache: C, local: Pick<CacheChunks, 'fetching' | 'landed'>, waitMs: number): ServableCache {
   return {
     has: (blobId, ci) => cache.has(blobId, ci),
+    // still on its way after the wait: the server answers BUSY, the asker looks again (two nodes whose fetches
+    // wait on each other's PENDING are parted after `waitMs`, not after the fetcher's idle deadline)
+    fetching: (digest) => local.fetching(digest),
     readChunk: async (blobId, chunk, opts) => await cache.readChunk(blobId, chunk, opts),
     findByDigest: async (digest, opts) => {
       const found = await cache.findByDigest(digest, opts)

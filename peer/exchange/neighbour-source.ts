@@ -17,7 +17,7 @@
 import type { Libp2p, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { raceSignal } from 'race-signal'
-import { describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { ChunkSource, ChunkSourceFetchOptions, FetchedChunk } from '../fetch/index.js'
@@ -25,6 +25,7 @@ import {
   CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, exchangeChunks, type ChunkName
 } from './chunk-protocol.js'
 import type { ChunkLocator } from './blob-locator.js'
+import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
 export const DEFAULT_HEDGE_AFTER_MS = 300
@@ -84,6 +85,11 @@ export interface NeighbourSourceInit {
   busyRetries?: number
   /** the first pause after a BUSY (250 ms), growing to 4× */
   busyBackoffMs?: number
+  /**
+   * with a locator (blob level): rounds in which chunks whose every holder answered BUSY are located again, after a
+   * growing pause (`busy-replan.ts`), before they go to the next source (20; 0: at once)
+   */
+  replanRounds?: number
 }
 
 export interface NeighbourSourceCounters {
@@ -101,6 +107,8 @@ export interface NeighbourSourceCounters {
   failedRequests: number
   notFound: number
   busy: number
+  /** chunks located again because every holder asked was BUSY */
+  replans: number
   /** resolver calls that failed or ran past their deadline */
   resolveFailures: number
 }
@@ -111,7 +119,7 @@ export class NeighbourSource implements ChunkSource {
   readonly name = 'peer:swarm'
   readonly counters: NeighbourSourceCounters = {
     chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, timeouts: 0, requests: 0,
-    failedRequests: 0, notFound: 0, busy: 0, resolveFailures: 0
+    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0
   }
 
   /** @internal */ readonly libp2p: NeighbourSourceComponents['libp2p']
@@ -136,6 +144,7 @@ export class NeighbourSource implements ChunkSource {
       streamsPerHolder: Math.max(1, init.streamsPerHolder ?? DEFAULT_STREAMS_PER_HOLDER),
       busyRetries: Math.max(0, init.busyRetries ?? DEFAULT_BUSY_RETRIES),
       busyBackoffMs: Math.max(1, init.busyBackoffMs ?? 250),
+      replanRounds: Math.max(0, init.replanRounds ?? DEFAULT_REPLAN_ROUNDS),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
   }
@@ -157,7 +166,24 @@ export class NeighbourSource implements ChunkSource {
       opts.decline?.(chunks.filter(c => !asked.has(c)))
     }
     if (wanted.length === 0) return
-    yield * new SwarmFetch(this, blob, wanted, holders, opts).run()
+    let swarm = new SwarmFetch(this, blob, wanted, holders, opts)
+    yield * swarm.run()
+    if (this.locator === undefined) return
+    for (let round = 1; round <= this.opts.replanRounds; round++) {
+      const busy = swarm.busyLeft()
+      if (busy.length === 0) return
+      this.counters.replans += busy.length
+      await delay(replanDelayMs(round), opts.signal)
+      const again = await this.locate(blob, busy, opts.signal)
+      const next = busy.filter(c => (again.get(c.digest.toString('hex'))?.length ?? 0) > 0)
+      if (next.length < busy.length) {
+        const asked = new Set(next)
+        opts.decline?.(busy.filter(c => !asked.has(c)))
+      }
+      if (next.length === 0) return
+      swarm = new SwarmFetch(this, blob, next, again, opts)
+      yield * swarm.run()
+    }
   }
 
   private async locate (blob: RafsBlobInfo, chunks: ChunkInfo[], signal: AbortSignal): Promise<Map<string, ChunkHolder[]>> {
@@ -304,6 +330,9 @@ class SwarmFetch {
   }
 
   private notify (): void { this.wake?.() }
+
+  /** Chunks not delivered whose holders answered BUSY (after `run`): worth locating again. */
+  busyLeft (): ChunkInfo[] { return this.wants.filter(w => !w.done && w.busy > 0).map(w => w.chunk) }
 
   /** Wants that need a holder are assigned in one go, so their requests batch. */
   /** `requeue` after `ms` (the fetch stays open meanwhile) */

@@ -38,6 +38,7 @@ import { BlobLocator } from './blob-locator.js'
 import { ChunkServer, type ChunkServerCounters, type ServableCache } from './chunk-server.js'
 import { HaveService, type HaveCounters } from './have-service.js'
 import { CacheChunks, waitingForFlights } from './local-chunks.js'
+import { DEFAULT_BUSY_AFTER_PARK_MS } from './busy-replan.js'
 import { NeighbourSource, type NeighbourSourceCounters, type NeighbourSourceInit } from './neighbour-source.js'
 
 export const DEFAULT_CLAIM_WAIT_MS = 20_000
@@ -159,7 +160,8 @@ export class P2PNode {
       this.local = new CacheChunks(this.cache)
       this.have = new HaveService({ libp2p: host, local: this.local, ...(logger !== undefined ? { logger } : {}) })
     }
-    const servable = this.local !== undefined ? waitingForFlights(this.cache, this.local, this.claimWaitMs) : this.servable()
+    // blob level: a neighbour waits for our fetch of a chunk at most a second, then hears BUSY and looks again
+    const servable = this.local !== undefined ? waitingForFlights(this.cache, this.local, Math.min(this.claimWaitMs, DEFAULT_BUSY_AFTER_PARK_MS)) : this.servable()
     this.server = new ChunkServer({
       libp2p: host,
       cache: servable,

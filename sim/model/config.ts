@@ -5,7 +5,7 @@
 import type { ModelInit } from './types.js'
 import {
   DEFAULT_BITFIELD_WAIT_MS, DEFAULT_CONCURRENCY, DEFAULT_FETCH_IDLE_MS, DEFAULT_FLUSH_MS, DEFAULT_GRACE_MS, DEFAULT_GROUP_SIZE, DEFAULT_HEDGE_AFTER_MS,
-  DEFAULT_HOLDERS_PER_FETCH, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_HOLDERS_PER_FETCH, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_BUSY_AFTER_PARK_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
   DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST
 } from './policy.js'
 
@@ -23,8 +23,6 @@ export const REPORT_FLUSH_MS = 50
 export const DEFAULT_MAX_SIMULATED_MS = 3_600_000
 /** `NeighbourSource`'s default busyBackoffMs */
 export const DEFAULT_BUSY_BACKOFF_MS = 250
-/** proposal `busyAfterPark`: how long a holder keeps a request waiting for its own fetch before answering BUSY */
-export const BUSY_AFTER_PARK_MS = 1000
 const DETAIL_LIMIT = 1000
 
 export interface Config {
@@ -49,8 +47,6 @@ export interface Config {
   busyBackoffMs: number
   followBack: boolean
   pendingWhenPlanned: boolean
-  replanBusy: boolean
-  busyAfterPark: boolean
   parkTimeoutMs: number
   nodesDetail: 'all' | 'none'
   runtime: boolean
@@ -119,9 +115,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     busyBackoffMs: num('busyBackoffMs', init.busyBackoffMs, 1, DEFAULT_BUSY_BACKOFF_MS),
     followBack: init.proposals?.followBack === true,
     pendingWhenPlanned: init.proposals?.pendingWhenPlanned === true,
-    replanBusy: init.proposals?.replanBusy === true,
-    busyAfterPark: init.proposals?.busyAfterPark === true,
-    parkTimeoutMs: init.proposals?.busyAfterPark === true ? BUSY_AFTER_PARK_MS : 0,
+    parkTimeoutMs: DEFAULT_BUSY_AFTER_PARK_MS,
     nodesDetail: init.nodesDetail ?? (nodes <= DETAIL_LIMIT ? 'all' : 'none'),
     runtime: init.runtime ?? true,
     maxSimulatedMs: num('maxSimulatedMs', init.maxSimulatedMs, 0, DEFAULT_MAX_SIMULATED_MS, true),

@@ -12,6 +12,7 @@ import { Locate } from './locate.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { PeerReq, RegistryReq } from './request.js'
 import { chunkBytes } from './world.js'
+import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './policy.js'
 
 export class Batch {
   readonly startedAt: number
@@ -41,19 +42,19 @@ export class Batch {
 
   toRegistry (cis: number[]): void { new RegistryReq(this, cis).send() }
 
-  /** rounds of re-location per chunk (proposal `replanBusy`) */
+  /** rounds of re-location per chunk (`NeighbourSource`'s rounds for chunks whose holders were all BUSY) */
   private readonly rounds = new Map<number, number>()
 
   /**
-   * Proposal `replanBusy`: chunks whose every holder answered BUSY are located again after a back-off (new holders
-   * appear as the swarm fills), up to `MAX_REPLANS` rounds; then the registry.
+   * As `NeighbourSource.fetch`: chunks whose every holder answered BUSY are located again after the daemon's pause
+   * (`replanDelayMs`; new holders appear as the swarm fills), up to its rounds; then the registry.
    */
   replan (cis: number[]): void {
     const now: number[] = []
     let round = 0
     for (const ci of cis) {
       const r = (this.rounds.get(ci) ?? 0) + 1
-      if (r > MAX_REPLANS) { now.push(ci); continue }
+      if (r > DEFAULT_REPLAN_ROUNDS) { now.push(ci); continue }
       this.rounds.set(ci, r)
       round = Math.max(round, r)
     }
@@ -61,7 +62,7 @@ export class Batch {
     const again = cis.filter(ci => !now.includes(ci))
     if (again.length === 0) return
     this.node.replans += again.length
-    this.node.world.queue.after(Math.min(REPLAN_MAX_MS, REPLAN_BASE_MS << (round - 1)), {
+    this.node.world.queue.after(replanDelayMs(round), {
       fire: () => { if (this.current()) this.nb.group.need(new Locate(this, again, this.startedAt)) }
     })
   }
@@ -90,10 +91,6 @@ export interface Want {
 
 /** The requests of one fetch to one holder. */
 export interface Lane { holder: SimNode, queued: PeerReq[], running: Set<PeerReq>, assigned: number }
-
-const MAX_REPLANS = 40
-const REPLAN_BASE_MS = 20
-const REPLAN_MAX_MS = 250
 
 const FLUSH = 0
 const RETRY = 2
@@ -274,7 +271,7 @@ export class SwarmFetch implements Timed {
     this.ended = true
     this.node.unwatch(this)
     let left = this.wants.filter(w => !w.done)
-    if (this.node.world.cfg.replanBusy && !this.aborted) {
+    if (!this.aborted) {
       const busy = left.filter(w => w.busy > 0)
       if (busy.length > 0) this.batch.replan(busy.map(w => w.ci))
       left = left.filter(w => w.busy === 0)

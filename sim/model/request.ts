@@ -19,7 +19,7 @@ const NOT_FOUND = 2
 const BUSY = 3
 const FAIL = 4
 const HEDGE = 5
-/** proposal `busyAfterPark`: a parked request's wait ran out */
+/** a parked request's wait ran out (`waitingForFlights`: BUSY after `DEFAULT_BUSY_AFTER_PARK_MS`) */
 const PARK_TIMEOUT = 6
 const CODE_BITS = 3
 

@@ -54,13 +54,6 @@ export interface ModelInit {
      * starts: a PENDING then always leads to a source, and two nodes can no longer wait on each other's
      */
     pendingWhenPlanned?: boolean
-    /** chunks whose holders were all BUSY are located again (after a back-off or a neighbour's news), not sent to the registry */
-    replanBusy?: boolean
-    /**
-     * a request waiting for a chunk its holder is fetching itself is answered BUSY after a second (the asker looks
-     * again), so two nodes whose fetches wait on each other's PENDING are not stuck until the fetcher's idle deadline
-     */
-    busyAfterPark?: boolean
   }
   /** per-node entries in the report: 'all', or 'none' for summaries only (default: all up to 1000 nodes) */
   nodesDetail?: 'all' | 'none'
@@ -134,7 +127,7 @@ export interface ModelReport {
     holdersPerLookup: number
     busyRetries: number
     maxUploads: number
-    proposals: { followBack: boolean, pendingWhenPlanned: boolean, replanBusy: boolean, busyAfterPark: boolean }
+    proposals: { followBack: boolean, pendingWhenPlanned: boolean }
     /** registryBytes / blobBytes (goal ≤ 1.1) */
     registryRatio: number
     /** one node alone over the same links (= nativeReadMs) */
