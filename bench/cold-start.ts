@@ -38,6 +38,11 @@ export interface ColdStartOptions {
   mountMode?: 'auto' | 'fuse' | 'erofs-lazy'
   /** `cli` spawns `node dist/cli/main.js mount ... --foreground`; `auto` (default) uses it when it exists, else in-process */
   rafspeer?: 'auto' | 'cli' | 'in-process'
+  /**
+   * Another `cli/main.js` (a build of an earlier commit, say) timed the same way in every round, alternately with
+   * ours: on a shared machine, the load varies more between runs of the bench than a change to the start does.
+   */
+  baselineCli?: string
   workParent?: string
 }
 
@@ -55,10 +60,14 @@ export interface ColdStartResult {
   rafspeer: { runs: ColdRun[], medianMs: number, medianBytes: number }
   /** with the CLI: the same mount by a MountManager in this process, to split process start from the mount path */
   inProcess?: { runs: ColdRun[], medianMs: number, medianBytes: number }
+  /** with `baselineCli`: the same mount by that CLI, in the same rounds */
+  baseline?: { cli: string, runs: ColdRun[], medianMs: number, cliVersionColdMs: number }
   /** full pull time / rafspeer time: above 1 means rafspeer starts faster */
   ratio: number
   /** `node dist/cli/main.js --version` with the page cache dropped: the fixed cost of a new CLI process */
   cliVersionColdMs?: number
+  /** whether dist/cli/main.js is the esbuild bundle (`npm run build`) or tsc's output (`tsc` alone) */
+  cliBundled?: boolean
 }
 
 const CONFIG_PATH = 'app/config.json'
@@ -137,12 +146,17 @@ async function firstRead (mnt: string, t0: number, deadlineMs: number, failed: (
   }
 }
 
+/** `npm run build` bundles the CLI (cli/bundle.mjs marks it); a build with `tsc` alone leaves hundreds of files to load. */
+async function cliBundled (): Promise<boolean> {
+  return (await readFile(CLI, 'utf8')).slice(0, 200).includes('bundled by cli/bundle.mjs')
+}
+
 async function cliMountAvailable (): Promise<boolean> {
   const help = await run(process.execPath, [CLI, 'mount', '--help']).catch(() => '')
   return ['--foreground', '--cache-dir', '--work-dir', '--prefetch', '--mode'].every(f => help.includes(f))
 }
 
-async function rafspeerCli (reg: RegistryServer, ref: string, dir: string, mountMode: string): Promise<ColdRun> {
+async function rafspeerCli (reg: RegistryServer, ref: string, dir: string, mountMode: string, cli = CLI): Promise<ColdRun> {
   const mnt = join(dir, 'mnt')
   for (const d of ['mnt', 'cache', 'work']) await mkdir(join(dir, d))
   await dropCaches()
@@ -152,7 +166,7 @@ async function rafspeerCli (reg: RegistryServer, ref: string, dir: string, mount
   try {
     return await counted(reg, async () => {
       const t = performance.now()
-      child = spawn(process.execPath, [CLI, 'mount', ref, mnt, '--foreground', '--cache-dir', join(dir, 'cache'), '--work-dir', join(dir, 'work'),
+      child = spawn(process.execPath, [cli, 'mount', ref, mnt, '--foreground', '--cache-dir', join(dir, 'cache'), '--work-dir', join(dir, 'work'),
         '--socket', join(dir, 'admin.sock'), '--prefetch', 'none', '--mode', mountMode], { stdio: ['ignore', 'ignore', 'pipe'] })
       child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
       child.on('exit', (code, signal) => { exited = `rafspeer mount exited early (${code ?? signal}): ${stderr.trim()}` })
@@ -224,6 +238,8 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
     const mode = opts.rafspeer ?? 'auto'
     const useCli = mode === 'cli' || (mode === 'auto' && await cliMountAvailable())
     if (mode === 'cli' && !useCli) throw new Error(`${CLI} has no usable mount --foreground`)
+    if (opts.baselineCli !== undefined && !useCli) throw new Error('a baseline CLI is compared with ours: ours must run as a CLI too')
+    const baseline: ColdRun[] = []
     const pulls: ColdRun[] = []
     const mounts: ColdRun[] = []
     const inProc: ColdRun[] = []
@@ -245,14 +261,21 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
         await rm(md, { recursive: true, force: true })
         process.stderr.write(`cold: rafspeer in-process ${(inProc[i]!.ms / 1000).toFixed(2)} s, ${inProc[i]!.bytes} bytes\n`)
       }
+      if (opts.baselineCli !== undefined) {
+        await mkdir(md)
+        baseline.push(await rafspeerCli(reg, `${host}/bench/app:rafs`, md, mountMode, opts.baselineCli))
+        await rm(md, { recursive: true, force: true })
+        process.stderr.write(`cold: baseline CLI ${(baseline[i]!.ms / 1000).toFixed(2)} s\n`)
+      }
     }
-    let cliVersionColdMs: number | undefined
-    if (useCli) {
+    const versionCold = async (cli: string): Promise<number> => {
       await dropCaches()
       const t = performance.now()
-      await run(process.execPath, [CLI, '--version'])
-      cliVersionColdMs = performance.now() - t
+      await run(process.execPath, [cli, '--version'])
+      return performance.now() - t
     }
+    const cliVersionColdMs = useCli ? await versionCold(CLI) : undefined
+    const baselineVersionMs = opts.baselineCli !== undefined ? await versionCold(opts.baselineCli) : undefined
     const fullMs = median(pulls.map(r => r.ms))
     const ourMs = median(mounts.map(r => r.ms))
     return {
@@ -266,7 +289,11 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
       rafspeer: { runs: mounts, medianMs: ourMs, medianBytes: median(mounts.map(r => r.bytes)) },
       ...(inProc.length > 0 ? { inProcess: { runs: inProc, medianMs: median(inProc.map(r => r.ms)), medianBytes: median(inProc.map(r => r.bytes)) } } : {}),
       ratio: fullMs / ourMs,
-      ...(cliVersionColdMs !== undefined ? { cliVersionColdMs } : {})
+      ...(cliVersionColdMs !== undefined ? { cliVersionColdMs } : {}),
+      ...(useCli ? { cliBundled: await cliBundled() } : {}),
+      ...(opts.baselineCli !== undefined
+        ? { baseline: { cli: opts.baselineCli, runs: baseline, medianMs: median(baseline.map(r => r.ms)), cliVersionColdMs: baselineVersionMs! } }
+        : {})
     }
   } finally {
     const left = await forceUnmountUnder(work)
@@ -287,13 +314,18 @@ export function formatColdStart (r: ColdStartResult): string {
       `registry capped at ${mb(r.bandwidth)} MiB/s; page cache dropped before each run; median of ${r.runs}; ${r.machine}`,
     `  full pull (baseline): skopeo copy ${part(r.fullPull.runs, 'skopeoCopyMs')} s + umoci unpack ${part(r.fullPull.runs, 'umociUnpackMs')} s → ` +
       `/${CONFIG_PATH} readable after ${s(r.fullPull.medianMs)} s; registry served ${size(r.fullPull.medianBytes)}`,
-    `  rafspeer mount --prefetch none --mode ${r.mountMode} (${r.rafspeerPath === 'cli' ? 'node dist/cli/main.js mount --foreground, a new process' : 'in-process MountManager'}): ` +
+    `  rafspeer mount --prefetch none --mode ${r.mountMode} (${r.rafspeerPath === 'cli' ? `node dist/cli/main.js mount --foreground, a new process${r.cliBundled === true ? ', bundled CLI' : r.cliBundled === false ? ', unbundled CLI (tsc only)' : ''}` : 'in-process MountManager'}): ` +
       `mounted after ${part(r.rafspeer.runs, 'mountedMs')} s, first byte of /${CONFIG_PATH} after ${s(r.rafspeer.medianMs)} s; ` +
       `registry served ${size(r.rafspeer.medianBytes)} in ${median(r.rafspeer.runs.map(x => x.requests))} requests` +
       (r.cliVersionColdMs !== undefined ? ` (a cold \`rafspeer --version\` alone: ${s(r.cliVersionColdMs)} s)` : ''),
     ...(r.inProcess !== undefined
       ? [`  the same mount by a MountManager in the bench process (no process start): mounted after ${part(r.inProcess.runs, 'mountedMs')} s, ` +
           `first byte after ${s(r.inProcess.medianMs)} s`]
+      : []),
+    ...(r.baseline !== undefined
+      ? [`  the same mount by the baseline CLI ${r.baseline.cli} (in the same rounds): first byte after ${s(r.baseline.medianMs)} s ` +
+          `(${part(r.baseline.runs, 'firstByteMs')}); ours takes ${(r.rafspeer.medianMs / r.baseline.medianMs).toFixed(2)}x its time; ` +
+          `its cold \`--version\`: ${s(r.baseline.cliVersionColdMs)} s`]
       : []),
     `  ratio full pull / rafspeer: ${r.ratio.toFixed(1)}x (goal ≥ 10x); bytes ${(r.fullPull.medianBytes / Math.max(1, r.rafspeer.medianBytes)).toFixed(0)}x fewer`
   ].join('\n')

@@ -2,9 +2,11 @@
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
  * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [directory] [swarm] [mirror] [start] [attack] [--source DIR]
  *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
+ *   [--baseline-cli PATH]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets, the FUSE ones or erofs-lazy; `--tree DIR` makes a copy of DIR
  * (e.g. the Linux source from Debian's linux-source-6.1) its small-file tree. `--bandwidth` caps the registry in `cold`,
+ * whose `--baseline-cli PATH` times another build's `cli/main.js` in the same rounds, alternately with ours;
  * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
  * 4 nodes with containerd each, 256 MiB). `start` (root) times an end-to-end container start, pull to first output line,
  * of a python3 image through overlayfs vs the rafspeer snapshotter (FUSE and auto); `--bandwidth` caps its registry
@@ -29,7 +31,7 @@ import { benchAttack, formatAttackBench } from './attack.js'
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
 const source = sourceAt >= 0 ? args[sourceAt + 1] : undefined
-const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs'])
+const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs', '--baseline-cli'])
 const flag = (name: string): number | undefined => {
   const at = args.indexOf(name)
   if (at < 0) return undefined
@@ -68,7 +70,12 @@ if (want('warm')) {
 if (want('cold')) {
   const modeAt = args.indexOf('--mode')
   const mountMode = modeAt >= 0 ? args[modeAt + 1] as 'auto' | 'fuse' | 'erofs-lazy' : undefined
-  const r = await benchColdStart({ ...(runs !== undefined ? { runs } : {}), ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}), ...(mountMode !== undefined ? { mountMode } : {}) })
+  const baselineAt = args.indexOf('--baseline-cli')
+  const baselineCli = baselineAt >= 0 ? args[baselineAt + 1] : undefined
+  const r = await benchColdStart({
+    ...(runs !== undefined ? { runs } : {}), ...(bandwidthMiB !== undefined ? { bandwidth: bandwidthMiB * (1 << 20) } : {}), ...(mountMode !== undefined ? { mountMode } : {}),
+    ...(baselineCli !== undefined ? { baselineCli } : {})
+  })
   process.stdout.write(formatColdStart(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'cold', ...r }) + '\n')
 }

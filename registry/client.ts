@@ -4,7 +4,7 @@
  * puts the manifest last.
  */
 import { createHash } from 'node:crypto'
-import { Agent, getGlobalDispatcher, type Dispatcher } from 'undici'
+import type { Agent, Dispatcher } from 'undici'
 import { Authenticator, parseWwwAuthenticate, repositoryScope, type Credentials } from './auth.js'
 import { RangeSupport, fetchRange, openBlob, openRange, type BlobStream, type RangeStream } from './blob-download.js'
 import { mount, uploadBlob, type BlobSource, type UploadOptions } from './blob-upload.js'
@@ -17,7 +17,7 @@ import {
   type ImageIndex, type ImageManifest, type Platform
 } from './manifest.js'
 import { digestAlgorithm, registryEndpoint, toReference, validateDigest, type ImageReference } from './reference.js'
-import { TrafficCounters, Transport, header, readCapped } from './transport.js'
+import { TrafficCounters, Transport, header, readCapped, undici } from './transport.js'
 import type { ComponentLogger } from '../base/index.js'
 
 export const DEFAULT_TIMEOUT_MS = 30_000
@@ -114,13 +114,20 @@ export class RegistryClient {
   readonly counters = new TrafficCounters()
   private readonly transport: Transport
   private readonly auth: Authenticator
-  private readonly owned: Agent | undefined
+  private owned: Agent | undefined
   private readonly ranges: RangeSupport
 
   constructor (init: RegistryClientInit = {}) {
-    this.owned = init.dispatcher === undefined && init.ca !== undefined ? new Agent({ connect: { ca: init.ca } }) : undefined
     this.ranges = new RangeSupport(init.logger?.forComponent('rafspeer:registry'))
-    const dispatcher = init.dispatcher ?? this.owned ?? getGlobalDispatcher()
+    const { dispatcher: given, ca } = init
+    // undici is loaded with the first request (see transport.ts); so is the pool for a custom CA
+    const dispatcher = async (): Promise<Dispatcher> => {
+      if (given !== undefined) return given
+      const { Agent, getGlobalDispatcher } = await undici()
+      if (ca === undefined) return getGlobalDispatcher()
+      this.owned ??= new Agent({ connect: { ca } })
+      return this.owned
+    }
     let transport: Transport | undefined
     this.auth = new Authenticator({
       ...(init.credentials !== undefined ? { credentials: init.credentials } : {}),

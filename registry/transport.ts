@@ -6,7 +6,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
-import { request, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import { backoffDelay, delay } from '../base/index.js'
 import type { Authenticator } from './auth.js'
 import {
@@ -84,7 +84,8 @@ export class TrafficCounters {
 
 export interface TransportInit {
   plainHttp: boolean | 'auto' | ((host: string) => boolean)
-  dispatcher: Dispatcher
+  /** resolved at each request: undici is loaded with the first one, not with the module */
+  dispatcher: () => Promise<Dispatcher>
   auth: Authenticator
   counters: TrafficCounters
   retries: number
@@ -95,6 +96,13 @@ export interface TransportInit {
   maxRetryAfterMs: number
   userAgent: string
 }
+
+/**
+ * undici, loaded with the first request: it was the largest part of a new CLI process's start, and commands that
+ * parse references but send nothing to a registry (`rafspeer rpull`, the snapshotter's CRI side) need none of it.
+ * Through `default` (module.exports), the one shape both Node and a bundle give a CommonJS module's `import()`.
+ */
+export const undici = async (): Promise<typeof import('undici').default> => (await import('undici')).default
 
 const RETRY_STATUSES = new Set([408, 429, 500, 502, 503, 504])
 const REDIRECTS = new Set([301, 302, 303, 307, 308])
@@ -244,11 +252,11 @@ export class Transport {
         const authorization = await this.init.auth.authorization(o.host, o.scopes, o.ctx, deadline ?? o.signal)
         if (authorization !== undefined) headers.authorization = authorization
       }
-      const res = await request(url, {
+      const res = await (await undici()).request(url, {
         method,
         headers,
         body: this.bodyFor(o.host, body),
-        dispatcher: this.init.dispatcher,
+        dispatcher: await this.init.dispatcher(),
         signal: deadline ?? o.signal ?? null,
         headersTimeout: this.init.timeoutMs,
         bodyTimeout: this.init.timeoutMs
@@ -317,10 +325,10 @@ export class Transport {
   /** Token requests go through the same dispatcher (and CA) as everything else, with the same deadline. */
   async fetchToken (url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<{ status: number, body: string }> {
     const t = AbortSignal.timeout(this.init.timeoutMs)
-    const res = await request(url, {
+    const res = await (await undici()).request(url, {
       method: 'GET',
       headers: { 'user-agent': this.init.userAgent, ...headers },
-      dispatcher: this.init.dispatcher,
+      dispatcher: await this.init.dispatcher(),
       signal: signal !== undefined ? AbortSignal.any([signal, t]) : t
     })
     const limit = 1 << 20
