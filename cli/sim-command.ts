@@ -33,7 +33,6 @@ interface SimFlags {
   busyRetries?: number
   maxUploads?: number
   holdersPerLookup?: number
-  propose?: Proposal[]
   nodesDetail?: 'all' | 'none'
   chart?: string
 }
@@ -43,8 +42,6 @@ const MODEL_MAX_NODES = 100_000
 const REAL_DEFAULT_NODES = 4
 const MODEL_DEFAULT_NODES = 1000
 const REAL_DEFAULT_IMAGE = 64 << 20
-const PROPOSALS = { 'follow-back': 'followBack', 'pending-when-planned': 'pendingWhenPlanned' } as const
-type Proposal = keyof typeof PROPOSALS
 
 const size = (what: string) => (v: string): number => {
   const n = parseByteSize(v)
@@ -76,15 +73,10 @@ const share = (v: string): number => {
   return n
 }
 
-const proposals = (v: string): Proposal[] => {
-  const names = v.split(',').map(s => s.trim()).filter(s => s !== '')
-  for (const n of names) if (!(n in PROPOSALS)) throw new InvalidArgumentError(`unknown proposal ${JSON.stringify(n)} (known: ${Object.keys(PROPOSALS).join(', ')})`)
-  return names as Proposal[]
-}
 
 /** flags that only one of the two modes reads */
 const REAL_ONLY = ['prefetch', 'mode', 'directory', 'workDir', 'keep'] as const
-const MODEL_ONLY = ['registryBandwidth', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'holdersPerLookup', 'propose', 'nodesDetail', 'chart'] as const
+const MODEL_ONLY = ['registryBandwidth', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'holdersPerLookup', 'nodesDetail', 'chart'] as const
 const flagName = (k: string): string => `--${k.replace(/[A-Z]/g, c => `-${c.toLowerCase()}`)}`
 
 export function registerSimCommand (program: Command): void {
@@ -115,7 +107,6 @@ export function registerSimCommand (program: Command): void {
     .option('--busy-retries <n>', 'model: times a BUSY holder nobody can stand in for is asked again before the registry (default 0, the daemon\'s)', whole(0, 100))
     .option('--max-uploads <n>', 'model: requests each chunk server answers at once (default 16, the daemon\'s)', whole(1, 65535))
     .option('--holders-per-lookup <n>', 'model: holders one scheduler look-up of a blob returns (default 4, what the scheduler client asks)', whole(1, 16))
-    .option('--propose <list>', `model: comma-separated changes to the daemon's behaviour to try (${Object.keys(PROPOSALS).join(', ')})`, proposals)
     .addOption(new Option('--nodes-detail <detail>', 'model: per-node entries in the report (default all up to 1000 nodes, else none)').choices(['all', 'none']))
     .option('--chart <file>', 'model: write an SVG chart (completion CDF, registry egress over time)')
     .option('--json', 'print the report as one JSON object')
@@ -152,7 +143,6 @@ async function runModelMode (f: SimFlags): Promise<void> {
     ...(f.busyRetries !== undefined ? { busyRetries: f.busyRetries } : {}),
     ...(f.maxUploads !== undefined ? { maxUploads: f.maxUploads } : {}),
     ...(f.holdersPerLookup !== undefined ? { holdersPerLookup: f.holdersPerLookup } : {}),
-    ...(f.propose !== undefined ? { proposals: Object.fromEntries(f.propose.map(p => [PROPOSALS[p], true])) } : {}),
     ...(f.nodesDetail !== undefined ? { nodesDetail: f.nodesDetail } : {}),
     log
   })

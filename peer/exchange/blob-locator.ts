@@ -39,6 +39,8 @@ export interface BlobLocatorComponents {
   have: Pick<HaveService, 'interest' | 'onUpdate' | 'table' | 'followers'>
   /** this node's peer id */
   self: string
+  /** told which chunks got a source (a neighbour, or the registry): their PENDING may go out (`CacheChunks.planned`) */
+  planned?: (blobHex: string, indexes: number[]) => void
   logger?: ComponentLogger
 }
 
@@ -68,6 +70,7 @@ export class BlobLocator implements ChunkLocator {
   private readonly directory: HolderResolver
   private readonly have: BlobLocatorComponents['have']
   private readonly self: string
+  private readonly planned: BlobLocatorComponents['planned']
   private readonly log: Logger | undefined
   private readonly groupSize: number
   private readonly graceMs: number
@@ -84,6 +87,7 @@ export class BlobLocator implements ChunkLocator {
     this.directory = components.directory
     this.have = components.have
     this.self = components.self
+    this.planned = components.planned
     this.log = components.logger?.forComponent('rafspeer:blob-locator')
     this.groupSize = Math.max(1, init.groupSize ?? DEFAULT_GROUP_SIZE)
     this.graceMs = init.graceMs ?? DEFAULT_GRACE_MS
@@ -103,6 +107,7 @@ export class BlobLocator implements ChunkLocator {
     const out = new Map<string, ChunkHolder[]>()
     const now = this.now()
     let open = chunks.map(c => ({ chunk: c, since: this.wantedSince(blobHex, c.index, now) }))
+    const chosen: number[] = []
     while (open.length > 0) {
       const waiting: typeof open = []
       let soonest = Infinity
@@ -125,13 +130,16 @@ export class BlobLocator implements ChunkLocator {
           const ci = w.chunk.index
           const peers = [...plan.peers].sort((a, b) => rendezvousScore(b, blobHex, ci) - rendezvousScore(a, blobHex, ci))
           out.set(w.chunk.digest.toString('hex'), peers.map(id => g.holders.get(id) ?? { peerId: id, addrs: [] }))
+          chosen.push(ci)
         } else if (plan.action === 'wait') {
           waiting.push(w)
           soonest = Math.min(soonest, plan.retryInMs)
         } else {
           this.wanted.delete(`${blobHex}/${w.chunk.index}`)
+          chosen.push(w.chunk.index)
         }
       }
+      if (chosen.length > 0) this.planned?.(blobHex, chosen.splice(0))
       if (waiting.length === 0) break
       await this.changeOf(blobHex, soonest, opts.signal)
       open = waiting

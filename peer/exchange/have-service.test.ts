@@ -109,6 +109,18 @@ describe('have sessions between real libp2p hosts', () => {
     off()
   })
 
+  it('follows back: interest in a blob the neighbour works on too is answered with its own', async () => {
+    const third = randomBytes(32).toString('hex')
+    await services[2]!.interest(third, [])
+    locals[0]!.register(third, 4)
+    locals[0]!.have(third, [1])
+    await services[0]!.interest(third, [holder(2)])
+    await eventually(() => { assert.deepEqual(services[0]!.followers(third), [holder(2).peerId]) })
+    await eventually(() => { assert.deepEqual(services[2]!.table.sources(third, 1).have, [holder(0).peerId]) })
+    // a blob the neighbour does not work on is not followed back (first test: host 1 never followed host 0)
+    assert.deepEqual(services[0]!.followers(blob), [])
+  })
+
   it('a blob the neighbour learns later is sent whole once it knows it', async () => {
     await services[0]!.interest(other, [holder(2)])
     await sleep(50)

@@ -71,6 +71,11 @@ export interface HaveServiceInit {
   /** clock of the table (tests) */
   now?: () => number
   pendingTtlMs?: number
+  /**
+   * a neighbour's INTEREST in a blob this node works on too is answered with ours (true): the peers of a blob then
+   * see each other's PENDING at once, not after their next look-up (the model, `sim/model/`, shows it matters)
+   */
+  followBack?: boolean
 }
 
 export interface HaveCounters {
@@ -121,6 +126,7 @@ export class HaveService {
   private readonly maxInterests: number
   private readonly dialTimeoutMs: number
   private readonly wantTimeoutMs: number
+  private readonly followBack: boolean
   private readonly sessions = new Map<string, Session>()
   private readonly dialing = new Map<string, Promise<Session | undefined>>()
   /** blobs this node works on → the neighbours it told */
@@ -140,6 +146,7 @@ export class HaveService {
     this.drainTimeoutMs = init.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS
     this.dialTimeoutMs = init.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS
     this.wantTimeoutMs = init.wantTimeoutMs ?? DEFAULT_WANT_TIMEOUT_MS
+    this.followBack = init.followBack ?? true
     this.table = new HaveTable({ ...(init.now !== undefined ? { now: init.now } : {}), ...(init.pendingTtlMs !== undefined ? { pendingTtlMs: init.pendingTtlMs } : {}) })
   }
 
@@ -348,6 +355,12 @@ export class HaveService {
     })
     s.following.set(blobHex, { out, unsubscribe })
     this.flushOne(s, blobHex, out)
+    const told = this.ours.get(blobHex)
+    if (this.followBack && told !== undefined && !s.interests.has(blobHex)) {
+      told.add(s.peerId)
+      s.interests.add(blobHex)
+      s.send({ type: 'interest', blobs: [Buffer.from(blobHex, 'hex')] })
+    }
   }
 
   /** @internal */

@@ -10,7 +10,7 @@ test('a node\'s own chunks for its neighbours: registration, presence, in-flight
   const dir = await tempDir(t)
   const b = await buildBlob(dir, [200_000, 5000, 70_000, 9000])
   const cache = await BlobCache.open(join(dir, 'cache'))
-  const local = new CacheChunks(cache)
+  const local = new CacheChunks(cache, { pendingWhenPlanned: false })
   t.after(async () => { local.close(); await cache.close() })
   const id = b.blob.blobId
   const heard: string[] = []
@@ -58,4 +58,28 @@ test('a node\'s own chunks for its neighbours: registration, presence, in-flight
   off()
   await cache.putChunk(id, b.chunks[3]!, b.plain[3]!)
   assert.deepEqual(heard, [], 'no listener after unsubscribing')
+})
+
+test('PENDING when planned: a fetch in flight says nothing until the locator chose its source; given up unsaid, no DROPPED', async t => {
+  const dir = await tempDir(t)
+  const b = await buildBlob(dir, [5000, 7000, 9000])
+  const cache = await BlobCache.open(join(dir, 'cache'))
+  const local = new CacheChunks(cache)
+  t.after(async () => { local.close(); await cache.close() })
+  const id = b.blob.blobId
+  await cache.registerBlob(b.blob)
+  const heard: string[] = []
+  local.subscribe(id, { have: xs => heard.push(`have ${xs.join()}`), pending: xs => heard.push(`pending ${xs.join()}`), dropped: xs => heard.push(`dropped ${xs.join()}`), known: () => {} })
+  local.started(id, [b.chunks[0]!, b.chunks[1]!, b.chunks[2]!])
+  assert.deepEqual(heard, [])
+  assert.deepEqual(local.snapshot(id)!.pending, [])
+  // in flight all the same: a neighbour's request for it waits (the chunk server's `fetching`)
+  assert.equal(local.fetching(b.chunks[2]!.digest), true)
+  local.planned(id, [0, 1, 7])
+  local.planned(id, [1])
+  assert.deepEqual(heard, ['pending 0,1'])
+  assert.deepEqual(local.snapshot(id)!.pending.sort(), [0, 1])
+  local.ended(id, 1)
+  local.ended(id, 2)
+  assert.deepEqual(heard, ['pending 0,1', 'dropped 1'])
 })

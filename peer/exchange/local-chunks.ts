@@ -18,9 +18,19 @@ export interface PresenceSource {
   findByDigest: (digest: Buffer) => Promise<unknown>
 }
 
+export interface CacheChunksInit {
+  /**
+   * PENDING goes out for a chunk in flight only once the blob locator has chosen its source (`planned`), not when
+   * its fetch starts (true): a PENDING then always stands for bytes on their way from the registry or a neighbour,
+   * never for a fetch that is itself waiting on someone's PENDING, so two nodes cannot wait on each other's
+   */
+  pendingWhenPlanned?: boolean
+}
+
 export class CacheChunks implements LocalChunks, FlightActivity {
-  /** blob → ci → fetches of it running (two mounts of one blob may each fetch it) and its digest */
-  private readonly inFlight = new Map<string, Map<number, { n: number, digest: string }>>()
+  /** blob → ci → fetches of it running (two mounts of one blob may each fetch it), its digest, and whether its PENDING went out */
+  private readonly inFlight = new Map<string, Map<number, { n: number, digest: string, said: boolean }>>()
+  private readonly pendingWhenPlanned: boolean
   /** hex digest → (blob, ci) fetches of it running */
   private readonly digests = new Map<string, number>()
   /** hex digest → callbacks of neighbours' requests waiting for our fetch of it */
@@ -39,7 +49,8 @@ export class CacheChunks implements LocalChunks, FlightActivity {
     for (const l of this.listeners.get(blobId) ?? []) l.known()
   }
 
-  constructor (private readonly cache: PresenceSource) {
+  constructor (private readonly cache: PresenceSource, init: CacheChunksInit = {}) {
+    this.pendingWhenPlanned = init.pendingWhenPlanned ?? true
     cache.events.on('chunk', this.onChunk)
     cache.events.on('registered', this.onRegistered)
   }
@@ -54,7 +65,9 @@ export class CacheChunks implements LocalChunks, FlightActivity {
   snapshot (blobId: string): { chunks: number, bits: Uint8Array, pending: number[] } | undefined {
     const p = this.cache.presence(blobId)
     if (p === undefined) return undefined
-    return { chunks: p.chunks, bits: p.bits, pending: [...(this.inFlight.get(blobId)?.keys() ?? [])] }
+    const pending: number[] = []
+    for (const [ci, f] of this.inFlight.get(blobId) ?? []) if (f.said) pending.push(ci)
+    return { chunks: p.chunks, bits: p.bits, pending }
   }
 
   subscribe (blobId: string, listener: LocalListener): () => void {
@@ -107,9 +120,23 @@ export class CacheChunks implements LocalChunks, FlightActivity {
       const f = m.get(c.index)
       if (f !== undefined) { f.n++; continue }
       const hex = c.digest.toString('hex')
-      m.set(c.index, { n: 1, digest: hex })
+      m.set(c.index, { n: 1, digest: hex, said: !this.pendingWhenPlanned })
       this.digests.set(hex, (this.digests.get(hex) ?? 0) + 1)
       fresh.push(c.index)
+    }
+    if (fresh.length > 0 && !this.pendingWhenPlanned) for (const l of this.listeners.get(blobId) ?? []) l.pending(fresh)
+  }
+
+  /** The blob locator chose where these chunks come from: their PENDING goes out (if they are in flight). */
+  planned (blobId: string, indexes: readonly number[]): void {
+    const m = this.inFlight.get(blobId)
+    if (m === undefined) return
+    const fresh: number[] = []
+    for (const ci of indexes) {
+      const f = m.get(ci)
+      if (f === undefined || f.said) continue
+      f.said = true
+      fresh.push(ci)
     }
     if (fresh.length > 0) for (const l of this.listeners.get(blobId) ?? []) l.pending(fresh)
   }
@@ -127,8 +154,8 @@ export class CacheChunks implements LocalChunks, FlightActivity {
     const waiters = this.landing.get(f.digest)
     this.landing.delete(f.digest)
     for (const w of waiters ?? []) w()
-    // present: its HAVE went out with the cache's event; absent: the fetch was given up
-    if (!this.cache.has(blobId, index)) for (const l of this.listeners.get(blobId) ?? []) l.dropped([index])
+    // present: its HAVE went out with the cache's event; absent: the fetch was given up (said only if PENDING was)
+    if (f.said && !this.cache.has(blobId, index)) for (const l of this.listeners.get(blobId) ?? []) l.dropped([index])
   }
 }
 

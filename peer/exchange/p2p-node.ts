@@ -213,7 +213,13 @@ export class P2PNode {
     }
     this.resolver = this.claiming()
     const locator = this.have !== undefined
-      ? new BlobLocator({ directory: this.swarm, have: this.have, self: host.peerId.toString(), ...(logger !== undefined ? { logger } : {}) })
+      ? new BlobLocator({
+        directory: this.swarm,
+        have: this.have,
+        self: host.peerId.toString(),
+        planned: (hex, cis) => { this.local?.planned(hex, cis) },
+        ...(logger !== undefined ? { logger } : {})
+      })
       : undefined
     this.source = new NeighbourSource({ libp2p: host, resolver: this.resolver, ...(locator !== undefined ? { locator } : {}), ...(logger !== undefined ? { logger } : {}) }, {
       ...(init.maxHolders !== undefined ? { maxHolders: init.maxHolders } : {}),

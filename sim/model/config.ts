@@ -45,8 +45,6 @@ export interface Config {
   holdersPerLookup: number
   busyRetries: number
   busyBackoffMs: number
-  followBack: boolean
-  pendingWhenPlanned: boolean
   parkTimeoutMs: number
   nodesDetail: 'all' | 'none'
   runtime: boolean
@@ -113,8 +111,6 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     holdersPerLookup: int('holdersPerLookup', init.holdersPerLookup, 1, 16, DEFAULT_HOLDERS_PER_LOOKUP),
     busyRetries: int('busyRetries', init.busyRetries, 0, 100, DEFAULT_BUSY_RETRIES),
     busyBackoffMs: num('busyBackoffMs', init.busyBackoffMs, 1, DEFAULT_BUSY_BACKOFF_MS),
-    followBack: init.proposals?.followBack === true,
-    pendingWhenPlanned: init.proposals?.pendingWhenPlanned === true,
     parkTimeoutMs: DEFAULT_BUSY_AFTER_PARK_MS,
     nodesDetail: init.nodesDetail ?? (nodes <= DETAIL_LIMIT ? 'all' : 'none'),
     runtime: init.runtime ?? true,

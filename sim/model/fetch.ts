@@ -29,13 +29,13 @@ export class Batch {
   current (): boolean { return this.node.alive && this.node.incarnation === this.inc }
 
   start (): void {
-    if (!this.node.world.cfg.pendingWhenPlanned) this.node.pending(this.nb, this.cis)
     this.nb.group.need(new Locate(this))
   }
 
   /** The locator's answer: holders per chunk, and the chunks for the registry now. */
   located (peers: Map<number, SimNode[]>, source: number[]): void {
-    if (this.node.world.cfg.pendingWhenPlanned) this.node.pending(this.nb, this.cis)
+    // as `CacheChunks` with `pendingWhenPlanned`: PENDING once the locator chose where the chunks come from
+    this.node.pending(this.nb, this.cis)
     if (source.length > 0) this.toRegistry(source)
     if (peers.size > 0) new SwarmFetch(this, peers).start()
   }

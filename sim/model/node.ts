@@ -299,8 +299,8 @@ export class SimNode implements Timed {
     nb.followers.add(from)
     const m: HaveMessage = { type: 'bitfield', blob: nb.spec.key, chunks: nb.spec.chunks, bits: nb.present.slice(), pending: [...nb.inFlight].slice(0, MAX_INDEXES_PER_MESSAGE) }
     this.send([from], nb, [m])
-    // proposal: follow those who follow us, so a group's peers see each other's PENDING
-    if (this.cfg.followBack && nb.group.working && !nb.told.has(from)) this.interest(nb, from)
+    // as `HaveService` with `followBack`: interest in a blob this node works on too is answered with ours
+    if (nb.group.working && !nb.told.has(from)) this.interest(nb, from)
   }
 
   private send (to: SimNode[], nb: NodeBlob, msgs: HaveMessage[]): void {

@@ -42,19 +42,6 @@ export interface ModelInit {
   busyBackoffMs?: number
   /** requests each node's chunk server answers at once, waiting ones included; more are answered BUSY (default 16) */
   maxUploads?: number
-  /**
-   * Changes to the daemon's behaviour the model can try before they are written; all off (the default) is the
-   * daemon as it is.
-   */
-  proposals?: {
-    /** a node that receives INTEREST in a blob it works on sends INTEREST back, so peers of a group see each other's PENDING */
-    followBack?: boolean
-    /**
-     * a node says PENDING for a chunk once its locator has chosen where to fetch it from, not when the fetch batch
-     * starts: a PENDING then always leads to a source, and two nodes can no longer wait on each other's
-     */
-    pendingWhenPlanned?: boolean
-  }
   /** per-node entries in the report: 'all', or 'none' for summaries only (default: all up to 1000 nodes) */
   nodesDetail?: 'all' | 'none'
   /** include the real run time and memory (the only parts of a report that differ between runs of one seed; default true) */
@@ -127,7 +114,6 @@ export interface ModelReport {
     holdersPerLookup: number
     busyRetries: number
     maxUploads: number
-    proposals: { followBack: boolean, pendingWhenPlanned: boolean }
     /** registryBytes / blobBytes (goal ≤ 1.1) */
     registryRatio: number
     /** one node alone over the same links (= nativeReadMs) */
