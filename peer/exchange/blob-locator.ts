@@ -11,7 +11,7 @@
 import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
-import { planChunk, rendezvousScore } from './back-to-source.js'
+import { NEAR_WINDOW, planChunk, rendezvousScore } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
 
 export const DEFAULT_GROUP_SIZE = 4
@@ -122,7 +122,8 @@ export class BlobLocator implements ChunkLocator {
           pending: pending.map(p => p.peerId).filter(p => p !== this.self),
           wantedForMs: this.now() - w.since,
           graceMs: this.graceMs,
-          stable: g.group !== undefined
+          stable: g.group !== undefined,
+          activeNear: () => this.have.table.activeNear(blobHex, w.chunk.index, NEAR_WINDOW)
         })
         if (plan.action === 'peer') {
           // holders in an order of their hash with the chunk: askers spread over every holder of a chunk instead of

@@ -111,4 +111,28 @@ test('plan: holders, then peers fetching it, then the assignee fetches and the o
   const outsider = planChunk({ ...base, self: 'z', ci })
   assert.ok(outsider.action === 'wait' || outsider.action === 'source')
   assert.equal(getBit(Uint8Array.of(0x40), 1), true)
+  // the scheduler's group: an outsider is never the assignee; past the grace it goes to the source, unless its
+  // neighbours are busy near the chunk, then it waits up to four graces for the group's PENDING
+  const stable = { ...base, self: 'z', ci, stable: true }
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 0 }), { action: 'wait', retryInMs: 200 })
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 200 }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 200, activeNear: () => true }), { action: 'wait', retryInMs: 600 })
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 800, activeNear: () => true }), { action: 'source' })
+  // a member of the group, assignee or not, keeps the short grace
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200, stable: true, activeNear: () => true }), { action: 'source' })
+})
+
+test('activity near a chunk: a neighbour that has or fetches one within the window', () => {
+  let now = 0
+  const t = new HaveTable({ now: () => now, pendingTtlMs: 1000 })
+  const bits = newBits(64)
+  setBit(bits, 10)
+  t.apply('p', { type: 'bitfield', blob, chunks: 64, bits, pending: [40] })
+  assert.equal(t.activeNear(hex, 18, 8), true)
+  assert.equal(t.activeNear(hex, 19, 8), false)
+  assert.equal(t.activeNear(hex, 33, 8), true)
+  assert.equal(t.activeNear(hex, 60, 8), false)
+  now = 2000 // the PENDING went stale
+  assert.equal(t.activeNear(hex, 33, 8), false)
+  assert.equal(t.activeNear(randomBytes(32).toString('hex'), 10, 8), false)
 })

@@ -123,6 +123,23 @@ export class HaveTable {
   }
 
   /** Neighbours that told us about the blob, and how many of its chunks each has. */
+  /** Whether some neighbour has, or is fetching, a chunk of the blob within `window` indexes of `ci`. */
+  activeNear (blobHex: string, ci: number, window: number): boolean {
+    const per = this.blobs.get(blobHex)
+    if (per === undefined) return false
+    const now = this.now()
+    for (const st of per.values()) {
+      const lo = Math.max(0, ci - window)
+      const hi = Math.min(st.chunks - 1, ci + window)
+      for (let i = lo; i <= hi; i++) {
+        if (getBit(st.bits, i)) return true
+        const since = st.pending.get(i)
+        if (since !== undefined && now - since <= this.pendingTtlMs) return true
+      }
+    }
+    return false
+  }
+
   neighbours (blobHex: string): Array<{ peerId: string, have: number, chunks: number }> {
     const per = this.blobs.get(blobHex)
     return per === undefined ? [] : [...per].map(([peerId, st]) => ({ peerId, have: st.have, chunks: st.chunks }))

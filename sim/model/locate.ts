@@ -8,7 +8,7 @@ import type { Timed } from './events.js'
 import { blobGroup } from './daemon-policy.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
-import { backToSourceAssignee, planChunk } from './policy.js'
+import { backToSourceAssignee, NEAR_WINDOW, planChunk } from './policy.js'
 
 const NONE = 0
 const LOOKING = 1
@@ -148,7 +148,8 @@ export class Locate implements Timed {
         pending: pending.map(p => p.peerId).filter(p => p !== self),
         wantedForMs: now - this.since,
         graceMs: w.cfg.graceMs,
-        stable
+        stable,
+        activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW)
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, plan.peers.map(id => w.byPeerId.get(id)!))
