@@ -13,6 +13,9 @@
  * (default 50 MiB/s), `--runs` repeats its cold starts (default 1). `directory` compares the in-memory swarm directory
  * with the Redis Cluster one on a 3-master cluster it starts here (its Redis half is skipped without redis-server).
  * `attack` (named only) floods a default scheduler with fake identities and reports its memory and honest look-ups.
+ * `credibility` (named only, root) runs the real `rafspeer sim` and the model with the same parameters side by side:
+ *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks]` (lists
+ *   of counts and sizes here; a bare size is MiB, as elsewhere).
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -27,11 +30,13 @@ import { benchDirectory, formatDirectoryBench } from './directory.js'
 import { benchMirror, formatMirrorBench } from './mirror.js'
 import { benchContainerStart, formatContainerStart } from './container-start.js'
 import { benchAttack, formatAttackBench } from './attack.js'
+import { benchCredibility, formatCredibilityBench } from './credibility.js'
+import { parseByteSize } from '../base/index.js'
 
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
 const source = sourceAt >= 0 ? args[sourceAt + 1] : undefined
-const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs', '--baseline-cli'])
+const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs', '--baseline-cli', '--directory'])
 const flag = (name: string): number | undefined => {
   const at = args.indexOf(name)
   if (at < 0) return undefined
@@ -42,11 +47,22 @@ const flag = (name: string): number | undefined => {
 const onlyAt = args.indexOf('--only')
 const only = onlyAt >= 0 ? args[onlyAt + 1] : undefined
 if (only !== undefined && only !== 'kernel' && only !== 'fuse' && only !== 'lazy') throw new Error(`--only wants kernel, fuse or lazy, got ${only}`)
+/** a comma-separated list of sizes (a bare number is MiB) */
+const sizes = (name: string): number[] | undefined => {
+  const at = args.indexOf(name)
+  if (at < 0) return undefined
+  return (args[at + 1] ?? '').split(',').map(v => {
+    const n = /^\d+(\.\d+)?$/.test(v.trim()) ? Number(v) * (1 << 20) : parseByteSize(v)
+    if (n === undefined || !(n > 0)) throw new Error(`${name} wants sizes such as 4MiB,16MiB, got ${args[at + 1]}`)
+    return n
+  })
+}
 const runs = flag('--runs')
-const bandwidthMiB = flag('--bandwidth')
 const which = args.filter((a, i) => !a.startsWith('--') && !valued.has(args[i - 1] ?? ''))
+// credibility reads --bandwidth as a list of sizes; the others as one number of MiB
+const bandwidthMiB = which.length === 1 && which[0] === 'credibility' ? undefined : flag('--bandwidth')
 const root = process.getuid?.() === 0
-const want = (name: string): boolean => which.includes(name) || (which.length === 0 && name !== 'attack' && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror', 'start'].includes(name)))
+const want = (name: string): boolean => which.includes(name) || (which.length === 0 && name !== 'attack' && name !== 'credibility' && (root || !['warm', 'cold', 'cold-read', 'swarm', 'mirror', 'start'].includes(name)))
 
 if (want('build')) {
   const r = await benchBuild(source)
@@ -151,4 +167,24 @@ if (want('attack')) {
   const r = await benchAttack()
   process.stdout.write(formatAttackBench(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'attack', ...r }) + '\n')
+}
+
+if (want('credibility')) {
+  const nodesAt = args.indexOf('--nodes')
+  const nodes = nodesAt >= 0 ? (args[nodesAt + 1] ?? '').split(',').map(Number) : undefined
+  if (nodes !== undefined && !nodes.every(n => Number.isInteger(n) && n >= 1 && n <= 64)) throw new Error(`--nodes wants counts from 1 to 64 such as 2,4,8, got ${args[nodesAt + 1]}`)
+  const directoryAt = args.indexOf('--directory')
+  const directory = directoryAt >= 0 ? args[directoryAt + 1] : undefined
+  if (directory !== undefined && directory !== 'blobs' && directory !== 'chunks') throw new Error(`--directory wants blobs or chunks, got ${directory}`)
+  const imageBytes = sizes('--image-size')?.[0]
+  const bandwidths = sizes('--bandwidth')
+  const r = await benchCredibility({
+    ...(nodes !== undefined ? { nodes } : {}),
+    ...(bandwidths !== undefined ? { bandwidths } : {}),
+    ...(imageBytes !== undefined ? { imageBytes } : {}),
+    ...(directory !== undefined ? { directory } : {}),
+    log: line => { process.stderr.write(line + '\n') }
+  })
+  process.stdout.write(formatCredibilityBench(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'credibility', ...r }) + '\n')
 }

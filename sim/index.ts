@@ -6,7 +6,8 @@
  * ({@link runModel}, `model/`): a deterministic discrete-event model of 10 to 100 000 nodes in this process, running
  * the daemon's own scheduler index, have table and back-to-source policy over modelled links, with the same report
  * and what only a model can count. Plus the image contents the simulator and the demo publish ({@link generateTree})
- * and the content maps that check what was read.
+ * and the content maps that check what was read. {@link modelInitFor} and {@link compareRuns} hold the model against a
+ * real run with the same parameters.
  *
  * @example
  * ```ts
@@ -15,6 +16,9 @@
  * ```
  */
 export { runSwarm, formatSwarmReport, type SwarmInit, type SwarmReport, type NodeReport } from './swarm.js'
+export {
+  modelInitFor, compareRuns, ISSUE_BOUNDS, type CredibilityBounds, type FigureComparison, type ModelMappingOptions
+} from './credibility.js'
 export { generateTree, contentMap, diffContent, type ContentMap } from './source-tree.js'
 export {
   runModel, formatModelReport, modelChartSvg, MAX_MODEL_NODES, type ModelInit, type ModelReport, type ModelNodeReport

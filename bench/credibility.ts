@@ -1,0 +1,183 @@
+/**
+ * Credibility of the swarm model (issue 13): for each swarm size and bandwidth cap, the real `rafspeer sim` (N real
+ * daemons, lazy mounts, the capped embedded registry) and the model with that run's parameters
+ * (`modelInitFor`), side by side: registry egress over one pull, completion p50 and max, as model / real, flagged
+ * outside ±5% (egress) and ±15% (times). Per cap, one node alone both ways (the real one-node run and the model's
+ * `nativeReadMs`). The model runs twice: with the real reader's read-ahead window (the mapping) and with the
+ * fetcher's whole window (what `rafspeer sim --model` does), to show what the reader's window is worth.
+ *
+ * Real runs share this machine's two cores with their daemons, readers and registry (and with whatever else runs
+ * here): each row reports the CPU the swarm used (this process and every child it reaped) and how busy the whole
+ * machine was, so a time off by more than the bound can be told apart as CPU-bound or not.
+ */
+import { readFile } from 'node:fs/promises'
+import { compareRuns, modelInitFor, ISSUE_BOUNDS, type FigureComparison } from '../sim/credibility.js'
+import { runModel, runSwarm, type ModelReport, type SwarmInit, type SwarmReport } from '../sim/index.js'
+
+export interface CredibilityBenchOptions {
+  nodes?: number[]
+  bandwidths?: number[]
+  imageBytes?: number
+  directory?: 'blobs' | 'chunks'
+  chunkSize?: number
+  staggerMs?: number
+  rttMs?: number
+  log?: (line: string) => void
+}
+
+export interface CpuUse {
+  /** CPU seconds of this process and the children it reaped (daemons, readers) over the run */
+  swarmCpuS: number
+  /** swarmCpuS over (wall × cores) */
+  swarmShare: number
+  /** the whole machine's busy share over the run (everyone's work) */
+  machineBusy: number
+}
+
+export interface CredibilityRow {
+  nodes: number
+  bandwidth: number
+  real: { egress: number, p50Ms: number, maxMs: number, wallMs: number, verifiedOk: boolean, idleDeadlineFetches: number, perNode: Array<{ completionMs: number, registryBytes: number, peerBytes: number }> }
+  model: { egress: number, p50Ms: number, maxMs: number, idleTimeouts: number }
+  /** the model with the fetcher's whole window (as `rafspeer sim --model` runs) */
+  modelDaemonWindow: { egress: number, p50Ms: number, maxMs: number }
+  figures: FigureComparison[]
+  cpu: CpuUse
+}
+
+export interface CredibilityBenchResult {
+  imageBytes: number
+  blobBytes: number
+  directory: 'blobs' | 'chunks'
+  chunkSize: number
+  rttMs: number
+  cores: number
+  /** per cap: one real node alone (its completion) and the model's one node alone */
+  alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse }>
+  rows: CredibilityRow[]
+  withinBounds: { egress: number, p50: number, max: number, of: number }
+}
+
+const MiB = 1 << 20
+/** a fetch attempt this long was ended by the fetcher's 10 s idle deadline, not by its source */
+const IDLE_DEADLINE_MS = 10_000
+
+/** utime + stime of this process and of its reaped children, and the machine's busy and total jiffies */
+async function cpuSnapshot (): Promise<{ own: number, busy: number, total: number }> {
+  const self = (await readFile('/proc/self/stat', 'utf8')).split(') ')[1]!.split(' ')
+  // fields 14–17 of proc(5) (utime stime cutime cstime) are 11–14 after the command's closing parenthesis
+  const own = [11, 12, 13, 14].reduce((a, i) => a + Number(self[i]), 0)
+  const cpu = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
+  const total = cpu.reduce((a, b) => a + b, 0)
+  // idle and iowait
+  return { own, busy: total - cpu[3]! - cpu[4]!, total }
+}
+
+async function measured<T> (cores: number, fn: () => Promise<T>): Promise<{ value: T, cpu: CpuUse }> {
+  const t0 = performance.now()
+  const a = await cpuSnapshot()
+  const value = await fn()
+  const b = await cpuSnapshot()
+  const wallS = (performance.now() - t0) / 1000
+  // USER_HZ is 100 on Linux, whatever the kernel's own tick
+  const swarmCpuS = (b.own - a.own) / 100
+  return { value, cpu: { swarmCpuS, swarmShare: swarmCpuS / (wallS * cores), machineBusy: (b.busy - a.busy) / Math.max(1, b.total - a.total) } }
+}
+
+export async function benchCredibility (opts: CredibilityBenchOptions = {}): Promise<CredibilityBenchResult> {
+  const nodes = opts.nodes ?? [2, 4, 8]
+  const bandwidths = opts.bandwidths ?? [4 * MiB, 16 * MiB]
+  const imageBytes = opts.imageBytes ?? 64 * MiB
+  const directory = opts.directory ?? 'blobs'
+  const rttMs = opts.rttMs ?? 1
+  const log = opts.log ?? (() => {})
+  const { availableParallelism } = await import('node:os')
+  const cores = availableParallelism()
+  if (directory === 'chunks') log('note: the model indexes blobs (who works on which blob) whatever the real run does: a chunk-level real run is compared with the blob-level model')
+  const alone: CredibilityBenchResult['alone'] = []
+  const rows: CredibilityRow[] = []
+  let blobBytes = 0
+  for (const bandwidth of bandwidths) {
+    const run = async (n: number): Promise<{ init: SwarmInit, real: SwarmReport, cpu: CpuUse }> => {
+      const init: SwarmInit = {
+        nodes: n,
+        imageBytes,
+        bandwidth,
+        directory,
+        ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
+        ...(opts.staggerMs !== undefined ? { staggerMs: opts.staggerMs } : {}),
+        log
+      }
+      log(`real: ${n} node(s) at ${bandwidth / MiB} MiB/s`)
+      const { value: real, cpu } = await measured(cores, async () => await runSwarm(init))
+      blobBytes = real.blobBytes
+      return { init, real, cpu }
+    }
+    const one = await run(1)
+    const oneModel = runModel(modelInitFor(one.init, one.real, { rttMs }))
+    alone.push({ bandwidth, realMs: one.real.maxMs, modelMs: oneModel.nativeReadMs, ratio: oneModel.nativeReadMs / one.real.maxMs, cpu: one.cpu })
+    for (const n of nodes) {
+      const { init, real, cpu } = await run(n)
+      const model: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader' }))
+      const daemonWindow: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'daemon' }))
+      rows.push({
+        nodes: n,
+        bandwidth,
+        real: {
+          egress: real.registryBytes / real.blobBytes,
+          p50Ms: real.p50Ms,
+          maxMs: real.maxMs,
+          wallMs: real.wallMs,
+          verifiedOk: real.verifiedOk,
+          idleDeadlineFetches: real.nodes.filter(x => x.fetchMs.max >= IDLE_DEADLINE_MS).length,
+          perNode: real.nodes.map(x => ({ completionMs: x.completionMs, registryBytes: x.registryBytes, peerBytes: x.peerBytes }))
+        },
+        model: { egress: model.model.registryRatio, p50Ms: model.p50Ms, maxMs: model.maxMs, idleTimeouts: model.model.peerRequests.idleTimeouts },
+        modelDaemonWindow: { egress: daemonWindow.model.registryRatio, p50Ms: daemonWindow.p50Ms, maxMs: daemonWindow.maxMs },
+        figures: compareRuns(real, model),
+        cpu
+      })
+      log(formatRow(rows[rows.length - 1]!))
+    }
+  }
+  const count = (f: FigureComparison['figure']): number => rows.filter(r => r.figures.find(x => x.figure === f)!.within).length
+  return {
+    imageBytes,
+    blobBytes,
+    directory,
+    chunkSize: opts.chunkSize ?? 1 << 20,
+    rttMs,
+    cores,
+    alone,
+    rows,
+    withinBounds: { egress: count('egress'), p50: count('p50Ms'), max: count('maxMs'), of: rows.length }
+  }
+}
+
+const s = (ms: number): string => (ms / 1000).toFixed(1)
+const flagged = (f: FigureComparison): string => `${f.ratio.toFixed(2)}${f.within ? '' : ' ✗'}`
+
+function formatRow (r: CredibilityRow): string {
+  const [e, p, m] = r.figures as [FigureComparison, FigureComparison, FigureComparison]
+  return `| ${r.nodes} | ${r.bandwidth / MiB} MiB/s | ${r.real.egress.toFixed(3)} / ${r.model.egress.toFixed(3)} (${flagged(e)}) | ` +
+    `${s(r.real.p50Ms)} / ${s(r.model.p50Ms)} (${flagged(p)}) | ${s(r.real.maxMs)} / ${s(r.model.maxMs)} (${flagged(m)}) | ` +
+    `${s(r.modelDaemonWindow.p50Ms)} / ${s(r.modelDaemonWindow.maxMs)} | ${r.real.idleDeadlineFetches} | ` +
+    `${(r.cpu.swarmShare * 100).toFixed(0)}% / ${(r.cpu.machineBusy * 100).toFixed(0)}% |`
+}
+
+export function formatCredibilityBench (r: CredibilityBenchResult): string {
+  return [
+    `credibility: real \`rafspeer sim\` vs the model, ${(r.imageBytes / MiB).toFixed(0)} MiB image (${(r.blobBytes / MiB).toFixed(1)} MiB of blobs), ` +
+      `${(r.chunkSize / MiB).toFixed(2)} MiB chunks, directory ${r.directory}, model RTT ${r.rttMs} ms; ✗ outside ±${ISSUE_BOUNDS.egress * 100}% (egress) / ±${ISSUE_BOUNDS.times * 100}% (times)`,
+    '',
+    '| alone | real | model | model / real | swarm CPU / machine busy |',
+    '|---|---|---|---|---|',
+    ...r.alone.map(a => `| 1 node at ${a.bandwidth / MiB} MiB/s | ${s(a.realMs)} s | ${s(a.modelMs)} s | ${a.ratio.toFixed(2)} | ${(a.cpu.swarmShare * 100).toFixed(0)}% / ${(a.cpu.machineBusy * 100).toFixed(0)}% |`),
+    '',
+    '| nodes | cap | egress real / model (model/real) | p50 s real / model | max s real / model | model, fetcher window: p50 / max s | real nodes with a 10 s idle-deadline fetch | swarm CPU / machine busy |',
+    '|---|---|---|---|---|---|---|---|',
+    ...r.rows.map(formatRow),
+    '',
+    `within bounds: egress ${r.withinBounds.egress}/${r.withinBounds.of}, p50 ${r.withinBounds.p50}/${r.withinBounds.of}, max ${r.withinBounds.max}/${r.withinBounds.of}`
+  ].join('\n')
+}
