@@ -12,6 +12,17 @@
  * (the model, `sim/model/`: 1,000 nodes cost the registry 1.8 copies of a 3 GB image with 1 grace)
  */
 export const OUTSIDE_GROUP_GRACE_FACTOR = 4
+/**
+ * A blob's holders are asked of the scheduler again this soon while its group is not full yet (it is still filling:
+ * the first peers of a swarm would otherwise each plan over a different partial group, and fetch the same chunks)
+ */
+export const INCOMPLETE_GROUP_REFRESH_MS = 250
+
+/** Whether a looked-up group is old: a full one after `refreshMs`, one still filling after {@link INCOMPLETE_GROUP_REFRESH_MS}. */
+export function groupStale (group: readonly string[] | undefined, groupSize: number, ageMs: number, refreshMs: number): boolean {
+  return ageMs >= (group !== undefined && group.length < groupSize ? Math.min(refreshMs, INCOMPLETE_GROUP_REFRESH_MS) : refreshMs)
+}
+
 /** chunks either side of a wanted one whose neighbours' activity makes it "a region the swarm is busy with" */
 export const NEAR_WINDOW = 8
 

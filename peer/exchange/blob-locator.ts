@@ -11,7 +11,7 @@
 import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
-import { NEAR_WINDOW, planChunk, rendezvousScore } from './back-to-source.js'
+import { groupStale, NEAR_WINDOW, planChunk, rendezvousScore } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
 
 export const DEFAULT_GROUP_SIZE = 4
@@ -174,7 +174,7 @@ export class BlobLocator implements ChunkLocator {
     const known = this.groups.get(blobHex)
     if (known !== undefined) {
       const g = await known
-      if (this.now() - g.at < this.refreshMs) return g
+      if (!groupStale(g.group, this.groupSize, this.now() - g.at, this.refreshMs)) return g
     }
     const fresh = this.lookUp(blobHex, signal)
     this.groups.set(blobHex, fresh)

@@ -8,7 +8,7 @@ import type { Timed } from './events.js'
 import { blobGroup } from './daemon-policy.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
-import { backToSourceAssignee, NEAR_WINDOW, planChunk } from './policy.js'
+import { backToSourceAssignee, groupStale, NEAR_WINDOW, planChunk } from './policy.js'
 
 const NONE = 0
 const LOOKING = 1
@@ -36,7 +36,8 @@ export class GroupState implements Timed {
   /** `loc` runs once the group is known and fresh. */
   need (loc: Locate): void {
     const q = this.node.world.queue
-    if (this.phase === READY && q.now - this.at < this.node.world.cfg.refreshMs) { loc.plan(); return }
+    const cfg = this.node.world.cfg
+    if (this.phase === READY && !groupStale(this.named, cfg.groupSize, q.now - this.at, cfg.refreshMs)) { loc.plan(); return }
     this.waiters.push(loc)
     if (this.phase === LOOKING || this.phase === BITFIELDS) return
     this.firstLookUp = this.phase === NONE
