@@ -16,22 +16,9 @@ import { createHost, type Host } from '../p2p/index.js'
 import { startSchedulerProcess, type SchedulerProcess } from '../test/helpers/scheduler-process.js'
 import { SchedulerClient, startSchedulerNode, type SchedulerClientInit, type SchedulerNode } from './index.js'
 import { SchedulerTargets } from './targets.js'
+import { eventually } from '../test/helpers/eventually.js'
 
 const digest = (n: string): Buffer => createHash('sha256').update(n).digest()
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-async function eventually (check: () => Promise<void>, ms = 8000): Promise<void> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    try {
-      await check()
-      return
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-      await sleep(25)
-    }
-  }
-}
 
 const hosts: Host[] = []
 const clients: SchedulerClient[] = []

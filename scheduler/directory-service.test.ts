@@ -17,16 +17,9 @@ import { SchedulerClient } from './client.js'
 import type { SchedulerClientInit } from './types.js'
 import { createDirectory } from './directory/index.js'
 import { startDirectorySchedulerNode, type DirectorySchedulerNode } from './directory-service.js'
+import { eventually, sleep } from '../test/helpers/eventually.js'
 
 const run = promisify(execFile)
-const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
-async function eventually (check: () => Promise<void>, ms = 8000): Promise<void> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    try { await check(); return } catch (err) { if (Date.now() > deadline) throw err }
-    await sleep(50)
-  }
-}
 
 function harness (): { client: (sched: DirectorySchedulerNode | string[], init?: Partial<SchedulerClientInit>) => Promise<{ host: Host, client: SchedulerClient, id: string }>, close: () => Promise<void> } {
   const hosts: Host[] = []
@@ -74,15 +67,16 @@ describe('scheduler protocol over the in-memory directory', () => {
   })
 })
 
-describe('two schedulers in front of one Redis Cluster', { skip: redisClusterSkipReason() ?? false }, () => {
+/** Two directory schedulers over one fresh 3-master cluster, for the enclosing describe. */
+function twoSchedulers (keyPrefix: string): { h: ReturnType<typeof harness>, s1: () => DirectorySchedulerNode, s2: () => DirectorySchedulerNode } {
   let cluster: RedisCluster | undefined
-  let s1: DirectorySchedulerNode
-  let s2: DirectorySchedulerNode
+  let s1: DirectorySchedulerNode | undefined
+  let s2: DirectorySchedulerNode | undefined
   const h = harness()
   before(async () => {
     cluster = await startRedisCluster({ masters: 3 })
-    s1 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix: 'svc1:' }))
-    s2 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix: 'svc1:' }))
+    s1 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix }))
+    s2 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix }))
   })
   after(async () => {
     await h.close()
@@ -90,42 +84,33 @@ describe('two schedulers in front of one Redis Cluster', { skip: redisClusterSki
     await s1?.stop().catch(() => {})
     await cluster?.stop()
   })
+  return { h, s1: () => s1!, s2: () => s2! }
+}
+
+describe('two schedulers in front of one Redis Cluster', { skip: redisClusterSkipReason() ?? false }, () => {
+  const { h, s1, s2 } = twoSchedulers('svc1:')
 
   it('what one peer announces through one scheduler, another resolves through the other; one dying loses nothing', async () => {
-    const a = await h.client(s1)
-    const b = await h.client(s2)
+    const a = await h.client(s1())
+    const b = await h.client(s2())
     const blobs = [randomBytes(32), randomBytes(32), randomBytes(32)]
     a.client.announce(blobs)
     for (const blob of blobs) await eventually(async () => { assert.deepEqual(await holdersOf(b.client, blob), [a.id]) })
     // the scheduler a talks to dies: its state lives in Redis, b still finds a (until a's TTL runs out)
-    await s1.stop()
+    await s1().stop()
     assert.deepEqual(await holdersOf(b.client, blobs[0]!), [a.id])
     // a third peer through the surviving scheduler joins the swarm of those blobs
-    const c = await h.client(s2)
+    const c = await h.client(s2())
     await eventually(async () => { assert.ok((await holdersOf(c.client, blobs[1]!)).includes(a.id)) })
   })
 })
 
 describe('a client moving between two schedulers over one Redis Cluster', { skip: redisClusterSkipReason() ?? false }, () => {
-  let cluster: RedisCluster | undefined
-  let s1: DirectorySchedulerNode
-  let s2: DirectorySchedulerNode
-  const h = harness()
-  before(async () => {
-    cluster = await startRedisCluster({ masters: 3 })
-    s1 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix: 'move:' }))
-    s2 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster.seeds, keyPrefix: 'move:' }))
-  })
-  after(async () => {
-    await h.close()
-    await s2?.stop().catch(() => {})
-    await s1?.stop().catch(() => {})
-    await cluster?.stop()
-  })
+  const { h, s1, s2 } = twoSchedulers('move:')
 
   it('keeps what it announced and what it claimed by asking: the new session\'s reset does not drop them', async () => {
-    const a = await h.client([s1.multiaddrs[0]!, s2.multiaddrs[0]!], { minReconnectMs: 20, maxReconnectMs: 200 })
-    const observer = await h.client(s2)
+    const a = await h.client([s1().multiaddrs[0]!, s2().multiaddrs[0]!], { minReconnectMs: 20, maxReconnectMs: 200 })
+    const observer = await h.client(s2())
     const announced = randomBytes(32)
     const asked = randomBytes(32)
     a.client.announce([announced])
@@ -134,9 +119,9 @@ describe('a client moving between two schedulers over one Redis Cluster', { skip
     await eventually(async () => { assert.deepEqual(await holdersOf(observer.client, asked), [a.id]) })
     await eventually(async () => { assert.deepEqual(await holdersOf(observer.client, announced), [a.id]) })
     const before = a.client.stats().sessions
-    await s1.stop()
+    await s1().stop()
     await eventually(async () => { assert.ok(a.client.connected && a.client.stats().sessions > before, 'a moved to the second scheduler') })
-    assert.equal(a.client.address, s2.multiaddrs[0])
+    assert.equal(a.client.address, s2().multiaddrs[0])
     // its first frame there reset its entries, and re-sent both
     await sleep(500)
     assert.deepEqual(await holdersOf(observer.client, announced), [a.id])

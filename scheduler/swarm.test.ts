@@ -15,27 +15,13 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { PrivateKey } from '@libp2p/interface'
 import { SCHEDULER_PROTOCOL, SchedulerClient, loadOrCreatePeerKey, startSchedulerNode, type SchedulerNode, type SchedulerError } from './index.js'
+import { eventually } from '../test/helpers/eventually.js'
 
 const digest = (n: string): Buffer => createHash('sha256').update(n).digest()
 const hex = (d: Buffer): string => d.toString('hex')
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
 async function peerNode (): Promise<Host> {
   return await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-}
-
-/** polls until `check` passes or `ms` elapse (then the last failure is thrown) */
-async function eventually (check: () => Promise<void>, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    try {
-      await check()
-      return
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-      await sleep(25)
-    }
-  }
 }
 
 const holderIds = async (c: SchedulerClient, d: Buffer): Promise<string[]> =>
