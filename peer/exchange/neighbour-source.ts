@@ -87,7 +87,7 @@ export interface NeighbourSourceInit {
   busyBackoffMs?: number
   /**
    * with a locator (blob level): rounds in which chunks whose every holder answered BUSY are located again, after a
-   * growing pause (`busy-replan.ts`), before they go to the next source (20; 0: at once)
+   * growing pause (`busy-replan.ts`), before they go to the next source (40; 0: at once)
    */
   replanRounds?: number
 }
