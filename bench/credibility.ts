@@ -11,8 +11,9 @@
  * machine was, so a time off by more than the bound can be told apart as CPU-bound or not.
  */
 import { readFile } from 'node:fs/promises'
-import { compareRuns, modelInitFor, ISSUE_BOUNDS, type FigureComparison } from '../sim/credibility.js'
-import { runModel, runSwarm, type ModelReport, type SwarmInit, type SwarmReport } from '../sim/index.js'
+import {
+  compareRuns, modelInitFor, ISSUE_BOUNDS, runModel, runSwarm, type FigureComparison, type ModelReport, type SwarmInit, type SwarmReport
+} from '../sim/index.js'
 
 export interface CredibilityBenchOptions {
   nodes?: number[]
