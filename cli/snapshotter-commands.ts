@@ -88,7 +88,7 @@ export function registerSnapshotterCommands (program: Command): void {
     .option('--timeout <seconds>', 'give up after this long (default 600)')
     .option('--json', 'JSON output')
     .action(async (ref: string, f: RpullFlags) => {
-      const { CriImageClient } = await snapshotter()
+      const { CriImageClient } = await import('../cri/index.js')
       const auth = f.user === undefined ? undefined : parseUser(f.user)
       const timeoutS = f.timeout === undefined ? 600 : Number(f.timeout)
       if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new Error(`--timeout ${f.timeout}: expected a number of seconds`)

@@ -6,9 +6,9 @@
  * metadata in LevelDB: `metadata.ts`, list filters: `filters.ts`) has the semantics of containerd's overlayfs
  * snapshotter, so ordinary OCI images work through it too; RAFS layers plug in through `RemoteLayers`
  * (`rafs-layers.ts`): claimed at pull (containerd downloads no blob), and one lazy mount of the image through the
- * node's mount manager under every container on it. `cri-client.ts` pulls through containerd's CRI (`rafspeer
- * rpull`: only a CRI pull gives the snapshotter the labels it needs), `containerd-config.ts` writes containerd's
- * config for it.
+ * node's mount manager under every container on it. The CRI client that pulls for it (`rafspeer rpull`: only a
+ * CRI pull gives the snapshotter the labels it needs) is its own room, `cri/`; `containerd-config.ts` writes
+ * containerd's config for it.
  *
  * @example
  * ```ts
@@ -32,9 +32,6 @@ export { Snapshots, type SnapshotStore, type SnapshotsComponents, type Snapshots
 export { startSnapshotService, DEFAULT_SNAPSHOTTER_SOCKET, type SnapshotService, type SnapshotServiceInit } from './grpc-service.js'
 export { RafsLayers, daemonMounter, imageOf, type ImageMounter, type LayerImage, type RafsLayersInit } from './rafs-layers.js'
 export { CriCredentials, startCriProxy, type CriProxy, type CriProxyInit } from './cri-proxy.js'
-export {
-  CriImageClient, CriError, DEFAULT_CONTAINERD_ADDRESS, type CriAuth, type CriImage
-} from './cri-client.js'
 export {
   renderSnapshotterConfig, writeSnapshotterConfig, unwriteSnapshotterConfig, ContainerdConfigError, DEFAULT_SNAPSHOTTER_NAME
 } from './containerd-config.js'

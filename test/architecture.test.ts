@@ -21,11 +21,12 @@ const MAY_IMPORT: Record<string, string[]> = {
   convert: ['base', 'rafs', 'registry', 'image'],
   peer: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler'],
   proxy: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'peer'],
+  cri: ['base'],
   snapshotter: ['base', 'rafs', 'registry', 'image', 'cache', 'peer'],
   sim: ['base', 'peer', 'scheduler', 'registry', 'convert'],
-  cli: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'snapshotter', 'sim'],
+  cli: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'cri', 'snapshotter', 'sim'],
   // benchmarks build their source images with the tests' OCI helper
-  bench: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'snapshotter', 'sim', 'test']
+  bench: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'cri', 'snapshotter', 'sim', 'test']
 }
 
 /** the rooms of the node daemon, each above the ones it may import */

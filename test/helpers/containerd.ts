@@ -31,7 +31,7 @@ import { mkdir, mkdtemp, readdir, rm, rmdir, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { promisify } from 'node:util'
-import { CriImageClient } from '../../snapshotter/cri-client.js'
+import { CriImageClient } from '../../cri/index.js'
 import { stopChild } from './process.js'
 
 const exec = promisify(execFile)

@@ -17,7 +17,7 @@ import { writeHostsToml } from '../proxy/index.js'
 import { startRegistryServer, type RegistryServer } from '../registry/index.js'
 import { containerdSkipReason, startContainerd, CRI_NAMESPACE, type Containerd } from '../test/helpers/containerd.js'
 import { buildLayeredImage, pushLayeredImage, type LayeredImage } from '../test/helpers/layered-image.js'
-import { CriError, CriImageClient } from './cri-client.js'
+import { CriError, CriImageClient } from './index.js'
 
 const PROTO_DIR = fileURLToPath(new URL('../../snapshotter/proto/', import.meta.url))
 
