@@ -81,7 +81,8 @@ export class RafsReader {
   readonly prefetchNids: number[]
   private readonly metaStart: number
   private readonly inodes = new Map<number, ReaderInode>()
-  private chunkTable?: Map<string, ChunkInfo>
+  /** chunk-table entries by (blob, ci index), the first of each; see chunkInfo */
+  private chunkTable?: { first: Map<number, ChunkInfo>, otherSlots: Map<string, ChunkInfo> }
 
   private constructor (readonly buf: Buffer, readonly name: string) {
     const h = decodeHeaderStrict(buf, name)
@@ -316,18 +317,27 @@ export class RafsReader {
    * One object per entry, so deduplicated chunks are shared.
    */
   chunkInfo (blobIndex: number, ciIndex: number, blkaddr?: number): ChunkInfo {
+    // numeric keys: a mount builds this table for every chunk of the image while a container waits for it; the
+    // rare entry whose (blob, ci index) repeats at another slot is kept by its exact key
+    const key = (b: number, ci: number): number => b * 0x1_0000_0000 + ci
     if (this.chunkTable === undefined) {
-      const table = new Map<string, ChunkInfo>()
+      const first = new Map<number, ChunkInfo>()
+      const otherSlots = new Map<string, ChunkInfo>()
       for (const { info } of this.chunkTableEntries()) {
-        const key = `${info.blobIndex}/${info.index}`
-        if (!table.has(key)) table.set(key, info)
-        const exact = `${key}/${info.uncompressedOffset / BLOCK_SIZE}`
-        if (!table.has(exact)) table.set(exact, info)
+        const k = key(info.blobIndex, info.index)
+        const had = first.get(k)
+        if (had === undefined) first.set(k, info)
+        else if (had.uncompressedOffset !== info.uncompressedOffset) {
+          const exact = `${info.blobIndex}/${info.index}/${info.uncompressedOffset / BLOCK_SIZE}`
+          if (!otherSlots.has(exact)) otherSlots.set(exact, info)
+        }
       }
-      this.chunkTable = table
+      this.chunkTable = { first, otherSlots }
     }
-    const key = blkaddr === undefined ? `${blobIndex}/${ciIndex}` : `${blobIndex}/${ciIndex}/${blkaddr}`
-    const info = this.chunkTable.get(key)
+    let info = this.chunkTable.first.get(key(blobIndex, ciIndex))
+    if (info !== undefined && blkaddr !== undefined && info.uncompressedOffset / BLOCK_SIZE !== blkaddr) {
+      info = this.chunkTable.otherSlots.get(`${blobIndex}/${ciIndex}/${blkaddr}`)
+    }
     if (info === undefined) throw new RafsFormatError(`failed to get chunk info for chunk ${blobIndex}/${ciIndex}${blkaddr === undefined ? '' : '/' + blkaddr} in the chunk table`)
     const blob = this.blobEntries[blobIndex]
     if (blob === undefined || info.uncompressedSize === 0 || info.uncompressedSize > this.chunkSize || info.uncompressedOffset % BLOCK_SIZE !== 0) {

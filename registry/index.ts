@@ -36,7 +36,7 @@ export {
 export type { BlobStream, RangeStream } from './blob-download.js'
 export { parseContentRange, MAX_RANGE_BYTES, type ContentRange } from './blob-download.js'
 export { DEFAULT_CHUNK_SIZE, type BlobSource, type UploadOptions } from './blob-upload.js'
-export { TrafficCounters } from './transport.js'
+export { TrafficCounters, preloadHttpClient } from './transport.js'
 export {
   parseWwwAuthenticate, loadDockerConfigCredentials, defaultDockerConfigPath, repositoryScope, normalizeConfigKey,
   type Challenge, type Credentials

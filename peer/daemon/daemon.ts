@@ -12,6 +12,7 @@
  */
 import { mkdir } from 'node:fs/promises'
 import { RafspeerError, createLogger, describeError, packageVersion, type ComponentLogger, type Logger } from '../../base/index.js'
+import { preloadHttpClient } from '../../registry/index.js'
 import type { MountInfo, MountRequest, MountService } from '../mount/index.js'
 import { prepareSocket, startAdminApi, type AdminApi, type DaemonInfo } from './admin-api.js'
 import type { DaemonConfig } from './config.js'
@@ -199,5 +200,7 @@ export async function runDaemon (config: DaemonConfig, components: DaemonCompone
   log.info('ready: admin API on %s%s (version %s, pid %d, cache %s)', config.socket,
     daemon.metricsAddress !== undefined ? `, metrics on http://${daemon.metricsAddress}/metrics` : '', packageVersion(), process.pid, config.cache.dir)
   opts.onReady?.(daemon, mounted)
+  // what a first mount loads, loaded while nothing waits: not in the middle of a container's pull
+  setImmediate(() => { preloadHttpClient().catch((err: unknown) => { log.debug('preloading the HTTP client: %s', describeError(err)) }) })
   return daemon
 }

@@ -40,6 +40,8 @@ export interface OpenImageRequest {
   plainHttp?: boolean | 'auto'
   platform?: string
   signal?: AbortSignal
+  /** told as each step ends (`manifest`, `bootstrap`, `open`, `cache`), for the mount's timing line */
+  onStep?: (step: string) => void
 }
 
 export class ImageOpenError extends RafspeerError<'RAFSPEER_ERR_NOT_RAFS' | 'RAFSPEER_ERR_IMAGE_SOURCE'> {}
@@ -61,7 +63,8 @@ export async function openImage (c: OpenImageComponents, req: OpenImageRequest, 
     ? await openLocal(req)
     : await openRemote(c, req, workDir)
   try {
-    for (const b of opened.blobs) await c.cache.registerBlob(b)
+    // each blob its own file and record: registered side by side, as the mount waits for all of them
+    await Promise.all(opened.blobs.map(async b => { await c.cache.registerBlob(b) }))
     await c.cache.putImage({
       ref: opened.source,
       manifestDigest: opened.manifestDigest ?? opened.bootstrapDigest,
@@ -69,6 +72,7 @@ export async function openImage (c: OpenImageComponents, req: OpenImageRequest, 
       bootstrapDigest: opened.bootstrapDigest,
       blobIds: opened.blobs.map(b => b.blobId)
     })
+    req.onStep?.('cache')
   } catch (err) {
     await opened.close()
     throw err
@@ -106,12 +110,14 @@ async function openRemote (c: OpenImageComponents, req: OpenImageRequest, workDi
   const registrySource = new RegistrySource({ client }, { repository })
   const finish = async (bootstrapPath: string, manifestDigest: string, offline: boolean): Promise<OpenedImage> => {
     const reader = await RafsReader.open(bootstrapPath)
+    const bootstrapDigest = `sha256:${await sha256File(bootstrapPath)}`
+    req.onStep?.('open')
     return {
       source: req.source,
       repository,
       manifestDigest,
       bootstrapPath,
-      bootstrapDigest: `sha256:${await sha256File(bootstrapPath)}`,
+      bootstrapDigest,
       reader,
       blobs: reader.blobs,
       chunkSources: [registrySource],
@@ -131,6 +137,7 @@ async function openRemote (c: OpenImageComponents, req: OpenImageRequest, workDi
     }
     throw err
   }
+  req.onStep?.('manifest')
   if (isIndex(got.json)) throw new ImageOpenError('RAFSPEER_ERR_NOT_RAFS', `${req.source} is an index without a manifest for this platform`)
   const boot = findBootstrapLayer(got.json)
   if (boot === undefined) {
@@ -152,5 +159,6 @@ async function openRemote (c: OpenImageComponents, req: OpenImageRequest, workDi
       await rm(tmp, { force: true })
     }
   }
+  req.onStep?.('bootstrap')
   return await finish(bootstrapPath, got.digest, false)
 }

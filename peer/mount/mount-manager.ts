@@ -133,6 +133,15 @@ export class MountManager implements MountService {
 
   private async doMount (req: MountRequest, signal: AbortSignal | undefined): Promise<MountInfo> {
     const requestedMode = req.mode ?? this.init.defaultMode ?? 'auto'
+    // where a mount's time goes, in its log line: a container waits for all of it
+    const started = performance.now()
+    let lapAt = started
+    const laps: string[] = []
+    const lap = (step: string): void => {
+      const now = performance.now()
+      laps.push(`${step} ${Math.round(now - lapAt)}`)
+      lapAt = now
+    }
     const st = await stat(req.mountpoint).catch(() => undefined)
     if (st === undefined) await mkdir(req.mountpoint, { recursive: true })
     else if (!st.isDirectory()) throw new MountError('RAFSPEER_ERR_MOUNT', `mountpoint ${req.mountpoint} is not a directory`)
@@ -150,7 +159,8 @@ export class MountManager implements MountService {
         source: req.source,
         ...(req.blobDir !== undefined ? { blobDir: req.blobDir } : {}),
         plainHttp: req.plainHttp ?? this.init.plainHttp ?? 'auto',
-        ...(signal !== undefined ? { signal } : {})
+        ...(signal !== undefined ? { signal } : {}),
+        onStep: lap
       }, this.init.workDir)
     } catch (err) {
       await own?.close()
@@ -185,6 +195,7 @@ export class MountManager implements MountService {
       readBytes: 0,
       readErrors: 0
     }
+    lap('chunk table')
     try {
       let mode: MountInfo['mode'] = requestedMode === 'auto' ? 'fuse' : requestedMode
       if (requestedMode === 'kernel') {
@@ -196,6 +207,7 @@ export class MountManager implements MountService {
         else if (await erofsLazyUnavailable() === undefined) mode = 'erofs-lazy'
       }
       if (mode !== 'fuse') await clearStaleMount(req.mountpoint, join(this.init.workDir, 'bootstraps'), this.log)
+      lap('mode')
       if (mode === 'kernel') {
         await this.mountKernel(m, req.mountpoint)
       } else if (mode === 'erofs-lazy') {
@@ -215,8 +227,10 @@ export class MountManager implements MountService {
         prefetch: m.prefetch,
         mountedAt: new Date().toISOString()
       }
+      lap(`${mode} mount`)
       this.mounts.set(req.mountpoint, m)
-      this.log?.info('mounted %s at %s (%s mode%s)', image.source, req.mountpoint, mode, image.offline ? ', registry offline' : '')
+      this.log?.info('mounted %s at %s (%s mode%s) in %d ms (%s)', image.source, req.mountpoint, mode, image.offline ? ', registry offline' : '',
+        Math.round(performance.now() - started), laps.join(', '))
       if (mode !== 'kernel') this.startPrefetch(m, req.prefetch ?? this.init.prefetch?.policy ?? 'table')
       return this.infoOf(m)
     } catch (err) {
