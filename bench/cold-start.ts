@@ -3,7 +3,8 @@
  * with a bandwidth cap. Baseline, measured in the same run: a full pull (`skopeo copy` to an OCI layout, then
  * `umoci unpack`, then read the file). Ours: `rafspeer mount REF MNT --foreground` from an empty cache and work
  * directory, `--prefetch none`, `--mode auto` (erofs-lazy where the host can; `mountMode` asks another), until the
- * file's bytes come back through the mount.
+ * file's bytes come back through the mount; and the same mount as a node does it, `rafspeer mount` (the client)
+ * through a daemon already running with an empty cache.
  *
  * Image: an OCI image built with umoci (as `test/helpers/oci-image.ts` does) of a few hundred small files,
  * among them `/app/config.json`, the file we read, and a few big incompressible files (model weights, say);
@@ -23,6 +24,7 @@ import { convertImage } from '../convert/index.js'
 import { BlobCache } from '../cache/index.js'
 import { FuseNativeBackend, MountManager } from '../peer/index.js'
 import { addLayer, pseudoRandom, pushOciImage, type OciImage } from '../test/helpers/oci-image.js'
+import { startDaemon } from '../test/helpers/daemon.js'
 import { dropCaches, forceUnmountUnder, machineNotes, median, mountsUnder, run, waitFor } from './measure.js'
 
 export interface ColdStartOptions {
@@ -60,6 +62,11 @@ export interface ColdStartResult {
   rafspeer: { runs: ColdRun[], medianMs: number, medianBytes: number }
   /** with the CLI: the same mount by a MountManager in this process, to split process start from the mount path */
   inProcess?: { runs: ColdRun[], medianMs: number, medianBytes: number }
+  /**
+   * with the CLI: `rafspeer mount` (a new client process) through a daemon already running on the node with an
+   * empty cache, as a node mounts (the daemon is a service, the command its client); `ratio` is full pull / this
+   */
+  viaDaemon?: { runs: ColdRun[], medianMs: number, medianBytes: number, ratio: number }
   /** with `baselineCli`: the same mount by that CLI, in the same rounds */
   baseline?: { cli: string, runs: ColdRun[], medianMs: number, cliVersionColdMs: number }
   /** full pull time / rafspeer time: above 1 means rafspeer starts faster */
@@ -184,6 +191,34 @@ async function rafspeerCli (reg: RegistryServer, ref: string, dir: string, mount
   }
 }
 
+/**
+ * `rafspeer mount REF MNT --socket S` (the client command, a new process) through a `rafspeer daemon` started
+ * before the clock with an empty cache and work directory: the clock covers the client's start, the daemon's
+ * mount (manifest, bootstrap, the kernel mount) and the first read.
+ */
+async function rafspeerViaDaemon (reg: RegistryServer, ref: string, dir: string, mountMode: string): Promise<ColdRun> {
+  const mnt = join(dir, 'mnt')
+  await mkdir(mnt)
+  const daemon = await startDaemon(join(dir), { log: { level: 'info' } })
+  try {
+    await dropCaches()
+    return await counted(reg, async () => {
+      const t = performance.now()
+      let failed: string | undefined
+      let stderr = ''
+      const child = spawn(process.execPath, [CLI, 'mount', ref, mnt, '--socket', daemon.socket, '--prefetch', 'none', '--mode', mountMode],
+        { stdio: ['ignore', 'ignore', 'pipe'] })
+      child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+      child.on('exit', (code, signal) => { if (code !== 0) failed = `rafspeer mount failed (${code ?? signal}): ${stderr.trim()}\n${daemon.log().slice(-2000)}` })
+      const mountedMs = await firstRead(mnt, t, 120_000, () => failed)
+      return { ...(mountedMs !== undefined ? { mountedMs } : {}), firstByteMs: performance.now() - t }
+    })
+  } finally {
+    await daemon.stop()
+    if (!await waitFor(async () => (await mountsUnder(mnt)).length === 0, 10_000)) await forceUnmountUnder(mnt)
+  }
+}
+
 async function rafspeerInProcess (reg: RegistryServer, ref: string, dir: string, mountMode: 'auto' | 'fuse' | 'erofs-lazy'): Promise<ColdRun> {
   const mnt = join(dir, 'mnt')
   await mkdir(mnt)
@@ -243,6 +278,7 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
     const pulls: ColdRun[] = []
     const mounts: ColdRun[] = []
     const inProc: ColdRun[] = []
+    const viaDaemon: ColdRun[] = []
     for (let i = 0; i < runs; i++) {
       // alternate, so that neither path always runs on a machine the other just warmed
       const pd = join(work, `pull${i}`)
@@ -260,6 +296,12 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
         inProc.push(await rafspeerInProcess(reg, `${host}/bench/app:rafs`, md, mountMode))
         await rm(md, { recursive: true, force: true })
         process.stderr.write(`cold: rafspeer in-process ${(inProc[i]!.ms / 1000).toFixed(2)} s, ${inProc[i]!.bytes} bytes\n`)
+      }
+      if (useCli) {
+        await mkdir(md)
+        viaDaemon.push(await rafspeerViaDaemon(reg, `${host}/bench/app:rafs`, md, mountMode))
+        await rm(md, { recursive: true, force: true })
+        process.stderr.write(`cold: rafspeer mount through a running daemon ${(viaDaemon[i]!.ms / 1000).toFixed(2)} s, ${viaDaemon[i]!.bytes} bytes\n`)
       }
       if (opts.baselineCli !== undefined) {
         await mkdir(md)
@@ -288,6 +330,9 @@ export async function benchColdStart (opts: ColdStartOptions = {}): Promise<Cold
       fullPull: { runs: pulls, medianMs: fullMs, medianBytes: median(pulls.map(r => r.bytes)) },
       rafspeer: { runs: mounts, medianMs: ourMs, medianBytes: median(mounts.map(r => r.bytes)) },
       ...(inProc.length > 0 ? { inProcess: { runs: inProc, medianMs: median(inProc.map(r => r.ms)), medianBytes: median(inProc.map(r => r.bytes)) } } : {}),
+      ...(viaDaemon.length > 0
+        ? { viaDaemon: { runs: viaDaemon, medianMs: median(viaDaemon.map(r => r.ms)), medianBytes: median(viaDaemon.map(r => r.bytes)), ratio: fullMs / median(viaDaemon.map(r => r.ms)) } }
+        : {}),
       ratio: fullMs / ourMs,
       ...(cliVersionColdMs !== undefined ? { cliVersionColdMs } : {}),
       ...(useCli ? { cliBundled: await cliBundled() } : {}),
@@ -321,6 +366,10 @@ export function formatColdStart (r: ColdStartResult): string {
     ...(r.inProcess !== undefined
       ? [`  the same mount by a MountManager in the bench process (no process start): mounted after ${part(r.inProcess.runs, 'mountedMs')} s, ` +
           `first byte after ${s(r.inProcess.medianMs)} s`]
+      : []),
+    ...(r.viaDaemon !== undefined
+      ? [`  \`rafspeer mount\` (a new client process) through a daemon already running on the node, empty cache: mounted after ` +
+          `${part(r.viaDaemon.runs, 'mountedMs')} s, first byte after ${s(r.viaDaemon.medianMs)} s = ${r.viaDaemon.ratio.toFixed(1)}x the full pull`]
       : []),
     ...(r.baseline !== undefined
       ? [`  the same mount by the baseline CLI ${r.baseline.cli} (in the same rounds): first byte after ${s(r.baseline.medianMs)} s ` +

@@ -13,6 +13,8 @@ import { formatBytes, type LogLevel } from '../base/index.js'
 import type { DaemonConfigInput, DaemonInfo, MetricsJson, MountInfo, MountMode, MountRequest, PrefetchPolicy } from '../peer/index.js'
 
 const peer = async (): Promise<typeof import('../peer/index.js')> => await import('../peer/index.js')
+/** what the client commands need of a running daemon, without loading the node */
+const daemonClient = async (): Promise<typeof import('../peer/client.js')> => await import('../peer/client.js')
 const proxy = async (): Promise<typeof import('../proxy/index.js')> => await import('../proxy/index.js')
 const snapshotter = async (): Promise<typeof import('../snapshotter/index.js')> => await import('../snapshotter/index.js')
 
@@ -156,8 +158,9 @@ export async function clientSocket (f: { socket?: string, config?: string }, env
   if (f.socket !== undefined) return resolve(cwd, f.socket)
   if (env.RAFSPEER_SOCKET !== undefined && env.RAFSPEER_SOCKET !== '') return resolve(cwd, env.RAFSPEER_SOCKET)
   const path = configPath(f, env, cwd)
-  const { DEFAULT_SOCKET, loadDaemonConfig } = await peer()
-  return path === undefined ? DEFAULT_SOCKET : (await loadDaemonConfig(path)).socket
+  if (path === undefined) return (await daemonClient()).DEFAULT_SOCKET
+  const { loadDaemonConfig } = await peer()
+  return (await loadDaemonConfig(path)).socket
 }
 
 /** The `--log-level` given on the command line (here or on a parent command: the global flag takes it first). */
@@ -213,7 +216,7 @@ const print = (text: string): void => { process.stdout.write(text + '\n') }
 const printJson = (value: unknown): void => { print(JSON.stringify(value, null, 2)) }
 
 async function probeFree (socket: string): Promise<boolean> {
-  const { AdminClient, AdminClientError } = await peer()
+  const { AdminClient, AdminClientError } = await daemonClient()
   try {
     await new AdminClient(socket, { timeoutMs: 2000 }).daemon()
     return false
@@ -265,14 +268,15 @@ export function registerDaemonCommands (program: Command): void {
     .action(async (ref: string, mountpoint: string, f: MountFlags, cmd: Command) => {
       const req = buildMountRequest(ref, mountpoint, f)
       const show = (info: MountInfo): void => { f.json === true ? printJson(info) : print(formatMountInfo(info)) }
-      const { AdminClient, loadDaemonConfig, runDaemon } = await peer()
       if (f.foreground !== true) {
         for (const [flag, v] of [['--cache-dir', f.cacheDir], ['--work-dir', f.workDir]] as const) {
           if (v !== undefined) throw new Error(`${flag} applies with --foreground only (a running daemon has its own)`)
         }
+        const { AdminClient } = await daemonClient()
         show(await new AdminClient(await clientSocket(f)).mount(req))
         return
       }
+      const { loadDaemonConfig, runDaemon } = await peer()
       const logLevel = cliLogLevel(cmd)
       const overrides = daemonOverrides({
         ...(f.cacheDir !== undefined ? { cacheDir: f.cacheDir } : {}),
@@ -301,7 +305,7 @@ export function registerDaemonCommands (program: Command): void {
     .option('--config <file>', 'daemon config (finds the socket)')
     .action(async (mountpoint: string, f: { socket?: string, config?: string }) => {
       const mp = resolve(mountpoint)
-      const { AdminClient } = await peer()
+      const { AdminClient } = await daemonClient()
       await new AdminClient(await clientSocket(f)).unmount(mp)
       print(`unmounted ${mp}`)
     })
@@ -314,7 +318,7 @@ export function registerDaemonCommands (program: Command): void {
     .option('--config <file>', 'daemon config (finds the socket)')
     .option('--json', 'JSON output: { mountpoint, source, mode, tracked, files }')
     .action(async (mountpoint: string, f: { output?: string, socket?: string, config?: string, json?: boolean }) => {
-      const { AdminClient } = await peer()
+      const { AdminClient } = await daemonClient()
       const list = await new AdminClient(await clientSocket(f)).accessList(resolve(mountpoint))
       if (!list.tracked) {
         process.stderr.write(`rafspeer: ${list.mountpoint} is a ${list.mode} mount: the kernel serves its reads and the daemon sees none (mount it with --mode erofs-lazy or fuse to record)\n`)
@@ -332,7 +336,7 @@ export function registerDaemonCommands (program: Command): void {
     .option('--config <file>', 'daemon config (finds the socket)')
     .option('--json', 'JSON output: { daemon, mounts, metrics }')
     .action(async (f: { socket?: string, config?: string, json?: boolean }) => {
-      const { AdminClient } = await peer()
+      const { AdminClient } = await daemonClient()
       const client = new AdminClient(await clientSocket(f))
       const [daemon, mounts, metrics] = await Promise.all([client.daemon(), client.mounts(), client.metricsJson()])
       if (f.json === true) printJson({ daemon, mounts, metrics })

@@ -144,7 +144,7 @@ export async function runSnapshotter (config: DaemonConfig, opts: { exit?: (code
   if (daemonSocket === undefined) throw new Error('snapshotter.daemonSocket is not set')
   const logger = createLogger({ level: config.log.level, format: config.log.format })
   const log = logger.forComponent('rafspeer:snapshotter')
-  const { AdminClient } = await import('../peer/index.js')
+  const { AdminClient } = await import('../peer/client.js')
   const client = new AdminClient(daemonSocket)
   const daemon = await client.daemon().catch((err: unknown) => {
     throw new SnapshotterError('RAFSPEER_ERR_SNAPSHOT_UNAVAILABLE', `the daemon that is to mount the images (--daemon-socket ${daemonSocket}) does not answer: ${describeError(err)}`, { cause: err })

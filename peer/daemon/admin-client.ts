@@ -16,6 +16,8 @@ import type { AccessList, MountInfo, MountRequest } from '../mount/index.js'
 import type { DaemonInfo } from './admin-api.js'
 import type { MetricsJson } from './metrics.js'
 
+/** where a daemon's admin API listens unless its config says otherwise */
+export const DEFAULT_SOCKET = '/run/rafspeer/rafspeer.sock'
 /** default for quick calls */
 export const DEFAULT_CLIENT_TIMEOUT_MS = 30_000
 /** a mount may first download a bootstrap */

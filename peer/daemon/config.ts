@@ -18,7 +18,9 @@ import { z } from 'zod'
 import { RafspeerError, describeError, parseByteSize, parseHostPort } from '../../base/index.js'
 import { parseRedisSeed } from '../../scheduler/index.js'
 
-export const DEFAULT_SOCKET = '/run/rafspeer/rafspeer.sock'
+import { DEFAULT_SOCKET } from './admin-client.js'
+
+export { DEFAULT_SOCKET }
 export const DEFAULT_WORK_DIR = '/var/lib/rafspeer'
 export const DEFAULT_P2P_LISTEN = '/ip4/0.0.0.0/tcp/0'
 
