@@ -21,3 +21,4 @@ export {
 } from './client.js'
 export { CriError, type CriErrorCode } from './errors.js'
 export type { CriAuth, CriImage } from './messages.js'
+export { GrpcStatus, grpcStatusName } from './grpc-unary.js'

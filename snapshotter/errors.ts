@@ -4,6 +4,7 @@
  * of those classes and the gRPC layer maps it with {@link grpcStatusOf}.
  */
 import { RafspeerError } from '../base/index.js'
+import { GrpcStatus } from '../cri/index.js'
 
 export type SnapshotterErrorCode =
   /** no snapshot by that key or name (or a parent that is missing) */
@@ -23,18 +24,8 @@ export type SnapshotterErrorCode =
 
 export class SnapshotterError extends RafspeerError<SnapshotterErrorCode> {}
 
-/** gRPC status codes (grpc-js `status`), spelled out so this module stays free of grpc-js */
-export const GrpcCode = {
-  CANCELLED: 1,
-  UNKNOWN: 2,
-  INVALID_ARGUMENT: 3,
-  DEADLINE_EXCEEDED: 4,
-  NOT_FOUND: 5,
-  ALREADY_EXISTS: 6,
-  FAILED_PRECONDITION: 9,
-  INTERNAL: 13,
-  UNAVAILABLE: 14
-} as const
+/** gRPC status codes, as the CRI client spells them (free of grpc-js) */
+export const GrpcCode = GrpcStatus
 
 const STATUS_OF_CODE: Record<SnapshotterErrorCode, number> = {
   RAFSPEER_ERR_SNAPSHOT_NOT_FOUND: GrpcCode.NOT_FOUND,

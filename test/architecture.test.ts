@@ -22,7 +22,7 @@ const MAY_IMPORT: Record<string, string[]> = {
   peer: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler'],
   proxy: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'peer'],
   cri: ['base'],
-  snapshotter: ['base', 'rafs', 'registry', 'image', 'cache', 'peer'],
+  snapshotter: ['base', 'rafs', 'registry', 'image', 'cache', 'peer', 'cri'],
   sim: ['base', 'peer', 'scheduler', 'registry', 'convert'],
   cli: ['base', 'rafs', 'registry', 'p2p', 'image', 'cache', 'scheduler', 'convert', 'peer', 'proxy', 'cri', 'snapshotter', 'sim'],
   // benchmarks build their source images with the tests' OCI helper
