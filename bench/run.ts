@@ -1,11 +1,12 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
  * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [directory] [swarm] [mirror] [start] [attack] [--source DIR]
- *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
+ *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--fio-only] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  *   [--baseline-cli PATH]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
  * limits `warm` to native plus the kernel targets, the FUSE ones or erofs-lazy; `--tree DIR` makes a copy of DIR
- * (e.g. the Linux source from Debian's linux-source-6.1) its small-file tree. `--bandwidth` caps the registry in `cold`,
+ * (e.g. the Linux source from Debian's linux-source-6.1) its small-file tree; `--fio-only` runs its fio workloads
+ * alone (no small-file tree, no tar), to iterate quickly. `--bandwidth` caps the registry in `cold`,
  * whose `--baseline-cli PATH` times another build's `cli/main.js` in the same rounds, alternately with ours;
  * and the registry and every node in `swarm` (default 4 MiB/s, 8 nodes, 64 MiB), the registry in `mirror` (default 32 MiB/s,
  * 4 nodes with containerd each, 256 MiB). `start` (root) times an end-to-end container start, pull to first output line,
@@ -78,7 +79,10 @@ if (want('convert')) {
 
 if (want('warm')) {
   const treeAt = args.indexOf('--tree')
-  const r = await benchWarmRead({ ...(runs !== undefined ? { runs } : {}), ...(only !== undefined ? { only } : {}), ...(treeAt >= 0 ? { smallTree: args[treeAt + 1]! } : {}) })
+  const r = await benchWarmRead({
+    ...(runs !== undefined ? { runs } : {}), ...(only !== undefined ? { only } : {}), ...(treeAt >= 0 ? { smallTree: args[treeAt + 1]! } : {}),
+    fioOnly: args.includes('--fio-only')
+  })
   process.stdout.write(formatWarmRead(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'warm', ...r }) + '\n')
 }

@@ -54,10 +54,13 @@ export interface WarmReadOptions {
   only?: 'fuse' | 'kernel' | 'lazy'
   /** a directory copied in as the small-file tree (`share/`) instead of generated files, e.g. a Linux source tree */
   smallTree?: string
+  /** the fio workloads alone, on the big files (no small-file tree, no tar, no traces): quick, for iterating */
+  fioOnly?: boolean
 }
 
 export type WorkloadName = 'seq' | 'rand1' | 'rand4' | 'tarSmall' | 'tarAll'
 export const WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4', 'tarSmall', 'tarAll']
+const FIO_WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4']
 export type TargetName = 'native' | 'fuse' | 'erofs-lazy' | 'erofs-lazy-dio' | 'kernel' | 'kernel-loop' | 'kernel-buffered' | 'fuse-noop'
 const TARGETS: TargetName[] = ['native', 'fuse', 'erofs-lazy', 'erofs-lazy-dio', 'kernel', 'kernel-loop', 'kernel-buffered', 'fuse-noop']
 /**
@@ -209,8 +212,10 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
   try {
     const tree = join(work, 'tree')
     process.stderr.write(`warm: writing the tree under ${tree}\n`)
-    const treeInfo = await makeWarmTree(tree, opts.smallTree !== undefined ? 0 : smallFiles, bigFiles, bigFileBytes)
-    if (opts.smallTree !== undefined) {
+    const fioOnly = opts.fioOnly === true
+    const treeInfo = await makeWarmTree(tree, opts.smallTree !== undefined || fioOnly ? 0 : smallFiles, bigFiles, bigFileBytes)
+    if (fioOnly) shape.smallFiles = 0
+    if (opts.smallTree !== undefined && !fioOnly) {
       await execFileP('cp', ['-a', opts.smallTree, join(tree, 'share')])
       const counted = await execFileP('bash', ['-c', `find ${join(tree, 'share')} -type f | wc -l; du -sb ${join(tree, 'share')} | cut -f1; find ${join(tree, 'share')} -type d | wc -l`])
       const [files = '0', bytes = '0', dirs = '0'] = counted.stdout.trim().split('\n')
@@ -270,7 +275,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
           places.push({ target, root: dir, ...(km.backing === 'loop' ? { loops: await loopModes(km.devices) } : {}) })
         }
       }
-      targets = await measureTargets(places, shape)
+      targets = await measureTargets(places, shape, fioOnly ? FIO_WORKLOADS : WORKLOADS)
       lazyKernel = mm.lazyKernelStats()
     } finally {
       for (const km of kernels) await km.unmount()
@@ -280,7 +285,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
 
     const traces: WarmReadResult['traces'] = []
     let fuseReads: WarmReadResult['fuseReads'] | undefined
-    if (opts.only === undefined || opts.only === 'fuse') {
+    if ((opts.only === undefined || opts.only === 'fuse') && !fioOnly) {
       for (const w of ['tarSmall', 'tarAll', 'seq', 'rand1'] as const) {
         const tr = await traced(w, mnt, shape, timed)
         if (tr !== undefined) traces.push({ ...tr, target: 'fuse' })
@@ -291,7 +296,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     await mm.unmount(mnt)
 
     // the ceiling of the binding, for tar (the fio figures are bound by data, which the no-op does not move)
-    if (opts.only === undefined || opts.only === 'fuse') {
+    if ((opts.only === undefined || opts.only === 'fuse') && !fioOnly) {
       const noopMnt = join(work, 'noop')
       await mkdir(noopMnt)
       const noop = await mountNoopFuse(tree, noopMnt)
@@ -349,6 +354,7 @@ export function formatWarmRead (r: WarmReadResult): string {
     `  setup: build ${(r.setup.buildMs / 1000).toFixed(1)} s, prefetch ${r.setup.prefetchChunks} chunks ${(r.setup.prefetchMs / 1000).toFixed(1)} s`
   ]
   for (const w of WORKLOADS) {
+    if (r.targets.every(t => t.workloads[w] === undefined)) continue // not measured (--fio-only)
     lines.push(`  ${LABEL[w]}:` + TARGETS.map(t => cell(t, w)).join('').slice(2) +
       (ANCHORS[w] !== undefined ? `   [anchor: ${ANCHORS[w]}]` : ''))
   }

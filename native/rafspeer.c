@@ -429,7 +429,9 @@ static void do_init (server *s, struct fuse_in_header *in, const void *arg, size
   } else {
     out.minor = ii.minor < FUSE_KERNEL_MINOR_VERSION ? ii.minor : FUSE_KERNEL_MINOR_VERSION;
     out.max_readahead = ii.max_readahead < s->max_read ? ii.max_readahead : s->max_read;
-    out.flags = (FUSE_ASYNC_READ | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS) & ii.flags;
+    /* ASYNC_DIO: a direct read from an async kiocb (EROFS's `directio` reads of the blob files) goes out as READs
+     * sent at once, instead of one READ at a time with the submitter waiting on each */
+    out.flags = (FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS) & ii.flags;
     out.max_background = 64;
     out.congestion_threshold = 48;
     out.max_write = BLOCK;

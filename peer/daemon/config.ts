@@ -189,7 +189,10 @@ export const daemonConfigSchema = z.strictObject({
     threads: int(1, 64).default(4),
     /** the largest READ asked of the blob files (1 MiB; 4 KiB to 1 MiB) */
     maxReadBytes: byteSize.default(1 << 20).refine(n => n >= 4096 && n <= 1 << 20 && n % 4096 === 0, { error: 'must be a multiple of 4KiB between 4KiB and 1MiB' }),
-    /** open the blob files with direct I/O: no second page cache under EROFS's (default false) */
+    /**
+     * open the blob files with direct I/O: no second page cache under EROFS's, but no readahead of neighbouring
+     * files either (default false: bench/RESULTS.md measured it slower for sequential reads and tar)
+     */
     directIo: z.boolean().default(false)
   }).prefault({}),
   fuse: z.strictObject({

@@ -460,6 +460,39 @@ describe('native addon', { skip }, () => {
       assert.equal(s.replies, s.misses)
     })
 
+    it('with directIo, EROFS\'s reads of a blob file reach the server as READs in flight together (async direct I/O)', async () => {
+      // EROFS reads its devices with an async kiocb; without FUSE_ASYNC_DIO the kernel sends a direct read's READs one
+      // after the other and waits for each, so misses never overlap. Hold every miss until a second one arrives.
+      const pending: Array<[number, number, number]> = []
+      let most = 0
+      let timer: NodeJS.Timeout | undefined
+      const flush = (): void => {
+        clearTimeout(timer)
+        timer = undefined
+        for (const [id, offset, length] of pending.splice(0)) server.reply(id, readRange(view, offset, length), 0)
+      }
+      const { server, mp } = await newServer('erofs-adio', {
+        directIo: true,
+        maxReadBytes: 16 * KiB,
+        onMiss: (id, _file, offset, length) => {
+          pending.push([id, offset, length])
+          most = Math.max(most, pending.length)
+          if (pending.length >= 2) flush()
+          else timer ??= setTimeout(flush, 50)
+        }
+      })
+      cleanups.push(() => { clearTimeout(timer) })
+      const name = basename(view)
+      server.addFile(name, view, viewSize)
+      const mnt = join(work, 'erofs-adio-mnt')
+      await mkdir(mnt)
+      mountErofs(bootstrap, mnt, [join(mp, name)])
+      const big = await withTimeout(readSequential(join(mnt, 'd', 'big'), MiB), 30_000, 'read of d/big')
+      assert.ok(big.equals(await readFile(join(src, 'd', 'big'))))
+      addon.umount(mnt, 0)
+      assert.ok(most >= 2, `misses in flight at once: ${most}`)
+    })
+
     it('readers of a killed server\'s files, and of EROFS over them, get errors instead of hanging', async () => {
       const mp = join(work, 'killed')
       const mnt = join(work, 'killed-mnt')

@@ -69,7 +69,8 @@ export interface BlobServerOptions {
   maxReadBytes?: number
   /**
    * opens answer FOPEN_DIRECT_IO (every read reaches the server, nothing is cached in the FUSE files' page cache)
-   * instead of FOPEN_KEEP_CACHE (default false)
+   * instead of FOPEN_KEEP_CACHE (default false). The server asks for FUSE_ASYNC_DIO, so a direct read from an
+   * asynchronous caller (EROFS reading its devices) goes out as READs in flight together, not one at a time.
    */
   directIo?: boolean
   /**
