@@ -2,8 +2,9 @@
  * The scheduler protocol over the swarm directory: real SchedulerClients over libp2p, the in-memory directory and
  * a real 3-master Redis Cluster with two schedulers in front of it (state shared: what one peer announces through
  * one scheduler, another resolves through the other; a scheduler that dies loses nothing, and a client that moves
- * to the other keeps what it holds and what it claimed), and a real Redis that stops taking writes for a while
- * (updates it missed are sent again once it is back).
+ * to the other keeps what it holds and what it claimed; a blob's group is named alike by both, and by a scheduler
+ * started anew), and a real Redis that stops taking writes for a while (updates it missed are sent again once it
+ * is back).
  */
 import '../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -67,8 +68,13 @@ describe('scheduler protocol over the in-memory directory', () => {
   })
 })
 
-/** Two directory schedulers over one fresh 3-master cluster, for the enclosing describe. */
-function twoSchedulers (keyPrefix: string): { h: ReturnType<typeof harness>, s1: () => DirectorySchedulerNode, s2: () => DirectorySchedulerNode } {
+/**
+ * Two directory schedulers over one fresh 3-master cluster, for the enclosing describe; `restart1` starts a new first
+ * one over the same Redis (after the old one was stopped).
+ */
+function twoSchedulers (keyPrefix: string): {
+  h: ReturnType<typeof harness>, s1: () => DirectorySchedulerNode, s2: () => DirectorySchedulerNode, restart1: () => Promise<DirectorySchedulerNode>
+} {
   let cluster: RedisCluster | undefined
   let s1: DirectorySchedulerNode | undefined
   let s2: DirectorySchedulerNode | undefined
@@ -84,7 +90,11 @@ function twoSchedulers (keyPrefix: string): { h: ReturnType<typeof harness>, s1:
     await s1?.stop().catch(() => {})
     await cluster?.stop()
   })
-  return { h, s1: () => s1!, s2: () => s2! }
+  const restart1 = async (): Promise<DirectorySchedulerNode> => {
+    s1 = await startDirectorySchedulerNode(await createDirectory({ redis: cluster!.seeds, keyPrefix }))
+    return s1
+  }
+  return { h, s1: () => s1!, s2: () => s2!, restart1 }
 }
 
 describe('two schedulers in front of one Redis Cluster', { skip: redisClusterSkipReason() ?? false }, () => {
@@ -126,6 +136,37 @@ describe('a client moving between two schedulers over one Redis Cluster', { skip
     await sleep(500)
     assert.deepEqual(await holdersOf(observer.client, announced), [a.id])
     assert.deepEqual(await holdersOf(observer.client, asked), [a.id])
+  })
+})
+
+describe('a blob\'s group through two schedulers over one Redis Cluster', { skip: redisClusterSkipReason() ?? false }, () => {
+  const { h, s1, s2, restart1 } = twoSchedulers('group:')
+
+  it('is the same for askers of either scheduler, the asker included, and survives a scheduler\'s restart', async () => {
+    const addrs = (first: DirectorySchedulerNode, second: DirectorySchedulerNode): string[] => [first.multiaddrs[0]!, second.multiaddrs[0]!]
+    // heartbeats every second: a registration outlives a move between schedulers (3 s), so the peer keeps its place
+    const moving = { heartbeatMs: 1000, minReconnectMs: 20, maxReconnectMs: 200 }
+    const a = await h.client(addrs(s1(), s2()), moving)
+    const b = await h.client(addrs(s2(), s1()), moving)
+    const c = await h.client(addrs(s1(), s2()), moving)
+    const blob = randomBytes(32)
+    const groupOf = async (x: SchedulerClient): Promise<string[]> =>
+      ((await x.resolve([blob], { max: 8, group: 8 })).get(blob.toString('hex')) ?? []).filter(m => m.group === true).map(m => m.peerId)
+    // each asker claims before the group is listed: the first is told it is the group, the next ones join it
+    assert.deepEqual(await groupOf(a.client), [a.id])
+    assert.deepEqual(await groupOf(b.client), [a.id, b.id])
+    assert.deepEqual(await groupOf(c.client), [a.id, b.id, c.id])
+    for (const x of [a, b, c]) assert.deepEqual(await groupOf(x.client), [a.id, b.id, c.id], `asked by ${x.id} again`)
+    // the first scheduler dies: a and c move to the second and announce again (a reset, which keeps their places)
+    await s1().stop()
+    for (const x of [a, c]) {
+      await eventually(async () => { assert.ok(x.client.connected && x.client.address === s2().multiaddrs[0], `${x.id} moved`) })
+    }
+    assert.deepEqual(await groupOf(b.client), [a.id, b.id, c.id])
+    // a scheduler started anew over the same Redis names the same group, and a newcomer through it joins last
+    const d = await h.client(await restart1())
+    assert.deepEqual(await groupOf(d.client), [a.id, b.id, c.id, d.id])
+    for (const x of [a, b, c]) assert.deepEqual(await groupOf(x.client), [a.id, b.id, c.id, d.id])
   })
 })
 

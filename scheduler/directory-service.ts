@@ -6,7 +6,9 @@
  *
  * Per message: ANNOUNCE records the peer (the connection's peer id, never a claimed one) as holder of the keys;
  * RESOLVE looks each key up (at most `maxKeysPerResolve`, concurrently) and, like the in-memory index, records the
- * asker as a holder of what it asked for (it fetches them next: later askers are sent to it); REPORT feeds the
+ * asker as a holder of what it asked for (it fetches them next: later askers are sent to it); a RESOLVE that asks
+ * for a group gets each key's group first (its first holders in join order, as the directory keeps it: alike from
+ * every scheduler in front of it), the asker's claim recorded before the look-up; REPORT feeds the
  * reputations; HEARTBEAT refreshes the peer's TTL, and when the directory no longer knows the peer (its record
  * expired, Redis lost it in a failover) the session is closed, so the client reconnects and announces everything
  * again. So is a session some of whose updates the directory failed to record (Redis failing over), at its first
@@ -17,8 +19,10 @@ import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { describeError, errorCode, silentLogger, type ComponentLogger, type Logger } from '../base/index.js'
 import { FrameReader, P2P_CODE, SCHEDULER_PROTOCOL, encodeFrame, sendWithBackpressure, type ChunkHolder, type Host } from '../p2p/index.js'
-import type { BlobHolder, PeerEntry, SwarmDirectory } from './directory/index.js'
-import { decodeMessage, encodePeerEntry, encodeResolved, MAX_ADDRS, MAX_FRAME_BYTES, MAX_HOLDERS_PER_ANSWER, SchedulerError } from './protocol.js'
+import type { GroupLookup, PeerEntry, SwarmDirectory } from './directory/index.js'
+import {
+  decodeMessage, encodePeerEntry, encodeResolved, MAX_ADDRS, MAX_FRAME_BYTES, MAX_GROUP, MAX_HOLDERS_PER_ANSWER, SchedulerError
+} from './protocol.js'
 import { schedulerHost } from './server.js'
 import type { PeerInfo, SchedulerNodeInit } from './types.js'
 
@@ -134,7 +138,8 @@ export class DirectorySchedulerService {
             break
           case 'resolve': {
             const max = m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER)
-            const body = encodeAnswer(m.id, await this.resolve(st, hexKeys(m.digests), max))
+            const group = Math.min(m.group ?? 0, MAX_GROUP)
+            const body = encodeAnswer(m.id, await this.resolve(st, hexKeys(m.digests), max, group), group > 0)
             await sendWithBackpressure(stream, encodeFrame(body), { timeoutMs: DRAIN_TIMEOUT_MS, what: `answer to ${st.peerId}` })
             break
           }
@@ -178,23 +183,37 @@ export class DirectorySchedulerService {
     return st.info === undefined ? undefined : { id: st.peerId, ...st.info }
   }
 
-  /** Holders per key, best first; the asker is recorded as a holder of every key it asked for. */
-  private async resolve (st: SessionState, keys: string[], max: number): Promise<Array<BlobHolder[]>> {
-    const out: Array<BlobHolder[]> = keys.map(() => [])
+  /**
+   * Per key, its group (with `group` > 0) and its holders, best first; the asker is recorded as a holder of every
+   * key it asked for. With a group, the claim comes first, as in the in-memory index (`HolderIndex.resolveRaw`): an
+   * asker among a blob's first holders is told it is one of its group, so every asker of that moment is told the
+   * same group, and the group members agree on who fetches which chunk from the source.
+   */
+  private async resolve (st: SessionState, keys: string[], max: number, group: number): Promise<GroupLookup[]> {
+    const out: GroupLookup[] = keys.map(() => ({ group: [], holders: [] }))
     const looked = Math.min(keys.length, this.maxKeys)
+    if (group > 0) await this.claim(st, keys.slice(0, looked))
     let next = 0
     const worker = async (): Promise<void> => {
       for (let i = next++; i < looked; i = next++) {
-        out[i] = await this.guard('lookup', async () => await this.directory.lookup(keys[i]!, { asker: st.peerId, max })) ?? []
+        const found = await this.guard('lookup', async () => await this.directory.lookupGroup(keys[i]!, { asker: st.peerId, max, group }))
+        if (found === undefined) continue
+        // the group first, then as many ranked holders as an answer has room for
+        found.holders = found.holders.slice(0, Math.max(0, MAX_HOLDERS_PER_ANSWER - found.group.length))
+        out[i] = found
       }
     }
     await Promise.all(Array.from({ length: Math.min(LOOKUP_CONCURRENCY, looked) }, worker))
-    const entry = this.entry(st)
-    if (this.claimMisses && entry !== undefined && entry.addrs.length > 0 && looked > 0) {
-      const done = await this.guard('claim', async () => { await this.directory.announce(entry, keys.slice(0, looked), { ttlMs: st.intervalMs * this.missed }); return true })
-      if (done === undefined) st.lost = true
-    }
+    if (group === 0) await this.claim(st, keys.slice(0, looked))
     return out
+  }
+
+  /** Records the asker as a holder of `keys` (it fetches them next), when it can be reached. */
+  private async claim (st: SessionState, keys: string[]): Promise<void> {
+    const entry = this.entry(st)
+    if (!this.claimMisses || entry === undefined || entry.addrs.length === 0 || keys.length === 0) return
+    const done = await this.guard('claim', async () => { await this.directory.announce(entry, keys, { ttlMs: st.intervalMs * this.missed }); return true })
+    if (done === undefined) st.lost = true
   }
 
   /** Runs a directory call; a failure is logged (rate-limited) and answered with undefined. */
@@ -233,26 +252,31 @@ function cleanInfo (info: PeerInfo): PeerInfo {
   return { ...info, zone: info.zone.trim(), addrs }
 }
 
-/** The RESOLVED body: a table of the distinct holders, then per key indexes into it. */
-function encodeAnswer (id: number, perKey: Array<BlobHolder[]>): Buffer {
+/**
+ * The RESOLVED body: a table of the distinct holders, then per key indexes into it, its group first; with
+ * `grouped`, the trailer saying how many of each key's holders are its group.
+ */
+function encodeAnswer (id: number, perKey: GroupLookup[], grouped: boolean): Buffer {
   const table = new Map<string, number>()
   const entries: Buffer[] = []
   const counts = new Uint8Array(perKey.length)
+  const groups = grouped ? new Uint8Array(perKey.length) : undefined
   const refs: number[] = []
-  perKey.forEach((holders, i) => {
-    counts[i] = holders.length
-    for (const h of holders) {
+  perKey.forEach((answer, i) => {
+    const listed: ChunkHolder[] = [...answer.group, ...answer.holders]
+    counts[i] = listed.length
+    if (groups !== undefined) groups[i] = answer.group.length
+    for (const h of listed) {
       let at = table.get(h.peerId)
       if (at === undefined) {
         at = entries.length
         table.set(h.peerId, at)
-        const holder: ChunkHolder = { peerId: h.peerId, addrs: h.addrs }
-        entries.push(encodePeerEntry(holder))
+        entries.push(encodePeerEntry({ peerId: h.peerId, addrs: h.addrs }))
       }
       refs.push(at)
     }
   })
-  return encodeResolved(id, entries, counts, Uint16Array.from(refs))
+  return encodeResolved(id, entries, counts, Uint16Array.from(refs), groups)
 }
 
 /** A running standalone scheduler over a directory. */

@@ -11,7 +11,7 @@
  */
 import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome } from '../p2p/index.js'
 import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, ResolveAnswer } from './types.js'
-import { digestKey, MAX_HOLDERS_PER_ANSWER, packDigests, type PackedDigests } from './protocol.js'
+import { digestKey, MAX_GROUP, MAX_HOLDERS_PER_ANSWER, packDigests, type PackedDigests } from './protocol.js'
 import { addPending, badPenalty, baseScore, DEFAULT_WEIGHTS, isBanned, recordOutcome, scoreFor, zoneAffinity } from './ranking.js'
 import { HARD_MAX_PEERS, PeerTable, type PeerRecord } from './peer-table.js'
 import {
@@ -43,8 +43,7 @@ const DEFAULTS = {
 type Holders = number | number[]
 
 /** What `resolveRaw` returns: like {@link ResolveAnswer}, with the peer records themselves. */
-/** the largest group a resolve gets: a full key's list never replaces its first this many holders */
-export const MAX_GROUP = 8
+export { MAX_GROUP }
 
 export interface RawAnswer {
   peers: PeerRecord[]

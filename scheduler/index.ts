@@ -57,7 +57,7 @@ export {
 export {
   createDirectory, MemoryDirectory, DirectoryError, DIRECTORY_DEFAULTS, MAX_BLOB_ID_BYTES, parseRedisSeed, type RedisSeed, type DirectoryErrorCode,
   type SwarmDirectory, type RedisDirectory, type PeerEntry, type BlobHolder, type PeerView, type AnnounceResult as DirectoryAnnounceResult,
-  type AnnounceOptions, type LookupOptions, type CallOptions, type DirectoryStats, type DirectoryInit,
+  type AnnounceOptions, type LookupOptions, type GroupLookupOptions, type GroupLookup, type GroupMember, type CallOptions, type DirectoryStats, type DirectoryInit,
   type DirectoryPolicyInit, type MemoryDirectoryInit, type RedisDirectoryInit, type DirectoryComponents
 } from './directory/index.js'
 export {

@@ -33,6 +33,11 @@ export const MAX_PEER_ID_BYTES = 128
 export const MAX_OUTCOMES_PER_FRAME = 4096
 /** holders per digest in one answer (the scheduler returns 4 by default) */
 export const MAX_HOLDERS_PER_ANSWER = 16
+/**
+ * the largest group a resolve gets (blob level): a full key's list never replaces its first this many holders; the
+ * in-memory index and the swarm directory share it, so a daemon is told the same group size by either
+ */
+export const MAX_GROUP = 8
 export const MAX_PEERS_PER_ANSWER = 65535
 export const MAX_UPLOAD_SLOTS = 65535
 export const MAX_ACTIVE_UPLOADS = 65535

@@ -7,7 +7,7 @@
 import type { PeerOutcome } from '../../p2p/index.js'
 import type { PeerLoad, RankingWeights } from '../types.js'
 import {
-  MAX_ACTIVE_UPLOADS, MAX_ADDR_BYTES, MAX_ADDRS, MAX_HOLDERS_PER_ANSWER, MAX_OUTCOMES_PER_FRAME, MAX_PEER_ID_BYTES,
+  MAX_ACTIVE_UPLOADS, MAX_ADDR_BYTES, MAX_ADDRS, MAX_GROUP, MAX_HOLDERS_PER_ANSWER, MAX_OUTCOMES_PER_FRAME, MAX_PEER_ID_BYTES,
   MAX_UPLOAD_SLOTS, MAX_ZONE_BYTES
 } from '../protocol.js'
 import { DEFAULT_WEIGHTS } from '../ranking.js'
@@ -124,6 +124,12 @@ export function answerSize (max: number | undefined): number {
   if (max === undefined) return DIRECTORY_DEFAULTS.maxAnswer
   if (!(max > 0)) return 0
   return Math.min(MAX_HOLDERS_PER_ANSWER, Math.floor(max))
+}
+
+/** Group members a lookup names: `group` as an integer in [0, MAX_GROUP]. */
+export function groupSize (group: number | undefined): number {
+  if (group === undefined || !(group > 0)) return 0
+  return Math.min(MAX_GROUP, Math.floor(group))
 }
 
 /** The outcomes worth applying: well-formed, about another peer, at most `MAX_OUTCOMES_PER_FRAME`. */

@@ -16,6 +16,7 @@ import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { groupCases } from './conformance-group.js'
 import type { BlobHolder, DirectoryPolicyInit, PeerEntry, SwarmDirectory } from './index.js'
 
 export type DirectoryFactory = (init: DirectoryPolicyInit) => Promise<SwarmDirectory>
@@ -322,12 +323,15 @@ export function directoryConformance (name: string, make: DirectoryFactory, opts
       assert.equal(await dir.peer('peer-a'), undefined)
     })
 
+    groupCases({ open, entry, blobId })
+
     it('a closed directory rejects every call', async (t) => {
       const dir = await make({})
       await dir.announce(entry('peer-a'), [b1])
       await dir.close()
       const closed = 'RAFSPEER_ERR_DIRECTORY_CLOSED'
       await rejectsWith(dir.lookup(b1), closed)
+      await rejectsWith(dir.lookupGroup(b1, { group: 4 }), closed)
       await rejectsWith(dir.announce(entry('peer-a'), [b1]), closed)
       await rejectsWith(dir.heartbeat('peer-a', { activeUploads: 0, recentUploadBps: 0 }, 1000), closed)
       await rejectsWith(dir.stats(), closed)

@@ -17,9 +17,14 @@
  *   never answered. Each answer charges its first holder as pending load until its next heartbeats say better.
  * - Reputation outlives registration: a peer reported as sending bad bytes by `banAfterBadReporters` distinct
  *   live peers is banned for `banMs`, across leave and re-join. Only live, unbanned reporters are heard.
+ * - A blob's group (`lookupGroup`) is its first live holders in join order, named alike to every asker (the asker
+ *   included), so that they agree on who fetches which chunk from the source. A holder keeps its place while it
+ *   stays registered (a reset announce that names the blob again keeps it); one that withdraws, leaves or expires
+ *   loses it and the next in order moves up; one that comes back joins at the end.
  * - Bounds: `maxBlobsPerPeer` (the rest of an announce is refused and counted), `maxHoldersPerBlob` (past it a
- *   newcomer replaces a random holder, which keeps a fresh random sample of a popular blob's swarm), and the wire
- *   bounds on ids, addresses and zones (`RAFSPEER_ERR_DIRECTORY_INVALID`).
+ *   newcomer replaces a random holder, which keeps a fresh random sample of a popular blob's swarm, but never one of
+ *   the first `MAX_GROUP` in join order: they are the group for as long as they live), and the wire bounds on ids,
+ *   addresses and zones (`RAFSPEER_ERR_DIRECTORY_INVALID`).
  * - Every call is async, takes `{ signal }`, and settles within `timeoutMs` (default 1000 ms): a Redis that is
  *   unreachable or failing over rejects with `RAFSPEER_ERR_DIRECTORY_UNAVAILABLE`, never hangs. The caller
  *   falls back (its peers go to the registry) and tries again later.
@@ -31,6 +36,7 @@
  * await dir.announce({ id: peerId, addrs: ['/ip4/10.1.2.3/tcp/4001'], zone: 'eu|fra|r3', uploadSlots: 8, uploadBps: 0 }, [blobId])
  * await dir.heartbeat(peerId, { activeUploads: 2, recentUploadBps: 30e6 }, 15_000)        // every ttl / 3
  * const holders = await dir.lookup(blobId, { asker: otherPeerId, max: 4 })                // best first
+ * const { group } = await dir.lookupGroup(blobId, { asker: otherPeerId, group: 8 })       // join order
  * await dir.report(otherPeerId, [{ peerId, chunks: 12, bytes: 12 << 20, ms: 80, failed: false, bad: false }])
  * await dir.close()
  * ```
@@ -45,6 +51,7 @@ export { DirectoryError, type DirectoryErrorCode } from './errors.js'
 export { MemoryDirectory }
 export type { RedisDirectory } from './redis.js'
 export { DIRECTORY_DEFAULTS, MAX_BLOB_ID_BYTES } from './bounds.js'
+export { MAX_GROUP } from '../protocol.js'
 export { parseSeed as parseRedisSeed, type Seed as RedisSeed } from './seeds.js'
 
 /** What a peer tells the directory about itself: its id and {@link PeerInfo} (addresses, zone, capacity). */
@@ -83,6 +90,26 @@ export interface LookupOptions extends CallOptions {
   askerZone?: string
   /** holders to answer, at most `MAX_HOLDERS_PER_ANSWER` (default 4) */
   max?: number
+}
+
+export interface GroupLookupOptions extends LookupOptions {
+  /** group members to name, at most `MAX_GROUP` (8); 0 names none */
+  group: number
+}
+
+/** A member of a blob's group: how to reach it (the group is in join order, not ranked). */
+export interface GroupMember extends ChunkHolder {
+  zone: string
+}
+
+export interface GroupLookup {
+  /**
+   * the blob's first `group` live holders in join order, the asker included when it holds the blob; banned and
+   * address-less peers are passed over
+   */
+  group: GroupMember[]
+  /** what {@link SwarmDirectory.lookup} answers (a group member may be among them too) */
+  holders: BlobHolder[]
 }
 
 /** A holder as a lookup answers it: how to reach it, and what it was ranked on. */
@@ -145,6 +172,14 @@ export interface SwarmDirectory {
   lookup: (blobId: string, opts?: LookupOptions) => Promise<BlobHolder[]>
 
   /**
+   * {@link lookup}, and the blob's group: its first `opts.group` (at most `MAX_GROUP`) live holders in join order,
+   * the same for every asker, the asker included when it holds the blob (a scheduler records an asker's claim
+   * before it looks up, so that a newcomer to a small swarm is told its own place in the group). Dead members met
+   * on the way are dropped, and the next in order moves up.
+   */
+  lookupGroup: (blobId: string, opts: GroupLookupOptions) => Promise<GroupLookup>
+
+  /**
    * Applies outcomes `reporter` observed (successes, failures, latency, bad bytes) to the reputations of the peers
    * they name; returns the peers these reports banned. Not heard: a reporter that is not live or is banned, reports
    * about itself, and reports about peers that are neither live nor already known.
@@ -171,7 +206,7 @@ export interface SwarmDirectory {
 export interface DirectoryPolicyInit {
   /** blobs one peer may be recorded as holding (default 10 000) */
   maxBlobsPerPeer?: number
-  /** holders kept per blob: past it a newcomer replaces a random one (default 128) */
+  /** holders kept per blob: past it a newcomer replaces a random one, never one of the group (default 128) */
   maxHoldersPerBlob?: number
   /** TTL of a peer that never sent a heartbeat (default 15 000 ms: three missed 5 s heartbeats) */
   peerTtlMs?: number

@@ -2,24 +2,26 @@
  * The swarm directory in memory: `Map<blob id, holder ids>` and `Map<peer id, record>`, for one scheduler.
  *
  * At blob level the numbers are small (10k peers × 50 blobs = 500k records), so this is plain maps, not the chunk
- * index's packed refs. A blob's holders are an array (random replacement needs an index); a peer's record keeps
- * the set of blobs it holds, so `leave`, `expire` and a reset announce drop its records at once. Blob ids are
+ * index's packed refs. A blob's holders are an array in join order (its head is the blob's group; random
+ * replacement needs an index; removals splice, which a bound of a few hundred holders makes cheap); a peer's record
+ * keeps the set of blobs it holds, so `leave`, `expire` and a reset announce drop its records at once. Blob ids are
  * stored once: a peer's set holds the string the blob's record holds.
  */
 import type { Logger } from '../../base/index.js'
 import { silentLogger } from '../../base/index.js'
 import type { PeerOutcome } from '../../p2p/index.js'
+import { MAX_GROUP } from '../protocol.js'
 import type { PeerLoad } from '../types.js'
 import { addPending, isBanned, newReputation, recordOutcome, type LoadView, type Reputation } from '../ranking.js'
 import {
   answerSize, checkBlobId, checkBlobIds, checkEntry, checkLoad, checkOutcomes, checkPeerId, clampTtl, DIRECTORY_DEFAULTS,
-  resolvePolicy, type Policy
+  groupSize, resolvePolicy, type Policy
 } from './bounds.js'
 import { DirectoryError } from './errors.js'
 import { rankHolders, type Candidate } from './rank.js'
 import type {
-  AnnounceOptions, AnnounceResult, BlobHolder, CallOptions, DirectoryComponents, DirectoryStats, LookupOptions,
-  MemoryDirectoryInit, PeerEntry, PeerView, SwarmDirectory
+  AnnounceOptions, AnnounceResult, BlobHolder, CallOptions, DirectoryComponents, DirectoryStats, GroupLookup,
+  GroupLookupOptions, GroupMember, LookupOptions, MemoryDirectoryInit, PeerEntry, PeerView, SwarmDirectory
 } from './index.js'
 
 interface MemPeer extends LoadView {
@@ -34,7 +36,7 @@ interface MemPeer extends LoadView {
 
 interface MemBlob {
   readonly id: string
-  /** peer ids, unordered, at most `maxHoldersPerBlob` */
+  /** peer ids in join order (the first `MAX_GROUP` are the group), at most `maxHoldersPerBlob` */
   readonly holders: string[]
 }
 
@@ -86,13 +88,16 @@ export class MemoryDirectory implements SwarmDirectory {
     if (b === undefined) return
     const i = b.holders.indexOf(peerId)
     if (i < 0) return
-    b.holders[i] = b.holders[b.holders.length - 1]
-    b.holders.pop()
+    // a splice, not a swap with the last: the order is the group's
+    b.holders.splice(i, 1)
     this.entries--
     if (b.holders.length === 0) this.blobs.delete(blobId)
   }
 
-  /** Records `p` as a holder of `blobId`; a full blob makes room by dropping a random holder of it. */
+  /**
+   * Records `p` as the last joiner of `blobId`; a full blob makes room by dropping a random holder of it, never one
+   * of its first `MAX_GROUP` (its group, for as long as they live).
+   */
   private link (blobId: string, p: MemPeer): void {
     let b = this.blobs.get(blobId)
     if (b === undefined) {
@@ -100,13 +105,14 @@ export class MemoryDirectory implements SwarmDirectory {
       this.blobs.set(blobId, b)
     }
     if (b.holders.length >= this.policy.maxHoldersPerBlob) {
-      const j = Math.floor(this.policy.random() * b.holders.length)
-      this.peers.get(b.holders[j])?.blobs.delete(b.id)
-      b.holders[j] = p.id
+      const kept = Math.min(MAX_GROUP, b.holders.length - 1)
+      const j = kept + Math.floor(this.policy.random() * (b.holders.length - kept))
+      const [old] = b.holders.splice(j, 1)
+      this.peers.get(old)?.blobs.delete(b.id)
     } else {
-      b.holders.push(p.id)
       this.entries++
     }
+    b.holders.push(p.id)
     p.blobs.add(b.id)
   }
 
@@ -146,8 +152,12 @@ export class MemoryDirectory implements SwarmDirectory {
       this.peers.set(p.id, p)
     }
     if (opts.reset === true) {
-      for (const blobId of p.blobs) this.unlink(blobId, p.id)
-      p.blobs.clear()
+      // what it names again it keeps, with its place in those blobs' groups (a client re-announces in full after
+      // every reconnect: that must not send it to the end of every group)
+      const again = new Set(ids)
+      for (const blobId of p.blobs) {
+        if (!again.has(blobId)) { this.unlink(blobId, p.id); p.blobs.delete(blobId) }
+      }
     }
     p.addrs = entry.addrs
     p.zone = entry.zone
@@ -200,17 +210,23 @@ export class MemoryDirectory implements SwarmDirectory {
   }
 
   async lookup (blobId: string, opts: LookupOptions = {}): Promise<BlobHolder[]> {
+    return (await this.lookupGroup(blobId, { ...opts, group: 0 })).holders
+  }
+
+  async lookupGroup (blobId: string, opts: GroupLookupOptions): Promise<GroupLookup> {
     this.begin(opts)
     const id = checkBlobId(blobId)
     const asker = opts.asker !== undefined ? checkPeerId(opts.asker, 'asker') : undefined
     const max = answerSize(opts.max)
+    const size = groupSize(opts.group)
     const b = this.blobs.get(id)
-    if (b === undefined || max === 0) return []
+    if (b === undefined || (max === 0 && size === 0)) return { group: [], holders: [] }
     const now = this.policy.now()
+    const group = this.groupOf(b, size, now)
     const askerZone = opts.askerZone ?? (asker !== undefined ? this.peers.get(asker)?.zone : undefined) ?? ''
     const candidates: Candidate[] = []
-    // backwards: dropping a dead holder moves the last one (already seen) into its place
-    for (let i = b.holders.length - 1; i >= 0; i--) {
+    // backwards: dropping a dead holder moves only those after it (already seen)
+    for (let i = b.holders.length - 1; i >= 0 && max > 0; i--) {
       const peerId = b.holders[i]
       const p = this.live(peerId, now)
       if (p === undefined) {
@@ -224,7 +240,25 @@ export class MemoryDirectory implements SwarmDirectory {
     }
     const ranked = rankHolders(candidates, askerZone, max, now, this.policy.weights, this.policy.random)
     if (ranked.length > 0) addPending(ranked[0].candidate.load, 1, now)
-    return ranked.map(({ holder }) => ({ ...holder, addrs: holder.addrs.slice() }))
+    return { group, holders: ranked.map(({ holder }) => ({ ...holder, addrs: holder.addrs.slice() })) }
+  }
+
+  /** The first `size` live, reachable, unbanned holders of `b` in join order; dead ones met are dropped. */
+  private groupOf (b: MemBlob, size: number, now: number): GroupMember[] {
+    const out: GroupMember[] = []
+    for (let j = 0; j < b.holders.length && out.length < size;) {
+      const peerId = b.holders[j]
+      const p = this.live(peerId, now)
+      if (p === undefined) {
+        // dropped (the next in order is now at j)
+        this.unlink(b.id, peerId)
+        continue
+      }
+      j++
+      if (p.addrs.length === 0 || this.banned(peerId, now)) continue
+      out.push({ peerId, addrs: p.addrs.slice(), zone: p.zone })
+    }
+    return out
   }
 
   async report (reporter: string, outcomes: readonly PeerOutcome[], opts: CallOptions = {}): Promise<string[]> {

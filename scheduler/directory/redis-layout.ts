@@ -12,6 +12,8 @@
  *                                                                  PEXPIRE reputationTtl (+ what is left of a ban)
  * <prefix>b:{<blob id>}   set    "<epoch>:<peer id>" of holders, at most maxHoldersPerBlob
  *                                                                  PEXPIRE blobTtl, refreshed by announces, lookups
+ * <prefix>j:{<blob id>}   zset   the same members scored by join order (1, 2, …: one past the last joiner present;
+ *                                a reset keeps a member's score): its head is the blob's group   expires with b
  * ```
  *
  * Redis Cluster places a key by the text between its braces, so a peer's three keys share one slot and one script
@@ -20,10 +22,17 @@
  * slots: blob sets are changed by their own calls, sent concurrently (ioredis's auto-pipelining batches them per
  * node).
  *
+ * A blob's set and its join order share a slot and are only changed together, by `dirLink` and `dirUnlink`: the
+ * set is what lookups sample at random (SRANDMEMBER), the sorted set what names the group (ZRANGE from its head).
+ * A set written before join order was kept (an older scheduler) has no sorted set: its blob names no group until
+ * its holders announce again, and ranking is unaffected.
+ *
  * A registration has an epoch (random, made when the peer appears or resets). Blob sets name holders by
  * `<epoch>:<peer id>`, so a peer that expired or left, or reset its holdings, stops being a holder of everything it
- * held at once, whatever its stale members in blob sets: a lookup that meets a member whose epoch is not the
- * peer's current one (or whose peer is gone) removes it. This is the chunk index's generation trick, in Redis.
+ * held at once, whatever its stale members in blob sets: a lookup that meets a member whose peer is gone, or whose
+ * epoch is not the peer's current one and whose blob the peer's holdings no longer name, removes it (one whose
+ * blob they name is being renamed by a reset, in place: see `redis-lookup.ts`). This is the chunk index's
+ * generation trick, in Redis.
  */
 import { randomBytes } from 'node:crypto'
 import { newReputation, type Reputation } from '../ranking.js'
@@ -32,9 +41,10 @@ export const peerKey = (prefix: string, id: string): string => `${prefix}p:{${id
 export const holdingsKey = (prefix: string, id: string): string => `${prefix}h:{${id}}`
 export const reputationKey = (prefix: string, id: string): string => `${prefix}r:{${id}}`
 export const blobKey = (prefix: string, id: string): string => `${prefix}b:{${id}}`
+export const joinKey = (prefix: string, id: string): string => `${prefix}j:{${id}}`
 
 /** what follows the prefix, naming each kind of key (for scans) */
-export const KIND = { peer: 'p:', holdings: 'h:', reputation: 'r:', blob: 'b:' } as const
+export const KIND = { peer: 'p:', holdings: 'h:', reputation: 'r:', blob: 'b:', join: 'j:' } as const
 
 /** 48 random bits: a stale member's epoch matching a new registration of the same peer is a 1-in-2^48 event */
 export const newEpoch = (): string => randomBytes(6).toString('base64url')
@@ -201,19 +211,56 @@ return out
 `
   },
   /**
-   * KEYS b · ARGV member max blobTtl oldMember|'' → 1. A full set drops a random member first, so a popular blob
-   * keeps a fresh random sample of its holders.
+   * KEYS b j · ARGV member max blobTtl oldMember|'' random(0..1) groupSize → 1. The member joins last, unless it
+   * replaces `oldMember` (the same peer after a reset), whose place it takes. A full set drops a random member
+   * first, so a popular blob keeps a fresh random sample of its holders, but never one of the first `groupSize` in
+   * join order (the random draw comes from the caller: a script's own randomness is not the scheduler's policy).
+   * A full set without join order (written by an older scheduler) drops any member.
    */
   dirLink: {
-    numberOfKeys: 1,
+    numberOfKeys: 2,
     lua: `
-if ARGV[4] ~= '' then redis.call('SREM', KEYS[1], ARGV[4]) end
+local score = false
+if ARGV[4] ~= '' then
+  redis.call('SREM', KEYS[1], ARGV[4])
+  score = redis.call('ZSCORE', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[4])
+end
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
-  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then redis.call('SPOP', KEYS[1]) end
+  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    local n = redis.call('ZCARD', KEYS[2])
+    local kept = math.min(tonumber(ARGV[6]), n - 1)
+    local victim = nil
+    if n > 0 then
+      local at = kept + math.floor(tonumber(ARGV[5]) * (n - kept))
+      victim = redis.call('ZRANGE', KEYS[2], at, at)[1]
+    end
+    if victim and redis.call('SREM', KEYS[1], victim) == 1 then
+      redis.call('ZREM', KEYS[2], victim)
+    else
+      victim = redis.call('SPOP', KEYS[1])
+      if victim then redis.call('ZREM', KEYS[2], victim) end
+    end
+  end
   redis.call('SADD', KEYS[1], ARGV[1])
 end
+if not score then
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  score = 1
+  if last[2] then score = tonumber(last[2]) + 1 end
+end
+redis.call('ZADD', KEYS[2], 'NX', score, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
+`
+  },
+  /** KEYS b j · ARGV member... → how many left the join order; the members are no longer holders of the blob */
+  dirUnlink: {
+    numberOfKeys: 2,
+    lua: `
+redis.call('SREM', KEYS[1], unpack(ARGV))
+return redis.call('ZREM', KEYS[2], unpack(ARGV))
 `
   },
   /** KEYS p h · ARGV blob... → the peer's epoch, or '' when it is not live (nothing to withdraw) */
@@ -278,3 +325,25 @@ return 1
 } as const
 
 export type ScriptName = keyof typeof SCRIPTS
+
+type Reply = Array<string | number>
+
+/** The commands the directory sends, on a `Redis` or a `Cluster` (the scripts are defined on both). */
+export interface Commands {
+  srandmember: (key: string, count: number) => Promise<string[]>
+  zrange: (key: string, start: number, stop: number) => Promise<string[]>
+  sismember: (key: string, member: string) => Promise<number>
+  hmget: (key: string, ...fields: string[]) => Promise<Array<string | null>>
+  hget: (key: string, field: string) => Promise<string | null>
+  exists: (key: string) => Promise<number>
+  scard: (key: string) => Promise<number>
+  pexpire: (key: string, ms: number) => Promise<number>
+  dirAnnounce: (...args: Array<string | number>) => Promise<Reply>
+  dirLink: (...args: Array<string | number>) => Promise<number>
+  dirUnlink: (...args: string[]) => Promise<number>
+  dirWithdraw: (...args: string[]) => Promise<string>
+  dirLeave: (...args: string[]) => Promise<string[]>
+  dirHeartbeat: (...args: Array<string | number>) => Promise<number>
+  dirPending: (...args: Array<string | number>) => Promise<number>
+  dirReputation: (...args: Array<string | number>) => Promise<number>
+}

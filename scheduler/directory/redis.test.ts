@@ -4,14 +4,17 @@
  * mode detection, keys spread over the masters). Failover is in `redis-failover.test.ts`.
  */
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { after, before, describe, it } from 'node:test'
+import { promisify } from 'node:util'
 import {
-  redisClusterSkipReason, startRedisCluster, startRedisServer, type RedisCluster, type RedisServer
+  REDIS_CLI_BIN, redisClusterSkipReason, startRedisCluster, startRedisServer, type RedisCluster, type RedisServer
 } from '../../test/helpers/redis-cluster.js'
 import { blobId, directoryConformance, entry } from './conformance.js'
 import { createDirectory, type SwarmDirectory } from './index.js'
 import { parseSeed } from './redis-connect.js'
 
+const run = promisify(execFile)
 const skip = redisClusterSkipReason() ?? false
 let namespaces = 0
 /** every directory of a run gets its own key prefix, so cases sharing a cluster never see each other's keys */
@@ -68,6 +71,29 @@ describe('Redis directory on one plain Redis server', { skip }, () => {
     assert.equal(dir.kind, 'redis')
     await dir.close()
     await assert.rejects(createDirectory({ redis: [s.url, s.url], redisMode: 'standalone' }), { code: 'RAFSPEER_ERR_DIRECTORY_CONFIG' })
+  })
+
+  it('a member a reset is renaming keeps its place in the group; one the reset dropped is removed', async () => {
+    const s = server as RedisServer
+    const prefix = fresh()
+    const redis = async (...args: string[]): Promise<string> => (await run(REDIS_CLI_BIN, ['-p', String(s.port), ...args])).stdout.trim()
+    const dir = await createDirectory({ redis: s.url, keyPrefix: prefix })
+    const [b1, b2] = [blobId(1), blobId(2)]
+    const groupOf = async (b: string): Promise<string[]> => (await dir.lookupGroup(b, { group: 8, max: 4 })).group.map((m) => m.peerId)
+    try {
+      for (const id of ['peer-0', 'peer-1', 'peer-2']) await dir.announce(entry(id), [b1, b2])
+      // the moment between a reset's script (a new epoch, its holdings b1 alone) and the renaming of its members,
+      // which are separate calls, one per blob, that another scheduler's look-up may come between
+      await redis('HSET', `${prefix}p:{peer-0}`, 'epoch', 'moved')
+      await redis('SREM', `${prefix}h:{peer-0}`, b2)
+      for (let i = 0; i < 3; i++) assert.deepEqual(await groupOf(b1), ['peer-0', 'peer-1', 'peer-2'])
+      assert.equal(await redis('ZCARD', `${prefix}j:{${b1}}`), '3', 'the renamed member is kept, with its place')
+      assert.deepEqual(await groupOf(b2), ['peer-1', 'peer-2'])
+      assert.equal(await redis('ZCARD', `${prefix}j:{${b2}}`), '2', 'the dropped one is removed')
+      assert.equal(await redis('SCARD', `${prefix}b:{${b2}}`), '2')
+    } finally {
+      await dir.close()
+    }
   })
 })
 

@@ -3,10 +3,9 @@
  * die. The layout and its scripts are in `redis-layout.ts`; ranking and reputation are computed here with
  * `ranking.ts`, on records read from Redis.
  *
- * Round trips: announce 2 (the peer's script, then every blob's set at once), lookup 2 (a random sample of
- * `max × lookupOversample` members, then every candidate's hash at once; one more when it met dead members, which
- * it removes, and at most a second sample), heartbeat 1, report 2 (+1 per lost compare-and-set). Commands: a
- * lookup sends 2 + `max × lookupOversample`, an announce 1 + one per blob.
+ * Round trips: announce 2 (the peer's script, then every blob's set and join order at once), lookup 2 (see
+ * `redis-lookup.ts`), heartbeat 1, report 2 (+1 per lost compare-and-set). Commands: a lookup sends
+ * 2 + `max × lookupOversample` (+ up to `2 × group` more for its group), an announce 1 + one per blob.
  *
  * Failures: ioredis is told to fail rather than wait (no offline queue, bounded retries, a command timeout) and
  * every call races its own deadline (`timeoutMs`), so a call against an unreachable or failing-over cluster
@@ -18,55 +17,30 @@
 import { Cluster, type Redis } from 'ioredis'
 import { describeError, silentLogger, type Logger } from '../../base/index.js'
 import type { PeerOutcome } from '../../p2p/index.js'
+import { MAX_GROUP } from '../protocol.js'
 import type { PeerLoad } from '../types.js'
-import { addPending, isBanned, recordOutcome } from '../ranking.js'
+import { recordOutcome } from '../ranking.js'
 import {
   answerSize, checkBlobId, checkBlobIds, checkEntry, checkLoad, checkOutcomes, checkPeerId, clampTtl, DIRECTORY_DEFAULTS,
-  groupBy, resolvePolicy, type Policy
+  groupBy, groupSize, resolvePolicy, type Policy
 } from './bounds.js'
 import { DirectoryError } from './errors.js'
-import { connectRedis, parseSeeds, unavailable, within } from './redis-connect.js'
-import { rankHolders, type Candidate } from './rank.js'
+import { connectRedis, parseSeeds, unavailable } from './redis-connect.js'
+import { redisLookup, type LookupContext } from './redis-lookup.js'
 import {
-  ADDR_SEPARATOR, blobKey, decodePeer, decodeReputation, encodeReputation, holdingsKey, KIND, member, newEpoch,
-  parseMember, PEER_FIELDS, peerKey, REPUTATION_FIELDS, reputationKey, SCRIPTS
+  ADDR_SEPARATOR, blobKey, decodePeer, decodeReputation, encodeReputation, holdingsKey, joinKey, KIND, member, newEpoch,
+  PEER_FIELDS, peerKey, REPUTATION_FIELDS, reputationKey, SCRIPTS, type Commands
 } from './redis-layout.js'
 import type {
-  AnnounceOptions, AnnounceResult, BlobHolder, CallOptions, DirectoryComponents, DirectoryStats, LookupOptions,
-  PeerEntry, PeerView, RedisDirectoryInit, SwarmDirectory
+  AnnounceOptions, AnnounceResult, BlobHolder, CallOptions, DirectoryComponents, DirectoryStats, GroupLookup,
+  GroupLookupOptions, LookupOptions, PeerEntry, PeerView, RedisDirectoryInit, SwarmDirectory
 } from './index.js'
 
-/** a lookup samples again (once) when its first sample met dead members and answered short */
-const LOOKUP_ROUNDS = 2
 /** compare-and-set attempts of one reputation update before it is given up (reports are best effort) */
 const CAS_ATTEMPTS = 5
 /** stats scan the whole keyspace: they get this long, not `timeoutMs` */
 const STATS_TIMEOUT_MS = 120_000
 const SCAN_COUNT = 1000
-/** the least time a lookup gives one holder's read before leaving that holder out */
-const MIN_READ_MS = 50
-/** share of answered lookups that refresh their blob set's TTL */
-const BLOB_TTL_REFRESH = 1 / 16
-
-type Reply = Array<string | number>
-
-/** The commands this directory sends, on a `Redis` or a `Cluster` (the scripts are defined on both). */
-interface Commands {
-  srandmember: (key: string, count: number) => Promise<string[]>
-  hmget: (key: string, ...fields: string[]) => Promise<Array<string | null>>
-  hget: (key: string, field: string) => Promise<string | null>
-  exists: (key: string) => Promise<number>
-  scard: (key: string) => Promise<number>
-  srem: (key: string, ...members: string[]) => Promise<number>
-  pexpire: (key: string, ms: number) => Promise<number>
-  dirAnnounce: (...args: Array<string | number>) => Promise<Reply>
-  dirLink: (...args: Array<string | number>) => Promise<number>
-  dirWithdraw: (...args: string[]) => Promise<string>
-  dirLeave: (...args: string[]) => Promise<string[]>
-  dirHeartbeat: (...args: Array<string | number>) => Promise<number>
-  dirPending: (...args: Array<string | number>) => Promise<number>
-  dirReputation: (...args: Array<string | number>) => Promise<number>
-}
 
 export class RedisDirectory implements SwarmDirectory {
   readonly kind = 'redis'
@@ -77,6 +51,7 @@ export class RedisDirectory implements SwarmDirectory {
   private readonly blobTtlMs: number
   private readonly reputationTtlMs: number
   private readonly oversample: number
+  private readonly lookups: LookupContext
 
   private constructor (
     private readonly client: Redis | Cluster,
@@ -90,6 +65,16 @@ export class RedisDirectory implements SwarmDirectory {
     this.blobTtlMs = Math.max(1, init.blobTtlMs ?? DIRECTORY_DEFAULTS.blobTtlMs)
     this.reputationTtlMs = Math.max(1, init.reputationTtlMs ?? DIRECTORY_DEFAULTS.reputationTtlMs)
     this.oversample = Math.max(1, init.lookupOversample ?? DIRECTORY_DEFAULTS.lookupOversample)
+    this.lookups = {
+      cmd: this.cmd,
+      policy,
+      log,
+      oversample: this.oversample,
+      blobTtlMs: this.blobTtlMs,
+      peerKey: (id) => this.key('p', id),
+      holdingsKey: (id) => this.key('h', id),
+      background: (p, what) => { this.background(p, what) }
+    }
   }
 
   /** Connects (within `connectTimeoutMs`) and returns a ready directory. */
@@ -137,12 +122,13 @@ export class RedisDirectory implements SwarmDirectory {
     p.catch((err: unknown) => { this.log.debug('%s: %s', what, describeError(err)) })
   }
 
-  private key (kind: 'p' | 'h' | 'r' | 'b', id: string): string {
+  private key (kind: 'p' | 'h' | 'r' | 'b' | 'j', id: string): string {
     switch (kind) {
       case 'p': return peerKey(this.prefix, id)
       case 'h': return holdingsKey(this.prefix, id)
       case 'r': return reputationKey(this.prefix, id)
       case 'b': return blobKey(this.prefix, id)
+      case 'j': return joinKey(this.prefix, id)
     }
   }
 
@@ -170,9 +156,10 @@ export class RedisDirectory implements SwarmDirectory {
       const linked = sent.filter((b) => !refused.has(b))
       const relinked = new Set(linked)
       await Promise.all([
-        ...linked.map(async (b) => await this.cmd.dirLink(this.key('b', b), mine, this.policy.maxHoldersPerBlob, this.blobTtlMs, oldMember)),
+        ...linked.map(async (b) => await this.cmd.dirLink(this.key('b', b), this.key('j', b), mine, this.policy.maxHoldersPerBlob,
+          this.blobTtlMs, oldMember, this.policy.random(), MAX_GROUP)),
         // a reset: the old registration's members of blobs not announced again
-        ...oldBlobs.filter((b) => !relinked.has(b)).map(async (b) => await this.cmd.srem(this.key('b', b), oldMember))
+        ...oldBlobs.filter((b) => !relinked.has(b)).map(async (b) => await this.unlink(b, oldMember))
       ])
       let accepted = 0
       for (const b of ids) if (!refused.has(b)) accepted++
@@ -188,7 +175,7 @@ export class RedisDirectory implements SwarmDirectory {
       const epoch = await this.cmd.dirWithdraw(this.key('p', id), this.key('h', id), ...ids)
       if (epoch === '') return
       const m = member(epoch, id)
-      await Promise.all(ids.map(async (b) => await this.cmd.srem(this.key('b', b), m)))
+      await Promise.all(ids.map(async (b) => await this.unlink(b, m)))
     })
   }
 
@@ -198,7 +185,7 @@ export class RedisDirectory implements SwarmDirectory {
       const [epoch, ...blobs] = await this.cmd.dirLeave(this.key('p', id), this.key('h', id))
       if (epoch === undefined) return
       const m = member(epoch, id)
-      await Promise.all(blobs.map(async (b) => await this.cmd.srem(this.key('b', b), m)))
+      await Promise.all(blobs.map(async (b) => await this.unlink(b, m)))
     })
   }
 
@@ -210,62 +197,23 @@ export class RedisDirectory implements SwarmDirectory {
       await this.cmd.dirHeartbeat(this.key('p', id), this.key('h', id), ttl ?? '', l.activeUploads, l.recentUploadBps) === 1)
   }
 
+  /** `m` no longer holds blob `b`: out of its set and its join order at once */
+  private async unlink (b: string, m: string): Promise<number> {
+    return await this.cmd.dirUnlink(this.key('b', b), this.key('j', b), m)
+  }
+
   async lookup (blobId: string, opts: LookupOptions = {}): Promise<BlobHolder[]> {
+    return (await this.lookupGroup(blobId, { ...opts, group: 0 })).holders
+  }
+
+  async lookupGroup (blobId: string, opts: GroupLookupOptions): Promise<GroupLookup> {
     const id = checkBlobId(blobId)
     const asker = opts.asker !== undefined ? checkPeerId(opts.asker, 'asker') : undefined
     const max = answerSize(opts.max)
+    const group = groupSize(opts.group)
     return await this.run('lookup', opts, async () => {
-      if (max === 0) return []
-      const now = this.policy.now()
-      const bKey = this.key('b', id)
-      const sample = Math.min(this.policy.maxHoldersPerBlob, max * this.oversample)
-      // a holder whose hash cannot be read in time (its master is failing over) is left out, not waited for: the
-      // answer names the holders on the masters that do answer
-      const budget = Math.max(MIN_READ_MS, this.policy.timeoutMs / 2)
-      const askerZone = opts.askerZone !== undefined || asker === undefined
-        ? Promise.resolve(opts.askerZone ?? '')
-        : within(this.cmd.hget(this.key('p', asker), 'zone'), budget).then((z) => z ?? '', () => '')
-      const seen = new Set<string>()
-      const candidates: Candidate[] = []
-      const epochs = new Map<string, string>()
-      let unread = 0
-      let readError: unknown
-      for (let round = 1; ; round++) {
-        const members = await this.cmd.srandmember(bKey, sample)
-        const dead: string[] = []
-        await Promise.all(members.map(async (m) => {
-          if (seen.has(m)) return
-          seen.add(m)
-          const parsed = parseMember(m)
-          if (parsed === undefined) { dead.push(m); return }
-          if (parsed.peerId === asker) return
-          let fields: Array<string | null>
-          try {
-            fields = await within(this.cmd.hmget(this.key('p', parsed.peerId), ...PEER_FIELDS), budget)
-          } catch (err) {
-            unread++
-            readError = err
-            return
-          }
-          const p = decodePeer(fields)
-          if (p === undefined || p.epoch !== parsed.epoch) { dead.push(m); return }
-          if (isBanned(p.rep, now) || p.addrs.length === 0 || epochs.has(parsed.peerId)) return
-          epochs.set(parsed.peerId, p.epoch)
-          candidates.push({ peerId: parsed.peerId, addrs: p.addrs, zone: p.zone, load: { ...p }, rep: p.rep })
-        }))
-        if (dead.length > 0) await this.cmd.srem(bKey, ...dead).catch((err: unknown) => { this.log.debug('dropping dead holders of %s: %s', id, describeError(err)) })
-        if (candidates.length >= max || dead.length === 0 || members.length < sample || round >= LOOKUP_ROUNDS) break
-      }
-      if (candidates.length === 0 && unread > 0) throw unavailable(`lookup: none of the holders of ${id} could be read: ${describeError(readError)}`, readError)
-      const ranked = rankHolders(candidates, await askerZone, max, now, this.policy.weights, this.policy.random)
-      if (ranked.length > 0) {
-        const first = ranked[0].candidate
-        addPending(first.load, 1, now)
-        this.background(this.cmd.dirPending(this.key('p', first.peerId), epochs.get(first.peerId) ?? '', first.load.pending, first.load.pendingAt), 'pending load')
-        // a blob in use keeps its set; a sixteenth of the answers is enough to say so
-        if (this.policy.random() < BLOB_TTL_REFRESH) this.background(this.cmd.pexpire(bKey, this.blobTtlMs), 'blob ttl')
-      }
-      return ranked.map(({ holder }) => holder)
+      if (max === 0 && group === 0) return { group: [], holders: [] }
+      return await redisLookup(this.lookups, { blobId: id, bKey: this.key('b', id), jKey: this.key('j', id), asker, askerZone: opts.askerZone, max, group })
     })
   }
 
