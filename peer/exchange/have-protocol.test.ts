@@ -76,6 +76,28 @@ test('the have table: bitfield, updates, pending promises that expire, rarest fi
   assert.deepEqual(table.neighbours(hex), [])
 })
 
+test('the have table lists neighbours in the order their first bitfield came, a new bitfield keeping the place', () => {
+  const table = new HaveTable({ now: () => 0 })
+  const all = newBits(4)
+  for (let i = 0; i < 4; i++) setBit(all, i)
+  for (const p of ['C', 'A', 'B']) table.apply(p, { type: 'bitfield', blob, chunks: 4, bits: all, pending: [] }, hex)
+  assert.deepEqual(table.sources(hex, 1).have, ['C', 'A', 'B'])
+  // A again, with nothing: still second in line for what it has after updates
+  table.apply('A', { type: 'bitfield', blob, chunks: 4, bits: newBits(4), pending: [2] })
+  assert.deepEqual(table.sources(hex, 1).have, ['C', 'B'])
+  table.apply('A', { type: 'have', blob, indexes: [1] }, hex)
+  assert.deepEqual(table.sources(hex, 1).have, ['C', 'A', 'B'])
+  assert.deepEqual(table.sources(hex, 2), { have: ['C', 'B'], pending: [{ peerId: 'A', since: 0 }] })
+  // forgotten and back: last
+  table.forgetPeer('C')
+  table.apply('C', { type: 'bitfield', blob, chunks: 4, bits: all, pending: [] }, hex)
+  assert.deepEqual(table.sources(hex, 1).have, ['A', 'B', 'C'])
+  assert.deepEqual(table.neighbours(hex).map(n => n.peerId), ['A', 'B', 'C'])
+  // the hex a caller passes names the blob (the message's own blob is not decoded again)
+  table.apply('B', { type: 'dropped', blob: randomBytes(32), indexes: [1] }, hex)
+  assert.deepEqual(table.sources(hex, 1).have, ['A', 'C'])
+})
+
 test('back to source: every peer computes the same assignee; chunks spread evenly over the group', () => {
   const group = ['p1', 'p2', 'p3', 'p4']
   const counts = new Map<string, number>()

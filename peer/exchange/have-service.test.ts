@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { announceAddrs, createHost, encodeFrame, type ChunkHolder, type Host } from '../../p2p/index.js'
-import { HAVE_PROTOCOL, newBits, setBit } from './have-protocol.js'
+import { HAVE_PROTOCOL, encodeHave, newBits, setBit } from './have-protocol.js'
 import { HaveService, type LocalChunks, type LocalListener } from './have-service.js'
 
 /** A node's own chunks, kept in memory (the daemon's implementation reads the blob cache and the fetcher). */
@@ -166,6 +166,23 @@ describe('have sessions between real libp2p hosts', () => {
       s2.send(encodeFrame(Buffer.concat([Buffer.of(3), unasked, Buffer.from([0, 0, 0, 4]), bits, Buffer.from([0, 0])])))
       await sleep(50)
       assert.deepEqual(services[0]!.table.neighbours(unasked.toString('hex')), [])
+      // a bitfield of a blob we follow, sized unlike the blob as we know it: not taken (no rows for 16M chunks)
+      const followed = randomBytes(32)
+      const fhex = followed.toString('hex')
+      locals[0]!.register(fhex, 20)
+      await services[0]!.interest(fhex, [])
+      const right = newBits(20)
+      setBit(right, 1)
+      s2.send(encodeFrame(encodeHave({ type: 'bitfield', blob: followed, chunks: 20, bits: right, pending: [] })))
+      await eventually(() => { assert.deepEqual(services[0]!.table.sources(fhex, 1).have, [liar.peerId.toString()]) })
+      const huge = newBits(1 << 24)
+      setBit(huge, 0)
+      s2.send(encodeFrame(encodeHave({ type: 'bitfield', blob: followed, chunks: 1 << 24, bits: huge, pending: [] })))
+      // an update after it on the same stream: once it shows, the lie before it was read
+      s2.send(encodeFrame(encodeHave({ type: 'have', blob: followed, indexes: [2] })))
+      await eventually(() => { assert.deepEqual(services[0]!.table.sources(fhex, 2).have, [liar.peerId.toString()]) })
+      assert.deepEqual(services[0]!.table.sources(fhex, 0).have, [], 'the oversized bitfield was applied')
+      assert.deepEqual(services[0]!.table.sources(fhex, 1).have, [liar.peerId.toString()])
     } finally {
       await liar.stop()
     }

@@ -333,7 +333,15 @@ export class HaveService {
         const hex = m.blob.toString('hex')
         // state of a blob we did not ask about is not kept (a neighbour cannot fill our memory with it)
         if (!this.ours.has(hex)) return
-        this.table.apply(s.peerId, m)
+        // a bitfield sized unlike the blob as we know it is a lie (the table sizes a blob's rows by it)
+        if (m.type === 'bitfield') {
+          const chunks = this.local.snapshot(hex)?.chunks
+          if (chunks !== undefined && m.chunks !== chunks) {
+            this.log?.debug('%s sent a bitfield of %d chunks for blob %s, which has %d: ignored', s.peerId, m.chunks, hex, chunks)
+            return
+          }
+        }
+        this.table.apply(s.peerId, m, hex)
         for (const l of this.listeners) l(hex, s.peerId)
       }
     }

@@ -20,7 +20,7 @@ export interface DirectoryPeer {
 }
 
 export class Directory implements Timed {
-  readonly index: HolderIndex
+  private held: HolderIndex | undefined
   announces = 0
   resolves = 0
   heartbeats = 0
@@ -31,7 +31,7 @@ export class Directory implements Timed {
   private running = true
 
   constructor (private readonly queue: EventQueue, private readonly halfRttMs: number, init: { peers: number, heartbeatMs: number, random: () => number }) {
-    this.index = new HolderIndex({
+    this.held = new HolderIndex({
       maxPeers: Math.min(HARD_MAX_PEERS, init.peers + 16),
       heartbeatMs: init.heartbeatMs,
       now: () => this.queue.now,
@@ -39,6 +39,15 @@ export class Directory implements Timed {
     })
     queue.after(SWEEP_INTERVAL_MS, this)
   }
+
+  /** the scheduler's holder index (until {@link release}) */
+  get index (): HolderIndex {
+    if (this.held === undefined) throw new Error('the model\'s directory was released')
+    return this.held
+  }
+
+  /** Lets go of the index (after the run: what it held is then measured as the heap it frees). */
+  release (): void { this.held = undefined }
 
   /** the sweep timer */
   fire (): void {

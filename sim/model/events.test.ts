@@ -1,7 +1,7 @@
 /** The event engine runs events in time order, ties in the order they were scheduled, and stops when told. */
 import { it } from 'node:test'
 import assert from 'node:assert/strict'
-import { EventQueue } from './events.js'
+import { EventQueue, Slot } from './events.js'
 
 it('events run by time, ties in scheduling order, none before now', () => {
   const q = new EventQueue()
@@ -21,4 +21,18 @@ it('events run by time, ties in scheduling order, none before now', () => {
   q.run()
   assert.equal(seen[seen.length - 1], 'late')
   assert.equal(q.size, 1)
+})
+
+it('a cleared slot still comes due, and lets its target go', () => {
+  const q = new EventQueue()
+  const fired: number[] = []
+  const target = { fire: (arg: number) => { fired.push(arg) } }
+  const live = new Slot(target)
+  const gone = new Slot(target)
+  q.at(5, live, 1)
+  q.at(5, gone, 2)
+  gone.clear()
+  q.run()
+  assert.deepEqual(fired, [1])
+  assert.equal(q.processed, 2)
 })

@@ -12,6 +12,18 @@ export interface Timed {
 
 const INITIAL_CAPACITY = 1024
 
+/**
+ * A long timer's stand-in for its target: once cleared, the event still comes due (and does nothing, as a stale
+ * arg would) but no longer holds the target. A request ends in milliseconds while its hedge timer runs for 300:
+ * held by the queue, every request (its wants, fetch, flows) would live long enough to be promoted to the old
+ * generation, and the garbage collector would spend its time copying them.
+ */
+export class Slot implements Timed {
+  constructor (private target: Timed | undefined) {}
+  fire (arg: number): void { this.target?.fire(arg) }
+  clear (): void { this.target = undefined }
+}
+
 export class EventQueue {
   /** simulated time of the event being run (ms) */
   now = 0

@@ -14,6 +14,7 @@ const NONE = 0
 const LOOKING = 1
 const BITFIELDS = 2
 const READY = 3
+const NO_PEERS: readonly string[] = []
 
 /** The blob's holders as one node knows them, and look-ups waiting for them. */
 export class GroupState implements Timed {
@@ -68,6 +69,7 @@ export class GroupState implements Timed {
         for (const h of fresh) node.interest(this.nb, h)
         if (this.firstLookUp && this.holders.length > 0) {
           this.phase = BITFIELDS
+          node.attend(this.nb, 1)
           this.deadline = w.queue.now + w.cfg.bitfieldWaitMs
           w.queue.at(this.deadline, this, ++this.version)
           this.check()
@@ -91,6 +93,7 @@ export class GroupState implements Timed {
   }
 
   private ready (): void {
+    if (this.phase === BITFIELDS) this.node.attend(this.nb, -1)
     this.phase = READY
     this.at = this.node.world.queue.now
     const ws = this.waiters
@@ -145,8 +148,8 @@ export class Locate implements Timed {
         group: this.group,
         blobHex: hex,
         ci,
-        have: have.filter(p => p !== self),
-        pending: pending.map(p => p.peerId).filter(p => p !== self),
+        have: have.includes(self) ? have.filter(p => p !== self) : have,
+        pending: pending.length === 0 ? NO_PEERS : pending.map(p => p.peerId).filter(p => p !== self),
         wantedForMs: now - this.since,
         graceMs: w.cfg.graceMs,
         stable,
@@ -167,11 +170,11 @@ export class Locate implements Timed {
     this.open = waiting
     if (waiting.length === 0) {
       this.done = true
-      nb.waiting.delete(this)
+      nb.unwait(this)
       this.batch.located(this.peers, this.source)
       return
     }
-    nb.waiting.add(this)
+    nb.wait(this)
     const t = now + Math.max(1, soonest)
     if (t < this.timerAt) {
       this.timerAt = t

@@ -104,6 +104,15 @@ describe('the swarm model', () => {
     assert.equal(m.registryTimeline.bytes.reduce((a, b) => a + b, 0), r.registryBytes)
   })
 
+  it('measures what the scheduler\'s index holds at the end of a run (bytes per entry, per peer)', () => {
+    const r = runModel({ ...small, runtime: true })
+    const heap = r.runtime?.directoryHeap
+    assert.ok(heap !== undefined && heap !== null, 'V8\'s collection can be forced in tests')
+    assert.ok(heap.bytes > 0 && heap.perPeer > 0 && heap.perEntry > 0, JSON.stringify(heap))
+    assert.equal(heap.perPeer, Math.round(heap.bytes / r.model.directory.stats.peers))
+    assert.equal(runModel(small).runtime, undefined)
+  })
+
   it('rejects bad options, every problem at once', () => {
     assert.throws(() => runModel({ nodes: 0, failRate: 2, chunkSize: 3 }), (err: Error) =>
       err instanceof RangeError && /nodes/.test(err.message) && /failRate/.test(err.message) && /chunkSize/.test(err.message))

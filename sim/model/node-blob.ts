@@ -1,10 +1,14 @@
-/** One node's state of one blob, and have messages on their way between nodes. */
+/**
+ * One node's state of one blob (what it has, fetches, tells its followers), and have messages on their way between
+ * nodes.
+ */
 import type { Timed } from './events.js'
 import { GroupState, type Locate } from './locate.js'
 import { Outbox } from './daemon-policy.js'
 import type { SimNode } from './node.js'
-import { newBits, type HaveMessage } from './policy.js'
+import { MAX_INDEXES_PER_MESSAGE, newBits, type HaveMessage } from './policy.js'
 import type { PeerReq } from './request.js'
+import type { Arrival } from './have-inbox.js'
 import type { BlobSpec } from './world.js'
 
 /** One blob as one node has it. */
@@ -20,7 +24,7 @@ export class NodeBlob {
   readonly followers = new Set<SimNode>()
   /** neighbours this node asked to follow (sent INTEREST to) */
   readonly told = new Set<SimNode>()
-  /** look-ups waiting for a neighbour's word */
+  /** look-ups waiting for a neighbour's word (through `wait`/`unwait`) */
   readonly waiting = new Set<Locate>()
   /** neighbours' requests waiting for a chunk this node is fetching */
   readonly waiters = new Map<number, PeerReq[]>()
@@ -33,14 +37,46 @@ export class NodeBlob {
   }
 
   has (ci: number): boolean { return (this.present[ci >>> 3]! & (0x80 >>> (ci & 7))) !== 0 }
+
+  /** What the next flush tells the followers, as the have service words it. */
+  outboxMessages (): HaveMessage[] {
+    const msgs: HaveMessage[] = []
+    for (const [type, set] of [['dropped', this.out.dropped], ['pending', this.out.pending], ['have', this.out.have]] as const) {
+      if (set.size === 0) continue
+      const all = [...set]
+      for (let i = 0; i < all.length; i += MAX_INDEXES_PER_MESSAGE) msgs.push({ type, blob: this.spec.key, indexes: all.slice(i, i + MAX_INDEXES_PER_MESSAGE) })
+    }
+    return msgs
+  }
+
+  /** `loc` waits for a neighbour's word about this blob. */
+  wait (loc: Locate): void {
+    if (this.waiting.size === 0) this.node.attend(this, 1)
+    this.waiting.add(loc)
+  }
+
+  unwait (loc: Locate): void {
+    if (this.waiting.delete(loc) && this.waiting.size === 0) this.node.attend(this, -1)
+  }
 }
 
-/** Have messages of one flush (or a bitfield) on their way to the followers. */
-export class HaveDelivery implements Timed {
-  constructor (private readonly from: SimNode, private readonly b: number, private readonly msgs: HaveMessage[],
-    private readonly bytes: number, private readonly to: SimNode[]) {}
+/** Have messages of one flush (or a bitfield) on their way to the followers; once there, each keeps it as it arrived. */
+export class HaveDelivery implements Timed, Arrival {
+  readonly peer: string
+  readonly blobHex: string
+  at = NaN
+
+  constructor (private readonly from: SimNode, private readonly b: number, readonly msgs: HaveMessage[],
+    private readonly bytes: number, private to: SimNode[]) {
+    this.peer = from.peerId
+    this.blobHex = from.blobs[b]!.spec.hex
+  }
 
   fire (): void {
-    for (const n of this.to) n.receiveHave(this.from, this.b, this.msgs, this.bytes)
+    this.at = this.from.world.queue.now
+    const to = this.to
+    // the followers' inboxes keep the delivery until they read: it holds its messages then, not its list of followers
+    this.to = []
+    for (const n of to) n.receiveHave(this.from, this.b, this, this.bytes)
   }
 }

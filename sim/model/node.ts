@@ -8,7 +8,8 @@ import { Batch, type SwarmFetch } from './fetch.js'
 import type { Timed } from './events.js'
 import type { DirectoryPeer } from './directory.js'
 import { HaveDelivery, NodeBlob } from './node-blob.js'
-import { HaveTable, MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage } from './policy.js'
+import { HaveInbox, type Arrival } from './have-inbox.js'
+import { MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage, type HaveTable } from './policy.js'
 import type { PeerReq, RegistryReq } from './request.js'
 import { haveFrameBytes } from './wire.js'
 import type { World } from './world.js'
@@ -33,7 +34,10 @@ export class SimNode implements Timed {
   completionMs: number | null = null
   diedAt: number | null = null
   blobs: NodeBlob[] = []
-  table: HaveTable
+  /** what the neighbours told it (`table`), with the messages not applied yet */
+  private inbox: HaveInbox
+  /** its blobs with a look-up waiting for a neighbour's word, or a first look-up waiting for bitfields */
+  private attentive = 0
   /** neighbours with an open have session, and with a connection (symmetric) */
   sessions = new Set<SimNode>()
   conns = new Set<SimNode>()
@@ -92,8 +96,11 @@ export class SimNode implements Timed {
         this.ctrl.received += bytesReceived
       }
     }
-    this.table = new HaveTable({ now: () => world.queue.now })
+    this.inbox = new HaveInbox(() => world.queue.now)
   }
+
+  /** what its neighbours told it, up to now */
+  get table (): HaveTable { return this.inbox.table }
 
   private get cfg (): World['cfg'] { return this.world.cfg }
 
@@ -126,7 +133,8 @@ export class SimNode implements Timed {
     this.doneAt = null
     this.completionMs = null
     this.blobs = w.blobs.map(s => new NodeBlob(this, s))
-    this.table = new HaveTable({ now: () => q.now })
+    this.inbox = new HaveInbox(() => q.now)
+    this.attentive = 0
     this.sessions = new Set()
     this.conns = new Set()
     this.penalties = new Map()
@@ -154,6 +162,7 @@ export class SimNode implements Timed {
     const w = this.world
     const q = w.queue
     this.alive = false
+    w.sessionResets++
     this.diedAt = q.now
     for (const r of this.serving) r.serverDied()
     for (const r of this.asking) r.askerDied()
@@ -173,6 +182,7 @@ export class SimNode implements Timed {
     if (!this.alive || (peer.alive && peer.incarnation !== inc)) return
     this.conns.delete(peer)
     if (!this.sessions.delete(peer)) return
+    this.world.sessionResets++
     this.table.forgetPeer(peer.peerId)
     for (const nb of this.blobs) {
       nb.followers.delete(peer)
@@ -312,14 +322,22 @@ export class SimNode implements Timed {
   }
 
   /** Messages about blob `b` from `from`, into the table; look-ups waiting on the blob look again. */
-  receiveHave (from: SimNode, b: number, msgs: HaveMessage[], bytes: number): void {
-    if (!this.alive || !this.sessions.has(from)) return
-    this.msgs.have.received += msgs.length
-    this.ctrl.received += bytes
-    const nb = this.blobs[b]!
-    if (!nb.told.has(from)) return
-    for (const m of msgs) this.table.apply(from.peerId, m)
-    this.updated(nb)
+  receiveHave (from: SimNode, b: number, a: Arrival, bytes: number): void {
+    // (this runs for every follower of every flush: it touches as little of the node as it can)
+    const w = this.world
+    // until a session closes somewhere, a follower still has its session and its interest (nothing takes them back)
+    const resets = w.sessionResets > 0
+    if (!this.alive || (resets && !this.sessions.has(from))) return
+    w.haveReceived[this.idx] += a.msgs.length
+    w.haveBytesReceived[this.idx] += bytes
+    if (resets && !this.blobs[b]!.told.has(from)) return
+    this.inbox.push(a)
+    if (this.attentive > 0) this.updated(this.blobs[b]!)
+  }
+
+  /** The blob's state of attention changed by `d` (see `attentive`); a past life's blobs do not count. */
+  attend (nb: NodeBlob, d: number): void {
+    if (this.blobs[nb.spec.index] === nb) this.attentive += d
   }
 
   /** A neighbour's state of the blob changed. */
@@ -343,15 +361,7 @@ export class SimNode implements Timed {
   private flush (): void {
     this.flushArmed = false
     for (const nb of this.dirty) {
-      if (nb.followers.size > 0 && !nb.out.empty) {
-        const msgs: HaveMessage[] = []
-        for (const [type, set] of [['dropped', nb.out.dropped], ['pending', nb.out.pending], ['have', nb.out.have]] as const) {
-          if (set.size === 0) continue
-          const all = [...set]
-          for (let i = 0; i < all.length; i += MAX_INDEXES_PER_MESSAGE) msgs.push({ type, blob: nb.spec.key, indexes: all.slice(i, i + MAX_INDEXES_PER_MESSAGE) })
-        }
-        this.send([...nb.followers], nb, msgs)
-      }
+      if (nb.followers.size > 0 && !nb.out.empty) this.send([...nb.followers], nb, nb.outboxMessages())
       nb.out.clear()
     }
     this.dirty.clear()

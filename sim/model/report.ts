@@ -188,6 +188,10 @@ export function formatModelReport (r: ModelReport): string {
     `verified: ${r.verifiedOk ? 'every node got every chunk exactly once' : 'PROBLEMS (see the nodes)'}`,
     `model: ${m.events} events, ${s(r.wallMs)} simulated${r.runtime !== undefined ? ` in ${s(r.runtime.realMs)} real (${r.runtime.eventsPerSecond} events/s), peak RSS ${gib(r.runtime.rssBytes)}` : ''}`
   ]
+  const heap = r.runtime?.directoryHeap
+  if (heap !== undefined && heap !== null) {
+    lines.splice(5, 0, `directory memory: ${gib(heap.bytes)} at the end (${heap.perEntry} B per entry, ${heap.perPeer} B per peer)`)
+  }
   if (r.nodes.length > 0 && r.nodes.length <= 64) {
     lines.push('  node  time       registry    peers       uploaded    messages  control')
     for (const n of r.nodes) {

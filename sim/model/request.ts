@@ -5,7 +5,7 @@
  * itself and answering NOT_FOUND for one it neither has nor fetches. A registry request is one ranged GET: its
  * chunks stream in order at the registry's shared egress. Every reply arrives half a round trip after it is sent.
  */
-import type { Timed } from './events.js'
+import { Slot, type Timed } from './events.js'
 import type { Batch, Lane, SwarmFetch, Want } from './fetch.js'
 import type { Flow, FlowOwner } from './links.js'
 import type { SimNode } from './node.js'
@@ -45,6 +45,8 @@ export class PeerReq implements Timed, FlowOwner {
   private parkedAt = -1
   private waitSince = 0
   private parkToken = 0
+  /** the hedge and park timers' stand-in, cleared when the request ends */
+  private timers: Slot | undefined
 
   constructor (readonly fetch: SwarmFetch, readonly lane: Lane, readonly wants: Want[]) {
     this.replied = new Uint8Array(wants.length)
@@ -66,7 +68,8 @@ export class PeerReq implements Timed, FlowOwner {
     asker.ctrl.sent += chunkRequestBytes(this.wants.length)
     asker.asking.add(this)
     this.lastProgress = q.now
-    q.after(cfg.hedgeAfterMs, this, HEDGE)
+    this.timers = new Slot(this)
+    q.after(cfg.hedgeAfterMs, this.timers, HEDGE)
     const dial = asker.conns.has(this.server) ? 0 : cfg.rttMs
     q.after(dial + cfg.halfRttMs, this, ARRIVE)
   }
@@ -95,7 +98,7 @@ export class PeerReq implements Timed, FlowOwner {
       if (this.hedged) return
       const due = this.lastProgress + this.asker.world.cfg.hedgeAfterMs
       const q = this.asker.world.queue
-      if (q.now < due) q.at(due, this, HEDGE)
+      if (q.now < due) q.at(due, this.timers!, HEDGE)
       else this.fetch.hedge(this)
       return
     }
@@ -144,7 +147,7 @@ export class PeerReq implements Timed, FlowOwner {
         else list.push(this)
         this.parkedAt = ci
         this.waitSince = w.queue.now
-        if (w.cfg.parkTimeoutMs > 0) w.queue.after(w.cfg.parkTimeoutMs, this, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
+        if (w.cfg.parkTimeoutMs > 0) w.queue.after(w.cfg.parkTimeoutMs, this.timers!, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
         if (this.flow !== undefined) w.links.pause(this.flow)
         return
       }
@@ -205,16 +208,21 @@ export class PeerReq implements Timed, FlowOwner {
 
   /** The asker died: the holder stops. */
   askerDied (): void {
-    this.state = ENDED
+    this.ended()
     this.endServe()
   }
 
   /** The asker's fetch gave up (idle): stopped, nothing said about the holder. */
   abort (): void {
     if (this.state !== RUNNING) return
-    this.state = ENDED
+    this.ended()
     this.asker.asking.delete(this)
     this.endServe()
+  }
+
+  private ended (): void {
+    this.state = ENDED
+    this.timers?.clear()
   }
 
   // ---- the asker's side ----
@@ -284,7 +292,7 @@ export class PeerReq implements Timed, FlowOwner {
 
   private end (): void {
     if (this.state === ENDED) return
-    this.state = ENDED
+    this.ended()
     const asker = this.asker
     asker.asking.delete(this)
     this.endServe()

@@ -1,5 +1,6 @@
 /** One model run, and the one-node baseline it is measured against. */
 import { resolveConfig } from './config.js'
+import { heapHeldBy } from './heap.js'
 import { buildReport } from './report.js'
 import type { ModelInit, ModelReport } from './types.js'
 import { World } from './world.js'
@@ -20,5 +21,14 @@ export function runModel (init: ModelInit): ModelReport {
   const world = new World(cfg)
   const end = world.run()
   if (Number.isNaN(aloneMs)) aloneMs = world.nodes[0]!.completionMs ?? 0
-  return buildReport(world, cfg, end, aloneMs, cfg.runtime ? performance.now() - t0 : undefined)
+  const report = buildReport(world, cfg, end, aloneMs, cfg.runtime ? performance.now() - t0 : undefined)
+  if (report.runtime !== undefined) {
+    // the scheduler's memory at the end of the run, all peers in it: what a directory of this swarm costs
+    const { entries, peers } = report.model.directory.stats
+    const bytes = heapHeldBy(() => { world.directory.release() })
+    report.runtime.directoryHeap = bytes === null
+      ? null
+      : { bytes, perEntry: entries > 0 ? Math.round(bytes / entries) : 0, perPeer: peers > 0 ? Math.round(bytes / peers) : 0 }
+  }
+  return report
 }

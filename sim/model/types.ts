@@ -153,5 +153,16 @@ export interface ModelReport {
     simulatedMs: number
   }
   /** how long the model took to run, and its memory (absent with `runtime: false`) */
-  runtime?: { realMs: number, eventsPerSecond: number, heapUsedBytes: number, rssBytes: number, simulatedOverReal: number }
+  runtime?: {
+    realMs: number
+    eventsPerSecond: number
+    heapUsedBytes: number
+    rssBytes: number
+    simulatedOverReal: number
+    /**
+     * the heap the scheduler's holder index held at the end of the run (every peer in it), per (blob, holder) entry
+     * and per peer; null where V8's collection cannot be forced
+     */
+    directoryHeap?: { bytes: number, perEntry: number, perPeer: number } | null
+  }
 }

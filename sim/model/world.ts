@@ -47,6 +47,14 @@ export class World {
   readonly completions: number[] = []
   lastCompletionAt = 0
   died = 0
+  /** have sessions closed so far (deaths, lost connections): until the first, no follower has lost its session */
+  sessionResets = 0
+  /**
+   * have messages and their bytes each node received in flushes, by node index: counted here (one small array the
+   * cache keeps) rather than on each of thousands of nodes per flush; `run` adds them to the nodes' counts at its end
+   */
+  readonly haveReceived: Float64Array
+  readonly haveBytesReceived: Float64Array
   restarts = 0
   /** nodes that have yet to finish and still can */
   private remaining: number
@@ -56,6 +64,8 @@ export class World {
     const failures = mulberry32(cfg.seed ^ 0x5bd1e995)
     const jitter = mulberry32(cfg.seed ^ 0x27d4eb2f)
     this.registry = cfg.nodes
+    this.haveReceived = new Float64Array(cfg.nodes)
+    this.haveBytesReceived = new Float64Array(cfg.nodes)
     this.links = new Links(this.queue, cfg.nodes + 1)
     this.links.setCapacity(this.registry, cfg.registryBandwidth, Infinity)
     // every endpoint serves its uploads as a hub: exact, and a busy uploader costs O(log flows) per change, not O(flows)
@@ -104,6 +114,12 @@ export class World {
     this.queue.after(0, progress)
     this.queue.run(this.cfg.maxSimulatedMs)
     this.directory.stop()
+    for (const n of this.nodes) {
+      n.msgs.have.received += this.haveReceived[n.idx]!
+      n.ctrl.received += this.haveBytesReceived[n.idx]!
+    }
+    this.haveReceived.fill(0)
+    this.haveBytesReceived.fill(0)
     return this.remaining === 0 ? this.lastCompletionAt : this.queue.now
   }
 
