@@ -196,10 +196,6 @@ export class MountManager implements MountService {
       readErrors: 0
     }
     lap('chunk table')
-    // the prefetch starts now, beside the kernel mount, not after it: the link is idle otherwise (a kernel mount,
-    // asked or chosen on a complete cache, needs none)
-    const policy = req.prefetch ?? this.init.prefetch?.policy ?? 'table'
-    if (requestedMode !== 'kernel') this.startPrefetch(m, policy, req.mountpoint)
     try {
       let mode: MountInfo['mode'] = requestedMode === 'auto' ? 'fuse' : requestedMode
       if (requestedMode === 'kernel') {
@@ -235,10 +231,10 @@ export class MountManager implements MountService {
       this.mounts.set(req.mountpoint, m)
       this.log?.info('mounted %s at %s (%s mode%s) in %d ms (%s)', image.source, req.mountpoint, mode, image.offline ? ', registry offline' : '',
         Math.round(performance.now() - started), laps.join(', '))
+      if (mode !== 'kernel') this.startPrefetch(m, req.prefetch ?? this.init.prefetch?.policy ?? 'table')
       return this.infoOf(m)
     } catch (err) {
       m.abort.abort()
-      await m.prefetchDone
       m.fetcher.stop()
       await image.close()
       throw err
@@ -361,18 +357,17 @@ export class MountManager implements MountService {
     }
   }
 
-  private startPrefetch (m: Mounted, policy: PrefetchPolicy, mountpoint: string): void {
+  private startPrefetch (m: Mounted, policy: PrefetchPolicy): void {
     if (policy === 'none') return
     m.prefetchDone = (async () => {
       try {
         const plan = await planPrefetch(m.image.reader, policy, this.log)
         await runPrefetch(m.fetcher, m.image.reader, plan, m.prefetch, { signal: m.abort.signal, log: this.log })
-        if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log?.info('prefetch of %s done: %d chunks', mountpoint, m.prefetch.chunksTotal)
+        if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log?.info('prefetch of %s done: %d chunks', m.info.mountpoint, m.prefetch.chunksTotal)
       } catch (err) {
         m.prefetch.state = 'failed'
         m.prefetch.error = (err as Error).message
-        if (m.abort.signal.aborted) return
-        this.log?.warn('prefetch of %s failed: %s', mountpoint, describeError(err))
+        this.log?.warn('prefetch of %s failed: %s', m.info.mountpoint, describeError(err))
       }
     })()
   }
