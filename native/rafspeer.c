@@ -212,6 +212,14 @@ typedef struct miss_event {
   uint32_t length;
 } miss_event;
 
+/* a range of a file to copy into the kernel's page cache of that file (FUSE_NOTIFY_STORE) */
+typedef struct push_job {
+  struct push_job *next;
+  uint32_t file;
+  uint64_t offset;
+  uint64_t length;
+} push_job;
+
 enum { ST_NEW, ST_STARTED, ST_STOPPED };
 
 typedef struct server {
@@ -248,6 +256,11 @@ typedef struct server {
   _Atomic uint32_t minor; /* negotiated protocol minor */
   unsigned live;
   atomic_int state;
+
+  /* push(): ranges the pusher thread stores into the page cache, under mu; push_cv wakes it */
+  push_job *push_head, *push_tail;
+  pthread_cond_t push_cv;
+  _Atomic uint64_t pushes, push_bytes, push_skipped;
 
   /* misses waiting for reply(), keyed by the FUSE unique */
   pthread_mutex_t miss_mu;
@@ -351,6 +364,7 @@ static void server_unref (server *s) {
   for (size_t i = 0; i < sizeof s->mtab / sizeof s->mtab[0]; i++) {
     for (miss *m = s->mtab[i], *next; m != NULL; m = next) { next = m->next; free(m); }
   }
+  for (push_job *j = s->push_head, *next; j != NULL; j = next) { next = j->next; free(j); }
   free(s->htab);
   free(s->tids);
   free(s->mountpoint);
@@ -358,6 +372,7 @@ static void server_unref (server *s) {
   pthread_mutex_destroy(&s->files_mu);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
+  pthread_cond_destroy(&s->push_cv);
   pthread_mutex_destroy(&s->miss_mu);
   free(s);
 }
@@ -686,6 +701,60 @@ static void *worker (void *arg) {
   return NULL;
 }
 
+/* Copies a ready range into the kernel's page cache of its file, a piece of at most max_read at a time. A piece with
+ * a block that is not ready (cleared since push() was asked) is skipped: the kernel then READs it as usual. */
+static void push_range (server *s, push_job *j, char *buf) {
+  bfile *f = file_get(s, j->file);
+  if (f == NULL) return;
+  for (uint64_t off = j->offset, end = j->offset + j->length; off < end && atomic_load(&s->state) == ST_STARTED;) {
+    uint64_t len = end - off < s->max_read ? end - off : s->max_read;
+    uint64_t b0 = off >> BLOCK_SHIFT, b1 = (off + len + BLOCK - 1) >> BLOCK_SHIFT;
+    bool ok = false;
+    pthread_rwlock_rdlock(&f->lock);
+    if (bits_all(f, b0, b1) && pread_full(f->fd, buf, len, off) == (ssize_t)len) ok = true;
+    pthread_rwlock_unlock(&f->lock);
+    if (ok) {
+      struct fuse_notify_store_out st = { .nodeid = (uint64_t)j->file + 2, .offset = off, .size = (uint32_t)len };
+      struct fuse_out_header h = { .len = (uint32_t)(sizeof h + sizeof st + len), .error = FUSE_NOTIFY_STORE, .unique = 0 };
+      struct iovec iov[3] = { { &h, sizeof h }, { &st, sizeof st }, { buf, len } };
+      ssize_t w;
+      do { w = writev(s->fd, iov, 3); } while (w < 0 && errno == EINTR);
+      /* ENOENT: the kernel has no inode for the file (not opened yet, or forgotten): nothing to warm */
+      ok = w >= 0;
+    }
+    if (ok) {
+      atomic_fetch_add_explicit(&s->pushes, 1, memory_order_relaxed);
+      atomic_fetch_add_explicit(&s->push_bytes, len, memory_order_relaxed);
+    } else {
+      atomic_fetch_add_explicit(&s->push_skipped, 1, memory_order_relaxed);
+    }
+    off += len;
+  }
+}
+
+static void *pusher (void *arg) {
+  server *s = arg;
+  char *buf = malloc(s->max_read);
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (s->push_head == NULL && atomic_load(&s->state) == ST_STARTED) pthread_cond_wait(&s->push_cv, &s->mu);
+    if (atomic_load(&s->state) != ST_STARTED) break;
+    push_job *j = s->push_head;
+    s->push_head = j->next;
+    if (s->push_head == NULL) s->push_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (buf != NULL) push_range(s, j, buf);
+    else atomic_fetch_add_explicit(&s->push_skipped, 1, memory_order_relaxed);
+    free(j);
+    pthread_mutex_lock(&s->mu);
+  }
+  s->live--;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  free(buf);
+  return NULL;
+}
+
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* lifecycle                                                                                                        */
 
@@ -736,6 +805,9 @@ static void server_stop (server *s) {
   int st = atomic_exchange(&s->state, ST_STOPPED);
   if (st == ST_STOPPED) return;
   if (st == ST_STARTED) {
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_broadcast(&s->push_cv);
+    pthread_mutex_unlock(&s->mu);
     /* with no file open the superblock dies with the mount and the workers read ENODEV; whatever else may have been
      * mounted there since (our mount removed by someone else) is left alone */
     struct statx sx;
@@ -896,6 +968,7 @@ static napi_value js_server_new (napi_env env, napi_callback_info info) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&s->cv, &ca);
   pthread_condattr_destroy(&ca);
+  pthread_cond_init(&s->push_cv, NULL);
   pthread_mutex_init(&s->miss_mu, NULL);
   atomic_init(&s->state, ST_NEW);
 
@@ -987,11 +1060,11 @@ static napi_value js_start (napi_env env, napi_callback_info info) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  s->tids = calloc(s->nthreads, sizeof *s->tids);
+  s->tids = calloc(s->nthreads + 1, sizeof *s->tids);
   int err = s->tids == NULL ? ENOMEM : 0;
-  for (unsigned i = 0; err == 0 && i < s->nthreads; i++) {
+  for (unsigned i = 0; err == 0 && i <= s->nthreads; i++) {
     pthread_mutex_lock(&s->mu);
-    err = pthread_create(&s->tids[i], NULL, worker, s);
+    err = pthread_create(&s->tids[i], NULL, i < s->nthreads ? worker : pusher, s);
     if (err == 0) { s->ntids++; s->live++; }
     pthread_mutex_unlock(&s->mu);
   }
@@ -1137,6 +1210,28 @@ static napi_value js_set_ready (napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* push(file, offset, length): the ready blocks of the range go into the kernel's page cache of the file, so reads of
+ * them never become READs (and never start a readahead READ that reaches past them); queued, done by the pusher */
+static napi_value js_push (napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  server *s = unwrap(env, info, &argc, argv);
+  uint64_t off, len;
+  bfile *f = s == NULL ? NULL : range_args(env, s, argc, argv, true, &off, &len);
+  if (f == NULL || len == 0 || s->direct_io || atomic_load(&s->state) != ST_STARTED) return NULL;
+  push_job *j = malloc(sizeof *j);
+  if (j == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  uint64_t idx;
+  get_u64(env, argv[0], "file", &idx);
+  *j = (push_job){ .next = NULL, .file = (uint32_t)idx, .offset = off, .length = len };
+  pthread_mutex_lock(&s->mu);
+  if (s->push_tail != NULL) s->push_tail->next = j; else s->push_head = j;
+  s->push_tail = j;
+  pthread_cond_signal(&s->push_cv);
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
 static napi_value js_clear_ready (napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -1259,6 +1354,9 @@ static napi_value js_stats (napi_env env, napi_callback_info info) {
   set_num(env, o, "missBytes", atomic_load(&s->miss_bytes));
   set_num(env, o, "replies", atomic_load(&s->replies));
   set_num(env, o, "errors", atomic_load(&s->errors));
+  set_num(env, o, "pushes", atomic_load(&s->pushes));
+  set_num(env, o, "pushBytes", atomic_load(&s->push_bytes));
+  set_num(env, o, "pushSkipped", atomic_load(&s->push_skipped));
   napi_create_array_with_length(env, HIST_BUCKETS, &arr);
   for (unsigned i = 0; i < HIST_BUCKETS; i++) {
     napi_value n;
@@ -1300,6 +1398,7 @@ NAPI_MODULE_INIT () {
     { "addFile", NULL, js_add_file, NULL, NULL, NULL, napi_default_method, NULL },
     { "setReady", NULL, js_set_ready, NULL, NULL, NULL, napi_default_method, NULL },
     { "clearReady", NULL, js_clear_ready, NULL, NULL, NULL, napi_default_method, NULL },
+    { "push", NULL, js_push, NULL, NULL, NULL, napi_default_method, NULL },
     { "isReady", NULL, js_is_ready, NULL, NULL, NULL, napi_default_method, NULL },
     { "forgetAccess", NULL, js_forget_access, NULL, NULL, NULL, napi_default_method, NULL },
     { "reply", NULL, js_reply, NULL, NULL, NULL, napi_default_method, NULL },

@@ -138,9 +138,11 @@ export class RafsFormatError extends RafspeerError.coded('RAFSPEER_ERR_BAD_FORMA
 
 /** Read a u64 as a JS number, refusing values past 2^53 (no honest image has them). */
 export function readU64 (buf: Buffer, off: number, what: string): number {
-  const v = buf.readBigUInt64LE(off)
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new RafsFormatError(`${what} is absurdly large (${v})`)
-  return Number(v)
+  // two 32-bit halves, no BigInt: a mount decodes three of these per chunk-table entry while a container waits
+  const lo = buf.readUInt32LE(off)
+  const hi = buf.readUInt32LE(off + 4)
+  if (hi > 0x1f_ffff) throw new RafsFormatError(`${what} is absurdly large (${buf.readBigUInt64LE(off)})`)
+  return hi * 0x1_0000_0000 + lo
 }
 
 function writeU64 (buf: Buffer, v: number, off: number): void {

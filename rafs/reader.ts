@@ -317,26 +317,10 @@ export class RafsReader {
    * One object per entry, so deduplicated chunks are shared.
    */
   chunkInfo (blobIndex: number, ciIndex: number, blkaddr?: number): ChunkInfo {
-    // numeric keys: a mount builds this table for every chunk of the image while a container waits for it; the
-    // rare entry whose (blob, ci index) repeats at another slot is kept by its exact key
-    const key = (b: number, ci: number): number => b * 0x1_0000_0000 + ci
-    if (this.chunkTable === undefined) {
-      const first = new Map<number, ChunkInfo>()
-      const otherSlots = new Map<string, ChunkInfo>()
-      for (const { info } of this.chunkTableEntries()) {
-        const k = key(info.blobIndex, info.index)
-        const had = first.get(k)
-        if (had === undefined) first.set(k, info)
-        else if (had.uncompressedOffset !== info.uncompressedOffset) {
-          const exact = `${info.blobIndex}/${info.index}/${info.uncompressedOffset / BLOCK_SIZE}`
-          if (!otherSlots.has(exact)) otherSlots.set(exact, info)
-        }
-      }
-      this.chunkTable = { first, otherSlots }
-    }
-    let info = this.chunkTable.first.get(key(blobIndex, ciIndex))
+    const table = this.chunkTableByKey()
+    let info = table.first.get(chunkKey(blobIndex, ciIndex))
     if (info !== undefined && blkaddr !== undefined && info.uncompressedOffset / BLOCK_SIZE !== blkaddr) {
-      info = this.chunkTable.otherSlots.get(`${blobIndex}/${ciIndex}/${blkaddr}`)
+      info = table.otherSlots.get(`${blobIndex}/${ciIndex}/${blkaddr}`)
     }
     if (info === undefined) throw new RafsFormatError(`failed to get chunk info for chunk ${blobIndex}/${ciIndex}${blkaddr === undefined ? '' : '/' + blkaddr} in the chunk table`)
     const blob = this.blobEntries[blobIndex]
@@ -344,6 +328,35 @@ export class RafsReader {
       throw new RafsFormatError(`chunk ${blobIndex}/${ciIndex}: chunk-table entry is invalid (uncompressed ${info.uncompressedSize} bytes at ${info.uncompressedOffset})`)
     }
     return info
+  }
+
+  /**
+   * Every distinct (blob, ci index) of the chunk table once, as `chunkInfo` answers it (a deduplicated chunk
+   * appears once): what a mount walks to know the chunks its files reference, without decoding the table again.
+   */
+  * chunkInfos (): Generator<ChunkInfo> {
+    for (const info of this.chunkTableByKey().first.values()) yield this.chunkInfo(info.blobIndex, info.index)
+  }
+
+  /**
+   * The chunk table by (blob, ci index), decoded once: a mount builds it for every chunk of the image while a
+   * container waits, so numeric keys; the rare entry whose (blob, ci index) repeats at another slot is kept by
+   * its exact key.
+   */
+  private chunkTableByKey (): { first: Map<number, ChunkInfo>, otherSlots: Map<string, ChunkInfo> } {
+    if (this.chunkTable !== undefined) return this.chunkTable
+    const first = new Map<number, ChunkInfo>()
+    const otherSlots = new Map<string, ChunkInfo>()
+    for (const { info } of this.chunkTableEntries()) {
+      const k = chunkKey(info.blobIndex, info.index)
+      const had = first.get(k)
+      if (had === undefined) first.set(k, info)
+      else if (had.uncompressedOffset !== info.uncompressedOffset) {
+        const exact = `${info.blobIndex}/${info.index}/${info.uncompressedOffset / BLOCK_SIZE}`
+        if (!otherSlots.has(exact)) otherSlots.set(exact, info)
+      }
+    }
+    return (this.chunkTable = { first, otherSlots })
   }
 
   /** The chunks of file `nid` behind [offset, offset+length), clamped at EOF. */
@@ -401,3 +414,5 @@ export function blobInfoOf (e: BlobEntry): RafsBlobInfo {
     blobTocDigest: e.blobTocDigest
   }
 }
+
+const chunkKey = (blobIndex: number, ci: number): number => blobIndex * 0x1_0000_0000 + ci

@@ -177,6 +177,7 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
   lazyCounter('rafspeer_blobfs_fast_bytes_total', 'bytes of those READs', k => k.fastBytes)
   lazyCounter('rafspeer_blobfs_misses_total', 'blob-file READs handed to the fetch pipeline', k => k.misses)
   lazyCounter('rafspeer_blobfs_miss_errors_total', 'blob-file misses answered with an error', k => k.missErrors)
+  lazyCounter('rafspeer_blobfs_pushed_bytes_total', 'prefetched bytes put into the page cache of the blob files before any read', k => k.pushBytes)
 
   // ---- swarm (one host per daemon, lives as long as it)
   const p2pStats = src.p2pStats

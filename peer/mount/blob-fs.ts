@@ -63,6 +63,9 @@ export interface BlobFsStats {
   misses: number
   missBytes: number
   missErrors: number
+  /** ranges copied into the kernel's page cache ahead of their reads (`BlobFile.warm`) */
+  pushes: number
+  pushBytes: number
   readSizes: number[]
 }
 
@@ -70,6 +73,13 @@ export interface BlobFsStats {
 export interface BlobFile {
   /** the file's path: an EROFS `device=` */
   readonly path: string
+  /**
+   * Puts the range's verified blocks into the kernel's page cache of the file, in the background: for data a
+   * reader is about to want (a prefetch table), so its reads, and the readahead the kernel starts around them,
+   * do not become READs; in particular not a READ that also asks for the next, not yet fetched, chunks and
+   * waits for them.
+   */
+  warm: (offset: number, length: number) => void
   /** the mount no longer reads it; the last detach forgets the blob's readiness (the file itself stays, unread) */
   detach: () => void
 }
@@ -179,6 +189,11 @@ export class BlobFs {
     let attached = true
     return {
       path: join(this.init.mountpoint, `${blob.blobId}.blob.data`),
+      warm: (offset, length) => {
+        const start = Math.floor(offset / BLOCK) * BLOCK
+        const end = Math.min(aligned(offset + length), aligned(blob.uncompressedSize))
+        if (attached && !this.stopped && this.server !== undefined && end > start) this.server.push(served.index, start, end - start)
+      },
       detach: () => {
         if (!attached) return
         attached = false
@@ -233,6 +248,8 @@ export class BlobFs {
       misses: st?.misses ?? 0,
       missBytes: st?.missBytes ?? 0,
       missErrors: this.missErrors,
+      pushes: st?.pushes ?? 0,
+      pushBytes: st?.pushBytes ?? 0,
       readSizes: st?.readSizes ?? []
     }
   }

@@ -64,6 +64,8 @@ export interface MountManagerInit {
 
 /** bytes past a blob file's last miss that still count as its sequential reader's next read */
 const BLOB_READAHEAD_SLACK = 1 << 20
+// what one mount's prefetch list may put in the page cache of its blob files ahead of the reads (see `warmer`)
+const WARM_MAX_BYTES = 256 << 20
 
 interface Mounted {
   info: MountInfo
@@ -362,7 +364,11 @@ export class MountManager implements MountService {
     m.prefetchDone = (async () => {
       try {
         const plan = await planPrefetch(m.image.reader, policy, this.log)
-        await runPrefetch(m.fetcher, m.image.reader, plan, m.prefetch, { signal: m.abort.signal, log: this.log })
+        await runPrefetch(m.fetcher, m.image.reader, plan, m.prefetch, {
+          signal: m.abort.signal,
+          log: this.log,
+          ...(policy !== 'all' && m.blobFiles.length > 0 ? { onFetched: warmer(m) } : {})
+        })
         if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log?.info('prefetch of %s done: %d chunks', m.info.mountpoint, m.prefetch.chunksTotal)
       } catch (err) {
         m.prefetch.state = 'failed'
@@ -495,4 +501,33 @@ export async function erofsLazyUnavailable (): Promise<string | undefined> {
   if (native !== undefined) return native
   if (await access('/dev/fuse').then(() => false, () => true)) return 'no /dev/fuse (modprobe fuse)'
   return undefined
+}
+
+/**
+ * erofs-lazy: a prefetch list names files a container reads as it starts, so their chunks go on into the kernel's
+ * page cache of the blob files as they land (up to WARM_MAX_BYTES per mount). Otherwise the kernel's readahead
+ * of the blob file turns a read of a prefetched file into a READ that also asks for the next chunks in the blob,
+ * files nobody listed, and that READ waits for the registry. A whole-image prefetch (`all`) is not warmed: it
+ * would only fill the page cache twice over. Warmed blocks never reach the access log by a READ, so they are
+ * recorded as read here: a list recorded on this mount keeps them.
+ */
+function warmer (m: Mounted): (blobIndex: number, chunks: ChunkInfo[]) => void {
+  let budget = WARM_MAX_BYTES
+  return (bi, chunks) => {
+    const file = m.blobFiles[bi]
+    if (file === undefined) return
+    const sorted = [...chunks].sort((a, b) => a.uncompressedOffset - b.uncompressedOffset)
+    let start = -1
+    let end = -1
+    const flush = (): void => { if (start >= 0 && budget > 0) { file.warm(start, end - start); budget -= end - start } }
+    for (const c of sorted) {
+      m.access.chunkRead(bi, c.index)
+      const cEnd = c.uncompressedOffset + Math.ceil(c.uncompressedSize / 4096) * 4096
+      if (c.uncompressedOffset <= end) { end = Math.max(end, cEnd); continue }
+      flush()
+      start = c.uncompressedOffset
+      end = cEnd
+    }
+    flush()
+  }
 }

@@ -250,6 +250,68 @@ describe('native addon', { skip }, () => {
     assert.deepEqual(missed.filter((f) => f !== 2), [])
   })
 
+  it('push() puts ready blocks into the page cache: reading them, readahead included, sends no READ', async () => {
+    const size = 4 * MiB
+    const data = randomBytes(size)
+    const cache = join(work, 'push.cache')
+    await writeFile(cache, data)
+    const missed: Array<{ file: number, offset: number, length: number }> = []
+    const { server, mp } = await newServer('push', {
+      onMiss: (id, file, offset, length) => {
+        missed.push({ file, offset, length })
+        server.reply(id, readRange(cache, offset, length), 0)
+      }
+    })
+    for (const name of ['warm', 'cold', 'unseen']) server.addFile(name, cache, size)
+    // the front MiB is fetched (ready) in each; the rest is not, as after a prefetch of the files a start reads
+    for (const f of [0, 1, 2]) server.setReady(f, 0, MiB)
+    const settled = async (n: number): Promise<void> => {
+      for (let i = 0; i < 500 && server.stats().pushes + server.stats().pushSkipped < n; i++) await sleep(10)
+      assert.equal(server.stats().pushes + server.stats().pushSkipped, n, 'every piece pushed or skipped')
+    }
+    // a file the kernel has not looked up yet has no page cache to fill: skipped, harmlessly
+    server.push(2, 0, MiB)
+    await settled(1)
+    assert.deepEqual([server.stats().pushes, server.stats().pushSkipped], [0, 1])
+
+    await stat(join(mp, 'warm'))
+    await stat(join(mp, 'cold'))
+    server.push(0, 0, MiB)
+    // a piece with blocks that are not ready is not pushed: their READs still come to onMiss
+    server.push(0, MiB, MiB)
+    assert.throws(() => server.push(0, 1, 4096), RangeError)
+    await settled(3)
+    let s = server.stats()
+    assert.deepEqual([s.pushes, s.pushBytes, s.pushSkipped], [1, MiB, 2])
+
+    const reads = s.reads
+    // a reader going through the fetched front in order, as a start reads a prefetched file
+    const front = async (name: string): Promise<Buffer> => {
+      const fh = await open(join(mp, name))
+      try {
+        const parts: Buffer[] = []
+        for (let pos = 0; pos < MiB; pos += 64 * KiB) {
+          const buf = Buffer.alloc(64 * KiB)
+          const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
+          parts.push(buf.subarray(0, bytesRead))
+        }
+        return Buffer.concat(parts)
+      } finally {
+        await fh.close()
+      }
+    }
+    assert.ok((await front('warm')).equals(data.subarray(0, MiB)))
+    s = server.stats()
+    assert.equal(s.reads, reads, 'the pushed front of the file reads without any READ')
+    assert.equal(missed.length, 0)
+    // the same reads of a file not pushed: READs, and readahead reaching past the fetched front waits on onMiss
+    assert.ok((await front('cold')).equals(data.subarray(0, MiB)))
+    assert.ok(server.stats().reads > reads)
+    assert.ok(missed.length > 0 && missed.every(m => m.file === 1), JSON.stringify(missed))
+    // past the pushed range, the warm file reads as before, every byte right
+    assert.ok((await readFile(join(mp, 'warm'))).equals(data))
+  })
+
   it('with directIo every read is a READ of the reader\'s own size, up to maxReadBytes', async () => {
     const size = 6 * MiB
     const data = randomBytes(size)

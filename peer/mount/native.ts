@@ -102,6 +102,10 @@ export interface BlobServerStats {
   /** `reply` calls that answered a pending miss */
   replies: number
   errors: number
+  /** `push` pieces stored into the page cache, their bytes, and pieces skipped (not ready, or no inode yet) */
+  pushes: number
+  pushBytes: number
+  pushSkipped: number
   /** READ sizes as the kernel asked them: index i counts sizes ≤ 4096 << i (4 KiB … 1 MiB) */
   readSizes: number[]
 }
@@ -129,6 +133,13 @@ export interface BlobServer {
    * caller may punch holes in it right after.
    */
   clearReady: (file: number, offset: number, length: number) => void
+  /**
+   * Copies the ready blocks of [offset, offset + length) (multiples of 4096) into the kernel's page cache of the
+   * file (FUSE_NOTIFY_STORE), in the background, by a thread of its own: reads of them never become READs, and a
+   * readahead around them never becomes a READ reaching into blocks that are not ready. Pieces with a block not
+   * ready, and files the kernel has not looked up yet, are skipped. Does nothing with `directIo` or after stop.
+   */
+  push: (file: number, offset: number, length: number) => void
   /** Every block of the file counts as never read again: its next READs are told to `onAccess` anew. */
   forgetAccess: (file: number) => void
   /** Whether every block of [offset, offset + length) is ready (the range stops at the file's size). */

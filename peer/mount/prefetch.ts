@@ -75,10 +75,10 @@ function chunksOfNids (reader: RafsReader, nids: number[]): ChunkInfo[] {
  */
 export function referencedChunks (reader: RafsReader): Map<number, Map<number, ChunkInfo>> {
   const out = new Map<number, Map<number, ChunkInfo>>()
-  for (const { info } of reader.chunkTableEntries()) {
+  for (const info of reader.chunkInfos()) {
     let m = out.get(info.blobIndex)
     if (m === undefined) out.set(info.blobIndex, m = new Map())
-    if (!m.has(info.index)) m.set(info.index, reader.chunkInfo(info.blobIndex, info.index))
+    m.set(info.index, info)
   }
   return out
 }
@@ -149,7 +149,7 @@ export async function planPrefetch (reader: RafsReader, policy: PrefetchPolicy, 
 
 /** Runs a plan through the fetcher; `status` is updated as slices land. Never rejects: failures end in `status`. */
 export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, status: PrefetchStatus,
-  opts: { signal: AbortSignal, log?: Logger | undefined, gapBytes?: number }): Promise<void> {
+  opts: { signal: AbortSignal, log?: Logger | undefined, gapBytes?: number, onFetched?: (blobIndex: number, chunks: ChunkInfo[]) => void }): Promise<void> {
   status.chunksTotal = 0
   status.bytesTotal = 0
   status.chunksDone = 0
@@ -181,6 +181,7 @@ export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: P
         }
         status.chunksDone += job.slice.length
         for (const c of job.slice) status.bytesDone += c.uncompressedSize
+        opts.onFetched?.(job.bi, job.slice)
       }
     }
     await Promise.all(Array.from({ length: Math.min(SLICES_IN_FLIGHT, jobs.length) }, worker))
