@@ -13,6 +13,7 @@ import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.j
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import { groupStale, NEAR_WINDOW, planChunk, rendezvousScore } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
+import { blobGroup } from './swarm-policy.js'
 
 export const DEFAULT_GROUP_SIZE = 4
 export const DEFAULT_GRACE_MS = 150
@@ -218,15 +219,12 @@ export class BlobLocator implements ChunkLocator {
   }
 
   /**
-   * Without the scheduler's group (one that names none, or no answer): the blob's first `groupSize` peers by
-   * rendezvous hash, out of everyone this node knows works on it: the
-   * scheduler's holders, the neighbours that told us their interest, and itself. Peers that started together see
-   * each other's interest within a round trip, so they agree on the group before their first chunks.
+   * Without the scheduler's group (one that names none, or no answer): {@link blobGroup} of everyone this node knows
+   * works on the blob: the scheduler's holders, the neighbours that told us their interest, and itself. Peers that
+   * started together see each other's interest within a round trip, so they agree on the group before their first
+   * chunks.
    */
   private groupOf (blobHex: string, g: BlobGroup): string[] {
-    const ids = new Set([...g.holders.keys(), ...this.have.followers(blobHex), this.self])
-    return [...ids]
-      .sort((a, b) => rendezvousScore(b, blobHex, -1) - rendezvousScore(a, blobHex, -1) || (a < b ? -1 : 1))
-      .slice(0, this.groupSize)
+    return blobGroup([...g.holders.keys(), ...this.have.followers(blobHex), this.self], blobHex, this.groupSize)
   }
 }

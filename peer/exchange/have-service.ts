@@ -28,6 +28,7 @@ import {
   decodeHave, encodeHave, newBits, setBit, type HaveMessage
 } from './have-protocol.js'
 import { HaveTable } from './have-table.js'
+import { HaveOutbox } from './swarm-policy.js'
 
 export const DEFAULT_FLUSH_MS = 20
 export const DEFAULT_MAX_SESSIONS = 128
@@ -87,12 +88,18 @@ export interface HaveCounters {
   aborted: number
 }
 
-/** Updates of one blob waiting for the next flush to one neighbour. */
-interface Outbox { have: Set<number>, pending: Set<number>, dropped: Set<number>, full: boolean }
+/** A blob one neighbour follows here. */
+interface Following {
+  /** updates waiting for the next flush */
+  out: HaveOutbox
+  /** the next flush sends a whole bitfield instead */
+  full: boolean
+  unsubscribe: () => void
+}
 
 class Session {
   /** blobs the neighbour follows here, with what to send it next and how to stop following */
-  readonly following = new Map<string, { out: Outbox, unsubscribe: () => void }>()
+  readonly following = new Map<string, Following>()
   /** blobs we asked the neighbour to follow */
   readonly interests = new Set<string>()
   readonly wants = new Map<number, (bits: boolean[]) => void>()
@@ -354,15 +361,17 @@ export class HaveService {
       this.log?.warn('have session with %s: more than %d blobs followed, ignoring %s', s.peerId, this.maxInterests, blobHex)
       return
     }
-    const out: Outbox = { have: new Set(), pending: new Set(), dropped: new Set(), full: true }
+    const out = new HaveOutbox()
+    const state = { out, full: true }
     const unsubscribe = this.local.subscribe(blobHex, {
-      have: (xs) => { for (const ci of xs) { out.have.add(ci); out.pending.delete(ci); out.dropped.delete(ci) } },
-      pending: (xs) => { for (const ci of xs) { out.pending.add(ci); out.dropped.delete(ci) } },
-      dropped: (xs) => { for (const ci of xs) { out.dropped.add(ci); out.have.delete(ci); out.pending.delete(ci) } },
-      known: () => { out.full = true }
+      have: (xs) => { for (const ci of xs) out.onHave(ci) },
+      pending: (xs) => { for (const ci of xs) out.onPending(ci) },
+      dropped: (xs) => { for (const ci of xs) out.onDropped(ci) },
+      known: () => { state.full = true }
     })
-    s.following.set(blobHex, { out, unsubscribe })
-    this.flushOne(s, blobHex, out)
+    const f: Following = Object.assign(state, { unsubscribe })
+    s.following.set(blobHex, f)
+    this.flushOne(s, blobHex, f)
     const told = this.ours.get(blobHex)
     if (this.followBack && told !== undefined && !s.interests.has(blobHex)) {
       told.add(s.peerId)
@@ -395,28 +404,22 @@ export class HaveService {
   }
 
   private flush (): void {
-    for (const s of this.sessions.values()) for (const [hex, f] of s.following) this.flushOne(s, hex, f.out)
+    for (const s of this.sessions.values()) for (const [hex, f] of s.following) this.flushOne(s, hex, f)
   }
 
-  private flushOne (s: Session, blobHex: string, out: Outbox): void {
+  private flushOne (s: Session, blobHex: string, f: Following): void {
     const blob = Buffer.from(blobHex, 'hex')
-    if (out.full) {
+    if (f.full) {
       const snap = this.local.snapshot(blobHex)
       if (snap === undefined) return
-      out.full = false
-      out.have.clear()
-      out.dropped.clear()
-      const pending = [...new Set([...snap.pending, ...out.pending])].slice(0, MAX_INDEXES_PER_MESSAGE)
-      out.pending.clear()
+      f.full = false
+      const pending = [...new Set([...snap.pending, ...f.out.pending])].slice(0, MAX_INDEXES_PER_MESSAGE)
+      // the bitfield carries everything the waiting updates would have said
+      f.out.clear()
       s.send({ type: 'bitfield', blob, chunks: snap.chunks, bits: snap.bits, pending })
       return
     }
-    for (const [type, set] of [['dropped', out.dropped], ['pending', out.pending], ['have', out.have]] as const) {
-      if (set.size === 0) continue
-      const all = [...set]
-      set.clear()
-      for (let i = 0; i < all.length; i += MAX_INDEXES_PER_MESSAGE) s.send({ type, blob, indexes: all.slice(i, i + MAX_INDEXES_PER_MESSAGE) })
-    }
+    for (const m of f.out.drain(blob)) s.send(m)
   }
 }
 

@@ -26,6 +26,7 @@ import {
 } from './chunk-protocol.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
+import { chooseHolder, splitRequests } from './swarm-policy.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
 export const DEFAULT_HEDGE_AFTER_MS = 300
@@ -334,7 +335,6 @@ class SwarmFetch {
   /** Chunks not delivered whose holders answered BUSY (after `run`): worth locating again. */
   busyLeft (): ChunkInfo[] { return this.wants.filter(w => !w.done && w.busy > 0).map(w => w.chunk) }
 
-  /** Wants that need a holder are assigned in one go, so their requests batch. */
   /** `requeue` after `ms` (the fetch stays open meanwhile) */
   private requeueLater (w: Want, ms: number): void {
     this.outstanding++
@@ -356,6 +356,7 @@ class SwarmFetch {
     queueMicrotask(() => { this.flushScheduled = false; this.flush(); this.notify() })
   }
 
+  /** Wants that need a holder are assigned in one go, so their requests batch. */
   private flush (): void {
     const byLane = new Map<Lane, Want[]>()
     for (const w of this.pendingAssign) {
@@ -370,23 +371,16 @@ class SwarmFetch {
     for (const [lane, wants] of byLane) this.enqueue(lane, wants)
   }
 
-  /**
-   * The lane of the holder to ask for `w`: among its untried, unbanned holders, the least loaded (weighted by
-   * local penalty) of those already in use or, while fewer than maxHolders are, of any; else its best one.
-   */
+  /** The lane of the holder to ask for `w` (`chooseHolder` among its untried, unbanned holders), its bytes counted. */
   private choose (w: Want): Lane | undefined {
     const open = w.candidates.filter(h => !w.tried.has(h.peerId) && !this.src.isBanned(h.peerId))
-    if (open.length === 0) return undefined
-    const room = this.lanes.size < this.src.opts.maxHolders
-    let best: ChunkHolder | undefined
-    let bestCost = Infinity
-    for (const h of open) {
-      const lane = this.lanes.get(h.peerId)
-      if (lane === undefined && !room) continue
-      const cost = ((lane?.assigned ?? 0) + w.chunk.uncompressedSize) * (1 + this.src.penalty(h.peerId))
-      if (cost < bestCost) { best = h; bestCost = cost }
-    }
-    const h = best ?? open[0]!
+    const h = chooseHolder(open, w.chunk.uncompressedSize, {
+      inUse: this.lanes.size,
+      maxHolders: this.src.opts.maxHolders,
+      assigned: c => this.lanes.get(c.peerId)?.assigned,
+      penalty: c => this.src.penalty(c.peerId)
+    })
+    if (h === undefined) return undefined
     let lane = this.lanes.get(h.peerId)
     if (lane === undefined) {
       lane = { holder: h, queued: [], running: 0, assigned: 0 }
@@ -397,23 +391,12 @@ class SwarmFetch {
   }
 
   private enqueue (lane: Lane, wants: Want[]): void {
-    let cur: Want[] = []
-    let bytes = 0
-    const push = (): void => {
-      if (cur.length === 0) return
-      const req: Request = { lane, wants: cur, replied: cur.map(() => false), controller: new AbortController(), cancelled: false, hedged: false }
-      for (const w of cur) { w.attempts.add(req); w.tried.add(lane.holder.peerId) }
+    for (const part of splitRequests(wants, w => w.chunk.uncompressedSize, this.src.opts.maxRequestBytes, MAX_CHUNKS_PER_REQUEST)) {
+      const req: Request = { lane, wants: part, replied: part.map(() => false), controller: new AbortController(), cancelled: false, hedged: false }
+      for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder.peerId) }
       lane.queued.push(req)
       this.outstanding++
-      cur = []
-      bytes = 0
     }
-    for (const w of wants) {
-      if (cur.length === MAX_CHUNKS_PER_REQUEST || (cur.length > 0 && bytes + w.chunk.uncompressedSize > this.src.opts.maxRequestBytes)) push()
-      cur.push(w)
-      bytes += w.chunk.uncompressedSize
-    }
-    push()
     this.pump(lane)
   }
 

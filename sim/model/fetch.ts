@@ -7,12 +7,11 @@
  * registry when the neighbour source is done.
  */
 import type { Timed } from './events.js'
-import { chooseHolder, splitRequests } from './daemon-policy.js'
 import { Locate } from './locate.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { PeerReq, RegistryReq } from './request.js'
 import { chunkBytes } from './world.js'
-import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './policy.js'
+import { chooseHolder, DEFAULT_REPLAN_ROUNDS, replanDelayMs, splitRequests } from './policy.js'
 
 export class Batch {
   readonly startedAt: number
@@ -199,7 +198,12 @@ export class SwarmFetch implements Timed {
     const open = w.candidates.filter(h => !w.tried.has(h))
     const cfg = this.node.world.cfg
     const penalties = this.node.penalties
-    const h = chooseHolder(open, w.size, this.lanes, cfg.holdersPerFetch, k => penalties.get(k) ?? 0)
+    const h = chooseHolder(open, w.size, {
+      inUse: this.lanes.size,
+      maxHolders: cfg.holdersPerFetch,
+      assigned: c => this.lanes.get(c)?.assigned,
+      penalty: c => penalties.get(c) ?? 0
+    })
     if (h === undefined) return undefined
     let lane = this.lanes.get(h)
     if (lane === undefined) {

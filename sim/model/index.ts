@@ -8,8 +8,8 @@
  * scheduler's operations per second, the registry's egress over time, the completion CDF. Nothing real is
  * started: no registry server, no daemon, no socket.
  *
- * What the daemon decides inside timer-driven classes is restated in `daemon-policy.ts`, and the model's
- * simplifications are listed in this folder's README.
+ * What the daemon decides inside timer-driven classes it runs too, through the pure module those classes call
+ * (`peer/exchange/swarm-policy.ts`); the model's simplifications are listed in this folder's README.
  *
  * @example
  * ```ts

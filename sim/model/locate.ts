@@ -5,10 +5,9 @@
  * for the assignee's PENDING — looked at again whenever a neighbour's state of the blob changes.
  */
 import type { Timed } from './events.js'
-import { blobGroup } from './daemon-policy.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
-import { backToSourceAssignee, groupStale, NEAR_WINDOW, planChunk } from './policy.js'
+import { backToSourceAssignee, blobGroup, groupStale, NEAR_WINDOW, planChunk } from './policy.js'
 
 const NONE = 0
 const LOOKING = 1

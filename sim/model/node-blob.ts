@@ -4,9 +4,8 @@
  */
 import type { Timed } from './events.js'
 import { GroupState, type Locate } from './locate.js'
-import { Outbox } from './daemon-policy.js'
 import type { SimNode } from './node.js'
-import { MAX_INDEXES_PER_MESSAGE, newBits, type HaveMessage } from './policy.js'
+import { HaveOutbox, newBits, type HaveMessage } from './policy.js'
 import type { PeerReq } from './request.js'
 import type { Arrival } from './have-inbox.js'
 import type { BlobSpec } from './world.js'
@@ -19,7 +18,7 @@ export class NodeBlob {
   /** chunks this node is fetching now (its PENDING) */
   readonly inFlight = new Set<number>()
   /** what the next flush tells the followers */
-  readonly out = new Outbox()
+  readonly out = new HaveOutbox()
   /** neighbours that follow this blob here (they sent INTEREST) */
   readonly followers = new Set<SimNode>()
   /** neighbours this node asked to follow (sent INTEREST to) */
@@ -37,17 +36,6 @@ export class NodeBlob {
   }
 
   has (ci: number): boolean { return (this.present[ci >>> 3]! & (0x80 >>> (ci & 7))) !== 0 }
-
-  /** What the next flush tells the followers, as the have service words it. */
-  outboxMessages (): HaveMessage[] {
-    const msgs: HaveMessage[] = []
-    for (const [type, set] of [['dropped', this.out.dropped], ['pending', this.out.pending], ['have', this.out.have]] as const) {
-      if (set.size === 0) continue
-      const all = [...set]
-      for (let i = 0; i < all.length; i += MAX_INDEXES_PER_MESSAGE) msgs.push({ type, blob: this.spec.key, indexes: all.slice(i, i + MAX_INDEXES_PER_MESSAGE) })
-    }
-    return msgs
-  }
 
   /** `loc` waits for a neighbour's word about this blob. */
   wait (loc: Locate): void {

@@ -361,8 +361,8 @@ export class SimNode implements Timed {
   private flush (): void {
     this.flushArmed = false
     for (const nb of this.dirty) {
-      if (nb.followers.size > 0 && !nb.out.empty) this.send([...nb.followers], nb, nb.outboxMessages())
-      nb.out.clear()
+      if (nb.followers.size > 0 && !nb.out.empty) this.send([...nb.followers], nb, nb.out.drain(nb.spec.key))
+      else nb.out.clear()
     }
     this.dirty.clear()
   }

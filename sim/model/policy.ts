@@ -5,6 +5,8 @@
  * - a node's view of its neighbours' bitfields and PENDING promises ({@link HaveTable}) and the have protocol's
  *   messages, whose real encoder also measures the control bytes;
  * - back-to-source by rendezvous hash ({@link planChunk}) and the blob locator's defaults;
+ * - what the daemon's timer-driven classes decide ({@link blobGroup}, {@link chooseHolder}, {@link splitRequests},
+ *   {@link HaveOutbox}), through the pure module they call;
  * - the chunk protocol's declared layouts, for the bytes of requests and reply headers.
  *
  * Everything comes through the faces of `scheduler/` and `peer/` (the daemon's heavy parts load lazily, so the
@@ -15,6 +17,7 @@ export {
   HaveTable, DEFAULT_PENDING_TTL_MS, encodeHave, newBits, setBit, getBit, MAX_INDEXES_PER_MESSAGE, type HaveMessage,
   planChunk, rendezvousScore, backToSourceAssignee, NEAR_WINDOW, groupStale,
   DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS, DEFAULT_LOCATOR_MAX_HOLDERS as DEFAULT_MAX_HOLDERS, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs,
+  blobGroup, chooseHolder, splitRequests, HaveOutbox,
   DEFAULT_HAVE_FLUSH_MS as DEFAULT_FLUSH_MS, DEFAULT_HAVE_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_NEIGHBOUR_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,
   DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, MAX_CHUNKS_PER_REQUEST, RequestLayout, EntryLayout, ReplyLayout,

@@ -1,0 +1,166 @@
+/**
+ * The decisions the daemon's timer-driven classes and the model share: a blob's group without the scheduler's, the
+ * holder a fetch asks for a chunk, how its requests are cut, what a have flush sends.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fc from 'fast-check'
+import { rendezvousScore } from './back-to-source.js'
+import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
+import { blobGroup, chooseHolder, HaveOutbox, splitRequests, type HolderLoad } from './swarm-policy.js'
+
+const hex = 'ab'.repeat(32)
+
+test('blobGroup: the first groupSize ids by their hash with the blob, whatever order they came in', () => {
+  const ids = Array.from({ length: 12 }, (_, i) => `peer-${i}`)
+  const byScore = [...ids].sort((a, b) => rendezvousScore(b, hex, -1) - rendezvousScore(a, hex, -1))
+  assert.deepEqual(blobGroup(ids, hex, 4), byScore.slice(0, 4))
+  assert.deepEqual(blobGroup([...ids].reverse(), hex, 4), byScore.slice(0, 4))
+  assert.deepEqual(blobGroup(ids, hex, 100), byScore)
+  assert.deepEqual(blobGroup([], hex, 4), [])
+  const shuffled = fc.uniqueArray(fc.string(), { maxLength: 20 })
+    .chain(xs => fc.tuple(fc.constant(xs), fc.shuffledSubarray(xs, { minLength: xs.length })))
+  fc.assert(fc.property(shuffled, fc.integer({ min: 1, max: 8 }), ([xs, again], size) => {
+    const g = blobGroup(xs, hex, size)
+    assert.equal(g.length, Math.min(size, xs.length))
+    assert.deepEqual(blobGroup(again, hex, size), g)
+  }))
+})
+
+test('blobGroup: an id named twice counts once', () => {
+  const g = blobGroup(['a', 'b', 'a', 'c', 'b'], hex, 3)
+  assert.equal(new Set(g).size, 3)
+  assert.deepEqual(g, blobGroup(['a', 'b', 'c'], hex, 3))
+})
+
+test('blobGroup: ids of equal hash go lower id first', () => {
+  // two ids whose hashes with this blob collide (found by search)
+  const [low, high] = ['81e8f8e01d', 'f21f798c8f']
+  assert.equal(rendezvousScore(low, hex, -1), rendezvousScore(high, hex, -1))
+  assert.deepEqual(blobGroup([high, low], hex, 2), [low, high])
+  assert.deepEqual(blobGroup([low, high], hex, 2), [low, high])
+  assert.deepEqual(blobGroup([high, low], hex, 1), [low])
+})
+
+/** a fetch's lanes: bytes assigned per holder in use, penalties per holder */
+function load (assigned: Record<string, number>, maxHolders: number, penalties: Record<string, number> = {}): HolderLoad<string> {
+  return { inUse: Object.keys(assigned).length, maxHolders, assigned: h => assigned[h], penalty: h => penalties[h] ?? 0 }
+}
+
+test('chooseHolder: nobody open, nobody chosen', () => {
+  assert.equal(chooseHolder([], 10, load({}, 3)), undefined)
+})
+
+test('chooseHolder: the least loaded, a holder not yet asked counting as empty while there is room', () => {
+  assert.equal(chooseHolder(['a', 'b', 'c'], 10, load({ a: 30, b: 20 }, 3)), 'c')
+  assert.equal(chooseHolder(['a', 'b'], 10, load({ a: 30, b: 20 }, 3)), 'b')
+  // the fetch has its maxHolders: a holder out of use is not taken up, however idle
+  assert.equal(chooseHolder(['a', 'b', 'c'], 10, load({ a: 30, b: 20 }, 2)), 'b')
+  assert.equal(chooseHolder(['c', 'a'], 10, load({ a: 30, b: 20 }, 2)), 'a')
+})
+
+test('chooseHolder: on equal cost the first in the locator\'s order', () => {
+  assert.equal(chooseHolder(['a', 'b', 'c'], 10, load({}, 3)), 'a')
+  assert.equal(chooseHolder(['c', 'b', 'a'], 10, load({}, 3)), 'c')
+  assert.equal(chooseHolder(['b', 'a'], 10, load({ a: 5, b: 5 }, 2)), 'b')
+})
+
+test('chooseHolder: the fetch full and none of the open holders in it, the first open one', () => {
+  assert.equal(chooseHolder(['c', 'd'], 10, load({ a: 0, b: 0 }, 2)), 'c')
+  assert.equal(chooseHolder(['d', 'c'], 10, load({ a: 0 }, 1)), 'd')
+})
+
+test('chooseHolder: cost is the bytes it would have, times one plus its penalty', () => {
+  // a: (0 + 10) × 3 = 30; b: (10 + 10) × 1 = 20
+  assert.equal(chooseHolder(['a', 'b'], 10, load({ b: 10 }, 3, { a: 2 })), 'b')
+  // a: (0 + 10) × 2 = 20 = b's: the first
+  assert.equal(chooseHolder(['a', 'b'], 10, load({ b: 10 }, 3, { a: 1 })), 'a')
+  // a: (0 + 10) × 1.5 = 15 < 20
+  assert.equal(chooseHolder(['b', 'a'], 10, load({ b: 10 }, 3, { a: 0.5 })), 'a')
+  // the size counts: a: (0 + 100) × 2 = 200 > b: (50 + 100) × 1 = 150
+  assert.equal(chooseHolder(['a', 'b'], 100, load({ b: 50 }, 3, { a: 1 })), 'b')
+  // a penalised holder out of use is still skipped when the fetch is full
+  assert.equal(chooseHolder(['a', 'b'], 10, load({ b: 1000 }, 1, { a: 0 })), 'b')
+})
+
+test('splitRequests: at most maxChunks and maxBytes per request, in order', () => {
+  const size = (n: number): number => n
+  assert.deepEqual(splitRequests([], size, 10, 3), [])
+  assert.deepEqual(splitRequests([1, 1, 1, 1, 1, 1, 1], size, 100, 3), [[1, 1, 1], [1, 1, 1], [1]])
+  assert.deepEqual(splitRequests([4, 4, 4, 4], size, 10, 64), [[4, 4], [4, 4]])
+  // exactly maxBytes fits
+  assert.deepEqual(splitRequests([5, 5, 5], size, 10, 64), [[5, 5], [5]])
+  // a chunk larger than maxBytes goes alone, and closes the request before it
+  assert.deepEqual(splitRequests([2, 30, 2, 2], size, 10, 64), [[2], [30], [2, 2]])
+  assert.deepEqual(splitRequests([30], size, 10, 64), [[30]])
+})
+
+test('splitRequests: greedy — every request full up to the next chunk', () => {
+  fc.assert(fc.property(fc.array(fc.integer({ min: 1, max: 50 }), { maxLength: 40 }), fc.integer({ min: 1, max: 100 }),
+    fc.integer({ min: 1, max: 6 }), (wants, maxBytes, maxChunks) => {
+      const parts = splitRequests(wants, n => n, maxBytes, maxChunks)
+      assert.deepEqual(parts.flat(), wants)
+      const sum = (p: number[]): number => p.reduce((a, b) => a + b, 0)
+      parts.forEach((p, i) => {
+        assert.ok(p.length >= 1 && p.length <= maxChunks)
+        assert.ok(p.length === 1 || sum(p) <= maxBytes)
+        const next = parts[i + 1]?.[0]
+        if (next !== undefined) assert.ok(p.length === maxChunks || sum(p) + next > maxBytes)
+      })
+    }))
+})
+
+test('HaveOutbox: each chunk\'s latest news wins', () => {
+  const out = new HaveOutbox()
+  assert.ok(out.empty)
+  out.onPending(1)
+  out.onPending(2)
+  out.onDropped(2)
+  out.onHave(1)
+  out.onDropped(3)
+  out.onPending(3)
+  out.onHave(4)
+  out.onDropped(4)
+  out.onDropped(5)
+  out.onHave(5)
+  assert.deepEqual([...out.have], [1, 5])
+  assert.deepEqual([...out.pending], [3])
+  assert.deepEqual([...out.dropped], [2, 4])
+  assert.ok(!out.empty)
+})
+
+test('HaveOutbox: PENDING after HAVE keeps both, and HAVE goes last', () => {
+  const out = new HaveOutbox()
+  out.onHave(7)
+  out.onPending(7)
+  out.onDropped(8)
+  const blob = Buffer.from(hex, 'hex')
+  assert.deepEqual(out.drain(blob), [
+    { type: 'dropped', blob, indexes: [8] },
+    { type: 'pending', blob, indexes: [7] },
+    { type: 'have', blob, indexes: [7] }
+  ])
+})
+
+test('HaveOutbox: drain cuts the sets into messages of MAX_INDEXES_PER_MESSAGE and empties the outbox', () => {
+  const out = new HaveOutbox()
+  const n = MAX_INDEXES_PER_MESSAGE * 2 + 3
+  for (let ci = 0; ci < n; ci++) out.onHave(ci)
+  out.onPending(n)
+  const blob = Buffer.alloc(32, 9)
+  const msgs = out.drain(blob)
+  assert.deepEqual(msgs.map(m => m.type), ['pending', 'have', 'have', 'have'])
+  assert.deepEqual(msgs.map(m => 'indexes' in m ? m.indexes.length : -1), [1, MAX_INDEXES_PER_MESSAGE, MAX_INDEXES_PER_MESSAGE, 3])
+  assert.ok(out.empty)
+  assert.deepEqual(out.drain(blob), [])
+})
+
+test('HaveOutbox: clear forgets everything', () => {
+  const out = new HaveOutbox()
+  out.onHave(1)
+  out.onPending(2)
+  out.onDropped(3)
+  out.clear()
+  assert.ok(out.empty)
+  assert.deepEqual(out.drain(Buffer.alloc(32)), [])
+})

@@ -1,0 +1,102 @@
+/**
+ * Decisions of the blob-level swarm that the daemon takes inside timer-driven classes — the blob's group without
+ * the scheduler's ({@link BlobLocator}), the holder asked for each chunk and how its requests are cut
+ * (`NeighbourSource`), what the next flush tells a follower ({@link HaveService}) — as pure code those classes call.
+ * Pure, so the simulator's model mode (`sim/model/`) runs the same code from its own events and cannot drift from
+ * the daemon.
+ */
+import { MAX_INDEXES_PER_MESSAGE, type HaveMessage } from './have-protocol.js'
+import { rendezvousScore } from './back-to-source.js'
+
+/**
+ * The blob's group when the scheduler named none: its first `groupSize` peers by rendezvous hash (chunk -1) out of
+ * `ids`, everyone the node knows works on it (the scheduler's holders, the neighbours that told it their interest,
+ * itself). Ties go to the lower id, so every peer that knows the same ids agrees whatever order it learnt them in.
+ */
+export function blobGroup (ids: Iterable<string>, blobHex: string, groupSize: number): string[] {
+  const scored = [...new Set(ids)].map(id => ({ id, s: rendezvousScore(id, blobHex, -1) }))
+  scored.sort((a, b) => b.s - a.s || (a.id < b.id ? -1 : 1))
+  return scored.slice(0, groupSize).map(x => x.id)
+}
+
+/** What one fetch knows of a holder when it picks one. */
+export interface HolderLoad<H> {
+  /** holders the fetch asks already */
+  inUse: number
+  /** distinct holders one fetch spreads its chunks over */
+  maxHolders: number
+  /** bytes assigned to `h` in this fetch; undefined while the fetch does not ask it */
+  assigned: (h: H) => number | undefined
+  /** this node's penalty of `h` (failed requests, bad chunks) */
+  penalty: (h: H) => number
+}
+
+/**
+ * The holder to ask for a chunk of `size` bytes out of `open`, its untried, unbanned holders in the order the
+ * locator gave them: the cheapest — bytes it would have assigned in this fetch, weighted by its penalty — of those
+ * in use or, while fewer than `maxHolders` are, of any (the first on a tie); when every open holder is out of use
+ * and the fetch has its `maxHolders`, the first (a chunk is not left undone for want of a lane). Undefined when
+ * `open` is empty.
+ */
+export function chooseHolder<H> (open: readonly H[], size: number, load: HolderLoad<H>): H | undefined {
+  if (open.length === 0) return undefined
+  const room = load.inUse < load.maxHolders
+  let best: H | undefined
+  let bestCost = Infinity
+  for (const h of open) {
+    const assigned = load.assigned(h)
+    if (assigned === undefined && !room) continue
+    const cost = ((assigned ?? 0) + size) * (1 + load.penalty(h))
+    if (cost < bestCost) { best = h; bestCost = cost }
+  }
+  return best ?? open[0]
+}
+
+/**
+ * The chunks assigned to one holder cut into requests, in order: at most `maxChunks` each and at most `maxBytes`
+ * (a chunk larger than that goes alone), so one request stays within a few seconds on a slow link.
+ */
+export function splitRequests<T> (wants: readonly T[], size: (w: T) => number, maxBytes: number, maxChunks: number): T[][] {
+  const out: T[][] = []
+  let cur: T[] = []
+  let bytes = 0
+  for (const w of wants) {
+    if (cur.length === maxChunks || (cur.length > 0 && bytes + size(w) > maxBytes)) { out.push(cur); cur = []; bytes = 0 }
+    cur.push(w)
+    bytes += size(w)
+  }
+  if (cur.length > 0) out.push(cur)
+  return out
+}
+
+/**
+ * What the next flush of the have service tells a follower of one blob about chunks that changed since the last:
+ * only each chunk's latest news counts, so a chunk that landed leaves the PENDING and DROPPED sets, one that went
+ * pending leaves DROPPED, one dropped leaves both others.
+ */
+export class HaveOutbox {
+  readonly have = new Set<number>()
+  readonly pending = new Set<number>()
+  readonly dropped = new Set<number>()
+
+  onHave (ci: number): void { this.have.add(ci); this.pending.delete(ci); this.dropped.delete(ci) }
+  onPending (ci: number): void { this.pending.add(ci); this.dropped.delete(ci) }
+  onDropped (ci: number): void { this.dropped.add(ci); this.have.delete(ci); this.pending.delete(ci) }
+  get empty (): boolean { return this.have.size === 0 && this.pending.size === 0 && this.dropped.size === 0 }
+  clear (): void { this.have.clear(); this.pending.clear(); this.dropped.clear() }
+
+  /**
+   * The flush's messages for `blob`, emptying the outbox: DROPPED, PENDING, then HAVE (last, so a chunk that went
+   * pending again after it landed still reads as present), each at most {@link MAX_INDEXES_PER_MESSAGE} indexes.
+   */
+  drain (blob: Buffer): HaveMessage[] {
+    const msgs: HaveMessage[] = []
+    for (const [type, set] of [['dropped', this.dropped], ['pending', this.pending], ['have', this.have]] as const) {
+      if (set.size === 0) continue
+      const all = [...set]
+      set.clear()
+      for (let i = 0; i < all.length; i += MAX_INDEXES_PER_MESSAGE) msgs.push({ type, blob, indexes: all.slice(i, i + MAX_INDEXES_PER_MESSAGE) })
+    }
+    return msgs
+  }
+}
