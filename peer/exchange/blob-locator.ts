@@ -11,9 +11,9 @@
 import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
-import { groupStale, NEAR_WINDOW, planChunk, rendezvousScore } from './back-to-source.js'
+import { groupStale, NEAR_WINDOW, planChunk } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
-import { blobGroup } from './swarm-policy.js'
+import { blobGroup, holdersInOrder } from './swarm-policy.js'
 
 export const DEFAULT_GROUP_SIZE = 4
 export const DEFAULT_GRACE_MS = 150
@@ -127,12 +127,9 @@ export class BlobLocator implements ChunkLocator {
           activeNear: () => this.have.table.activeNear(blobHex, w.chunk.index, NEAR_WINDOW)
         })
         if (plan.action === 'peer') {
-          // holders in an order of their hash with the chunk: askers spread over every holder of a chunk instead of
-          // all starting with the first one to have it (whose uplink would carry the whole swarm)
-          const ci = w.chunk.index
-          const peers = [...plan.peers].sort((a, b) => rendezvousScore(b, blobHex, ci) - rendezvousScore(a, blobHex, ci))
+          const peers = holdersInOrder(plan.peers, blobHex, w.chunk.index)
           out.set(w.chunk.digest.toString('hex'), peers.map(id => g.holders.get(id) ?? { peerId: id, addrs: [] }))
-          chosen.push(ci)
+          chosen.push(w.chunk.index)
         } else if (plan.action === 'wait') {
           waiting.push(w)
           soonest = Math.min(soonest, plan.retryInMs)

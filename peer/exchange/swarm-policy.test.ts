@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { rendezvousScore } from './back-to-source.js'
 import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
-import { blobGroup, chooseHolder, HaveOutbox, splitRequests, type HolderLoad } from './swarm-policy.js'
+import { blobGroup, chooseHolder, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad } from './swarm-policy.js'
 
 const hex = 'ab'.repeat(32)
 
@@ -40,6 +40,21 @@ test('blobGroup: ids of equal hash go lower id first', () => {
   assert.deepEqual(blobGroup([high, low], hex, 2), [low, high])
   assert.deepEqual(blobGroup([low, high], hex, 2), [low, high])
   assert.deepEqual(blobGroup([high, low], hex, 1), [low])
+})
+
+test('holdersInOrder: a chunk\'s holders by their hash with that chunk, so different chunks start with different holders', () => {
+  const ids = Array.from({ length: 16 }, (_, i) => `peer-${i}`)
+  for (const ci of [0, 1, 7]) {
+    const order = holdersInOrder(ids, hex, ci)
+    assert.deepEqual([...order].sort(), [...ids].sort(), 'every holder, once')
+    for (let i = 1; i < order.length; i++) assert.ok(rendezvousScore(order[i - 1]!, hex, ci) >= rendezvousScore(order[i]!, hex, ci))
+    assert.deepEqual(holdersInOrder([...ids].reverse(), hex, ci), order, 'whatever order the plan gave')
+  }
+  // askers of 64 chunks held by the same 16 peers: the first asked is spread, not always the first holder
+  const firsts = new Set(Array.from({ length: 64 }, (_, ci) => holdersInOrder(ids, hex, ci)[0]))
+  assert.ok(firsts.size >= 8, `${firsts.size} distinct first holders`)
+  assert.deepEqual(holdersInOrder([], hex, 3), [])
+  assert.deepEqual(holdersInOrder(['only'], hex, 3), ['only'])
 })
 
 /** a fetch's lanes: bytes assigned per holder in use, penalties per holder */

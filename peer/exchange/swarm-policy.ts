@@ -19,6 +19,18 @@ export function blobGroup (ids: Iterable<string>, blobHex: string, groupSize: nu
   return scored.slice(0, groupSize).map(x => x.id)
 }
 
+/**
+ * A chunk's holders in the order a fetch tries them: by their rendezvous hash with the chunk, highest first (ties
+ * to the lower id), so that the askers of a chunk spread over every holder of it instead of all starting with the
+ * first one to have it, whose uplink would carry the whole swarm.
+ */
+export function holdersInOrder (peers: readonly string[], blobHex: string, ci: number): string[] {
+  if (peers.length < 2) return [...peers]
+  const scored = peers.map(id => ({ id, s: rendezvousScore(id, blobHex, ci) }))
+  scored.sort((a, b) => b.s - a.s || (a.id < b.id ? -1 : 1))
+  return scored.map(x => x.id)
+}
+
 /** What one fetch knows of a holder when it picks one. */
 export interface HolderLoad<H> {
   /** holders the fetch asks already */

@@ -7,7 +7,7 @@
 import type { Timed } from './events.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
-import { backToSourceAssignee, blobGroup, groupStale, NEAR_WINDOW, planChunk } from './policy.js'
+import { backToSourceAssignee, blobGroup, groupStale, holdersInOrder, NEAR_WINDOW, planChunk } from './policy.js'
 
 const NONE = 0
 const LOOKING = 1
@@ -155,7 +155,7 @@ export class Locate implements Timed {
         activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW)
       })
       if (plan.action === 'peer') {
-        this.peers.set(ci, plan.peers.map(id => w.byPeerId.get(id)!))
+        this.peers.set(ci, holdersInOrder(plan.peers, hex, ci).map(id => w.byPeerId.get(id)!))
       } else if (plan.action === 'wait') {
         waiting.push(ci)
         soonest = Math.min(soonest, plan.retryInMs)
