@@ -302,7 +302,7 @@ test('a grouped resolve names every asker the same group: the key\'s first holde
 })
 
 test('a full key keeps its group: new holders replace others at random, never the first ones', () => {
-  const { idx } = setup({ random: Math.random, maxHoldersPerDigest: 10 })
+  const { idx } = setup({ random: Math.random, maxHoldersPerBlob: 10 })
   const blob = digest('full')
   for (let i = 0; i < 200; i++) {
     idx.announce(`P${i}`, packDigests([]), { info: info(i + 1) })
@@ -310,4 +310,50 @@ test('a full key keeps its group: new holders replace others at random, never th
   }
   const raw = idx.resolveRaw('P0', packDigests([blob]), 4, 4)
   assert.deepEqual(Array.from(raw.refs.subarray(0, 4), (r) => raw.peers[r].id), ['P0', 'P1', 'P2', 'P3'])
+  assert.equal(idx.holdersOf(blob).length, 10)
+})
+
+test('a blob looked up by more peers than a digest keeps: every asker is named the same group, and followed peers come from the whole swarm', () => {
+  // a seeded draw: the answers are checked in bulk, not one by one
+  let seed = 7
+  const random = (): number => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed / 2 ** 32 }
+  const { idx } = setup({ random })
+  const blob = digest('swarm')
+  const askers = 2000
+  const groups = new Set<string>()
+  const followedAt: number[] = []
+  for (let i = 0; i < askers; i++) {
+    idx.announce(`P${i}`, packDigests([]), { info: info(i + 1) })
+    const raw = idx.resolveRaw(`P${i}`, packDigests([blob]), 4, 4)
+    const all = Array.from(raw.refs.subarray(0, raw.counts[0]), (r) => raw.peers[r].id)
+    const g = raw.groups?.[0] ?? 0
+    if (i >= 3) groups.add(all.slice(0, g).join())
+    for (const id of all.slice(g)) {
+      assert.notEqual(id, `P${i}`)
+      if (i >= 1000) followedAt.push(i - Number(id.slice(1)))
+    }
+  }
+  assert.deepEqual([...groups], ['P0,P1,P2,P3'])
+  // the whole swarm is kept, far more than a digest's 32 holders
+  assert.equal(idx.holdersOf(blob).length, askers)
+  // a list of the latest joiners only would have each asker follow peers a few dozen look-ups older; a sample of
+  // the whole swarm reaches back hundreds (a follow graph of short hops is a chain that PENDING cannot cross in time)
+  followedAt.sort((a, b) => a - b)
+  assert.ok(followedAt[Math.floor(followedAt.length / 2)] > 200, `median age of a followed peer: ${followedAt[Math.floor(followedAt.length / 2)]} look-ups`)
+})
+
+test('a blob\'s list past maxHoldersPerBlob replaces a random holder, never one of its group', () => {
+  const { idx } = setup({ random: Math.random, maxHoldersPerDigest: 4, maxHoldersPerBlob: 50 })
+  const blob = digest('capped')
+  for (let i = 0; i < 300; i++) {
+    idx.announce(`P${i}`, packDigests([]), { info: info(i + 1) })
+    idx.resolveRaw(`P${i}`, packDigests([blob]), 4, 4)
+  }
+  const holders = idx.holdersOf(blob)
+  assert.equal(holders.length, 50)
+  assert.deepEqual(holders.slice(0, 4), ['P0', 'P1', 'P2', 'P3'])
+  assert.ok(holders.some((p) => Number(p.slice(1)) >= 250), 'late holders get in')
+  // a digest announced (not looked up with a group) keeps the digest's bound
+  for (let i = 0; i < 20; i++) idx.announce(`P${i}`, packDigests([digest('chunk')]))
+  assert.equal(idx.holdersOf(digest('chunk')).length, 4)
 })

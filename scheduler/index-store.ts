@@ -42,6 +42,12 @@ const DEFAULTS = {
 
 type Holders = number | number[]
 
+/** whether `rec` is among the first `k` of `top` */
+function among (top: ReadonlyArray<PeerRecord | undefined>, k: number, rec: PeerRecord): boolean {
+  for (let i = 0; i < k; i++) if (top[i] === rec) return true
+  return false
+}
+
 /** What `resolveRaw` returns: like {@link ResolveAnswer}, with the peer records themselves. */
 export { MAX_GROUP }
 
@@ -85,6 +91,7 @@ export class HolderIndex {
   private readonly admission: AdmissionPolicy
   private readonly maxDigestsPerPeer: number
   private readonly maxHolders: number
+  private readonly maxBlobHolders: number
   private readonly heartbeatMs: number
   private readonly missed: number
   private readonly minHeartbeatMs: number
@@ -109,6 +116,7 @@ export class HolderIndex {
       unprovenMaxDigests: init.admission?.unprovenMaxDigests ?? DEFAULT_ADMISSION.unprovenMaxDigests
     }
     this.maxHolders = Math.max(1, init.maxHoldersPerDigest ?? DEFAULTS.maxHoldersPerDigest)
+    this.maxBlobHolders = Math.max(1, init.maxHoldersPerBlob ?? this.maxPeers)
     this.heartbeatMs = init.heartbeatMs ?? DEFAULTS.heartbeatMs
     this.missed = init.missedHeartbeats ?? DEFAULTS.missedHeartbeats
     this.minHeartbeatMs = init.minHeartbeatMs ?? DEFAULTS.minHeartbeatMs
@@ -251,7 +259,7 @@ export class HolderIndex {
         this.refused += count - i
         return { added, refused: count - i }
       }
-      if (this.addHolder(digestKey(digests, i), rec)) added++
+      if (this.addHolder(digestKey(digests, i), rec, this.maxHolders)) added++
     }
     return { added, refused: 0 }
   }
@@ -314,7 +322,8 @@ export class HolderIndex {
     return this.shards[key.charCodeAt(0) & SHARD_MASK]
   }
 
-  private addHolder (key: string, rec: PeerRecord): boolean {
+  /** `rec` joins the key's holders, last in join order; past `cap` of them it replaces one (see below). */
+  private addHolder (key: string, rec: PeerRecord, cap: number): boolean {
     const ref = rec.ref
     const map = this.shard(key)
     const v = map.get(key)
@@ -338,9 +347,12 @@ export class HolderIndex {
       if (staleAt >= 0) {
         v[staleAt] = ref
         this.unstaled()
-      } else if (v.length < this.maxHolders) {
+      } else if (v.length < Math.min(cap, this.maxHolders)) {
         // concat allocates exactly; push would reserve room for 16 more
         map.set(key, v.concat(ref))
+      } else if (v.length < cap) {
+        // a blob's swarm: a list this long grows by push, not by a copy per joiner
+        v.push(ref)
       } else {
         // full: replace a random holder, which keeps a fresh random sample of a popular chunk's holders; never one
         // of the first few, who are the key's group for as long as they live (`resolveRaw`'s `group`)
@@ -456,7 +468,8 @@ export class HolderIndex {
    * the key's list (join order, the asker included when it is one; the asker claims the key before), which every
    * asker of that moment is told alike, so that all of them agree on who fetches which chunk from the source
    * (`back-to-source.ts`); up to `max` ranked holders follow (never the asker; a group member may be among them
-   * again, as one of the best holders to fetch from).
+   * again, as one of the best holders to fetch from). Such a key keeps up to `maxHoldersPerBlob` holders (the whole
+   * swarm), ranked on a random sample of `maxHoldersPerDigest` of them per answer.
    */
   resolveRaw (askerId: string | undefined, digests: PackedDigests, max = 4, group = 0): RawAnswer {
     const now = this.now()
@@ -482,10 +495,10 @@ export class HolderIndex {
     let nrefs = 0
     for (let i = 0; i < n; i++) {
       const key = digestKey(digests, i)
-      if (group > 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
+      if (group > 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i, this.maxBlobHolders)) claimer = undefined
       const v = this.shard(key).get(key)
       if (v === undefined) {
-        if (claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
+        if (claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i, this.maxHolders)) claimer = undefined
         continue
       }
       let k = 0
@@ -501,10 +514,13 @@ export class HolderIndex {
         }
         groups[i] = g
       }
-      for (let j = 0; j < len; j++) {
-        const ref = typeof v === 'number' ? v : v[j]
+      // a list longer than a digest's (a blob's swarm) is ranked on a uniform sample of it: an answer from its
+      // whole length, at a digest's cost
+      const sampled = len > this.maxHolders
+      for (let t = 0, tries = sampled ? this.maxHolders : len; t < tries; t++) {
+        const ref = typeof v === 'number' ? v : v[sampled ? Math.floor(this.random() * len) : t]
         const rec = this.peers.live(ref)
-        if (rec === undefined) continue
+        if (rec === undefined || (sampled && among(topRec, k, rec))) continue
         const s = this.score(rec, asker, askerZone, now)
         if (s < 0) continue
         // insertion into the small sorted top-`max` list
@@ -531,7 +547,7 @@ export class HolderIndex {
         const first = topRec[0] as PeerRecord
         if (this.firsts[first.slot]++ === 0) firstRecs.push(first)
       }
-      if (group === 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i)) claimer = undefined
+      if (group === 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i, this.maxHolders)) claimer = undefined
     }
     for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
     return { peers, counts, refs: refs.subarray(0, nrefs), ...(groups !== undefined ? { groups } : {}) }
@@ -551,9 +567,9 @@ export class HolderIndex {
    * Records a claim of `key` by `rec` within the bounds announces obey; false past them (the caller stops claiming
    * for the rest of its call, so a full index is not searched for room digest after digest).
    */
-  private claim (key: string, rec: PeerRecord, quota: number, want: number): boolean {
+  private claim (key: string, rec: PeerRecord, quota: number, want: number, cap: number): boolean {
     if (rec.count >= quota || !this.roomFor(rec, want)) return false
-    this.addHolder(key, rec)
+    this.addHolder(key, rec, cap)
     return true
   }
 

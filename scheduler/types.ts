@@ -44,8 +44,18 @@ export interface HolderIndexInit {
   maxEntries?: number
   /** digests one peer may hold in the index (default 4 000 000) */
   maxDigestsPerPeer?: number
-  /** holders remembered per digest; past it a random holder is replaced, which keeps a fresh sample (default 32) */
+  /**
+   * holders remembered per digest; past it a random holder is replaced, which keeps a fresh sample (default 32). A
+   * longer list (a blob's swarm) is ranked on a random sample of this many holders per look-up
+   */
   maxHoldersPerDigest?: number
+  /**
+   * holders remembered per key looked up with a group (a blob at blob level: its swarm), past which a random one is
+   * replaced (default `maxPeers`: the whole swarm). Look-ups sample all of it, so each asker follows peers from all
+   * over the swarm; a list capped below the swarm holds only its latest joiners, each asker follows peers that asked
+   * just before it, and the swarm's follow graph becomes a chain too long for a PENDING to cross in a grace
+   */
+  maxHoldersPerBlob?: number
   /** heartbeat interval assumed for a peer until it declares its own (default 5000 ms) */
   heartbeatMs?: number
   /** a peer silent for this many of its heartbeat intervals is dropped (default 3) */
