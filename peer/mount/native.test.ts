@@ -310,6 +310,13 @@ describe('native addon', { skip }, () => {
     assert.ok(missed.length > 0 && missed.every(m => m.file === 1), JSON.stringify(missed))
     // past the pushed range, the warm file reads as before, every byte right
     assert.ok((await readFile(join(mp, 'warm'))).equals(data))
+
+    // a stop with pushes still queued ends the pusher too; pushes after it are ignored
+    server.setReady(1, 0, size)
+    for (let i = 0; i < 64; i++) server.push(1, 0, size)
+    server.stop()
+    server.push(1, 0, size)
+    assert.deepEqual(mountedUnder(mp), [])
   })
 
   it('with directIo every read is a READ of the reader\'s own size, up to maxReadBytes', async () => {
