@@ -243,6 +243,37 @@ describe('erofs-lazy mode from a local image', { skip: await erofsLazyUnavailabl
     await mm.unmount(mnt)
   })
 
+  it('a blob complete when mounted passes through to its cache file: no FUSE READ, pinned until the kernel lets go', async t => {
+    const { mm, cache, mnt } = await manager(t, 'lazy-pt')
+    await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'erofs-lazy', prefetch: 'all' })
+    assert.equal((await mm.prefetchSettled(mnt)).state, 'done')
+    await mm.unmount(mnt)
+    assert.equal(cache.stats().pinnedBlobs, 0)
+    const first = mm.lazyKernelStats()!
+    if (!first.passthrough) { t.skip('this kernel has no FUSE passthrough'); return }
+    // complete and verified by this process: the next mount's open passes through (where the kernel can)
+    const deadline = Date.now() + 5000
+    let opens = first.passthroughOpens
+    while (Date.now() < deadline) {
+      await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'erofs-lazy', prefetch: 'none' })
+      opens = mm.lazyKernelStats()!.passthroughOpens
+      // the cached open of the first mount may not be released yet: the open then stays cached; mount again
+      if (opens > first.passthroughOpens) break
+      await mm.unmount(mnt)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    assert.equal(opens, first.passthroughOpens + 1, 'the open of the complete blob passed through')
+    assert.equal(cache.stats().pinnedBlobs, 1, 'pinned while the kernel reads the cache file')
+    await writeFile('/proc/sys/vm/drop_caches', '3')
+    const before = mm.lazyKernelStats()!
+    assert.deepEqual(diffTrees(await snapshotTree(src, { content: true }), await snapshotTree(mnt, { content: true })), [])
+    assert.equal(mm.lazyKernelStats()!.requests, before.requests, 'no FUSE request for data')
+    await mm.unmount(mnt)
+    const t0 = Date.now()
+    while (cache.stats().pinnedBlobs > 0 && Date.now() - t0 < 5000) await new Promise(resolve => setTimeout(resolve, 20))
+    assert.equal(cache.stats().pinnedBlobs, 0, 'unpinned once released')
+  })
+
   it('eviction under a mount: evicted blocks become misses again and read back right', async t => {
     const cache = await BlobCache.open(join(work, 'cache-evict'), { capBytes: 3 << 20, evictionRangeBytes: 1 << 20 })
     const mm = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: join(work, 'wd-evict'), readaheadBytes: 0 })
