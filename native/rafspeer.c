@@ -1316,20 +1316,27 @@ static napi_value js_clear_ready (napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* the file named by argv[0] of a call taking `want` arguments (`usage` says which), or NULL with an exception */
+static bfile *file_arg (napi_env env, server *s, size_t argc, napi_value *argv, size_t want, const char *usage) {
+  uint64_t idx;
+  if (s == NULL) return NULL;
+  if (argc < want) { napi_throw_type_error(env, NULL, usage); return NULL; }
+  if (!get_u64(env, argv[0], "file", &idx)) return NULL;
+  bfile *f = file_get(s, idx);
+  if (f == NULL) napi_throw_range_error(env, NULL, "no such file index");
+  return f;
+}
+
 /* setPassthrough(file, on): whether the file's next opens may pass through to its cache file (the caller keeps every
  * block of it in place while allowed: complete and pinned against eviction); opens already made keep their kind */
 static napi_value js_set_passthrough (napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   server *s = unwrap(env, info, &argc, argv);
-  if (s == NULL) return NULL;
-  uint64_t idx;
+  bfile *f = file_arg(env, s, argc, argv, 2, "setPassthrough(file, on)");
   bool on = false;
-  if (argc < 2) { napi_throw_type_error(env, NULL, "setPassthrough(file, on)"); return NULL; }
-  if (!get_u64(env, argv[0], "file", &idx)) return NULL;
+  if (f == NULL) return NULL;
   if (napi_get_value_bool(env, argv[1], &on) != napi_ok) { napi_throw_type_error(env, NULL, "on must be a boolean"); return NULL; }
-  bfile *f = file_get(s, idx);
-  if (f == NULL) { napi_throw_range_error(env, NULL, "no such file index"); return NULL; }
   atomic_store(&f->pt_allowed, on);
   return NULL;
 }
@@ -1339,12 +1346,8 @@ static napi_value js_passthrough_opens (napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], result;
   server *s = unwrap(env, info, &argc, argv);
-  if (s == NULL) return NULL;
-  uint64_t idx;
-  if (argc < 1) { napi_throw_type_error(env, NULL, "passthroughOpens(file)"); return NULL; }
-  if (!get_u64(env, argv[0], "file", &idx)) return NULL;
-  bfile *f = file_get(s, idx);
-  if (f == NULL) { napi_throw_range_error(env, NULL, "no such file index"); return NULL; }
+  bfile *f = file_arg(env, s, argc, argv, 1, "passthroughOpens(file)");
+  if (f == NULL) return NULL;
   pthread_mutex_lock(&s->files_mu);
   unsigned n = f->pt_opens;
   pthread_mutex_unlock(&s->files_mu);
@@ -1357,12 +1360,8 @@ static napi_value js_forget_access (napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   server *s = unwrap(env, info, &argc, argv);
-  if (s == NULL) return NULL;
-  uint64_t idx;
-  if (argc < 1) { napi_throw_type_error(env, NULL, "forgetAccess(file)"); return NULL; }
-  if (!get_u64(env, argv[0], "file", &idx)) return NULL;
-  bfile *f = file_get(s, idx);
-  if (f == NULL) { napi_throw_range_error(env, NULL, "no such file index"); return NULL; }
+  bfile *f = file_arg(env, s, argc, argv, 1, "forgetAccess(file)");
+  if (f == NULL) return NULL;
   map_update(f->seen, 0, f->nblocks, false);
   return NULL;
 }
