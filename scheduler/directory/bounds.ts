@@ -17,9 +17,16 @@ import type { DirectoryPolicyInit, PeerEntry } from './index.js'
 /** a RAFS blob id is 64 hex digits; room for an algorithm prefix and then some */
 export const MAX_BLOB_ID_BYTES = 128
 
+/** live peers the memory directory registers at once */
+const MAX_PEERS = 100_000
+
 export const DIRECTORY_DEFAULTS = Object.freeze({
   maxBlobsPerPeer: 10_000,
-  maxHoldersPerBlob: 128,
+  /**
+   * a blob's whole swarm: as many as the memory directory has peers (it uses its own `maxPeers`). A bound below the
+   * swarm keeps, by random replacement, mostly its latest joiners, and a swarm following those becomes a chain
+   */
+  maxHoldersPerBlob: MAX_PEERS,
   peerTtlMs: 15_000,
   minTtlMs: 100,
   maxTtlMs: 120_000,
@@ -27,7 +34,7 @@ export const DIRECTORY_DEFAULTS = Object.freeze({
   banMs: 3_600_000,
   timeoutMs: 1000,
   maxAnswer: 4,
-  maxPeers: 100_000,
+  maxPeers: MAX_PEERS,
   maxEntries: 10_000_000,
   connectTimeoutMs: 5000,
   blobTtlMs: 86_400_000,

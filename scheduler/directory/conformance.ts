@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { groupCases } from './conformance-group.js'
+import { swarmCases } from './conformance-swarm.js'
 import type { BlobHolder, DirectoryPolicyInit, PeerEntry, SwarmDirectory } from './index.js'
 
 export type DirectoryFactory = (init: DirectoryPolicyInit) => Promise<SwarmDirectory>
@@ -192,7 +193,7 @@ export function directoryConformance (name: string, make: DirectoryFactory, opts
       assert.deepEqual(await dir.lookup(ids[0]), [])
     })
 
-    it('a popular blob keeps a bounded sample of its holders, the newest announcer in it', async (t) => {
+    it('maxHoldersPerBlob set, a popular blob keeps a bounded sample of its holders, the newest announcer in it', async (t) => {
       const dir = await open(t, { maxHoldersPerBlob: 5 })
       for (let i = 0; i < 12; i++) {
         await dir.announce(entry(`peer-${i}`), [b1])
@@ -324,6 +325,7 @@ export function directoryConformance (name: string, make: DirectoryFactory, opts
     })
 
     groupCases({ open, entry, blobId })
+    swarmCases({ open, entry, blobId })
 
     it('a closed directory rejects every call', async (t) => {
       const dir = await make({})

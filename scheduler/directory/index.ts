@@ -21,10 +21,16 @@
  *   included), so that they agree on who fetches which chunk from the source. A holder keeps its place while it
  *   stays registered (a reset announce that names the blob again keeps it); one that withdraws, leaves or expires
  *   loses it and the next in order moves up; one that comes back joins at the end.
- * - Bounds: `maxBlobsPerPeer` (the rest of an announce is refused and counted), `maxHoldersPerBlob` (past it a
- *   newcomer replaces a random holder, which keeps a fresh random sample of a popular blob's swarm, but never one of
- *   the first `MAX_GROUP` in join order: they are the group for as long as they live), and the wire bounds on ids,
- *   addresses and zones (`RAFSPEER_ERR_DIRECTORY_INVALID`).
+ * - A blob keeps its whole swarm, and a lookup ranks a uniform random sample of it (memory: `max(32, 3 × max)` live
+ *   holders, drawn without replacement; Redis: `max × lookupOversample` members by SRANDMEMBER), so its answers come
+ *   from all over the swarm at a cost that does not grow with it. A list capped below the swarm, with random
+ *   replacement, holds mostly its latest joiners, who have the least of the blob: each asker would follow peers that
+ *   joined just before it, and the swarm's follow graph would become a chain (the chunk index had that bug: 10,000
+ *   nodes pulled 6.45 copies of an image from the registry).
+ * - Bounds: `maxBlobsPerPeer` (the rest of an announce is refused and counted), `maxHoldersPerBlob` (default: the
+ *   whole swarm; set lower, past it a newcomer replaces a random holder, never one of the first `MAX_GROUP` in join
+ *   order: they are the group for as long as they live), and the wire bounds on ids, addresses and zones
+ *   (`RAFSPEER_ERR_DIRECTORY_INVALID`).
  * - Every call is async, takes `{ signal }`, and settles within `timeoutMs` (default 1000 ms): a Redis that is
  *   unreachable or failing over rejects with `RAFSPEER_ERR_DIRECTORY_UNAVAILABLE`, never hangs. The caller
  *   falls back (its peers go to the registry) and tries again later.
@@ -206,7 +212,11 @@ export interface SwarmDirectory {
 export interface DirectoryPolicyInit {
   /** blobs one peer may be recorded as holding (default 10 000) */
   maxBlobsPerPeer?: number
-  /** holders kept per blob: past it a newcomer replaces a random one, never one of the group (default 128) */
+  /**
+   * holders kept per blob (default: the whole swarm, `maxPeers` in memory and 100 000 on Redis). Set lower, past it
+   * a newcomer replaces a random holder, never one of the group; a bound well below the swarm leaves mostly its
+   * latest joiners, and look-ups that answer only those make the swarm follow a chain of laggards
+   */
   maxHoldersPerBlob?: number
   /** TTL of a peer that never sent a heartbeat (default 15 000 ms: three missed 5 s heartbeats) */
   peerTtlMs?: number
@@ -231,7 +241,7 @@ export interface DirectoryPolicyInit {
 
 /** Options of the in-memory directory. */
 export interface MemoryDirectoryInit extends DirectoryPolicyInit {
-  /** live peers at once; a newcomer past it is refused (default 100 000) */
+  /** live peers at once; a newcomer past it is refused (default 100 000); the default of `maxHoldersPerBlob` */
   maxPeers?: number
   /** (blob, holder) records in total; announces past it are refused (default 10 000 000) */
   maxEntries?: number
@@ -260,7 +270,10 @@ export interface RedisDirectoryInit extends DirectoryPolicyInit {
   blobTtlMs?: number
   /** a reputation expires this long after its last report, or after its ban ends (default 1 h) */
   reputationTtlMs?: number
-  /** candidates a lookup reads per holder it answers (default 3: 12 read for `max` 4) */
+  /**
+   * candidates a lookup reads per holder it answers (default 3: 12 read for `max` 4), a uniform sample of the blob's
+   * whole set: each costs the read of a peer's hash
+   */
   lookupOversample?: number
 }
 

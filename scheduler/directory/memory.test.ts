@@ -40,6 +40,17 @@ describe('MemoryDirectory', () => {
     await dir.close()
   })
 
+  it('a look-up draws its sample without replacement: a constant random still answers `max` distinct holders', async () => {
+    for (const r of [0, 0.999999999]) {
+      const dir = new MemoryDirectory({}, { random: () => r })
+      for (let i = 0; i < 100; i++) await dir.announce(entry(`peer-${i}`), [blobId(1)])
+      const hs = await dir.lookup(blobId(1), { asker: 'peer-0', max: 16 })
+      assert.equal(new Set(hs.map((h) => h.peerId)).size, 16)
+      assert.ok(!hs.some((h) => h.peerId === 'peer-0'))
+      await dir.close()
+    }
+  })
+
   it('refuses records past maxEntries', async () => {
     const dir = new MemoryDirectory({}, { maxEntries: 3 })
     assert.deepEqual(await dir.announce(entry('peer-a'), [1, 2].map(blobId)), { accepted: 2, refused: 0, banned: false })
