@@ -37,7 +37,7 @@ export interface ChunkLocator {
 export interface BlobLocatorComponents {
   /** the scheduler, keyed by blob (the blob id's 32 bytes) */
   directory: HolderResolver
-  have: Pick<HaveService, 'interest' | 'onUpdate' | 'table' | 'followers'>
+  have: Pick<HaveService, 'interest' | 'onUpdate' | 'table' | 'followers' | 'flushBlob'>
   /** this node's peer id */
   self: string
   /** told which chunks got a source (a neighbour, or the registry): their PENDING may go out (`CacheChunks.planned`) */
@@ -111,6 +111,7 @@ export class BlobLocator implements ChunkLocator {
     const chosen: number[] = []
     while (open.length > 0) {
       const waiting: typeof open = []
+      let sourced = false
       let soonest = Infinity
       for (const w of open) {
         const { have, pending } = this.have.table.sources(blobHex, w.chunk.index)
@@ -124,7 +125,8 @@ export class BlobLocator implements ChunkLocator {
           wantedForMs: this.now() - w.since,
           graceMs: this.graceMs,
           stable: g.group !== undefined,
-          activeNear: () => this.have.table.activeNear(blobHex, w.chunk.index, NEAR_WINDOW)
+          activeNear: () => this.have.table.activeNear(blobHex, w.chunk.index, NEAR_WINDOW),
+          behind: (peer, ci) => this.have.table.behind(blobHex, peer, ci, NEAR_WINDOW)
         })
         if (plan.action === 'peer') {
           const peers = holdersInOrder(plan.peers, blobHex, w.chunk.index)
@@ -136,9 +138,13 @@ export class BlobLocator implements ChunkLocator {
         } else {
           this.wanted.delete(`${blobHex}/${w.chunk.index}`)
           chosen.push(w.chunk.index)
+          sourced = true
         }
       }
       if (chosen.length > 0) this.planned?.(blobHex, chosen.splice(0))
+      // chunks for the registry: their PENDING goes out now, not at the next flush (the peers waiting on it would
+      // fetch them too)
+      if (sourced) this.have.flushBlob(blobHex)
       if (waiting.length === 0) break
       await this.changeOf(blobHex, soonest, opts.signal)
       open = waiting

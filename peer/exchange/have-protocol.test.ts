@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import fc from 'fast-check'
 import { decodeHave, encodeHave, getBit, HaveProtocolError, MAX_INDEXES_PER_MESSAGE, newBits, setBit, type HaveMessage } from './have-protocol.js'
 import { HaveTable } from './have-table.js'
-import { backToSourceAssignee, planChunk, rendezvousScore } from './back-to-source.js'
+import { BEHIND_MARGIN, backToSourceAssignee, planChunk, rendezvousScore } from './back-to-source.js'
 
 const blob = randomBytes(32)
 const hex = blob.toString('hex')
@@ -142,6 +142,57 @@ test('plan: holders, then peers fetching it, then the assignee fetches and the o
   assert.deepEqual(planChunk({ ...stable, wantedForMs: 800, activeNear: () => true }), { action: 'source' })
   // a member of the group, assignee or not, keeps the short grace
   assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200, stable: true, activeNear: () => true }), { action: 'source' })
+})
+
+test('plan: a member passes over the members it knows read behind the chunk; the next by hash takes it at once', () => {
+  const group = ['a', 'b', 'c', 'd']
+  // a chunk whose assignee is b, and a the first of the others
+  let ci = BEHIND_MARGIN + 1
+  while (backToSourceAssignee(group, hex, ci) !== 'b' || backToSourceAssignee(['a', 'c', 'd'], hex, ci) !== 'a') ci++
+  const asked: Array<[string, number]> = []
+  const bBehind = (peer: string, at: number): boolean => { asked.push([peer, at]); return peer === 'b' }
+  const base = { group, blobHex: hex, ci, have: [], pending: [], wantedForMs: 0, graceMs: 150, stable: true }
+  assert.deepEqual(planChunk({ ...base, self: 'a', behind: bBehind }), { action: 'source' })
+  // asked of the others, BEHIND_MARGIN chunks back (a member level with us may look a chunk or two behind)
+  assert.deepEqual(asked.map(([p]) => p).sort(), ['b', 'c', 'd'])
+  assert.ok(asked.every(([, at]) => at === ci - BEHIND_MARGIN))
+  // the others wait for a's PENDING, as for an assignee's
+  assert.deepEqual(planChunk({ ...base, self: 'c', behind: bBehind }), { action: 'wait', retryInMs: 150 })
+  // b itself does not wait: it is the assignee
+  assert.deepEqual(planChunk({ ...base, self: 'b', behind: (p: string) => p !== 'b' }), { action: 'source' })
+  // nobody behind, or nothing known: a waits for b
+  assert.deepEqual(planChunk({ ...base, self: 'a', behind: () => false }), { action: 'wait', retryInMs: 150 })
+  assert.deepEqual(planChunk({ ...base, self: 'a' }), { action: 'wait', retryInMs: 150 })
+  // a and b both behind as c sees them: c, d wait for the next, which is c or d
+  const next = backToSourceAssignee(['c', 'd'], hex, ci)!
+  const both = (p: string): boolean => p === 'a' || p === 'b'
+  assert.deepEqual(planChunk({ ...base, self: next, behind: both }), { action: 'source' })
+  assert.equal(planChunk({ ...base, self: next === 'c' ? 'd' : 'c', behind: both }).action, 'wait')
+  // only within the scheduler's group, and by its members
+  assert.equal(planChunk({ ...base, self: 'a', behind: bBehind, stable: false }).action, 'wait')
+  assert.equal(planChunk({ ...base, self: 'z', behind: bBehind }).action, 'wait')
+})
+
+test('a neighbour reading behind a chunk: some of the window before it, none of it and the window after', () => {
+  let now = 0
+  const t = new HaveTable({ now: () => now, pendingTtlMs: 1000 })
+  const bits = newBits(64)
+  setBit(bits, 10)
+  t.apply('p', { type: 'bitfield', blob, chunks: 64, bits, pending: [12] })
+  assert.equal(t.behind(hex, 'p', 13, 8), true)
+  assert.equal(t.behind(hex, 'p', 20, 8), true)
+  assert.equal(t.behind(hex, 'p', 21, 8), false) // nothing of the 8 before: says nothing
+  assert.equal(t.behind(hex, 'p', 12, 8), false) // fetching it
+  assert.equal(t.behind(hex, 'p', 5, 8), false) // it has chunks after
+  assert.equal(t.behind(hex, 'p', 0, 8), false)
+  assert.equal(t.behind(hex, 'q', 13, 8), false) // a peer we know nothing of
+  assert.equal(t.behind(randomBytes(32).toString('hex'), 'p', 13, 8), false)
+  t.apply('p', { type: 'pending', blob, indexes: [25] })
+  assert.equal(t.behind(hex, 'p', 20, 8), false) // fetching one within the window after
+  now = 2000 // its PENDINGs went stale: only what it has counts
+  assert.equal(t.behind(hex, 'p', 20, 8), false)
+  assert.equal(t.behind(hex, 'p', 13, 8), true)
+  assert.equal(t.behind(hex, 'p', 11, 8), true)
 })
 
 test('activity near a chunk: a neighbour that has or fetches one within the window', () => {

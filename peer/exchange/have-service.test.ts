@@ -1,6 +1,7 @@
 /**
  * `/rafspeer/have/1.0.0` between real libp2p hosts on loopback: bitfields on interest, batched HAVE / PENDING /
- * DROPPED, a blob learned later, want-have across blobs, uninterest, a hostile neighbour, the end of a session.
+ * DROPPED (or at once: `flushBlob`), a blob learned later, want-have across blobs, uninterest, a hostile neighbour, the
+ * end of a session.
  */
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -196,5 +197,43 @@ describe('have sessions between real libp2p hosts', () => {
     await services[1]!.stop()
     await eventually(() => { assert.deepEqual(services[0]!.table.sources(blob, 1).have, []) })
     assert.ok(!services[0]!.peers.includes(holder(1).peerId))
+  })
+})
+
+describe('flushBlob: a blob\'s news now, not at the next flush', () => {
+  const hosts: Host[] = []
+  const services: HaveService[] = []
+  const locals: MemoryChunks[] = []
+  const blob = randomBytes(32).toString('hex')
+
+  before(async () => {
+    for (let i = 0; i < 2; i++) {
+      const host = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+      const local = new MemoryChunks()
+      // a flush a minute away: only flushBlob can send an update in time
+      const svc = new HaveService({ libp2p: host, local }, { flushMs: 60_000 })
+      await svc.start()
+      hosts.push(host)
+      locals.push(local)
+      services.push(svc)
+    }
+  })
+  after(async () => {
+    for (const s of services) await s.stop()
+    for (const h of hosts) await h.stop()
+  })
+
+  it('sends the PENDING of a chunk just chosen for the registry to every follower at once', async () => {
+    locals[1]!.register(blob, 8)
+    await services[0]!.interest(blob, [{ peerId: hosts[1]!.peerId.toString(), addrs: announceAddrs(hosts[1]!) }])
+    const t = services[0]!.table
+    await eventually(() => { assert.equal(t.neighbours(blob).length, 1) })
+    locals[1]!.pending(blob, [3])
+    await sleep(100)
+    assert.deepEqual(t.sources(blob, 3).pending, [], 'held for the next flush')
+    services[1]!.flushBlob(blob)
+    await eventually(() => { assert.deepEqual(t.sources(blob, 3).pending.map(p => p.peerId), [hosts[1]!.peerId.toString()]) }, 1000)
+    // a blob nobody follows: nothing to send
+    services[1]!.flushBlob(randomBytes(32).toString('hex'))
   })
 })

@@ -5,8 +5,8 @@
  * One session per neighbour (either side may open it; both directions carry messages). `interest(blob, peers)`
  * sends INTEREST to each of those peers; a peer that receives an INTEREST answers with the blob's BITFIELD (its
  * present chunks and those it is fetching) and from then on streams batched HAVE / PENDING / DROPPED updates of that
- * blob, every `flushMs`, until UNINTEREST or the end of the session. WANT_HAVE asks a neighbour which of some digests
- * it holds in any blob (chunks shared across images).
+ * blob, every `flushMs` (or at once: `flushBlob`), until UNINTEREST or the end of the session. WANT_HAVE asks a
+ * neighbour which of some digests it holds in any blob (chunks shared across images).
  *
  * Bounded against a hostile neighbour: frames by size, blobs one peer may subscribe to, sessions, a reader that
  * stops reading loses its session after `drainTimeoutMs`.
@@ -228,6 +228,20 @@ export class HaveService {
       out.push(...answer)
     }
     return out
+  }
+
+  /**
+   * Sends what changed of `blobHex` to its followers now rather than at the next flush. For a chunk this node just
+   * chose to fetch from the registry: the blob's other peers wait for its PENDING, and one whose grace runs out
+   * before the next flush fetches the chunk too (the model, `sim/model/`: at 1,000 nodes most duplicate registry
+   * fetches were such, 21 of 26).
+   */
+  flushBlob (blobHex: string): void {
+    if (!this.running) return
+    for (const s of this.sessions.values()) {
+      const f = s.following.get(blobHex)
+      if (f !== undefined) this.flushOne(s, blobHex, f)
+    }
   }
 
   /** Neighbours with an open session. */

@@ -73,6 +73,15 @@ class Reference {
     for (let i = Math.max(0, ci - window); i <= ci + window; i++) if (this.holders(hex, i) > 0 || this.sources(hex, i).pending.length > 0) return true
     return false
   }
+
+  behind (hex: string, peer: string, ci: number, window: number): boolean {
+    const st = this.blobs.get(hex)?.get(peer)
+    if (st === undefined || ci < 1 || ci >= st.chunks) return false
+    const active = (i: number): boolean => i >= 0 && i < st.chunks && (getBit(st.bits, i) || this.now() - (st.pending.get(i) ?? -Infinity) <= TTL)
+    for (let i = ci; i <= ci + window; i++) if (active(i)) return false
+    for (let i = ci - window; i < ci; i++) if (active(i)) return true
+    return false
+  }
 }
 
 const blob = fc.integer({ min: 0, max: 1 })
@@ -123,6 +132,7 @@ function check (ops: Op[], every: number): void {
       for (let c = 0; c < 24; c++) {
         assert.equal(table.holders(hex, c), ref.holders(hex, c), `holders of ${c}`)
         assert.equal(table.activeNear(hex, c, 2), ref.activeNear(hex, c, 2), `near ${c}`)
+        for (const n of table.neighbours(hex)) assert.equal(table.behind(hex, n.peerId, c, 3), ref.behind(hex, n.peerId, c, 3), `${n.peerId} behind ${c}`)
         assert.deepEqual(table.sources(hex, c), ref.sources(hex, c), `sources of ${c}`)
       }
       assert.deepEqual(table.neighbours(hex).map(n => [n.peerId, n.have, n.chunks]), ref.neighbours(hex))

@@ -271,6 +271,26 @@ export class HaveTable {
     return false
   }
 
+  /**
+   * Whether `peer` reads the blob behind chunk `ci`: it told us it has or is fetching some of the `window` chunks
+   * before `ci`, and none of `ci` and the `window` after it. Nothing near `ci` says nothing (the peer may have just
+   * begun, its first PENDING on its way; or it reads elsewhere): false.
+   */
+  behind (blobHex: string, peer: string, ci: number, window: number): boolean {
+    const per = this.blobs.get(blobHex)
+    const st = per?.byId.get(peer)
+    if (per === undefined || st === undefined || ci < 1 || ci >= st.chunks) return false
+    const now = this.now()
+    const active = (i: number): boolean => {
+      if (per.has(st, i)) return true
+      const since = st.pending.get(i)
+      return since !== undefined && now - since <= this.pendingTtlMs
+    }
+    for (let i = ci; i <= Math.min(st.chunks - 1, ci + window); i++) if (active(i)) return false
+    for (let i = ci - 1; i >= Math.max(0, ci - window); i--) if (active(i)) return true
+    return false
+  }
+
   /** Neighbours that told us about the blob, and how many of its chunks each has. */
   neighbours (blobHex: string): Array<{ peerId: string, have: number, chunks: number }> {
     const per = this.blobs.get(blobHex)

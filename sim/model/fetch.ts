@@ -31,10 +31,8 @@ export class Batch {
     this.nb.group.need(new Locate(this))
   }
 
-  /** The locator's answer: holders per chunk, and the chunks for the registry now. */
+  /** The locator's answer (PENDING went out as it placed each chunk): holders per chunk, and the chunks for the registry now. */
   located (peers: Map<number, SimNode[]>, source: number[]): void {
-    // as `CacheChunks` with `pendingWhenPlanned`: PENDING once the locator chose where the chunks come from
-    this.node.pending(this.nb, this.cis)
     if (source.length > 0) this.toRegistry(source)
     if (peers.size > 0) new SwarmFetch(this, peers).start()
   }

@@ -139,6 +139,8 @@ export class Locate implements Timed {
       this.group = blobGroup(ids, hex, w.cfg.groupSize)
     }
     const waiting: number[] = []
+    const chosen: number[] = []
+    const sourcedBefore = this.source.length
     let soonest = Infinity
     for (const ci of this.open) {
       const { have, pending } = node.table.sources(hex, ci)
@@ -152,20 +154,29 @@ export class Locate implements Timed {
         wantedForMs: now - this.since,
         graceMs: w.cfg.graceMs,
         stable,
-        activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW)
+        activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW),
+        behind: (peer, c) => node.table.behind(hex, peer, c, NEAR_WINDOW)
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, holdersInOrder(plan.peers, hex, ci).map(id => w.byPeerId.get(id)!))
+        chosen.push(ci)
       } else if (plan.action === 'wait') {
         waiting.push(ci)
         soonest = Math.min(soonest, plan.retryInMs)
       } else {
         this.source.push(ci)
+        chosen.push(ci)
         const group = this.group.length === 0 ? [self] : stable || this.group.includes(self) ? this.group : [...this.group, self]
-        if (backToSourceAssignee(group, hex, ci) === self) node.sourced.assignee++
+        const asg = backToSourceAssignee(group, hex, ci)
+        if (asg === self) node.sourced.assignee++
+        else if (now - this.since < w.cfg.graceMs) node.sourced.ahead++
         else node.sourced.afterGrace++
       }
     }
+    // as `BlobLocator` (`planned`, then `flushBlob` after a round that chose the registry): PENDING for the chunks
+    // this round placed, sent at once when some go to the registry, though the batch goes on only once all are placed
+    if (chosen.length > 0) node.pending(nb, chosen)
+    if (this.source.length > sourcedBefore) node.flushBlob(nb)
     this.open = waiting
     if (waiting.length === 0) {
       this.done = true

@@ -74,8 +74,11 @@ export class SimNode implements Timed {
   duplicateBytes = 0
   readonly requests = { sent: 0, failed: 0, hedges: 0, busy: 0, notFound: 0 }
   pendingFrames = 0
-  /** chunks fetched from the registry, by why: the rendezvous assignee, nobody took it up in the grace, a neighbour fetch left it */
-  readonly sourced = { assignee: 0, afterGrace: 0, leftover: 0 }
+  /**
+   * chunks fetched from the registry, by why: the rendezvous assignee, the assignee read behind it, nobody took it up
+   * in the grace, a neighbour fetch left it
+   */
+  readonly sourced = { assignee: 0, ahead: 0, afterGrace: 0, leftover: 0 }
   /** neighbour fetches given up for idleness */
   idleTimeouts = 0
   readonly msgs = { scheduler: { sent: 0, received: 0 }, have: { sent: 0, received: 0 }, chunk: { sent: 0, received: 0 } }
@@ -218,7 +221,7 @@ export class SimNode implements Timed {
     this.startBatches()
   }
 
-  /** The fetcher started chunks: PENDING to the followers. */
+  /** The locator placed chunks (as `CacheChunks` with `pendingWhenPlanned`): PENDING to the followers. */
   pending (nb: NodeBlob, cis: readonly number[]): void {
     for (const ci of cis) {
       nb.inFlight.add(ci)
@@ -356,6 +359,11 @@ export class SimNode implements Timed {
     const now = this.world.queue.now
     const next = this.flushPhase + (Math.floor((now - this.flushPhase) / haveFlushMs) + 1) * haveFlushMs
     this.world.queue.at(next, this, this.arg(FLUSH))
+  }
+
+  /** As `HaveService.flushBlob`: what changed of the blob to its followers now, not at the next flush. */
+  flushBlob (nb: NodeBlob): void {
+    if (nb.followers.size > 0 && !nb.out.empty) this.send([...nb.followers], nb, nb.out.drain(nb.spec.key))
   }
 
   private flush (): void {

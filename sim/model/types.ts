@@ -123,8 +123,12 @@ export interface ModelReport {
     p99OverAlone: number
     p99OverP50: number
     duplicateBytes: number
-    /** chunks the registry sent, by why: the node was the chunk's rendezvous assignee; nobody said PENDING within the grace; a neighbour fetch left it (BUSY, NOT_FOUND, failed, idle) */
-    registryChunks: { assignee: number, afterGrace: number, leftover: number }
+    /**
+     * chunks the registry sent, by why: the node was the chunk's rendezvous assignee; the assignee read the blob
+     * behind the chunk (a member ahead took it); nobody said PENDING within the grace; a neighbour fetch left it
+     * (BUSY, NOT_FOUND, failed, idle)
+     */
+    registryChunks: { assignee: number, ahead: number, afterGrace: number, leftover: number }
     peerRequests: { sent: number, failed: number, hedges: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
     messages: { total: number, perNode: Spread, byKind: { scheduler: number, have: number, chunk: number } }

@@ -1,0 +1,63 @@
+/**
+ * `BlobLocator` against a scheduler and a have service in memory: a chunk for the registry has its PENDING sent at
+ * once (`flushBlob`), and a member of the blob's group does not wait for an assignee it knows reads behind the chunk.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import type { ChunkHolder, HolderResolver } from '../../p2p/index.js'
+import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
+import { backToSourceAssignee, BEHIND_MARGIN } from './back-to-source.js'
+import { BlobLocator } from './blob-locator.js'
+import { newBits, setBit } from './have-protocol.js'
+import { HaveTable } from './have-table.js'
+
+const CHUNKS = 64
+const blob = randomBytes(32)
+const hex = blob.toString('hex')
+const group = ['a', 'b', 'c', 'd']
+// a chunk whose assignee is b, and a the first of the others
+let ci = BEHIND_MARGIN + 8
+while (backToSourceAssignee(group, hex, ci) !== 'b' || backToSourceAssignee(['a', 'c', 'd'], hex, ci) !== 'a') ci++
+const chunk = { index: ci, digest: randomBytes(32) } as unknown as ChunkInfo
+const info = { blobId: hex, chunkCount: CHUNKS } as unknown as RafsBlobInfo
+
+/** a as one of the scheduler's group of four; `state` gives each other member's present chunks */
+function locator (state: Record<string, number[]>): { loc: BlobLocator, flushed: string[], planned: number[][] } {
+  const table = new HaveTable()
+  for (const [peer, have] of Object.entries(state)) {
+    const bits = newBits(CHUNKS)
+    for (const i of have) setBit(bits, i)
+    table.apply(peer, { type: 'bitfield', blob, chunks: CHUNKS, bits, pending: [] })
+  }
+  const directory: HolderResolver = {
+    resolve: async () => new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]]),
+    report: () => {}
+  }
+  const flushed: string[] = []
+  const planned: number[][] = []
+  const have = {
+    table,
+    interest: async () => {},
+    onUpdate: () => () => {},
+    followers: () => [],
+    flushBlob: (h: string) => { flushed.push(h) }
+  }
+  const loc = new BlobLocator({ directory, have, self: 'a', planned: (_h, cis) => { planned.push(cis) } }, { graceMs: 10_000 })
+  return { loc, flushed, planned }
+}
+
+test('a member ahead of an assignee that reads behind the chunk fetches it at once and says so at once', async () => {
+  // b has the chunks a few before ci and none from ci - BEHIND_MARGIN on; c and d are level with a
+  const { loc, flushed, planned } = locator({ b: [ci - BEHIND_MARGIN - 3, ci - BEHIND_MARGIN - 1], c: [ci - 1], d: [ci - 1] })
+  const out = await loc.locate(info, [chunk], { signal: AbortSignal.timeout(5_000) })
+  assert.equal(out.size, 0, 'left to the next source: the registry')
+  assert.deepEqual(planned, [[ci]])
+  assert.deepEqual(flushed, [hex])
+})
+
+test('an assignee level with the member is waited for (the grace)', async () => {
+  const { loc, flushed } = locator({ b: [ci - 1], c: [ci - 1], d: [ci - 1] })
+  await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(300) }))
+  assert.deepEqual(flushed, [])
+})
