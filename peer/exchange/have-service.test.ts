@@ -61,19 +61,13 @@ async function eventually (check: () => void, ms = 3000): Promise<void> {
   }
 }
 
-describe('have sessions between real libp2p hosts', () => {
-  const hosts: Host[] = []
-  const services: HaveService[] = []
-  const locals: MemoryChunks[] = []
-  const holder = (i: number): ChunkHolder => ({ peerId: hosts[i]!.peerId.toString(), addrs: announceAddrs(hosts[i]!) })
-  const blob = randomBytes(32).toString('hex')
-  const other = randomBytes(32).toString('hex')
-
+/** `n` libp2p hosts on loopback, each with a have service over its own chunks, started before and stopped after the suite */
+function hostsWithServices (n: number, init: ConstructorParameters<typeof HaveService>[1], hosts: Host[], locals: MemoryChunks[], services: HaveService[]): void {
   before(async () => {
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < n; i++) {
       const host = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
       const local = new MemoryChunks()
-      const svc = new HaveService({ libp2p: host, local }, { flushMs: 10, maxInterestsPerPeer: 4 })
+      const svc = new HaveService({ libp2p: host, local }, init)
       await svc.start()
       hosts.push(host)
       locals.push(local)
@@ -84,6 +78,17 @@ describe('have sessions between real libp2p hosts', () => {
     for (const s of services) await s.stop()
     for (const h of hosts) await h.stop()
   })
+}
+
+describe('have sessions between real libp2p hosts', () => {
+  const hosts: Host[] = []
+  const services: HaveService[] = []
+  const locals: MemoryChunks[] = []
+  const holder = (i: number): ChunkHolder => ({ peerId: hosts[i]!.peerId.toString(), addrs: announceAddrs(hosts[i]!) })
+  const blob = randomBytes(32).toString('hex')
+  const other = randomBytes(32).toString('hex')
+
+  hostsWithServices(3, { flushMs: 10, maxInterestsPerPeer: 4 }, hosts, locals, services)
 
   it('interest brings the bitfield with pending chunks, then batched updates', async () => {
     locals[1]!.register(blob, 20)
@@ -206,22 +211,8 @@ describe('flushBlob: a blob\'s news now, not at the next flush', () => {
   const locals: MemoryChunks[] = []
   const blob = randomBytes(32).toString('hex')
 
-  before(async () => {
-    for (let i = 0; i < 2; i++) {
-      const host = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-      const local = new MemoryChunks()
-      // a flush a minute away: only flushBlob can send an update in time
-      const svc = new HaveService({ libp2p: host, local }, { flushMs: 60_000 })
-      await svc.start()
-      hosts.push(host)
-      locals.push(local)
-      services.push(svc)
-    }
-  })
-  after(async () => {
-    for (const s of services) await s.stop()
-    for (const h of hosts) await h.stop()
-  })
+  // a flush a minute away: only flushBlob can send an update in time
+  hostsWithServices(2, { flushMs: 60_000 }, hosts, locals, services)
 
   it('sends the PENDING of a chunk just chosen for the registry to every follower at once', async () => {
     locals[1]!.register(blob, 8)
