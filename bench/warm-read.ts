@@ -61,13 +61,17 @@ export interface WarmReadOptions {
 export type WorkloadName = 'seq' | 'rand1' | 'rand4' | 'tarSmall' | 'tarAll'
 export const WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4', 'tarSmall', 'tarAll']
 const FIO_WORKLOADS: WorkloadName[] = ['seq', 'rand1', 'rand4']
-export type TargetName = 'native' | 'fuse' | 'erofs-lazy' | 'erofs-lazy-fuse' | 'kernel' | 'kernel-loop' | 'kernel-buffered' | 'fuse-noop'
-const TARGETS: TargetName[] = ['native', 'fuse', 'erofs-lazy', 'erofs-lazy-fuse', 'kernel', 'kernel-loop', 'kernel-buffered', 'fuse-noop']
+export type TargetName = 'native' | 'fuse' | 'erofs-lazy' | 'erofs-lazy-direct' | 'erofs-lazy-buffered' | 'erofs-lazy-fuse' |
+  'kernel' | 'kernel-direct' | 'kernel-loop' | 'kernel-buffered' | 'fuse-noop'
+const TARGETS: TargetName[] = ['native', 'fuse', 'erofs-lazy', 'erofs-lazy-direct', 'erofs-lazy-buffered', 'erofs-lazy-fuse', 'kernel',
+  'kernel-direct', 'kernel-loop', 'kernel-buffered', 'fuse-noop']
 /**
- * `kernel` is `kernelMount`'s defaults, which is what `MountManager`'s kernel mode calls (file-backed where the
- * kernel can); `kernel-loop` the loop devices with direct I/O it used before, `kernel-buffered` buffered loops
+ * `kernel` is `kernelMount`'s defaults (file-backed where the kernel can, buffered reads of the cache files),
+ * `kernel-direct` the same with EROFS's direct reads (`MountManager`'s kernel mode picks one of the two per image:
+ * `directRead`); `kernel-loop` the loop devices with direct I/O it used before, `kernel-buffered` buffered loops
  */
-const KERNEL_VARIANTS: Array<[TargetName, KernelMountOptions]> = [['kernel', {}], ['kernel-loop', { backing: 'loop' }], ['kernel-buffered', { backing: 'loop', directIo: false }]]
+const KERNEL_VARIANTS: Array<[TargetName, KernelMountOptions]> = [['kernel', {}], ['kernel-direct', { directRead: true }],
+  ['kernel-loop', { backing: 'loop' }], ['kernel-buffered', { backing: 'loop', directIo: false }]]
 
 /** seq/rand: MB/s (10^6) and IOPS; tar: seconds. `load1` is the 1-minute load average before each sample. */
 export interface WorkloadResult { samples: number[], median: number, unit: 'MB/s' | 's', iops?: number, load1: number[] }
@@ -102,6 +106,8 @@ export interface WarmReadResult {
   traces: Array<TracedRun & { target: 'fuse' | 'fuse-noop' }>
   /** the erofs-lazy target's blob files over all its runs: READs answered natively vs misses, READ sizes */
   lazyKernel?: BlobFsStats
+  /** the `erofs-lazy` target (the mount manager's `directRead: auto`) reads its blob files with direct I/O */
+  lazyDirectRead?: boolean
 }
 
 export const ANCHORS: Partial<Record<WorkloadName, string>> = {
@@ -252,13 +258,24 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     const lazyMnt = join(work, 'erofs-lazy')
     const lazyFuseMnt = join(work, 'erofs-lazy-fuse')
     let mmFuse: MountManager | undefined
+    let mmOther: MountManager | undefined
+    let lazyDirectRead: boolean | undefined
     try {
       if (opts.only === undefined || opts.only === 'lazy') {
         // the same cache, every chunk verified by this process: the blob is complete when EROFS opens its file, which
         // therefore passes through to the cache file (where the kernel has FUSE passthrough)
         await mkdir(lazyMnt)
-        await mm.mount({ ...local, mountpoint: lazyMnt, mode: 'erofs-lazy', prefetch: 'none' })
+        const lazy = await mm.mount({ ...local, mountpoint: lazyMnt, mode: 'erofs-lazy', prefetch: 'none' })
         places.push({ target: 'erofs-lazy', root: lazyMnt })
+        // the other choice of `directRead` than the one the mount manager made for this image, for comparison
+        const other = lazy.directRead === true ? 'off' : 'on'
+        lazyDirectRead = lazy.directRead === true
+        mmOther = new MountManager({ cache, fuse: timed }, { workDir: join(work, 'daemon-other'), directRead: other })
+        const otherTarget: TargetName = other === 'on' ? 'erofs-lazy-direct' : 'erofs-lazy-buffered'
+        const otherMnt = join(work, otherTarget)
+        await mkdir(otherMnt)
+        await mmOther.mount({ ...local, mountpoint: otherMnt, mode: 'erofs-lazy', prefetch: 'none' })
+        places.push({ target: otherTarget, root: otherMnt })
         // without passthrough: the blob files' READs all take the native fast path, as a blob's cached ranges do
         // while it is still being fetched
         mmFuse = new MountManager({ cache, fuse: timed }, { workDir: join(work, 'daemon-nopt'), lazyKernel: { passthrough: false } })
@@ -285,6 +302,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
       for (const km of kernels) await km.unmount()
       if (mm.get(lazyMnt) !== undefined) await mm.unmount(lazyMnt)
       await mmFuse?.stop()
+      await mmOther?.stop()
     }
 
     const traces: WarmReadResult['traces'] = []
@@ -322,6 +340,7 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
       ratios: ratiosOf(targets),
       ...(fuseReads !== undefined ? { fuseReads } : {}),
       ...(lazyKernel !== undefined ? { lazyKernel } : {}),
+      ...(lazyDirectRead !== undefined ? { lazyDirectRead } : {}),
       traces
     }
   } finally {
@@ -365,6 +384,7 @@ export function formatWarmRead (r: WarmReadResult): string {
   for (const t of r.targets) {
     if (t.loops !== undefined) lines.push(`  ${t.target} loop devices: ${t.loops.map(l => `${l.file.replace(/^([0-9a-f]{12})[0-9a-f]{20,}/, '$1…')} ${l.directIo ? 'direct I/O' : 'buffered'}`).join(', ')}`)
   }
+  if (r.lazyDirectRead !== undefined) lines.push(`  erofs-lazy: directRead auto chose ${r.lazyDirectRead ? 'direct' : 'buffered'} reads for this image`)
   if (r.lazyKernel !== undefined) {
     const k = r.lazyKernel
     const sizes = k.readSizes.map((n, i) => n > 0 ? `${4 << i} KiB × ${n}` : '').filter(x => x !== '').join(', ')

@@ -29,6 +29,7 @@ export { RafsReader, RafsLookupError, type ReaderInode, type MappedPiece } from 
 export { readBlobTail, fileByteSource, BlobDataReader, type BlobByteSource, type BlobTail } from './blob-reader.js'
 export { checkImage, type CheckReport } from './check.js'
 export { mergeLayers, mergeBootstraps, MergeError } from './merge.js'
+export { dataProfile, LARGE_FILE_BYTES, type DataProfile, type DataProfileOptions } from './data-profile.js'
 export { inspectBootstrap, formatInspect, type InspectReport } from './inspect.js'
 export { unpackImage, UnpackError, type UnpackResult } from './unpack.js'
 export { TarWriter, type TarEntry, type TarEntryType } from './tar-writer.js'

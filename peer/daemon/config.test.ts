@@ -42,7 +42,7 @@ describe('daemon config', () => {
       },
       scheduler: { embedded: false, zone: '', resolveTimeoutMs: 200, heartbeatMs: 5_000 },
       prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },
-      mount: { defaultMode: 'auto' },
+      mount: { defaultMode: 'auto', directRead: 'auto' },
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
       lazyKernel: { threads: 4, maxReadBytes: 1 << 20, directIo: false, passthrough: true },
       registry: { plainHttp: 'auto' },

@@ -182,7 +182,13 @@ export const daemonConfigSchema = z.strictObject({
      * `auto`: the kernel's EROFS over the cache files when every blob is complete; else the kernel's EROFS over
      * lazily filled blob files (`erofs-lazy`) where the host can (native addon, /dev/fuse); per-file FUSE otherwise
      */
-    defaultMode: z.enum(['auto', 'erofs-lazy', 'fuse', 'kernel']).default('auto')
+    defaultMode: z.enum(['auto', 'erofs-lazy', 'fuse', 'kernel']).default('auto'),
+    /**
+     * the kernel's EROFS reads the cache files with direct I/O where it reads them itself (kernel mode, erofs-lazy
+     * over complete blobs; Linux 6.14+): `auto` for images whose file bytes are mostly (80%) in files of 1 MiB or
+     * more — large files then read at native speed, but small files lose the readahead of their neighbours
+     */
+    directRead: z.enum(['auto', 'on', 'off']).default('auto')
   }).prefault({}),
   lazyKernel: z.strictObject({
     /** threads answering the blob files' FUSE requests from the cache (4) */

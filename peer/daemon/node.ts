@@ -158,6 +158,7 @@ function mountManager (cache: BlobCache, config: DaemonConfig, logger: Component
     },
     readaheadBytes: config.fetch.readaheadBytes,
     defaultMode: config.mount.defaultMode,
+    directRead: config.mount.directRead,
     fuse: {
       kernelCache: config.fuse.kernelCache,
       entryTimeoutS: config.fuse.entryTimeoutS,

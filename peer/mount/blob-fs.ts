@@ -92,6 +92,11 @@ export interface BlobFile {
   warm: (offset: number, length: number) => void
   /** the mount no longer reads it; the last detach forgets the blob's readiness (the file itself stays, unread) */
   detach: () => void
+  /**
+   * the blob was complete at the attach and its file passes through to the cache file (where the kernel agreed to
+   * FUSE passthrough at INIT, Linux 6.9+): the kernel reads it like the cache file itself
+   */
+  readonly passthrough: boolean
 }
 
 interface Served {
@@ -211,6 +216,7 @@ export class BlobFs {
     let attached = true
     return {
       path: join(this.init.mountpoint, `${blob.blobId}.blob.data`),
+      passthrough: served.pinned,
       warm: (offset, length) => {
         const start = Math.floor(offset / BLOCK) * BLOCK
         const end = Math.min(aligned(offset + length), aligned(blob.uncompressedSize))

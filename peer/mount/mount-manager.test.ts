@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict'
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { BlobCache } from '../../cache/index.js'
@@ -20,7 +20,19 @@ import { FuseNativeBackend, mountsAt } from './fuse-backend.js'
 import { MountManager, erofsLazyUnavailable } from './mount-manager.js'
 import { orderedSlices, planPrefetch, type PrefetchPlan } from './prefetch.js'
 import type { ChunkInfo } from '../../rafs/index.js'
+import type { MountInfo } from './types.js'
 import { captureLogs } from '../../test/helpers/logs.js'
+
+/** the options /proc/mounts shows for the mount at `mnt` */
+async function mountOptions (mnt: string): Promise<string[]> {
+  const line = (await readFile('/proc/mounts', 'utf8')).split('\n').find(l => l.split(' ')[1] === mnt)
+  return line?.split(' ')[3]?.split(',') ?? []
+}
+/** EROFS's `directio` option exists (Linux 6.14+) */
+const hasDirectio = (): boolean => {
+  const [major = 0, minor = 0] = release().split('.').map(n => parseInt(n, 10))
+  return major > 6 || (major === 6 && minor >= 14)
+}
 
 const fuseSkip = (): string | undefined => process.getuid?.() !== 0 ? 'needs root' : undefined
 
@@ -111,6 +123,9 @@ describe('kernel mode from a local image', { skip: kernelSkipReason() }, () => {
     const { mm, cache, mnt } = await manager(t, 'kernel')
     const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'kernel' })
     assert.equal(info.mode, 'kernel')
+    // 95% of the image's file bytes are in files of 1 MiB or more: auto reads them with direct I/O
+    assert.equal(info.directRead, (await mountOptions(mnt)).includes('directio'))
+    if (hasDirectio()) assert.equal(info.directRead, true)
     assert.ok(info.blobs.every(b => b.complete))
     assert.equal(cache.stats().pinnedBlobs, info.blobs.length)
     assert.deepEqual(diffTrees(await snapshotTree(src, { content: true }), await snapshotTree(mnt, { content: true })), [])
@@ -123,6 +138,36 @@ describe('kernel mode from a local image', { skip: kernelSkipReason() }, () => {
     await assert.rejects(mm.mount({ source: bootstrap, blobDir, mountpoint: mnt }), { code: 'RAFSPEER_ERR_ALREADY_MOUNTED' })
     await mm.unmount(mnt)
     await assert.rejects(mm.unmount(mnt), { code: 'RAFSPEER_ERR_NOT_MOUNTED' })
+  })
+
+  it('directRead: auto reads an image of small files buffered; off and on are obeyed', async t => {
+    const smallSrc = join(work, 'small-src')
+    await mkdir(join(smallSrc, 'a'), { recursive: true })
+    for (let i = 0; i < 40; i++) await writeFile(join(smallSrc, 'a', `f${i}`), bytes(20_000, 100 + i))
+    await writeFile(join(smallSrc, 'one-big'), bytes(1 << 20, 99))
+    const smallBoot = join(work, 'small.boot')
+    const smallBlobs = join(work, 'small-blobs')
+    await mkdir(smallBlobs)
+    await buildFromDirectory(smallSrc, { bootstrap: smallBoot, blobDir: smallBlobs })
+    const { mm, mnt } = await manager(t, 'direct-auto')
+    const small = await mm.mount({ source: smallBoot, blobDir: smallBlobs, mountpoint: mnt, mode: 'kernel' })
+    // 1 MiB of 1.8 MiB in a large file: 56%, below the 80% that reads directly
+    assert.equal(small.directRead, false)
+    assert.ok(!(await mountOptions(mnt)).includes('directio'))
+    assert.deepEqual(diffTrees(await snapshotTree(smallSrc, { content: true }), await snapshotTree(mnt, { content: true })), [])
+    await mm.unmount(mnt)
+    for (const how of ['off', 'on'] as const) {
+      const cache = await BlobCache.open(join(work, `cache-direct-${how}`))
+      const forced = new MountManager({ cache, fuse: new FuseNativeBackend() }, { workDir: join(work, `wd-direct-${how}`), directRead: how })
+      const dir = join(work, `mnt-direct-${how}`)
+      t.after(async () => { await forced.stop(); await cache.close(); await rm(dir, { recursive: true, force: true }) })
+      const target = how === 'on' ? { source: smallBoot, blobDir: smallBlobs, tree: smallSrc } : { source: bootstrap, blobDir, tree: src }
+      const info = await forced.mount({ source: target.source, blobDir: target.blobDir, mountpoint: dir, mode: 'kernel' })
+      assert.equal(info.directRead, how === 'on' && hasDirectio(), how)
+      assert.equal((await mountOptions(dir)).includes('directio'), info.directRead)
+      assert.deepEqual(diffTrees(await snapshotTree(target.tree, { content: true }), await snapshotTree(dir, { content: true })), [])
+      await forced.unmount(dir)
+    }
   })
 })
 
@@ -179,6 +224,8 @@ describe('erofs-lazy mode from a local image', { skip: await erofsLazyUnavailabl
     const { mm, cache, mnt } = await manager(t, 'lazy')
     const info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, prefetch: 'none' })
     assert.equal(info.mode, 'erofs-lazy')
+    // a large-file image, but its blob files are served by the daemon: each direct read would be a READ
+    assert.equal(info.directRead, false)
     // metadata costs nothing: the kernel reads it from the local bootstrap
     const tree = await snapshotTree(mnt, { content: false })
     assert.equal(tree.size, (await snapshotTree(src, { content: false })).size)
@@ -254,8 +301,9 @@ describe('erofs-lazy mode from a local image', { skip: await erofsLazyUnavailabl
     // complete and verified by this process: the next mount's open passes through (where the kernel can)
     const deadline = Date.now() + 5000
     let opens = first.passthroughOpens
+    let info: MountInfo | undefined
     while (Date.now() < deadline) {
-      await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'erofs-lazy', prefetch: 'none' })
+      info = await mm.mount({ source: bootstrap, blobDir, mountpoint: mnt, mode: 'erofs-lazy', prefetch: 'none' })
       opens = mm.lazyKernelStats()!.passthroughOpens
       // the cached open of the first mount may not be released yet: the open then stays cached; mount again
       if (opens > first.passthroughOpens) break
@@ -264,6 +312,9 @@ describe('erofs-lazy mode from a local image', { skip: await erofsLazyUnavailabl
     }
     assert.equal(opens, first.passthroughOpens + 1, 'the open of the complete blob passed through')
     assert.equal(cache.stats().pinnedBlobs, 1, 'pinned while the kernel reads the cache file')
+    // every blob passes through, and the image is mostly large files: EROFS reads them with direct I/O
+    assert.equal(info!.directRead, hasDirectio())
+    assert.equal((await mountOptions(mnt)).includes('directio'), info!.directRead)
     await writeFile('/proc/sys/vm/drop_caches', '3')
     const before = mm.lazyKernelStats()!
     assert.deepEqual(diffTrees(await snapshotTree(src, { content: true }), await snapshotTree(mnt, { content: true })), [])

@@ -14,7 +14,7 @@ import { access, mkdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { BlobCache } from '../../cache/index.js'
-import type { ChunkInfo } from '../../rafs/index.js'
+import { dataProfile, type ChunkInfo } from '../../rafs/index.js'
 import { RegistryClient } from '../../registry/index.js'
 import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit, type FlightActivity } from '../fetch/index.js'
 import { AccessLog } from './access-log.js'
@@ -60,7 +60,22 @@ export interface MountManagerInit {
   readaheadBytes?: number
   /** the lazy-kernel mode's blob file system (`<workDir>/blobfs`): worker threads, READ size, direct I/O */
   lazyKernel?: Omit<BlobFsInit, 'mountpoint'>
+  /**
+   * EROFS reads the cache files with direct I/O (its `directio` option) in a file-backed mount whose blobs the
+   * kernel reads straight from the cache (kernel mode; erofs-lazy when every blob passes through): `auto` (default)
+   * where at least {@link DIRECT_READ_LARGE_SHARE} of the image's file bytes are in files of 1 MiB or more (large
+   * files read at native speed; small files lose the blob's readahead of their neighbours, `kernel-mount.ts`)
+   */
+  directRead?: 'auto' | 'on' | 'off'
 }
+
+/**
+ * `directRead: 'auto'` mounts an image with direct reads when at least this share of its file bytes are in large
+ * files: a tar of small files runs 2.6x native buffered and 1.0x direct, 1 MiB reads of large files 0.55x buffered
+ * and 1.0–1.1x direct (bench/RESULTS.md), and per byte a small file costs native reads several times what a large
+ * one does, so small files decide unless they are a small part of the bytes
+ */
+export const DIRECT_READ_LARGE_SHARE = 0.8
 
 /** bytes past a blob file's last miss that still count as its sequential reader's next read */
 const BLOB_READAHEAD_SLACK = 1 << 20
@@ -99,6 +114,8 @@ export class MountManager implements MountService {
   private readonly clientFor: (plainHttp: boolean | 'auto') => RegistryClient
   private readonly init: MountManagerInit
   private readonly mounts = new Map<string, Mounted>()
+  /** `directRead: 'auto'`'s answer per bootstrap digest (the walk is done once per image) */
+  private readonly directReads = new Map<string, boolean>()
   /** mountpoints being mounted or unmounted right now */
   private readonly busy = new Set<string>()
   /** the lazy-kernel mode's blob files, started with its first mount */
@@ -227,7 +244,8 @@ export class MountManager implements MountService {
         bootstrapPath: image.bootstrapPath,
         blobs: [],
         prefetch: m.prefetch,
-        mountedAt: new Date().toISOString()
+        mountedAt: new Date().toISOString(),
+        ...(m.kernel !== undefined ? { directRead: m.kernel.directRead } : {})
       }
       lap(`${mode} mount`)
       this.mounts.set(req.mountpoint, m)
@@ -286,11 +304,26 @@ export class MountManager implements MountService {
     const blobs = m.image.blobs
     for (const b of blobs) this.cache.pin(b.blobId)
     try {
-      m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint, { ...(this.logger !== undefined ? { logger: this.logger } : {}) })
+      const directRead = await this.directRead(m)
+      m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint, { directRead, ...(this.logger !== undefined ? { logger: this.logger } : {}) })
     } catch (err) {
       for (const b of blobs) this.cache.unpin(b.blobId)
       throw err
     }
+  }
+
+  /** Whether `m`'s file-backed EROFS mount reads its blob files with direct I/O (`directRead`). */
+  private async directRead (m: Mounted): Promise<boolean> {
+    const how = this.init.directRead ?? 'auto'
+    if (how !== 'auto') return how === 'on'
+    const known = this.directReads.get(m.image.bootstrapDigest)
+    if (known !== undefined) return known
+    const profile = await dataProfile(m.image.reader, { largeShareAtLeast: DIRECT_READ_LARGE_SHARE, signal: m.abort.signal })
+    const direct = profile.largeShare >= DIRECT_READ_LARGE_SHARE
+    this.log?.debug('%s: %s of the file bytes in files of 1 MiB or more%s: %s reads', m.image.source,
+      `${(profile.largeShare * 100).toFixed(0)}%`, profile.partial ? ' (or less: the walk stopped early)' : '', direct ? 'direct' : 'buffered')
+    this.directReads.set(m.image.bootstrapDigest, direct)
+    return direct
   }
 
   /**
@@ -325,7 +358,10 @@ export class MountManager implements MountService {
           }
         }))
       }
-      m.kernel = await kernelMount(m.image.bootstrapPath, m.blobFiles.map(f => f.path), mountpoint, { ...(this.logger !== undefined ? { logger: this.logger } : {}) })
+      // direct reads only where the kernel reads every blob file from the cache itself: a blob file still served by
+      // the daemon would answer each small read with a READ round trip, without the page cache of the blob file
+      const directRead = m.blobFiles.every(f => f.passthrough) && await this.directRead(m)
+      m.kernel = await kernelMount(m.image.bootstrapPath, m.blobFiles.map(f => f.path), mountpoint, { directRead, ...(this.logger !== undefined ? { logger: this.logger } : {}) })
     } catch (err) {
       for (const f of m.blobFiles) f.detach()
       m.blobFiles = []

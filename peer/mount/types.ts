@@ -122,6 +122,8 @@ export interface MountInfo {
   blobs: MountedBlob[]
   prefetch: PrefetchStatus
   mountedAt: string
+  /** the kernel's EROFS reads the blob files with direct I/O (kernel and erofs-lazy modes: `directRead`) */
+  directRead?: boolean
 }
 
 /** Per-mount counters for `/api/v1/metrics` and Prometheus. */
