@@ -72,7 +72,12 @@ export interface NodeReport {
   differences: string[]
   /** how its fetches went: latency of fetch attempts (all sources), and its requests to neighbours */
   fetchMs: { p50: number, p99: number, max: number }
-  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number }
+  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number, redirects: number }
+  /**
+   * what its chunk server answered neighbours besides chunks: BUSY with every upload slot taken, BUSY after a wait
+   * for its own fetch of the chunk, REDIRECT to a peer it was sending the chunk to
+   */
+  served: { refused: number, busyWhileFetching: number, redirects: number }
 }
 
 export interface SwarmReport {
@@ -278,7 +283,13 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
           hedges: m.p2p?.download.hedges ?? 0,
           busy: m.p2p?.download.busy ?? 0,
           notFound: m.p2p?.download.notFound ?? 0,
-          badChunks: m.p2p?.download.badChunks ?? 0
+          badChunks: m.p2p?.download.badChunks ?? 0,
+          redirects: m.p2p?.download.redirects ?? 0
+        },
+        served: {
+          refused: m.p2p?.upload.refused ?? 0,
+          busyWhileFetching: m.p2p?.upload.busyWhileFetching ?? 0,
+          redirects: m.p2p?.upload.redirects ?? 0
         }
       }
       log(`node${n.id}: read ${mib(imageBytes)} in ${(completionMs / 1000).toFixed(2)} s (registry ${mib(report.registryBytes)}, peers ${mib(report.peerBytes)}, cache ${mib(report.cacheBytes)})${report.ok ? '' : `: ${differences.length} DIFFERENCES`}`)

@@ -12,8 +12,9 @@ import type { Stream } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { encodeFrame } from '../../p2p/index.js'
 import {
-  ChunkProtocolError, ChunkStatus, ChunkTimeoutError, EntryLayout, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_REQUEST, MAX_REQUEST_BODY_BYTES,
-  RequestLayout, chunkFrameReader, decodeRequestBody, encodeRequest, errorReply, readReply, readRequest, replyHeader, type ChunkName
+  AcceptFlags, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, EntryLayout, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_REQUEST, MAX_REDIRECT_ADDRS, MAX_REDIRECT_BYTES,
+  MAX_REQUEST_BODY_BYTES, RequestLayout, chunkFrameReader, decodeRequest, decodeRequestBody, encodeRequest, errorReply, readChunkRequest,
+  readReply, readRequest, redirectReply, replyHeader, type ChunkName
 } from './chunk-protocol.js'
 
 /** Delivers `pieces` as message events, one per turn of the loop, then closes its remote end (or hangs). */
@@ -77,6 +78,38 @@ describe('chunk protocol format', () => {
     const body = requestBody(names)
     assert.equal(body.length, RequestLayout.HEADER_BYTES + 3 * EntryLayout.BYTES)
     assert.deepEqual(decodeRequestBody(body), [names[0], names[1], { ...names[2], blobId: '' }])
+  })
+
+  it('a request says whether it takes redirects and whether it follows one; nothing else rides on its accept byte', async () => {
+    const names = [name(100, 1)]
+    assert.equal(decodeRequest(requestBody(names)).accept, 0)
+    const both = AcceptFlags.REDIRECT | AcceptFlags.REDIRECTED
+    const frame = bytes(encodeRequest(names, both | AcceptFlags.ZSTD | 0x80))
+    const got = await readChunkRequest(chunkFrameReader(stream([frame]), 't', 1000))
+    assert.deepEqual(got, { names, accept: both })
+  })
+
+  it('a REDIRECT names a peer and the addresses its sender knows; a malformed one is refused', async () => {
+    const addrs = ['/ip4/10.0.0.2/tcp/4001', '/ip6/::1/tcp/4002']
+    const read = async (wire: Buffer): Promise<ReturnType<typeof readReply>> => await readReply(chunkFrameReader(stream([wire]), 't', 1000), 0, name(10), 't')
+    assert.deepEqual(await read(redirectReply('12D3KooWpeer', addrs)), { i: 0, status: ChunkStatus.REDIRECT, peerId: '12D3KooWpeer', addrs })
+    assert.deepEqual(await read(redirectReply('12D3KooWpeer')), { i: 0, status: ChunkStatus.REDIRECT, peerId: '12D3KooWpeer', addrs: [] })
+    // addresses past MAX_REDIRECT_ADDRS, or that are not multiaddrs, are left out; the peer id always goes
+    const many = redirectReply('p', ['not-an-addr', '/nope/1', ...Array.from({ length: 100 }, (_, i) => `/ip4/10.0.0.${i}/tcp/4001`)])
+    const r = await read(many)
+    assert.deepEqual(r.addrs, Array.from({ length: MAX_REDIRECT_ADDRS }, (_, i) => `/ip4/10.0.0.${i}/tcp/4001`))
+    assert.ok(many.length <= MAX_REDIRECT_BYTES + 8)
+    assert.throws(() => redirectReply(''), RangeError)
+    assert.throws(() => redirectReply('a/b'), RangeError)
+    assert.throws(() => redirectReply('12D3KooWl0'), RangeError, 'not base58btc')
+    const raw = (text: string): Buffer => Buffer.concat([replyHeader(ChunkStatus.REDIRECT, Buffer.byteLength(text)), Buffer.from(text)])
+    await assert.rejects(read(raw('\n/ip4/1.2.3.4')), /malformed redirect/)
+    await assert.rejects(read(raw('peer\nnot-an-addr')), /malformed redirect/)
+    await assert.rejects(read(raw('peer\n/nope/1')), /malformed redirect/)
+    await assert.rejects(read(raw('pe0r\n/ip4/1.2.3.4/tcp/1')), /malformed redirect/)
+    await assert.rejects(read(raw(['peer', ...Array.from({ length: MAX_REDIRECT_ADDRS + 1 }, (_, i) => `/ip4/10.0.0.${i}/tcp/1`)].join('\n'))), /malformed redirect/)
+    await assert.rejects(read(replyHeader(ChunkStatus.REDIRECT)), /redirect of 0 bytes/)
+    await assert.rejects(read(raw('p'.repeat(MAX_REDIRECT_BYTES + 1))), /frame of \d+ bytes \(at most/)
   })
 
   it('refuses requests out of bounds on both sides', () => {

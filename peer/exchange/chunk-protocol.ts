@@ -6,13 +6,17 @@
  * the asker half-closes after its last request and the server closes after its last reply.
  *
  * ```
- * request body = version u8 (1) | accept u8 (encodings bitmask, bit 0 = zstd, reserved: send 0) | count u16 BE
+ * request body = version u8 (1) | accept u8 (bit 0 = zstd encoding, reserved: send 0; bit 1 = takes REDIRECT;
+ *                bit 2 = follows a REDIRECT) | count u16 BE
  *                | count × entry                                     (1 ≤ count ≤ MAX_CHUNKS_PER_REQUEST)
  * entry        = digest [32] | blob id hint [32] (raw sha256) | ci index hint u32 BE | uncompressed size u32 BE
  *
  * reply        = count frames, in request order, one per entry (PENDING frames may come between them)
  * reply body   = status u8 | encoding u8 | payload
  * payload      = OK: the chunk (encoding 0 = plaintext, exactly the entry's size) · ERROR: a UTF-8 message
+ *                · REDIRECT: the peer to ask instead, UTF-8 lines: its id (base58btc), then at most
+ *                  MAX_REDIRECT_ADDRS of its multiaddrs; only to a request that takes redirects (to any other it is
+ *                  a protocol error)
  *                · NOT_FOUND, BUSY, PENDING: empty
  * ```
  *
@@ -29,6 +33,7 @@
  * ```
  */
 import type { Stream } from '@libp2p/interface'
+import { multiaddr } from '@multiformats/multiaddr'
 import type { Uint8ArrayList } from 'uint8arraylist'
 import { RafspeerError } from '../../base/index.js'
 import { CHUNK_PROTOCOL, FrameReader, encodeFrame, frameHeader } from '../../p2p/index.js'
@@ -41,6 +46,12 @@ export const MAX_CHUNKS_PER_REQUEST = 64
 export const MAX_CHUNK_BYTES = 16 << 20
 /** an ERROR reply's message */
 export const MAX_MESSAGE_BYTES = 1024
+/** a REDIRECT reply's payload (a peer id and its addresses) */
+export const MAX_REDIRECT_BYTES = 1024
+/** addresses a REDIRECT names, at most */
+export const MAX_REDIRECT_ADDRS = 4
+/** a peer id as libp2p prints one (base58btc of its multihash), the only form a REDIRECT carries */
+const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{1,128}$/
 /** PENDING frames one request may receive in all (a holder that keeps saying "soon" is cut off) */
 export const MAX_PENDING_FRAMES = 300
 export const DIGEST_BYTES = 32
@@ -55,13 +66,23 @@ export const ReplyLayout = { STATUS: 0, ENCODING: 1, PAYLOAD: 2 } as const
 
 /**
  * PENDING is not an answer: the sender is still getting the chunk (it is fetching it itself, or its disk is slow);
- * the real reply for the same chunk follows. Sent about once a second while waiting, it keeps the asker's read
- * deadline from firing on a holder that is working for it. An asker takes at most `MAX_PENDING_FRAMES` per request.
+ * the real reply for the same chunk follows. Sent soon after the wait begins, then about once a second, it keeps the
+ * asker's read deadline from firing (and its hedge from going off) on a holder that is working for it. An asker
+ * takes at most `MAX_PENDING_FRAMES` per request.
+ *
+ * REDIRECT: the holder is busy and sending this chunk to the peer it names (or sent it a moment ago): ask that one
+ * (`chunk-receivers.ts`). Sent only to a request whose accept byte has {@link AcceptFlags}.REDIRECT; to any other
+ * it is a protocol error.
  */
-export const ChunkStatus = { OK: 0, NOT_FOUND: 1, BUSY: 2, ERROR: 3, PENDING: 4 } as const
+export const ChunkStatus = { OK: 0, NOT_FOUND: 1, BUSY: 2, ERROR: 3, PENDING: 4, REDIRECT: 5 } as const
 export type ChunkStatus = typeof ChunkStatus[keyof typeof ChunkStatus]
 export const ChunkEncoding = { PLAIN: 0, ZSTD: 1 } as const
 export type ChunkEncoding = typeof ChunkEncoding[keyof typeof ChunkEncoding]
+/**
+ * bits of a request's accept byte: REDIRECT, the asker takes REDIRECT replies; REDIRECTED, a REDIRECT sent it here
+ * (a holder is sending this node the chunks, so the asker waits for them longer than for a plain PENDING)
+ */
+export const AcceptFlags = { ZSTD: 0x01, REDIRECT: 0x02, REDIRECTED: 0x04 } as const
 
 /** The other side broke the format (sizes, counts, statuses, a stream ended mid-frame). */
 export class ChunkProtocolError extends RafspeerError<'RAFSPEER_ERR_CHUNK_PROTOCOL'> {
@@ -110,19 +131,25 @@ export interface ChunkReply {
   payload?: Buffer
   /** ERROR: the server's message */
   message?: string
+  /** REDIRECT: the peer to ask instead, and its addresses as the holder knows them */
+  peerId?: string
+  addrs?: string[]
 }
+
+/** A request as a server reads it: the chunks, and what the asker accepts ({@link AcceptFlags}). */
+export interface ChunkRequest { names: ChunkName[], accept: number }
 
 const BLOB_ID = /^[0-9a-f]{64}$/
 const ZERO_ID = Buffer.alloc(32)
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
-/** A whole request frame. */
-export function encodeRequest (names: ChunkName[]): Uint8ArrayList {
+/** A whole request frame; `accept` is its {@link AcceptFlags}. */
+export function encodeRequest (names: ChunkName[], accept = 0): Uint8ArrayList {
   if (names.length < 1 || names.length > MAX_CHUNKS_PER_REQUEST) throw new RangeError(`a request names 1 to ${MAX_CHUNKS_PER_REQUEST} chunks, not ${names.length}`)
   const body = Buffer.alloc(RequestLayout.HEADER_BYTES + names.length * EntryLayout.BYTES)
   body[RequestLayout.VERSION] = CHUNK_PROTOCOL_VERSION
-  body[RequestLayout.ACCEPT] = 0
+  body[RequestLayout.ACCEPT] = accept & (AcceptFlags.REDIRECT | AcceptFlags.REDIRECTED)
   body.writeUInt16BE(names.length, RequestLayout.COUNT)
   names.forEach((n, i) => {
     if (n.digest.length !== DIGEST_BYTES) throw new RangeError(`a chunk digest has ${DIGEST_BYTES} bytes, not ${n.digest.length}`)
@@ -136,8 +163,13 @@ export function encodeRequest (names: ChunkName[]): Uint8ArrayList {
   return encodeFrame(body)
 }
 
-/** Parses a request body; throws ChunkProtocolError on anything out of bounds. */
+/** Parses a request body's chunks; throws ChunkProtocolError on anything out of bounds. */
 export function decodeRequestBody (body: Uint8Array | Uint8ArrayList): ChunkName[] {
+  return decodeRequest(body).names
+}
+
+/** Parses a request body; throws ChunkProtocolError on anything out of bounds. */
+export function decodeRequest (body: Uint8Array | Uint8ArrayList): ChunkRequest {
   const buf = asBuffer(body instanceof Uint8Array ? body : body.subarray())
   if (buf.length < RequestLayout.HEADER_BYTES) throw new ChunkProtocolError(`request of ${buf.length} bytes is shorter than its header`)
   const version = buf[RequestLayout.VERSION]!
@@ -161,13 +193,18 @@ export function decodeRequestBody (body: Uint8Array | Uint8ArrayList): ChunkName
       size
     })
   }
-  return names
+  return { names, accept: buf[RequestLayout.ACCEPT]! }
+}
+
+/** The chunks of the next request on a server's stream, or undefined when the asker closed the stream between requests. */
+export async function readRequest (reader: FrameReader): Promise<ChunkName[] | undefined> {
+  return (await readChunkRequest(reader))?.names
 }
 
 /** The next request on a server's stream, or undefined when the asker closed the stream between requests. */
-export async function readRequest (reader: FrameReader): Promise<ChunkName[] | undefined> {
+export async function readChunkRequest (reader: FrameReader): Promise<ChunkRequest | undefined> {
   const body = await reader.readFrame(MAX_REQUEST_BODY_BYTES)
-  return body === undefined ? undefined : decodeRequestBody(body)
+  return body === undefined ? undefined : decodeRequest(body)
 }
 
 /** The frame prefix and status bytes of a reply whose payload (`payloadLength` bytes) follows. */
@@ -187,10 +224,26 @@ export function errorReply (message: string): Buffer {
   return Buffer.concat([replyHeader(ChunkStatus.ERROR, msg.length), msg])
 }
 
+/** A whole REDIRECT reply naming `peerId` and as many of its `addrs` as fit (at most `MAX_REDIRECT_ADDRS`). */
+export function redirectReply (peerId: string, addrs: readonly string[] = []): Buffer {
+  if (!PEER_ID.test(peerId)) throw new RangeError(`a redirect names a peer id, not ${JSON.stringify(peerId)}`)
+  let text = peerId
+  let n = 0
+  for (const a of addrs) {
+    if (n === MAX_REDIRECT_ADDRS) break
+    if (!isMultiaddr(a) || Buffer.byteLength(`${text}\n${a}`) > MAX_REDIRECT_BYTES) continue
+    text += `\n${a}`
+    n++
+  }
+  const body = Buffer.from(text, 'utf8')
+  if (body.length > MAX_REDIRECT_BYTES) throw new RangeError(`a redirect's peer id is longer than ${MAX_REDIRECT_BYTES} bytes`)
+  return Buffer.concat([replyHeader(ChunkStatus.REDIRECT, body.length), body])
+}
+
 /** The reply to `name`; throws ChunkProtocolError when it breaks the format or names other bytes than asked. */
 export async function readReply (reader: FrameReader, i: number, name: ChunkName, what: string): Promise<ChunkReply> {
   // never buffer more than the chunk we asked for (or a message)
-  const body = await reader.readFrame(ReplyLayout.PAYLOAD + Math.max(name.size, MAX_MESSAGE_BYTES))
+  const body = await reader.readFrame(ReplyLayout.PAYLOAD + Math.max(name.size, MAX_MESSAGE_BYTES, MAX_REDIRECT_BYTES))
   if (body === undefined) throw new ChunkProtocolError(`${what}: stream ended before reply ${i}`)
   if (body.byteLength < ReplyLayout.PAYLOAD) throw new ChunkProtocolError(`${what}: reply ${i} of ${body.byteLength} bytes`)
   const status = body.get(ReplyLayout.STATUS)
@@ -205,6 +258,9 @@ export async function readReply (reader: FrameReader, i: number, name: ChunkName
     case ChunkStatus.ERROR:
       if (length > MAX_MESSAGE_BYTES) throw new ChunkProtocolError(`${what}: error message of ${length} bytes`)
       return { i, status, message: asBuffer(body.subarray(ReplyLayout.PAYLOAD)).toString('utf8') }
+    case ChunkStatus.REDIRECT:
+      if (length < 1 || length > MAX_REDIRECT_BYTES) throw new ChunkProtocolError(`${what}: redirect of ${length} bytes`)
+      return { i, status, ...parseRedirect(asBuffer(body.subarray(ReplyLayout.PAYLOAD)).toString('utf8'), what) }
     case ChunkStatus.NOT_FOUND:
     case ChunkStatus.BUSY:
     case ChunkStatus.PENDING:
@@ -215,6 +271,24 @@ export async function readReply (reader: FrameReader, i: number, name: ChunkName
   }
 }
 
+function parseRedirect (text: string, what: string): { peerId: string, addrs: string[] } {
+  const [peerId, ...addrs] = text.split('\n')
+  if (peerId === undefined || !PEER_ID.test(peerId) || addrs.length > MAX_REDIRECT_ADDRS || !addrs.every(isMultiaddr)) {
+    throw new ChunkProtocolError(`${what}: malformed redirect`)
+  }
+  return { peerId, addrs }
+}
+
+function isMultiaddr (text: string): boolean {
+  if (!text.startsWith('/')) return false
+  try {
+    multiaddr(text)
+    return true
+  } catch {
+    return false
+  }
+}
+
 export interface ExchangeOptions {
   /** deadline of every wait for bytes (each reply, each piece of a chunk) */
   timeoutMs: number
@@ -222,6 +296,10 @@ export interface ExchangeOptions {
   signal?: AbortSignal
   /** names the exchange in errors, e.g. `peer:<id>` */
   what?: string
+  /** the request's {@link AcceptFlags} */
+  accept?: number
+  /** told of each PENDING frame (reply `i` is on its way: the holder waits for its own fetch of it) */
+  onPending?: (i: number) => void
 }
 
 /**
@@ -236,13 +314,17 @@ export async function * exchangeChunks (stream: Stream, names: ChunkName[], opts
   let complete = false
   const reader = chunkFrameReader(stream, what, opts.timeoutMs)
   try {
-    stream.send(encodeRequest(names))
+    stream.send(encodeRequest(names, opts.accept))
     await stream.close({ signal: AbortSignal.timeout(opts.timeoutMs) })
     let pending = 0
     for (let i = 0; i < names.length; i++) {
       const reply = await readReply(reader, i, names[i]!, what)
+      if (reply.status === ChunkStatus.REDIRECT && ((opts.accept ?? 0) & AcceptFlags.REDIRECT) === 0) {
+        throw new ChunkProtocolError(`${what}: a REDIRECT to a request that takes none`)
+      }
       if (reply.status === ChunkStatus.PENDING) {
         if (++pending > MAX_PENDING_FRAMES) throw new ChunkProtocolError(`${what}: more than ${MAX_PENDING_FRAMES} pending frames`)
+        opts.onPending?.(i)
         i--
         continue
       }

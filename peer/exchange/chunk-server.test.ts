@@ -3,7 +3,9 @@
  * nothing and evict nothing), never serves a corrupted cached chunk, survives malformed and idle streams, answers
  * BUSY over its upload cap, paces uploads under a rate cap, and aborts uploads on stop. Per asker: a share of the
  * upload slots it is sure of (and borrows past only while a share stays free for others), a cap on its streams,
- * and a byte budget for what is read ahead of its replies.
+ * and a byte budget for what is read ahead of its replies. A busy server sends an asker that takes redirects to a
+ * peer it is sending the chunk to; a chunk on its way gets its first PENDING frame before the asker would hedge, and
+ * an asker a redirect sent waits for it longer.
  */
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -15,9 +17,9 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { BlobCache } from '../../cache/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import {
-  CHUNK_PROTOCOL, ChunkStatus, exchangeChunks, type ChunkName, type ChunkReply
+  AcceptFlags, CHUNK_PROTOCOL, ChunkStatus, exchangeChunks, type ChunkName, type ChunkReply
 } from './chunk-protocol.js'
-import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
+import { ChunkServer, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, type ChunkServerInit, type ServableCache } from './chunk-server.js'
 import { blobChunks, buildTestImage, type TestImage } from '../../test/helpers/fetch-kit.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import { encodeRequest } from './chunk-protocol.js'
@@ -123,6 +125,98 @@ describe('ChunkServer', () => {
     assert.deepEqual(replies.map(r => r.status), [ChunkStatus.OK, ChunkStatus.OK, ChunkStatus.OK])
     assert.ok(replies[1]!.payload!.equals(plain[1]!))
     assert.ok(server.counters.pendingFrames >= 2, `${server.counters.pendingFrames} pending frames`)
+  })
+
+  it('the first PENDING frame comes before an asker would hedge (300 ms), not after a second', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 1))
+    const servable = {
+      has: (id: string, ci: number) => cache.has(id, ci),
+      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
+      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
+        await new Promise(resolve => setTimeout(resolve, 600))
+        return await cache.findByDigest(d, o)
+      }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache: servable })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const stream = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+    const started = performance.now()
+    let firstPending = -1
+    const onPending = (): void => { if (firstPending < 0) firstPending = performance.now() - started }
+    const statuses: ChunkStatus[] = []
+    for await (const r of exchangeChunks(stream, [nameOf(chunks[0]!)], { timeoutMs: 3000, onPending })) statuses.push(r.status)
+    assert.deepEqual(statuses, [ChunkStatus.OK])
+    assert.ok(firstPending >= FIRST_PENDING_MS * 0.8 && firstPending < 250, `first PENDING after ${firstPending.toFixed(0)} ms`)
+    assert.equal(server.counters.pendingFrames, 1)
+  })
+
+  it('a busy server sends an asker that takes redirects to a peer it is sending the chunk to, with its addresses', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 4))
+    // look-ups of chunk 0 wait for the gate: that upload keeps the server busy while the test asks for chunk 1
+    let open!: () => void
+    const gate = new Promise<void>(resolve => { open = resolve })
+    const held = chunks[0]!.digest
+    let reads = 0
+    const servable = {
+      has: (id: string, ci: number) => cache.has(id, ci),
+      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => { reads++; return await cache.readChunk(...a) },
+      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
+        if (d.equals(held)) await gate
+        return await cache.findByDigest(d, o)
+      }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const other = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const addressesOf = async (id: string): Promise<string[]> => id === other.peerId.toString() ? ['/ip4/10.9.8.7/tcp/4001'] : []
+    const server = new ChunkServer({ libp2p: node, cache: servable, addressesOf })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop(); await other.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const askFrom = async (host: Host, c: ChunkInfo, accept: number): Promise<ChunkReply> => {
+      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
+      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept })) return r
+      throw new Error('no reply')
+    }
+    // not busy (its one upload is the asker's own): served, and recorded as a receiver of chunk 1
+    assert.equal((await askFrom(other, chunks[1]!, AcceptFlags.REDIRECT)).status, ChunkStatus.OK)
+    const busy = askFrom(client, chunks[0]!, 0)
+    await until('the held upload', () => server.counters.uploadsActive === 1)
+    const readsBefore = reads
+    const sent = await askFrom(client, chunks[1]!, AcceptFlags.REDIRECT)
+    assert.deepEqual(sent, { i: 0, status: ChunkStatus.REDIRECT, peerId: other.peerId.toString(), addrs: ['/ip4/10.9.8.7/tcp/4001'] })
+    assert.equal(server.counters.redirects, 1)
+    assert.equal(reads, readsBefore, 'a redirect reads no chunk bytes')
+    // an asker that does not take redirects, and one the server has no receiver of the chunk for, are served
+    assert.equal((await askFrom(client, chunks[1]!, 0)).status, ChunkStatus.OK)
+    assert.equal((await askFrom(other, chunks[2]!, AcceptFlags.REDIRECT)).status, ChunkStatus.OK)
+    // the receiver itself asking again is served, not sent to itself
+    assert.equal((await askFrom(other, chunks[1]!, AcceptFlags.REDIRECT)).status, ChunkStatus.OK)
+    open()
+    assert.equal((await busy).status, ChunkStatus.OK)
+    assert.equal(server.counters.redirects, 1)
+  })
+
+  it('waits longer for a chunk on its way when a redirect sent the asker', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 1))
+    const waits: Array<number | undefined> = []
+    const servable: ServableCache = {
+      has: (id, ci) => cache.has(id, ci),
+      readChunk: async (...a) => await cache.readChunk(...a),
+      findByDigest: async (d, o) => { waits.push(o?.waitMs); return await cache.findByDigest(d, o) }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache: servable })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    for (const accept of [0, AcceptFlags.REDIRECT, AcceptFlags.REDIRECTED]) {
+      const stream = await client.dialProtocol(addr, CHUNK_PROTOCOL)
+      for await (const r of exchangeChunks(stream, [nameOf(chunks[0]!)], { timeoutMs: 3000, accept })) assert.equal(r.status, ChunkStatus.OK)
+    }
+    assert.deepEqual(waits, [undefined, undefined, REDIRECTED_WAIT_MS])
   })
 
   it('never reads where the hints point: lying hints get the right bytes and evict nothing', async () => {

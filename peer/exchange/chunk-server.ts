@@ -12,6 +12,11 @@
  * takes none of our bytes for `readTimeoutMs` has its stream aborted, which frees its slots. What a non-reading
  * asker's connection queues below its streams is capped by the host (see `p2p/connection-guard.ts`).
  *
+ * A server answering more than `redirectAboveUploads` requests sends an asker that takes redirects on to a peer it
+ * is sending the same chunk to (REDIRECT, `chunk-receivers.ts`) instead of uploading it once more: a chunk many want
+ * at once then passes along a chain of receivers rather than all from the uplink of its first holder. The chunk is here (or was
+ * waited for) when that is decided, so a redirect always replaces an upload.
+ *
  * @example
  * ```ts
  * const server = new ChunkServer({ libp2p: node, cache }, { maxConcurrentUploads: 16, uploadBytesPerSecond: 50e6 })
@@ -25,9 +30,10 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { RateLimiter, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import { sendWithBackpressure } from '../../p2p/index.js'
 import {
-  CHUNK_PROTOCOL, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, SERVER_HIGH_WATER_BYTES, chunkFrameReader, errorReply, readRequest, replyHeader,
-  type ChunkName
+  AcceptFlags, CHUNK_PROTOCOL, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, SERVER_HIGH_WATER_BYTES, chunkFrameReader, errorReply, readChunkRequest,
+  redirectReply, replyHeader, type ChunkName
 } from './chunk-protocol.js'
+import { ChunkReceivers, DEFAULT_REDIRECT_ABOVE_UPLOADS } from './chunk-receivers.js'
 
 /** A chunk as the cache knows it: where it sits in its blob's uncompressed view, and its digest. */
 export interface ServableChunk { index: number, digest: Buffer, uncompressedOffset: number, uncompressedSize: number }
@@ -35,7 +41,8 @@ export interface ServableChunk { index: number, digest: Buffer, uncompressedOffs
 /** The chunk store a node serves from: its blob cache (`BlobCache` satisfies it). */
 export interface ServableCache {
   has: (blobId: string, ciIndex: number) => boolean
-  findByDigest: (digest: Buffer, opts?: { exceptBlobId?: string }) => Promise<{ blobId: string, chunk: ServableChunk } | undefined>
+  /** `waitMs`: how long to wait for a chunk this node is fetching (a cache that waits has its own default) */
+  findByDigest: (digest: Buffer, opts?: { exceptBlobId?: string, waitMs?: number }) => Promise<{ blobId: string, chunk: ServableChunk } | undefined>
   readChunk: (blobId: string, chunk: ServableChunk, opts?: { verify?: boolean | 'once' }) => Promise<Buffer | undefined>
   /**
    * whether this node is fetching the chunk now (it said PENDING): a chunk not found but still on its way is
@@ -64,6 +71,17 @@ export const COALESCE_BYTES = 256 << 10
 export const PACING_SLICE_BYTES = 256 << 10
 /** while the next reply is not ready, a PENDING frame goes out this often */
 export const PENDING_INTERVAL_MS = 1_000
+/**
+ * the first PENDING frame goes out this soon when the next reply is not ready (a chunk this node is fetching
+ * itself): the asker then waits for it rather than hedging the request to another holder after its 300 ms
+ */
+export const FIRST_PENDING_MS = 50
+/**
+ * how long an asker a REDIRECT sent here waits for a chunk this node is fetching: the holder that sent it is
+ * sending this node the chunk, so it comes (a plain PENDING may be a fetch waiting on another's PENDING, and is
+ * waited for only briefly)
+ */
+export const REDIRECTED_WAIT_MS = 5_000
 
 export interface ChunkServerComponents {
   libp2p: Pick<Libp2p, 'handle' | 'unhandle'>
@@ -71,6 +89,8 @@ export interface ChunkServerComponents {
   logger?: ComponentLogger
   /** told of each request answered with chunks (the node values the asker's connection for it) */
   onUpload?: (peer: PeerId, bytes: number) => void
+  /** the addresses this node knows of a peer (its peer store), sent with a REDIRECT to it */
+  addressesOf?: (peerId: string) => Promise<string[]>
 }
 
 export interface ChunkServerInit {
@@ -94,6 +114,11 @@ export interface ChunkServerInit {
   readTimeoutMs?: number
   maxInboundStreams?: number
   readAhead?: number
+  /**
+   * while answering more than this many requests, an asker that takes redirects is sent to a peer this node is
+   * sending the chunk to (`chunk-receivers.ts`) instead of being sent it once more (1; Infinity: never)
+   */
+  redirectAboveUploads?: number
 }
 
 export interface ChunkServerCounters {
@@ -119,6 +144,8 @@ export interface ChunkServerCounters {
   pendingFrames: number
   /** chunks answered BUSY because this node's own fetch of them outlasted the wait */
   busyWhileFetching: number
+  /** chunks answered REDIRECT: the asker was sent to a peer receiving them from this node */
+  redirects: number
   /** chunk bytes held for askers now: read ahead of their replies, or sent and not yet taken by their streams */
   bytesHeld: number
 }
@@ -129,13 +156,14 @@ interface PeerLoad { streams: number, uploads: number, bytes: number }
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
     uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0,
-    streamsRefused: 0, pendingFrames: 0, busyWhileFetching: 0, bytesHeld: 0
+    streamsRefused: 0, pendingFrames: 0, busyWhileFetching: 0, redirects: 0, bytesHeld: 0
   }
 
   private readonly libp2p: ChunkServerComponents['libp2p']
   private readonly cache: ServableCache
   private readonly log: Logger | undefined
   private readonly onUpload: ChunkServerComponents['onUpload']
+  private readonly addressesOf: ChunkServerComponents['addressesOf']
   private readonly maxUploads: number
   private readonly uploadsPerPeer: number
   private readonly streamsPerPeer: number
@@ -144,6 +172,8 @@ export class ChunkServer {
   private readonly maxInboundStreams: number
   private readonly readAhead: number
   private readonly bucket: RateLimiter | undefined
+  /** per chunk (hex digest): the askers this node is sending it to, or sent it to a moment ago */
+  private readonly receivers: ChunkReceivers<string>
   private readonly streams = new Set<Stream>()
   /** peer id → what it holds; absent when nothing */
   private readonly peers = new Map<string, PeerLoad>()
@@ -154,6 +184,7 @@ export class ChunkServer {
     this.cache = components.cache
     this.log = components.logger?.forComponent('rafspeer:chunk-server')
     this.onUpload = components.onUpload
+    this.addressesOf = components.addressesOf
     this.maxUploads = Math.max(0, init.maxConcurrentUploads ?? DEFAULT_MAX_CONCURRENT_UPLOADS)
     this.uploadsPerPeer = Math.max(1, init.maxUploadsPerPeer ?? Math.ceil(this.maxUploads / UPLOAD_SHARE_DIVISOR))
     this.streamsPerPeer = Math.max(1, init.maxStreamsPerPeer ?? DEFAULT_MAX_STREAMS_PER_PEER)
@@ -161,6 +192,7 @@ export class ChunkServer {
     this.readTimeoutMs = init.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS
     this.maxInboundStreams = init.maxInboundStreams ?? DEFAULT_MAX_INBOUND_STREAMS
     this.readAhead = Math.max(1, init.readAhead ?? DEFAULT_READ_AHEAD)
+    this.receivers = new ChunkReceivers({ redirectAboveUploads: init.redirectAboveUploads ?? DEFAULT_REDIRECT_ABOVE_UPLOADS })
     const rate = init.uploadBytesPerSecond
     // a quarter second of burst, and at least one slice, so pacing never stalls a slice outright
     this.bucket = rate === undefined ? undefined : new RateLimiter(rate, Math.max(PACING_SLICE_BYTES, rate / 4))
@@ -197,8 +229,9 @@ export class ChunkServer {
       }
       const reader = chunkFrameReader(stream, what, this.readTimeoutMs, SERVER_HIGH_WATER_BYTES, this.readTimeoutMs)
       for (;;) {
-        const names = await readRequest(reader)
-        if (names === undefined) break
+        const request = await readChunkRequest(reader)
+        if (request === undefined) break
+        const names = request.names
         if (!this.admit(load)) {
           this.counters.refused++
           await this.send(stream, busyReplies(names.length), what)
@@ -208,7 +241,9 @@ export class ChunkServer {
         this.counters.uploads++
         load.uploads++
         try {
-          const bytes = await this.answer(stream, names, what, load)
+          const bytes = await this.answer(stream, names, what, load, {
+            peer, redirects: (request.accept & AcceptFlags.REDIRECT) !== 0, redirected: (request.accept & AcceptFlags.REDIRECTED) !== 0
+          })
           if (bytes > 0) this.onUpload?.(connection.remotePeer, bytes)
         } finally {
           this.counters.uploadsActive--
@@ -253,7 +288,7 @@ export class ChunkServer {
    * replies already read go out together (one send, so yamux and noise frame them in large pieces rather than one
    * small frame per chunk). Resolves with the chunk bytes sent.
    */
-  private async answer (stream: Stream, names: ChunkName[], what: string, load: PeerLoad): Promise<number> {
+  private async answer (stream: Stream, names: ChunkName[], what: string, load: PeerLoad, asker: Asker): Promise<number> {
     const replies: Array<Promise<Reply>> = []
     const ready: boolean[] = []
     // bytes this request holds in the asker's budget: counted when a read starts, returned once its stream took them
@@ -271,20 +306,24 @@ export class ChunkServer {
         if (i < replies.length) continue
         if (held > 0 && load.bytes + size > this.bytesPerPeer) break
         hold(size)
-        replies.push(this.reply(names[i]!).then(r => { ready[i] = true; return r }))
+        replies.push(this.reply(names[i]!, asker).then(r => { ready[i] = true; return r }))
       }
     }
     let sent = 0
+    // replies before this one went out whole
+    let delivered = 0
     try {
       for (let i = 0; i < names.length;) {
         startReads(i)
         // the next reply in order may take a while (a chunk this node is fetching itself): keep the asker waiting
         if (ready[i] !== true) await this.keepAlive(stream, replies[i]!, what)
         if (this.bucket !== undefined) {
-          sent += await this.sendPaced(stream, await replies[i]!, what)
+          const r = await replies[i]!
+          sent += await this.sendPaced(stream, r, what)
           delete replies[i]
           unhold(names[i]!.size)
-          i++
+          if (r.payload !== undefined) this.receivers.sent(names[i]!.digest.toString('hex'), asker.peer)
+          delivered = ++i
           continue
         }
         const out = new Uint8ArrayList()
@@ -303,10 +342,14 @@ export class ChunkServer {
         } while (i < names.length && ready[i] === true && out.byteLength < COALESCE_BYTES)
         await this.send(stream, out, what)
         unhold(outHeld)
+        for (let j = delivered; j < i; j++) this.receivers.sent(names[j]!.digest.toString('hex'), asker.peer)
+        delivered = i
       }
     } finally {
-      // reads still running or replies never sent (the stream failed): their bytes leave the budget with the request
+      // reads still running or replies never sent (the stream failed): their bytes leave the budget with the request,
+      // and their askers are nobody's hint
       unhold(held)
+      for (let j = delivered; j < replies.length; j++) this.receivers.notSent(names[j]!.digest.toString('hex'), asker.peer)
     }
     return sent
   }
@@ -315,13 +358,13 @@ export class ChunkServer {
     await sendWithBackpressure(stream, data, { timeoutMs: this.readTimeoutMs, what, timeout: m => new ChunkTimeoutError(m) })
   }
 
-  /** Sends a PENDING frame every PENDING_INTERVAL_MS until `reply` settles. */
+  /** Sends a PENDING frame after FIRST_PENDING_MS, then every PENDING_INTERVAL_MS, until `reply` settles. */
   private async keepAlive (stream: Stream, reply: Promise<Reply>, what: string): Promise<void> {
     let settled = false
     const done = reply.then(() => { settled = true }, () => { settled = true })
-    for (;;) {
+    for (let n = 0; ; n++) {
       let timer: NodeJS.Timeout | undefined
-      await Promise.race([done, new Promise<void>(resolve => { timer = setTimeout(resolve, PENDING_INTERVAL_MS) })])
+      await Promise.race([done, new Promise<void>(resolve => { timer = setTimeout(resolve, n === 0 ? FIRST_PENDING_MS : PENDING_INTERVAL_MS) })])
       clearTimeout(timer)
       if (settled) return
       this.counters.pendingFrames++
@@ -354,13 +397,33 @@ export class ChunkServer {
     return payload.length
   }
 
-  /** The reply to one name; never rejects. */
-  private async reply (name: ChunkName): Promise<Reply> {
+  /**
+   * The reply to one name; never rejects. Once the chunk is here (it may have been waited for), a busy server sends
+   * an asker that takes redirects to a peer it is sending the chunk to ({@link ChunkReceivers}), without reading
+   * the chunk; otherwise the asker becomes one of those.
+   */
+  private async reply (name: ChunkName, asker: Asker): Promise<Reply> {
+    const key = name.digest.toString('hex')
+    const r = await this.lookUp(name, asker.redirected ? REDIRECTED_WAIT_MS : undefined,
+      asker.redirects ? () => this.receivers.redirect(key, asker.peer, this.counters.uploadsActive) : undefined)
+    if ('to' in r) {
+      this.counters.redirects++
+      const addrs = await this.addressesOf?.(r.to).catch(() => []) ?? []
+      return { frame: redirectReply(r.to, addrs) }
+    }
+    if (r.payload !== undefined) this.receivers.serving(key, asker.peer)
+    return r
+  }
+
+  /** The chunk, or where `redirectTo` sends the asker once the chunk is found here (before its bytes are read). */
+  private async lookUp (name: ChunkName, waitMs: number | undefined, redirectTo?: () => string | undefined): Promise<Reply | { to: string }> {
     try {
-      let found = await this.cache.findByDigest(name.digest)
+      let found = await this.cache.findByDigest(name.digest, waitMs !== undefined ? { waitMs } : undefined)
       for (let tries = 0; found !== undefined && tries < 2; tries++) {
         const c = found.chunk
         if (c.uncompressedSize !== name.size || !c.digest.equals(name.digest)) break
+        const to = tries === 0 ? redirectTo?.() : undefined
+        if (to !== undefined) return { to }
         const bytes = await this.cache.readChunk(found.blobId, c, { verify: 'once' })
         if (bytes !== undefined && bytes.length === name.size) return { payload: bytes }
         // failed its digest (now unmarked) or was evicted: another blob may hold the same chunk
@@ -381,6 +444,9 @@ export class ChunkServer {
 }
 
 type Reply = { payload: Buffer, frame?: undefined } | { payload?: undefined, frame: Uint8Array | Uint8ArrayList }
+
+/** who asks, whether its request takes redirects, and whether a redirect sent it */
+interface Asker { peer: string, redirects: boolean, redirected: boolean }
 
 function busyReplies (count: number): Buffer {
   const one = replyHeader(ChunkStatus.BUSY)

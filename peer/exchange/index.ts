@@ -4,13 +4,20 @@
  * {@link P2PNode} that holds a daemon's host, server, scheduler side and claims together.
  */
 export {
-  CHUNK_PROTOCOL, ChunkStatus, ChunkEncoding, ChunkProtocolError, ChunkTimeoutError, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_REQUEST,
-  MAX_MESSAGE_BYTES, chunkFrameReader, encodeRequest, decodeRequestBody, readRequest, readReply, replyHeader, errorReply,
-  exchangeChunks, RequestLayout, EntryLayout, ReplyLayout, type ChunkName, type ChunkReply
+  CHUNK_PROTOCOL, ChunkStatus, ChunkEncoding, AcceptFlags, ChunkProtocolError, ChunkTimeoutError, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_REQUEST,
+  MAX_MESSAGE_BYTES, MAX_REDIRECT_BYTES, MAX_REDIRECT_ADDRS, chunkFrameReader, encodeRequest, decodeRequestBody, decodeRequest, readRequest, readChunkRequest, readReply,
+  replyHeader, errorReply, redirectReply, exchangeChunks, RequestLayout, EntryLayout, ReplyLayout, type ChunkName, type ChunkReply, type ChunkRequest
 } from './chunk-protocol.js'
-export { ChunkServer, DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, type ChunkServerCounters, type ChunkServerInit, type ServableCache, type ServableChunk } from './chunk-server.js'
 export {
-  NeighbourSource, DEFAULT_MAX_REQUEST_BYTES as DEFAULT_NEIGHBOUR_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,
+  ChunkServer, DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, type ChunkServerCounters, type ChunkServerInit, type ServableCache,
+  type ServableChunk
+} from './chunk-server.js'
+export {
+  ChunkReceivers, DEFAULT_REDIRECT_ABOVE_UPLOADS, RECEIVER_TTL_MS, MAX_TRACKED_CHUNKS, MAX_RECEIVERS_PER_CHUNK, MAX_REDIRECTS,
+  type ChunkReceiversInit
+} from './chunk-receivers.js'
+export {
+  NeighbourSource, DEFAULT_MAX_REQUEST_BYTES as DEFAULT_NEIGHBOUR_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER, REDIRECTED_EXTRA_STREAMS, MAX_REDIRECT_PEERS,
   DEFAULT_MAX_HOLDERS as DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_BUSY_RETRIES,
   type NeighbourSourceCounters, type NeighbourSourceInit, type NeighbourSourceComponents
 } from './neighbour-source.js'

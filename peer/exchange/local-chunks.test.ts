@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { BlobCache } from '../../cache/index.js'
 import { buildBlob, tempDir } from '../../cache/test-support.js'
 import { getBit } from './have-protocol.js'
-import { CacheChunks } from './local-chunks.js'
+import { CacheChunks, waitingForFlights } from './local-chunks.js'
 
 test('a node\'s own chunks for its neighbours: registration, presence, in-flight, given up, evicted, digests', async t => {
   const dir = await tempDir(t)
@@ -82,4 +82,25 @@ test('PENDING when planned: a fetch in flight says nothing until the locator cho
   local.ended(id, 1)
   local.ended(id, 2)
   assert.deepEqual(heard, ['pending 0,1', 'dropped 1'])
+})
+
+test('the chunk server\'s view waits for a chunk in flight its own default, or as long as the look-up asks', async t => {
+  const dir = await tempDir(t)
+  const b = await buildBlob(dir, [5000, 7000])
+  const cache = await BlobCache.open(join(dir, 'cache'))
+  const local = new CacheChunks(cache)
+  t.after(async () => { local.close(); await cache.close() })
+  await cache.registerBlob(b.blob)
+  const servable = waitingForFlights(cache, local, 50)
+  local.started(b.blob.blobId, [b.chunks[0]!])
+  let started = performance.now()
+  assert.equal(await servable.findByDigest(b.chunks[0]!.digest), undefined, 'the default wait ran out')
+  const waited = performance.now() - started
+  assert.ok(waited >= 40 && waited < 400, `waited ${waited.toFixed(0)} ms`)
+  // a longer wait (an asker a redirect sent here) sees the chunk land
+  started = performance.now()
+  setTimeout(() => { void cache.putChunk(b.blob.blobId, b.chunks[0]!, b.plain[0]!).then(() => { local.ended(b.blob.blobId, 0) }) }, 150)
+  const found = await servable.findByDigest(b.chunks[0]!.digest, { waitMs: 2000 })
+  assert.equal(found?.chunk.index, 0)
+  assert.ok(performance.now() - started >= 140)
 })

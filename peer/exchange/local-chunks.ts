@@ -161,7 +161,7 @@ export class CacheChunks implements LocalChunks, FlightActivity {
 
 /**
  * The cache as the chunk server sees it when neighbours follow our PENDING: a chunk this node is fetching now is
- * waited for (up to `waitMs`) instead of being answered NOT_FOUND; the server keeps the asker alive with PENDING
+ * waited for (up to `waitMs`, or the look-up's own) instead of being answered NOT_FOUND; the server keeps the asker alive with PENDING
  * frames meanwhile, and answers BUSY if the fetch is still running after the wait.
  */
 export function waitingForFlights<C extends ServableCache> (cache: C, local: Pick<CacheChunks, 'fetching' | 'landed'>, waitMs: number): ServableCache {
@@ -173,8 +173,9 @@ export function waitingForFlights<C extends ServableCache> (cache: C, local: Pic
     readChunk: async (blobId, chunk, opts) => await cache.readChunk(blobId, chunk, opts),
     findByDigest: async (digest, opts) => {
       const found = await cache.findByDigest(digest, opts)
-      if (found !== undefined || opts?.exceptBlobId !== undefined || waitMs <= 0 || !local.fetching(digest)) return found
-      await local.landed(digest, waitMs)
+      const wait = opts?.waitMs ?? waitMs
+      if (found !== undefined || opts?.exceptBlobId !== undefined || wait <= 0 || !local.fetching(digest)) return found
+      await local.landed(digest, wait)
       return await cache.findByDigest(digest, opts)
     }
   }

@@ -2,25 +2,31 @@
  * The peer source against real libp2p nodes serving real BlobCaches, and hostile ones: one holder, several
  * (spread), a dead and a silent holder (failover, hedging), a holder sending wrong bytes (nothing bad yielded,
  * banned past the threshold, never asked again), a holder killed or stalling mid-transfer (what arrived is
- * yielded, no hang), a hung resolver, the caller's abort, and the fetcher topping up from the next source.
+ * yielded, no hang), a hung resolver, the caller's abort, and the fetcher topping up from the next source. A busy
+ * holder's REDIRECT is followed (and, when the peer it named does not have the chunk, the holder is asked again
+ * to send it itself); a holder that says PENDING is waited for, not hedged.
  */
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { BlobCache } from '../../cache/index.js'
 import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
 import type { ChunkSource, FetchedChunk } from '../fetch/index.js'
-import { CHUNK_PROTOCOL, ChunkStatus, chunkFrameReader, readRequest, replyHeader } from './chunk-protocol.js'
+import {
+  AcceptFlags, CHUNK_PROTOCOL, ChunkStatus, chunkFrameReader, readChunkRequest, readRequest, redirectReply, replyHeader, type ChunkRequest
+} from './chunk-protocol.js'
 import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
 import { blobChunks, buildTestImage, chunksOf, MemoryChunkCache, type TestImage } from '../../test/helpers/fetch-kit.js'
 import { Fetcher } from '../fetch/index.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
-import { NeighbourSource, type NeighbourSourceInit } from './neighbour-source.js'
+import { MAX_REDIRECT_PEERS, NeighbourSource, type NeighbourSourceInit } from './neighbour-source.js'
 
 /** A stand-in for the scheduler: the same holders for every digest (or per digest), outcomes recorded. */
 class StaticResolver implements HolderResolver {
@@ -110,6 +116,22 @@ describe('NeighbourSource', () => {
     })
     closers.push(async () => { await node.stop() })
     return { node, holder: holderOf(node), requests: () => requests }
+  }
+
+  /** a node answering each request with `behaviour`, which sees what the request accepts; `requests` lists them */
+  async function rogueWith (behaviour: (req: ChunkRequest, stream: Parameters<Parameters<Host['handle']>[1]>[0]) => Promise<void>): Promise<{ holder: ChunkHolder, requests: ChunkRequest[] }> {
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const requests: ChunkRequest[] = []
+    await node.handle(CHUNK_PROTOCOL, async (stream) => {
+      try {
+        const req = await readChunkRequest(chunkFrameReader(stream, 'rogue', 10_000))
+        if (req === undefined) return
+        requests.push(req)
+        await behaviour(req, stream)
+      } catch { stream.abort(new Error('rogue done')) }
+    })
+    closers.push(async () => { await node.stop() })
+    return { holder: holderOf(node), requests }
   }
 
   function source (resolver: HolderResolver, init: NeighbourSourceInit = {}): NeighbourSource {
@@ -209,6 +231,104 @@ describe('NeighbourSource', () => {
     const patient = source(new StaticResolver([busy.holder]), { busyRetries: 5, busyBackoffMs: 20 })
     assert.equal((await collect(patient, few)).size, few.length)
     assert.ok(patient.counters.busy > few.length, `busy answers: ${patient.counters.busy}`)
+  })
+
+  it('follows a busy holder\'s REDIRECT; asks that holder again to send it when the peer it named lacks the chunk', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    const few = chunks.slice(0, 4)
+    /** a holder that sends every asker taking redirects on to `to`, and serves the others */
+    const sender = async (to: () => ChunkHolder): Promise<{ holder: ChunkHolder, requests: ChunkRequest[] }> => await rogueWith(async (req, stream) => {
+      for (const n of req.names) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        const frame = (req.accept & AcceptFlags.REDIRECT) !== 0
+          ? redirectReply(to().peerId, to().addrs)
+          : Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
+        if (!stream.send(frame)) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    // the peer it names holds the chunks (and is known to the asker only through the redirect's addresses)
+    const b = await seed(few)
+    const a = await sender(() => b.holder)
+    const src = source(new StaticResolver([a.holder]))
+    assert.equal((await collect(src, few)).size, few.length)
+    assert.equal(b.server.counters.chunksServed, few.length, 'every chunk came from the peer the redirect named')
+    assert.equal(src.counters.redirects, few.length)
+    assert.ok(a.requests.every(r => r.accept === AcceptFlags.REDIRECT))
+
+    // the peer it names does not have them: the holder is asked again, without taking redirects, and sends them
+    const empty = await seed([])
+    const a2 = await sender(() => empty.holder)
+    const src2 = source(new StaticResolver([a2.holder]))
+    assert.equal((await collect(src2, few)).size, few.length)
+    assert.equal(empty.server.counters.notFound, few.length)
+    assert.ok(a2.requests.length >= 2)
+    assert.ok(a2.requests.slice(1).every(r => (r.accept & AcceptFlags.REDIRECT) === 0 && (r.accept & AcceptFlags.REDIRECTED) !== 0))
+  })
+
+  it('a hostile holder\'s REDIRECTs end: sent round in a circle, sent against the request, or to ever new peers', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    const few = chunks.slice(0, 4)
+    // two holders that send every asker to each other, whatever its request takes: a sends to b; b sends back to a
+    // (asked already), so b is asked again without redirects, and a REDIRECT to that is a protocol error
+    const sendAllTo = (to: () => ChunkHolder) => async (req: ChunkRequest, stream: Parameters<Parameters<Host['handle']>[1]>[0]): Promise<void> => {
+      for (let i = 0; i < req.names.length; i++) if (!stream.send(redirectReply(to().peerId, to().addrs))) await stream.onDrain()
+      await stream.close()
+    }
+    let aHolder: ChunkHolder | undefined
+    let bHolder: ChunkHolder | undefined
+    const a = await rogueWith(sendAllTo(() => bHolder!))
+    const b = await rogueWith(sendAllTo(() => aHolder!))
+    aHolder = a.holder
+    bHolder = b.holder
+    const circled = source(new StaticResolver([a.holder]))
+    assert.equal((await collect(circled, few)).size, 0)
+    // per chunk at most: a once, b following the redirect, b again without redirects
+    assert.ok(a.requests.length + b.requests.length <= 1 + 2 * few.length, `requests: ${a.requests.length} + ${b.requests.length}`)
+    assert.ok(b.requests.some(r => (r.accept & AcceptFlags.REDIRECT) === 0), 'b was asked once without redirects')
+
+    // a holder that sends each chunk on to a peer nobody knows (its address: a port that takes TCP and hangs up):
+    // the fetch dials at most MAX_REDIRECT_PEERS of them, then asks the holder again, which sends the chunks
+    assert.ok(chunks.length > MAX_REDIRECT_PEERS + 2, `the test image has ${chunks.length} chunks`)
+    let dials = 0
+    const sink = createServer(socket => { dials++; socket.destroy() })
+    await new Promise<void>(resolve => sink.listen(0, '127.0.0.1', resolve))
+    closers.push(async () => { await new Promise(resolve => sink.close(resolve)) })
+    const sinkAddr = `/ip4/127.0.0.1/tcp/${(sink.address() as AddressInfo).port}`
+    const strangers = await Promise.all(chunks.map(async () => (await generateKeyPair('Ed25519')).publicKey.toString()))
+    const scatterer = await rogueWith(async (req, stream) => {
+      for (const n of req.names) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        const frame = (req.accept & AcceptFlags.REDIRECT) !== 0
+          ? redirectReply(strangers[n.ci]!, [sinkAddr])
+          : Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
+        if (!stream.send(frame)) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const scattered = source(new StaticResolver([scatterer.holder]))
+    assert.equal((await collect(scattered)).size, chunks.length)
+    assert.equal(scattered.counters.redirects, chunks.length)
+    assert.ok(dials > 0 && dials <= MAX_REDIRECT_PEERS, `connections to peers only a redirect named: ${dials}`)
+  })
+
+  it('a holder that says PENDING (its own fetch of the chunk runs) is waited for, not hedged to another', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    const fetching = await rogueWith(async (req, stream) => {
+      for (const n of req.names) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        await new Promise(resolve => setTimeout(resolve, 50))
+        stream.send(replyHeader(ChunkStatus.PENDING))
+        await new Promise(resolve => setTimeout(resolve, 500))
+        if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes]))) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const other = await seed()
+    const src = source(new StaticResolver([fetching.holder, other.holder]), { maxHolders: 1, hedgeAfterMs: 200 })
+    assert.equal((await collect(src, chunks.slice(0, 1))).size, 1)
+    assert.equal(src.counters.hedges, 0)
+    assert.equal(other.server.counters.chunksServed, 0)
   })
 
   it('never yields bad bytes: a lying holder is dropped, banned past the threshold, never asked again', async () => {

@@ -4,6 +4,11 @@
  * to the next holder, and yields each chunk as it arrives. Chunks no neighbour delivered are simply not yielded:
  * the fetcher asks the next source (the registry) for them.
  *
+ * A busy holder may send a chunk on to a peer it is sending it to (REDIRECT): that peer is asked next, ahead of the
+ * fetch's queued requests, and waits for the chunk longer than for a plain PENDING; if it does not have it after
+ * all, the holder is asked again, to send it itself. A holder that says PENDING (its own fetch of the chunk runs) is
+ * not hedged until its next reply: the hedge's copy would only load another uplink.
+ *
  * Every chunk is checked with the fetcher's `verify` as it arrives (the one digest check it gets): a neighbour
  * that sends bad bytes is scored down, reported, past `banThreshold` bad chunks never asked again by this process,
  * and the chunk is asked of another holder.
@@ -14,6 +19,7 @@
  * const fetcher = new Fetcher({ cache, sources: [peers, registry] })
  * ```
  */
+import { setMaxListeners } from 'node:events'
 import type { Libp2p, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { raceSignal } from 'race-signal'
@@ -22,8 +28,9 @@ import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.j
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { ChunkSource, ChunkSourceFetchOptions, FetchedChunk } from '../fetch/index.js'
 import {
-  CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, exchangeChunks, type ChunkName
+  AcceptFlags, CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, exchangeChunks, type ChunkName
 } from './chunk-protocol.js'
+import { MAX_REDIRECTS } from './chunk-receivers.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
 import { chooseHolder, splitRequests } from './swarm-policy.js'
@@ -44,6 +51,19 @@ export const DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 export const DEFAULT_BUSY_RETRIES = 3
 /** requests in flight to one holder within one fetch */
 export const DEFAULT_STREAMS_PER_HOLDER = 2
+/**
+ * requests that follow a REDIRECT may run to one holder beyond `streamsPerHolder`: chunks the reader waits for
+ * (asked once already), sent where they are on their way, are not queued behind the fetch's larger requests
+ */
+export const REDIRECTED_EXTRA_STREAMS = 2
+/**
+ * peers one fetch asks only because a REDIRECT named them (not among the chunk's holders it was given): past
+ * this, a redirect to yet another such peer is not followed (a hostile holder cannot have us dial peers without end)
+ */
+export const MAX_REDIRECT_PEERS = 8
+
+/** abort listeners one fetch's signal may hold before Node warns of a leak */
+const FETCH_MAX_LISTENERS = 256
 
 /** local penalties: a failed request, a bad chunk; a delivered request pays back */
 const FAIL_PENALTY = 1
@@ -101,6 +121,8 @@ export interface NeighbourSourceCounters {
   bannedPeers: number
   /** requests sent to another holder because the first made no progress */
   hedges: number
+  /** chunks a busy holder sent us on to a peer it is sending them to (REDIRECT) */
+  redirects: number
   /** requests that hit their deadline */
   timeouts: number
   requests: number
@@ -119,7 +141,7 @@ interface PeerRecord { penalty: number, bad: number, banned: boolean }
 export class NeighbourSource implements ChunkSource {
   readonly name = 'peer:swarm'
   readonly counters: NeighbourSourceCounters = {
-    chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, timeouts: 0, requests: 0,
+    chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, redirects: 0, timeouts: 0, requests: 0,
     failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0
   }
 
@@ -265,6 +287,18 @@ interface Want {
   done: boolean
   /** BUSY answers so far */
   busy: number
+  /** REDIRECT answers so far */
+  redirects: number
+  /** the holder a REDIRECT named: asked next */
+  next?: ChunkHolder | undefined
+  /** its latest request follows a REDIRECT */
+  following?: boolean
+  /** the holder whose REDIRECT it follows (it has the chunk): asked again, to send it, if the one it named does not */
+  origin?: ChunkHolder | undefined
+  /** its requests no longer take redirects */
+  noRedirect?: boolean
+  /** the peers its REDIRECTs came from or named: one named again is not followed (no circles) */
+  chain?: Set<string>
 }
 
 interface Lane { holder: ChunkHolder, queued: Request[], running: number, assigned: number }
@@ -278,6 +312,8 @@ interface Request {
   cancelled: boolean
   /** its chunks went to other holders once already (a request hedges once) */
   hedged: boolean
+  /** it follows a REDIRECT: asked first, on a stream of its own, and the holder waits for the chunks longer */
+  redirected: boolean
 }
 
 /** The state of one `fetch` call. */
@@ -290,6 +326,8 @@ class SwarmFetch {
   private readonly verify: ChunkSourceFetchOptions['verify']
   private readonly self: string
   private pendingAssign: Want[] = []
+  /** peers asked only because a REDIRECT named them (at most MAX_REDIRECT_PEERS) */
+  private readonly redirectPeers = new Set<string>()
   private flushScheduled = false
   /** requests queued or running */
   private outstanding = 0
@@ -298,6 +336,9 @@ class SwarmFetch {
   constructor (private readonly src: NeighbourSource, private readonly blob: RafsBlobInfo, chunks: ChunkInfo[],
     holders: Map<string, ChunkHolder[]>, opts: ChunkSourceFetchOptions) {
     this.signal = AbortSignal.any([opts.signal, this.controller.signal])
+    // each request (and each BUSY retry waiting) listens to it: requests that follow redirects reach holders beyond
+    // the fetch's few lanes, so a busy fetch holds more than Node's default of 10 at once
+    setMaxListeners(FETCH_MAX_LISTENERS, this.signal)
     this.verify = opts.verify
     this.self = src.libp2p.peerId.toString()
     const seen = new Set<number>()
@@ -306,7 +347,7 @@ class SwarmFetch {
       seen.add(chunk.index)
       const candidates = (holders.get(chunk.digest.toString('hex')) ?? [])
         .filter(h => typeof h?.peerId === 'string' && h.peerId !== this.self && Array.isArray(h.addrs))
-      if (candidates.length > 0) this.wants.push({ chunk, candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0 })
+      if (candidates.length > 0) this.wants.push({ chunk, candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0, redirects: 0 })
     }
   }
 
@@ -332,8 +373,11 @@ class SwarmFetch {
 
   private notify (): void { this.wake?.() }
 
-  /** Chunks not delivered whose holders answered BUSY (after `run`): worth locating again. */
-  busyLeft (): ChunkInfo[] { return this.wants.filter(w => !w.done && w.busy > 0).map(w => w.chunk) }
+  /**
+   * Chunks not delivered whose holders answered BUSY or sent us on (after `run`): worth locating again, the swarm
+   * is busy with them.
+   */
+  busyLeft (): ChunkInfo[] { return this.wants.filter(w => !w.done && (w.busy > 0 || w.redirects > 0)).map(w => w.chunk) }
 
   /** `requeue` after `ms` (the fetch stays open meanwhile) */
   private requeueLater (w: Want, ms: number): void {
@@ -359,21 +403,30 @@ class SwarmFetch {
   /** Wants that need a holder are assigned in one go, so their requests batch. */
   private flush (): void {
     const byLane = new Map<Lane, Want[]>()
+    const followed = new Map<Lane, Want[]>()
     for (const w of this.pendingAssign) {
       if (w.done || w.attempts.size > 0) continue
       const lane = this.choose(w)
       if (lane === undefined) continue // nobody left to ask: the next source will
-      const list = byLane.get(lane) ?? []
+      const to = w.following === true ? followed : byLane
+      const list = to.get(lane) ?? []
       list.push(w)
-      byLane.set(lane, list)
+      to.set(lane, list)
     }
     this.pendingAssign = []
+    for (const [lane, wants] of followed) this.enqueue(lane, wants, true)
     for (const [lane, wants] of byLane) this.enqueue(lane, wants)
   }
 
-  /** The lane of the holder to ask for `w` (`chooseHolder` among its untried, unbanned holders), its bytes counted. */
+  /**
+   * The lane of the holder to ask for `w` (the one a REDIRECT named, else `chooseHolder` among its untried, unbanned
+   * holders), its bytes counted.
+   */
   private choose (w: Want): Lane | undefined {
-    const open = w.candidates.filter(h => !w.tried.has(h.peerId) && !this.src.isBanned(h.peerId))
+    const next = w.next
+    w.next = undefined
+    w.following = next !== undefined
+    const open = next !== undefined ? [next] : w.candidates.filter(h => !w.tried.has(h.peerId) && !this.src.isBanned(h.peerId))
     const h = chooseHolder(open, w.chunk.uncompressedSize, {
       inUse: this.lanes.size,
       maxHolders: this.src.opts.maxHolders,
@@ -390,18 +443,20 @@ class SwarmFetch {
     return lane
   }
 
-  private enqueue (lane: Lane, wants: Want[]): void {
+  private enqueue (lane: Lane, wants: Want[], redirected = false): void {
     for (const part of splitRequests(wants, w => w.chunk.uncompressedSize, this.src.opts.maxRequestBytes, MAX_CHUNKS_PER_REQUEST)) {
-      const req: Request = { lane, wants: part, replied: part.map(() => false), controller: new AbortController(), cancelled: false, hedged: false }
+      const req: Request = { lane, wants: part, replied: part.map(() => false), controller: new AbortController(), cancelled: false, hedged: false, redirected }
       for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder.peerId) }
-      lane.queued.push(req)
+      if (redirected) lane.queued.unshift(req)
+      else lane.queued.push(req)
       this.outstanding++
     }
     this.pump(lane)
   }
 
   private pump (lane: Lane): void {
-    while (lane.running < this.src.opts.streamsPerHolder && lane.queued.length > 0) {
+    // a request that follows a REDIRECT goes first, on a stream of its own if need be (REDIRECTED_EXTRA_STREAMS)
+    while (lane.queued.length > 0 && lane.running < this.src.opts.streamsPerHolder + (lane.queued[0]!.redirected ? REDIRECTED_EXTRA_STREAMS : 0)) {
       const req = lane.queued.shift()!
       lane.running++
       void this.runRequest(req).finally(() => {
@@ -435,7 +490,11 @@ class SwarmFetch {
       armHedge()
       const names: ChunkName[] = req.wants.map(w => ({ digest: w.chunk.digest, blobId: this.blob.blobId, ci: w.chunk.index, size: w.chunk.uncompressedSize }))
       const stream = await this.dial(holder, AbortSignal.any([signal, AbortSignal.timeout(requestTimeoutMs)]))
-      for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}` })) {
+      // a holder waiting for its own fetch of the next chunk (PENDING) is waited for, not hedged, until its next reply
+      const accept = (req.wants.every(w => w.noRedirect !== true && w.redirects < MAX_REDIRECTS) ? AcceptFlags.REDIRECT : 0) |
+        (req.redirected ? AcceptFlags.REDIRECTED : 0)
+      const onPending = (): void => { clearTimeout(hedgeTimer) }
+      for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}`, accept, onPending })) {
         // banned meanwhile (by another request): its bytes are not even looked at
         if (this.src.isBanned(peerId)) break
         armHedge()
@@ -455,6 +514,14 @@ class SwarmFetch {
             this.src.recordBad(peerId)
             this.requeue(w)
           }
+        } else if (r.status === ChunkStatus.REDIRECT) {
+          this.redirect(w, r.peerId!, r.addrs ?? [], holder)
+          this.requeue(w)
+        } else if (r.status !== ChunkStatus.BUSY && req.redirected && this.backToOrigin(w)) {
+          // the peer a REDIRECT named neither has it nor fetches it (it lost it, or never kept it): the holder that
+          // sent us there has it
+          if (r.status === ChunkStatus.NOT_FOUND) counters.notFound++
+          this.requeue(w)
         } else if (r.status === ChunkStatus.BUSY && ++w.busy <= this.src.opts.busyRetries &&
           !w.candidates.some(h => !w.tried.has(h.peerId) && !this.src.isBanned(h.peerId))) {
           counters.busy++
@@ -483,6 +550,7 @@ class SwarmFetch {
       req.wants.forEach((w, i) => {
         if (req.replied[i] === true) return
         w.attempts.delete(req)
+        if (req.redirected && !w.done) this.backToOrigin(w)
         this.requeue(w)
       })
       // a request we stopped ourselves says nothing about the peer
@@ -498,6 +566,41 @@ class SwarmFetch {
     const id = peerIdFromString(holder.peerId)
     const addrs = holder.addrs.map(a => multiaddr(`${a.replace(/\/p2p\/[^/]+$/, '')}/p2p/${holder.peerId}`))
     return await this.src.libp2p.dialProtocol(addrs.length > 0 ? addrs : id, CHUNK_PROTOCOL, { signal })
+  }
+
+  /**
+   * Holder `from` sent `w` on to `peerId` (one it is sending the chunk to, at `addrs` as `from` knows them): that one
+   * is asked next, even if it was asked before (it is receiving the chunk now); unless it is us, it sent `w` on or
+   * was named for it before (a circle), is banned, `w` was sent on too often, or it is one more peer
+   * this fetch knows only from redirects past MAX_REDIRECT_PEERS: then `from`, which has the chunk, is asked again
+   * without taking redirects.
+   */
+  private redirect (w: Want, peerId: string, addrs: string[], from: ChunkHolder): void {
+    this.src.counters.redirects++
+    const known = w.candidates.find(h => h.peerId === peerId) ?? this.lanes.get(peerId)?.holder
+    const unknownPast = known === undefined && !this.redirectPeers.has(peerId) && this.redirectPeers.size >= MAX_REDIRECT_PEERS
+    const chain = w.chain ??= new Set()
+    chain.add(from.peerId)
+    if (++w.redirects > MAX_REDIRECTS || peerId === this.self || chain.has(peerId) || this.src.isBanned(peerId) || unknownPast) {
+      w.next = from
+      w.noRedirect = true
+      w.origin = undefined
+      return
+    }
+    if (known === undefined) this.redirectPeers.add(peerId)
+    chain.add(peerId)
+    w.next = known !== undefined && known.addrs.length > 0 ? known : { peerId, addrs }
+    w.origin = from
+  }
+
+  /** A followed redirect did not deliver `w`: the holder that sent it there is asked again, to send it itself. */
+  private backToOrigin (w: Want): boolean {
+    const origin = w.origin
+    w.origin = undefined
+    if (origin === undefined || this.src.isBanned(origin.peerId)) return false
+    w.next = origin
+    w.noRedirect = true
+    return true
   }
 
   /** A verified chunk, first of its name: out it goes; requests that now have nothing left to give are stopped. */

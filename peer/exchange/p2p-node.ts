@@ -166,6 +166,7 @@ export class P2PNode {
       libp2p: host,
       cache: servable,
       onUpload: peer => { this.valueExchange(peer) },
+      addressesOf: async id => (await host.peerStore.get(peerIdFromString(id))).addresses.map(a => a.multiaddr.toString()),
       ...(logger !== undefined ? { logger } : {})
     }, {
       ...(init.maxConcurrentUploads !== undefined ? { maxConcurrentUploads: init.maxConcurrentUploads } : {}),

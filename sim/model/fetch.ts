@@ -11,7 +11,7 @@ import { Locate } from './locate.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { PeerReq, RegistryReq } from './request.js'
 import { chunkBytes } from './world.js'
-import { chooseHolder, DEFAULT_REPLAN_ROUNDS, replanDelayMs, splitRequests } from './policy.js'
+import { chooseHolder, DEFAULT_REPLAN_ROUNDS, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests } from './policy.js'
 
 export class Batch {
   readonly startedAt: number
@@ -84,6 +84,18 @@ export interface Want {
   done: boolean
   /** BUSY answers so far */
   busy: number
+  /** REDIRECT answers so far */
+  redirects: number
+  /** the holder a REDIRECT named: asked next */
+  next: SimNode | undefined
+  /** its latest request follows a REDIRECT */
+  following: boolean
+  /** the holder whose REDIRECT it follows: asked again, to send it, if the one it named does not */
+  origin: SimNode | undefined
+  /** its requests no longer take redirects */
+  noRedirect: boolean
+  /** the nodes its REDIRECTs came from or named */
+  chain: Set<SimNode> | undefined
 }
 
 /** The requests of one fetch to one holder. */
@@ -111,7 +123,7 @@ export class SwarmFetch implements Timed {
     for (const ci of batch.cis) {
       const candidates = holders.get(ci)
       if (candidates !== undefined && candidates.length > 0) {
-        this.wants.push({ i: this.wants.length, ci, size: chunkBytes(spec, ci), candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0 })
+        this.wants.push({ i: this.wants.length, ci, size: chunkBytes(spec, ci), candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0, redirects: 0, next: undefined, following: false, origin: undefined, noRedirect: false, chain: undefined })
       }
     }
   }
@@ -180,20 +192,54 @@ export class SwarmFetch implements Timed {
 
   private flush (): void {
     const byLane = new Map<Lane, Want[]>()
+    const followed = new Map<Lane, Want[]>()
     for (const w of this.pendingAssign) {
       if (w.done || w.attempts.size > 0) continue
       const lane = this.choose(w)
       if (lane === undefined) continue
-      const list = byLane.get(lane) ?? []
+      const to = w.following ? followed : byLane
+      const list = to.get(lane) ?? []
       list.push(w)
-      byLane.set(lane, list)
+      to.set(lane, list)
     }
     this.pendingAssign = []
+    for (const [lane, wants] of followed) this.enqueue(lane, wants, true)
     for (const [lane, wants] of byLane) this.enqueue(lane, wants)
   }
 
+  /**
+   * As the daemon's: holder `from` sent `w` on to `to`, asked next (even if asked before); unless it is us, it sent
+   * `w` on or was named for it before, or `w` was sent on too often: then `from` is asked again without redirects.
+   */
+  redirect (w: Want, to: SimNode, from: SimNode): void {
+    const chain = w.chain ??= new Set()
+    chain.add(from)
+    if (++w.redirects > MAX_REDIRECTS || to === this.node || chain.has(to)) {
+      w.next = from
+      w.noRedirect = true
+      w.origin = undefined
+      return
+    }
+    chain.add(to)
+    w.next = to
+    w.origin = from
+  }
+
+  /** As the daemon's: a followed redirect did not deliver `w`: the holder that sent it there is asked again. */
+  backToOrigin (w: Want): boolean {
+    const origin = w.origin
+    w.origin = undefined
+    if (origin === undefined) return false
+    w.next = origin
+    w.noRedirect = true
+    return true
+  }
+
   private choose (w: Want): Lane | undefined {
-    const open = w.candidates.filter(h => !w.tried.has(h))
+    const next = w.next
+    w.next = undefined
+    w.following = next !== undefined
+    const open = next !== undefined ? [next] : w.candidates.filter(h => !w.tried.has(h))
     const cfg = this.node.world.cfg
     const penalties = this.node.penalties
     const h = chooseHolder(open, w.size, {
@@ -212,19 +258,22 @@ export class SwarmFetch implements Timed {
     return lane
   }
 
-  private enqueue (lane: Lane, wants: Want[]): void {
+  private enqueue (lane: Lane, wants: Want[], redirected = false): void {
     const cfg = this.node.world.cfg
     for (const part of splitRequests(wants, w => w.size, cfg.maxRequestBytes, cfg.maxChunksPerRequest)) {
-      const req = new PeerReq(this, lane, part)
+      const req = new PeerReq(this, lane, part, redirected)
       for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder) }
-      lane.queued.push(req)
+      if (redirected) lane.queued.unshift(req)
+      else lane.queued.push(req)
       this.outstanding++
     }
     this.pump(lane)
   }
 
+  /** As the daemon's: a request that follows a REDIRECT goes first, on a stream of its own if need be. */
   private pump (lane: Lane): void {
-    while (lane.running.size < this.node.world.cfg.streamsPerHolder && lane.queued.length > 0) {
+    const streams = this.node.world.cfg.streamsPerHolder
+    while (lane.queued.length > 0 && lane.running.size < streams + (lane.queued[0]!.redirected ? REDIRECTED_EXTRA_STREAMS : 0)) {
       const req = lane.queued.shift()!
       lane.running.add(req)
       req.run()
@@ -274,9 +323,9 @@ export class SwarmFetch implements Timed {
     this.node.unwatch(this)
     let left = this.wants.filter(w => !w.done)
     if (!this.aborted) {
-      const busy = left.filter(w => w.busy > 0)
+      const busy = left.filter(w => w.busy > 0 || w.redirects > 0)
       if (busy.length > 0) this.batch.replan(busy.map(w => w.ci))
-      left = left.filter(w => w.busy === 0)
+      left = left.filter(w => w.busy === 0 && w.redirects === 0)
     }
     this.node.sourced.leftover += left.length
     if (left.length > 0) this.batch.toRegistry(left.map(w => w.ci))

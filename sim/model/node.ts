@@ -9,7 +9,7 @@ import type { Timed } from './events.js'
 import type { DirectoryPeer } from './directory.js'
 import { HaveDelivery, NodeBlob } from './node-blob.js'
 import { HaveInbox, type Arrival } from './have-inbox.js'
-import { MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage, type HaveTable } from './policy.js'
+import { ChunkReceivers, MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage, type HaveTable } from './policy.js'
 import type { PeerReq, RegistryReq } from './request.js'
 import { haveFrameBytes } from './wire.js'
 import type { World } from './world.js'
@@ -50,6 +50,8 @@ export class SimNode implements Timed {
   private chunksLeft = 0
   // chunk server
   uploadsActive = 0
+  /** per chunk (blob index × 2³² + ci): the askers it is sending it to, or sent it to a moment ago */
+  receivers: ChunkReceivers<number>
   /** chunks located again after their holders were all BUSY */
   replans = 0
   serving = new Set<PeerReq>()
@@ -72,7 +74,9 @@ export class SimNode implements Timed {
   peerBytes = 0
   uploadBytes = 0
   duplicateBytes = 0
-  readonly requests = { sent: 0, failed: 0, hedges: 0, busy: 0, notFound: 0 }
+  readonly requests = { sent: 0, failed: 0, hedges: 0, busy: 0, notFound: 0, redirects: 0 }
+  /** as the daemon's chunk server counts them: requests refused (slots full), chunks BUSY after a park, REDIRECTs */
+  readonly served = { refused: 0, busyWhileFetching: 0, redirects: 0 }
   pendingFrames = 0
   /**
    * chunks fetched from the registry, by why: the rendezvous assignee, the assignee read behind it, nobody took it up
@@ -100,6 +104,7 @@ export class SimNode implements Timed {
       }
     }
     this.inbox = new HaveInbox(() => world.queue.now)
+    this.receivers = new ChunkReceivers({ now: () => world.queue.now })
   }
 
   /** what its neighbours told it, up to now */
@@ -151,6 +156,7 @@ export class SimNode implements Timed {
     this.reports = []
     this.reportArmed = false
     this.uploadsActive = 0
+    this.receivers = new ChunkReceivers({ now: () => q.now })
     this.uploadedSinceBeat = 0
     this.cursorBlob = 0
     this.cursorCi = 0
@@ -223,11 +229,15 @@ export class SimNode implements Timed {
 
   /** The locator placed chunks (as `CacheChunks` with `pendingWhenPlanned`): PENDING to the followers. */
   pending (nb: NodeBlob, cis: readonly number[]): void {
+    let fresh = false
     for (const ci of cis) {
+      // as `CacheChunks.planned`: a chunk said PENDING once per flight (a replan says nothing new), none for one here
+      if (nb.has(ci) || nb.inFlight.has(ci)) continue
       nb.inFlight.add(ci)
       nb.out.onPending(ci)
+      fresh = true
     }
-    this.touched(nb)
+    if (fresh) this.touched(nb)
   }
 
   /**

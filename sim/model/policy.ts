@@ -7,6 +7,7 @@
  * - back-to-source by rendezvous hash ({@link planChunk}) and the blob locator's defaults;
  * - what the daemon's timer-driven classes decide ({@link blobGroup}, {@link chooseHolder}, {@link splitRequests},
  *   {@link HaveOutbox}), through the pure module they call;
+ * - whom a busy chunk server sends an asker to ({@link ChunkReceivers}) and how often an asker follows;
  * - the chunk protocol's declared layouts, for the bytes of requests and reply headers.
  *
  * Everything comes through the faces of `scheduler/` and `peer/` (the daemon's heavy parts load lazily, so the
@@ -20,6 +21,6 @@ export {
   blobGroup, holdersInOrder, chooseHolder, splitRequests, HaveOutbox,
   DEFAULT_HAVE_FLUSH_MS as DEFAULT_FLUSH_MS, DEFAULT_HAVE_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_NEIGHBOUR_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,
-  DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, MAX_CHUNKS_PER_REQUEST, RequestLayout, EntryLayout, ReplyLayout,
+  DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, MAX_CHUNKS_PER_REQUEST, ChunkReceivers, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, RequestLayout, EntryLayout, ReplyLayout,
   DEFAULT_CONCURRENCY, DEFAULT_MAX_BATCH_BYTES, DEFAULT_READAHEAD_BYTES, DEFAULT_TIMEOUT_MS as DEFAULT_FETCH_IDLE_MS
 } from '../../peer/index.js'

@@ -54,7 +54,8 @@ function nodeReport (n: SimNode, detail: boolean): ModelNodeReport {
     ok: diffs.length === 0,
     differences: diffs,
     fetchMs: detail ? { p50: round(percentile(fetch, 0.5)), p99: round(percentile(fetch, 0.99)), max: round(fetch[fetch.length - 1] ?? 0) } : { p50: 0, p99: 0, max: 0 },
-    peerRequests: { sent: n.requests.sent, failed: n.requests.failed, timeouts: n.idleTimeouts, hedges: n.requests.hedges, busy: n.requests.busy, notFound: n.requests.notFound, badChunks: 0 },
+    peerRequests: { sent: n.requests.sent, failed: n.requests.failed, timeouts: n.idleTimeouts, hedges: n.requests.hedges, busy: n.requests.busy, notFound: n.requests.notFound, badChunks: 0, redirects: n.requests.redirects },
+    served: { ...n.served },
     diedAtMs: n.diedAt === null ? null : round(n.diedAt),
     restarts: n.restarts,
     duplicateBytes: n.duplicateBytes,
@@ -122,6 +123,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
         sent: sum(n => n.requests.sent),
         failed: sum(n => n.requests.failed),
         hedges: sum(n => n.requests.hedges),
+        redirects: sum(n => n.requests.redirects),
         busy: sum(n => n.requests.busy),
         notFound: sum(n => n.requests.notFound),
         pendingFrames: sum(n => n.pendingFrames),
@@ -183,7 +185,7 @@ export function formatModelReport (r: ModelReport): string {
     `directory: ${dir.ops} ops (${dir.announces} announces, ${dir.resolves} resolves, ${dir.heartbeats} heartbeats, ${dir.reports} reports) = ${dir.opsPerSecond}/s; ` +
       `${dir.stats.entries} entries over ${dir.stats.peers} peers and ${dir.stats.digests} blob(s); ${dir.expired} expired`,
     `per node: ${m.messages.perNode.mean} messages (max ${m.messages.perNode.max}), ${(m.controlBytes.perNode.mean / 1024).toFixed(1)} KiB of control (max ${(m.controlBytes.perNode.max / 1024).toFixed(1)} KiB); ` +
-      `requests to peers ${m.peerRequests.sent} (busy ${m.peerRequests.busy}, not found ${m.peerRequests.notFound}, failed ${m.peerRequests.failed}, hedges ${m.peerRequests.hedges}, fetches given up idle ${m.peerRequests.idleTimeouts})`,
+      `requests to peers ${m.peerRequests.sent} (busy ${m.peerRequests.busy}, not found ${m.peerRequests.notFound}, failed ${m.peerRequests.failed}, hedges ${m.peerRequests.hedges}, redirects ${m.peerRequests.redirects}, fetches given up idle ${m.peerRequests.idleTimeouts})`,
     `nodes: ${m.completed} finished, ${m.died} died, ${m.restarts} restarted`,
     `verified: ${r.verifiedOk ? 'every node got every chunk exactly once' : 'PROBLEMS (see the nodes)'}`,
     `model: ${m.events} events, ${s(r.wallMs)} simulated${r.runtime !== undefined ? ` in ${s(r.runtime.realMs)} real (${r.runtime.eventsPerSecond} events/s), peak RSS ${gib(r.runtime.rssBytes)}` : ''}`

@@ -2,16 +2,18 @@
  * Chunk requests on modelled links. A neighbour request (`/rafspeer/chunk/1.0.0`) reaches its holder half a round
  * trip after it is sent (a round trip more for a new connection); the holder answers BUSY past its upload slots,
  * else streams the chunks in order on one flow, waiting (with PENDING keep-alives) for a chunk it is fetching
- * itself and answering NOT_FOUND for one it neither has nor fetches. A registry request is one ranged GET: its
- * chunks stream in order at the registry's shared egress. Every reply arrives half a round trip after it is sent.
+ * itself and answering NOT_FOUND for one it neither has nor fetches. A busy holder sends an asker that takes
+ * redirects on to a peer it is sending the chunk to (the daemon's {@link ChunkReceivers}); a holder's PENDING holds
+ * the asker's hedge back until its next reply. A registry request is one ranged GET: its chunks stream in order at
+ * the registry's shared egress. Every reply arrives half a round trip after it is sent.
  */
 import { Slot, type Timed } from './events.js'
 import type { Batch, Lane, SwarmFetch, Want } from './fetch.js'
 import type { Flow, FlowOwner } from './links.js'
 import type { SimNode } from './node.js'
-import { PENDING_INTERVAL_MS } from './policy.js'
+import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS } from './policy.js'
 import { chunkBytes } from './world.js'
-import { chunkRequestBytes, replyHeaderBytes } from './wire.js'
+import { chunkRequestBytes, redirectReplyBytes, replyHeaderBytes } from './wire.js'
 
 const ARRIVE = 0
 const OK = 1
@@ -21,7 +23,12 @@ const FAIL = 4
 const HEDGE = 5
 /** a parked request's wait ran out (`waitingForFlights`: BUSY after `DEFAULT_BUSY_AFTER_PARK_MS`) */
 const PARK_TIMEOUT = 6
-const CODE_BITS = 3
+const REDIRECT = 7
+/** the holder's first PENDING frame for a parked request reached the asker */
+const PENDING = 8
+/** the holder's first keep-alive is due (`FIRST_PENDING_MS` into a park) */
+const PENDING_FIRST = 9
+const CODE_BITS = 4
 
 const QUEUED = 0
 const RUNNING = 1
@@ -45,10 +52,19 @@ export class PeerReq implements Timed, FlowOwner {
   private parkedAt = -1
   private waitSince = 0
   private parkToken = 0
+  /** the chunk whose receivers at the holder name the asker, until it is sent (-1: none) */
+  private receiving = -1
+  /** per want: the peer a REDIRECT named */
+  private hints: SimNode[] | undefined
+  /** the request says it takes redirects (each of its chunks was sent on fewer than MAX_REDIRECTS times) */
+  private takesRedirects = true
+  /** the holder said PENDING: no hedge until its next reply */
+  private heldBack = false
   /** the hedge and park timers' stand-in, cleared when the request ends */
   private timers: Slot | undefined
 
-  constructor (readonly fetch: SwarmFetch, readonly lane: Lane, readonly wants: Want[]) {
+  /** `redirected`: it follows a REDIRECT (the holder waits for its chunks up to `REDIRECTED_WAIT_MS`) */
+  constructor (readonly fetch: SwarmFetch, readonly lane: Lane, readonly wants: Want[], readonly redirected = false) {
     this.replied = new Uint8Array(wants.length)
   }
 
@@ -64,6 +80,7 @@ export class PeerReq implements Timed, FlowOwner {
     this.startedAt = q.now
     if (this.wants.every(w => w.done)) { this.cancelled = true; this.end(); return }
     asker.requests.sent++
+    this.takesRedirects = this.wants.every(w => !w.noRedirect && w.redirects < MAX_REDIRECTS)
     asker.msgs.chunk.sent++
     asker.ctrl.sent += chunkRequestBytes(this.wants.length)
     asker.asking.add(this)
@@ -83,9 +100,20 @@ export class PeerReq implements Timed, FlowOwner {
       return
     }
     if (code === ARRIVE) { this.arrive(); return }
+    if (code === PENDING_FIRST) {
+      if (this.serving && this.parkedAt >= 0 && i === this.parkToken) {
+        const s = this.server
+        s.pendingFrames++
+        s.msgs.chunk.sent++
+        s.ctrl.sent += replyHeaderBytes(0)
+        s.world.queue.after(s.world.cfg.halfRttMs, this, PENDING)
+      }
+      return
+    }
     if (code === PARK_TIMEOUT) {
       if (this.serving && this.parkedAt >= 0 && i === this.parkToken) {
         const s = this.server
+        s.served.busyWhileFetching++
         s.msgs.chunk.sent++
         s.ctrl.sent += replyHeaderBytes(0)
         this.endServe()
@@ -94,8 +122,10 @@ export class PeerReq implements Timed, FlowOwner {
       return
     }
     if (!this.fetch.batch.current()) return
+    if (code === PENDING) { this.heldBack = true; return }
     if (code === HEDGE) {
       if (this.hedged) return
+      if (this.heldBack) { this.asker.world.queue.after(this.asker.world.cfg.hedgeAfterMs, this.timers!, HEDGE); return }
       const due = this.lastProgress + this.asker.world.cfg.hedgeAfterMs
       const q = this.asker.world.queue
       if (q.now < due) q.at(due, this.timers!, HEDGE)
@@ -117,6 +147,7 @@ export class PeerReq implements Timed, FlowOwner {
     s.msgs.chunk.received++
     s.ctrl.received += chunkRequestBytes(this.wants.length)
     if (s.uploadsActive >= w.cfg.maxUploads) {
+      s.served.refused++
       s.msgs.chunk.sent++
       s.ctrl.sent += replyHeaderBytes(0) * this.wants.length
       w.queue.after(w.cfg.halfRttMs, this, BUSY)
@@ -135,6 +166,22 @@ export class PeerReq implements Timed, FlowOwner {
     const nb = s.blobs[this.fetch.batch.nb.spec.index]!
     while (this.si < this.wants.length) {
       const ci = this.wants[this.si]!.ci
+      if (this.receiving !== ci && nb.has(ci)) {
+        const key = nb.spec.index * 2 ** 32 + ci
+        const to = this.takesRedirects ? s.receivers.redirect(key, this.asker.peerId, s.uploadsActive) : undefined
+        if (to !== undefined) {
+          const hint = w.byPeerId.get(to)!
+          ;(this.hints ??= [])[this.si] = hint
+          s.served.redirects++
+          s.msgs.chunk.sent++
+          s.ctrl.sent += redirectReplyBytes(hint.peerId, hint.info.addrs)
+          w.queue.after(w.cfg.halfRttMs, this, REDIRECT | (this.si << CODE_BITS))
+          this.si++
+          continue
+        }
+        s.receivers.serving(key, this.asker.peerId)
+        this.receiving = ci
+      }
       if (nb.has(ci)) {
         const size = chunkBytes(nb.spec, ci)
         if (this.flow === undefined) this.flow = w.links.open(s.idx, this.asker.idx, size, this)
@@ -147,7 +194,10 @@ export class PeerReq implements Timed, FlowOwner {
         else list.push(this)
         this.parkedAt = ci
         this.waitSince = w.queue.now
-        if (w.cfg.parkTimeoutMs > 0) w.queue.after(w.cfg.parkTimeoutMs, this.timers!, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
+        const parkMs = this.redirected ? REDIRECTED_WAIT_MS : w.cfg.parkTimeoutMs
+        if (parkMs > 0) w.queue.after(parkMs, this.timers!, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
+        // the daemon's first keep-alive, if the chunk has not landed by then (counted with the others at landing)
+        w.queue.after(FIRST_PENDING_MS, this.timers!, PENDING_FIRST | (this.parkToken << CODE_BITS))
         if (this.flow !== undefined) w.links.pause(this.flow)
         return
       }
@@ -163,7 +213,9 @@ export class PeerReq implements Timed, FlowOwner {
   landed (): void {
     if (!this.serving) return
     const s = this.server
-    const frames = Math.floor((s.world.queue.now - this.waitSince) / PENDING_INTERVAL_MS)
+    // the keep-alives after the first (which went out on its own event)
+    const waited = s.world.queue.now - this.waitSince
+    const frames = waited < FIRST_PENDING_MS ? 0 : Math.floor((waited - FIRST_PENDING_MS) / PENDING_INTERVAL_MS)
     s.pendingFrames += frames
     s.msgs.chunk.sent += frames
     s.ctrl.sent += frames * replyHeaderBytes(0)
@@ -173,6 +225,8 @@ export class PeerReq implements Timed, FlowOwner {
 
   pieceDone (): void {
     const s = this.server
+    if (this.receiving >= 0) s.receivers.sent(this.fetch.batch.nb.spec.index * 2 ** 32 + this.receiving, this.asker.peerId)
+    this.receiving = -1
     const w = s.world
     const size = this.wants[this.si]!.size
     s.uploadBytes += size
@@ -187,6 +241,9 @@ export class PeerReq implements Timed, FlowOwner {
     if (!this.serving) return
     this.serving = false
     const s = this.server
+    // stopped before its chunk went out (a wait that ran out, a stream that ended): nobody's hint
+    if (this.receiving >= 0) s.receivers.notSent(this.fetch.batch.nb.spec.index * 2 ** 32 + this.receiving, this.asker.peerId)
+    this.receiving = -1
     s.uploadsActive--
     s.serving.delete(this)
     if (this.flow !== undefined) s.world.links.pause(this.flow)
@@ -195,7 +252,7 @@ export class PeerReq implements Timed, FlowOwner {
       const at = list?.indexOf(this) ?? -1
       if (at >= 0) list!.splice(at, 1)
       this.parkedAt = -1
-      }
+    }
   }
 
   /** The holder died: its connection resets under the asker. */
@@ -229,6 +286,7 @@ export class PeerReq implements Timed, FlowOwner {
 
   private reply (code: number, i: number): void {
     const asker = this.asker
+    this.heldBack = false
     if (code === FAIL) {
       this.failed = true
       asker.requests.failed++
@@ -261,6 +319,18 @@ export class PeerReq implements Timed, FlowOwner {
         this.chunks++
         this.bytes += w.size
         this.fetch.deliver(w)
+      } else if (code === REDIRECT) {
+        const hint = this.hints![i]!
+        asker.msgs.chunk.received++
+        asker.ctrl.received += redirectReplyBytes(hint.peerId, hint.info.addrs)
+        asker.requests.redirects++
+        this.fetch.redirect(w, hint, this.server)
+        this.fetch.requeue(w)
+      } else if (this.redirected && this.fetch.backToOrigin(w)) {
+        asker.msgs.chunk.received++
+        asker.ctrl.received += replyHeaderBytes(0)
+        asker.requests.notFound++
+        this.fetch.requeue(w)
       } else {
         asker.msgs.chunk.received++
         asker.ctrl.received += replyHeaderBytes(0)
@@ -300,6 +370,7 @@ export class PeerReq implements Timed, FlowOwner {
       if (this.replied[j] === 1) continue
       const w = this.wants[j]!
       w.attempts.delete(this)
+      if (this.redirected && !w.done) this.fetch.backToOrigin(w)
       this.fetch.requeue(w)
     }
     // a request we stopped ourselves says nothing about the holder

@@ -129,7 +129,8 @@ export interface ModelReport {
      * (BUSY, NOT_FOUND, failed, idle)
      */
     registryChunks: { assignee: number, ahead: number, afterGrace: number, leftover: number }
-    peerRequests: { sent: number, failed: number, hedges: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
+    /** `redirects`: chunks a busy holder sent the asker on for (REDIRECT) */
+    peerRequests: { sent: number, failed: number, hedges: number, redirects: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
     messages: { total: number, perNode: Spread, byKind: { scheduler: number, have: number, chunk: number } }
     controlBytes: { total: number, perNode: Spread }

@@ -25,3 +25,9 @@ export const chunkRequestBytes = (n: number): number => framed(RequestLayout.HEA
 
 /** the frame prefix and status bytes of a reply carrying `payload` bytes (0 for NOT_FOUND, BUSY, PENDING) */
 export const replyHeaderBytes = (payload: number): number => varintBytes(ReplyLayout.PAYLOAD + payload) + ReplyLayout.PAYLOAD
+
+/** a whole REDIRECT reply naming a peer and its addresses (as `redirectReply` lays it out) */
+export const redirectReplyBytes = (peerId: string, addrs: readonly string[]): number => {
+  const body = Buffer.byteLength([peerId, ...addrs].join('\n'))
+  return replyHeaderBytes(body) + body
+}
