@@ -24,6 +24,15 @@ import { blobChunks, buildTestImage, type TestImage } from '../../test/helpers/f
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import { encodeRequest } from './chunk-protocol.js'
 
+/** `cache` as a chunk server sees it, each look-up running `before` first (to hold it back) and each read counted by `onRead` */
+function lookUpFirst (cache: BlobCache, before: (digest: Buffer, opts?: { exceptBlobId?: string }) => Promise<void> | void, onRead?: () => void): ServableCache {
+  return {
+    has: (id: string, ci: number) => cache.has(id, ci),
+    readChunk: async (...a: Parameters<BlobCache['readChunk']>) => { onRead?.(); return await cache.readChunk(...a) },
+    findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => { await before(d, o); return await cache.findByDigest(d, o) }
+  }
+}
+
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 async function until (what: string, cond: () => boolean, ms = 5_000): Promise<void> {
   const deadline = Date.now() + ms
@@ -108,14 +117,7 @@ describe('ChunkServer', () => {
     const { cache } = await seededCache(chunks.slice(0, 3))
     const slow = chunks[1]!.digest
     // the look-up of chunk 1 takes 2.6 s, longer than the asker's 1.5 s read deadline
-    const servable = {
-      has: (id: string, ci: number) => cache.has(id, ci),
-      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
-      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
-        if (d.equals(slow) && o?.exceptBlobId === undefined) await new Promise(resolve => setTimeout(resolve, 2600))
-        return await cache.findByDigest(d, o)
-      }
-    }
+    const servable = lookUpFirst(cache, async (d, o) => { if (d.equals(slow) && o?.exceptBlobId === undefined) await sleep(2600) })
     const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     const server = new ChunkServer({ libp2p: node, cache: servable })
     await server.start()
@@ -129,14 +131,7 @@ describe('ChunkServer', () => {
 
   it('the first PENDING frame comes before an asker would hedge (300 ms), not after a second', async () => {
     const { cache } = await seededCache(chunks.slice(0, 1))
-    const servable = {
-      has: (id: string, ci: number) => cache.has(id, ci),
-      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
-      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
-        await new Promise(resolve => setTimeout(resolve, 600))
-        return await cache.findByDigest(d, o)
-      }
-    }
+    const servable = lookUpFirst(cache, async () => { await sleep(600) })
     const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     const server = new ChunkServer({ libp2p: node, cache: servable })
     await server.start()
@@ -160,14 +155,7 @@ describe('ChunkServer', () => {
     const gate = new Promise<void>(resolve => { open = resolve })
     const held = chunks[0]!.digest
     let reads = 0
-    const servable = {
-      has: (id: string, ci: number) => cache.has(id, ci),
-      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => { reads++; return await cache.readChunk(...a) },
-      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => {
-        if (d.equals(held)) await gate
-        return await cache.findByDigest(d, o)
-      }
-    }
+    const servable = lookUpFirst(cache, async d => { if (d.equals(held)) await gate }, () => { reads++ })
     const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     const other = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     const addressesOf = async (id: string): Promise<string[]> => id === other.peerId.toString() ? ['/ip4/10.9.8.7/tcp/4001'] : []
@@ -313,11 +301,7 @@ describe('ChunkServer', () => {
     // every look-up waits for the gate, so the uploads stay active while the test looks
     let open!: () => void
     const gate = new Promise<void>(resolve => { open = resolve })
-    const servable = {
-      has: (id: string, ci: number) => cache.has(id, ci),
-      readChunk: async (...a: Parameters<BlobCache['readChunk']>) => await cache.readChunk(...a),
-      findByDigest: async (d: Buffer, o?: { exceptBlobId?: string }) => { await gate; return await cache.findByDigest(d, o) }
-    }
+    const servable = lookUpFirst(cache, async () => { await gate })
     const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
     const server = new ChunkServer({ libp2p: node, cache: servable }, { maxConcurrentUploads: 8 })
     await server.start()
