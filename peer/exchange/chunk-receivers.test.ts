@@ -28,6 +28,35 @@ describe('ChunkReceivers', () => {
     assert.equal(r.redirect('c', 'x', 3), 'b', 'a peer never served is not marked')
   })
 
+  it('those that got the chunk whole keep their own order through sends and failed sends', () => {
+    const r = new ChunkReceivers<string>({ now: () => 0 })
+    const turn = (n: number): Array<string | undefined> => Array.from({ length: n }, () => r.redirect('c', 'x', 3))
+    r.serving('c', 'a')
+    r.sent('c', 'a')
+    r.sent('c', 'a')
+    assert.deepEqual(turn(2), ['a', 'a'], 'one receiver, marked once')
+    r.serving('c', 'b')
+    r.serving('c', 'c')
+    assert.deepEqual(turn(2), ['a', 'a'], 'only a got it whole')
+    r.sent('c', 'c')
+    r.sent('c', 'b')
+    assert.deepEqual(turn(3), ['c', 'b', 'a'], 'a, c, b in the order they got it')
+    r.notSent('c', 'c')
+    assert.deepEqual(turn(2), ['b', 'a'])
+    r.notSent('c', 'a')
+    r.notSent('c', 'b')
+    assert.equal(r.size, 0, 'nobody left: the chunk is forgotten')
+    r.serving('c', 'd')
+    r.serving('c', 'e')
+    r.sent('c', 'd')
+    r.sent('c', 'e')
+    r.notSent('c', 'd')
+    r.serving('c', 'f')
+    assert.deepEqual(turn(2), ['e', 'e'], 'f is not marked with e')
+    r.sent('c', 'f')
+    assert.deepEqual(turn(2), ['e', 'f'])
+  })
+
   it('an asker that is a receiver already is served, not sent round in a circle', () => {
     const r = new ChunkReceivers<string>({ now: () => 0 })
     r.serving('c', 'a')
@@ -63,6 +92,25 @@ describe('ChunkReceivers', () => {
     for (let i = 0; i < MAX_RECEIVERS_PER_CHUNK + 5; i++) r.serving(9, `p${i}`)
     const hints = new Set(Array.from({ length: 40 }, () => r.redirect(9, 'x', 3)))
     assert.equal(hints.size, MAX_RECEIVERS_PER_CHUNK)
+  })
+
+  it('a chunk remembered after one forgotten starts afresh (no receivers, no turn of the other)', () => {
+    let now = 0
+    const r = new ChunkReceivers<string>({ now: () => now })
+    r.serving('c', 'a')
+    r.serving('c', 'z')
+    r.sent('c', 'a')
+    assert.deepEqual([r.redirect('c', 'x', 3), r.redirect('c', 'x', 3), r.redirect('c', 'x', 3)], ['a', 'a', 'a'])
+    r.notSent('c', 'a')
+    r.notSent('c', 'z')
+    r.serving('d', 'b')
+    r.serving('d', 'e')
+    assert.deepEqual([r.redirect('d', 'x', 3), r.redirect('d', 'x', 3)], ['b', 'e'], 'nobody got d whole: its receivers, from the first')
+    now = RECEIVER_TTL_MS + 1
+    r.serving('f', 'g')
+    assert.equal(r.size, 1, 'd aged out')
+    assert.equal(r.redirect('f', 'x', 3), 'g')
+    assert.equal(r.redirect('c', 'x', 3), undefined)
   })
 
   it('redirectAboveUploads sets how busy is busy', () => {

@@ -30,8 +30,36 @@ export const MAX_RECEIVERS_PER_CHUNK = 16
 /** redirects one chunk of one fetch follows; then its requests no longer take redirects */
 export const MAX_REDIRECTS = 8
 
-/** `peers` in the order they were sent the chunk; `got` those of them that got it whole (arrays: a server keeps thousands) */
-interface Receivers { peers: string[], got: string[] | undefined, at: number, next: number }
+/**
+ * Peers in order, as small as a server keeping thousands of chunks can hold them: one peer (most chunks, 72% in the
+ * model's swarms) as itself, more as an array that is never changed in place (a change makes a new one), so `got`
+ * can be the very array of `peers` when they list the same peers (nearly always). Growing arrays in place cost a
+ * 17-slot backing store each, twice per chunk: two thirds of the heap of a 300-node model run.
+ */
+type PeerList = string | readonly string[]
+
+const count = (l: PeerList | undefined): number => l === undefined ? 0 : typeof l === 'string' ? 1 : l.length
+const nth = (l: PeerList, i: number): string => typeof l === 'string' ? l : l[i]!
+const holds = (l: PeerList | undefined, peer: string): boolean =>
+  l !== undefined && (typeof l === 'string' ? l === peer : l.includes(peer))
+// (`concat` and `slice` make arrays of the exact size; spreading and `filter` leave room to grow)
+const plus = (l: PeerList | undefined, peer: string): PeerList =>
+  l === undefined ? peer : typeof l === 'string' ? [l, peer] : l.concat(peer)
+
+/** `l` without `peer` (a list holds a peer once), undefined when nobody is left */
+function minus (l: PeerList, peer: string): PeerList | undefined {
+  if (typeof l === 'string') return l === peer ? undefined : l
+  const at = l.indexOf(peer)
+  if (at < 0) return l
+  return l.length === 2 ? l[1 - at] : l.slice(0, at).concat(l.slice(at + 1))
+}
+
+/** `l`, or `like` itself when it lists the same peers in the same order (one array for both lists) */
+function shared (l: PeerList | undefined, like: PeerList): PeerList | undefined {
+  if (l === undefined || typeof l === 'string' || count(like) !== l.length) return l
+  for (let i = 0; i < l.length; i++) if (l[i] !== nth(like, i)) return l
+  return like
+}
 
 export interface ChunkReceiversInit {
   now?: () => number
@@ -43,7 +71,20 @@ export interface ChunkReceiversInit {
 
 /** One chunk server's receivers per chunk, keyed by whatever names a chunk there (`K`). */
 export class ChunkReceivers<K> {
-  private readonly chunks = new Map<K, Receivers>()
+  /** per chunk, in the order the chunks were first served: its slot in the arrays below */
+  private readonly chunks = new Map<K, number>()
+  // A chunk's record is a slot in these arrays, not an object: the model's servers keep millions of them, and an
+  // object with its time boxed cost 72 bytes where a slot costs 32.
+  /** the peers sent the chunk, in the order they were */
+  private readonly peers: Array<PeerList | undefined> = []
+  /** those of them that got it whole, in the order they did */
+  private readonly got: Array<PeerList | undefined> = []
+  /** when the chunk was first served */
+  private readonly at: number[] = []
+  /** redirects from the chunk so far: whose turn it is */
+  private readonly turn: number[] = []
+  /** slots of forgotten chunks, to reuse */
+  private readonly free: number[] = []
   private readonly now: () => number
   private readonly above: number
   private readonly ttlMs: number
@@ -64,55 +105,73 @@ export class ChunkReceivers<K> {
    */
   redirect (key: K, asker: string, uploads: number): string | undefined {
     if (uploads <= this.above) return undefined
-    const r = this.live(key)
-    if (r === undefined || r.peers.includes(asker)) return undefined
-    const pool = r.got ?? r.peers
-    return pool[r.next++ % pool.length]
+    const s = this.live(key)
+    if (s === undefined || holds(this.peers[s], asker)) return undefined
+    const pool = this.got[s] ?? this.peers[s]!
+    return nth(pool, this.turn[s]!++ % count(pool))
   }
 
   /** `asker` is being served chunk `key` (or waits here for it). */
   serving (key: K, asker: string): void {
-    let r = this.live(key)
-    if (r === undefined) {
+    const s = this.live(key)
+    if (s === undefined) {
       const now = this.now()
       // entries are in the order they were made, so the expired ones are the first: dropped here, a few at a time
       for (const [k, old] of this.chunks) {
-        if (this.chunks.size < this.maxChunks && now - old.at <= this.ttlMs) break
-        this.chunks.delete(k)
+        if (this.chunks.size < this.maxChunks && now - this.at[old]! <= this.ttlMs) break
+        this.forget(k, old)
       }
-      r = { peers: [], got: undefined, at: now, next: 0 }
-      this.chunks.set(key, r)
+      this.chunks.set(key, this.record(asker, now))
+      return
     }
-    if (!r.peers.includes(asker) && r.peers.length < MAX_RECEIVERS_PER_CHUNK) r.peers.push(asker)
+    const peers = this.peers[s]!
+    if (!holds(peers, asker) && count(peers) < MAX_RECEIVERS_PER_CHUNK) this.peers[s] = plus(peers, asker)
   }
 
   /** `asker` got chunk `key` whole (its stream took the last byte). */
   sent (key: K, asker: string): void {
-    const r = this.chunks.get(key)
-    if (r === undefined || !r.peers.includes(asker) || r.got?.includes(asker) === true) return
-    ;(r.got ??= []).push(asker)
+    const s = this.chunks.get(key)
+    if (s === undefined || !holds(this.peers[s], asker) || holds(this.got[s], asker)) return
+    this.got[s] = shared(plus(this.got[s], asker), this.peers[s]!)
   }
 
   /** `asker` was not sent chunk `key` after all (not found, a wait that ran out, a failed stream): no hint. */
   notSent (key: K, asker: string): void {
-    const r = this.chunks.get(key)
-    const at = r?.peers.indexOf(asker) ?? -1
-    if (at < 0) return
-    r!.peers.splice(at, 1)
-    const got = r!.got?.indexOf(asker) ?? -1
-    if (got >= 0) r!.got!.splice(got, 1)
-    if (r!.got?.length === 0) r!.got = undefined
-    if (r!.peers.length === 0) this.chunks.delete(key)
+    const s = this.chunks.get(key)
+    if (s === undefined || !holds(this.peers[s], asker)) return
+    const peers = minus(this.peers[s]!, asker)
+    if (peers === undefined) { this.forget(key, s); return }
+    this.peers[s] = peers
+    const got = this.got[s]
+    this.got[s] = got === undefined ? undefined : shared(minus(got, asker), peers)
   }
 
   /** chunks with receivers remembered now (tests, metrics) */
   get size (): number { return this.chunks.size }
 
-  private live (key: K): Receivers | undefined {
-    const r = this.chunks.get(key)
-    if (r === undefined) return undefined
-    if (this.now() - r.at <= this.ttlMs) return r
-    this.chunks.delete(key)
+  /** the chunk's slot, unless it is unknown or its record aged out (then it is forgotten) */
+  private live (key: K): number | undefined {
+    const s = this.chunks.get(key)
+    if (s === undefined) return undefined
+    if (this.now() - this.at[s]! <= this.ttlMs) return s
+    this.forget(key, s)
     return undefined
+  }
+
+  /** A new record of one receiver, in a free slot. */
+  private record (peer: string, at: number): number {
+    const s = this.free.pop() ?? this.peers.length
+    this.peers[s] = peer
+    this.got[s] = undefined
+    this.at[s] = at
+    this.turn[s] = 0
+    return s
+  }
+
+  private forget (key: K, s: number): void {
+    this.chunks.delete(key)
+    this.peers[s] = undefined
+    this.got[s] = undefined
+    this.free.push(s)
   }
 }

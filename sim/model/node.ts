@@ -5,6 +5,7 @@
  * (hello, heartbeats, batched reports). Death drops all of that at once; a restart begins with an empty cache.
  */
 import { Batch, type SwarmFetch } from './fetch.js'
+import { ConnSet } from './conns.js'
 import type { Timed } from './events.js'
 import type { DirectoryPeer } from './directory.js'
 import { HaveDelivery, NodeBlob } from './node-blob.js'
@@ -38,9 +39,9 @@ export class SimNode implements Timed {
   private inbox: HaveInbox
   /** its blobs with a look-up waiting for a neighbour's word, or a first look-up waiting for bitfields */
   private attentive = 0
-  /** neighbours with an open have session, and with a connection (symmetric) */
+  /** neighbours with an open have session, and with a connection (symmetric; most of the swarm: see `ConnSet`) */
   sessions = new Set<SimNode>()
-  conns = new Set<SimNode>()
+  conns: ConnSet<SimNode>
   /** the neighbour source's local penalties (failed requests) */
   penalties = new Map<SimNode, number>()
   // fetch
@@ -105,7 +106,10 @@ export class SimNode implements Timed {
     }
     this.inbox = new HaveInbox(() => world.queue.now)
     this.receivers = new ChunkReceivers({ now: () => world.queue.now })
+    this.conns = this.newConns()
   }
+
+  private newConns (): ConnSet<SimNode> { return new ConnSet(this.world.nodes, this.world.cfg.nodes) }
 
   /** what its neighbours told it, up to now */
   get table (): HaveTable { return this.inbox.table }
@@ -144,7 +148,7 @@ export class SimNode implements Timed {
     this.inbox = new HaveInbox(() => q.now)
     this.attentive = 0
     this.sessions = new Set()
-    this.conns = new Set()
+    this.conns = this.newConns()
     this.penalties = new Map()
     this.serving = new Set()
     this.asking = new Set()
@@ -182,7 +186,7 @@ export class SimNode implements Timed {
       q.after(this.cfg.halfRttMs, { fire: () => { peer.lost(this, inc) } })
     }
     this.sessions = new Set()
-    this.conns = new Set()
+    this.conns = this.newConns()
     w.nodeDied(this, this.doneAt !== null)
   }
 
