@@ -22,6 +22,11 @@ export interface ChunkHolder {
    * among whom chunks nobody has yet are shared out for the source (this peer itself may be one)
    */
   group?: boolean
+  /**
+   * for one chunk: the peer said it is fetching it (PENDING) and not that it has it — it answers once the chunk
+   * lands, so a request carries that chunk alone
+   */
+  fetching?: boolean
 }
 
 /** The outcome of asking one holder for some chunks, for ranking. */

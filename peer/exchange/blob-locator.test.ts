@@ -1,6 +1,7 @@
 /**
  * `BlobLocator` against a scheduler and a have service in memory: a chunk for the registry has its PENDING sent at
- * once (`flushBlob`), and a member of the blob's group does not wait for an assignee it knows reads behind the chunk.
+ * once (`flushBlob`), a member of the blob's group does not wait for an assignee it knows reads behind the chunk, and
+ * a holder that only fetches a chunk is marked so (its requests carry that chunk alone).
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -22,13 +23,13 @@ while (backToSourceAssignee(group, hex, ci) !== 'b' || backToSourceAssignee(['a'
 const chunk = { index: ci, digest: randomBytes(32) } as unknown as ChunkInfo
 const info = { blobId: hex, chunkCount: CHUNKS } as unknown as RafsBlobInfo
 
-/** a as one of the scheduler's group of four; `state` gives each other member's present chunks */
-function locator (state: Record<string, number[]>): { loc: BlobLocator, flushed: string[], planned: number[][] } {
+/** a as one of the scheduler's group of four; `state` gives each other member's present chunks (and those it fetches) */
+function locator (state: Record<string, number[]>, fetching: Record<string, number[]> = {}): { loc: BlobLocator, flushed: string[], planned: number[][] } {
   const table = new HaveTable()
   for (const [peer, have] of Object.entries(state)) {
     const bits = newBits(CHUNKS)
     for (const i of have) setBit(bits, i)
-    table.apply(peer, { type: 'bitfield', blob, chunks: CHUNKS, bits, pending: [] })
+    table.apply(peer, { type: 'bitfield', blob, chunks: CHUNKS, bits, pending: fetching[peer] ?? [] })
   }
   const directory: HolderResolver = {
     resolve: async () => new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]]),
@@ -60,4 +61,12 @@ test('an assignee level with the member is waited for (the grace)', async () => 
   const { loc, flushed } = locator({ b: [ci - 1], c: [ci - 1], d: [ci - 1] })
   await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(300) }))
   assert.deepEqual(flushed, [])
+})
+
+test('holders of a chunk: those that have it as they are, those only fetching it marked `fetching`', async () => {
+  const { loc } = locator({ b: [ci], c: [], d: [ci] }, { c: [ci], d: [ci] })
+  const out = await loc.locate(info, [chunk], { signal: AbortSignal.timeout(5_000) })
+  const holders = out.get(chunk.digest.toString('hex')) ?? []
+  assert.deepEqual(holders.map(h => h.peerId).sort(), ['b', 'c', 'd'])
+  for (const h of holders) assert.equal(h.fetching === true, h.peerId === 'c', `${h.peerId}: fetching ${String(h.fetching)}`)
 })

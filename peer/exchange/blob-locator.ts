@@ -114,14 +114,16 @@ export class BlobLocator implements ChunkLocator {
       let sourced = false
       let soonest = Infinity
       for (const w of open) {
-        const { have, pending } = this.have.table.sources(blobHex, w.chunk.index)
+        const sources = this.have.table.sources(blobHex, w.chunk.index)
+        const have = sources.have.filter(p => p !== this.self)
+        const pending = sources.pending.map(p => p.peerId).filter(p => p !== this.self)
         const plan = planChunk({
           self: this.self,
           group,
           blobHex,
           ci: w.chunk.index,
-          have: have.filter(p => p !== this.self),
-          pending: pending.map(p => p.peerId).filter(p => p !== this.self),
+          have,
+          pending,
           wantedForMs: this.now() - w.since,
           graceMs: this.graceMs,
           stable: g.group !== undefined,
@@ -130,7 +132,11 @@ export class BlobLocator implements ChunkLocator {
         })
         if (plan.action === 'peer') {
           const peers = holdersInOrder(plan.peers, blobHex, w.chunk.index)
-          out.set(w.chunk.digest.toString('hex'), peers.map(id => g.holders.get(id) ?? { peerId: id, addrs: [] }))
+          // a holder only fetching the chunk is marked: its requests carry the chunk alone (`splitRequests`)
+          out.set(w.chunk.digest.toString('hex'), peers.map(id => {
+            const h = g.holders.get(id) ?? { peerId: id, addrs: [] }
+            return pending.includes(id) && !have.includes(id) ? { ...h, fetching: true } : h
+          }))
           chosen.push(w.chunk.index)
         } else if (plan.action === 'wait') {
           waiting.push(w)

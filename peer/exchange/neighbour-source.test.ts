@@ -331,6 +331,26 @@ describe('NeighbourSource', () => {
     assert.equal(other.server.counters.chunksServed, 0)
   })
 
+  it('asks a holder for the chunks it is still fetching one request each, the ones it has together', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    const served = await rogueWith(async (req, stream) => {
+      for (const n of req.names) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes]))) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const want = chunks.slice(0, 6)
+    // chunks 2 and 4: the holder only said PENDING for them
+    const fetchingOf = new Set([want[2]!, want[4]!].map(c => c.digest.toString('hex')))
+    const src = source(new StaticResolver(hex => [fetchingOf.has(hex) ? { ...served.holder, fetching: true } : served.holder]), { maxHolders: 1 })
+    assert.equal((await collect(src, want)).size, want.length)
+    const asked = served.requests.map(r => r.names.map(n => want.findIndex(c => c.digest.equals(n.digest))))
+    assert.deepEqual(asked.flat().sort((a, b) => a - b), [0, 1, 2, 3, 4, 5], 'every chunk asked once')
+    for (const i of [2, 4]) assert.ok(asked.some(r => r.length === 1 && r[0] === i), `chunk ${i} alone in its request (${JSON.stringify(asked)})`)
+    assert.ok(asked.some(r => r.length > 1), `the chunks it has share requests (${JSON.stringify(asked)})`)
+  })
+
   it('never yields bad bytes: a lying holder is dropped, banned past the threshold, never asked again', async () => {
     const good = await seed()
     const liar = await rogue(async (names, stream) => {

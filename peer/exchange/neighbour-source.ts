@@ -444,7 +444,10 @@ class SwarmFetch {
   }
 
   private enqueue (lane: Lane, wants: Want[], redirected = false): void {
-    for (const part of splitRequests(wants, w => w.chunk.uncompressedSize, this.src.opts.maxRequestBytes, MAX_CHUNKS_PER_REQUEST)) {
+    const holder = lane.holder.peerId
+    // a chunk the holder is still fetching goes alone: the chunks it has would wait behind it
+    const alone = (w: Want): boolean => w.candidates.some(h => h.peerId === holder && h.fetching === true)
+    for (const part of splitRequests(wants, w => w.chunk.uncompressedSize, this.src.opts.maxRequestBytes, MAX_CHUNKS_PER_REQUEST, alone)) {
       const req: Request = { lane, wants: part, replied: part.map(() => false), controller: new AbortController(), cancelled: false, hedged: false, redirected }
       for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder.peerId) }
       if (redirected) lane.queued.unshift(req)

@@ -110,6 +110,17 @@ test('splitRequests: at most maxChunks and maxBytes per request, in order', () =
   assert.deepEqual(splitRequests([30], size, 10, 64), [[30]])
 })
 
+test('splitRequests: a chunk the holder is still fetching goes in a request of its own', () => {
+  const size = (n: number): number => n % 100
+  const fetching = (n: number): boolean => n >= 100
+  // 101 and 102 are the holder's PENDING chunks: each alone, the present ones around them batched
+  assert.deepEqual(splitRequests([1, 101, 2, 3, 102, 4], size, 100, 64, fetching), [[1], [101], [2, 3], [102], [4]])
+  assert.deepEqual(splitRequests([101, 102], size, 100, 64, fetching), [[101], [102]])
+  assert.deepEqual(splitRequests([1, 2, 3], size, 100, 64, fetching), [[1, 2, 3]])
+  // limits still hold for the present ones
+  assert.deepEqual(splitRequests([1, 1, 1, 101, 1], size, 100, 2, fetching), [[1, 1], [1], [101], [1]])
+})
+
 test('splitRequests: greedy — every request full up to the next chunk', () => {
   fc.assert(fc.property(fc.array(fc.integer({ min: 1, max: 50 }), { maxLength: 40 }), fc.integer({ min: 1, max: 100 }),
     fc.integer({ min: 1, max: 6 }), (wants, maxBytes, maxChunks) => {

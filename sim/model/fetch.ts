@@ -32,9 +32,9 @@ export class Batch {
   }
 
   /** The locator's answer (PENDING went out as it placed each chunk): holders per chunk, and the chunks for the registry now. */
-  located (peers: Map<number, SimNode[]>, source: number[]): void {
+  located (peers: Map<number, SimNode[]>, source: number[], fetching?: Map<number, SimNode[]>): void {
     if (source.length > 0) this.toRegistry(source)
-    if (peers.size > 0) new SwarmFetch(this, peers).start()
+    if (peers.size > 0) new SwarmFetch(this, peers, fetching).start()
   }
 
   toRegistry (cis: number[]): void { new RegistryReq(this, cis).send() }
@@ -96,6 +96,8 @@ export interface Want {
   noRedirect: boolean
   /** the nodes its REDIRECTs came from or named */
   chain: Set<SimNode> | undefined
+  /** its holders that were still fetching it when it was located (undefined: none) */
+  fetchingAt: SimNode[] | undefined
 }
 
 /** The requests of one fetch to one holder. */
@@ -117,13 +119,13 @@ export class SwarmFetch implements Timed {
   /** the fetcher's idle deadline counts from the last chunk this source delivered */
   private lastProgress: number
 
-  constructor (readonly batch: Batch, holders: Map<number, SimNode[]>) {
+  constructor (readonly batch: Batch, holders: Map<number, SimNode[]>, fetching?: Map<number, SimNode[]>) {
     this.lastProgress = batch.startedAt
     const spec = batch.nb.spec
     for (const ci of batch.cis) {
       const candidates = holders.get(ci)
       if (candidates !== undefined && candidates.length > 0) {
-        this.wants.push({ i: this.wants.length, ci, size: chunkBytes(spec, ci), candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0, redirects: 0, next: undefined, following: false, origin: undefined, noRedirect: false, chain: undefined })
+        this.wants.push({ i: this.wants.length, ci, size: chunkBytes(spec, ci), candidates, tried: new Set(), attempts: new Set(), done: false, busy: 0, redirects: 0, next: undefined, following: false, origin: undefined, noRedirect: false, chain: undefined, fetchingAt: fetching?.get(ci) })
       }
     }
   }
@@ -260,7 +262,8 @@ export class SwarmFetch implements Timed {
 
   private enqueue (lane: Lane, wants: Want[], redirected = false): void {
     const cfg = this.node.world.cfg
-    for (const part of splitRequests(wants, w => w.size, cfg.maxRequestBytes, cfg.maxChunksPerRequest)) {
+    const holder = lane.holder
+    for (const part of splitRequests(wants, w => w.size, cfg.maxRequestBytes, cfg.maxChunksPerRequest, w => w.fetchingAt?.includes(holder) === true)) {
       const req = new PeerReq(this, lane, part, redirected)
       for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder) }
       if (redirected) lane.queued.unshift(req)

@@ -107,6 +107,8 @@ export class Locate implements Timed {
   private readonly since: number
   private group: string[] | undefined
   private readonly peers = new Map<number, SimNode[]>()
+  /** per chunk, its holders that only said PENDING (absent: none) */
+  private fetching: Map<number, SimNode[]> | undefined
   private readonly source: number[] = []
   private timerAt = Infinity
   private version = 0
@@ -159,6 +161,11 @@ export class Locate implements Timed {
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, holdersInOrder(plan.peers, hex, ci).map(id => w.byPeerId.get(id)!))
+        // as `BlobLocator`: the holders still fetching it, whose requests carry it alone (`splitRequests`)
+        if (pending.length > 0) {
+          const only = pending.filter(p => p.peerId !== self && !have.includes(p.peerId)).map(p => w.byPeerId.get(p.peerId)!)
+          if (only.length > 0) (this.fetching ??= new Map()).set(ci, only)
+        }
         chosen.push(ci)
       } else if (plan.action === 'wait') {
         waiting.push(ci)
@@ -181,7 +188,7 @@ export class Locate implements Timed {
     if (waiting.length === 0) {
       this.done = true
       nb.unwait(this)
-      this.batch.located(this.peers, this.source)
+      this.batch.located(this.peers, this.source, this.fetching)
       return
     }
     nb.wait(this)
