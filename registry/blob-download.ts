@@ -166,10 +166,11 @@ export async function openBlob (t: Transport, counters: TrafficCounters, target:
  * Reads bytes `[start, endInclusive]` of a blob. A 206 must carry exactly that Content-Range. A 200 (Range ignored)
  * is the whole blob: the bytes before the range are skipped as they arrive (counted, never buffered), the range is
  * kept, and the connection is dropped after it. The bytes are not digest-checked here (a range has no digest of its
- * own); callers verify the chunk digests inside.
+ * own); callers verify the chunk digests inside. `onBytes` hears each piece of the range as it arrives (a caller's
+ * idle deadline: a range that keeps arriving under a slow link is not stalled).
  */
 export async function fetchRange (t: Transport, counters: TrafficCounters, target: Target, start: number,
-  endInclusive: number, ranges?: RangeSupport): Promise<Buffer> {
+  endInclusive: number, ranges?: RangeSupport, onBytes?: (n: number) => void): Promise<Buffer> {
   const ctx: RegistryErrorContext = { host: target.host, repository: target.repository, target: target.digest }
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endInclusive) || start < 0 || endInclusive < start) {
     throw new RegistryRangeError(`invalid range ${start}-${endInclusive}`, ctx)
@@ -215,6 +216,7 @@ export async function fetchRange (t: Transport, counters: TrafficCounters, targe
         }
         chunk.copy(buf, got, 0, take)
         got += take
+        onBytes?.(take)
         if (got === length) break // a whole-blob answer: the rest of the blob is not wanted
       }
       if (got < length) {

@@ -300,11 +300,12 @@ export class RegistryClient {
 
   /**
    * Bytes `[start, endInclusive]` of a blob, via `Range` (see `fetchRange` for what is accepted). Against a registry
-   * that ignores Range, the bytes before `start` are downloaded and skipped.
+   * that ignores Range, the bytes before `start` are downloaded and skipped. `onBytes` hears the range's bytes as
+   * they arrive.
    */
-  async fetchBlobRange (repo: Ref, digest: string, start: number, endInclusive: number, opts: CallOptions = {}): Promise<Buffer> {
+  async fetchBlobRange (repo: Ref, digest: string, start: number, endInclusive: number, opts: CallOptions & { onBytes?: (n: number) => void } = {}): Promise<Buffer> {
     const { host, repository } = this.repo(repo, digest)
-    return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive, this.ranges)
+    return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive, this.ranges, opts.onBytes)
   }
 
   /**

@@ -281,6 +281,24 @@ describe('Fetcher', () => {
     assert.equal(c.bytesBySource.registry, b.length - pieces[0]!.chunk.uncompressedSize)
   })
 
+  it('a registry that keeps sending, slowly: the idle deadline counts bytes, not whole chunks', async () => {
+    const slow = await startHostileRegistry(img.blobPath, 'trickle')
+    try {
+      const cache = await newCache()
+      const source = new RegistrySource({ client }, { repository: `${slow.host}/slow` })
+      // one chunk takes ~0.6 s to arrive, 2 KiB every 20 ms: far past the 150 ms idle deadline as a whole
+      const fetcher = new Fetcher({ cache, sources: [source] }, { timeoutMs: 150, retries: 0, amplifyBytes: 0, deadlineMs: 10_000 })
+      const nid = img.reader.lookup('/e.bin')
+      const got = await fetcher.read(img, nid, 0, 4096)
+      assert.deepEqual(got, img.files['/e.bin']!.subarray(0, 4096))
+      assert.equal(slow.requests, 1)
+      assert.equal(fetcher.counters.sourceAttempts, 1)
+      assert.equal(fetcher.counters.chunksFetched, 1)
+    } finally {
+      await slow.stop()
+    }
+  })
+
   it('a stalling registry: the read rejects with RAFSPEER_ERR_READ_TIMEOUT in bounded time', async () => {
     const stall = await startHostileRegistry(img.blobPath, 'stall')
     try {

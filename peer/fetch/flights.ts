@@ -327,7 +327,10 @@ export class Flights {
       else counters.verifyFailures++
       return ok
     }
-    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, verify, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
+    // bytes still arriving keep the attempt alive (a 4 MiB range shared with many others on a capped link)
+    let ended = false
+    const progress = (n: number): void => { if (n > 0 && !ended && !signal.aborted) progressed() }
+    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, verify, progress, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
     try {
       for (;;) {
         const r: IteratorResult<FetchedChunk> = await raceSignal(it.next(), signal)
@@ -368,6 +371,7 @@ export class Flights {
       this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: false })
       throw idle.signal.aborted && !batch.controller.signal.aborted ? idle.signal.reason : err
     } finally {
+      ended = true
       clearTimeout(idleTimer)
       // never awaited: a source stuck in its own await must not hold us
       void Promise.resolve().then(async () => await it.return?.()).catch(noop)

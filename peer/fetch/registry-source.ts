@@ -48,7 +48,9 @@ export class RegistrySource implements ChunkSource {
     for (const run of reads) {
       opts.signal.throwIfAborted()
       if (run.end === run.start) throw new SourceProtocolError(this.name, `chunk ${run.chunks[0]!.index} of blob ${blob.blobId} has no stored bytes`)
-      const bytes = await this.client.fetchBlobRange(this.repository, digest, run.start, run.end - 1, { signal: opts.signal })
+      const bytes = await this.client.fetchBlobRange(this.repository, digest, run.start, run.end - 1, {
+        signal: opts.signal, ...(opts.progress !== undefined ? { onBytes: opts.progress } : {})
+      })
       for (const chunk of run.chunks) {
         const stored = bytes.subarray(chunk.compressedOffset - run.start, chunk.compressedOffset - run.start + chunk.compressedSize)
         const what = `chunk ${chunk.index} of blob ${blob.blobId}`

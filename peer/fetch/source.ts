@@ -26,6 +26,12 @@ export interface ChunkSourceFetchOptions {
    * not yield them.
    */
   decline?: (chunks: ChunkInfo[]) => void
+  /**
+   * A source whose chunks arrive in pieces (a Range request) says here that bytes came in: the fetcher's idle
+   * deadline counts them, so a large chunk still arriving over a slow or shared link is not cut off (and its bytes
+   * paid for again) before it is whole.
+   */
+  progress?: (bytes: number) => void
 }
 
 export interface ChunkSource {

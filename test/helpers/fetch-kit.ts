@@ -151,9 +151,10 @@ export interface HostileRegistry {
 
 /**
  * A registry that answers blob Range GETs of one blob file, through `mode`: `flip` changes one byte in every
- * 4 KiB of every response (status and Content-Range stay right), `stall` sends headers and then nothing.
+ * 4 KiB of every response (status and Content-Range stay right), `stall` sends headers and then nothing,
+ * `trickle` sends the right bytes 2 KiB every 20 ms.
  */
-export async function startHostileRegistry (blobPath: string, mode: 'flip' | 'stall'): Promise<HostileRegistry> {
+export async function startHostileRegistry (blobPath: string, mode: 'flip' | 'stall' | 'trickle'): Promise<HostileRegistry> {
   const blob = await readFile(blobPath)
   const state = { requests: 0 }
   const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
@@ -166,6 +167,19 @@ export async function startHostileRegistry (blobPath: string, mode: 'flip' | 'st
     const body = Buffer.from(blob.subarray(start, end + 1))
     res.writeHead(206, { 'content-length': body.length, 'content-range': `bytes ${start}-${end}/${blob.length}`, 'content-type': 'application/octet-stream' })
     if (mode === 'stall') { res.flushHeaders(); return }
+    if (mode === 'trickle') {
+      // 2 KiB every 20 ms: a 64 KiB chunk takes ~0.6 s, each piece well inside a short idle deadline
+      let at = 0
+      const timer = setInterval(() => {
+        if (res.destroyed) { clearInterval(timer); return }
+        const next = Math.min(body.length, at + 2048)
+        res.write(body.subarray(at, next))
+        at = next
+        if (at >= body.length) { clearInterval(timer); res.end() }
+      }, 20)
+      res.on('close', () => { clearInterval(timer) })
+      return
+    }
     for (let i = 0; i < body.length; i += 4096) body[i]! ^= 0xff
     res.end(body)
   })
