@@ -141,7 +141,8 @@ function mountManager (cache: BlobCache, config: DaemonConfig, logger: Component
     logger,
     // neighbours before the image's own source (the registry)
     ...(swarm !== undefined ? { extraSources: [swarm.source] } : {}),
-    ...(swarm?.fetchActivity !== undefined ? { fetchActivity: swarm.fetchActivity } : {})
+    ...(swarm?.fetchActivity !== undefined ? { fetchActivity: swarm.fetchActivity } : {}),
+    ...(swarm?.prefetchAdvisor !== undefined ? { prefetchAdvisor: swarm.prefetchAdvisor } : {})
   }, {
     workDir: config.workDir,
     fetch: {

@@ -70,3 +70,22 @@ test('holders of a chunk: those that have it as they are, those only fetching it
   assert.deepEqual(holders.map(h => h.peerId).sort(), ['b', 'c', 'd'])
   for (const h of holders) assert.equal(h.fetching === true, h.peerId === 'c', `${h.peerId}: fetching ${String(h.fetching)}`)
 })
+
+test('a prefetch picks the chunks it is the one to fetch from the registry, then those neighbours have, rarest first; the rest wait', async () => {
+  const all = Array.from({ length: CHUNKS }, (_v, i) => ({ index: i, digest: randomBytes(32), compressedSize: 1000 }) as unknown as ChunkInfo)
+  const mine = all.filter(c => backToSourceAssignee(group, hex, c.index) === 'a').map(c => c.index)
+  const others = all.filter(c => backToSourceAssignee(group, hex, c.index) !== 'a').map(c => c.index)
+  assert.ok(mine.length >= 4 && others.length >= 8)
+  // b has two of the others' chunks, c one of them too (the rarer first: held once); d fetches one of a's own
+  const [o1, o2, o3] = others
+  const fetchedByD = mine[0]!
+  const { loc, planned } = locator({ b: [o1!, o2!], c: [o2!], d: [] }, { d: [fetchedByD] })
+  const signal = AbortSignal.timeout(5_000)
+  const picked = await loc.pick(info, all, { max: CHUNKS, maxSource: CHUNKS, maxSourceBytes: 1e9, signal })
+  assert.deepEqual(picked.chunks.map(c => c.index), [...mine.filter(i => i !== fetchedByD), o1, o2])
+  assert.equal(picked.source, mine.length - 1)
+  assert.ok(!picked.chunks.some(c => c.index === o3), 'another member\'s chunk nobody has yet waits for it')
+  assert.deepEqual(planned, [], 'picking announces nothing: the fetch does, when it gets to the chunks')
+  const few = await loc.pick(info, all, { max: 3, maxSource: 0, maxSourceBytes: 1e9, signal })
+  assert.deepEqual(few, { chunks: [all[o1!], all[o2!]], source: 0 }, 'with a registry slice in flight, only what neighbours have')
+})

@@ -11,9 +11,10 @@
 import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
-import { groupStale, NEAR_WINDOW, planChunk } from './back-to-source.js'
+import type { PrefetchAdvisor } from '../fetch/index.js'
+import { groupStale, INCOMPLETE_GROUP_REFRESH_MS, NEAR_WINDOW, planChunk } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
-import { blobGroup, holdersInOrder } from './swarm-policy.js'
+import { blobGroup, holdersInOrder, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
 
 export const DEFAULT_GROUP_SIZE = 4
 export const DEFAULT_GRACE_MS = 150
@@ -26,6 +27,15 @@ export const DEFAULT_MAX_HOLDERS = 16
  * the swarm instead of all following the same best peers (the model, `sim/model/`, shows 16 slower and costlier)
  */
 export const DEFAULT_LOOKUP_HOLDERS = 4
+/**
+ * While a blob's group is still filling (short of `groupSize`, and changed within {@link GROUP_FILL_MS}: the
+ * swarm's first look-ups), a prefetch picks no chunk to fetch from the registry, only what neighbours have: every
+ * early asker counts itself among a partial group, so each would take a share of every chunk, and the registry
+ * would send those several times (8 nodes × 24 MiB: 2 chunks a pick cost 1.74 copies, the first three askers
+ * each fetching the blob's first 30 chunks within 0.8 s). Reads are not held: they go by `locate`'s rules.
+ */
+/** how long after it last changed (or was first looked up) a group short of `groupSize` counts as still filling */
+export const GROUP_FILL_MS = 4 * INCOMPLETE_GROUP_REFRESH_MS
 const MAX_REMEMBERED_WANTS = 65_536
 
 /** Finds holders for chunks of a blob; see {@link BlobLocator}. */
@@ -67,7 +77,7 @@ interface BlobGroup {
   at: number
 }
 
-export class BlobLocator implements ChunkLocator {
+export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   private readonly directory: HolderResolver
   private readonly have: BlobLocatorComponents['have']
   private readonly self: string
@@ -83,6 +93,8 @@ export class BlobLocator implements ChunkLocator {
   private readonly groups = new Map<string, Promise<BlobGroup>>()
   /** `${blob}/${ci}` → when this node first wanted it */
   private readonly wanted = new Map<string, number>()
+  /** blob → when the scheduler's group of it last changed (or this node first looked it up) */
+  private readonly groupChangedAt = new Map<string, number>()
 
   constructor (components: BlobLocatorComponents, init: BlobLocatorInit = {}) {
     this.directory = components.directory
@@ -158,12 +170,41 @@ export class BlobLocator implements ChunkLocator {
     return out
   }
 
-  /** resolves after `ms`, or earlier when a neighbour's state of the blob changes */
-  private async changeOf (blobHex: string, ms: number, signal: AbortSignal): Promise<void> {
+  /**
+   * The prefetch's next chunks of `blob` ({@link prefetchPick}): those neighbours have, rarest first, and those
+   * this node is the one to fetch from the registry (back-to-source by rendezvous over the blob's group, as
+   * `locate` decides); a chunk a neighbour is fetching, or that another member of the group is to fetch, waits
+   * until someone has it.
+   */
+  async pick (blob: RafsBlobInfo, chunks: readonly ChunkInfo[], opts: { max: number, maxSource: number, maxSourceBytes: number, signal: AbortSignal }): Promise<PrefetchPicked<ChunkInfo>> {
+    const blobHex = blob.blobId
+    const g = await this.group(blobHex, opts.signal)
+    const group = g.group ?? this.groupOf(blobHex, g)
+    const filling = group.length < this.groupSize && this.now() - (this.groupChangedAt.get(blobHex) ?? 0) < GROUP_FILL_MS
+    const table = this.have.table
+    const classOf = (c: ChunkInfo): PrefetchClass => {
+      const sources = table.sources(blobHex, c.index)
+      const have = sources.have.filter(p => p !== this.self).length
+      if (have > 0) return { kind: 'have', holders: have }
+      if (sources.pending.some(p => p.peerId !== this.self)) return { kind: 'wait' }
+      // the assignee as `locate` names it the moment the chunk is wanted (the grace for another's PENDING ahead)
+      const plan = planChunk({ self: this.self, group, blobHex, ci: c.index, have: [], pending: [], wantedForMs: 0, graceMs: this.graceMs, stable: g.group !== undefined })
+      return plan.action === 'source' ? { kind: 'source' } : { kind: 'wait' }
+    }
+    const maxSource = filling ? 0 : opts.maxSource
+    return prefetchPick(chunks, classOf, c => c.compressedSize, { max: opts.max, maxSource, maxSourceBytes: opts.maxSourceBytes })
+  }
+
+  async changed (blob: RafsBlobInfo, ms: number, signal: AbortSignal): Promise<boolean> {
+    return await this.changeOf(blob.blobId, ms, signal)
+  }
+
+  /** resolves true when a neighbour's state of the blob changes, false after `ms` without */
+  private async changeOf (blobHex: string, ms: number, signal: AbortSignal): Promise<boolean> {
     let off: (() => void) | undefined
-    const changed = new Promise<void>(resolve => { off = this.have.onUpdate(hex => { if (hex === blobHex) resolve() }) })
+    const changed = new Promise<boolean>(resolve => { off = this.have.onUpdate(hex => { if (hex === blobHex) resolve(true) }) })
     try {
-      await Promise.race([changed, delay(Math.max(1, ms), signal)])
+      return await Promise.race([changed, delay(Math.max(1, ms), signal).then(() => false)])
     } finally {
       off?.()
     }
@@ -182,14 +223,17 @@ export class BlobLocator implements ChunkLocator {
   /** The blob's holders (asked of the scheduler at most every `refreshMs`), told of our interest. */
   private async group (blobHex: string, signal: AbortSignal): Promise<BlobGroup> {
     const known = this.groups.get(blobHex)
+    let before: BlobGroup | undefined
     if (known !== undefined) {
-      const g = await known
-      if (!groupStale(g.group, this.groupSize, this.now() - g.at, this.refreshMs)) return g
+      before = await known
+      if (!groupStale(before.group, this.groupSize, this.now() - before.at, this.refreshMs)) return before
     }
     const fresh = this.lookUp(blobHex, signal)
     this.groups.set(blobHex, fresh)
     try {
-      return await fresh
+      const g = await fresh
+      if (before === undefined || (before.group ?? []).join() !== (g.group ?? []).join()) this.groupChangedAt.set(blobHex, this.now())
+      return g
     } catch (err) {
       this.groups.delete(blobHex)
       throw err

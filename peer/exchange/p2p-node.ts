@@ -33,7 +33,7 @@ import {
   type HolderResolver, type Host, type PeerOutcome
 } from '../../p2p/index.js'
 import { DIGEST_BYTES, SchedulerClient, SchedulerService, packDigests } from '../../scheduler/index.js'
-import type { FlightActivity } from '../fetch/index.js'
+import type { FlightActivity, PrefetchAdvisor } from '../fetch/index.js'
 import { BlobLocator } from './blob-locator.js'
 import { ChunkServer, type ChunkServerCounters, type ServableCache } from './chunk-server.js'
 import { HaveService, type HaveCounters } from './have-service.js'
@@ -129,6 +129,8 @@ export class P2PNode {
   readonly embedded: SchedulerService | undefined
   /** blob-level directory: neighbours' bitfields and ours */
   readonly have: HaveService | undefined
+  /** blob-level directory: which chunks a prefetch takes next (the node's share of the registry's, then the rarest) */
+  readonly prefetchAdvisor: PrefetchAdvisor | undefined
   private readonly local: CacheChunks | undefined
   private readonly swarm: Swarm
   private readonly resolver: HolderResolver
@@ -222,6 +224,7 @@ export class P2PNode {
         ...(logger !== undefined ? { logger } : {})
       })
       : undefined
+    this.prefetchAdvisor = locator
     this.source = new NeighbourSource({ libp2p: host, resolver: this.resolver, ...(locator !== undefined ? { locator } : {}), ...(logger !== undefined ? { logger } : {}) }, {
       ...(init.maxHolders !== undefined ? { maxHolders: init.maxHolders } : {}),
       ...(init.hedgeAfterMs !== undefined ? { hedgeAfterMs: init.hedgeAfterMs } : {}),

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { rendezvousScore } from './back-to-source.js'
 import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
-import { blobGroup, chooseHolder, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad } from './swarm-policy.js'
+import { blobGroup, chooseHolder, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
 
 const hex = 'ab'.repeat(32)
 
@@ -189,4 +189,20 @@ test('HaveOutbox: clear forgets everything', () => {
   out.clear()
   assert.ok(out.empty)
   assert.deepEqual(out.drain(Buffer.alloc(32)), [])
+})
+
+test('prefetchPick: the registry chunks first (bounded by count and bytes), then what neighbours have, rarest first', () => {
+  // chunk i: 'S' this node fetches it from the registry, a digit: that many neighbours have it, 'w' it waits
+  const kinds = ['S', '3', 'w', '1', 'S', '2', 'S', '1', 'w', 'S']
+  const classOf = (i: number): PrefetchClass => kinds[i] === 'S' ? { kind: 'source' } : kinds[i] === 'w' ? { kind: 'wait' } : { kind: 'have', holders: Number(kinds[i]) }
+  const all = kinds.map((_k, i) => i)
+  const size = (): number => 100
+  const pick = (max: number, maxSource: number, maxSourceBytes = 1e9): PrefetchPicked<number> => prefetchPick(all, classOf, size, { max, maxSource, maxSourceBytes })
+  assert.deepEqual(pick(10, 10), { chunks: [0, 4, 6, 9, 3, 7, 5, 1], source: 4 }, 'sources in order, then holders 1, 1, 2, 3; waits left out')
+  assert.deepEqual(pick(10, 2), { chunks: [0, 4, 3, 7, 5, 1], source: 2 })
+  assert.deepEqual(pick(10, 0), { chunks: [3, 7, 5, 1], source: 0 }, 'a registry slice in flight: only what neighbours have')
+  assert.deepEqual(pick(3, 10), { chunks: [0, 4, 6], source: 3 })
+  assert.deepEqual(pick(10, 10, 250), { chunks: [0, 4, 3, 7, 5, 1], source: 2 }, 'two chunks of 100 bytes fit 250')
+  assert.deepEqual(pick(10, 10, 50), { chunks: [0, 3, 7, 5, 1], source: 1 }, 'one registry chunk even past the bytes')
+  assert.deepEqual(prefetchPick([2, 8], classOf, size, { max: 64, maxSource: 64, maxSourceBytes: 1e9 }), { chunks: [], source: 0 }, 'everything waits')
 })

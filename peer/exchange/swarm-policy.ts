@@ -120,3 +120,45 @@ export class HaveOutbox {
     return msgs
   }
 }
+
+/**
+ * What a swarm prefetch can do about one chunk now: `have` — neighbours have it (`holders` of them); `source` — this
+ * node is the one to fetch it from the registry for the swarm; `wait` — another peer is fetching it or is the one to.
+ */
+export type PrefetchClass = { kind: 'have', holders: number } | { kind: 'source' } | { kind: 'wait' }
+
+/** What {@link prefetchPick} takes: the chunks in fetch order, and how many of them (the first ones) are for the registry. */
+export interface PrefetchPicked<T> { chunks: T[], source: number }
+
+/**
+ * The chunks a swarm prefetch takes next out of `chunks` (one blob's, still to prefetch, in the policy's order), at
+ * most `max`: first the chunks this node fetches from the registry for the swarm, in order, up to `maxSource` of
+ * them and `maxSourceBytes` (at least one when `maxSource` allows any) — few, so that the registry's bandwidth goes
+ * to few requests at a time and a chunk a neighbour's read waits for is not one of many sharing it — then the
+ * chunks neighbours have, fewest holders first (rarest-first: copies spread over the swarm instead of every peer
+ * taking the same common ones; ties keep the policy's order). A chunk another peer fetches or is the one to fetch
+ * is left for later: prefetching it now would cost the registry a second copy. Empty when every chunk waits.
+ */
+export function prefetchPick<T> (chunks: readonly T[], classOf: (c: T) => PrefetchClass, size: (c: T) => number,
+  limits: { max: number, maxSource: number, maxSourceBytes: number }): PrefetchPicked<T> {
+  const out: T[] = []
+  const have: Array<{ c: T, holders: number, at: number }> = []
+  let sourceBytes = 0
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i]!
+    const k = classOf(c)
+    if (k.kind === 'source') {
+      if (out.length < Math.min(limits.max, limits.maxSource) && (out.length === 0 || sourceBytes + size(c) <= limits.maxSourceBytes)) {
+        out.push(c)
+        sourceBytes += size(c)
+      }
+    } else if (k.kind === 'have') have.push({ c, holders: k.holders, at: i })
+  }
+  const source = out.length
+  have.sort((a, b) => a.holders - b.holders || a.at - b.at)
+  for (const h of have) {
+    if (out.length >= limits.max) break
+    out.push(h.c)
+  }
+  return { chunks: out, source }
+}

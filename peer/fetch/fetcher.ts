@@ -264,6 +264,9 @@ export class Fetcher {
     waiting.release(false)
   }
 
+  /** Whether the cache holds chunk `ci` of the blob (cheap, synchronous). */
+  cached (blobId: string, ci: number): boolean { return this.cache.has(blobId, ci) }
+
   /** Makes `chunks` of `blob` present in the cache (prefetch, read-ahead): fetched in contiguous batches, verified, cached. */
   async ensureChunks (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: EnsureOptions = {}): Promise<void> {
     let missing = chunks.filter(c => !this.cache.has(blob.blobId, c.index))

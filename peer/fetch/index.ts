@@ -17,6 +17,6 @@ export {
 export { planBatches, type PlanInput, type PlannedBatch } from './plan.js'
 export { FetchQueue, type FetchPriority, type QueueJob } from './queue.js'
 export type {
-  ChunkCache, CopySource, FetchImage, ReadOptions, EnsureOptions, FetcherComponents, FetcherInit, FetchSample, FetchCounters, FlightActivity,
+  ChunkCache, CopySource, FetchImage, ReadOptions, EnsureOptions, FetcherComponents, FetcherInit, FetchSample, FetchCounters, FlightActivity, PrefetchAdvisor,
   MappedPiece
 } from './types.js'

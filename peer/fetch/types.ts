@@ -72,6 +72,27 @@ export interface FetcherComponents {
   logger?: ComponentLogger
 }
 
+/**
+ * Which chunks a prefetch takes next when its node is one of a swarm (`BlobLocator`, blob-level directory): a
+ * prefetch that took every chunk in its own order would fetch from the registry, at the same moment as every other
+ * peer, the chunks the swarm has assigned to one of them, and the registry would send each several times.
+ */
+export interface PrefetchAdvisor {
+  /**
+   * Of `chunks` (one blob's, still to prefetch, in the policy's order), the ones to fetch now, at most `max`, in the
+   * order to fetch them: first those this node fetches from the registry for the swarm (`source` of them, at most
+   * `maxSource` and about `maxSourceBytes` stored bytes), then those neighbours have (rarest first). Empty when every
+   * one of them waits for another peer.
+   */
+  pick: (blob: RafsBlobInfo, chunks: readonly ChunkInfo[], opts: { max: number, maxSource: number, maxSourceBytes: number, signal: AbortSignal }) =>
+  Promise<{ chunks: ChunkInfo[], source: number }>
+  /**
+   * Resolves true when what neighbours have or fetch of the blob changes, false after `ms` without a change; rejects
+   * when `signal` aborts.
+   */
+  changed: (blob: RafsBlobInfo, ms: number, signal: AbortSignal) => Promise<boolean>
+}
+
 export interface FetcherInit {
   /** adjacent missing chunks of a blob are fetched together up to at least this many stored bytes (1 MiB) */
   amplifyBytes?: number

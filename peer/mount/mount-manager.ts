@@ -16,7 +16,7 @@ import { delay, describeError, type ComponentLogger, type Logger } from '../../b
 import type { BlobCache } from '../../cache/index.js'
 import { dataProfile, type ChunkInfo } from '../../rafs/index.js'
 import { RegistryClient } from '../../registry/index.js'
-import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit, type FlightActivity } from '../fetch/index.js'
+import { Fetcher, type ChunkSource, type FetchCounters, type FetchSample, type FetcherInit, type FlightActivity, type PrefetchAdvisor } from '../fetch/index.js'
 import { AccessLog } from './access-log.js'
 import { BlobFs, type BlobFile, type BlobFsInit, type BlobFsStats } from './blob-fs.js'
 import { BlobViews } from './blob-view.js'
@@ -41,6 +41,8 @@ export interface MountManagerComponents {
   extraSources?: ChunkSource[]
   /** told which chunks every mount's fetcher is getting (the node's PENDING for its neighbours) */
   fetchActivity?: FlightActivity
+  /** a swarm's prefetch order (blob-level directory: `P2PNode.prefetchAdvisor`); absent: each plan in its own order */
+  prefetchAdvisor?: PrefetchAdvisor
   /** registry clients by plain-HTTP setting (default: one `RegistryClient` each, Docker config auth) */
   clientFor?: (plainHttp: boolean | 'auto') => RegistryClient
 }
@@ -109,6 +111,7 @@ export class MountManager implements MountService {
   private readonly fuse: FuseBackend
   private readonly extraSources: ChunkSource[]
   private readonly fetchActivity: FlightActivity | undefined
+  private readonly prefetchAdvisor: PrefetchAdvisor | undefined
   private readonly log: Logger | undefined
   private readonly logger: ComponentLogger | undefined
   private readonly clientFor: (plainHttp: boolean | 'auto') => RegistryClient
@@ -126,6 +129,7 @@ export class MountManager implements MountService {
     this.fuse = components.fuse
     this.extraSources = components.extraSources ?? []
     this.fetchActivity = components.fetchActivity
+    this.prefetchAdvisor = components.prefetchAdvisor
     this.logger = components.logger
     this.log = components.logger?.forComponent('rafspeer:mounts')
     const clients = new Map<string, RegistryClient>()
@@ -403,6 +407,7 @@ export class MountManager implements MountService {
         await runPrefetch(m.fetcher, m.image.reader, plan, m.prefetch, {
           signal: m.abort.signal,
           log: this.log,
+          advisor: this.prefetchAdvisor,
           ...(policy !== 'all' && m.blobFiles.length > 0 ? { onFetched: warmer(m) } : {})
         })
         if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log?.info('prefetch of %s done: %d chunks', m.info.mountpoint, m.prefetch.chunksTotal)

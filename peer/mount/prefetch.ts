@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises'
 import { describeError, type Logger } from '../../base/index.js'
 import type { ChunkInfo, RafsReader } from '../../rafs/index.js'
-import type { Fetcher } from '../fetch/index.js'
+import type { Fetcher, PrefetchAdvisor } from '../fetch/index.js'
 import type { PrefetchPolicy, PrefetchStatus } from './types.js'
 
 /** chunks handed to the fetcher per call: small enough for progress, big enough for full batches */
@@ -22,6 +22,21 @@ const GROUP_BYTES = 4 << 20
  */
 export const PREFETCH_GAP_BYTES = 128 << 10
 const SLICES_IN_FLIGHT = 4
+/**
+ * A swarm prefetch (with an advisor) whose chunks all wait on other peers takes the next ones in its own order
+ * anyway once the blob's swarm has been quiet this long (nothing picked, no neighbour's news of the blob: the peer
+ * assigned to them may not prefetch, or may be gone): the fetch then goes by the read rules, a short grace for that
+ * peer's PENDING, then the registry
+ */
+export const SWARM_PREFETCH_PATIENCE_MS = 3_000
+/**
+ * A swarm prefetch keeps one slice of the chunks it fetches from the registry for the swarm in flight, of at most
+ * this many stored bytes: the registry's bandwidth, shared by the group's members, goes to few requests, each chunk
+ * arrives soon, and a neighbour's read waiting for one of them (its PENDING) is not held up behind many others.
+ */
+export const SWARM_SOURCE_SLICE_BYTES = 4 << 20
+/** how often a waiting swarm prefetch looks again when nothing about the blob changed */
+const SWARM_PREFETCH_RECHECK_MS = 250
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
@@ -147,9 +162,103 @@ export async function planPrefetch (reader: RafsReader, policy: PrefetchPolicy, 
   return orderedSlices(chunksOfNids(reader, nids))
 }
 
+/** Options of {@link runPrefetch}. */
+export interface RunPrefetchOptions {
+  signal: AbortSignal
+  log?: Logger | undefined
+  gapBytes?: number
+  onFetched?: (blobIndex: number, chunks: ChunkInfo[]) => void
+  /**
+   * The node is one of a swarm (blob-level directory): each slice is what the advisor picks out of the chunks left
+   * (the node's share of the registry's, those neighbours have rarest first), not the plan's next slice; chunks
+   * waiting on other peers are taken later (see {@link SWARM_PREFETCH_PATIENCE_MS}). No gap filling: the bytes
+   * between picked chunks are other peers' to fetch.
+   */
+  advisor?: PrefetchAdvisor | undefined
+  /** see {@link SWARM_PREFETCH_PATIENCE_MS} */
+  patienceMs?: number
+}
+
+/** One worker's next job: a slice of one blob; `source`: it holds chunks this node fetches from the registry for the swarm. */
+interface PrefetchJob { bi: number, slice: ChunkInfo[], source?: boolean }
+
+/** Hands out the plan's slices in order. */
+function planOrder (plan: PrefetchPlan): { next: () => Promise<PrefetchJob | undefined>, done: (job: PrefetchJob) => void } {
+  const jobs = plan.map(s => ({ bi: s.blobIndex, slice: s.chunks }))
+  return { next: async () => jobs.shift(), done: () => {} }
+}
+
+/**
+ * Hands out what the advisor picks, blob by blob in plan order (the chunks of each kept in the plan's order for
+ * it), skipping chunks the cache got meanwhile (a read's), with one slice of registry chunks in flight at a time
+ * (`sourceInFlight`). Waits while every chunk left waits on other peers, until the swarm has been quiet for
+ * `patienceMs`; then the next ones in plan order go anyway.
+ */
+function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, advisor: PrefetchAdvisor, signal: AbortSignal,
+  patienceMs: number, skipped: (chunks: ChunkInfo[]) => void): { next: () => Promise<PrefetchJob | undefined>, done: (job: PrefetchJob) => void } {
+  const left = new Map<number, ChunkInfo[]>()
+  for (const s of plan) {
+    let l = left.get(s.blobIndex)
+    if (l === undefined) left.set(s.blobIndex, l = [])
+    l.push(...s.chunks)
+  }
+  let lastNews = Date.now()
+  // slices holding registry chunks handed out and not done yet (counted here: the next pick may run before the
+  // worker that took one resumes)
+  let sourceSlices = 0
+  // a registry slice that ends lets the next pick take registry chunks again: a worker waiting for news looks again
+  let slicesDone: (() => void) | undefined
+  const take = (bi: number, chosen: ChunkInfo[], source: boolean): PrefetchJob => {
+    const set = new Set(chosen)
+    left.set(bi, left.get(bi)!.filter(c => !set.has(c)))
+    lastNews = Date.now()
+    if (source) sourceSlices++
+    return { bi, slice: [...chosen].sort((a, b) => a.compressedOffset - b.compressedOffset), source }
+  }
+  const pickNext = async (): Promise<PrefetchJob | undefined> => {
+    for (;;) {
+      signal.throwIfAborted()
+      let first: number | undefined
+      for (const [bi, chunks] of left) {
+        const blobId = reader.blobs[bi]!.blobId
+        const open = chunks.filter(c => !fetcher.cached(blobId, c.index))
+        if (open.length < chunks.length) skipped(chunks.filter(c => fetcher.cached(blobId, c.index)))
+        if (open.length === 0) { left.delete(bi); continue }
+        left.set(bi, open)
+        first ??= bi
+        const picked = await advisor.pick(reader.blobs[bi]!, open, {
+          max: SLICE_CHUNKS, maxSource: sourceSlices > 0 ? 0 : SLICE_CHUNKS, maxSourceBytes: SWARM_SOURCE_SLICE_BYTES, signal
+        })
+        if (picked.chunks.length > 0) return take(bi, picked.chunks, picked.source > 0)
+      }
+      if (first === undefined) return undefined
+      // every chunk left waits on another peer: once the swarm went quiet, the plan's next ones go by the read rules
+      if (Date.now() - lastNews >= patienceMs) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true)
+      const wait = Math.min(SWARM_PREFETCH_RECHECK_MS, Math.max(1, patienceMs - (Date.now() - lastNews)))
+      const ours = new Promise<boolean>(resolve => { slicesDone = () => { resolve(false) } })
+      if (await Promise.race([advisor.changed(reader.blobs[first]!, wait, signal), ours])) lastNews = Date.now()
+      slicesDone = undefined
+    }
+  }
+  // one pick at a time: two workers picking at once would both take the same chunks
+  let turn: Promise<unknown> = Promise.resolve()
+  return {
+    next: async () => {
+      const mine = turn.then(pickNext)
+      turn = mine.catch(() => {})
+      return await mine
+    },
+    done: job => {
+      if (job.source !== true) return
+      sourceSlices--
+      slicesDone?.()
+    }
+  }
+}
+
 /** Runs a plan through the fetcher; `status` is updated as slices land. Never rejects: failures end in `status`. */
 export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, status: PrefetchStatus,
-  opts: { signal: AbortSignal, log?: Logger | undefined, gapBytes?: number, onFetched?: (blobIndex: number, chunks: ChunkInfo[]) => void }): Promise<void> {
+  opts: RunPrefetchOptions): Promise<void> {
   status.chunksTotal = 0
   status.bytesTotal = 0
   status.chunksDone = 0
@@ -160,12 +269,19 @@ export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: P
   }
   if (status.chunksTotal === 0) { status.state = 'done'; return }
   status.state = 'running'
-  // the slices are taken in plan order; the fetch queue puts every read before them
-  const jobs = plan.map(s => ({ bi: s.blobIndex, slice: s.chunks }))
+  // the slices are taken in plan order (or as a swarm's advisor picks them); the fetch queue puts every read before them
+  const order = opts.advisor !== undefined
+    ? swarmOrder(fetcher, reader, plan, opts.advisor, opts.signal, opts.patienceMs ?? SWARM_PREFETCH_PATIENCE_MS, chunks => {
+      // taken by reads meanwhile: done
+      status.chunksDone += chunks.length
+      for (const c of chunks) status.bytesDone += c.uncompressedSize
+    })
+    : planOrder(plan)
+  let failed = false
   try {
     // a few slices in flight keep the fetcher's prefetch slots busy between slices
     const worker = async (): Promise<void> => {
-      for (let job = jobs.shift(); job !== undefined; job = jobs.shift()) {
+      for (let job = await order.next(); job !== undefined && !failed; job = await order.next()) {
         opts.signal.throwIfAborted()
         try {
           const bi = job.bi
@@ -173,18 +289,20 @@ export async function runPrefetch (fetcher: Fetcher, reader: RafsReader, plan: P
           await fetcher.ensureChunks(reader.blobs[bi]!, job.slice, {
             priority: 'prefetch',
             signal: opts.signal,
-            fillGaps: { neighbour, maxGapBytes: opts.gapBytes ?? PREFETCH_GAP_BYTES }
+            ...(opts.advisor === undefined ? { fillGaps: { neighbour, maxGapBytes: opts.gapBytes ?? PREFETCH_GAP_BYTES } } : {})
           })
         } catch (err) {
-          jobs.length = 0 // the other workers stop after their current slice
+          failed = true // the other workers stop after their current slice
           throw err
+        } finally {
+          order.done(job)
         }
         status.chunksDone += job.slice.length
         for (const c of job.slice) status.bytesDone += c.uncompressedSize
         opts.onFetched?.(job.bi, job.slice)
       }
     }
-    await Promise.all(Array.from({ length: Math.min(SLICES_IN_FLIGHT, jobs.length) }, worker))
+    await Promise.all(Array.from({ length: Math.min(SLICES_IN_FLIGHT, plan.length) }, worker))
     status.state = 'done'
   } catch (err) {
     if (opts.signal.aborted) {
