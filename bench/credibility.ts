@@ -3,8 +3,9 @@
  * daemons, lazy mounts, the capped embedded registry) and the model with that run's parameters
  * (`modelInitFor`), side by side: registry egress over one pull, completion p50 and max, as model / real, flagged
  * outside ±5% (egress) and ±15% (times). Per cap, one node alone both ways (the real one-node run and the model's
- * `nativeReadMs`). The model runs twice: with the real reader's read-ahead window (the mapping) and with the
- * fetcher's whole window (what `rafspeer sim --model` does), to show what the reader's window is worth.
+ * `nativeReadMs`). The model runs twice: over the real image's chunk layout (the mapping: the files' chunks, many
+ * of them small) and over chunks all of the configured size (the mapping until session 16), to show what the
+ * layout is worth.
  *
  * Real runs share this machine's two cores with their daemons, readers and registry (and with whatever else runs
  * here): each row reports the CPU the swarm used (this process and every child it reaped) and how busy the whole
@@ -40,8 +41,8 @@ export interface CredibilityRow {
   bandwidth: number
   real: { egress: number, p50Ms: number, maxMs: number, wallMs: number, verifiedOk: boolean, idleDeadlineFetches: number, perNode: Array<{ completionMs: number, registryBytes: number, peerBytes: number }> }
   model: { egress: number, p50Ms: number, maxMs: number, idleTimeouts: number }
-  /** the model with the fetcher's whole window (as `rafspeer sim --model` runs) */
-  modelDaemonWindow: { egress: number, p50Ms: number, maxMs: number }
+  /** the model over chunks all of one size (not the real image's layout) */
+  modelUniform: { egress: number, p50Ms: number, maxMs: number }
   figures: FigureComparison[]
   cpu: CpuUse
 }
@@ -120,7 +121,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     for (const n of nodes) {
       const { init, real, cpu } = await run(n)
       const model: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader' }))
-      const daemonWindow: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'daemon' }))
+      const uniform: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader', layout: 'uniform' }))
       rows.push({
         nodes: n,
         bandwidth,
@@ -134,7 +135,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
           perNode: real.nodes.map(x => ({ completionMs: x.completionMs, registryBytes: x.registryBytes, peerBytes: x.peerBytes }))
         },
         model: { egress: model.model.registryRatio, p50Ms: model.p50Ms, maxMs: model.maxMs, idleTimeouts: model.model.peerRequests.idleTimeouts },
-        modelDaemonWindow: { egress: daemonWindow.model.registryRatio, p50Ms: daemonWindow.p50Ms, maxMs: daemonWindow.maxMs },
+        modelUniform: { egress: uniform.model.registryRatio, p50Ms: uniform.p50Ms, maxMs: uniform.maxMs },
         figures: compareRuns(real, model),
         cpu
       })
@@ -162,7 +163,7 @@ function formatRow (r: CredibilityRow): string {
   const [e, p, m] = r.figures as [FigureComparison, FigureComparison, FigureComparison]
   return `| ${r.nodes} | ${r.bandwidth / MiB} MiB/s | ${r.real.egress.toFixed(3)} / ${r.model.egress.toFixed(3)} (${flagged(e)}) | ` +
     `${s(r.real.p50Ms)} / ${s(r.model.p50Ms)} (${flagged(p)}) | ${s(r.real.maxMs)} / ${s(r.model.maxMs)} (${flagged(m)}) | ` +
-    `${s(r.modelDaemonWindow.p50Ms)} / ${s(r.modelDaemonWindow.maxMs)} | ${r.real.idleDeadlineFetches} | ` +
+    `${r.modelUniform.egress.toFixed(3)}, ${s(r.modelUniform.p50Ms)} / ${s(r.modelUniform.maxMs)} | ${r.real.idleDeadlineFetches} | ` +
     `${(r.cpu.swarmShare * 100).toFixed(0)}% / ${(r.cpu.machineBusy * 100).toFixed(0)}% |`
 }
 
@@ -175,7 +176,7 @@ export function formatCredibilityBench (r: CredibilityBenchResult): string {
     '|---|---|---|---|---|',
     ...r.alone.map(a => `| 1 node at ${a.bandwidth / MiB} MiB/s | ${s(a.realMs)} s | ${s(a.modelMs)} s | ${a.ratio.toFixed(2)} | ${(a.cpu.swarmShare * 100).toFixed(0)}% / ${(a.cpu.machineBusy * 100).toFixed(0)}% |`),
     '',
-    '| nodes | cap | egress real / model (model/real) | p50 s real / model | max s real / model | model, fetcher window: p50 / max s | real nodes with a 10 s idle-deadline fetch | swarm CPU / machine busy |',
+    '| nodes | cap | egress real / model (model/real) | p50 s real / model | max s real / model | model, uniform chunks: egress, p50 / max s | real nodes with a 10 s idle-deadline fetch | swarm CPU / machine busy |',
     '|---|---|---|---|---|---|---|---|',
     ...r.rows.map(formatRow),
     '',

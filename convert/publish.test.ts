@@ -20,6 +20,8 @@ test('a published directory is a valid RAFS image whose blob bytes are what the 
   const r = await publishDirectory(src, `${reg.host}/pub/app:v1`, { client, workDir: work, prefetchFiles: ['/sub/a.txt'] })
   assert.match(r.manifestDigest, /^sha256:[0-9a-f]{64}$/)
   assert.equal(r.blobs.length, 1)
+  // the layout: a.txt's one small chunk and b.bin's three equal 1 MiB chunks stored once
+  assert.deepEqual([...r.chunkSizes[0]!].sort((x, y) => x - y), [10, 1 << 20])
   const report = await checkRemoteImage(`${reg.host}/pub/app:v1`, { client, workDir: work })
   assert.deepEqual(report.errors, [])
   assert.equal(report.ok, true)

@@ -10,7 +10,7 @@
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { buildFromDirectory } from '../rafs/index.js'
+import { buildFromDirectory, type RafsImage, type RafsInode } from '../rafs/index.js'
 import { parseReference, type RegistryClient } from '../registry/index.js'
 import { NydusMediaTypes, jsonBytes, nydusConfig, nydusManifest, sha256Digest, writeBootstrapLayer } from '../image/index.js'
 import { confirmPushed, pushItem, type PushContext, type PushItem } from './push.js'
@@ -30,6 +30,8 @@ export interface PublishResult {
   /** data blob bytes (what a full pull of the data costs) */
   blobBytes: number
   blobs: Array<{ blobId: string, size: number }>
+  /** plaintext bytes of each chunk of each blob, in chunk index order (the image's layout, for `sim/model/`) */
+  chunkSizes: number[][]
 }
 
 export async function publishDirectory (dir: string, ref: string, opts: PublishOptions): Promise<PublishResult> {
@@ -67,8 +69,19 @@ export async function publishDirectory (dir: string, ref: string, opts: PublishO
     for (const item of items) await pushItem(ctx, item)
     await confirmPushed(ctx, items)
     const manifestDigest = await opts.client.putManifest(target, NydusMediaTypes.manifest, manifestBytes, call)
-    return { reference: ref, manifestDigest, blobBytes: blobs.reduce((n, b) => n + b.size, 0), blobs }
+    return { reference: ref, manifestDigest, blobBytes: blobs.reduce((n, b) => n + b.size, 0), blobs, chunkSizes: chunkSizesOf(built.image) }
   } finally {
     await rm(work, { recursive: true, force: true })
   }
+}
+
+/** Plaintext bytes of each chunk of each blob of `image`, in chunk index order (deduplicated chunks once). */
+export function chunkSizesOf (image: RafsImage): number[][] {
+  const out: number[][] = image.blobs.map(() => [])
+  const visit = (ino: RafsInode): void => {
+    for (const c of ino.chunks ?? []) out[c.blobIndex]![c.index] = c.uncompressedSize
+    for (const child of ino.children?.values() ?? []) visit(child)
+  }
+  visit(image.root)
+  return out.map(sizes => Array.from(sizes, s => s ?? 0))
 }

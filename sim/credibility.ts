@@ -44,6 +44,8 @@ export interface ModelMappingOptions {
   rttMs?: number
   /** the model's reader: the fetcher's whole window ('daemon', as `rafspeer sim --model` runs) or the real reader's read-ahead ('reader', default) */
   window?: 'daemon' | 'reader'
+  /** the model's image: the real run's chunk layout ('real', default when the report has it) or chunks all of one size */
+  layout?: 'real' | 'uniform'
   seed?: number
 }
 
@@ -52,12 +54,14 @@ export function modelInitFor (init: SwarmInit, real: SwarmReport, opts: ModelMap
   if (real.bandwidth === null) throw new RangeError('the model needs the real run\'s bandwidth cap: the real run had none')
   if (init.prefetch === 'all') throw new RangeError('the model reads what a reader reads: it has no whole-image prefetch')
   const halfWindow = REAL_READAHEAD_BYTES / 2
+  const layout = (opts.layout ?? 'real') === 'real' && real.chunkSizes !== undefined && real.chunkSizes.length > 0 ? real.chunkSizes : undefined
+  const plainBytes = layout !== undefined ? layout.reduce((a, b) => a + b, 0) : real.imageBytes
   return {
     nodes: init.nodes,
-    imageBytes: real.imageBytes,
-    chunkSize: init.chunkSize ?? REAL_DEFAULT_CHUNK_BYTES,
+    ...(layout !== undefined ? { chunkSizes: layout } : { imageBytes: real.imageBytes, chunkSize: init.chunkSize ?? REAL_DEFAULT_CHUNK_BYTES }),
     bandwidth: real.bandwidth,
-    registryBandwidth: real.bandwidth * real.imageBytes / real.blobBytes,
+    // the registry sends stored (compressed) bytes, the model plaintext: its cap scaled by their ratio
+    registryBandwidth: real.bandwidth * plainBytes / real.blobBytes,
     rttMs: opts.rttMs ?? 1,
     staggerMs: init.staggerMs ?? 0,
     heartbeatMs: 1000,

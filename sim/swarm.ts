@@ -99,6 +99,8 @@ export interface SwarmReport {
   wallMs: number
   /** the same reader over the published source tree on this disk, page cache dropped: what a node's read costs at best */
   nativeReadMs: number
+  /** plaintext bytes of each chunk of the image, blob after blob in chunk order: its layout, for the model */
+  chunkSizes: number[]
 }
 
 /** Node.js arguments running `module` (a sibling path without extension) from the same build as this file. */
@@ -312,7 +314,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       p95Ms: percentile(times, 0.95),
       maxMs: times[times.length - 1] ?? 0,
       wallMs: Math.round(performance.now() - t0),
-      nativeReadMs
+      nativeReadMs,
+      chunkSizes: published.chunkSizes.flat()
     }
   } finally {
     signal?.removeEventListener('abort', onAbort)

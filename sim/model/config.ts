@@ -26,11 +26,15 @@ export const DEFAULT_BUSY_BACKOFF_MS = 250
 /** the reader's read-ahead in flight as this many fetch batches */
 export const READER_WINDOW_BATCHES = 2
 const DETAIL_LIMIT = 1000
+/** chunks a `chunkSizes` layout may list */
+const MAX_LAYOUT_CHUNKS = 4_000_000
 
 export interface Config {
   nodes: number
   imageBytes: number
   chunkSize: number
+  /** the layout of `ModelInit.chunkSizes` (one blob), or undefined: every chunk `chunkSize` */
+  chunkSizes: Uint32Array | undefined
   blobs: number
   bandwidth: number
   registryBandwidth: number
@@ -84,9 +88,20 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     return v
   }
   const nodes = int('nodes', init.nodes, 1, MAX_MODEL_NODES, 1)
-  const imageBytes = int('imageBytes', init.imageBytes, 1, Number.MAX_SAFE_INTEGER, DEFAULT_IMAGE_BYTES)
-  const chunkSize = int('chunkSize', init.chunkSize, 4096, 16 << 20, DEFAULT_CHUNK_BYTES)
-  const blobs = int('blobs', init.blobs, 1, 1024, 1)
+  let chunkSizes: Uint32Array | undefined
+  if (init.chunkSizes !== undefined) {
+    if (init.chunkSizes.length === 0 || init.chunkSizes.length > MAX_LAYOUT_CHUNKS) problems.push(`chunkSizes must list 1–${MAX_LAYOUT_CHUNKS} chunks, got ${init.chunkSizes.length}`)
+    else if (init.chunkSizes.some(s => !Number.isInteger(s) || s < 1 || s > 16 << 20)) problems.push('chunkSizes must be integers of 1 byte to 16 MiB')
+    else chunkSizes = Uint32Array.from(init.chunkSizes)
+    if (init.blobs !== undefined && init.blobs !== 1) problems.push(`chunkSizes lays out one blob, got blobs ${init.blobs}`)
+  }
+  const imageBytes = chunkSizes !== undefined
+    ? chunkSizes.reduce((a, b) => a + b, 0)
+    : int('imageBytes', init.imageBytes, 1, Number.MAX_SAFE_INTEGER, DEFAULT_IMAGE_BYTES)
+  const chunkSize = chunkSizes !== undefined
+    ? Math.max(1, Math.round(imageBytes / chunkSizes.length))
+    : int('chunkSize', init.chunkSize, 4096, 16 << 20, DEFAULT_CHUNK_BYTES)
+  const blobs = chunkSizes !== undefined ? 1 : int('blobs', init.blobs, 1, 1024, 1)
   const bandwidth = num('bandwidth', init.bandwidth, 0, DEFAULT_BANDWIDTH, true)
   const registryBandwidth = num('registryBandwidth', init.registryBandwidth, 0, 2 * bandwidth, true)
   const rttMs = num('rttMs', init.rttMs, 0, DEFAULT_RTT_MS)
@@ -97,6 +112,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     nodes,
     imageBytes,
     chunkSize,
+    chunkSizes,
     blobs,
     bandwidth,
     registryBandwidth,

@@ -44,6 +44,24 @@ describe('the swarm model', () => {
     assert.ok(r.p50Ms <= r.p95Ms && r.p95Ms <= r.p99Ms && r.p99Ms <= r.maxMs)
   })
 
+  it('a real layout (chunkSizes): a list of equal chunks runs as that chunk size; small chunks all arrive, each once', () => {
+    const sizes = Array.from({ length: 32 }, () => MiB)
+    const uniform = runModel(small)
+    const listed = runModel({ ...small, imageBytes: undefined, chunkSize: undefined, chunkSizes: sizes })
+    assertComplete(listed)
+    for (const k of ['p50Ms', 'maxMs', 'registryBytes', 'peerBytes'] as const) assert.equal(listed[k], uniform[k], k)
+    // a tree of small files: many small chunks among a few large ones
+    const mixed = [...Array.from({ length: 80 }, (_v, i) => 4096 + i * 997), ...Array.from({ length: 12 }, () => MiB), ...Array.from({ length: 200 }, (_v, i) => 2048 + i * 131)]
+    const r = runModel({ nodes: 6, chunkSizes: mixed, bandwidth: 8 * MiB, runtime: false })
+    assertComplete(r)
+    const bytes = mixed.reduce((a, b) => a + b, 0)
+    assert.equal(r.blobBytes, bytes)
+    assert.equal(r.model.chunks, mixed.length)
+    for (const n of r.nodes) assert.equal(n.registryBytes + n.peerBytes, bytes, `node ${n.id}`)
+    assert.throws(() => runModel({ nodes: 2, chunkSizes: [MiB, 0] }), /chunkSizes/)
+    assert.throws(() => runModel({ nodes: 2, chunkSizes: [MiB], blobs: 2 }), /one blob/)
+  })
+
   it('one node alone takes the blob at the slower of its download and the registry, plus round trips', () => {
     for (const [bandwidth, registryBandwidth] of [[1.25e9, 2.5e9], [1.25e9, 0.5e9]] as const) {
       // the links, not the reader: a window as deep as the fetcher's keeps them full despite the round trips

@@ -13,7 +13,7 @@ import { HaveInbox, type Arrival } from './have-inbox.js'
 import { ChunkReceivers, MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage, type HaveTable } from './policy.js'
 import type { PeerReq, RegistryReq } from './request.js'
 import { haveFrameBytes } from './wire.js'
-import type { World } from './world.js'
+import { chunkBytes, type World } from './world.js'
 
 export { NodeBlob } from './node-blob.js'
 
@@ -213,7 +213,7 @@ export class SimNode implements Timed {
       const cis: number[] = []
       let bytes = 0
       while (this.cursorCi < nb.spec.chunks) {
-        const size = this.cursorCi === nb.spec.chunks - 1 ? nb.spec.lastSize : nb.spec.chunkSize
+        const size = chunkBytes(nb.spec, this.cursorCi)
         if (cis.length > 0 && bytes + size > batchBytes) break
         cis.push(this.cursorCi++)
         bytes += size

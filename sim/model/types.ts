@@ -10,6 +10,12 @@ export interface ModelInit {
   imageBytes?: number
   /** chunk size (default 1 MiB); every chunk is this size but the last of each blob */
   chunkSize?: number
+  /**
+   * a real image's layout instead: the bytes of each chunk, in blob order (a file's chunks are cut at its end, so a
+   * tree of small files has many small chunks; `SwarmReport.chunkSizes` gives a real run's). One blob; `imageBytes`
+   * is their sum and `chunkSize` is ignored.
+   */
+  chunkSizes?: readonly number[]
   /** data blobs the image is cut into, each its own swarm at the scheduler (default 1) */
   blobs?: number
   /** bytes/s of each node's upload and of its download (default 1.25 GB/s: 10 Gbit/s) */

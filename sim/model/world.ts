@@ -20,9 +20,11 @@ export interface BlobSpec {
   bytes: number
   chunkSize: number
   lastSize: number
+  /** each chunk's bytes, when the image has a real layout (`ModelInit.chunkSizes`) */
+  sizes?: Uint32Array
 }
 
-export const chunkBytes = (b: BlobSpec, ci: number): number => ci === b.chunks - 1 ? b.lastSize : b.chunkSize
+export const chunkBytes = (b: BlobSpec, ci: number): number => b.sizes !== undefined ? b.sizes[ci]! : ci === b.chunks - 1 ? b.lastSize : b.chunkSize
 
 /** registry egress is recorded in buckets this long */
 export const TIMELINE_BUCKET_MS = 10
@@ -72,7 +74,13 @@ export class World {
     this.links.setHub(this.registry)
     this.directory = new Directory(this.queue, cfg.halfRttMs, { peers: cfg.nodes, heartbeatMs: cfg.heartbeatMs, random: mulberry32(cfg.seed ^ 0x68e31da4) })
     let total = 0
-    for (let b = 0; b < cfg.blobs; b++) {
+    if (cfg.chunkSizes !== undefined) {
+      const sizes = cfg.chunkSizes
+      const hex = fakeDigestHex(ids)
+      this.blobs.push({ index: 0, hex, key: Buffer.from(hex, 'hex'), chunks: sizes.length, bytes: cfg.imageBytes, chunkSize: cfg.chunkSize, lastSize: sizes[sizes.length - 1]!, sizes })
+      total += sizes.length
+    }
+    for (let b = 0; b < (cfg.chunkSizes !== undefined ? 0 : cfg.blobs); b++) {
       const bytes = Math.floor(cfg.imageBytes * (b + 1) / cfg.blobs) - Math.floor(cfg.imageBytes * b / cfg.blobs)
       if (bytes === 0) continue
       const chunks = Math.ceil(bytes / cfg.chunkSize)
