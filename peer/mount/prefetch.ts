@@ -33,8 +33,10 @@ export const SWARM_PREFETCH_PATIENCE_MS = 3_000
  * A swarm prefetch keeps one slice of the chunks it fetches from the registry for the swarm in flight, of at most
  * this many stored bytes: the registry's bandwidth, shared by the group's members, goes to few requests, each chunk
  * arrives soon, and a neighbour's read waiting for one of them (its PENDING) is not held up behind many others.
+ * (8 daemons, all caps 4 MiB/s, prefetching all, 5 pairs: 24 MiB image, registry copies 2.05 → 1.74 and p50
+ * 16.3 → 13.3 s with 1 MiB instead of 4; 64 MiB, 3 pairs: 1.29 → 1.18, p50 29.5 → 28.5 s.)
  */
-export const SWARM_SOURCE_SLICE_BYTES = 4 << 20
+export const SWARM_SOURCE_SLICE_BYTES = 1 << 20
 /** how often a waiting swarm prefetch looks again when nothing about the blob changed */
 const SWARM_PREFETCH_RECHECK_MS = 250
 const S_IFMT = 0o170000
