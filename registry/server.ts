@@ -16,6 +16,7 @@
  * await reg.stop()
  * ```
  */
+import { setMaxListeners } from 'node:events'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { resolve } from 'node:path'
@@ -135,6 +136,8 @@ export async function startRegistryServer (opts: RegistryServerOptions): Promise
     maxManifestSize: opts.maxManifestSize ?? DEFAULT_MAX_MANIFEST_SIZE
   }
   const stopping = new AbortController()
+  // every request in flight listens to it (and stops listening when it ends): many at once is load, not a leak
+  setMaxListeners(Infinity, stopping.signal)
   const sockets = new Set<Socket>()
   const inflight = new Set<Promise<void>>()
 

@@ -6,6 +6,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
+import { getEventListeners } from 'node:events'
 import type { ChunkHolder, HolderResolver } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import { backToSourceAssignee, BEHIND_MARGIN } from './back-to-source.js'
@@ -88,4 +89,30 @@ test('a prefetch picks the chunks it is the one to fetch from the registry, then
   assert.deepEqual(planned, [], 'picking announces nothing: the fetch does, when it gets to the chunks')
   const few = await loc.pick(info, all, { max: 3, maxSource: 0, maxSourceBytes: 1e9, signal })
   assert.deepEqual(few, { chunks: [all[o1!], all[o2!]], source: 0 }, 'with a registry slice in flight, only what neighbours have')
+})
+
+test('waiting for news of a blob leaves no timer or listener behind when the news comes first', async () => {
+  const listeners = new Set<(hex: string, peer: string) => void>()
+  const have = {
+    table: new HaveTable(),
+    interest: async () => {},
+    onUpdate: (fn: (hex: string, peer: string) => void) => { listeners.add(fn); return () => { listeners.delete(fn) } },
+    followers: () => [],
+    flushBlob: () => {}
+  }
+  const directory: HolderResolver = { resolve: async () => new Map(), report: () => {} }
+  const loc = new BlobLocator({ directory, have, self: 'a' })
+  const ac = new AbortController()
+  for (let i = 0; i < 20; i++) {
+    const waiting = loc.changed(info, 60_000, ac.signal)
+    for (const fn of [...listeners]) fn(hex, 'b')
+    assert.equal(await waiting, true)
+  }
+  assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'no abort listener left on the caller\'s signal')
+  assert.equal(listeners.size, 0)
+  assert.equal(await loc.changed(info, 5, ac.signal), false, 'no news: false after the wait')
+  const aborted = loc.changed(info, 60_000, ac.signal)
+  ac.abort(new Error('stop'))
+  await assert.rejects(aborted, /stop/)
+  assert.equal(getEventListeners(ac.signal, 'abort').length, 0)
 })

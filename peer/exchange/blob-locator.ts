@@ -8,7 +8,7 @@
  * to the next source (the registry) at once. It waits at most `graceMs` (for an assignee's PENDING) beyond the
  * first `bitfieldWaitMs` of a blob.
  */
-import { delay, describeError, type ComponentLogger, type Logger } from '../../base/index.js'
+import { describeError, type ComponentLogger, type Logger } from '../../base/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { PrefetchAdvisor } from '../fetch/index.js'
@@ -199,14 +199,27 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     return await this.changeOf(blob.blobId, ms, signal)
   }
 
-  /** resolves true when a neighbour's state of the blob changes, false after `ms` without */
+  /**
+   * resolves true when a neighbour's state of the blob changes, false after `ms` without; its timer and its listener
+   * on `signal` go when it settles (a swarm's updates end most waits early: a timer left behind would hold a listener
+   * on the fetch's signal for the rest of its `ms`, and a busy blob piles them up)
+   */
   private async changeOf (blobHex: string, ms: number, signal: AbortSignal): Promise<boolean> {
+    signal.throwIfAborted()
     let off: (() => void) | undefined
-    const changed = new Promise<boolean>(resolve => { off = this.have.onUpdate(hex => { if (hex === blobHex) resolve(true) }) })
+    let timer: NodeJS.Timeout | undefined
+    let onAbort: (() => void) | undefined
     try {
-      return await Promise.race([changed, delay(Math.max(1, ms), signal).then(() => false)])
+      return await new Promise<boolean>((resolve, reject) => {
+        off = this.have.onUpdate(hex => { if (hex === blobHex) resolve(true) })
+        timer = setTimeout(() => { resolve(false) }, Math.max(1, ms))
+        onAbort = () => { reject(signal.reason) }
+        signal.addEventListener('abort', onAbort, { once: true })
+      })
     } finally {
       off?.()
+      clearTimeout(timer)
+      if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
     }
   }
 
