@@ -20,8 +20,8 @@
  */
 import '../polyfill.js'
 import assert from 'node:assert/strict'
-import { existsSync } from 'node:fs'
 import { describe, it } from 'node:test'
+import { swarmSkipReason } from './helpers/swarm.js'
 import { compareRuns, ISSUE_BOUNDS, modelInitFor, runModel, runSwarm, type SwarmInit } from '../sim/index.js'
 
 const MiB = 1 << 20
@@ -34,12 +34,7 @@ const IDLE_DEADLINE_MS = 10_000
 /** real egress over the model's at most this (see above) */
 const REAL_EGRESS_MAX = 1.25
 
-function skipReason (): string | undefined {
-  if (process.getuid?.() !== 0) return 'needs root (lazy mounts)'
-  if (!existsSync('/dev/fuse')) return 'needs /dev/fuse'
-  return undefined
-}
-const skip = skipReason()
+const skip = swarmSkipReason()
 if (skip !== undefined) process.stderr.write(`sim-credibility: skipped: ${skip}\n`)
 
 describe('the swarm model reproduces real swarms on this machine', { skip }, () => {

@@ -11,20 +11,15 @@
  */
 import '../polyfill.js'
 import assert from 'node:assert/strict'
-import { existsSync } from 'node:fs'
 import { describe, it } from 'node:test'
+import { swarmSkipReason } from './helpers/swarm.js'
 import { runSwarm } from '../sim/index.js'
 
 const MiB = 1 << 20
 /** registry egress over the blob's size at most this (measured 1.05–2.12 here; 1.0–1.32 at 8 nodes × 64 MiB) */
 const EGRESS_MAX = 3.5
 
-function skipReason (): string | undefined {
-  if (process.getuid?.() !== 0) return 'needs root (lazy mounts)'
-  if (!existsSync('/dev/fuse')) return 'needs /dev/fuse'
-  return undefined
-}
-const skip = skipReason()
+const skip = swarmSkipReason()
 
 describe('a swarm that prefetches everything', { skip }, () => {
   it('8 nodes × 24 MiB at 4 MiB/s, all prefetching: every read served and right', async () => {
