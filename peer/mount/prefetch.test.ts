@@ -23,6 +23,8 @@ class ScriptedSwarm implements PrefetchAdvisor {
   /** registry chunks picked so far */
   readonly sourced: ChunkInfo[] = []
   picks = 0
+  /** what the runner asked, in order: `p` a pick, `c` a wait for news */
+  log = ''
   /** picks that allowed registry chunks while one picked earlier was not in the cache yet */
   overlapping = 0
   private wake: (() => void) | undefined
@@ -31,6 +33,7 @@ class ScriptedSwarm implements PrefetchAdvisor {
 
   async pick (_blob: RafsBlobInfo, chunks: readonly ChunkInfo[], opts: { max: number, maxSource: number, maxSourceBytes: number }): Promise<{ chunks: ChunkInfo[], source: number }> {
     this.picks++
+    this.log += 'p'
     if (opts.maxSource > 0 && this.sourced.some(c => !this.cache.has(this.blobId, c.index))) this.overlapping++
     const open = chunks.filter(c => !this.waiting.has(c.index))
     // two at a time, as a group still filling would allow: a prefetch needs several registry slices
@@ -41,6 +44,7 @@ class ScriptedSwarm implements PrefetchAdvisor {
   }
 
   async changed (_blob: RafsBlobInfo, ms: number, signal: AbortSignal): Promise<boolean> {
+    this.log += 'c'
     if (this.quiet) { await delay(ms, signal); return false }
     return await Promise.race([
       new Promise<boolean>(resolve => { this.wake = () => { resolve(true) } }),
@@ -128,6 +132,8 @@ describe('runPrefetch with a swarm advisor', () => {
     for (const c of all) assert.ok(cache.has(img.blobId, c.index))
     assert.ok(performance.now() - t0 >= 200, 'not before the patience')
     assert.equal(swarm.sourced.length, 0, 'the advisor never picked any')
+    // one patience, then slice after slice while the swarm stays quiet: no wait between the forced slices
+    assert.match(swarm.log, /^pc+p+$/, swarm.log)
   })
 
   it('a prefetch cancelled while it waits on the swarm ends as cancelled', async () => {

@@ -193,8 +193,8 @@ function planOrder (plan: PrefetchPlan): { next: () => Promise<PrefetchJob | und
 /**
  * Hands out what the advisor picks, blob by blob in plan order (the chunks of each kept in the plan's order for
  * it), skipping chunks the cache got meanwhile (a read's), with one slice of registry chunks in flight at a time
- * (`sourceInFlight`). Waits while every chunk left waits on other peers, until the swarm has been quiet for
- * `patienceMs`; then the next ones in plan order go anyway.
+ * (`sourceSlices`). Waits while every chunk left waits on other peers, until the swarm has been quiet for
+ * `patienceMs`; then the next ones in plan order go anyway, slice after slice while it stays quiet.
  */
 function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, advisor: PrefetchAdvisor, signal: AbortSignal,
   patienceMs: number, skipped: (chunks: ChunkInfo[]) => void): { next: () => Promise<PrefetchJob | undefined>, done: (job: PrefetchJob) => void } {
@@ -210,10 +210,11 @@ function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, a
   let sourceSlices = 0
   // a registry slice that ends lets the next pick take registry chunks again: a worker waiting for news looks again
   let slicesDone: (() => void) | undefined
-  const take = (bi: number, chosen: ChunkInfo[], source: boolean): PrefetchJob => {
+  const take = (bi: number, chosen: ChunkInfo[], source: boolean, forced = false): PrefetchJob => {
     const set = new Set(chosen)
     left.set(bi, left.get(bi)!.filter(c => !set.has(c)))
-    lastNews = Date.now()
+    // a pick is news; taking chunks because the swarm is quiet is not (the next slice goes at once too)
+    if (!forced) lastNews = Date.now()
     if (source) sourceSlices++
     return { bi, slice: [...chosen].sort((a, b) => a.compressedOffset - b.compressedOffset), source }
   }
@@ -235,7 +236,7 @@ function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, a
       }
       if (first === undefined) return undefined
       // every chunk left waits on another peer: once the swarm went quiet, the plan's next ones go by the read rules
-      if (Date.now() - lastNews >= patienceMs) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true)
+      if (Date.now() - lastNews >= patienceMs) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true, true)
       const wait = Math.min(SWARM_PREFETCH_RECHECK_MS, Math.max(1, patienceMs - (Date.now() - lastNews)))
       const ours = new Promise<boolean>(resolve => { slicesDone = () => { resolve(false) } })
       if (await Promise.race([advisor.changed(reader.blobs[first]!, wait, signal), ours])) lastNews = Date.now()
