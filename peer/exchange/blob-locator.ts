@@ -28,13 +28,12 @@ export const DEFAULT_MAX_HOLDERS = 16
  */
 export const DEFAULT_LOOKUP_HOLDERS = 4
 /**
- * While a blob's group is still filling (short of `groupSize`, and changed within {@link GROUP_FILL_MS}: the
- * swarm's first look-ups), a prefetch picks no chunk to fetch from the registry, only what neighbours have: every
- * early asker counts itself among a partial group, so each would take a share of every chunk, and the registry
- * would send those several times (8 nodes × 24 MiB: 2 chunks a pick cost 1.74 copies, the first three askers
- * each fetching the blob's first 30 chunks within 0.8 s). Reads are not held: they go by `locate`'s rules.
+ * How long after it last changed (or was first looked up) a group short of `groupSize` counts as still filling.
+ * Meanwhile a prefetch picks no chunk to fetch from the registry, only what neighbours have: every early asker
+ * counts itself among a partial group, so each would take a share of every chunk, and the registry would send those
+ * several times (8 nodes × 24 MiB: 2 chunks a pick cost 1.74 copies, the first three askers each fetching the
+ * blob's first 30 chunks within 0.8 s). Reads are not held: they go by `locate`'s rules.
  */
-/** how long after it last changed (or was first looked up) a group short of `groupSize` counts as still filling */
 export const GROUP_FILL_MS = 4 * INCOMPLETE_GROUP_REFRESH_MS
 const MAX_REMEMBERED_WANTS = 65_536
 
@@ -171,10 +170,10 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   }
 
   /**
-   * The prefetch's next chunks of `blob` ({@link prefetchPick}): those neighbours have, rarest first, and those
-   * this node is the one to fetch from the registry (back-to-source by rendezvous over the blob's group, as
-   * `locate` decides); a chunk a neighbour is fetching, or that another member of the group is to fetch, waits
-   * until someone has it.
+   * The prefetch's next chunks of `blob` ({@link prefetchPick}): those this node is the one to fetch from the
+   * registry (back-to-source by rendezvous over the blob's group, as `locate` decides; none while the group is
+   * filling, {@link GROUP_FILL_MS}), then those neighbours have, rarest first; a chunk a neighbour is fetching, or
+   * that another member of the group is to fetch, waits until someone has it.
    */
   async pick (blob: RafsBlobInfo, chunks: readonly ChunkInfo[], opts: { max: number, maxSource: number, maxSourceBytes: number, signal: AbortSignal }): Promise<PrefetchPicked<ChunkInfo>> {
     const blobHex = blob.blobId
