@@ -6,6 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { getEventListeners } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -25,6 +26,9 @@ class ScriptedSwarm implements PrefetchAdvisor {
   picks = 0
   /** what the runner asked, in order: `p` a pick, `c` a wait for news */
   log = ''
+  /** waits for news not settled yet, and the most at once */
+  waits = 0
+  maxWaits = 0
   /** picks that allowed registry chunks while one picked earlier was not in the cache yet */
   overlapping = 0
   private wake: (() => void) | undefined
@@ -46,10 +50,22 @@ class ScriptedSwarm implements PrefetchAdvisor {
   async changed (_blob: RafsBlobInfo, ms: number, signal: AbortSignal): Promise<boolean> {
     this.log += 'c'
     if (this.quiet) { await delay(ms, signal); return false }
-    return await Promise.race([
-      new Promise<boolean>(resolve => { this.wake = () => { resolve(true) } }),
-      delay(ms, signal).then(() => false)
-    ])
+    // as the locator does: the timer and the listener on `signal` go as soon as it settles
+    let timer: NodeJS.Timeout | undefined
+    let onAbort: (() => void) | undefined
+    this.maxWaits = Math.max(this.maxWaits, ++this.waits)
+    try {
+      return await new Promise<boolean>((resolve, reject) => {
+        this.wake = () => { resolve(true) }
+        timer = setTimeout(() => { resolve(false) }, ms)
+        onAbort = () => { reject(signal.reason) }
+        signal.addEventListener('abort', onAbort, { once: true })
+      })
+    } finally {
+      this.waits--
+      clearTimeout(timer)
+      if (onAbort !== undefined) signal.removeEventListener('abort', onAbort)
+    }
   }
 
   /** neighbours got the waiting chunks */
@@ -100,7 +116,8 @@ describe('runPrefetch with a swarm advisor', () => {
     const read = all[all.length - 1]!
     await fetcher.ensureChunks(img.blobs[0]!, [read], { priority: 'read' })
     const status = newStatus()
-    const run = runPrefetch(fetcher, img.reader, plan, status, { signal: AbortSignal.timeout(20_000), advisor: swarm, patienceMs: 60_000 })
+    const ac = new AbortController()
+    const run = runPrefetch(fetcher, img.reader, plan, status, { signal: ac.signal, advisor: swarm, patienceMs: 60_000 })
     // everything but the waiting chunks lands; they wait (the patience is far off)
     for (let i = 0; i < 1000 && cache.chunks.size < all.length - waits.length; i++) await delay(10)
     assert.equal(cache.chunks.size, all.length - waits.length)
@@ -116,6 +133,8 @@ describe('runPrefetch with a swarm advisor', () => {
     assert.equal(swarm.overlapping, 0, 'never a second registry slice while one is in flight')
     assert.ok(!swarm.sourced.includes(read), 'the chunk a read brought is not picked')
     assert.equal(fetcher.counters.chunksFetched, all.length, 'each chunk fetched once')
+    assert.equal(getEventListeners(ac.signal, 'abort').length, 0, 'no wait left listening to the prefetch\'s signal')
+    assert.equal(swarm.maxWaits, 1, 'a wait for news ends when a registry slice ending wakes the runner first')
   })
 
   it('takes the waiting chunks in plan order once the swarm has been quiet for the patience', async () => {

@@ -239,8 +239,19 @@ function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, a
       if (Date.now() - lastNews >= patienceMs) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true, true)
       const wait = Math.min(SWARM_PREFETCH_RECHECK_MS, Math.max(1, patienceMs - (Date.now() - lastNews)))
       const ours = new Promise<boolean>(resolve => { slicesDone = () => { resolve(false) } })
-      if (await Promise.race([advisor.changed(reader.blobs[first]!, wait, signal), ours])) lastNews = Date.now()
-      slicesDone = undefined
+      // the advisor's wait is ended when ours wins (else it would hold its timer and a listener on `signal` on)
+      const waitEnd = new AbortController()
+      const news = advisor.changed(reader.blobs[first]!, wait, AbortSignal.any([signal, waitEnd.signal])).catch((err: unknown) => {
+        if (signal.aborted) throw err
+        return false
+      })
+      news.catch(() => {}) // once ours won, a late rejection has no one to tell
+      try {
+        if (await Promise.race([news, ours])) lastNews = Date.now()
+      } finally {
+        slicesDone = undefined
+        waitEnd.abort()
+      }
     }
   }
   // one pick at a time: two workers picking at once would both take the same chunks
