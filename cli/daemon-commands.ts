@@ -5,7 +5,7 @@
  * Where the admin socket is, for `mount`, `umount` and `status`: `--socket`, else `$RAFSPEER_SOCKET`, else the
  * `socket` of `--config FILE` (or `$RAFSPEER_CONFIG`), else /run/rafspeer/rafspeer.sock.
  */
-import { existsSync } from 'node:fs'
+import { existsSync, fstatSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { type Command, InvalidArgumentError, Option } from 'commander'
@@ -90,6 +90,8 @@ export interface DaemonFlags {
   plainHttp?: boolean
   /** serve containerd's snapshotter API on this Unix socket */
   snapshotterAddress?: string
+  /** stop when stdin (a pipe from the parent) closes */
+  exitWithParent?: boolean
   /** the snapshotter's images are mounted by the daemon on this admin socket */
   daemonSocket?: string
   /** the snapshotter serves CRI's image service here, forwarding to containerd */
@@ -144,7 +146,11 @@ export async function runMirrorDaemon (f: DaemonFlags): Promise<void> {
   const config = await loadDaemonConfig(configPath(f), daemonOverrides(f))
   const { withMirror } = await proxy()
   const assemble = config.snapshotter.address !== undefined ? (await snapshotter()).withSnapshotter(withMirror()) : withMirror()
-  await runDaemon(config, { assemble })
+  if (f.exitWithParent === true) {
+    const st = fstatSync(0)
+    if (!st.isFIFO() && !st.isSocket()) throw new Error('--exit-with-parent needs stdin to be a pipe from the process that started the daemon (it is a ' + (st.isCharacterDevice() ? 'terminal or device' : 'file') + ')')
+  }
+  await runDaemon(config, { assemble }, f.exitWithParent === true ? { stopWhenEnds: process.stdin } : {})
 }
 
 /** The config file to read: `--config`, else `$RAFSPEER_CONFIG`, else none (defaults). */
@@ -246,6 +252,7 @@ export function registerDaemonCommands (program: Command): void {
   addDaemonOptions(addMirrorOptions(program.command('daemon'), '--proxy-listen')
     .description('run the node daemon: admin API on a Unix socket, mounts, blob cache, Prometheus metrics, the registry mirror with --proxy-listen; until SIGTERM/SIGINT (then unmounts all and flushes)'))
     .option('--snapshotter-address <socket>', 'serve the containerd remote snapshotter on this Unix socket (see `rafspeer snapshotter`)')
+    .option('--exit-with-parent', 'also stop (unmount all, flush) when stdin, a pipe from the process that started the daemon, closes: that process died')
     .action(async (f: DaemonFlags, cmd: Command) => {
       const logLevel = f.logLevel ?? cliLogLevel(cmd)
       await runMirrorDaemon({ ...f, ...(logLevel !== undefined ? { logLevel } : {}) })

@@ -150,7 +150,8 @@ async function startNode (id: number, dir: string, config: Record<string, unknow
   await writeFile(cfg, JSON.stringify({ version: 1, socket, workDir: join(dir, 'work'), cache: { dir: join(dir, 'cache') }, ...config }, null, 2))
   // the daemon's log goes to <dir>/daemon.log (kept with --keep)
   const logFile = await open(join(dir, 'daemon.log'), 'a')
-  const proc = spawn(process.execPath, [...nodeArgs, ...daemonArgv(['daemon', '--config', cfg])], { stdio: ['ignore', 'ignore', 'pipe'] })
+  // stdin a pipe from us: the daemon stops (unmounting) when this process dies, however it dies
+  const proc = spawn(process.execPath, [...nodeArgs, ...daemonArgv(['daemon', '--config', cfg, '--exit-with-parent'])], { stdio: ['pipe', 'ignore', 'pipe'] })
   proc.stderr?.on('data', (b: Buffer) => { logFile.write(b).catch(() => {}) })
   proc.once('exit', () => { void logFile.close().catch(() => {}) })
   let out = ''

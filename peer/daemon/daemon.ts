@@ -160,6 +160,11 @@ export interface RunDaemonOptions {
   onReady?: (daemon: Daemon, mounted: MountInfo[]) => void
   /** default `process.exit` */
   exit?: (code: number) => void
+  /**
+   * Also stop (as at SIGTERM) when this stream ends: the daemon's stdin, a pipe from the process that started it,
+   * ends when that process dies however it dies (a supervisor killed with SIGKILL leaves no daemon and no mount).
+   */
+  stopWhenEnds?: NodeJS.ReadableStream
 }
 
 /**
@@ -179,7 +184,7 @@ export async function runDaemon (config: DaemonConfig, components: DaemonCompone
     throw err
   }
   let signalled = false
-  const onSignal = (signal: NodeJS.Signals): void => {
+  const onSignal = (signal: NodeJS.Signals | 'parent gone'): void => {
     if (signalled) {
       log.warn('%s while stopping: exiting now', signal)
       exit(1)
@@ -197,6 +202,15 @@ export async function runDaemon (config: DaemonConfig, components: DaemonCompone
   }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
+  const parent = opts.stopWhenEnds
+  if (parent !== undefined) {
+    let gone = false
+    const onGone = (): void => { if (!gone) { gone = true; if (!signalled) onSignal('parent gone') } }
+    parent.once('end', onGone)
+    parent.once('close', onGone)
+    parent.once('error', onGone)
+    parent.resume()
+  }
   log.info('ready: admin API on %s%s (version %s, pid %d, cache %s)', config.socket,
     daemon.metricsAddress !== undefined ? `, metrics on http://${daemon.metricsAddress}/metrics` : '', packageVersion(), process.pid, config.cache.dir)
   opts.onReady?.(daemon, mounted)

@@ -24,11 +24,17 @@ export interface TestDaemon {
   kill: () => Promise<void>
 }
 
-export async function startDaemon (dir: string, config: Record<string, unknown>): Promise<TestDaemon> {
+export interface StartDaemonOptions {
+  /** `--exit-with-parent`: stdin a pipe from this process (`proc.stdin.end()` is this process dying) */
+  exitWithParent?: boolean
+}
+
+export async function startDaemon (dir: string, config: Record<string, unknown>, opts: StartDaemonOptions = {}): Promise<TestDaemon> {
   const socket = join(dir, 'rafspeer.sock')
   const cfgPath = join(dir, 'daemon.json')
   await writeFile(cfgPath, JSON.stringify({ version: 1, socket, workDir: join(dir, 'work'), cache: { dir: join(dir, 'cache') }, ...config }, null, 2))
-  const proc = spawn(process.execPath, cliArgv(['daemon', '--config', cfgPath]), { stdio: ['ignore', 'pipe', 'pipe'] })
+  const parent = opts.exitWithParent === true
+  const proc = spawn(process.execPath, cliArgv(['daemon', '--config', cfgPath, ...(parent ? ['--exit-with-parent'] : [])]), { stdio: [parent ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
   let out = ''
   proc.stdout?.on('data', (b: Buffer) => { out += b.toString() })
   proc.stderr?.on('data', (b: Buffer) => { out += b.toString() })
