@@ -19,9 +19,14 @@ export const OUTSIDE_GROUP_GRACE_FACTOR = 4
  */
 export const INCOMPLETE_GROUP_REFRESH_MS = 250
 
-/** Whether a looked-up group is old: a full one after `refreshMs`, one still filling after {@link INCOMPLETE_GROUP_REFRESH_MS}. */
+/**
+ * Whether a looked-up group is old: a full one after `refreshMs`; one still filling, or none at all (the scheduler's
+ * answer came too late or not at all), after {@link INCOMPLETE_GROUP_REFRESH_MS}. A node without the group plans as if
+ * alone (every chunk's assignee is itself): 8 daemons starting together, three of whose first look-ups went
+ * unanswered within their timeout, each read from the registry for the 5 s until their next look-up (1.4–1.9 copies).
+ */
 export function groupStale (group: readonly string[] | undefined, groupSize: number, ageMs: number, refreshMs: number): boolean {
-  return ageMs >= (group !== undefined && group.length < groupSize ? Math.min(refreshMs, INCOMPLETE_GROUP_REFRESH_MS) : refreshMs)
+  return ageMs >= (group === undefined || group.length < groupSize ? Math.min(refreshMs, INCOMPLETE_GROUP_REFRESH_MS) : refreshMs)
 }
 
 /** chunks either side of a wanted one whose neighbours' activity makes it "a region the swarm is busy with" */

@@ -116,3 +116,30 @@ test('waiting for news of a blob leaves no timer or listener behind when the new
   await assert.rejects(aborted, /stop/)
   assert.equal(getEventListeners(ac.signal, 'abort').length, 0)
 })
+
+test('a look-up the scheduler left unanswered is made again within the filling group\'s refresh, with a longer wait than a read\'s', async () => {
+  let now = 0
+  const asked: Array<number | undefined> = []
+  const directory: HolderResolver = {
+    // the first answer comes too late (the resolver's timeout: an empty map), the next ones name the group
+    resolve: async (_d, opts) => {
+      asked.push(opts?.timeoutMs)
+      return asked.length === 1 ? new Map() : new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]])
+    },
+    report: () => {}
+  }
+  const have = { table: new HaveTable(), interest: async () => {}, onUpdate: () => () => {}, followers: () => [], flushBlob: () => {} }
+  const loc = new BlobLocator({ directory, have, self: 'a' }, { graceMs: 10_000, bitfieldWaitMs: 0, now: () => now })
+  const signal = AbortSignal.timeout(5_000)
+  // alone for now: a's own group of one makes it the assignee of every chunk
+  assert.equal((await loc.locate(info, [chunk], { signal })).size, 0)
+  assert.equal(asked.length, 1)
+  assert.ok((asked[0] ?? 0) >= 1000, `the look-up waits ${String(asked[0])} ms for the scheduler`)
+  now += 100
+  await loc.locate(info, [chunk], { signal })
+  assert.equal(asked.length, 1, 'not again at once')
+  now += 200
+  // b is the chunk's assignee in the group the scheduler names now: a waits for it (the grace), not the registry
+  await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(200) }))
+  assert.equal(asked.length, 2, 'asked again 300 ms later, not after the full refresh (5 s)')
+})

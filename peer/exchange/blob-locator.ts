@@ -20,6 +20,13 @@ export const DEFAULT_GROUP_SIZE = 4
 export const DEFAULT_GRACE_MS = 150
 export const DEFAULT_BITFIELD_WAIT_MS = 200
 export const DEFAULT_REFRESH_MS = 5_000
+/**
+ * how long a look-up of a blob's group waits for the scheduler (the resolver's own default is 200 ms, made for a
+ * chunk-level look-up per read): one look-up serves every read of the blob for seconds, and without its answer the
+ * node plans as if alone and fetches from the registry what the group would have shared (a scheduler sharing two
+ * cores with 8 daemons starting together answered some first look-ups after more than 200 ms)
+ */
+export const DEFAULT_LOOKUP_TIMEOUT_MS = 1_000
 /** holders of a blob remembered from the scheduler's answers */
 export const DEFAULT_MAX_HOLDERS = 16
 /**
@@ -66,6 +73,8 @@ export interface BlobLocatorInit {
   maxHolders?: number
   /** ranked holders asked for per look-up (4) */
   lookupHolders?: number
+  /** how long a look-up waits for the scheduler's answer (1 s) */
+  lookupTimeoutMs?: number
   now?: () => number
 }
 
@@ -88,6 +97,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   private readonly refreshMs: number
   private readonly maxHolders: number
   private readonly lookupHolders: number
+  private readonly lookupTimeoutMs: number
   private readonly now: () => number
   private readonly groups = new Map<string, Promise<BlobGroup>>()
   /** `${blob}/${ci}` → when this node first wanted it */
@@ -107,6 +117,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     this.refreshMs = init.refreshMs ?? DEFAULT_REFRESH_MS
     this.maxHolders = init.maxHolders ?? DEFAULT_MAX_HOLDERS
     this.lookupHolders = init.lookupHolders ?? DEFAULT_LOOKUP_HOLDERS
+    this.lookupTimeoutMs = init.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS
     this.now = init.now ?? Date.now
   }
 
@@ -258,7 +269,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     let group: string[] | undefined
     try {
       // the blob's group first (the same for every asker), then the best other holders
-      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize })
+      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize, timeoutMs: this.lookupTimeoutMs })
       const all = answer.get(blobHex) ?? []
       for (const h of all) if (h.group === true) (group ??= []).push(h.peerId)
       // the ranked holders are whom to follow; the group is who fetches from the source (not whom everyone piles
