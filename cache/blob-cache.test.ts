@@ -130,6 +130,37 @@ test('a chunk present in another blob is found by digest and copied locally', as
   assert.equal(await cache.findByDigest(other.digest), undefined)
 })
 
+test('found by digest without asking the index again, and never a chunk no longer present', async t => {
+  const dir = await tempDir(t)
+  const a = await buildBlob(join(dir, 'a'), [10_000, 5000, 7000])
+  let lookups = 0
+  const index = new MemoryCacheIndex()
+  const find = index.findByDigest.bind(index)
+  index.findByDigest = async (d: Buffer) => { lookups++; return await find(d) }
+  const cache = await BlobCache.open(join(dir, 'cache'), { index })
+  t.after(async () => { await cache.close() })
+  await cache.registerBlob(a.blob)
+  const [c0, c1, c2] = [a.chunks[0]!, a.chunks[1]!, a.chunks[2]!]
+  assert.equal(await cache.findByDigest(c1.digest), undefined)
+  assert.equal(await cache.findByDigest(c1.digest), undefined)
+  assert.equal(lookups, 1, 'an absence is remembered')
+  await cache.putChunk(a.blob.blobId, c1, a.plain[c1.index]!)
+  assert.equal((await cache.findByDigest(c1.digest))?.chunk.index, c1.index, 'a store unlearns the absence at once')
+  await cache.putChunk(a.blob.blobId, c0, a.plain[c0.index]!)
+  for (let i = 0; i < 3; i++) assert.equal((await cache.findByDigest(c0.digest))?.chunk.uncompressedOffset, c0.uncompressedOffset)
+  assert.equal(lookups, 1, 'stored chunks are found without the index')
+  // bytes flipped on disk: the read unmarks the chunk, and the digest is no longer found
+  const { open } = await import('node:fs/promises')
+  const fh = await open(join(dir, 'cache', `${a.blob.blobId}.blob.data`), 'r+')
+  await fh.write(Buffer.from([0x55 ^ a.plain[c0.index]![3]!]), 0, 1, c0.uncompressedOffset + 3)
+  await fh.close()
+  assert.equal(await cache.readChunk(a.blob.blobId, c0, { verify: true }), undefined)
+  assert.equal(await cache.findByDigest(c0.digest), undefined, 'an unmarked chunk is never found')
+  await cache.putChunk(a.blob.blobId, c2, a.plain[c2.index]!)
+  await cache.removeBlob(a.blob.blobId)
+  assert.equal(await cache.findByDigest(c2.digest), undefined, 'nor one of a removed blob')
+})
+
 test("verify 'once': bytes changed on disk while closed are caught on the first read, then reads skip hashing", async t => {
   const dir = await tempDir(t)
   const b = await buildBlob(dir, [100_000, 50_000])

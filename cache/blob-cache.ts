@@ -20,6 +20,7 @@ import { digestChunk, type RafsBlobInfo } from '../rafs/index.js'
 import { BlobState, alignedSize, type ChunkWatcher } from './blob-state.js'
 import type { BlobRecord, CacheIndex, ChunkMark, ChunkRecord, ImageRecord } from './cache-index.js'
 import { hasFallocate, punchHoles, readFull, writeChunkData } from './chunk-io.js'
+import { DigestMemo } from './digest-memo.js'
 import { CacheError, isFullErrno } from './errors.js'
 import { Evictor } from './evictor.js'
 import { GroupCommit } from './group-commit.js'
@@ -52,6 +53,8 @@ export class BlobCache {
   readonly #evictor: Evictor
   readonly #imageStore: ImageStore
   readonly #rangeBytes: number
+  /** where digests were found or stored lately, and which the index lacks: most `findByDigest` calls end here */
+  readonly #digests = new DigestMemo<CachedChunk>()
   #generation = 0
   #closed = false
   readonly #counters = { hits: 0, misses: 0, verifyFailures: 0, writeFailures: 0, recoveryChecked: 0, recoveryBad: 0 }
@@ -304,6 +307,7 @@ export class BlobCache {
     }
     s.set(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize, Date.now())
     s.setVerified(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize)
+    this.#digests.stored(chunk.digest.toString('latin1'), { blobId: s.record.blobId, chunk: { index: chunk.index, digest: chunk.digest, uncompressedOffset: chunk.uncompressedOffset, uncompressedSize: chunk.uncompressedSize } })
     const rec: ChunkRecord = { index: chunk.index, digest: chunk.digest, uncompressedOffset: chunk.uncompressedOffset, uncompressedSize: chunk.uncompressedSize, generation: this.#generation }
     try {
       await this.#commits.add({ blobId: s.record.blobId, chunk: rec })
@@ -338,12 +342,25 @@ export class BlobCache {
   /** A present chunk with this digest, in any blob (or any blob but `exceptBlobId`), with its view coordinates. */
   async findByDigest (digest: Buffer, opts: { exceptBlobId?: string } = {}): Promise<{ blobId: string, chunk: CachedChunk } | undefined> {
     this.#checkOpen()
-    for (const h of await this.#index.findByDigest(digest)) {
-      if (h.blobId === opts.exceptBlobId || !this.has(h.blobId, h.index)) continue
-      const rec = await this.#index.getChunk(h.blobId, h.index)
-      if (rec !== undefined) return { blobId: h.blobId, chunk: { index: rec.index, digest: rec.digest, uncompressedOffset: rec.uncompressedOffset, uncompressedSize: rec.uncompressedSize } }
+    const key = digest.toString('latin1')
+    // places seen lately, re-checked (a chunk unmarked or evicted since is no longer present); else the index
+    for (const p of this.#digests.places(key) ?? []) {
+      if (p.blobId !== opts.exceptBlobId && this.has(p.blobId, p.chunk.index)) return { blobId: p.blobId, chunk: { ...p.chunk } }
     }
-    return undefined
+    if (this.#digests.knownAbsent(key)) return undefined
+    const token = this.#digests.begin()
+    const found: Array<{ blobId: string, chunk: CachedChunk }> = []
+    let answer: { blobId: string, chunk: CachedChunk } | undefined
+    for (const h of await this.#index.findByDigest(digest)) {
+      if (!this.has(h.blobId, h.index)) continue
+      const rec = await this.#index.getChunk(h.blobId, h.index)
+      if (rec === undefined) continue
+      const place = { blobId: h.blobId, chunk: { index: rec.index, digest: rec.digest, uncompressedOffset: rec.uncompressedOffset, uncompressedSize: rec.uncompressedSize } }
+      found.push(place)
+      if (h.blobId !== opts.exceptBlobId) { answer = { blobId: place.blobId, chunk: { ...place.chunk } }; break }
+    }
+    this.#digests.learnt(key, token, found)
+    return answer
   }
 
   /**
