@@ -117,14 +117,14 @@ test('waiting for news of a blob leaves no timer or listener behind when the new
   assert.equal(getEventListeners(ac.signal, 'abort').length, 0)
 })
 
-test('a look-up the scheduler left unanswered is made again within the filling group\'s refresh, with a longer wait than a read\'s', async () => {
+test('a look-up the scheduler left unanswered: made again within 250 ms when the node knows no group (waiting longer), never erasing a group it knew', async () => {
   let now = 0
   const asked: Array<number | undefined> = []
   const directory: HolderResolver = {
-    // the first answer comes too late (the resolver's timeout: an empty map), the next ones name the group
+    // the first and the third answers come too late (the resolver's timeout: an empty map), the others name the group
     resolve: async (_d, opts) => {
       asked.push(opts?.timeoutMs)
-      return asked.length === 1 ? new Map() : new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]])
+      return asked.length === 1 || asked.length === 3 ? new Map() : new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]])
     },
     report: () => {}
   }
@@ -142,4 +142,16 @@ test('a look-up the scheduler left unanswered is made again within the filling g
   // b is the chunk's assignee in the group the scheduler names now: a waits for it (the grace), not the registry
   await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(200) }))
   assert.equal(asked.length, 2, 'asked again 300 ms later, not after the full refresh (5 s)')
+  assert.ok((asked[1] ?? 0) >= 1000, 'still blind: the long wait again')
+  now += 300
+  await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(200) }))
+  assert.equal(asked.length, 2, 'the group of four is full: kept')
+  now += 5_000
+  await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(200) }))
+  assert.equal(asked.length, 3)
+  assert.equal(asked[2], undefined, 'a refresh of a known group waits the resolver\'s own short time (it holds the reads of the blob)')
+  // that refresh came back empty: the group is kept (a still waits for b above, not the registry), and asked again soon
+  now += 300
+  await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(200) }))
+  assert.equal(asked.length, 3, 'kept as it was: full, so not asked again before the full refresh')
 })

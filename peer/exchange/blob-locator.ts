@@ -21,10 +21,12 @@ export const DEFAULT_GRACE_MS = 150
 export const DEFAULT_BITFIELD_WAIT_MS = 200
 export const DEFAULT_REFRESH_MS = 5_000
 /**
- * how long a look-up of a blob's group waits for the scheduler (the resolver's own default is 200 ms, made for a
- * chunk-level look-up per read): one look-up serves every read of the blob for seconds, and without its answer the
- * node plans as if alone and fetches from the registry what the group would have shared (a scheduler sharing two
- * cores with 8 daemons starting together answered some first look-ups after more than 200 ms)
+ * how long a look-up of a blob's group waits for the scheduler while the node knows no group of it (its first, or
+ * after one the scheduler left unanswered; otherwise the resolver's own 200 ms): the answer serves every read of the
+ * blob for seconds, and without it the node plans as if alone and fetches from the registry what the group would
+ * have shared (a scheduler sharing two cores with 8 daemons starting together answered some first look-ups after
+ * more than 200 ms). A refresh of a known group keeps the short wait: it blocks the reads of the blob, every 250 ms
+ * while the group is incomplete, and a wedged scheduler would hold each of them this long.
  */
 export const DEFAULT_LOOKUP_TIMEOUT_MS = 1_000
 /** holders of a blob remembered from the scheduler's answers */
@@ -73,7 +75,7 @@ export interface BlobLocatorInit {
   maxHolders?: number
   /** ranked holders asked for per look-up (4) */
   lookupHolders?: number
-  /** how long a look-up waits for the scheduler's answer (1 s) */
+  /** how long a look-up waits for the scheduler's answer while no group of the blob is known (1 s) */
   lookupTimeoutMs?: number
   now?: () => number
 }
@@ -251,7 +253,15 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
       before = await known
       if (!groupStale(before.group, this.groupSize, this.now() - before.at, this.refreshMs)) return before
     }
-    const fresh = this.lookUp(blobHex, signal)
+    // a node that knows no group yet (its first look-up, or one left unanswered) waits longer for the answer; an
+    // answer with nobody in it (the scheduler did not answer in time: it always names at least the asker) does not
+    // erase what the node knew, it only dates it (8 daemons prefetching 24 MiB: refreshes of a filling group that
+    // came back empty and left members blind cost the registry up to 1.15 copies)
+    const prior = before
+    const fresh = this.lookUp(blobHex, signal, prior?.group === undefined).then(g =>
+      prior !== undefined && g.group === undefined && g.holders.size === 0 && (prior.group !== undefined || prior.holders.size > 0)
+        ? { ...prior, at: g.at }
+        : g)
     this.groups.set(blobHex, fresh)
     try {
       const g = await fresh
@@ -263,13 +273,13 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     }
   }
 
-  private async lookUp (blobHex: string, signal: AbortSignal): Promise<BlobGroup> {
+  private async lookUp (blobHex: string, signal: AbortSignal, blind: boolean): Promise<BlobGroup> {
     const first = !this.groups.has(blobHex)
     const holders = new Map<string, ChunkHolder>()
     let group: string[] | undefined
     try {
       // the blob's group first (the same for every asker), then the best other holders
-      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize, timeoutMs: this.lookupTimeoutMs })
+      const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize, ...(blind ? { timeoutMs: this.lookupTimeoutMs } : {}) })
       const all = answer.get(blobHex) ?? []
       for (const h of all) if (h.group === true) (group ??= []).push(h.peerId)
       // the ranked holders are whom to follow; the group is who fetches from the source (not whom everyone piles
