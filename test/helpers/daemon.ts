@@ -25,7 +25,10 @@ export interface TestDaemon {
 }
 
 export interface StartDaemonOptions {
-  /** `--exit-with-parent`: stdin a pipe from this process (`proc.stdin.end()` is this process dying) */
+  /**
+   * `--exit-with-parent` (default true): stdin a pipe from this process, so a test process killed by the runner (a
+   * timeout) leaves no daemon serving mounts behind it; `proc.stdin.end()` is this process dying
+   */
   exitWithParent?: boolean
 }
 
@@ -33,7 +36,7 @@ export async function startDaemon (dir: string, config: Record<string, unknown>,
   const socket = join(dir, 'rafspeer.sock')
   const cfgPath = join(dir, 'daemon.json')
   await writeFile(cfgPath, JSON.stringify({ version: 1, socket, workDir: join(dir, 'work'), cache: { dir: join(dir, 'cache') }, ...config }, null, 2))
-  const parent = opts.exitWithParent === true
+  const parent = opts.exitWithParent ?? true
   const proc = spawn(process.execPath, cliArgv(['daemon', '--config', cfgPath, ...(parent ? ['--exit-with-parent'] : [])]), { stdio: [parent ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
   let out = ''
   proc.stdout?.on('data', (b: Buffer) => { out += b.toString() })
