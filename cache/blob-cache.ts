@@ -53,7 +53,7 @@ export class BlobCache {
   readonly #evictor: Evictor
   readonly #imageStore: ImageStore
   readonly #rangeBytes: number
-  /** where digests were found or stored lately, and which the index lacks: most `findByDigest` calls end here */
+  /** where digests were found or stored lately, and which are present nowhere: most `findByDigest` calls end here */
   readonly #digests = new DigestMemo<CachedChunk>()
   #generation = 0
   #closed = false

@@ -27,7 +27,7 @@ export class DigestMemo<C extends { index: number }> {
   /** the places a digest was last seen present (to re-check), undefined when unknown */
   places (key: string): ReadonlyArray<DigestPlace<C>> | undefined { return this.present.get(key)?.places }
 
-  /** true when the index was found not to hold the digest, and nothing was stored since under it */
+  /** true when a look-up found the digest present nowhere, and nothing was stored since under it */
   knownAbsent (key: string): boolean { return this.absent.has(key) }
 
   /** a token to hand back to {@link learnt} with an index look-up's answer */
