@@ -301,6 +301,21 @@ test('a grouped resolve names every asker the same group: the key\'s first holde
   assert.ok(!ids(idx, 'P9', blob).includes('P9'))
 })
 
+test('asPeer resolves as the wire client does: with a group asked for, the group first and marked, then ranked holders', async () => {
+  const { idx } = setup({ random: Math.random })
+  const blob = digest('blob')
+  for (let i = 0; i < 5; i++) idx.announce(`P${i}`, packDigests([]), { info: info(i + 1) })
+  const as = (id: string): ReturnType<HolderIndex['asPeer']> => idx.asPeer(id, info(1))
+  for (let i = 0; i < 4; i++) await as(`P${i}`).resolve([blob], { group: 3 })
+  const got = (await as('P4').resolve([blob], { group: 3, max: 2 })).get(blob.toString('hex')) ?? []
+  assert.deepEqual(got.filter(h => h.group === true).map(h => h.peerId), ['P0', 'P1', 'P2'])
+  const ranked = got.filter(h => h.group !== true)
+  assert.ok(ranked.length > 0 && ranked.length <= 2 && !ranked.some(h => h.peerId === 'P4'))
+  // without a group nobody is marked
+  const plain = (await as('P4').resolve([blob])).get(blob.toString('hex')) ?? []
+  assert.ok(plain.length > 0 && plain.every(h => h.group === undefined))
+})
+
 test('a full key keeps its group: new holders replace others at random, never the first ones', () => {
   const { idx } = setup({ random: Math.random, maxHoldersPerBlob: 10 })
   const blob = digest('full')

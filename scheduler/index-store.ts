@@ -579,16 +579,23 @@ export class HolderIndex {
     return { peers: raw.peers.map((p) => p.holder), counts: raw.counts, refs: raw.refs }
   }
 
-  /** Holders by hex digest, the shape `HolderResolver.resolve` answers with. */
-  resolveMap (askerId: string | undefined, digests: readonly Buffer[], max = 4): Map<string, ChunkHolder[]> {
-    const raw = this.resolveRaw(askerId, packDigests(digests), max)
+  /**
+   * Holders by hex digest, the shape `HolderResolver.resolve` answers with; with a `group` asked for, each key's
+   * group first, marked `group: true` (as the scheduler client marks them from the wire answer).
+   */
+  resolveMap (askerId: string | undefined, digests: readonly Buffer[], max = 4, group = 0): Map<string, ChunkHolder[]> {
+    const raw = this.resolveRaw(askerId, packDigests(digests), max, group)
     const out = new Map<string, ChunkHolder[]>()
     let j = 0
     for (let i = 0; i < digests.length; i++) {
       const k = raw.counts[i]
       if (k === 0) continue
+      const grouped = raw.groups?.[i] ?? 0
       const hs: ChunkHolder[] = []
-      for (let e = 0; e < k; e++) hs.push(raw.peers[raw.refs[j++]].holder)
+      for (let e = 0; e < k; e++) {
+        const h = raw.peers[raw.refs[j++]].holder
+        hs.push(e < grouped ? { ...h, group: true } : h)
+      }
       out.set(digests[i].toString('hex'), hs)
     }
     return out
@@ -615,7 +622,7 @@ export class HolderIndex {
     return {
       announce: (digests) => { this.announce(id, packDigests(digests), { info }) },
       withdraw: (digests) => { this.withdraw(id, packDigests(digests)) },
-      resolve: async (digests) => this.resolveMap(id, digests),
+      resolve: async (digests, opts) => this.resolveMap(id, digests, opts?.max, opts?.group),
       report: (outcomes) => { this.report(id, outcomes) }
     }
   }

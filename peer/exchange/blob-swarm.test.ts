@@ -22,13 +22,17 @@ import { CacheChunks, waitingForFlights } from './local-chunks.js'
 import { BlobLocator } from './blob-locator.js'
 import { NeighbourSource } from './neighbour-source.js'
 
-/** The blob directory as the origin, counting the chunk bytes it hands out. */
+/** The blob directory as the origin, counting the chunk bytes it hands out, at most `bytesPerSec` between all its clients (a registry's uplink). */
 class CountingSource implements ChunkSource {
   readonly name = 'registry'
   bytes = 0
-  constructor (private readonly inner: ChunkSource) {}
+  private free = 0
+  constructor (private readonly inner: ChunkSource, private readonly bytesPerSec: number) {}
   async * fetch (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: ChunkSourceFetchOptions): AsyncGenerator<FetchedChunk> {
     for await (const c of this.inner.fetch(blob, chunks, opts)) {
+      const now = Date.now()
+      this.free = Math.max(now, this.free) + c.chunk.compressedSize / this.bytesPerSec * 1000
+      if (this.free > now) await new Promise(resolve => setTimeout(resolve, this.free - now))
       this.bytes += c.chunk.uncompressedSize
       yield c
     }
@@ -52,7 +56,7 @@ describe('blob-level swarm: scheduler by blob, have sessions, back to source by 
     blob = img.blobs[0]!
     ;({ chunks, plain } = await blobChunks(img))
     root = await mkdtemp(join(tmpdir(), 'rafspeer-blob-swarm-'))
-    origin.source = new CountingSource(new LocalBlobSource({ dir: dirname(img.blobPath) }))
+    origin.source = new CountingSource(new LocalBlobSource({ dir: dirname(img.blobPath) }), 16 << 20)
   })
   after(async () => {
     for (const n of nodes) await n.stop().catch(() => {})
@@ -72,7 +76,9 @@ describe('blob-level swarm: scheduler by blob, have sessions, back to source by 
     const directory = scheduler.asPeer(self, { addrs: announceAddrs(host), zone: '', uploadSlots: 0, uploadBps: 0 })
     // registered (as a daemon's scheduler client is by its first heartbeat): its look-ups of a blob claim it
     directory.announce([])
-    const locator = new BlobLocator({ directory, have, self }, { graceMs: 100 })
+    // wired as the daemon wires it (`P2PNode`): the scheduler names each blob's group, and a chunk's PENDING goes out
+    // once the locator placed it (without `planned` none ever did, and three nodes fetched up to 1.47 copies)
+    const locator = new BlobLocator({ directory, have, self, planned: (hex, cis) => { local.planned(hex, cis) } }, { graceMs: 100 })
     const peers = new NeighbourSource({ libp2p: host, resolver: directory, locator })
     const fetcher = new Fetcher({ cache, sources: [peers, origin.source] }, { activity: local, amplifyBytes: 256 << 10 })
     fetcher.start()
@@ -104,7 +110,7 @@ describe('blob-level swarm: scheduler by blob, have sessions, back to source by 
     const egress = origin.source.bytes / blobBytes()
     const fromPeers = ns.reduce((a, n) => a + n.peers.counters.bytesFromPeers, 0)
     console.log(`# blob swarm, 3 nodes at once: source sent ${(egress).toFixed(3)}x the blob, peers ${fromPeers} bytes`)
-    assert.ok(egress <= 1.35, `the source sent ${egress.toFixed(2)}x the blob`)
+    assert.ok(egress <= 1.25, `the source sent ${egress.toFixed(2)}x the blob`)
     assert.ok(fromPeers > 0)
     for (const n of ns) for (const c of chunks) assert.equal(n.cache.has(blob.blobId, c.index), true)
     assert.equal(plain.length, chunks.length)
