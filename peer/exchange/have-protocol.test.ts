@@ -173,6 +173,26 @@ test('plan: a member passes over the members it knows read behind the chunk; the
   assert.equal(planChunk({ ...base, self: 'z', behind: bBehind }).action, 'wait')
 })
 
+test('plan: a member is judged behind the read, not behind each chunk of it (a batch that starts where the others are)', () => {
+  const group = ['a', 'b', 'c', 'd']
+  // the batch starts at `front`; a chunk of it well past where b's activity ends, assigned to b, then to a
+  const front = 40
+  let ci = front + 2 * BEHIND_MARGIN
+  while (backToSourceAssignee(group, hex, ci) !== 'b' || backToSourceAssignee(['a', 'c', 'd'], hex, ci) !== 'a') ci++
+  // b has chunks up to front - 1 (level with a): by the chunk it reads behind, by the read it does not
+  const bLevel = (peer: string, at: number): boolean => peer === 'b' && at >= front + 1
+  const base = { group, blobHex: hex, ci, have: [], pending: [], wantedForMs: 0, graceMs: 150, stable: true, self: 'a', behind: bLevel }
+  // judged by the chunk, b is behind it and a takes it (so would b: every member level at the front fetches it)
+  assert.deepEqual(planChunk(base), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, front }), { action: 'wait', retryInMs: 150 })
+  // asked at the batch's front, less the margin
+  const asked: number[] = []
+  planChunk({ ...base, front, behind: (_p: string, at: number) => { asked.push(at); return false } })
+  assert.ok(asked.length > 0 && asked.every(at => at === front - BEHIND_MARGIN))
+  // a front past the chunk (a batch planned out of order) changes nothing
+  assert.deepEqual(planChunk({ ...base, front: ci + 5 }).action, planChunk(base).action)
+})
+
 test('a neighbour reading behind a chunk: some of the window before it, none of it and the window after', () => {
   let now = 0
   const t = new HaveTable({ now: () => now, pendingTtlMs: 1000 })

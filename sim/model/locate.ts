@@ -105,6 +105,8 @@ export class GroupState implements Timed {
 export class Locate implements Timed {
   private open: number[]
   private readonly since: number
+  /** the batch's first chunk (`planChunk`'s `front`) */
+  private readonly front: number
   private group: string[] | undefined
   private readonly peers = new Map<number, SimNode[]>()
   /** per chunk, its holders that only said PENDING (absent: none) */
@@ -116,6 +118,7 @@ export class Locate implements Timed {
 
   constructor (private readonly batch: Batch, cis?: number[], since?: number) {
     this.open = cis ?? batch.cis
+    this.front = batch.cis.reduce((m, c) => Math.min(m, c), Infinity)
     this.since = since ?? batch.node.world.queue.now
   }
 
@@ -157,7 +160,8 @@ export class Locate implements Timed {
         graceMs: w.cfg.graceMs,
         stable,
         activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW),
-        behind: (peer, c) => node.table.behind(hex, peer, c, NEAR_WINDOW)
+        behind: (peer, c) => node.table.behind(hex, peer, c, NEAR_WINDOW),
+        front: this.front
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, holdersInOrder(plan.peers, hex, ci).map(id => w.byPeerId.get(id)!))
