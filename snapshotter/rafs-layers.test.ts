@@ -69,6 +69,24 @@ test('holders of one image share one mount; the last release unmounts it', async
   })
 })
 
+test('an image being unmounted stays listed, unmounting, until its mount is gone', async () => {
+  await withDir(async (dir) => {
+    const m = recordingMounter()
+    let finish: () => void = () => {}
+    const unmount = m.unmount
+    m.unmount = async (mp: string) => { await new Promise<void>(resolve => { finish = resolve }); await unmount(mp) }
+    const layers = new RafsLayers({ mounts: m }, { dir, idleUnmountMs: 0 })
+    const a = await layers.attach('c1', layerOf(digest('a')))
+    const released = layers.release('c1')
+    await new Promise(resolve => setImmediate(resolve))
+    assert.deepEqual(layers.list().map(i => [i.mountpoint, i.holders, i.unmounting]), [[a, [], true]])
+    finish()
+    await released
+    assert.deepEqual(layers.list(), [])
+    assert.equal(m.table.size, 0)
+  })
+})
+
 test('a restarted snapshotter takes up the mount its daemon kept, and sweeps mounts nobody holds', async () => {
   await withDir(async (dir) => {
     const m = recordingMounter()

@@ -99,6 +99,8 @@ export class RafsLayers implements RemoteLayers {
   private readonly holders = new Map<string, string>()
   /** unmounts in progress, by manifest digest (a new hold waits for them) */
   private readonly leaving = new Map<string, Promise<void>>()
+  /** the images of those unmounts (still listed) */
+  private readonly unmounting = new Map<string, Held>()
   private stopping = false
 
   constructor (components: RafsLayersComponents, init: RafsLayersInit) {
@@ -117,9 +119,14 @@ export class RafsLayers implements RemoteLayers {
     return nydus && imageOf(labels) !== undefined
   }
 
-  /** Images mounted or being mounted now and who holds them (for the daemon's info). */
-  list (): Array<{ manifestDigest: string, mountpoint: string, source: string, holders: string[], mounted: boolean }> {
-    return [...this.images].map(([manifestDigest, h]) => ({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [...h.holders], mounted: h.mounted }))
+  /**
+   * Images mounted, being mounted or being unmounted now, and who holds them (for the daemon's info): an image stays
+   * listed, `unmounting`, until its mount is gone from the system.
+   */
+  list (): Array<{ manifestDigest: string, mountpoint: string, source: string, holders: string[], mounted: boolean, unmounting?: true }> {
+    const out: ReturnType<RafsLayers['list']> = [...this.images].map(([manifestDigest, h]) => ({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [...h.holders], mounted: h.mounted }))
+    for (const [manifestDigest, h] of this.unmounting) out.push({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [], mounted: h.mounted, unmounting: true as const })
+    return out
   }
 
   /**
@@ -233,7 +240,13 @@ export class RafsLayers implements RemoteLayers {
       }
     })()
     this.leaving.set(digest, leaving)
-    try { await leaving } finally { if (this.leaving.get(digest) === leaving) this.leaving.delete(digest) }
+    this.unmounting.set(digest, held)
+    try {
+      await leaving
+    } finally {
+      if (this.leaving.get(digest) === leaving) this.leaving.delete(digest)
+      if (this.unmounting.get(digest) === held) this.unmounting.delete(digest)
+    }
   }
 
   /**
