@@ -3,17 +3,17 @@
  * daemons, lazy mounts, the capped embedded registry) and the model with that run's parameters
  * (`modelInitFor`), side by side: registry egress over one pull, completion p50 and max, as model / real, flagged
  * outside ±5% (egress) and ±15% (times). Per cap, one node alone both ways (the real one-node run and the model's
- * `nativeReadMs`). The model runs twice: over the real image's chunk layout (the mapping: the files' chunks, many
- * of them small) and over chunks all of the configured size (the mapping until session 16), to show what the
- * layout is worth.
+ * `nativeReadMs`). The model runs over the real image's chunk layout (the files' chunks, many of them small).
  *
- * Real runs share this machine's two cores with their daemons, readers and registry (and with whatever else runs
- * here): each row reports the CPU the swarm used (this process and every child it reaped) and how busy the whole
- * machine was, so a time off by more than the bound can be told apart as CPU-bound or not.
+ * Real runs share this machine's cores with their daemons, readers and registry: the model is given the machine's
+ * CPU (`ModelInit.cpu`), fitted from the one-node runs alone (their reading phase's CPU, `SwarmReport.readCpuMs`,
+ * at the two caps: a cost per MiB and a node's background share of a core; `fitMachineCpu`), never from the runs
+ * it is compared with. It runs a second time without CPU, to show what the machine's CPU is worth. Each row also
+ * reports the CPU the swarm used (this process and every child it reaped) and how busy the whole machine was.
  */
 import { readFile } from 'node:fs/promises'
 import {
-  compareRuns, modelInitFor, ISSUE_BOUNDS, runModel, runSwarm, type FigureComparison, type ModelReport, type SwarmInit, type SwarmReport
+  compareRuns, cpuSampleOf, fitMachineCpu, modelInitFor, ISSUE_BOUNDS, runModel, runSwarm, type CpuSample, type FigureComparison, type ModelCpu, type ModelReport, type SwarmInit, type SwarmReport
 } from '../sim/index.js'
 
 export interface CredibilityBenchOptions {
@@ -39,10 +39,10 @@ export interface CpuUse {
 export interface CredibilityRow {
   nodes: number
   bandwidth: number
-  real: { egress: number, p50Ms: number, maxMs: number, wallMs: number, verifiedOk: boolean, idleDeadlineFetches: number, perNode: Array<{ completionMs: number, registryBytes: number, peerBytes: number }> }
-  model: { egress: number, p50Ms: number, maxMs: number, idleTimeouts: number }
-  /** the model over chunks all of one size (not the real image's layout) */
-  modelUniform: { egress: number, p50Ms: number, maxMs: number }
+  real: { egress: number, p50Ms: number, maxMs: number, wallMs: number, readCpuMs: number | undefined, verifiedOk: boolean, idleDeadlineFetches: number, perNode: Array<{ completionMs: number, registryBytes: number, peerBytes: number }> }
+  model: { egress: number, p50Ms: number, maxMs: number, idleTimeouts: number, cpuBusyShare: number }
+  /** the model without the machine's CPU */
+  modelNoCpu: { egress: number, p50Ms: number, maxMs: number }
   figures: FigureComparison[]
   cpu: CpuUse
 }
@@ -54,8 +54,12 @@ export interface CredibilityBenchResult {
   chunkSize: number
   rttMs: number
   cores: number
-  /** per cap: one real node alone (its completion) and the model's one node alone */
-  alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse }>
+  /** per cap: one real node alone (its completion, its reading phase's CPU) and the model's one node alone */
+  alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse, readCpuMs: number | undefined }>
+  /** the calibration run besides the runs alone: one node reading everything from another that finished */
+  calibration: Array<{ bandwidth: number, nodes: number, staggerMs: number, realMs: number, registryBytes: number, peerBytes: number, readCpuMs: number | undefined }>
+  /** the machine's CPU as the model was given it, fitted from the runs alone and the calibration run (undefined: not measured, not modelled) */
+  machineCpu: ModelCpu | undefined
   rows: CredibilityRow[]
   withinBounds: { egress: number, p50: number, max: number, of: number }
 }
@@ -97,31 +101,46 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
   const cores = availableParallelism()
   if (directory === 'chunks') log('note: the model indexes blobs (who works on which blob) whatever the real run does: a chunk-level real run is compared with the blob-level model')
   const alone: CredibilityBenchResult['alone'] = []
+  const calibration: CredibilityBenchResult['calibration'] = []
   const rows: CredibilityRow[] = []
   let blobBytes = 0
-  for (const bandwidth of bandwidths) {
-    const run = async (n: number): Promise<{ init: SwarmInit, real: SwarmReport, cpu: CpuUse }> => {
-      const init: SwarmInit = {
-        nodes: n,
-        imageBytes,
-        bandwidth,
-        directory,
-        ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
-        ...(opts.staggerMs !== undefined ? { staggerMs: opts.staggerMs } : {}),
-        log
-      }
-      log(`real: ${n} node(s) at ${bandwidth / MiB} MiB/s`)
-      const { value: real, cpu } = await measured(cores, async () => await runSwarm(init))
-      blobBytes = real.blobBytes
-      return { init, real, cpu }
+  const samples: Array<CpuSample | undefined> = []
+  const run = async (bandwidth: number, n: number, staggerMs = opts.staggerMs): Promise<{ init: SwarmInit, real: SwarmReport, cpu: CpuUse }> => {
+    const init: SwarmInit = {
+      nodes: n,
+      imageBytes,
+      bandwidth,
+      directory,
+      ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
+      ...(staggerMs !== undefined ? { staggerMs } : {}),
+      log
     }
-    const one = await run(1)
+    log(`real: ${n} node(s) at ${bandwidth / MiB} MiB/s`)
+    const { value: real, cpu } = await measured(cores, async () => await runSwarm(init))
+    blobBytes = real.blobBytes
+    return { init, real, cpu }
+  }
+  for (const bandwidth of bandwidths) {
+    const one = await run(bandwidth, 1)
     const oneModel = runModel(modelInitFor(one.init, one.real, { rttMs }))
-    alone.push({ bandwidth, realMs: one.real.maxMs, modelMs: oneModel.nativeReadMs, ratio: oneModel.nativeReadMs / one.real.maxMs, cpu: one.cpu })
+    alone.push({ bandwidth, realMs: one.real.maxMs, modelMs: oneModel.nativeReadMs, ratio: oneModel.nativeReadMs / one.real.maxMs, cpu: one.cpu, readCpuMs: one.real.readCpuMs })
+    samples.push(cpuSampleOf(one.real, 1))
+  }
+  // the machine's CPU, before any run it is held against: the runs alone, and one node reading everything from
+  // another that finished (started once the first is done: the neighbour path's cost, without a swarm)
+  const top = Math.max(...bandwidths)
+  const aloneTop = alone.find(a => a.bandwidth === top)!.realMs
+  const relay = await run(top, 2, Math.ceil(aloneTop * 1.25) + 1000)
+  calibration.push({ bandwidth: top, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
+  samples.push(cpuSampleOf(relay.real, 2))
+  const measuredCpu = samples.filter((x): x is CpuSample => x !== undefined)
+  const machineCpu = measuredCpu.length === samples.length ? fitMachineCpu(cores, measuredCpu) : undefined
+  if (machineCpu !== undefined) log(`machine CPU for the model: ${formatCpu(machineCpu)}`)
+  for (const bandwidth of bandwidths) {
     for (const n of nodes) {
-      const { init, real, cpu } = await run(n)
-      const model: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader' }))
-      const uniform: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader', layout: 'uniform' }))
+      const { init, real, cpu } = await run(bandwidth, n)
+      const model: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader', ...(machineCpu !== undefined ? { cpu: machineCpu } : {}) }))
+      const noCpu: ModelReport = runModel(modelInitFor(init, real, { rttMs, window: 'reader' }))
       rows.push({
         nodes: n,
         bandwidth,
@@ -130,12 +149,13 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
           p50Ms: real.p50Ms,
           maxMs: real.maxMs,
           wallMs: real.wallMs,
+          readCpuMs: real.readCpuMs,
           verifiedOk: real.verifiedOk,
           idleDeadlineFetches: real.nodes.filter(x => x.fetchMs.max >= IDLE_DEADLINE_MS).length,
           perNode: real.nodes.map(x => ({ completionMs: x.completionMs, registryBytes: x.registryBytes, peerBytes: x.peerBytes }))
         },
-        model: { egress: model.model.registryRatio, p50Ms: model.p50Ms, maxMs: model.maxMs, idleTimeouts: model.model.peerRequests.idleTimeouts },
-        modelUniform: { egress: uniform.model.registryRatio, p50Ms: uniform.p50Ms, maxMs: uniform.maxMs },
+        model: { egress: model.model.registryRatio, p50Ms: model.p50Ms, maxMs: model.maxMs, idleTimeouts: model.model.peerRequests.idleTimeouts, cpuBusyShare: model.model.cpu?.busyShare ?? 0 },
+        modelNoCpu: { egress: noCpu.model.registryRatio, p50Ms: noCpu.p50Ms, maxMs: noCpu.maxMs },
         figures: compareRuns(real, model),
         cpu
       })
@@ -151,20 +171,24 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     rttMs,
     cores,
     alone,
+    calibration,
+    machineCpu,
     rows,
     withinBounds: { egress: count('egress'), p50: count('p50Ms'), max: count('maxMs'), of: rows.length }
   }
 }
 
 const s = (ms: number): string => (ms / 1000).toFixed(1)
+const formatCpu = (c: ModelCpu): string => `${c.cores} cores, ${c.msPerMiB.toFixed(1)} ms per MiB from the registry, ` +
+  `${(c.peerMsPerMiB ?? c.msPerMiB).toFixed(1)} ms per MiB from a neighbour, ${((c.busyPerNode ?? 0) * 100).toFixed(1)}% of a core per running node`
 const flagged = (f: FigureComparison): string => `${f.ratio.toFixed(2)}${f.within ? '' : ' ✗'}`
 
 function formatRow (r: CredibilityRow): string {
   const [e, p, m] = r.figures as [FigureComparison, FigureComparison, FigureComparison]
   return `| ${r.nodes} | ${r.bandwidth / MiB} MiB/s | ${r.real.egress.toFixed(3)} / ${r.model.egress.toFixed(3)} (${flagged(e)}) | ` +
     `${s(r.real.p50Ms)} / ${s(r.model.p50Ms)} (${flagged(p)}) | ${s(r.real.maxMs)} / ${s(r.model.maxMs)} (${flagged(m)}) | ` +
-    `${r.modelUniform.egress.toFixed(3)}, ${s(r.modelUniform.p50Ms)} / ${s(r.modelUniform.maxMs)} | ${r.real.idleDeadlineFetches} | ` +
-    `${(r.cpu.swarmShare * 100).toFixed(0)}% / ${(r.cpu.machineBusy * 100).toFixed(0)}% |`
+    `${r.modelNoCpu.egress.toFixed(3)}, ${s(r.modelNoCpu.p50Ms)} / ${s(r.modelNoCpu.maxMs)} | ${r.real.idleDeadlineFetches} | ` +
+    `${r.real.readCpuMs !== undefined ? s(r.real.readCpuMs) : '?'} | ${(r.cpu.swarmShare * 100).toFixed(0)}% / ${(r.cpu.machineBusy * 100).toFixed(0)}% / ${(r.model.cpuBusyShare * 100).toFixed(0)}% |`
 }
 
 export function formatCredibilityBench (r: CredibilityBenchResult): string {
@@ -172,12 +196,18 @@ export function formatCredibilityBench (r: CredibilityBenchResult): string {
     `credibility: real \`rafspeer sim\` vs the model, ${(r.imageBytes / MiB).toFixed(0)} MiB image (${(r.blobBytes / MiB).toFixed(1)} MiB of blobs), ` +
       `${(r.chunkSize / MiB).toFixed(2)} MiB chunks, directory ${r.directory}, model RTT ${r.rttMs} ms; ✗ outside ±${ISSUE_BOUNDS.egress * 100}% (egress) / ±${ISSUE_BOUNDS.times * 100}% (times)`,
     '',
-    '| alone | real | model | model / real | swarm CPU / machine busy |',
-    '|---|---|---|---|---|',
-    ...r.alone.map(a => `| 1 node at ${a.bandwidth / MiB} MiB/s | ${s(a.realMs)} s | ${s(a.modelMs)} s | ${a.ratio.toFixed(2)} | ${(a.cpu.swarmShare * 100).toFixed(0)}% / ${(a.cpu.machineBusy * 100).toFixed(0)}% |`),
+    '| alone | real | model | model / real | reading CPU s | swarm CPU / machine busy |',
+    '|---|---|---|---|---|---|',
+    ...r.alone.map(a => `| 1 node at ${a.bandwidth / MiB} MiB/s | ${s(a.realMs)} s | ${s(a.modelMs)} s | ${a.ratio.toFixed(2)} | ${a.readCpuMs !== undefined ? s(a.readCpuMs) : '?'} | ${(a.cpu.swarmShare * 100).toFixed(0)}% / ${(a.cpu.machineBusy * 100).toFixed(0)}% |`),
     '',
-    '| nodes | cap | egress real / model (model/real) | p50 s real / model | max s real / model | model, uniform chunks: egress, p50 / max s | real nodes with a 10 s idle-deadline fetch | swarm CPU / machine busy |',
-    '|---|---|---|---|---|---|---|---|',
+    ...r.calibration.map(c => `calibration: ${c.nodes} nodes at ${c.bandwidth / MiB} MiB/s, the second ${s(c.staggerMs)} s after the first: slowest ${s(c.realMs)} s, ` +
+      `${(c.registryBytes / MiB).toFixed(1)} MiB from the registry, ${(c.peerBytes / MiB).toFixed(1)} MiB from the neighbour, reading CPU ${c.readCpuMs !== undefined ? s(c.readCpuMs) : '?'} s`),
+    r.machineCpu !== undefined
+      ? `the machine's CPU as the model has it (fitted from the runs alone and the calibration): ${formatCpu(r.machineCpu)}`
+      : 'the machine\'s CPU: not measured (no /proc), not modelled',
+    '',
+    '| nodes | cap | egress real / model (model/real) | p50 s real / model | max s real / model | model without CPU: egress, p50 / max s | real nodes with a 10 s idle-deadline fetch | real reading CPU s | swarm CPU / machine busy / model CPU busy |',
+    '|---|---|---|---|---|---|---|---|---|',
     ...r.rows.map(formatRow),
     '',
     `within bounds: egress ${r.withinBounds.egress}/${r.withinBounds.of}, p50 ${r.withinBounds.p50}/${r.withinBounds.of}, max ${r.withinBounds.max}/${r.withinBounds.of}`

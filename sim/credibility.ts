@@ -22,7 +22,7 @@
  * for (const c of compareRuns(real, model)) console.log(c.figure, c.real, c.model, c.ratio, c.within)
  * ```
  */
-import type { ModelInit, ModelReport } from './model/index.js'
+import type { ModelCpu, ModelInit, ModelReport } from './model/index.js'
 import type { SwarmInit, SwarmReport } from './swarm.js'
 
 /** `rafspeer sim`'s chunk size when none is given (the image builder's default, `rafs` DEFAULT_CHUNK_SIZE) */
@@ -46,7 +46,73 @@ export interface ModelMappingOptions {
   window?: 'daemon' | 'reader'
   /** the model's image: the real run's chunk layout ('real', default when the report has it) or chunks all of one size */
   layout?: 'real' | 'uniform'
+  /** the machine's CPU under every node (`ModelInit.cpu`; {@link fitMachineCpu}); absent: not modelled */
+  cpu?: ModelCpu
   seed?: number
+}
+
+/**
+ * A calibration run on the machine: the plaintext its nodes received from the registry and from neighbours, its
+ * daemons' running time (nodes × the reading phase, ms), and the CPU the reading phase took (`SwarmReport.readCpuMs`).
+ */
+export interface CpuSample { registryBytes: number, peerBytes: number, nodeMs: number, cpuMs: number }
+
+/** The calibration sample of a real run, or undefined when its CPU was not measured. */
+export function cpuSampleOf (real: SwarmReport, nodes: number): CpuSample | undefined {
+  if (real.readCpuMs === undefined) return undefined
+  return {
+    registryBytes: real.nodes.reduce((a, n) => a + n.registryBytes, 0),
+    peerBytes: real.nodes.reduce((a, n) => a + n.peerBytes, 0),
+    nodeMs: nodes * real.readMs,
+    cpuMs: real.readCpuMs
+  }
+}
+
+/**
+ * The machine's CPU for the model (`ModelInit.cpu`), fitted by least squares to calibration runs as
+ * `cpuMs = registry MiB × msPerMiB + neighbour MiB × peerMsPerMiB + node-ms × busyPerNode`: the work a MiB costs by
+ * where it came from, and a running node's background share of a core (its timers, have flushes, heartbeats). Runs
+ * that cannot separate a part (no neighbour bytes in any: the neighbour's cost is the registry's), or a fit with a
+ * negative part, fall back to fewer parts. Fitted from runs that are not the ones the model is held against.
+ */
+export function fitMachineCpu (cores: number, samples: readonly CpuSample[]): ModelCpu {
+  const xs = samples.filter(x => x.registryBytes + x.peerBytes > 0 && x.nodeMs > 0 && x.cpuMs >= 0)
+  if (xs.length === 0) throw new RangeError('fitting the machine\'s CPU needs a calibration run with its CPU measured')
+  const reg = (x: CpuSample): number => x.registryBytes / (1 << 20)
+  const peer = (x: CpuSample): number => x.peerBytes / (1 << 20)
+  const all = (x: CpuSample): number => reg(x) + peer(x)
+  const tries: Array<{ cols: Array<(x: CpuSample) => number>, make: (p: number[]) => ModelCpu }> = [
+    { cols: [reg, peer, x => x.nodeMs], make: p => ({ cores, msPerMiB: p[0]!, peerMsPerMiB: p[1]!, busyPerNode: p[2]! }) },
+    { cols: [reg, peer], make: p => ({ cores, msPerMiB: p[0]!, peerMsPerMiB: p[1]!, busyPerNode: 0 }) },
+    { cols: [all, x => x.nodeMs], make: p => ({ cores, msPerMiB: p[0]!, peerMsPerMiB: p[0]!, busyPerNode: p[1]! }) },
+    { cols: [all], make: p => ({ cores, msPerMiB: p[0]!, peerMsPerMiB: p[0]!, busyPerNode: 0 }) }
+  ]
+  for (const t of tries) {
+    if (xs.length < t.cols.length) continue
+    const p = leastSquares(xs.map(x => t.cols.map(c => c(x))), xs.map(x => x.cpuMs))
+    if (p !== undefined && p.every(v => v >= 0)) return t.make(p)
+  }
+  throw new RangeError('the calibration runs fit no machine (the CPU they took fell as they moved more)')
+}
+
+/** argmin |A p − y|² by the normal equations (a few unknowns); undefined when they do not determine p */
+function leastSquares (a: number[][], y: number[]): number[] | undefined {
+  const k = a[0]!.length
+  const m = Array.from({ length: k }, (_, i) => Array.from({ length: k + 1 }, (_, j) =>
+    a.reduce((acc, row, r) => acc + row[i]! * (j < k ? row[j]! : y[r]!), 0)))
+  for (let c = 0; c < k; c++) {
+    let piv = c
+    for (let r = c + 1; r < k; r++) if (Math.abs(m[r]![c]!) > Math.abs(m[piv]![c]!)) piv = r
+    const scale = Math.max(...m.map(row => Math.abs(row[c]!)))
+    if (scale === 0 || Math.abs(m[piv]![c]!) <= 1e-9 * scale) return undefined
+    ;[m[c], m[piv]] = [m[piv]!, m[c]!]
+    for (let r = 0; r < k; r++) {
+      if (r === c) continue
+      const f = m[r]![c]! / m[c]![c]!
+      for (let j = c; j <= k; j++) m[r]![j]! -= f * m[c]![j]!
+    }
+  }
+  return m.map((row, i) => row[k]! / row[i]!)
 }
 
 /** The model's options for the real run `init` that produced `real`. */
@@ -67,6 +133,7 @@ export function modelInitFor (init: SwarmInit, real: SwarmReport, opts: ModelMap
     heartbeatMs: 1000,
     seed: opts.seed ?? 1,
     ...((opts.window ?? 'reader') === 'reader' ? { windowBatches: 2, batchBytes: halfWindow } : {}),
+    ...(opts.cpu !== undefined ? { cpu: opts.cpu } : {}),
     runtime: false
   }
 }

@@ -17,9 +17,9 @@
  */
 export { runSwarm, formatSwarmReport, type SwarmInit, type SwarmReport, type NodeReport } from './swarm.js'
 export {
-  modelInitFor, compareRuns, ISSUE_BOUNDS, type CredibilityBounds, type FigureComparison, type ModelMappingOptions
+  modelInitFor, compareRuns, cpuSampleOf, fitMachineCpu, ISSUE_BOUNDS, type CpuSample, type CredibilityBounds, type FigureComparison, type ModelMappingOptions
 } from './credibility.js'
 export { generateTree, contentMap, diffContent, type ContentMap } from './source-tree.js'
 export {
-  runModel, formatModelReport, modelChartSvg, MAX_MODEL_NODES, type ModelInit, type ModelReport, type ModelNodeReport
+  runModel, formatModelReport, modelChartSvg, MAX_MODEL_NODES, type ModelCpu, type ModelInit, type ModelReport, type ModelNodeReport
 } from './model/index.js'

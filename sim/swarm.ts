@@ -12,7 +12,7 @@
  * ```
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -101,6 +101,14 @@ export interface SwarmReport {
   nativeReadMs: number
   /** plaintext bytes of each chunk of the image, blob after blob in chunk order: its layout, for the model */
   chunkSizes: number[]
+  /**
+   * CPU time (ms, all cores together) of the reading phase, from the first mount to the last node's last byte: the
+   * daemons' (their FUSE servers included) and this process's (the readers, the registry and the scheduler run here);
+   * undefined where a daemon's could not be read (`/proc`)
+   */
+  readCpuMs?: number
+  /** that phase's length (ms): from the first mount to the last node's last byte */
+  readMs: number
 }
 
 /** Node.js arguments running `module` (a sibling path without extension) from the same build as this file. */
@@ -142,6 +150,26 @@ interface RunningNode {
   output: () => string
   exited: Promise<void>
 }
+
+/** CPU ms (user + system) of this process and of `pids` so far; undefined when a process's could not be read */
+async function cpuMsOf (pids: Array<number | undefined>): Promise<number | undefined> {
+  const own = process.cpuUsage()
+  let ms = (own.user + own.system) / 1000
+  for (const pid of pids) {
+    if (pid === undefined) return undefined
+    try {
+      // /proc/<pid>/stat: the command may hold spaces, so the fields count from its closing parenthesis
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      ms += (Number(f[11]) + Number(f[12])) * 1000 / CLOCK_TICKS
+    } catch {
+      return undefined
+    }
+  }
+  return ms
+}
+/** USER_HZ, 100 on every Linux this runs on */
+const CLOCK_TICKS = 100
 
 async function startNode (id: number, dir: string, config: Record<string, unknown>, nodeArgs: string[], signal?: AbortSignal): Promise<RunningNode> {
   await mkdir(dir, { recursive: true })
@@ -240,6 +268,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     log(`the reader over the source tree on this disk: ${(nativeReadMs / 1000).toFixed(2)} s`)
 
     // 3. every node mounts and reads the whole tree
+    const cpuBefore = await cpuMsOf(nodes.map(n => n.proc.pid))
     const startReads = performance.now()
     let done = 0
     const reg = registry
@@ -299,6 +328,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       return report
     }))
     clearInterval(ticker)
+    const cpuAfter = await cpuMsOf(nodes.map(n => n.proc.pid))
+    const readMs = Math.round(performance.now() - startReads)
     signal?.throwIfAborted()
     // uploads are known once everyone is done
     for (const r of results) r.uploadBytes = (await nodes[r.id - 1]!.client.metricsJson()).p2p?.upload.bytesServed ?? 0
@@ -316,7 +347,9 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       maxMs: times[times.length - 1] ?? 0,
       wallMs: Math.round(performance.now() - t0),
       nativeReadMs,
-      chunkSizes: published.chunkSizes.flat()
+      chunkSizes: published.chunkSizes.flat(),
+      readMs,
+      ...(cpuBefore !== undefined && cpuAfter !== undefined ? { readCpuMs: Math.round(cpuAfter - cpuBefore) } : {})
     }
   } finally {
     signal?.removeEventListener('abort', onAbort)

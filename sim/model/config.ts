@@ -72,7 +72,12 @@ export interface Config {
   maxUploads: number
   reportFlushMs: number
   fetchIdleMs: number
+  /** the machine's CPU (`ModelInit.cpu`): ms of work per byte received (from the registry, from a neighbour), and the cores left for it; undefined: not modelled */
+  cpu: { msPerByte: number, peerMsPerByte: number, cores: number } | undefined
 }
+
+/** a machine's CPU left for chunks is never taken below this share of its cores by the nodes' background work */
+const MIN_CPU_SHARE = 0.1
 
 /** Checks `init` (every problem at once) and fills in the defaults. */
 export function resolveConfig (init: ModelInit): Readonly<Config> {
@@ -151,7 +156,15 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     streamsPerHolder: DEFAULT_STREAMS_PER_HOLDER,
     maxUploads: int('maxUploads', init.maxUploads, 1, 65535, DEFAULT_MAX_CONCURRENT_UPLOADS),
     reportFlushMs: REPORT_FLUSH_MS,
-    fetchIdleMs: DEFAULT_FETCH_IDLE_MS
+    fetchIdleMs: DEFAULT_FETCH_IDLE_MS,
+    cpu: undefined
+  }
+  if (init.cpu !== undefined) {
+    const cores = num('cpu.cores', init.cpu.cores, 0, 1, true)
+    const msPerMiB = num('cpu.msPerMiB', init.cpu.msPerMiB, 0, 0)
+    const peerMsPerMiB = num('cpu.peerMsPerMiB', init.cpu.peerMsPerMiB, 0, msPerMiB)
+    const busy = num('cpu.busyPerNode', init.cpu.busyPerNode, 0, 0)
+    cfg.cpu = { msPerByte: msPerMiB / (1 << 20), peerMsPerByte: peerMsPerMiB / (1 << 20), cores: Math.max(cores * MIN_CPU_SHARE, cores - nodes * busy) }
   }
   if (init.nodesDetail !== undefined && init.nodesDetail !== 'all' && init.nodesDetail !== 'none') problems.push(`nodesDetail must be all or none, got ${String(init.nodesDetail)}`)
   if (problems.length > 0) throw new RangeError(`model options: ${problems.join('; ')}`)

@@ -64,9 +64,16 @@ export class Batch {
     })
   }
 
-  /** A chunk arrived (from the registry, or a neighbour's first copy). */
+  /** A chunk arrived (from the registry, or a neighbour's first copy): present once the machine's CPU is through it. */
   deliver (ci: number, fromRegistry: boolean): void {
     if (!this.current()) return
+    const w = this.node.world
+    const at = w.cpuDoneAt(chunkBytes(this.nb.spec, ci), fromRegistry)
+    if (at <= w.queue.now) { this.land(ci, fromRegistry); return }
+    w.queue.at(at, { fire: () => { if (this.current()) this.land(ci, fromRegistry) } })
+  }
+
+  private land (ci: number, fromRegistry: boolean): void {
     if (!this.node.accept(this.nb, ci, fromRegistry, chunkBytes(this.nb.spec, ci))) return
     if (--this.left === 0) this.node.batchDone(this)
   }

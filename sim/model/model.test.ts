@@ -145,6 +145,28 @@ describe('the swarm model', () => {
     assert.equal(runModel(small).runtime, undefined)
   })
 
+  it('with the machine\'s CPU, a swarm short of it takes at least its work over the cores left, and its chunks land after their work', () => {
+    const base: ModelInit = { nodes: 4, imageBytes: 8 * MiB, chunkSize: MiB, bandwidth: 64 * MiB, runtime: false }
+    const free = runModel(base)
+    // 4 nodes × 8 MiB at 100 ms a MiB on one core: 3.2 s of work; the links alone would take about 0.3 s
+    const bound = runModel({ ...base, cpu: { cores: 1, msPerMiB: 100 } })
+    assertComplete(bound)
+    assert.ok(free.maxMs < 1000, `without CPU: ${free.maxMs} ms`)
+    assert.ok(bound.maxMs >= 3200 - 1, `with CPU: ${bound.maxMs} ms`)
+    assert.ok(bound.maxMs < 3200 * 1.5, `with CPU: ${bound.maxMs} ms`)
+    assert.equal(bound.model.cpu?.cores, 1)
+    assert.ok(bound.model.cpu !== undefined && bound.model.cpu.busyShare > 0.8 && bound.model.cpu.busyShare <= 1, JSON.stringify(bound.model.cpu))
+    assert.equal(free.model.cpu, undefined)
+    // each node's background share comes off the cores: 2 cores less 4 × 0.25 is the one core above
+    const busy = runModel({ ...base, cpu: { cores: 2, msPerMiB: 100, busyPerNode: 0.25 } })
+    assert.equal(busy.model.cpu?.cores, 1)
+    assert.equal(busy.maxMs, bound.maxMs)
+    // ample CPU changes nothing but when chunks land
+    const ample = runModel({ ...base, cpu: { cores: 64, msPerMiB: 1 } })
+    assert.ok(Math.abs(ample.maxMs - free.maxMs) < 50, `${ample.maxMs} vs ${free.maxMs}`)
+    assert.throws(() => runModel({ ...base, cpu: { cores: 0, msPerMiB: -1 } }), (err: Error) => /cpu\.cores/.test(err.message) && /cpu\.msPerMiB/.test(err.message))
+  })
+
   it('rejects bad options, every problem at once', () => {
     assert.throws(() => runModel({ nodes: 0, failRate: 2, chunkSize: 3 }), (err: Error) =>
       err instanceof RangeError && /nodes/.test(err.message) && /failRate/.test(err.message) && /chunkSize/.test(err.message))

@@ -3,6 +3,16 @@ import type { NodeReport } from '../swarm.js'
 import type { IndexStats } from './policy.js'
 
 /** Options of {@link runModel}; every field but `nodes` has a default. */
+/** See {@link ModelInit.cpu}. */
+export interface ModelCpu {
+  cores: number
+  /** work per MiB a node receives from the registry */
+  msPerMiB: number
+  /** work per MiB a node receives from a neighbour (default `msPerMiB`): both ends' encryption, the server's cache read */
+  peerMsPerMiB?: number
+  busyPerNode?: number
+}
+
 export interface ModelInit {
   /** modelled nodes (1–100 000); the scheduler's index holds at most 65 536 peers, past that it displaces some */
   nodes: number
@@ -48,6 +58,16 @@ export interface ModelInit {
   busyBackoffMs?: number
   /** requests each node's chunk server answers at once, waiting ones included; more are answered BUSY (default 16) */
   maxUploads?: number
+  /**
+   * One machine's CPU under every node, as under `rafspeer sim`'s real daemons (absent: not modelled, each node
+   * its own ample machine). Each running node keeps `busyPerNode` of a core busy whatever it moves (its timers, have
+   * flushes, reader); the rest of the `cores` works through the chunks the nodes receive, in arrival order, each
+   * costing `msPerMiB` (from the registry) or `peerMsPerMiB` (from a neighbour) of one core per MiB: everything done
+   * for it, the sender's read and encryption, the receiver's decryption, digest and write, the reader's copy. A
+   * received chunk is present, readable and servable once its work is done. `bench credibility` fits them from
+   * calibration runs it does not compare (`fitMachineCpu`).
+   */
+  cpu?: ModelCpu
   /** per-node entries in the report: 'all', or 'none' for summaries only (default: all up to 1000 nodes) */
   nodesDetail?: 'all' | 'none'
   /** include the real run time and memory (the only parts of a report that differ between runs of one seed; default true) */
@@ -120,6 +140,8 @@ export interface ModelReport {
     holdersPerLookup: number
     busyRetries: number
     maxUploads: number
+    /** with `ModelInit.cpu`: the cores left for chunks, and the share of the simulated time they were busy */
+    cpu?: { cores: number, busyShare: number }
     /** registryBytes / blobBytes (goal ≤ 1.1) */
     registryRatio: number
     /** one node alone over the same links (= nativeReadMs) */

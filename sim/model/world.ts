@@ -58,6 +58,10 @@ export class World {
   readonly haveReceived: Float64Array
   readonly haveBytesReceived: Float64Array
   restarts = 0
+  /** when the machine's CPU (`Config.cpu`) is through the work given it so far */
+  private cpuFreeAt = 0
+  /** ms the machine's CPU worked on received chunks */
+  cpuBusyMs = 0
   /** nodes that have yet to finish and still can */
   private remaining: number
 
@@ -129,6 +133,20 @@ export class World {
     this.haveReceived.fill(0)
     this.haveBytesReceived.fill(0)
     return this.remaining === 0 ? this.lastCompletionAt : this.queue.now
+  }
+
+  /**
+   * When the machine's CPU will be through a chunk of `bytes` received now (`Config.cpu`: one queue, in arrival
+   * order, its cores left after the nodes' background work as one server); now when CPU is not modelled.
+   */
+  cpuDoneAt (bytes: number, fromRegistry: boolean): number {
+    const cpu = this.cfg.cpu
+    const now = this.queue.now
+    if (cpu === undefined) return now
+    const ms = bytes * (fromRegistry ? cpu.msPerByte : cpu.peerMsPerByte) / cpu.cores
+    this.cpuBusyMs += ms
+    this.cpuFreeAt = Math.max(now, this.cpuFreeAt) + ms
+    return this.cpuFreeAt
   }
 
   /** The registry sent `bytes` (a chunk, or part of one cut off). */
