@@ -211,7 +211,9 @@ describe('P2P: a scheduler and several daemons on loopback, the real distributio
       assert.ok(await liarClient.waitConnected(5000))
       liarClient.announce(boot)
       await new Promise(resolve => setTimeout(resolve, 500))
-      const victim = await node({ banThreshold: 1 })
+      // the liar announces chunks: a victim whose scheduler indexes chunks (at blob level a liar would also have to
+      // claim them over /rafspeer/have; the neighbour source drops and bans a lying holder either way, its unit test)
+      const victim = await node({ banThreshold: 1, directory: 'chunks' })
       await readAll(victim, REF1, reference1)
       assert.ok(asked > 0, 'the liar was asked')
       const m = await victim.client.metricsJson()

@@ -36,7 +36,7 @@ describe('daemon config', () => {
         requestTimeoutMs: 3_000,
         banThreshold: 3,
         claimWaitMs: 20_000,
-        directory: 'chunks',
+        directory: 'blobs',
         maxConnections: 256,
         idleConnectionMs: 30_000
       },
@@ -121,7 +121,7 @@ describe('daemon config', () => {
       return true
     })
     assert.throws(() => parseDaemonConfig({ scheduler: { redis: [] } }), /scheduler\.redis: an empty list/)
-    assert.throws(() => parseDaemonConfig({ scheduler: { redis: ['10.0.0.1:7000'] } }), (err: ConfigError) => {
+    assert.throws(() => parseDaemonConfig({ scheduler: { redis: ['10.0.0.1:7000'] }, p2p: { directory: 'chunks' } }), (err: ConfigError) => {
       assert.equal(err.problems.length, 2)
       assert.match(err.problems[0]!, /^scheduler\.redis: only an embedded scheduler/)
       assert.match(err.problems[1]!, /^scheduler\.redis: .*p2p\.directory "blobs"/)

@@ -138,10 +138,11 @@ export const daemonConfigSchema = z.strictObject({
     /** how long a chunk request waits for a chunk this node is fetching itself (the scheduler sent the asker here) */
     claimWaitMs: int(0, 600_000).default(20_000),
     /**
-     * what the scheduler indexes: `chunks` (each chunk's holders) or `blobs` (who works on which blob; neighbours
-     * tell each other their chunks over /rafspeer/have/1.0.0 — the design that scales to thousands of nodes)
+     * what the scheduler indexes: `blobs` (default: who works on which blob; neighbours tell each other their chunks
+     * over /rafspeer/have/1.0.0 — the design that scales to thousands of nodes, and the only one Redis keeps) or
+     * `chunks` (each chunk's holders, the scheduler's index growing with every chunk of every image)
      */
-    directory: z.enum(['chunks', 'blobs']).default('chunks'),
+    directory: z.enum(['chunks', 'blobs']).default('blobs'),
     /** upload slots one neighbour is sure of; it borrows more only while as many stay free (a quarter of maxConcurrentUploads) */
     maxUploadsPerPeer: int(1, 4096).optional(),
     /** libp2p connections kept; each new one past it closes an idle one (256) */

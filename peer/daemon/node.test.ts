@@ -17,11 +17,11 @@ import { parseDaemonConfig } from './config.js'
 import { startNode } from './node.js'
 
 describe('startNode', () => {
-  it('wires the cache to the swarm: a stored chunk is announced; stop() closes everything', async (t) => {
+  it('wires the cache to the swarm: a stored chunk is announced (chunk level); stop() closes everything', async (t) => {
     const dir = await tempDir(t, 'rafspeer-node-')
     const config = parseDaemonConfig({
       workDir: join(dir, 'work'),
-      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], directory: 'chunks' },
       scheduler: { embedded: true }
     })
     const built = await buildBlob(join(dir, 'blob'), [200_000])
@@ -51,7 +51,7 @@ describe('startNode', () => {
     const dir = await tempDir(t, 'rafspeer-node-')
     const config = parseDaemonConfig({
       workDir: join(dir, 'work'),
-      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+      p2p: { listen: ['/ip4/127.0.0.1/tcp/0'], directory: 'chunks' },
       scheduler: { embedded: true, heartbeatMs: 60 }
     })
     const built = await buildBlob(join(dir, 'blob'), [100_000])
