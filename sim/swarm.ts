@@ -103,8 +103,8 @@ export interface SwarmReport {
   chunkSizes: number[]
   /**
    * CPU time (ms, all cores together) of the reading phase, from the first mount to the last node's last byte: the
-   * daemons' (their FUSE servers included) and this process's (the readers, the registry and the scheduler run here);
-   * undefined where a daemon's could not be read (`/proc`)
+   * daemons' (their FUSE servers included), the readers' (each a process of its own) and this process's (the
+   * registry and the scheduler run here); undefined where it could not be read (`/proc`)
    */
   readCpuMs?: number
   /** that phase's length (ms): from the first mount to the last node's last byte */
@@ -151,22 +151,28 @@ interface RunningNode {
   exited: Promise<void>
 }
 
-/** CPU ms (user + system) of this process and of `pids` so far; undefined when a process's could not be read */
+/**
+ * CPU ms (user + system) so far of this process with its children reaped (the readers, each in a process of its own
+ * that ends with its read), and of `pids` (the daemons, running); undefined when one could not be read (`/proc`)
+ */
 async function cpuMsOf (pids: Array<number | undefined>): Promise<number | undefined> {
-  const own = process.cpuUsage()
-  let ms = (own.user + own.system) / 1000
-  for (const pid of pids) {
-    if (pid === undefined) return undefined
-    try {
-      // /proc/<pid>/stat: the command may hold spaces, so the fields count from its closing parenthesis
-      const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      ms += (Number(f[11]) + Number(f[12])) * 1000 / CLOCK_TICKS
-    } catch {
-      return undefined
-    }
+  // /proc/<pid>/stat: the command may hold spaces, so the fields count from its closing parenthesis; from there
+  // utime, stime, cutime, cstime are the 12th to 15th
+  const ticks = async (pid: number | 'self', children: boolean): Promise<number> => {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return Number(f[11]) + Number(f[12]) + (children ? Number(f[13]) + Number(f[14]) : 0)
   }
-  return ms
+  try {
+    let t = await ticks('self', true)
+    for (const pid of pids) {
+      if (pid === undefined) return undefined
+      t += await ticks(pid, false)
+    }
+    return t * 1000 / CLOCK_TICKS
+  } catch {
+    return undefined
+  }
 }
 /** USER_HZ, 100 on every Linux this runs on */
 const CLOCK_TICKS = 100
