@@ -6,9 +6,10 @@
  * `nativeReadMs`). The model runs over the real image's chunk layout (the files' chunks, many of them small).
  *
  * Real runs share this machine's cores with their daemons, readers and registry: the model is given the machine's
- * CPU (`ModelInit.cpu`), fitted from the one-node runs alone (their reading phase's CPU, `SwarmReport.readCpuMs`,
- * at the two caps: a cost per MiB and a node's background share of a core; `fitMachineCpu`), never from the runs
- * it is compared with. It runs a second time without CPU, to show what the machine's CPU is worth. Each row also
+ * CPU (`ModelInit.cpu`: a cost per MiB from the registry, one per MiB from a neighbour, a node's background share of
+ * a core), fitted by `fitMachineCpu` from calibration runs' reading-phase CPU (`SwarmReport.readCpuMs`): one node
+ * alone at each cap, and two nodes at the top cap, the second started once the first is done. Never from the runs it
+ * is compared with. The model runs a second time without CPU, to show what the machine's CPU is worth. Each row also
  * reports the CPU the swarm used (this process and every child it reaped) and how busy the whole machine was.
  */
 import { readFile } from 'node:fs/promises'

@@ -97,10 +97,8 @@ export class RafsLayers implements RemoteLayers {
   private readonly images = new Map<string, Held>()
   /** holder (snapshot key) → manifest digest */
   private readonly holders = new Map<string, string>()
-  /** unmounts in progress, by manifest digest (a new hold waits for them) */
-  private readonly leaving = new Map<string, Promise<void>>()
-  /** the images of those unmounts (still listed) */
-  private readonly unmounting = new Map<string, Held>()
+  /** unmounts in progress, by manifest digest: the image (still listed), and the unmount (a new hold waits for it) */
+  private readonly leaving = new Map<string, { held: Held, done: Promise<void> }>()
   private stopping = false
 
   constructor (components: RafsLayersComponents, init: RafsLayersInit) {
@@ -125,7 +123,7 @@ export class RafsLayers implements RemoteLayers {
    */
   list (): Array<{ manifestDigest: string, mountpoint: string, source: string, holders: string[], mounted: boolean, unmounting?: true }> {
     const out: ReturnType<RafsLayers['list']> = [...this.images].map(([manifestDigest, h]) => ({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [...h.holders], mounted: h.mounted }))
-    for (const [manifestDigest, h] of this.unmounting) out.push({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [], mounted: h.mounted, unmounting: true as const })
+    for (const [manifestDigest, { held: h }] of this.leaving) out.push({ manifestDigest, mountpoint: h.mountpoint, source: h.source, holders: [], mounted: h.mounted, unmounting: true as const })
     return out
   }
 
@@ -156,7 +154,7 @@ export class RafsLayers implements RemoteLayers {
     const d = image.manifestDigest
     let held: Held | undefined
     for (;;) {
-      await this.leaving.get(d)
+      await this.leaving.get(d)?.done
       held = this.images.get(d)
       // an idle image is taken again: before any wait, so that its unmount cannot start under this hold
       if (held?.idle !== undefined) { clearTimeout(held.idle); held.idle = undefined }
@@ -239,14 +237,9 @@ export class RafsLayers implements RemoteLayers {
         this.log?.warn('unmounting %s: %s', held.mountpoint, describeError(err))
       }
     })()
-    this.leaving.set(digest, leaving)
-    this.unmounting.set(digest, held)
-    try {
-      await leaving
-    } finally {
-      if (this.leaving.get(digest) === leaving) this.leaving.delete(digest)
-      if (this.unmounting.get(digest) === held) this.unmounting.delete(digest)
-    }
+    const entry = { held, done: leaving }
+    this.leaving.set(digest, entry)
+    try { await leaving } finally { if (this.leaving.get(digest) === entry) this.leaving.delete(digest) }
   }
 
   /**

@@ -128,10 +128,10 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   async locate (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: { signal: AbortSignal }): Promise<Map<string, ChunkHolder[]>> {
     const blobHex = blob.blobId
     const g = await this.group(blobHex, opts.signal)
+    const group = g.group ?? this.groupOf(blobHex, g)
     const out = new Map<string, ChunkHolder[]>()
     const now = this.now()
     let open = chunks.map(c => ({ chunk: c, since: this.wantedSince(blobHex, c.index, now) }))
-    const group = g.group ?? this.groupOf(blobHex, g)
     const chosen: number[] = []
     const front = chunks.reduce((m, c) => Math.min(m, c.index), Infinity)
     while (open.length > 0) {
