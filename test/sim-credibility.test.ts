@@ -20,6 +20,7 @@
  */
 import '../polyfill.js'
 import assert from 'node:assert/strict'
+import { availableParallelism } from 'node:os'
 import { describe, it } from 'node:test'
 import { swarmSkipReason } from './helpers/swarm.js'
 import { compareRuns, ISSUE_BOUNDS, modelInitFor, runModel, runSwarm, type SwarmInit } from '../sim/index.js'
@@ -43,6 +44,9 @@ describe('the swarm model reproduces real swarms on this machine', { skip }, () 
       const init: SwarmInit = { nodes, imageBytes: IMAGE_BYTES, bandwidth: BANDWIDTH, directory: 'blobs' }
       const real = await runSwarm(init)
       assert.ok(real.verifiedOk, 'every real node read exactly the published tree')
+      // the reading phase's CPU, what the model's machine is fitted from: measured, and no more than the cores can give
+      assert.ok(real.readCpuMs !== undefined && real.readCpuMs > 0, `reading CPU ${real.readCpuMs}`)
+      assert.ok(real.readMs >= real.maxMs && real.readCpuMs <= availableParallelism() * real.readMs * 1.1, `reading CPU ${real.readCpuMs} ms over ${real.readMs} ms`)
       const model = runModel(modelInitFor(init, real))
       assert.ok(model.verifiedOk)
       const [egress, p50, max] = compareRuns(real, model)
