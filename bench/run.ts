@@ -16,7 +16,8 @@
  * `attack` (named only) floods a default scheduler with fake identities and reports its memory and honest look-ups.
  * `credibility` (named only, root) runs the real `rafspeer sim` and the model with the same parameters side by side:
  *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks]` (lists
- *   of counts and sizes here; a bare size is MiB, as elsewhere).
+ *   of counts and sizes here; a bare size is MiB, as elsewhere). Before the compared runs it calibrates the model's
+ *   CPU on this machine (one node alone per cap, one node reading everything from another) and says what it fitted.
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
