@@ -110,13 +110,28 @@ export interface PlanInput {
    */
   behind?: (peer: string, ci: number) => boolean
   /**
-   * the first chunk of the read (the fetch batch) `ci` belongs to: a member is judged behind the read, not behind
-   * each chunk of it. A member level with this one has nothing near the batch's last chunks yet, and would count as
+   * the first chunk of the read `ci` belongs to (its run of consecutive chunks in the fetch batch, {@link runStarts}):
+   * a member is judged behind the read, not behind each chunk of it. A member level with this one has nothing near the batch's last chunks yet, and would count as
    * behind them; every member planning the same batch so would take those chunks itself (traced: three nodes
    * reading a 16-chunk file together, one was the assignee of 11 of its chunks). Small chunks make long batches:
    * 8 real nodes × 64 MiB of 256 KiB chunks, 3 pairs, slowest 28.0 → 26.5 s, egress alike; the model is unchanged
    */
   front?: number
+}
+
+/**
+ * For each chunk index of a fetch batch, the first index of the run of consecutive ones it is in: a sequential read's
+ * batch is one run; a prefetch's picks (rarest first, scattered) are each their own.
+ */
+export function runStarts (indexes: Iterable<number>): Map<number, number> {
+  const sorted = [...new Set(indexes)].sort((a, b) => a - b)
+  const out = new Map<number, number>()
+  let start = sorted[0] ?? 0
+  for (let i = 0; i < sorted.length; i++) {
+    if (i > 0 && sorted[i] !== sorted[i - 1]! + 1) start = sorted[i]!
+    out.set(sorted[i]!, start)
+  }
+  return out
 }
 
 export function planChunk (p: PlanInput): ChunkPlan {

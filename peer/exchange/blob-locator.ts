@@ -12,7 +12,7 @@ import { describeError, type ComponentLogger, type Logger } from '../../base/ind
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { PrefetchAdvisor } from '../fetch/index.js'
-import { groupStale, INCOMPLETE_GROUP_REFRESH_MS, NEAR_WINDOW, planChunk } from './back-to-source.js'
+import { groupStale, INCOMPLETE_GROUP_REFRESH_MS, NEAR_WINDOW, planChunk, runStarts } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
 import { blobGroup, holdersInOrder, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
 
@@ -133,7 +133,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     const now = this.now()
     let open = chunks.map(c => ({ chunk: c, since: this.wantedSince(blobHex, c.index, now) }))
     const chosen: number[] = []
-    const front = chunks.reduce((m, c) => Math.min(m, c.index), Infinity)
+    const fronts = runStarts(chunks.map(c => c.index))
     while (open.length > 0) {
       const waiting: typeof open = []
       let sourced = false
@@ -154,7 +154,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
           stable: g.group !== undefined,
           activeNear: () => this.have.table.activeNear(blobHex, w.chunk.index, NEAR_WINDOW),
           behind: (peer, ci) => this.have.table.behind(blobHex, peer, ci, NEAR_WINDOW),
-          front
+          front: fronts.get(w.chunk.index)
         })
         if (plan.action === 'peer') {
           const peers = holdersInOrder(plan.peers, blobHex, w.chunk.index)

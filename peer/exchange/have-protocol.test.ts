@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import fc from 'fast-check'
 import { decodeHave, encodeHave, getBit, HaveProtocolError, MAX_INDEXES_PER_MESSAGE, newBits, setBit, type HaveMessage } from './have-protocol.js'
 import { HaveTable } from './have-table.js'
-import { BEHIND_MARGIN, backToSourceAssignee, planChunk, rendezvousScore } from './back-to-source.js'
+import { BEHIND_MARGIN, backToSourceAssignee, planChunk, rendezvousScore, runStarts } from './back-to-source.js'
 
 const blob = randomBytes(32)
 const hex = blob.toString('hex')
@@ -191,6 +191,11 @@ test('plan: a member is judged behind the read, not behind each chunk of it (a b
   assert.ok(asked.length > 0 && asked.every(at => at === front - BEHIND_MARGIN))
   // a front past the chunk (a batch planned out of order) changes nothing
   assert.deepEqual(planChunk({ ...base, front: ci + 5 }).action, planChunk(base).action)
+})
+
+test('a batch\'s reads: each chunk\'s run of consecutive chunks starts where the run does; scattered picks are their own', () => {
+  assert.deepEqual([...runStarts([12, 5, 6, 7, 10, 13, 6])], [[5, 5], [6, 5], [7, 5], [10, 10], [12, 12], [13, 12]])
+  assert.equal(runStarts([]).size, 0)
 })
 
 test('a neighbour reading behind a chunk: some of the window before it, none of it and the window after', () => {

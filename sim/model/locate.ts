@@ -7,7 +7,7 @@
 import type { Timed } from './events.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
-import { backToSourceAssignee, blobGroup, groupStale, holdersInOrder, NEAR_WINDOW, planChunk } from './policy.js'
+import { backToSourceAssignee, blobGroup, groupStale, holdersInOrder, NEAR_WINDOW, planChunk, runStarts } from './policy.js'
 
 const NONE = 0
 const LOOKING = 1
@@ -105,8 +105,8 @@ export class GroupState implements Timed {
 export class Locate implements Timed {
   private open: number[]
   private readonly since: number
-  /** the batch's first chunk (`planChunk`'s `front`) */
-  private readonly front: number
+  /** each chunk's run start in the batch (`planChunk`'s `front`, as `BlobLocator`) */
+  private readonly fronts: Map<number, number>
   private group: string[] | undefined
   private readonly peers = new Map<number, SimNode[]>()
   /** per chunk, its holders that only said PENDING (absent: none) */
@@ -118,7 +118,7 @@ export class Locate implements Timed {
 
   constructor (private readonly batch: Batch, cis?: number[], since?: number) {
     this.open = cis ?? batch.cis
-    this.front = batch.cis.reduce((m, c) => Math.min(m, c), Infinity)
+    this.fronts = runStarts(batch.cis)
     this.since = since ?? batch.node.world.queue.now
   }
 
@@ -161,7 +161,7 @@ export class Locate implements Timed {
         stable,
         activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW),
         behind: (peer, c) => node.table.behind(hex, peer, c, NEAR_WINDOW),
-        front: this.front
+        front: this.fronts.get(ci)
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, holdersInOrder(plan.peers, hex, ci).map(id => w.byPeerId.get(id)!))

@@ -16,7 +16,7 @@
 export { HolderIndex, HARD_MAX_PEERS, packDigests, encodeMessage, type PeerInfo, type IndexStats } from '../../scheduler/index.js'
 export {
   HaveTable, DEFAULT_PENDING_TTL_MS, encodeHave, newBits, setBit, getBit, MAX_INDEXES_PER_MESSAGE, type HaveMessage,
-  planChunk, rendezvousScore, backToSourceAssignee, NEAR_WINDOW, groupStale,
+  planChunk, runStarts, rendezvousScore, backToSourceAssignee, NEAR_WINDOW, groupStale,
   DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS, DEFAULT_LOCATOR_MAX_HOLDERS as DEFAULT_MAX_HOLDERS, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs,
   blobGroup, holdersInOrder, chooseHolder, splitRequests, HaveOutbox,
   DEFAULT_HAVE_FLUSH_MS as DEFAULT_FLUSH_MS, DEFAULT_HAVE_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
