@@ -307,8 +307,8 @@ export class BlobCache {
     }
     s.set(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize, Date.now())
     s.setVerified(chunk.index, chunk.uncompressedOffset, chunk.uncompressedSize)
-    this.#digests.stored(chunk.digest.toString('latin1'), { blobId: s.record.blobId, chunk: { index: chunk.index, digest: chunk.digest, uncompressedOffset: chunk.uncompressedOffset, uncompressedSize: chunk.uncompressedSize } })
-    const rec: ChunkRecord = { index: chunk.index, digest: chunk.digest, uncompressedOffset: chunk.uncompressedOffset, uncompressedSize: chunk.uncompressedSize, generation: this.#generation }
+    this.#digests.stored(chunk.digest.toString('latin1'), { blobId: s.record.blobId, chunk: cachedChunkOf(chunk) })
+    const rec: ChunkRecord = { ...cachedChunkOf(chunk), generation: this.#generation }
     try {
       await this.#commits.add({ blobId: s.record.blobId, chunk: rec })
     } catch (err) {
@@ -355,7 +355,7 @@ export class BlobCache {
       if (!this.has(h.blobId, h.index)) continue
       const rec = await this.#index.getChunk(h.blobId, h.index)
       if (rec === undefined) continue
-      const place = { blobId: h.blobId, chunk: { index: rec.index, digest: rec.digest, uncompressedOffset: rec.uncompressedOffset, uncompressedSize: rec.uncompressedSize } }
+      const place = { blobId: h.blobId, chunk: cachedChunkOf(rec) }
       found.push(place)
       if (h.blobId !== opts.exceptBlobId) { answer = { blobId: place.blobId, chunk: { ...place.chunk } }; break }
     }
@@ -508,4 +508,9 @@ export class BlobCache {
   async #closeFiles (): Promise<void> {
     for (const s of this.#blobs.values()) await s.fh.close().catch(() => {})
   }
+}
+
+/** The view coordinates of a chunk (a `ChunkInfo`, an index record): only those, not whatever else it carries. */
+function cachedChunkOf (c: CachedChunk): CachedChunk {
+  return { index: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset, uncompressedSize: c.uncompressedSize }
 }
