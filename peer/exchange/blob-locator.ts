@@ -12,9 +12,9 @@ import { describeError, type ComponentLogger, type Logger } from '../../base/ind
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { PrefetchAdvisor } from '../fetch/index.js'
-import { groupStale, INCOMPLETE_GROUP_REFRESH_MS, NEAR_WINDOW, planChunk, runStarts } from './back-to-source.js'
+import { groupStale, NEAR_WINDOW, planChunk, runStarts } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
-import { blobGroup, holdersInOrder, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
+import { blobGroup, groupFilling, holdersInOrder, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
 
 export const DEFAULT_GROUP_SIZE = 4
 export const DEFAULT_GRACE_MS = 150
@@ -36,14 +36,7 @@ export const DEFAULT_MAX_HOLDERS = 16
  * the swarm instead of all following the same best peers (the model, `sim/model/`, shows 16 slower and costlier)
  */
 export const DEFAULT_LOOKUP_HOLDERS = 4
-/**
- * How long after it last changed (or was first looked up) a group short of `groupSize` counts as still filling.
- * Meanwhile a prefetch picks no chunk to fetch from the registry, only what neighbours have: every early asker
- * counts itself among a partial group, so each would take a share of every chunk, and the registry would send those
- * several times (8 nodes × 24 MiB: 2 chunks a pick cost 1.74 copies, the first three askers each fetching the
- * blob's first 30 chunks within 0.8 s). Reads are not held: they go by `locate`'s rules.
- */
-export const GROUP_FILL_MS = 4 * INCOMPLETE_GROUP_REFRESH_MS
+export { GROUP_FILL_MS } from './swarm-policy.js'
 const MAX_REMEMBERED_WANTS = 65_536
 
 /** Finds holders for chunks of a blob; see {@link BlobLocator}. */
@@ -194,16 +187,14 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     const blobHex = blob.blobId
     const g = await this.group(blobHex, opts.signal)
     const group = g.group ?? this.groupOf(blobHex, g)
-    const filling = group.length < this.groupSize && this.now() - (this.groupChangedAt.get(blobHex) ?? 0) < GROUP_FILL_MS
+    const filling = groupFilling(group.length, this.groupSize, this.now() - (this.groupChangedAt.get(blobHex) ?? 0))
     const table = this.have.table
     const classOf = (c: ChunkInfo): PrefetchClass => {
       const sources = table.sources(blobHex, c.index)
-      const have = sources.have.filter(p => p !== this.self).length
-      if (have > 0) return { kind: 'have', holders: have }
-      if (sources.pending.some(p => p.peerId !== this.self)) return { kind: 'wait' }
-      // the assignee as `locate` names it the moment the chunk is wanted (the grace for another's PENDING ahead)
-      const plan = planChunk({ self: this.self, group, blobHex, ci: c.index, have: [], pending: [], wantedForMs: 0, graceMs: this.graceMs, stable: g.group !== undefined })
-      return plan.action === 'source' ? { kind: 'source' } : { kind: 'wait' }
+      return prefetchClass({
+        self: this.self, group, stable: g.group !== undefined, blobHex, ci: c.index, graceMs: this.graceMs,
+        have: sources.have.filter(p => p !== this.self).length, othersFetching: sources.pending.some(p => p.peerId !== this.self)
+      })
     }
     const maxSource = filling ? 0 : opts.maxSource
     return prefetchPick(chunks, classOf, c => c.compressedSize, { max: opts.max, maxSource, maxSourceBytes: opts.maxSourceBytes })

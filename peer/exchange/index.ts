@@ -22,7 +22,11 @@ export {
   type NeighbourSourceCounters, type NeighbourSourceInit, type NeighbourSourceComponents
 } from './neighbour-source.js'
 export { DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs } from './busy-replan.js'
-export { blobGroup, holdersInOrder, chooseHolder, splitRequests, HaveOutbox, type HolderLoad } from './swarm-policy.js'
+export {
+  blobGroup, holdersInOrder, chooseHolder, splitRequests, HaveOutbox, prefetchClass, prefetchPick, swarmPickLimits, swarmPrefetchWait, groupFilling,
+  GROUP_FILL_MS, PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_SOURCE_SLICE_BYTES, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS,
+  type HolderLoad, type PrefetchClass, type PrefetchPicked
+} from './swarm-policy.js'
 export { P2PNode, type P2PNodeInit, type P2PNodeComponents, type P2PStats } from './p2p-node.js'
 // the blob-level swarm: the have protocol, what neighbours have, back to source, the locator (pure parts take an
 // injected clock: `sim/model/` runs them too)

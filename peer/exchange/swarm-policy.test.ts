@@ -5,9 +5,12 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import { rendezvousScore } from './back-to-source.js'
+import { backToSourceAssignee, rendezvousScore } from './back-to-source.js'
 import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
-import { blobGroup, chooseHolder, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
+import {
+  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked,
+  PREFETCH_SLICE_CHUNKS, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait
+} from './swarm-policy.js'
 
 const hex = 'ab'.repeat(32)
 
@@ -205,4 +208,30 @@ test('prefetchPick: the registry chunks first (bounded by count and bytes), then
   assert.deepEqual(pick(10, 10, 250), { chunks: [0, 4, 3, 7, 5, 1], source: 2 }, 'two chunks of 100 bytes fit 250')
   assert.deepEqual(pick(10, 10, 50), { chunks: [0, 3, 7, 5, 1], source: 1 }, 'one registry chunk even past the bytes')
   assert.deepEqual(prefetchPick([2, 8], classOf, size, { max: 64, maxSource: 64, maxSourceBytes: 1e9 }), { chunks: [], source: 0 }, 'everything waits')
+})
+
+test('prefetchClass: neighbours have it (how many), another fetches it (wait), else the registry for its assignee only', () => {
+  const blobHex = 'ab'.repeat(32)
+  const group = ['peerA', 'peerB', 'peerC']
+  const base = { group, stable: true, blobHex, graceMs: 150 }
+  for (let ci = 0; ci < 40; ci++) {
+    const assignee = backToSourceAssignee(group, blobHex, ci)
+    for (const self of group) {
+      assert.deepEqual(prefetchClass({ ...base, self, ci, have: 2, othersFetching: true }), { kind: 'have', holders: 2 })
+      assert.deepEqual(prefetchClass({ ...base, self, ci, have: 0, othersFetching: true }), { kind: 'wait' })
+      assert.deepEqual(prefetchClass({ ...base, self, ci, have: 0, othersFetching: false }), { kind: self === assignee ? 'source' : 'wait' }, `chunk ${ci} for ${self}`)
+    }
+  }
+})
+
+test('a swarm prefetch\'s limits and pauses: one registry slice at a time; a quiet swarm waits out the patience, then goes on', () => {
+  assert.deepEqual(swarmPickLimits(0), { max: PREFETCH_SLICE_CHUNKS, maxSource: PREFETCH_SLICE_CHUNKS, maxSourceBytes: SWARM_SOURCE_SLICE_BYTES })
+  assert.equal(swarmPickLimits(1).maxSource, 0)
+  assert.deepEqual(swarmPrefetchWait(0), { force: false, waitMs: SWARM_PREFETCH_RECHECK_MS })
+  assert.deepEqual(swarmPrefetchWait(SWARM_PREFETCH_PATIENCE_MS - 100), { force: false, waitMs: 100 })
+  assert.deepEqual(swarmPrefetchWait(SWARM_PREFETCH_PATIENCE_MS), { force: true })
+  assert.deepEqual(swarmPrefetchWait(50, 40), { force: true }, 'a patience of its own')
+  assert.equal(groupFilling(2, 4, GROUP_FILL_MS - 1), true)
+  assert.equal(groupFilling(2, 4, GROUP_FILL_MS), false, 'filled for long enough')
+  assert.equal(groupFilling(4, 4, 0), false, 'full')
 })

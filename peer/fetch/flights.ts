@@ -14,7 +14,7 @@ import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index
 import { ChunkDigestMismatchError, FetchAbortedError, FetchFailedError, SourceProtocolError, isTransient } from './errors.js'
 import type { FetchMetrics } from './metrics.js'
 import { planBatches } from './plan.js'
-import { FetchQueue, type FetchPriority, type QueueJob } from './queue.js'
+import { FetchQueue, defaultPrefetchSlots, type FetchPriority, type QueueJob } from './queue.js'
 import { sourceKind, type ChunkSource, type FetchedChunk } from './source.js'
 import type { ChunkCache, FetcherInit } from './types.js'
 
@@ -103,7 +103,7 @@ export class Flights {
     const concurrency = Math.max(1, init.concurrency ?? DEFAULT_CONCURRENCY)
     this.queue = new FetchQueue({
       concurrency,
-      prefetchConcurrency: init.prefetchConcurrency ?? Math.max(1, concurrency - Math.max(1, Math.floor(concurrency / 4))),
+      prefetchConcurrency: init.prefetchConcurrency ?? defaultPrefetchSlots(concurrency),
       ...(init.prefetchBytesPerSecond !== undefined ? { prefetchBytesPerSecond: init.prefetchBytesPerSecond } : {})
     })
     this.timeoutMs = init.timeoutMs ?? DEFAULT_TIMEOUT_MS

@@ -15,7 +15,7 @@ export {
   isTransient, type FetchErrorCode
 } from './errors.js'
 export { planBatches, type PlanInput, type PlannedBatch } from './plan.js'
-export { FetchQueue, type FetchPriority, type QueueJob } from './queue.js'
+export { FetchQueue, defaultPrefetchSlots, type FetchPriority, type QueueJob } from './queue.js'
 export type {
   ChunkCache, CopySource, FetchImage, ReadOptions, EnsureOptions, FetcherComponents, FetcherInit, FetchSample, FetchCounters, FlightActivity, PrefetchAdvisor,
   MappedPiece

@@ -11,6 +11,11 @@ import { TokenBucket } from '../../base/index.js'
 
 export type FetchPriority = 'read' | 'prefetch'
 
+/** The slots prefetch may take of `concurrency` by default: all but a quarter (at least one), so reads always find one. */
+export function defaultPrefetchSlots (concurrency: number): number {
+  return Math.max(1, concurrency - Math.max(1, Math.floor(concurrency / 4)))
+}
+
 export interface QueueJob {
   priority: FetchPriority
   /** bytes the job will move, charged to the prefetch bandwidth bucket */

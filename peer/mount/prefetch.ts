@@ -9,10 +9,11 @@ import { readFile } from 'node:fs/promises'
 import { describeError, type Logger } from '../../base/index.js'
 import type { ChunkInfo, RafsReader } from '../../rafs/index.js'
 import type { Fetcher, PrefetchAdvisor } from '../fetch/index.js'
+import { PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_PREFETCH_PATIENCE_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait } from '../exchange/swarm-policy.js'
 import type { PrefetchPolicy, PrefetchStatus } from './types.js'
 
 /** chunks handed to the fetcher per call: small enough for progress, big enough for full batches */
-const SLICE_CHUNKS = 64
+const SLICE_CHUNKS = PREFETCH_SLICE_CHUNKS
 /** stored bytes of an ordered list kept in order as one group (sorted by offset inside it) */
 const GROUP_BYTES = 4 << 20
 /**
@@ -21,24 +22,8 @@ const GROUP_BYTES = 4 << 20
  * for a few of them costs less than one round trip each.
  */
 export const PREFETCH_GAP_BYTES = 128 << 10
-const SLICES_IN_FLIGHT = 4
-/**
- * A swarm prefetch (with an advisor) whose chunks all wait on other peers takes the next ones in its own order
- * anyway once the blob's swarm has been quiet this long (nothing picked, no neighbour's news of the blob: the peer
- * assigned to them may not prefetch, or may be gone): the fetch then goes by the read rules, a short grace for that
- * peer's PENDING, then the registry
- */
-export const SWARM_PREFETCH_PATIENCE_MS = 3_000
-/**
- * A swarm prefetch keeps one slice of the chunks it fetches from the registry for the swarm in flight, of at most
- * this many stored bytes: the registry's bandwidth, shared by the group's members, goes to few requests, each chunk
- * arrives soon, and a neighbour's read waiting for one of them (its PENDING) is not held up behind many others.
- * (8 daemons, all caps 4 MiB/s, prefetching all, 5 pairs: 24 MiB image, registry copies 2.05 → 1.74 and p50
- * 16.3 → 13.3 s with 1 MiB instead of 4; 64 MiB, 3 pairs: 1.29 → 1.18, p50 29.5 → 28.5 s.)
- */
-export const SWARM_SOURCE_SLICE_BYTES = 1 << 20
-/** how often a waiting swarm prefetch looks again when nothing about the blob changed */
-const SWARM_PREFETCH_RECHECK_MS = 250
+const SLICES_IN_FLIGHT = PREFETCH_SLICES_IN_FLIGHT
+export { SWARM_PREFETCH_PATIENCE_MS, SWARM_SOURCE_SLICE_BYTES }
 const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
@@ -229,15 +214,14 @@ function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, a
         if (open.length === 0) { left.delete(bi); continue }
         left.set(bi, open)
         first ??= bi
-        const picked = await advisor.pick(reader.blobs[bi]!, open, {
-          max: SLICE_CHUNKS, maxSource: sourceSlices > 0 ? 0 : SLICE_CHUNKS, maxSourceBytes: SWARM_SOURCE_SLICE_BYTES, signal
-        })
+        const picked = await advisor.pick(reader.blobs[bi]!, open, { ...swarmPickLimits(sourceSlices), signal })
         if (picked.chunks.length > 0) return take(bi, picked.chunks, picked.source > 0)
       }
       if (first === undefined) return undefined
       // every chunk left waits on another peer: once the swarm went quiet, the plan's next ones go by the read rules
-      if (Date.now() - lastNews >= patienceMs) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true, true)
-      const wait = Math.min(SWARM_PREFETCH_RECHECK_MS, Math.max(1, patienceMs - (Date.now() - lastNews)))
+      const quiet = swarmPrefetchWait(Date.now() - lastNews, patienceMs)
+      if (quiet.force) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true, true)
+      const wait = quiet.waitMs
       const ours = new Promise<boolean>(resolve => { slicesDone = () => { resolve(false) } })
       // the advisor's wait is ended when ours wins (else it would hold its timer and a listener on `signal` on)
       const waitEnd = new AbortController()
