@@ -3,7 +3,8 @@
  * daemons, lazy mounts, the capped embedded registry) and the model with that run's parameters
  * (`modelInitFor`), side by side: registry egress over one pull, completion p50 and max, as model / real, flagged
  * outside ±5% (egress) and ±15% (times). Per cap, one node alone both ways (the real one-node run and the model's
- * `nativeReadMs`). The model runs over the real image's chunk layout (the files' chunks, many of them small).
+ * `nativeReadMs`). The model runs over the real image's chunk layout (the files' chunks, many of them small). With
+ * `prefetch: 'all'` every run's nodes also prefetch the whole image, in the model as in the daemons.
  *
  * Real runs share this machine's cores with their daemons, readers and registry: the model is given the machine's
  * CPU (`ModelInit.cpu`: a cost per MiB from the registry, one per MiB from a neighbour, a node's background share of
@@ -22,6 +23,8 @@ export interface CredibilityBenchOptions {
   bandwidths?: number[]
   imageBytes?: number
   directory?: 'blobs' | 'chunks'
+  /** every run's nodes also prefetch the whole image (the model's too: `ModelInit.prefetch`); default none */
+  prefetch?: 'none' | 'all'
   chunkSize?: number
   staggerMs?: number
   rttMs?: number
@@ -52,6 +55,7 @@ export interface CredibilityBenchResult {
   imageBytes: number
   blobBytes: number
   directory: 'blobs' | 'chunks'
+  prefetch: 'none' | 'all'
   chunkSize: number
   rttMs: number
   cores: number
@@ -96,6 +100,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
   const bandwidths = opts.bandwidths ?? [4 * MiB, 16 * MiB]
   const imageBytes = opts.imageBytes ?? 64 * MiB
   const directory = opts.directory ?? 'blobs'
+  const prefetch = opts.prefetch ?? 'none'
   const rttMs = opts.rttMs ?? 1
   const log = opts.log ?? (() => {})
   const { availableParallelism } = await import('node:os')
@@ -112,6 +117,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
       imageBytes,
       bandwidth,
       directory,
+      prefetch,
       ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
       ...(staggerMs !== undefined ? { staggerMs } : {}),
       log
@@ -168,6 +174,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     imageBytes,
     blobBytes,
     directory,
+    prefetch,
     chunkSize: opts.chunkSize ?? 1 << 20,
     rttMs,
     cores,
@@ -195,7 +202,7 @@ function formatRow (r: CredibilityRow): string {
 export function formatCredibilityBench (r: CredibilityBenchResult): string {
   return [
     `credibility: real \`rafspeer sim\` vs the model, ${(r.imageBytes / MiB).toFixed(0)} MiB image (${(r.blobBytes / MiB).toFixed(1)} MiB of blobs), ` +
-      `${(r.chunkSize / MiB).toFixed(2)} MiB chunks, directory ${r.directory}, model RTT ${r.rttMs} ms; ✗ outside ±${ISSUE_BOUNDS.egress * 100}% (egress) / ±${ISSUE_BOUNDS.times * 100}% (times)`,
+      `${(r.chunkSize / MiB).toFixed(2)} MiB chunks, directory ${r.directory}, ${r.prefetch === 'all' ? 'every node prefetching all, ' : ''}model RTT ${r.rttMs} ms; ✗ outside ±${ISSUE_BOUNDS.egress * 100}% (egress) / ±${ISSUE_BOUNDS.times * 100}% (times)`,
     '',
     '| alone | real | model | model / real | reading CPU s | swarm CPU / machine busy |',
     '|---|---|---|---|---|---|',

@@ -15,7 +15,7 @@
  * with the Redis Cluster one on a 3-master cluster it starts here (its Redis half is skipped without redis-server).
  * `attack` (named only) floods a default scheduler with fake identities and reports its memory and honest look-ups.
  * `credibility` (named only, root) runs the real `rafspeer sim` and the model with the same parameters side by side:
- *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks]` (lists
+ *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks] [--prefetch all]` (lists
  *   of counts and sizes here; a bare size is MiB, as elsewhere). Before the compared runs it calibrates the model's
  *   CPU on this machine (one node alone per cap, one node reading everything from another) and says what it fitted.
  */
@@ -38,7 +38,7 @@ import { parseByteSize } from '../base/index.js'
 const args = process.argv.slice(2)
 const sourceAt = args.indexOf('--source')
 const source = sourceAt >= 0 ? args[sourceAt + 1] : undefined
-const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs', '--baseline-cli', '--directory'])
+const valued = new Set(['--mode', '--tree', '--source', '--runs', '--bandwidth', '--only', '--nodes', '--image-size', '--logs', '--baseline-cli', '--directory', '--prefetch'])
 const flag = (name: string): number | undefined => {
   const at = args.indexOf(name)
   if (at < 0) return undefined
@@ -183,7 +183,11 @@ if (want('credibility')) {
   if (directory !== undefined && directory !== 'blobs' && directory !== 'chunks') throw new Error(`--directory wants blobs or chunks, got ${directory}`)
   const imageBytes = sizes('--image-size')?.[0]
   const bandwidths = sizes('--bandwidth')
+  const prefetchAt = args.indexOf('--prefetch')
+  const prefetch = prefetchAt >= 0 ? args[prefetchAt + 1] : undefined
+  if (prefetch !== undefined && prefetch !== 'all' && prefetch !== 'none') throw new Error(`--prefetch wants all or none, got ${prefetch}`)
   const r = await benchCredibility({
+    ...(prefetch !== undefined ? { prefetch } : {}),
     ...(nodes !== undefined ? { nodes } : {}),
     ...(bandwidths !== undefined ? { bandwidths } : {}),
     ...(imageBytes !== undefined ? { imageBytes } : {}),

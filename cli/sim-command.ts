@@ -75,7 +75,7 @@ const share = (v: string): number => {
 
 
 /** flags that only one of the two modes reads */
-const REAL_ONLY = ['prefetch', 'mode', 'directory', 'workDir', 'keep'] as const
+const REAL_ONLY = ['mode', 'directory', 'workDir', 'keep'] as const
 const MODEL_ONLY = ['registryBandwidth', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'holdersPerLookup', 'nodesDetail', 'chart'] as const
 const flagName = (k: string): string => `--${k.replace(/[A-Z]/g, c => `-${c.toLowerCase()}`)}`
 
@@ -144,6 +144,7 @@ async function runModelMode (f: SimFlags): Promise<void> {
     ...(f.maxUploads !== undefined ? { maxUploads: f.maxUploads } : {}),
     ...(f.holdersPerLookup !== undefined ? { holdersPerLookup: f.holdersPerLookup } : {}),
     ...(f.nodesDetail !== undefined ? { nodesDetail: f.nodesDetail } : {}),
+    ...(f.prefetch !== undefined ? { prefetch: f.prefetch } : {}),
     log
   })
   if (f.chart !== undefined) {

@@ -31,9 +31,11 @@ test('too few runs to separate the parts, or a fit with a negative part: fewer p
   assert.throws(() => fitMachineCpu(2, []), /calibration run/)
 })
 
-test('the mapping hands the machine\'s CPU to the model only when asked', () => {
+test('the mapping hands the machine\'s CPU to the model only when asked, and a real run\'s whole-image prefetch', () => {
   const real = { bandwidth: 4 * MiB, imageBytes: 64 * MiB, blobBytes: 54 * MiB, chunkSizes: [] } as unknown as SwarmReport
   const init = { nodes: 8, imageBytes: 64 * MiB, bandwidth: 4 * MiB }
   assert.equal(modelInitFor(init, real).cpu, undefined)
   assert.deepEqual(modelInitFor(init, real, { cpu: { cores: 2, msPerMiB: 40, busyPerNode: 0.1 } }).cpu, { cores: 2, msPerMiB: 40, busyPerNode: 0.1 })
+  assert.equal(modelInitFor(init, real).prefetch, undefined)
+  assert.equal(modelInitFor({ ...init, prefetch: 'all' }, real).prefetch, 'all')
 })

@@ -118,7 +118,6 @@ function leastSquares (a: number[][], y: number[]): number[] | undefined {
 /** The model's options for the real run `init` that produced `real`. */
 export function modelInitFor (init: SwarmInit, real: SwarmReport, opts: ModelMappingOptions = {}): ModelInit {
   if (real.bandwidth === null) throw new RangeError('the model needs the real run\'s bandwidth cap: the real run had none')
-  if (init.prefetch === 'all') throw new RangeError('the model reads what a reader reads: it has no whole-image prefetch')
   const halfWindow = REAL_READAHEAD_BYTES / 2
   const layout = (opts.layout ?? 'real') === 'real' && real.chunkSizes !== undefined && real.chunkSizes.length > 0 ? real.chunkSizes : undefined
   const plainBytes = layout !== undefined ? layout.reduce((a, b) => a + b, 0) : real.imageBytes
@@ -134,6 +133,7 @@ export function modelInitFor (init: SwarmInit, real: SwarmReport, opts: ModelMap
     seed: opts.seed ?? 1,
     ...((opts.window ?? 'reader') === 'reader' ? { windowBatches: 2, batchBytes: halfWindow } : {}),
     ...(opts.cpu !== undefined ? { cpu: opts.cpu } : {}),
+    ...(init.prefetch === 'all' ? { prefetch: 'all' as const } : {}),
     runtime: false
   }
 }

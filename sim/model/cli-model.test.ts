@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runCli } from '../../test/helpers/cli.js'
 
-it('sim --model --nodes 50 --json: the real mode\'s report with the model\'s extras; --chart writes an SVG', async () => {
+it('sim --model --nodes 50 --json: the real mode\'s report with the model\'s extras; --chart writes an SVG; --prefetch all', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'rafspeer-sim-model-'))
   try {
     const chart = join(dir, 'swarm.svg')
@@ -28,6 +28,13 @@ it('sim --model --nodes 50 --json: the real mode\'s report with the model\'s ext
     const svg = await readFile(chart, 'utf8')
     assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/)
     assert.match(svg, /Registry egress/)
+
+    // --prefetch all: every node prefetches the whole image as a daemon does
+    const pf = await runCli(['sim', '--model', '--nodes', '8', '--image-size', '16MiB', '--bandwidth', '4MiB', '--registry-bandwidth', '4MiB', '--prefetch', 'all', '--json'])
+    assert.equal(pf.code, 0, pf.stderr)
+    const pr = JSON.parse(pf.stdout) as { verifiedOk: boolean, model: { prefetch: string } }
+    assert.equal(pr.model.prefetch, 'all')
+    assert.equal(pr.verifiedOk, true)
 
     // real-mode flags are refused with --model, and --nodes past 64 without it
     const bad = await runCli(['sim', '--model', '--keep'])

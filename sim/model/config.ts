@@ -6,7 +6,7 @@ import type { ModelInit } from './types.js'
 import {
   DEFAULT_BITFIELD_WAIT_MS, DEFAULT_FETCH_IDLE_MS, DEFAULT_FLUSH_MS, DEFAULT_GRACE_MS, DEFAULT_GROUP_SIZE, DEFAULT_HEDGE_AFTER_MS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_READAHEAD_BYTES, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_BUSY_AFTER_PARK_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
-  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST
+  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST, DEFAULT_CONCURRENCY, defaultPrefetchSlots
 } from './policy.js'
 
 export const MAX_MODEL_NODES = 100_000
@@ -48,6 +48,11 @@ export interface Config {
   heartbeatMs: number
   windowBatches: number
   batchBytes: number
+  /** every node prefetches the whole image (`ModelInit.prefetch`) */
+  prefetch: boolean
+  /** prefetch batches a node runs at once (the fetcher's prefetch slots) and the largest of them */
+  prefetchSlots: number
+  prefetchBatchBytes: number
   holdersPerLookup: number
   busyRetries: number
   busyBackoffMs: number
@@ -134,6 +139,9 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     // 1.5–5x the image from the registry where the daemons fetched 1.0x
     windowBatches: int('windowBatches', init.windowBatches, 1, 1024, READER_WINDOW_BATCHES),
     batchBytes: int('batchBytes', init.batchBytes, 1, 1 << 30, Math.min(DEFAULT_MAX_BATCH_BYTES, DEFAULT_READAHEAD_BYTES / READER_WINDOW_BATCHES)),
+    prefetch: init.prefetch === 'all',
+    prefetchSlots: defaultPrefetchSlots(DEFAULT_CONCURRENCY),
+    prefetchBatchBytes: DEFAULT_MAX_BATCH_BYTES,
     holdersPerLookup: int('holdersPerLookup', init.holdersPerLookup, 1, 16, DEFAULT_HOLDERS_PER_LOOKUP),
     busyRetries: int('busyRetries', init.busyRetries, 0, 100, DEFAULT_BUSY_RETRIES),
     busyBackoffMs: num('busyBackoffMs', init.busyBackoffMs, 1, DEFAULT_BUSY_BACKOFF_MS),
@@ -166,6 +174,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     const busy = num('cpu.busyPerNode', init.cpu.busyPerNode, 0, 0)
     cfg.cpu = { msPerByte: msPerMiB / (1 << 20), peerMsPerByte: peerMsPerMiB / (1 << 20), cores: Math.max(cores * MIN_CPU_SHARE, cores - nodes * busy) }
   }
+  if (init.prefetch !== undefined && init.prefetch !== 'all' && init.prefetch !== 'none') problems.push(`prefetch must be all or none, got ${String(init.prefetch)}`)
   if (init.nodesDetail !== undefined && init.nodesDetail !== 'all' && init.nodesDetail !== 'none') problems.push(`nodesDetail must be all or none, got ${String(init.nodesDetail)}`)
   if (problems.length > 0) throw new RangeError(`model options: ${problems.join('; ')}`)
   return Object.freeze(cfg)

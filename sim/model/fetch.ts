@@ -17,12 +17,22 @@ export class Batch {
   readonly startedAt: number
   private readonly inc: number
   private left: number
+  /** its chunks that landed (one may land twice: a hedge's late copy, a replan's registry copy) */
+  private readonly landed = new Set<number>()
 
-  constructor (readonly node: SimNode, readonly nb: NodeBlob, readonly cis: number[]) {
+  /**
+   * `done`: told when every chunk of it is present (the node's reader window by default); a batch's chunks are the
+   * node's `fetching` until they land, so a read or a prefetch wanting one of them waits for it instead
+   */
+  constructor (readonly node: SimNode, readonly nb: NodeBlob, readonly cis: number[], private done?: (b: Batch) => void) {
     this.startedAt = node.world.queue.now
     this.inc = node.incarnation
     this.left = cis.length
+    for (const ci of cis) nb.fetching[ci] = 1
   }
+
+  /** A read joined it while it waited for a prefetch slot: it runs as a read now, in no prefetch slot. */
+  promoted (): void { this.done = () => {} }
 
   /** whether the node that started it is still the one running */
   current (): boolean { return this.node.alive && this.node.incarnation === this.inc }
@@ -74,8 +84,12 @@ export class Batch {
   }
 
   private land (ci: number, fromRegistry: boolean): void {
-    if (!this.node.accept(this.nb, ci, fromRegistry, chunkBytes(this.nb.spec, ci))) return
-    if (--this.left === 0) this.node.batchDone(this)
+    const first = this.node.accept(this.nb, ci, fromRegistry, chunkBytes(this.nb.spec, ci))
+    if (!first && this.landed.has(ci)) return
+    this.landed.add(ci)
+    if (--this.left > 0) return
+    if (this.done !== undefined) this.done(this)
+    else this.node.batchDone(this)
   }
 }
 

@@ -15,14 +15,19 @@ const BITFIELDS = 2
 const READY = 3
 const NO_PEERS: readonly string[] = []
 
+/** What waits for a blob's group to be known and fresh: a batch's look-up, or a swarm prefetch's pick. */
+export interface GroupWaiter { plan: () => void }
+
 /** The blob's holders as one node knows them, and look-ups waiting for them. */
 export class GroupState implements Timed {
   private phase = NONE
   holders: SimNode[] = []
   /** the blob's group as the scheduler named it (undefined: it named none) */
   named: string[] | undefined
+  /** when the named group last changed (or was first looked up): a group short of its size fills meanwhile */
+  changedAt = 0
   private at = 0
-  private waiters: Locate[] = []
+  private waiters: GroupWaiter[] = []
   private firstLookUp = true
   private deadline = 0
   private version = 0
@@ -33,8 +38,27 @@ export class GroupState implements Timed {
   /** this node works on the blob (it looked it up) */
   get working (): boolean { return this.phase !== NONE }
 
+  /** whether a waiter would run at once (the group is known and fresh) */
+  get fresh (): boolean {
+    const q = this.node.world.queue
+    const cfg = this.node.world.cfg
+    return this.phase === READY && !groupStale(this.named, cfg.groupSize, q.now - this.at, cfg.refreshMs)
+  }
+
+  /**
+   * The group as `locate` takes it: the scheduler's (`stable`), else the one the node makes of itself, the holders it
+   * follows and its followers
+   */
+  current (): { group: string[], stable: boolean } {
+    if (this.named !== undefined) return { group: this.named, stable: true }
+    const ids: string[] = [this.node.peerId]
+    for (const h of this.holders) ids.push(h.peerId)
+    for (const f of this.nb.followers) ids.push(f.peerId)
+    return { group: blobGroup(ids, this.nb.spec.hex, this.node.world.cfg.groupSize), stable: false }
+  }
+
   /** `loc` runs once the group is known and fresh. */
-  need (loc: Locate): void {
+  need (loc: GroupWaiter): void {
     const q = this.node.world.queue
     const cfg = this.node.world.cfg
     if (this.phase === READY && !groupStale(this.named, cfg.groupSize, q.now - this.at, cfg.refreshMs)) { loc.plan(); return }
@@ -51,6 +75,7 @@ export class GroupState implements Timed {
     const node = this.node
     if (node.incarnation !== this.inc || !node.alive) return
     const w = node.world
+    if (this.firstLookUp || (this.named ?? []).join() !== (named ?? []).join()) this.changedAt = w.queue.now
     this.named = named
     this.holders = []
     // the ranked holders are whom to follow; the group is who fetches from the source, and its members follow each other

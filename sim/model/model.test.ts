@@ -3,7 +3,8 @@
  * once and the bytes add up; one node alone takes what its links allow; nodes starting together cost the
  * registry about one copy (the daemon's 3-node case, and many nodes with ample upload slots); a chunk wanted by
  * many at once does not all come from its first holder's uplink; a swarm with failing and restarting nodes still
- * finishes.
+ * finishes. A swarm prefetching the whole image as daemons with `prefetch: all` do gets every chunk once (reads and
+ * prefetch slices join each other's flights), its group's members each fetching their share from the registry.
  */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -167,8 +168,32 @@ describe('the swarm model', () => {
     assert.throws(() => runModel({ ...base, cpu: { cores: 0, msPerMiB: -1 } }), (err: Error) => /cpu\.cores/.test(err.message) && /cpu\.msPerMiB/.test(err.message))
   })
 
+  it('prefetching all: every chunk once (reads and prefetch join each other\'s flights), the members fetch their own share from the registry, a seed replays', () => {
+    const init: ModelInit = { nodes: 8, imageBytes: 24 * MiB, chunkSize: MiB, bandwidth: 4 * MiB, registryBandwidth: 4 * MiB, prefetch: 'all', runtime: false }
+    for (const seed of [1, 2, 3]) {
+      const r = runModel({ ...init, seed })
+      assertComplete(r)
+      assert.equal(r.model.prefetch, 'all')
+      assert.ok(r.model.registryRatio <= 1.15, `seed ${seed}: the registry sent ${r.model.registryRatio}x the blob`)
+      // a prefetch takes its share of the registry's chunks as their assignee; the reads alone wait out the grace
+      const rc = r.model.registryChunks
+      const all = rc.assignee + rc.ahead + rc.afterGrace + rc.leftover
+      assert.ok(rc.assignee >= 0.6 * all, `seed ${seed}: ${JSON.stringify(rc)}`)
+      const reads = runModel({ ...init, seed, prefetch: 'none' }).model.registryChunks
+      assert.ok(reads.assignee < 0.5 * (reads.assignee + reads.ahead + reads.afterGrace + reads.leftover), JSON.stringify(reads))
+      assert.ok(r.nodes.filter(n => n.registryBytes > 0).length >= 2, 'more than one member fetched from the registry')
+    }
+    assert.equal(JSON.stringify(runModel({ ...init, seed: 4 })), JSON.stringify(runModel({ ...init, seed: 4 })))
+  })
+
+  it('a prefetching swarm whose nodes die and restart finishes, every chunk once', () => {
+    const r = runModel({ nodes: 16, imageBytes: 32 * MiB, chunkSize: 512 << 10, bandwidth: 8 * MiB, prefetch: 'all', failRate: 0.25, rejoinAfterMs: 1500, seed: 3, runtime: false })
+    assertComplete(r)
+    assert.ok(r.model.died > 0 && r.model.restarts > 0)
+  })
+
   it('rejects bad options, every problem at once', () => {
-    assert.throws(() => runModel({ nodes: 0, failRate: 2, chunkSize: 3 }), (err: Error) =>
-      err instanceof RangeError && /nodes/.test(err.message) && /failRate/.test(err.message) && /chunkSize/.test(err.message))
+    assert.throws(() => runModel({ nodes: 0, failRate: 2, chunkSize: 3, prefetch: 'some' as 'all' }), (err: Error) =>
+      err instanceof RangeError && /nodes/.test(err.message) && /failRate/.test(err.message) && /chunkSize/.test(err.message) && /prefetch/.test(err.message))
   })
 })

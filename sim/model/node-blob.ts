@@ -17,6 +17,10 @@ export class NodeBlob {
   readonly received: Uint8Array
   /** chunks this node is fetching now (its PENDING) */
   readonly inFlight = new Set<number>()
+  /** per chunk, 1 while one of this node's batches holds it (from the batch's start until it is present) */
+  readonly fetching: Uint8Array
+  /** per chunk, what waits for it to be present (a read or a prefetch slice joining a batch's flight; `Join`) */
+  readonly joins = new Map<number, Join[]>()
   /** what the next flush tells the followers */
   readonly out = new HaveOutbox()
   /** neighbours that follow this blob here (they sent INTEREST) */
@@ -32,6 +36,7 @@ export class NodeBlob {
   constructor (readonly node: SimNode, readonly spec: BlobSpec) {
     this.present = newBits(spec.chunks)
     this.received = new Uint8Array(spec.chunks)
+    this.fetching = new Uint8Array(spec.chunks)
     this.group = new GroupState(node, this)
   }
 
@@ -45,6 +50,38 @@ export class NodeBlob {
 
   unwait (loc: Locate): void {
     if (this.waiting.delete(loc) && this.waiting.size === 0) this.node.attend(this, -1)
+  }
+
+  /** Chunk `ci` is present: what joined its flight goes on. */
+  arrived (ci: number): void {
+    this.fetching[ci] = 0
+    const js = this.joins.get(ci)
+    if (js === undefined) return
+    this.joins.delete(ci)
+    for (const j of js) j.landed()
+  }
+}
+
+/**
+ * Waits for some chunks of one blob to be present, as the daemon's single-flight join does: a read or a prefetch
+ * slice asking for chunks a batch already fetches waits for that batch instead of fetching them again.
+ */
+export class Join {
+  private left = 0
+
+  constructor (nb: NodeBlob, cis: readonly number[], private readonly done: () => void) {
+    for (const ci of cis) {
+      if (nb.has(ci)) continue
+      this.left++
+      const js = nb.joins.get(ci)
+      if (js === undefined) nb.joins.set(ci, [this])
+      else js.push(this)
+    }
+    if (this.left === 0) done()
+  }
+
+  landed (): void {
+    if (--this.left === 0) this.done()
   }
 }
 

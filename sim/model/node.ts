@@ -8,7 +8,8 @@ import { Batch, type SwarmFetch } from './fetch.js'
 import { ConnSet } from './conns.js'
 import type { Timed } from './events.js'
 import type { DirectoryPeer } from './directory.js'
-import { HaveDelivery, NodeBlob } from './node-blob.js'
+import { HaveDelivery, Join, NodeBlob } from './node-blob.js'
+import { ModelPrefetch } from './prefetch.js'
 import { HaveInbox, type Arrival } from './have-inbox.js'
 import { ChunkReceivers, MAX_INDEXES_PER_MESSAGE, setBit, type HaveMessage, type HaveTable } from './policy.js'
 import type { PeerReq, RegistryReq } from './request.js'
@@ -49,6 +50,10 @@ export class SimNode implements Timed {
   private cursorCi = 0
   private running = 0
   private chunksLeft = 0
+  /** the swarm prefetch (`ModelInit.prefetch`), and its batches: running, and waiting for one of the fetcher's prefetch slots */
+  private prefetch: ModelPrefetch | undefined
+  private prefetchRunning = 0
+  private prefetchQueue: Batch[] = []
   // chunk server
   uploadsActive = 0
   /** per chunk (blob index × 2³² + ci): the askers it is sending it to, or sent it to a moment ago */
@@ -166,9 +171,13 @@ export class SimNode implements Timed {
     this.cursorCi = 0
     this.running = 0
     this.chunksLeft = w.chunks
+    this.prefetchRunning = 0
+    this.prefetchQueue = []
+    this.prefetch = this.cfg.prefetch ? new ModelPrefetch(this) : undefined
     w.directory.hello(this.dir, this.cfg.heartbeatMs)
     q.after(this.cfg.heartbeatMs, this, this.arg(HEARTBEAT))
     this.startBatches()
+    this.prefetch?.start()
   }
 
   private die (): void {
@@ -207,6 +216,7 @@ export class SimNode implements Timed {
   // ---- fetching ----
 
   private startBatches (): void {
+    if (this.prefetch !== undefined) { this.startReads(); return }
     const { windowBatches, batchBytes } = this.cfg
     while (this.running < windowBatches && this.cursorBlob < this.blobs.length) {
       const nb = this.blobs[this.cursorBlob]!
@@ -224,6 +234,72 @@ export class SimNode implements Timed {
       new Batch(this, nb, cis).start()
     }
   }
+
+  /**
+   * The reader beside a prefetch: its window walks the image as without one, but a chunk present is read at once and
+   * one a batch already fetches (a prefetch slice's) is waited for, its batch started now if it still waits for a
+   * prefetch slot (the fetch queue's promotion of a job a read joins); only the rest is fetched, as a read.
+   */
+  private startReads (): void {
+    const { windowBatches, batchBytes } = this.cfg
+    while (this.running < windowBatches && this.cursorBlob < this.blobs.length) {
+      const nb = this.blobs[this.cursorBlob]!
+      const fresh: number[] = []
+      const wanted: number[] = []
+      let bytes = 0
+      while (this.cursorCi < nb.spec.chunks) {
+        const ci = this.cursorCi
+        const size = chunkBytes(nb.spec, ci)
+        if (wanted.length > 0 && bytes + size > batchBytes) break
+        this.cursorCi++
+        if (nb.has(ci)) continue
+        bytes += size
+        wanted.push(ci)
+        if (nb.fetching[ci] === 1) this.promote(nb, ci)
+        else fresh.push(ci)
+      }
+      if (this.cursorCi >= nb.spec.chunks) { this.cursorBlob++; this.cursorCi = 0 }
+      if (wanted.length === 0) continue
+      this.running++
+      const started = this.world.queue.now
+      if (fresh.length > 0) new Batch(this, nb, fresh, () => {}).start()
+      // eslint-disable-next-line no-new
+      new Join(nb, wanted, () => {
+        this.running--
+        if (this.cfg.nodesDetail === 'all') this.batchMs.push(this.world.queue.now - started)
+        this.startBatches()
+      })
+    }
+  }
+
+  /** A prefetch slice's batch for chunks not fetched yet: it runs in one of the fetcher's prefetch slots, reads first. */
+  prefetchBatch (nb: NodeBlob, cis: number[]): void {
+    const b = new Batch(this, nb, cis, () => {
+      this.prefetchRunning--
+      this.pumpPrefetch()
+    })
+    this.prefetchQueue.push(b)
+    this.pumpPrefetch()
+  }
+
+  private pumpPrefetch (): void {
+    while (this.prefetchRunning < this.cfg.prefetchSlots && this.prefetchQueue.length > 0) {
+      this.prefetchRunning++
+      this.prefetchQueue.shift()!.start()
+    }
+  }
+
+  /** A read joins chunk `ci`'s flight: its batch, if still waiting for a prefetch slot, starts now (as a read). */
+  private promote (nb: NodeBlob, ci: number): void {
+    const at = this.prefetchQueue.findIndex(b => b.nb === nb && b.cis.includes(ci))
+    if (at < 0) return
+    const b = this.prefetchQueue.splice(at, 1)[0]!
+    b.promoted()
+    b.start()
+  }
+
+  /** Neighbours' news of blob `nb`, for a prefetch waiting on it. */
+  private news (nb: NodeBlob): void { this.prefetch?.news(nb) }
 
   batchDone (b: Batch): void {
     this.running--
@@ -267,6 +343,7 @@ export class SimNode implements Timed {
       this.completionMs = q.now - this.startedAt
       this.world.nodeDone(this, this.completionMs)
     }
+    nb.arrived(ci)
     return true
   }
 
@@ -360,6 +437,7 @@ export class SimNode implements Timed {
   /** A neighbour's state of the blob changed. */
   updated (nb: NodeBlob): void {
     nb.group.check()
+    this.news(nb)
     if (nb.waiting.size === 0) return
     for (const loc of [...nb.waiting]) loc.plan()
   }

@@ -46,6 +46,13 @@ export interface ModelInit {
   seed?: number
   /** each node's heartbeat to the scheduler (default 1000 ms, as `rafspeer sim` configures its daemons) */
   heartbeatMs?: number
+  /**
+   * what each node prefetches besides its reader's reads (default 'none'): 'all' is a daemon mounting with
+   * `prefetch: all` in a swarm — the whole image, picked as the daemon's prefetch runner picks (its share of the
+   * registry's chunks one slice at a time, then what neighbours have, rarest first; chunks waiting on another peer
+   * left until the swarm has been quiet for a while), in slices through the fetcher's prefetch slots, reads first
+   */
+  prefetch?: 'none' | 'all'
   /** fetch batches a node keeps in flight (default: the fetcher's concurrency, 8) */
   windowBatches?: number
   /** bytes of one fetch batch (default: the fetcher's largest batch, 4 MiB) */
@@ -140,6 +147,7 @@ export interface ModelReport {
     holdersPerLookup: number
     busyRetries: number
     maxUploads: number
+    prefetch: 'none' | 'all'
     /** with `ModelInit.cpu`: the cores left for chunks, and the share of the simulated time they were busy */
     cpu?: { cores: number, busyShare: number }
     /** registryBytes / blobBytes (goal ≤ 1.1) */
