@@ -23,8 +23,7 @@ export {
 } from './neighbour-source.js'
 export { DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs } from './busy-replan.js'
 export {
-  blobGroup, holdersInOrder, chooseHolder, splitRequests, HaveOutbox, prefetchClass, prefetchPick, swarmPickLimits, swarmPrefetchWait, groupFilling,
-  GROUP_FILL_MS, PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_SOURCE_SLICE_BYTES, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS,
+  blobGroup, holdersInOrder, chooseHolder, splitRequests, HaveOutbox, prefetchClass, prefetchPick, groupFilling, GROUP_FILL_MS,
   type HolderLoad, type PrefetchClass, type PrefetchPicked
 } from './swarm-policy.js'
 export { P2PNode, type P2PNodeInit, type P2PNodeComponents, type P2PStats } from './p2p-node.js'

@@ -20,3 +20,6 @@ export type {
   ChunkCache, CopySource, FetchImage, ReadOptions, EnsureOptions, FetcherComponents, FetcherInit, FetchSample, FetchCounters, FlightActivity, PrefetchAdvisor,
   MappedPiece
 } from './types.js'
+export {
+  PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_SOURCE_SLICE_BYTES, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, swarmPickLimits, swarmPrefetchWait
+} from './prefetch-policy.js'

@@ -8,8 +8,9 @@
 import { readFile } from 'node:fs/promises'
 import { describeError, type Logger } from '../../base/index.js'
 import type { ChunkInfo, RafsReader } from '../../rafs/index.js'
-import type { Fetcher, PrefetchAdvisor } from '../fetch/index.js'
-import { PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_PREFETCH_PATIENCE_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait } from '../exchange/swarm-policy.js'
+import {
+  PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_PREFETCH_PATIENCE_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, type Fetcher, type PrefetchAdvisor
+} from '../fetch/index.js'
 import type { PrefetchPolicy, PrefetchStatus } from './types.js'
 
 /** chunks handed to the fetcher per call: small enough for progress, big enough for full batches */
