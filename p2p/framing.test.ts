@@ -2,7 +2,8 @@
  * The framing's deadlines and backpressure on real libp2p hosts: a frame trickled in byte by byte is cut at its
  * whole-frame deadline; a writer that awaits each send holds at most one send in a stream whose reader stopped,
  * however busy the connection's other streams keep the socket (every drain of it wakes every stream), and is
- * aborted once its reader took nothing for the deadline.
+ * aborted once its reader took nothing for the deadline. The pieces of a large frame are told as they arrive,
+ * small control frames not.
  */
 import '../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -14,6 +15,7 @@ import { FrameReader, StreamTimeoutError, announceAddrs, createHost, encodeFrame
 const TRICKLE = '/rafspeer-test/trickle/1.0.0'
 const STUCK = '/rafspeer-test/stuck/1.0.0'
 const SINK = '/rafspeer-test/sink/1.0.0'
+const PROGRESS = '/rafspeer-test/progress/1.0.0'
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
 describe('framing', () => {
@@ -35,11 +37,41 @@ describe('framing', () => {
     // a reader that never reads: yamux grants the writer no window past the first
     await reader.handle(STUCK, (stream: Stream) => { stream.pause() })
     await reader.handle(SINK, (stream: Stream) => { stream.addEventListener('message', () => {}) })
+    await reader.handle(PROGRESS, (stream: Stream) => {
+      const frames = new FrameReader(stream, { what: 'progress', timeoutMs: 2_000, onBytes: n => { progress.push([n, framesRead]) } })
+      progressRead.push((async () => { while (await frames.readFrame(1 << 20) !== undefined) framesRead++ })())
+    })
   })
+  /** the PROGRESS reader's onBytes calls: bytes, and frames read whole before them */
+  const progress: Array<[number, number]> = []
+  const progressRead: Array<Promise<void>> = []
+  let framesRead = 0
 
   after(async () => {
     await writer?.stop()
     await reader?.stop()
+  })
+
+  it('tells of the pieces of a large frame as they arrive, not of small control frames', async () => {
+    const stream = await writer.dialProtocol(addr, PROGRESS)
+    // five small frames (a PENDING is three bytes), each read before the next is sent
+    for (let i = 0; i < 5; i++) {
+      stream.send(encodeFrame(Buffer.from([4, 0])))
+      await sleep(20)
+    }
+    assert.equal(progress.length, 0, 'small frames are no progress')
+    // then a 64 KiB frame in 4 KiB pieces: each piece told before the frame is whole
+    const big = encodeFrame(Buffer.alloc(64 << 10, 7)).subarray()
+    for (let off = 0; off < big.length; off += 4096) {
+      stream.send(big.subarray(off, off + 4096))
+      await sleep(5)
+    }
+    await stream.close()
+    await progressRead[0]
+    assert.equal(framesRead, 6)
+    const told = progress.reduce((a, [n]) => a + n, 0)
+    assert.ok(told >= 60 << 10 && progress.every(([n]) => n >= 1024), `${progress.length} pieces, ${told} bytes`)
+    assert.ok(progress.some(([, read]) => read === 5), 'pieces told while the large frame was still arriving')
   })
 
   it('cuts a frame that trickles in at its whole-frame deadline, though every byte comes within the wait deadline', async () => {

@@ -7,7 +7,9 @@
  * before any of it is buffered, a wait for bytes longer than `timeoutMs` aborts the stream (and, with
  * `frameTimeoutMs`, so does a frame not complete that long after its first byte: a peer trickling a byte per wait
  * cannot hold a stream open), and input the caller has not consumed past `highWaterBytes` pauses the stream (yamux
- * then stops granting the sender window), so a peer that sends faster than we read cannot grow our memory.
+ * then stops granting the sender window), so a peer that sends faster than we read cannot grow our memory. A reader
+ * may be told of the input as it arrives (`onBytes`, pieces of 1 KiB and more): a large frame still on its way is
+ * progress to a caller with a deadline of its own.
  *
  * Writing ({@link sendWithBackpressure}) returns only once the stream has handed everything to the muxer. Waiting
  * for a 'drain' event is not enough: the muxer wakes every stream of a connection on each drain of the socket and
@@ -70,7 +72,15 @@ export interface FrameReaderInit {
   /** the errors to raise, so that each protocol reports its own codes */
   malformed?: (message: string) => Error
   timeout?: (message: string) => Error
+  /**
+   * told of each piece of input of at least `PROGRESS_MIN_BYTES` as it arrives (before a frame is whole): a large
+   * frame still arriving over a slow link is progress; small control frames (a PENDING) are not
+   */
+  onBytes?: (bytes: number) => void
 }
+
+/** a piece of input this big counts as bytes of a payload on its way ({@link FrameReaderInit.onBytes}) */
+export const PROGRESS_MIN_BYTES = 1024
 
 /** Frames off a libp2p stream; see the file comment. One reader per stream, for the stream's whole life. */
 export class FrameReader {
@@ -95,8 +105,10 @@ export class FrameReader {
     this.timeout = init.timeout ?? (m => new StreamTimeoutError(m))
     // what is already in flight when we pause still arrives (up to a yamux window): the stream must hold it
     stream.maxReadBufferLength = Math.max(stream.maxReadBufferLength, this.highWater * 3)
+    const onBytes = init.onBytes
     const onMessage = (evt: { data: Uint8Array | Uint8ArrayList }): void => {
       this.buf.append(evt.data)
+      if (onBytes !== undefined && evt.data.byteLength >= PROGRESS_MIN_BYTES) onBytes(evt.data.byteLength)
       if (this.buf.byteLength > this.highWater && stream.readStatus === 'readable') stream.pause()
       this.wake?.()
     }

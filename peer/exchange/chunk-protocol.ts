@@ -103,11 +103,13 @@ export const CLIENT_HIGH_WATER_BYTES = 2 * (MAX_CHUNK_BYTES + 8)
  * A reader of chunk-protocol frames: framing faults and deadlines raise this protocol's errors. `frameTimeoutMs`
  * bounds each whole frame (a server's requests); `timeoutMs` each wait for bytes.
  */
-export function chunkFrameReader (stream: Stream, what: string, timeoutMs: number, highWaterBytes = CLIENT_HIGH_WATER_BYTES, frameTimeoutMs?: number): FrameReader {
+export function chunkFrameReader (stream: Stream, what: string, timeoutMs: number, highWaterBytes = CLIENT_HIGH_WATER_BYTES, frameTimeoutMs?: number,
+  onBytes?: (bytes: number) => void): FrameReader {
   return new FrameReader(stream, {
     what,
     timeoutMs,
     ...(frameTimeoutMs !== undefined ? { frameTimeoutMs } : {}),
+    ...(onBytes !== undefined ? { onBytes } : {}),
     highWaterBytes,
     malformed: m => new ChunkProtocolError(m),
     timeout: m => new ChunkTimeoutError(m)
@@ -300,6 +302,8 @@ export interface ExchangeOptions {
   accept?: number
   /** told of each PENDING frame (reply `i` is on its way: the holder waits for its own fetch of it) */
   onPending?: (i: number) => void
+  /** told of reply bytes as they arrive, before a chunk is whole (pieces of a payload; not a PENDING frame) */
+  onBytes?: (bytes: number) => void
 }
 
 /**
@@ -312,7 +316,7 @@ export async function * exchangeChunks (stream: Stream, names: ChunkName[], opts
   if (opts.signal?.aborted === true) { onAbort(); opts.signal.throwIfAborted() }
   opts.signal?.addEventListener('abort', onAbort, { once: true })
   let complete = false
-  const reader = chunkFrameReader(stream, what, opts.timeoutMs)
+  const reader = chunkFrameReader(stream, what, opts.timeoutMs, CLIENT_HIGH_WATER_BYTES, undefined, opts.onBytes)
   try {
     stream.send(encodeRequest(names, opts.accept))
     await stream.close({ signal: AbortSignal.timeout(opts.timeoutMs) })

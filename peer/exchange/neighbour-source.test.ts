@@ -4,7 +4,8 @@
  * banned past the threshold, never asked again), a holder killed or stalling mid-transfer (what arrived is
  * yielded, no hang), a hung resolver, the caller's abort, and the fetcher topping up from the next source. A busy
  * holder's REDIRECT is followed (and, when the peer it named does not have the chunk, the holder is asked again
- * to send it itself); a holder that says PENDING is waited for, not hedged.
+ * to send it itself); a holder that says PENDING is waited for, not hedged. A chunk still arriving keeps the
+ * fetcher's idle deadline off.
  */
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -454,6 +455,47 @@ describe('NeighbourSource', () => {
       assert.equal(src.counters.badChunks, 0, 'no honest copy counted as bad')
       assert.deepEqual(src.bannedPeers(), [])
       assert.equal(fetcher.counters.verifyFailures, 0)
+    } finally {
+      fetcher.stop()
+    }
+  })
+
+  it('through the fetcher, a chunk still arriving is progress: a slow holder\'s chunks are not cut off at the idle deadline and fetched again', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    // an honest holder on a slow uplink: each chunk in 4 KiB pieces 40 ms apart (a 64 KiB chunk takes ~0.6 s)
+    const slow = await rogue(async (names, stream) => {
+      for (const n of names as Array<{ size: number, digest: Buffer }>) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        const reply = Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
+        for (let off = 0; off < reply.length; off += 4096) {
+          if (!stream.send(reply.subarray(off, off + 4096))) await stream.onDrain()
+          await new Promise(resolve => setTimeout(resolve, 40))
+        }
+      }
+      await stream.close()
+    })
+    let registryChunks = 0
+    const registry: ChunkSource = {
+      name: 'registry',
+      async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
+        for (const chunk of asked) { registryChunks++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
+      }
+    }
+    const progressed: number[] = []
+    const peers = source(new StaticResolver([slow.holder]))
+    const watched: ChunkSource = {
+      name: peers.name,
+      fetch: (b, asked, opts) => peers.fetch(b, asked, { ...opts, progress: n => { progressed.push(n); opts.progress?.(n) } })
+    }
+    // the idle deadline (300 ms) is half a chunk's transfer: only the bytes on their way keep it off
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [watched, registry] }, { retries: 0, timeoutMs: 300 })
+    try {
+      const path = '/a.bin'
+      const bytes = await fetcher.read(img, img.reader.lookup(path), 0, img.files[path]!.length)
+      assert.ok(bytes.equals(img.files[path]!))
+      assert.equal(registryChunks, 0, 'nothing fetched again from the registry')
+      assert.equal(fetcher.counters.bytesBySource.registry, 0)
+      assert.ok(progressed.length > 0 && progressed.every(n => n >= 1024), `progress reported in pieces of a payload: ${progressed.slice(0, 5).join(', ')}`)
     } finally {
       fetcher.stop()
     }

@@ -324,6 +324,8 @@ class SwarmFetch {
   private readonly controller = new AbortController()
   private readonly signal: AbortSignal
   private readonly verify: ChunkSourceFetchOptions['verify']
+  /** the fetcher's: chunk bytes still arriving keep its idle deadline off */
+  private readonly progress: ChunkSourceFetchOptions['progress']
   private readonly self: string
   private pendingAssign: Want[] = []
   /** peers asked only because a REDIRECT named them (at most MAX_REDIRECT_PEERS) */
@@ -340,6 +342,7 @@ class SwarmFetch {
     // the fetch's few lanes, so a busy fetch holds more than Node's default of 10 at once
     setMaxListeners(FETCH_MAX_LISTENERS, this.signal)
     this.verify = opts.verify
+    this.progress = opts.progress
     this.self = src.libp2p.peerId.toString()
     const seen = new Set<number>()
     for (const chunk of chunks) {
@@ -497,7 +500,11 @@ class SwarmFetch {
       const accept = (req.wants.every(w => w.noRedirect !== true && w.redirects < MAX_REDIRECTS) ? AcceptFlags.REDIRECT : 0) |
         (req.redirected ? AcceptFlags.REDIRECTED : 0)
       const onPending = (): void => { clearTimeout(hedgeTimer) }
-      for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}`, accept, onPending })) {
+      // a chunk still arriving (a shared or slow uplink) is progress for the fetcher's idle deadline, as a Range's bytes
+      // are: cut off, its bytes would be paid for again from the registry (the model: 8 × 64 MiB prefetching, 18 fetches
+      // given up 10 s after they began with a chunk a quarter short, 1.33 copies from the registry)
+      const onBytes = this.progress
+      for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}`, accept, onPending, ...(onBytes !== undefined ? { onBytes } : {}) })) {
         // banned meanwhile (by another request): its bytes are not even looked at
         if (this.src.isBanned(peerId)) break
         armHedge()
