@@ -183,11 +183,20 @@ export class SwarmFetch implements Timed {
 
   /**
    * The fetcher's idle deadline (the node's watchdog calls this once it passed): no chunk from this source for
-   * `fetchIdleMs` (neighbours waiting on each other's PENDING, say) and the attempt is given up; its chunks go to
-   * the registry.
+   * `fetchIdleMs` (neighbours waiting on each other's PENDING, say), and none on its way, and the attempt is given
+   * up; its chunks go to the registry.
    */
   idle (): void {
     if (this.ended || !this.batch.current()) return
+    // as the daemon's neighbour source reports the bytes of a chunk still arriving: a transfer under way is progress
+    for (const lane of this.lanes.values()) {
+      for (const req of lane.running) {
+        if (!req.moving) continue
+        this.lastProgress = this.node.world.queue.now
+        this.node.watch(this)
+        return
+      }
+    }
     this.aborted = true
     this.node.idleTimeouts++
     for (const lane of this.lanes.values()) {

@@ -71,6 +71,9 @@ export class PeerReq implements Timed, FlowOwner {
   private get asker (): SimNode { return this.fetch.batch.node }
   private get server (): SimNode { return this.lane.holder }
 
+  /** a chunk of it is on its way to the asker now (its bytes arriving: progress for the fetcher's idle deadline) */
+  get moving (): boolean { return this.serving && this.flow !== undefined && this.flow.active && this.flow.rate > 0 }
+
   /** Sends the request (its lane has a free stream). */
   run (): void {
     const asker = this.asker
