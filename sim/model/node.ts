@@ -263,7 +263,6 @@ export class SimNode implements Timed {
       this.running++
       const started = this.world.queue.now
       if (fresh.length > 0) new Batch(this, nb, fresh, () => {}).start()
-      // eslint-disable-next-line no-new
       new Join(nb, wanted, () => {
         this.running--
         if (this.cfg.nodesDetail === 'all') this.batchMs.push(this.world.queue.now - started)

@@ -136,7 +136,6 @@ export class ModelPrefetch implements Timed {
       bytes += size
     }
     flush()
-    // eslint-disable-next-line no-new
     new Join(nb, s.cis, () => {
       if (!this.current) return
       this.slices--
