@@ -27,7 +27,7 @@ import { blobChunks, buildTestImage, chunksOf, MemoryChunkCache, type TestImage 
 import { Fetcher } from '../fetch/index.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
-import { MAX_REDIRECT_PEERS, NeighbourSource, type NeighbourSourceInit } from './neighbour-source.js'
+import { MAX_REDIRECT_PEERS, NeighbourSource, progressAtPace, type NeighbourSourceInit } from './neighbour-source.js'
 
 /** A stand-in for the scheduler: the same holders for every digest (or per digest), outcomes recorded. */
 class StaticResolver implements HolderResolver {
@@ -482,7 +482,8 @@ describe('NeighbourSource', () => {
       }
     }
     const progressed: number[] = []
-    const peers = source(new StaticResolver([slow.holder]))
+    // progress in steps of 16 KiB (a quarter of a chunk; 64 KiB by default): 100 KiB/s is a live transfer
+    const peers = source(new StaticResolver([slow.holder]), { progressStepBytes: 16 << 10 })
     const watched: ChunkSource = {
       name: peers.name,
       fetch: (b, asked, opts) => peers.fetch(b, asked, { ...opts, progress: n => { progressed.push(n); opts.progress?.(n) } })
@@ -495,10 +496,56 @@ describe('NeighbourSource', () => {
       assert.ok(bytes.equals(img.files[path]!))
       assert.equal(registryChunks, 0, 'nothing fetched again from the registry')
       assert.equal(fetcher.counters.bytesBySource.registry, 0)
-      assert.ok(progressed.length > 0 && progressed.every(n => n >= 1024), `progress reported in pieces of a payload: ${progressed.slice(0, 5).join(', ')}`)
+      assert.ok(progressed.length > 0 && progressed.every(n => n >= 16 << 10), `progress reported in steps: ${progressed.slice(0, 5).join(', ')}`)
     } finally {
       fetcher.stop()
     }
+  })
+
+  it('a holder trickling a chunk slower than a live transfer still meets the idle deadline: the next source serves', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    // 2 KiB every 150 ms (~13 KiB/s): never 16 KiB within a second
+    const trickler = await rogue(async (names, stream) => {
+      for (const n of names as Array<{ size: number, digest: Buffer }>) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        const reply = Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
+        for (let off = 0; off < reply.length; off += 2048) {
+          if (!stream.send(reply.subarray(off, off + 2048))) await stream.onDrain()
+          await new Promise(resolve => setTimeout(resolve, 150))
+        }
+      }
+      await stream.close()
+    })
+    let registryChunks = 0
+    const registry: ChunkSource = {
+      name: 'registry',
+      async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
+        for (const chunk of asked) { registryChunks++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
+      }
+    }
+    const peers = source(new StaticResolver([trickler.holder]), { progressStepBytes: 16 << 10 })
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [peers, registry] }, { retries: 0, timeoutMs: 300 })
+    try {
+      const path = '/a.bin'
+      const started = performance.now()
+      const bytes = await fetcher.read(img, img.reader.lookup(path), 0, img.files[path]!.length)
+      assert.ok(bytes.equals(img.files[path]!))
+      assert.ok(registryChunks > 0, 'the registry served what the trickler held back')
+      assert.ok(performance.now() - started < 5_000, 'the read was not held for the trickle')
+    } finally {
+      fetcher.stop()
+    }
+  })
+
+  it('progressAtPace: bytes count in steps reached within a second, not a trickle', () => {
+    let t = 0
+    const told: number[] = []
+    const paced = progressAtPace(n => told.push(n), 16 << 10, () => t)
+    for (let i = 0; i < 8; i++) { t += 100; paced(4 << 10) }
+    assert.deepEqual(told, [16 << 10, 16 << 10], 'a 40 KiB/s transfer: a step every 400 ms')
+    told.length = 0
+    for (let i = 0; i < 20; i++) { t += 500; paced(4 << 10) }
+    assert.deepEqual(told, [], 'a trickle of 8 KiB/s never makes a step within a second')
   })
 
   it('feeds the fetcher: peers first, the next source tops up what they lack', async () => {

@@ -111,6 +111,11 @@ export interface NeighbourSourceInit {
    * growing pause (`busy-replan.ts`), before they go to the next source (40; 0: at once)
    */
   replanRounds?: number
+  /**
+   * a reply's bytes count as progress for the fetcher's idle deadline in steps of this many, each within a second of
+   * the last (64 KiB: a transfer at 64 KiB/s or more; a holder trickling slower still meets the deadline)
+   */
+  progressStepBytes?: number
 }
 
 export interface NeighbourSourceCounters {
@@ -168,6 +173,7 @@ export class NeighbourSource implements ChunkSource {
       busyRetries: Math.max(0, init.busyRetries ?? DEFAULT_BUSY_RETRIES),
       busyBackoffMs: Math.max(1, init.busyBackoffMs ?? 250),
       replanRounds: Math.max(0, init.replanRounds ?? DEFAULT_REPLAN_ROUNDS),
+      progressStepBytes: Math.max(1, init.progressStepBytes ?? PROGRESS_STEP_BYTES),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
   }
@@ -314,6 +320,29 @@ interface Request {
   hedged: boolean
   /** it follows a REDIRECT: asked first, on a stream of its own, and the holder waits for the chunks longer */
   redirected: boolean
+}
+
+/**
+ * A reply's bytes count as progress ({@link ChunkSourceFetchOptions.progress}) in steps of this many, each within
+ * {@link PROGRESS_WINDOW_MS} of the last: a transfer at 64 KiB/s or more keeps the fetcher's idle deadline off, a
+ * holder trickling bytes slower (a hostile one holding a read) does not.
+ */
+export const PROGRESS_STEP_BYTES = 64 << 10
+export const PROGRESS_WINDOW_MS = 1_000
+
+/** `progress`, told of bytes only at a live transfer's pace: `step` bytes within {@link PROGRESS_WINDOW_MS}. */
+export function progressAtPace (progress: (bytes: number) => void, step = PROGRESS_STEP_BYTES, now: () => number = () => performance.now()): (bytes: number) => void {
+  let since = now()
+  let bytes = 0
+  return n => {
+    const t = now()
+    if (t - since > PROGRESS_WINDOW_MS) { since = t; bytes = 0 }
+    bytes += n
+    if (bytes < step) return
+    progress(bytes)
+    since = t
+    bytes = 0
+  }
 }
 
 /** The state of one `fetch` call. */
@@ -502,8 +531,9 @@ class SwarmFetch {
       const onPending = (): void => { clearTimeout(hedgeTimer) }
       // a chunk still arriving (a shared or slow uplink) is progress for the fetcher's idle deadline, as a Range's bytes
       // are: cut off, its bytes would be paid for again from the registry (the model: 8 × 64 MiB prefetching, 18 fetches
-      // given up 10 s after they began with a chunk a quarter short, 1.33 copies from the registry)
-      const onBytes = this.progress
+      // given up 10 s after they began with a chunk a quarter short, 1.33 copies from the registry). Only at a live
+      // transfer's pace, though: a holder trickling bytes slower than that still meets the deadline
+      const onBytes = this.progress !== undefined ? progressAtPace(this.progress, this.src.opts.progressStepBytes) : undefined
       for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}`, accept, onPending, ...(onBytes !== undefined ? { onBytes } : {}) })) {
         // banned meanwhile (by another request): its bytes are not even looked at
         if (this.src.isBanned(peerId)) break

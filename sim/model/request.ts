@@ -11,7 +11,7 @@ import { Slot, type Timed } from './events.js'
 import type { Batch, Lane, SwarmFetch, Want } from './fetch.js'
 import type { Flow, FlowOwner } from './links.js'
 import type { SimNode } from './node.js'
-import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS } from './policy.js'
+import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, REDIRECTED_WAIT_MS } from './policy.js'
 import { chunkBytes } from './world.js'
 import { chunkRequestBytes, redirectReplyBytes, replyHeaderBytes } from './wire.js'
 
@@ -71,8 +71,13 @@ export class PeerReq implements Timed, FlowOwner {
   private get asker (): SimNode { return this.fetch.batch.node }
   private get server (): SimNode { return this.lane.holder }
 
-  /** a chunk of it is on its way to the asker now (its bytes arriving: progress for the fetcher's idle deadline) */
-  get moving (): boolean { return this.serving && this.flow !== undefined && this.flow.active && this.flow.rate > 0 }
+  /**
+   * a chunk of it is on its way to the asker now at a live transfer's pace (the daemon's `progressAtPace`: a step of
+   * bytes within a window): progress for the fetcher's idle deadline
+   */
+  get moving (): boolean {
+    return this.serving && this.flow !== undefined && this.flow.active && this.flow.rate * PROGRESS_WINDOW_MS >= PROGRESS_STEP_BYTES
+  }
 
   /** Sends the request (its lane has a free stream). */
   run (): void {
