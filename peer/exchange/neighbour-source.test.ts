@@ -135,6 +135,36 @@ describe('NeighbourSource', () => {
     return { holder: holderOf(node), requests }
   }
 
+  /** the next source after the neighbours: every chunk at once, counted */
+  function countingRegistry (): { source: ChunkSource, chunks: () => number } {
+    let n = 0
+    return {
+      source: {
+        name: 'registry',
+        async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
+          for (const chunk of asked) { n++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
+        }
+      },
+      chunks: () => n
+    }
+  }
+
+  /** an honest holder of every chunk that sends each reply in pieces of `pieceBytes`, `gapMs` apart */
+  async function pacedHolder (pieceBytes: number, gapMs: number): Promise<{ holder: ChunkHolder }> {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    return await rogue(async (names, stream) => {
+      for (const n of names as Array<{ size: number, digest: Buffer }>) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        const reply = Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
+        for (let off = 0; off < reply.length; off += pieceBytes) {
+          if (!stream.send(reply.subarray(off, off + pieceBytes))) await stream.onDrain()
+          await new Promise(resolve => setTimeout(resolve, gapMs))
+        }
+      }
+      await stream.close()
+    })
+  }
+
   function source (resolver: HolderResolver, init: NeighbourSourceInit = {}): NeighbourSource {
     return new NeighbourSource({ libp2p: client, resolver }, init)
   }
@@ -461,26 +491,9 @@ describe('NeighbourSource', () => {
   })
 
   it('through the fetcher, a chunk still arriving is progress: a slow holder\'s chunks are not cut off at the idle deadline and fetched again', async () => {
-    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
     // an honest holder on a slow uplink: each chunk in 4 KiB pieces 40 ms apart (a 64 KiB chunk takes ~0.6 s)
-    const slow = await rogue(async (names, stream) => {
-      for (const n of names as Array<{ size: number, digest: Buffer }>) {
-        const bytes = byDigest.get(n.digest.toString('hex'))!
-        const reply = Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
-        for (let off = 0; off < reply.length; off += 4096) {
-          if (!stream.send(reply.subarray(off, off + 4096))) await stream.onDrain()
-          await new Promise(resolve => setTimeout(resolve, 40))
-        }
-      }
-      await stream.close()
-    })
-    let registryChunks = 0
-    const registry: ChunkSource = {
-      name: 'registry',
-      async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
-        for (const chunk of asked) { registryChunks++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
-      }
-    }
+    const slow = await pacedHolder(4096, 40)
+    const registry = countingRegistry()
     const progressed: number[] = []
     // progress in steps of 16 KiB (a quarter of a chunk; 64 KiB by default): 100 KiB/s is a live transfer
     const peers = source(new StaticResolver([slow.holder]), { progressStepBytes: 16 << 10 })
@@ -489,12 +502,12 @@ describe('NeighbourSource', () => {
       fetch: (b, asked, opts) => peers.fetch(b, asked, { ...opts, progress: n => { progressed.push(n); opts.progress?.(n) } })
     }
     // the idle deadline (300 ms) is half a chunk's transfer: only the bytes on their way keep it off
-    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [watched, registry] }, { retries: 0, timeoutMs: 300 })
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [watched, registry.source] }, { retries: 0, timeoutMs: 300 })
     try {
       const path = '/a.bin'
       const bytes = await fetcher.read(img, img.reader.lookup(path), 0, img.files[path]!.length)
       assert.ok(bytes.equals(img.files[path]!))
-      assert.equal(registryChunks, 0, 'nothing fetched again from the registry')
+      assert.equal(registry.chunks(), 0, 'nothing fetched again from the registry')
       assert.equal(fetcher.counters.bytesBySource.registry, 0)
       assert.ok(progressed.length > 0 && progressed.every(n => n >= 16 << 10), `progress reported in steps: ${progressed.slice(0, 5).join(', ')}`)
     } finally {
@@ -503,34 +516,17 @@ describe('NeighbourSource', () => {
   })
 
   it('a holder trickling a chunk slower than a live transfer still meets the idle deadline: the next source serves', async () => {
-    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
     // 2 KiB every 150 ms (~13 KiB/s): never 16 KiB within a second
-    const trickler = await rogue(async (names, stream) => {
-      for (const n of names as Array<{ size: number, digest: Buffer }>) {
-        const bytes = byDigest.get(n.digest.toString('hex'))!
-        const reply = Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes])
-        for (let off = 0; off < reply.length; off += 2048) {
-          if (!stream.send(reply.subarray(off, off + 2048))) await stream.onDrain()
-          await new Promise(resolve => setTimeout(resolve, 150))
-        }
-      }
-      await stream.close()
-    })
-    let registryChunks = 0
-    const registry: ChunkSource = {
-      name: 'registry',
-      async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
-        for (const chunk of asked) { registryChunks++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
-      }
-    }
+    const trickler = await pacedHolder(2048, 150)
+    const registry = countingRegistry()
     const peers = source(new StaticResolver([trickler.holder]), { progressStepBytes: 16 << 10 })
-    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [peers, registry] }, { retries: 0, timeoutMs: 300 })
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [peers, registry.source] }, { retries: 0, timeoutMs: 300 })
     try {
       const path = '/a.bin'
       const started = performance.now()
       const bytes = await fetcher.read(img, img.reader.lookup(path), 0, img.files[path]!.length)
       assert.ok(bytes.equals(img.files[path]!))
-      assert.ok(registryChunks > 0, 'the registry served what the trickler held back')
+      assert.ok(registry.chunks() > 0, 'the registry served what the trickler held back')
       assert.ok(performance.now() - started < 5_000, 'the read was not held for the trickle')
     } finally {
       fetcher.stop()
@@ -552,14 +548,8 @@ describe('NeighbourSource', () => {
     const half = chunks.filter(c => c.index % 2 === 0)
     const { holder } = await seed(half)
     const peers = source(new StaticResolver([holder]))
-    let registryChunks = 0
-    const registry: ChunkSource = {
-      name: 'registry',
-      async * fetch (_blob, asked): AsyncGenerator<FetchedChunk> {
-        for (const chunk of asked) { registryChunks++; yield { chunk, plaintext: Buffer.from(plain[chunk.index]!) } }
-      }
-    }
-    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [peers, registry] }, { retries: 0 })
+    const registry = countingRegistry()
+    const fetcher = new Fetcher({ cache: new MemoryChunkCache(), sources: [peers, registry.source] }, { retries: 0 })
     try {
       for (const path of ['/a.bin', '/e.bin', '/dir/c.bin']) {
         const nid = img.reader.lookup(path)
@@ -570,7 +560,7 @@ describe('NeighbourSource', () => {
       assert.ok(c.bytesBySource.peer > 0 && c.bytesBySource.registry > 0)
       assert.equal(c.verifyFailures, 0)
       const wanted = new Set(['/a.bin', '/e.bin', '/dir/c.bin'].flatMap(p => chunksOf(img, p).map(x => x.index)))
-      assert.equal(peers.counters.chunksFromPeers + registryChunks, wanted.size)
+      assert.equal(peers.counters.chunksFromPeers + registry.chunks(), wanted.size)
     } finally {
       fetcher.stop()
     }
