@@ -84,6 +84,8 @@ export const PROGRESS_MIN_BYTES = 1024
 
 /** Frames off a libp2p stream; see the file comment. One reader per stream, for the stream's whole life. */
 export class FrameReader {
+  /** {@link FrameReaderInit.onBytes}; a stream that carries one exchange after another sets it for each */
+  onBytes: ((bytes: number) => void) | undefined
   private readonly buf = new Uint8ArrayList()
   private readonly highWater: number
   private readonly what: string
@@ -105,10 +107,10 @@ export class FrameReader {
     this.timeout = init.timeout ?? (m => new StreamTimeoutError(m))
     // what is already in flight when we pause still arrives (up to a yamux window): the stream must hold it
     stream.maxReadBufferLength = Math.max(stream.maxReadBufferLength, this.highWater * 3)
-    const onBytes = init.onBytes
+    this.onBytes = init.onBytes
     const onMessage = (evt: { data: Uint8Array | Uint8ArrayList }): void => {
       this.buf.append(evt.data)
-      if (onBytes !== undefined && evt.data.byteLength >= PROGRESS_MIN_BYTES) onBytes(evt.data.byteLength)
+      if (this.onBytes !== undefined && evt.data.byteLength >= PROGRESS_MIN_BYTES) this.onBytes(evt.data.byteLength)
       if (this.buf.byteLength > this.highWater && stream.readStatus === 'readable') stream.pause()
       this.wake?.()
     }

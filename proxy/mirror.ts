@@ -274,6 +274,7 @@ export class Mirror {
       for (const s of this.sockets) s.destroy()
     })
     this.fetcher.stop()
+    this.neighbours?.close()
     await this.mapServer?.stop()
     await this.gate.flush()
     await this.client.close()

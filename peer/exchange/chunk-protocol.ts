@@ -36,7 +36,7 @@ import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Uint8ArrayList } from 'uint8arraylist'
 import { RafspeerError } from '../../base/index.js'
-import { CHUNK_PROTOCOL, FrameReader, encodeFrame, frameHeader } from '../../p2p/index.js'
+import { CHUNK_PROTOCOL, FrameReader, encodeFrame, frameHeader, sendWithBackpressure } from '../../p2p/index.js'
 
 export { CHUNK_PROTOCOL }
 
@@ -343,5 +343,109 @@ export async function * exchangeChunks (stream: Stream, names: ChunkName[], opts
     opts.signal?.removeEventListener('abort', onAbort)
     reader.release()
     if (!complete) stream.abort(new ChunkProtocolError(`${what}: stopped reading`))
+  }
+}
+
+/** Options of one exchange on a {@link ChunkChannel}; the deadline is the channel's. */
+export type ChannelExchangeOptions = Omit<ExchangeOptions, 'timeoutMs' | 'what'>
+
+/**
+ * The asking side of one stream that carries requests one after another (the protocol allows it: each request is
+ * answered in full before the next is read), so a node asking one holder many times opens one stream, not one per
+ * request: on loopback a fresh stream per request cost both ends 1.4 ms of CPU and 1.3 ms of wall time, a request on
+ * a stream already open 0.2 ms (4 KiB chunks, 2,000 requests one after another).
+ *
+ * A channel is reusable only after an exchange that read every reply: one stopped early, or failed, aborts the
+ * stream. Between exchanges nothing may arrive: bytes on an idle channel abort it (a holder may not queue replies
+ * to requests not yet made).
+ */
+export class ChunkChannel {
+  private readonly reader: FrameReader
+  private state: 'idle' | 'busy' | 'done' = 'idle'
+  /** when the last exchange ended (performance.now()) */
+  idleSince = performance.now()
+  /** exchanges started on it */
+  exchanges = 0
+
+  constructor (readonly stream: Stream, private readonly timeoutMs: number, private readonly what: string) {
+    this.reader = chunkFrameReader(stream, what, timeoutMs)
+    stream.addEventListener('message', () => {
+      if (this.state === 'idle') this.abort(new ChunkProtocolError(`${what}: bytes on an idle stream`))
+    })
+    stream.addEventListener('close', () => { this.state = 'done' })
+  }
+
+  /** Ready for the next request: idle, both ends of the stream open, nothing unread. */
+  get usable (): boolean {
+    const s = this.stream
+    return this.state === 'idle' && s.status === 'open' && s.writeStatus === 'writable' &&
+      (s.readStatus === 'readable' || s.readStatus === 'paused') && s.remoteWriteStatus === 'writable' && this.reader.buffered === 0
+  }
+
+  /**
+   * Sends one request and yields each reply as it completes, in request order. Stopping early (or any error)
+   * aborts the stream; once every reply is read the channel is idle again.
+   */
+  async * exchange (names: ChunkName[], opts: ChannelExchangeOptions = {}): AsyncGenerator<ChunkReply> {
+    if (!this.usable) throw new ChunkProtocolError(`${this.what}: the stream is not ready for a request`)
+    this.state = 'busy'
+    this.exchanges++
+    const what = this.what
+    const onAbort = (): void => { this.abort(opts.signal?.reason instanceof Error ? opts.signal.reason : new Error(`${what}: aborted`)) }
+    if (opts.signal?.aborted === true) { onAbort(); opts.signal.throwIfAborted() }
+    opts.signal?.addEventListener('abort', onAbort, { once: true })
+    this.reader.onBytes = opts.onBytes
+    let complete = false
+    try {
+      await sendWithBackpressure(this.stream, encodeRequest(names, opts.accept), { timeoutMs: this.timeoutMs, what, timeout: m => new ChunkTimeoutError(m) })
+      let pending = 0
+      for (let i = 0; i < names.length; i++) {
+        const reply = await readReply(this.reader, i, names[i]!, what)
+        if (reply.status === ChunkStatus.REDIRECT && ((opts.accept ?? 0) & AcceptFlags.REDIRECT) === 0) {
+          throw new ChunkProtocolError(`${what}: a REDIRECT to a request that takes none`)
+        }
+        if (reply.status === ChunkStatus.PENDING) {
+          if (++pending > MAX_PENDING_FRAMES) throw new ChunkProtocolError(`${what}: more than ${MAX_PENDING_FRAMES} pending frames`)
+          opts.onPending?.(i)
+          i--
+          continue
+        }
+        if (i === names.length - 1) {
+          complete = true
+          this.idleSince = performance.now()
+          this.reader.onBytes = undefined
+          if (this.state === 'busy') this.state = 'idle'
+        }
+        yield reply
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort)
+      if (!complete) this.abort(new ChunkProtocolError(`${what}: stopped reading`))
+    }
+  }
+
+  /**
+   * Ends the stream politely (the holder sees the asker close between requests and closes its end); a holder that
+   * keeps its end open past the deadline has the stream aborted, so it cannot hold this connection's streams.
+   */
+  close (): void {
+    if (this.state === 'done') return
+    this.state = 'done'
+    this.reader.release()
+    const s = this.stream
+    s.close({ signal: AbortSignal.timeout(this.timeoutMs) }).then(() => {
+      if (s.status !== 'open' && s.status !== 'closing') return
+      const timer = setTimeout(() => { s.abort(new ChunkTimeoutError(`${this.what}: the holder kept its end of a closed stream open`)) }, this.timeoutMs)
+      timer.unref()
+      s.addEventListener('close', () => { clearTimeout(timer) }, { once: true })
+    }, (err: unknown) => {
+      s.abort(err instanceof Error ? err : new Error(String(err)))
+    })
+  }
+
+  abort (err: Error): void {
+    this.state = 'done'
+    this.reader.release()
+    this.stream.abort(err)
   }
 }

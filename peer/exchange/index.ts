@@ -1,13 +1,17 @@
 /**
  * The exchange room: chunks between neighbours. The `/rafspeer/chunk/1.0.0` wire format, the {@link ChunkServer}
  * answering neighbours from the cache, the {@link NeighbourSource} the fetcher asks before the registry, and the
- * {@link P2PNode} that holds a daemon's host, server, scheduler side and claims together.
+ * {@link ChunkStreams} kept open between its requests, and the {@link P2PNode} that holds a daemon's host, server, scheduler side and claims together.
  */
 export {
   CHUNK_PROTOCOL, ChunkStatus, ChunkEncoding, AcceptFlags, ChunkProtocolError, ChunkTimeoutError, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_REQUEST,
   MAX_MESSAGE_BYTES, MAX_REDIRECT_BYTES, MAX_REDIRECT_ADDRS, chunkFrameReader, encodeRequest, decodeRequestBody, decodeRequest, readRequest, readChunkRequest, readReply,
-  replyHeader, errorReply, redirectReply, exchangeChunks, RequestLayout, EntryLayout, ReplyLayout, type ChunkName, type ChunkReply, type ChunkRequest
+  replyHeader, errorReply, redirectReply, exchangeChunks, ChunkChannel, RequestLayout, EntryLayout, ReplyLayout, type ChunkName, type ChunkReply, type ChunkRequest,
+  type ChannelExchangeOptions
 } from './chunk-protocol.js'
+export {
+  ChunkStreams, DEFAULT_STREAM_IDLE_MS, DEFAULT_MAX_IDLE_STREAMS_PER_PEER, type ChunkStreamsInit, type ChunkStreamsCounters, type ChunkStreamsComponents
+} from './chunk-streams.js'
 export {
   ChunkServer, DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, type ChunkServerCounters, type ChunkServerInit, type ServableCache,
   type ServableChunk

@@ -28,8 +28,10 @@ import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.j
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { ChunkSource, ChunkSourceFetchOptions, FetchedChunk } from '../fetch/index.js'
 import {
-  AcceptFlags, CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, exchangeChunks, type ChunkName
+  AcceptFlags, CHUNK_PROTOCOL, ChunkStatus, ChunkTimeoutError, MAX_CHUNKS_PER_REQUEST, MAX_CHUNK_BYTES, type ChannelExchangeOptions, type ChunkName,
+  type ChunkReply
 } from './chunk-protocol.js'
+import { ChunkStreams, type ChunkStreamsInit } from './chunk-streams.js'
 import { MAX_REDIRECTS } from './chunk-receivers.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
@@ -116,6 +118,8 @@ export interface NeighbourSourceInit {
    * the last (64 KiB: a transfer at 64 KiB/s or more; a holder trickling slower still meets the deadline)
    */
   progressStepBytes?: number
+  /** streams kept open between requests to a holder ({@link ChunkStreams}) */
+  streams?: ChunkStreamsInit
 }
 
 export interface NeighbourSourceCounters {
@@ -139,6 +143,8 @@ export interface NeighbourSourceCounters {
   replans: number
   /** resolver calls that failed or ran past their deadline */
   resolveFailures: number
+  /** requests whose idle stream failed before its first reply (closed under us): sent again on a new stream */
+  staleStreams: number
 }
 
 interface PeerRecord { penalty: number, bad: number, banned: boolean }
@@ -147,14 +153,16 @@ export class NeighbourSource implements ChunkSource {
   readonly name = 'peer:swarm'
   readonly counters: NeighbourSourceCounters = {
     chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, redirects: 0, timeouts: 0, requests: 0,
-    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0
+    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0, staleStreams: 0
   }
+  /** streams to holders, kept open between requests */
+  readonly streams: ChunkStreams
 
   /** @internal */ readonly libp2p: NeighbourSourceComponents['libp2p']
   /** @internal */ readonly resolver: HolderResolver
   /** @internal */ readonly locator: ChunkLocator | undefined
   /** @internal */ readonly log: Logger | undefined
-  /** @internal */ readonly opts: Required<Omit<NeighbourSourceInit, 'schedulerWaitMs'>> & { schedulerWaitMs?: number }
+  /** @internal */ readonly opts: Required<Omit<NeighbourSourceInit, 'schedulerWaitMs' | 'streams'>> & { schedulerWaitMs?: number }
   private readonly peers = new Map<string, PeerRecord>()
 
   constructor (components: NeighbourSourceComponents, init: NeighbourSourceInit = {}) {
@@ -175,6 +183,49 @@ export class NeighbourSource implements ChunkSource {
       replanRounds: Math.max(0, init.replanRounds ?? DEFAULT_REPLAN_ROUNDS),
       progressStepBytes: Math.max(1, init.progressStepBytes ?? PROGRESS_STEP_BYTES),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
+    }
+    this.streams = new ChunkStreams({ dial: async (holder, signal) => await this.dial(holder, signal) }, init.streams)
+  }
+
+  /** Closes the streams kept open; requests later open (and close) their own. */
+  close (): void { this.streams.close() }
+
+  /** @internal a new chunk-protocol stream to `holder` */
+  async dial (holder: ChunkHolder, signal: AbortSignal): Promise<Stream> {
+    // loaded with the first dial, not with the node: a daemon without neighbours never pays for it (~0.17 s)
+    const { peerIdFromString } = await import('@libp2p/peer-id')
+    const id = peerIdFromString(holder.peerId)
+    const addrs = holder.addrs.map(a => multiaddr(`${a.replace(/\/p2p\/[^/]+$/, '')}/p2p/${holder.peerId}`))
+    return await this.libp2p.dialProtocol(addrs.length > 0 ? addrs : id, CHUNK_PROTOCOL, { signal })
+  }
+
+  /**
+   * One request's replies from `holder`, on a stream kept open from an earlier request when there is one. A kept
+   * stream that fails before its first reply (closed under us: the holder restarted, the connection dropped) is no
+   * fault of the holder's: the request goes again, once, on a new stream. A slow holder's deadline is not retried.
+   * @internal
+   */
+  async * exchange (holder: ChunkHolder, names: ChunkName[], signal: AbortSignal, opts: ChannelExchangeOptions): AsyncGenerator<ChunkReply> {
+    const what = `peer:${holder.peerId}`
+    const timeoutMs = this.opts.requestTimeoutMs
+    for (let attempt = 0; ; attempt++) {
+      const { channel, reused } = await this.streams.acquire(holder, what, timeoutMs, AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), attempt > 0)
+      let replies = 0
+      try {
+        for await (const r of channel.exchange(names, { ...opts, signal })) {
+          replies++
+          yield r
+        }
+      } catch (err) {
+        if (!reused || replies > 0 || signal.aborted || err instanceof ChunkTimeoutError || (err as Error).name === 'TimeoutError') throw err
+        this.counters.staleStreams++
+        this.log?.debug('%s: a kept stream failed before its first reply (%s): asking on a new one', what, describeError(err))
+        continue
+      } finally {
+        // every reply read (the caller may stop at the last one): the stream waits for the next request
+        this.streams.release(holder.peerId, channel)
+      }
+      return
     }
   }
 
@@ -507,7 +558,7 @@ class SwarmFetch {
     const { holder } = req.lane
     const peerId = holder.peerId
     const started = performance.now()
-    const { requestTimeoutMs, hedgeAfterMs } = this.src.opts
+    const { hedgeAfterMs } = this.src.opts
     const counters = this.src.counters
     let chunks = 0
     let bytes = 0
@@ -524,7 +575,6 @@ class SwarmFetch {
       counters.requests++
       armHedge()
       const names: ChunkName[] = req.wants.map(w => ({ digest: w.chunk.digest, blobId: this.blob.blobId, ci: w.chunk.index, size: w.chunk.uncompressedSize }))
-      const stream = await this.dial(holder, AbortSignal.any([signal, AbortSignal.timeout(requestTimeoutMs)]))
       // a holder waiting for its own fetch of the next chunk (PENDING) is waited for, not hedged, until its next reply
       const accept = (req.wants.every(w => w.noRedirect !== true && w.redirects < MAX_REDIRECTS) ? AcceptFlags.REDIRECT : 0) |
         (req.redirected ? AcceptFlags.REDIRECTED : 0)
@@ -534,7 +584,7 @@ class SwarmFetch {
       // given up 10 s after they began with a chunk a quarter short, 1.33 copies from the registry). Only at a live
       // transfer's pace, though: a holder trickling bytes slower than that still meets the deadline
       const onBytes = this.progress !== undefined ? progressAtPace(this.progress, this.src.opts.progressStepBytes) : undefined
-      for await (const r of exchangeChunks(stream, names, { timeoutMs: requestTimeoutMs, signal, what: `peer:${peerId}`, accept, onPending, ...(onBytes !== undefined ? { onBytes } : {}) })) {
+      for await (const r of this.src.exchange(holder, names, signal, { accept, onPending, ...(onBytes !== undefined ? { onBytes } : {}) })) {
         // banned meanwhile (by another request): its bytes are not even looked at
         if (this.src.isBanned(peerId)) break
         armHedge()
@@ -598,14 +648,6 @@ class SwarmFetch {
         this.src.recordOutcome({ peerId, chunks, bytes, ms: performance.now() - started, failed, bad: bad > 0 }, bad)
       }
     }
-  }
-
-  private async dial (holder: ChunkHolder, signal: AbortSignal): Promise<Stream> {
-    // loaded with the first dial, not with the node: a daemon without neighbours never pays for it (~0.17 s)
-    const { peerIdFromString } = await import('@libp2p/peer-id')
-    const id = peerIdFromString(holder.peerId)
-    const addrs = holder.addrs.map(a => multiaddr(`${a.replace(/\/p2p\/[^/]+$/, '')}/p2p/${holder.peerId}`))
-    return await this.src.libp2p.dialProtocol(addrs.length > 0 ? addrs : id, CHUNK_PROTOCOL, { signal })
   }
 
   /**

@@ -40,6 +40,7 @@ import { HaveService, type HaveCounters } from './have-service.js'
 import { CacheChunks, waitingForFlights } from './local-chunks.js'
 import { DEFAULT_BUSY_AFTER_PARK_MS } from './busy-replan.js'
 import { NeighbourSource, type NeighbourSourceCounters, type NeighbourSourceInit } from './neighbour-source.js'
+import type { ChunkStreamsCounters } from './chunk-streams.js'
 
 export const DEFAULT_CLAIM_WAIT_MS = 20_000
 export const DEFAULT_CLAIM_TTL_MS = 60_000
@@ -102,7 +103,7 @@ export interface P2PStats {
   addrs: string[]
   scheduler: { address?: string, embedded: boolean, connected: boolean }
   upload: ChunkServerCounters
-  download: NeighbourSourceCounters
+  download: NeighbourSourceCounters & { streams: ChunkStreamsCounters }
   /** the have protocol's sessions and messages (blob-level directory only) */
   have?: HaveCounters
   /** libp2p connections open now, and what the host's guard closed or refused to keep room */
@@ -348,7 +349,7 @@ export class P2PNode {
         connected: this.embedded !== undefined || this.client?.connected === true
       },
       upload: { ...this.server.counters },
-      download: { ...this.source.counters },
+      download: { ...this.source.counters, streams: { ...this.source.streams.counters } },
       ...(this.have !== undefined ? { have: { ...this.have.counters } } : {}),
       connections: { open: this.host.getConnections().length, ...this.host.services.guard.counters },
       claims: this.claims.size
@@ -363,6 +364,7 @@ export class P2PNode {
     for (const ws of this.waiters.values()) for (const wake of ws) wake()
     this.waiters.clear()
     this.local?.close()
+    this.source.close()
     const steps: Array<() => Promise<void>> = [
       async () => { await this.have?.stop() },
       async () => { await this.client?.stop() },
