@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: every benchmark, each printed as ratios against a baseline measured in the same run.
- * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [scheduler] [directory] [swarm] [mirror] [start] [attack] [--source DIR]
+ * Usage: node dist/bench/run.js [build] [convert] [warm] [cold] [cold-read] [p2p] [chunk-requests] [scheduler] [directory] [swarm] [mirror] [start] [attack] [--source DIR]
  *   [--runs N] [--bandwidth MiB/s] [--only kernel|fuse|lazy] [--tree DIR] [--fio-only] [--mode auto|fuse|erofs-lazy] [--nodes N] [--image-size MiB] [--fetch-only] [--mirrored-only] [--logs DIR]
  *   [--baseline-cli PATH]
  * `warm`, `cold` and `swarm` need root; they are left out of a bare run (no names) unless it runs as root. `--only`
@@ -27,6 +27,7 @@ import { benchColdStart, formatColdStart } from './cold-start.js'
 import { benchColdRead, formatColdRead } from './cold-read.js'
 import { benchSwarm, formatSwarmBench } from './swarm.js'
 import { benchChunkExchange, formatChunkExchange } from './chunk-exchange.js'
+import { benchChunkRequests, formatChunkRequests } from './chunk-requests.js'
 import { benchScheduler, formatSchedulerBench } from './scheduler.js'
 import { benchDirectory, formatDirectoryBench } from './directory.js'
 import { benchMirror, formatMirrorBench } from './mirror.js'
@@ -114,6 +115,12 @@ if (want('p2p')) {
   const r = await benchChunkExchange()
   process.stdout.write(formatChunkExchange(r) + '\n')
   process.stdout.write(JSON.stringify({ bench: 'p2p', ...r }) + '\n')
+}
+
+if (want('chunk-requests')) {
+  const r = await benchChunkRequests({ ...(runs !== undefined ? { runs } : {}) })
+  process.stdout.write(formatChunkRequests(r) + '\n')
+  process.stdout.write(JSON.stringify({ bench: 'chunk-requests', ...r }) + '\n')
 }
 
 if (want('scheduler')) {

@@ -1,0 +1,147 @@
+/**
+ * What one chunk request costs, apart from its bytes: two libp2p hosts on loopback, a ChunkServer over an in-memory
+ * cache, and many requests of one small chunk each through the neighbour source, one after another (a swarm's
+ * requests mostly carry one or two chunks: every REDIRECT is a new request). The same requests go
+ *  - `fresh`: each on a new stream (no stream kept idle: what the neighbour source did before it kept them);
+ *  - `kept`: on streams kept open between requests to the holder (the default).
+ * Both hosts share this process, so its CPU time is both ends' together. Runs alternate; medians are reported, with
+ * the kept streams' cost as a ratio of the fresh ones'.
+ *
+ * @example
+ * ```ts
+ * const r = await benchChunkRequests({ requests: 2000 })
+ * console.log(formatChunkRequests(r))   // npm run build && node dist/bench/run.js chunk-requests
+ * ```
+ */
+import '../polyfill.js'
+import { randomBytes } from 'node:crypto'
+import { multiaddr } from '@multiformats/multiaddr'
+import { announceAddrs, createHost, type ChunkHolder, type HolderResolver } from '../p2p/index.js'
+import { ChunkServer, NeighbourSource, type ServableCache } from '../peer/index.js'
+import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../rafs/index.js'
+
+export interface ChunkRequestsOptions {
+  /** requests per run and mode (2,000) */
+  requests?: number
+  /** bytes of each chunk (4 KiB: the request's own cost, not its bytes) */
+  chunkSize?: number
+  runs?: number
+  log?: (line: string) => void
+}
+
+export interface ChunkRequestsResult {
+  requests: number
+  chunkSize: number
+  runs: number
+  /** medians per request, both ends: microseconds of CPU, and of wall time */
+  freshCpuUs: number
+  freshWallUs: number
+  keptCpuUs: number
+  keptWallUs: number
+  /** streams the kept runs opened, in all */
+  keptStreamsOpened: number
+  cpuRatio: number
+  wallRatio: number
+}
+
+class OneHolder implements HolderResolver {
+  constructor (private readonly holder: ChunkHolder) {}
+  async resolve (digests: Buffer[]): Promise<Map<string, ChunkHolder[]>> { return new Map(digests.map(d => [d.toString('hex'), [this.holder]])) }
+  report (): void {}
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+
+export async function benchChunkRequests (opts: ChunkRequestsOptions = {}): Promise<ChunkRequestsResult> {
+  const requests = opts.requests ?? 2000
+  const chunkSize = opts.chunkSize ?? 4096
+  const runs = opts.runs ?? 3
+  const log = opts.log ?? (() => {})
+  const pool = Array.from({ length: 64 }, () => randomBytes(chunkSize))
+  const digests = pool.map(p => digestChunk('blake3', p))
+  const byDigest = new Map(digests.map((d, i) => [d.toString('hex'), i]))
+  const blob: RafsBlobInfo = {
+    blobId: 'cd'.repeat(32), compressor: 'none', digester: 'blake3', chunkSize, chunkCount: pool.length, compressedSize: pool.length * chunkSize,
+    uncompressedSize: pool.length * chunkSize, features: 0, ciCompressor: 'none', ciOffset: 0, ciCompressedSize: 0, ciUncompressedSize: 0,
+    blobTocSize: 0, blobTocDigest: Buffer.alloc(32)
+  }
+  const chunks: ChunkInfo[] = pool.map((_, i) => ({
+    digest: digests[i]!, blobIndex: 0, index: i, compressedOffset: i * chunkSize, compressedSize: chunkSize, uncompressedOffset: i * chunkSize,
+    uncompressedSize: chunkSize, compressed: false, fileOffset: i * chunkSize
+  }))
+  const cache: ServableCache = {
+    has: () => true,
+    findByDigest: async (digest) => {
+      const i = byDigest.get(digest.toString('hex'))
+      return i === undefined ? undefined : { blobId: blob.blobId, chunk: chunks[i]! }
+    },
+    readChunk: async (_blobId, chunk) => pool[chunk.index]
+  }
+  const server = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const client = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+  const chunkServer = new ChunkServer({ libp2p: server, cache })
+  try {
+    await chunkServer.start()
+    const holder: ChunkHolder = { peerId: server.peerId.toString(), addrs: announceAddrs(server) }
+    await client.dial(multiaddr(`${holder.addrs[0]!}/p2p/${holder.peerId}`))
+    let opened = 0
+    const verify = (c: ChunkInfo, p: Buffer): boolean => digestChunk('blake3', p).equals(c.digest)
+    // the same source either way; `keep: false` keeps no stream idle, so each request opens its own
+    const through = async (keep: boolean): Promise<void> => {
+      const src = new NeighbourSource({ libp2p: client, resolver: new OneHolder(holder) }, {
+        maxHolders: 1, requestTimeoutMs: 10_000, ...(keep ? {} : { streams: { maxIdlePerPeer: 0 } })
+      })
+      try {
+        for (let i = 0; i < requests; i++) {
+          let n = 0
+          for await (const f of src.fetch(blob, [chunks[i % chunks.length]!], { signal: AbortSignal.timeout(10_000), verify })) n += f.plaintext.length > 0 ? 1 : 0
+          if (n !== 1) throw new Error(`request ${i}: ${n} chunks`)
+        }
+      } finally {
+        if (keep) opened += src.streams.counters.opened
+        src.close()
+      }
+    }
+    const fresh = async (): Promise<void> => { await through(false) }
+    const kept = async (): Promise<void> => { await through(true) }
+    const modes = { fresh, kept }
+    const cpu: Record<keyof typeof modes, number[]> = { fresh: [], kept: [] }
+    const wall: Record<keyof typeof modes, number[]> = { fresh: [], kept: [] }
+    // a warm-up of each (JIT), then alternating runs
+    await fresh()
+    await kept()
+    opened = 0
+    for (let r = 0; r < runs; r++) {
+      for (const name of ['fresh', 'kept'] as const) {
+        const c0 = process.cpuUsage()
+        const t0 = performance.now()
+        await modes[name]()
+        const c = process.cpuUsage(c0)
+        const t = performance.now() - t0
+        cpu[name].push((c.user + c.system) / requests)
+        wall[name].push(t * 1000 / requests)
+        log(`run ${r + 1}/${runs} ${name}: ${((c.user + c.system) / requests).toFixed(0)} µs CPU, ${(t * 1000 / requests).toFixed(0)} µs per request`)
+      }
+    }
+    const freshCpuUs = median(cpu.fresh)
+    const keptCpuUs = median(cpu.kept)
+    const freshWallUs = median(wall.fresh)
+    const keptWallUs = median(wall.kept)
+    return {
+      requests, chunkSize, runs, freshCpuUs, freshWallUs, keptCpuUs, keptWallUs, keptStreamsOpened: opened,
+      cpuRatio: keptCpuUs / freshCpuUs, wallRatio: keptWallUs / freshWallUs
+    }
+  } finally {
+    await chunkServer.stop()
+    await client.stop()
+    await server.stop()
+  }
+}
+
+export function formatChunkRequests (r: ChunkRequestsResult): string {
+  return [
+    `chunk requests over loopback (${r.requests} requests of one ${(r.chunkSize / 1024).toFixed(0)} KiB chunk through the neighbour source, one after another, median of ${r.runs}; both ends' CPU)`,
+    `  a new stream each           ${r.freshCpuUs.toFixed(0).padStart(6)} µs CPU  ${r.freshWallUs.toFixed(0).padStart(6)} µs wall   1.00x`,
+    `  streams kept open           ${r.keptCpuUs.toFixed(0).padStart(6)} µs CPU  ${r.keptWallUs.toFixed(0).padStart(6)} µs wall   ${r.cpuRatio.toFixed(2)}x CPU, ${r.wallRatio.toFixed(2)}x wall (${r.keptStreamsOpened} streams in ${r.runs * r.requests} requests)`
+  ].join('\n')
+}
