@@ -72,7 +72,8 @@ export interface NodeReport {
   differences: string[]
   /** how its fetches went: latency of fetch attempts (all sources), and its requests to neighbours */
   fetchMs: { p50: number, p99: number, max: number }
-  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number, redirects: number }
+  /** `streamsOpened` (real mode): chunk-protocol streams the requests needed (the rest went on streams kept open) */
+  peerRequests: { sent: number, failed: number, timeouts: number, hedges: number, busy: number, notFound: number, badChunks: number, redirects: number, streamsOpened?: number }
   /**
    * what its chunk server answered neighbours besides chunks: BUSY with every upload slot taken, BUSY after a wait
    * for its own fetch of the chunk, REDIRECT to a peer it was sending the chunk to
@@ -322,7 +323,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
           busy: m.p2p?.download.busy ?? 0,
           notFound: m.p2p?.download.notFound ?? 0,
           badChunks: m.p2p?.download.badChunks ?? 0,
-          redirects: m.p2p?.download.redirects ?? 0
+          redirects: m.p2p?.download.redirects ?? 0,
+          streamsOpened: m.p2p?.download.streams?.opened ?? 0
         },
         served: {
           refused: m.p2p?.upload.refused ?? 0,

@@ -177,6 +177,10 @@ describe('P2P: a scheduler and several daemons on loopback, the real distributio
     assert.ok((m.p2p?.upload.bytesServed ?? 0) > 0, 'node 1 served its neighbours')
     assert.equal(m.p2p?.scheduler.connected, true)
     assert.match(await nodes[0]!.client.prometheus(), /rafspeer_p2p_upload_bytes_total [1-9]/)
+    // a reader's requests to its neighbours share streams kept open between them
+    const reader = (await nodes[1]!.client.metricsJson()).p2p!.download
+    assert.ok(reader.streams.reused > 0 && reader.streams.opened < reader.requests, `streams: ${JSON.stringify(reader.streams)}, requests ${reader.requests}`)
+    assert.match(await nodes[1]!.client.prometheus(), /rafspeer_p2p_download_streams_reused_total [1-9]/)
   })
 
   it('a second image sharing most chunks: a fresh node gets the shared chunks from peers, not the registry', async () => {

@@ -199,6 +199,8 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
     p2pCounter('rafspeer_p2p_download_bytes_total', 'verified chunk bytes received from neighbours', p => p.download.bytesFromPeers)
     p2pCounter('rafspeer_p2p_download_requests_total', 'chunk requests sent to neighbours', p => p.download.requests)
     p2pCounter('rafspeer_p2p_download_failed_requests_total', 'chunk requests to neighbours that failed (dial, reset, timeout)', p => p.download.failedRequests)
+    p2pCounter('rafspeer_p2p_download_streams_opened_total', 'chunk-protocol streams opened to neighbours (a request goes on a stream kept open from an earlier one when it can)', p => p.download.streams.opened)
+    p2pCounter('rafspeer_p2p_download_streams_reused_total', 'chunk requests sent on a stream kept open from an earlier request', p => p.download.streams.reused)
     p2pCounter('rafspeer_p2p_hedges_total', 'requests re-sent to another holder because the first was slow', p => p.download.hedges)
     p2pCounter('rafspeer_p2p_download_redirects_total', 'chunks a busy holder sent this node on for, to a neighbour it is sending them to', p => p.download.redirects)
     p2pCounter('rafspeer_p2p_bad_chunks_total', 'chunks from neighbours that failed their digest (dropped)', p => p.download.badChunks)
