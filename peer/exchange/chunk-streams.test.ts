@@ -2,7 +2,8 @@
  * Chunk streams kept open between requests, against real libp2p hosts: a holder asked many times is asked on few
  * streams; an idle stream is closed politely after its idle time (the holder counts no abort); a kept stream that
  * dies under a request is no fault of the holder's (the request goes again on a new stream); bytes on an idle stream
- * end it; a holder that ends its side after each request leaves no half-open stream behind.
+ * end it; a holder that ends its side after each request leaves no half-open stream behind, and one that keeps its
+ * side open after ours closed has the stream aborted.
  */
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
@@ -178,6 +179,26 @@ describe('ChunkStreams', () => {
     await sleep(100)
     assert.equal(chunkStreamsOpen(), 0)
     src2.close()
+  })
+
+  it('a holder that keeps its end of a closed stream open has the stream aborted after the deadline', async () => {
+    let ended = 0
+    const clinging = await rogue(async (stream) => {
+      const reader = chunkFrameReader(stream, 'rogue', 10_000)
+      await answer(stream, reader)
+      // the asker closes; this holder never does, until the asker gives up on it
+      await readChunkRequest(reader).catch(() => undefined)
+      await new Promise<void>(resolve => { stream.addEventListener('close', () => { resolve() }, { once: true }) })
+      ended++
+    })
+    const src = new NeighbourSource({ libp2p: client, resolver: new OneHolder(clinging.holder) }, { maxHolders: 1, requestTimeoutMs: 300, streams: { idleMs: 50 } })
+    assert.equal(await fetchAll(src, [chunks[0]!]), 1)
+    await sleep(150)
+    assert.equal(src.streams.idleCount, 0)
+    assert.equal(chunkStreamsOpen(), 1, 'closed at our end, held open at the holder\'s')
+    await sleep(500)
+    assert.equal(chunkStreamsOpen(), 0)
+    assert.equal(ended, 1)
   })
 
   it('a channel carries exchanges one after another and refuses one while it is not idle', async () => {
