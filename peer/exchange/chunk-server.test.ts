@@ -187,6 +187,34 @@ describe('ChunkServer', () => {
     assert.equal(server.counters.redirects, 1)
   })
 
+  it('askers that meet a chunk together (it just landed) are sent to the first of them, not all served', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 2))
+    let open!: () => void
+    const gate = new Promise<void>(resolve => { open = resolve })
+    const landing = chunks[1]!.digest
+    const servable = lookUpFirst(cache, async d => { if (d.equals(landing)) await gate }, () => {})
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const askers = [client, await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] }), await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })]
+    const server = new ChunkServer({ libp2p: node, cache: servable })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop(); await askers[1]!.stop(); await askers[2]!.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const asking = askers.map(async host => {
+      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
+      for await (const r of exchangeChunks(stream, [nameOf(chunks[1]!)], { timeoutMs: 5000, accept: AcceptFlags.REDIRECT })) return { host, r }
+      throw new Error('no reply')
+    })
+    // all three wait for the chunk, then it is there for all of them at once
+    await until('three askers waiting', () => server.counters.uploadsActive === 3)
+    open()
+    const got = await Promise.all(asking)
+    const served = got.filter(g => g.r.status === ChunkStatus.OK)
+    const sent = got.filter(g => g.r.status === ChunkStatus.REDIRECT)
+    assert.equal(served.length, 1, JSON.stringify(got.map(g => g.r.status)))
+    assert.equal(sent.length, 2)
+    for (const g of sent) assert.equal(g.r.peerId, served[0]!.host.peerId.toString())
+  })
+
   it('waits longer for a chunk on its way when a redirect sent the asker', async () => {
     const { cache } = await seededCache(chunks.slice(0, 1))
     const waits: Array<number | undefined> = []

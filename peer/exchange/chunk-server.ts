@@ -404,25 +404,40 @@ export class ChunkServer {
    */
   private async reply (name: ChunkName, asker: Asker): Promise<Reply> {
     const key = name.digest.toString('hex')
-    const r = await this.lookUp(name, asker.redirected ? REDIRECTED_WAIT_MS : undefined,
-      asker.redirects ? () => this.receivers.redirect(key, asker.peer, this.counters.uploadsActive) : undefined)
+    // where the asker goes, decided and recorded in one step once the chunk is here: askers whose requests meet the
+    // chunk together (they waited for it to land) would otherwise all be served, none of them yet a receiver for
+    // the next to be sent to (8 daemons at 4 MiB/s: one holder sending the same chunk to three askers at once)
+    let receiving = false
+    const claim = (): string | undefined => {
+      const to = asker.redirects ? this.receivers.redirect(key, asker.peer, this.counters.uploadsActive) : undefined
+      if (to === undefined) {
+        this.receivers.serving(key, asker.peer)
+        receiving = true
+      }
+      return to
+    }
+    const r = await this.lookUp(name, asker.redirected ? REDIRECTED_WAIT_MS : undefined, claim)
     if ('to' in r) {
       this.counters.redirects++
       const addrs = await this.addressesOf?.(r.to).catch(() => []) ?? []
       return { frame: redirectReply(r.to, addrs) }
     }
-    if (r.payload !== undefined) this.receivers.serving(key, asker.peer)
+    // claimed, then not read after all (evicted, or failed its digest): nobody's hint
+    if (r.payload === undefined && receiving) this.receivers.notSent(key, asker.peer)
     return r
   }
 
-  /** The chunk, or where `redirectTo` sends the asker once the chunk is found here (before its bytes are read). */
-  private async lookUp (name: ChunkName, waitMs: number | undefined, redirectTo?: () => string | undefined): Promise<Reply | { to: string }> {
+  /**
+   * The chunk, or where `claim` sends the asker once the chunk is found here (before its bytes are read; `claim`
+   * records the asker as a receiver when it sends it nowhere).
+   */
+  private async lookUp (name: ChunkName, waitMs: number | undefined, claim: () => string | undefined): Promise<Reply | { to: string }> {
     try {
       let found = await this.cache.findByDigest(name.digest, waitMs !== undefined ? { waitMs } : undefined)
       for (let tries = 0; found !== undefined && tries < 2; tries++) {
         const c = found.chunk
         if (c.uncompressedSize !== name.size || !c.digest.equals(name.digest)) break
-        const to = tries === 0 ? redirectTo?.() : undefined
+        const to = tries === 0 ? claim() : undefined
         if (to !== undefined) return { to }
         const bytes = await this.cache.readChunk(found.blobId, c, { verify: 'once' })
         if (bytes !== undefined && bytes.length === name.size) return { payload: bytes }
