@@ -307,6 +307,30 @@ export interface ExchangeOptions {
 }
 
 /**
+ * The replies to `names`, in request order: PENDING frames are told to `onPending` (at most `MAX_PENDING_FRAMES`),
+ * a REDIRECT to a request that takes none is a protocol error; `last` runs once the last reply is read, before it is
+ * yielded.
+ */
+async function * readReplies (reader: FrameReader, names: ChunkName[], what: string, opts: Pick<ExchangeOptions, 'accept' | 'onPending'>,
+  last: () => void): AsyncGenerator<ChunkReply> {
+  let pending = 0
+  for (let i = 0; i < names.length; i++) {
+    const reply = await readReply(reader, i, names[i]!, what)
+    if (reply.status === ChunkStatus.REDIRECT && ((opts.accept ?? 0) & AcceptFlags.REDIRECT) === 0) {
+      throw new ChunkProtocolError(`${what}: a REDIRECT to a request that takes none`)
+    }
+    if (reply.status === ChunkStatus.PENDING) {
+      if (++pending > MAX_PENDING_FRAMES) throw new ChunkProtocolError(`${what}: more than ${MAX_PENDING_FRAMES} pending frames`)
+      opts.onPending?.(i)
+      i--
+      continue
+    }
+    if (i === names.length - 1) last()
+    yield reply
+  }
+}
+
+/**
  * The asking side of one exchange: sends the request, half-closes, and yields each reply as it completes, in
  * request order. Stopping early (or any error) aborts the stream, so the server stops sending at once.
  */
@@ -320,22 +344,8 @@ export async function * exchangeChunks (stream: Stream, names: ChunkName[], opts
   try {
     stream.send(encodeRequest(names, opts.accept))
     await stream.close({ signal: AbortSignal.timeout(opts.timeoutMs) })
-    let pending = 0
-    for (let i = 0; i < names.length; i++) {
-      const reply = await readReply(reader, i, names[i]!, what)
-      if (reply.status === ChunkStatus.REDIRECT && ((opts.accept ?? 0) & AcceptFlags.REDIRECT) === 0) {
-        throw new ChunkProtocolError(`${what}: a REDIRECT to a request that takes none`)
-      }
-      if (reply.status === ChunkStatus.PENDING) {
-        if (++pending > MAX_PENDING_FRAMES) throw new ChunkProtocolError(`${what}: more than ${MAX_PENDING_FRAMES} pending frames`)
-        opts.onPending?.(i)
-        i--
-        continue
-      }
-      // all asked for is here: whatever else the server sends is not ours to hold
-      if (i === names.length - 1) { complete = true; reader.release() }
-      yield reply
-    }
+    // all asked for is here: whatever else the server sends is not ours to hold
+    yield * readReplies(reader, names, what, opts, () => { complete = true; reader.release() })
   } catch (err) {
     stream.abort(err instanceof Error ? err : new Error(String(err)))
     throw err
@@ -398,26 +408,12 @@ export class ChunkChannel {
     let complete = false
     try {
       await sendWithBackpressure(this.stream, encodeRequest(names, opts.accept), { timeoutMs: this.timeoutMs, what, timeout: m => new ChunkTimeoutError(m) })
-      let pending = 0
-      for (let i = 0; i < names.length; i++) {
-        const reply = await readReply(this.reader, i, names[i]!, what)
-        if (reply.status === ChunkStatus.REDIRECT && ((opts.accept ?? 0) & AcceptFlags.REDIRECT) === 0) {
-          throw new ChunkProtocolError(`${what}: a REDIRECT to a request that takes none`)
-        }
-        if (reply.status === ChunkStatus.PENDING) {
-          if (++pending > MAX_PENDING_FRAMES) throw new ChunkProtocolError(`${what}: more than ${MAX_PENDING_FRAMES} pending frames`)
-          opts.onPending?.(i)
-          i--
-          continue
-        }
-        if (i === names.length - 1) {
-          complete = true
-          this.idleSince = performance.now()
-          this.reader.onBytes = undefined
-          if (this.state === 'busy') this.state = 'idle'
-        }
-        yield reply
-      }
+      yield * readReplies(this.reader, names, what, opts, () => {
+        complete = true
+        this.idleSince = performance.now()
+        this.reader.onBytes = undefined
+        if (this.state === 'busy') this.state = 'idle'
+      })
     } finally {
       opts.signal?.removeEventListener('abort', onAbort)
       if (!complete) this.abort(new ChunkProtocolError(`${what}: stopped reading`))
