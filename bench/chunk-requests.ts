@@ -14,11 +14,11 @@
  * ```
  */
 import '../polyfill.js'
-import { randomBytes } from 'node:crypto'
 import { multiaddr } from '@multiformats/multiaddr'
 import { announceAddrs, createHost, type ChunkHolder, type HolderResolver } from '../p2p/index.js'
-import { ChunkServer, NeighbourSource, type ServableCache } from '../peer/index.js'
-import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../rafs/index.js'
+import { ChunkServer, NeighbourSource } from '../peer/index.js'
+import { digestChunk, type ChunkInfo } from '../rafs/index.js'
+import { memoryChunks } from '../test/helpers/memory-chunks.js'
 
 export interface ChunkRequestsOptions {
   /** requests per run and mode (2,000) */
@@ -57,26 +57,7 @@ export async function benchChunkRequests (opts: ChunkRequestsOptions = {}): Prom
   const chunkSize = opts.chunkSize ?? 4096
   const runs = opts.runs ?? 3
   const log = opts.log ?? (() => {})
-  const pool = Array.from({ length: 64 }, () => randomBytes(chunkSize))
-  const digests = pool.map(p => digestChunk('blake3', p))
-  const byDigest = new Map(digests.map((d, i) => [d.toString('hex'), i]))
-  const blob: RafsBlobInfo = {
-    blobId: 'cd'.repeat(32), compressor: 'none', digester: 'blake3', chunkSize, chunkCount: pool.length, compressedSize: pool.length * chunkSize,
-    uncompressedSize: pool.length * chunkSize, features: 0, ciCompressor: 'none', ciOffset: 0, ciCompressedSize: 0, ciUncompressedSize: 0,
-    blobTocSize: 0, blobTocDigest: Buffer.alloc(32)
-  }
-  const chunks: ChunkInfo[] = pool.map((_, i) => ({
-    digest: digests[i]!, blobIndex: 0, index: i, compressedOffset: i * chunkSize, compressedSize: chunkSize, uncompressedOffset: i * chunkSize,
-    uncompressedSize: chunkSize, compressed: false, fileOffset: i * chunkSize
-  }))
-  const cache: ServableCache = {
-    has: () => true,
-    findByDigest: async (digest) => {
-      const i = byDigest.get(digest.toString('hex'))
-      return i === undefined ? undefined : { blobId: blob.blobId, chunk: chunks[i]! }
-    },
-    readChunk: async (_blobId, chunk) => pool[chunk.index]
-  }
+  const { blob, chunks, cache } = memoryChunks(64, chunkSize, 'cd'.repeat(32))
   const server = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
   const client = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
   const chunkServer = new ChunkServer({ libp2p: server, cache })

@@ -8,14 +8,14 @@
 import '../../polyfill.js'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
 import type { Stream } from '@libp2p/interface'
 import { announceAddrs, createHost, type ChunkHolder, type Host, type HolderResolver, type PeerOutcome } from '../../p2p/index.js'
-import { digestChunk, type ChunkInfo, type RafsBlobInfo } from '../../rafs/index.js'
+import { digestChunk, type ChunkInfo } from '../../rafs/index.js'
+import { memoryChunks } from '../../test/helpers/memory-chunks.js'
 import {
   CHUNK_PROTOCOL, ChunkChannel, ChunkStatus, chunkFrameReader, readChunkRequest, replyHeader, type ChunkName
 } from './chunk-protocol.js'
-import { ChunkServer, type ServableCache } from './chunk-server.js'
+import { ChunkServer } from './chunk-server.js'
 import { NeighbourSource } from './neighbour-source.js'
 
 const SIZE = 4096
@@ -31,26 +31,8 @@ class OneHolder implements HolderResolver {
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
 describe('ChunkStreams', () => {
-  const plain = Array.from({ length: COUNT }, () => randomBytes(SIZE))
-  const digests = plain.map(p => digestChunk('blake3', p))
-  const byDigest = new Map(digests.map((d, i) => [d.toString('hex'), i]))
-  const blob: RafsBlobInfo = {
-    blobId: 'ab'.repeat(32), compressor: 'none', digester: 'blake3', chunkSize: SIZE, chunkCount: COUNT, compressedSize: COUNT * SIZE,
-    uncompressedSize: COUNT * SIZE, features: 0, ciCompressor: 'none', ciOffset: 0, ciCompressedSize: 0, ciUncompressedSize: 0, blobTocSize: 0,
-    blobTocDigest: Buffer.alloc(32)
-  }
-  const chunks: ChunkInfo[] = plain.map((_, i) => ({
-    digest: digests[i]!, blobIndex: 0, index: i, compressedOffset: i * SIZE, compressedSize: SIZE, uncompressedOffset: i * SIZE,
-    uncompressedSize: SIZE, compressed: false, fileOffset: i * SIZE
-  }))
-  const cache: ServableCache = {
-    has: () => true,
-    findByDigest: async (digest) => {
-      const i = byDigest.get(digest.toString('hex'))
-      return i === undefined ? undefined : { blobId: blob.blobId, chunk: chunks[i]! }
-    },
-    readChunk: async (_blobId, chunk) => plain[chunk.index]
-  }
+  const { blob, chunks, plain, cache } = memoryChunks(COUNT, SIZE)
+  const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), c.index]))
   const nameOf = (c: ChunkInfo): ChunkName => ({ digest: c.digest, blobId: blob.blobId, ci: c.index, size: c.uncompressedSize })
   let client: Host
   const closers: Array<() => Promise<void>> = []
