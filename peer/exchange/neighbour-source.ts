@@ -9,6 +9,9 @@
  * all, the holder is asked again, to send it itself. A holder that says PENDING (its own fetch of the chunk runs) is
  * not hedged until its next reply: the hedge's copy would only load another uplink.
  *
+ * Requests to a holder go on streams kept open between them ({@link ChunkStreams}): in a swarm most requests carry
+ * one or two chunks, and a new stream each cost more CPU than the request itself.
+ *
  * Every chunk is checked with the fetcher's `verify` as it arrives (the one digest check it gets): a neighbour
  * that sends bad bytes is scored down, reported, past `banThreshold` bad chunks never asked again by this process,
  * and the chunk is asked of another holder.
