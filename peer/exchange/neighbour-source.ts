@@ -187,7 +187,10 @@ export class NeighbourSource implements ChunkSource {
       progressStepBytes: Math.max(1, init.progressStepBytes ?? PROGRESS_STEP_BYTES),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
-    this.streams = new ChunkStreams({ dial: async (holder, signal) => await this.dial(holder, signal) }, init.streams)
+    // the dial's deadline is made only when a stream is opened, not for every request on a kept one
+    this.streams = new ChunkStreams({
+      dial: async (holder, signal) => await this.dial(holder, AbortSignal.any([signal, AbortSignal.timeout(this.opts.requestTimeoutMs)]))
+    }, init.streams)
   }
 
   /** Closes the streams kept open; requests later open (and close) their own. */
@@ -212,7 +215,7 @@ export class NeighbourSource implements ChunkSource {
     const what = `peer:${holder.peerId}`
     const timeoutMs = this.opts.requestTimeoutMs
     for (let attempt = 0; ; attempt++) {
-      const { channel, reused } = await this.streams.acquire(holder, what, timeoutMs, AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), attempt > 0)
+      const { channel, reused } = await this.streams.acquire(holder, what, timeoutMs, signal, attempt > 0)
       let replies = 0
       try {
         for await (const r of channel.exchange(names, { ...opts, signal })) {
