@@ -15,7 +15,7 @@ export {
   type LoggerInit
 } from './logger.js'
 export { Backoff, backoffDelay, type BackoffInit } from './backoff.js'
-export { TokenBucket, RateLimiter, type Clock, type TokenBucketInit } from './rate.js'
+export { TokenBucket, RateLimiter, bucketBurst, limiterBurst, type Clock, type TokenBucketInit } from './rate.js'
 export { sha256File } from './hash.js'
 export { parseByteSize, parseHostPort, formatBytes } from './units.js'
 export { partitionPoint } from './search.js'

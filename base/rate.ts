@@ -8,6 +8,12 @@ import { delay } from './delay.js'
 
 export type Clock = () => number
 
+/** A {@link TokenBucket}'s burst when none is given: a twentieth of a second of traffic, at least 16 KiB. */
+export function bucketBurst (rate: number): number { return Math.max(16 * 1024, Math.floor(rate / 20)) }
+
+/** A {@link RateLimiter}'s burst when none is given: a quarter second of traffic, at least 64 KiB. */
+export function limiterBurst (rate: number): number { return Math.max(64 << 10, rate / 4) }
+
 export interface TokenBucketInit {
   /** bytes the bucket holds at most (default: a twentieth of a second of traffic, at least 16 KiB) */
   burst?: number
@@ -25,7 +31,7 @@ export class TokenBucket {
   constructor (rate: number, init: TokenBucketInit = {}) {
     if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError(`a byte rate must be a positive number, got ${rate}`)
     this.rate = rate
-    this.burst = init.burst ?? Math.max(16 * 1024, Math.floor(rate / 20))
+    this.burst = init.burst ?? bucketBurst(rate)
     this.now = init.now ?? (() => performance.now())
     this.tokens = this.burst
     this.last = this.now()
@@ -64,7 +70,7 @@ export class RateLimiter {
   readonly bucket: TokenBucket
 
   /** `burst` defaults to a quarter second of traffic (at least 64 KiB) */
-  constructor (readonly rate: number, burst = Math.max(64 << 10, rate / 4)) {
+  constructor (readonly rate: number, burst = limiterBurst(rate)) {
     this.bucket = new TokenBucket(rate, { burst })
   }
 

@@ -69,6 +69,11 @@ export const READ_AHEAD_BYTES = 2 << 20
 export const COALESCE_BYTES = 256 << 10
 /** with a rate cap, a chunk is paced in slices this big so the asker sees steady progress */
 export const PACING_SLICE_BYTES = 256 << 10
+
+/** The upload pacing's burst at `rate` bytes per second: a quarter second, and at least one slice, so pacing never
+ * stalls a slice outright. */
+export function uploadBurst (rate: number): number { return Math.max(PACING_SLICE_BYTES, rate / 4) }
+
 /** while the next reply is not ready, a PENDING frame goes out this often */
 export const PENDING_INTERVAL_MS = 1_000
 /**
@@ -194,8 +199,7 @@ export class ChunkServer {
     this.readAhead = Math.max(1, init.readAhead ?? DEFAULT_READ_AHEAD)
     this.receivers = new ChunkReceivers({ redirectAboveUploads: init.redirectAboveUploads ?? DEFAULT_REDIRECT_ABOVE_UPLOADS })
     const rate = init.uploadBytesPerSecond
-    // a quarter second of burst, and at least one slice, so pacing never stalls a slice outright
-    this.bucket = rate === undefined ? undefined : new RateLimiter(rate, Math.max(PACING_SLICE_BYTES, rate / 4))
+    this.bucket = rate === undefined ? undefined : new RateLimiter(rate, uploadBurst(rate))
   }
 
   async start (): Promise<void> {

@@ -36,6 +36,34 @@ describe('modelled links', () => {
     assert.equal(t, 300)
   })
 
+  for (const hub of [false, true]) {
+    it(`an idle side's bucket sends its burst at once, and refills at its rate while idle${hub ? ' (hubs)' : ''}`, () => {
+      const q = new EventQueue()
+      const links = new Links(q, 2)
+      // 1 byte per ms both ways; the sender's bucket holds 50 bytes, the receiver's 30
+      links.setCapacity(0, 1000, 1000)
+      links.setCapacity(1, 1000, 1000)
+      if (hub) { links.setHub(0); links.setHub(1) }
+      links.setBurst(0, 50, 0)
+      links.setBurst(1, 0, 30)
+      const done: number[] = []
+      const owner = { pieceDone: (f: Flow) => { done.push(q.now); links.pause(f) } }
+      const f = links.open(0, 1, 100, owner)
+      q.run()
+      // 30 bytes at once (the smaller bucket), 70 at 1 byte per ms
+      assert.deepEqual(done, [70])
+      // idle 20 ms: the receiver's bucket refilled 20 bytes, the sender's had 20 left and gained 20
+      q.after(20, { fire: () => links.resume(f, 100) }, 0)
+      q.run()
+      assert.deepEqual(done, [70, 70 + 20 + 80])
+      // a piece that follows at once (the flow never left its ends) gets nothing more: both buckets are empty
+      const g = links.open(0, 1, 10, { pieceDone: (fl: Flow) => { done.push(q.now); if (done.length < 5) links.next(fl, 10); else links.pause(fl) } })
+      assert.ok(g.active)
+      q.run()
+      assert.deepEqual(done, [70, 170, 180, 190, 200])
+    })
+  }
+
   it('hubs (the registry, or every endpoint) finish every piece when plain rescheduling does', () => {
     const run = (hub: 'none' | 'registry' | 'all'): Array<[number, number]> => {
       const random = mulberry32(42)

@@ -150,6 +150,13 @@ export class Links {
   private readonly ups: Flow[][]
   private readonly downs: Flow[][]
   private readonly hubs: Array<Hub | undefined>
+  /** token buckets: bytes an idle side may send at once, the balance now, and since when the side was idle */
+  private readonly upBurst: Float64Array
+  private readonly downBurst: Float64Array
+  private readonly upTokens: Float64Array
+  private readonly downTokens: Float64Array
+  private readonly upIdleSince: Float64Array
+  private readonly downIdleSince: Float64Array
   /** flows started */
   flows = 0
 
@@ -159,12 +166,33 @@ export class Links {
     this.ups = Array.from({ length: endpoints }, () => [])
     this.downs = Array.from({ length: endpoints }, () => [])
     this.hubs = new Array(endpoints).fill(undefined)
+    this.upBurst = new Float64Array(endpoints)
+    this.downBurst = new Float64Array(endpoints)
+    this.upTokens = new Float64Array(endpoints)
+    this.downTokens = new Float64Array(endpoints)
+    this.upIdleSince = new Float64Array(endpoints)
+    this.downIdleSince = new Float64Array(endpoints)
   }
 
   /** Sets an endpoint's capacities in bytes per second. */
   setCapacity (endpoint: number, upBps: number, downBps: number): void {
     this.up[endpoint] = upBps / 1000
     this.down[endpoint] = downBps / 1000
+  }
+
+  /** Gives an endpoint's two sides token buckets of these many bytes (full at the start). */
+  setBurst (endpoint: number, upBytes: number, downBytes: number): void {
+    this.upBurst[endpoint] = this.upTokens[endpoint] = upBytes
+    this.downBurst[endpoint] = this.downTokens[endpoint] = downBytes
+  }
+
+  /** bytes of a piece starting now that its endpoints' buckets let through at once */
+  private burst (f: Flow, bytes: number): number {
+    const k = Math.min(bytes, this.upTokens[f.src]!, this.downTokens[f.dst]!)
+    if (!(k > 0)) return 0
+    this.upTokens[f.src]! -= k
+    this.downTokens[f.dst]! -= k
+    return k
   }
 
   /** Serves the endpoint's uploads as a hub (worth it for an endpoint with many flows at once). */
@@ -186,16 +214,17 @@ export class Links {
     const now = this.queue.now
     f.piece = bytes
     f.at = now
+    const left = bytes - this.burst(f, bytes)
     if (f.shared) {
       const h = f.hub!
       this.advanceHub(h)
-      f.F = h.V + bytes
-      f.remaining = bytes
+      f.F = h.V + left
+      f.remaining = left
       h.finish.push(f.F, f, ++f.fVer)
       this.scheduleHub(h)
       return
     }
-    f.remaining = bytes
+    f.remaining = left
     f.version++
     this.schedule(f)
   }
@@ -208,12 +237,16 @@ export class Links {
     f.active = true
     f.shared = false
     f.piece = bytes
-    f.remaining = bytes
     f.at = this.queue.now
     f.rate = 0
     f.version++
     const ups = this.ups[f.src]!
     const downs = this.downs[f.dst]!
+    // a side idle until now refilled its bucket at its rate meanwhile
+    const now = this.queue.now
+    if (ups.length === 0) this.upTokens[f.src] = Math.min(this.upBurst[f.src]!, this.upTokens[f.src]! + (now - this.upIdleSince[f.src]!) * this.up[f.src]!)
+    if (downs.length === 0) this.downTokens[f.dst] = Math.min(this.downBurst[f.dst]!, this.downTokens[f.dst]! + (now - this.downIdleSince[f.dst]!) * this.down[f.dst]!)
+    f.remaining = bytes - this.burst(f, bytes)
     f.upAt = ups.length
     ups.push(f)
     f.downAt = downs.length
@@ -240,6 +273,8 @@ export class Links {
     f.version++
     remove(this.ups[f.src]!, f, true)
     remove(this.downs[f.dst]!, f, false)
+    if (this.ups[f.src]!.length === 0) this.upIdleSince[f.src] = this.queue.now
+    if (this.downs[f.dst]!.length === 0) this.downIdleSince[f.dst] = this.queue.now
     this.reshare(f.src, f.dst)
   }
 

@@ -64,13 +64,16 @@ describe('the swarm model', () => {
   })
 
   it('one node alone takes the blob at the slower of its download and the registry, plus round trips', () => {
-    for (const [bandwidth, registryBandwidth] of [[1.25e9, 2.5e9], [1.25e9, 0.5e9]] as const) {
+    for (const [bandwidth, registryBandwidth] of [[1e8, 2e8], [1e8, 0.4e8]] as const) {
       // the links, not the reader: a window as deep as the fetcher's keeps them full despite the round trips
       const r = runModel({ nodes: 1, imageBytes: 256 * MiB, chunkSize: MiB, bandwidth, registryBandwidth, rttMs: 1, runtime: false, windowBatches: 8, batchBytes: 4 * MiB })
       assertComplete(r)
+      // each end's rate limit lets its burst through at once (the daemon's download limiter a quarter second, the
+      // registry's a twentieth), the rest at its rate
+      const fastest = Math.max((r.blobBytes - bandwidth / 4) / bandwidth, (r.blobBytes - registryBandwidth / 20) / registryBandwidth) * 1000 + 2 * 1
       const ideal = r.blobBytes / Math.min(bandwidth, registryBandwidth) * 1000 + 2 * 1
       const ms = r.nodes[0]!.completionMs!
-      assert.ok(ms >= ideal - 1e-6, `${ms} ms, faster than the links allow (${ideal} ms)`)
+      assert.ok(ms >= fastest - 0.01, `${ms} ms, faster than the links allow (${fastest} ms)`)
       assert.ok(ms / ideal < 1.05, `${ms} ms against ${ideal.toFixed(1)} ms at ${bandwidth}/${registryBandwidth} B/s`)
       assert.equal(r.registryBytes, r.blobBytes)
       assert.equal(r.nativeReadMs, ms)

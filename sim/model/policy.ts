@@ -9,11 +9,13 @@
  *   {@link HaveOutbox}, a swarm prefetch's picks: {@link prefetchPick}, {@link prefetchClass}, {@link swarmPickLimits},
  *   {@link swarmPrefetchWait}), through the pure module they call;
  * - whom a busy chunk server sends an asker to ({@link ChunkReceivers}) and how often an asker follows;
- * - the chunk protocol's declared layouts, for the bytes of requests and reply headers.
+ * - the chunk protocol's declared layouts, for the bytes of requests and reply headers;
+ * - the bursts of the rate limits capping a daemon's downloads and uploads and the registry's egress.
  *
- * Everything comes through the faces of `scheduler/` and `peer/` (the daemon's heavy parts load lazily, so the
+ * Everything comes through the faces of `base/`, `scheduler/` and `peer/` (the daemon's heavy parts load lazily, so the
  * face costs the model little); this file is the one place that names them.
  */
+export { bucketBurst, limiterBurst } from '../../base/index.js'
 export { HolderIndex, HARD_MAX_PEERS, packDigests, encodeMessage, type PeerInfo, type IndexStats } from '../../scheduler/index.js'
 export {
   HaveTable, DEFAULT_PENDING_TTL_MS, encodeHave, newBits, setBit, getBit, MAX_INDEXES_PER_MESSAGE, type HaveMessage,
@@ -23,6 +25,6 @@ export {
   PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, prefetchClass, prefetchPick, swarmPickLimits, swarmPrefetchWait, groupFilling, PREFETCH_SLICES_IN_FLIGHT, defaultPrefetchSlots, type PrefetchClass,
   DEFAULT_HAVE_FLUSH_MS as DEFAULT_FLUSH_MS, DEFAULT_HAVE_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_NEIGHBOUR_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,
-  DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, MAX_CHUNKS_PER_REQUEST, ChunkReceivers, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, RequestLayout, EntryLayout, ReplyLayout,
+  DEFAULT_MAX_CONCURRENT_UPLOADS, uploadBurst, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, MAX_CHUNKS_PER_REQUEST, ChunkReceivers, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, RequestLayout, EntryLayout, ReplyLayout,
   DEFAULT_CONCURRENCY, DEFAULT_MAX_BATCH_BYTES, DEFAULT_READAHEAD_BYTES, DEFAULT_TIMEOUT_MS as DEFAULT_FETCH_IDLE_MS
 } from '../../peer/index.js'
