@@ -16,6 +16,12 @@
  * not hand its unused share at the other end to its neighbours. With equal links everywhere the two agree closely;
  * with a bottleneck the model is pessimistic for the flows that are not behind it.
  *
+ * Each side of an endpoint may have a token bucket, as the real rate limits do (a daemon's download limiter and
+ * upload pacing hold a quarter second, the registry's egress a twentieth): a piece starting on a flow sends at once
+ * as many bytes as both its ends' balances allow, the rest at the shared rate. A side refills at its rate only while
+ * it has no flow (a real bucket also refills while its side runs below its rate: the model spends less burst than
+ * a real swarm may), up to its burst. Without buckets every byte goes at the rate.
+ *
  * A flow carries pieces (chunks) one after another ({@link Links.next}) without leaving its endpoints, so a request
  * of several chunks does not reshare its neighbours between chunks.
  */
