@@ -24,6 +24,7 @@ interface SimFlags {
   json?: boolean
   // model mode
   registryBandwidth?: number
+  caps?: 'links' | 'limiters'
   rttMs?: number
   failRate?: number
   rejoinAfterMs?: number
@@ -76,7 +77,7 @@ const share = (v: string): number => {
 
 /** flags that only one of the two modes reads */
 const REAL_ONLY = ['mode', 'directory', 'workDir', 'keep'] as const
-const MODEL_ONLY = ['registryBandwidth', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'holdersPerLookup', 'nodesDetail', 'chart'] as const
+const MODEL_ONLY = ['registryBandwidth', 'caps', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'holdersPerLookup', 'nodesDetail', 'chart'] as const
 const flagName = (k: string): string => `--${k.replace(/[A-Z]/g, c => `-${c.toLowerCase()}`)}`
 
 export function registerSimCommand (program: Command): void {
@@ -98,6 +99,7 @@ export function registerSimCommand (program: Command): void {
     .option('--work-dir <dir>', 'parent of the run directory (default the temp dir)')
     .option('--keep', 'keep the run directory (images, caches, logs)')
     .option('--registry-bandwidth <size>', 'model: per second, the registry\'s egress (default twice --bandwidth)', size('--registry-bandwidth'))
+    .addOption(new Option('--caps <kind>', 'model: what --bandwidth caps are (default links: every byte at the rate; limiters: the rate limits real daemons and the registry have, whose burst an idle side sends at once, as in `rafspeer sim`)').choices(['links', 'limiters']))
     .option('--rtt-ms <ms>', 'model: round-trip time between any two parties (default 1)', nonNegative)
     .option('--fail-rate <p>', 'model: share of nodes that die once, at a random time (default 0)', share)
     .option('--rejoin-after-ms <ms>', 'model: a dead node restarts with an empty cache this long after (default: never)', millis)
@@ -145,6 +147,7 @@ async function runModelMode (f: SimFlags): Promise<void> {
     ...(f.holdersPerLookup !== undefined ? { holdersPerLookup: f.holdersPerLookup } : {}),
     ...(f.nodesDetail !== undefined ? { nodesDetail: f.nodesDetail } : {}),
     ...(f.prefetch !== undefined ? { prefetch: f.prefetch } : {}),
+    ...(f.caps !== undefined ? { caps: f.caps } : {}),
     log
   })
   if (f.chart !== undefined) {

@@ -12,6 +12,8 @@
  *   (`ReadAhead`: the next window is asked for once the reader is within half a window of it), so 2–4 MiB are in
  *   flight, in pieces of about half the window. The model's reader keeps the fetcher's 8 batches × 4 MiB in
  *   flight; `window: 'reader'` gives it the real reader's 2 × 2 MiB instead.
+ * - the caps: the real ones are rate limits (token buckets: an idle daemon takes a quarter second's worth at once),
+ *   the model's `caps: 'limiters'`.
  * - the scheduler: `rafspeer sim` gives its daemons a 1 s heartbeat, the model's default.
  *
  * @example
@@ -127,6 +129,8 @@ export function modelInitFor (init: SwarmInit, real: SwarmReport, opts: ModelMap
     bandwidth: real.bandwidth,
     // the registry sends stored (compressed) bytes, the model plaintext: its cap scaled by their ratio
     registryBandwidth: real.bandwidth * plainBytes / real.blobBytes,
+    // the real caps are the daemons' and the registry's rate limits, bursts and all
+    caps: 'limiters',
     rttMs: opts.rttMs ?? 1,
     staggerMs: init.staggerMs ?? 0,
     heartbeatMs: 1000,

@@ -29,11 +29,13 @@ it('sim --model --nodes 50 --json: the real mode\'s report with the model\'s ext
     assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/)
     assert.match(svg, /Registry egress/)
 
-    // --prefetch all: every node prefetches the whole image as a daemon does
-    const pf = await runCli(['sim', '--model', '--nodes', '8', '--image-size', '16MiB', '--bandwidth', '4MiB', '--registry-bandwidth', '4MiB', '--prefetch', 'all', '--json'])
+    // --prefetch all: every node prefetches the whole image as a daemon does; --caps limiters: the caps are rate limits
+    const pf = await runCli(['sim', '--model', '--nodes', '8', '--image-size', '16MiB', '--bandwidth', '4MiB', '--registry-bandwidth', '4MiB', '--prefetch', 'all', '--caps', 'limiters', '--json'])
     assert.equal(pf.code, 0, pf.stderr)
-    const pr = JSON.parse(pf.stdout) as { verifiedOk: boolean, model: { prefetch: string } }
+    const pr = JSON.parse(pf.stdout) as { verifiedOk: boolean, model: { prefetch: string, caps: string } }
     assert.equal(pr.model.prefetch, 'all')
+    assert.equal(pr.model.caps, 'limiters')
+    assert.equal(report.model.caps, 'links')
     assert.equal(pr.verifiedOk, true)
 
     // real-mode flags are refused with --model, and --nodes past 64 without it

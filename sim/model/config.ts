@@ -50,6 +50,8 @@ export interface Config {
   batchBytes: number
   /** every node prefetches the whole image (`ModelInit.prefetch`) */
   prefetch: boolean
+  /** the caps are rate limits with their bursts (`ModelInit.caps`) */
+  limiters: boolean
   /** prefetch batches a node runs at once (the fetcher's prefetch slots) and the largest of them */
   prefetchSlots: number
   prefetchBatchBytes: number
@@ -140,6 +142,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     windowBatches: int('windowBatches', init.windowBatches, 1, 1024, READER_WINDOW_BATCHES),
     batchBytes: int('batchBytes', init.batchBytes, 1, 1 << 30, Math.min(DEFAULT_MAX_BATCH_BYTES, DEFAULT_READAHEAD_BYTES / READER_WINDOW_BATCHES)),
     prefetch: init.prefetch === 'all',
+    limiters: init.caps === 'limiters',
     prefetchSlots: defaultPrefetchSlots(DEFAULT_CONCURRENCY),
     prefetchBatchBytes: DEFAULT_MAX_BATCH_BYTES,
     holdersPerLookup: int('holdersPerLookup', init.holdersPerLookup, 1, 16, DEFAULT_HOLDERS_PER_LOOKUP),
@@ -175,6 +178,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     cfg.cpu = { msPerByte: msPerMiB / (1 << 20), peerMsPerByte: peerMsPerMiB / (1 << 20), cores: Math.max(cores * MIN_CPU_SHARE, cores - nodes * busy) }
   }
   if (init.prefetch !== undefined && init.prefetch !== 'all' && init.prefetch !== 'none') problems.push(`prefetch must be all or none, got ${String(init.prefetch)}`)
+  if (init.caps !== undefined && init.caps !== 'links' && init.caps !== 'limiters') problems.push(`caps must be links or limiters, got ${String(init.caps)}`)
   if (init.nodesDetail !== undefined && init.nodesDetail !== 'all' && init.nodesDetail !== 'none') problems.push(`nodesDetail must be all or none, got ${String(init.nodesDetail)}`)
   if (problems.length > 0) throw new RangeError(`model options: ${problems.join('; ')}`)
   return Object.freeze(cfg)

@@ -113,6 +113,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
       busyRetries: cfg.busyRetries,
       maxUploads: cfg.maxUploads,
       prefetch: cfg.prefetch ? 'all' : 'none',
+      caps: cfg.limiters ? 'limiters' : 'links',
       ...(cfg.cpu !== undefined ? { cpu: { cores: round(cfg.cpu.cores), busyShare: round(world.cpuBusyMs / Math.max(1, world.queue.now)) } } : {}),
       registryRatio: round(world.registryBytes / world.blobBytes, 4),
       aloneMs: round(aloneMs),
@@ -179,7 +180,7 @@ export function formatModelReport (r: ModelReport): string {
   const dir = m.directory
   const lines = [
     `model: ${m.nodes} nodes, ${gib(r.blobBytes)} image in ${m.blobs} blob(s) of ${gib(m.chunkSize)} chunks (${m.chunks} chunks); ` +
-      `each node ${rate(r.bandwidth)} up and down, registry ${rate(m.registryBandwidth)}, RTT ${m.rttMs} ms${m.staggerMs > 0 ? `, stagger ${m.staggerMs} ms` : ''}${m.failRate > 0 ? `, fail rate ${m.failRate}` : ''}; seed ${m.seed}`,
+      `each node ${rate(r.bandwidth)} up and down, registry ${rate(m.registryBandwidth)}${m.caps === 'limiters' ? ' (rate limits with their bursts)' : ''}, RTT ${m.rttMs} ms${m.staggerMs > 0 ? `, stagger ${m.staggerMs} ms` : ''}${m.failRate > 0 ? `, fail rate ${m.failRate}` : ''}; seed ${m.seed}`,
     `registry egress: ${gib(r.registryBytes)} = ${m.registryRatio.toFixed(3)}x the image; from peers: ${gib(r.peerBytes)}; duplicate bytes ${gib(m.duplicateBytes)}`,
     `registry chunks: ${m.registryChunks.assignee} as the rendezvous assignee, ${m.registryChunks.ahead} ahead of an assignee behind, ${m.registryChunks.afterGrace} after the grace, ${m.registryChunks.leftover} left by neighbour fetches`,
     `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, p99 ${s(r.p99Ms)}, max ${s(r.maxMs)}; one node alone ${s(m.aloneMs)}: ` +

@@ -32,6 +32,12 @@ export interface ModelInit {
   bandwidth?: number
   /** bytes/s of the registry's egress, shared by all its transfers (default twice `bandwidth`) */
   registryBandwidth?: number
+  /**
+   * what the caps are (default 'links'): 'links' — the links themselves, every byte at the rate; 'limiters' — the
+   * rate limits `rafspeer sim` caps its real daemons and registry with, token buckets whose burst an idle side
+   * sends at once (a quarter second of a node's download and upload, a twentieth of the registry's egress)
+   */
+  caps?: 'links' | 'limiters'
   /** round-trip time between any two parties, the scheduler and the registry included (default 1 ms) */
   rttMs?: number
   /** node i starts i × this after the first (default 0: all at once) */
@@ -148,6 +154,7 @@ export interface ModelReport {
     busyRetries: number
     maxUploads: number
     prefetch: 'none' | 'all'
+    caps: 'links' | 'limiters'
     /** with `ModelInit.cpu`: the cores left for chunks, and the share of the simulated time they were busy */
     cpu?: { cores: number, busyShare: number }
     /** registryBytes / blobBytes (goal ≤ 1.1) */

@@ -77,9 +77,9 @@ export class World {
     this.links.setCapacity(this.registry, cfg.registryBandwidth, Infinity)
     // every endpoint serves its uploads as a hub: exact, and a busy uploader costs O(log flows) per change, not O(flows)
     this.links.setHub(this.registry)
-    // the rate limits' buckets: an idle side sends its burst at once (the registry's egress limiter, a daemon's
-    // upload pacing and download limiter)
-    this.links.setBurst(this.registry, bucketBurst(cfg.registryBandwidth), 0)
+    // caps that are rate limits: an idle side sends its bucket's burst at once (the registry's egress limiter, a
+    // daemon's upload pacing and download limiter)
+    if (cfg.limiters) this.links.setBurst(this.registry, bucketBurst(cfg.registryBandwidth), 0)
     this.directory = new Directory(this.queue, cfg.halfRttMs, { peers: cfg.nodes, heartbeatMs: cfg.heartbeatMs, random: mulberry32(cfg.seed ^ 0x68e31da4) })
     let total = 0
     if (cfg.chunkSizes !== undefined) {
@@ -104,7 +104,7 @@ export class World {
       const node = new SimNode(this, i, peerId, jitter() * cfg.haveFlushMs)
       this.links.setCapacity(i, cfg.bandwidth, cfg.bandwidth)
       this.links.setHub(i)
-      this.links.setBurst(i, uploadBurst(cfg.bandwidth), limiterBurst(cfg.bandwidth))
+      if (cfg.limiters) this.links.setBurst(i, uploadBurst(cfg.bandwidth), limiterBurst(cfg.bandwidth))
       this.nodes.push(node)
       this.byPeerId.set(peerId, node)
       const startAt = i * cfg.staggerMs
