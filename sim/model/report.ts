@@ -172,7 +172,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
 
 const gib = (n: number): string => n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(2)} GiB` : `${(n / (1 << 20)).toFixed(1)} MiB`
 const s = (ms: number | null): string => ms === null ? '-' : `${(ms / 1000).toFixed(3)} s`
-const rate = (bps: number): string => `${(bps / 1e9).toFixed(2)} GB/s`
+const rate = (bps: number): string => bps >= 1e9 ? `${(bps / 1e9).toFixed(2)} GB/s` : `${(bps / (1 << 20)).toFixed(1)} MiB/s`
 
 /** The report as a few human lines (and a per-node table for small runs). */
 export function formatModelReport (r: ModelReport): string {
