@@ -22,12 +22,12 @@ import type { ChunkSource, FetchedChunk } from '../fetch/index.js'
 import {
   AcceptFlags, CHUNK_PROTOCOL, ChunkStatus, chunkFrameReader, readChunkRequest, readRequest, redirectReply, replyHeader, type ChunkRequest
 } from './chunk-protocol.js'
-import { ChunkServer, type ChunkServerInit } from './chunk-server.js'
+import { ChunkServer, PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS, type ChunkServerInit } from './chunk-server.js'
 import { blobChunks, buildTestImage, chunksOf, MemoryChunkCache, type TestImage } from '../../test/helpers/fetch-kit.js'
 import { Fetcher } from '../fetch/index.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
-import { MAX_REDIRECT_PEERS, NeighbourSource, progressAtPace, type NeighbourSourceInit } from './neighbour-source.js'
+import { MAX_REDIRECT_PEERS, NeighbourSource, PENDING_HOLD_LIMIT_MS, progressAtPace, type NeighbourSourceInit } from './neighbour-source.js'
 
 /** A stand-in for the scheduler: the same holders for every digest (or per digest), outcomes recorded. */
 class StaticResolver implements HolderResolver {
@@ -360,6 +360,28 @@ describe('NeighbourSource', () => {
     assert.equal((await collect(src, chunks.slice(0, 1))).size, 1)
     assert.equal(src.counters.hedges, 0)
     assert.equal(other.server.counters.chunksServed, 0)
+  })
+
+  it('a holder that keeps a request on PENDING keep-alives past what an honest one may is given up: the chunk comes from another', async () => {
+    let stop = false
+    const holding = await rogueWith(async (_req, stream) => {
+      // keep-alives forever (an honest holder answers BUSY after REDIRECTED_WAIT_MS at most)
+      while (!stop && stream.status === 'open') {
+        stream.send(replyHeader(ChunkStatus.PENDING))
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
+    })
+    const other = await seed()
+    const src = source(new StaticResolver([holding.holder, other.holder]), { maxHolders: 1, hedgeAfterMs: 200, pendingHoldMs: 600 })
+    const started = performance.now()
+    try {
+      assert.equal((await collect(src, chunks.slice(0, 1))).size, 1)
+    } finally { stop = true }
+    assert.equal(src.counters.pendingOverstays, 1)
+    assert.equal(other.server.counters.chunksServed, 1)
+    assert.ok(performance.now() - started >= 600, 'the hold ran its limit first')
+    // the honest default allows the longest honest hold and the keep-alives around it
+    assert.ok(PENDING_HOLD_LIMIT_MS > REDIRECTED_WAIT_MS + PENDING_INTERVAL_MS)
   })
 
   it('asks a holder for the chunks it is still fetching one request each, the ones it has together', async () => {

@@ -39,6 +39,7 @@ import { MAX_REDIRECTS } from './chunk-receivers.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
 import { chooseHolder, splitRequests } from './swarm-policy.js'
+import { PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS } from './chunk-server.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
 export const DEFAULT_HEDGE_AFTER_MS = 300
@@ -66,6 +67,22 @@ export const REDIRECTED_EXTRA_STREAMS = 2
  * this, a redirect to yet another such peer is not followed (a hostile holder cannot have us dial peers without end)
  */
 export const MAX_REDIRECT_PEERS = 8
+/**
+ * The fetcher's idle deadlines a neighbour fetch may go without a chunk before it gives its chunks to the registry
+ * (`ChunkSource.idleFactor`; 3: 30 s at the fetcher's 10 s). In a swarm whose registry is shared by everyone, a
+ * chunk's first copy can take longer than one deadline to arrive and spread; cut off at 10 s, every waiting node
+ * fetched it from the registry itself, which slowed the registry further (the model: 32 nodes prefetching 64 MiB at
+ * 4 MiB/s each and at the registry, 6.2–9.9 copies from the registry; at 30 s, 1.000). A neighbour fetch is bounded
+ * otherwise too: hedges, BUSY answers located again for a bounded number of rounds, PENDING promises that lapse, a
+ * holder's PENDING hold cut at {@link PENDING_HOLD_LIMIT_MS}.
+ */
+export const DEFAULT_IDLE_FACTOR = 3
+/**
+ * The longest a holder may keep a request on PENDING frames with no other reply: an honest one answers BUSY after
+ * at most REDIRECTED_WAIT_MS (a redirected asker), its keep-alives a second apart; past this the request is given up,
+ * its chunks asked elsewhere and the holder scored as failed (a hostile holder cannot hold a read on keep-alives).
+ */
+export const PENDING_HOLD_LIMIT_MS = REDIRECTED_WAIT_MS + 2 * PENDING_INTERVAL_MS
 
 /** abort listeners one fetch's signal may hold before Node warns of a leak */
 const FETCH_MAX_LISTENERS = 256
@@ -123,6 +140,10 @@ export interface NeighbourSourceInit {
   progressStepBytes?: number
   /** streams kept open between requests to a holder ({@link ChunkStreams}) */
   streams?: ChunkStreamsInit
+  /** the fetcher's idle deadlines a fetch may go without a chunk ({@link DEFAULT_IDLE_FACTOR}) */
+  idleFactor?: number
+  /** a holder keeping a request on PENDING frames this long with no other reply fails it ({@link PENDING_HOLD_LIMIT_MS}) */
+  pendingHoldMs?: number
 }
 
 export interface NeighbourSourceCounters {
@@ -148,6 +169,8 @@ export interface NeighbourSourceCounters {
   resolveFailures: number
   /** requests whose idle stream failed before its first reply (closed under us): sent again on a new stream */
   staleStreams: number
+  /** requests given up because their holder kept them on PENDING past `pendingHoldMs` */
+  pendingOverstays: number
 }
 
 interface PeerRecord { penalty: number, bad: number, banned: boolean }
@@ -156,8 +179,9 @@ export class NeighbourSource implements ChunkSource {
   readonly name = 'peer:swarm'
   readonly counters: NeighbourSourceCounters = {
     chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, redirects: 0, timeouts: 0, requests: 0,
-    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0, staleStreams: 0
+    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0, staleStreams: 0, pendingOverstays: 0
   }
+  readonly idleFactor: number
   /** streams to holders, kept open between requests */
   readonly streams: ChunkStreams
 
@@ -185,8 +209,11 @@ export class NeighbourSource implements ChunkSource {
       busyBackoffMs: Math.max(1, init.busyBackoffMs ?? 250),
       replanRounds: Math.max(0, init.replanRounds ?? DEFAULT_REPLAN_ROUNDS),
       progressStepBytes: Math.max(1, init.progressStepBytes ?? PROGRESS_STEP_BYTES),
+      pendingHoldMs: Math.max(1, init.pendingHoldMs ?? PENDING_HOLD_LIMIT_MS),
+      idleFactor: Math.max(1, init.idleFactor ?? DEFAULT_IDLE_FACTOR),
       ...(init.schedulerWaitMs !== undefined ? { schedulerWaitMs: init.schedulerWaitMs } : {})
     }
+    this.idleFactor = this.opts.idleFactor
     // the dial's deadline is made only when a stream is opened, not for every request on a kept one
     this.streams = new ChunkStreams({
       dial: async (holder, signal) => await this.dial(holder, AbortSignal.any([signal, AbortSignal.timeout(this.opts.requestTimeoutMs)]))
@@ -571,8 +598,11 @@ class SwarmFetch {
     let bad = 0
     let failed = false
     let hedgeTimer: NodeJS.Timeout | undefined
+    let holdTimer: NodeJS.Timeout | undefined
     const armHedge = (): void => {
       clearTimeout(hedgeTimer)
+      clearTimeout(holdTimer)
+      holdTimer = undefined
       if (!req.hedged) hedgeTimer = setTimeout(() => { this.hedge(req) }, hedgeAfterMs)
     }
     const signal = AbortSignal.any([this.signal, req.controller.signal])
@@ -584,7 +614,14 @@ class SwarmFetch {
       // a holder waiting for its own fetch of the next chunk (PENDING) is waited for, not hedged, until its next reply
       const accept = (req.wants.every(w => w.noRedirect !== true && w.redirects < MAX_REDIRECTS) ? AcceptFlags.REDIRECT : 0) |
         (req.redirected ? AcceptFlags.REDIRECTED : 0)
-      const onPending = (): void => { clearTimeout(hedgeTimer) }
+      // ...but only as long as an honest holder may hold it (keep-alives do not extend that)
+      const onPending = (): void => {
+        clearTimeout(hedgeTimer)
+        holdTimer ??= setTimeout(() => {
+          counters.pendingOverstays++
+          req.controller.abort(new Error(`peer:${peerId} kept the request on PENDING for ${this.src.opts.pendingHoldMs} ms`))
+        }, this.src.opts.pendingHoldMs)
+      }
       // a chunk still arriving (a shared or slow uplink) is progress for the fetcher's idle deadline, as a Range's bytes
       // are: cut off, its bytes would be paid for again from the registry (the model: 8 × 64 MiB prefetching, 18 fetches
       // given up 10 s after they began with a chunk a quarter short, 1.33 copies from the registry). Only at a live
@@ -643,6 +680,7 @@ class SwarmFetch {
       }
     } finally {
       clearTimeout(hedgeTimer)
+      clearTimeout(holdTimer)
       req.wants.forEach((w, i) => {
         if (req.replied[i] === true) return
         w.attempts.delete(req)

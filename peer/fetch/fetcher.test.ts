@@ -240,6 +240,33 @@ describe('Fetcher', () => {
     }
   })
 
+  it('a source with an idle factor is given that many idle deadlines before the next source is asked', async () => {
+    const { ref } = await freshRepo()
+    const b = img.files['/b.bin']!
+    const waited: number[] = []
+    // a source that never sends (neighbours all waiting on someone's registry fetch) until the fetcher gives up on it
+    const patient = (idleFactor?: number): ChunkSource => ({
+      name: 'peer:waiting',
+      ...(idleFactor !== undefined ? { idleFactor } : {}),
+      async * fetch (_blob, _chunks, opts) {
+        const t0 = performance.now()
+        await new Promise<void>(resolve => { opts.signal.addEventListener('abort', () => resolve(), { once: true }) })
+        waited.push(performance.now() - t0)
+        opts.signal.throwIfAborted()
+      }
+    })
+    for (const factor of [undefined, 3]) {
+      const cache = await newCache()
+      const fetcher = new Fetcher({ cache, sources: [patient(factor), new RegistrySource({ client }, { repository: ref })] }, { timeoutMs: 200, retries: 0 })
+      assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
+      assert.ok(fetcher.counters.bytesBySource.registry >= b.length)
+      fetcher.stop()
+    }
+    assert.equal(waited.length, 2)
+    assert.ok(waited[0]! >= 190 && waited[0]! < 590, `one deadline: ${waited[0]} ms`)
+    assert.ok(waited[1]! >= 590, `three deadlines: ${waited[1]} ms`)
+  })
+
   it('chunks a source declines go to the next source at once, while it is still busy with the rest', async () => {
     const { ref } = await freshRepo()
     const b = img.files['/b.bin']!

@@ -291,7 +291,7 @@ export class Flights {
     }
   }
 
-  /** One source, one try, bounded by `timeoutMs` of idleness; every chunk checked once and settled as it arrives. */
+  /** One source, one try, bounded by `timeoutMs` (times the source's `idleFactor`) of idleness; every chunk checked once and settled as it arrives. */
   private async attempt (source: ChunkSource, batch: Batch, flights: Flight[], decline?: (chunks: ChunkInfo[]) => void): Promise<void> {
     const counters = this.metrics.counters
     counters.sourceAttempts++
@@ -301,9 +301,10 @@ export class Flights {
     const asked = new Map(flights.map(f => [f.chunk.index, f.chunk]))
     // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
     const idle = new AbortController()
-    const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${this.timeoutMs} ms`)) }
-    let idleTimer = setTimeout(onIdle, this.timeoutMs)
-    const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, this.timeoutMs) }
+    const idleMs = this.timeoutMs * Math.max(1, source.idleFactor ?? 1)
+    const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${idleMs} ms`)) }
+    let idleTimer = setTimeout(onIdle, idleMs)
+    const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, idleMs) }
     const signal = AbortSignal.any([batch.controller.signal, idle.signal])
     const started = performance.now()
     let chunks = 0

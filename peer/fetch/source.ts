@@ -38,6 +38,11 @@ export interface ChunkSource {
   /** `'registry'`, `'local'` or `'peer:<id>'`: names the source in errors, logs and byte counters */
   readonly name: string
   /**
+   * how many of the fetcher's idle deadlines this source may go without a chunk before the fetcher gives up on it
+   * (default 1): a neighbour fetch in a swarm waits on other peers' registry fetches
+   */
+  readonly idleFactor?: number
+  /**
    * Yields the asked chunks (all of `blob`, sorted by `compressedOffset`) in any order, each at most once. It may
    * stop early (the fetcher asks the next source for the rest) or throw; it must stop when `signal` aborts.
    */

@@ -6,7 +6,7 @@ import type { ModelInit } from './types.js'
 import {
   DEFAULT_BITFIELD_WAIT_MS, DEFAULT_FETCH_IDLE_MS, DEFAULT_FLUSH_MS, DEFAULT_GRACE_MS, DEFAULT_GROUP_SIZE, DEFAULT_HEDGE_AFTER_MS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_READAHEAD_BYTES, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_BUSY_AFTER_PARK_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
-  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST, DEFAULT_CONCURRENCY, defaultPrefetchSlots
+  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST, DEFAULT_CONCURRENCY, defaultPrefetchSlots, DEFAULT_NEIGHBOUR_IDLE_FACTOR
 } from './policy.js'
 
 export const MAX_MODEL_NODES = 100_000
@@ -78,6 +78,7 @@ export interface Config {
   streamsPerHolder: number
   maxUploads: number
   reportFlushMs: number
+  /** the neighbour source's idle deadline (the fetcher's, times `NeighbourSource.idleFactor`) */
   fetchIdleMs: number
   /** the machine's CPU (`ModelInit.cpu`): ms of work per byte received (from the registry, from a neighbour), and the cores left for it; undefined: not modelled */
   cpu: { msPerByte: number, peerMsPerByte: number, cores: number } | undefined
@@ -167,7 +168,8 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     streamsPerHolder: DEFAULT_STREAMS_PER_HOLDER,
     maxUploads: int('maxUploads', init.maxUploads, 1, 65535, DEFAULT_MAX_CONCURRENT_UPLOADS),
     reportFlushMs: REPORT_FLUSH_MS,
-    fetchIdleMs: DEFAULT_FETCH_IDLE_MS,
+    // the neighbour source's idle deadline: the fetcher's, times the source's factor
+    fetchIdleMs: DEFAULT_FETCH_IDLE_MS * DEFAULT_NEIGHBOUR_IDLE_FACTOR,
     cpu: undefined
   }
   if (init.cpu !== undefined) {
