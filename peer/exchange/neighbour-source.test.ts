@@ -24,10 +24,10 @@ import {
 } from './chunk-protocol.js'
 import { ChunkServer, PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS, type ChunkServerInit } from './chunk-server.js'
 import { blobChunks, buildTestImage, chunksOf, MemoryChunkCache, type TestImage } from '../../test/helpers/fetch-kit.js'
-import { Fetcher } from '../fetch/index.js'
+import { DEFAULT_DEADLINE_MS, DEFAULT_TIMEOUT_MS, Fetcher } from '../fetch/index.js'
 import { announceAddrs, createHost, type Host } from '../../p2p/index.js'
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
-import { MAX_REDIRECT_PEERS, NeighbourSource, PENDING_HOLD_LIMIT_MS, progressAtPace, type NeighbourSourceInit } from './neighbour-source.js'
+import { DEFAULT_IDLE_FACTOR, MAX_REDIRECT_PEERS, NeighbourSource, PENDING_HOLD_LIMIT_MS, progressAtPace, type NeighbourSourceInit } from './neighbour-source.js'
 
 /** A stand-in for the scheduler: the same holders for every digest (or per digest), outcomes recorded. */
 class StaticResolver implements HolderResolver {
@@ -382,6 +382,14 @@ describe('NeighbourSource', () => {
     assert.ok(performance.now() - started >= 600, 'the hold ran its limit first')
     // the honest default allows the longest honest hold and the keep-alives around it
     assert.ok(PENDING_HOLD_LIMIT_MS > REDIRECTED_WAIT_MS + PENDING_INTERVAL_MS)
+  })
+
+  it('waits more than one fetcher idle deadline for neighbours, and leaves the registry one within a read\'s deadline', () => {
+    const src = source(new StaticResolver([]))
+    assert.equal(src.idleFactor, DEFAULT_IDLE_FACTOR)
+    assert.ok(DEFAULT_IDLE_FACTOR > 1)
+    assert.ok((DEFAULT_IDLE_FACTOR + 1) * DEFAULT_TIMEOUT_MS <= DEFAULT_DEADLINE_MS, 'a read that waited out its neighbours still has a registry attempt')
+    assert.equal(source(new StaticResolver([]), { idleFactor: 0.5 }).idleFactor, 1)
   })
 
   it('asks a holder for the chunks it is still fetching one request each, the ones it has together', async () => {

@@ -69,14 +69,15 @@ export const REDIRECTED_EXTRA_STREAMS = 2
 export const MAX_REDIRECT_PEERS = 8
 /**
  * The fetcher's idle deadlines a neighbour fetch may go without a chunk before it gives its chunks to the registry
- * (`ChunkSource.idleFactor`; 3: 30 s at the fetcher's 10 s). In a swarm whose registry is shared by everyone, a
- * chunk's first copy can take longer than one deadline to arrive and spread; cut off at 10 s, every waiting node
- * fetched it from the registry itself, which slowed the registry further (the model: 32 nodes prefetching 64 MiB at
- * 4 MiB/s each and at the registry, 6.2–9.9 copies from the registry; at 30 s, 1.000). A neighbour fetch is bounded
- * otherwise too: hedges, BUSY answers located again for a bounded number of rounds, PENDING promises that lapse, a
- * holder's PENDING hold cut at {@link PENDING_HOLD_LIMIT_MS}.
+ * (`ChunkSource.idleFactor`; 2: 20 s at the fetcher's 10 s, which leaves one deadline of a read's 30 s for the
+ * registry). In a swarm whose registry is shared by everyone, a chunk's first copy can take longer than one
+ * deadline to arrive and spread; cut off at 10 s, every waiting node fetched it from the registry itself, which
+ * slowed the registry further (the model: 32 nodes prefetching 64 MiB at 4 MiB/s each and at the registry, 6.2–9.9
+ * copies from the registry; at 20 s, 1.000). A neighbour fetch is bounded otherwise too: hedges, BUSY answers
+ * located again for a bounded number of rounds, PENDING promises that lapse, a holder's PENDING hold cut at
+ * {@link PENDING_HOLD_LIMIT_MS}.
  */
-export const DEFAULT_IDLE_FACTOR = 3
+export const DEFAULT_IDLE_FACTOR = 2
 /**
  * The longest a holder may keep a request on PENDING frames with no other reply: an honest one answers BUSY after
  * at most REDIRECTED_WAIT_MS (a redirected asker), its keep-alives a second apart; past this the request is given up,
