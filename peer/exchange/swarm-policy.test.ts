@@ -10,7 +10,7 @@ import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
 import {
   blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
 } from './swarm-policy.js'
-import { PREFETCH_SLICE_CHUNKS, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait } from '../fetch/index.js'
+import { PREFETCH_SLICE_CHUNKS, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, swarmQuietTake } from '../fetch/index.js'
 
 const hex = 'ab'.repeat(32)
 
@@ -234,4 +234,22 @@ test('a swarm prefetch\'s limits and pauses: one registry slice at a time; a qui
   assert.equal(groupFilling(2, 4, GROUP_FILL_MS - 1), true)
   assert.equal(groupFilling(2, 4, GROUP_FILL_MS), false, 'filled for long enough')
   assert.equal(groupFilling(4, 4, 0), false, 'full')
+})
+
+test('a quiet swarm\'s take: the next chunks in order, one registry slice of stored bytes at most, at least one', () => {
+  const MiB = 1 << 20
+  const sizes = [300 << 10, 300 << 10, 300 << 10, 300 << 10, 300 << 10]
+  const idx = sizes.map((_, i) => i)
+  assert.deepEqual(swarmQuietTake(idx, i => sizes[i]!), [0, 1, 2], 'three fit the slice, the fourth would not')
+  assert.deepEqual(swarmQuietTake([7, 8], () => 3 * MiB), [7], 'one chunk past the slice alone goes all the same')
+  assert.deepEqual(swarmQuietTake([], () => 1), [])
+  // small chunks: no more than a prefetch slice's count either
+  assert.equal(swarmQuietTake(Array.from({ length: 500 }, (_, i) => i), () => 1).length, PREFETCH_SLICE_CHUNKS)
+  fc.assert(fc.property(fc.array(fc.integer({ min: 1, max: 4 * MiB }), { maxLength: 80 }), xs => {
+    const taken = swarmQuietTake(xs.map((_, i) => i), i => xs[i]!)
+    assert.deepEqual(taken, taken.map((_, i) => i), 'a prefix, in order')
+    if (xs.length > 0) assert.ok(taken.length >= 1)
+    const bytes = taken.reduce((a, i) => a + xs[i]!, 0)
+    assert.ok(taken.length <= 1 || bytes <= SWARM_SOURCE_SLICE_BYTES)
+  }))
 })

@@ -23,6 +23,27 @@ export const SWARM_SOURCE_SLICE_BYTES = 1 << 20
  * registry
  */
 export const SWARM_PREFETCH_PATIENCE_MS = 3_000
+/**
+ * The chunks a swarm prefetch takes once the swarm went quiet ({@link swarmPrefetchWait}'s `force`): the next ones in
+ * its own order, as many as one registry slice holds ({@link SWARM_SOURCE_SLICE_BYTES} of stored bytes, at least
+ * one). They go by the read rules, mostly to the registry: a swarm of hundreds whose quiet members each took a whole
+ * slice of 64 paid the registry 4.9 copies of the image (the model: 256 nodes × 64 MiB at 4 MiB/s, registry 16 MiB/s,
+ * prefetching all; one registry slice at a time, 2.0), and 101 copies with the registry at 4 MiB/s (4.5). A lone
+ * prefetcher among peers that do not prefetch still moves: quiet takes are not news, so the next goes at once.
+ */
+export function swarmQuietTake<T> (left: readonly T[], storedBytes: (c: T) => number): T[] {
+  const out: T[] = []
+  let bytes = 0
+  for (const c of left) {
+    const b = storedBytes(c)
+    if (out.length > 0 && bytes + b > SWARM_SOURCE_SLICE_BYTES) break
+    out.push(c)
+    bytes += b
+    if (out.length >= PREFETCH_SLICE_CHUNKS) break
+  }
+  return out
+}
+
 /** how often a waiting swarm prefetch looks again when nothing about the blob changed */
 export const SWARM_PREFETCH_RECHECK_MS = 250
 

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises'
 import { describeError, type Logger } from '../../base/index.js'
 import type { ChunkInfo, RafsReader } from '../../rafs/index.js'
 import {
-  PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_PREFETCH_PATIENCE_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, type Fetcher, type PrefetchAdvisor
+  PREFETCH_SLICE_CHUNKS, PREFETCH_SLICES_IN_FLIGHT, SWARM_PREFETCH_PATIENCE_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, swarmQuietTake, type Fetcher, type PrefetchAdvisor
 } from '../fetch/index.js'
 import type { PrefetchPolicy, PrefetchStatus } from './types.js'
 
@@ -180,7 +180,8 @@ function planOrder (plan: PrefetchPlan): { next: () => Promise<PrefetchJob | und
  * Hands out what the advisor picks, blob by blob in plan order (the chunks of each kept in the plan's order for
  * it), skipping chunks the cache got meanwhile (a read's), with one slice of registry chunks in flight at a time
  * (`sourceSlices`). Waits while every chunk left waits on other peers, until the swarm has been quiet for
- * `patienceMs`; then the next ones in plan order go anyway, slice after slice while it stays quiet.
+ * `patienceMs`; then the next ones in plan order go anyway, a registry slice's worth at a time ({@link swarmQuietTake}), one
+ * after another while it stays quiet.
  */
 function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, advisor: PrefetchAdvisor, signal: AbortSignal,
   patienceMs: number, skipped: (chunks: ChunkInfo[]) => void): { next: () => Promise<PrefetchJob | undefined>, done: (job: PrefetchJob) => void } {
@@ -221,7 +222,7 @@ function swarmOrder (fetcher: Fetcher, reader: RafsReader, plan: PrefetchPlan, a
       if (first === undefined) return undefined
       // every chunk left waits on another peer: once the swarm went quiet, the plan's next ones go by the read rules
       const quiet = swarmPrefetchWait(Date.now() - lastNews, patienceMs)
-      if (quiet.force) return take(first, left.get(first)!.slice(0, SLICE_CHUNKS), true, true)
+      if (quiet.force) return take(first, swarmQuietTake(left.get(first)!, c => c.compressedSize), true, true)
       const wait = quiet.waitMs
       const ours = new Promise<boolean>(resolve => { slicesDone = () => { resolve(false) } })
       // the advisor's wait is ended when ours wins (else it would hold its timer and a listener on `signal` on)

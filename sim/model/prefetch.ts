@@ -11,7 +11,7 @@
 import type { Timed } from './events.js'
 import { Join, type NodeBlob } from './node-blob.js'
 import type { SimNode } from './node.js'
-import { PREFETCH_SLICES_IN_FLIGHT, prefetchClass, prefetchPick, swarmPickLimits, swarmPrefetchWait, groupFilling, type PrefetchClass } from './policy.js'
+import { PREFETCH_SLICES_IN_FLIGHT, prefetchClass, prefetchPick, swarmPickLimits, swarmPrefetchWait, swarmQuietTake, groupFilling, type PrefetchClass } from './policy.js'
 import { chunkBytes } from './world.js'
 
 /** one slice in flight: its blob, its chunks, and whether it holds chunks for the registry */
@@ -107,7 +107,7 @@ export class ModelPrefetch implements Timed {
     }
     if (first === undefined) return undefined
     const quiet = swarmPrefetchWait(now - this.lastNews)
-    if (quiet.force) return this.take(first.spec.index, this.left[first.spec.index]!.slice(0, swarmPickLimits(0).max), true)
+    if (quiet.force) return this.take(first.spec.index, swarmQuietTake(this.left[first.spec.index]!, ci => chunkBytes(first.spec, ci)), true)
     this.listen(first, now + quiet.waitMs)
     return 'wait'
   }
