@@ -255,16 +255,18 @@ describe('Fetcher', () => {
         opts.signal.throwIfAborted()
       }
     })
-    for (const factor of [undefined, 3]) {
+    for (const [factor, deadlineMs] of [[undefined, 10_000], [3, 10_000], [3, 500]] as const) {
       const cache = await newCache()
-      const fetcher = new Fetcher({ cache, sources: [patient(factor), new RegistrySource({ client }, { repository: ref })] }, { timeoutMs: 200, retries: 0 })
+      const fetcher = new Fetcher({ cache, sources: [patient(factor), new RegistrySource({ client }, { repository: ref })] }, { timeoutMs: 200, retries: 0, deadlineMs })
       assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
       assert.ok(fetcher.counters.bytesBySource.registry >= b.length)
       fetcher.stop()
     }
-    assert.equal(waited.length, 2)
+    assert.equal(waited.length, 3)
     assert.ok(waited[0]! >= 190 && waited[0]! < 590, `one deadline: ${waited[0]} ms`)
     assert.ok(waited[1]! >= 590, `three deadlines: ${waited[1]} ms`)
+    // a read's deadline of 500 ms leaves the registry one deadline (200 ms): the source gets 300, not 600
+    assert.ok(waited[2]! >= 290 && waited[2]! < 590, `capped by the read's deadline: ${waited[2]} ms`)
   })
 
   it('chunks a source declines go to the next source at once, while it is still busy with the rest', async () => {

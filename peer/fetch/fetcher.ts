@@ -71,8 +71,8 @@ export class Fetcher {
   constructor (components: FetcherComponents, init: FetcherInit = {}) {
     this.cache = components.cache
     this.log = components.logger?.forComponent('rafspeer:fetcher')
-    this.flights = new Flights({ cache: components.cache, sources: components.sources, metrics: this.metrics, log: this.log }, init)
     this.deadlineMs = init.deadlineMs ?? DEFAULT_DEADLINE_MS
+    this.flights = new Flights({ cache: components.cache, sources: components.sources, metrics: this.metrics, log: this.log }, { ...init, deadlineMs: this.deadlineMs })
     this.verifyCacheReads = init.verifyCacheReads ?? false
     this.chunkDeadlines = new ChunkDeadlines(this.deadlineMs, init.retryStalledAfterMs ?? Math.min(this.deadlineMs, DEFAULT_RETRY_STALLED_AFTER_MS))
   }

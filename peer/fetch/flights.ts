@@ -86,6 +86,8 @@ export class Flights {
   private readonly amplifyBytes: number
   private readonly maxBatchBytes: number
   private readonly timeoutMs: number
+  /** the longest idle deadline a source's `idleFactor` may make: a read's deadline keeps one `timeoutMs` for the next source */
+  private readonly maxIdleMs: number
   private readonly retries: number
   private readonly retryBaseMs: number
   private readonly downloadLimiter: FetcherInit['downloadLimiter']
@@ -107,6 +109,7 @@ export class Flights {
       ...(init.prefetchBytesPerSecond !== undefined ? { prefetchBytesPerSecond: init.prefetchBytesPerSecond } : {})
     })
     this.timeoutMs = init.timeoutMs ?? DEFAULT_TIMEOUT_MS
+    this.maxIdleMs = Math.max(this.timeoutMs, (init.deadlineMs ?? Infinity) - this.timeoutMs)
     this.retries = Math.max(0, init.retries ?? DEFAULT_RETRIES)
     this.retryBaseMs = init.retryBaseMs ?? DEFAULT_RETRY_BASE_MS
     this.downloadLimiter = init.downloadLimiter
@@ -301,7 +304,7 @@ export class Flights {
     const asked = new Map(flights.map(f => [f.chunk.index, f.chunk]))
     // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
     const idle = new AbortController()
-    const idleMs = this.timeoutMs * Math.max(1, source.idleFactor ?? 1)
+    const idleMs = Math.min(this.maxIdleMs, this.timeoutMs * Math.max(1, source.idleFactor ?? 1))
     const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${idleMs} ms`)) }
     let idleTimer = setTimeout(onIdle, idleMs)
     const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, idleMs) }
