@@ -89,6 +89,25 @@ describe('the swarm model', () => {
     assert.ok(r.peerBytes >= 2 * r.blobBytes * 0.9)
   })
 
+  it('a swarm prefetching everything, its registry no faster than one node, costs the registry one copy', () => {
+    // the first copies of chunks take longer than the fetcher's 10 s idle deadline to arrive and spread: given up
+    // at it, every waiting node fetched them from the same registry (1.59 / 3.61 copies; the neighbour source now
+    // has two deadlines)
+    for (const seed of [1, 3]) {
+      const r = runModel({ nodes: 16, imageBytes: 64 * MiB, chunkSize: MiB, bandwidth: 4 * MiB, registryBandwidth: 4 * MiB, prefetch: 'all', seed, runtime: false })
+      assertComplete(r)
+      assert.equal(r.model.peerRequests.idleTimeouts, 0, `seed ${seed}: fetches given up idle`)
+      assert.ok(r.model.registryRatio <= 1.05, `seed ${seed}: ${r.model.registryRatio} copies`)
+    }
+  })
+
+  it('a quiet swarm\'s prefetch takes one registry slice at a time, not a whole slice of chunks nobody fetches', () => {
+    // 96 nodes outside the blob's group, each taking the next 64 chunks after 3 s without news: 1.75 copies
+    const r = runModel({ nodes: 96, imageBytes: 32 * MiB, chunkSize: MiB, bandwidth: 4 * MiB, registryBandwidth: 8 * MiB, prefetch: 'all', seed: 1, runtime: false })
+    assertComplete(r)
+    assert.ok(r.model.registryRatio <= 1.1, `${r.model.registryRatio} copies`)
+  })
+
   it('many nodes starting together with ample upload cost the registry one copy', () => {
     const r = runModel({ ...small, nodes: 150, imageBytes: 16 * MiB, ...AMPLE })
     assertComplete(r)
