@@ -180,7 +180,11 @@ describe('P2P: a scheduler and several daemons on loopback, the real distributio
     // a reader's requests to its neighbours share streams kept open between them
     const reader = (await nodes[1]!.client.metricsJson()).p2p!.download
     assert.ok(reader.streams.reused > 0 && reader.streams.opened < reader.requests, `streams: ${JSON.stringify(reader.streams)}, requests ${reader.requests}`)
-    assert.match(await nodes[1]!.client.prometheus(), /rafspeer_p2p_download_streams_reused_total [1-9]/)
+    const text = await nodes[1]!.client.prometheus()
+    assert.match(text, /rafspeer_p2p_download_streams_reused_total [1-9]/)
+    // honest holders never keep a request on PENDING past the limit
+    assert.equal(reader.pendingOverstays, 0)
+    assert.match(text, /rafspeer_p2p_download_pending_overstays_total 0/)
   })
 
   it('a second image sharing most chunks: a fresh node gets the shared chunks from peers, not the registry', async () => {
