@@ -15,12 +15,19 @@ import { newBits, setBit } from './have-protocol.js'
 import { HaveTable } from './have-table.js'
 
 const CHUNKS = 64
-const blob = randomBytes(32)
-const hex = blob.toString('hex')
 const group = ['a', 'b', 'c', 'd']
-// a chunk whose assignee is b, and a the first of the others
-let ci = BEHIND_MARGIN + 8
-while (backToSourceAssignee(group, hex, ci) !== 'b' || backToSourceAssignee(['a', 'c', 'd'], hex, ci) !== 'a') ci++
+/** a chunk of blob `hex` whose assignee is b, and a the first of the others, within the blob (or -1) */
+function chunkFor (hex: string): number {
+  for (let i = BEHIND_MARGIN + 8; i < CHUNKS - 1; i++) {
+    if (backToSourceAssignee(group, hex, i) === 'b' && backToSourceAssignee(['a', 'c', 'd'], hex, i) === 'a') return i
+  }
+  return -1
+}
+// a random blob with such a chunk (about one blob in 80 has none among its 64 chunks: drawn again)
+let blob = randomBytes(32)
+while (chunkFor(blob.toString('hex')) < 0) blob = randomBytes(32)
+const hex = blob.toString('hex')
+const ci = chunkFor(hex)
 const chunk = { index: ci, digest: randomBytes(32) } as unknown as ChunkInfo
 const info = { blobId: hex, chunkCount: CHUNKS } as unknown as RafsBlobInfo
 
