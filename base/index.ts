@@ -1,7 +1,7 @@
 /**
  * @packageDocumentation
  * The floor every room of rafspeer stands on, and imports nothing of ours: the error base ({@link RafspeerError}),
- * the component logger, the retry backoff, byte-rate limits, file digests and unit parsing. Each is here because
+ * the component logger, the retry backoff, byte-rate limits, file digests, unit parsing and the V8 heap's growth for a long-running process. Each is here because
  * several rooms need the same thing; anything only one room uses lives in that room.
  *
  * @example
@@ -23,4 +23,5 @@ export { packageVersion } from './version.js'
 export { delay } from './delay.js'
 export { headDeadlines, answerClientError } from './http-deadlines.js'
 export { mulberry32 } from './random.js'
+export { setHeapGrowth, heapGrowingFlag, DEFAULT_HEAP_GROWING_PERCENT, type HeapGrowth, type HeapGrowthInit } from './heap.js'
 export { claimUnixSocket, probeUnixSocket, type SocketClaimProblem } from './unix-socket.js'

@@ -49,7 +49,8 @@ describe('daemon config', () => {
       proxy: { upstreams: {}, restrictUpstreams: false, authTtlMs: 60_000, pieceBytes: 4 << 20, upstreamTimeoutMs: 10_000, stallMs: 30_000 },
       snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter', containerdAddress: '/run/containerd/containerd.sock', idleUnmountMs: 30_000 },
       metrics: {},
-      log: { level: 'info', format: 'json' }
+      log: { level: 'info', format: 'json' },
+      runtime: { heapGrowingPercent: 300 }
     })
     assert.deepEqual(DEFAULT_DAEMON_CONFIG, c)
   })
@@ -170,16 +171,17 @@ describe('daemon config', () => {
       fetch: { concurrency: 0, retries: 1.5 },
       prefetch: { policy: 'some' },
       registry: { plainHttp: 'yes' },
-      metrics: { listen: 'nowhere' }
+      metrics: { listen: 'nowhere' },
+      runtime: { heapGrowingPercent: -5 }
     }
     await withFile(JSON.stringify(raw), async (path) => {
       const err = await loadDaemonConfig(path).then(() => undefined, (e: unknown) => e)
       assert.ok(err instanceof ConfigError)
       assert.equal(err.code, 'RAFSPEER_ERR_CONFIG')
-      for (const at of ['socket:', 'cache.capBytes:', 'fetch.concurrency:', 'fetch.retries:', 'prefetch.policy:', 'registry.plainHttp:', 'metrics.listen:']) {
+      for (const at of ['socket:', 'cache.capBytes:', 'fetch.concurrency:', 'fetch.retries:', 'prefetch.policy:', 'registry.plainHttp:', 'metrics.listen:', 'runtime.heapGrowingPercent:']) {
         assert.ok(err.message.includes(at), `${at} in ${err.message}`)
       }
-      assert.equal(err.problems.length, 7)
+      assert.equal(err.problems.length, 8)
       assert.ok(err.message.includes(path))
       assert.ok(!err.message.includes('\n'))
     })

@@ -15,7 +15,7 @@ import { readFile } from 'node:fs/promises'
 import { isAbsolute, join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
-import { RafspeerError, describeError, parseByteSize, parseHostPort } from '../../base/index.js'
+import { DEFAULT_HEAP_GROWING_PERCENT, RafspeerError, describeError, parseByteSize, parseHostPort } from '../../base/index.js'
 import { parseRedisSeed } from '../../scheduler/index.js'
 
 import { DEFAULT_SOCKET } from './admin-client.js'
@@ -266,6 +266,15 @@ export const daemonConfigSchema = z.strictObject({
   log: z.strictObject({
     level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     format: z.enum(['json', 'text']).default('json')
+  }).prefault({}),
+  /** the Node.js process the daemon runs in */
+  runtime: z.strictObject({
+    /**
+     * V8's old generation grows to `1 + heapGrowingPercent / 100` times what a full collection left alive before the
+     * next one (0: V8's own choice, which for a daemon moving chunks means a full collection every half second;
+     * see base/heap.ts); a `--heap-growing-percent` given to node itself wins
+     */
+    heapGrowingPercent: int(0, 1000).default(DEFAULT_HEAP_GROWING_PERCENT)
   }).prefault({})
 }).superRefine((c, ctx) => {
   if (c.scheduler.redis === undefined) return

@@ -11,7 +11,7 @@
  * ```
  */
 import { mkdir } from 'node:fs/promises'
-import { RafspeerError, createLogger, describeError, packageVersion, type ComponentLogger, type Logger } from '../../base/index.js'
+import { RafspeerError, createLogger, describeError, packageVersion, setHeapGrowth, type ComponentLogger, type Logger } from '../../base/index.js'
 import { preloadHttpClient } from '../../registry/index.js'
 import type { MountInfo, MountRequest, MountService } from '../mount/index.js'
 import { prepareSocket, startAdminApi, type AdminApi, type DaemonInfo } from './admin-api.js'
@@ -175,6 +175,9 @@ export async function runDaemon (config: DaemonConfig, components: DaemonCompone
   const daemon = new Daemon(components, { config })
   const log = daemon.logger.forComponent('rafspeer:daemon')
   const exit = opts.exit ?? ((code: number) => process.exit(code))
+  // a process that runs a daemon, not a library call: its heap is set for moving bytes all day (base/heap.ts)
+  const heap = setHeapGrowth(config.runtime.heapGrowingPercent)
+  log.debug('V8 heap growth: %s', heap.state === 'set' ? `${heap.percent}%` : heap.state === 'node-flag' ? `node's ${heap.flag}` : 'V8\'s own')
   await daemon.start()
   const mounted: MountInfo[] = []
   try {
