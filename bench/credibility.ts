@@ -9,11 +9,13 @@
  * Real runs share this machine's cores with their daemons, readers and registry: the model is given the machine's
  * CPU (`ModelInit.cpu`: a cost per MiB from the registry, one per MiB from a neighbour, a node's background share of
  * a core), fitted by `fitMachineCpu` from calibration runs' reading-phase CPU (`SwarmReport.readCpuMs`): one node
- * alone at each cap, and two nodes at the top cap, the second started once the first is done. Never from the runs it
+ * alone at each cap, and two nodes at each cap, the second started once the first is done; and a request to a
+ * neighbour's cost apart from its bytes (`benchChunkRequests`, streams kept open). Never from the runs it
  * is compared with. The model runs a second time without CPU, to show what the machine's CPU is worth. Each row also
  * reports the CPU the swarm used (this process and every child it reaped) and how busy the whole machine was.
  */
 import { readFile } from 'node:fs/promises'
+import { benchChunkRequests } from './chunk-requests.js'
 import {
   compareRuns, cpuSampleOf, fitMachineCpu, modelInitFor, ISSUE_BOUNDS, runModel, runSwarm, type CpuSample, type FigureComparison, type ModelCpu, type ModelReport, type SwarmInit, type SwarmReport
 } from '../sim/index.js'
@@ -61,7 +63,7 @@ export interface CredibilityBenchResult {
   cores: number
   /** per cap: one real node alone (its completion, its reading phase's CPU) and the model's one node alone */
   alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse, readCpuMs: number | undefined }>
-  /** the calibration run besides the runs alone: one node reading everything from another that finished */
+  /** the calibration runs besides the runs alone, one per cap: one node reading everything from another that finished */
   calibration: Array<{ bandwidth: number, nodes: number, staggerMs: number, realMs: number, registryBytes: number, peerBytes: number, readCpuMs: number | undefined }>
   /** the machine's CPU as the model was given it, fitted from the runs alone and the calibration run (undefined: not measured, not modelled) */
   machineCpu: ModelCpu | undefined
@@ -135,17 +137,24 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     const one = await run(bandwidth, 1)
     const oneModel = runModel(modelInitFor(one.init, one.real, { rttMs }))
     alone.push({ bandwidth, realMs: one.real.maxMs, modelMs: oneModel.nativeReadMs, ratio: oneModel.nativeReadMs / one.real.maxMs, cpu: one.cpu, readCpuMs: one.real.readCpuMs })
-    samples.push(cpuSampleOf(one.real, 1))
+    samples.push(cpuSampleOf(one.real))
   }
-  // the machine's CPU, before any run it is held against: the runs alone, and one node reading everything from
-  // another that finished (started once the first is done: the neighbour path's cost, without a swarm)
-  const top = Math.max(...bandwidths)
-  const aloneTop = alone.find(a => a.bandwidth === top)!.realMs
-  const relay = await run(top, 2, Math.ceil(aloneTop * 1.25) + 1000)
-  calibration.push({ bandwidth: top, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
-  samples.push(cpuSampleOf(relay.real, 2))
+  // the machine's CPU, before any run it is held against: the runs alone, and at each cap one node reading
+  // everything from another that finished (started once the first is done: the neighbour path's cost, without a
+  // swarm). One relay alone left the neighbour's cost to a single 4 s run (fitted 25.7 and 34.1 ms per MiB in two
+  // runs of this bench); one per cap gives the fit more samples than unknowns
+  for (const bandwidth of bandwidths) {
+    const aloneMs = alone.find(a => a.bandwidth === bandwidth)!.realMs
+    const relay = await run(bandwidth, 2, Math.ceil(aloneMs * 1.25) + 1000)
+    calibration.push({ bandwidth, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
+    samples.push(cpuSampleOf(relay.real))
+  }
+  // what a request costs apart from its bytes, both ends, on streams kept open as a swarm's mostly are
+  const requestCost = await benchChunkRequests({ requests: 1000, runs: 3 })
+  const msPerRequest = requestCost.keptCpuUs / 1000
+  log(`a request to a neighbour: ${msPerRequest.toFixed(2)} ms of CPU, both ends`)
   const measuredCpu = samples.filter((x): x is CpuSample => x !== undefined)
-  const machineCpu = measuredCpu.length === samples.length ? fitMachineCpu(cores, measuredCpu) : undefined
+  const machineCpu = measuredCpu.length === samples.length ? fitMachineCpu(cores, measuredCpu, msPerRequest) : undefined
   if (machineCpu !== undefined) log(`machine CPU for the model: ${formatCpu(machineCpu)}`)
   for (const bandwidth of bandwidths) {
     for (const n of nodes) {
@@ -192,7 +201,8 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
 
 const s = (ms: number): string => (ms / 1000).toFixed(1)
 const formatCpu = (c: ModelCpu): string => `${c.cores} cores, ${c.msPerMiB.toFixed(1)} ms per MiB from the registry, ` +
-  `${(c.peerMsPerMiB ?? c.msPerMiB).toFixed(1)} ms per MiB from a neighbour, ${((c.busyPerNode ?? 0) * 100).toFixed(1)}% of a core per running node`
+  `${(c.peerMsPerMiB ?? c.msPerMiB).toFixed(1)} ms per MiB from a neighbour, ${(c.msPerRequest ?? 0).toFixed(2)} ms per request to a neighbour, ` +
+  `${((c.busyPerNode ?? 0) * 100).toFixed(1)}% of a core per reading node`
 const flagged = (f: FigureComparison): string => `${f.ratio.toFixed(2)}${f.within ? '' : ' ✗'}`
 
 function formatRow (r: CredibilityRow): string {

@@ -17,7 +17,7 @@
  * `credibility` (named only, root) runs the real `rafspeer sim` and the model with the same parameters side by side:
  *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks] [--prefetch all]` (lists
  *   of counts and sizes here; a bare size is MiB, as elsewhere). Before the compared runs it calibrates the model's
- *   CPU on this machine (one node alone per cap, one node reading everything from another) and says what it fitted.
+ *   CPU on this machine (per cap: one node alone, one node reading everything from another) and says what it fitted.
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'

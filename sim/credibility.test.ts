@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { fitMachineCpu, modelInitFor, type CpuSample } from './credibility.js'
+import { cpuSampleOf, fitMachineCpu, modelInitFor, type CpuSample } from './credibility.js'
 import type { SwarmReport } from './swarm.js'
 
 const MiB = 1 << 20
@@ -20,6 +20,28 @@ test('calibration runs separate the cost per MiB from the registry, from a neigh
   // runs alone only: nothing says what a neighbour's MiB costs, it is taken as the registry's
   const alone = fitMachineCpu(2, [run(64, 0, 17_000), run(64, 0, 4_500)])
   assert.ok(Math.abs(alone.msPerMiB - 40) < 1e-6 && alone.peerMsPerMiB === alone.msPerMiB && Math.abs(alone.busyPerNode! - 0.15) < 1e-9, JSON.stringify(alone))
+})
+
+test('a request\'s cost, measured apart, comes off the samples before the fit and goes to the model', () => {
+  // 30 ms a MiB from the registry, 45 from a neighbour, 5% of a core per reading node, 0.5 ms per request
+  const run = (reg: number, peer: number, nodeMs: number, requests: number): CpuSample => ({ registryBytes: reg * MiB, peerBytes: peer * MiB, nodeMs, requests, cpuMs: reg * 30 + peer * 45 + nodeMs * 0.05 + requests * 0.5 })
+  const samples = [run(64, 0, 17_000, 0), run(64, 0, 4_500, 0), run(64, 64, 2 * 17_000, 350), run(64, 64, 2 * 4_500, 3000)]
+  const cpu = fitMachineCpu(2, samples, 0.5)
+  assert.ok(Math.abs(cpu.msPerMiB - 30) < 1e-6 && Math.abs(cpu.peerMsPerMiB! - 45) < 1e-6 && Math.abs(cpu.busyPerNode! - 0.05) < 1e-9, JSON.stringify(cpu))
+  assert.equal(cpu.msPerRequest, 0.5)
+  // without it, the requests' work lands on the neighbour's MiB and the fit no longer matches
+  const blind = fitMachineCpu(2, samples)
+  assert.equal(blind.msPerRequest, undefined)
+  assert.ok(Math.abs(blind.peerMsPerMiB! - 45) > 1, JSON.stringify(blind))
+  assert.throws(() => fitMachineCpu(2, samples, -1), RangeError)
+})
+
+test('a calibration sample counts each node\'s own reading time, not its wait for its turn', () => {
+  // the relay: the second node starts 6 s into a 10-s reading phase and reads for 4 s
+  const node = (completionMs: number, registryBytes: number, peerBytes: number, sent: number): unknown => ({ completionMs, registryBytes, peerBytes, peerRequests: { sent } })
+  const real = { readMs: 10_000, readCpuMs: 4_000, nodes: [node(4_100, 64 * MiB, 0, 0), node(3_900, 0, 64 * MiB, 70)] } as unknown as SwarmReport
+  assert.deepEqual(cpuSampleOf(real), { registryBytes: 64 * MiB, peerBytes: 64 * MiB, nodeMs: 8_000, requests: 70, cpuMs: 4_000 })
+  assert.equal(cpuSampleOf({ ...real, readCpuMs: undefined }), undefined)
 })
 
 test('too few runs to separate the parts, or a fit with a negative part: fewer parts', () => {

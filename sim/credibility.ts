@@ -54,18 +54,27 @@ export interface ModelMappingOptions {
 }
 
 /**
- * A calibration run on the machine: the plaintext its nodes received from the registry and from neighbours, its
- * daemons' running time (nodes × the reading phase, ms), and the CPU the reading phase took (`SwarmReport.readCpuMs`).
+ * A calibration run on the machine: the plaintext its nodes received from the registry and from neighbours, the
+ * time its nodes spent reading (ms, summed over the nodes), the requests its nodes sent neighbours, and the CPU the
+ * reading phase took (`SwarmReport.readCpuMs`).
  */
-export interface CpuSample { registryBytes: number, peerBytes: number, nodeMs: number, cpuMs: number }
+export interface CpuSample { registryBytes: number, peerBytes: number, nodeMs: number, requests?: number, cpuMs: number }
 
-/** The calibration sample of a real run, or undefined when its CPU was not measured. */
-export function cpuSampleOf (real: SwarmReport, nodes: number): CpuSample | undefined {
+/**
+ * The calibration sample of a real run, or undefined when its CPU was not measured. A node counts from its start to
+ * its last byte, not over the whole reading phase: a daemon waiting for its turn (the relay's second node, started
+ * once the first is done) costs little — 10–20 ms of CPU a second (per-process samples, session 22), where a reading
+ * node's background was fitted at 57–69 — and charging its wait as reading made the fit take the neighbour's MiB
+ * for cheaper than the registry's (21.0 against 29.4 ms; per cap 28 and 31 once counted so).
+ */
+export function cpuSampleOf (real: SwarmReport): CpuSample | undefined {
   if (real.readCpuMs === undefined) return undefined
+  const reading = real.nodes.reduce((a, n) => a + n.completionMs, 0)
   return {
     registryBytes: real.nodes.reduce((a, n) => a + n.registryBytes, 0),
     peerBytes: real.nodes.reduce((a, n) => a + n.peerBytes, 0),
-    nodeMs: nodes * real.readMs,
+    nodeMs: reading,
+    requests: real.nodes.reduce((a, n) => a + n.peerRequests.sent, 0),
     cpuMs: real.readCpuMs
   }
 }
@@ -73,12 +82,19 @@ export function cpuSampleOf (real: SwarmReport, nodes: number): CpuSample | unde
 /**
  * The machine's CPU for the model (`ModelInit.cpu`), fitted by least squares to calibration runs as
  * `cpuMs = registry MiB × msPerMiB + neighbour MiB × peerMsPerMiB + node-ms × busyPerNode`: the work a MiB costs by
- * where it came from, and a running node's background share of a core (its timers, have flushes, heartbeats). Runs
+ * where it came from, and a reading node's background share of a core (its timers, have flushes, heartbeats). Runs
  * that cannot separate a part (no neighbour bytes in any: the neighbour's cost is the registry's), or a fit with a
  * negative part, fall back to fewer parts. Fitted from runs that are not the ones the model is held against.
+ *
+ * A request to a neighbour costs `msPerRequest` whatever it carries, measured apart (`bench chunk-requests`: a
+ * calibration run has a few hundred requests, a swarm of 8 some 3,500, mostly one or two chunks each and REDIRECTs):
+ * taken off each sample's CPU before the fit, and handed to the model.
  */
-export function fitMachineCpu (cores: number, samples: readonly CpuSample[]): ModelCpu {
-  const xs = samples.filter(x => x.registryBytes + x.peerBytes > 0 && x.nodeMs > 0 && x.cpuMs >= 0)
+export function fitMachineCpu (cores: number, samples: readonly CpuSample[], msPerRequest = 0): ModelCpu {
+  if (!(msPerRequest >= 0)) throw new RangeError(`a request's CPU must be ≥ 0 ms, got ${msPerRequest}`)
+  const xs = samples
+    .map(x => ({ ...x, cpuMs: x.cpuMs - (x.requests ?? 0) * msPerRequest }))
+    .filter(x => x.registryBytes + x.peerBytes > 0 && x.nodeMs > 0 && x.cpuMs >= 0)
   if (xs.length === 0) throw new RangeError('fitting the machine\'s CPU needs a calibration run with its CPU measured')
   const reg = (x: CpuSample): number => x.registryBytes / (1 << 20)
   const peer = (x: CpuSample): number => x.peerBytes / (1 << 20)
@@ -92,7 +108,7 @@ export function fitMachineCpu (cores: number, samples: readonly CpuSample[]): Mo
   for (const t of tries) {
     if (xs.length < t.cols.length) continue
     const p = leastSquares(xs.map(x => t.cols.map(c => c(x))), xs.map(x => x.cpuMs))
-    if (p !== undefined && p.every(v => v >= 0)) return t.make(p)
+    if (p !== undefined && p.every(v => v >= 0)) return { ...t.make(p), ...(msPerRequest > 0 ? { msPerRequest } : {}) }
   }
   throw new RangeError('the calibration runs fit no machine (the CPU they took fell as they moved more)')
 }

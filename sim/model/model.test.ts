@@ -189,6 +189,13 @@ describe('the swarm model', () => {
     const ample = runModel({ ...base, cpu: { cores: 64, msPerMiB: 1 } })
     assert.ok(Math.abs(ample.maxMs - free.maxMs) < 50, `${ample.maxMs} vs ${free.maxMs}`)
     assert.throws(() => runModel({ ...base, cpu: { cores: 0, msPerMiB: -1 } }), (err: Error) => /cpu\.cores/.test(err.message) && /cpu\.msPerMiB/.test(err.message))
+    // requests to neighbours take their share too: at 200 ms each, the neighbours' requests alone are seconds of work
+    const asking = runModel({ ...base, cpu: { cores: 1, msPerMiB: 100, msPerRequest: 200 } })
+    assertComplete(asking)
+    const requests = asking.model.peerRequests.sent
+    assert.ok(requests > 0)
+    assert.ok(asking.maxMs >= 3200 + requests * 200 * 0.5, `${requests} requests: ${asking.maxMs} ms against ${bound.maxMs} without their cost`)
+    assert.throws(() => runModel({ ...base, cpu: { cores: 1, msPerMiB: 1, msPerRequest: -1 } }), /cpu\.msPerRequest/)
   })
 
   it('prefetching all: every chunk once (reads and prefetch join each other\'s flights), the members fetch their own share from the registry, a seed replays', () => {

@@ -88,6 +88,7 @@ export class PeerReq implements Timed, FlowOwner {
     this.startedAt = q.now
     if (this.wants.every(w => w.done)) { this.cancelled = true; this.end(); return }
     asker.requests.sent++
+    asker.world.cpuRequest()
     this.takesRedirects = this.wants.every(w => !w.noRedirect && w.redirects < MAX_REDIRECTS)
     asker.msgs.chunk.sent++
     asker.ctrl.sent += chunkRequestBytes(this.wants.length)

@@ -10,6 +10,11 @@ export interface ModelCpu {
   msPerMiB: number
   /** work per MiB a node receives from a neighbour (default `msPerMiB`): both ends' encryption, the server's cache read */
   peerMsPerMiB?: number
+  /**
+   * work per request a node sends a neighbour, both ends, whatever the answer (a chunk, BUSY, REDIRECT, PENDING):
+   * the stream's frames, the server's handler and look-up (`bench chunk-requests`; default 0)
+   */
+  msPerRequest?: number
   busyPerNode?: number
 }
 
@@ -75,7 +80,8 @@ export interface ModelInit {
    * One machine's CPU under every node, as under `rafspeer sim`'s real daemons (absent: not modelled, each node
    * its own ample machine). Each running node keeps `busyPerNode` of a core busy whatever it moves (its timers, have
    * flushes, reader); the rest of the `cores` works through the chunks the nodes receive, in arrival order, each
-   * costing `msPerMiB` (from the registry) or `peerMsPerMiB` (from a neighbour) of one core per MiB: everything done
+   * costing `msPerMiB` (from the registry) or `peerMsPerMiB` (from a neighbour) of one core per MiB, and each
+   * request a node sends a neighbour `msPerRequest`: everything done
    * for it, the sender's read and encryption, the receiver's decryption, digest and write, the reader's copy. A
    * received chunk is present, readable and servable once its work is done. `bench credibility` fits them from
    * calibration runs it does not compare (`fitMachineCpu`).

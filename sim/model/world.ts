@@ -154,6 +154,18 @@ export class World {
     return this.cpuFreeAt
   }
 
+  /**
+   * A request to a neighbour was sent (`Config.cpu`): its work joins the machine's queue; nothing waits on it but
+   * the chunks behind it.
+   */
+  cpuRequest (): void {
+    const cpu = this.cfg.cpu
+    if (cpu === undefined || cpu.requestMs === 0) return
+    const ms = cpu.requestMs / cpu.cores
+    this.cpuBusyMs += ms
+    this.cpuFreeAt = Math.max(this.queue.now, this.cpuFreeAt) + ms
+  }
+
   /** The registry sent `bytes` (a chunk, or part of one cut off). */
   registrySent (bytes: number): void {
     this.registryBytes += bytes
