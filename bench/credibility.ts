@@ -65,7 +65,7 @@ export interface CredibilityBenchResult {
   alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse, readCpuMs: number | undefined }>
   /** the calibration runs besides the runs alone, one per cap: one node reading everything from another that finished */
   calibration: Array<{ bandwidth: number, nodes: number, staggerMs: number, realMs: number, registryBytes: number, peerBytes: number, readCpuMs: number | undefined }>
-  /** the machine's CPU as the model was given it, fitted from the runs alone and the calibration run (undefined: not measured, not modelled) */
+  /** the machine's CPU as the model was given it, fitted from the runs alone and the calibration runs, with a request's cost measured apart (undefined: not measured, not modelled) */
   machineCpu: ModelCpu | undefined
   rows: CredibilityRow[]
   withinBounds: { egress: number, p50: number, max: number, of: number }
