@@ -10,7 +10,7 @@
  * sweeping. A fixed factor (V8's own `--heap-growing-percent`, honoured in every growing mode, read whenever a
  * collection sets the next limit, so it takes effect when set at run time) leaves the old generation room: with
  * 300 (4×, the factor V8 itself uses when collecting is cheap) 3 full collections instead of 47, and 8 daemons on
- * two cores reading 64 MiB each at 16 MiB/s took 14–25% less CPU (bench/RESULTS.md, session 22). The price is the
+ * two cores reading 64 MiB each took 12% (at 16 MiB/s) to 18% (at 4 MiB/s) less CPU (bench/RESULTS.md, session 22). The price is the
  * garbage the heap may hold: 4× the live size (about +20 MiB of RSS per daemon there).
  *
  * The factor cannot come from `NODE_OPTIONS` (Node refuses V8 heap flags there), so the daemon sets it itself; a
