@@ -41,8 +41,11 @@ export interface ServableChunk { index: number, digest: Buffer, uncompressedOffs
 /** The chunk store a node serves from: its blob cache (`BlobCache` satisfies it). */
 export interface ServableCache {
   has: (blobId: string, ciIndex: number) => boolean
-  /** `waitMs`: how long to wait for a chunk this node is fetching (a cache that waits has its own default) */
-  findByDigest: (digest: Buffer, opts?: { exceptBlobId?: string, waitMs?: number }) => Promise<{ blobId: string, chunk: ServableChunk } | undefined>
+  /**
+   * `waitMs`: how long to wait for a chunk this node is fetching (a cache that waits has its own default); `asker`:
+   * the peer that asks (a cache does not wait for a fetch of ours that waits on that very peer)
+   */
+  findByDigest: (digest: Buffer, opts?: { exceptBlobId?: string, waitMs?: number, asker?: string }) => Promise<{ blobId: string, chunk: ServableChunk } | undefined>
   readChunk: (blobId: string, chunk: ServableChunk, opts?: { verify?: boolean | 'once' }) => Promise<Buffer | undefined>
   /**
    * whether this node is fetching the chunk now (it said PENDING): a chunk not found but still on its way is
@@ -420,7 +423,7 @@ export class ChunkServer {
       }
       return to
     }
-    const r = await this.lookUp(name, asker.redirected ? REDIRECTED_WAIT_MS : undefined, claim)
+    const r = await this.lookUp(name, asker, claim)
     if ('to' in r) {
       this.counters.redirects++
       const addrs = await this.addressesOf?.(r.to).catch(() => []) ?? []
@@ -435,9 +438,9 @@ export class ChunkServer {
    * The chunk, or where `claim` sends the asker once the chunk is found here (before its bytes are read; `claim`
    * records the asker as a receiver when it sends it nowhere).
    */
-  private async lookUp (name: ChunkName, waitMs: number | undefined, claim: () => string | undefined): Promise<Reply | { to: string }> {
+  private async lookUp (name: ChunkName, asker: Asker, claim: () => string | undefined): Promise<Reply | { to: string }> {
     try {
-      let found = await this.cache.findByDigest(name.digest, waitMs !== undefined ? { waitMs } : undefined)
+      let found = await this.cache.findByDigest(name.digest, { asker: asker.peer, ...(asker.redirected ? { waitMs: REDIRECTED_WAIT_MS } : {}) })
       for (let tries = 0; found !== undefined && tries < 2; tries++) {
         const c = found.chunk
         if (c.uncompressedSize !== name.size || !c.digest.equals(name.digest)) break

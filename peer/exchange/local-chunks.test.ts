@@ -104,3 +104,31 @@ test('the chunk server\'s view waits for a chunk in flight its own default, or a
   assert.equal(found?.chunk.index, 0)
   assert.ok(performance.now() - started >= 140)
 })
+
+test('the chunk server\'s view does not wait for a chunk our fetch is asking the asker for', async t => {
+  const dir = await tempDir(t)
+  const b = await buildBlob(dir, [5000, 7000])
+  const cache = await BlobCache.open(join(dir, 'cache'))
+  const local = new CacheChunks(cache)
+  t.after(async () => { local.close(); await cache.close() })
+  await cache.registerBlob(b.blob)
+  const asked: Array<[string, string]> = []
+  // our fetch of chunk 0 waits on peer "A"
+  const servable = waitingForFlights(cache, local, 5000, (digest, peer) => {
+    asked.push([digest.toString('hex'), peer])
+    return peer === 'A' && digest.equals(b.chunks[0]!.digest)
+  })
+  local.started(b.blob.blobId, [b.chunks[0]!, b.chunks[1]!])
+  // "A" asking for chunk 0 would wait on us while we wait on it: answered at once, not found (the server says BUSY)
+  let started = performance.now()
+  assert.equal(await servable.findByDigest(b.chunks[0]!.digest, { asker: 'A' }), undefined)
+  assert.ok(performance.now() - started < 1000, 'not parked')
+  assert.deepEqual(asked, [[b.chunks[0]!.digest.toString('hex'), 'A']])
+  // anyone else waits for our fetch of it, and so does "A" for a chunk we ask someone else for
+  started = performance.now()
+  setTimeout(() => { void cache.putChunk(b.blob.blobId, b.chunks[0]!, b.plain[0]!).then(() => { local.ended(b.blob.blobId, 0) }) }, 150)
+  assert.equal((await servable.findByDigest(b.chunks[0]!.digest, { asker: 'B' }))?.chunk.index, 0)
+  assert.ok(performance.now() - started >= 140)
+  setTimeout(() => { void cache.putChunk(b.blob.blobId, b.chunks[1]!, b.plain[1]!).then(() => { local.ended(b.blob.blobId, 1) }) }, 150)
+  assert.equal((await servable.findByDigest(b.chunks[1]!.digest, { asker: 'A' }))?.chunk.index, 1)
+})

@@ -162,9 +162,12 @@ export class CacheChunks implements LocalChunks, FlightActivity {
 /**
  * The cache as the chunk server sees it when neighbours follow our PENDING: a chunk this node is fetching now is
  * waited for (up to `waitMs`, or the look-up's own) instead of being answered NOT_FOUND; the server keeps the asker alive with PENDING
- * frames meanwhile, and answers BUSY if the fetch is still running after the wait.
+ * frames meanwhile, and answers BUSY if the fetch is still running after the wait. Not waited for when our fetch
+ * of it is asking the asker itself (`asking`): each would wait on the other until the wait ran out, so the asker
+ * hears BUSY at once and looks elsewhere, and its copy, once here, is what ours gets.
  */
-export function waitingForFlights<C extends ServableCache> (cache: C, local: Pick<CacheChunks, 'fetching' | 'landed'>, waitMs: number): ServableCache {
+export function waitingForFlights<C extends ServableCache> (cache: C, local: Pick<CacheChunks, 'fetching' | 'landed'>, waitMs: number,
+  asking?: (digest: Buffer, peerId: string) => boolean): ServableCache {
   return {
     has: (blobId, ci) => cache.has(blobId, ci),
     // still on its way after the wait: the server answers BUSY, the asker looks again (two nodes whose fetches
@@ -175,6 +178,7 @@ export function waitingForFlights<C extends ServableCache> (cache: C, local: Pic
       const found = await cache.findByDigest(digest, opts)
       const wait = opts?.waitMs ?? waitMs
       if (found !== undefined || opts?.exceptBlobId !== undefined || wait <= 0 || !local.fetching(digest)) return found
+      if (opts?.asker !== undefined && asking?.(digest, opts.asker) === true) return found
       await local.landed(digest, wait)
       return await cache.findByDigest(digest, opts)
     }

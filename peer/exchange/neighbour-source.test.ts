@@ -362,6 +362,38 @@ describe('NeighbourSource', () => {
     assert.equal(other.server.counters.chunksServed, 0)
   })
 
+  it('knows which holder it is asking for which chunk until that chunk\'s reply (a holder asking us back is not parked)', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    let seen: (() => void) | undefined
+    let release: (() => void) | undefined
+    const holding = await rogueWith(async (req, stream) => {
+      // the first chunk at once, the second held until the test looked
+      const [first, second] = req.names.map(n => byDigest.get(n.digest.toString('hex'))!)
+      if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, first!.length), first!]))) await stream.onDrain()
+      stream.send(replyHeader(ChunkStatus.PENDING))
+      await new Promise<void>(resolve => { release = resolve; seen?.() })
+      if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, second!.length), second!]))) await stream.onDrain()
+      await stream.close()
+    })
+    const src = source(new StaticResolver([holding.holder]), { maxHolders: 1 })
+    const [a, b] = [chunks[0]!, chunks[1]!]
+    const peer = holding.holder.peerId
+    assert.equal(src.isAsking(a.digest, peer), false)
+    const held = new Promise<void>(resolve => { seen = resolve })
+    const it = src.fetch(blob, [a, b], { signal: AbortSignal.timeout(20_000), verify })[Symbol.asyncIterator]()
+    const first = await it.next()
+    assert.equal(first.done !== true && first.value.chunk.index, a.index)
+    await held
+    assert.equal(src.isAsking(a.digest, peer), false, 'answered')
+    assert.equal(src.isAsking(b.digest, peer), true, 'asked, no reply yet')
+    assert.equal(src.isAsking(b.digest, client.peerId.toString()), false, 'not asked of anyone else')
+    release!()
+    const second = await it.next()
+    assert.equal(second.done !== true && second.value.chunk.index, b.index)
+    assert.equal((await it.next()).done, true)
+    assert.equal(src.isAsking(b.digest, peer), false)
+  })
+
   it('a holder that keeps a request on PENDING keep-alives past what an honest one may is given up: the chunk comes from another', async () => {
     let stop = false
     const holding = await rogueWith(async (_req, stream) => {

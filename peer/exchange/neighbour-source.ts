@@ -192,6 +192,8 @@ export class NeighbourSource implements ChunkSource {
   /** @internal */ readonly log: Logger | undefined
   /** @internal */ readonly opts: Required<Omit<NeighbourSourceInit, 'schedulerWaitMs' | 'streams'>> & { schedulerWaitMs?: number }
   private readonly peers = new Map<string, PeerRecord>()
+  /** hex digest → peer → requests of this node's fetches that asked the peer for the chunk and have no reply for it yet */
+  private readonly asking = new Map<string, Map<string, number>>()
 
   constructor (components: NeighbourSourceComponents, init: NeighbourSourceInit = {}) {
     this.libp2p = components.libp2p
@@ -260,6 +262,32 @@ export class NeighbourSource implements ChunkSource {
         this.streams.release(holder.peerId, channel)
       }
       return
+    }
+  }
+
+  /**
+   * Whether a fetch of this node asked `peerId` for the chunk and waits for its reply now. That peer asking us for
+   * the same chunk would wait on our fetch while our fetch waits on it: the chunk server answers it BUSY at once
+   * rather than parking it (two real daemons, each PENDING for a chunk they had planned from each other, stalled
+   * their reads a second each time — 10 s once).
+   */
+  isAsking (digest: Buffer, peerId: string): boolean {
+    return (this.asking.get(digest.toString('hex'))?.get(peerId) ?? 0) > 0
+  }
+
+  /** @internal a request asks `peerId` for `digest` (`delta` 1) or has its reply for it, or ended (-1) */
+  asked (digest: Buffer, peerId: string, delta: 1 | -1): void {
+    const key = digest.toString('hex')
+    let peers = this.asking.get(key)
+    if (peers === undefined) {
+      if (delta < 0) return
+      this.asking.set(key, peers = new Map())
+    }
+    const n = (peers.get(peerId) ?? 0) + delta
+    if (n > 0) peers.set(peerId, n)
+    else {
+      peers.delete(peerId)
+      if (peers.size === 0) this.asking.delete(key)
     }
   }
 
@@ -607,8 +635,12 @@ class SwarmFetch {
       if (!req.hedged) hedgeTimer = setTimeout(() => { this.hedge(req) }, hedgeAfterMs)
     }
     const signal = AbortSignal.any([this.signal, req.controller.signal])
+    // the wants this request asks the holder for and has no reply for yet (`NeighbourSource.isAsking`)
+    const unanswered = new Set<number>()
+    const answered = (i: number): void => { if (unanswered.delete(i)) this.src.asked(req.wants[i]!.chunk.digest, peerId, -1) }
     try {
       if (this.src.isBanned(peerId) || req.wants.every(w => w.done)) { req.cancelled = true; return }
+      req.wants.forEach((w, i) => { unanswered.add(i); this.src.asked(w.chunk.digest, peerId, 1) })
       counters.requests++
       armHedge()
       const names: ChunkName[] = req.wants.map(w => ({ digest: w.chunk.digest, blobId: this.blob.blobId, ci: w.chunk.index, size: w.chunk.uncompressedSize }))
@@ -633,6 +665,7 @@ class SwarmFetch {
         if (this.src.isBanned(peerId)) break
         armHedge()
         const w = req.wants[r.i]!
+        answered(r.i)
         req.replied[r.i] = true
         w.attempts.delete(req)
         if (r.status === ChunkStatus.OK) {
@@ -682,6 +715,7 @@ class SwarmFetch {
     } finally {
       clearTimeout(hedgeTimer)
       clearTimeout(holdTimer)
+      for (const i of unanswered) answered(i)
       req.wants.forEach((w, i) => {
         if (req.replied[i] === true) return
         w.attempts.delete(req)

@@ -164,7 +164,10 @@ export class P2PNode {
       this.have = new HaveService({ libp2p: host, local: this.local, ...(logger !== undefined ? { logger } : {}) })
     }
     // blob level: a neighbour waits for our fetch of a chunk at most a second, then hears BUSY and looks again
-    const servable = this.local !== undefined ? waitingForFlights(this.cache, this.local, Math.min(this.claimWaitMs, DEFAULT_BUSY_AFTER_PARK_MS)) : this.servable()
+    // (but not for a chunk our fetch is asking that neighbour for: BUSY at once)
+    const servable = this.local !== undefined
+      ? waitingForFlights(this.cache, this.local, Math.min(this.claimWaitMs, DEFAULT_BUSY_AFTER_PARK_MS), (digest, peer) => this.source.isAsking(digest, peer))
+      : this.servable()
     this.server = new ChunkServer({
       libp2p: host,
       cache: servable,
