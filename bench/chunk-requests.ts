@@ -5,7 +5,9 @@
  *  - `fresh`: each on a new stream (no stream kept idle: what the neighbour source did before it kept them);
  *  - `kept`: on streams kept open between requests to the holder (the default).
  * Both hosts share this process, so its CPU time is both ends' together. Runs alternate; medians are reported, with
- * the kept streams' cost as a ratio of the fresh ones'.
+ * the kept streams' cost as a ratio of the fresh ones'. Then `contacts` first contacts: each time a new host asks the
+ * holder for one chunk — the dial, its handshakes (noise, yamux, identify), the first stream and the request — and
+ * a moment after, for the work the connection sets off behind the reply.
  *
  * @example
  * ```ts
@@ -26,6 +28,8 @@ export interface ChunkRequestsOptions {
   /** bytes of each chunk (4 KiB: the request's own cost, not its bytes) */
   chunkSize?: number
   runs?: number
+  /** first contacts measured (20) */
+  contacts?: number
   log?: (line: string) => void
 }
 
@@ -42,6 +46,9 @@ export interface ChunkRequestsResult {
   keptStreamsOpened: number
   cpuRatio: number
   wallRatio: number
+  /** medians of a first contact, both ends, its request included: microseconds of CPU, and of wall time to the chunk */
+  contactCpuUs: number
+  contactWallUs: number
 }
 
 class OneHolder implements HolderResolver {
@@ -49,6 +56,10 @@ class OneHolder implements HolderResolver {
   async resolve (digests: Buffer[]): Promise<Map<string, ChunkHolder[]>> { return new Map(digests.map(d => [d.toString('hex'), [this.holder]])) }
   report (): void {}
 }
+
+/** a first contact's host idles this long before the clock starts, and the clock runs this long after the chunk */
+const CONTACT_SETTLE_MS = 50
+const delay = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
@@ -104,13 +115,40 @@ export async function benchChunkRequests (opts: ChunkRequestsOptions = {}): Prom
         log(`run ${r + 1}/${runs} ${name}: ${((c.user + c.system) / requests).toFixed(0)} µs CPU, ${(t * 1000 / requests).toFixed(0)} µs per request`)
       }
     }
+    // first contacts: a new host each time (made before the clock starts), one chunk, a moment for what follows
+    const contactCpu: number[] = []
+    const contactWall: number[] = []
+    const contacts = opts.contacts ?? 20
+    for (let i = 0; i < contacts + 2; i++) {
+      const fresh = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+      const src = new NeighbourSource({ libp2p: fresh, resolver: new OneHolder(holder) }, { maxHolders: 1, requestTimeoutMs: 10_000 })
+      try {
+        await delay(CONTACT_SETTLE_MS)
+        const c0 = process.cpuUsage()
+        const t0 = performance.now()
+        let n = 0
+        for await (const f of src.fetch(blob, [chunks[i % chunks.length]!], { signal: AbortSignal.timeout(10_000), verify })) n += f.plaintext.length > 0 ? 1 : 0
+        const t = performance.now() - t0
+        await delay(CONTACT_SETTLE_MS)
+        const c = process.cpuUsage(c0)
+        if (n !== 1) throw new Error(`first contact ${i}: ${n} chunks`)
+        // the first two warm up
+        if (i >= 2) { contactCpu.push(c.user + c.system); contactWall.push(t * 1000) }
+      } finally {
+        src.close()
+        await fresh.stop()
+      }
+    }
+    if (contacts > 0) log(`first contacts: ${(median(contactCpu) / 1000).toFixed(1)} ms CPU, ${(median(contactWall) / 1000).toFixed(1)} ms to the chunk`)
     const freshCpuUs = median(cpu.fresh)
     const keptCpuUs = median(cpu.kept)
     const freshWallUs = median(wall.fresh)
     const keptWallUs = median(wall.kept)
     return {
       requests, chunkSize, runs, freshCpuUs, freshWallUs, keptCpuUs, keptWallUs, keptStreamsOpened: opened,
-      cpuRatio: keptCpuUs / freshCpuUs, wallRatio: keptWallUs / freshWallUs
+      cpuRatio: keptCpuUs / freshCpuUs, wallRatio: keptWallUs / freshWallUs,
+      contactCpuUs: contactCpu.length > 0 ? median(contactCpu) : 0,
+      contactWallUs: contactWall.length > 0 ? median(contactWall) : 0
     }
   } finally {
     await chunkServer.stop()
@@ -123,6 +161,7 @@ export function formatChunkRequests (r: ChunkRequestsResult): string {
   return [
     `chunk requests over loopback (${r.requests} requests of one ${(r.chunkSize / 1024).toFixed(0)} KiB chunk through the neighbour source, one after another, median of ${r.runs}; both ends' CPU)`,
     `  a new stream each           ${r.freshCpuUs.toFixed(0).padStart(6)} µs CPU  ${r.freshWallUs.toFixed(0).padStart(6)} µs wall   1.00x`,
-    `  streams kept open           ${r.keptCpuUs.toFixed(0).padStart(6)} µs CPU  ${r.keptWallUs.toFixed(0).padStart(6)} µs wall   ${r.cpuRatio.toFixed(2)}x CPU, ${r.wallRatio.toFixed(2)}x wall (${r.keptStreamsOpened} streams in ${r.runs * r.requests} requests)`
+    `  streams kept open           ${r.keptCpuUs.toFixed(0).padStart(6)} µs CPU  ${r.keptWallUs.toFixed(0).padStart(6)} µs wall   ${r.cpuRatio.toFixed(2)}x CPU, ${r.wallRatio.toFixed(2)}x wall (${r.keptStreamsOpened} streams in ${r.runs * r.requests} requests)`,
+    `  a first contact (new host)  ${r.contactCpuUs.toFixed(0).padStart(6)} µs CPU  ${r.contactWallUs.toFixed(0).padStart(6)} µs wall   ${(r.contactCpuUs / r.keptCpuUs).toFixed(0)}x a kept request's CPU`
   ].join('\n')
 }

@@ -10,7 +10,8 @@
  * CPU (`ModelInit.cpu`: a cost per MiB from the registry, one per MiB from a neighbour, a node's background share of
  * a core), fitted by `fitMachineCpu` from calibration runs' reading-phase CPU (`SwarmReport.readCpuMs`): one node
  * alone at each cap, and two nodes at each cap, the second started once the first is done; and a request to a
- * neighbour's cost apart from its bytes (`benchChunkRequests`, streams kept open). Never from the runs it
+ * neighbour's cost apart from its bytes (`benchChunkRequests`, streams kept open), and a first contact's (a new
+ * connection's handshakes and first stream, the same bench less its request). Never from the runs it
  * is compared with. The model runs a second time without CPU, to show what the machine's CPU is worth. Each row also
  * reports the CPU the swarm used (this process and every child it reaped) and how busy the whole machine was.
  */
@@ -150,11 +151,13 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     samples.push(cpuSampleOf(relay.real))
   }
   // what a request costs apart from its bytes, both ends, on streams kept open as a swarm's mostly are
-  const requestCost = await benchChunkRequests({ requests: 1000, runs: 3 })
+  // and a first contact's handshakes, less the request it carried
+  const requestCost = await benchChunkRequests({ requests: 1000, runs: 3, contacts: 20 })
   const msPerRequest = requestCost.keptCpuUs / 1000
-  log(`a request to a neighbour: ${msPerRequest.toFixed(2)} ms of CPU, both ends`)
+  const msPerConnection = Math.max(0, requestCost.contactCpuUs - requestCost.keptCpuUs) / 1000
+  log(`a request to a neighbour: ${msPerRequest.toFixed(2)} ms of CPU, both ends; a connection ${msPerConnection.toFixed(1)} ms`)
   const measuredCpu = samples.filter((x): x is CpuSample => x !== undefined)
-  const machineCpu = measuredCpu.length === samples.length ? fitMachineCpu(cores, measuredCpu, msPerRequest) : undefined
+  const machineCpu = measuredCpu.length === samples.length ? { ...fitMachineCpu(cores, measuredCpu, msPerRequest), msPerConnection } : undefined
   if (machineCpu !== undefined) log(`machine CPU for the model: ${formatCpu(machineCpu)}`)
   for (const bandwidth of bandwidths) {
     for (const n of nodes) {
@@ -202,6 +205,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
 const s = (ms: number): string => (ms / 1000).toFixed(1)
 const formatCpu = (c: ModelCpu): string => `${c.cores} cores, ${c.msPerMiB.toFixed(1)} ms per MiB from the registry, ` +
   `${(c.peerMsPerMiB ?? c.msPerMiB).toFixed(1)} ms per MiB from a neighbour, ${(c.msPerRequest ?? 0).toFixed(2)} ms per request to a neighbour, ` +
+  `${(c.msPerConnection ?? 0).toFixed(1)} ms per connection, ` +
   `${((c.busyPerNode ?? 0) * 100).toFixed(1)}% of a core per reading node`
 const flagged = (f: FigureComparison): string => `${f.ratio.toFixed(2)}${f.within ? '' : ' ✗'}`
 

@@ -203,6 +203,7 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
     p2pCounter('rafspeer_p2p_download_streams_reused_total', 'chunk requests sent on a stream kept open from an earlier request', p => p.download.streams.reused)
     p2pCounter('rafspeer_p2p_hedges_total', 'requests re-sent to another holder because the first was slow', p => p.download.hedges)
     p2pCounter('rafspeer_p2p_download_pending_overstays_total', 'chunk requests a holder kept on PENDING past what an honest one may (given up, asked elsewhere)', p => p.download.pendingOverstays)
+    p2pCounter('rafspeer_p2p_download_joined_total', 'chunks that rode with a request already queued for their holder instead of making one more', p => p.download.joined)
     p2pCounter('rafspeer_p2p_download_redirects_total', 'chunks a busy holder sent this node on for, to a neighbour it is sending them to', p => p.download.redirects)
     p2pCounter('rafspeer_p2p_bad_chunks_total', 'chunks from neighbours that failed their digest (dropped)', p => p.download.badChunks)
     p2pGauge('rafspeer_p2p_banned_peers', 'neighbours banned for sending bad bytes', p => p.download.bannedPeers)

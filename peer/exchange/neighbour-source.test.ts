@@ -297,6 +297,24 @@ describe('NeighbourSource', () => {
     assert.ok(a2.requests.slice(1).every(r => (r.accept & AcceptFlags.REDIRECT) === 0 && (r.accept & AcceptFlags.REDIRECTED) !== 0))
   })
 
+  it('chunks a holder sends on to one peer ride together in the requests queued for it, not one request each', async () => {
+    const many = chunks.slice(0, 16)
+    assert.ok(many.length === 16, 'the test image has 16 chunks or more')
+    // every chunk sent on to the holder of all of them
+    const b = await seed(many)
+    const a = await rogueWith(async (req, stream) => {
+      for (const _ of req.names) if (!stream.send(redirectReply(b.holder.peerId, b.holder.addrs))) await stream.onDrain()
+      await stream.close()
+    })
+    const src = source(new StaticResolver([a.holder]), { maxHolders: 1 })
+    assert.equal((await collect(src, many)).size, many.length)
+    assert.equal(b.server.counters.chunksServed, many.length)
+    assert.equal(src.counters.redirects, many.length)
+    // at most the holder's streams' worth run alone (2, and 2 more for redirects); the rest joined a queued request
+    assert.ok(b.server.counters.uploads <= 8, `${b.server.counters.uploads} requests for ${many.length} redirected chunks`)
+    assert.ok(src.counters.joined >= many.length - b.server.counters.uploads, JSON.stringify(src.counters))
+  })
+
   it('a hostile holder\'s REDIRECTs end: sent round in a circle, sent against the request, or to ever new peers', async () => {
     const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
     const few = chunks.slice(0, 4)

@@ -38,7 +38,7 @@ import { ChunkStreams, type ChunkStreamsInit } from './chunk-streams.js'
 import { MAX_REDIRECTS } from './chunk-receivers.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
-import { chooseHolder, splitRequests } from './swarm-policy.js'
+import { chooseHolder, joinsQueued, splitRequests, type QueuedShape } from './swarm-policy.js'
 import { PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS } from './chunk-server.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
@@ -172,6 +172,8 @@ export interface NeighbourSourceCounters {
   staleStreams: number
   /** requests given up because their holder kept them on PENDING past `pendingHoldMs` */
   pendingOverstays: number
+  /** chunks that rode with a request queued for their holder instead of making one more (`joinsQueued`) */
+  joined: number
 }
 
 interface PeerRecord { penalty: number, bad: number, banned: boolean }
@@ -180,7 +182,7 @@ export class NeighbourSource implements ChunkSource {
   readonly name = 'peer:swarm'
   readonly counters: NeighbourSourceCounters = {
     chunksFromPeers: 0, bytesFromPeers: 0, badChunks: 0, bannedPeers: 0, hedges: 0, redirects: 0, timeouts: 0, requests: 0,
-    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0, staleStreams: 0, pendingOverstays: 0
+    failedRequests: 0, notFound: 0, busy: 0, replans: 0, resolveFailures: 0, staleStreams: 0, pendingOverstays: 0, joined: 0
   }
   readonly idleFactor: number
   /** streams to holders, kept open between requests */
@@ -592,9 +594,18 @@ class SwarmFetch {
     const holder = lane.holder.peerId
     // a chunk the holder is still fetching goes alone: the chunks it has would wait behind it
     const alone = (w: Want): boolean => w.candidates.some(h => h.peerId === holder && h.fetching === true)
-    for (const part of splitRequests(wants, w => w.chunk.uncompressedSize, this.src.opts.maxRequestBytes, MAX_CHUNKS_PER_REQUEST, alone)) {
-      const req: Request = { lane, wants: part, replied: part.map(() => false), controller: new AbortController(), cancelled: false, hedged: false, redirected }
-      for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder.peerId) }
+    const size = (w: Want): number => w.chunk.uncompressedSize
+    const shape = (list: Want[], r: boolean): QueuedShape =>
+      ({ chunks: list.length, bytes: list.reduce((n, w) => n + size(w), 0), redirected: r, alone: list.some(alone) })
+    const { maxRequestBytes } = this.src.opts
+    for (const part of splitRequests(wants, size, maxRequestBytes, MAX_CHUNKS_PER_REQUEST, alone)) {
+      // a queued request of the same kind takes them along (`joinsQueued`): redirected ones queue first, others last
+      const queued = redirected ? lane.queued[0] : lane.queued[lane.queued.length - 1]
+      const req: Request = queued !== undefined && joinsQueued(shape(queued.wants, queued.redirected), shape(part, redirected), maxRequestBytes, MAX_CHUNKS_PER_REQUEST)
+        ? queued
+        : { lane, wants: [], replied: [], controller: new AbortController(), cancelled: false, hedged: false, redirected }
+      for (const w of part) { req.wants.push(w); req.replied.push(false); w.attempts.add(req); w.tried.add(lane.holder.peerId) }
+      if (req === queued) { this.src.counters.joined += part.length; continue }
       if (redirected) lane.queued.unshift(req)
       else lane.queued.push(req)
       this.outstanding++

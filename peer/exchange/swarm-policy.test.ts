@@ -8,7 +8,7 @@ import fc from 'fast-check'
 import { backToSourceAssignee, rendezvousScore } from './back-to-source.js'
 import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
 import {
-  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
+  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, joinsQueued, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
 } from './swarm-policy.js'
 import { PREFETCH_SLICE_CHUNKS, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, swarmQuietTake } from '../fetch/index.js'
 
@@ -252,4 +252,22 @@ test('a quiet swarm\'s take: the next chunks in order, one registry slice of sto
     const bytes = taken.reduce((a, i) => a + xs[i]!, 0)
     assert.ok(taken.length <= 1 || bytes <= SWARM_SOURCE_SLICE_BYTES)
   }))
+})
+
+test('joinsQueued: a REDIRECT\'s chunks join a queued REDIRECT, a holder\'s present chunks a queued request of them, within bounds', () => {
+  const q = (chunks: number, bytes: number, redirected: boolean, alone = false): { chunks: number, bytes: number, redirected: boolean, alone: boolean } => ({ chunks, bytes, redirected, alone })
+  assert.equal(joinsQueued(q(3, 300, true), q(1, 100, true), 1000, 64), true)
+  // chunks the peer named is receiving join whether or not it said PENDING for them
+  assert.equal(joinsQueued(q(3, 300, true, true), q(1, 100, true, true), 1000, 64), true)
+  assert.equal(joinsQueued(q(3, 300, false), q(2, 100, false), 1000, 64), true)
+  // never across kinds, never with a chunk the holder is still fetching
+  assert.equal(joinsQueued(q(3, 300, true), q(1, 100, false), 1000, 64), false)
+  assert.equal(joinsQueued(q(3, 300, false), q(1, 100, true), 1000, 64), false)
+  assert.equal(joinsQueued(q(1, 100, false, true), q(1, 100, false), 1000, 64), false)
+  assert.equal(joinsQueued(q(3, 300, false), q(1, 100, false, true), 1000, 64), false)
+  // bounds: chunks and bytes
+  assert.equal(joinsQueued(q(63, 300, true), q(1, 100, true), 1000, 64), true)
+  assert.equal(joinsQueued(q(64, 300, true), q(1, 100, true), 1000, 64), false)
+  assert.equal(joinsQueued(q(3, 900, false), q(1, 100, false), 1000, 64), true)
+  assert.equal(joinsQueued(q(3, 901, false), q(1, 100, false), 1000, 64), false)
 })

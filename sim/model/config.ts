@@ -81,7 +81,7 @@ export interface Config {
   /** the neighbour source's idle deadline (the fetcher's, times `NeighbourSource.idleFactor`) */
   fetchIdleMs: number
   /** the machine's CPU (`ModelInit.cpu`): ms of work per byte received (from the registry, from a neighbour) and per request to a neighbour, and the cores left for it; undefined: not modelled */
-  cpu: { msPerByte: number, peerMsPerByte: number, requestMs: number, cores: number } | undefined
+  cpu: { msPerByte: number, peerMsPerByte: number, requestMs: number, connectMs: number, cores: number } | undefined
 }
 
 /** a machine's CPU left for chunks is never taken below this share of its cores by the nodes' background work */
@@ -177,8 +177,9 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     const msPerMiB = num('cpu.msPerMiB', init.cpu.msPerMiB, 0, 0)
     const peerMsPerMiB = num('cpu.peerMsPerMiB', init.cpu.peerMsPerMiB, 0, msPerMiB)
     const requestMs = num('cpu.msPerRequest', init.cpu.msPerRequest, 0, 0)
+    const connectMs = num('cpu.msPerConnection', init.cpu.msPerConnection, 0, 0)
     const busy = num('cpu.busyPerNode', init.cpu.busyPerNode, 0, 0)
-    cfg.cpu = { msPerByte: msPerMiB / (1 << 20), peerMsPerByte: peerMsPerMiB / (1 << 20), requestMs, cores: Math.max(cores * MIN_CPU_SHARE, cores - nodes * busy) }
+    cfg.cpu = { msPerByte: msPerMiB / (1 << 20), peerMsPerByte: peerMsPerMiB / (1 << 20), requestMs, connectMs, cores: Math.max(cores * MIN_CPU_SHARE, cores - nodes * busy) }
   }
   if (init.prefetch !== undefined && init.prefetch !== 'all' && init.prefetch !== 'none') problems.push(`prefetch must be all or none, got ${String(init.prefetch)}`)
   if (init.caps !== undefined && init.caps !== 'links' && init.caps !== 'limiters') problems.push(`caps must be links or limiters, got ${String(init.caps)}`)

@@ -11,7 +11,7 @@ import { Locate } from './locate.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { PeerReq, RegistryReq } from './request.js'
 import { chunkBytes } from './world.js'
-import { chooseHolder, DEFAULT_REPLAN_ROUNDS, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests } from './policy.js'
+import { chooseHolder, DEFAULT_REPLAN_ROUNDS, joinsQueued, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests, type QueuedShape } from './policy.js'
 
 export class Batch {
   readonly startedAt: number
@@ -293,7 +293,17 @@ export class SwarmFetch implements Timed {
   private enqueue (lane: Lane, wants: Want[], redirected = false): void {
     const cfg = this.node.world.cfg
     const holder = lane.holder
-    for (const part of splitRequests(wants, w => w.size, cfg.maxRequestBytes, cfg.maxChunksPerRequest, w => w.fetchingAt?.includes(holder) === true)) {
+    const alone = (w: Want): boolean => w.fetchingAt?.includes(holder) === true
+    const shape = (list: readonly Want[], r: boolean): QueuedShape =>
+      ({ chunks: list.length, bytes: list.reduce((n, w) => n + w.size, 0), redirected: r, alone: list.some(alone) })
+    for (const part of splitRequests(wants, w => w.size, cfg.maxRequestBytes, cfg.maxChunksPerRequest, alone)) {
+      // as the daemon's: a queued request of the same kind takes them along
+      const queued = redirected ? lane.queued[0] : lane.queued[lane.queued.length - 1]
+      if (queued !== undefined && queued.queued && joinsQueued(shape(queued.wants, queued.redirected), shape(part, redirected), cfg.maxRequestBytes, cfg.maxChunksPerRequest)) {
+        queued.join(part)
+        for (const w of part) { w.attempts.add(queued); w.tried.add(lane.holder) }
+        continue
+      }
       const req = new PeerReq(this, lane, part, redirected)
       for (const w of part) { w.attempts.add(req); w.tried.add(lane.holder) }
       if (redirected) lane.queued.unshift(req)

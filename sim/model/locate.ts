@@ -85,9 +85,11 @@ export class GroupState implements Timed {
       if (h !== undefined && h !== node && this.holders.length < w.cfg.locatorMaxHolders) this.holders.push(h)
     }
     const fresh = this.holders.filter(h => !this.nb.told.has(h))
-    // a new connection costs a round trip (connection refused from a dead peer, too); a stream on an open one nothing
-    const dial = fresh.some(h => !node.conns.has(h)) ? w.cfg.rttMs : 0
-    w.queue.after(dial, {
+    // a new connection costs a round trip and its handshakes (connection refused from a dead peer, too); a stream
+    // on an open one nothing
+    let up = w.queue.now
+    for (const h of fresh) up = Math.max(up, node.connectAt(h))
+    w.queue.at(up, {
       fire: () => {
         if (node.incarnation !== this.inc || !node.alive) return
         for (const h of fresh) node.interest(this.nb, h)

@@ -196,6 +196,13 @@ describe('the swarm model', () => {
     assert.ok(requests > 0)
     assert.ok(asking.maxMs >= 3200 + requests * 200 * 0.5, `${requests} requests: ${asking.maxMs} ms against ${bound.maxMs} without their cost`)
     assert.throws(() => runModel({ ...base, cpu: { cores: 1, msPerMiB: 1, msPerRequest: -1 } }), /cpu\.msPerRequest/)
+    // a first contact's handshakes too: nobody gets a neighbour's chunk before its connection is through them
+    const light = runModel({ ...base, cpu: { cores: 1, msPerMiB: 1 } })
+    const dialing = runModel({ ...base, cpu: { cores: 1, msPerMiB: 1, msPerConnection: 500 } })
+    assertComplete(dialing)
+    assert.ok(dialing.peerBytes > 0)
+    assert.ok(dialing.maxMs >= light.maxMs + 500, `${dialing.maxMs} ms with 500 ms a connection, ${light.maxMs} without`)
+    assert.throws(() => runModel({ ...base, cpu: { cores: 1, msPerMiB: 1, msPerConnection: -1 } }), /cpu\.msPerConnection/)
   })
 
   it('prefetching all: every chunk once (reads and prefetch join each other\'s flights), the members fetch their own share from the registry, a seed replays', () => {

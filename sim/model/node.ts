@@ -43,6 +43,8 @@ export class SimNode implements Timed {
   /** neighbours with an open have session, and with a connection (symmetric; most of the swarm: see `ConnSet`) */
   sessions = new Set<SimNode>()
   conns: ConnSet<SimNode>
+  /** connections being opened: the peer, and when the connection is up (kept only while a handshake runs) */
+  private dialing: Map<SimNode, number> | undefined
   /** the neighbour source's local penalties (failed requests) */
   penalties = new Map<SimNode, number>()
   // fetch
@@ -112,9 +114,27 @@ export class SimNode implements Timed {
     this.inbox = new HaveInbox(() => world.queue.now)
     this.receivers = new ChunkReceivers({ now: () => world.queue.now })
     this.conns = this.newConns()
+    this.dialing = undefined
   }
 
   private newConns (): ConnSet<SimNode> { return new ConnSet(this.world.nodes, this.world.cfg.nodes) }
+
+  /**
+   * When a connection to `peer` is up: now if there is one, else once its dial is through — a round trip, and the
+   * machine's work on the handshakes (`World.cpuConnect`), paid once however many wait for it.
+   */
+  connectAt (peer: SimNode): number {
+    const w = this.world
+    const now = w.queue.now
+    if (this.conns.has(peer)) return now
+    const dialing = this.dialing ??= new Map()
+    const at = dialing.get(peer)
+    if (at !== undefined && at > now) return at
+    if (dialing.size >= 64) for (const [p, t] of dialing) if (t <= now) dialing.delete(p)
+    const up = Math.max(now + this.cfg.rttMs, w.cpuConnect())
+    dialing.set(peer, up)
+    return up
+  }
 
   /** what its neighbours told it, up to now */
   get table (): HaveTable { return this.inbox.table }
@@ -154,6 +174,7 @@ export class SimNode implements Timed {
     this.attentive = 0
     this.sessions = new Set()
     this.conns = this.newConns()
+    this.dialing = undefined
     this.penalties = new Map()
     this.serving = new Set()
     this.asking = new Set()
@@ -196,6 +217,7 @@ export class SimNode implements Timed {
     }
     this.sessions = new Set()
     this.conns = this.newConns()
+    this.dialing = undefined
     w.nodeDied(this, this.doneAt !== null)
   }
 
@@ -347,6 +369,15 @@ export class SimNode implements Timed {
   }
 
   /** Watches a neighbour fetch's idle deadline. */
+  /**
+   * Whether a request of this node asks `peer` for chunk `ci` of blob `b` and has no reply for it yet (the daemon's
+   * `NeighbourSource.isAsking`): that peer asking us for it would wait on us while we wait on it.
+   */
+  isAsking (peer: SimNode, b: number, ci: number): boolean {
+    for (const r of this.asking) if (r.lane.holder === peer && r.fetch.batch.nb.spec.index === b && r.awaits(ci)) return true
+    return false
+  }
+
   watch (f: SwarmFetch): void {
     this.fetches.add(f)
     this.armWatchdog(f.idleDue)

@@ -35,7 +35,7 @@ const RUNNING = 1
 const ENDED = 2
 
 export class PeerReq implements Timed, FlowOwner {
-  readonly replied: Uint8Array
+  replied: Uint8Array
   private nReplied = 0
   hedged = false
   private cancelled = false
@@ -68,6 +68,22 @@ export class PeerReq implements Timed, FlowOwner {
     this.replied = new Uint8Array(wants.length)
   }
 
+  /** still waiting for one of its holder's streams */
+  get queued (): boolean { return this.state === QUEUED }
+
+  /** `part` rides with this request, queued still (`joinsQueued`) */
+  join (part: readonly Want[]): void {
+    if (this.state !== QUEUED) throw new Error('a request joined after it was sent')
+    this.wants.push(...part)
+    this.replied = new Uint8Array(this.wants.length)
+  }
+
+  /** whether it asked for chunk `ci` and has no reply for it yet */
+  awaits (ci: number): boolean {
+    for (let j = 0; j < this.wants.length; j++) if (this.wants[j]!.ci === ci && this.replied[j] === 0) return true
+    return false
+  }
+
   private get asker (): SimNode { return this.fetch.batch.node }
   private get server (): SimNode { return this.lane.holder }
 
@@ -96,8 +112,7 @@ export class PeerReq implements Timed, FlowOwner {
     this.lastProgress = q.now
     this.timers = new Slot(this)
     q.after(cfg.hedgeAfterMs, this.timers, HEDGE)
-    const dial = asker.conns.has(this.server) ? 0 : cfg.rttMs
-    q.after(dial + cfg.halfRttMs, this, ARRIVE)
+    q.at(asker.connectAt(this.server) + cfg.halfRttMs, this, ARRIVE)
   }
 
   fire (arg: number): void {
@@ -198,6 +213,15 @@ export class PeerReq implements Timed, FlowOwner {
         return
       }
       if (nb.inFlight.has(ci)) {
+        // our own fetch of it asks the asker: each would wait on the other (`waitingForFlights`): BUSY at once
+        if (s.isAsking(this.asker, nb.spec.index, ci)) {
+          s.served.busyWhileFetching++
+          s.msgs.chunk.sent++
+          s.ctrl.sent += replyHeaderBytes(0)
+          this.endServe()
+          w.queue.after(w.cfg.halfRttMs, this, BUSY)
+          return
+        }
         const list = nb.waiters.get(ci)
         if (list === undefined) nb.waiters.set(ci, [this])
         else list.push(this)

@@ -15,6 +15,12 @@ export interface ModelCpu {
    * the stream's frames, the server's handler and look-up (`bench chunk-requests`; default 0)
    */
   msPerRequest?: number
+  /**
+   * work of a node's first contact with a peer, both ends: the dial, its handshakes (noise, the muxer, identify) and
+   * the first stream (`bench chunk-requests`' first contacts; default 0). The connection is up once the machine is
+   * through it, and a round trip at the least.
+   */
+  msPerConnection?: number
   busyPerNode?: number
 }
 
@@ -81,7 +87,7 @@ export interface ModelInit {
    * its own ample machine). Each running node keeps `busyPerNode` of a core busy whatever it moves (its timers, have
    * flushes, reader); the rest of the `cores` works through the chunks the nodes receive, in arrival order, each
    * costing `msPerMiB` (from the registry) or `peerMsPerMiB` (from a neighbour) of one core per MiB, and each
-   * request a node sends a neighbour `msPerRequest`: everything done
+   * request a node sends a neighbour `msPerRequest`, each connection it opens `msPerConnection`: everything done
    * for it, the sender's read and encryption, the receiver's decryption, digest and write, the reader's copy. A
    * received chunk is present, readable and servable once its work is done. `bench credibility` fits them from
    * calibration runs it does not compare (`fitMachineCpu`).

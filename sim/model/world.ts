@@ -166,6 +166,20 @@ export class World {
     this.cpuFreeAt = Math.max(this.queue.now, this.cpuFreeAt) + ms
   }
 
+  /**
+   * A node opens a connection now (`Config.cpu`): when the machine is through its handshakes; now when CPU is not
+   * modelled.
+   */
+  cpuConnect (): number {
+    const cpu = this.cfg.cpu
+    const now = this.queue.now
+    if (cpu === undefined || cpu.connectMs === 0) return now
+    const ms = cpu.connectMs / cpu.cores
+    this.cpuBusyMs += ms
+    this.cpuFreeAt = Math.max(now, this.cpuFreeAt) + ms
+    return this.cpuFreeAt
+  }
+
   /** The registry sent `bytes` (a chunk, or part of one cut off). */
   registrySent (bytes: number): void {
     this.registryBytes += bytes
