@@ -162,3 +162,32 @@ test('a look-up the scheduler left unanswered: made again within 250 ms when the
   await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(200) }))
   assert.equal(asked.length, 3, 'kept as it was: full, so not asked again before the full refresh')
 })
+
+test('a first look-up waits for the bitfields of the holders it follows, not for any neighbour\'s', async () => {
+  // a joins b's group; b fetches everything already, and its bitfield is slow to come; c (which follows a) is quick
+  const pair = ['b', 'a']
+  const mine = Array.from({ length: CHUNKS }, (_v, i) => i).find(i => backToSourceAssignee(pair, hex, i) === 'a')!
+  const c = { index: mine, digest: randomBytes(32) } as unknown as ChunkInfo
+  const table = new HaveTable()
+  const listeners = new Set<(hex: string, peer: string) => void>()
+  const bitfield = (peer: string, pending: number[]): void => {
+    table.apply(peer, { type: 'bitfield', blob, chunks: CHUNKS, bits: newBits(CHUNKS), pending })
+    for (const fn of [...listeners]) fn(hex, peer)
+  }
+  const have = {
+    table,
+    interest: async () => { bitfield('c', []) },
+    onUpdate: (fn: (hex: string, peer: string) => void) => { listeners.add(fn); return () => { listeners.delete(fn) } },
+    followers: () => [],
+    flushBlob: () => {}
+  }
+  const directory: HolderResolver = {
+    resolve: async () => new Map([[hex, pair.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]]),
+    report: () => {}
+  }
+  const loc = new BlobLocator({ directory, have, self: 'a' }, { graceMs: 10_000, bitfieldWaitMs: 2_000 })
+  setTimeout(() => { bitfield('b', Array.from({ length: CHUNKS }, (_v, i) => i)) }, 50)
+  const out = await loc.locate(info, [c], { signal: AbortSignal.timeout(5_000) })
+  const holders = out.get(c.digest.toString('hex')) ?? []
+  assert.deepEqual(holders.map(h => [h.peerId, h.fetching]), [['b', true]], 'b is fetching it: waited for, not fetched from the registry too')
+})

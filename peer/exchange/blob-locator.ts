@@ -266,6 +266,13 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     }
   }
 
+  /** whether every one of `holders` sent its state of the blob */
+  private heardFrom (blobHex: string, holders: ReadonlyMap<string, unknown>): boolean {
+    const heard = new Set(this.have.table.neighbours(blobHex).map(n => n.peerId))
+    for (const id of holders.keys()) if (!heard.has(id)) return false
+    return true
+  }
+
   private async lookUp (blobHex: string, signal: AbortSignal, blind: boolean): Promise<BlobGroup> {
     const first = !this.groups.has(blobHex)
     const holders = new Map<string, ChunkHolder>()
@@ -287,10 +294,13 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
       this.log?.warn('looking up the holders of blob %s failed: %s', blobHex, describeError(err))
     }
     await this.have.interest(blobHex, [...holders.values()], { signal })
-    // the first time: give their bitfields a moment, so the first reads see who has what
+    // the first time: give their bitfields a moment, so the first reads see who has what. Theirs, not any: peers
+    // that told us their interest send bitfields too, and counting those let a node that joined a group plan
+    // without the bitfield of the member fetching everything (the busiest, so the slowest to answer), and take its
+    // share of chunks that member was fetching already from the registry (real 4 × 16 MiB/s: up to 1.09 copies)
     if (first && holders.size > 0) {
       const deadline = this.now() + this.bitfieldWaitMs
-      while (this.have.table.neighbours(blobHex).length < holders.size && this.now() < deadline) {
+      while (!this.heardFrom(blobHex, holders) && this.now() < deadline) {
         await this.changeOf(blobHex, deadline - this.now(), signal)
       }
     }

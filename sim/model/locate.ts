@@ -115,7 +115,15 @@ export class GroupState implements Timed {
   check (): void {
     if (this.phase !== BITFIELDS) return
     const now = this.node.world.queue.now
-    if (this.node.table.neighbours(this.nb.spec.hex).length >= this.holders.length || now >= this.deadline) this.ready()
+    if (now >= this.deadline || this.heardFromHolders()) this.ready()
+  }
+
+  /** as `BlobLocator`: every holder it told its interest sent its bitfield (others' count for nothing) */
+  private heardFromHolders (): boolean {
+    const heard = this.node.table.neighbours(this.nb.spec.hex)
+    if (heard.length < this.holders.length) return false
+    const ids = new Set(heard.map(n => n.peerId))
+    return this.holders.every(h => ids.has(h.peerId))
   }
 
   private ready (): void {
