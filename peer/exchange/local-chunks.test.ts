@@ -1,4 +1,4 @@
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { BlobCache } from '../../cache/index.js'
@@ -84,13 +84,19 @@ test('PENDING when planned: a fetch in flight says nothing until the locator cho
   assert.deepEqual(heard, ['pending 0,1', 'dropped 1'])
 })
 
-test('the chunk server\'s view waits for a chunk in flight its own default, or as long as the look-up asks', async t => {
+/** a cache with a registered blob of two chunks (none present yet), and our view of it */
+async function twoChunks (t: TestContext): Promise<{ b: Awaited<ReturnType<typeof buildBlob>>, cache: BlobCache, local: CacheChunks }> {
   const dir = await tempDir(t)
   const b = await buildBlob(dir, [5000, 7000])
   const cache = await BlobCache.open(join(dir, 'cache'))
   const local = new CacheChunks(cache)
   t.after(async () => { local.close(); await cache.close() })
   await cache.registerBlob(b.blob)
+  return { b, cache, local }
+}
+
+test('the chunk server\'s view waits for a chunk in flight its own default, or as long as the look-up asks', async t => {
+  const { b, cache, local } = await twoChunks(t)
   const servable = waitingForFlights(cache, local, 50)
   local.started(b.blob.blobId, [b.chunks[0]!])
   let started = performance.now()
@@ -106,12 +112,7 @@ test('the chunk server\'s view waits for a chunk in flight its own default, or a
 })
 
 test('the chunk server\'s view does not wait for a chunk our fetch is asking the asker for', async t => {
-  const dir = await tempDir(t)
-  const b = await buildBlob(dir, [5000, 7000])
-  const cache = await BlobCache.open(join(dir, 'cache'))
-  const local = new CacheChunks(cache)
-  t.after(async () => { local.close(); await cache.close() })
-  await cache.registerBlob(b.blob)
+  const { b, cache, local } = await twoChunks(t)
   const asked: Array<[string, string]> = []
   // our fetch of chunk 0 waits on peer "A"
   const servable = waitingForFlights(cache, local, 5000, (digest, peer) => {
