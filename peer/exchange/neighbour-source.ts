@@ -271,7 +271,7 @@ export class NeighbourSource implements ChunkSource {
    * Whether a fetch of this node asked `peerId` for the chunk and waits for its reply now. That peer asking us for
    * the same chunk would wait on our fetch while our fetch waits on it: the chunk server answers it BUSY at once
    * rather than parking it (two real daemons, each PENDING for a chunk they had planned from each other, stalled
-   * their reads a second each time — 10 s once).
+   * their reads a second each time, until the park ran out).
    */
   isAsking (digest: Buffer, peerId: string): boolean {
     return (this.asking.get(digest.toString('hex'))?.get(peerId) ?? 0) > 0
