@@ -12,11 +12,15 @@
  * alone at each cap, and two nodes at each cap, the second started once the first is done; and a request to a
  * neighbour's cost apart from its bytes (`benchChunkRequests`, streams kept open), and a first contact's (a new
  * connection's handshakes and first stream, the same bench less its request). Never from the runs it
- * is compared with. The model runs a second time without CPU, to show what the machine's CPU is worth. Each row also
- * reports the CPU the swarm used (this process and every child it reaped) and how busy the whole machine was.
+ * is compared with. The calibration runs beside a busy loop per core at idle priority ({@link warmCores}): the model
+ * needs what work costs on a machine the swarm keeps busy, and on an idle VM the same work takes more CPU time (one
+ * node alone at 4 MiB/s: 3.7–3.9 CPU-s idle, 2.7 s warm). The model runs a second time without CPU, to show what
+ * the machine's CPU is worth. Each row also reports the CPU the swarm used (this process and every child it reaped)
+ * and how busy the whole machine was.
  */
 import { readFile } from 'node:fs/promises'
 import { benchChunkRequests } from './chunk-requests.js'
+import { warmCores } from './warm-cores.js'
 import {
   compareRuns, cpuSampleOf, fitMachineCpu, modelInitFor, ISSUE_BOUNDS, runModel, runSwarm, type CpuSample, type FigureComparison, type ModelCpu, type ModelReport, type SwarmInit, type SwarmReport
 } from '../sim/index.js'
@@ -31,6 +35,8 @@ export interface CredibilityBenchOptions {
   chunkSize?: number
   staggerMs?: number
   rttMs?: number
+  /** run the calibration (the runs alone, the relays, a request's cost) beside idle-priority loops that keep the cores from idling ({@link warmCores}; default true) */
+  warmCalibration?: boolean
   log?: (line: string) => void
 }
 
@@ -66,6 +72,8 @@ export interface CredibilityBenchResult {
   alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse, readCpuMs: number | undefined }>
   /** the calibration runs besides the runs alone, one per cap: one node reading everything from another that finished */
   calibration: Array<{ bandwidth: number, nodes: number, staggerMs: number, realMs: number, registryBytes: number, peerBytes: number, readCpuMs: number | undefined }>
+  /** how the calibration ran: beside idle-priority loops keeping the cores warm ('idle', or 'nice' without `chrt`), or on a machine left idle ('off') */
+  warmCalibration: 'idle' | 'nice' | 'off'
   /** the machine's CPU as the model was given it, fitted from the runs alone and the calibration runs, with a request's cost measured apart (undefined: not measured, not modelled) */
   machineCpu: ModelCpu | undefined
   rows: CredibilityRow[]
@@ -80,22 +88,25 @@ const MiB = 1 << 20
  */
 const IDLE_DEADLINE_MS = 10_000
 
-/** utime + stime of this process and of its reaped children, and the machine's busy and total jiffies */
-async function cpuSnapshot (): Promise<{ own: number, busy: number, total: number }> {
+/**
+ * utime + stime of this process and of its reaped children, and the machine's busy and total jiffies (busy leaves out
+ * niced work when `exceptNice`: the idle-priority loops that keep the cores warm run niced)
+ */
+async function cpuSnapshot (exceptNice: boolean): Promise<{ own: number, busy: number, total: number }> {
   const self = (await readFile('/proc/self/stat', 'utf8')).split(') ')[1]!.split(' ')
   // fields 14–17 of proc(5) (utime stime cutime cstime) are 11–14 after the command's closing parenthesis
   const own = [11, 12, 13, 14].reduce((a, i) => a + Number(self[i]), 0)
   const cpu = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
   const total = cpu.reduce((a, b) => a + b, 0)
-  // idle and iowait
-  return { own, busy: total - cpu[3]! - cpu[4]!, total }
+  // idle and iowait, and nice
+  return { own, busy: total - cpu[3]! - cpu[4]! - (exceptNice ? cpu[1]! : 0), total }
 }
 
-async function measured<T> (cores: number, fn: () => Promise<T>): Promise<{ value: T, cpu: CpuUse }> {
+async function measured<T> (cores: number, fn: () => Promise<T>, exceptNice = false): Promise<{ value: T, cpu: CpuUse }> {
   const t0 = performance.now()
-  const a = await cpuSnapshot()
+  const a = await cpuSnapshot(exceptNice)
   const value = await fn()
-  const b = await cpuSnapshot()
+  const b = await cpuSnapshot(exceptNice)
   const wallS = (performance.now() - t0) / 1000
   // USER_HZ is 100 on Linux, whatever the kernel's own tick
   const swarmCpuS = (b.own - a.own) / 100
@@ -118,6 +129,10 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
   const rows: CredibilityRow[] = []
   let blobBytes = 0
   const samples: Array<CpuSample | undefined> = []
+  // the calibration runs beside a busy loop per core at idle priority: the model needs the CPU work costs on a
+  // machine the swarm keeps busy, and on this VM work costs more on an idle one (warm-cores.ts)
+  let warm = opts.warmCalibration === false ? undefined : await warmCores(cores)
+  const warmCalibration = warm?.policy ?? 'off'
   const run = async (bandwidth: number, n: number, staggerMs = opts.staggerMs): Promise<{ init: SwarmInit, real: SwarmReport, cpu: CpuUse }> => {
     const init: SwarmInit = {
       nodes: n,
@@ -129,33 +144,41 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
       ...(staggerMs !== undefined ? { staggerMs } : {}),
       log
     }
-    log(`real: ${n} node(s) at ${bandwidth / MiB} MiB/s`)
-    const { value: real, cpu } = await measured(cores, async () => await runSwarm(init))
+    log(`real: ${n} node(s) at ${bandwidth / MiB} MiB/s${warm !== undefined ? ' (cores kept warm)' : ''}`)
+    const { value: real, cpu } = await measured(cores, async () => await runSwarm(init), warm !== undefined)
     blobBytes = real.blobBytes
     return { init, real, cpu }
   }
-  for (const bandwidth of bandwidths) {
-    const one = await run(bandwidth, 1)
-    const oneModel = runModel(modelInitFor(one.init, one.real, { rttMs }))
-    alone.push({ bandwidth, realMs: one.real.maxMs, modelMs: oneModel.nativeReadMs, ratio: oneModel.nativeReadMs / one.real.maxMs, cpu: one.cpu, readCpuMs: one.real.readCpuMs })
-    samples.push(cpuSampleOf(one.real))
+  let msPerRequest: number
+  let msPerConnection: number
+  try {
+    for (const bandwidth of bandwidths) {
+      const one = await run(bandwidth, 1)
+      const oneModel = runModel(modelInitFor(one.init, one.real, { rttMs }))
+      alone.push({ bandwidth, realMs: one.real.maxMs, modelMs: oneModel.nativeReadMs, ratio: oneModel.nativeReadMs / one.real.maxMs, cpu: one.cpu, readCpuMs: one.real.readCpuMs })
+      samples.push(cpuSampleOf(one.real))
+    }
+    // the machine's CPU, before any run it is held against: the runs alone, and at each cap one node reading
+    // everything from another that finished (started once the first is done: the neighbour path's cost, without a
+    // swarm). One relay alone left the neighbour's cost to a single 4 s run (fitted 25.7 and 34.1 ms per MiB in two
+    // runs of this bench); one per cap gives the fit more samples than unknowns
+    for (const bandwidth of bandwidths) {
+      const aloneMs = alone.find(a => a.bandwidth === bandwidth)!.realMs
+      const relay = await run(bandwidth, 2, Math.ceil(aloneMs * 1.25) + 1000)
+      calibration.push({ bandwidth, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
+      samples.push(cpuSampleOf(relay.real))
+    }
+    // what a request costs apart from its bytes, both ends, on streams kept open as a swarm's mostly are
+    // and a first contact's handshakes, less the request it carried
+    const requestCost = await benchChunkRequests({ requests: 1000, runs: 3, contacts: 20 })
+    msPerRequest = requestCost.keptCpuUs / 1000
+    msPerConnection = Math.max(0, requestCost.contactCpuUs - requestCost.keptCpuUs) / 1000
+    log(`a request to a neighbour: ${msPerRequest.toFixed(2)} ms of CPU, both ends; a connection ${msPerConnection.toFixed(1)} ms`)
+  } finally {
+    // reaped here, between measurements
+    await warm?.stop()
+    warm = undefined
   }
-  // the machine's CPU, before any run it is held against: the runs alone, and at each cap one node reading
-  // everything from another that finished (started once the first is done: the neighbour path's cost, without a
-  // swarm). One relay alone left the neighbour's cost to a single 4 s run (fitted 25.7 and 34.1 ms per MiB in two
-  // runs of this bench); one per cap gives the fit more samples than unknowns
-  for (const bandwidth of bandwidths) {
-    const aloneMs = alone.find(a => a.bandwidth === bandwidth)!.realMs
-    const relay = await run(bandwidth, 2, Math.ceil(aloneMs * 1.25) + 1000)
-    calibration.push({ bandwidth, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
-    samples.push(cpuSampleOf(relay.real))
-  }
-  // what a request costs apart from its bytes, both ends, on streams kept open as a swarm's mostly are
-  // and a first contact's handshakes, less the request it carried
-  const requestCost = await benchChunkRequests({ requests: 1000, runs: 3, contacts: 20 })
-  const msPerRequest = requestCost.keptCpuUs / 1000
-  const msPerConnection = Math.max(0, requestCost.contactCpuUs - requestCost.keptCpuUs) / 1000
-  log(`a request to a neighbour: ${msPerRequest.toFixed(2)} ms of CPU, both ends; a connection ${msPerConnection.toFixed(1)} ms`)
   const measuredCpu = samples.filter((x): x is CpuSample => x !== undefined)
   const machineCpu = measuredCpu.length === samples.length ? { ...fitMachineCpu(cores, measuredCpu, msPerRequest), msPerConnection } : undefined
   if (machineCpu !== undefined) log(`machine CPU for the model: ${formatCpu(machineCpu)}`)
@@ -196,6 +219,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     cores,
     alone,
     calibration,
+    warmCalibration,
     machineCpu,
     rows,
     withinBounds: { egress: count('egress'), p50: count('p50Ms'), max: count('maxMs'), of: rows.length }
@@ -229,7 +253,7 @@ export function formatCredibilityBench (r: CredibilityBenchResult): string {
     ...r.calibration.map(c => `calibration: ${c.nodes} nodes at ${c.bandwidth / MiB} MiB/s, the second ${s(c.staggerMs)} s after the first: slowest ${s(c.realMs)} s, ` +
       `${(c.registryBytes / MiB).toFixed(1)} MiB from the registry, ${(c.peerBytes / MiB).toFixed(1)} MiB from the neighbour, reading CPU ${c.readCpuMs !== undefined ? s(c.readCpuMs) : '?'} s`),
     r.machineCpu !== undefined
-      ? `the machine's CPU as the model has it (fitted from the runs alone and the calibration): ${formatCpu(r.machineCpu)}`
+      ? `the machine's CPU as the model has it (fitted from the runs alone and the calibration${r.warmCalibration !== 'off' ? ', all beside idle-priority loops keeping the cores warm' : ''}): ${formatCpu(r.machineCpu)}`
       : 'the machine\'s CPU: not measured (no /proc), not modelled',
     '',
     '| nodes | cap | egress real / model (model/real) | p50 s real / model | max s real / model | model without CPU: egress, p50 / max s | real nodes with a fetch of ≥ 10 s (as long as the idle deadline) | real reading CPU s | swarm CPU / machine busy / model CPU busy |',

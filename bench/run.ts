@@ -15,9 +15,10 @@
  * with the Redis Cluster one on a 3-master cluster it starts here (its Redis half is skipped without redis-server).
  * `attack` (named only) floods a default scheduler with fake identities and reports its memory and honest look-ups.
  * `credibility` (named only, root) runs the real `rafspeer sim` and the model with the same parameters side by side:
- *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks] [--prefetch all]` (lists
- *   of counts and sizes here; a bare size is MiB, as elsewhere). Before the compared runs it calibrates the model's
- *   CPU on this machine (per cap: one node alone, one node reading everything from another) and says what it fitted.
+ *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks] [--prefetch all]
+ *   [--cold-calibration]` (lists of counts and sizes here; a bare size is MiB, as elsewhere). Before the compared runs
+ *   it calibrates the model's CPU on this machine (per cap: one node alone, one node reading everything from another;
+ *   beside idle-priority loops keeping the cores warm unless `--cold-calibration`) and says what it fitted.
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -194,6 +195,7 @@ if (want('credibility')) {
   const prefetch = prefetchAt >= 0 ? args[prefetchAt + 1] : undefined
   if (prefetch !== undefined && prefetch !== 'all' && prefetch !== 'none') throw new Error(`--prefetch wants all or none, got ${prefetch}`)
   const r = await benchCredibility({
+    ...(args.includes('--cold-calibration') ? { warmCalibration: false } : {}),
     ...(prefetch !== undefined ? { prefetch } : {}),
     ...(nodes !== undefined ? { nodes } : {}),
     ...(bandwidths !== undefined ? { bandwidths } : {}),
