@@ -167,17 +167,21 @@ export async function openBlob (t: Transport, counters: TrafficCounters, target:
  * is the whole blob: the bytes before the range are skipped as they arrive (counted, never buffered), the range is
  * kept, and the connection is dropped after it. The bytes are not digest-checked here (a range has no digest of its
  * own); callers verify the chunk digests inside. `onBytes` hears each piece of the range as it arrives (a caller's
- * idle deadline: a range that keeps arriving under a slow link is not stalled).
+ * idle deadline: a range that keeps arriving under a slow link is not stalled). With `sink`, the bytes land in
+ * `sink.into` (the range's length) and `sink.filled` hears how many of them are in, from the start, as they arrive
+ * (never fewer than before: a cut range resumes where it was cut), so a caller can use the first bytes before the
+ * last arrive.
  */
 export async function fetchRange (t: Transport, counters: TrafficCounters, target: Target, start: number,
-  endInclusive: number, ranges?: RangeSupport, onBytes?: (n: number) => void): Promise<Buffer> {
+  endInclusive: number, ranges?: RangeSupport, onBytes?: (n: number) => void, sink?: RangeSink): Promise<Buffer> {
   const ctx: RegistryErrorContext = { host: target.host, repository: target.repository, target: target.digest }
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endInclusive) || start < 0 || endInclusive < start) {
     throw new RegistryRangeError(`invalid range ${start}-${endInclusive}`, ctx)
   }
   const length = endInclusive - start + 1
   if (length > MAX_RANGE_BYTES) throw new RegistryTooLargeError(`range of ${length} bytes`, MAX_RANGE_BYTES, ctx)
-  const buf = Buffer.allocUnsafe(length)
+  if (sink !== undefined && sink.into.length !== length) throw new RangeError(`a range of ${length} bytes cannot land in a buffer of ${sink.into.length}`)
+  const buf = sink?.into ?? Buffer.allocUnsafe(length)
   let got = 0
   for (let attempt = 0; ; attempt++) {
     const from = start + got
@@ -217,6 +221,7 @@ export async function fetchRange (t: Transport, counters: TrafficCounters, targe
         chunk.copy(buf, got, 0, take)
         got += take
         onBytes?.(take)
+        sink?.filled(got)
         if (got === length) break // a whole-blob answer: the rest of the blob is not wanted
       }
       if (got < length) {
@@ -237,6 +242,12 @@ export async function fetchRange (t: Transport, counters: TrafficCounters, targe
       discard(res.body)
     }
   }
+}
+
+/** Where a range's bytes land as they arrive (`fetchRange`): the buffer, and who hears how many are in. */
+export interface RangeSink {
+  into: Buffer
+  filled: (bytes: number) => void
 }
 
 /** A byte range of a blob being downloaded: where it starts and ends in the blob, and the blob's total size. */

@@ -301,11 +301,14 @@ export class RegistryClient {
   /**
    * Bytes `[start, endInclusive]` of a blob, via `Range` (see `fetchRange` for what is accepted). Against a registry
    * that ignores Range, the bytes before `start` are downloaded and skipped. `onBytes` hears the range's bytes as
-   * they arrive.
+   * they arrive; with `into` (a buffer of the range's length) they land there, and `onFilled` hears how many are in
+   * from the start, so the caller can use the first bytes before the last arrive.
    */
-  async fetchBlobRange (repo: Ref, digest: string, start: number, endInclusive: number, opts: CallOptions & { onBytes?: (n: number) => void } = {}): Promise<Buffer> {
+  async fetchBlobRange (repo: Ref, digest: string, start: number, endInclusive: number,
+    opts: CallOptions & { onBytes?: (n: number) => void, into?: Buffer, onFilled?: (bytes: number) => void } = {}): Promise<Buffer> {
     const { host, repository } = this.repo(repo, digest)
-    return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive, this.ranges, opts.onBytes)
+    const sink = opts.into !== undefined ? { into: opts.into, filled: opts.onFilled ?? (() => {}) } : undefined
+    return await fetchRange(this.transport, this.counters, { host, repository, digest, ...sig(opts) }, start, endInclusive, this.ranges, opts.onBytes, sink)
   }
 
   /**

@@ -129,6 +129,78 @@ describe('RegistrySource', () => {
 })
 
 /**
+ * A registry that answers a Range with the asked bytes of `blob`, but sends only the first `firstBytes` of them until
+ * `release()` (or, with `cut`, ends the connection there): a slow or broken link in the middle of a range.
+ */
+async function heldRangeRegistry (blob: Buffer, firstBytes: number, cut = false): Promise<{ host: string, release: () => void, stop: () => Promise<void> }> {
+  let release!: () => void
+  const released = new Promise<void>(resolve => { release = resolve })
+  const server: Server = createServer((req, res) => {
+    const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')
+    if (req.method !== 'GET' || m === null) { res.writeHead(404).end(); return }
+    const start = Number(m[1])
+    const end = Number(m[2])
+    res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${blob.length}`, 'content-type': 'application/octet-stream' })
+    res.write(blob.subarray(start, start + firstBytes))
+    if (cut) { setTimeout(() => { res.destroy() }, 50); return }
+    void released.then(() => res.end(blob.subarray(start + firstBytes, end + 1)))
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  return {
+    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    release,
+    stop: async () => { release(); server.closeAllConnections(); await new Promise<void>(resolve => server.close(() => resolve())) }
+  }
+}
+
+describe('RegistrySource, a range still arriving', () => {
+  let img: TestImage
+  before(async () => { img = await buildTestImage({ compressor: 'none' }) })
+  after(async () => { await img?.cleanup() })
+
+  it('yields a chunk as soon as its bytes are in, before the rest of the range', async () => {
+    const blob = await readFile(img.blobPath)
+    const a = chunksOf(img, '/a.bin') // 64 KiB chunks stored raw, contiguous: one range
+    const reg = await heldRangeRegistry(blob, a[0]!.compressedSize)
+    const client = new RegistryClient({ retries: 0 })
+    try {
+      const src = new RegistrySource({ client }, { repository: `${reg.host}/held/app` })
+      const it = src.fetch(img.blobs[0]!, a.slice(0, 4), { signal: AbortSignal.timeout(10_000), verify: () => true })[Symbol.asyncIterator]()
+      // only the first chunk's bytes were sent: it comes out while the rest is held back
+      const first = await it.next()
+      assert.equal(first.done, false)
+      assert.equal(first.value.chunk.index, a[0]!.index)
+      assert.deepEqual(first.value.plaintext, img.files['/a.bin']!.subarray(0, a[0]!.uncompressedSize))
+      reg.release()
+      const rest: number[] = []
+      for (let r = await it.next(); r.done !== true; r = await it.next()) rest.push(r.value.chunk.index)
+      assert.deepEqual(rest, a.slice(1, 4).map(c => c.index))
+    } finally {
+      await reg.stop()
+      await client.close()
+    }
+  })
+
+  it('a range cut after its first chunk: that chunk comes out, then a clear error', async () => {
+    const blob = await readFile(img.blobPath)
+    const a = chunksOf(img, '/a.bin')
+    const reg = await heldRangeRegistry(blob, a[0]!.compressedSize + 100, true)
+    const client = new RegistryClient({ retries: 0 })
+    try {
+      const src = new RegistrySource({ client }, { repository: `${reg.host}/cut/app` })
+      const got: number[] = []
+      await assert.rejects(async () => {
+        for await (const r of src.fetch(img.blobs[0]!, a.slice(0, 4), { signal: AbortSignal.timeout(10_000), verify: () => true })) got.push(r.chunk.index)
+      }, (err: Error) => /cut at byte|truncated|socket|terminated|closed/i.test(`${err.message} ${String((err.cause as Error | undefined)?.message)}`))
+      assert.deepEqual(got, [a[0]!.index])
+    } finally {
+      await reg.stop()
+      await client.close()
+    }
+  })
+})
+
+/**
  * A registry that ignores Range: every blob GET is answered 200 with the whole blob (HTTP allows it). `flip`
  * changes one byte of the body, to show that skipping never lets a wrong byte through.
  */
