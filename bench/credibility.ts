@@ -9,7 +9,8 @@
  * Real runs share this machine's cores with their daemons, readers and registry: the model is given the machine's
  * CPU (`ModelInit.cpu`: a cost per MiB from the registry, one per MiB from a neighbour, a node's background share of
  * a core), fitted by `fitMachineCpu` from calibration runs' reading-phase CPU (`SwarmReport.readCpuMs`): one node
- * alone at each cap, and two nodes at each cap, the second started once the first is done; and a request to a
+ * alone at each cap, two nodes at each cap, the second started once the first is done, and swarms of sizes not
+ * compared (3 and 6 nodes: the machine loaded as the compared swarms load it); and a request to a
  * neighbour's cost apart from its bytes (`benchChunkRequests`, streams kept open), and a first contact's (a new
  * connection's handshakes and first stream, the same bench less its request). Never from the runs it
  * is compared with. The calibration runs beside a busy loop per core at idle priority ({@link warmCores}): the model
@@ -35,6 +36,11 @@ export interface CredibilityBenchOptions {
   chunkSize?: number
   staggerMs?: number
   rttMs?: number
+  /**
+   * swarm sizes also run for the calibration, at every cap (default 3 and 6, less any size compared): loads like the
+   * compared swarms', which the runs alone and the relays do not give (`[]`: none)
+   */
+  calibrationNodes?: number[]
   /** run the calibration (the runs alone, the relays, a request's cost) beside idle-priority loops that keep the cores from idling ({@link warmCores}; default true) */
   warmCalibration?: boolean
   log?: (line: string) => void
@@ -70,8 +76,8 @@ export interface CredibilityBenchResult {
   cores: number
   /** per cap: one real node alone (its completion, its reading phase's CPU) and the model's one node alone */
   alone: Array<{ bandwidth: number, realMs: number, modelMs: number, ratio: number, cpu: CpuUse, readCpuMs: number | undefined }>
-  /** the calibration runs besides the runs alone, one per cap: one node reading everything from another that finished */
-  calibration: Array<{ bandwidth: number, nodes: number, staggerMs: number, realMs: number, registryBytes: number, peerBytes: number, readCpuMs: number | undefined }>
+  /** the calibration runs besides the runs alone: per cap one node reading everything from another that finished (staggerMs > 0), and swarms of the calibration sizes */
+  calibration: Array<{ kind: 'relay' | 'swarm', bandwidth: number, nodes: number, staggerMs: number, realMs: number, registryBytes: number, peerBytes: number, readCpuMs: number | undefined }>
   /** how the calibration ran: beside idle-priority loops keeping the cores warm ('idle', or 'nice' without `chrt`), or on a machine left idle ('off') */
   warmCalibration: 'idle' | 'nice' | 'off'
   /** the machine's CPU as the model was given it, fitted from the runs alone and the calibration runs, with a request's cost measured apart (undefined: not measured, not modelled) */
@@ -124,6 +130,8 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
   const { availableParallelism } = await import('node:os')
   const cores = availableParallelism()
   if (directory === 'chunks') log('note: the model indexes blobs (who works on which blob) whatever the real run does: a chunk-level real run is compared with the blob-level model')
+  const calibrationNodes = (opts.calibrationNodes ?? [3, 6]).filter(n => !nodes.includes(n))
+  if (!calibrationNodes.every(n => Number.isInteger(n) && n >= 2 && n <= 64)) throw new RangeError(`calibration swarms of 2–64 nodes, got ${calibrationNodes.join(', ')}`)
   const alone: CredibilityBenchResult['alone'] = []
   const calibration: CredibilityBenchResult['calibration'] = []
   const rows: CredibilityRow[] = []
@@ -165,8 +173,17 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
     for (const bandwidth of bandwidths) {
       const aloneMs = alone.find(a => a.bandwidth === bandwidth)!.realMs
       const relay = await run(bandwidth, 2, Math.ceil(aloneMs * 1.25) + 1000)
-      calibration.push({ bandwidth, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
+      calibration.push({ kind: 'relay', bandwidth, nodes: 2, staggerMs: relay.init.staggerMs ?? 0, realMs: relay.real.maxMs, registryBytes: relay.real.nodes.reduce((a, n) => a + n.registryBytes, 0), peerBytes: relay.real.peerBytes, readCpuMs: relay.real.readCpuMs })
       samples.push(cpuSampleOf(relay.real))
+    }
+    // swarms of sizes not compared: the machine as loaded as the compared swarms load it (one node at a time keeps it
+    // 11–27% busy, 8 nodes 80–99%, and what work costs differs with that on this VM)
+    for (const bandwidth of bandwidths) {
+      for (const n of calibrationNodes) {
+        const sw = await run(bandwidth, n)
+        calibration.push({ kind: 'swarm', bandwidth, nodes: n, staggerMs: sw.init.staggerMs ?? 0, realMs: sw.real.maxMs, registryBytes: sw.real.nodes.reduce((a, x) => a + x.registryBytes, 0), peerBytes: sw.real.peerBytes, readCpuMs: sw.real.readCpuMs })
+        samples.push(cpuSampleOf(sw.real))
+      }
     }
     // what a request costs apart from its bytes, both ends, on streams kept open as a swarm's mostly are
     // and a first contact's handshakes, less the request it carried
@@ -250,8 +267,8 @@ export function formatCredibilityBench (r: CredibilityBenchResult): string {
     '|---|---|---|---|---|---|',
     ...r.alone.map(a => `| 1 node at ${a.bandwidth / MiB} MiB/s | ${s(a.realMs)} s | ${s(a.modelMs)} s | ${a.ratio.toFixed(2)} | ${a.readCpuMs !== undefined ? s(a.readCpuMs) : '?'} | ${(a.cpu.swarmShare * 100).toFixed(0)}% / ${(a.cpu.machineBusy * 100).toFixed(0)}% |`),
     '',
-    ...r.calibration.map(c => `calibration: ${c.nodes} nodes at ${c.bandwidth / MiB} MiB/s, the second ${s(c.staggerMs)} s after the first: slowest ${s(c.realMs)} s, ` +
-      `${(c.registryBytes / MiB).toFixed(1)} MiB from the registry, ${(c.peerBytes / MiB).toFixed(1)} MiB from the neighbour, reading CPU ${c.readCpuMs !== undefined ? s(c.readCpuMs) : '?'} s`),
+    ...r.calibration.map(c => `calibration: ${c.nodes} nodes at ${c.bandwidth / MiB} MiB/s, ${c.kind === 'relay' ? `the second ${s(c.staggerMs)} s after the first` : 'a swarm'}: slowest ${s(c.realMs)} s, ` +
+      `${(c.registryBytes / MiB).toFixed(1)} MiB from the registry, ${(c.peerBytes / MiB).toFixed(1)} MiB from neighbours, reading CPU ${c.readCpuMs !== undefined ? s(c.readCpuMs) : '?'} s`),
     r.machineCpu !== undefined
       ? `the machine's CPU as the model has it (fitted from the runs alone and the calibration${r.warmCalibration !== 'off' ? ', all beside idle-priority loops keeping the cores warm' : ''}): ${formatCpu(r.machineCpu)}`
       : 'the machine\'s CPU: not measured (no /proc), not modelled',

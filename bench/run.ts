@@ -16,9 +16,10 @@
  * `attack` (named only) floods a default scheduler with fake identities and reports its memory and honest look-ups.
  * `credibility` (named only, root) runs the real `rafspeer sim` and the model with the same parameters side by side:
  *   `credibility [--nodes 2,4,8] [--bandwidth 4MiB,16MiB] [--image-size 64MiB] [--directory blobs|chunks] [--prefetch all]
- *   [--cold-calibration]` (lists of counts and sizes here; a bare size is MiB, as elsewhere). Before the compared runs
- *   it calibrates the model's CPU on this machine (per cap: one node alone, one node reading everything from another;
- *   beside idle-priority loops keeping the cores warm unless `--cold-calibration`) and says what it fitted.
+ *   [--cold-calibration] [--calibration-nodes 3,6|none]` (lists of counts and sizes here; a bare size is MiB, as
+ *   elsewhere). Before the compared runs it calibrates the model's CPU on this machine (per cap: one node alone, one
+ *   node reading everything from another, swarms of 3 and 6 nodes; beside idle-priority loops keeping the cores warm
+ *   unless `--cold-calibration`) and says what it fitted.
  */
 import '../polyfill.js'
 import { benchBuild, formatBuildBench } from './build.js'
@@ -194,7 +195,10 @@ if (want('credibility')) {
   const prefetchAt = args.indexOf('--prefetch')
   const prefetch = prefetchAt >= 0 ? args[prefetchAt + 1] : undefined
   if (prefetch !== undefined && prefetch !== 'all' && prefetch !== 'none') throw new Error(`--prefetch wants all or none, got ${prefetch}`)
+  const calAt = args.indexOf('--calibration-nodes')
+  const calibrationNodes = calAt >= 0 ? (args[calAt + 1] ?? '').split(',').filter(x => x !== '' && x !== 'none').map(Number) : undefined
   const r = await benchCredibility({
+    ...(calibrationNodes !== undefined ? { calibrationNodes } : {}),
     ...(args.includes('--cold-calibration') ? { warmCalibration: false } : {}),
     ...(prefetch !== undefined ? { prefetch } : {}),
     ...(nodes !== undefined ? { nodes } : {}),
