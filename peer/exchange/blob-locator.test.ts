@@ -191,29 +191,3 @@ test('a first look-up waits for the bitfields of the holders it follows, not for
   const holders = out.get(c.digest.toString('hex')) ?? []
   assert.deepEqual(holders.map(h => [h.peerId, h.fetching]), [['b', true]], 'b is fetching it: waited for, not fetched from the registry too')
 })
-
-test('a refresh of the group plans on while the connections to its new holders are still opening', async () => {
-  let now = 0
-  let answers = 0
-  const directory: HolderResolver = {
-    // alone at first (the group still filling), the full group at the refresh
-    resolve: async () => new Map([[hex, (answers++ === 0 ? ['a'] : group).map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]]),
-    report: () => {}
-  }
-  let told = 0
-  const have = {
-    table: new HaveTable(),
-    // the first look-up's holders are told at once; later dials never finish (a loaded machine's are slow)
-    interest: async () => { if (told++ > 0) await new Promise(() => {}) },
-    onUpdate: () => () => {},
-    followers: () => [],
-    flushBlob: () => {}
-  }
-  const loc = new BlobLocator({ directory, have, self: 'a' }, { graceMs: 0, bitfieldWaitMs: 0, now: () => now })
-  assert.equal((await loc.locate(info, [chunk], { signal: AbortSignal.timeout(2_000) })).size, 0)
-  now += 300
-  // the group is refreshed (it was not full) and names b, c, d: told in the background, the read is planned now
-  assert.equal((await loc.locate(info, [chunk], { signal: AbortSignal.timeout(2_000) })).size, 0)
-  assert.equal(answers, 2)
-  assert.equal(told, 2, 'the refresh told the new holders')
-})

@@ -293,16 +293,6 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
       signal.throwIfAborted()
       this.log?.warn('looking up the holders of blob %s failed: %s', blobHex, describeError(err))
     }
-    // telling new holders our interest opens a connection to each: on a refresh the plans go on meanwhile (their
-    // bitfields count as they come), only a first look-up waits for them (traced, 8 daemons at 4 MiB/s: the first
-    // node's refresh while its group filled waited 0.7 s for five dials, its read with it)
-    // (not bound to this read's signal: the connections outlive it)
-    if (!first) {
-      void this.have.interest(blobHex, [...holders.values()]).catch((err: unknown) => {
-        this.log?.debug('telling the holders of blob %s our interest failed: %s', blobHex, describeError(err))
-      })
-      return { holders, group, at: this.now() }
-    }
     await this.have.interest(blobHex, [...holders.values()], { signal })
     // the first time: give their bitfields a moment, so the first reads see who has what. Theirs, not any: peers
     // that told us their interest send bitfields too, and counting those let a node that joined a group plan

@@ -89,15 +89,11 @@ export class GroupState implements Timed {
     // on an open one nothing
     let up = w.queue.now
     for (const h of fresh) up = Math.max(up, node.connectAt(h))
-    // as `BlobLocator`: only a first look-up waits for the connections; a refresh plans on, telling as they come up
-    const first = this.firstLookUp
-    if (!first) this.ready()
     w.queue.at(up, {
       fire: () => {
         if (node.incarnation !== this.inc || !node.alive) return
         for (const h of fresh) node.interest(this.nb, h)
-        if (!first) return
-        if (this.holders.length > 0) {
+        if (this.firstLookUp && this.holders.length > 0) {
           this.phase = BITFIELDS
           node.attend(this.nb, 1)
           this.deadline = w.queue.now + w.cfg.bitfieldWaitMs
