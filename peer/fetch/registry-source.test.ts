@@ -132,10 +132,14 @@ describe('RegistrySource', () => {
  * A registry that answers a Range with the asked bytes of `blob`, but sends only the first `firstBytes` of them until
  * `release()` (or, with `cut`, ends the connection there): a slow or broken link in the middle of a range.
  */
-async function heldRangeRegistry (blob: Buffer, firstBytes: number, cut = false): Promise<{ host: string, release: () => void, stop: () => Promise<void> }> {
+async function heldRangeRegistry (blob: Buffer, firstBytes: number, cut = false): Promise<{ host: string, release: () => void, closed: Promise<boolean>, stop: () => Promise<void> }> {
   let release!: () => void
   const released = new Promise<void>(resolve => { release = resolve })
+  // resolves when an answer's connection goes: true if the client left before the whole answer was sent
+  let closedEarly!: (early: boolean) => void
+  const closed = new Promise<boolean>(resolve => { closedEarly = resolve })
   const server: Server = createServer((req, res) => {
+    res.on('close', () => { closedEarly(!res.writableFinished) })
     const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')
     if (req.method !== 'GET' || m === null) { res.writeHead(404).end(); return }
     const start = Number(m[1])
@@ -149,6 +153,7 @@ async function heldRangeRegistry (blob: Buffer, firstBytes: number, cut = false)
   return {
     host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
     release,
+    closed,
     stop: async () => { release(); server.closeAllConnections(); await new Promise<void>(resolve => server.close(() => resolve())) }
   }
 }
@@ -175,6 +180,25 @@ describe('RegistrySource, a range still arriving', () => {
       const rest: number[] = []
       for (let r = await it.next(); r.done !== true; r = await it.next()) rest.push(r.value.chunk.index)
       assert.deepEqual(rest, a.slice(1, 4).map(c => c.index))
+    } finally {
+      await reg.stop()
+      await client.close()
+    }
+  })
+
+  it('a consumer that stops after the first chunk ends the range\'s download', async () => {
+    const blob = await readFile(img.blobPath)
+    const a = chunksOf(img, '/a.bin')
+    const reg = await heldRangeRegistry(blob, a[0]!.compressedSize)
+    const client = new RegistryClient({ retries: 0 })
+    try {
+      const src = new RegistrySource({ client }, { repository: `${reg.host}/left/app` })
+      // a signal that never fires: only the consumer's leaving can end the download
+      const it = src.fetch(img.blobs[0]!, a.slice(0, 4), { signal: new AbortController().signal, verify: () => true })[Symbol.asyncIterator]()
+      assert.equal((await it.next()).value?.chunk.index, a[0]!.index)
+      await it.return?.(undefined)
+      const closed = await Promise.race([reg.closed, new Promise<string>(resolve => setTimeout(() => { resolve('still open after 3 s') }, 3_000))])
+      assert.equal(closed, true, 'the connection went before the rest of the range was sent')
     } finally {
       await reg.stop()
       await client.close()

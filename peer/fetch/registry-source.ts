@@ -55,35 +55,41 @@ export class RegistrySource implements ChunkSource {
       let filled = 0
       let wake: (() => void) | undefined
       let failure: { err: unknown } | undefined
+      // a consumer that stops taking chunks (its attempt ended) ends the download too
+      const left = new AbortController()
       const fetched = this.client.fetchBlobRange(this.repository, digest, run.start, run.end - 1, {
-        signal: opts.signal,
+        signal: AbortSignal.any([opts.signal, left.signal]),
         ...(opts.progress !== undefined ? { onBytes: opts.progress } : {}),
         into: bytes,
         onFilled: n => { filled = n; wake?.() }
       }).then(() => { filled = bytes.length; wake?.() }, (err: unknown) => { failure = { err }; wake?.() })
-      for (const chunk of run.chunks) {
-        const endAt = chunk.compressedOffset - run.start + chunk.compressedSize
-        while (filled < endAt) {
-          if (failure !== undefined) throw failure.err
-          await new Promise<void>(resolve => { wake = resolve })
-          wake = undefined
-        }
-        const stored = bytes.subarray(chunk.compressedOffset - run.start, endAt)
-        const what = `chunk ${chunk.index} of blob ${blob.blobId}`
-        let plaintext: Buffer
-        if (chunk.compressed) {
-          plaintext = decompressChunk(blob.compressor, stored, chunk.uncompressedSize, what)
-        } else {
-          if (stored.length !== chunk.uncompressedSize) {
-            throw new SourceProtocolError(this.name, `${what} is stored uncompressed in ${stored.length} bytes, metadata says ${chunk.uncompressedSize}`)
+      try {
+        for (const chunk of run.chunks) {
+          const endAt = chunk.compressedOffset - run.start + chunk.compressedSize
+          while (filled < endAt) {
+            if (failure !== undefined) throw failure.err
+            await new Promise<void>(resolve => { wake = resolve })
+            wake = undefined
           }
-          // a copy, so the cached chunk does not pin the whole range buffer
-          plaintext = Buffer.from(stored)
+          const stored = bytes.subarray(chunk.compressedOffset - run.start, endAt)
+          const what = `chunk ${chunk.index} of blob ${blob.blobId}`
+          let plaintext: Buffer
+          if (chunk.compressed) {
+            plaintext = decompressChunk(blob.compressor, stored, chunk.uncompressedSize, what)
+          } else {
+            if (stored.length !== chunk.uncompressedSize) {
+              throw new SourceProtocolError(this.name, `${what} is stored uncompressed in ${stored.length} bytes, metadata says ${chunk.uncompressedSize}`)
+            }
+            // a copy, so the cached chunk does not pin the whole range buffer
+            plaintext = Buffer.from(stored)
+          }
+          yield { chunk, plaintext }
         }
-        yield { chunk, plaintext }
+        await fetched
+        if (failure !== undefined) throw failure.err
+      } finally {
+        if (filled < bytes.length) left.abort(new Error('the chunks of this range are no longer wanted'))
       }
-      await fetched
-      if (failure !== undefined) throw failure.err
     }
   }
 }
