@@ -163,13 +163,24 @@ describe('RegistrySource, a range still arriving', () => {
   before(async () => { img = await buildTestImage({ compressor: 'none' }) })
   after(async () => { await img?.cleanup() })
 
-  it('yields a chunk as soon as its bytes are in, before the rest of the range', async () => {
-    const blob = await readFile(img.blobPath)
-    const a = chunksOf(img, '/a.bin') // 64 KiB chunks stored raw, contiguous: one range
-    const reg = await heldRangeRegistry(blob, a[0]!.compressedSize)
+  /**
+   * `/a.bin`'s chunks (64 KiB stored raw, contiguous: one range) from a registry that sends the first chunk's bytes and
+   * `extra` more, then holds back the rest (or, `cut`, ends the connection)
+   */
+  async function withHeld (extra: number, cut: boolean, fn: (t: { a: ChunkInfo[], reg: Awaited<ReturnType<typeof heldRangeRegistry>>, src: RegistrySource }) => Promise<void>): Promise<void> {
+    const a = chunksOf(img, '/a.bin')
+    const reg = await heldRangeRegistry(await readFile(img.blobPath), a[0]!.compressedSize + extra, cut)
     const client = new RegistryClient({ retries: 0 })
     try {
-      const src = new RegistrySource({ client }, { repository: `${reg.host}/held/app` })
+      await fn({ a, reg, src: new RegistrySource({ client }, { repository: `${reg.host}/held/app` }) })
+    } finally {
+      await reg.stop()
+      await client.close()
+    }
+  }
+
+  it('yields a chunk as soon as its bytes are in, before the rest of the range', async () => {
+    await withHeld(0, false, async ({ a, reg, src }) => {
       const it = src.fetch(img.blobs[0]!, a.slice(0, 4), { signal: AbortSignal.timeout(10_000), verify: () => true })[Symbol.asyncIterator]()
       // only the first chunk's bytes were sent: it comes out while the rest is held back
       const first = await it.next()
@@ -180,47 +191,28 @@ describe('RegistrySource, a range still arriving', () => {
       const rest: number[] = []
       for (let r = await it.next(); r.done !== true; r = await it.next()) rest.push(r.value.chunk.index)
       assert.deepEqual(rest, a.slice(1, 4).map(c => c.index))
-    } finally {
-      await reg.stop()
-      await client.close()
-    }
+    })
   })
 
   it('a consumer that stops after the first chunk ends the range\'s download', async () => {
-    const blob = await readFile(img.blobPath)
-    const a = chunksOf(img, '/a.bin')
-    const reg = await heldRangeRegistry(blob, a[0]!.compressedSize)
-    const client = new RegistryClient({ retries: 0 })
-    try {
-      const src = new RegistrySource({ client }, { repository: `${reg.host}/left/app` })
+    await withHeld(0, false, async ({ a, reg, src }) => {
       // a signal that never fires: only the consumer's leaving can end the download
       const it = src.fetch(img.blobs[0]!, a.slice(0, 4), { signal: new AbortController().signal, verify: () => true })[Symbol.asyncIterator]()
       assert.equal((await it.next()).value?.chunk.index, a[0]!.index)
       await it.return?.(undefined)
       const closed = await Promise.race([reg.closed, new Promise<string>(resolve => setTimeout(() => { resolve('still open after 3 s') }, 3_000))])
       assert.equal(closed, true, 'the connection went before the rest of the range was sent')
-    } finally {
-      await reg.stop()
-      await client.close()
-    }
+    })
   })
 
   it('a range cut after its first chunk: that chunk comes out, then a clear error', async () => {
-    const blob = await readFile(img.blobPath)
-    const a = chunksOf(img, '/a.bin')
-    const reg = await heldRangeRegistry(blob, a[0]!.compressedSize + 100, true)
-    const client = new RegistryClient({ retries: 0 })
-    try {
-      const src = new RegistrySource({ client }, { repository: `${reg.host}/cut/app` })
+    await withHeld(100, true, async ({ a, src }) => {
       const got: number[] = []
       await assert.rejects(async () => {
         for await (const r of src.fetch(img.blobs[0]!, a.slice(0, 4), { signal: AbortSignal.timeout(10_000), verify: () => true })) got.push(r.chunk.index)
       }, (err: Error) => /cut at byte|truncated|socket|terminated|closed/i.test(`${err.message} ${String((err.cause as Error | undefined)?.message)}`))
       assert.deepEqual(got, [a[0]!.index])
-    } finally {
-      await reg.stop()
-      await client.close()
-    }
+    })
   })
 })
 
