@@ -262,8 +262,8 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
     let lazyDirectRead: boolean | undefined
     try {
       if (opts.only === undefined || opts.only === 'lazy') {
-        // the same cache, every chunk verified by this process: the blob is complete when EROFS opens its file, which
-        // therefore passes through to the cache file (where the kernel has FUSE passthrough)
+        // the same cache, every chunk verified by this process: the blob is complete when the mount starts, and the
+        // kernel reads its cache file directly
         await mkdir(lazyMnt)
         const lazy = await mm.mount({ ...local, mountpoint: lazyMnt, mode: 'erofs-lazy', prefetch: 'none' })
         places.push({ target: 'erofs-lazy', root: lazyMnt })
@@ -276,9 +276,9 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
         await mkdir(otherMnt)
         await mmOther.mount({ ...local, mountpoint: otherMnt, mode: 'erofs-lazy', prefetch: 'none' })
         places.push({ target: otherTarget, root: otherMnt })
-        // without passthrough: the blob files' READs all take the native fast path, as a blob's cached ranges do
-        // while it is still being fetched
-        mmFuse = new MountManager({ cache, fuse: timed }, { workDir: join(work, 'daemon-nopt'), lazyKernel: { passthrough: false } })
+        // the blob as a blob file though complete: its READs all take the native fast path, as a blob's cached
+        // ranges do while it is still being fetched
+        mmFuse = new MountManager({ cache, fuse: timed }, { workDir: join(work, 'daemon-fuse'), completeBlobsFromCache: false })
         await mkdir(lazyFuseMnt)
         await mmFuse.mount({ ...local, mountpoint: lazyFuseMnt, mode: 'erofs-lazy', prefetch: 'none' })
         places.push({ target: 'erofs-lazy-fuse', root: lazyFuseMnt })
@@ -296,8 +296,8 @@ export async function benchWarmRead (opts: WarmReadOptions = {}): Promise<WarmRe
       }
       targets = await measureTargets(places, shape, fioOnly ? FIO_WORKLOADS : WORKLOADS)
       lazyKernel = mmFuse?.lazyKernelStats()
-      const pt = mm.lazyKernelStats()
-      if (pt !== undefined) process.stderr.write(`warm: erofs-lazy blob files: ${pt.passthroughOpens} passthrough opens, ${pt.requests} FUSE requests\n`)
+      const direct = mm.lazyKernelStats()
+      if (direct !== undefined) process.stderr.write(`warm: erofs-lazy over the cache files: ${direct.requests} FUSE requests\n`)
     } finally {
       for (const km of kernels) await km.unmount()
       if (mm.get(lazyMnt) !== undefined) await mm.unmount(lazyMnt)

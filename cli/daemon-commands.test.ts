@@ -99,7 +99,7 @@ describe('daemon command arguments', () => {
   it('renders a mount and a status', () => {
     const info: MountInfo = {
       mountpoint: '/mnt/app', source: 'reg/app:1', requestedMode: 'auto', mode: 'fuse', manifestDigest: 'sha256:' + 'c'.repeat(64),
-      bootstrapDigest: 'sha256:' + 'b'.repeat(64), bootstrapPath: '/w/b', blobs: [{ blobId: 'a', chunkCount: 10, chunksReferenced: 10, chunksPresent: 3, complete: false }],
+      bootstrapDigest: 'sha256:' + 'b'.repeat(64), bootstrapPath: '/w/b', blobs: [{ blobId: 'a', chunkCount: 10, chunksReferenced: 10, chunksPresent: 3, complete: false, readFromCache: false }],
       prefetch: { state: 'running', chunksTotal: 10, chunksDone: 3, bytesTotal: 40960, bytesDone: 0 }, mountedAt: '2025-01-01T00:00:00.000Z'
     }
     const text = formatMountInfo(info)

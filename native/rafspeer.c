@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -53,13 +52,6 @@
 #ifndef MNT_DETACH
 #define MNT_DETACH 2
 #endif
-/* FUSE passthrough (Linux 6.9, protocol 7.40); Debian 12's header is 7.38, so the bits are spelt out here */
-#define RS_FUSE_PASSTHROUGH_FLAGS2 (1u << 5) /* FUSE_PASSTHROUGH, bit 37 of the init flags */
-#define RS_FOPEN_PASSTHROUGH (1u << 7)
-struct rs_fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
-#define RS_FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, struct rs_fuse_backing_map)
-/* an open's fh: the file's index, with this bit when the open is a passthrough one */
-#define FH_PASSTHROUGH (1ull << 63)
 
 #define BLOCK 4096u
 #define BLOCK_SHIFT 12
@@ -201,12 +193,6 @@ typedef struct bfile {
   _Atomic uint64_t *seen;
   /* fast-path readers hold it for read across check + pread; clearReady takes it for write */
   pthread_rwlock_t lock;
-  /* passthrough: JS allows it (the blob is complete and pinned); the kernel's backing id of fd (0: none yet,
-   * < 0: -errno of a refused BACKING_OPEN, never retried); opens of each kind not released yet. The kernel refuses a
-   * passthrough open of an inode open in cached mode and the reverse, so an open follows the kind already open. */
-  atomic_bool pt_allowed;
-  int backing_id;
-  unsigned cached_opens, pt_opens;
 } bfile;
 
 typedef struct miss {
@@ -244,8 +230,6 @@ typedef struct server {
   unsigned nthreads;
   uint32_t max_read;
   bool direct_io;
-  bool pt_wanted; /* options.passthrough */
-  bool pt; /* the kernel agreed to passthrough at INIT */
   napi_ref on_miss;
   napi_ref on_access; /* NULL: accesses are not reported */
   napi_threadsafe_function tsfn;
@@ -277,7 +261,6 @@ typedef struct server {
   push_job *push_head, *push_tail;
   pthread_cond_t push_cv;
   _Atomic uint64_t pushes, push_bytes, push_skipped;
-  _Atomic uint64_t pt_opens_total, pt_refused;
 
   /* misses waiting for reply(), keyed by the FUSE unique */
   pthread_mutex_t miss_mu;
@@ -469,14 +452,6 @@ static void do_init (server *s, struct fuse_in_header *in, const void *arg, size
     out.max_write = BLOCK;
     out.time_gran = 1;
     out.max_pages = (uint16_t)((s->max_read + BLOCK - 1) / BLOCK);
-    /* passthrough: a complete blob's opens read the cache file in the kernel, no READ reaches us. Stack depth 1:
-     * the cache file's file system must not be stacked itself (BACKING_OPEN says ELOOP otherwise). */
-    if (s->pt_wanted && !s->direct_io && (ii.flags & FUSE_INIT_EXT) && (ii.flags2 & RS_FUSE_PASSTHROUGH_FLAGS2)) {
-      out.flags |= FUSE_INIT_EXT;
-      out.flags2 |= RS_FUSE_PASSTHROUGH_FLAGS2;
-      out.unused[0] = 1; /* max_stack_depth */
-      s->pt = true;
-    }
     size_t size = out.minor >= 23 ? sizeof out : out.minor >= 5 ? FUSE_COMPAT_22_INIT_OUT_SIZE : FUSE_COMPAT_INIT_OUT_SIZE;
     result = send_reply(s, in->unique, 0, &out, size, NULL, 0);
     if (result == 0) result = 1;
@@ -515,36 +490,7 @@ static void do_getattr (server *s, struct fuse_in_header *in) {
   send_reply(s, in->unique, 0, &o, sizeof o, NULL, 0);
 }
 
-/* The backing id an open of f passes through to, or 0 for a cached open (counted either way, under files_mu): only a
- * file JS allows (complete, pinned), every block ready, and not open in cached mode already. */
-static int open_backing (server *s, bfile *f) {
-  pthread_mutex_lock(&s->files_mu);
-  bool want = s->pt && f->pt_opens == 0 && f->cached_opens == 0 && atomic_load(&f->pt_allowed) && bits_all(f, 0, f->nblocks);
-  /* a cached open would fail while passthrough ones live; JS keeps the blob pinned until passthroughOpens() is 0 */
-  if (f->pt_opens > 0) want = true;
-  if (want && f->backing_id == 0) {
-    struct rs_fuse_backing_map map = { .fd = f->fd };
-    int id = ioctl(s->fd, RS_FUSE_DEV_IOC_BACKING_OPEN, &map);
-    f->backing_id = id > 0 ? id : -(id < 0 ? errno : EIO);
-    if (id <= 0) atomic_fetch_add(&s->pt_refused, 1);
-  }
-  int id = want && f->backing_id > 0 ? f->backing_id : 0;
-  if (id > 0) f->pt_opens++; else f->cached_opens++;
-  pthread_mutex_unlock(&s->files_mu);
-  return id;
-}
-
-static void do_release (server *s, struct fuse_in_header *in, const void *arg, size_t alen) {
-  struct fuse_release_in ri;
-  memset(&ri, 0, sizeof ri);
-  memcpy(&ri, arg, alen < sizeof ri ? alen : sizeof ri);
-  bfile *f = file_get(s, ri.fh & ~FH_PASSTHROUGH);
-  if (f != NULL) {
-    pthread_mutex_lock(&s->files_mu);
-    if (ri.fh & FH_PASSTHROUGH) { if (f->pt_opens > 0) f->pt_opens--; }
-    else if (f->cached_opens > 0) f->cached_opens--;
-    pthread_mutex_unlock(&s->files_mu);
-  }
+static void do_release (server *s, struct fuse_in_header *in) {
   send_reply(s, in->unique, 0, NULL, 0, NULL, 0);
 }
 
@@ -560,16 +506,8 @@ static void do_open (server *s, struct fuse_in_header *in, const void *arg, size
     if (in->nodeid == FUSE_ROOT_ID) { send_error(s, in->unique, EISDIR); return; }
     if (node_file(s, in->nodeid) == NULL) { send_error(s, in->unique, ENOENT); return; }
     if ((oi.flags & O_ACCMODE) != O_RDONLY) { send_error(s, in->unique, EROFS); return; }
-    bfile *f = node_file(s, in->nodeid);
     o.fh = in->nodeid - 2;
     o.open_flags = s->direct_io ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE;
-    int backing = open_backing(s, f);
-    if (backing > 0) {
-      o.fh |= FH_PASSTHROUGH;
-      o.open_flags = RS_FOPEN_PASSTHROUGH;
-      o.padding = backing; /* backing_id */
-      atomic_fetch_add(&s->pt_opens_total, 1);
-    }
     if (s->minor >= 33) o.open_flags |= FOPEN_NOFLUSH;
   }
   send_reply(s, in->unique, 0, &o, sizeof o, NULL, 0);
@@ -718,7 +656,7 @@ static bool handle (server *s, char *buf, size_t n, char *dbuf, size_t dcap) {
     case FUSE_READ: do_read(s, in, arg, alen, dbuf, dcap); break;
     case FUSE_READDIR: do_readdir(s, in, arg, alen, dbuf, dcap); break;
     case FUSE_STATFS: do_statfs(s, in); break;
-    case FUSE_RELEASE: do_release(s, in, arg, alen); break;
+    case FUSE_RELEASE: do_release(s, in); break;
     case FUSE_RELEASEDIR: case FUSE_FLUSH: case FUSE_ACCESS:
       send_reply(s, in->unique, 0, NULL, 0, NULL, 0);
       break;
@@ -1065,9 +1003,6 @@ static napi_value js_server_new (napi_env env, napi_callback_info info) {
   if (opt_prop(env, argv[0], "directIo", &v)) {
     if (napi_get_value_bool(env, v, &s->direct_io) != napi_ok) { napi_throw_type_error(env, NULL, "options.directIo must be a boolean"); goto fail; }
   }
-  if (opt_prop(env, argv[0], "passthrough", &v)) {
-    if (napi_get_value_bool(env, v, &s->pt_wanted) != napi_ok) { napi_throw_type_error(env, NULL, "options.passthrough must be a boolean"); goto fail; }
-  }
   if (!opt_prop(env, argv[0], "onMiss", &v) || (napi_typeof(env, v, &t), t != napi_function)) {
     napi_throw_type_error(env, NULL, "options.onMiss must be a function");
     goto fail;
@@ -1327,34 +1262,6 @@ static bfile *file_arg (napi_env env, server *s, size_t argc, napi_value *argv, 
   return f;
 }
 
-/* setPassthrough(file, on): whether the file's next opens may pass through to its cache file (the caller keeps every
- * block of it in place while allowed: complete and pinned against eviction); opens already made keep their kind */
-static napi_value js_set_passthrough (napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  server *s = unwrap(env, info, &argc, argv);
-  bfile *f = file_arg(env, s, argc, argv, 2, "setPassthrough(file, on)");
-  bool on = false;
-  if (f == NULL) return NULL;
-  if (napi_get_value_bool(env, argv[1], &on) != napi_ok) { napi_throw_type_error(env, NULL, "on must be a boolean"); return NULL; }
-  atomic_store(&f->pt_allowed, on);
-  return NULL;
-}
-
-/* passthroughOpens(file): opens of the file reading its cache file in the kernel, not released yet */
-static napi_value js_passthrough_opens (napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], result;
-  server *s = unwrap(env, info, &argc, argv);
-  bfile *f = file_arg(env, s, argc, argv, 1, "passthroughOpens(file)");
-  if (f == NULL) return NULL;
-  pthread_mutex_lock(&s->files_mu);
-  unsigned n = f->pt_opens;
-  pthread_mutex_unlock(&s->files_mu);
-  napi_create_uint32(env, n, &result);
-  return result;
-}
-
 /* forgetAccess(file): every block of the file counts as never read again, so the next READ of it is reported */
 static napi_value js_forget_access (napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -1462,11 +1369,6 @@ static napi_value js_stats (napi_env env, napi_callback_info info) {
   set_num(env, o, "pushes", atomic_load(&s->pushes));
   set_num(env, o, "pushBytes", atomic_load(&s->push_bytes));
   set_num(env, o, "pushSkipped", atomic_load(&s->push_skipped));
-  set_num(env, o, "passthroughOpens", atomic_load(&s->pt_opens_total));
-  set_num(env, o, "passthroughRefused", atomic_load(&s->pt_refused));
-  napi_value b;
-  napi_get_boolean(env, s->pt, &b);
-  napi_set_named_property(env, o, "passthrough", b);
   napi_create_array_with_length(env, HIST_BUCKETS, &arr);
   for (unsigned i = 0; i < HIST_BUCKETS; i++) {
     napi_value n;
@@ -1511,8 +1413,6 @@ NAPI_MODULE_INIT () {
     { "push", NULL, js_push, NULL, NULL, NULL, napi_default_method, NULL },
     { "isReady", NULL, js_is_ready, NULL, NULL, NULL, napi_default_method, NULL },
     { "forgetAccess", NULL, js_forget_access, NULL, NULL, NULL, napi_default_method, NULL },
-    { "setPassthrough", NULL, js_set_passthrough, NULL, NULL, NULL, napi_default_method, NULL },
-    { "passthroughOpens", NULL, js_passthrough_opens, NULL, NULL, NULL, napi_default_method, NULL },
     { "reply", NULL, js_reply, NULL, NULL, NULL, napi_default_method, NULL },
     { "stats", NULL, js_stats, NULL, NULL, NULL, napi_default_method, NULL },
     { "stop", NULL, js_stop, NULL, NULL, NULL, napi_default_method, NULL },

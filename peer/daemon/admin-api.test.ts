@@ -47,7 +47,7 @@ class FakeMounts implements MountService {
     const prefetch = { state: 'done' as const, chunksTotal: 4, chunksDone: 4, bytesTotal: 4096, bytesDone: 0 }
     const info: MountInfo = {
       mountpoint: req.mountpoint, source: req.source, requestedMode: req.mode ?? 'auto', mode,
-      bootstrapDigest: 'sha256:' + 'b'.repeat(64), bootstrapPath: '/work/bootstrap', blobs: [{ blobId: 'a'.repeat(64), chunkCount: 8, chunksReferenced: 8, chunksPresent: 4, complete: false }],
+      bootstrapDigest: 'sha256:' + 'b'.repeat(64), bootstrapPath: '/work/bootstrap', blobs: [{ blobId: 'a'.repeat(64), chunkCount: 8, chunksReferenced: 8, chunksPresent: 4, complete: false, readFromCache: false }],
       prefetch, mountedAt: new Date(Date.now() + this.n++).toISOString()
     }
     this.mounted.set(req.mountpoint, { info, stats: { mountpoint: req.mountpoint, source: req.source, mode, reads: 0, readBytes: 0, readErrors: 0, fetch: counters(), prefetch } })

@@ -44,7 +44,7 @@ describe('daemon config', () => {
       prefetch: { policy: 'table', bandwidthBytesPerSecond: 0 },
       mount: { defaultMode: 'auto', directRead: 'auto' },
       fuse: { kernelCache: true, entryTimeoutS: 86_400, attrTimeoutS: 86_400, allowOther: true },
-      lazyKernel: { threads: 4, maxReadBytes: 1 << 20, directIo: false, passthrough: true },
+      lazyKernel: { threads: 4, maxReadBytes: 1 << 20, directIo: false },
       registry: { plainHttp: 'auto' },
       proxy: { upstreams: {}, restrictUpstreams: false, authTtlMs: 60_000, pieceBytes: 4 << 20, upstreamTimeoutMs: 10_000, stallMs: 30_000 },
       snapshotter: { mode: 'auto', root: '/var/lib/rafspeer/snapshotter', containerdAddress: '/run/containerd/containerd.sock', idleUnmountMs: 30_000 },

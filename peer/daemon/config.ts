@@ -200,12 +200,7 @@ export const daemonConfigSchema = z.strictObject({
      * open the blob files with direct I/O: no second page cache under EROFS's, but no readahead of neighbouring
      * files either (default false: bench/RESULTS.md measured it slower for sequential reads and tar)
      */
-    directIo: z.boolean().default(false),
-    /**
-     * a blob complete in the cache when a mount opens it is read by the kernel straight from the cache file (FUSE
-     * passthrough, Linux 6.9+), no FUSE round trip (default true; not with directIo)
-     */
-    passthrough: z.boolean().default(true)
+    directIo: z.boolean().default(false)
   }).prefault({}),
   fuse: z.strictObject({
     kernelCache: z.boolean().default(true),

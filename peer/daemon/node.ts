@@ -168,7 +168,7 @@ function mountManager (cache: BlobCache, config: DaemonConfig, logger: Component
       // fuse-native's guard sits past the read deadline: a stalled read ends as the fetcher's EIO first
       opTimeoutMs: config.fetch.deadlineMs + 5_000
     },
-    lazyKernel: { threads: config.lazyKernel.threads, maxReadBytes: config.lazyKernel.maxReadBytes, directIo: config.lazyKernel.directIo, passthrough: config.lazyKernel.passthrough },
+    lazyKernel: { threads: config.lazyKernel.threads, maxReadBytes: config.lazyKernel.maxReadBytes, directIo: config.lazyKernel.directIo },
     plainHttp: config.registry.plainHttp
   })
 }

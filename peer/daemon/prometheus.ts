@@ -178,7 +178,6 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
   lazyCounter('rafspeer_blobfs_misses_total', 'blob-file READs handed to the fetch pipeline', k => k.misses)
   lazyCounter('rafspeer_blobfs_miss_errors_total', 'blob-file misses answered with an error', k => k.missErrors)
   lazyCounter('rafspeer_blobfs_pushed_bytes_total', 'prefetched bytes put into the page cache of the blob files before any read', k => k.pushBytes)
-  lazyCounter('rafspeer_blobfs_passthrough_opens_total', 'opens of blobs complete in the cache that the kernel reads straight from the cache file (FUSE passthrough)', k => k.passthroughOpens)
 
   // ---- swarm (one host per daemon, lives as long as it)
   const p2pStats = src.p2pStats

@@ -53,13 +53,6 @@ export interface BlobFsInit {
   maxReadBytes?: number
   /** FUSE files opened with direct I/O instead of keeping their page cache (default false) */
   directIo?: boolean
-  /**
-   * a blob complete and verified in the cache when a mount attaches it is opened with FUSE passthrough where the
-   * kernel has it: EROFS then reads the cache file in the kernel, no READ reaches the server (default true; not
-   * with `directIo`). The blob stays pinned in the cache while such an open lives; its reads are not in the access
-   * log.
-   */
-  passthrough?: boolean
 }
 
 export interface BlobFsStats {
@@ -73,9 +66,6 @@ export interface BlobFsStats {
   /** ranges copied into the kernel's page cache ahead of their reads (`BlobFile.warm`) */
   pushes: number
   pushBytes: number
-  /** whether the kernel agreed to FUSE passthrough; opens of complete blobs that passed through to their cache files */
-  passthrough: boolean
-  passthroughOpens: number
   readSizes: number[]
 }
 
@@ -92,11 +82,6 @@ export interface BlobFile {
   warm: (offset: number, length: number) => void
   /** the mount no longer reads it; the last detach forgets the blob's readiness (the file itself stays, unread) */
   detach: () => void
-  /**
-   * the blob was complete at the attach and its file passes through to the cache file (where the kernel agreed to
-   * FUSE passthrough at INIT, Linux 6.9+): the kernel reads it like the cache file itself
-   */
-  readonly passthrough: boolean
 }
 
 interface Served {
@@ -104,8 +89,6 @@ interface Served {
   blob: RafsBlobInfo
   readers: BlobFileReader[]
   unwatch: (() => void) | undefined
-  /** the blob is pinned in the cache and its file allowed to pass through (it was complete at an attach) */
-  pinned: boolean
 }
 
 /** The blob file system cannot run here (no addon, no FUSE) or was stopped. */
@@ -123,7 +106,6 @@ export class BlobFs {
   private readonly byIndex: Served[] = []
   private missErrors = 0
   private stopped = false
-  private readonly unpinning = new Set<NodeJS.Timeout>()
 
   constructor (components: { cache: BlobCache, logger?: ComponentLogger }, init: BlobFsInit) {
     this.cache = components.cache
@@ -157,7 +139,6 @@ export class BlobFs {
       threads: this.init.threads ?? 4,
       maxReadBytes: this.init.maxReadBytes ?? 1 << 20,
       directIo: this.init.directIo ?? false,
-      passthrough: this.init.passthrough ?? true,
       onMiss: (id, file, offset, length) => { this.miss(id, file, offset, length) },
       onAccess: (file, offset, length) => { this.accessed(file, offset, length) }
     })
@@ -180,7 +161,7 @@ export class BlobFs {
     let s = this.served.get(blob.blobId)
     if (s === undefined) {
       const index = server.addFile(`${blob.blobId}.blob.data`, this.cache.blobPath(blob.blobId), blob.uncompressedSize)
-      s = { index, blob, readers: [], unwatch: undefined, pinned: false }
+      s = { index, blob, readers: [], unwatch: undefined }
       this.served.set(blob.blobId, s)
       this.byIndex[index] = s
     }
@@ -193,10 +174,9 @@ export class BlobFs {
       })
       let runStart = -1
       let runEnd = -1
-      let missing = 0
       const flush = (): void => { if (runStart >= 0) server.setReady(served.index, runStart, runEnd - runStart) }
       for (const c of [...chunks].sort((a, b) => a.uncompressedOffset - b.uncompressedOffset)) {
-        if (!this.cache.isVerified(blob.blobId, c.index)) { missing++; continue }
+        if (!this.cache.isVerified(blob.blobId, c.index)) continue
         const end = c.uncompressedOffset + aligned(c.uncompressedSize)
         if (c.uncompressedOffset === runEnd) { runEnd = end; continue }
         flush()
@@ -204,19 +184,11 @@ export class BlobFs {
         runEnd = end
       }
       flush()
-      // complete: the kernel may read the cache file itself, and nothing may punch a hole in it meanwhile (the
-      // native side still checks every block is ready at the open; the watcher's `cleared` only stops new opens)
-      if (missing === 0 && chunks.length > 0 && !served.pinned && (this.init.passthrough ?? true) && this.init.directIo !== true) {
-        this.cache.pin(blob.blobId)
-        served.pinned = true
-        server.setPassthrough(served.index, true)
-      }
     }
     served.readers.push(reader)
     let attached = true
     return {
       path: join(this.init.mountpoint, `${blob.blobId}.blob.data`),
-      passthrough: served.pinned,
       warm: (offset, length) => {
         const start = Math.floor(offset / BLOCK) * BLOCK
         const end = Math.min(aligned(offset + length), aligned(blob.uncompressedSize))
@@ -231,7 +203,6 @@ export class BlobFs {
           // nobody keeps this file's readiness true any more: forget it (a miss with no reader answers EIO)
           served.unwatch()
           served.unwatch = undefined
-          this.unpinWhenClosed(served)
           if (this.server !== undefined) {
             server.clearReady(served.index, 0, aligned(blob.uncompressedSize))
             // the next mount of the blob records its own accesses from the first READ on
@@ -240,28 +211,6 @@ export class BlobFs {
         }
       }
     }
-  }
-
-  /**
-   * Stops new passthrough opens of the blob's file and unpins the blob once the kernel released the last one (the
-   * RELEASE of an unmounted EROFS's devices comes a little after the unmount).
-   */
-  private unpinWhenClosed (served: Served): void {
-    if (!served.pinned) return
-    const server = this.server
-    server?.setPassthrough(served.index, false)
-    const check = (): void => {
-      if (!served.pinned || served.readers.length > 0) return
-      if (server !== undefined && this.server === server && server.passthroughOpens(served.index) > 0) {
-        const t = setTimeout(() => { this.unpinning.delete(t); check() }, 50)
-        t.unref()
-        this.unpinning.add(t)
-        return
-      }
-      served.pinned = false
-      this.cache.unpin(served.blob.blobId)
-    }
-    check()
   }
 
   private accessed (file: number, offset: number, length: number): void {
@@ -301,8 +250,6 @@ export class BlobFs {
       missErrors: this.missErrors,
       pushes: st?.pushes ?? 0,
       pushBytes: st?.pushBytes ?? 0,
-      passthrough: st?.passthrough ?? false,
-      passthroughOpens: st?.passthroughOpens ?? 0,
       readSizes: st?.readSizes ?? []
     }
   }
@@ -312,11 +259,6 @@ export class BlobFs {
     this.stopped = true
     await this.starting?.catch(() => {})
     for (const s of this.served.values()) { s.unwatch?.(); s.unwatch = undefined }
-    for (const t of this.unpinning) clearTimeout(t)
-    this.unpinning.clear()
-    // an EROFS still mounted over a passed-through file reads on, like a kernel-mode mount: the cache it reads is
-    // this daemon's, and it is closing
-    for (const s of this.served.values()) if (s.pinned) { s.pinned = false; this.cache.unpin(s.blob.blobId) }
     const server = this.server
     this.server = undefined
     if (server !== undefined) {

@@ -63,8 +63,13 @@ export interface MountManagerInit {
   /** the lazy-kernel mode's blob file system (`<workDir>/blobfs`): worker threads, READ size, direct I/O */
   lazyKernel?: Omit<BlobFsInit, 'mountpoint'>
   /**
+   * erofs-lazy reads a blob complete and verified at the mount straight from its cache file (default true); false
+   * serves every blob as a blob file, complete or not (the warm bench's measure of the blob files' fast path)
+   */
+  completeBlobsFromCache?: boolean
+  /**
    * EROFS reads the cache files with direct I/O (its `directio` option) in a file-backed mount whose blobs the
-   * kernel reads straight from the cache (kernel mode; erofs-lazy when every blob passes through): `auto` (default)
+   * kernel reads straight from the cache (kernel mode; erofs-lazy when every blob was complete at the mount): `auto` (default)
    * where at least {@link DIRECT_READ_LARGE_SHARE} of the image's file bytes are in files of 1 MiB or more (large
    * files read at native speed; small files lose the blob's readahead of their neighbours, `kernel-mount.ts`)
    */
@@ -93,8 +98,10 @@ interface Mounted {
   fuse: FuseMountHandle | undefined
   /** the EROFS mount: of the cache files (kernel mode) or of the blob file system's files (erofs-lazy) */
   kernel: KernelMount | undefined
-  /** erofs-lazy: the blob files the EROFS mount reads */
-  blobFiles: BlobFile[]
+  /** erofs-lazy: per blob index, the blob file system's file the EROFS mount reads; undefined where it reads the cache file */
+  blobFiles: Array<BlobFile | undefined>
+  /** blobs pinned in the cache while the kernel reads their cache files (kernel mode: all; erofs-lazy: those complete at the mount) */
+  pinned: string[]
   prefetch: PrefetchStatus
   prefetchDone: Promise<void>
   abort: AbortController
@@ -208,6 +215,7 @@ export class MountManager implements MountService {
       fuse: undefined,
       kernel: undefined,
       blobFiles: [],
+      pinned: [],
       prefetch: { state: 'none', chunksTotal: 0, chunksDone: 0, bytesTotal: 0, bytesDone: 0 },
       prefetchDone: Promise.resolve(),
       abort,
@@ -306,14 +314,32 @@ export class MountManager implements MountService {
 
   private async mountKernel (m: Mounted, mountpoint: string): Promise<void> {
     const blobs = m.image.blobs
-    for (const b of blobs) this.cache.pin(b.blobId)
+    for (const b of blobs) this.pin(m, b.blobId)
     try {
       const directRead = await this.directRead(m)
       m.kernel = await kernelMount(m.image.bootstrapPath, blobs.map(b => this.cache.blobPath(b.blobId)), mountpoint, { directRead, ...(this.logger !== undefined ? { logger: this.logger } : {}) })
     } catch (err) {
-      for (const b of blobs) this.cache.unpin(b.blobId)
+      this.unpinAll(m)
       throw err
     }
+  }
+
+  private pin (m: Mounted, blobId: string): void {
+    this.cache.pin(blobId)
+    m.pinned.push(blobId)
+  }
+
+  private unpinAll (m: Mounted): void {
+    for (const id of m.pinned.splice(0)) this.cache.unpin(id)
+  }
+
+  /** Every chunk of blob `bi` the image's files reference is in the cache, verified by this process. */
+  private blobVerified (m: Mounted, bi: number): boolean {
+    const needed = m.needed.get(bi)
+    if (needed === undefined || needed.size === 0) return false
+    const blobId = m.image.blobs[bi]!.blobId
+    for (const ci of needed.keys()) if (!this.cache.isVerified(blobId, ci)) return false
+    return true
   }
 
   /** Whether `m`'s file-backed EROFS mount reads its blob files with direct I/O (`directRead`). */
@@ -344,6 +370,15 @@ export class MountManager implements MountService {
       { windowBytes: this.init.readaheadBytes ?? DEFAULT_READAHEAD_BYTES, signal: m.abort.signal, slackBytes: BLOB_READAHEAD_SLACK })
     try {
       for (const [bi, blob] of m.image.blobs.entries()) {
+        // a blob complete and verified now is read by the kernel straight from its cache file, pinned until the
+        // unmount: no FUSE round trip, no page cache of a blob file besides the cache file's own. (FUSE passthrough
+        // would do the same through the blob file, but a FUSE mount with passthrough is a stacked file system, and
+        // Linux 6.18 refuses to back a file-backed EROFS with a file of one.)
+        if (this.init.completeBlobsFromCache !== false && this.blobVerified(m, bi)) {
+          this.pin(m, blob.blobId)
+          m.blobFiles.push(undefined)
+          continue
+        }
         m.blobFiles.push(await this.blobFs.attach(blob, views.chunks(bi), {
           read: async (offset, length, buf) => {
             m.reads++
@@ -364,11 +399,13 @@ export class MountManager implements MountService {
       }
       // direct reads only where the kernel reads every blob file from the cache itself: a blob file still served by
       // the daemon would answer each small read with a READ round trip, without the page cache of the blob file
-      const directRead = m.blobFiles.every(f => f.passthrough) && await this.directRead(m)
-      m.kernel = await kernelMount(m.image.bootstrapPath, m.blobFiles.map(f => f.path), mountpoint, { directRead, ...(this.logger !== undefined ? { logger: this.logger } : {}) })
+      const directRead = m.blobFiles.every(f => f === undefined) && await this.directRead(m)
+      const devices = m.blobFiles.map((f, bi) => f?.path ?? this.cache.blobPath(m.image.blobs[bi]!.blobId))
+      m.kernel = await kernelMount(m.image.bootstrapPath, devices, mountpoint, { directRead, ...(this.logger !== undefined ? { logger: this.logger } : {}) })
     } catch (err) {
-      for (const f of m.blobFiles) f.detach()
+      for (const f of m.blobFiles) f?.detach()
       m.blobFiles = []
+      this.unpinAll(m)
       throw err
     }
   }
@@ -408,7 +445,7 @@ export class MountManager implements MountService {
           signal: m.abort.signal,
           log: this.log,
           advisor: this.prefetchAdvisor,
-          ...(policy !== 'all' && m.blobFiles.length > 0 ? { onFetched: warmer(m) } : {})
+          ...(policy !== 'all' && m.blobFiles.some(f => f !== undefined) ? { onFetched: warmer(m) } : {})
         })
         if (m.prefetch.state === 'done' && m.prefetch.chunksTotal > 0) this.log?.info('prefetch of %s done: %d chunks', m.info.mountpoint, m.prefetch.chunksTotal)
       } catch (err) {
@@ -440,12 +477,14 @@ export class MountManager implements MountService {
         } catch {
           // busy: detach it now; it stays pinned until this process ends, since the kernel may still read the blobs
           await m.kernel.unmount({ lazy: true })
-          this.log?.warn(m.info.mode === 'kernel' ? '%s was busy: unmounted lazily, its blobs stay pinned' : '%s was busy: unmounted lazily; its open files read what the page cache holds, EIO beyond', mp)
+          this.log?.warn(m.info.mode === 'kernel'
+            ? '%s was busy: unmounted lazily, its blobs stay pinned'
+            : '%s was busy: unmounted lazily; its open files read what the page cache holds (the cache files of blobs complete at the mount, which stay pinned), EIO beyond', mp)
           m.kernel = undefined
         }
-        if (m.kernel !== undefined && m.info.mode === 'kernel') for (const b of m.image.blobs) this.cache.unpin(b.blobId)
+        if (m.kernel !== undefined) this.unpinAll(m)
       }
-      for (const f of m.blobFiles) f.detach()
+      for (const f of m.blobFiles) f?.detach()
       m.fetcher.stop()
       await m.image.close()
       this.mounts.delete(mp)
@@ -476,7 +515,8 @@ export class MountManager implements MountService {
         const needed = m.needed.get(bi) ?? new Map<number, ChunkInfo>()
         let present = 0
         for (const ci of needed.keys()) if (this.cache.has(b.blobId, ci)) present++
-        return { blobId: b.blobId, chunkCount: b.chunkCount, chunksReferenced: needed.size, chunksPresent: present, complete: present === needed.size }
+        const readFromCache = m.kernel !== undefined && m.pinned.includes(b.blobId)
+        return { blobId: b.blobId, chunkCount: b.chunkCount, chunksReferenced: needed.size, chunksPresent: present, complete: present === needed.size, readFromCache }
       }),
       prefetch: { ...m.prefetch }
     }

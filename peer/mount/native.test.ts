@@ -512,50 +512,6 @@ describe('native addon', { skip }, () => {
       assert.ok(s.fastReads > 0 && s.fastBytes > 0)
     })
 
-    it('passthrough: a complete file allowed to pass through is read by the kernel, no READ; overlayfs still stacks on EROFS', async (t) => {
-      const { server, mp } = await newServer('erofs-pt', { passthrough: true, onMiss: (id) => { server.reply(id, null, 5) } })
-      if (!server.stats().passthrough) { t.skip('this kernel has no FUSE passthrough'); return }
-      const name = basename(view)
-      server.addFile(name, view, viewSize)
-      // not every block ready: the open stays cached, whatever setPassthrough says
-      server.setReady(0, 0, roundUp(viewSize) - 4096)
-      server.setPassthrough(0, true)
-      const mnt = join(work, 'erofs-pt-mnt')
-      await mkdir(mnt)
-      mountErofs(bootstrap, mnt, [join(mp, name)])
-      assert.equal(server.passthroughOpens(0), 0)
-      addon.umount(mnt, 0)
-      server.setReady(0, 0, roundUp(viewSize))
-      // the release of the cached open reaches the server after the unmount: a passthrough open must wait for it
-      const t0 = Date.now()
-      while (Date.now() - t0 < 5000) {
-        mountErofs(bootstrap, mnt, [join(mp, name)])
-        if (server.passthroughOpens(0) === 1) break
-        addon.umount(mnt, 0)
-        await sleep(20)
-      }
-      assert.equal(server.passthroughOpens(0), 1)
-      const before = server.stats()
-      await sameTree(mnt)
-      const after = server.stats()
-      assert.equal(after.reads, before.reads, 'no READ reached the server')
-      assert.equal(after.passthroughOpens, 1)
-      // a container's root is overlayfs over the image: the stack (overlay, EROFS, FUSE passthrough, the cache's
-      // file system) must stay within the kernel's depth
-      const upper = join(work, 'pt-upper')
-      const wd = join(work, 'pt-work')
-      const merged = join(work, 'pt-merged')
-      for (const d of [upper, wd, merged]) await mkdir(d)
-      addon.mount('overlay', merged, 'overlay', 0, `lowerdir=${mnt},upperdir=${upper},workdir=${wd}`)
-      cleanups.push(() => { try { addon.umount(merged, addon.MNT_DETACH) } catch {} })
-      assert.ok((await readFile(join(merged, 'd', 'big'))).equals(await readFile(join(src, 'd', 'big'))))
-      addon.umount(merged, 0)
-      addon.umount(mnt, 0)
-      const t1 = Date.now()
-      while (server.passthroughOpens(0) > 0 && Date.now() - t1 < 5000) await sleep(10)
-      assert.equal(server.passthroughOpens(0), 0, 'the release came back')
-    })
-
     it('mounts with nothing ready: every byte comes through onMiss', async () => {
       const { server, mp } = await newServer('erofs-lazy', {
         onMiss: (id, _file, offset, length) => { server.reply(id, readRange(view, offset, length), 0) }

@@ -74,13 +74,6 @@ export interface BlobServerOptions {
    */
   directIo?: boolean
   /**
-   * asks the kernel for FUSE passthrough (Linux 6.9+, `CONFIG_FUSE_PASSTHROUGH`, the server needs CAP_SYS_ADMIN):
-   * an open of a file allowed by `setPassthrough` whose every block is ready then reads the cache file in the
-   * kernel, with no READ and no copy through the server (default false; ignored with `directIo`). Such reads are
-   * not seen: no `onAccess`, no counters. A kernel without it just never passes through.
-   */
-  passthrough?: boolean
-  /**
    * Called on the JS thread for a READ that touches a block not ready: `length` is already clamped at the file's
    * size. The request waits, without holding a worker thread, until `reply(id, …)`. A handler that throws fails
    * the read with EIO and the exception goes to `uncaughtException`.
@@ -113,11 +106,6 @@ export interface BlobServerStats {
   pushes: number
   pushBytes: number
   pushSkipped: number
-  /** whether the kernel agreed to passthrough at INIT */
-  passthrough: boolean
-  /** opens that passed through to the cache file; BACKING_OPENs the kernel refused (the file then stays cached) */
-  passthroughOpens: number
-  passthroughRefused: number
   /** READ sizes as the kernel asked them: index i counts sizes ≤ 4096 << i (4 KiB … 1 MiB) */
   readSizes: number[]
 }
@@ -152,14 +140,6 @@ export interface BlobServer {
    * ready, and files the kernel has not looked up yet, are skipped. Does nothing with `directIo` or after stop.
    */
   push: (file: number, offset: number, length: number) => void
-  /**
-   * Whether the file's next opens may pass through to its cache file (with `passthrough`; the open must also find
-   * every block ready). The caller keeps every byte of the cache file in place while it allows it and until
-   * `passthroughOpens(file)` is 0: the kernel reads it without asking.
-   */
-  setPassthrough: (file: number, on: boolean) => void
-  /** Opens of the file passed through and not released yet. */
-  passthroughOpens: (file: number) => number
   /** Every block of the file counts as never read again: its next READs are told to `onAccess` anew. */
   forgetAccess: (file: number) => void
   /** Whether every block of [offset, offset + length) is ready (the range stops at the file's size). */

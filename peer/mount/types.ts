@@ -106,6 +106,12 @@ export interface MountedBlob {
   chunksPresent: number
   /** every referenced chunk is cached: the image can be mounted with the kernel */
   complete: boolean
+  /**
+   * the kernel reads the blob straight from its cache file, pinned there while mounted (kernel mode: every blob;
+   * erofs-lazy: a blob complete and verified when mounted); otherwise FUSE serves it (the per-file server, or the
+   * blob file system's file the EROFS mount reads)
+   */
+  readFromCache: boolean
 }
 
 export interface MountInfo {
