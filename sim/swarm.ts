@@ -79,6 +79,8 @@ export interface NodeReport {
    * for its own fetch of the chunk, REDIRECT to a peer it was sending the chunk to
    */
   served: { refused: number, busyWhileFetching: number, redirects: number }
+  /** blob-level directory: chunks its locator sent to the registry, by why (`SourceReason`), when it finished reading */
+  registryChunks?: { assignee: number, noGroup: number, ahead: number, grace: number }
 }
 
 export interface SwarmReport {
@@ -127,19 +129,53 @@ async function dropCaches (): Promise<void> {
   await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {})
 }
 
-/** Reads the whole tree at `root` in a reader process (see reader.ts for why not here). */
-async function readTree (root: string, signal?: AbortSignal): Promise<ContentMap> {
-  const proc = spawn(process.execPath, moduleArgv('./reader', [root]), { stdio: ['ignore', 'pipe', 'pipe'], ...(signal !== undefined ? { signal } : {}) })
+/** A reader process started ahead of its read, loaded and waiting for its mountpoint (see reader.ts). */
+interface Reader {
+  pid: number | undefined
+  /** reads the whole tree at `root` and ends the process */
+  read: (root: string) => Promise<ContentMap>
+  /** ends the process if it has not read (a run that failed before its reads) */
+  kill: () => void
+}
+
+/** Starts a reader process (see reader.ts for why not here) and resolves once it is loaded. */
+async function startReader (signal?: AbortSignal): Promise<Reader> {
+  const proc = spawn(process.execPath, moduleArgv('./reader', ['-']), { stdio: ['pipe', 'pipe', 'pipe'], ...(signal !== undefined ? { signal } : {}) })
   const out: Buffer[] = []
   let err = ''
-  proc.stdout?.on('data', (b: Buffer) => { out.push(b) })
   proc.stderr?.on('data', (b: Buffer) => { err = (err + b.toString()).slice(-4000) })
-  const code = await new Promise<number | null>((resolve, reject) => {
+  const closed = new Promise<number | null>((resolve, reject) => {
     proc.once('error', reject)
     proc.once('close', resolve)
   })
-  if (code !== 0) throw new Error(err.trim() !== '' ? err.trim() : `the reader exited with ${code}`)
-  return new Map(JSON.parse(Buffer.concat(out).toString('utf8')) as Array<[string, string]>)
+  const failure = (code: number | null): Error => new Error(err.trim() !== '' ? err.trim() : `the reader exited with ${code}`)
+  // `ready` and a newline first, then the content map
+  await new Promise<void>((resolve, reject) => {
+    let head: string | undefined = ''
+    proc.stdout?.on('data', (b: Buffer) => {
+      if (head === undefined) { out.push(b); return }
+      head += b.toString('latin1')
+      const nl = head.indexOf('\n')
+      if (nl < 0) return
+      const line = head.slice(0, nl)
+      const rest = Buffer.from(head.slice(nl + 1), 'latin1')
+      head = undefined
+      if (rest.length > 0) out.push(rest)
+      if (line === 'ready') resolve()
+      else reject(new Error(`the reader said ${JSON.stringify(line.slice(0, 80))}`))
+    })
+    closed.then(code => { reject(failure(code)) }, reject)
+  })
+  return {
+    pid: proc.pid,
+    read: async (root) => {
+      proc.stdin?.end(`${root}\n`)
+      const code = await closed
+      if (code !== 0) throw failure(code)
+      return new Map(JSON.parse(Buffer.concat(out).toString('utf8')) as Array<[string, string]>)
+    },
+    kill: () => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL') }
+  }
 }
 
 interface RunningNode {
@@ -225,6 +261,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
   const run = await mkdtemp(join(init.workDir ?? tmpdir(), 'rafspeer-swarm-'))
   let registry: RegistryServer | undefined
   let scheduler: SchedulerNode | undefined
+  const readers: Reader[] = []
   const nodes: RunningNode[] = []
   const mounts: Array<{ node: RunningNode, mountpoint: string }> = []
   const signal = init.signal
@@ -268,14 +305,19 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     log(`${nodes.length} node${nodes.length === 1 ? '' : 's'} up: ${peerIds.map((p, i) => `node${i + 1}=${p.slice(-8)}`).join(' ')}`)
 
     // the baseline: the reader over the source tree itself, nothing cached
+    const baseline = await startReader(signal)
     await dropCaches()
     const nativeStart = performance.now()
-    await readTree(source, signal)
+    await baseline.read(source)
     const nativeReadMs = Math.round(performance.now() - nativeStart)
+    // every node's reader, loaded before the reads begin
+    readers.push(...await Promise.all(nodes.map(async () => await startReader(signal))))
     log(`the reader over the source tree on this disk: ${(nativeReadMs / 1000).toFixed(2)} s`)
 
     // 3. every node mounts and reads the whole tree
-    const cpuBefore = await cpuMsOf(nodes.map(n => n.proc.pid))
+    // the readers' CPU counts once they are reaped (this process's children's), loading included: theirs so far is
+    // counted here, so only their reading is in the phase's
+    const cpuBefore = await cpuMsOf([...nodes.map(n => n.proc.pid), ...readers.map(r => r.pid)])
     const startReads = performance.now()
     let done = 0
     const reg = registry
@@ -293,7 +335,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       mounts.push({ node: n, mountpoint })
       let got: ContentMap
       try {
-        got = await readTree(mountpoint, signal)
+        got = await readers[i]!.read(mountpoint)
       } catch (err) {
         throw new Error(`node ${n.id}: reading its mount failed: ${(err as Error).message}\n${n.output().slice(-3000)}`, { cause: err })
       }
@@ -330,7 +372,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
           refused: m.p2p?.upload.refused ?? 0,
           busyWhileFetching: m.p2p?.upload.busyWhileFetching ?? 0,
           redirects: m.p2p?.upload.redirects ?? 0
-        }
+        },
+        ...(m.p2p?.registryChunks !== undefined ? { registryChunks: { ...m.p2p.registryChunks } } : {})
       }
       log(`node${n.id}: read ${mib(imageBytes)} in ${(completionMs / 1000).toFixed(2)} s (registry ${mib(report.registryBytes)}, peers ${mib(report.peerBytes)}, cache ${mib(report.cacheBytes)})${report.ok ? '' : `: ${differences.length} DIFFERENCES`}`)
       return report
@@ -361,6 +404,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
     }
   } finally {
     signal?.removeEventListener('abort', onAbort)
+    for (const r of readers) r.kill()
     for (const { node, mountpoint } of mounts) await node.client.unmount(mountpoint).catch(() => {})
     await Promise.all(nodes.map(stopNode))
     await scheduler?.stop().catch(() => {})
@@ -376,12 +420,21 @@ export function formatSwarmReport (r: SwarmReport): string {
     `image: ${mib(r.imageBytes)} of files, ${mib(r.blobBytes)} of blobs; ${r.nodes.length} node(s)${r.bandwidth !== null ? `, ${mib(r.bandwidth)}/s per node and registry` : ''}`,
     `registry egress: ${mib(r.registryBytes)} = ${(r.registryBytes / r.blobBytes).toFixed(3)}x the blobs; from peers: ${mib(r.peerBytes)}`,
     `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, max ${s(r.maxMs)} (run ${s(r.wallMs)}); the same reader over the source tree: ${s(r.nativeReadMs)}`,
+    ...registryChunksLine(r.nodes),
     `verified: ${r.verifiedOk ? 'every node read exactly the published tree' : 'DIFFERENCES (see below)'}`,
     '  node  mode        time      registry    peers       cache       uploaded',
     ...r.nodes.map(n => `  ${String(n.id).padEnd(5)} ${n.mode.padEnd(11)} ${s(n.completionMs).padEnd(9)} ${mib(n.registryBytes).padEnd(11)} ${mib(n.peerBytes).padEnd(11)} ${mib(n.cacheBytes).padEnd(11)} ${mib(n.uploadBytes)}`),
     ...r.nodes.flatMap(n => n.differences.map(d => `  node${n.id} differs: ${d}`))
   ]
   return lines.join('\n')
+}
+
+/** the chunks the nodes' locators sent to the registry, by why (blob-level directory), as the model words them */
+function registryChunksLine (nodes: NodeReport[]): string[] {
+  const all = nodes.flatMap(n => n.registryChunks !== undefined ? [n.registryChunks] : [])
+  if (all.length === 0) return []
+  const sum = (k: 'assignee' | 'noGroup' | 'ahead' | 'grace'): number => all.reduce((a, c) => a + c[k], 0)
+  return [`registry chunks: ${sum('assignee')} as the rendezvous assignee, ${sum('noGroup')} as the assignee without the scheduler's group, ${sum('ahead')} ahead of an assignee behind, ${sum('grace')} after the grace`]
 }
 
 const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`

@@ -74,13 +74,21 @@ export function backToSourceAssignee (peers: readonly string[], blobHex: string,
 }
 
 /**
+ * Why a peer fetches a chunk from the registry: `assignee` — it is the chunk's assignee in the scheduler's group;
+ * `noGroup` — it is the assignee in a group of the peers it knows, the scheduler having named none (yet); `ahead` —
+ * it is the one after the assignee, a member it knows reads behind the chunk ({@link PlanInput.behind}); `grace` —
+ * the chunk's assignee is another peer, and it said nothing within the grace.
+ */
+export type SourceReason = 'assignee' | 'noGroup' | 'ahead' | 'grace'
+
+/**
  * What a peer does about a chunk it wants: `peer` — ask a neighbour that has it or is fetching it; `source` — fetch
- * it from the registry now (it is the assignee, or nobody assigned took it up within `graceMs`); `wait` — the
- * assignee is another peer that may be about to say PENDING: look again after `retryInMs`.
+ * it from the registry now ({@link SourceReason}); `wait` — the assignee is another peer that may be about to say
+ * PENDING: look again after `retryInMs`.
  */
 export type ChunkPlan =
   | { action: 'peer', peers: string[] }
-  | { action: 'source' }
+  | { action: 'source', reason: SourceReason }
   | { action: 'wait', retryInMs: number }
 
 export interface PlanInput {
@@ -155,6 +163,10 @@ export function planChunk (p: PlanInput): ChunkPlan {
   const grace = p.stable === true && p.wantedForMs >= p.graceMs && !inGroup && p.activeNear?.() === true
     ? p.graceMs * OUTSIDE_GROUP_GRACE_FACTOR
     : p.graceMs
-  if (assignee === p.self || p.wantedForMs >= grace) return { action: 'source' }
+  if (assignee === p.self) {
+    if (p.stable !== true) return { action: 'source', reason: 'noGroup' }
+    return { action: 'source', reason: candidates === group || backToSourceAssignee(group, p.blobHex, p.ci) === p.self ? 'assignee' : 'ahead' }
+  }
+  if (p.wantedForMs >= grace) return { action: 'source', reason: 'grace' }
   return { action: 'wait', retryInMs: grace - p.wantedForMs }
 }

@@ -63,12 +63,14 @@ test('a member ahead of an assignee that reads behind the chunk fetches it at on
   assert.equal(out.size, 0, 'left to the next source: the registry')
   assert.deepEqual(planned, [[ci]])
   assert.deepEqual(flushed, [hex])
+  assert.deepEqual(loc.sourced, { assignee: 0, noGroup: 0, ahead: 1, grace: 0 }, 'counted as ahead of the assignee')
 })
 
 test('an assignee level with the member is waited for (the grace)', async () => {
   const { loc, flushed } = locator({ b: [ci - 1], c: [ci - 1], d: [ci - 1] })
   await assert.rejects(loc.locate(info, [chunk], { signal: AbortSignal.timeout(300) }))
   assert.deepEqual(flushed, [])
+  assert.deepEqual(loc.sourced, { assignee: 0, noGroup: 0, ahead: 0, grace: 0 })
 })
 
 test('holders of a chunk: those that have it as they are, those only fetching it marked `fetching`', async () => {

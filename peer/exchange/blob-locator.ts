@@ -12,7 +12,7 @@ import { describeError, type ComponentLogger, type Logger } from '../../base/ind
 import type { ChunkHolder, HolderResolver, PeerOutcome } from '../../p2p/index.js'
 import type { ChunkInfo, RafsBlobInfo } from '../../rafs/index.js'
 import type { PrefetchAdvisor } from '../fetch/index.js'
-import { groupStale, NEAR_WINDOW, planChunk, runStarts } from './back-to-source.js'
+import { groupStale, NEAR_WINDOW, planChunk, runStarts, type SourceReason } from './back-to-source.js'
 import type { HaveService } from './have-service.js'
 import { blobGroup, groupFilling, holdersInOrder, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked } from './swarm-policy.js'
 
@@ -81,6 +81,8 @@ interface BlobGroup {
 }
 
 export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
+  /** chunks `locate` sent to the registry, by why ({@link SourceReason}) */
+  readonly sourced: Record<SourceReason, number> = { assignee: 0, noGroup: 0, ahead: 0, grace: 0 }
   private readonly directory: HolderResolver
   private readonly have: BlobLocatorComponents['have']
   private readonly self: string
@@ -161,6 +163,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
           waiting.push(w)
           soonest = Math.min(soonest, plan.retryInMs)
         } else {
+          this.sourced[plan.reason]++
           this.wanted.delete(`${blobHex}/${w.chunk.index}`)
           chosen.push(w.chunk.index)
           sourced = true

@@ -126,9 +126,9 @@ test('plan: holders, then peers fetching it, then the assignee fetches and the o
   assert.deepEqual(planChunk({ ...base, self: 'a', ci: 1, pending: ['y'] }), { action: 'peer', peers: ['y'] })
   let ci = 0
   while (backToSourceAssignee(base.group, hex, ci) !== 'b') ci++
-  assert.deepEqual(planChunk({ ...base, self: 'b', ci }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: 'b', ci }), { action: 'source', reason: 'noGroup' })
   assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 50 }), { action: 'wait', retryInMs: 150 })
-  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200 }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200 }), { action: 'source', reason: 'grace' })
   // a peer outside the group computes over the group plus itself
   const outsider = planChunk({ ...base, self: 'z', ci })
   assert.ok(outsider.action === 'wait' || outsider.action === 'source')
@@ -137,11 +137,11 @@ test('plan: holders, then peers fetching it, then the assignee fetches and the o
   // neighbours are busy near the chunk, then it waits up to four graces for the group's PENDING
   const stable = { ...base, self: 'z', ci, stable: true }
   assert.deepEqual(planChunk({ ...stable, wantedForMs: 0 }), { action: 'wait', retryInMs: 200 })
-  assert.deepEqual(planChunk({ ...stable, wantedForMs: 200 }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 200 }), { action: 'source', reason: 'grace' })
   assert.deepEqual(planChunk({ ...stable, wantedForMs: 200, activeNear: () => true }), { action: 'wait', retryInMs: 600 })
-  assert.deepEqual(planChunk({ ...stable, wantedForMs: 800, activeNear: () => true }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 800, activeNear: () => true }), { action: 'source', reason: 'grace' })
   // a member of the group, assignee or not, keeps the short grace
-  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200, stable: true, activeNear: () => true }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200, stable: true, activeNear: () => true }), { action: 'source', reason: 'grace' })
 })
 
 test('plan: a member passes over the members it knows read behind the chunk; the next by hash takes it at once', () => {
@@ -152,21 +152,21 @@ test('plan: a member passes over the members it knows read behind the chunk; the
   const asked: Array<[string, number]> = []
   const bBehind = (peer: string, at: number): boolean => { asked.push([peer, at]); return peer === 'b' }
   const base = { group, blobHex: hex, ci, have: [], pending: [], wantedForMs: 0, graceMs: 150, stable: true }
-  assert.deepEqual(planChunk({ ...base, self: 'a', behind: bBehind }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: 'a', behind: bBehind }), { action: 'source', reason: 'ahead' })
   // asked of the others, BEHIND_MARGIN chunks back (a member level with us may look a chunk or two behind)
   assert.deepEqual(asked.map(([p]) => p).sort(), ['b', 'c', 'd'])
   assert.ok(asked.every(([, at]) => at === ci - BEHIND_MARGIN))
   // the others wait for a's PENDING, as for an assignee's
   assert.deepEqual(planChunk({ ...base, self: 'c', behind: bBehind }), { action: 'wait', retryInMs: 150 })
   // b itself does not wait: it is the assignee
-  assert.deepEqual(planChunk({ ...base, self: 'b', behind: (p: string) => p !== 'b' }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: 'b', behind: (p: string) => p !== 'b' }), { action: 'source', reason: 'assignee' })
   // nobody behind, or nothing known: a waits for b
   assert.deepEqual(planChunk({ ...base, self: 'a', behind: () => false }), { action: 'wait', retryInMs: 150 })
   assert.deepEqual(planChunk({ ...base, self: 'a' }), { action: 'wait', retryInMs: 150 })
   // a and b both behind as c sees them: c, d wait for the next, which is c or d
   const next = backToSourceAssignee(['c', 'd'], hex, ci)!
   const both = (p: string): boolean => p === 'a' || p === 'b'
-  assert.deepEqual(planChunk({ ...base, self: next, behind: both }), { action: 'source' })
+  assert.deepEqual(planChunk({ ...base, self: next, behind: both }), { action: 'source', reason: 'ahead' })
   assert.equal(planChunk({ ...base, self: next === 'c' ? 'd' : 'c', behind: both }).action, 'wait')
   // only within the scheduler's group, and by its members
   assert.equal(planChunk({ ...base, self: 'a', behind: bBehind, stable: false }).action, 'wait')
@@ -183,7 +183,7 @@ test('plan: a member is judged behind the read, not behind each chunk of it (a b
   const bLevel = (peer: string, at: number): boolean => peer === 'b' && at >= front + 1
   const base = { group, blobHex: hex, ci, have: [], pending: [], wantedForMs: 0, graceMs: 150, stable: true, self: 'a', behind: bLevel }
   // judged by the chunk, b is behind it and a takes it (so would b: every member level at the front fetches it)
-  assert.deepEqual(planChunk(base), { action: 'source' })
+  assert.deepEqual(planChunk(base), { action: 'source', reason: 'ahead' })
   assert.deepEqual(planChunk({ ...base, front }), { action: 'wait', retryInMs: 150 })
   // asked at the batch's front, less the margin
   const asked: number[] = []

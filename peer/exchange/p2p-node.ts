@@ -35,6 +35,7 @@ import {
 import { DIGEST_BYTES, SchedulerClient, SchedulerService, packDigests } from '../../scheduler/index.js'
 import type { FlightActivity, PrefetchAdvisor } from '../fetch/index.js'
 import { BlobLocator } from './blob-locator.js'
+import type { SourceReason } from './back-to-source.js'
 import { ChunkServer, type ChunkServerCounters, type ServableCache } from './chunk-server.js'
 import { HaveService, type HaveCounters } from './have-service.js'
 import { CacheChunks, waitingForFlights } from './local-chunks.js'
@@ -106,6 +107,8 @@ export interface P2PStats {
   download: NeighbourSourceCounters & { streams: ChunkStreamsCounters }
   /** the have protocol's sessions and messages (blob-level directory only) */
   have?: HaveCounters
+  /** chunks the blob locator sent to the registry, by why (blob-level directory only; `SourceReason`) */
+  registryChunks?: Record<SourceReason, number>
   /** libp2p connections open now, and what the host's guard closed or refused to keep room */
   connections: { open: number } & ConnectionGuardCounters
   /** chunks this node claimed at the scheduler and is still fetching */
@@ -132,6 +135,7 @@ export class P2PNode {
   readonly have: HaveService | undefined
   /** blob-level directory: which chunks a prefetch takes next (the node's share of the registry's, then the rarest) */
   readonly prefetchAdvisor: PrefetchAdvisor | undefined
+  private readonly locator: BlobLocator | undefined
   private readonly local: CacheChunks | undefined
   private readonly swarm: Swarm
   private readonly resolver: HolderResolver
@@ -229,6 +233,7 @@ export class P2PNode {
       })
       : undefined
     this.prefetchAdvisor = locator
+    this.locator = locator
     this.source = new NeighbourSource({ libp2p: host, resolver: this.resolver, ...(locator !== undefined ? { locator } : {}), ...(logger !== undefined ? { logger } : {}) }, {
       ...(init.maxHolders !== undefined ? { maxHolders: init.maxHolders } : {}),
       ...(init.hedgeAfterMs !== undefined ? { hedgeAfterMs: init.hedgeAfterMs } : {}),
@@ -354,6 +359,7 @@ export class P2PNode {
       upload: { ...this.server.counters },
       download: { ...this.source.counters, streams: { ...this.source.streams.counters } },
       ...(this.have !== undefined ? { have: { ...this.have.counters } } : {}),
+      ...(this.locator !== undefined ? { registryChunks: { ...this.locator.sourced } } : {}),
       connections: { open: this.host.getConnections().length, ...this.host.services.guard.counters },
       claims: this.claims.size
     }

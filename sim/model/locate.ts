@@ -7,7 +7,7 @@
 import type { Timed } from './events.js'
 import type { Batch } from './fetch.js'
 import type { NodeBlob, SimNode } from './node.js'
-import { backToSourceAssignee, blobGroup, groupStale, holdersInOrder, NEAR_WINDOW, planChunk, runStarts } from './policy.js'
+import { blobGroup, groupStale, holdersInOrder, NEAR_WINDOW, planChunk, runStarts } from './policy.js'
 
 const NONE = 0
 const LOOKING = 1
@@ -212,11 +212,7 @@ export class Locate implements Timed {
       } else {
         this.source.push(ci)
         chosen.push(ci)
-        const group = this.group.length === 0 ? [self] : stable || this.group.includes(self) ? this.group : [...this.group, self]
-        const asg = backToSourceAssignee(group, hex, ci)
-        if (asg === self) node.sourced.assignee++
-        else if (now - this.since < w.cfg.graceMs) node.sourced.ahead++
-        else node.sourced.afterGrace++
+        node.sourced[plan.reason]++
       }
     }
     // as `BlobLocator` (`planned`, then `flushBlob` after a round that chose the registry): PENDING for the chunks

@@ -87,10 +87,10 @@ export class SimNode implements Timed {
   readonly served = { refused: 0, busyWhileFetching: 0, redirects: 0 }
   pendingFrames = 0
   /**
-   * chunks fetched from the registry, by why: the rendezvous assignee, the assignee read behind it, nobody took it up
-   * in the grace, a neighbour fetch left it
+   * chunks fetched from the registry, by why (`SourceReason`: the rendezvous assignee in the scheduler's group, or in
+   * one of the peers it knew, the assignee read behind it, nobody took it up in the grace), or a neighbour fetch left it
    */
-  readonly sourced = { assignee: 0, ahead: 0, afterGrace: 0, leftover: 0 }
+  readonly sourced = { assignee: 0, noGroup: 0, ahead: 0, grace: 0, leftover: 0 }
   /** neighbour fetches given up for idleness */
   idleTimeouts = 0
   readonly msgs = { scheduler: { sent: 0, received: 0 }, have: { sent: 0, received: 0 }, chunk: { sent: 0, received: 0 } }

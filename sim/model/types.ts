@@ -183,7 +183,7 @@ export interface ModelReport {
      * behind the chunk (a member ahead took it); nobody said PENDING within the grace; a neighbour fetch left it
      * (BUSY, NOT_FOUND, failed, idle)
      */
-    registryChunks: { assignee: number, ahead: number, afterGrace: number, leftover: number }
+    registryChunks: { assignee: number, noGroup: number, ahead: number, afterGrace: number, leftover: number }
     /** `redirects`: chunks a busy holder sent the asker on for (REDIRECT) */
     peerRequests: { sent: number, failed: number, hedges: number, redirects: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
