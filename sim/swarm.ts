@@ -81,6 +81,8 @@ export interface NodeReport {
   served: { refused: number, busyWhileFetching: number, redirects: number }
   /** blob-level directory: chunks its locator sent to the registry, by why (`SourceReason`), when it finished reading */
   registryChunks?: { assignee: number, noGroup: number, ahead: number, grace: number }
+  /** blob-level directory: chunks nobody it followed had that it asked their assignee for, before the registry */
+  assigneeAsks?: number
 }
 
 export interface SwarmReport {
@@ -373,7 +375,8 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
           busyWhileFetching: m.p2p?.upload.busyWhileFetching ?? 0,
           redirects: m.p2p?.upload.redirects ?? 0
         },
-        ...(m.p2p?.registryChunks !== undefined ? { registryChunks: { ...m.p2p.registryChunks } } : {})
+        ...(m.p2p?.registryChunks !== undefined ? { registryChunks: { ...m.p2p.registryChunks } } : {}),
+        ...(m.p2p?.assigneeAsks !== undefined ? { assigneeAsks: m.p2p.assigneeAsks } : {})
       }
       log(`node${n.id}: read ${mib(imageBytes)} in ${(completionMs / 1000).toFixed(2)} s (registry ${mib(report.registryBytes)}, peers ${mib(report.peerBytes)}, cache ${mib(report.cacheBytes)})${report.ok ? '' : `: ${differences.length} DIFFERENCES`}`)
       return report
@@ -434,7 +437,8 @@ function registryChunksLine (nodes: NodeReport[]): string[] {
   const all = nodes.flatMap(n => n.registryChunks !== undefined ? [n.registryChunks] : [])
   if (all.length === 0) return []
   const sum = (k: 'assignee' | 'noGroup' | 'ahead' | 'grace'): number => all.reduce((a, c) => a + c[k], 0)
-  return [`registry chunks: ${sum('assignee')} as the rendezvous assignee, ${sum('noGroup')} as the assignee without the scheduler's group, ${sum('ahead')} ahead of an assignee behind, ${sum('grace')} after the grace`]
+  const asks = nodes.reduce((a, n) => a + (n.assigneeAsks ?? 0), 0)
+  return [`registry chunks: ${sum('assignee')} as the rendezvous assignee, ${sum('noGroup')} as the assignee without the scheduler's group, ${sum('ahead')} ahead of an assignee behind, ${sum('grace')} after the grace; ${asks} asked of their assignee first`]
 }
 
 const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`

@@ -87,7 +87,7 @@ export type SourceReason = 'assignee' | 'noGroup' | 'ahead' | 'grace'
  * PENDING: look again after `retryInMs`.
  */
 export type ChunkPlan =
-  | { action: 'peer', peers: string[] }
+  | { action: 'peer', peers: string[], ask?: true }
   | { action: 'source', reason: SourceReason }
   | { action: 'wait', retryInMs: number }
 
@@ -117,6 +117,12 @@ export interface PlanInput {
    * of the other members by a member of a stable group, for a chunk nobody has or fetches
    */
   behind?: (peer: string, ci: number) => boolean
+  /**
+   * a node outside the scheduler's group asks the chunk's assignee for it past the grace, before the registry (the
+   * plan is then `peer` with `ask`; the caller asks once per want, and the next plan of the chunk goes to the
+   * registry): see {@link planChunk}
+   */
+  askAssignee?: boolean
   /**
    * the first chunk of the read `ci` belongs to (its run of consecutive chunks in the fetch batch, {@link runStarts}):
    * a member is judged behind the read, not behind each chunk of it. A member level with this one has nothing near the batch's last chunks yet, and would count as
@@ -167,6 +173,17 @@ export function planChunk (p: PlanInput): ChunkPlan {
     if (p.stable !== true) return { action: 'source', reason: 'noGroup' }
     return { action: 'source', reason: candidates === group || backToSourceAssignee(group, p.blobHex, p.ci) === p.self ? 'assignee' : 'ahead' }
   }
-  if (p.wantedForMs >= grace) return { action: 'source', reason: 'grace' }
+  if (p.wantedForMs >= grace) {
+    // a node outside the scheduler's group hears of a chunk only from the neighbours it follows, and at a swarm's
+    // start they are as new as it is: the members' PENDING is out of its sight. The chunk's assignee is the one
+    // likely to have it or to be fetching it: asked, it sends it, holds the request until its own copy lands, or
+    // says NOT_FOUND, and the chunk goes to the registry a round trip later. (Real, 16 nodes × 24 MiB at 2 MiB/s
+    // prefetching all on a loaded machine, traced: reads starting up to 3 s apart, each outsider fetched its first
+    // read's 31 chunks from the registry that a member had PENDING. Builds alternating, 5 pairs: 1.22–2.43 copies,
+    // mean 1.77, before; 1.11–1.50, mean 1.24, with the asks, lower in every pair.) Once per want: asked again (a
+    // BUSY holder's chunks are planned anew) it could hold a read until its deadline.
+    if (p.askAssignee === true && p.stable === true && !inGroup && assignee !== undefined) return { action: 'peer', peers: [assignee], ask: true }
+    return { action: 'source', reason: 'grace' }
+  }
   return { action: 'wait', retryInMs: grace - p.wantedForMs }
 }

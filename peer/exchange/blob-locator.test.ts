@@ -73,6 +73,23 @@ test('an assignee level with the member is waited for (the grace)', async () => 
   assert.deepEqual(loc.sourced, { assignee: 0, noGroup: 0, ahead: 0, grace: 0 })
 })
 
+test('outside the group, a chunk nobody it follows has: its assignee asked once (as fetching it, at the address the scheduler gave), then the registry', async () => {
+  const directory: HolderResolver = {
+    resolve: async () => new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [`/ip4/127.0.0.1/tcp/${peerId.charCodeAt(0)}`], group: true }))]]),
+    report: () => {}
+  }
+  const have = { table: new HaveTable(), interest: async () => {}, onUpdate: () => () => {}, followers: () => [], flushBlob: () => {} }
+  const loc = new BlobLocator({ directory, have, self: 'z' }, { graceMs: 20 })
+  const signal = AbortSignal.timeout(5_000)
+  const out = await loc.locate(info, [chunk], { signal })
+  assert.deepEqual(out.get(chunk.digest.toString('hex')), [{ peerId: 'b', addrs: ['/ip4/127.0.0.1/tcp/98'], fetching: true }])
+  assert.equal(loc.assigneeAsks, 1)
+  // its fetch came back without it (NOT_FOUND, BUSY): the chunk planned again goes to the registry, not to b again
+  assert.equal((await loc.locate(info, [chunk], { signal })).size, 0)
+  assert.equal(loc.assigneeAsks, 1)
+  assert.deepEqual(loc.sourced, { assignee: 0, noGroup: 0, ahead: 0, grace: 1 })
+})
+
 test('holders of a chunk: those that have it as they are, those only fetching it marked `fetching`', async () => {
   const { loc } = locator({ b: [ci], c: [], d: [ci] }, { c: [ci], d: [ci] })
   const out = await loc.locate(info, [chunk], { signal: AbortSignal.timeout(5_000) })

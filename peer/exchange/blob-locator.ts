@@ -75,6 +75,8 @@ export interface BlobLocatorInit {
 
 interface BlobGroup {
   holders: Map<string, ChunkHolder>
+  /** the scheduler's group as it named it, addresses included (a node outside it asks an assignee) */
+  members: Map<string, ChunkHolder>
   /** the blob's group as the scheduler named it (this node included if it is one); undefined: it named none */
   group: string[] | undefined
   at: number
@@ -83,6 +85,8 @@ interface BlobGroup {
 export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   /** chunks `locate` sent to the registry, by why ({@link SourceReason}) */
   readonly sourced: Record<SourceReason, number> = { assignee: 0, noGroup: 0, ahead: 0, grace: 0 }
+  /** chunks nobody it followed had that this node, outside their blob's group, asked their assignee for (`askAssignee`) */
+  assigneeAsks = 0
   private readonly directory: HolderResolver
   private readonly have: BlobLocatorComponents['have']
   private readonly self: string
@@ -99,6 +103,8 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   private readonly groups = new Map<string, Promise<BlobGroup>>()
   /** `${blob}/${ci}` → when this node first wanted it */
   private readonly wanted = new Map<string, number>()
+  /** `${blob}/${ci}` → when this node asked the chunk's assignee for it (once per want: then the registry) */
+  private readonly asked = new Map<string, number>()
   /** blob → when the scheduler's group of it last changed (or this node first looked it up) */
   private readonly groupChangedAt = new Map<string, number>()
 
@@ -149,15 +155,21 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
           stable: g.group !== undefined,
           activeNear: () => this.have.table.activeNear(blobHex, w.chunk.index, NEAR_WINDOW),
           behind: (peer, ci) => this.have.table.behind(blobHex, peer, ci, NEAR_WINDOW),
-          front: fronts.get(w.chunk.index)
+          front: fronts.get(w.chunk.index),
+          askAssignee: !this.askedLately(blobHex, w.chunk.index)
         })
         if (plan.action === 'peer') {
           const peers = holdersInOrder(plan.peers, blobHex, w.chunk.index)
-          // a holder only fetching the chunk is marked: its requests carry the chunk alone (`splitRequests`)
+          // a holder only fetching the chunk is marked: its requests carry the chunk alone (`splitRequests`); so is
+          // an assignee asked for a chunk nobody is known to have (it may be fetching it)
           out.set(w.chunk.digest.toString('hex'), peers.map(id => {
-            const h = g.holders.get(id) ?? { peerId: id, addrs: [] }
-            return pending.includes(id) && !have.includes(id) ? { ...h, fetching: true } : h
+            const h = g.holders.get(id) ?? g.members.get(id) ?? { peerId: id, addrs: [] }
+            return plan.ask === true || (pending.includes(id) && !have.includes(id)) ? { ...h, fetching: true } : h
           }))
+          if (plan.ask === true) {
+            this.assigneeAsks++
+            this.remember(this.asked, `${blobHex}/${w.chunk.index}`, this.now())
+          }
           chosen.push(w.chunk.index)
         } else if (plan.action === 'wait') {
           waiting.push(w)
@@ -165,6 +177,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
         } else {
           this.sourced[plan.reason]++
           this.wanted.delete(`${blobHex}/${w.chunk.index}`)
+          this.asked.delete(`${blobHex}/${w.chunk.index}`)
           chosen.push(w.chunk.index)
           sourced = true
         }
@@ -236,9 +249,20 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     const t = this.wanted.get(key)
     // a want older than the grace period plus a while is from an earlier read that ended: start over
     if (t !== undefined && now - t < this.graceMs + this.refreshMs) return t
-    this.wanted.set(key, now)
-    if (this.wanted.size > MAX_REMEMBERED_WANTS) this.wanted.delete(this.wanted.keys().next().value as string)
+    this.remember(this.wanted, key, now)
     return now
+  }
+
+  /** whether this node asked the chunk's assignee for it during the current want (as `wantedSince` dates wants) */
+  private askedLately (blobHex: string, ci: number): boolean {
+    const t = this.asked.get(`${blobHex}/${ci}`)
+    return t !== undefined && this.now() - t < this.graceMs + this.refreshMs
+  }
+
+  private remember (map: Map<string, number>, key: string, at: number): void {
+    map.delete(key)
+    map.set(key, at)
+    if (map.size > MAX_REMEMBERED_WANTS) map.delete(map.keys().next().value as string)
   }
 
   /** The blob's holders (asked of the scheduler at most every `refreshMs`), told of our interest. */
@@ -279,12 +303,17 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   private async lookUp (blobHex: string, signal: AbortSignal, blind: boolean): Promise<BlobGroup> {
     const first = !this.groups.has(blobHex)
     const holders = new Map<string, ChunkHolder>()
+    const members = new Map<string, ChunkHolder>()
     let group: string[] | undefined
     try {
       // the blob's group first (the same for every asker), then the best other holders
       const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize, ...(blind ? { timeoutMs: this.lookupTimeoutMs } : {}) })
       const all = answer.get(blobHex) ?? []
-      for (const h of all) if (h.group === true) (group ??= []).push(h.peerId)
+      for (const h of all) {
+        if (h.group !== true) continue
+        ;(group ??= []).push(h.peerId)
+        if (h.peerId !== this.self) members.set(h.peerId, { peerId: h.peerId, addrs: h.addrs })
+      }
       // the ranked holders are whom to follow; the group is who fetches from the source (not whom everyone piles
       // onto), and its members follow each other
       const inGroup = group?.includes(this.self) === true
@@ -307,7 +336,7 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
         await this.changeOf(blobHex, deadline - this.now(), signal)
       }
     }
-    return { holders, group, at: this.now() }
+    return { holders, members, group, at: this.now() }
   }
 
   /**

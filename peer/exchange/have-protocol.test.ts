@@ -140,6 +140,12 @@ test('plan: holders, then peers fetching it, then the assignee fetches and the o
   assert.deepEqual(planChunk({ ...stable, wantedForMs: 200 }), { action: 'source', reason: 'grace' })
   assert.deepEqual(planChunk({ ...stable, wantedForMs: 200, activeNear: () => true }), { action: 'wait', retryInMs: 600 })
   assert.deepEqual(planChunk({ ...stable, wantedForMs: 800, activeNear: () => true }), { action: 'source', reason: 'grace' })
+  // told to, past its grace it asks the chunk's assignee (b) instead; not before, nor in a group it made up itself
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 200, askAssignee: true }), { action: 'peer', peers: ['b'], ask: true })
+  assert.deepEqual(planChunk({ ...stable, wantedForMs: 0, askAssignee: true }), { action: 'wait', retryInMs: 200 })
+  assert.equal(planChunk({ ...base, self: 'z', ci, wantedForMs: 10_000, askAssignee: true }).action, 'source')
+  // a member never asks: it is one of those asked
+  assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200, stable: true, askAssignee: true }), { action: 'source', reason: 'grace' })
   // a member of the group, assignee or not, keeps the short grace
   assert.deepEqual(planChunk({ ...base, self: 'a', ci, wantedForMs: 200, stable: true, activeNear: () => true }), { action: 'source', reason: 'grace' })
 })

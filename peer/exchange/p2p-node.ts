@@ -109,6 +109,8 @@ export interface P2PStats {
   have?: HaveCounters
   /** chunks the blob locator sent to the registry, by why (blob-level directory only; `SourceReason`) */
   registryChunks?: Record<SourceReason, number>
+  /** chunks nobody it followed had that this node, outside their blob's group, asked their assignee for before the registry */
+  assigneeAsks?: number
   /** libp2p connections open now, and what the host's guard closed or refused to keep room */
   connections: { open: number } & ConnectionGuardCounters
   /** chunks this node claimed at the scheduler and is still fetching */
@@ -359,7 +361,7 @@ export class P2PNode {
       upload: { ...this.server.counters },
       download: { ...this.source.counters, streams: { ...this.source.streams.counters } },
       ...(this.have !== undefined ? { have: { ...this.have.counters } } : {}),
-      ...(this.locator !== undefined ? { registryChunks: { ...this.locator.sourced } } : {}),
+      ...(this.locator !== undefined ? { registryChunks: { ...this.locator.sourced }, assigneeAsks: this.locator.assigneeAsks } : {}),
       connections: { open: this.host.getConnections().length, ...this.host.services.guard.counters },
       claims: this.claims.size
     }

@@ -196,12 +196,18 @@ export class Locate implements Timed {
         stable,
         activeNear: () => node.table.activeNear(hex, ci, NEAR_WINDOW),
         behind: (peer, c) => node.table.behind(hex, peer, c, NEAR_WINDOW),
-        front: this.fronts.get(ci)
+        front: this.fronts.get(ci),
+        askAssignee: !nb.asked.has(ci)
       })
       if (plan.action === 'peer') {
         this.peers.set(ci, holdersInOrder(plan.peers, hex, ci).map(id => w.byPeerId.get(id)!))
-        // as `BlobLocator`: the holders still fetching it, whose requests carry it alone (`splitRequests`)
-        if (pending.length > 0) {
+        // as `BlobLocator`: the holders still fetching it, whose requests carry it alone (`splitRequests`); so does
+        // an assignee asked for it
+        if (plan.ask === true) {
+          (this.fetching ??= new Map()).set(ci, plan.peers.map(id => w.byPeerId.get(id)!))
+          nb.asked.add(ci)
+          node.assigneeAsks++
+        } else if (pending.length > 0) {
           const only = pending.filter(p => p.peerId !== self && !have.includes(p.peerId)).map(p => w.byPeerId.get(p.peerId)!)
           if (only.length > 0) (this.fetching ??= new Map()).set(ci, only)
         }

@@ -27,6 +27,8 @@ export class NodeBlob {
   readonly followers = new Set<SimNode>()
   /** neighbours this node asked to follow (sent INTEREST to) */
   readonly told = new Set<SimNode>()
+  /** chunks this node asked their assignee for (once: as the daemon's locator, the next plan goes to the registry) */
+  readonly asked = new Set<number>()
   /** look-ups waiting for a neighbour's word (through `wait`/`unwait`) */
   readonly waiting = new Set<Locate>()
   /** neighbours' requests waiting for a chunk this node is fetching */

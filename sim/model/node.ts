@@ -91,6 +91,8 @@ export class SimNode implements Timed {
    * one of the peers it knew, the assignee read behind it, nobody took it up in the grace), or a neighbour fetch left it
    */
   readonly sourced = { assignee: 0, noGroup: 0, ahead: 0, grace: 0, leftover: 0 }
+  /** chunks nobody it followed had that this node, outside the blob's group, asked their assignee for */
+  assigneeAsks = 0
   /** neighbour fetches given up for idleness */
   idleTimeouts = 0
   readonly msgs = { scheduler: { sent: 0, received: 0 }, have: { sent: 0, received: 0 }, chunk: { sent: 0, received: 0 } }

@@ -184,6 +184,8 @@ export interface ModelReport {
      * (BUSY, NOT_FOUND, failed, idle)
      */
     registryChunks: { assignee: number, noGroup: number, ahead: number, afterGrace: number, leftover: number }
+    /** chunks nobody a node followed had that it, outside the blob's group, asked their assignee for before the registry */
+    assigneeAsks: number
     /** `redirects`: chunks a busy holder sent the asker on for (REDIRECT) */
     peerRequests: { sent: number, failed: number, hedges: number, redirects: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
