@@ -18,7 +18,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { delay } from '../base/index.js'
 import { publishDirectory } from '../convert/index.js'
-import { AdminClient } from '../peer/index.js'
+import { AdminClient, type SourceReason } from '../peer/index.js'
 import { RegistryClient, startRegistryServer, type RegistryServer } from '../registry/index.js'
 import { startSchedulerNode, type SchedulerNode } from '../scheduler/index.js'
 import { contentMap, diffContent, generateTree, type ContentMap } from './source-tree.js'
@@ -80,7 +80,7 @@ export interface NodeReport {
    */
   served: { refused: number, busyWhileFetching: number, redirects: number }
   /** blob-level directory: chunks its locator sent to the registry, by why (`SourceReason`), when it finished reading */
-  registryChunks?: { assignee: number, noGroup: number, ahead: number, grace: number }
+  registryChunks?: Record<SourceReason, number>
   /** blob-level directory: chunks nobody it followed had that it asked their assignee for, before the registry */
   assigneeAsks?: number
 }
@@ -263,6 +263,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
   const run = await mkdtemp(join(init.workDir ?? tmpdir(), 'rafspeer-swarm-'))
   let registry: RegistryServer | undefined
   let scheduler: SchedulerNode | undefined
+  /** every reader started (the baseline's and the nodes'), killed at the end if it never read */
   const readers: Reader[] = []
   const nodes: RunningNode[] = []
   const mounts: Array<{ node: RunningNode, mountpoint: string }> = []
@@ -308,18 +309,20 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
 
     // the baseline: the reader over the source tree itself, nothing cached
     const baseline = await startReader(signal)
+    readers.push(baseline)
     await dropCaches()
     const nativeStart = performance.now()
     await baseline.read(source)
     const nativeReadMs = Math.round(performance.now() - nativeStart)
     // every node's reader, loaded before the reads begin
-    readers.push(...await Promise.all(nodes.map(async () => await startReader(signal))))
+    const nodeReaders = await Promise.all(nodes.map(async () => await startReader(signal)))
+    readers.push(...nodeReaders)
     log(`the reader over the source tree on this disk: ${(nativeReadMs / 1000).toFixed(2)} s`)
 
     // 3. every node mounts and reads the whole tree
     // the readers' CPU counts once they are reaped (this process's children's), loading included: theirs so far is
     // counted here, so only their reading is in the phase's
-    const cpuBefore = await cpuMsOf([...nodes.map(n => n.proc.pid), ...readers.map(r => r.pid)])
+    const cpuBefore = await cpuMsOf([...nodes.map(n => n.proc.pid), ...nodeReaders.map(r => r.pid)])
     const startReads = performance.now()
     let done = 0
     const reg = registry
@@ -337,7 +340,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
       mounts.push({ node: n, mountpoint })
       let got: ContentMap
       try {
-        got = await readers[i]!.read(mountpoint)
+        got = await nodeReaders[i]!.read(mountpoint)
       } catch (err) {
         throw new Error(`node ${n.id}: reading its mount failed: ${(err as Error).message}\n${n.output().slice(-3000)}`, { cause: err })
       }
@@ -436,7 +439,7 @@ export function formatSwarmReport (r: SwarmReport): string {
 function registryChunksLine (nodes: NodeReport[]): string[] {
   const all = nodes.flatMap(n => n.registryChunks !== undefined ? [n.registryChunks] : [])
   if (all.length === 0) return []
-  const sum = (k: 'assignee' | 'noGroup' | 'ahead' | 'grace'): number => all.reduce((a, c) => a + c[k], 0)
+  const sum = (k: SourceReason): number => all.reduce((a, c) => a + c[k], 0)
   const asks = nodes.reduce((a, n) => a + (n.assigneeAsks ?? 0), 0)
   return [`registry chunks: ${sum('assignee')} as the rendezvous assignee, ${sum('noGroup')} as the assignee without the scheduler's group, ${sum('ahead')} ahead of an assignee behind, ${sum('grace')} after the grace; ${asks} asked of their assignee first`]
 }

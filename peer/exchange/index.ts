@@ -38,7 +38,7 @@ export {
   type HaveMessage
 } from './have-protocol.js'
 export { HaveTable, DEFAULT_PENDING_TTL_MS, type ChunkSources } from './have-table.js'
-export { planChunk, runStarts, rendezvousScore, backToSourceAssignee, NEAR_WINDOW, BEHIND_MARGIN, OUTSIDE_GROUP_GRACE_FACTOR, groupStale, INCOMPLETE_GROUP_REFRESH_MS, type ChunkPlan, type PlanInput as ChunkPlanInput } from './back-to-source.js'
+export { planChunk, runStarts, rendezvousScore, backToSourceAssignee, NEAR_WINDOW, BEHIND_MARGIN, OUTSIDE_GROUP_GRACE_FACTOR, groupStale, INCOMPLETE_GROUP_REFRESH_MS, type ChunkPlan, type PlanInput as ChunkPlanInput, type SourceReason } from './back-to-source.js'
 export {
   BlobLocator, DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS,
   DEFAULT_MAX_HOLDERS as DEFAULT_LOCATOR_MAX_HOLDERS, DEFAULT_LOOKUP_HOLDERS, type ChunkLocator, type BlobLocatorInit
