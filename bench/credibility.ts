@@ -58,7 +58,7 @@ export interface CpuUse {
 export interface CredibilityRow {
   nodes: number
   bandwidth: number
-  real: { egress: number, p50Ms: number, maxMs: number, wallMs: number, readCpuMs: number | undefined, verifiedOk: boolean, idleDeadlineFetches: number, perNode: Array<{ completionMs: number, registryBytes: number, peerBytes: number }> }
+  real: { egress: number, p50Ms: number, maxMs: number, wallMs: number, readCpuMs: number | undefined, verifiedOk: boolean, idleDeadlineFetches: number, perNode: Array<{ completionMs: number, mountMs?: number, registryBytes: number, peerBytes: number }> }
   model: { egress: number, p50Ms: number, maxMs: number, idleTimeouts: number, cpuBusyShare: number }
   /** the model without the machine's CPU */
   modelNoCpu: { egress: number, p50Ms: number, maxMs: number }
@@ -215,7 +215,7 @@ export async function benchCredibility (opts: CredibilityBenchOptions = {}): Pro
           readCpuMs: real.readCpuMs,
           verifiedOk: real.verifiedOk,
           idleDeadlineFetches: real.nodes.filter(x => x.fetchMs.max >= IDLE_DEADLINE_MS).length,
-          perNode: real.nodes.map(x => ({ completionMs: x.completionMs, registryBytes: x.registryBytes, peerBytes: x.peerBytes }))
+          perNode: real.nodes.map(x => ({ completionMs: x.completionMs, ...(x.mountMs !== undefined ? { mountMs: x.mountMs } : {}), registryBytes: x.registryBytes, peerBytes: x.peerBytes }))
         },
         model: { egress: model.model.registryRatio, p50Ms: model.p50Ms, maxMs: model.maxMs, idleTimeouts: model.model.peerRequests.idleTimeouts, cpuBusyShare: model.model.cpu?.busyShare ?? 0 },
         modelNoCpu: { egress: noCpu.model.registryRatio, p50Ms: noCpu.p50Ms, maxMs: noCpu.maxMs },

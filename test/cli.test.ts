@@ -220,7 +220,7 @@ test('sim: 2 real daemons, a scheduler and the embedded registry; one JSON repor
   const staggerMs = 4000
   const r = await runCli(['sim', '--nodes', '2', '--image-size', '8MiB', '--bandwidth', '64MiB', '--stagger-ms', String(staggerMs), '--json'], { timeoutMs: 180_000 })
   assert.equal(r.code, 0, r.stdout + r.stderr)
-  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, wallMs: number, nodes: Array<{ id: number, completionMs: number, startMs: number, registryBytes: number, peerBytes: number }> }
+  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, wallMs: number, nodes: Array<{ id: number, completionMs: number, startMs: number, mountMs: number, registryBytes: number, peerBytes: number }> }
   // a staggered node's completion is its own time, from its own start (8 MiB from a neighbour: well under the stagger)
   const second = report.nodes.find(n => n.id === 2)!
   assert.ok(Math.abs(second.startMs - staggerMs) < 1000, `node 2 started at ${second.startMs} ms`)
@@ -232,4 +232,6 @@ test('sim: 2 real daemons, a scheduler and the embedded registry; one JSON repor
   assert.ok(report.registryBytes <= 1.1 * report.blobBytes + (1 << 20), `registry sent ${report.registryBytes} for ${report.blobBytes}`)
   assert.ok(report.peerBytes > 0)
   for (const n of report.nodes) assert.ok(n.completionMs > 0 && n.registryBytes + n.peerBytes >= report.imageBytes)
+  // the mount is part of a node's time, and a part only
+  for (const n of report.nodes) assert.ok(n.mountMs > 0 && n.mountMs < n.completionMs, `node ${n.id}: mount ${n.mountMs} of ${n.completionMs} ms`)
 })
