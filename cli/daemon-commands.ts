@@ -212,7 +212,7 @@ export function formatStatus (d: DaemonInfo, mounts: MountInfo[], m: MetricsJson
     const p = info.prefetch
     lines.push(`  ${info.mountpoint}  ${info.mode}  ${info.source}` +
       (info.manifestDigest !== undefined ? ` (${short(info.manifestDigest)})` : '') +
-      (im !== undefined ? `  read ${formatBytes(im.readBytes)} (${pct(im.cacheHitRatio)} cache)` : '') +
+      (im !== undefined ? `  read ${formatBytes(im.readBytes)} (${pct(im.cacheHitRatio)} cache, longest wait ${im.readWaitMaxMs} ms)` : '') +
       `  prefetch ${p.state}${p.state === 'none' ? '' : ` ${p.chunksDone}/${p.chunksTotal}`}`)
   }
   return lines.join('\n')

@@ -65,6 +65,11 @@ export interface NodeReport {
    * mounts) before the read began: 0.1 s for one node alone here, 0.5–1.0 s for 8 mounting at once on two cores
    */
   mountMs?: number
+  /**
+   * real mode: the longest one read of the node's daemon waited for chunks fetched for it (its slowest miss; a read
+   * behind a prefetch's batch, say), ms
+   */
+  readWaitMaxMs?: number
   /** the mount mode the node's daemon chose */
   mode: string
   /** plaintext chunk bytes this node fetched, by source */
@@ -361,6 +366,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
         completionMs: Math.round(completionMs),
         startMs: Math.round(nodeStart - startReads),
         mountMs: Math.round(mountMs),
+        readWaitMaxMs: img?.readWaitMaxMs ?? 0,
         mode: mounted.mode,
         registryBytes: img?.bytesBySource.registry ?? 0,
         peerBytes: img?.bytesBySource.peer ?? 0,
@@ -435,8 +441,9 @@ export function formatSwarmReport (r: SwarmReport): string {
     `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, max ${s(r.maxMs)} (run ${s(r.wallMs)}); the same reader over the source tree: ${s(r.nativeReadMs)}`,
     ...registryChunksLine(r.nodes),
     `verified: ${r.verifiedOk ? 'every node read exactly the published tree' : 'DIFFERENCES (see below)'}`,
-    '  node  mode        time      (mount)   registry    peers       cache       uploaded',
-    ...r.nodes.map(n => `  ${String(n.id).padEnd(5)} ${n.mode.padEnd(11)} ${s(n.completionMs).padEnd(9)} ${(n.mountMs !== undefined ? s(n.mountMs) : '-').padEnd(9)} ${mib(n.registryBytes).padEnd(11)} ${mib(n.peerBytes).padEnd(11)} ${mib(n.cacheBytes).padEnd(11)} ${mib(n.uploadBytes)}`),
+    '  node  mode        time      (mount)   wait      registry    peers       cache       uploaded',
+    ...r.nodes.map(n => `  ${String(n.id).padEnd(5)} ${n.mode.padEnd(11)} ${s(n.completionMs).padEnd(9)} ${(n.mountMs !== undefined ? s(n.mountMs) : '-').padEnd(9)} ` +
+      `${(n.readWaitMaxMs !== undefined ? s(n.readWaitMaxMs) : '-').padEnd(9)} ${mib(n.registryBytes).padEnd(11)} ${mib(n.peerBytes).padEnd(11)} ${mib(n.cacheBytes).padEnd(11)} ${mib(n.uploadBytes)}`),
     ...r.nodes.flatMap(n => n.differences.map(d => `  node${n.id} differs: ${d}`))
   ]
   return lines.join('\n')

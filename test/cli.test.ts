@@ -220,7 +220,7 @@ test('sim: 2 real daemons, a scheduler and the embedded registry; one JSON repor
   const staggerMs = 4000
   const r = await runCli(['sim', '--nodes', '2', '--image-size', '8MiB', '--bandwidth', '64MiB', '--stagger-ms', String(staggerMs), '--json'], { timeoutMs: 180_000 })
   assert.equal(r.code, 0, r.stdout + r.stderr)
-  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, wallMs: number, nodes: Array<{ id: number, completionMs: number, startMs: number, mountMs: number, registryBytes: number, peerBytes: number }> }
+  const report = JSON.parse(r.stdout) as { imageBytes: number, blobBytes: number, registryBytes: number, peerBytes: number, verifiedOk: boolean, wallMs: number, nodes: Array<{ id: number, completionMs: number, startMs: number, mountMs: number, readWaitMaxMs: number, registryBytes: number, peerBytes: number }> }
   // a staggered node's completion is its own time, from its own start (8 MiB from a neighbour: well under the stagger)
   const second = report.nodes.find(n => n.id === 2)!
   assert.ok(Math.abs(second.startMs - staggerMs) < 1000, `node 2 started at ${second.startMs} ms`)
@@ -234,4 +234,6 @@ test('sim: 2 real daemons, a scheduler and the embedded registry; one JSON repor
   for (const n of report.nodes) assert.ok(n.completionMs > 0 && n.registryBytes + n.peerBytes >= report.imageBytes)
   // the mount is part of a node's time, and a part only
   for (const n of report.nodes) assert.ok(n.mountMs > 0 && n.mountMs < n.completionMs, `node ${n.id}: mount ${n.mountMs} of ${n.completionMs} ms`)
+  // every node fetched what it read: its reads waited, within its reading time
+  for (const n of report.nodes) assert.ok(n.readWaitMaxMs > 0 && n.readWaitMaxMs < n.completionMs - n.mountMs, `node ${n.id}: longest read wait ${n.readWaitMaxMs} ms`)
 })

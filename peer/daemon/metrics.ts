@@ -41,6 +41,8 @@ export interface ImageMetrics {
   readBytes: number
   readErrors: number
   readTimeouts: number
+  /** the longest one read waited for chunks fetched for it, ms (`FetchCounters.readWaitMaxMs`) */
+  readWaitMaxMs: number
   bytesBySource: BytesBySource
   /** share of read bytes served straight from the cache (0..1); null before any read */
   cacheHitRatio: number | null
@@ -107,6 +109,7 @@ function imageMetrics (s: MountStats): ImageMetrics {
     readBytes: s.readBytes,
     readErrors: s.readErrors,
     readTimeouts: s.fetch.readTimeouts,
+    readWaitMaxMs: s.fetch.readWaitMaxMs,
     bytesBySource: { ...s.fetch.bytesBySource },
     cacheHitRatio: hitRatio(s.fetch.bytesBySource.cache, s.readBytes),
     prefetch: s.prefetch,

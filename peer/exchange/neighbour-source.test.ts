@@ -462,6 +462,45 @@ describe('NeighbourSource', () => {
     assert.ok(asked.some(r => r.length > 1), `the chunks it has share requests (${JSON.stringify(asked)})`)
   })
 
+  it('asks first for the chunks a read waits for, a busy one again at once on a stream beside the prefetch\'s', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    const want = chunks.slice(0, 8)
+    assert.equal(want.length, 8)
+    const last = want[7]!
+    let running = 0
+    const seen: Array<{ at: number, running: number }> = []
+    let refused = false
+    const served = await rogueWith(async (req, stream) => {
+      const at = want.findIndex(c => c.digest.equals(req.names[0]!.digest))
+      running++
+      seen.push({ at, running })
+      try {
+        // the read's chunk: BUSY the first time (the holder's own fetch of it runs), at once
+        const busy = at === 7 && !refused
+        if (busy) refused = true
+        else await new Promise(resolve => setTimeout(resolve, 300))
+        for (const n of req.names) {
+          const bytes = busy ? Buffer.alloc(0) : byDigest.get(n.digest.toString('hex'))!
+          if (!stream.send(Buffer.concat([replyHeader(busy ? ChunkStatus.BUSY : ChunkStatus.OK, bytes.length), bytes]))) await stream.onDrain()
+        }
+        await stream.close()
+      } finally { running-- }
+    })
+    // the holder is fetching them all: one request each, queued in the batch's order
+    const src = source(new StaticResolver([{ ...served.holder, fetching: true }]), { maxHolders: 1, busyBackoffMs: 20 })
+    const got = new Set<number>()
+    for await (const { chunk } of src.fetch(blob, want, { signal: AbortSignal.timeout(20_000), verify, urgent: c => c.index === last.index && !got.has(c.index) })) got.add(chunk.index)
+    assert.equal(got.size, want.length)
+    const order = seen.map(s => s.at)
+    // (the first two requests start together: either may reach the holder first)
+    const first = order.indexOf(7)
+    assert.ok(first >= 0 && first <= 1, `the read's chunk among the first two, though queued last: ${JSON.stringify(order)}`)
+    const again = order.indexOf(7, first + 1)
+    assert.ok(again > 0 && again <= 3, `asked again right after its BUSY, not after the rest: ${JSON.stringify(order)}`)
+    assert.equal(seen[again]!.running, 3, `beside the two running for the prefetch: ${JSON.stringify(seen)}`)
+    assert.ok(Math.max(...seen.map(s => s.running)) <= 3)
+  })
+
   it('never yields bad bytes: a lying holder is dropped, banned past the threshold, never asked again', async () => {
     const good = await seed()
     const liar = await rogue(async (names, stream) => {

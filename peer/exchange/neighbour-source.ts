@@ -38,7 +38,7 @@ import { ChunkStreams, type ChunkStreamsInit } from './chunk-streams.js'
 import { MAX_REDIRECTS } from './chunk-receivers.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
-import { chooseHolder, joinsQueued, splitRequests, type QueuedShape } from './swarm-policy.js'
+import { chooseHolder, joinsQueued, nextQueued, splitRequests, type QueuedShape } from './swarm-policy.js'
 import { PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS } from './chunk-server.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
@@ -59,7 +59,8 @@ export const DEFAULT_BUSY_RETRIES = 3
 export const DEFAULT_STREAMS_PER_HOLDER = 2
 /**
  * requests that follow a REDIRECT may run to one holder beyond `streamsPerHolder`: chunks the reader waits for
- * (asked once already), sent where they are on their way, are not queued behind the fetch's larger requests
+ * (asked once already), sent where they are on their way, are not queued behind the fetch's larger requests; so may
+ * a read's chunks in a prefetch's batch (`nextQueued`)
  */
 export const REDIRECTED_EXTRA_STREAMS = 2
 /**
@@ -422,7 +423,7 @@ interface Want {
   chain?: Set<string>
 }
 
-interface Lane { holder: ChunkHolder, queued: Request[], running: number, assigned: number }
+interface Lane { holder: ChunkHolder, queued: Request[], running: number, assigned: number, /** running requests that carried a read's chunk when they began */ runningUrgent: number }
 
 interface Request {
   lane: Lane
@@ -435,6 +436,8 @@ interface Request {
   hedged: boolean
   /** it follows a REDIRECT: asked first, on a stream of its own, and the holder waits for the chunks longer */
   redirected: boolean
+  /** it carried a chunk a read waits for when it began (`ChunkSourceFetchOptions.urgent`) */
+  urgent?: boolean
 }
 
 /**
@@ -470,6 +473,8 @@ class SwarmFetch {
   private readonly verify: ChunkSourceFetchOptions['verify']
   /** the fetcher's: chunk bytes still arriving keep its idle deadline off */
   private readonly progress: ChunkSourceFetchOptions['progress']
+  /** the fetcher's: which chunks a read waits for (asked first) */
+  private readonly urgent: ChunkSourceFetchOptions['urgent']
   private readonly self: string
   private pendingAssign: Want[] = []
   /** peers asked only because a REDIRECT named them (at most MAX_REDIRECT_PEERS) */
@@ -487,6 +492,7 @@ class SwarmFetch {
     setMaxListeners(FETCH_MAX_LISTENERS, this.signal)
     this.verify = opts.verify
     this.progress = opts.progress
+    this.urgent = opts.urgent
     this.self = src.libp2p.peerId.toString()
     const seen = new Set<number>()
     for (const chunk of chunks) {
@@ -583,7 +589,7 @@ class SwarmFetch {
     if (h === undefined) return undefined
     let lane = this.lanes.get(h.peerId)
     if (lane === undefined) {
-      lane = { holder: h, queued: [], running: 0, assigned: 0 }
+      lane = { holder: h, queued: [], running: 0, assigned: 0, runningUrgent: 0 }
       this.lanes.set(h.peerId, lane)
     }
     lane.assigned += w.chunk.uncompressedSize
@@ -614,12 +620,20 @@ class SwarmFetch {
   }
 
   private pump (lane: Lane): void {
-    // a request that follows a REDIRECT goes first, on a stream of its own if need be (REDIRECTED_EXTRA_STREAMS)
-    while (lane.queued.length > 0 && lane.running < this.src.opts.streamsPerHolder + (lane.queued[0]!.redirected ? REDIRECTED_EXTRA_STREAMS : 0)) {
-      const req = lane.queued.shift()!
+    // a request that follows a REDIRECT goes first, on a stream of its own if need be (REDIRECTED_EXTRA_STREAMS);
+    // then one with a chunk a read waits for (`nextQueued`)
+    const urgent = this.urgent
+    const carriesUrgent = (req: Request): boolean => urgent !== undefined && req.wants.some(w => !w.done && urgent(w.chunk))
+    for (;;) {
+      const at = nextQueued(lane.queued, lane, this.src.opts.streamsPerHolder, REDIRECTED_EXTRA_STREAMS, i => carriesUrgent(lane.queued[i]!))
+      if (at < 0) return
+      const req = lane.queued.splice(at, 1)[0]!
+      req.urgent = carriesUrgent(req)
       lane.running++
+      if (req.urgent) lane.runningUrgent++
       void this.runRequest(req).finally(() => {
         lane.running--
+        if (req.urgent === true) lane.runningUrgent--
         this.outstanding--
         this.pump(lane)
         this.notify()

@@ -8,7 +8,7 @@ import fc from 'fast-check'
 import { backToSourceAssignee, rendezvousScore } from './back-to-source.js'
 import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
 import {
-  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, joinsQueued, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
+  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, joinsQueued, nextQueued, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
 } from './swarm-policy.js'
 import { PREFETCH_SLICE_CHUNKS, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, swarmQuietTake } from '../fetch/index.js'
 
@@ -270,4 +270,31 @@ test('joinsQueued: a REDIRECT\'s chunks join a queued REDIRECT, a holder\'s pres
   assert.equal(joinsQueued(q(64, 300, true), q(1, 100, true), 1000, 64), false)
   assert.equal(joinsQueued(q(3, 900, false), q(1, 100, false), 1000, 64), true)
   assert.equal(joinsQueued(q(3, 901, false), q(1, 100, false), 1000, 64), false)
+})
+
+test('nextQueued: a REDIRECT first, then a read\'s chunks, which may take the extra streams only beside a prefetch\'s requests', () => {
+  const q = (...kinds: string[]): Array<{ redirected: boolean, urgent: boolean }> => kinds.map(k => ({ redirected: k === 'R', urgent: k === 'U' }))
+  const next = (queued: ReturnType<typeof q>, running: number, runningUrgent: number): number =>
+    nextQueued(queued, { running, runningUrgent }, 2, 2, i => queued[i]!.urgent)
+  assert.equal(next(q(), 0, 0), -1)
+  // plain requests in order, two at a time
+  assert.equal(next(q('P', 'P'), 0, 0), 0)
+  assert.equal(next(q('P', 'P'), 2, 0), -1)
+  // a REDIRECT's request is queued first and has the extra streams
+  assert.equal(next(q('R', 'U'), 3, 3), 0)
+  assert.equal(next(q('R', 'U'), 4, 0), -1)
+  // a read's chunk goes ahead of the prefetch's requests queued before it
+  assert.equal(next(q('P', 'P', 'U'), 0, 0), 2)
+  assert.equal(next(q('P', 'P', 'U'), 1, 0), 2)
+  // ...on an extra stream while the two running are a prefetch's, not beside two of its own
+  assert.equal(next(q('P', 'U'), 2, 0), 1)
+  assert.equal(next(q('P', 'U'), 3, 1), 1)
+  assert.equal(next(q('P', 'U'), 4, 1), -1)
+  assert.equal(next(q('U', 'U'), 2, 2), -1)
+  assert.equal(next(q('P', 'P'), 3, 1), -1, 'no prefetch request on an extra stream')
+  // a lane of reads alone runs as without urgency: in order, `streams` at a time
+  fc.assert(fc.property(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 0, max: 4 }), (n, running) => {
+    const all = q(...Array.from({ length: n }, () => 'U'))
+    assert.equal(next(all, running, running), running < 2 ? 0 : -1)
+  }))
 })

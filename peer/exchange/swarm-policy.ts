@@ -109,6 +109,27 @@ export function joinsQueued (queued: QueuedShape, part: QueuedShape, maxBytes: n
 }
 
 /**
+ * Which of a holder's queued requests starts next (its index), or -1 while none may. A request that follows a
+ * REDIRECT is queued first and may take `extra` streams beyond `streams`. Otherwise the first request carrying a
+ * chunk a read waits for (`urgent`) goes ahead of the others, and while fewer than `streams` such requests run
+ * (`runningUrgent`: the lane's other requests are a prefetch's) it may take the `extra` streams too. A read that
+ * joins a prefetch batch waits for the batch's chunks it needs, and those were queued behind the rest of the batch:
+ * a holder still fetching a batch's 31 chunks answered each BUSY after about a second, two at a time, and a chunk
+ * answered BUSY was asked again only after the other 30 (16 daemons prefetching 24 MiB at 2 MiB/s: a file's first
+ * chunk, in the swarm within 5 s, read after 19–21 s, once past the read's 30 s deadline: EIO). A lane of reads
+ * alone runs as before: `streams` at a time, in order.
+ */
+export function nextQueued (queued: ReadonlyArray<{ redirected: boolean }>, lane: { running: number, runningUrgent: number },
+  streams: number, extra: number, urgent: (i: number) => boolean): number {
+  if (queued.length === 0) return -1
+  const { running, runningUrgent } = lane
+  if (queued[0]!.redirected) return running < streams + extra ? 0 : -1
+  if (running >= streams + extra || (running >= streams && runningUrgent >= streams)) return -1
+  for (let i = 0; i < queued.length; i++) if (urgent(i)) return i
+  return running < streams ? 0 : -1
+}
+
+/**
  * What the next flush of the have service tells a follower of one blob about chunks that changed since the last:
  * only each chunk's latest news counts, so a chunk that landed leaves the PENDING and DROPPED sets, one that went
  * pending leaves DROPPED, one dropped leaves both others.

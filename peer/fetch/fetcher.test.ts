@@ -10,7 +10,8 @@ import { join } from 'node:path'
 import { RegistryClient } from '../../registry/index.js'
 import { startRegistryServer, type RegistryServer } from '../../registry/index.js'
 import { distributionSkipReason, startDistribution, type Distribution } from '../../test/helpers/distribution.js'
-import type { ChunkSource } from './source.js'
+import type { ChunkSource, ChunkSourceFetchOptions } from './source.js'
+import type { ChunkInfo } from '../../rafs/index.js'
 import { Fetcher } from './fetcher.js'
 import { BlobCache } from '../../cache/index.js'
 import { buildTestImage, chunksOf, startHostileRegistry, TestCache, CHUNK_SIZE, type TestImage } from '../../test/helpers/fetch-kit.js'
@@ -426,6 +427,47 @@ describe('Fetcher', () => {
     const before = served(name)
     assert.deepEqual(await fetcher.read(img, img.reader.lookup('/e.bin'), 0, 3 << 20), img.files['/e.bin'])
     assert.deepEqual(served(name), before)
+  })
+
+  it('a read joining a prefetch\'s batch marks the chunks it waits for urgent to the source, until it is served', async () => {
+    const { ref } = await freshRepo()
+    const blob = img.blobs[0]!
+    const e = chunksOf(img, '/e.bin')
+    assert.ok(e.length >= 3)
+    const registry = new RegistrySource({ client }, { repository: ref })
+    let opts: ChunkSourceFetchOptions | undefined
+    let asked: ChunkInfo[] = []
+    let begun!: () => void
+    const started = new Promise<void>(resolve => { begun = resolve })
+    let release!: () => void
+    const held = new Promise<void>(resolve => { release = resolve })
+    const neighbours: ChunkSource = {
+      name: 'peer:swarm',
+      async * fetch (b, chunks, o) {
+        opts = o
+        asked = chunks
+        begun()
+        await held
+        for await (const got of registry.fetch(b, chunks, o)) yield got
+      }
+    }
+    const fetcher = new Fetcher({ cache: await newCache(), sources: [neighbours] }, { amplifyBytes: 0, maxBatchBytes: 64 << 20 })
+    const prefetch = fetcher.ensureChunks(blob, e)
+    await started
+    assert.equal(asked.length, e.length, 'one batch')
+    const urgent = (): number[] => asked.filter(c => opts!.urgent!(c)).map(c => c.index)
+    assert.deepEqual(urgent(), [], 'a prefetch alone has nothing urgent')
+    const nid = img.reader.lookup('/e.bin')
+    const want = img.reader.mapRange(nid, 0, 1).map(p => p.chunk.index)
+    const read = fetcher.read(img, nid, 0, 1)
+    await new Promise(resolve => setTimeout(resolve, 50))
+    assert.deepEqual(urgent(), want, 'the chunk the read waits for')
+    release()
+    assert.deepEqual(await read, img.files['/e.bin']!.subarray(0, 1))
+    await prefetch
+    assert.deepEqual(urgent(), [], 'served: urgent no more')
+    assert.ok(fetcher.counters.readWaitMaxMs >= 45, `the read waited for the held batch: ${fetcher.counters.readWaitMaxMs} ms`)
+    fetcher.stop()
   })
 
   it('a chunk held by another cached blob under the same digest is copied locally, never fetched', async () => {

@@ -244,6 +244,10 @@ export class Fetcher {
         this.chunkDeadlines.done(key)
       }))
     }
+    const waited = (): void => {
+      const c = this.metrics.counters
+      c.readWaitMaxMs = Math.max(c.readWaitMaxMs, Math.round(Date.now() - startedAt))
+    }
     try {
       await raceSignal(work(), signal, {
         translateError: () => deadline.aborted || chunkDeadline.signal.aborted
@@ -251,6 +255,7 @@ export class Fetcher {
           : errorCode(opts.signal?.reason) !== undefined ? opts.signal!.reason : new FetchAbortedError(what, { cause: opts.signal?.reason })
       })
     } catch (err) {
+      waited()
       clearTimeout(chunkTimer)
       waiting.release(true)
       if (errorCode(err) === 'RAFSPEER_ERR_READ_TIMEOUT') {
@@ -259,6 +264,7 @@ export class Fetcher {
       }
       throw err
     }
+    waited()
     clearTimeout(chunkTimer)
     // amplified chunks of our batches keep coming, for the cache
     waiting.release(false)

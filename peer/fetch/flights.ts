@@ -39,6 +39,8 @@ export interface Flight {
   markStored: () => void
   /** readers (and prefetch calls) still waiting; 0 for amplified chunks nobody asked for */
   waiters: number
+  /** those of `waiters` that are reads (priority 'read'): a source asks for the chunk first (`urgent`) */
+  readers: number
   batch: Batch
 }
 
@@ -53,13 +55,24 @@ interface Batch {
 export class Waiting {
   private readonly flights = new Set<Flight>()
   private released = false
+  private read = false
   constructor (private readonly onAbandon: (f: Flight) => void) {}
-  add (f: Flight): void { f.waiters++; this.flights.add(f) }
+  /** `read`: the caller is a read (its chunks are asked for first); one call's flights are all of one kind */
+  add (f: Flight, read = false): void {
+    if (this.flights.has(f)) return
+    f.waiters++
+    if (read) { f.readers++; this.read = true }
+    this.flights.add(f)
+  }
+
   /** `abandoned`: the caller gave up (deadline, abort, error), so fetches nobody else waits for may stop. */
   release (abandoned: boolean): void {
     if (this.released) return
     this.released = true
-    for (const f of this.flights) f.waiters--
+    for (const f of this.flights) {
+      f.waiters--
+      if (this.read) f.readers--
+    }
     if (abandoned) for (const f of this.flights) this.onAbandon(f)
   }
 }
@@ -154,7 +167,7 @@ export class Flights {
       if (f !== undefined && !f.batch.controller.signal.aborted) {
         this.metrics.counters.singleFlightJoins++
         if (priority === 'read') this.queue.promote(f.batch.job)
-        waiting.add(f)
+        waiting.add(f, priority === 'read')
         out.push(f)
       } else fresh.push(c)
     }
@@ -172,7 +185,7 @@ export class Flights {
       const batch = this.newBatch(blob, p.chunks, p.bytes, priority)
       for (const f of batch.flights) {
         if (p.extra.has(f.chunk)) this.metrics.counters.chunksAmplified++
-        else { waiting.add(f); out.push(f) }
+        else { waiting.add(f, priority === 'read'); out.push(f) }
       }
       this.queue.add(batch.job)
     }
@@ -194,7 +207,7 @@ export class Flights {
       let markStored!: () => void
       const stored = new Promise<void>(res => { markStored = res })
       const f: Flight = {
-        key: flightKey(blob.blobId, chunk.index), chunk, promise, resolve, reject, settled: false, stored, markStored, waiters: 0, batch
+        key: flightKey(blob.blobId, chunk.index), chunk, promise, resolve, reject, settled: false, stored, markStored, waiters: 0, readers: 0, batch
       }
       batch.flights.push(f)
       this.inflight.set(f.key, f)
@@ -334,7 +347,9 @@ export class Flights {
     // bytes still arriving keep the attempt alive (a 4 MiB range shared with many others on a capped link)
     let ended = false
     const progress = (n: number): void => { if (n > 0 && !ended && !signal.aborted) progressed() }
-    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, verify, progress, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
+    // a read may join a chunk of this attempt while it runs (a prefetch's batch): asked for first from then on
+    const urgent = (chunk: ChunkInfo): boolean => (byCi.get(chunk?.index)?.readers ?? 0) > 0
+    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, verify, progress, urgent, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
     try {
       for (;;) {
         const r: IteratorResult<FetchedChunk> = await raceSignal(it.next(), signal)

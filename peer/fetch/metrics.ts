@@ -21,7 +21,8 @@ export class FetchMetrics {
     singleFlightJoins: 0,
     verifyFailures: 0,
     cacheReadFailures: 0,
-    cachePutFailures: 0
+    cachePutFailures: 0,
+    readWaitMaxMs: 0
   }
 
   private samples: FetchSample[] = []

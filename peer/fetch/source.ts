@@ -32,6 +32,11 @@ export interface ChunkSourceFetchOptions {
    * paid for again) before it is whole.
    */
   progress?: (bytes: number) => void
+  /**
+   * Whether a read waits for the chunk now (it may change while the fetch runs: a read joins a prefetch's batch); a
+   * source that queues requests asks for such chunks first. Absent: none is.
+   */
+  urgent?: (chunk: ChunkInfo) => boolean
 }
 
 export interface ChunkSource {

@@ -168,6 +168,8 @@ export interface FetchCounters {
   verifyFailures: number
   cacheReadFailures: number
   cachePutFailures: number
+  /** the longest one read waited for chunks it had to fetch (or join in flight), ms, timed-out reads included */
+  readWaitMaxMs: number
 }
 
 /** Chunks in flight, as one fetcher reports them (see `FetcherInit.activity`). */

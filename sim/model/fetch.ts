@@ -11,7 +11,7 @@ import { Locate } from './locate.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { PeerReq, RegistryReq } from './request.js'
 import { chunkBytes } from './world.js'
-import { chooseHolder, DEFAULT_REPLAN_ROUNDS, joinsQueued, MAX_REDIRECTS, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests, type QueuedShape } from './policy.js'
+import { chooseHolder, DEFAULT_REPLAN_ROUNDS, joinsQueued, MAX_REDIRECTS, nextQueued, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests, type QueuedShape } from './policy.js'
 
 export class Batch {
   readonly startedAt: number
@@ -122,7 +122,14 @@ export interface Want {
 }
 
 /** The requests of one fetch to one holder. */
-export interface Lane { holder: SimNode, queued: PeerReq[], running: Set<PeerReq>, assigned: number }
+export interface Lane {
+  holder: SimNode
+  queued: PeerReq[]
+  running: Set<PeerReq>
+  assigned: number
+  /** running requests that carried a chunk a read waits for when they began */
+  runningUrgent: number
+}
 
 const FLUSH = 0
 const RETRY = 2
@@ -283,7 +290,7 @@ export class SwarmFetch implements Timed {
     if (h === undefined) return undefined
     let lane = this.lanes.get(h)
     if (lane === undefined) {
-      lane = { holder: h, queued: [], running: new Set(), assigned: 0 }
+      lane = { holder: h, queued: [], running: new Set(), assigned: 0, runningUrgent: 0 }
       this.lanes.set(h, lane)
     }
     lane.assigned += w.size
@@ -313,11 +320,21 @@ export class SwarmFetch implements Timed {
     this.pump(lane)
   }
 
-  /** As the daemon's: a request that follows a REDIRECT goes first, on a stream of its own if need be. */
+  /**
+   * As the daemon's (`nextQueued`): a request that follows a REDIRECT goes first, on a stream of its own if need be;
+   * then one with a chunk a read waits for (a read that joined this prefetch batch), beside the prefetch's requests.
+   */
   private pump (lane: Lane): void {
     const streams = this.node.world.cfg.streamsPerHolder
-    while (lane.queued.length > 0 && lane.running.size < streams + (lane.queued[0]!.redirected ? REDIRECTED_EXTRA_STREAMS : 0)) {
-      const req = lane.queued.shift()!
+    const reading = this.batch.nb.reading
+    const urgent = (req: PeerReq): boolean => reading !== undefined && req.wants.some(w => !w.done && reading[w.ci] === 1)
+    for (;;) {
+      const at = nextQueued(lane.queued, { running: lane.running.size, runningUrgent: lane.runningUrgent }, streams, REDIRECTED_EXTRA_STREAMS,
+        i => urgent(lane.queued[i]!))
+      if (at < 0) return
+      const req = at === 0 ? lane.queued.shift()! : lane.queued.splice(at, 1)[0]!
+      req.urgent = urgent(req)
+      if (req.urgent) lane.runningUrgent++
       lane.running.add(req)
       req.run()
     }
@@ -325,7 +342,7 @@ export class SwarmFetch implements Timed {
 
   /** A request ended (delivered, failed, cancelled): its lane takes the next. */
   requestEnded (req: PeerReq): void {
-    req.lane.running.delete(req)
+    if (req.lane.running.delete(req) && req.urgent) req.lane.runningUrgent--
     this.outstanding--
     if (!this.batch.current() || this.aborted) return
     this.pump(req.lane)

@@ -19,6 +19,11 @@ export class NodeBlob {
   readonly inFlight = new Set<number>()
   /** per chunk, 1 while one of this node's batches holds it (from the batch's start until it is present) */
   readonly fetching: Uint8Array
+  /**
+   * per chunk, 1 once a read beside a prefetch waits for it (its requests go first, `nextQueued`); made with the
+   * first such read
+   */
+  reading: Uint8Array | undefined
   /** per chunk, what waits for it to be present (a read or a prefetch slice joining a batch's flight; `Join`) */
   readonly joins = new Map<number, Join[]>()
   /** what the next flush tells the followers */

@@ -279,6 +279,7 @@ export class SimNode implements Timed {
         if (nb.has(ci)) continue
         bytes += size
         wanted.push(ci)
+        ;(nb.reading ??= new Uint8Array(nb.spec.chunks))[ci] = 1
         if (nb.fetching[ci] === 1) this.promote(nb, ci)
         else fresh.push(ci)
       }

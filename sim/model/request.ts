@@ -38,6 +38,8 @@ export class PeerReq implements Timed, FlowOwner {
   replied: Uint8Array
   private nReplied = 0
   hedged = false
+  /** it carried a chunk a read waits for when it began (`nextQueued`) */
+  urgent = false
   private cancelled = false
   private state = QUEUED
   private lastProgress = 0
