@@ -210,3 +210,43 @@ test('a first look-up waits for the bitfields of the holders it follows, not for
   const holders = out.get(c.digest.toString('hex')) ?? []
   assert.deepEqual(holders.map(h => [h.peerId, h.fetching]), [['b', true]], 'b is fetching it: waited for, not fetched from the registry too')
 })
+
+test('a refresh of the group waits for a new holder\'s session only the bitfield wait: the dial goes on behind the reads', { timeout: 10_000 }, async () => {
+  let clock = 0
+  let members = ['a', 'b']
+  const directory: HolderResolver = {
+    resolve: async () => new Map([[hex, members.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]]),
+    report: () => {}
+  }
+  const table = new HaveTable()
+  const bits = newBits(CHUNKS)
+  setBit(bits, ci)
+  table.apply('b', { type: 'bitfield', blob, chunks: CHUNKS, bits, pending: [] })
+  const told: string[][] = []
+  let dialed!: () => void
+  const dial = new Promise<void>(resolve => { dialed = resolve })
+  const have = {
+    table,
+    // the first holder answers at once; a new one is dialed for as long as the test wants
+    interest: async (_h: string, peers: ChunkHolder[]) => {
+      told.push(peers.map(p => p.peerId))
+      if (peers.some(p => p.peerId === 'c')) await dial
+    },
+    onUpdate: () => () => {},
+    followers: () => [],
+    flushBlob: () => {}
+  }
+  const loc = new BlobLocator({ directory, have, self: 'a' }, { graceMs: 10_000, bitfieldWaitMs: 100, now: () => clock })
+  const first = await loc.locate(info, [chunk], { signal: AbortSignal.timeout(5_000) })
+  assert.deepEqual(first.get(chunk.digest.toString('hex'))?.map(h => h.peerId), ['b'])
+  // the group is filling: the next look-up refreshes it, and the scheduler names c too
+  clock += 1_000
+  members = ['a', 'b', 'c']
+  const t0 = performance.now()
+  const again = await loc.locate(info, [chunk], { signal: AbortSignal.timeout(5_000) })
+  const waited = performance.now() - t0
+  assert.deepEqual(again.get(chunk.digest.toString('hex'))?.map(h => h.peerId), ['b'])
+  assert.deepEqual(told.at(-1), ['b', 'c'])
+  assert.ok(waited >= 90 && waited < 1_000, `the refresh waited ${waited} ms for a dial that had not ended`)
+  dialed()
+})

@@ -89,6 +89,12 @@ export class GroupState implements Timed {
     // on an open one nothing
     let up = w.queue.now
     for (const h of fresh) up = Math.max(up, node.connectAt(h))
+    if (!this.firstLookUp && up > w.queue.now + w.cfg.bitfieldWaitMs) {
+      // as `BlobLocator`: a refresh waits for new holders' sessions `bitfieldWaitMs` at most; they open meanwhile
+      w.queue.at(up, { fire: () => { if (node.incarnation === this.inc && node.alive) for (const h of fresh) node.interest(this.nb, h) } })
+      w.queue.at(w.queue.now + w.cfg.bitfieldWaitMs, { fire: () => { if (node.incarnation === this.inc && node.alive) this.ready() } })
+      return
+    }
     w.queue.at(up, {
       fire: () => {
         if (node.incarnation !== this.inc || !node.alive) return
