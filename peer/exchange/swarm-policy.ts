@@ -115,9 +115,9 @@ export function joinsQueued (queued: QueuedShape, part: QueuedShape, maxBytes: n
  * (`runningUrgent`: the lane's other requests are a prefetch's) it may take the `extra` streams too. A read that
  * joins a prefetch batch waits for the batch's chunks it needs, and those were queued behind the rest of the batch:
  * a holder still fetching a batch's 31 chunks answered each BUSY after about a second, two at a time, and a chunk
- * answered BUSY was asked again only after the other 30 (16 daemons prefetching 24 MiB at 2 MiB/s: a file's first
- * chunk, in the swarm within 5 s, read after 19–21 s, once past the read's 30 s deadline: EIO). A lane of reads
- * alone runs as before: `streams` at a time, in order.
+ * answered BUSY was asked again only after the other 30 (16 daemons prefetching 24 MiB at 2 MiB/s, traced: a file's
+ * first chunk, in the swarm 3.4 s into its batch's fetch, asked again 6–12 s after its BUSY, read up to 19 s into
+ * it). A lane of reads alone runs as before: `streams` at a time, in order.
  */
 export function nextQueued (queued: ReadonlyArray<{ redirected: boolean }>, lane: { running: number, runningUrgent: number },
   streams: number, extra: number, urgent: (i: number) => boolean): number {
