@@ -501,6 +501,31 @@ describe('NeighbourSource', () => {
     assert.ok(Math.max(...seen.map(s => s.running)) <= 3)
   })
 
+  it('a chunk whose holders are all gone goes to the next source at once, not once the fetch\'s other chunks are through', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    // a holder that lost the chunk and breaks off (a dead or hostile one alike: the request fails)
+    const broken = await rogue(async (_names, stream) => { stream.abort(new Error('gone')) })
+    const slow = await rogueWith(async (req, stream) => {
+      await new Promise(resolve => setTimeout(resolve, 1_500))
+      for (const n of req.names) {
+        const bytes = byDigest.get(n.digest.toString('hex'))!
+        if (!stream.send(Buffer.concat([replyHeader(ChunkStatus.OK, bytes.length), bytes]))) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const [lost, kept] = [chunks[0]!, chunks[1]!]
+    const src = source(new StaticResolver(hex => [hex === lost.digest.toString('hex') ? broken.holder : slow.holder]))
+    const t0 = performance.now()
+    const declined: Array<{ at: number, cis: number[] }> = []
+    const got: Array<{ at: number, ci: number }> = []
+    for await (const { chunk } of src.fetch(blob, [lost, kept], { signal: AbortSignal.timeout(20_000), verify, decline: cs => { declined.push({ at: performance.now() - t0, cis: cs.map(c => c.index) }) } })) {
+      got.push({ at: performance.now() - t0, ci: chunk.index })
+    }
+    assert.deepEqual(got.map(g => g.ci), [kept.index], 'the slow holder\'s chunk came, the lost one was not yielded')
+    assert.deepEqual(declined.map(d => d.cis), [[lost.index]], 'the lost chunk handed on')
+    assert.ok(declined[0]!.at < got[0]!.at, `handed on at ${declined[0]!.at} ms, before the other chunk came at ${got[0]!.at} ms`)
+  })
+
   it('never yields bad bytes: a lying holder is dropped, banned past the threshold, never asked again', async () => {
     const good = await seed()
     const liar = await rogue(async (names, stream) => {

@@ -402,6 +402,8 @@ export class NeighbourSource implements ChunkSource {
 interface Want {
   chunk: ChunkInfo
   candidates: ChunkHolder[]
+  /** handed to the next source (`ChunkSourceFetchOptions.decline`): never asked or yielded again */
+  declined?: boolean
   /** holders asked already (or being asked) */
   tried: Set<string>
   /** requests asking for it now */
@@ -475,6 +477,8 @@ class SwarmFetch {
   private readonly progress: ChunkSourceFetchOptions['progress']
   /** the fetcher's: which chunks a read waits for (asked first) */
   private readonly urgent: ChunkSourceFetchOptions['urgent']
+  /** the fetcher's: chunks handed to the next source now */
+  private readonly decline: ChunkSourceFetchOptions['decline']
   private readonly self: string
   private pendingAssign: Want[] = []
   /** peers asked only because a REDIRECT named them (at most MAX_REDIRECT_PEERS) */
@@ -493,6 +497,7 @@ class SwarmFetch {
     this.verify = opts.verify
     this.progress = opts.progress
     this.urgent = opts.urgent
+    this.decline = opts.decline
     this.self = src.libp2p.peerId.toString()
     const seen = new Set<number>()
     for (const chunk of chunks) {
@@ -546,7 +551,7 @@ class SwarmFetch {
   }
 
   private requeue (w: Want): void {
-    if (w.done || w.attempts.size > 0 || this.signal.aborted) return
+    if (w.done || w.declined === true || w.attempts.size > 0 || this.signal.aborted) return
     this.pendingAssign.push(w)
     if (this.flushScheduled) return
     this.flushScheduled = true
@@ -557,16 +562,28 @@ class SwarmFetch {
   private flush (): void {
     const byLane = new Map<Lane, Want[]>()
     const followed = new Map<Lane, Want[]>()
+    const none: Want[] = []
     for (const w of this.pendingAssign) {
-      if (w.done || w.attempts.size > 0) continue
+      if (w.done || w.declined === true || w.attempts.size > 0) continue
       const lane = this.choose(w)
-      if (lane === undefined) continue // nobody left to ask: the next source will
+      if (lane === undefined) {
+        // nobody left to ask: the next source takes it now, not once the fetch's other chunks are through (a chunk
+        // whose only holder never answered waited for the rest of its batch — 31 chunks of a busy swarm, 20 s — and
+        // peers following our PENDING for it waited with it). One a holder answered BUSY for is located again after
+        // the fetch instead (`busyLeft`)
+        if (w.busy === 0 && w.redirects === 0) none.push(w)
+        continue
+      }
       const to = w.following === true ? followed : byLane
       const list = to.get(lane) ?? []
       list.push(w)
       to.set(lane, list)
     }
     this.pendingAssign = []
+    if (none.length > 0 && this.decline !== undefined) {
+      for (const w of none) w.declined = true
+      this.decline(none.map(w => w.chunk))
+    }
     for (const [lane, wants] of followed) this.enqueue(lane, wants, true)
     for (const [lane, wants] of byLane) this.enqueue(lane, wants)
   }
@@ -791,7 +808,7 @@ class SwarmFetch {
 
   /** A verified chunk, first of its name: out it goes; requests that now have nothing left to give are stopped. */
   private deliver (w: Want, plaintext: Buffer): void {
-    if (w.done) return
+    if (w.done || w.declined === true) return
     w.done = true
     this.src.counters.chunksFromPeers++
     this.src.counters.bytesFromPeers += plaintext.length

@@ -119,6 +119,8 @@ export interface Want {
   chain: Set<SimNode> | undefined
   /** its holders that were still fetching it when it was located (undefined: none) */
   fetchingAt: SimNode[] | undefined
+  /** handed to the registry while the fetch's other chunks go on (nobody left to ask) */
+  declined?: boolean
 }
 
 /** The requests of one fetch to one holder. */
@@ -216,7 +218,7 @@ export class SwarmFetch implements Timed {
   }
 
   requeue (w: Want): void {
-    if (w.done || w.attempts.size > 0 || !this.batch.current() || this.aborted) return
+    if (w.done || w.declined === true || w.attempts.size > 0 || !this.batch.current() || this.aborted) return
     this.pendingAssign.push(w)
     if (this.flushScheduled) return
     this.flushScheduled = true
@@ -232,16 +234,22 @@ export class SwarmFetch implements Timed {
   private flush (): void {
     const byLane = new Map<Lane, Want[]>()
     const followed = new Map<Lane, Want[]>()
+    const none: number[] = []
     for (const w of this.pendingAssign) {
-      if (w.done || w.attempts.size > 0) continue
+      if (w.done || w.declined === true || w.attempts.size > 0) continue
       const lane = this.choose(w)
-      if (lane === undefined) continue
+      if (lane === undefined) {
+        // as the daemon's: nobody left to ask, and no BUSY to locate it again for: the registry now
+        if (w.busy === 0 && w.redirects === 0) { w.declined = true; none.push(w.ci) }
+        continue
+      }
       const to = w.following ? followed : byLane
       const list = to.get(lane) ?? []
       list.push(w)
       to.set(lane, list)
     }
     this.pendingAssign = []
+    if (none.length > 0) { this.node.sourced.leftover += none.length; this.batch.toRegistry(none) }
     for (const [lane, wants] of followed) this.enqueue(lane, wants, true)
     for (const [lane, wants] of byLane) this.enqueue(lane, wants)
   }
@@ -381,7 +389,7 @@ export class SwarmFetch implements Timed {
     if (this.ended || this.outstanding > 0 || this.flushScheduled) return
     this.ended = true
     this.node.unwatch(this)
-    let left = this.wants.filter(w => !w.done)
+    let left = this.wants.filter(w => !w.done && w.declined !== true)
     if (!this.aborted) {
       const busy = left.filter(w => w.busy > 0 || w.redirects > 0)
       if (busy.length > 0) this.batch.replan(busy.map(w => w.ci))
