@@ -109,13 +109,13 @@ describe('daemon command arguments', () => {
       { state: 'RUNNING', version: '0.1.0', pid: 1, startedAt: 'then', socket: '/s', workDir: '/w', cacheDir: '/c', mounts: 1 },
       [info],
       {
-        images: [{ mountpoint: '/mnt/app', source: 'reg/app:1', mode: 'fuse', readCount: 2, readBytes: 2048, readErrors: 0, readTimeouts: 0, readWaitMaxMs: 812, bytesBySource: { cache: 1024, registry: 1024, peer: 0 }, cacheHitRatio: 0.5, prefetch: info.prefetch, prefetchFetchedBytes: 0 }],
+        images: [{ mountpoint: '/mnt/app', source: 'reg/app:1', mode: 'fuse', readCount: 2, readBytes: 2048, readErrors: 0, readTimeouts: 0, readWaitMaxMs: 812, readHandOffs: 3, bytesBySource: { cache: 1024, registry: 1024, peer: 0 }, cacheHitRatio: 0.5, prefetch: info.prefetch, prefetchFetchedBytes: 0 }],
         totals: { mounts: 1, readCount: 2, readBytes: 2048, readErrors: 0, readTimeouts: 0, bytesBySource: { cache: 1024, registry: 1024, peer: 0 }, cacheHitRatio: 0.5 },
         cache: { blobs: 1, completeBlobs: 0, pinnedBlobs: 0, images: 1, chunksPresent: 3, bytesPresent: 3, diskBytes: 12288, capBytes: undefined, hits: 0, misses: 0, verifyFailures: 0, evictions: 0, evictedBytes: 0, writeFailures: 0, recoveryChecked: 0, recoveryBad: 0, generation: 0 },
         fetchLatencyMs: { count: 3, p50: 5, p90: 9, p99: 9, max: 9 }
       })
     assert.match(status, /daemon +RUNNING/)
     assert.match(status, /\(no cap\)/)
-    assert.match(status, /\/mnt\/app +fuse +reg\/app:1 \(cccccccccccc\) +read 2\.0 KiB \(50% cache, longest wait 812 ms\)/)
+    assert.match(status, /\/mnt\/app +fuse +reg\/app:1 \(cccccccccccc\) +read 2\.0 KiB \(50% cache, longest wait 812 ms, 3 chunks the swarm held past the hand-off\)/)
   })
 })

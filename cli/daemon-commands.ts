@@ -212,7 +212,8 @@ export function formatStatus (d: DaemonInfo, mounts: MountInfo[], m: MetricsJson
     const p = info.prefetch
     lines.push(`  ${info.mountpoint}  ${info.mode}  ${info.source}` +
       (info.manifestDigest !== undefined ? ` (${short(info.manifestDigest)})` : '') +
-      (im !== undefined ? `  read ${formatBytes(im.readBytes)} (${pct(im.cacheHitRatio)} cache, longest wait ${im.readWaitMaxMs} ms)` : '') +
+      (im !== undefined ? `  read ${formatBytes(im.readBytes)} (${pct(im.cacheHitRatio)} cache, longest wait ${im.readWaitMaxMs} ms` +
+        (im.readHandOffs > 0 ? `, ${im.readHandOffs} chunks the swarm held past the hand-off` : '') + ')' : '') +
       `  prefetch ${p.state}${p.state === 'none' ? '' : ` ${p.chunksDone}/${p.chunksTotal}`}`)
   }
   return lines.join('\n')

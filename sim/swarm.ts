@@ -70,6 +70,8 @@ export interface NodeReport {
    * behind a prefetch's batch, say), ms
    */
   readWaitMaxMs?: number
+  /** real mode: chunks a read of it waited for on the neighbours too long and asked of the registry too */
+  readHandOffs?: number
   /** the mount mode the node's daemon chose */
   mode: string
   /** plaintext chunk bytes this node fetched, by source */
@@ -367,6 +369,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
         startMs: Math.round(nodeStart - startReads),
         mountMs: Math.round(mountMs),
         readWaitMaxMs: img?.readWaitMaxMs ?? 0,
+        readHandOffs: img?.readHandOffs ?? 0,
         mode: mounted.mode,
         registryBytes: img?.bytesBySource.registry ?? 0,
         peerBytes: img?.bytesBySource.peer ?? 0,

@@ -24,7 +24,7 @@ const coded = (code: string, message: string): Error => Object.assign(new Error(
 const counters = (): FetchCounters => ({
   bytesBySource: { cache: 0, registry: 0, peer: 0 },
   reads: 0, readBytes: 0, readTimeouts: 0, chunksFromCache: 0, chunksFetched: 0, chunksCopied: 0, chunksAmplified: 0, prefetchChunks: 0, prefetchBytes: 0, batches: 0,
-  sourceAttempts: 0, retries: 0, singleFlightJoins: 0, verifyFailures: 0, cacheReadFailures: 0, cachePutFailures: 0, readWaitMaxMs: 0
+  sourceAttempts: 0, retries: 0, singleFlightJoins: 0, verifyFailures: 0, cacheReadFailures: 0, cachePutFailures: 0, readWaitMaxMs: 0, readHandOffs: 0
 })
 
 /** An in-memory mount service: the API's collaborator (the real MountManager is tested on its own). */
@@ -279,7 +279,7 @@ describe('admin API', () => {
     for (let i = 1; i <= 100; i++) service.samples.push({ mountpoint: '/mnt/j', source: 'registry', ms: i, chunks: 1, bytes: 1, ok: true })
     const m: MetricsJson = await client.metricsJson()
     assert.deepEqual(m.images, [{
-      mountpoint: '/mnt/j', source: 'reg/j:1', mode: 'kernel', readCount: 1, readBytes: 4000, readErrors: 0, readTimeouts: 0, readWaitMaxMs: 0,
+      mountpoint: '/mnt/j', source: 'reg/j:1', mode: 'kernel', readCount: 1, readBytes: 4000, readErrors: 0, readTimeouts: 0, readWaitMaxMs: 0, readHandOffs: 0,
       bytesBySource: { cache: 1000, registry: 3000, peer: 0 }, cacheHitRatio: 0.25,
       prefetch: { state: 'done', chunksTotal: 4, chunksDone: 4, bytesTotal: 4096, bytesDone: 0 }, prefetchFetchedBytes: 0
     }])

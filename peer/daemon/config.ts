@@ -111,6 +111,11 @@ export const daemonConfigSchema = z.strictObject({
     retries: int(0, 100).default(2),
     /** a read not served by then fails with EIO (30 s) */
     deadlineMs: int(1, 3_600_000).default(30_000),
+    /**
+     * a chunk a read has waited this long for on the neighbours is asked of the registry too, whichever answers
+     * first serving the read (default: a third of `deadlineMs`)
+     */
+    readHandOffMs: int(1, 3_600_000).optional(),
     /** a file read sequentially has this many bytes fetched ahead of the reader (4 MiB; 0 = off) */
     readaheadBytes: byteSize.default(4 << 20),
     /** chunk bytes per second this node takes in from all sources together; 0 = unlimited (default) */

@@ -43,6 +43,8 @@ export interface ImageMetrics {
   readTimeouts: number
   /** the longest one read waited for chunks fetched for it, ms (`FetchCounters.readWaitMaxMs`) */
   readWaitMaxMs: number
+  /** chunks a read waited for `readHandOffMs` on the neighbours, then asked of the registry too (`FetchCounters.readHandOffs`) */
+  readHandOffs: number
   bytesBySource: BytesBySource
   /** share of read bytes served straight from the cache (0..1); null before any read */
   cacheHitRatio: number | null
@@ -110,6 +112,7 @@ function imageMetrics (s: MountStats): ImageMetrics {
     readErrors: s.readErrors,
     readTimeouts: s.fetch.readTimeouts,
     readWaitMaxMs: s.fetch.readWaitMaxMs,
+    readHandOffs: s.fetch.readHandOffs,
     bytesBySource: { ...s.fetch.bytesBySource },
     cacheHitRatio: hitRatio(s.fetch.bytesBySource.cache, s.readBytes),
     prefetch: s.prefetch,

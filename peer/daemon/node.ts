@@ -151,6 +151,7 @@ function mountManager (cache: BlobCache, config: DaemonConfig, logger: Component
       timeoutMs: config.fetch.timeoutMs,
       retries: config.fetch.retries,
       deadlineMs: config.fetch.deadlineMs,
+      ...(config.fetch.readHandOffMs !== undefined ? { readHandOffMs: config.fetch.readHandOffMs } : {}),
       ...(download !== undefined ? { downloadLimiter: download } : {})
     },
     prefetch: {

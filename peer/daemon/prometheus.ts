@@ -106,6 +106,7 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
   perMount('rafspeer_read_bytes_total', 'bytes returned to FUSE reads', s => s.readBytes)
   perMount('rafspeer_read_errors_total', 'FUSE reads answered with an error', s => s.readErrors)
   perMount('rafspeer_read_timeouts_total', 'reads not served within the read deadline', s => s.fetch.readTimeouts)
+  perMount('rafspeer_read_hand_offs_total', 'chunks a read waited for on the neighbours past fetch.readHandOffMs, then asked of the registry too', s => s.fetch.readHandOffs)
   perMount('rafspeer_chunks_fetched_total', 'verified chunks fetched from the registry or peers', s => s.fetch.chunksFetched)
   perMount('rafspeer_chunks_copied_total', 'chunks found under the same digest in another cached blob and copied locally', s => s.fetch.chunksCopied)
   perMount('rafspeer_chunks_amplified_total', 'chunks fetched only because they sat next to wanted ones', s => s.fetch.chunksAmplified)

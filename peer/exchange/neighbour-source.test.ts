@@ -264,6 +264,33 @@ describe('NeighbourSource', () => {
     assert.ok(patient.counters.busy > few.length, `busy answers: ${patient.counters.busy}`)
   })
 
+  it('a chunk the fetcher withdrew (handed to the registry after a read waited) is asked no more', async () => {
+    const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
+    const asked: string[][] = []
+    const busy = await rogue(async (names, stream) => {
+      const list = names as Array<{ size: number, digest: Buffer }>
+      asked.push(list.map(n => n.digest.toString('hex')))
+      const refuse = asked.length === 1
+      for (const n of list) {
+        const bytes = refuse ? Buffer.alloc(0) : byDigest.get(n.digest.toString('hex'))!
+        const frame = Buffer.concat([replyHeader(refuse ? ChunkStatus.BUSY : ChunkStatus.OK, bytes.length), bytes])
+        if (!stream.send(frame)) await stream.onDrain()
+      }
+      await stream.close()
+    })
+    const few = chunks.slice(0, 4)
+    const gone = few[0]!
+    const src = source(new StaticResolver([busy.holder]), { busyRetries: 5, busyBackoffMs: 20 })
+    const got = new Map<number, Buffer>()
+    // withdrawn once the holder said BUSY to the first request
+    const withdrawn = (c: ChunkInfo): boolean => c.index === gone.index && asked.length > 0
+    for await (const { chunk, plaintext } of src.fetch(blob, few, { signal: AbortSignal.timeout(20_000), verify, withdrawn })) got.set(chunk.index, plaintext)
+    assert.deepEqual([...got.keys()].sort((x, y) => x - y), few.slice(1).map(c => c.index))
+    assert.ok(asked.length >= 2)
+    assert.ok(asked[0]!.includes(gone.digest.toString('hex')), 'asked before it was withdrawn')
+    for (const list of asked.slice(1)) assert.ok(!list.includes(gone.digest.toString('hex')), 'never asked again')
+  })
+
   it('follows a busy holder\'s REDIRECT; asks that holder again to send it when the peer it named lacks the chunk', async () => {
     const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
     const few = chunks.slice(0, 4)

@@ -479,6 +479,8 @@ class SwarmFetch {
   private readonly urgent: ChunkSourceFetchOptions['urgent']
   /** the fetcher's: chunks handed to the next source now */
   private readonly decline: ChunkSourceFetchOptions['decline']
+  /** the fetcher's: chunks it took elsewhere meanwhile (a read waited too long): asked no more, still taken if they come */
+  private readonly withdrawn: ChunkSourceFetchOptions['withdrawn']
   private readonly self: string
   private pendingAssign: Want[] = []
   /** peers asked only because a REDIRECT named them (at most MAX_REDIRECT_PEERS) */
@@ -498,6 +500,7 @@ class SwarmFetch {
     this.progress = opts.progress
     this.urgent = opts.urgent
     this.decline = opts.decline
+    this.withdrawn = opts.withdrawn
     this.self = src.libp2p.peerId.toString()
     const seen = new Set<number>()
     for (const chunk of chunks) {
@@ -535,7 +538,10 @@ class SwarmFetch {
    * Chunks not delivered whose holders answered BUSY or sent us on (after `run`): worth locating again, the swarm
    * is busy with them.
    */
-  busyLeft (): ChunkInfo[] { return this.wants.filter(w => !w.done && (w.busy > 0 || w.redirects > 0)).map(w => w.chunk) }
+  busyLeft (): ChunkInfo[] { return this.wants.filter(w => !w.done && !this.gone(w) && (w.busy > 0 || w.redirects > 0)).map(w => w.chunk) }
+
+  /** whether the fetcher took `w` elsewhere: not asked for again */
+  private gone (w: Want): boolean { return this.withdrawn?.(w.chunk) === true }
 
   /** `requeue` after `ms` (the fetch stays open meanwhile) */
   private requeueLater (w: Want, ms: number): void {
@@ -551,7 +557,7 @@ class SwarmFetch {
   }
 
   private requeue (w: Want): void {
-    if (w.done || w.declined === true || w.attempts.size > 0 || this.signal.aborted) return
+    if (w.done || w.declined === true || w.attempts.size > 0 || this.signal.aborted || this.gone(w)) return
     this.pendingAssign.push(w)
     if (this.flushScheduled) return
     this.flushScheduled = true
@@ -564,7 +570,7 @@ class SwarmFetch {
     const followed = new Map<Lane, Want[]>()
     const none: Want[] = []
     for (const w of this.pendingAssign) {
-      if (w.done || w.declined === true || w.attempts.size > 0) continue
+      if (w.done || w.declined === true || w.attempts.size > 0 || this.gone(w)) continue
       const lane = this.choose(w)
       if (lane === undefined) {
         // nobody left to ask: the next source takes it now, not once the fetch's other chunks are through (a chunk
@@ -681,7 +687,7 @@ class SwarmFetch {
     const unanswered = new Set<number>()
     const answered = (i: number): void => { if (unanswered.delete(i)) this.src.asked(req.wants[i]!.chunk.digest, peerId, -1) }
     try {
-      if (this.src.isBanned(peerId) || req.wants.every(w => w.done)) { req.cancelled = true; return }
+      if (this.src.isBanned(peerId) || req.wants.every(w => w.done || this.gone(w))) { req.cancelled = true; return }
       req.wants.forEach((w, i) => { unanswered.add(i); this.src.asked(w.chunk.digest, peerId, 1) })
       counters.requests++
       armHedge()
@@ -826,7 +832,7 @@ class SwarmFetch {
     req.hedged = true
     const byLane = new Map<Lane, Want[]>()
     req.wants.forEach((w, i) => {
-      if (req.replied[i] === true || w.done || w.attempts.size > 1) return
+      if (req.replied[i] === true || w.done || w.attempts.size > 1 || this.gone(w)) return
       const lane = this.choose(w)
       if (lane === undefined) return
       const list = byLane.get(lane) ?? []

@@ -258,12 +258,12 @@ describe('Fetcher', () => {
     })
     for (const [factor, deadlineMs] of [[undefined, 10_000], [3, 10_000], [3, 500]] as const) {
       const cache = await newCache()
-      const fetcher = new Fetcher({ cache, sources: [patient(factor), new RegistrySource({ client }, { repository: ref })] }, { timeoutMs: 200, retries: 0, deadlineMs })
+      const fetcher = new Fetcher({ cache, sources: [patient(factor), new RegistrySource({ client }, { repository: ref })] }, { timeoutMs: 200, retries: 0, deadlineMs, readHandOffMs: Infinity })
       assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
       assert.ok(fetcher.counters.bytesBySource.registry >= b.length)
       fetcher.stop()
     }
-    assert.equal(waited.length, 3)
+    assert.equal(waited.length, 3, `waited: ${waited.join(", ")}`)
     assert.ok(waited[0]! >= 190 && waited[0]! < 590, `one deadline: ${waited[0]} ms`)
     assert.ok(waited[1]! >= 590, `three deadlines: ${waited[1]} ms`)
     // a read's deadline of 500 ms leaves the registry one deadline (200 ms): the source gets 300, not 600
@@ -309,6 +309,75 @@ describe('Fetcher', () => {
     const c = fetcher.counters
     assert.equal(c.bytesBySource.peer, pieces[0]!.chunk.uncompressedSize)
     assert.equal(c.bytesBySource.registry, b.length - pieces[0]!.chunk.uncompressedSize)
+  })
+
+  it('a chunk a read waited for readHandOffMs on the neighbours is asked of the registry too; a prefetch\'s is not', async () => {
+    const { ref } = await freshRepo()
+    const blob = img.blobs[0]!
+    const b = img.files['/b.bin']!
+    const bChunks = chunksOf(img, '/b.bin')
+    const e = chunksOf(img, '/e.bin')
+    assert.ok(bChunks.length >= 2 && e.length >= 3)
+    const registry = new RegistrySource({ client }, { repository: ref })
+    const toRegistry: number[] = []
+    const watched: ChunkSource = {
+      name: 'registry',
+      async * fetch (bl, chunks, o) {
+        toRegistry.push(...chunks.map(c => c.index))
+        for await (const got of registry.fetch(bl, chunks, o)) yield got
+      }
+    }
+    // neighbours that hold every request until released (peers waiting on each other's PENDING), then send it all
+    let release!: () => void
+    const held = new Promise<void>(resolve => { release = resolve })
+    const calls: Array<{ opts: ChunkSourceFetchOptions, chunks: ChunkInfo[], ended: boolean }> = []
+    const neighbours: ChunkSource = {
+      name: 'peer:swarm',
+      async * fetch (bl, chunks, o) {
+        const call = { opts: o, chunks, ended: false }
+        calls.push(call)
+        try {
+          await Promise.race([held, new Promise((_resolve, reject) => { o.signal.addEventListener('abort', () => { reject(o.signal.reason) }, { once: true }) })])
+          for await (const got of registry.fetch(bl, chunks, o)) yield got
+        } finally { call.ended = true }
+      }
+    }
+    const fetcher = new Fetcher({ cache: await newCache(), sources: [neighbours, watched] }, { amplifyBytes: 0, readHandOffMs: 200 })
+    // a read alone: its chunks go to the registry after 200 ms, and the neighbours' attempt ends
+    const t0 = performance.now()
+    assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
+    const took = performance.now() - t0
+    assert.ok(took >= 190 && took < 3_000, `served after the hand-off: ${took} ms`)
+    assert.deepEqual(toRegistry.sort((x, y) => x - y), bChunks.map(c => c.index))
+    assert.equal(fetcher.counters.readHandOffs, bChunks.length)
+    await new Promise(resolve => setTimeout(resolve, 20))
+    assert.ok(calls[0]!.ended, 'every chunk gone: the neighbours were let go')
+    assert.ok(bChunks.every(c => calls[0]!.opts.withdrawn!(c)))
+    // a prefetch waits on the neighbours as long as they take ...
+    toRegistry.length = 0
+    const prefetch = fetcher.ensureChunks(blob, e)
+    await new Promise(resolve => setTimeout(resolve, 500))
+    assert.deepEqual(toRegistry, [], 'no read waits: nothing handed off')
+    const call = calls[1]!
+    assert.deepEqual(call.chunks.map(c => c.index), e.map(c => c.index))
+    // ... until a read joins one of its chunks: that one alone goes to the registry too
+    const nid = img.reader.lookup('/e.bin')
+    const want = img.reader.mapRange(nid, 0, 1).map(p => p.chunk.index)
+    const t1 = performance.now()
+    assert.deepEqual(await fetcher.read(img, nid, 0, 1), img.files['/e.bin']!.subarray(0, 1))
+    const waited = performance.now() - t1
+    assert.ok(waited >= 190 && waited < 3_000, `the read waited ${waited} ms`)
+    assert.deepEqual(toRegistry, want)
+    assert.ok(!call.ended, 'the prefetch\'s other chunks still wait on the neighbours')
+    assert.ok(call.opts.withdrawn!(e.find(c => c.index === want[0])!) && !call.opts.withdrawn!(e.find(c => c.index !== want[0])!))
+    // the neighbours send everything, the handed-off chunk too: taken once, no error
+    release()
+    await prefetch
+    const c = fetcher.counters
+    assert.equal(c.readHandOffs, bChunks.length + want.length)
+    assert.equal(c.verifyFailures, 0)
+    assert.equal(c.bytesBySource.peer, e.filter(x => !want.includes(x.index)).reduce((n, x) => n + x.uncompressedSize, 0))
+    fetcher.stop()
   })
 
   it('a registry that keeps sending, slowly: the idle deadline counts bytes, not whole chunks', async () => {

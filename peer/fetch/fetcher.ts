@@ -25,7 +25,7 @@ import type {
 
 export {
   DEFAULT_AMPLIFY_BYTES, DEFAULT_CONCURRENCY, DEFAULT_MAX_BATCH_BYTES, DEFAULT_RETRIES, DEFAULT_RETRY_BASE_MS, DEFAULT_TIMEOUT_MS,
-  MAX_RETRY_DELAY_MS
+  MAX_RETRY_DELAY_MS, defaultReadHandOffMs
 } from './flights.js'
 export const DEFAULT_DEADLINE_MS = 30_000
 /** a chunk that missed its deadline fails further reads at once for this long (a later read tries it again) */

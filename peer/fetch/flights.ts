@@ -25,6 +25,15 @@ export const DEFAULT_TIMEOUT_MS = 10_000
 export const DEFAULT_RETRIES = 2
 export const DEFAULT_RETRY_BASE_MS = 100
 export const MAX_RETRY_DELAY_MS = 2_000
+/**
+ * How long a read waits for a chunk on a source before the next one is asked too: a third of the read's deadline
+ * (10 s of 30 s), two thirds kept for the registry. A swarm serves a read well within it (8 real nodes reading
+ * 64 MiB at 4 MiB/s: longest read waits 2.7–5.4 s); a prefetch flood (16 nodes × 24 MiB prefetching all at 2 MiB/s)
+ * held first reads 17–30 s, now and then past the deadline (EIO), on peers waiting on each other's PENDING.
+ */
+export function defaultReadHandOffMs (deadlineMs: number | undefined): number {
+  return deadlineMs === undefined || !Number.isFinite(deadlineMs) ? 20_000 : Math.max(1, Math.floor(deadlineMs * 2 / 3))
+}
 
 /** One chunk being fetched; readers wait on `promise`. */
 export interface Flight {
@@ -41,6 +50,8 @@ export interface Flight {
   waiters: number
   /** those of `waiters` that are reads (priority 'read'): a source asks for the chunk first (`urgent`) */
   readers: number
+  /** since when a read waits for it (`performance.now()`; undefined while none does) */
+  readSince: number | undefined
   batch: Batch
 }
 
@@ -61,7 +72,10 @@ export class Waiting {
   add (f: Flight, read = false): void {
     if (this.flights.has(f)) return
     f.waiters++
-    if (read) { f.readers++; this.read = true }
+    if (read) {
+      if (f.readers++ === 0) f.readSince = performance.now()
+      this.read = true
+    }
     this.flights.add(f)
   }
 
@@ -71,7 +85,7 @@ export class Waiting {
     this.released = true
     for (const f of this.flights) {
       f.waiters--
-      if (this.read) f.readers--
+      if (this.read && --f.readers === 0) f.readSince = undefined
     }
     if (abandoned) for (const f of this.flights) this.onAbandon(f)
   }
@@ -103,6 +117,7 @@ export class Flights {
   private readonly maxIdleMs: number
   private readonly retries: number
   private readonly retryBaseMs: number
+  private readonly readHandOffMs: number
   private readonly downloadLimiter: FetcherInit['downloadLimiter']
   private readonly activity: FetcherInit['activity']
   private stopped = false
@@ -125,6 +140,7 @@ export class Flights {
     this.maxIdleMs = Math.max(this.timeoutMs, (init.deadlineMs ?? Infinity) - this.timeoutMs)
     this.retries = Math.max(0, init.retries ?? DEFAULT_RETRIES)
     this.retryBaseMs = init.retryBaseMs ?? DEFAULT_RETRY_BASE_MS
+    this.readHandOffMs = init.readHandOffMs ?? defaultReadHandOffMs(init.deadlineMs)
     this.downloadLimiter = init.downloadLimiter
     this.activity = init.activity
   }
@@ -207,7 +223,7 @@ export class Flights {
       let markStored!: () => void
       const stored = new Promise<void>(res => { markStored = res })
       const f: Flight = {
-        key: flightKey(blob.blobId, chunk.index), chunk, promise, resolve, reject, settled: false, stored, markStored, waiters: 0, readers: 0, batch
+        key: flightKey(blob.blobId, chunk.index), chunk, promise, resolve, reject, settled: false, stored, markStored, waiters: 0, readers: 0, readSince: undefined, batch
       }
       batch.flights.push(f)
       this.inflight.set(f.key, f)
@@ -321,7 +337,9 @@ export class Flights {
     const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${idleMs} ms`)) }
     let idleTimer = setTimeout(onIdle, idleMs)
     const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, idleMs) }
-    const signal = AbortSignal.any([batch.controller.signal, idle.signal])
+    // every chunk left went to the next source (reads waited too long for them): the attempt ends, not failed
+    const handedAll = new AbortController()
+    const signal = AbortSignal.any([batch.controller.signal, idle.signal, handedAll.signal])
     const started = performance.now()
     let chunks = 0
     let bytes = 0
@@ -349,7 +367,20 @@ export class Flights {
     const progress = (n: number): void => { if (n > 0 && !ended && !signal.aborted) progressed() }
     // a read may join a chunk of this attempt while it runs (a prefetch's batch): asked for first from then on
     const urgent = (chunk: ChunkInfo): boolean => (byCi.get(chunk?.index)?.readers ?? 0) > 0
-    const it = source.fetch(blob, flights.map(f => f.chunk), { signal, verify, progress, urgent, ...(onDecline !== undefined ? { decline: onDecline } : {}) })[Symbol.asyncIterator]()
+    // chunks a read waited for too long here: the next source was asked for them too (`readHandOffMs`)
+    const handedOff = new Set<number>()
+    const withdrawn = (chunk: ChunkInfo): boolean => handedOff.has(chunk?.index) || byCi.get(chunk?.index)?.settled === true
+    const handOffTimer = onDecline !== undefined && Number.isFinite(this.readHandOffMs)
+      ? this.watchReads(byCi, started, handedOff, due => {
+        counters.readHandOffs += due.length
+        this.log?.debug('%s: %d chunks of blob %s a read waited %d ms for: asked of the next source too', source.name, due.length, blob.blobId, this.readHandOffMs)
+        decline!(due)
+        if ([...byCi.values()].every(f => f.settled || handedOff.has(f.chunk.index))) handedAll.abort(new Error('handed off'))
+      })
+      : undefined
+    const it = source.fetch(blob, flights.map(f => f.chunk), {
+      signal, verify, progress, urgent, withdrawn, ...(onDecline !== undefined ? { decline: onDecline } : {})
+    })[Symbol.asyncIterator]()
     try {
       for (;;) {
         const r: IteratorResult<FetchedChunk> = await raceSignal(it.next(), signal)
@@ -361,6 +392,11 @@ export class Flights {
           throw new SourceProtocolError(source.name, `sent chunk ${String(chunk?.index)} of blob ${blob.blobId}, which was not asked for (or was sent twice)`)
         }
         byCi.delete(chunk.index)
+        // handed to the next source too, which was first (or this one is, and the other's copy is dropped there)
+        if (f.settled) {
+          if (byCi.size > 0 && [...byCi.values()].every(x => x.settled || handedOff.has(x.chunk.index))) break
+          continue
+        }
         if (checked.get(plaintext) !== f.chunk.index) {
           if (plaintext.length !== f.chunk.uncompressedSize) {
             counters.verifyFailures++
@@ -387,15 +423,44 @@ export class Flights {
         this.deliver(blob, f, plaintext)
       }
     } catch (err) {
-      this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: false })
-      throw idle.signal.aborted && !batch.controller.signal.aborted ? idle.signal.reason : err
+      if (!handedAll.signal.aborted || batch.controller.signal.aborted || idle.signal.aborted) {
+        this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: false })
+        throw idle.signal.aborted && !batch.controller.signal.aborted ? idle.signal.reason : err
+      }
     } finally {
       ended = true
       clearTimeout(idleTimer)
+      clearTimeout(handOffTimer?.())
       // never awaited: a source stuck in its own await must not hold us
       void Promise.resolve().then(async () => await it.return?.()).catch(noop)
     }
     this.metrics.sample({ source: source.name, ms: performance.now() - started, chunks, bytes, ok: true })
+  }
+
+  /**
+   * Watches the chunks of `byCi` reads wait for: one a read has waited for `readHandOffMs` on this attempt (counted
+   * from `since`, the attempt's start, or from when the read came, whichever is later) goes to `handOff`, once.
+   * Looked at when the first could be due, and at least every `readHandOffMs`: a read that comes after a look is
+   * due no sooner than the next. Returns the current timer (to clear when the attempt ends).
+   */
+  private watchReads (byCi: ReadonlyMap<number, Flight>, since: number, handedOff: Set<number>, handOff: (due: ChunkInfo[]) => void): () => NodeJS.Timeout {
+    const check = (): void => {
+      const now = performance.now()
+      const due: ChunkInfo[] = []
+      let next = now + this.readHandOffMs
+      for (const f of byCi.values()) {
+        if (f.settled || f.readSince === undefined || handedOff.has(f.chunk.index)) continue
+        const at = Math.max(f.readSince, since) + this.readHandOffMs
+        if (at <= now) due.push(f.chunk)
+        else next = Math.min(next, at)
+      }
+      timer = setTimeout(check, Math.max(1, next - now))
+      if (due.length === 0) return
+      for (const c of due) handedOff.add(c.index)
+      handOff(due)
+    }
+    let timer = setTimeout(check, this.readHandOffMs)
+    return () => timer
   }
 
   /** Hands a verified chunk to its readers, then to the cache; the flight stays joinable until the cache has it. */

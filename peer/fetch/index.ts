@@ -5,7 +5,7 @@
  */
 export {
   Fetcher, DEFAULT_AMPLIFY_BYTES, DEFAULT_CONCURRENCY, DEFAULT_DEADLINE_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS,
-  DEFAULT_MAX_BATCH_BYTES
+  DEFAULT_MAX_BATCH_BYTES, defaultReadHandOffMs
 } from './fetcher.js'
 export { RegistrySource, DEFAULT_MAX_REQUEST_BYTES, type RegistrySourceComponents, type RegistrySourceInit } from './registry-source.js'
 export { LocalBlobSource } from './local-source.js'

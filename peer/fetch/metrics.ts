@@ -22,7 +22,8 @@ export class FetchMetrics {
     verifyFailures: 0,
     cacheReadFailures: 0,
     cachePutFailures: 0,
-    readWaitMaxMs: 0
+    readWaitMaxMs: 0,
+    readHandOffs: 0
   }
 
   private samples: FetchSample[] = []

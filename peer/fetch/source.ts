@@ -37,6 +37,11 @@ export interface ChunkSourceFetchOptions {
    * source that queues requests asks for such chunks first. Absent: none is.
    */
   urgent?: (chunk: ChunkInfo) => boolean
+  /**
+   * Whether the fetcher took the chunk elsewhere meanwhile (a read waited too long for it: the next source is asked
+   * too): a source stops asking for it; one it still yields is taken if it comes first. Absent: none is.
+   */
+  withdrawn?: (chunk: ChunkInfo) => boolean
 }
 
 export interface ChunkSource {

@@ -115,6 +115,13 @@ export interface FetcherInit {
    * per chunk from the first read that waited for it, so retries of a stalled chunk do not start it over
    */
   deadlineMs?: number
+  /**
+   * a chunk a read waits for that a source other than the last (the neighbours) has not delivered within this long
+   * is asked of the next source (the registry) too, whichever comes first serving the read: a swarm's trouble (peers
+   * waiting on each other's PENDING, a holder that keeps a request) costs a read this much, not its deadline (a third
+   * of `deadlineMs`, or 10 s without one; Infinity: never)
+   */
+  readHandOffMs?: number
   /** a chunk that missed its deadline fails reads at once for this long, then is tried afresh (min(deadlineMs, 1 s)) */
   retryStalledAfterMs?: number
   /**
@@ -170,6 +177,8 @@ export interface FetchCounters {
   cachePutFailures: number
   /** the longest one read waited for chunks it had to fetch (or join in flight), ms, timed-out reads included */
   readWaitMaxMs: number
+  /** chunks a read waited for `readHandOffMs` on a source that were asked of the next source too */
+  readHandOffs: number
 }
 
 /** Chunks in flight, as one fetcher reports them (see `FetcherInit.activity`). */

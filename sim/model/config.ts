@@ -6,7 +6,8 @@ import type { ModelInit } from './types.js'
 import {
   DEFAULT_BITFIELD_WAIT_MS, DEFAULT_FETCH_IDLE_MS, DEFAULT_FLUSH_MS, DEFAULT_GRACE_MS, DEFAULT_GROUP_SIZE, DEFAULT_HEDGE_AFTER_MS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_READAHEAD_BYTES, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_BUSY_AFTER_PARK_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
-  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST, DEFAULT_CONCURRENCY, defaultPrefetchSlots, DEFAULT_NEIGHBOUR_IDLE_FACTOR
+  DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST, DEFAULT_CONCURRENCY, defaultPrefetchSlots, DEFAULT_NEIGHBOUR_IDLE_FACTOR,
+  DEFAULT_DEADLINE_MS, defaultReadHandOffMs
 } from './policy.js'
 
 export const MAX_MODEL_NODES = 100_000
@@ -80,6 +81,8 @@ export interface Config {
   reportFlushMs: number
   /** the neighbour source's idle deadline (the fetcher's, times `NeighbourSource.idleFactor`) */
   fetchIdleMs: number
+  /** a chunk a read waited for this long on the neighbours goes to the registry too (the fetcher's `readHandOffMs`) */
+  readHandOffMs: number
   /** the machine's CPU (`ModelInit.cpu`): ms of work per byte received (from the registry, from a neighbour) and per request to a neighbour, and the cores left for it; undefined: not modelled */
   cpu: { msPerByte: number, peerMsPerByte: number, requestMs: number, connectMs: number, cores: number } | undefined
 }
@@ -170,6 +173,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     reportFlushMs: REPORT_FLUSH_MS,
     // the neighbour source's idle deadline: the fetcher's, times the source's factor
     fetchIdleMs: DEFAULT_FETCH_IDLE_MS * DEFAULT_NEIGHBOUR_IDLE_FACTOR,
+    readHandOffMs: num('readHandOffMs', init.readHandOffMs, 0, defaultReadHandOffMs(DEFAULT_DEADLINE_MS), true),
     cpu: undefined
   }
   if (init.cpu !== undefined) {

@@ -24,8 +24,12 @@ export class Batch {
    * `done`: told when every chunk of it is present (the node's reader window by default); a batch's chunks are the
    * node's `fetching` until they land, so a read or a prefetch wanting one of them waits for it instead
    */
+  /** the reader's own batch (no prefetch): a read waits for every chunk of it from its start */
+  readonly reads: boolean
+
   constructor (readonly node: SimNode, readonly nb: NodeBlob, readonly cis: number[], private done?: (b: Batch) => void) {
     this.startedAt = node.world.queue.now
+    this.reads = done === undefined
     this.inc = node.incarnation
     this.left = cis.length
     for (const ci of cis) nb.fetching[ci] = 1
@@ -37,7 +41,11 @@ export class Batch {
   /** whether the node that started it is still the one running */
   current (): boolean { return this.node.alive && this.node.incarnation === this.inc }
 
+  /** when it began running (a prefetch's batch may wait for a slot first): the fetcher's attempt at the neighbours */
+  attemptAt = 0
+
   start (): void {
+    this.attemptAt = this.node.world.queue.now
     this.nb.group.need(new Locate(this))
   }
 
@@ -134,6 +142,7 @@ export interface Lane {
 }
 
 const FLUSH = 0
+const HAND_OFF = 1
 const RETRY = 2
 const CODE_BITS = 2
 
@@ -167,11 +176,48 @@ export class SwarmFetch implements Timed {
     this.pendingAssign = [...this.wants]
     this.flush()
     this.checkEnd()
+    const handOffMs = this.node.world.cfg.readHandOffMs
+    if (!this.ended && Number.isFinite(handOffMs)) this.node.world.queue.after(handOffMs, this, HAND_OFF)
+  }
+
+  /**
+   * As the fetcher's (`Flights.watchReads`): a chunk a read has waited for `readHandOffMs` on the neighbours (since
+   * the batch began running, or the read came) goes to the registry too; still asked of nobody here, taken from
+   * whichever sends it first. Looked at every `readHandOffMs` while the fetch runs.
+   */
+  private handOff (): void {
+    if (this.ended || this.aborted || !this.batch.current()) return
+    const now = this.node.world.queue.now
+    const { readHandOffMs } = this.node.world.cfg
+    const since = this.batch.nb.readSince
+    const own = this.batch.reads ? this.batch.startedAt : undefined
+    const due: number[] = []
+    let next = now + readHandOffMs
+    for (const w of this.wants) {
+      const read = since?.get(w.ci) ?? own
+      if (w.done || w.declined === true || read === undefined) continue
+      const at = Math.max(read, this.batch.attemptAt) + readHandOffMs
+      if (at <= now) { w.declined = true; due.push(w.ci) } else next = Math.min(next, at)
+    }
+    this.node.world.queue.at(next, this, HAND_OFF)
+    if (due.length === 0) return
+    this.node.readHandOffs += due.length
+    this.batch.toRegistry(due)
+    // nothing left to wait for here: its requests stop (the fetcher's attempt ends)
+    if (this.wants.every(w => w.done || w.declined === true)) {
+      for (const lane of this.lanes.values()) {
+        this.outstanding -= lane.queued.length
+        lane.queued = []
+        for (const req of [...lane.running]) req.cancel()
+      }
+    }
+    this.checkEnd()
   }
 
   /** the deferred flush of requeued wants, or the idle deadline */
   fire (arg: number): void {
     const code = arg & ((1 << CODE_BITS) - 1)
+    if (code === HAND_OFF) { this.handOff(); return }
     if (code === RETRY) {
       if (!this.batch.current() || this.aborted) return
       this.outstanding--
@@ -372,7 +418,7 @@ export class SwarmFetch implements Timed {
     req.hedged = true
     const byLane = new Map<Lane, Want[]>()
     req.wants.forEach((w, i) => {
-      if (req.replied[i] === 1 || w.done || w.attempts.size > 1) return
+      if (req.replied[i] === 1 || w.done || w.declined === true || w.attempts.size > 1) return
       const lane = this.choose(w)
       if (lane === undefined) return
       const list = byLane.get(lane) ?? []

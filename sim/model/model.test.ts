@@ -45,6 +45,20 @@ describe('the swarm model', () => {
     assert.ok(r.p50Ms <= r.p95Ms && r.p95Ms <= r.p99Ms && r.p99Ms <= r.maxMs)
   })
 
+  it('a read waits for neighbours readHandOffMs at most: then its chunks go to the registry too, each landing once', () => {
+    const base: ModelInit = { ...small, nodes: 8, bandwidth: 4 * MiB }
+    const patient = runModel(base)
+    const hasty = runModel({ ...base, readHandOffMs: 50 })
+    assertComplete(patient)
+    assertComplete(hasty)
+    assert.equal(patient.model.readHandOffs, 0, 'a swarm at ease serves its reads within the default')
+    assert.ok(hasty.model.readHandOffs > 0)
+    assert.ok(hasty.registryBytes > patient.registryBytes, `${hasty.registryBytes} > ${patient.registryBytes}`)
+    // a chunk that came both ways counts once for its node, the other copy as a duplicate
+    for (const n of hasty.nodes) assert.equal(n.registryBytes + n.peerBytes, hasty.blobBytes, `node ${n.id}`)
+    assert.throws(() => runModel({ ...base, readHandOffMs: 0 }), /readHandOffMs must be a number > 0/)
+  })
+
   it('a real layout (chunkSizes): a list of equal chunks runs as that chunk size; small chunks all arrive, each once', () => {
     const sizes = Array.from({ length: 32 }, () => MiB)
     const uniform = runModel(small)

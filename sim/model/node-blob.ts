@@ -24,6 +24,8 @@ export class NodeBlob {
    * first such read
    */
   reading: Uint8Array | undefined
+  /** per chunk a read waits for while it is fetched, since when (the fetcher's `Flight.readSince`; gone once present) */
+  readSince: Map<number, number> | undefined
   /** per chunk, what waits for it to be present (a read or a prefetch slice joining a batch's flight; `Join`) */
   readonly joins = new Map<number, Join[]>()
   /** what the next flush tells the followers */

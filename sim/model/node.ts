@@ -95,6 +95,8 @@ export class SimNode implements Timed {
   assigneeAsks = 0
   /** neighbour fetches given up for idleness */
   idleTimeouts = 0
+  /** chunks a read waited for too long on the neighbours, sent to the registry too (the fetcher's `readHandOffs`) */
+  readHandOffs = 0
   readonly msgs = { scheduler: { sent: 0, received: 0 }, have: { sent: 0, received: 0 }, chunk: { sent: 0, received: 0 } }
   readonly ctrl = { sent: 0, received: 0 }
   readonly batchMs: number[] = []
@@ -280,6 +282,8 @@ export class SimNode implements Timed {
         bytes += size
         wanted.push(ci)
         ;(nb.reading ??= new Uint8Array(nb.spec.chunks))[ci] = 1
+        nb.readSince ??= new Map()
+        if (!nb.readSince.has(ci)) nb.readSince.set(ci, this.world.queue.now)
         if (nb.fetching[ci] === 1) this.promote(nb, ci)
         else fresh.push(ci)
       }
@@ -352,6 +356,7 @@ export class SimNode implements Timed {
     if (nb.received[ci]!++ > 0) { this.duplicateBytes += bytes; return false }
     setBit(nb.present, ci)
     nb.inFlight.delete(ci)
+    nb.readSince?.delete(ci)
     nb.out.onHave(ci)
     this.touched(nb)
     if (fromRegistry) this.registryBytes += bytes

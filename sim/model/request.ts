@@ -405,7 +405,7 @@ export class PeerReq implements Timed, FlowOwner {
       if (this.replied[j] === 1) continue
       const w = this.wants[j]!
       w.attempts.delete(this)
-      if (this.redirected && !w.done) this.fetch.backToOrigin(w)
+      if (this.redirected && !w.done && w.declined !== true) this.fetch.backToOrigin(w)
       this.fetch.requeue(w)
     }
     // a request we stopped ourselves says nothing about the holder

@@ -82,6 +82,8 @@ export interface ModelInit {
   busyBackoffMs?: number
   /** requests each node's chunk server answers at once, waiting ones included; more are answered BUSY (default 16) */
   maxUploads?: number
+  /** a chunk a read waited for this long on the neighbours goes to the registry too (default: the fetcher's, 20 s) */
+  readHandOffMs?: number
   /**
    * One machine's CPU under every node, as under `rafspeer sim`'s real daemons (absent: not modelled, each node
    * its own ample machine). Each running node keeps `busyPerNode` of a core busy whatever it moves (its timers, have
@@ -186,6 +188,8 @@ export interface ModelReport {
     registryChunks: { assignee: number, noGroup: number, ahead: number, afterGrace: number, leftover: number }
     /** chunks nobody a node followed had that it, outside the blob's group, asked their assignee for before the registry */
     assigneeAsks: number
+    /** chunks a read waited for on the neighbours past the fetcher's `readHandOffMs`, sent to the registry too */
+    readHandOffs: number
     /** `redirects`: chunks a busy holder sent the asker on for (REDIRECT) */
     peerRequests: { sent: number, failed: number, hedges: number, redirects: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
