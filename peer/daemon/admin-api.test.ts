@@ -24,7 +24,7 @@ const coded = (code: string, message: string): Error => Object.assign(new Error(
 const counters = (): FetchCounters => ({
   bytesBySource: { cache: 0, registry: 0, peer: 0 },
   reads: 0, readBytes: 0, readTimeouts: 0, chunksFromCache: 0, chunksFetched: 0, chunksCopied: 0, chunksAmplified: 0, prefetchChunks: 0, prefetchBytes: 0, batches: 0,
-  sourceAttempts: 0, retries: 0, singleFlightJoins: 0, verifyFailures: 0, cacheReadFailures: 0, cachePutFailures: 0, readWaitMaxMs: 0, readHandOffs: 0
+  sourceAttempts: 0, retries: 0, singleFlightJoins: 0, verifyFailures: 0, cacheReadFailures: 0, cachePutFailures: 0, readWaitMaxMs: 0, readHandOffs: 0, idleExtensions: 0
 })
 
 /** An in-memory mount service: the API's collaborator (the real MountManager is tested on its own). */

@@ -113,6 +113,7 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
   perMount('rafspeer_prefetch_fetched_chunks_total', 'chunks fetched by prefetch batches no read waited for', s => s.fetch.prefetchChunks)
   perMount('rafspeer_prefetch_fetched_bytes_total', 'plaintext bytes fetched by prefetch batches no read waited for', s => s.fetch.prefetchBytes)
   perMount('rafspeer_fetch_batches_total', 'batches handed to sources (a registry batch is one Range request)', s => s.fetch.batches)
+  perMount('rafspeer_fetch_idle_extensions_total', 'idle deadlines of neighbour fetches started over because the chunks awaited spread through the swarm', s => s.fetch.idleExtensions)
   perMount('rafspeer_fetch_retries_total', 'extra rounds over the sources after a transient failure', s => s.fetch.retries)
   perMount('rafspeer_fetch_verify_failures_total', 'chunks from a source that failed their digest (dropped)', s => s.fetch.verifyFailures)
   perMount('rafspeer_single_flight_joins_total', 'reads that joined a fetch already in flight', s => s.fetch.singleFlightJoins)

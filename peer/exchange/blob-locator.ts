@@ -43,6 +43,8 @@ const MAX_REMEMBERED_WANTS = 65_536
 export interface ChunkLocator {
   locate: (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: { signal: AbortSignal }) => Promise<Map<string, ChunkHolder[]>>
   report: (outcomes: PeerOutcome[]) => void
+  /** how many neighbours have chunk `ci` of the blob, as they said (absent: not known) */
+  holders?: (blobId: string, ci: number) => number
 }
 
 export interface BlobLocatorComponents {
@@ -125,6 +127,8 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   }
 
   report (outcomes: PeerOutcome[]): void { this.directory.report(outcomes) }
+
+  holders (blobId: string, ci: number): number { return this.have.table.holders(blobId, ci) }
 
   async locate (blob: RafsBlobInfo, chunks: ChunkInfo[], opts: { signal: AbortSignal }): Promise<Map<string, ChunkHolder[]>> {
     const blobHex = blob.blobId

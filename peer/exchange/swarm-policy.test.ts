@@ -8,7 +8,7 @@ import fc from 'fast-check'
 import { backToSourceAssignee, rendezvousScore } from './back-to-source.js'
 import { MAX_INDEXES_PER_MESSAGE } from './have-protocol.js'
 import {
-  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, joinsQueued, nextQueued, splitRequests, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
+  blobGroup, chooseHolder, GROUP_FILL_MS, groupFilling, HaveOutbox, holdersInOrder, joinsQueued, nextQueued, splitRequests, spreading, type HolderLoad, prefetchClass, prefetchPick, type PrefetchClass, type PrefetchPicked
 } from './swarm-policy.js'
 import { PREFETCH_SLICE_CHUNKS, SWARM_PREFETCH_PATIENCE_MS, SWARM_PREFETCH_RECHECK_MS, SWARM_SOURCE_SLICE_BYTES, swarmPickLimits, swarmPrefetchWait, swarmQuietTake } from '../fetch/index.js'
 
@@ -297,4 +297,17 @@ test('nextQueued: a REDIRECT first, then a read\'s chunks, which may take the ex
     const all = q(...Array.from({ length: n }, () => 'U'))
     assert.equal(next(all, running, running), running < 2 ? 0 : -1)
   }))
+})
+
+test('spreading: a chunk with more holders than at the last look; the look remembered; nobody holding is no news', () => {
+  const holders = new Map<number, number>([[1, 0], [2, 3]])
+  const seen = new Map<number, number>()
+  assert.equal(spreading([1], ci => holders.get(ci) ?? 0, seen), false, 'nobody has it (a PENDING cycle): not spreading')
+  assert.equal(spreading([1, 2], ci => holders.get(ci) ?? 0, seen), true, 'first look: some neighbours have it')
+  assert.equal(spreading([1, 2], ci => holders.get(ci) ?? 0, seen), false, 'no change since')
+  holders.set(2, 2)
+  assert.equal(spreading([1, 2], ci => holders.get(ci) ?? 0, seen), false, 'fewer (a holder left)')
+  holders.set(1, 1)
+  assert.equal(spreading([1, 2], ci => holders.get(ci) ?? 0, seen), true)
+  assert.deepEqual([...seen], [[1, 1], [2, 2]])
 })

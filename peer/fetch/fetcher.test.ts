@@ -270,6 +270,35 @@ describe('Fetcher', () => {
     assert.ok(waited[2]! >= 290 && waited[2]! < 590, `capped by the read's deadline: ${waited[2]} ms`)
   })
 
+  it('a source whose chunks spread meanwhile (idleCheck) has its idle deadline started over; then the next source', async () => {
+    const { ref } = await freshRepo()
+    const b = img.files['/b.bin']!
+    const bChunks = chunksOf(img, '/b.bin')
+    let looks = 0
+    let asked: number[] = []
+    let waitedMs = 0
+    // neighbours that never send, saying twice that the chunks are spreading (more peers have them), then not
+    const patient: ChunkSource = {
+      name: 'peer:waiting',
+      async * fetch (_blob, _chunks, opts) {
+        const t0 = performance.now()
+        opts.idleCheck?.(waiting => { asked = waiting.map(c => c.index); return ++looks <= 2 })
+        await new Promise<void>(resolve => { opts.signal.addEventListener('abort', () => resolve(), { once: true }) })
+        waitedMs = performance.now() - t0
+        opts.signal.throwIfAborted()
+      }
+    }
+    const fetcher = new Fetcher({ cache: await newCache(), sources: [patient, new RegistrySource({ client }, { repository: ref })] },
+      { amplifyBytes: 0, timeoutMs: 150, retries: 0, readHandOffMs: Infinity })
+    assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
+    assert.equal(looks, 3, 'looked at each deadline: two extensions, then given up')
+    assert.deepEqual(asked, bChunks.map(c => c.index), 'asked about the chunks still awaited')
+    assert.ok(waitedMs >= 440 && waitedMs < 1_500, `three deadlines of 150 ms: ${waitedMs} ms`)
+    assert.equal(fetcher.counters.idleExtensions, 2)
+    assert.equal(fetcher.counters.bytesBySource.registry, b.length)
+    fetcher.stop()
+  })
+
   it('chunks a source declines go to the next source at once, while it is still busy with the rest', async () => {
     const { ref } = await freshRepo()
     const b = img.files['/b.bin']!

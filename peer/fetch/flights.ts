@@ -334,7 +334,17 @@ export class Flights {
     // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
     const idle = new AbortController()
     const idleMs = Math.min(this.maxIdleMs, this.timeoutMs * Math.max(1, source.idleFactor ?? 1))
-    const onIdle = (): void => { idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${idleMs} ms`)) }
+    // a source whose chunks spread through the swarm meanwhile (`idleCheck`) is given another deadline
+    let stillComing: ((waiting: ChunkInfo[]) => boolean) | undefined
+    const onIdle = (): void => {
+      const waiting = (): ChunkInfo[] => [...byCi.values()].filter(f => !f.settled && !handedOff.has(f.chunk.index) && !declined.has(f.chunk.index)).map(f => f.chunk)
+      if (stillComing?.(waiting()) === true && !idle.signal.aborted) {
+        counters.idleExtensions++
+        idleTimer = setTimeout(onIdle, idleMs)
+        return
+      }
+      idle.abort(new FetchFailedError(`${source.name}: no chunk of blob ${blob.blobId} within ${idleMs} ms`))
+    }
     let idleTimer = setTimeout(onIdle, idleMs)
     const progressed = (): void => { clearTimeout(idleTimer); idleTimer = setTimeout(onIdle, idleMs) }
     // every chunk left went to the next source (reads waited too long for them): the attempt ends, not failed
@@ -379,7 +389,7 @@ export class Flights {
       })
       : undefined
     const it = source.fetch(blob, flights.map(f => f.chunk), {
-      signal, verify, progress, urgent, withdrawn, ...(onDecline !== undefined ? { decline: onDecline } : {})
+      signal, verify, progress, urgent, withdrawn, idleCheck: check => { stillComing = check }, ...(onDecline !== undefined ? { decline: onDecline } : {})
     })[Symbol.asyncIterator]()
     try {
       for (;;) {

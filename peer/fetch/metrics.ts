@@ -23,7 +23,8 @@ export class FetchMetrics {
     cacheReadFailures: 0,
     cachePutFailures: 0,
     readWaitMaxMs: 0,
-    readHandOffs: 0
+    readHandOffs: 0,
+    idleExtensions: 0
   }
 
   private samples: FetchSample[] = []

@@ -42,6 +42,12 @@ export interface ChunkSourceFetchOptions {
    * too): a source stops asking for it; one it still yields is taken if it comes first. Absent: none is.
    */
   withdrawn?: (chunk: ChunkInfo) => boolean
+  /**
+   * A source that can tell its chunks are on their way though none arrived registers here a check the fetcher
+   * makes when its idle deadline falls: true (they are spreading: more neighbours have them than at the last look)
+   * starts the deadline over instead of giving the attempt up.
+   */
+  idleCheck?: (stillComing: (waiting: ChunkInfo[]) => boolean) => void
 }
 
 export interface ChunkSource {

@@ -179,6 +179,8 @@ export interface FetchCounters {
   readWaitMaxMs: number
   /** chunks a read waited for `readHandOffMs` on a source that were asked of the next source too */
   readHandOffs: number
+  /** idle deadlines a source's attempt met while its chunks spread through the swarm: started over (`idleCheck`) */
+  idleExtensions: number
 }
 
 /** Chunks in flight, as one fetcher reports them (see `FetcherInit.activity`). */

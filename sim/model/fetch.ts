@@ -11,7 +11,7 @@ import { Locate } from './locate.js'
 import type { NodeBlob, SimNode } from './node.js'
 import { PeerReq, RegistryReq } from './request.js'
 import { chunkBytes } from './world.js'
-import { chooseHolder, DEFAULT_REPLAN_ROUNDS, joinsQueued, MAX_REDIRECTS, nextQueued, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests, type QueuedShape } from './policy.js'
+import { chooseHolder, DEFAULT_REPLAN_ROUNDS, joinsQueued, MAX_REDIRECTS, nextQueued, REDIRECTED_EXTRA_STREAMS, replanDelayMs, splitRequests, spreading, type QueuedShape } from './policy.js'
 
 export class Batch {
   readonly startedAt: number
@@ -56,6 +56,9 @@ export class Batch {
   }
 
   toRegistry (cis: number[]): void { new RegistryReq(this, cis).send() }
+
+  /** per chunk, its holders at the last look of an idle deadline (`spreading`; the daemon's per fetch) */
+  readonly seen = new Map<number, number>()
 
   /** rounds of re-location per chunk (`NeighbourSource`'s rounds for chunks whose holders were all BUSY) */
   private readonly rounds = new Map<number, number>()
@@ -251,6 +254,15 @@ export class SwarmFetch implements Timed {
         this.node.watch(this)
         return
       }
+    }
+    // as the daemon's fetcher asks its neighbour source (`idleCheck`): chunks spreading through the swarm are coming
+    const hex = this.batch.nb.spec.hex
+    const waiting = this.wants.filter(w => !w.done && w.declined !== true).map(w => w.ci)
+    if (spreading(waiting, ci => this.node.table.holders(hex, ci), this.batch.seen)) {
+      this.node.idleExtensions++
+      this.lastProgress = this.node.world.queue.now
+      this.node.watch(this)
+      return
     }
     this.aborted = true
     this.node.idleTimeouts++

@@ -237,6 +237,17 @@ describe('the swarm model', () => {
     assert.equal(JSON.stringify(runModel({ ...init, seed: 4 })), JSON.stringify(runModel({ ...init, seed: 4 })))
   })
 
+  it('hundreds prefetching all: fetches whose chunks spread through the swarm wait on past their idle deadline, not to the registry', () => {
+    // 300 nodes begin together: the first read's chunks reach them through chains of peers parked on each other's
+    // PENDING, and neighbour fetches begun at once meet their idle deadlines at once (1,000 nodes: 175 copies)
+    const r = runModel({ nodes: 300, imageBytes: 64 * MiB, chunkSize: MiB, bandwidth: 4 * MiB, prefetch: 'all', runtime: false, nodesDetail: 'none' })
+    assert.equal(r.verifiedOk, true)
+    assert.equal(r.model.completed, 300)
+    assert.ok(r.model.idleExtensions > 0, 'some deadlines were started over')
+    assert.equal(r.model.peerRequests.idleTimeouts, 0)
+    assert.ok(r.model.registryRatio <= 1.1, `the registry sent ${r.model.registryRatio}x the blob`)
+  })
+
   it('a prefetching swarm whose nodes die and restart finishes, every chunk once', () => {
     const r = runModel({ nodes: 16, imageBytes: 32 * MiB, chunkSize: 512 << 10, bandwidth: 8 * MiB, prefetch: 'all', failRate: 0.25, rejoinAfterMs: 1500, seed: 3, runtime: false })
     assertComplete(r)

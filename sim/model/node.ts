@@ -97,6 +97,8 @@ export class SimNode implements Timed {
   idleTimeouts = 0
   /** chunks a read waited for too long on the neighbours, sent to the registry too (the fetcher's `readHandOffs`) */
   readHandOffs = 0
+  /** idle deadlines of neighbour fetches started over because their chunks spread through the swarm (`spreading`) */
+  idleExtensions = 0
   readonly msgs = { scheduler: { sent: 0, received: 0 }, have: { sent: 0, received: 0 }, chunk: { sent: 0, received: 0 } }
   readonly ctrl = { sent: 0, received: 0 }
   readonly batchMs: number[] = []

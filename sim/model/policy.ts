@@ -21,7 +21,7 @@ export {
   HaveTable, DEFAULT_PENDING_TTL_MS, encodeHave, newBits, setBit, getBit, MAX_INDEXES_PER_MESSAGE, type HaveMessage,
   planChunk, runStarts, rendezvousScore, backToSourceAssignee, NEAR_WINDOW, groupStale,
   DEFAULT_GROUP_SIZE, DEFAULT_GRACE_MS, DEFAULT_BITFIELD_WAIT_MS, DEFAULT_REFRESH_MS, DEFAULT_LOCATOR_MAX_HOLDERS as DEFAULT_MAX_HOLDERS, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs,
-  blobGroup, holdersInOrder, chooseHolder, splitRequests, joinsQueued, nextQueued, type QueuedShape, HaveOutbox,
+  blobGroup, holdersInOrder, chooseHolder, splitRequests, joinsQueued, nextQueued, spreading, type QueuedShape, HaveOutbox,
   PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, prefetchClass, prefetchPick, swarmPickLimits, swarmPrefetchWait, swarmQuietTake, groupFilling, PREFETCH_SLICES_IN_FLIGHT, defaultPrefetchSlots, type PrefetchClass,
   DEFAULT_HAVE_FLUSH_MS as DEFAULT_FLUSH_MS, DEFAULT_HAVE_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
   DEFAULT_HOLDERS_PER_FETCH, DEFAULT_HEDGE_AFTER_MS, DEFAULT_NEIGHBOUR_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES, DEFAULT_STREAMS_PER_HOLDER,

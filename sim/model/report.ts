@@ -124,6 +124,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
       registryChunks: { assignee: sum(n => n.sourced.assignee), noGroup: sum(n => n.sourced.noGroup), ahead: sum(n => n.sourced.ahead), afterGrace: sum(n => n.sourced.grace), leftover: sum(n => n.sourced.leftover) },
       assigneeAsks: sum(n => n.assigneeAsks),
       readHandOffs: sum(n => n.readHandOffs),
+      idleExtensions: sum(n => n.idleExtensions),
       peerRequests: {
         sent: sum(n => n.requests.sent),
         failed: sum(n => n.requests.failed),
@@ -190,7 +191,7 @@ export function formatModelReport (r: ModelReport): string {
     `directory: ${dir.ops} ops (${dir.announces} announces, ${dir.resolves} resolves, ${dir.heartbeats} heartbeats, ${dir.reports} reports) = ${dir.opsPerSecond}/s; ` +
       `${dir.stats.entries} entries over ${dir.stats.peers} peers and ${dir.stats.digests} blob(s); ${dir.expired} expired`,
     `per node: ${m.messages.perNode.mean} messages (max ${m.messages.perNode.max}), ${(m.controlBytes.perNode.mean / 1024).toFixed(1)} KiB of control (max ${(m.controlBytes.perNode.max / 1024).toFixed(1)} KiB); ` +
-      `requests to peers ${m.peerRequests.sent} (busy ${m.peerRequests.busy}, not found ${m.peerRequests.notFound}, failed ${m.peerRequests.failed}, hedges ${m.peerRequests.hedges}, redirects ${m.peerRequests.redirects}, fetches given up idle ${m.peerRequests.idleTimeouts})`,
+      `requests to peers ${m.peerRequests.sent} (busy ${m.peerRequests.busy}, not found ${m.peerRequests.notFound}, failed ${m.peerRequests.failed}, hedges ${m.peerRequests.hedges}, redirects ${m.peerRequests.redirects}, fetches given up idle ${m.peerRequests.idleTimeouts}, idle deadlines started over as chunks spread ${m.idleExtensions})`,
     `nodes: ${m.completed} finished, ${m.died} died, ${m.restarts} restarted`,
     `verified: ${r.verifiedOk ? 'every node got every chunk exactly once' : 'PROBLEMS (see the nodes)'}`,
     `model: ${m.events} events, ${s(r.wallMs)} simulated${r.runtime !== undefined ? ` in ${s(r.runtime.realMs)} real (${r.runtime.eventsPerSecond} events/s), peak RSS ${gib(r.runtime.rssBytes)}` : ''}`

@@ -190,6 +190,8 @@ export interface ModelReport {
     assigneeAsks: number
     /** chunks a read waited for on the neighbours past the fetcher's `readHandOffMs`, sent to the registry too */
     readHandOffs: number
+    /** idle deadlines of neighbour fetches started over because the chunks spread through the swarm meanwhile */
+    idleExtensions: number
     /** `redirects`: chunks a busy holder sent the asker on for (REDIRECT) */
     peerRequests: { sent: number, failed: number, hedges: number, redirects: number, busy: number, notFound: number, pendingFrames: number, idleTimeouts: number, replans: number }
     /** per node, all kinds */
