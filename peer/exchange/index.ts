@@ -27,7 +27,7 @@ export {
 } from './neighbour-source.js'
 export { DEFAULT_REPLAN_ROUNDS, DEFAULT_BUSY_AFTER_PARK_MS, replanDelayMs } from './busy-replan.js'
 export {
-  blobGroup, holdersInOrder, chooseHolder, splitRequests, joinsQueued, nextQueued, spreading, type QueuedShape, HaveOutbox, prefetchClass, prefetchPick, groupFilling, GROUP_FILL_MS,
+  blobGroup, holdersInOrder, chooseHolder, splitRequests, joinsQueued, nextQueued, type QueuedShape, HaveOutbox, prefetchClass, prefetchPick, groupFilling, GROUP_FILL_MS,
   type HolderLoad, type PrefetchClass, type PrefetchPicked
 } from './swarm-policy.js'
 export { P2PNode, type P2PNodeInit, type P2PNodeComponents, type P2PStats } from './p2p-node.js'

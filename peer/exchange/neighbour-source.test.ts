@@ -291,30 +291,26 @@ describe('NeighbourSource', () => {
     for (const list of asked.slice(1)) assert.ok(!list.includes(gone.digest.toString('hex')), 'never asked again')
   })
 
-  it('with a locator, tells the fetcher at its idle deadline whether the awaited chunks spread (more neighbours have them)', async () => {
-    // a holder that never answers: the fetch waits, and only the locator's counts can say whether to go on waiting
+  it('with a locator, tells the fetcher how many neighbours have each chunk (it waits on chunks spreading)', async () => {
     const silent = await rogue(async () => { await new Promise(resolve => setTimeout(resolve, 5_000)) })
     const few = chunks.slice(0, 2)
-    const counts = new Map<number, number>()
+    const counts = new Map<number, number>([[few[1]!.index, 2]])
     const locator = {
       locate: async () => new Map(few.map(c => [c.digest.toString('hex'), [silent.holder]])),
       report: () => {},
       holders: (blobId: string, ci: number): number => { assert.equal(blobId, blob.blobId); return counts.get(ci) ?? 0 }
     }
     const src = new NeighbourSource({ libp2p: client, resolver: new StaticResolver([]), locator }, { hedgeAfterMs: 60_000 })
-    let check: ((waiting: ChunkInfo[]) => boolean) | undefined
+    let count: ((c: ChunkInfo) => number) | undefined
     const controller = new AbortController()
     const run = (async () => {
-      for await (const _ of src.fetch(blob, few, { signal: controller.signal, verify, idleCheck: c => { check = c } })) assert.fail('nothing to yield')
+      for await (const _ of src.fetch(blob, few, { signal: controller.signal, verify, holders: c => { count = c } })) assert.fail('nothing to yield')
     })().catch(() => {})
     await new Promise(resolve => setTimeout(resolve, 50))
-    assert.ok(check !== undefined, 'registered its check')
-    assert.equal(check(few), false, 'nobody has them: not spreading (the deadline falls)')
-    counts.set(few[1]!.index, 2)
-    assert.equal(check(few), true, 'two neighbours have one now')
-    assert.equal(check(few), false, 'no change since the last look')
+    assert.ok(count !== undefined, 'registered its counts')
+    assert.deepEqual(few.map(c => count!(c)), [0, 2])
     counts.set(few[0]!.index, 1)
-    assert.equal(check([few[1]!]), false, 'only the chunks still awaited count')
+    assert.equal(count(few[0]!), 1, 'as the have table says now')
     controller.abort()
     await run
   })

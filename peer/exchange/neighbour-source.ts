@@ -38,7 +38,7 @@ import { ChunkStreams, type ChunkStreamsInit } from './chunk-streams.js'
 import { MAX_REDIRECTS } from './chunk-receivers.js'
 import type { ChunkLocator } from './blob-locator.js'
 import { DEFAULT_REPLAN_ROUNDS, replanDelayMs } from './busy-replan.js'
-import { chooseHolder, joinsQueued, nextQueued, splitRequests, spreading, type QueuedShape } from './swarm-policy.js'
+import { chooseHolder, joinsQueued, nextQueued, splitRequests, type QueuedShape } from './swarm-policy.js'
 import { PENDING_INTERVAL_MS, REDIRECTED_WAIT_MS } from './chunk-server.js'
 
 export const DEFAULT_MAX_HOLDERS = 3
@@ -311,12 +311,9 @@ export class NeighbourSource implements ChunkSource {
       opts.decline?.(chunks.filter(c => !asked.has(c)))
     }
     if (wanted.length === 0) return
-    // the fetcher's idle deadline: not met while the chunks still awaited spread through the swarm
+    // how many neighbours have each chunk: the fetcher waits on chunks spreading through the swarm
     const locator = this.locator
-    if (locator?.holders !== undefined && opts.idleCheck !== undefined) {
-      const seen = new Map<number, number>()
-      opts.idleCheck(waiting => spreading(waiting.map(c => c.index), ci => locator.holders!(blob.blobId, ci), seen))
-    }
+    if (locator?.holders !== undefined) opts.holders?.(c => locator.holders!(blob.blobId, c.index))
     let swarm = new SwarmFetch(this, blob, wanted, holders, opts)
     yield * swarm.run()
     if (this.locator === undefined) return

@@ -270,32 +270,58 @@ describe('Fetcher', () => {
     assert.ok(waited[2]! >= 290 && waited[2]! < 590, `capped by the read's deadline: ${waited[2]} ms`)
   })
 
-  it('a source whose chunks spread meanwhile (idleCheck) has its idle deadline started over; then the next source', async () => {
-    const { ref } = await freshRepo()
-    const b = img.files['/b.bin']!
-    const bChunks = chunksOf(img, '/b.bin')
-    let looks = 0
-    let asked: number[] = []
+  /** neighbours that never send; the first `growFor` looks at each chunk find one more holder than the last */
+  function heldButSpreading (growFor: number): { source: ChunkSource, looks: Map<number, number>, waited: () => number } {
+    const looks = new Map<number, number>()
     let waitedMs = 0
-    // neighbours that never send, saying twice that the chunks are spreading (more peers have them), then not
-    const patient: ChunkSource = {
+    const source: ChunkSource = {
       name: 'peer:waiting',
       async * fetch (_blob, _chunks, opts) {
         const t0 = performance.now()
-        opts.idleCheck?.(waiting => { asked = waiting.map(c => c.index); return ++looks <= 2 })
+        opts.holders?.(c => {
+          const n = (looks.get(c.index) ?? 0) + 1
+          looks.set(c.index, n)
+          return Math.min(n, growFor)
+        })
         await new Promise<void>(resolve => { opts.signal.addEventListener('abort', () => resolve(), { once: true }) })
         waitedMs = performance.now() - t0
         opts.signal.throwIfAborted()
       }
     }
-    const fetcher = new Fetcher({ cache: await newCache(), sources: [patient, new RegistrySource({ client }, { repository: ref })] },
+    return { source, looks, waited: () => waitedMs }
+  }
+
+  it('a source whose chunks spread meanwhile (more holders) has its idle deadline started over; then the next source', async () => {
+    const { ref } = await freshRepo()
+    const b = img.files['/b.bin']!
+    const bChunks = chunksOf(img, '/b.bin')
+    const held = heldButSpreading(2)
+    const fetcher = new Fetcher({ cache: await newCache(), sources: [held.source, new RegistrySource({ client }, { repository: ref })] },
       { amplifyBytes: 0, timeoutMs: 150, retries: 0, readHandOffMs: Infinity })
     assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
-    assert.equal(looks, 3, 'looked at each deadline: two extensions, then given up')
-    assert.deepEqual(asked, bChunks.map(c => c.index), 'asked about the chunks still awaited')
-    assert.ok(waitedMs >= 440 && waitedMs < 1_500, `three deadlines of 150 ms: ${waitedMs} ms`)
+    assert.deepEqual([...held.looks.keys()].sort((x, y) => x - y), bChunks.map(c => c.index), 'asked about the chunks awaited')
+    assert.ok([...held.looks.values()].every(n => n === 3), 'looked at each deadline: holders 1, 2, 2 — two extensions, then given up')
+    assert.ok(held.waited() >= 440 && held.waited() < 1_500, `three deadlines of 150 ms: ${held.waited()} ms`)
     assert.equal(fetcher.counters.idleExtensions, 2)
     assert.equal(fetcher.counters.bytesBySource.registry, b.length)
+    fetcher.stop()
+  })
+
+  it('a read\'s chunk spreading through the swarm is not handed to the registry until it stops spreading', async () => {
+    const { ref } = await freshRepo()
+    const b = img.files['/b.bin']!
+    const bChunks = chunksOf(img, '/b.bin')
+    const held = heldButSpreading(3)
+    const fetcher = new Fetcher({ cache: await newCache(), sources: [held.source, new RegistrySource({ client }, { repository: ref })] },
+      { amplifyBytes: 0, timeoutMs: 60_000, readHandOffMs: 200 })
+    const t0 = performance.now()
+    assert.deepEqual(await fetcher.read(img, img.reader.lookup('/b.bin'), 0, b.length), b)
+    const took = performance.now() - t0
+    // looks at 200 ms (1 holder), 250 (2), 300 (3), 350 (3: not spreading): handed off
+    assert.ok(took >= 340 && took < 3_000, `handed off after four looks: ${took} ms`)
+    assert.ok([...held.looks.values()].every(n => n === 4), JSON.stringify([...held.looks]))
+    assert.equal(fetcher.counters.readHandOffs, bChunks.length)
+    assert.equal(fetcher.counters.idleExtensions, 0)
     fetcher.stop()
   })
 

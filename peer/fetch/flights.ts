@@ -16,6 +16,7 @@ import type { FetchMetrics } from './metrics.js'
 import { planBatches } from './plan.js'
 import { FetchQueue, defaultPrefetchSlots, type FetchPriority, type QueueJob } from './queue.js'
 import { sourceKind, type ChunkSource, type FetchedChunk } from './source.js'
+import { spreading } from './swarm-wait.js'
 import type { ChunkCache, FetcherInit } from './types.js'
 
 export const DEFAULT_AMPLIFY_BYTES = 1 << 20
@@ -334,11 +335,17 @@ export class Flights {
     // an idle deadline: a source that keeps delivering (slowly, under a bandwidth cap) is not cut off
     const idle = new AbortController()
     const idleMs = Math.min(this.maxIdleMs, this.timeoutMs * Math.max(1, source.idleFactor ?? 1))
-    // a source whose chunks spread through the swarm meanwhile (`idleCheck`) is given another deadline
-    let stillComing: ((waiting: ChunkInfo[]) => boolean) | undefined
+    // a source whose chunks spread through the swarm meanwhile (its `holders` counts grew) is given another deadline
+    let count: ((chunk: ChunkInfo) => number) | undefined
+    const spread = (chunks: ChunkInfo[], seen: Map<number, number>): boolean => {
+      const byIndex = new Map(chunks.map(c => [c.index, c]))
+      return count !== undefined && spreading(chunks.map(c => c.index), ci => count!(byIndex.get(ci)!), seen)
+    }
+    const seenAtIdle = new Map<number, number>()
+    const seenAtHandOff = new Map<number, number>()
     const onIdle = (): void => {
-      const waiting = (): ChunkInfo[] => [...byCi.values()].filter(f => !f.settled && !handedOff.has(f.chunk.index) && !declined.has(f.chunk.index)).map(f => f.chunk)
-      if (stillComing?.(waiting()) === true && !idle.signal.aborted) {
+      const waiting = [...byCi.values()].filter(f => !f.settled && !handedOff.has(f.chunk.index) && !declined.has(f.chunk.index)).map(f => f.chunk)
+      if (spread(waiting, seenAtIdle) && !idle.signal.aborted) {
         counters.idleExtensions++
         idleTimer = setTimeout(onIdle, idleMs)
         return
@@ -381,7 +388,7 @@ export class Flights {
     const handedOff = new Set<number>()
     const withdrawn = (chunk: ChunkInfo): boolean => handedOff.has(chunk?.index) || byCi.get(chunk?.index)?.settled === true
     const handOffTimer = onDecline !== undefined && Number.isFinite(this.readHandOffMs)
-      ? this.watchReads(byCi, started, handedOff, due => {
+      ? this.watchReads(byCi, started, handedOff, c => spread([c], seenAtHandOff), due => {
         counters.readHandOffs += due.length
         this.log?.debug('%s: %d chunks of blob %s a read waited %d ms for: asked of the next source too', source.name, due.length, blob.blobId, this.readHandOffMs)
         decline!(due)
@@ -389,7 +396,7 @@ export class Flights {
       })
       : undefined
     const it = source.fetch(blob, flights.map(f => f.chunk), {
-      signal, verify, progress, urgent, withdrawn, idleCheck: check => { stillComing = check }, ...(onDecline !== undefined ? { decline: onDecline } : {})
+      signal, verify, progress, urgent, withdrawn, holders: c => { count = c }, ...(onDecline !== undefined ? { decline: onDecline } : {})
     })[Symbol.asyncIterator]()
     try {
       for (;;) {
@@ -453,7 +460,8 @@ export class Flights {
    * Looked at when the first could be due, and at least every `readHandOffMs`: a read that comes after a look is
    * due no sooner than the next. Returns the current timer (to clear when the attempt ends).
    */
-  private watchReads (byCi: ReadonlyMap<number, Flight>, since: number, handedOff: Set<number>, handOff: (due: ChunkInfo[]) => void): () => NodeJS.Timeout {
+  private watchReads (byCi: ReadonlyMap<number, Flight>, since: number, handedOff: Set<number>, spreadingNow: (c: ChunkInfo) => boolean,
+    handOff: (due: ChunkInfo[]) => void): () => NodeJS.Timeout {
     const check = (): void => {
       const now = performance.now()
       const due: ChunkInfo[] = []
@@ -461,8 +469,10 @@ export class Flights {
       for (const f of byCi.values()) {
         if (f.settled || f.readSince === undefined || handedOff.has(f.chunk.index)) continue
         const at = Math.max(f.readSince, since) + this.readHandOffMs
-        if (at <= now) due.push(f.chunk)
-        else next = Math.min(next, at)
+        if (at > now) next = Math.min(next, at)
+        // still spreading through the swarm: looked at again a little later
+        else if (spreadingNow(f.chunk)) next = Math.min(next, now + this.readHandOffMs / 4)
+        else due.push(f.chunk)
       }
       timer = setTimeout(check, Math.max(1, next - now))
       if (due.length === 0) return

@@ -9,6 +9,7 @@ export {
 } from './fetcher.js'
 export { RegistrySource, DEFAULT_MAX_REQUEST_BYTES, type RegistrySourceComponents, type RegistrySourceInit } from './registry-source.js'
 export { LocalBlobSource } from './local-source.js'
+export { spreading } from './swarm-wait.js'
 export { contiguousRuns, sourceKind, type ByteRun, type ChunkSource, type ChunkSourceFetchOptions, type FetchedChunk } from './source.js'
 export {
   FetchError, ChunkDigestMismatchError, ReadTimeoutError, FetchFailedError, SourceProtocolError, FetchAbortedError,

@@ -43,11 +43,11 @@ export interface ChunkSourceFetchOptions {
    */
   withdrawn?: (chunk: ChunkInfo) => boolean
   /**
-   * A source that can tell its chunks are on their way though none arrived registers here a check the fetcher
-   * makes when its idle deadline falls: true (they are spreading: more neighbours have them than at the last look)
-   * starts the deadline over instead of giving the attempt up.
+   * A source that knows how many neighbours have each chunk registers the count here: when its idle deadline falls,
+   * or a read has waited `readHandOffMs` for a chunk, the fetcher waits on (starts the deadline over, looks again a
+   * little later) if the chunks awaited are spreading — more neighbours have them than at its last look.
    */
-  idleCheck?: (stillComing: (waiting: ChunkInfo[]) => boolean) => void
+  holders?: (count: (chunk: ChunkInfo) => number) => void
 }
 
 export interface ChunkSource {

@@ -179,7 +179,7 @@ export interface FetchCounters {
   readWaitMaxMs: number
   /** chunks a read waited for `readHandOffMs` on a source that were asked of the next source too */
   readHandOffs: number
-  /** idle deadlines a source's attempt met while its chunks spread through the swarm: started over (`idleCheck`) */
+  /** idle deadlines a source's attempt met while its chunks spread through the swarm: started over (`ChunkSourceFetchOptions.holders`) */
   idleExtensions: number
 }
 

@@ -245,7 +245,8 @@ describe('the swarm model', () => {
     assert.equal(r.model.completed, 300)
     assert.ok(r.model.idleExtensions > 0, 'some deadlines were started over')
     assert.equal(r.model.peerRequests.idleTimeouts, 0)
-    assert.ok(r.model.registryRatio <= 1.1, `the registry sent ${r.model.registryRatio}x the blob`)
+    // 1.5 copies and 31 fetches given up idle without it
+    assert.ok(r.model.registryRatio <= 1.2, `the registry sent ${r.model.registryRatio}x the blob`)
   })
 
   it('a prefetching swarm whose nodes die and restart finishes, every chunk once', () => {

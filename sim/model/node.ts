@@ -390,7 +390,7 @@ export class SimNode implements Timed {
 
   watch (f: SwarmFetch): void {
     this.fetches.add(f)
-    this.armWatchdog(f.idleDue)
+    this.armWatchdog(Math.min(f.idleDue, f.handOffDue))
   }
 
   unwatch (f: SwarmFetch): void { this.fetches.delete(f) }
@@ -408,8 +408,11 @@ export class SimNode implements Timed {
     let next = Infinity
     for (const f of [...this.fetches]) {
       if (f.over) { this.fetches.delete(f); continue }
+      // a read's chunks waited on the neighbours too long (the fetcher's hand-off), then the idle deadline
+      if (f.handOffDue <= now) f.handOffReads()
+      if (f.over) { this.fetches.delete(f); continue }
       if (f.idleDue <= now) { this.fetches.delete(f); f.idle(); continue }
-      next = Math.min(next, f.idleDue)
+      next = Math.min(next, f.idleDue, f.handOffDue)
     }
     if (next < Infinity) this.armWatchdog(next)
   }
