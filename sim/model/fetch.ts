@@ -193,8 +193,8 @@ export class SwarmFetch implements Timed {
   /**
    * As the fetcher's (`Flights.watchReads`): a chunk a read has waited for `readHandOffMs` on the neighbours (since
    * the batch began running, or the read came) goes to the registry too; still asked of nobody here, taken from
-   * whichever sends it first — unless it is spreading through the swarm (`spreading`: more neighbours have it than at
-   * the last look), then looked at again a quarter of that later. Looked at every `readHandOffMs` while the fetch runs.
+   * whichever sends it first — a quarter of that later if it is spreading through the swarm (`spreading`: more
+   * neighbours have it than at the last look). Looked at every `readHandOffMs` while the fetch runs.
    */
   handOffReads (): void {
     this.handOffDue = Infinity
@@ -211,7 +211,7 @@ export class SwarmFetch implements Timed {
       if (w.done || w.declined === true || read === undefined) continue
       const at = Math.max(read, this.batch.attemptAt) + readHandOffMs
       if (at > now) next = Math.min(next, at)
-      else if (spreading([w.ci], ci => this.node.table.holders(hex, ci), this.batch.seenAtHandOff)) next = Math.min(next, now + readHandOffMs / 4)
+      else if (now < at + readHandOffMs / 4 && spreading([w.ci], ci => this.node.table.holders(hex, ci), this.batch.seenAtHandOff)) next = Math.min(next, at + readHandOffMs / 4)
       else { w.declined = true; due.push(w.ci) }
     }
     this.handOffDue = next
