@@ -113,7 +113,7 @@ export const daemonConfigSchema = z.strictObject({
     deadlineMs: int(1, 3_600_000).default(30_000),
     /**
      * a chunk a read has waited this long for on the neighbours is asked of the registry too, whichever answers
-     * first serving the read (default: a third of `deadlineMs`)
+     * first serving the read (default: two thirds of `deadlineMs`; a quarter more while more neighbours get the chunk)
      */
     readHandOffMs: int(1, 3_600_000).optional(),
     /** a file read sequentially has this many bytes fetched ahead of the reader (4 MiB; 0 = off) */

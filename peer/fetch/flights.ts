@@ -27,10 +27,11 @@ export const DEFAULT_RETRIES = 2
 export const DEFAULT_RETRY_BASE_MS = 100
 export const MAX_RETRY_DELAY_MS = 2_000
 /**
- * How long a read waits for a chunk on a source before the next one is asked too: a third of the read's deadline
- * (10 s of 30 s), two thirds kept for the registry. A swarm serves a read well within it (8 real nodes reading
- * 64 MiB at 4 MiB/s: longest read waits 2.7–5.4 s); a prefetch flood (16 nodes × 24 MiB prefetching all at 2 MiB/s)
- * held first reads 17–30 s, now and then past the deadline (EIO), on peers waiting on each other's PENDING.
+ * How long a read waits for a chunk on a source before the next one is asked too: two thirds of the read's deadline
+ * (20 s of 30 s), a third kept for the registry. A swarm serves a read well within it (8 real nodes reading 64 MiB
+ * at 4 MiB/s: longest read waits 2.7–5.4 s); a prefetch flood (16 nodes × 24 MiB prefetching all at 2 MiB/s) held
+ * first reads 17–30 s, now and then past the deadline (EIO), on peers waiting on each other's PENDING. A third of the
+ * deadline sent the flood's legitimately slow reads to the registry by the hundred (2.9–3.8 copies).
  */
 export function defaultReadHandOffMs (deadlineMs: number | undefined): number {
   return deadlineMs === undefined || !Number.isFinite(deadlineMs) ? 20_000 : Math.max(1, Math.floor(deadlineMs * 2 / 3))

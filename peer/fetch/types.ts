@@ -118,8 +118,9 @@ export interface FetcherInit {
   /**
    * a chunk a read waits for that a source other than the last (the neighbours) has not delivered within this long
    * is asked of the next source (the registry) too, whichever comes first serving the read: a swarm's trouble (peers
-   * waiting on each other's PENDING, a holder that keeps a request) costs a read this much, not its deadline (a third
-   * of `deadlineMs`, or 10 s without one; Infinity: never)
+   * waiting on each other's PENDING, a holder that keeps a request) costs a read this much, not its deadline; a
+   * quarter more for a chunk still spreading through the swarm (the source's `holders`) (two thirds of `deadlineMs`,
+   * or 20 s without one; Infinity: never)
    */
   readHandOffMs?: number
   /** a chunk that missed its deadline fails reads at once for this long, then is tried afresh (min(deadlineMs, 1 s)) */
