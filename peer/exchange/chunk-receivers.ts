@@ -4,7 +4,9 @@
  * parked there), and each of them does the same while it is busy, so a chunk wanted by many at once passes along
  * a chain of receivers, each uploading it about once, instead of all from the uplink of the first to have it (8
  * daemons at 4 MiB/s: the first node uploaded 3.5 copies of the image and the other seven waited on its uplink;
- * with redirects 1.1–1.5 copies, the slowest node 1.7–1.8x one node alone instead of 3.8x).
+ * with redirects 1.1–1.5 copies, the slowest node 1.7–1.8x one node alone instead of 3.8x). A chain is as long as
+ * the crowd, though: past a crowd of a few askers at once the server keeps askers for turns of its own, and the
+ * chunk spreads as a tree ({@link ChunkReceivers.route}).
  *
  * The server answers such an asker REDIRECT with the receiver's id (`chunk-protocol.ts`), only when its request
  * said it takes redirects: an asker sent on {@link MAX_REDIRECTS} times stops saying so, and is then served where
@@ -14,13 +16,23 @@
  * @example
  * ```ts
  * const receivers = new ChunkReceivers<string>()
- * const hint = receivers.redirect(digestHex, asker, server.counters.uploadsActive)
- * if (hint === undefined) receivers.serving(digestHex, asker)   // ... and notSent() if no bytes went out
+ * const to = receivers.route(digestHex, asker, server.counters.uploadsActive)
+ * if (to === undefined) receivers.serving(digestHex, asker)   // ... sent() once it went out, notSent() if it did not
+ * else if (to === TAKE_TURN) { }                                // ask again when an upload of the chunk ends
+ * else { }                                                      // REDIRECT to `to`
  * ```
  */
 
 /** a server redirects while it answers more than this many requests (the asker's own included) */
 export const DEFAULT_REDIRECT_ABOVE_UPLOADS = 1
+/** {@link ChunkReceivers.route}'s answer: wait here for the chunk's upload under way to end, then ask again */
+export const TAKE_TURN = '(turn)'
+/**
+ * askers of one chunk at once up to which {@link ChunkReceivers.route} sends them all on to receivers (chains): the
+ * model's 8 nodes reading 64 MiB at 4 MiB/s are as fast as with chains alone (slowest 1.32–1.48x one node at seeds
+ * 1–3; taking turns from the first asker made them 2.1–2.2x, from a crowd of 5 up 1.53x at seed 3)
+ */
+export const CHAIN_CROWD = 6
 /** a receiver is a hint this long after it was first sent the chunk; later it may have moved on (or evicted it) */
 export const RECEIVER_TTL_MS = 10_000
 /** chunks whose receivers one server remembers (the oldest are forgotten) */
@@ -67,6 +79,8 @@ export interface ChunkReceiversInit {
   redirectAboveUploads?: number
   ttlMs?: number
   maxChunks?: number
+  /** askers of a chunk at once up to which `route` sends them all on to receivers ({@link CHAIN_CROWD}) */
+  chainCrowd?: number
 }
 
 /** One chunk server's receivers per chunk, keyed by whatever names a chunk there (`K`). */
@@ -89,26 +103,44 @@ export class ChunkReceivers<K> {
   private readonly above: number
   private readonly ttlMs: number
   private readonly maxChunks: number
+  private readonly chainCrowd: number
 
   constructor (init: ChunkReceiversInit = {}) {
     this.now = init.now ?? Date.now
     this.above = Math.max(0, init.redirectAboveUploads ?? DEFAULT_REDIRECT_ABOVE_UPLOADS)
     this.ttlMs = init.ttlMs ?? RECEIVER_TTL_MS
     this.maxChunks = Math.max(1, init.maxChunks ?? MAX_TRACKED_CHUNKS)
+    this.chainCrowd = Math.max(0, init.chainCrowd ?? CHAIN_CROWD)
   }
 
   /**
-   * The peer to send `asker` to instead of serving it chunk `key`, while this server answers `uploads` requests
-   * (the asker's included) and that is more than its threshold: its receivers of the chunk, in turn, those that
-   * got it whole first (they answer at once; the others make the asker wait for the rest of the chunk). Undefined:
-   * serve it (also when the asker is a receiver already: it asks again, and it is not sent round in a circle).
+   * Where `asker` goes for chunk `key` while this server answers `uploads` requests (the asker's included) and
+   * `crowd` askers want the chunk here now (the asker's included: waiting for it to land, kept for a turn, or
+   * routed now). Undefined: serve it — when `uploads` is not more than the threshold, when nobody was sent the chunk
+   * here, or when the asker is a receiver already (it asks again, and is not sent round in a circle). With a crowd
+   * of at most {@link CHAIN_CROWD}: a peer to send it to, its receivers in turn, those that got it whole first
+   * (they answer at once; the others make the asker wait for the rest of the chunk) — chains, pipelined, each
+   * receiver uploading the chunk about once, which a swarm of a few nodes needs (its uplinks are all busy). A larger
+   * crowd is shared between this server and the receivers that got the chunk whole, in turn: one of them, or
+   * {@link TAKE_TURN} — keep the asker until the upload of the chunk under way ends (`sent` or `notSent`), then ask
+   * again — or undefined when none is under way. A chunk a thousand nodes want at once then spreads as a tree (each
+   * holder's crowd halved at every upload's end), not down a chain of them all.
    */
-  redirect (key: K, asker: string, uploads: number): string | undefined {
+  route (key: K, asker: string, uploads: number, crowd = 1): string | undefined {
     if (uploads <= this.above) return undefined
     const s = this.live(key)
-    if (s === undefined || holds(this.peers[s], asker)) return undefined
-    const pool = this.got[s] ?? this.peers[s]!
-    return nth(pool, this.turn[s]!++ % count(pool))
+    if (s === undefined) return undefined
+    const peers = this.peers[s]!
+    if (holds(peers, asker)) return undefined
+    const got = this.got[s]
+    if (crowd <= this.chainCrowd) {
+      const pool = got ?? peers
+      return nth(pool, this.turn[s]!++ % count(pool))
+    }
+    const n = count(got)
+    const pick = this.turn[s]!++ % (n + 1)
+    if (pick < n) return nth(got!, pick)
+    return n < count(peers) ? TAKE_TURN : undefined
   }
 
   /** `asker` is being served chunk `key` (or waits here for it). */
@@ -128,22 +160,27 @@ export class ChunkReceivers<K> {
     if (!holds(peers, asker) && count(peers) < MAX_RECEIVERS_PER_CHUNK) this.peers[s] = plus(peers, asker)
   }
 
-  /** `asker` got chunk `key` whole (its stream took the last byte). */
-  sent (key: K, asker: string): void {
+  /** `asker` got chunk `key` whole (its stream took the last byte); false when that changed nothing here. */
+  sent (key: K, asker: string): boolean {
     const s = this.chunks.get(key)
-    if (s === undefined || !holds(this.peers[s], asker) || holds(this.got[s], asker)) return
+    if (s === undefined || !holds(this.peers[s], asker) || holds(this.got[s], asker)) return false
     this.got[s] = shared(plus(this.got[s], asker), this.peers[s]!)
+    return true
   }
 
-  /** `asker` was not sent chunk `key` after all (not found, a wait that ran out, a failed stream): no hint. */
-  notSent (key: K, asker: string): void {
+  /**
+   * `asker` was not sent chunk `key` after all (not found, a wait that ran out, a failed stream): no hint. False
+   * when it was no receiver here.
+   */
+  notSent (key: K, asker: string): boolean {
     const s = this.chunks.get(key)
-    if (s === undefined || !holds(this.peers[s], asker)) return
+    if (s === undefined || !holds(this.peers[s], asker)) return false
     const peers = minus(this.peers[s]!, asker)
-    if (peers === undefined) { this.forget(key, s); return }
+    if (peers === undefined) { this.forget(key, s); return true }
     this.peers[s] = peers
     const got = this.got[s]
     this.got[s] = got === undefined ? undefined : shared(minus(got, asker), peers)
+    return true
   }
 
   /** chunks with receivers remembered now (tests, metrics) */

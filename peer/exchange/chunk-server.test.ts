@@ -215,6 +215,84 @@ describe('ChunkServer', () => {
     for (const g of sent) assert.equal(g.r.peerId, served[0]!.host.peerId.toString())
   })
 
+  it('past a crowd of chainCrowd askers at once, an asker is kept for a turn: the upload\'s end shares them out', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 2))
+    // the first read of chunk 1 waits for the gate: that upload is under way while the others ask
+    let open!: () => void
+    const gate = new Promise<void>(resolve => { open = resolve })
+    let first = true
+    const servable: ServableCache = {
+      has: (id, ci) => cache.has(id, ci),
+      findByDigest: async (d, o) => await cache.findByDigest(d, o),
+      readChunk: async (id, c, o) => {
+        if (c.index === 1 && first) { first = false; await gate }
+        return await cache.readChunk(id, c, o)
+      }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const hosts = [client, await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] }), await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] }), await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })]
+    const server = new ChunkServer({ libp2p: node, cache: servable }, { chainCrowd: 1, turnWaitMs: 3_000 })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop(); for (const h of hosts.slice(1)) await h.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const askFrom = async (host: Host, c: ChunkInfo): Promise<{ r: ChunkReply, pending: number }> => {
+      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
+      let pending = 0
+      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept: AcceptFlags.REDIRECT, onPending: () => { pending++ } })) return { r, pending }
+      throw new Error('no reply')
+    }
+    const firstAsk = askFrom(hosts[0]!, chunks[1]!)
+    await until('the first upload', () => server.counters.uploadsActive === 1)
+    const kept = [askFrom(hosts[1]!, chunks[1]!), askFrom(hosts[2]!, chunks[1]!)]
+    await until('two askers kept for a turn', () => server.counters.turns === 2)
+    // a chunk with no upload under way is served as before
+    assert.equal((await askFrom(hosts[3]!, chunks[0]!)).r.status, ChunkStatus.OK)
+    // (the first asker, its read held, gets PENDING frames too)
+    await until('PENDING frames to the askers kept', () => server.counters.pendingFrames >= 3)
+    open()
+    assert.equal((await firstAsk).r.status, ChunkStatus.OK)
+    const after = await Promise.all(kept)
+    for (const k of after) assert.ok(k.pending >= 1, 'PENDING frames while kept')
+    const statuses = after.map(k => k.r.status).sort()
+    assert.deepEqual(statuses, [ChunkStatus.OK, ChunkStatus.REDIRECT].sort(), 'one served here, one sent to the first receiver')
+    const sent = after.find(k => k.r.status === ChunkStatus.REDIRECT)!
+    assert.equal(sent.r.peerId, hosts[0]!.peerId.toString())
+    assert.ok(after.find(k => k.r.status === ChunkStatus.OK)!.r.payload!.equals(plain[1]!))
+    assert.equal(server.counters.turnsRunOut, 0)
+  })
+
+  it('an asker whose turn does not come within turnWaitMs is answered BUSY', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 2))
+    let open!: () => void
+    const gate = new Promise<void>(resolve => { open = resolve })
+    const servable: ServableCache = {
+      has: (id, ci) => cache.has(id, ci),
+      findByDigest: async (d, o) => await cache.findByDigest(d, o),
+      readChunk: async (id, c, o) => { if (c.index === 1) await gate; return await cache.readChunk(id, c, o) }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const other = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const server = new ChunkServer({ libp2p: node, cache: servable }, { chainCrowd: 0, turnWaitMs: 300 })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop(); await other.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const askFrom = async (host: Host): Promise<ChunkReply> => {
+      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
+      for await (const r of exchangeChunks(stream, [nameOf(chunks[1]!)], { timeoutMs: 5000, accept: AcceptFlags.REDIRECT })) return r
+      throw new Error('no reply')
+    }
+    const held = askFrom(client)
+    await until('the held upload', () => server.counters.uploadsActive === 1)
+    const started = performance.now()
+    assert.equal((await askFrom(other)).status, ChunkStatus.BUSY)
+    const waited = performance.now() - started
+    assert.ok(waited >= 250 && waited < 2_000, `BUSY after ${waited.toFixed(0)} ms`)
+    assert.equal(server.counters.turns, 1)
+    assert.equal(server.counters.turnsRunOut, 1)
+    open()
+    assert.equal((await held).status, ChunkStatus.OK)
+  })
+
   it('waits longer for a chunk on its way when a redirect sent the asker', async () => {
     const { cache } = await seededCache(chunks.slice(0, 1))
     const waits: Array<number | undefined> = []

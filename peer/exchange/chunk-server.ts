@@ -14,8 +14,11 @@
  *
  * A server answering more than `redirectAboveUploads` requests sends an asker that takes redirects on to a peer it
  * is sending the same chunk to (REDIRECT, `chunk-receivers.ts`) instead of uploading it once more: a chunk many want
- * at once then passes along a chain of receivers rather than all from the uplink of its first holder. The chunk is here (or was
- * waited for) when that is decided, so a redirect always replaces an upload.
+ * at once then passes along a chain of receivers rather than all from the uplink of its first holder. Past a crowd
+ * of a few askers of the chunk at once it keeps askers for turns instead (PENDING frames while it waits, BUSY after
+ * `turnWaitMs`), so that askers are shared between it and the receivers that got the chunk whole at every upload's
+ * end: a chunk a thousand nodes want at once spreads as a tree. The chunk is here (or was waited for) when that is
+ * decided, so a redirect always replaces an upload.
  *
  * @example
  * ```ts
@@ -33,7 +36,8 @@ import {
   AcceptFlags, CHUNK_PROTOCOL, ChunkProtocolError, ChunkStatus, ChunkTimeoutError, SERVER_HIGH_WATER_BYTES, chunkFrameReader, errorReply, readChunkRequest,
   redirectReply, replyHeader, type ChunkName
 } from './chunk-protocol.js'
-import { ChunkReceivers, DEFAULT_REDIRECT_ABOVE_UPLOADS } from './chunk-receivers.js'
+import { ChunkReceivers, DEFAULT_REDIRECT_ABOVE_UPLOADS, TAKE_TURN } from './chunk-receivers.js'
+import { DEFAULT_BUSY_AFTER_PARK_MS } from './busy-replan.js'
 
 /** A chunk as the cache knows it: where it sits in its blob's uncompressed view, and its digest. */
 export interface ServableChunk { index: number, digest: Buffer, uncompressedOffset: number, uncompressedSize: number }
@@ -127,6 +131,13 @@ export interface ChunkServerInit {
    * sending the chunk to (`chunk-receivers.ts`) instead of being sent it once more (1; Infinity: never)
    */
   redirectAboveUploads?: number
+  /**
+   * how long an asker kept for a turn (`ChunkReceivers.route`) waits for one before it is answered BUSY (1 s, as a
+   * wait on a chunk this node is fetching; an asker a redirect sent here waits `REDIRECTED_WAIT_MS`)
+   */
+  turnWaitMs?: number
+  /** askers of a chunk at once up to which this server sends them all on to its receivers (`CHAIN_CROWD`) */
+  chainCrowd?: number
 }
 
 export interface ChunkServerCounters {
@@ -154,6 +165,10 @@ export interface ChunkServerCounters {
   busyWhileFetching: number
   /** chunks answered REDIRECT: the asker was sent to a peer receiving them from this node */
   redirects: number
+  /** askers kept for a turn: waiting for an upload of the chunk they ask for to end (`ChunkReceivers.route`) */
+  turns: number
+  /** chunks answered BUSY because the asker's turn did not come within `turnWaitMs` */
+  turnsRunOut: number
   /** chunk bytes held for askers now: read ahead of their replies, or sent and not yet taken by their streams */
   bytesHeld: number
 }
@@ -164,7 +179,7 @@ interface PeerLoad { streams: number, uploads: number, bytes: number }
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
     uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0,
-    streamsRefused: 0, pendingFrames: 0, busyWhileFetching: 0, redirects: 0, bytesHeld: 0
+    streamsRefused: 0, pendingFrames: 0, busyWhileFetching: 0, redirects: 0, turns: 0, turnsRunOut: 0, bytesHeld: 0
   }
 
   private readonly libp2p: ChunkServerComponents['libp2p']
@@ -182,6 +197,11 @@ export class ChunkServer {
   private readonly bucket: RateLimiter | undefined
   /** per chunk (hex digest): the askers this node is sending it to, or sent it to a moment ago */
   private readonly receivers: ChunkReceivers<string>
+  /** per chunk (hex digest): askers answered now (waiting for it to land or for a turn, or being routed) */
+  private readonly crowds = new Map<string, number>()
+  /** per chunk (hex digest): askers kept for a turn, woken when an upload of it ends */
+  private readonly turns = new Map<string, Array<(turn: boolean) => void>>()
+  private readonly turnWaitMs: number
   private readonly streams = new Set<Stream>()
   /** peer id → what it holds; absent when nothing */
   private readonly peers = new Map<string, PeerLoad>()
@@ -200,7 +220,10 @@ export class ChunkServer {
     this.readTimeoutMs = init.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS
     this.maxInboundStreams = init.maxInboundStreams ?? DEFAULT_MAX_INBOUND_STREAMS
     this.readAhead = Math.max(1, init.readAhead ?? DEFAULT_READ_AHEAD)
-    this.receivers = new ChunkReceivers({ redirectAboveUploads: init.redirectAboveUploads ?? DEFAULT_REDIRECT_ABOVE_UPLOADS })
+    this.receivers = new ChunkReceivers({
+      redirectAboveUploads: init.redirectAboveUploads ?? DEFAULT_REDIRECT_ABOVE_UPLOADS, chainCrowd: init.chainCrowd
+    })
+    this.turnWaitMs = Math.max(0, init.turnWaitMs ?? DEFAULT_BUSY_AFTER_PARK_MS)
     const rate = init.uploadBytesPerSecond
     this.bucket = rate === undefined ? undefined : new RateLimiter(rate, uploadBurst(rate))
   }
@@ -220,6 +243,9 @@ export class ChunkServer {
     await this.libp2p.unhandle(CHUNK_PROTOCOL)
     for (const s of this.streams) s.abort(new Error('chunk server stopped'))
     this.streams.clear()
+    const waiting = [...this.turns.values()]
+    this.turns.clear()
+    for (const wake of waiting.flat()) wake(false)
   }
 
   private async serve (stream: Stream, connection: Connection): Promise<void> {
@@ -329,7 +355,7 @@ export class ChunkServer {
           sent += await this.sendPaced(stream, r, what)
           delete replies[i]
           unhold(names[i]!.size)
-          if (r.payload !== undefined) this.receivers.sent(names[i]!.digest.toString('hex'), asker.peer)
+          if (r.payload !== undefined) this.uploadEnded(names[i]!.digest.toString('hex'), asker.peer, true)
           delivered = ++i
           continue
         }
@@ -349,14 +375,14 @@ export class ChunkServer {
         } while (i < names.length && ready[i] === true && out.byteLength < COALESCE_BYTES)
         await this.send(stream, out, what)
         unhold(outHeld)
-        for (let j = delivered; j < i; j++) this.receivers.sent(names[j]!.digest.toString('hex'), asker.peer)
+        for (let j = delivered; j < i; j++) this.uploadEnded(names[j]!.digest.toString('hex'), asker.peer, true)
         delivered = i
       }
     } finally {
       // reads still running or replies never sent (the stream failed): their bytes leave the budget with the request,
       // and their askers are nobody's hint
       unhold(held)
-      for (let j = delivered; j < replies.length; j++) this.receivers.notSent(names[j]!.digest.toString('hex'), asker.peer)
+      for (let j = delivered; j < replies.length; j++) this.uploadEnded(names[j]!.digest.toString('hex'), asker.peer, false)
     }
     return sent
   }
@@ -415,36 +441,86 @@ export class ChunkServer {
     // chunk together (they waited for it to land) would otherwise all be served, none of them yet a receiver for
     // the next to be sent to (8 daemons at 4 MiB/s: one holder sending the same chunk to three askers at once)
     let receiving = false
-    const claim = (): string | undefined => {
-      const to = asker.redirects ? this.receivers.redirect(key, asker.peer, this.counters.uploadsActive) : undefined
-      if (to === undefined) {
-        this.receivers.serving(key, asker.peer)
-        receiving = true
+    const claim = async (): Promise<string | undefined> => {
+      const until = Date.now() + (asker.redirected ? REDIRECTED_WAIT_MS : this.turnWaitMs)
+      for (;;) {
+        const to = asker.redirects ? this.receivers.route(key, asker.peer, this.counters.uploadsActive, this.crowds.get(key) ?? 1) : undefined
+        if (to === undefined) {
+          this.receivers.serving(key, asker.peer)
+          receiving = true
+        }
+        if (to !== TAKE_TURN) return to
+        this.counters.turns++
+        if (!await this.nextTurn(key, until - Date.now())) return TAKE_TURN
       }
-      return to
     }
-    const r = await this.lookUp(name, asker, claim)
+    this.crowds.set(key, (this.crowds.get(key) ?? 0) + 1)
+    let r: Reply | { to: string }
+    try {
+      r = await this.lookUp(name, asker, claim)
+    } finally {
+      const left = this.crowds.get(key)! - 1
+      if (left === 0) this.crowds.delete(key)
+      else this.crowds.set(key, left)
+    }
     if ('to' in r) {
       this.counters.redirects++
       const addrs = await this.addressesOf?.(r.to).catch(() => []) ?? []
       return { frame: redirectReply(r.to, addrs) }
     }
     // claimed, then not read after all (evicted, or failed its digest): nobody's hint
-    if (r.payload === undefined && receiving) this.receivers.notSent(key, asker.peer)
+    if (r.payload === undefined && receiving) this.uploadEnded(key, asker.peer, false)
     return r
+  }
+
+  /**
+   * Waits up to `ms` for an upload of chunk `key` to end (another asker's turn may then be this one's); false when
+   * none did in time, or the server stopped.
+   */
+  private async nextTurn (key: string, ms: number): Promise<boolean> {
+    if (ms <= 0 || !this.started) return false
+    return await new Promise<boolean>(resolve => {
+      const list = this.turns.get(key) ?? []
+      const wake = (turn: boolean): void => {
+        clearTimeout(timer)
+        resolve(turn)
+      }
+      const timer = setTimeout(() => {
+        const l = this.turns.get(key)
+        const at = l?.indexOf(wake) ?? -1
+        if (at >= 0) l!.splice(at, 1)
+        if (l?.length === 0) this.turns.delete(key)
+        resolve(false)
+      }, ms)
+      list.push(wake)
+      this.turns.set(key, list)
+    })
+  }
+
+  /** `peer`'s upload of chunk `key` ended, `whole` or not: the askers kept for a turn at it ask again. */
+  private uploadEnded (key: string, peer: string, whole: boolean): void {
+    if (!(whole ? this.receivers.sent(key, peer) : this.receivers.notSent(key, peer))) return
+    const waiting = this.turns.get(key)
+    if (waiting === undefined) return
+    this.turns.delete(key)
+    for (const wake of waiting) wake(true)
   }
 
   /**
    * The chunk, or where `claim` sends the asker once the chunk is found here (before its bytes are read; `claim`
    * records the asker as a receiver when it sends it nowhere).
    */
-  private async lookUp (name: ChunkName, asker: Asker, claim: () => string | undefined): Promise<Reply | { to: string }> {
+  private async lookUp (name: ChunkName, asker: Asker, claim: () => Promise<string | undefined>): Promise<Reply | { to: string }> {
     try {
       let found = await this.cache.findByDigest(name.digest, { asker: asker.peer, ...(asker.redirected ? { waitMs: REDIRECTED_WAIT_MS } : {}) })
       for (let tries = 0; found !== undefined && tries < 2; tries++) {
         const c = found.chunk
         if (c.uncompressedSize !== name.size || !c.digest.equals(name.digest)) break
-        const to = tries === 0 ? claim() : undefined
+        const to = tries === 0 ? await claim() : undefined
+        if (to === TAKE_TURN) {
+          this.counters.turnsRunOut++
+          return { frame: replyHeader(ChunkStatus.BUSY) }
+        }
         if (to !== undefined) return { to }
         const bytes = await this.cache.readChunk(found.blobId, c, { verify: 'once' })
         if (bytes !== undefined && bytes.length === name.size) return { payload: bytes }

@@ -17,7 +17,7 @@ export {
   type ServableChunk
 } from './chunk-server.js'
 export {
-  ChunkReceivers, DEFAULT_REDIRECT_ABOVE_UPLOADS, RECEIVER_TTL_MS, MAX_TRACKED_CHUNKS, MAX_RECEIVERS_PER_CHUNK, MAX_REDIRECTS,
+  ChunkReceivers, TAKE_TURN, CHAIN_CROWD, DEFAULT_REDIRECT_ABOVE_UPLOADS, RECEIVER_TTL_MS, MAX_TRACKED_CHUNKS, MAX_RECEIVERS_PER_CHUNK, MAX_REDIRECTS,
   type ChunkReceiversInit
 } from './chunk-receivers.js'
 export {

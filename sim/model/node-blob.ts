@@ -40,6 +40,8 @@ export class NodeBlob {
   readonly waiting = new Set<Locate>()
   /** neighbours' requests waiting for a chunk this node is fetching */
   readonly waiters = new Map<number, PeerReq[]>()
+  /** neighbours' requests waiting for this node's upload of a chunk to end (`ChunkReceivers.route`: TAKE_TURN) */
+  readonly turns = new Map<number, PeerReq[]>()
   readonly group: GroupState
 
   constructor (readonly node: SimNode, readonly spec: BlobSpec) {
@@ -47,6 +49,36 @@ export class NodeBlob {
     this.received = new Uint8Array(spec.chunks)
     this.fetching = new Uint8Array(spec.chunks)
     this.group = new GroupState(node, this)
+  }
+
+  /** The upload of chunk `ci` to a neighbour ended: the requests that waited their turn ask again. */
+  turnEnded (ci: number): void {
+    const js = this.turns.get(ci)
+    if (js === undefined) return
+    this.turns.delete(ci)
+    this.wake(ci, js)
+  }
+
+  /** chunk `ci`'s requests woken now, and how many of them are still to go on */
+  private wakeCi = -1
+  private wakeLeft = 0
+
+  /** Requests that waited here for chunk `ci` go on, in order. */
+  wake (ci: number, js: readonly PeerReq[]): void {
+    const ci0 = this.wakeCi
+    const left0 = this.wakeLeft
+    this.wakeCi = ci
+    for (let i = 0; i < js.length; i++) {
+      this.wakeLeft = js.length - i - 1
+      js[i]!.landed()
+    }
+    this.wakeCi = ci0
+    this.wakeLeft = left0
+  }
+
+  /** neighbours' requests here for chunk `ci` now: kept for a turn, or woken and still to go on, and one more */
+  crowd (ci: number): number {
+    return (this.turns.get(ci)?.length ?? 0) + (this.wakeCi === ci ? this.wakeLeft : 0) + 1
   }
 
   has (ci: number): boolean { return (this.present[ci >>> 3]! & (0x80 >>> (ci & 7))) !== 0 }

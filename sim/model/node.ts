@@ -366,7 +366,7 @@ export class SimNode implements Timed {
     const waiting = nb.waiters.get(ci)
     if (waiting !== undefined) {
       nb.waiters.delete(ci)
-      for (const r of waiting) r.landed()
+      nb.wake(ci, waiting)
     }
     if (--this.chunksLeft === 0) {
       const q = this.world.queue

@@ -11,7 +11,7 @@ import { Slot, type Timed } from './events.js'
 import type { Batch, Lane, SwarmFetch, Want } from './fetch.js'
 import type { Flow, FlowOwner } from './links.js'
 import type { SimNode } from './node.js'
-import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, REDIRECTED_WAIT_MS } from './policy.js'
+import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, TAKE_TURN, PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, REDIRECTED_WAIT_MS } from './policy.js'
 import { chunkBytes } from './world.js'
 import { chunkRequestBytes, redirectReplyBytes, replyHeaderBytes } from './wire.js'
 
@@ -52,6 +52,8 @@ export class PeerReq implements Timed, FlowOwner {
   private si = 0
   private flow: Flow | undefined
   private parkedAt = -1
+  /** parked for a turn (`NodeBlob.turns`), not for the chunk to land (`NodeBlob.waiters`) */
+  private turnWait = false
   private waitSince = 0
   private parkToken = 0
   /** the chunk whose receivers at the holder name the asker, until it is sent (-1: none) */
@@ -194,7 +196,14 @@ export class PeerReq implements Timed, FlowOwner {
       const ci = this.wants[this.si]!.ci
       if (this.receiving !== ci && nb.has(ci)) {
         const key = nb.spec.index * 2 ** 32 + ci
-        const to = this.takesRedirects ? s.receivers.redirect(key, this.asker.peerId, s.uploadsActive) : undefined
+        const to = this.takesRedirects ? s.receivers.route(key, this.asker.peerId, s.uploadsActive, nb.crowd(ci)) : undefined
+        if (to === TAKE_TURN) {
+          const list = nb.turns.get(ci)
+          if (list === undefined) nb.turns.set(ci, [this])
+          else list.push(this)
+          this.park(ci, true)
+          return
+        }
         if (to !== undefined) {
           const hint = w.byPeerId.get(to)!
           ;(this.hints ??= [])[this.si] = hint
@@ -227,13 +236,7 @@ export class PeerReq implements Timed, FlowOwner {
         const list = nb.waiters.get(ci)
         if (list === undefined) nb.waiters.set(ci, [this])
         else list.push(this)
-        this.parkedAt = ci
-        this.waitSince = w.queue.now
-        const parkMs = this.redirected ? REDIRECTED_WAIT_MS : w.cfg.parkTimeoutMs
-        if (parkMs > 0) w.queue.after(parkMs, this.timers!, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
-        // the daemon's first keep-alive, if the chunk has not landed by then (counted with the others at landing)
-        w.queue.after(FIRST_PENDING_MS, this.timers!, PENDING_FIRST | (this.parkToken << CODE_BITS))
-        if (this.flow !== undefined) w.links.pause(this.flow)
+        this.park(ci, false)
         return
       }
       s.msgs.chunk.sent++
@@ -244,7 +247,20 @@ export class PeerReq implements Timed, FlowOwner {
     this.endServe()
   }
 
-  /** The chunk this request waited for is now in the holder's cache. */
+  /** Waits at the holder for chunk `ci` to land (`turn`: for the holder's upload of it to end). */
+  private park (ci: number, turn: boolean): void {
+    const w = this.server.world
+    this.parkedAt = ci
+    this.turnWait = turn
+    this.waitSince = w.queue.now
+    const parkMs = this.redirected ? REDIRECTED_WAIT_MS : w.cfg.parkTimeoutMs
+    if (parkMs > 0) w.queue.after(parkMs, this.timers!, PARK_TIMEOUT | (++this.parkToken << CODE_BITS))
+    // the daemon's first keep-alive, if the chunk has not landed by then (counted with the others at landing)
+    w.queue.after(FIRST_PENDING_MS, this.timers!, PENDING_FIRST | (this.parkToken << CODE_BITS))
+    if (this.flow !== undefined) w.links.pause(this.flow)
+  }
+
+  /** The chunk this request waited for is now in the holder's cache (or its turn came). */
   landed (): void {
     if (!this.serving) return
     const s = this.server
@@ -260,7 +276,8 @@ export class PeerReq implements Timed, FlowOwner {
 
   pieceDone (): void {
     const s = this.server
-    if (this.receiving >= 0) s.receivers.sent(this.fetch.batch.nb.spec.index * 2 ** 32 + this.receiving, this.asker.peerId)
+    const sentCi = this.receiving
+    if (sentCi >= 0) s.receivers.sent(this.fetch.batch.nb.spec.index * 2 ** 32 + sentCi, this.asker.peerId)
     this.receiving = -1
     const w = s.world
     const size = this.wants[this.si]!.size
@@ -270,6 +287,7 @@ export class PeerReq implements Timed, FlowOwner {
     w.queue.after(w.cfg.halfRttMs, this, OK | (this.si << CODE_BITS))
     this.si++
     this.serveNext()
+    if (sentCi >= 0) s.blobs[this.fetch.batch.nb.spec.index]!.turnEnded(sentCi)
   }
 
   private endServe (): void {
@@ -277,17 +295,20 @@ export class PeerReq implements Timed, FlowOwner {
     this.serving = false
     const s = this.server
     // stopped before its chunk went out (a wait that ran out, a stream that ended): nobody's hint
-    if (this.receiving >= 0) s.receivers.notSent(this.fetch.batch.nb.spec.index * 2 ** 32 + this.receiving, this.asker.peerId)
+    const unsent = this.receiving
+    if (unsent >= 0) s.receivers.notSent(this.fetch.batch.nb.spec.index * 2 ** 32 + unsent, this.asker.peerId)
     this.receiving = -1
     s.uploadsActive--
     s.serving.delete(this)
     if (this.flow !== undefined) s.world.links.pause(this.flow)
+    const nb = s.blobs[this.fetch.batch.nb.spec.index]
     if (this.parkedAt >= 0) {
-      const list = s.blobs[this.fetch.batch.nb.spec.index]?.waiters.get(this.parkedAt)
+      const list = (this.turnWait ? nb?.turns : nb?.waiters)?.get(this.parkedAt)
       const at = list?.indexOf(this) ?? -1
       if (at >= 0) list!.splice(at, 1)
       this.parkedAt = -1
     }
+    if (unsent >= 0) nb?.turnEnded(unsent)
   }
 
   /** The holder died: its connection resets under the asker. */
