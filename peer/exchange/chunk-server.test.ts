@@ -261,6 +261,52 @@ describe('ChunkServer', () => {
     assert.equal(server.counters.turnsRunOut, 0)
   })
 
+  it('an asker kept for a turn whose request ends is nobody\'s receiver: later askers are not kept behind it', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 2))
+    // the first reads of chunks 0 and 1 wait for their gates
+    const gates = [0, 1].map(() => { let open!: () => void; const p = new Promise<void>(resolve => { open = resolve }); return { p, open } })
+    const firstRead = new Set([0, 1])
+    const servable: ServableCache = {
+      has: (id, ci) => cache.has(id, ci),
+      findByDigest: async (d, o) => await cache.findByDigest(d, o),
+      readChunk: async (id, c, o) => {
+        if (firstRead.delete(c.index)) await gates[c.index]!.p
+        return await cache.readChunk(id, c, o)
+      }
+    }
+    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const hosts = [client, ...await Promise.all([1, 2, 3, 4].map(async () => await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })))]
+    const server = new ChunkServer({ libp2p: node, cache: servable }, { chainCrowd: 0, turnWaitMs: 3_000 })
+    await server.start()
+    closers.push(async () => { await server.stop(); await node.stop(); for (const h of hosts.slice(1)) await h.stop() })
+    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
+    const askFrom = async (host: Host, c: ChunkInfo, signal?: AbortSignal): Promise<ChunkReply> => {
+      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
+      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept: AcceptFlags.REDIRECT, signal })) return r
+      throw new Error('no reply')
+    }
+    const first = askFrom(hosts[0]!, chunks[1]!)
+    await until('the first upload of chunk 1', () => server.counters.uploadsActive === 1)
+    const quit = new AbortController()
+    const keptThenGone = askFrom(hosts[1]!, chunks[1]!, quit.signal).catch(() => 'aborted')
+    await until('an asker kept for a turn', () => server.counters.turns === 1)
+    quit.abort()
+    assert.equal(await keptThenGone, 'aborted')
+    // its request ends here when a PENDING frame meets the reset stream, while its turn is still to come
+    await until('the request that left ended', () => server.counters.aborted === 1 && server.counters.uploadsActive === 1)
+    gates[1]!.open()
+    assert.equal((await first).status, ChunkStatus.OK)
+    // another upload keeps the server busy; askers of chunk 1 now, no upload of it under way: served or sent to the
+    // first receiver, none kept for a turn behind the asker that left
+    const busy = askFrom(hosts[2]!, chunks[0]!)
+    await until('the held upload of chunk 0', () => server.counters.uploadsActive === 1)
+    const statuses = [(await askFrom(hosts[3]!, chunks[1]!)).status, (await askFrom(hosts[4]!, chunks[1]!)).status]
+    for (const st of statuses) assert.ok(st === ChunkStatus.OK || st === ChunkStatus.REDIRECT, `status ${st}`)
+    assert.equal(server.counters.turns, 1, 'only the asker that left was kept')
+    gates[0]!.open()
+    assert.equal((await busy).status, ChunkStatus.OK)
+  })
+
   it('an asker whose turn does not come within turnWaitMs is answered BUSY', async () => {
     const { cache } = await seededCache(chunks.slice(0, 2))
     let open!: () => void

@@ -382,6 +382,7 @@ export class ChunkServer {
       // reads still running or replies never sent (the stream failed): their bytes leave the budget with the request,
       // and their askers are nobody's hint
       unhold(held)
+      asker.gone = true
       for (let j = delivered; j < replies.length; j++) this.uploadEnded(names[j]!.digest.toString('hex'), asker.peer, false)
     }
     return sent
@@ -444,6 +445,7 @@ export class ChunkServer {
     const claim = async (): Promise<string | undefined> => {
       const until = Date.now() + (asker.redirected ? REDIRECTED_WAIT_MS : this.turnWaitMs)
       for (;;) {
+        if (asker.gone === true) return TAKE_TURN
         const to = asker.redirects ? this.receivers.route(key, asker.peer, this.counters.uploadsActive, this.crowds.get(key) ?? 1) : undefined
         if (to === undefined) {
           this.receivers.serving(key, asker.peer)
@@ -469,7 +471,9 @@ export class ChunkServer {
       return { frame: redirectReply(r.to, addrs) }
     }
     // claimed, then not read after all (evicted, or failed its digest): nobody's hint
-    if (r.payload === undefined && receiving) this.uploadEnded(key, asker.peer, false)
+    // ... or its request ended while it waited (it will never be sent: a receiver nobody sends to would keep others
+    // waiting for a turn)
+    if (receiving && (r.payload === undefined || asker.gone === true)) this.uploadEnded(key, asker.peer, false)
     return r
   }
 
@@ -544,7 +548,13 @@ export class ChunkServer {
 type Reply = { payload: Buffer, frame?: undefined } | { payload?: undefined, frame: Uint8Array | Uint8ArrayList }
 
 /** who asks, whether its request takes redirects, and whether a redirect sent it */
-interface Asker { peer: string, redirects: boolean, redirected: boolean }
+interface Asker {
+  peer: string
+  redirects: boolean
+  redirected: boolean
+  /** its request is over (answered, or its stream failed): a reply still on its way goes to nobody */
+  gone?: boolean
+}
 
 function busyReplies (count: number): Buffer {
   const one = replyHeader(ChunkStatus.BUSY)
