@@ -185,6 +185,9 @@ describe('P2P: a scheduler and several daemons on loopback, the real distributio
     // honest holders never keep a request on PENDING past the limit
     assert.equal(reader.pendingOverstays, 0)
     assert.match(text, /rafspeer_p2p_download_pending_overstays_total 0/)
+    // two nodes are no crowd: nobody was kept for a turn
+    assert.match(text, /rafspeer_p2p_upload_turns_total 0/)
+    assert.match(text, /rafspeer_p2p_upload_turns_run_out_total 0/)
   })
 
   it('a second image sharing most chunks: a fresh node gets the shared chunks from peers, not the registry', async () => {

@@ -196,6 +196,8 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
     p2pCounter('rafspeer_p2p_upload_refused_total', 'neighbour requests answered busy (upload slots full)', p => p.upload.refused)
     p2pCounter('rafspeer_p2p_upload_not_found_total', 'chunks neighbours asked for that this node does not hold', p => p.upload.notFound)
     p2pCounter('rafspeer_p2p_upload_redirects_total', 'chunks a busy node sent askers on for, to a neighbour it is sending them to', p => p.upload.redirects)
+    p2pCounter('rafspeer_p2p_upload_turns_total', 'askers of a chunk a crowd wanted kept for a turn (the end of an upload of it)', p => p.upload.turns)
+    p2pCounter('rafspeer_p2p_upload_turns_run_out_total', 'chunks answered busy because the asker\'s turn did not come in time', p => p.upload.turnsRunOut)
     p2pGauge('rafspeer_p2p_uploads_active', 'neighbour requests being answered now', p => p.upload.uploadsActive)
     p2pCounter('rafspeer_p2p_download_bytes_total', 'verified chunk bytes received from neighbours', p => p.download.bytesFromPeers)
     p2pCounter('rafspeer_p2p_download_requests_total', 'chunk requests sent to neighbours', p => p.download.requests)
