@@ -22,7 +22,7 @@ export {
   type ConnectionGuardInit, type ConnectionGuardCounters
 } from './connection-guard.js'
 export {
-  CHUNK_PROTOCOL, PIECEMAP_PROTOCOL, SCHEDULER_PROTOCOL, type ChunkHolder, type PeerOutcome, type HolderResolver, type ChunkAnnouncer
+  CHUNK_PROTOCOL, PIECEMAP_PROTOCOL, SCHEDULER_PROTOCOL, SCHEDULER_PROTOCOL_1_0, SCHEDULER_PROTOCOLS, type ChunkHolder, type PeerOutcome, type HolderResolver, type ResolvedHolders, type ChunkAnnouncer
 } from './types.js'
 export {
   FrameReader, encodeFrame, frameHeader, sendWithBackpressure, FramingError, StreamTimeoutError, StreamClosedError, DEFAULT_HIGH_WATER_BYTES,

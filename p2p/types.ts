@@ -8,8 +8,12 @@
 export const CHUNK_PROTOCOL = '/rafspeer/chunk/1.0.0'
 /** Asking a neighbour for the piece map of an opaque blob (a registry mirror's layer). */
 export const PIECEMAP_PROTOCOL = '/rafspeer/piecemap/1.0.0'
-/** Talking to the scheduler. */
-export const SCHEDULER_PROTOCOL = '/rafspeer/scheduler/1.0.0'
+/** Talking to the scheduler (1.1: an answer with groups tells each key's swarm size too). */
+export const SCHEDULER_PROTOCOL = '/rafspeer/scheduler/1.1.0'
+/** The scheduler protocol before swarm sizes: still served, and still spoken to a scheduler that knows no other. */
+export const SCHEDULER_PROTOCOL_1_0 = '/rafspeer/scheduler/1.0.0'
+/** what a client offers and a scheduler serves, newest first */
+export const SCHEDULER_PROTOCOLS = [SCHEDULER_PROTOCOL, SCHEDULER_PROTOCOL_1_0]
 
 /** A peer that (the scheduler believes) holds a chunk, and how to reach it. */
 export interface ChunkHolder {
@@ -42,6 +46,12 @@ export interface PeerOutcome {
   bad: boolean
 }
 
+/**
+ * What {@link HolderResolver.resolve} answers: holders per hex key, and (when a `group` was asked for and the
+ * scheduler tells it) per key how many peers hold it on record — the blob's swarm, the asker included.
+ */
+export type ResolvedHolders = Map<string, ChunkHolder[]> & { swarms?: Map<string, number> }
+
 /** Who holds which chunks: the scheduler client, or any stand-in (a static list of neighbours). */
 export interface HolderResolver {
   /**
@@ -49,7 +59,7 @@ export interface HolderResolver {
    * within its own short timeout (≤ 200 ms, or `timeoutMs` for a caller that would rather wait than go to the
    * registry): on failure it resolves with what it knows (possibly nothing), never rejects and never stalls a read.
    */
-  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number, max?: number, group?: number }) => Promise<Map<string, ChunkHolder[]>>
+  resolve: (digests: Buffer[], opts?: { signal?: AbortSignal, timeoutMs?: number, max?: number, group?: number }) => Promise<ResolvedHolders>
   /** fire and forget */
   report: (outcomes: PeerOutcome[]) => void
 }

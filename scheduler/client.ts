@@ -12,7 +12,7 @@
 import type { Libp2p, Stream } from '@libp2p/interface'
 import { Backoff, delay, describeError, silentLogger, type Logger } from '../base/index.js'
 import {
-  FrameReader, SCHEDULER_PROTOCOL, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome
+  FrameReader, SCHEDULER_PROTOCOLS, type ChunkAnnouncer, type ChunkHolder, type HolderResolver, type PeerOutcome, type ResolvedHolders
 } from '../p2p/index.js'
 import type { PeerInfo, PeerLoad, SchedulerClientInit } from './types.js'
 import { bodies, FRAME_DIGESTS, Session } from './session.js'
@@ -56,7 +56,7 @@ export interface SchedulerClientComponents {
 interface PendingResolve {
   session: Session
   digests: readonly Buffer[]
-  out: Map<string, ChunkHolder[]>
+  out: ResolvedHolders
   done: () => void
 }
 
@@ -258,8 +258,8 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
    * Holders per hex digest, best first (never this peer). Resolves within `resolveTimeoutMs` with whatever
    * arrived (nothing when the scheduler is unreachable) and never rejects; an abort of `opts.signal` answers at once.
    */
-  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number, max?: number, group?: number } = {}): Promise<Map<string, ChunkHolder[]>> {
-    const out = new Map<string, ChunkHolder[]>()
+  async resolve (digests: Buffer[], opts: { signal?: AbortSignal, timeoutMs?: number, max?: number, group?: number } = {}): Promise<ResolvedHolders> {
+    const out: ResolvedHolders = new Map<string, ChunkHolder[]>()
     const asked = digests.filter((d) => d.length === DIGEST_BYTES)
     if (!this.running || asked.length === 0 || opts.signal?.aborted === true) return out
     return await new Promise((resolve) => {
@@ -318,6 +318,9 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     const holders = m.peers.map((h) => (h.peerId === this.selfId ? undefined : h))
     let j = 0
     for (let i = 0; i < m.counts.length; i++) {
+      // a 1.1 scheduler tells the swarm's size with a group
+      const swarm = m.swarms?.[i] ?? 0
+      if (swarm > 0) (p.out.swarms ??= new Map()).set(p.digests[i].toString('hex'), swarm)
       const k = m.counts[i]
       if (k === 0) continue
       const list: ChunkHolder[] = []
@@ -393,7 +396,7 @@ export class SchedulerClient implements HolderResolver, ChunkAnnouncer {
     const target = this.targets.current
     let stream: Stream
     try {
-      stream = await this.libp2p.dialProtocol(target, SCHEDULER_PROTOCOL, {
+      stream = await this.libp2p.dialProtocol(target, SCHEDULER_PROTOCOLS, {
         signal: AbortSignal.any([this.stopping.signal, AbortSignal.timeout(this.dialTimeoutMs)])
       })
     } catch (err) {

@@ -12,7 +12,9 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { promisify } from 'node:util'
-import { announceAddrs, createHost, type Host } from '../p2p/index.js'
+import { multiaddr } from '@multiformats/multiaddr'
+import { FrameReader, SCHEDULER_PROTOCOL_1_0, announceAddrs, createHost, encodeFrame, type Host } from '../p2p/index.js'
+import { MAX_FRAME_BYTES, decodeMessage, encodeMessage, packDigests } from './protocol.js'
 import { REDIS_CLI_BIN, redisClusterSkipReason, startRedisCluster, startRedisServer, type RedisCluster } from '../test/helpers/redis-cluster.js'
 import { SchedulerClient } from './client.js'
 import type { SchedulerClientInit } from './types.js'
@@ -65,6 +67,36 @@ describe('scheduler protocol over the in-memory directory', () => {
     await eventually(async () => { assert.deepEqual(await holdersOf(c.client, blob), [b.id]) })
     await b.client.stop()
     await eventually(async () => { assert.deepEqual(await holdersOf(c.client, blob), []) })
+  })
+
+  it('an answer with a group tells the blob\'s swarm size (1.1); a 1.0 session is answered as before', async () => {
+    const a = await h.client(sched)
+    const b = await h.client(sched)
+    const blob = randomBytes(32)
+    const hex = blob.toString('hex')
+    a.client.announce([blob])
+    await eventually(async () => { assert.deepEqual(await holdersOf(b.client, blob), [a.id]) })
+    // b's look-up claimed the blob: a swarm of two, counted with b's group
+    const answer = await b.client.resolve([blob], { group: 4 })
+    assert.equal(answer.swarms?.get(hex), 2)
+    assert.equal((await b.client.resolve([blob])).swarms, undefined, 'no group asked for, no count')
+    // a client that speaks only 1.0 gets the groups and no trailer after them (its decoder would refuse one)
+    const old = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    try {
+      const stream = await old.dialProtocol(multiaddr(sched.multiaddrs[0]!), SCHEDULER_PROTOCOL_1_0)
+      assert.equal(stream.protocol, SCHEDULER_PROTOCOL_1_0)
+      const frames = new FrameReader(stream, { what: 'a 1.0 session', malformed: (m) => new Error(m) })
+      stream.send(encodeFrame(encodeMessage({ type: 'resolve', id: 5, max: 4, digests: packDigests([blob]), group: 4 })))
+      const body = await frames.readFrame(MAX_FRAME_BYTES)
+      assert.ok(body !== undefined)
+      const m = decodeMessage(body)
+      assert.ok(m.type === 'resolved' && m.id === 5)
+      assert.deepEqual([...m.groups ?? []], [2])
+      assert.equal(m.swarms, undefined)
+      await stream.close()
+    } finally {
+      await old.stop()
+    }
   })
 })
 

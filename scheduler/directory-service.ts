@@ -18,7 +18,7 @@
 import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { describeError, errorCode, silentLogger, type ComponentLogger, type Logger } from '../base/index.js'
-import { FrameReader, P2P_CODE, SCHEDULER_PROTOCOL, encodeFrame, sendWithBackpressure, type ChunkHolder, type Host } from '../p2p/index.js'
+import { FrameReader, P2P_CODE, SCHEDULER_PROTOCOL_1_0, SCHEDULER_PROTOCOLS, encodeFrame, sendWithBackpressure, type ChunkHolder, type Host } from '../p2p/index.js'
 import type { GroupLookup, PeerEntry, SwarmDirectory } from './directory/index.js'
 import {
   decodeMessage, encodePeerEntry, encodeResolved, MAX_ADDRS, MAX_FRAME_BYTES, MAX_GROUP, MAX_HOLDERS_PER_ANSWER, SchedulerError
@@ -63,6 +63,8 @@ interface SessionState {
   intervalMs: number
   /** an announce, claim or withdraw of this session did not reach the directory: the peer's entries are wrong */
   lost: boolean
+  /** the client speaks 1.1 or later: an answer with groups tells each key's swarm size */
+  swarms: boolean
 }
 
 export class DirectorySchedulerService {
@@ -91,7 +93,7 @@ export class DirectorySchedulerService {
   }
 
   async start (): Promise<void> {
-    await this.libp2p.handle(SCHEDULER_PROTOCOL, (stream, connection) => { void this.serve(stream, connection) }, { maxInboundStreams: this.maxStreams })
+    await this.libp2p.handle(SCHEDULER_PROTOCOLS, (stream, connection) => { void this.serve(stream, connection) }, { maxInboundStreams: this.maxStreams })
     if (this.directory.kind === 'memory') {
       this.timer = setInterval(() => { void this.directory.expire().catch(() => {}) }, this.expireIntervalMs)
       this.timer.unref()
@@ -100,7 +102,7 @@ export class DirectorySchedulerService {
 
   async stop (): Promise<void> {
     clearInterval(this.timer)
-    await this.libp2p.unhandle(SCHEDULER_PROTOCOL).catch(() => {})
+    await this.libp2p.unhandle(SCHEDULER_PROTOCOLS).catch(() => {})
     for (const s of this.sessions) s.abort(new Error('scheduler stopping'))
     this.sessions.clear()
   }
@@ -108,7 +110,7 @@ export class DirectorySchedulerService {
   get sessionCount (): number { return this.sessions.size }
 
   private async serve (stream: Stream, connection: Connection): Promise<void> {
-    const st: SessionState = { peerId: connection.remotePeer.toString(), info: undefined, intervalMs: DEFAULT_HEARTBEAT_MS, lost: false }
+    const st: SessionState = { peerId: connection.remotePeer.toString(), info: undefined, intervalMs: DEFAULT_HEARTBEAT_MS, lost: false, swarms: stream.protocol !== SCHEDULER_PROTOCOL_1_0 }
     this.sessions.add(stream)
     try {
       const frames = new FrameReader(stream, {
@@ -139,7 +141,7 @@ export class DirectorySchedulerService {
           case 'resolve': {
             const max = m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER)
             const group = Math.min(m.group ?? 0, MAX_GROUP)
-            const body = encodeAnswer(m.id, await this.resolve(st, hexKeys(m.digests), max, group), group > 0)
+            const body = encodeAnswer(m.id, await this.resolve(st, hexKeys(m.digests), max, group), group > 0, st.swarms)
             await sendWithBackpressure(stream, encodeFrame(body), { timeoutMs: DRAIN_TIMEOUT_MS, what: `answer to ${st.peerId}` })
             break
           }
@@ -190,7 +192,7 @@ export class DirectorySchedulerService {
    * same group, and the group members agree on who fetches which chunk from the source.
    */
   private async resolve (st: SessionState, keys: string[], max: number, group: number): Promise<GroupLookup[]> {
-    const out: GroupLookup[] = keys.map(() => ({ group: [], holders: [] }))
+    const out: GroupLookup[] = keys.map(() => ({ group: [], holders: [], swarm: 0 }))
     const looked = Math.min(keys.length, this.maxKeys)
     if (group > 0) await this.claim(st, keys.slice(0, looked))
     let next = 0
@@ -254,18 +256,21 @@ function cleanInfo (info: PeerInfo): PeerInfo {
 
 /**
  * The RESOLVED body: a table of the distinct holders, then per key indexes into it, its group first; with
- * `grouped`, the trailer saying how many of each key's holders are its group.
+ * `grouped`, the trailer saying how many of each key's holders are its group, and with `swarms` too the one saying
+ * how many holders each key has.
  */
-function encodeAnswer (id: number, perKey: GroupLookup[], grouped: boolean): Buffer {
+function encodeAnswer (id: number, perKey: GroupLookup[], grouped: boolean, swarms: boolean): Buffer {
   const table = new Map<string, number>()
   const entries: Buffer[] = []
   const counts = new Uint8Array(perKey.length)
   const groups = grouped ? new Uint8Array(perKey.length) : undefined
+  const sizes = grouped && swarms ? new Uint32Array(perKey.length) : undefined
   const refs: number[] = []
   perKey.forEach((answer, i) => {
     const listed: ChunkHolder[] = [...answer.group, ...answer.holders]
     counts[i] = listed.length
     if (groups !== undefined) groups[i] = answer.group.length
+    if (sizes !== undefined) sizes[i] = answer.swarm
     for (const h of listed) {
       let at = table.get(h.peerId)
       if (at === undefined) {
@@ -276,7 +281,7 @@ function encodeAnswer (id: number, perKey: GroupLookup[], grouped: boolean): Buf
       refs.push(at)
     }
   })
-  return encodeResolved(id, entries, counts, Uint16Array.from(refs), groups)
+  return encodeResolved(id, entries, counts, Uint16Array.from(refs), groups, sizes)
 }
 
 /** A running standalone scheduler over a directory. */

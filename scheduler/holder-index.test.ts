@@ -299,6 +299,11 @@ test('a grouped resolve names every asker the same group: the key\'s first holde
   // without a group, answers are as before: ranked only, never the asker
   assert.equal(idx.resolveRaw('P9', packDigests([blob]), 4).groups, undefined)
   assert.ok(!ids(idx, 'P9', blob).includes('P9'))
+  // with one, the blob's swarm: every asker claimed it (a key nobody held, the asker just did)
+  assert.deepEqual([...idx.resolveRaw('P9', packDigests([blob, digest('nobody')]), 4, 3).swarms ?? []], [10, 1])
+  assert.equal(idx.resolveRaw('P9', packDigests([blob]), 4).swarms, undefined)
+  const m = idx.resolveMap('P9', [blob], 4, 3)
+  assert.deepEqual([...m.swarms ?? []], [[blob.toString('hex'), 10]])
 })
 
 test('asPeer resolves as the wire client does: with a group asked for, the group first and marked, then ranked holders', async () => {

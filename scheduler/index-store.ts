@@ -9,7 +9,7 @@
  * - dropping a peer (expiry, leave, reconnect reset) is O(1): its slot's generation moves on (`peer-table.ts`),
  *   which makes all its refs stale at once; stale refs are skipped by `resolve` and removed by an incremental `sweep`.
  */
-import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome } from '../p2p/index.js'
+import type { ChunkAnnouncer, ChunkHolder, HolderResolver, PeerOutcome, ResolvedHolders } from '../p2p/index.js'
 import type { HolderIndexInit, IndexStats, PeerInfo, PeerLoad, RankingWeights, ResolveAnswer } from './types.js'
 import { digestKey, MAX_GROUP, MAX_HOLDERS_PER_ANSWER, packDigests, type PackedDigests } from './protocol.js'
 import { addPending, badPenalty, baseScore, DEFAULT_WEIGHTS, isBanned, recordOutcome, scoreFor, zoneAffinity } from './ranking.js'
@@ -57,6 +57,8 @@ export interface RawAnswer {
   refs: Uint16Array
   /** with a `group` asked for: per digest, how many of its holders (listed first) are the key's group */
   groups?: Uint8Array
+  /** with a `group` asked for: per digest, how many holders it has on record (a blob's swarm) */
+  swarms?: Uint32Array
 }
 
 export interface AnnounceResult {
@@ -487,6 +489,7 @@ export class HolderIndex {
     group = Math.min(group, MAX_GROUP)
     const counts = new Uint8Array(n)
     const groups = group > 0 ? new Uint8Array(n) : undefined
+    const swarms = group > 0 ? new Uint32Array(n) : undefined
     const refs = new Uint16Array(n * Math.min(MAX_HOLDERS_PER_ANSWER, max + group))
     const peers: PeerRecord[] = []
     const firstRecs: PeerRecord[] = []
@@ -503,6 +506,7 @@ export class HolderIndex {
       }
       let k = 0
       const len = typeof v === 'number' ? 1 : v.length
+      if (swarms !== undefined) swarms[i] = len
       let g = 0
       if (groups !== undefined) {
         for (let j = 0; j < len && g < group; j++) {
@@ -550,7 +554,7 @@ export class HolderIndex {
       if (group === 0 && claimer !== undefined && !this.claim(key, claimer, claimQuota, n - i, this.maxHolders)) claimer = undefined
     }
     for (const rec of firstRecs) addPending(rec, this.firsts[rec.slot], now)
-    return { peers, counts, refs: refs.subarray(0, nrefs), ...(groups !== undefined ? { groups } : {}) }
+    return { peers, counts, refs: refs.subarray(0, nrefs), ...(groups !== undefined ? { groups, swarms } : {}) }
   }
 
   /** `rec` into this answer's table of distinct holders (once per answer, stamped) */
@@ -581,13 +585,18 @@ export class HolderIndex {
 
   /**
    * Holders by hex digest, the shape `HolderResolver.resolve` answers with; with a `group` asked for, each key's
-   * group first, marked `group: true` (as the scheduler client marks them from the wire answer).
+   * group first, marked `group: true` (as the scheduler client marks them from the wire answer), and its swarm's
+   * size in `swarms`.
    */
-  resolveMap (askerId: string | undefined, digests: readonly Buffer[], max = 4, group = 0): Map<string, ChunkHolder[]> {
+  resolveMap (askerId: string | undefined, digests: readonly Buffer[], max = 4, group = 0): ResolvedHolders {
     const raw = this.resolveRaw(askerId, packDigests(digests), max, group)
-    const out = new Map<string, ChunkHolder[]>()
+    const out: ResolvedHolders = new Map<string, ChunkHolder[]>()
+    const swarms = raw.swarms !== undefined ? new Map<string, number>() : undefined
+    if (swarms !== undefined) out.swarms = swarms
     let j = 0
     for (let i = 0; i < digests.length; i++) {
+      const swarm = raw.swarms?.[i] ?? 0
+      if (swarms !== undefined && swarm > 0) swarms.set(digests[i].toString('hex'), swarm)
       const k = raw.counts[i]
       if (k === 0) continue
       const grouped = raw.groups?.[i] ?? 0

@@ -28,7 +28,8 @@ test('every message survives encode → decode', () => {
     { type: 'heartbeat', intervalMs: 5000, load: { activeUploads: 3, recentUploadBps: 12.5e6 } },
     { type: 'leave' },
     { type: 'resolved', id: 7, peers: [{ peerId: 'A', addrs: ['/ip4/1.2.3.4/tcp/1'] }, { peerId: 'B', addrs: [] }], counts: Uint8Array.from([2, 0, 1]), refs: Uint16Array.from([1, 0, 0]) },
-    { type: 'resolved', id: 8, peers: [{ peerId: 'A', addrs: [] }, { peerId: 'B', addrs: [] }], counts: Uint8Array.from([3, 1]), refs: Uint16Array.from([0, 1, 0, 1]), groups: Uint8Array.from([2, 0]) }
+    { type: 'resolved', id: 8, peers: [{ peerId: 'A', addrs: [] }, { peerId: 'B', addrs: [] }], counts: Uint8Array.from([3, 1]), refs: Uint16Array.from([0, 1, 0, 1]), groups: Uint8Array.from([2, 0]) },
+    { type: 'resolved', id: 9, peers: [{ peerId: 'A', addrs: [] }], counts: Uint8Array.from([1, 0]), refs: Uint16Array.from([0]), groups: Uint8Array.from([1, 0]), swarms: Uint32Array.from([70_000, 0]) }
   ]
   for (const m of msgs) {
     const back = roundTrip(m)
@@ -106,6 +107,28 @@ test('an answer that would outgrow a frame drops its tail digests, never its con
   assert.deepEqual([...m.counts.subarray(0, answered)], new Array(answered).fill(1))
   assert.equal(m.peers.length, answered)
   assert.equal(m.peers[0].addrs.length, 16)
+  // with groups and swarm sizes (a trailer for every digest, answered or not)
+  const grouped = answerBody(10, idx.resolveRaw('asker', packDigests(Array.from({ length: n }, (_, p) => digest(p))), 4, 2))
+  assert.ok(grouped.length <= MAX_FRAME_BYTES)
+  const g = decodeMessage(grouped)
+  assert.ok(g.type === 'resolved' && g.groups !== undefined && g.swarms !== undefined)
+  assert.equal(g.swarms.length, n)
+  assert.deepEqual([...g.swarms.subarray(0, 3)], [1, 1, 1])
+  assert.ok(g.counts[n - 1] === 0, 'the tail dropped')
+})
+
+test('swarm sizes ride only with groups, after them: a 1.1 client reads an answer without them as before', () => {
+  const base = { type: 'resolved' as const, id: 1, peers: [{ peerId: 'A', addrs: [] }], counts: Uint8Array.from([1]), refs: Uint16Array.from([0]) }
+  const noGroups = decodeMessage(encodeMessage({ ...base, swarms: Uint32Array.from([5]) }))
+  assert.ok(noGroups.type === 'resolved' && noGroups.groups === undefined && noGroups.swarms === undefined)
+  const groupsOnly = encodeMessage({ ...base, groups: Uint8Array.from([1]) })
+  const both = encodeMessage({ ...base, groups: Uint8Array.from([1]), swarms: Uint32Array.from([5]) })
+  assert.equal(both.length, groupsOnly.length + 4)
+  const m = decodeMessage(groupsOnly)
+  assert.ok(m.type === 'resolved' && m.swarms === undefined)
+  assert.deepEqual(m.groups, Uint8Array.from([1]))
+  // a swarm trailer cut short is malformed, not misread
+  assert.throws(() => decodeMessage(both.subarray(0, both.length - 1)), isMalformed)
 })
 
 test('a group larger than the holders it names is malformed', () => {

@@ -102,8 +102,11 @@ export type SchedulerMessage =
   | { type: 'report', outcomes: PeerOutcome[] }
   | { type: 'heartbeat', intervalMs: number, load: PeerLoad }
   | { type: 'leave' }
-  /** `groups`: per digest, how many of its first holders are its group (present when the resolve asked for one) */
-  | { type: 'resolved', id: number, peers: ChunkHolder[], counts: Uint8Array, refs: Uint16Array, groups?: Uint8Array }
+  /**
+   * `groups`: per digest, how many of its first holders are its group (present when the resolve asked for one);
+   * `swarms` (only with `groups`): per digest, how many holders it has on record — a blob's swarm, the asker included
+   */
+  | { type: 'resolved', id: number, peers: ChunkHolder[], counts: Uint8Array, refs: Uint16Array, groups?: Uint8Array, swarms?: Uint32Array }
 
 class Writer {
   private buf: Buffer
@@ -250,7 +253,7 @@ export function encodeMessage (m: SchedulerMessage): Buffer {
     case 'leave':
       return new Writer(U8).u8(MsgType.Leave).finish()
     case 'resolved':
-      return encodeResolved(m.id, m.peers.map(encodePeerEntry), m.counts, m.refs, m.groups)
+      return encodeResolved(m.id, m.peers.map(encodePeerEntry), m.counts, m.refs, m.groups, m.swarms)
   }
 }
 
@@ -263,9 +266,10 @@ export function encodePeerEntry (h: ChunkHolder): Buffer {
 }
 
 /** A RESOLVED body from pre-encoded peer entries (see {@link encodePeerEntry}). */
-export function encodeResolved (id: number, peerEntries: readonly Uint8Array[], counts: Uint8Array, refs: Uint16Array, groups?: Uint8Array): Buffer {
+export function encodeResolved (id: number, peerEntries: readonly Uint8Array[], counts: Uint8Array, refs: Uint16Array, groups?: Uint8Array, swarms?: Uint32Array): Buffer {
   if (peerEntries.length > MAX_PEERS_PER_ANSWER) throw new SchedulerError('RAFSPEER_ERR_SCHED_BOUNDS', `${peerEntries.length} peers in one answer, at most ${MAX_PEERS_PER_ANSWER}`)
-  let size = U8 + U32 + U16 + U32 + counts.length * U8 + refs.length * U16 + (groups !== undefined ? counts.length : 0)
+  const withSwarms = groups !== undefined && swarms !== undefined
+  let size = U8 + U32 + U16 + U32 + counts.length * U8 + refs.length * U16 + (groups !== undefined ? counts.length : 0) + (withSwarms ? counts.length * U32 : 0)
   for (const e of peerEntries) size += e.length
   const w = new Writer(size)
   w.u8(MsgType.Resolved).u32(id >>> 0).u16(peerEntries.length)
@@ -277,6 +281,8 @@ export function encodeResolved (id: number, peerEntries: readonly Uint8Array[], 
     for (let k = 0; k < counts[i]; k++) w.u16(refs[j++])
   }
   if (groups !== undefined) for (let i = 0; i < counts.length; i++) w.u8(Math.min(groups[i], counts[i]))
+  // a second trailer, after the groups: older clients read the groups and ignore what follows
+  if (withSwarms) for (let i = 0; i < counts.length; i++) w.u32(clampInt(swarms[i] ?? 0, 0xffffffff))
   return w.finish()
 }
 
@@ -367,6 +373,11 @@ export function decodeMessage (frame: Uint8Array | Uint8ArrayList): SchedulerMes
           if (groups[i] > counts[i]) throw malformed(`a group of ${groups[i]} among ${counts[i]} holders`)
         }
         m.groups = groups
+        if (r.left > 0) {
+          const swarms = new Uint32Array(count)
+          for (let i = 0; i < count; i++) swarms[i] = r.u32('swarm size')
+          m.swarms = swarms
+        }
       }
       break
     }

@@ -7,7 +7,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import type { Connection, Libp2p, PrivateKey, Stream } from '@libp2p/interface'
 import { describeError, errorCode, silentLogger, type Logger } from '../base/index.js'
 import {
-  FrameReader, P2P_CODE, SCHEDULER_PROTOCOL, createHost, encodeFrame, loadOrCreateKey, sendWithBackpressure, type Host
+  FrameReader, P2P_CODE, SCHEDULER_PROTOCOL_1_0, SCHEDULER_PROTOCOLS, createHost, encodeFrame, loadOrCreateKey, sendWithBackpressure, type Host
 } from '../p2p/index.js'
 import type { PeerInfo, SchedulerNodeInit, SchedulerServiceInit } from './types.js'
 import { HolderIndex, type RawAnswer } from './index-store.js'
@@ -57,7 +57,7 @@ export class SchedulerService {
   }
 
   async start (): Promise<void> {
-    await this.libp2p.handle(SCHEDULER_PROTOCOL, (stream, connection) => { void this.serve(stream, connection) }, {
+    await this.libp2p.handle(SCHEDULER_PROTOCOLS, (stream, connection) => { void this.serve(stream, connection) }, {
       maxInboundStreams: this.maxStreams
     })
     this.timer = setInterval(() => { this.maintain() }, this.sweepIntervalMs)
@@ -67,7 +67,7 @@ export class SchedulerService {
   async stop (): Promise<void> {
     clearInterval(this.timer)
     this.timer = undefined
-    await this.libp2p.unhandle(SCHEDULER_PROTOCOL).catch(noop)
+    await this.libp2p.unhandle(SCHEDULER_PROTOCOLS).catch(noop)
     for (const s of this.sessions) s.abort(new Error('scheduler stopping'))
     this.sessions.clear()
   }
@@ -89,6 +89,8 @@ export class SchedulerService {
   private async serve (stream: Stream, connection: Connection): Promise<void> {
     // the connection's authenticated peer id is the only identity we trust
     const peerId = connection.remotePeer.toString()
+    // a 1.0 client rejects an answer with swarm sizes
+    const swarms = stream.protocol !== SCHEDULER_PROTOCOL_1_0
     this.sessions.add(stream)
     let busySince = performance.now()
     /** the session announced (with its addresses): from then on the index must know the peer */
@@ -119,7 +121,7 @@ export class SchedulerService {
             break
           case 'resolve': {
             const answer = this.index.resolveRaw(peerId, m.digests, m.max === 0 ? DEFAULT_MAX_HOLDERS : Math.min(m.max, MAX_HOLDERS_PER_ANSWER), m.group ?? 0)
-            await sendWithBackpressure(stream, encodeFrame(answerBody(m.id, answer)), { timeoutMs: DRAIN_TIMEOUT_MS, what: `answer to ${peerId}` })
+            await sendWithBackpressure(stream, encodeFrame(answerBody(m.id, swarms ? answer : { ...answer, swarms: undefined })), { timeoutMs: DRAIN_TIMEOUT_MS, what: `answer to ${peerId}` })
             break
           }
           case 'report': {
@@ -189,14 +191,16 @@ export function answerBody (id: number, a: RawAnswer): Buffer {
   const limit = MAX_FRAME_BYTES - 64
   let size = a.counts.length
   for (const e of entries) size += e.length
-  size += a.refs.length * 2 + (a.groups !== undefined ? a.counts.length : 0)
-  if (size <= limit) return encodeResolved(id, entries, a.counts, a.refs, a.groups)
-  size = a.counts.length
+  const perKey = (a.groups !== undefined ? 1 : 0) + (a.groups !== undefined && a.swarms !== undefined ? 4 : 0)
+  size += a.refs.length * 2 + a.counts.length * perKey
+  if (size <= limit) return encodeResolved(id, entries, a.counts, a.refs, a.groups, a.swarms)
+  // the trailers cover every key, answered or not
+  size = a.counts.length * (1 + perKey)
   let peersUsed = 0
   let refsUsed = 0
   const counts = new Uint8Array(a.counts.length)
   for (let i = 0; i < a.counts.length; i++) {
-    let grow = a.counts[i] * 2 + (a.groups !== undefined ? 1 : 0)
+    let grow = a.counts[i] * 2
     let peersAfter = peersUsed
     for (let k = 0; k < a.counts[i]; k++) {
       const ref = a.refs[refsUsed + k]
@@ -208,7 +212,7 @@ export function answerBody (id: number, a: RawAnswer): Buffer {
     refsUsed += a.counts[i]
     peersUsed = peersAfter
   }
-  return encodeResolved(id, entries.slice(0, peersUsed), counts, a.refs.subarray(0, refsUsed), a.groups)
+  return encodeResolved(id, entries.slice(0, peersUsed), counts, a.refs.subarray(0, refsUsed), a.groups, a.swarms)
 }
 
 /** A running standalone scheduler. */

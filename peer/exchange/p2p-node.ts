@@ -201,7 +201,7 @@ export class P2PNode {
         announce: digests => { index.announce(self, packed(digests), { info: info() }) },
         withdraw: digests => { index.withdraw(self, packed(digests)) },
         releaseClaims: digests => { index.withdraw(self, packed(digests)) },
-        resolve: async (digests, opts) => index.resolveMap(self, digests, opts?.max),
+        resolve: async (digests, opts) => index.resolveMap(self, digests, opts?.max, opts?.group),
         report: outcomes => { index.report(self, outcomes) }
       }
       this.client = undefined

@@ -44,10 +44,16 @@ export function groupCases ({ open, entry, blobId }: GroupCaseKit): void {
       assert.equal(found.holders.length, asker === 'stranger' ? 6 : 5)
     }
     assert.deepEqual(await groupOf(dir, b1, { asker: 'peer-5' }), peers(6), 'a group asked for larger names every holder')
+    // the swarm's size comes with a group, whoever asks and however small the group
+    for (const asker of ['peer-1', 'stranger']) assert.equal((await dir.lookupGroup(b1, { asker, group: 1, max: 2 })).swarm, 6)
+    assert.equal((await dir.lookupGroup(b1, { group: 0, max: 4 })).swarm, 0, 'no group asked for, no count')
+    await dir.withdraw('peer-5', [b1])
+    assert.equal((await dir.lookupGroup(b1, { group: 4 })).swarm, 5)
+    await dir.announce(entry('peer-5'), [b1])
     const [first] = (await dir.lookupGroup(b1, { group: 1 })).group
     assert.deepEqual(first, { peerId: 'peer-0', addrs: entry('peer-0').addrs, zone: '' })
     assert.deepEqual(await dir.lookupGroup(b1, { group: 0 }).then((f) => f.group), [])
-    assert.deepEqual(await dir.lookupGroup(b2, { group: 4 }), { group: [], holders: [] })
+    assert.deepEqual(await dir.lookupGroup(b2, { group: 4 }), { group: [], holders: [], swarm: 0 })
     // the order is the join order, not the ids' order
     await join(dir, ['peer-z', 'peer-a'], [b2])
     assert.deepEqual(await groupOf(dir, b2), ['peer-z', 'peer-a'])

@@ -116,6 +116,11 @@ export interface GroupLookup {
   group: GroupMember[]
   /** what {@link SwarmDirectory.lookup} answers (a group member may be among them too) */
   holders: BlobHolder[]
+  /**
+   * with a group asked for, how many holders the blob has on record (its swarm, the asker included, and dead
+   * holders no look-up met yet); 0 without a group, or when the count could not be read in time
+   */
+  swarm: number
 }
 
 /** A holder as a lookup answers it: how to reach it, and what it was ranked on. */

@@ -234,7 +234,7 @@ export class MemoryDirectory implements SwarmDirectory {
     const max = answerSize(opts.max)
     const size = groupSize(opts.group)
     const b = this.blobs.get(id)
-    if (b === undefined || (max === 0 && size === 0)) return { group: [], holders: [] }
+    if (b === undefined || (max === 0 && size === 0)) return { group: [], holders: [], swarm: 0 }
     const now = this.policy.now()
     const group = this.groupOf(b, size, now)
     const askerZone = opts.askerZone ?? (asker !== undefined ? this.peers.get(asker)?.zone : undefined) ?? ''
@@ -257,7 +257,8 @@ export class MemoryDirectory implements SwarmDirectory {
     for (const peerId of dead) if (this.live(peerId, now) === undefined) this.unlink(id, peerId)
     const ranked = rankHolders(candidates, askerZone, max, now, this.policy.weights, this.policy.random)
     if (ranked.length > 0) addPending(ranked[0].candidate.load, 1, now)
-    return { group, holders: ranked.map(({ holder }) => ({ ...holder, addrs: holder.addrs.slice() })) }
+    // counted after the dead ones met were dropped, as Redis counts the set after a look-up's unlinks
+    return { group, holders: ranked.map(({ holder }) => ({ ...holder, addrs: holder.addrs.slice() })), swarm: size > 0 ? b.holders.size : 0 }
   }
 
   /** The first `size` live, reachable, unbanned holders of `b` in join order; dead ones met are dropped. */

@@ -156,6 +156,8 @@ export async function redisLookup (ctx: LookupContext, q: LookupQuery): Promise<
     return { candidates, epochs }
   }
 
+  // the swarm's size beside the group (a count unread in time is 0: not known)
+  const swarm = q.group === 0 ? Promise.resolve(0) : within(cmd.scard(q.bKey), budget).then((n) => n, () => 0)
   const [group, { candidates, epochs }] = await Promise.all([readGroup(), readCandidates()])
   if (group.length === 0 && candidates.length === 0 && unread > 0) {
     throw unavailable(`lookup: none of the holders of ${q.blobId} could be read: ${describeError(readError)}`, readError)
@@ -172,5 +174,5 @@ export async function redisLookup (ctx: LookupContext, q: LookupQuery): Promise<
       ctx.background(Promise.all([cmd.pexpire(q.bKey, ctx.blobTtlMs), cmd.pexpire(q.jKey, ctx.blobTtlMs)]), 'blob ttl')
     }
   }
-  return { group, holders: ranked.map(({ holder }) => holder) }
+  return { group, holders: ranked.map(({ holder }) => holder), swarm: await swarm }
 }

@@ -212,7 +212,7 @@ export class RedisDirectory implements SwarmDirectory {
     const max = answerSize(opts.max)
     const group = groupSize(opts.group)
     return await this.run('lookup', opts, async () => {
-      if (max === 0 && group === 0) return { group: [], holders: [] }
+      if (max === 0 && group === 0) return { group: [], holders: [], swarm: 0 }
       return await redisLookup(this.lookups, { blobId: id, bKey: this.key('b', id), jKey: this.key('j', id), asker, askerZone: opts.askerZone, max, group })
     })
   }

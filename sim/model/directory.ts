@@ -98,10 +98,10 @@ export class Directory implements Timed {
   /**
    * Who works on the blob (`packedKey`: the blob id's 32 bytes), at most `max`; the look-up records the asker as
    * one of them (a claim). With `group`, the answer starts with the blob's group (the asker included if it is one),
-   * as the daemon's locator asks. `answer` gets the ranked holders' peer ids (best first, never the asker) and the group,
-   * a round trip later.
+   * as the daemon's locator asks. `answer` gets the ranked holders' peer ids (best first, never the asker), the group
+   * and the blob's swarm size (with a group; else 0), a round trip later.
    */
-  resolve (p: DirectoryPeer, packedKey: Buffer, max: number, answer: (holders: string[], group: string[] | undefined) => void, group = 0): void {
+  resolve (p: DirectoryPeer, packedKey: Buffer, max: number, answer: (holders: string[], group: string[] | undefined, swarm: number) => void, group = 0): void {
     this.send(p, schedulerFrameBytes({ type: 'resolve', id: 0, max, digests: packedKey, group }), () => {
       this.resolves++
       const raw = this.index.resolveRaw(p.peerId, packedKey, max, group)
@@ -113,13 +113,14 @@ export class Directory implements Timed {
         if (j < g) named!.push(id)
         else holders.push(id)
       }
-      const bytes = schedulerFrameBytes({ type: 'resolved', id: 0, peers: raw.peers.map(r => r.holder), counts: raw.counts, refs: raw.refs, ...(raw.groups !== undefined ? { groups: raw.groups } : {}) })
+      const swarm = raw.swarms?.[0] ?? 0
+      const bytes = schedulerFrameBytes({ type: 'resolved', id: 0, peers: raw.peers.map(r => r.holder), counts: raw.counts, refs: raw.refs, ...(raw.groups !== undefined ? { groups: raw.groups, swarms: raw.swarms } : {}) })
       this.bytesOut += bytes
       this.queue.after(this.halfRttMs, {
         fire: () => {
           if (!p.alive()) return
           p.counted(0, 1, 0, bytes)
-          answer(holders, named)
+          answer(holders, named, swarm)
         }
       })
     })

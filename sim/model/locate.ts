@@ -24,6 +24,8 @@ export class GroupState implements Timed {
   holders: SimNode[] = []
   /** the blob's group as the scheduler named it (undefined: it named none) */
   named: string[] | undefined
+  /** the blob's swarm as the scheduler last counted it (0: not told) */
+  swarm = 0
   /** when the named group last changed (or was first looked up): a group short of its size fills meanwhile */
   changedAt = 0
   private at = 0
@@ -68,13 +70,14 @@ export class GroupState implements Timed {
     this.phase = LOOKING
     this.inc = this.node.incarnation
     const w = this.node.world
-    w.directory.resolve(this.node.dir, this.nb.spec.key, w.cfg.holdersPerLookup, (ids, named) => { this.resolved(ids, named) }, w.cfg.groupSize)
+    w.directory.resolve(this.node.dir, this.nb.spec.key, w.cfg.holdersPerLookup, (ids, named, swarm) => { this.resolved(ids, named, swarm) }, w.cfg.groupSize)
   }
 
-  private resolved (ids: string[], named: string[] | undefined): void {
+  private resolved (ids: string[], named: string[] | undefined, swarm: number): void {
     const node = this.node
     if (node.incarnation !== this.inc || !node.alive) return
     const w = node.world
+    if (swarm > 0) this.swarm = swarm
     if (this.firstLookUp || (this.named ?? []).join() !== (named ?? []).join()) this.changedAt = w.queue.now
     this.named = named
     this.holders = []
