@@ -173,6 +173,10 @@ describe('schedulers over Redis: a master and a scheduler killed under reading d
     const got = await bytesOf(b)
     t.diagnostic(`B after the failover: ${JSON.stringify(got)}`)
     assert.ok(got.peer > 0, `B found A through the directory after the failover: ${JSON.stringify(got)}\n${b.d.log().slice(-3000)}`)
+    // the schedulers count the blob's swarm on Redis (SCARD) and tell it with the group: A and B at least
+    const swarm = (await b.d.client.metricsJson()).p2p?.largestSwarm ?? 0
+    assert.ok(swarm >= 2, `B was told a swarm of ${swarm}`)
+    assert.match(await b.d.client.prometheus(), /rafspeer_swarm_largest_peers [2-9]/)
   })
 
   it('the scheduler a daemon uses SIGKILLed mid-read: reads go on, it moves to the other, which finds it; restarted, the first serves again', async (t) => {

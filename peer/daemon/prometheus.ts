@@ -215,6 +215,7 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
       'chunks the swarm sent to the registry, by why: the node is their assignee in the scheduler\'s group (assignee) or, the scheduler having named none, among the peers it knows (noGroup), the one after an assignee reading behind them (ahead), or nobody said it fetched them within the grace (grace)',
       ['reason'], () => Object.entries(p2pStats().registryChunks ?? {}).map(([reason, value]) => ({ labels: { reason }, value, epoch: '' })))
     p2pCounter('rafspeer_swarm_assignee_asks_total', 'chunks nobody this node follows had that it asked their assignee in the blob\'s group for before the registry', p => p.assigneeAsks ?? 0)
+    p2pGauge('rafspeer_swarm_largest_peers', 'peers in the largest swarm this node works in (a blob\'s holders), as the scheduler last counted them', p => p.largestSwarm ?? 0)
     p2pGauge('rafspeer_p2p_claims', 'chunks this node claimed at the scheduler and is still fetching', p => p.claims)
     p2pGauge('rafspeer_scheduler_connected', '1 while the scheduler session is up (or the scheduler is embedded)', p => p.scheduler.connected ? 1 : 0)
   }

@@ -250,3 +250,35 @@ test('a refresh of the group waits for a new holder\'s session only the bitfield
   assert.ok(waited >= 90 && waited < 1_000, `the refresh waited ${waited} ms for a dial that had not ended`)
   dialed()
 })
+
+test('the swarm\'s size as the scheduler last told it, per blob; a scheduler that tells none leaves it unknown', async () => {
+  const table = new HaveTable()
+  const bits = newBits(CHUNKS)
+  setBit(bits, 0)
+  table.apply('b', { type: 'bitfield', blob, chunks: CHUNKS, bits, pending: [] })
+  let swarms: Map<string, number> | undefined = new Map([[hex, 5_000]])
+  const directory: HolderResolver = {
+    resolve: async () => Object.assign(new Map([[hex, group.map((peerId): ChunkHolder => ({ peerId, addrs: [], group: true }))]]), swarms === undefined ? {} : { swarms }),
+    report: () => {}
+  }
+  const have = { table, interest: async () => {}, onUpdate: () => () => {}, followers: () => [], flushBlob: () => {} }
+  let now = 0
+  const loc = new BlobLocator({ directory, have, self: 'a' }, { graceMs: 10_000, bitfieldWaitMs: 0, refreshMs: 1_000, now: () => now })
+  assert.equal(loc.swarmSize(hex), 0, 'not told yet')
+  assert.equal(loc.largestSwarm, 0)
+  // a chunk b has: located at once, the blob looked up on the way
+  const c0 = { index: 0, digest: randomBytes(32) } as unknown as ChunkInfo
+  await loc.locate(info, [c0], { signal: AbortSignal.timeout(5_000) })
+  assert.equal(loc.swarmSize(hex), 5_000)
+  assert.equal(loc.swarmSize('ff'.repeat(32)), 0, 'another blob')
+  assert.equal(loc.largestSwarm, 5_000)
+  // the next look-up's count replaces it; one without a count (a 1.0 scheduler) keeps the last known
+  swarms = new Map([[hex, 4_200]])
+  now += 2_000
+  await loc.locate(info, [c0], { signal: AbortSignal.timeout(5_000) })
+  assert.equal(loc.swarmSize(hex), 4_200)
+  swarms = undefined
+  now += 2_000
+  await loc.locate(info, [c0], { signal: AbortSignal.timeout(5_000) })
+  assert.equal(loc.swarmSize(hex), 4_200)
+})

@@ -103,6 +103,8 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
   private readonly lookupTimeoutMs: number
   private readonly now: () => number
   private readonly groups = new Map<string, Promise<BlobGroup>>()
+  /** blob → its swarm's size as the scheduler last counted it */
+  private readonly swarms = new Map<string, number>()
   /** `${blob}/${ci}` → when this node first wanted it */
   private readonly wanted = new Map<string, number>()
   /** `${blob}/${ci}` → when this node asked the chunk's assignee for it (once per want: then the registry) */
@@ -297,6 +299,19 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
     }
   }
 
+  /**
+   * The blob's swarm as the scheduler last counted it (its holders on record, this node included; a scheduler
+   * before protocol 1.1 does not tell): 0 when not known.
+   */
+  swarmSize (blobHex: string): number { return this.swarms.get(blobHex) ?? 0 }
+
+  /** the largest swarm this node works in, as the scheduler last counted it (0: none known) */
+  get largestSwarm (): number {
+    let max = 0
+    for (const n of this.swarms.values()) max = Math.max(max, n)
+    return max
+  }
+
   /** whether every one of `holders` sent its state of the blob */
   private heardFrom (blobHex: string, holders: ReadonlyMap<string, unknown>): boolean {
     const heard = new Set(this.have.table.neighbours(blobHex).map(n => n.peerId))
@@ -313,6 +328,8 @@ export class BlobLocator implements ChunkLocator, PrefetchAdvisor {
       // the blob's group first (the same for every asker), then the best other holders
       const answer = await this.directory.resolve([Buffer.from(blobHex, 'hex')], { signal, max: this.lookupHolders, group: this.groupSize, ...(blind ? { timeoutMs: this.lookupTimeoutMs } : {}) })
       const all = answer.get(blobHex) ?? []
+      const swarm = answer.swarms?.get(blobHex)
+      if (swarm !== undefined) this.swarms.set(blobHex, swarm)
       for (const h of all) {
         if (h.group !== true) continue
         ;(group ??= []).push(h.peerId)

@@ -111,6 +111,8 @@ export interface P2PStats {
   registryChunks?: Record<SourceReason, number>
   /** chunks nobody it followed had that this node, outside their blob's group, asked their assignee for before the registry */
   assigneeAsks?: number
+  /** the largest swarm this node works in, as the scheduler last counted it (blob-level directory, scheduler 1.1; 0: not known) */
+  largestSwarm?: number
   /** libp2p connections open now, and what the host's guard closed or refused to keep room */
   connections: { open: number } & ConnectionGuardCounters
   /** chunks this node claimed at the scheduler and is still fetching */
@@ -361,7 +363,7 @@ export class P2PNode {
       upload: { ...this.server.counters },
       download: { ...this.source.counters, streams: { ...this.source.streams.counters } },
       ...(this.have !== undefined ? { have: { ...this.have.counters } } : {}),
-      ...(this.locator !== undefined ? { registryChunks: { ...this.locator.sourced }, assigneeAsks: this.locator.assigneeAsks } : {}),
+      ...(this.locator !== undefined ? { registryChunks: { ...this.locator.sourced }, assigneeAsks: this.locator.assigneeAsks, largestSwarm: this.locator.largestSwarm } : {}),
       connections: { open: this.host.getConnections().length, ...this.host.services.guard.counters },
       claims: this.claims.size
     }
