@@ -26,6 +26,8 @@ export const DEFAULT_TIMEOUT_MS = 10_000
 export const DEFAULT_RETRIES = 2
 export const DEFAULT_RETRY_BASE_MS = 100
 export const MAX_RETRY_DELAY_MS = 2_000
+/** how early a timer may fire against `performance.now()` (libuv schedules from the loop's cached time) */
+const TIMER_SLACK_MS = 15
 /**
  * How long a read waits for a chunk on a source before the next one is asked too: two thirds of the read's deadline
  * (20 s of 30 s), a third kept for the registry. A swarm serves a read well within it (8 real nodes reading 64 MiB
@@ -463,6 +465,8 @@ export class Flights {
    */
   private watchReads (byCi: ReadonlyMap<number, Flight>, since: number, handedOff: Set<number>, spreadingNow: (c: ChunkInfo) => boolean,
     handOff: (due: ChunkInfo[]) => void): () => NodeJS.Timeout {
+    // per chunk, when the quarter more it was given ends: looked at once, whenever the timer fires
+    const extendedUntil = new Map<number, number>()
     const check = (): void => {
       const now = performance.now()
       const due: ChunkInfo[] = []
@@ -470,13 +474,17 @@ export class Flights {
       for (const f of byCi.values()) {
         if (f.settled || f.readSince === undefined || handedOff.has(f.chunk.index)) continue
         const at = Math.max(f.readSince, since) + this.readHandOffMs
+        const until = extendedUntil.get(f.chunk.index)
         if (at > now) next = Math.min(next, at)
         // still spreading through the swarm: a quarter more, then handed off all the same (a chunk a thousand nodes
         // want at once spreads slowly at first; handed off as soon as due, 5,172 of them stampeded the registry in
         // the model, 171 copies; at a quarter more, 117 and 2.8 copies; never, a prefetch flood's read passed its
-        // deadline)
-        // (a timer may fire a millisecond early)
-        else if (now < at + this.readHandOffMs / 4 - 1 && spreadingNow(f.chunk)) next = Math.min(next, at + this.readHandOffMs / 4)
+        // deadline). A timer may fire a few milliseconds early (libuv counts from the loop's cached clock): the
+        // quarter is given once, and its end is due within that slack
+        else if (until === undefined && now < at + this.readHandOffMs / 4 - TIMER_SLACK_MS && spreadingNow(f.chunk)) {
+          extendedUntil.set(f.chunk.index, at + this.readHandOffMs / 4)
+          next = Math.min(next, at + this.readHandOffMs / 4)
+        } else if (until !== undefined && now < until - TIMER_SLACK_MS) next = Math.min(next, until)
         else due.push(f.chunk)
       }
       timer = setTimeout(check, Math.max(1, next - now))
