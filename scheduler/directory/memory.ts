@@ -257,7 +257,8 @@ export class MemoryDirectory implements SwarmDirectory {
     for (const peerId of dead) if (this.live(peerId, now) === undefined) this.unlink(id, peerId)
     const ranked = rankHolders(candidates, askerZone, max, now, this.policy.weights, this.policy.random)
     if (ranked.length > 0) addPending(ranked[0].candidate.load, 1, now)
-    // counted after the dead ones met were dropped, as Redis counts the set after a look-up's unlinks
+    // the records left once the dead ones this look-up met were dropped (Redis counts beside its reads: those may
+    // still be in it, as the interface allows)
     return { group, holders: ranked.map(({ holder }) => ({ ...holder, addrs: holder.addrs.slice() })), swarm: size > 0 ? b.holders.size : 0 }
   }
 
