@@ -179,6 +179,31 @@ static napi_value js_umount (napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * withSignalsBlocked(fn): calls fn() with every signal blocked on this thread and returns what it returns (an
+ * exception passes through); the mask is restored after. A thread a native call starts meanwhile inherits the full
+ * mask, so no signal handler ever runs on it. What fuse-native's threads need: libfuse 2 cancels its workers when
+ * the session ends, and a worker cancelled inside libuv's SIGCHLD handler takes the handler's lock with it, which
+ * hangs the event loop the next time it touches signals (libuv#112).
+ */
+static napi_value js_with_signals_blocked (napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], global, result = NULL;
+  napi_valuetype type = napi_undefined;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_typeof(env, argv[0], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "withSignalsBlocked(fn): fn must be a function");
+    return NULL;
+  }
+  NAPI_OK(napi_get_global(env, &global));
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  napi_status st = napi_call_function(env, global, argv[0], 0, NULL, &result);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return st == napi_ok ? result : NULL;
+}
+
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* the blob file system                                                                                             */
 
@@ -1400,6 +1425,8 @@ NAPI_MODULE_INIT () {
   napi_set_named_property(env, exports, "mount", fn);
   napi_create_function(env, "umount", NAPI_AUTO_LENGTH, js_umount, NULL, &fn);
   napi_set_named_property(env, exports, "umount", fn);
+  napi_create_function(env, "withSignalsBlocked", NAPI_AUTO_LENGTH, js_with_signals_blocked, NULL, &fn);
+  napi_set_named_property(env, exports, "withSignalsBlocked", fn);
   set_const(env, exports, "MS_RDONLY", MS_RDONLY);
   set_const(env, exports, "MS_NOSUID", MS_NOSUID);
   set_const(env, exports, "MS_NODEV", MS_NODEV);

@@ -3,8 +3,15 @@
  * served by `rafsFuseOps` on this process's event loop, so a read waiting for the network never holds up the
  * others. The mount is read-only with long kernel caches (the image is immutable) and, by default, without OPEN
  * requests (FUSE "no_open"), so opening a file costs no round trip. The -o string is ours, not fuse-native's, and
- * so is unmounting: `fusermount -uz` without a shell, a mount someone else already removed counts as unmounted,
- * and the dead mount of a killed daemon is cleared before mounting over it.
+ * so is unmounting: a lazy umount2(2) through the native addon (`fusermount -uz` without a shell when it is not
+ * built), a mount someone else already removed counts as unmounted, and the dead mount of a killed daemon is
+ * cleared before mounting over it.
+ *
+ * fuse-native's threads run with every signal blocked (the native addon's `withSignalsBlocked` around the call
+ * that starts them): libfuse 2 blocks only SIGTERM/INT/HUP/QUIT in its workers and pthread_cancels them when the
+ * session ends, so a SIGCHLD landing on a worker as the session ended used to kill it inside libuv's signal handler
+ * with libuv's signal lock held, and the daemon's event loop hung for good at its next spawn or signal (seen in
+ * CI: an unmount that never returned, SIGTERM ignored).
  *
  * Everything that touches the mount from this process must be asynchronous (fs.promises, child processes): a
  * synchronous call, or spawning a child with its cwd inside the mount, blocks the loop that would answer it.
@@ -25,6 +32,7 @@ import { promisify } from 'node:util'
 import type Fuse from 'fuse-native'
 import { RafspeerError, type ComponentLogger, type Logger } from '../../base/index.js'
 import { Errno, rafsFuseOps, type RafsFuseOps } from './fuse-fs.js'
+import { loadNative } from './native.js'
 import type { FuseBackend, FuseMountHandle, FuseMountOptions, ImageFiles } from './types.js'
 
 const run = promisify(execFile)
@@ -110,11 +118,14 @@ const stderrOf = (err: unknown): string => ((err as { stderr?: string }).stderr 
 async function detach (path: string): Promise<void> {
   if (!await isFuseMountedAt(path)) return
   let why: string
+  const native = loadNative()
   try {
-    await run('fusermount', ['-uz', path])
+    // no child process when the addon can do it: nothing to reap while the session ends
+    if (native !== undefined) native.umount(path, native.MNT_DETACH)
+    else await run('fusermount', ['-uz', path])
     return
   } catch (err) {
-    why = stderrOf(err)
+    why = native !== undefined ? (err as Error).message : stderrOf(err)
   }
   if (!await isFuseMountedAt(path)) return
   await run('umount', ['-l', path]).catch(() => {})
@@ -122,7 +133,10 @@ async function detach (path: string): Promise<void> {
 }
 
 interface FuseBinding {
+  fuse_native_mount: (...args: unknown[]) => void
   fuse_native_unmount: (mnt: string, thread: Buffer | null) => void
+  /** set once `fuse_native_mount` is wrapped */
+  rafspeerSignalsBlocked?: boolean
 }
 
 /** fuse-native's own native module (the loaded instance, from the require cache). */
@@ -190,7 +204,26 @@ const rafsFuseClass = (Base: typeof Fuse) => class RafsFuse extends Base {
 }
 type RafsFuse = InstanceType<ReturnType<typeof rafsFuseClass>>
 let rafsFuse: Promise<ReturnType<typeof rafsFuseClass>> | undefined
-const loadRafsFuse = async (): Promise<ReturnType<typeof rafsFuseClass>> => await (rafsFuse ??= import('fuse-native').then(m => rafsFuseClass(m.default)))
+const loadRafsFuse = async (): Promise<ReturnType<typeof rafsFuseClass>> => await (rafsFuse ??= import('fuse-native').then(m => {
+  blockSignalsOnFuseThreads()
+  return rafsFuseClass(m.default)
+}))
+
+/**
+ * Wraps fuse-native's mount call (once) so that the FUSE thread it starts, and every libfuse worker that thread
+ * starts, inherit a mask blocking every signal (see the file comment). Without the native addon nothing is
+ * wrapped: the unmount then spawns `fusermount`, and the rare race stays.
+ */
+export function blockSignalsOnFuseThreads (): boolean {
+  const native = loadNative()
+  if (native === undefined) return false
+  const binding = fuseBinding()
+  if (binding.rafspeerSignalsBlocked === true) return true
+  const mount = binding.fuse_native_mount
+  binding.fuse_native_mount = (...args: unknown[]) => { native.withSignalsBlocked(() => { mount(...args) }) }
+  binding.rafspeerSignalsBlocked = true
+  return true
+}
 
 export class FuseNativeBackend implements FuseBackend {
   readonly name = 'fuse-native'

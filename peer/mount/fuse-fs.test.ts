@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { once } from 'node:events'
 import {
-  chmod, lchown, link, mkdir, mkdtemp, open, readFile, readdir, rm, rmdir, stat, statfs, symlink, truncate, unlink, writeFile
+  chmod, lchown, link, mkdir, mkdtemp, open, readFile, readdir, readlink, rm, rmdir, stat, statfs, symlink, truncate, unlink, writeFile
 } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -25,6 +25,7 @@ import { diffTrees, snapshotTree, type TreeEntry } from '../../test/helpers/tree
 import { captureLogs } from '../../test/helpers/logs.js'
 import { FetchAbortedError, ReadTimeoutError } from '../fetch/index.js'
 import { FuseNativeBackend, fuseOptionList } from './fuse-backend.js'
+import { loadNative } from './native.js'
 import { Errno, encodeRdev, inoOf, rafsFuseOps, type RafsFuseOps } from './fuse-fs.js'
 import type { FuseMountHandle, ImageFiles } from './types.js'
 
@@ -406,6 +407,25 @@ describe('FUSE mount of a built image', { skip }, () => {
     assert.equal([...actual.keys()].filter(k => k.startsWith('/many/')).length, 1500)
     assert.equal(actual.get('/big-minor')?.rdev, expected.get('/big-minor')?.rdev)
     assert.deepEqual(actual.get('/sub')?.xattrs, { 'trusted.overlay.opaque': '79', 'user.long': '41'.repeat(1000) })
+  })
+
+  it('fuse-native\'s threads block every signal: libfuse cancels its workers at unmount, never inside a handler', { skip: loadNative() === undefined && 'no native addon' }, async () => {
+    // libfuse's workers wait for requests in read(2) on /dev/fuse
+    const fuseFds = new Set<string>()
+    for (const fd of await readdir('/proc/self/fd')) {
+      if (await readlink(`/proc/self/fd/${fd}`).catch(() => '') === '/dev/fuse') fuseFds.add(`0x${Number(fd).toString(16)}`)
+    }
+    const classic = ((1n << 31n) - 1n) & ~(1n << 8n) & ~(1n << 18n) // 1..31 but SIGKILL and SIGSTOP
+    let workers = 0
+    for (const tid of await readdir('/proc/self/task')) {
+      const [nr, fd] = (await readFile(`/proc/self/task/${tid}/syscall`, 'utf8').catch(() => '')).split(' ')
+      if (nr !== '0' || !fuseFds.has(fd!)) continue
+      workers++
+      const status = await readFile(`/proc/self/task/${tid}/status`, 'utf8')
+      const blocked = BigInt('0x' + /SigBlk:\s*([0-9a-f]+)/.exec(status)![1]!)
+      assert.equal((blocked & classic).toString(16), classic.toString(16), `thread ${tid} reading /dev/fuse`)
+    }
+    assert.ok(workers >= 1, 'a libfuse worker waits on /dev/fuse')
   })
 
   it('st_ino is the nid, shared by hard links', async () => {

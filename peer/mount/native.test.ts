@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, openSync, readSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs'
 import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
@@ -176,6 +176,19 @@ describe('native addon', { skip }, () => {
     }
     assert.deepEqual(mountedUnder(dir), [])
     assert.deepEqual([addon.MS_RDONLY, addon.MS_NOSUID, addon.MS_NODEV, addon.MNT_FORCE, addon.MNT_DETACH], [1, 2, 4, 1, 2])
+  })
+
+  it('withSignalsBlocked calls fn with every signal blocked on this thread, then restores the mask', () => {
+    const sigBlk = (): bigint => BigInt('0x' + /SigBlk:\s*([0-9a-f]+)/.exec(readFileSync('/proc/thread-self/status', 'utf8'))![1]!)
+    const before = sigBlk()
+    const inside = addon.withSignalsBlocked(() => sigBlk())
+    // signals 1..31 but SIGKILL (9) and SIGSTOP (19), which no mask holds
+    const classic = ((1n << 31n) - 1n) & ~(1n << 8n) & ~(1n << 18n)
+    assert.equal(inside & classic, classic)
+    assert.equal(sigBlk(), before)
+    assert.throws(() => addon.withSignalsBlocked(() => { throw new RangeError('from fn') }), { name: 'RangeError', message: 'from fn' })
+    assert.equal(sigBlk(), before, 'restored after an exception too')
+    assert.throws(() => (addon.withSignalsBlocked as (fn: unknown) => unknown)(42), { name: 'TypeError' })
   })
 
   it('BlobServer rejects bad options and arguments', async () => {

@@ -47,6 +47,12 @@ export interface NativeAddon {
   mount: (source: string, target: string, fstype: string, flags: number, data: string) => void
   /** umount2(2), synchronously; `flags` takes `MNT_FORCE` and `MNT_DETACH`. Throws like `mount`. */
   umount: (target: string, flags: number) => void
+  /**
+   * Calls `fn` with every signal blocked on the calling thread and returns its result (its exception passes
+   * through); the mask is restored after. Threads a native call starts inside `fn` inherit the full mask, so
+   * signal handlers never run on them (see `FuseNativeBackend`: fuse-native's threads).
+   */
+  withSignalsBlocked: <T>(fn: () => T) => T
   MS_RDONLY: number
   MS_NOSUID: number
   MS_NODEV: number
