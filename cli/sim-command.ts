@@ -33,6 +33,7 @@ interface SimFlags {
   heartbeatMs?: number
   busyRetries?: number
   maxUploads?: number
+  urgentUploads?: number
   holdersPerLookup?: number
   nodesDetail?: 'all' | 'none'
   chart?: string
@@ -77,7 +78,7 @@ const share = (v: string): number => {
 
 /** flags that only one of the two modes reads */
 const REAL_ONLY = ['mode', 'directory', 'workDir', 'keep'] as const
-const MODEL_ONLY = ['registryBandwidth', 'caps', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'holdersPerLookup', 'nodesDetail', 'chart'] as const
+const MODEL_ONLY = ['registryBandwidth', 'caps', 'rttMs', 'failRate', 'rejoinAfterMs', 'seed', 'blobs', 'heartbeatMs', 'busyRetries', 'maxUploads', 'urgentUploads', 'holdersPerLookup', 'nodesDetail', 'chart'] as const
 const flagName = (k: string): string => `--${k.replace(/[A-Z]/g, c => `-${c.toLowerCase()}`)}`
 
 export function registerSimCommand (program: Command): void {
@@ -108,6 +109,7 @@ export function registerSimCommand (program: Command): void {
     .option('--heartbeat-ms <ms>', 'model: each node\'s heartbeat to the scheduler (default 1000)', whole(50, 3_600_000))
     .option('--busy-retries <n>', 'model: times a BUSY holder nobody can stand in for is asked again before the registry (default 0, the daemon\'s)', whole(0, 100))
     .option('--max-uploads <n>', 'model: requests each chunk server answers at once (default 16, the daemon\'s)', whole(1, 65535))
+    .option('--urgent-uploads <n>', 'model: requests a read waits for answered past --max-uploads (default a quarter of it, the daemon\'s; 0: none)', whole(0, 65535))
     .option('--holders-per-lookup <n>', 'model: holders one scheduler look-up of a blob returns (default 4, what the scheduler client asks)', whole(1, 16))
     .addOption(new Option('--nodes-detail <detail>', 'model: per-node entries in the report (default all up to 1000 nodes, else none)').choices(['all', 'none']))
     .option('--chart <file>', 'model: write an SVG chart (completion CDF, registry egress over time)')
@@ -144,6 +146,7 @@ async function runModelMode (f: SimFlags): Promise<void> {
     ...(f.heartbeatMs !== undefined ? { heartbeatMs: f.heartbeatMs } : {}),
     ...(f.busyRetries !== undefined ? { busyRetries: f.busyRetries } : {}),
     ...(f.maxUploads !== undefined ? { maxUploads: f.maxUploads } : {}),
+    ...(f.urgentUploads !== undefined ? { urgentUploads: f.urgentUploads } : {}),
     ...(f.holdersPerLookup !== undefined ? { holdersPerLookup: f.holdersPerLookup } : {}),
     ...(f.nodesDetail !== undefined ? { nodesDetail: f.nodesDetail } : {}),
     ...(f.prefetch !== undefined ? { prefetch: f.prefetch } : {}),

@@ -90,7 +90,7 @@ export interface NodeReport {
    * what its chunk server answered neighbours besides chunks: BUSY with every upload slot taken, BUSY after a wait
    * for its own fetch of the chunk, REDIRECT to a peer it was sending the chunk to
    */
-  served: { refused: number, busyWhileFetching: number, redirects: number }
+  served: { refused: number, urgentUploads: number, busyWhileFetching: number, redirects: number }
   /** blob-level directory: chunks its locator sent to the registry, by why (`SourceReason`), when it finished reading */
   registryChunks?: Record<SourceReason, number>
   /** blob-level directory: chunks nobody it followed had that it asked their assignee for, before the registry */
@@ -391,6 +391,7 @@ export async function runSwarm (init: SwarmInit): Promise<SwarmReport> {
         },
         served: {
           refused: m.p2p?.upload.refused ?? 0,
+          urgentUploads: m.p2p?.upload.urgentUploads ?? 0,
           busyWhileFetching: m.p2p?.upload.busyWhileFetching ?? 0,
           redirects: m.p2p?.upload.redirects ?? 0
         },

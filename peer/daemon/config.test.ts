@@ -131,13 +131,15 @@ describe('daemon config', () => {
   })
 
   it('takes the connection limits and the per-neighbour upload share; refuses out-of-range ones at once', () => {
-    const c = parseDaemonConfig({ p2p: { maxConnections: 64, maxConnectionsPerIp: 4, idleConnectionMs: 0, maxUploadsPerPeer: 2 } })
+    const c = parseDaemonConfig({ p2p: { maxConnections: 64, maxConnectionsPerIp: 4, idleConnectionMs: 0, maxUploadsPerPeer: 2, maxUrgentUploads: 0 } })
+    assert.equal(c.p2p.maxUrgentUploads, 0)
+    assert.equal(parseDaemonConfig({}).p2p.maxUrgentUploads, undefined, 'absent: the chunk server takes a quarter of maxConcurrentUploads')
     assert.equal(c.p2p.maxConnections, 64)
     assert.equal(c.p2p.maxConnectionsPerIp, 4)
     assert.equal(c.p2p.idleConnectionMs, 0)
     assert.equal(c.p2p.maxUploadsPerPeer, 2)
-    assert.throws(() => parseDaemonConfig({ p2p: { maxConnections: 2, maxConnectionsPerIp: 0, idleConnectionMs: -1, maxUploadsPerPeer: 1.5 } }), (err: ConfigError) => {
-      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['p2p.idleConnectionMs', 'p2p.maxConnections', 'p2p.maxConnectionsPerIp', 'p2p.maxUploadsPerPeer'])
+    assert.throws(() => parseDaemonConfig({ p2p: { maxConnections: 2, maxConnectionsPerIp: 0, idleConnectionMs: -1, maxUploadsPerPeer: 1.5, maxUrgentUploads: -1 } }), (err: ConfigError) => {
+      assert.deepEqual(err.problems.map(p => p.split(':')[0]).sort(), ['p2p.idleConnectionMs', 'p2p.maxConnections', 'p2p.maxConnectionsPerIp', 'p2p.maxUploadsPerPeer', 'p2p.maxUrgentUploads'])
       return true
     })
   })

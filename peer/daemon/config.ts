@@ -130,6 +130,11 @@ export const daemonConfigSchema = z.strictObject({
     keyFile: absPath.optional(),
     /** chunk requests served at once; more are answered busy (16) */
     maxConcurrentUploads: int(0, 4096).default(16),
+    /**
+     * chunk requests a neighbour's read waits for, answered past maxConcurrentUploads while uploads no read waits for
+     * (prefetch) hold every slot (a quarter of maxConcurrentUploads)
+     */
+    maxUrgentUploads: int(0, 4096).optional(),
     /** upload bytes per second to neighbours; 0 = unlimited (default) */
     uploadBytesPerSecond: byteSize.default(0),
     /** distinct neighbours one fetch spreads over (3) */

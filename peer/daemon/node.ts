@@ -115,6 +115,7 @@ async function startSwarm (cache: BlobCache, config: DaemonConfig, logger: Compo
     claimWaitMs: p2p.claimWaitMs,
     directory: p2p.directory,
     ...(p2p.maxUploadsPerPeer !== undefined ? { maxUploadsPerPeer: p2p.maxUploadsPerPeer } : {}),
+    ...(p2p.maxUrgentUploads !== undefined ? { maxUrgentUploads: p2p.maxUrgentUploads } : {}),
     maxConnections: p2p.maxConnections,
     ...(p2p.maxConnectionsPerIp !== undefined ? { maxConnectionsPerIp: p2p.maxConnectionsPerIp } : {}),
     idleConnectionMs: p2p.idleConnectionMs,

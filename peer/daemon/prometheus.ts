@@ -194,6 +194,7 @@ export function daemonRegistry (src: PrometheusSource): PrometheusSide {
     p2pCounter('rafspeer_p2p_upload_chunks_total', 'chunks served to neighbours', p => p.upload.chunksServed)
     p2pCounter('rafspeer_p2p_upload_requests_total', 'neighbour requests answered', p => p.upload.uploads)
     p2pCounter('rafspeer_p2p_upload_refused_total', 'neighbour requests answered busy (upload slots full)', p => p.upload.refused)
+    p2pCounter('rafspeer_p2p_upload_urgent_total', 'neighbour requests a read waited for, answered past the upload slots in those kept for reads', p => p.upload.urgentUploads)
     p2pCounter('rafspeer_p2p_upload_not_found_total', 'chunks neighbours asked for that this node does not hold', p => p.upload.notFound)
     p2pCounter('rafspeer_p2p_upload_redirects_total', 'chunks a busy node sent askers on for, to a neighbour it is sending them to', p => p.upload.redirects)
     p2pCounter('rafspeer_p2p_upload_turns_total', 'askers of a chunk a crowd wanted kept for a turn (the end of an upload of it)', p => p.upload.turns)

@@ -80,10 +80,10 @@ describe('chunk protocol format', () => {
     assert.deepEqual(decodeRequestBody(body), [names[0], names[1], { ...names[2], blobId: '' }])
   })
 
-  it('a request says whether it takes redirects and whether it follows one; nothing else rides on its accept byte', async () => {
+  it('a request says whether it takes redirects, whether it follows one and whether a read waits; nothing else rides on its accept byte', async () => {
     const names = [name(100, 1)]
     assert.equal(decodeRequest(requestBody(names)).accept, 0)
-    const both = AcceptFlags.REDIRECT | AcceptFlags.REDIRECTED
+    const both = AcceptFlags.REDIRECT | AcceptFlags.REDIRECTED | AcceptFlags.URGENT
     const frame = bytes(encodeRequest(names, both | AcceptFlags.ZSTD | 0x80))
     const got = await readChunkRequest(chunkFrameReader(stream([frame]), 't', 1000))
     assert.deepEqual(got, { names, accept: both })

@@ -80,9 +80,11 @@ export const ChunkEncoding = { PLAIN: 0, ZSTD: 1 } as const
 export type ChunkEncoding = typeof ChunkEncoding[keyof typeof ChunkEncoding]
 /**
  * bits of a request's accept byte: REDIRECT, the asker takes REDIRECT replies; REDIRECTED, a REDIRECT sent it here
- * (a holder is sending this node the chunks, so the asker waits for them longer than for a plain PENDING)
+ * (a holder is sending this node the chunks, so the asker waits for them longer than for a plain PENDING); URGENT,
+ * a read on the asker waits for a chunk of it (a server admits it past its upload slots, into a few kept for reads).
+ * A server that knows no URGENT ignores the bit.
  */
-export const AcceptFlags = { ZSTD: 0x01, REDIRECT: 0x02, REDIRECTED: 0x04 } as const
+export const AcceptFlags = { ZSTD: 0x01, REDIRECT: 0x02, REDIRECTED: 0x04, URGENT: 0x08 } as const
 
 /** The other side broke the format (sizes, counts, statuses, a stream ended mid-frame). */
 export class ChunkProtocolError extends RafspeerError<'RAFSPEER_ERR_CHUNK_PROTOCOL'> {
@@ -151,7 +153,7 @@ export function encodeRequest (names: ChunkName[], accept = 0): Uint8ArrayList {
   if (names.length < 1 || names.length > MAX_CHUNKS_PER_REQUEST) throw new RangeError(`a request names 1 to ${MAX_CHUNKS_PER_REQUEST} chunks, not ${names.length}`)
   const body = Buffer.alloc(RequestLayout.HEADER_BYTES + names.length * EntryLayout.BYTES)
   body[RequestLayout.VERSION] = CHUNK_PROTOCOL_VERSION
-  body[RequestLayout.ACCEPT] = accept & (AcceptFlags.REDIRECT | AcceptFlags.REDIRECTED)
+  body[RequestLayout.ACCEPT] = accept & (AcceptFlags.REDIRECT | AcceptFlags.REDIRECTED | AcceptFlags.URGENT)
   body.writeUInt16BE(names.length, RequestLayout.COUNT)
   names.forEach((n, i) => {
     if (n.digest.length !== DIGEST_BYTES) throw new RangeError(`a chunk digest has ${DIGEST_BYTES} bytes, not ${n.digest.length}`)

@@ -61,6 +61,24 @@ export interface ServableCache {
 export const DEFAULT_MAX_CONCURRENT_UPLOADS = 16
 /** the share of the upload slots one asker is sure of: a quarter */
 export const UPLOAD_SHARE_DIVISOR = 4
+
+/**
+ * Upload slots kept for requests a read waits for ({@link AcceptFlags}.URGENT), past `maxUploads`: a quarter more.
+ * In a swarm that prefetches, every holder's slots are full of prefetch uploads; a read's request answered BUSY
+ * there waits until its fetcher hands the chunk to the registry (`readHandOffMs`), and hundreds of nodes doing so
+ * at once cost the registry whole copies of the image (the model: 1,000 nodes prefetching, seed 2, 3.14 copies
+ * with 137 hand-offs; with these slots 1.06 and none).
+ */
+export function urgentUploadSlots (maxUploads: number): number { return Math.ceil(maxUploads / UPLOAD_SHARE_DIVISOR) }
+
+/**
+ * Whether a request a read waits for takes one of the slots kept for reads: every slot is taken, some of them by
+ * uploads no read waits for (a swarm that only reads keeps to `maxUploads`, as without the bit), and one of the
+ * slots kept for reads is free. Shared with the model (`sim/model/request.ts`).
+ */
+export function takesUrgentSlot (active: number, urgentActive: number, maxUploads: number, urgentSlots: number): boolean {
+  return active >= maxUploads && active < maxUploads + urgentSlots && urgentActive < maxUploads
+}
 export const DEFAULT_READ_TIMEOUT_MS = 10_000
 /** streams of this protocol one connection may hold open at once */
 export const DEFAULT_MAX_INBOUND_STREAMS = 32
@@ -109,6 +127,11 @@ export interface ChunkServerInit {
   /** requests answered at once, across all askers; more are answered BUSY (16) */
   maxConcurrentUploads?: number
   /**
+   * requests a read waits for ({@link AcceptFlags}.URGENT) answered past `maxConcurrentUploads`, up to this many
+   * more (a quarter of it: {@link urgentUploadSlots})
+   */
+  maxUrgentUploads?: number
+  /**
    * upload slots one asker is sure of (a quarter of them); it may take more only while this many stay free for
    * other askers, so a lone asker gets all but a quarter and never makes a newcomer BUSY
    */
@@ -145,6 +168,8 @@ export interface ChunkServerCounters {
   uploadsActive: number
   /** requests answered (not refused) */
   uploads: number
+  /** of them, requests a read waited for (URGENT) answered past maxConcurrentUploads, in the slots kept for reads */
+  urgentUploads: number
   chunksServed: number
   bytesServed: number
   /** chunks answered NOT_FOUND (absent, or failing their digest in our cache) */
@@ -178,7 +203,7 @@ interface PeerLoad { streams: number, uploads: number, bytes: number }
 
 export class ChunkServer {
   readonly counters: ChunkServerCounters = {
-    uploadsActive: 0, uploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0,
+    uploadsActive: 0, uploads: 0, urgentUploads: 0, chunksServed: 0, bytesServed: 0, notFound: 0, refused: 0, errors: 0, malformed: 0, aborted: 0,
     streamsRefused: 0, pendingFrames: 0, busyWhileFetching: 0, redirects: 0, turns: 0, turnsRunOut: 0, bytesHeld: 0
   }
 
@@ -189,6 +214,9 @@ export class ChunkServer {
   private readonly addressesOf: ChunkServerComponents['addressesOf']
   private readonly maxUploads: number
   private readonly uploadsPerPeer: number
+  private readonly urgentUploads: number
+  /** uploads running that a read waits for */
+  private urgentActive = 0
   private readonly streamsPerPeer: number
   private readonly bytesPerPeer: number
   private readonly readTimeoutMs: number
@@ -215,6 +243,7 @@ export class ChunkServer {
     this.addressesOf = components.addressesOf
     this.maxUploads = Math.max(0, init.maxConcurrentUploads ?? DEFAULT_MAX_CONCURRENT_UPLOADS)
     this.uploadsPerPeer = Math.max(1, init.maxUploadsPerPeer ?? Math.ceil(this.maxUploads / UPLOAD_SHARE_DIVISOR))
+    this.urgentUploads = Math.max(0, init.maxUrgentUploads ?? urgentUploadSlots(this.maxUploads))
     this.streamsPerPeer = Math.max(1, init.maxStreamsPerPeer ?? DEFAULT_MAX_STREAMS_PER_PEER)
     this.bytesPerPeer = Math.max(0, init.maxBytesPerPeer ?? DEFAULT_MAX_BYTES_PER_PEER)
     this.readTimeoutMs = init.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS
@@ -265,11 +294,18 @@ export class ChunkServer {
         const request = await readChunkRequest(reader)
         if (request === undefined) break
         const names = request.names
-        if (!this.admit(load)) {
+        // a request a read waits for may take one of the slots kept for reads, within the asker's share (an asker
+        // that calls everything urgent gains no more than it is sure of anyway)
+        const urgent = (request.accept & AcceptFlags.URGENT) !== 0
+        const kept = urgent && load.uploads < this.uploadsPerPeer &&
+          takesUrgentSlot(this.counters.uploadsActive, this.urgentActive, this.maxUploads, this.urgentUploads)
+        if (!kept && !this.admit(load)) {
           this.counters.refused++
           await this.send(stream, busyReplies(names.length), what)
           continue
         }
+        if (kept) this.counters.urgentUploads++
+        if (urgent) this.urgentActive++
         this.counters.uploadsActive++
         this.counters.uploads++
         load.uploads++
@@ -280,6 +316,7 @@ export class ChunkServer {
           if (bytes > 0) this.onUpload?.(connection.remotePeer, bytes)
         } finally {
           this.counters.uploadsActive--
+          if (urgent) this.urgentActive--
           load.uploads--
         }
       }

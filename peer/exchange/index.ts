@@ -13,7 +13,7 @@ export {
   ChunkStreams, DEFAULT_STREAM_IDLE_MS, DEFAULT_MAX_IDLE_STREAMS_PER_PEER, type ChunkStreamsInit, type ChunkStreamsCounters, type ChunkStreamsComponents
 } from './chunk-streams.js'
 export {
-  ChunkServer, uploadBurst, DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, type ChunkServerCounters, type ChunkServerInit, type ServableCache,
+  ChunkServer, uploadBurst, urgentUploadSlots, takesUrgentSlot, DEFAULT_MAX_CONCURRENT_UPLOADS, PENDING_INTERVAL_MS, FIRST_PENDING_MS, REDIRECTED_WAIT_MS, type ChunkServerCounters, type ChunkServerInit, type ServableCache,
   type ServableChunk
 } from './chunk-server.js'
 export {

@@ -513,18 +513,18 @@ describe('NeighbourSource', () => {
     assert.ok(asked.some(r => r.length > 1), `the chunks it has share requests (${JSON.stringify(asked)})`)
   })
 
-  it('asks first for the chunks a read waits for, a busy one again at once on a stream beside the prefetch\'s', async () => {
+  it('asks first for the chunks a read waits for, marked URGENT, a busy one again at once on a stream beside the prefetch\'s', async () => {
     const byDigest = new Map(chunks.map(c => [c.digest.toString('hex'), plain[c.index]!]))
     const want = chunks.slice(0, 8)
     assert.equal(want.length, 8)
     const last = want[7]!
     let running = 0
-    const seen: Array<{ at: number, running: number }> = []
+    const seen: Array<{ at: number, running: number, accept: number }> = []
     let refused = false
     const served = await rogueWith(async (req, stream) => {
       const at = want.findIndex(c => c.digest.equals(req.names[0]!.digest))
       running++
-      seen.push({ at, running })
+      seen.push({ at, running, accept: req.accept })
       try {
         // the read's chunk: BUSY the first time (the holder's own fetch of it runs), at once
         const busy = at === 7 && !refused
@@ -550,6 +550,8 @@ describe('NeighbourSource', () => {
     assert.ok(again > 0 && again <= 3, `asked again right after its BUSY, not after the rest: ${JSON.stringify(order)}`)
     assert.equal(seen[again]!.running, 3, `beside the two running for the prefetch: ${JSON.stringify(seen)}`)
     assert.ok(Math.max(...seen.map(s => s.running)) <= 3)
+    // the holder may admit the read's requests past its upload slots (`ChunkServer`), never the prefetch's
+    assert.ok(seen.every(s => ((s.accept & AcceptFlags.URGENT) !== 0) === (s.at === 7)), JSON.stringify(seen))
   })
 
   it('a chunk whose holders are all gone goes to the next source at once, not once the fetch\'s other chunks are through', async () => {

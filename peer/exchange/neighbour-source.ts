@@ -697,7 +697,7 @@ class SwarmFetch {
       const names: ChunkName[] = req.wants.map(w => ({ digest: w.chunk.digest, blobId: this.blob.blobId, ci: w.chunk.index, size: w.chunk.uncompressedSize }))
       // a holder waiting for its own fetch of the next chunk (PENDING) is waited for, not hedged, until its next reply
       const accept = (req.wants.every(w => w.noRedirect !== true && w.redirects < MAX_REDIRECTS) ? AcceptFlags.REDIRECT : 0) |
-        (req.redirected ? AcceptFlags.REDIRECTED : 0)
+        (req.redirected ? AcceptFlags.REDIRECTED : 0) | (req.urgent === true ? AcceptFlags.URGENT : 0)
       // ...but only as long as an honest holder may hold it (keep-alives do not extend that)
       const onPending = (): void => {
         clearTimeout(hedgeTimer)

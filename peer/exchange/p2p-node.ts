@@ -65,6 +65,8 @@ export interface P2PNodeInit {
   /** a connection to an untagged peer with no stream for this long is closed; 0: never (30 s) */
   idleConnectionMs?: number
   maxConcurrentUploads?: number
+  /** requests a read waits for answered past maxConcurrentUploads while prefetch uploads hold every slot (a quarter of it) */
+  maxUrgentUploads?: number
   /** upload slots one neighbour is sure of (a quarter of maxConcurrentUploads) */
   maxUploadsPerPeer?: number
   /** upload bytes per second to neighbours (unlimited when absent or 0) */
@@ -185,6 +187,7 @@ export class P2PNode {
     }, {
       ...(init.maxConcurrentUploads !== undefined ? { maxConcurrentUploads: init.maxConcurrentUploads } : {}),
       ...(init.maxUploadsPerPeer !== undefined ? { maxUploadsPerPeer: init.maxUploadsPerPeer } : {}),
+      ...(init.maxUrgentUploads !== undefined ? { maxUrgentUploads: init.maxUrgentUploads } : {}),
       ...(upload !== undefined ? { uploadBytesPerSecond: upload } : {})
     })
     const zone = init.scheduler?.zone ?? ''

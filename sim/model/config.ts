@@ -5,7 +5,7 @@
 import type { ModelInit } from './types.js'
 import {
   DEFAULT_BITFIELD_WAIT_MS, DEFAULT_FETCH_IDLE_MS, DEFAULT_FLUSH_MS, DEFAULT_GRACE_MS, DEFAULT_GROUP_SIZE, DEFAULT_HEDGE_AFTER_MS,
-  DEFAULT_HOLDERS_PER_FETCH, DEFAULT_READAHEAD_BYTES, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_BUSY_AFTER_PARK_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_HOLDERS_PER_FETCH, DEFAULT_READAHEAD_BYTES, DEFAULT_LOOKUP_HOLDERS, DEFAULT_BUSY_RETRIES, DEFAULT_BUSY_AFTER_PARK_MS, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENT_UPLOADS, urgentUploadSlots, DEFAULT_MAX_HOLDERS, DEFAULT_MAX_REQUEST_BYTES,
   DEFAULT_MAX_SESSIONS, DEFAULT_REFRESH_MS, DEFAULT_STREAMS_PER_HOLDER, MAX_CHUNKS_PER_REQUEST, DEFAULT_CONCURRENCY, defaultPrefetchSlots, DEFAULT_NEIGHBOUR_IDLE_FACTOR,
   DEFAULT_DEADLINE_MS, defaultReadHandOffMs
 } from './policy.js'
@@ -78,6 +78,8 @@ export interface Config {
   maxChunksPerRequest: number
   streamsPerHolder: number
   maxUploads: number
+  /** slots past `maxUploads` for requests a read waits for (`ChunkServer`'s, a quarter more) */
+  urgentUploads: number
   reportFlushMs: number
   /** the neighbour source's idle deadline (the fetcher's, times `NeighbourSource.idleFactor`) */
   fetchIdleMs: number
@@ -124,6 +126,7 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
   const failRate = num('failRate', init.failRate, 0, 0)
   if (failRate > 1) problems.push(`failRate must be at most 1, got ${failRate}`)
   const perNodeMs = imageBytes / bandwidth * 1000
+  const maxUploads = int('maxUploads', init.maxUploads, 1, 65535, DEFAULT_MAX_CONCURRENT_UPLOADS)
   const cfg: Config = {
     nodes,
     imageBytes,
@@ -169,7 +172,8 @@ export function resolveConfig (init: ModelInit): Readonly<Config> {
     maxRequestBytes: DEFAULT_MAX_REQUEST_BYTES,
     maxChunksPerRequest: MAX_CHUNKS_PER_REQUEST,
     streamsPerHolder: DEFAULT_STREAMS_PER_HOLDER,
-    maxUploads: int('maxUploads', init.maxUploads, 1, 65535, DEFAULT_MAX_CONCURRENT_UPLOADS),
+    maxUploads,
+    urgentUploads: int('urgentUploads', init.urgentUploads, 0, 65535, urgentUploadSlots(maxUploads)),
     reportFlushMs: REPORT_FLUSH_MS,
     // the neighbour source's idle deadline: the fetcher's, times the source's factor
     fetchIdleMs: DEFAULT_FETCH_IDLE_MS * DEFAULT_NEIGHBOUR_IDLE_FACTOR,

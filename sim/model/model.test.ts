@@ -261,6 +261,28 @@ describe('the swarm model', () => {
     assert.ok(r.model.registryRatio <= 1.2, `the registry sent ${r.model.registryRatio}x the blob`)
   })
 
+  it('a read whose holders\' slots are all prefetch uploads takes one of the slots kept for reads, not the registry', () => {
+    // 200 nodes prefetching, 8 upload slots each: without slots kept for reads, reads wait on full holders past the
+    // hand-off and 4 chunks go to the registry twice; with them (the daemon's default, 2 here) none does, sooner
+    const run = (urgentUploads?: number): ReturnType<typeof runModel> => runModel({
+      nodes: 200, imageBytes: 32 * MiB, chunkSize: MiB, bandwidth: 4 * MiB, prefetch: 'all', maxUploads: 8, seed: 1, runtime: false, nodesDetail: 'none',
+      ...(urgentUploads !== undefined ? { urgentUploads } : {})
+    })
+    const none = run(0)
+    const kept = run()
+    assert.equal(kept.model.urgentUploads, 2)
+    assert.equal(none.model.urgentServed, 0)
+    assert.ok(none.model.readHandOffs > 0, 'the case shows the problem')
+    assert.ok(kept.model.urgentServed > 0)
+    assert.equal(kept.model.readHandOffs, 0)
+    assert.ok(kept.model.registryRatio < none.model.registryRatio, `${kept.model.registryRatio} vs ${none.model.registryRatio}`)
+    assert.ok(kept.p50Ms < none.p50Ms)
+    for (const r of [none, kept]) {
+      assert.equal(r.verifiedOk, true)
+      assert.equal(r.model.completed, 200)
+    }
+  })
+
   it('a prefetching swarm whose nodes die and restart finishes, every chunk once', () => {
     const r = runModel({ nodes: 16, imageBytes: 32 * MiB, chunkSize: 512 << 10, bandwidth: 8 * MiB, prefetch: 'all', failRate: 0.25, rejoinAfterMs: 1500, seed: 3, runtime: false })
     assertComplete(r)

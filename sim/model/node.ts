@@ -58,6 +58,8 @@ export class SimNode implements Timed {
   private prefetchQueue: Batch[] = []
   // chunk server
   uploadsActive = 0
+  /** of them, requests a read waits for */
+  urgentUploadsActive = 0
   /** per chunk (blob index × 2³² + ci): the askers it is sending it to, or sent it to a moment ago */
   receivers: ChunkReceivers<number>
   /** chunks located again after their holders were all BUSY */
@@ -83,8 +85,11 @@ export class SimNode implements Timed {
   uploadBytes = 0
   duplicateBytes = 0
   readonly requests = { sent: 0, failed: 0, hedges: 0, busy: 0, notFound: 0, redirects: 0 }
-  /** as the daemon's chunk server counts them: requests refused (slots full), chunks BUSY after a park, REDIRECTs */
-  readonly served = { refused: 0, busyWhileFetching: 0, redirects: 0 }
+  /**
+   * as the daemon's chunk server counts them: requests refused (slots full), requests a read waits for answered in the
+   * slots kept for reads (`urgentUploads`), chunks BUSY after a park, REDIRECTs
+   */
+  readonly served = { refused: 0, urgentUploads: 0, busyWhileFetching: 0, redirects: 0 }
   pendingFrames = 0
   /**
    * chunks fetched from the registry, by why (`SourceReason`: the rendezvous assignee in the scheduler's group, or in
@@ -192,6 +197,7 @@ export class SimNode implements Timed {
     this.reports = []
     this.reportArmed = false
     this.uploadsActive = 0
+    this.urgentUploadsActive = 0
     this.receivers = new ChunkReceivers({ now: () => q.now })
     this.uploadedSinceBeat = 0
     this.cursorBlob = 0

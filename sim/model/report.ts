@@ -112,6 +112,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
       holdersPerLookup: cfg.holdersPerLookup,
       busyRetries: cfg.busyRetries,
       maxUploads: cfg.maxUploads,
+      urgentUploads: cfg.urgentUploads,
       prefetch: cfg.prefetch ? 'all' : 'none',
       caps: cfg.limiters ? 'limiters' : 'links',
       ...(cfg.cpu !== undefined ? { cpu: { cores: round(cfg.cpu.cores), busyShare: round(world.cpuBusyMs / Math.max(1, world.queue.now)) } } : {}),
@@ -124,6 +125,7 @@ export function buildReport (world: World, cfg: Readonly<Config>, endMs: number,
       registryChunks: { assignee: sum(n => n.sourced.assignee), noGroup: sum(n => n.sourced.noGroup), ahead: sum(n => n.sourced.ahead), afterGrace: sum(n => n.sourced.grace), leftover: sum(n => n.sourced.leftover) },
       assigneeAsks: sum(n => n.assigneeAsks),
       readHandOffs: sum(n => n.readHandOffs),
+      urgentServed: sum(n => n.served.urgentUploads),
       idleExtensions: sum(n => n.idleExtensions),
       peerRequests: {
         sent: sum(n => n.requests.sent),
@@ -185,7 +187,7 @@ export function formatModelReport (r: ModelReport): string {
     `model: ${m.nodes} nodes, ${gib(r.blobBytes)} image in ${m.blobs} blob(s) of ${gib(m.chunkSize)} chunks (${m.chunks} chunks); ` +
       `each node ${rate(r.bandwidth)} up and down, registry ${rate(m.registryBandwidth)}${m.caps === 'limiters' ? ' (rate limits with their bursts)' : ''}, RTT ${m.rttMs} ms${m.staggerMs > 0 ? `, stagger ${m.staggerMs} ms` : ''}${m.failRate > 0 ? `, fail rate ${m.failRate}` : ''}; seed ${m.seed}`,
     `registry egress: ${gib(r.registryBytes)} = ${m.registryRatio.toFixed(3)}x the image; from peers: ${gib(r.peerBytes)}; duplicate bytes ${gib(m.duplicateBytes)}`,
-    `registry chunks: ${m.registryChunks.assignee} as the rendezvous assignee, ${m.registryChunks.noGroup} as the assignee without the scheduler's group, ${m.registryChunks.ahead} ahead of an assignee behind, ${m.registryChunks.afterGrace} after the grace, ${m.registryChunks.leftover} left by neighbour fetches; ${m.assigneeAsks} asked of their assignee first; ${m.readHandOffs} a read waited for past the hand-off`,
+    `registry chunks: ${m.registryChunks.assignee} as the rendezvous assignee, ${m.registryChunks.noGroup} as the assignee without the scheduler's group, ${m.registryChunks.ahead} ahead of an assignee behind, ${m.registryChunks.afterGrace} after the grace, ${m.registryChunks.leftover} left by neighbour fetches; ${m.assigneeAsks} asked of their assignee first; ${m.readHandOffs} a read waited for past the hand-off; ${m.urgentServed} requests a read waited for answered in the slots kept for reads`,
     `completion: p50 ${s(r.p50Ms)}, p95 ${s(r.p95Ms)}, p99 ${s(r.p99Ms)}, max ${s(r.maxMs)}; one node alone ${s(m.aloneMs)}: ` +
       `p50 ${m.p50OverAlone.toFixed(2)}x, p99 ${m.p99OverAlone.toFixed(2)}x of it, p99/p50 ${m.p99OverP50.toFixed(2)}`,
     `directory: ${dir.ops} ops (${dir.announces} announces, ${dir.resolves} resolves, ${dir.heartbeats} heartbeats, ${dir.reports} reports) = ${dir.opsPerSecond}/s; ` +

@@ -11,7 +11,7 @@ import { Slot, type Timed } from './events.js'
 import type { Batch, Lane, SwarmFetch, Want } from './fetch.js'
 import type { Flow, FlowOwner } from './links.js'
 import type { SimNode } from './node.js'
-import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, TAKE_TURN, PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, REDIRECTED_WAIT_MS } from './policy.js'
+import { FIRST_PENDING_MS, MAX_REDIRECTS, PENDING_INTERVAL_MS, TAKE_TURN, PROGRESS_STEP_BYTES, PROGRESS_WINDOW_MS, REDIRECTED_WAIT_MS, takesUrgentSlot } from './policy.js'
 import { chunkBytes } from './world.js'
 import { chunkRequestBytes, redirectReplyBytes, replyHeaderBytes } from './wire.js'
 
@@ -49,6 +49,8 @@ export class PeerReq implements Timed, FlowOwner {
   private failed = false
   // the holder's side
   private serving = false
+  /** it holds one of the holder's uploads as a request a read waits for */
+  private servingUrgent = false
   private si = 0
   private flow: Flow | undefined
   private parkedAt = -1
@@ -174,7 +176,9 @@ export class PeerReq implements Timed, FlowOwner {
     s.conns.add(asker)
     s.msgs.chunk.received++
     s.ctrl.received += chunkRequestBytes(this.wants.length)
-    if (s.uploadsActive >= w.cfg.maxUploads) {
+    // past its slots, a holder still takes a request a read waits for into those kept for reads (`ChunkServer.admit`)
+    if (s.uploadsActive >= w.cfg.maxUploads &&
+      !(this.urgent && takesUrgentSlot(s.uploadsActive, s.urgentUploadsActive, w.cfg.maxUploads, w.cfg.urgentUploads))) {
       s.served.refused++
       s.msgs.chunk.sent++
       s.ctrl.sent += replyHeaderBytes(0) * this.wants.length
@@ -182,7 +186,10 @@ export class PeerReq implements Timed, FlowOwner {
       return
     }
     this.serving = true
+    if (s.uploadsActive >= w.cfg.maxUploads) s.served.urgentUploads++
     s.uploadsActive++
+    this.servingUrgent = this.urgent
+    if (this.servingUrgent) s.urgentUploadsActive++
     s.serving.add(this)
     this.serveNext()
   }
@@ -299,6 +306,7 @@ export class PeerReq implements Timed, FlowOwner {
     if (unsent >= 0) s.receivers.notSent(this.fetch.batch.nb.spec.index * 2 ** 32 + unsent, this.asker.peerId)
     this.receiving = -1
     s.uploadsActive--
+    if (this.servingUrgent) s.urgentUploadsActive--
     s.serving.delete(this)
     if (this.flow !== undefined) s.world.links.pause(this.flow)
     const nb = s.blobs[this.fetch.batch.nb.spec.index]

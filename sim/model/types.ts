@@ -82,6 +82,11 @@ export interface ModelInit {
   busyBackoffMs?: number
   /** requests each node's chunk server answers at once, waiting ones included; more are answered BUSY (default 16) */
   maxUploads?: number
+  /**
+   * requests a read waits for that each chunk server answers past `maxUploads` (default: the daemon's, a quarter of
+   * `maxUploads`; 0: none, every request counts against `maxUploads`)
+   */
+  urgentUploads?: number
   /** a chunk a read waited for this long on the neighbours goes to the registry too (default: the fetcher's, 20 s) */
   readHandOffMs?: number
   /**
@@ -167,6 +172,7 @@ export interface ModelReport {
     holdersPerLookup: number
     busyRetries: number
     maxUploads: number
+    urgentUploads: number
     prefetch: 'none' | 'all'
     caps: 'links' | 'limiters'
     /** with `ModelInit.cpu`: the cores left for chunks, and the share of the simulated time they were busy */
@@ -190,6 +196,8 @@ export interface ModelReport {
     assigneeAsks: number
     /** chunks a read waited for on the neighbours past the fetcher's `readHandOffMs`, sent to the registry too */
     readHandOffs: number
+    /** requests a read waited for answered past a holder's upload slots, in those kept for reads (`urgentUploads`) */
+    urgentServed: number
     /** idle deadlines of neighbour fetches started over because the chunks spread through the swarm meanwhile */
     idleExtensions: number
     /** `redirects`: chunks a busy holder sent the asker on for (REDIRECT) */
