@@ -448,30 +448,40 @@ describe('ChunkServer', () => {
     await assert.rejects(client.dialProtocol(addr, CHUNK_PROTOCOL), /protocol/i)
   })
 
-  it('gives each asker a quarter of the slots for sure: one greedy asker borrows the rest only while a quarter stays free', async () => {
-    const { cache } = await seededCache(chunks.slice(0, 12))
-    // every look-up waits for the gate, so the uploads stay active while the test looks
+  /**
+   * A server whose every look-up waits for `open()`, so its uploads stay active while a test looks; `ask` sends one
+   * chunk's request from `host` and resolves with its status.
+   */
+  async function gatedServer (cache: BlobCache, init: ChunkServerInit): Promise<{
+    server: ChunkServer, open: () => void, ask: (host: Host, c: ChunkInfo, accept?: number) => Promise<ChunkStatus>
+  }> {
     let open!: () => void
     const gate = new Promise<void>(resolve => { open = resolve })
-    const servable = lookUpFirst(cache, async () => { await gate })
     const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-    const server = new ChunkServer({ libp2p: node, cache: servable }, { maxConcurrentUploads: 8 })
+    const server = new ChunkServer({ libp2p: node, cache: lookUpFirst(cache, async () => { await gate }) }, init)
     await server.start()
-    const other = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-    closers.push(async () => { await server.stop(); await node.stop(); await other.stop() })
+    closers.push(async () => { await server.stop(); await node.stop() })
     const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
-    const askFrom = async (host: Host, c: ChunkInfo): Promise<ChunkStatus> => {
+    const ask = async (host: Host, c: ChunkInfo, accept = 0): Promise<ChunkStatus> => {
       const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
-      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000 })) return r.status
+      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept })) return r.status
       throw new Error('no reply')
     }
-    const greedy = chunks.slice(0, 8).map(async c => await askFrom(client, c))
+    return { server, open, ask }
+  }
+
+  it('gives each asker a quarter of the slots for sure: one greedy asker borrows the rest only while a quarter stays free', async () => {
+    const { cache } = await seededCache(chunks.slice(0, 12))
+    const { server, open, ask } = await gatedServer(cache, { maxConcurrentUploads: 8 })
+    const other = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
+    closers.push(async () => { await other.stop() })
+    const greedy = chunks.slice(0, 8).map(async c => await ask(client, c))
     await until('the greedy asker to fill its slots', () => server.counters.uploadsActive + server.counters.refused === 8)
     assert.equal(server.counters.uploadsActive, 6, 'the greedy asker borrowed all but a quarter of the slots')
     assert.equal(server.counters.refused, 2)
-    const newcomer = chunks.slice(8, 10).map(async c => await askFrom(other, c))
+    const newcomer = chunks.slice(8, 10).map(async c => await ask(other, c))
     await until('the newcomer to be admitted', () => server.counters.uploadsActive === 8)
-    assert.equal(await askFrom(other, chunks[10]!), ChunkStatus.BUSY, 'no slot left at all')
+    assert.equal(await ask(other, chunks[10]!), ChunkStatus.BUSY, 'no slot left at all')
     open()
     assert.deepEqual(await Promise.all(newcomer), [ChunkStatus.OK, ChunkStatus.OK], 'the newcomer was served during the greedy one')
     assert.deepEqual((await Promise.all(greedy)).sort(), [...Array<ChunkStatus>(6).fill(ChunkStatus.OK), ChunkStatus.BUSY, ChunkStatus.BUSY])
@@ -479,78 +489,43 @@ describe('ChunkServer', () => {
 
   it('keeps a quarter more slots for requests a read waits for (URGENT) while uploads no read waits for fill the rest', async () => {
     const { cache } = await seededCache(chunks.slice(0, 16))
-    let open!: () => void
-    const gate = new Promise<void>(resolve => { open = resolve })
-    const servable = lookUpFirst(cache, async () => { await gate })
-    const node = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-    // 8 slots, 2 kept for reads; each asker sure of 2
-    const server = new ChunkServer({ libp2p: node, cache: servable }, { maxConcurrentUploads: 8 })
-    await server.start()
     const hosts = await Promise.all([0, 1, 2].map(async () => await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })))
-    closers.push(async () => { await server.stop(); await node.stop(); for (const h of hosts) await h.stop() })
-    const addr = multiaddr(`${announceAddrs(node)[0]!}/p2p/${node.peerId.toString()}`)
-    const askFrom = async (host: Host, c: ChunkInfo, accept = 0): Promise<ChunkStatus> => {
-      const stream = await host.dialProtocol(addr, CHUNK_PROTOCOL)
-      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept })) return r.status
-      throw new Error('no reply')
-    }
+    closers.push(async () => { for (const h of hosts) await h.stop() })
+    const { URGENT } = AcceptFlags
+    // 8 slots, 2 kept for reads; each asker sure of 2
+    const a = await gatedServer(cache, { maxConcurrentUploads: 8 })
     // prefetch fills every slot: the greedy asker 6, another 2
-    const prefetch = [
-      ...chunks.slice(0, 6).map(async c => await askFrom(client, c)),
-      ...chunks.slice(6, 8).map(async c => await askFrom(hosts[0]!, c))
-    ]
-    await until('prefetch to fill the slots', () => server.counters.uploadsActive === 8)
-    assert.equal(await askFrom(hosts[1]!, chunks[8]!), ChunkStatus.BUSY, 'a prefetch request finds no slot')
-    const reads = [askFrom(hosts[1]!, chunks[9]!, AcceptFlags.URGENT), askFrom(hosts[1]!, chunks[10]!, AcceptFlags.URGENT)]
-    await until('the reads to be admitted', () => server.counters.uploadsActive === 10)
-    assert.equal(server.counters.urgentUploads, 2)
-    assert.equal(await askFrom(hosts[2]!, chunks[11]!, AcceptFlags.URGENT), ChunkStatus.BUSY, 'the slots kept for reads are taken')
-    open()
+    const prefetch = [...chunks.slice(0, 6).map(async c => await a.ask(client, c)), ...chunks.slice(6, 8).map(async c => await a.ask(hosts[0]!, c))]
+    await until('prefetch to fill the slots', () => a.server.counters.uploadsActive === 8)
+    assert.equal(await a.ask(hosts[1]!, chunks[8]!), ChunkStatus.BUSY, 'a prefetch request finds no slot')
+    const reads = [a.ask(hosts[1]!, chunks[9]!, URGENT), a.ask(hosts[1]!, chunks[10]!, URGENT)]
+    await until('the reads to be admitted', () => a.server.counters.uploadsActive === 10)
+    assert.equal(a.server.counters.urgentUploads, 2)
+    assert.equal(await a.ask(hosts[2]!, chunks[11]!, URGENT), ChunkStatus.BUSY, 'the slots kept for reads are taken')
+    a.open()
     assert.deepEqual(await Promise.all(reads), [ChunkStatus.OK, ChunkStatus.OK])
     assert.ok((await Promise.all(prefetch)).every(s => s === ChunkStatus.OK))
-    // an asker holding its share already gets no slot kept for reads by calling its request urgent; and uploads that
-    // reads all wait for keep to maxConcurrentUploads (a swarm that only reads is served as without the bit)
-    let open2!: () => void
-    const gate2 = new Promise<void>(resolve => { open2 = resolve })
-    const servable2 = lookUpFirst(cache, async () => { await gate2 })
-    const node2 = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-    const server2 = new ChunkServer({ libp2p: node2, cache: servable2 }, { maxConcurrentUploads: 4, maxUploadsPerPeer: 1, maxUrgentUploads: 2 })
-    await server2.start()
-    closers.push(async () => { await server2.stop(); await node2.stop() })
-    const addr2 = multiaddr(`${announceAddrs(node2)[0]!}/p2p/${node2.peerId.toString()}`)
-    const askFrom2 = async (host: Host, c: ChunkInfo, accept = 0): Promise<ChunkStatus> => {
-      const stream = await host.dialProtocol(addr2, CHUNK_PROTOCOL)
-      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept })) return r.status
-      throw new Error('no reply')
-    }
-    const greedy = chunks.slice(0, 4).map(async c => await askFrom2(client, c))
-    await until('the greedy asker to be answered', () => server2.counters.uploadsActive + server2.counters.refused === 4)
-    assert.equal(server2.counters.uploadsActive, 3, 'it borrowed while one slot stays free')
-    const read1 = askFrom2(hosts[0]!, chunks[4]!, AcceptFlags.URGENT)
-    await until('a read to take the last slot', () => server2.counters.uploadsActive === 4)
-    assert.equal(await askFrom2(client, chunks[5]!, AcceptFlags.URGENT), ChunkStatus.BUSY, 'past its share, URGENT takes no slot kept for reads')
-    const read2 = askFrom2(hosts[1]!, chunks[6]!, AcceptFlags.URGENT)
-    await until('a read to take a slot kept for reads', () => server2.counters.uploadsActive === 5)
-    open2()
+
+    // an asker holding its share already gets no slot kept for reads by calling its request urgent
+    const b = await gatedServer(cache, { maxConcurrentUploads: 4, maxUploadsPerPeer: 1, maxUrgentUploads: 2 })
+    const greedy = chunks.slice(0, 4).map(async c => await b.ask(client, c))
+    await until('the greedy asker to be answered', () => b.server.counters.uploadsActive + b.server.counters.refused === 4)
+    assert.equal(b.server.counters.uploadsActive, 3, 'it borrowed while one slot stays free')
+    const read1 = b.ask(hosts[0]!, chunks[4]!, URGENT)
+    await until('a read to take the last slot', () => b.server.counters.uploadsActive === 4)
+    assert.equal(await b.ask(client, chunks[5]!, URGENT), ChunkStatus.BUSY, 'past its share, URGENT takes no slot kept for reads')
+    const read2 = b.ask(hosts[1]!, chunks[6]!, URGENT)
+    await until('a read to take a slot kept for reads', () => b.server.counters.uploadsActive === 5)
+    b.open()
     assert.deepEqual(await Promise.all([read1, read2]), [ChunkStatus.OK, ChunkStatus.OK])
     assert.deepEqual((await Promise.all(greedy)).sort(), [ChunkStatus.OK, ChunkStatus.OK, ChunkStatus.OK, ChunkStatus.BUSY])
 
-    let open3!: () => void
-    const gate3 = new Promise<void>(resolve => { open3 = resolve })
-    const node3 = await createHost({ listen: ['/ip4/127.0.0.1/tcp/0'] })
-    const server3 = new ChunkServer({ libp2p: node3, cache: lookUpFirst(cache, async () => { await gate3 }) }, { maxConcurrentUploads: 2 })
-    await server3.start()
-    closers.push(async () => { await server3.stop(); await node3.stop() })
-    const addr3 = multiaddr(`${announceAddrs(node3)[0]!}/p2p/${node3.peerId.toString()}`)
-    const askFrom3 = async (host: Host, c: ChunkInfo): Promise<ChunkStatus> => {
-      const stream = await host.dialProtocol(addr3, CHUNK_PROTOCOL)
-      for await (const r of exchangeChunks(stream, [nameOf(c)], { timeoutMs: 5000, accept: AcceptFlags.URGENT })) return r.status
-      throw new Error('no reply')
-    }
-    const onlyReads = [askFrom3(hosts[0]!, chunks[0]!), askFrom3(hosts[1]!, chunks[1]!)]
-    await until('reads to fill the slots', () => server3.counters.uploadsActive === 2)
-    assert.equal(await askFrom3(hosts[2]!, chunks[2]!), ChunkStatus.BUSY, 'reads alone keep to maxConcurrentUploads')
-    open3()
+    // uploads that reads all wait for keep to maxConcurrentUploads: a swarm that only reads is served as without the bit
+    const c = await gatedServer(cache, { maxConcurrentUploads: 2 })
+    const onlyReads = [c.ask(hosts[0]!, chunks[0]!, URGENT), c.ask(hosts[1]!, chunks[1]!, URGENT)]
+    await until('reads to fill the slots', () => c.server.counters.uploadsActive === 2)
+    assert.equal(await c.ask(hosts[2]!, chunks[2]!, URGENT), ChunkStatus.BUSY, 'reads alone keep to maxConcurrentUploads')
+    c.open()
     assert.deepEqual(await Promise.all(onlyReads), [ChunkStatus.OK, ChunkStatus.OK])
   })
 
