@@ -6,7 +6,9 @@
  * good chunks. A chunk that fails its digest here is answered NOT_FOUND and never served onwards.
  *
  * One asker cannot take the server from the others: it is sure of `maxUploadsPerPeer` upload slots and may borrow
- * more only while as many stay free for others; it may hold `maxStreamsPerPeer` streams; and the chunk bytes held
+ * more only while as many stay free for others (a request a read waits for, flagged URGENT, may also take one of
+ * `maxUrgentUploads` slots kept for reads while uploads no read waits for hold the rest: `takesUrgentSlot`); it may
+ * hold `maxStreamsPerPeer` streams; and the chunk bytes held
  * for it (read ahead of its replies, or sent and not yet taken by its stream) stay within `maxBytesPerPeer` plus
  * the reply each of its requests sends next. A request must arrive whole within `readTimeoutMs`, and an asker that
  * takes none of our bytes for `readTimeoutMs` has its stream aborted, which frees its slots. What a non-reading
